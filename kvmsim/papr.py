@@ -1,0 +1,56 @@
+"""The hypervisor below an L1: ``H_GUEST_GET_CAPABILITIES`` as PowerVM (or QEMU's emulated
+PAPR L0) answers it.  Return codes are PAPR's (arch/powerpc/include/asm/hvcall.h)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from .uapi import CompatMode
+
+H_SUCCESS = 0
+H_RETURN_CODES: dict[str, int] = {
+    "H_SUCCESS": H_SUCCESS,
+    "H_HARDWARE": -1,
+    "H_FUNCTION": -2,
+    "H_PRIVILEGE": -3,
+    "H_PARAMETER": -4,
+    "H_BAD_MODE": -5,
+    "H_NOT_FOUND": -7,
+    "H_NO_MEM": -9,
+    "H_AUTHORITY": -10,
+    "H_PERMISSION": -11,
+    "H_RESOURCE": -16,
+    "H_STATE": -32,
+    "H_UNSUPPORTED_FLAG": -256,
+}
+H_NAMES = {v: k for k, v in H_RETURN_CODES.items()}
+
+HypervisorKind = Literal["powervm", "qemu", "kvm", "none"]
+
+
+@attrs.frozen
+class Hypervisor:
+    """The L0 below this partition, as far as nested KVM can tell."""
+
+    kind: HypervisorKind
+    nested_api: int | None  # 1 or 2 under a pseries L1
+    offers: tuple[CompatMode, ...]  # modes H_GUEST_GET_CAPABILITIES reports (nested v2)
+    other_capability_bits: int  # further H_GUEST_CAP_* bits in its answer
+    hcall_at_init: int  # PAPR return code of H_GUEST_GET_CAPABILITIES at kvm_hv init
+    hcall_at_runtime: int  # ... and on every later call
+
+
+def h_guest_get_capabilities(hv: Hypervisor, *, at_init: bool) -> tuple[int, int]:
+    """``plpar_guest_get_capabilities(0, &capabilities)``: (return code, bitmap).
+
+    The bitmap is every mode the L0 offers nested guests plus its other capability bits;
+    on failure it is 0."""
+    rc = hv.hcall_at_init if at_init else hv.hcall_at_runtime
+    if rc != H_SUCCESS:
+        return rc, 0
+    bitmap = hv.other_capability_bits
+    for mode in hv.offers:
+        bitmap |= mode.cap_bit
+    return H_SUCCESS, bitmap

@@ -1,0 +1,285 @@
+"""Host profiles: a TOML file describing a machine → a frozen :class:`Host`.
+
+A profile describes the machine (CPU, platform, hypervisor, modules, device tree), never a
+result: what ``KVM_CHECK_EXTENSION`` or the ioctl answer is derived by the simulated kernel.
+Every mistake in a profile is a :class:`ProfileError` whose message is one line naming the
+file and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import attrs
+
+from . import papr
+from .papr import Hypervisor, HypervisorKind
+from .uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
+
+HOSTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
+
+Platform = Literal["pseries", "powernv", "x86"]
+
+PLATFORMS: dict[str, tuple[str, ...]] = {  # platform -> arches it runs on
+    "pseries": ("ppc64le", "ppc64"),
+    "powernv": ("ppc64le", "ppc64"),
+    "x86": ("x86_64",),
+}
+MODULES: dict[str, tuple[str, ...]] = {  # platform -> KVM modules that exist there
+    "pseries": ("kvm_hv", "kvm_pr"),
+    "powernv": ("kvm_hv", "kvm_pr"),
+    "x86": ("kvm_intel", "kvm_amd"),
+}
+NESTED_API: dict[str, tuple[int, ...]] = {  # hypervisor under a pseries L1 -> its nested APIs
+    "powervm": (2,),  # PowerVM implements only the nested v2 (H_GUEST_*) API
+    "qemu": (2,),  # QEMU's emulated PAPR L0 (cap-nested-papr)
+    "kvm": (1,),  # a KVM-HV L0 on PowerNV: nested v1 (H_SET_PARTITION_TABLE, H_ENTER_NESTED)
+}
+
+
+class ProfileError(ValueError):
+    """A malformed host profile; ``str()`` is one line naming the file and the field."""
+
+
+@attrs.frozen
+class Cpu:
+    pvr: int | None  # raw PVR; None on x86
+    mode: CompatMode | None  # the partition's effective compatibility mode; None = raw
+    model: str  # the "cpu" line of /proc/cpuinfo without the mode suffix
+    clock_mhz: int
+
+    @property
+    def generation(self) -> CompatMode | None:
+        return None if self.pvr is None else mode_of_pvr(self.pvr)
+
+    @property
+    def effective(self) -> CompatMode | None:
+        """The mode the partition runs in: its compat mode, else the processor's own."""
+        return self.mode or self.generation
+
+
+@attrs.frozen
+class CpuNode:
+    """A ``/cpus/<name>`` device-tree node."""
+
+    name: str
+    reg: int
+    cpu_version: int | None  # the ``cpu-version`` property (big-endian u32), if present
+
+
+@attrs.frozen
+class Host:
+    name: str
+    path: Path | None
+    summary: str
+    arch: Arch
+    platform: Platform
+    modules: tuple[str, ...]  # modules the administrator loads (whether init succeeds is derived)
+    book3s_hv: bool  # kernel built with CONFIG_KVM_BOOK3S_HV_POSSIBLE
+    cpu: Cpu
+    hypervisor: Hypervisor
+    cpu_nodes: tuple[CpuNode, ...]
+
+
+# ---------------------------------------------------------------------------
+# reading
+
+T = TypeVar("T")
+
+
+class _Table:
+    """A TOML table being consumed; every key must be taken, every value type-checked."""
+
+    def __init__(self, where: str, prefix: str, data: dict[str, Any]) -> None:
+        self.where, self.prefix, self.data = where, prefix, dict(data)
+
+    def error(self, key: str, problem: str) -> ProfileError:
+        return ProfileError(f"{self.where}: {self.prefix}{key}: {problem}")
+
+    def take(self, key: str, kind: type[T], default: T | None = None) -> T:
+        if key not in self.data:
+            if default is None:
+                raise self.error(key, "missing")
+            return default
+        value = self.data.pop(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_toml_type(value)}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.take(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"unknown value {value!r} (expected one of: {', '.join(choices)})")
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.where, f"{self.prefix}{key}.", self.take(key, dict, {}))
+
+    def done(self) -> None:
+        for key in self.data:
+            raise self.error(key, "unknown key")
+
+
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "a boolean", list: "an array", dict: "a table"}
+
+
+def _toml_type(value: object) -> str:
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float")):
+        if isinstance(value, kind):
+            return name
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _mode(t: _Table, key: str, name: object, modes: dict[str, CompatMode]) -> CompatMode:
+    if not isinstance(name, str) or name not in modes:
+        raise t.error(key, f"unknown mode {name!r} (expected one of: {', '.join(modes)})")
+    return modes[name]
+
+
+def _hcall(t: _Table, key: str) -> int:
+    name = t.choice(key, tuple(papr.H_RETURN_CODES), "H_SUCCESS")
+    return papr.H_RETURN_CODES[name]
+
+
+def _read_cpu(t: _Table, platform: str) -> Cpu:
+    if platform == "x86":
+        cpu = Cpu(None, None, t.take("model", str, "x86_64"), t.take("clock_mhz", int, 2000))
+        t.done()
+        return cpu
+    pvr = t.take("pvr", int)
+    generation = mode_of_pvr(pvr) if 0 <= pvr <= 0xFFFFFFFF else None
+    if generation is None:
+        raise t.error("pvr", f"{pvr:#x} is not the PVR of a known POWER processor")
+    mode = None
+    if "mode" in t.data:
+        mode = _mode(t, "mode", t.data.pop("mode"), MODES)
+        if not generation.level - 2 <= mode.level <= generation.level:
+            raise t.error("mode", f"a {generation.name} processor cannot run in {mode.name} mode")
+    model = t.take("model", str, generation.name.upper())
+    cpu = Cpu(pvr, mode, model, t.take("clock_mhz", int, 2750))
+    t.done()
+    return cpu
+
+
+def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
+    kinds = ("powervm", "qemu", "kvm") if platform == "pseries" else ("none",)
+    kind = t.choice("kind", kinds, None if platform == "pseries" else "none")
+    apis = NESTED_API.get(kind, ())
+    nested_api = t.take("nested_api", int, apis[0] if apis else 0) or None
+    if nested_api is not None and nested_api not in apis:
+        raise t.error("nested_api", f"{kind} does not offer nested API v{nested_api}")
+    v2 = nested_api == 2
+    offers: tuple[CompatMode, ...] = ()
+    if "offers" in t.data:
+        if not v2:
+            raise t.error("offers", "only a nested API v2 hypervisor answers H_GUEST_GET_CAPABILITIES")
+        names = t.take("offers", list)
+        offers = tuple(_mode(t, "offers", n, {m.name: m for m in CAP_MODES}) for n in names)
+    elif v2:
+        raise t.error("offers", "missing (what H_GUEST_GET_CAPABILITIES reports)")
+    for key in ("other_capability_bits", "hcall_at_init", "hcall_at_runtime"):
+        if key in t.data and not v2:
+            raise t.error(key, "only meaningful for a nested API v2 hypervisor")
+    other = t.take("other_capability_bits", int, 0)
+    if not 0 <= other <= 0xFFFFFFFFFFFFFFFF:
+        raise t.error("other_capability_bits", f"{other:#x} does not fit 64 bits")
+    init, runtime = _hcall(t, "hcall_at_init"), _hcall(t, "hcall_at_runtime")
+    hv = Hypervisor(cast(HypervisorKind, kind), nested_api, offers, other, init, runtime)
+    t.done()
+    return hv
+
+
+def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
+    if "cpus" not in t.data:
+        t.done()
+        gen = cpu.generation
+        if gen is None:
+            return ()
+        version = cpu.mode.logical_pvr if cpu.mode else None
+        return (CpuNode(f"PowerPC,{gen.name.upper()}@0", 0, version),)
+    nodes = []
+    for i, raw in enumerate(t.take("cpus", list)):
+        if not isinstance(raw, dict):
+            raise t.error(f"cpus[{i}]", f"expected a table, got {_toml_type(raw)}")
+        n = _Table(t.where, f"{t.prefix}cpus[{i}].", raw)
+        name, reg = n.take("name", str), n.take("reg", int, 8 * i)
+        version = n.take("cpu-version", int) if "cpu-version" in n.data else None
+        if version is not None and not 0 <= version <= 0xFFFFFFFF:
+            raise n.error("cpu-version", f"{version:#x} does not fit a u32 property")
+        n.done()
+        nodes.append(CpuNode(name, reg, version))
+    t.done()
+    return tuple(nodes)
+
+
+def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host:
+    """Parse profile ``text``; ``where`` names it in errors (usually the file's path)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{where}: bad TOML: {exc}") from None
+    t = _Table(where, "", data)
+    summary = t.take("summary", str)
+    arch_name = t.choice("arch", tuple(n for n in ARCHES if n != "aarch64"))
+    platform = t.choice("platform", tuple(PLATFORMS))
+    if arch_name not in PLATFORMS[platform]:
+        raise t.error("platform", f"{platform} does not run on {arch_name}")
+    module_list = t.take("modules", list, [])
+    for m in module_list:
+        if m not in MODULES[platform]:
+            raise t.error("modules", f"unknown module {m!r} on {platform} (expected: {', '.join(MODULES[platform])})")
+    powerpc = platform != "x86"
+    book3s_hv = t.take("book3s_hv", bool, powerpc)
+    if book3s_hv and not powerpc:
+        raise t.error("book3s_hv", "Book3S HV exists only on powerpc")
+    cpu = _read_cpu(t.table("cpu"), platform)
+    hypervisor = _read_hypervisor(t.table("hypervisor"), platform)
+    dt = t.table("device_tree")
+    if not powerpc and dt.data:
+        raise dt.error("cpus", "an x86 machine has no device tree")
+    cpu_nodes = _read_cpu_nodes(dt, cpu)
+    for i, node in enumerate(cpu_nodes):
+        if node.cpu_version is not None and cpu.mode and node.cpu_version != cpu.mode.logical_pvr:
+            dt_mode = mode_of_logical_pvr(node.cpu_version)
+            if dt_mode is not None:
+                raise dt.error(f"cpus[{i}].cpu-version", f"{dt_mode.name} contradicts cpu.mode {cpu.mode.name}")
+    t.done()
+    return Host(
+        name,
+        path,
+        summary,
+        ARCHES[arch_name],
+        cast(Platform, platform),
+        tuple(module_list),
+        book3s_hv,
+        cpu,
+        hypervisor,
+        cpu_nodes,
+    )
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A profile name (``powervm-p11``) resolves under ``fixtures/hosts/``; else a path."""
+    text = str(name_or_path)
+    if "/" not in text and not text.endswith(".toml"):
+        path = HOSTS_DIR / f"{text}.toml"
+        if not path.is_file():
+            raise ProfileError(f"{text}: unknown host (see 'kvmsim hosts' for the list)")
+        return path
+    return Path(text)
+
+
+def load(name_or_path: str | Path) -> Host:
+    path = resolve(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ProfileError(f"{path}: cannot read profile: {reason}") from None
+    return parse(text, name=path.stem, where=str(path), path=path)
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in HOSTS_DIR.glob("*.toml"))

@@ -1,0 +1,90 @@
+"""CPython's ``fcntl.ioctl(fd, request, arg, mutate_flag)`` as a user-space caller of
+``ioctl(2)``: how each kind of ``arg`` becomes the pointer the kernel sees.
+
+From Modules/fcntlmodule.c (``IOCTL_BUFSZ`` is 1024):
+
+* an ``int`` is passed as the raw argument;
+* a mutable buffer with ``mutate_flag`` true is copied into a 1024-byte scratch area on
+  CPython's stack when it is at most 1024 bytes (else passed in place), and copied back
+  **before** ``OSError`` is raised, so a caller sees the E2BIG write-back;
+* an immutable buffer (``bytes``, ``str``) or ``mutate_flag`` false: at most 1024 bytes
+  (else ``ValueError``), copied to scratch, and a new ``bytes`` of the same length returned.
+
+The scratch area past the caller's bytes is zero here (on CPython it is uninitialised stack).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .usermem import AddressSpace
+
+IOCTL_BUFSZ = 1024
+ULONG_MASK = (1 << 64) - 1
+
+SysIoctl = Callable[[int, int, int], int]  # (fd, cmd, unsigned long arg) -> result
+
+
+class Scratch(threading.local):
+    addr: int | None = None
+
+
+def fcntl_ioctl(
+    sys_ioctl: SysIoctl,
+    mem: AddressSpace,
+    scratch: Scratch,
+    fd: int,
+    request: int,
+    arg: object = 0,
+    mutate_flag: bool = True,
+) -> int | bytes:
+    cmd = request & 0xFFFFFFFF  # sys_ioctl(unsigned int fd, unsigned int cmd, unsigned long arg)
+    if isinstance(arg, bool) or not isinstance(arg, int | str | bytes | bytearray | memoryview):
+        try:
+            view = memoryview(arg)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                "ioctl requires a file or file descriptor, an integer and optionally an integer or buffer argument"
+            ) from None
+        return _buffer(sys_ioctl, mem, scratch, fd, cmd, view, mutate_flag)
+    if isinstance(arg, int):
+        if not -(1 << 63) <= arg <= ULONG_MASK:
+            raise OverflowError("ioctl argument does not fit in an unsigned long")
+        return sys_ioctl(fd, cmd, arg & ULONG_MASK)
+    if isinstance(arg, str):
+        arg = arg.encode()
+    return _buffer(sys_ioctl, mem, scratch, fd, cmd, memoryview(arg), mutate_flag)
+
+
+def _scratch(mem: AddressSpace, scratch: Scratch) -> int:
+    if scratch.addr is None:
+        scratch.addr = mem.map(IOCTL_BUFSZ + 1)
+    return scratch.addr
+
+
+def _buffer(
+    sys_ioctl: SysIoctl, mem: AddressSpace, scratch: Scratch, fd: int, cmd: int, view: memoryview, mutate_flag: bool
+) -> int | bytes:
+    data = view.tobytes()
+    n = len(data)
+    if mutate_flag and not view.readonly:
+        if n > IOCTL_BUFSZ:  # passed in place: the buffer itself is the mapping
+            addr = mem.map(n, data=data)
+            try:
+                return sys_ioctl(fd, cmd, addr)
+            finally:
+                view.cast("B")[:] = mem.read(addr, n)
+                mem.unmap(addr)
+        addr = _scratch(mem, scratch)
+        mem.write(addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
+        try:
+            return sys_ioctl(fd, cmd, addr)
+        finally:
+            view.cast("B")[:] = mem.read(addr, n)
+    if n > IOCTL_BUFSZ:
+        raise ValueError("ioctl string arg too long")
+    addr = _scratch(mem, scratch)
+    mem.write(addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
+    sys_ioctl(fd, cmd, addr)
+    return mem.read(addr, n)

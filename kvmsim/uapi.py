@@ -1,0 +1,304 @@
+"""Numbers and layouts only: the uapi of ``KVM_PPC_GET_COMPAT_CAPS`` and its neighbours.
+
+Nothing here behaves; the kernel's code paths live in ``powerpc``, ``book3s_hv`` and
+``kvm_main``.  An ABI revision is one frozen :class:`AbiRevision` value: its struct layout,
+capability number, ioctl macro and rules.  Users can derive their own (``attrs.evolve``
+or :func:`revision` with ``cap=``/``nr=``) from their kernel headers.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Literal
+
+import attrs
+
+# include/uapi/linux/kvm.h
+KVMIO = 0xAE
+KVM_API_VERSION = 12
+
+KVM_GET_API_VERSION_NR = 0x00
+KVM_CREATE_VM_NR = 0x01
+KVM_CHECK_EXTENSION_NR = 0x03
+
+# arch/powerpc/include/uapi/asm/kvm.h: KVM_CREATE_VM types
+KVM_VM_PPC_HV = 1
+KVM_VM_PPC_PR = 2
+
+# Generic capabilities every kernel answers 1 for, on both fds
+# (kvm_vm_ioctl_check_extension_generic); checked against a real x86 /dev/kvm.
+KVM_CAP_USER_MEMORY = 3
+KVM_CAP_DESTROY_MEMORY_REGION_WORKS = 21
+KVM_CAP_JOIN_MEMORY_REGIONS_WORKS = 30
+KVM_CAP_INTERNAL_ERROR_DATA = 40
+KVM_CAP_ENABLE_CAP_VM = 98
+KVM_CAP_CHECK_EXTENSION_VM = 105
+KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
+GENERIC_CAPS = frozenset(
+    {
+        KVM_CAP_USER_MEMORY,
+        KVM_CAP_DESTROY_MEMORY_REGION_WORKS,
+        KVM_CAP_JOIN_MEMORY_REGIONS_WORKS,
+        KVM_CAP_INTERNAL_ERROR_DATA,
+        KVM_CAP_ENABLE_CAP_VM,
+        KVM_CAP_CHECK_EXTENSION_VM,
+        KVM_CAP_IOEVENTFD_ANY_LENGTH,
+    }
+)
+
+
+# ---------------------------------------------------------------------------
+# ioctl encoding: include/uapi/asm-generic/ioctl.h vs arch/powerpc/include/uapi/asm/ioctl.h
+
+
+@attrs.frozen
+class IoctlEncoding:
+    """One architecture's ``_IOC()``: ``dir << dirshift | size << 16 | type << 8 | nr``."""
+
+    name: str
+    sizebits: int
+    dirbits: int
+    none: int
+    read: int
+    write: int
+    nrbits: int = 8
+    typebits: int = 8
+
+    @property
+    def sizeshift(self) -> int:
+        return self.nrbits + self.typebits
+
+    @property
+    def dirshift(self) -> int:
+        return self.sizeshift + self.sizebits
+
+    def ioc(self, direction: int, type_: int, nr: int, size: int) -> int:
+        if not 0 <= size < 1 << self.sizebits:
+            raise ValueError(f"{self.name}: ioctl size {size} does not fit {self.sizebits} bits")
+        return direction << self.dirshift | size << self.sizeshift | type_ << self.nrbits | nr
+
+    def io(self, type_: int, nr: int) -> int:
+        return self.ioc(self.none, type_, nr, 0)
+
+    def ior(self, type_: int, nr: int, size: int) -> int:
+        return self.ioc(self.read, type_, nr, size)
+
+    def iow(self, type_: int, nr: int, size: int) -> int:
+        return self.ioc(self.write, type_, nr, size)
+
+
+GENERIC_IOC = IoctlEncoding("generic", sizebits=14, dirbits=2, none=0, read=2, write=1)
+POWERPC_IOC = IoctlEncoding("powerpc", sizebits=13, dirbits=3, none=1, read=2, write=4)
+
+ByteOrder = Literal["little", "big"]
+
+
+@attrs.frozen
+class Arch:
+    """What a kernel is built for: its ioctl encoding and its byte order."""
+
+    name: str
+    ioc: IoctlEncoding
+    byteorder: ByteOrder
+
+    @property
+    def is_powerpc(self) -> bool:
+        return self.ioc is POWERPC_IOC
+
+    @property
+    def struct_prefix(self) -> str:
+        return "<" if self.byteorder == "little" else ">"
+
+    def kvm_get_api_version(self) -> int:
+        return self.ioc.io(KVMIO, KVM_GET_API_VERSION_NR)
+
+    def kvm_create_vm(self) -> int:
+        return self.ioc.io(KVMIO, KVM_CREATE_VM_NR)
+
+    def kvm_check_extension(self) -> int:
+        return self.ioc.io(KVMIO, KVM_CHECK_EXTENSION_NR)
+
+
+ARCHES: dict[str, Arch] = {
+    a.name: a
+    for a in (
+        Arch("ppc64le", POWERPC_IOC, "little"),
+        Arch("ppc64", POWERPC_IOC, "big"),
+        Arch("x86_64", GENERIC_IOC, "little"),
+        Arch("aarch64", GENERIC_IOC, "little"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------
+# Compatibility-mode bits: IBM MSB-0 numbering, "bit 1" is 1 << 62.
+
+
+def msb0_bit(n: int) -> int:
+    """IBM bit ``n`` of a 64-bit doubleword (bit 0 is the most significant)."""
+    return 1 << (63 - n)
+
+
+KVM_PPC_COMPAT_CAP_POWER9 = msb0_bit(1)
+KVM_PPC_COMPAT_CAP_POWER10 = msb0_bit(2)
+KVM_PPC_COMPAT_CAP_POWER11 = msb0_bit(3)
+KVM_PPC_COMPAT_BITMASK = KVM_PPC_COMPAT_CAP_POWER9 | KVM_PPC_COMPAT_CAP_POWER10 | KVM_PPC_COMPAT_CAP_POWER11
+
+# arch/powerpc/include/asm/hvcall.h: H_GUEST_GET_CAPABILITIES bits (same values)
+H_GUEST_CAP_COPY_MEM = msb0_bit(0)
+H_GUEST_CAP_POWER9 = msb0_bit(1)
+H_GUEST_CAP_POWER10 = msb0_bit(2)
+H_GUEST_CAP_POWER11 = msb0_bit(3)
+H_GUEST_CAP_BITMAP2 = msb0_bit(63)
+
+
+@attrs.frozen
+class CompatMode:
+    """A processor compatibility mode: its logical PVR and, if it has one, its cap bit."""
+
+    name: str
+    level: int  # ordering: POWER8 < POWER9 < ...
+    logical_pvr: int  # the cpu-version device-tree value (PVR_ARCH_*)
+    cap_bit: int  # KVM_PPC_COMPAT_CAP_*, 0 when the ioctl has no bit for it
+    pvr_versions: tuple[int, ...]  # raw PVR upper halves of processors of this generation
+
+
+# arch/powerpc/include/asm/reg.h: PVR_ARCH_207 .. PVR_ARCH_31_P11, PVR_POWER8 ..
+POWER8 = CompatMode("power8", 8, 0x0F000004, 0, (0x004B, 0x004C, 0x004D))
+POWER9 = CompatMode("power9", 9, 0x0F000005, KVM_PPC_COMPAT_CAP_POWER9, (0x004E,))
+POWER10 = CompatMode("power10", 10, 0x0F000006, KVM_PPC_COMPAT_CAP_POWER10, (0x0080,))
+POWER11 = CompatMode("power11", 11, 0x0F000007, KVM_PPC_COMPAT_CAP_POWER11, (0x0082,))
+MODES: dict[str, CompatMode] = {m.name: m for m in (POWER8, POWER9, POWER10, POWER11)}
+CAP_MODES: tuple[CompatMode, ...] = tuple(m for m in MODES.values() if m.cap_bit)
+
+
+def mode_of_pvr(pvr: int) -> CompatMode | None:
+    """The generation of a raw PVR (its upper half), or None for an unknown processor."""
+    version = pvr >> 16
+    return next((m for m in MODES.values() if version in m.pvr_versions), None)
+
+
+def mode_of_logical_pvr(value: int) -> CompatMode | None:
+    return next((m for m in MODES.values() if m.logical_pvr == value), None)
+
+
+def modes_of_caps(caps: int) -> tuple[CompatMode, ...]:
+    """The modes whose bits are set, oldest first."""
+    return tuple(m for m in CAP_MODES if caps & m.cap_bit)
+
+
+# ---------------------------------------------------------------------------
+# struct kvm_ppc_compat_caps, one layout per revision
+
+KVM_PPC_COMPAT_CAPS_SIZE_VER0 = 24
+
+CompatCapsField = Literal["flags", "size", "compat_capabilities"]
+
+
+@attrs.frozen
+class CompatCapsLayout:
+    """``struct kvm_ppc_compat_caps``: all ``__u64``, native endian, no padding.
+
+    ``fields`` is the C declaration order, e.g. v4::
+
+        struct kvm_ppc_compat_caps {
+                __u64 flags;                /* Reserved for future use */
+                __u64 size;                 /* Size of this structure */
+                __u64 compat_capabilities;  /* Capabilities supported by the host */
+        };
+    """
+
+    fields: tuple[CompatCapsField, CompatCapsField, CompatCapsField]
+
+    @property
+    def size(self) -> int:
+        return 8 * len(self.fields)
+
+    def offset(self, field: CompatCapsField) -> int:
+        return 8 * self.fields.index(field)
+
+    def struct(self, byteorder: ByteOrder) -> struct.Struct:
+        return struct.Struct(("<" if byteorder == "little" else ">") + "Q" * len(self.fields))
+
+    def pack(self, byteorder: ByteOrder, **values: int) -> bytes:
+        return self.struct(byteorder).pack(*(values.get(f, 0) for f in self.fields))
+
+    def unpack(self, byteorder: ByteOrder, data: bytes) -> dict[CompatCapsField, int]:
+        values = self.struct(byteorder).unpack_from(data)
+        return dict(zip(self.fields, values, strict=True))
+
+
+LAYOUT_V4 = CompatCapsLayout(("flags", "size", "compat_capabilities"))
+LAYOUT_V5 = CompatCapsLayout(("size", "flags", "compat_capabilities"))
+
+
+# ---------------------------------------------------------------------------
+# ABI revisions
+
+Macro = Literal["_IO", "_IOR"]
+SizeRule = Literal["accept-larger", "e2big"]
+NestedV2Source = Literal["live-hcall", "cached-at-init"]
+CpuVersionMap = Literal["single", "cumulative"]
+
+
+@attrs.frozen
+class AbiRevision:
+    """One revision of the ``KVM_PPC_GET_COMPAT_CAPS`` ABI, as a kernel knows it."""
+
+    name: str
+    layout: CompatCapsLayout
+    cap: int  # KVM_CAP_PPC_COMPAT_CAPS
+    nr: int  # the ioctl's number within KVMIO
+    macro: Macro
+    size_rule: SizeRule  # what a size larger than the kernel's struct gets
+    checks_flags: bool  # EINVAL if flags != 0
+    nested_v2: NestedV2Source  # how the PowerVM backend gets its bitmap
+    cpu_version_map: CpuVersionMap  # how the PowerNV backend maps cpu-version
+
+    def request(self, arch: Arch) -> int:
+        """The ioctl request number as this revision's macro encodes it on ``arch``."""
+        if self.macro == "_IOR":
+            return arch.ioc.ior(KVMIO, self.nr, self.layout.size)
+        return arch.ioc.io(KVMIO, self.nr)
+
+
+V4 = AbiRevision(
+    name="v4",
+    layout=LAYOUT_V4,
+    cap=249,
+    nr=0xE4,
+    macro="_IOR",
+    size_rule="accept-larger",
+    checks_flags=False,
+    nested_v2="live-hcall",
+    cpu_version_map="single",
+)
+V5 = AbiRevision(
+    name="v5",
+    layout=LAYOUT_V5,
+    cap=250,
+    nr=0xE4,
+    macro="_IO",
+    size_rule="e2big",
+    checks_flags=True,
+    nested_v2="cached-at-init",
+    cpu_version_map="cumulative",
+)
+REVISIONS: dict[str, AbiRevision] = {r.name: r for r in (V4, V5)}
+DEFAULT_REVISION = "v4"
+
+
+def revision(name: str, *, cap: int | None = None, nr: int | None = None) -> AbiRevision:
+    """A named revision, optionally with the capability or ioctl number overridden."""
+    try:
+        rev = REVISIONS[name]
+    except KeyError:
+        known = ", ".join(REVISIONS)
+        raise ValueError(f"unknown ABI revision {name!r} (known: {known})") from None
+    if cap is not None:
+        rev = attrs.evolve(rev, cap=cap)
+    if nr is not None:
+        if not 0 <= nr <= 0xFF:
+            raise ValueError(f"ioctl nr {nr:#x} does not fit 8 bits")
+        rev = attrs.evolve(rev, nr=nr)
+    return rev

@@ -1,0 +1,140 @@
+"""The calling process's address space, as the kernel's uaccess helpers see it.
+
+Regions are mapped with a length and a write permission; address 0 is never mapped and every
+mapping is followed by an unmapped guard gap.  The kernel side (``get_user``, ``put_user``,
+``copy_from_user``, ``copy_to_user``) obeys the permissions and raises :class:`Fault`
+exactly where the real helpers would return ``-EFAULT``.  ``read``/``write`` are the
+process's own view, for setting up and inspecting a test: they ignore write permission.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import threading
+
+import attrs
+
+from .uapi import ByteOrder
+
+PAGE_SIZE = 0x1000
+# Below 2**31, so an address fits the C int that CPython 3.11's fcntl.ioctl passes.
+MAP_BASE = 0x1000_0000
+
+
+class Fault(Exception):
+    """An access the MMU would refuse; the uaccess helpers turn it into EFAULT."""
+
+    def __init__(self, addr: int, access: str) -> None:
+        super().__init__(f"{access} fault at {addr:#x}")
+        self.addr = addr
+        self.access = access
+
+
+@attrs.define
+class Region:
+    start: int
+    data: bytearray
+    writable: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
+
+
+def _u64(byteorder: ByteOrder) -> struct.Struct:
+    return struct.Struct("<Q" if byteorder == "little" else ">Q")
+
+
+class AddressSpace:
+    """A sparse set of mapped regions; thread-safe for map/unmap."""
+
+    def __init__(self) -> None:
+        self._regions: list[Region] = []  # sorted by start
+        self._starts: list[int] = []
+        self._next = MAP_BASE
+        self._lock = threading.Lock()
+
+    # -- the process's side ------------------------------------------------
+
+    def map(self, length: int, *, writable: bool = True, data: bytes | None = None) -> int:
+        """Map ``length`` bytes (zero-filled, or ``data``) and return the address."""
+        if length <= 0:
+            raise ValueError(f"cannot map {length} bytes")
+        with self._lock:
+            start = self._next
+            pages = -(-length // PAGE_SIZE) + 1  # one guard page after every mapping
+            self._next += pages * PAGE_SIZE
+            buf = bytearray(length)
+            if data is not None:
+                buf[: len(data)] = data[:length]
+            i = bisect.bisect(self._starts, start)
+            self._regions.insert(i, Region(start, buf, writable))
+            self._starts.insert(i, start)
+        return start
+
+    def unmap(self, addr: int) -> None:
+        with self._lock:
+            i = bisect.bisect_left(self._starts, addr)
+            if i == len(self._starts) or self._starts[i] != addr:
+                raise ValueError(f"no mapping starts at {addr:#x}")
+            region = self._regions.pop(i)
+            del self._starts[i]
+            if i == len(self._regions):  # the topmost mapping: reuse its addresses
+                self._next = region.start
+
+    def protect(self, addr: int, *, writable: bool) -> None:
+        self._region(addr, 1, "protect").writable = writable
+
+    def read(self, addr: int, n: int) -> bytes:
+        region = self._region(addr, n, "read")
+        off = addr - region.start
+        return bytes(region.data[off : off + n])
+
+    def write(self, addr: int, data: bytes) -> None:
+        region = self._region(addr, len(data), "write")
+        off = addr - region.start
+        region.data[off : off + len(data)] = data
+
+    # -- the kernel's side: arch/powerpc/include/asm/uaccess.h -------------
+
+    def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
+        value: int = _u64(byteorder).unpack(self.copy_from_user(addr, 8))[0]
+        return value
+
+    def put_user_u64(self, addr: int, value: int, byteorder: ByteOrder) -> None:
+        self.copy_to_user(addr, _u64(byteorder).pack(value))
+
+    def copy_from_user(self, addr: int, n: int) -> bytes:
+        """All ``n`` bytes, or :class:`Fault` if any of them is unmapped."""
+        return self.read(addr, n)
+
+    def copy_to_user(self, addr: int, data: bytes) -> None:
+        """Write ``data``; a fault part-way leaves the bytes before it written, as
+        ``__copy_tofrom_user`` does, and raises :class:`Fault`."""
+        done = 0
+        while done < len(data):
+            region = self._find(addr + done)
+            if region is None or not region.writable:
+                raise Fault(addr + done, "write")
+            off = addr + done - region.start
+            chunk = min(len(data) - done, region.end - (addr + done))
+            region.data[off : off + chunk] = data[done : done + chunk]
+            done += chunk
+
+    # -- lookup --------------------------------------------------------------
+
+    def _find(self, addr: int) -> Region | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0:
+            return None
+        region = self._regions[i]
+        return region if addr < region.end else None
+
+    def _region(self, addr: int, n: int, access: str) -> Region:
+        region = self._find(addr)
+        if region is None:
+            raise Fault(addr, access)
+        if addr + n > region.end:
+            raise Fault(region.end, access)
+        return region

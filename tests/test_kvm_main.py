@@ -1,0 +1,136 @@
+"""kvm_main: /dev/kvm, the fd table, KVM_CREATE_VM types, generic capabilities."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from conftest import REVS
+
+from kvmsim import Kernel
+from kvmsim.uapi import GENERIC_CAPS
+
+
+def vm_ops_name(k: Kernel, fd: int) -> str:
+    vm = k.vm_of(fd)
+    ops = getattr(vm, "ops", None)
+    return "x86" if ops is None else str(ops.name)
+
+
+@pytest.fixture
+def k() -> Kernel:
+    return Kernel.from_profile("powervm-p11")
+
+
+def test_api_version_is_12_and_takes_no_argument(k: Kernel) -> None:
+    dev = k.open()
+    assert k.ioctl(dev, k.KVM_GET_API_VERSION) == 12
+    with pytest.raises(OSError) as exc:
+        k.ioctl(dev, k.KVM_GET_API_VERSION, 1)
+    assert exc.value.errno == errno.EINVAL
+
+
+def test_only_dev_kvm_exists(k: Kernel) -> None:
+    with pytest.raises(FileNotFoundError):
+        k.open("/dev/kvm0")
+
+
+def test_fds_are_the_lowest_free_numbers(k: Kernel) -> None:
+    dev = k.open()
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
+    assert (dev, vm) == (3, 4)
+    k.close(dev)
+    assert k.open() == 3
+    assert k.fds() == {3: "/dev/kvm", 4: "anon_inode:kvm-vm"}
+
+
+def test_ebadf_after_close_and_for_unknown_fds(k: Kernel) -> None:
+    dev = k.open()
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
+    k.close(vm)
+    for fd in (vm, 99, -1):
+        with pytest.raises(OSError) as exc:
+            k.ioctl(fd, k.KVM_CHECK_EXTENSION, 250)
+        assert exc.value.errno == errno.EBADF
+    with pytest.raises(OSError) as exc:
+        k.close(vm)
+    assert exc.value.errno == errno.EBADF
+
+
+def test_vm_fd_outlives_the_dev_kvm_fd(k: Kernel) -> None:
+    dev = k.open()
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
+    k.close(dev)
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, k.rev.cap) == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "vm_type", "result"),
+    [
+        ("powervm-p11", 0, "kvm_hv"),
+        ("powervm-p11", 1, "kvm_hv"),
+        ("powervm-p11", 2, "EINVAL"),  # kvm_pr not loaded
+        ("powervm-p11", 3, "EINVAL"),
+        ("pseries-kvm-pr", 0, "kvm_pr"),
+        ("pseries-kvm-pr", 1, "EINVAL"),
+        ("pseries-kvm-pr", 2, "kvm_pr"),
+        ("powernv-p10", 0, "kvm_hv"),
+        ("x86_64", 0, "x86"),
+        ("x86_64", 1, "EINVAL"),
+    ],
+)
+def test_create_vm_types(host: str, vm_type: int, result: str) -> None:
+    k = Kernel.from_profile(host)
+    dev = k.open()
+    if result.startswith("E"):
+        with pytest.raises(OSError) as exc:
+            k.ioctl(dev, k.KVM_CREATE_VM, vm_type)
+        assert errno.errorcode[exc.value.errno] == result  # type: ignore[index]
+        return
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, vm_type)
+    assert vm_ops_name(k, vm) == result
+
+
+def test_pr_and_hv_together_type_0_prefers_hv(tmp_path: pytest.TempPathFactory) -> None:
+    from kvmsim import profile
+
+    text = (profile.HOSTS_DIR / "powervm-p11.toml").read_text().replace('["kvm_hv"]', '["kvm_hv", "kvm_pr"]')
+    path = tmp_path / "both.toml"  # type: ignore[operator]
+    path.write_text(text)
+    k = Kernel.from_profile(str(path))
+    dev = k.open()
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
+    pr = k.ioctl(dev, k.KVM_CREATE_VM, 2)
+    assert (vm_ops_name(k, vm), vm_ops_name(k, pr)) == ("kvm_hv", "kvm_pr")
+
+
+@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("host", ["powervm-p11", "x86_64"])
+def test_generic_caps_answer_1_on_both_fds_unknown_caps_0(host: str, abi: str) -> None:
+    k = Kernel.from_profile(host, abi=abi)
+    dev = k.open()
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
+    for fd in (dev, vm):
+        assert all(k.ioctl(fd, k.KVM_CHECK_EXTENSION, cap) == 1 for cap in GENERIC_CAPS)
+        assert k.ioctl(fd, k.KVM_CHECK_EXTENSION, 9999) == 0
+
+
+@pytest.mark.parametrize("host", ["powervm-p11", "x86_64"])
+def test_unknown_ioctl_einval_on_dev_enotty_on_vm(host: str) -> None:
+    k = Kernel.from_profile(host)
+    dev = k.open()
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
+    for fd, err in ((dev, errno.EINVAL), (vm, errno.ENOTTY)):
+        with pytest.raises(OSError) as exc:
+            k.ioctl(fd, 0x1234)
+        assert exc.value.errno == err
+    for cmd in (k.KVM_GET_API_VERSION, k.KVM_CREATE_VM):  # /dev/kvm-only ioctls on a VM fd
+        with pytest.raises(OSError) as exc:
+            k.ioctl(vm, cmd, 0)
+        assert exc.value.errno == errno.ENOTTY
+
+
+def test_errors_carry_the_kernels_reason(k: Kernel) -> None:
+    with pytest.raises(OSError) as exc:
+        k.ioctl(k.open(), k.KVM_GET_API_VERSION, 5)
+    assert "no argument" in exc.value.reason  # type: ignore[attr-defined]

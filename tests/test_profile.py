@@ -1,0 +1,94 @@
+"""Host profiles: every shipped one loads; every malformed one is one line naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvmsim import ProfileError, profile
+
+REQUIRED = {
+    "powervm-p10", "powervm-p11", "powervm-p11-compat-p10", "powervm-p11-be", "powervm-p10-hcall-hardware",
+    "powervm-hcall-unavailable", "kvm-l1-p9", "kvm-l1-p10", "kvm-l1-p11", "kvm-l1-p10-compat-p9",
+    "kvm-l1-no-cpu-version", "kvm-l1-p8-compat", "powernv-p10", "pseries-kvm-pr", "x86_64", "no-kvm",
+}  # fmt: skip
+
+
+def test_required_profiles_exist_with_a_one_line_summary() -> None:
+    assert set(profile.names()) >= REQUIRED
+    for name in profile.names():
+        host = profile.load(name)
+        assert host.summary and "\n" not in host.summary
+
+
+def test_byte_order_follows_the_arch() -> None:
+    assert profile.load("powervm-p11-be").arch.byteorder == "big"
+    assert profile.load("powervm-p11").arch.byteorder == "little"
+
+
+def test_cpu_nodes_follow_the_mode_unless_given() -> None:
+    assert profile.load("kvm-l1-p10-compat-p9").cpu_nodes[0].cpu_version == 0x0F000005
+    assert profile.load("kvm-l1-no-cpu-version").cpu_nodes[0].cpu_version is None
+
+
+GOOD = """\
+summary = "ok"
+arch = "ppc64le"
+platform = "pseries"
+modules = ["kvm_hv"]
+[cpu]
+pvr = 0x00800200
+mode = "power10"
+[hypervisor]
+kind = "powervm"
+offers = ["power10"]
+"""
+
+MALFORMED = [
+    ("bad toml", "summary = ", "bad TOML"),
+    ("unknown top key", GOOD + "colour = 1\n", "colour: unknown key"),
+    ("unknown cpu key", GOOD.replace("[cpu]\n", "[cpu]\nfreq = 1\n"), "cpu.freq: unknown key"),
+    ("missing summary", GOOD.replace('summary = "ok"\n', ""), "summary: missing"),
+    ("wrong type", GOOD.replace("pvr = 0x00800200", 'pvr = "p10"'), "cpu.pvr: expected an integer, got a string"),
+    ("bool for int", GOOD.replace("pvr = 0x00800200", "pvr = true"), "cpu.pvr: expected an integer, got a boolean"),
+    ("unknown mode", GOOD.replace('mode = "power10"', 'mode = "power12"'), "cpu.mode: unknown mode 'power12'"),
+    ("unknown offer", GOOD.replace('["power10"]', '["power8"]'), "hypervisor.offers: unknown mode 'power8'"),
+    ("unknown arch", GOOD.replace("ppc64le", "s390x"), "arch: unknown value 's390x'"),
+    ("powervm on x86", GOOD.replace('"ppc64le"', '"x86_64"'), "platform: pseries does not run on x86_64"),
+    ("pvr out of range", GOOD.replace("0x00800200", "0x1FFFFFFFF"), "cpu.pvr: 0x1ffffffff is not the PVR"),
+    ("unknown pvr", GOOD.replace("0x00800200", "0x00390000"), "cpu.pvr: 0x390000 is not the PVR"),
+    ("mode above cpu", GOOD.replace("0x00800200", "0x004E1202"), "cpu.mode: a power9 processor cannot run in power10"),
+    ("unknown module", GOOD.replace('["kvm_hv"]', '["kvm_intel"]'), "modules: unknown module 'kvm_intel'"),
+    ("powervm nested v1", GOOD.replace('kind = "powervm"', 'kind = "powervm"\nnested_api = 1'), "nested_api"),
+    ("unknown hcall code", GOOD + 'hcall_at_init = "H_OOPS"\n', "hypervisor.hcall_at_init: unknown value 'H_OOPS'"),
+    ("offers on nested v1", GOOD.replace('kind = "powervm"', 'kind = "kvm"'), "hypervisor.offers: only a nested"),
+    ("missing hypervisor", GOOD.split("[hypervisor]")[0], "hypervisor.kind: missing"),
+    ("cpu-version out of range", GOOD + '[[device_tree.cpus]]\nname = "c"\ncpu-version = -1\n', "cpu-version"),
+    ("cpus not tables", GOOD + "[device_tree]\ncpus = [1]\n", "device_tree.cpus[0]: expected a table"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [(t, m) for _, t, m in MALFORMED], ids=[i for i, _, _ in MALFORMED])
+def test_malformed_profile_is_one_line_naming_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as exc:
+        profile.load(path)
+    line = str(exc.value)
+    assert "\n" not in line
+    assert line.startswith(f"{path}: ")
+    assert message in line
+
+
+def test_the_good_base_profile_loads(tmp_path: Path) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    assert profile.load(path).hypervisor.nested_api == 2
+
+
+def test_unknown_host_name_and_missing_file() -> None:
+    with pytest.raises(ProfileError, match=r"^power42: unknown host"):
+        profile.load("power42")
+    with pytest.raises(ProfileError, match="cannot read profile"):
+        profile.load("/nonexistent/x.toml")

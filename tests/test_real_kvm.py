@@ -1,0 +1,94 @@
+"""Differential: the ``x86_64`` profile against this machine's real /dev/kvm.
+
+Every probe is run through both with the same fcntl contract; the answers (value or errno)
+must be identical.  Skipped, with the reason, where /dev/kvm cannot be opened."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from kvmsim import Kernel
+from kvmsim.uapi import ARCHES, GENERIC_CAPS, V4, V5
+
+
+def _open_real() -> int | str:
+    try:
+        return os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"no usable /dev/kvm here: {exc.strerror}"
+
+
+_probe = _open_real()
+if isinstance(_probe, int):
+    os.close(_probe)
+pytestmark = pytest.mark.skipif(isinstance(_probe, str), reason=str(_probe))
+
+Ioctl = Callable[[int, int, object], object]
+
+
+class Side:
+    def __init__(self, open_: Callable[[], int], ioctl: Ioctl, close: Callable[[int], None]) -> None:
+        self.open, self.ioctl, self.close = open_, ioctl, close
+
+    def answer(self, fd: int, request: int, arg: object = 0) -> object:
+        try:
+            return self.ioctl(fd, request, arg)
+        except OSError as exc:
+            return f"errno {exc.errno}"
+
+
+@pytest.fixture
+def sides() -> Iterator[tuple[Side, Side]]:
+    k = Kernel.from_profile("x86_64")
+    real = Side(lambda: os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC), fcntl.ioctl, os.close)
+    sim = Side(k.open, k.ioctl, k.close)
+    yield real, sim
+
+
+X86 = ARCHES["x86_64"]
+PPC = ARCHES["ppc64le"]
+REQUESTS = {  # every encoding of the compat-caps request, and the powerpc KVM numbers
+    "v4 x86": V4.request(X86),
+    "v5 x86": V5.request(X86),
+    "v4 powerpc": V4.request(PPC),
+    "v5 powerpc": V5.request(PPC),
+    "powerpc KVM_CHECK_EXTENSION": PPC.kvm_check_extension(),
+    "unknown": 0xAEFF,
+}
+
+
+def _script(side: Side) -> dict[str, object]:
+    out: dict[str, object] = {}
+    dev = side.open()
+    out["api"] = side.answer(dev, X86.kvm_get_api_version())
+    out["api arg 1"] = side.answer(dev, X86.kvm_get_api_version(), 1)
+    for cap in (249, 250, *sorted(GENERIC_CAPS), 9999):
+        out[f"dev cap {cap}"] = side.answer(dev, X86.kvm_check_extension(), cap)
+    out["create vm type 1"] = side.answer(dev, X86.kvm_create_vm(), 1)
+    vm = side.ioctl(dev, X86.kvm_create_vm(), 0)
+    assert isinstance(vm, int) and vm >= 0
+    for cap in (249, 250, *sorted(GENERIC_CAPS)):
+        out[f"vm cap {cap}"] = side.answer(vm, X86.kvm_check_extension(), cap)
+    for name, req in REQUESTS.items():
+        for fd_name, fd in (("dev", dev), ("vm", vm)):
+            out[f"{name} on {fd_name}"] = side.answer(fd, req, bytearray(V5.layout.pack("little", size=24)))
+    out["api on vm"] = side.answer(vm, X86.kvm_get_api_version())
+    side.close(vm)
+    out["vm after close"] = side.answer(vm, X86.kvm_check_extension(), 250)
+    side.close(dev)
+    out["dev after close"] = side.answer(dev, X86.kvm_get_api_version())
+    return out
+
+
+def test_x86_profile_answers_as_the_real_kernel(sides: tuple[Side, Side]) -> None:
+    real, sim = sides
+    expected = _script(real)
+    got = _script(sim)
+    assert got == expected
+    assert expected["api"] == 12  # and the real kernel is what the reference says
+    assert expected["dev cap 250"] == 0
+    assert expected["v5 x86 on vm"] == "errno 25"

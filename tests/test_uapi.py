@@ -1,0 +1,94 @@
+"""The numbers of the reference's table, computed from the revisions' data."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmsim import uapi
+from kvmsim.uapi import ARCHES, V4, V5
+
+
+@pytest.mark.parametrize(
+    ("rev", "arch", "number"),
+    [
+        (V4, "ppc64le", 0x4018AEE4),
+        (V4, "ppc64", 0x4018AEE4),
+        (V5, "ppc64le", 0x2000AEE4),
+        (V5, "ppc64", 0x2000AEE4),
+        (V4, "x86_64", 0x8018AEE4),
+        (V5, "x86_64", 0x0000AEE4),
+    ],
+)
+def test_compat_caps_request_numbers(rev: uapi.AbiRevision, arch: str, number: int) -> None:
+    assert rev.request(ARCHES[arch]) == number
+
+
+@pytest.mark.parametrize(
+    ("arch", "api", "create", "check"),
+    [("ppc64le", 0x2000AE00, 0x2000AE01, 0x2000AE03), ("x86_64", 0xAE00, 0xAE01, 0xAE03)],
+)
+def test_kvm_request_numbers(arch: str, api: int, create: int, check: int) -> None:
+    a = ARCHES[arch]
+    assert (a.kvm_get_api_version(), a.kvm_create_vm(), a.kvm_check_extension()) == (api, create, check)
+
+
+def test_powerpc_write_direction_is_4_at_bit_29() -> None:
+    assert uapi.POWERPC_IOC.iow(0xAE, 0x42, 8) == 0x8008AE42
+    assert uapi.GENERIC_IOC.iow(0xAE, 0x42, 8) == 0x4008AE42
+
+
+def test_ioctl_size_must_fit_the_architectures_size_bits() -> None:
+    uapi.GENERIC_IOC.ior(0xAE, 1, (1 << 14) - 1)
+    with pytest.raises(ValueError, match="13 bits"):
+        uapi.POWERPC_IOC.ior(0xAE, 1, 1 << 13)
+
+
+@pytest.mark.parametrize(("rev", "cap"), [(V4, 249), (V5, 250)])
+def test_capability_numbers(rev: uapi.AbiRevision, cap: int) -> None:
+    assert rev.cap == cap
+
+
+@pytest.mark.parametrize(
+    ("rev", "offsets"),
+    [
+        (V4, {"flags": 0, "size": 8, "compat_capabilities": 16}),
+        (V5, {"size": 0, "flags": 8, "compat_capabilities": 16}),
+    ],
+)
+def test_struct_layouts(rev: uapi.AbiRevision, offsets: dict[str, int]) -> None:
+    assert rev.layout.size == 24
+    assert {f: rev.layout.offset(f) for f in offsets} == offsets  # type: ignore[arg-type]
+
+
+def test_msb0_bits() -> None:
+    assert uapi.KVM_PPC_COMPAT_CAP_POWER9 == 0x4000000000000000
+    assert uapi.KVM_PPC_COMPAT_CAP_POWER10 == 0x2000000000000000
+    assert uapi.KVM_PPC_COMPAT_CAP_POWER11 == 0x1000000000000000
+    assert uapi.KVM_PPC_COMPAT_BITMASK == 0x7000000000000000
+    assert (uapi.H_GUEST_CAP_COPY_MEM, uapi.H_GUEST_CAP_BITMAP2) == (1 << 63, 1)
+
+
+@pytest.mark.parametrize("byteorder", ["little", "big"])
+def test_pack_is_in_the_kernels_byte_order(byteorder: uapi.ByteOrder) -> None:
+    data = V5.layout.pack(byteorder, size=24, compat_capabilities=1 << 61)
+    assert data[:8] == (24).to_bytes(8, byteorder)
+    assert data[16:] == (1 << 61).to_bytes(8, byteorder)
+
+
+def test_revision_overrides_are_values() -> None:
+    rev = uapi.revision("v5", cap=251, nr=0xB8)
+    assert (rev.cap, rev.request(ARCHES["ppc64le"])) == (251, 0x2000AEB8)
+    assert V5.cap == 250
+    with pytest.raises(ValueError, match="unknown ABI revision 'v6'"):
+        uapi.revision("v6")
+    with pytest.raises(ValueError, match="8 bits"):
+        uapi.revision("v4", nr=0x100)
+
+
+@pytest.mark.parametrize(
+    ("pvr", "mode"), [(0x004D0200, "power8"), (0x004E1202, "power9"), (0x00800200, "power10"), (0x00820200, "power11")]
+)
+def test_mode_of_pvr(pvr: int, mode: str) -> None:
+    found = uapi.mode_of_pvr(pvr)
+    assert found is not None and found.name == mode
+    assert uapi.mode_of_pvr(0x12345678) is None
