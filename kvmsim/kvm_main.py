@@ -16,7 +16,15 @@ from .errors import KvmError
 from .powerpc import PowerpcKvm
 from .profile import Host
 from .pyioctl import Scratch, fcntl_ioctl
-from .uapi import DEFAULT_REVISION, GENERIC_CAPS, KVM_API_VERSION, KVM_PPC_COMPAT_CAPS_SIZE_VER0, AbiRevision, revision
+from .uapi import (
+    DEFAULT_REVISION,
+    GENERIC_CAPS,
+    KVM_API_VERSION,
+    KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    AbiRevision,
+    Arch,
+    revision,
+)
 from .usermem import AddressSpace
 from .x86 import X86Kvm
 
@@ -81,6 +89,11 @@ class Kernel:
         """Boot a kernel on a host profile (a name under fixtures/hosts/, or a path)."""
         rev = abi if isinstance(abi, AbiRevision) else revision(abi, cap=cap, nr=ioctl_nr)
         return cls(profile.load(name_or_path), rev, ksize=ksize)
+
+    @property
+    def arch(self) -> Arch:
+        """The architecture this kernel is built for (its ioctl encoding and byte order)."""
+        return self.host.arch
 
     def __repr__(self) -> str:
         return f"<Kernel {self.host.name} {self.host.arch.name} abi={self.rev.name}>"

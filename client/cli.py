@@ -1,0 +1,104 @@
+"""``kvm-compat-caps``: which CPU compatibility modes may a nested guest use on this host?
+
+Exit codes: 0 modes reported; 1 the kernel failed the call; 2 bad usage or a bad host
+profile; 3 the host cannot answer (no KVM device, or a kernel without the capability)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from kvmsim import DEV_KVM, Kernel, ProfileError
+from kvmsim.uapi import REVISIONS, revision
+
+from .compat import CompatCaps, CompatError, Options, query
+from .device import Device, RealDevice, SimDevice
+
+EXIT_OK, EXIT_KERNEL, EXIT_USAGE, EXIT_CANNOT = 0, 1, 2, 3
+
+EPILOG = """\
+--abi with --sim picks the simulated kernel's revision (the client still negotiates); with a
+real device it forces the client's protocol.  --cap/--ioctl-nr override the numbers of the
+chosen revision (e.g. --ioctl-nr 0xb8) on both sides.  --fallback reads the partition's own
+mode from /proc/device-tree/cpus/*/cpu-version when the kernel has no capability or answers
+ENOTTY; the result then says "source": "device-tree".
+exit codes: 0 modes reported, 1 kernel error, 2 bad usage or profile, 3 host cannot answer"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="kvm-compat-caps",
+        description="Query KVM_PPC_GET_COMPAT_CAPS on a real /dev/kvm or a simulated host.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--device", metavar="PATH", help=f"a real KVM device (default {DEV_KVM})")
+    where.add_argument("--sim", metavar="HOST", help="a simulated host: a profile name or a .toml path")
+    p.add_argument("--abi", choices=sorted(REVISIONS), help="ABI revision (see below)")
+    p.add_argument("--cap", type=_int, metavar="N", help="KVM_CAP_PPC_COMPAT_CAPS number to use")
+    p.add_argument("--ioctl-nr", type=_int, metavar="NR", help="the ioctl's nr within KVMIO (default 0xe4)")
+    p.add_argument("--struct-size", type=_int, default=24, metavar="BYTES", help="the client's struct size")
+    p.add_argument("--fallback", action="store_true", help="fall back to the device tree, labelled so")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _text(result: CompatCaps) -> str:
+    lines = [
+        f"device:              {result.device}",
+        f"abi:                 {result.abi}",
+        f"compat_capabilities: {result.compat_capabilities:#018x}",
+        f"modes:               {' '.join(result.modes) or '(none)'}",
+        f"recommended:         {result.recommended or '(none)'}"
+        + (f"  (QEMU: max-cpu-compat={result.recommended})" if result.recommended else ""),
+        f"source:              {result.source}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        revisions = {name: revision(name, cap=args.cap, nr=args.ioctl_nr) for name in REVISIONS}
+        device: Device
+        if args.sim:
+            kernel = Kernel.from_profile(args.sim, abi=revisions[args.abi or "v4"])
+            device, opts_abi = SimDevice(kernel), None
+        else:
+            device, opts_abi = RealDevice(args.device or DEV_KVM), args.abi
+        opts = Options(abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, revisions=revisions)
+        if args.struct_size < 24 or args.struct_size % 8:
+            p.error(f"--struct-size {args.struct_size}: must be a multiple of 8, at least 24")
+    except (ProfileError, ValueError) as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = query(device, opts)
+    except CompatError as exc:
+        if args.json:
+            print(json.dumps({"device": device.name, "error": exc.to_json()}))
+        print(f"{p.prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(result.to_json()) if args.json else _text(result))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The userspace side of ``KVM_PPC_GET_COMPAT_CAPS``, written once for any :class:`Device`:
+open, check the API version, create a VM, negotiate the revision, issue the ioctl (v5:
+retry once on E2BIG with the size the kernel wrote back), decode, recommend."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from typing import Literal
+
+import attrs
+
+from kvmsim.uapi import (
+    CAP_MODES,
+    KVM_API_VERSION,
+    KVM_PPC_COMPAT_BITMASK,
+    KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    REVISIONS,
+    AbiRevision,
+    mode_of_logical_pvr,
+    modes_of_caps,
+)
+
+from .device import Device
+
+Source = Literal["ioctl", "device-tree"]
+
+
+@attrs.frozen
+class CompatCaps:
+    """What the host allows its nested guests."""
+
+    modes: tuple[str, ...]  # oldest first
+    compat_capabilities: int
+    abi: str  # the revision spoken ("v4", "v5"), or "none" for the device-tree fallback
+    source: Source
+    device: str
+
+    @property
+    def recommended(self) -> str | None:
+        """The nested guest's CPU mode: the highest allowed (QEMU's ``max-cpu-compat=``)."""
+        return self.modes[-1] if self.modes else None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "device": self.device,
+            "abi": self.abi,
+            "modes": list(self.modes),
+            "compat_capabilities": self.compat_capabilities,
+            "recommended": self.recommended,
+            "source": self.source,
+        }
+
+
+# -- typed failures ------------------------------------------------------------
+
+
+class CompatError(Exception):
+    """Base of every failure the client reports."""
+
+    exit_code = 1
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "errno": None, "name": None, "reason": str(self)}
+
+    @property
+    def kind(self) -> str:
+        return "error"
+
+
+class NoDevice(CompatError):
+    """No KVM device to talk to (no /dev/kvm, no permission)."""
+
+    exit_code = 3
+
+    def __init__(self, device: str, exc: OSError) -> None:
+        super().__init__(f"{device}: {exc.strerror or exc}")
+        self.errno = exc.errno
+
+    @property
+    def kind(self) -> str:
+        return "no-device"
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "errno": self.errno, "name": _errname(self.errno)}
+
+
+class Unsupported(CompatError):
+    """This kernel cannot answer: no capability (or an old API)."""
+
+    exit_code = 3
+
+    @property
+    def kind(self) -> str:
+        return "unsupported"
+
+
+# What an errno usually means for this ioctl, when the kernel cannot say why.
+MEANINGS: Mapping[int, str] = {
+    errno.EFAULT: "the kernel could not read or write struct kvm_ppc_compat_caps",
+    errno.EINVAL: "size too small, flags not 0 (v5), a bare-metal PowerNV host, or no usable cpu-version (nested v1)",
+    errno.ENOTTY: "the VM has no get_compat_caps op (KVM-PR), or this kernel lacks the ioctl",
+    errno.E2BIG: "the struct is larger than the kernel's, even after the retry",
+    errno.EPERM: "on v4 kernels: H_HARDWARE (-1) from H_GUEST_GET_CAPABILITIES, returned untranslated",
+    errno.ENOENT: "on v4 kernels: H_FUNCTION (-2) from H_GUEST_GET_CAPABILITIES, returned untranslated",
+    errno.EINTR: "on v4 kernels: H_PARAMETER (-4) from H_GUEST_GET_CAPABILITIES, returned untranslated",
+}
+
+
+class KernelError(CompatError):
+    """The kernel failed the call with an errno, or answered something impossible."""
+
+    def __init__(self, what: str, err: int | None, reason: str) -> None:
+        name = _errname(err) if err is not None else "bad answer"
+        super().__init__(f"{what}: {name}: {reason}")
+        self.what, self.errno, self.reason = what, err, reason
+
+    @property
+    def kind(self) -> str:
+        return "kernel"
+
+    @property
+    def name(self) -> str | None:
+        return _errname(self.errno) if self.errno is not None else None
+
+    @classmethod
+    def from_oserror(cls, what: str, exc: OSError) -> KernelError:
+        err = exc.errno or 0
+        reason = getattr(exc, "reason", None) or MEANINGS.get(err, exc.strerror or "")
+        return cls(what, err, reason)
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "errno": self.errno, "name": self.name, "reason": self.reason, "call": self.what}
+
+
+def _errname(err: int | None) -> str | None:
+    return None if err is None else errno.errorcode.get(err, f"errno {err}")
+
+
+# -- the query -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Options:
+    abi: str | None = None  # force a revision; None negotiates
+    struct_size: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0  # the client's own struct size
+    fallback: bool = False  # read /proc/device-tree when the kernel cannot answer
+    revisions: Mapping[str, AbiRevision] = attrs.field(factory=lambda: dict(REVISIONS))
+
+
+class Session:
+    """One open /dev/kvm and one VM on a device; closes both on exit."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.arch = device.arch
+        self.dev = -1
+        self.vm = -1
+
+    def __enter__(self) -> Session:
+        try:
+            self.dev = self.device.open()
+        except OSError as exc:
+            raise NoDevice(self.device.name, exc) from None
+        try:
+            version = self.call("KVM_GET_API_VERSION", self.dev, self.arch.kvm_get_api_version())
+            if version != KVM_API_VERSION:
+                raise Unsupported(f"{self.device.name}: KVM API version {version}, expected {KVM_API_VERSION}")
+            self.vm = self.call("KVM_CREATE_VM", self.dev, self.arch.kvm_create_vm(), 0)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in (self.vm, self.dev):
+            if fd >= 0:
+                self.device.close(fd)
+        self.vm = self.dev = -1
+
+    def call(self, what: str, fd: int, request: int, arg: int = 0) -> int:
+        try:
+            return int(self.device.ioctl(fd, request, arg))
+        except OSError as exc:
+            raise KernelError.from_oserror(what, exc) from None
+
+    def check_extension(self, cap: int) -> int:
+        return self.call("KVM_CHECK_EXTENSION", self.vm, self.arch.kvm_check_extension(), cap)
+
+    def negotiate(self, opts: Options) -> AbiRevision:
+        """The newest revision whose capability the VM fd answers; or the forced one."""
+        if opts.abi is not None:
+            return opts.revisions[opts.abi]
+        for rev in sorted(opts.revisions.values(), key=lambda r: r.name, reverse=True):
+            if self.check_extension(rev.cap) > 0:
+                return rev
+        caps = ", ".join(f"{r.cap} ({r.name})" for r in opts.revisions.values())
+        raise Unsupported(f"{self.device.name}: the kernel has no KVM_CAP_PPC_COMPAT_CAPS (checked {caps})")
+
+    def get_compat_caps(self, rev: AbiRevision, struct_size: int) -> int:
+        """Issue the ioctl; on E2BIG retry once with the size the kernel wrote back."""
+        request = rev.request(self.arch)
+        size = struct_size
+        for attempt in range(2):
+            buf = bytearray(rev.layout.pack(self.arch.byteorder, size=size).ljust(size, b"\0"))
+            try:
+                self.device.ioctl(self.vm, request, buf)
+            except OSError as exc:
+                if exc.errno == errno.E2BIG and attempt == 0:
+                    size = rev.layout.unpack(self.arch.byteorder, bytes(buf[:24]))["size"]
+                    if KVM_PPC_COMPAT_CAPS_SIZE_VER0 <= size < struct_size:
+                        continue
+                raise KernelError.from_oserror("KVM_PPC_GET_COMPAT_CAPS", exc) from None
+            return rev.layout.unpack(self.arch.byteorder, bytes(buf[:24]))["compat_capabilities"]
+        raise AssertionError("unreachable")
+
+
+def decode(caps: int) -> tuple[str, ...]:
+    """The modes of a bitmap, oldest first; bits outside the mask are a kernel error."""
+    if caps & ~KVM_PPC_COMPAT_BITMASK:
+        raise KernelError(
+            "KVM_PPC_GET_COMPAT_CAPS",
+            None,
+            f"compat_capabilities {caps:#018x} has bits outside KVM_PPC_COMPAT_BITMASK {KVM_PPC_COMPAT_BITMASK:#018x}",
+        )
+    return tuple(m.name for m in modes_of_caps(caps))
+
+
+def from_device_tree(device: Device) -> CompatCaps | None:
+    """The partition's own mode from the first ``cpu-version``: the fallback, labelled so."""
+    for _node, value in device.cpu_versions():
+        mode = mode_of_logical_pvr(value)
+        if mode is None:
+            return None
+        return CompatCaps((mode.name,), mode.cap_bit, "none", "device-tree", device.name)
+    return None
+
+
+def query(device: Device, opts: Options | None = None) -> CompatCaps:
+    """Ask ``device`` which compat modes its nested guests may use."""
+    opts = opts or Options()
+    if opts.struct_size < KVM_PPC_COMPAT_CAPS_SIZE_VER0 or opts.struct_size % 8:
+        raise ValueError(f"struct size {opts.struct_size} must be a multiple of 8, at least 24")
+    try:
+        with Session(device) as session:
+            rev = session.negotiate(opts)
+            caps = session.get_compat_caps(rev, opts.struct_size)
+            return CompatCaps(decode(caps), caps, rev.name, "ioctl", device.name)
+    except (Unsupported, KernelError) as exc:
+        cannot_answer = isinstance(exc, Unsupported) or exc.errno == errno.ENOTTY
+        fallback = from_device_tree(device) if opts.fallback and cannot_answer else None
+        if fallback is None:
+            raise
+        return fallback
+
+
+ALL_MODES = tuple(m.name for m in CAP_MODES)

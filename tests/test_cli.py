@@ -1,0 +1,163 @@
+"""The installed console scripts, run as a user runs them: text, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmsim import profile
+
+BIN = Path(sys.executable).parent
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = BIN / script
+    assert exe.exists(), f"{exe} is not installed (make test installs it)"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "modes", "abi"),
+    [
+        (["--sim", "powervm-p11"], 0, ["power10", "power11"], "v4"),
+        (["--sim", "kvm-l1-p10", "--abi", "v5"], 0, ["power9", "power10"], "v5"),
+        (["--sim", "powervm-p11-be", "--abi", "v5", "--struct-size", "32"], 0, ["power10", "power11"], "v5"),
+        (["--sim", "pseries-kvm-pr", "--fallback"], 0, ["power10"], "none"),
+        (
+            ["--sim", "powervm-p11", "--abi", "v5", "--ioctl-nr", "0xb8", "--cap", "251"],
+            0,
+            ["power10", "power11"],
+            "v5",
+        ),
+    ],
+)
+def test_json_success(args: list[str], code: int, modes: list[str], abi: str) -> None:
+    r = run("kvm-compat-caps", *args, "--json")
+    assert r.returncode == code, r.stderr
+    out = json.loads(r.stdout)
+    assert out["modes"] == modes and out["abi"] == abi and out["recommended"] == modes[-1]
+    assert out["compat_capabilities"] == sum(1 << (63 - {"power9": 1, "power10": 2, "power11": 3}[m]) for m in modes)
+    assert out["source"] == ("device-tree" if "--fallback" in args else "ioctl")
+
+
+@pytest.mark.parametrize(
+    ("host", "abi", "code", "error"),
+    [
+        ("kvm-l1-p8-compat", "v4", 1, {"errno": 22, "name": "EINVAL"}),
+        ("powervm-p10-hcall-hardware", "v4", 1, {"errno": 1, "name": "EPERM"}),
+        ("pseries-kvm-pr", "v5", 1, {"errno": 25, "name": "ENOTTY"}),
+        ("x86_64", "v5", 3, {"kind": "unsupported"}),
+        ("no-kvm", "v4", 3, {"kind": "no-device", "name": "ENOENT"}),
+    ],
+)
+def test_json_failure(host: str, abi: str, code: int, error: dict[str, object]) -> None:
+    r = run("kvm-compat-caps", "--sim", host, "--abi", abi, "--json")
+    assert r.returncode == code
+    got = json.loads(r.stdout)["error"]
+    assert {k: got[k] for k in error} == error
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_text_output() -> None:
+    r = run("kvm-compat-caps", "--sim", "powervm-p11", "--abi", "v5")
+    assert r.returncode == 0
+    assert "compat_capabilities: 0x3000000000000000" in r.stdout
+    assert "modes:               power10 power11" in r.stdout
+    assert "max-cpu-compat=power11" in r.stdout
+    assert "source:              ioctl" in r.stdout
+
+
+def test_text_failure_is_one_line_with_the_reason() -> None:
+    r = run("kvm-compat-caps", "--sim", "kvm-l1-no-cpu-version")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (
+        "kvm-compat-caps: KVM_PPC_GET_COMPAT_CAPS: EINVAL: "
+        "the host has no cpu-version property in any cpu node (nested API v1)\n"
+    )
+
+
+def test_real_device_that_does_not_exist_is_exit_3(tmp_path: Path) -> None:
+    r = run("kvm-compat-caps", "--device", str(tmp_path / "kvm"), "--json")
+    assert r.returncode == 3
+    assert json.loads(r.stdout)["error"]["name"] == "ENOENT"
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm here")
+def test_this_machines_real_device() -> None:
+    r = run("kvm-compat-caps", "--json")
+    if os.uname().machine == "x86_64":
+        assert r.returncode == 3
+        assert json.loads(r.stdout)["error"]["kind"] == "unsupported"
+
+
+BAD_USAGE = [
+    ["--bogus"],
+    ["--sim", "power42"],
+    ["--sim", "powervm-p11", "--abi", "v6"],
+    ["--sim", "powervm-p11", "--device", "/dev/kvm"],
+    ["--sim", "powervm-p11", "--struct-size", "20"],
+    ["--sim", "powervm-p11", "--struct-size", "abc"],
+    ["--sim", "powervm-p11", "--ioctl-nr", "0x100"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_USAGE, ids=" ".join)
+def test_bad_usage_is_one_line_and_exit_2(args: list[str]) -> None:
+    r = run("kvm-compat-caps", *args)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_malformed_profile_by_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('summary = "x"\narch = "ppc64le"\nplatform = "pseries"\n[cpu]\npvr = "P10"\n')
+    for script, args in (("kvm-compat-caps", ["--sim", str(bad)]), ("kvmsim", ["show", str(bad)])):
+        r = run(script, *args)
+        assert r.returncode == 2
+        assert r.stderr.strip().endswith(f"{bad}: cpu.pvr: expected an integer, got a string")
+
+
+def test_kvmsim_hosts_lists_every_profile_with_its_summary() -> None:
+    r = run("kvmsim", "hosts")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == profile.names()
+    assert all(len(line.split(None, 1)) == 2 for line in lines)
+
+
+def test_kvmsim_show() -> None:
+    r = run("kvmsim", "show", "powervm-p10-hcall-hardware")
+    assert r.returncode == 0
+    assert "H_SUCCESS at kvm_hv init, H_HARDWARE at run time" in r.stdout
+    assert "v4 kernel:   cap 249 = 1; ioctl 0x4018aee4 -> EPERM" in r.stdout
+    assert "v5 kernel:   cap 250 = 1; ioctl 0x2000aee4 -> 0x2000000000000000 power10" in r.stdout
+
+
+def test_kvmsim_matrix_has_every_profile_and_both_revisions() -> None:
+    r = run("kvmsim", "matrix")
+    assert r.returncode == 0
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert sorted(rows) == profile.names()
+    v4 = ["1", "0x1000000000000000", "power11"]
+    v5 = ["1", "0x7000000000000000", "power9", "power10", "power11"]
+    assert rows["kvm-l1-p11"].split()[2:] == v4 + v5
+    assert "ENOENT (no /dev/kvm)" in rows["no-kvm"]
+
+
+@pytest.mark.parametrize("args", [[], ["show"], ["frobnicate"], ["show", "power42"]])
+def test_kvmsim_bad_usage(args: list[str]) -> None:
+    r = run("kvmsim", *args)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("module", ["client", "kvmsim"])
+def test_python_dash_m_works(module: str) -> None:
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "usage:" in r.stdout

@@ -1,0 +1,191 @@
+"""The client's contract, the same suite over the simulator (every profile × revision) and
+over this machine's real /dev/kvm."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from conftest import REVS
+
+from client import CompatCaps, KernelError, NoDevice, Options, RealDevice, SimDevice, Unsupported, decode, query
+from client.device import host_arch
+from kvmsim import Kernel, profile
+from kvmsim.uapi import ARCHES, Arch
+
+P9, P10, P11 = "power9", "power10", "power11"
+# host: (v4 kernel, v5 kernel); a result is the modes, an errno name, or a failure kind
+CONTRACT: dict[str, tuple[tuple[str, ...] | str, tuple[str, ...] | str]] = {
+    "powervm-p10": ((P10,), (P10,)),
+    "powervm-p11": ((P10, P11), (P10, P11)),
+    "powervm-p11-compat-p10": ((P10,), (P10,)),
+    "powervm-p11-be": ((P10, P11), (P10, P11)),
+    "powervm-p10-hcall-hardware": ("EPERM", (P10,)),
+    "powervm-hcall-unavailable": ("no-device", "no-device"),
+    "qemu-papr-p10": ((P9, P10), (P9, P10)),
+    "kvm-l1-p9": ((P9,), (P9,)),
+    "kvm-l1-p10": ((P10,), (P9, P10)),
+    "kvm-l1-p11": ((P11,), (P9, P10, P11)),
+    "kvm-l1-p10-compat-p9": ((P9,), (P9,)),
+    "kvm-l1-no-cpu-version": ("EINVAL", "EINVAL"),
+    "kvm-l1-p8-compat": ("EINVAL", "EINVAL"),
+    "powernv-p10": ("unsupported", "unsupported"),
+    "pseries-kvm-pr": ("ENOTTY", "ENOTTY"),
+    "x86_64": ("unsupported", "unsupported"),
+    "no-kvm": ("no-device", "no-device"),
+}
+
+
+def test_contract_covers_every_profile() -> None:
+    assert sorted(CONTRACT) == profile.names()
+
+
+def outcome(device: SimDevice | RealDevice, opts: Options | None = None) -> tuple[str, ...] | str:
+    try:
+        result = query(device, opts)
+    except KernelError as exc:
+        assert exc.exit_code == 1 and exc.name is not None
+        return exc.name
+    except (NoDevice, Unsupported) as exc:
+        assert exc.exit_code == 3
+        return exc.kind
+    assert result.source == "ioctl"
+    assert result.recommended == result.modes[-1]
+    return result.modes
+
+
+@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("host", sorted(CONTRACT))
+def test_contract_on_the_simulator(host: str, abi: str) -> None:
+    kernel = Kernel.from_profile(host, abi=abi)
+    assert outcome(SimDevice(kernel)) == CONTRACT[host][REVS.index(abi)]
+    assert kernel.fds() == {}  # every fd closed, on success and failure
+
+
+@pytest.mark.parametrize("abi", REVS)
+def test_negotiation_picks_the_kernels_revision(abi: str) -> None:
+    result = query(SimDevice(Kernel.from_profile("powervm-p11", abi=abi)))
+    assert result.abi == abi
+
+
+def test_forcing_the_wrong_revision_is_enotty() -> None:
+    with pytest.raises(KernelError) as exc:
+        query(SimDevice(Kernel.from_profile("powervm-p11", abi="v5")), Options(abi="v4"))
+    assert exc.value.name == "ENOTTY"
+
+
+@pytest.mark.parametrize(("client_size", "kernel_size"), [(32, 24), (24, 32), (32, 32), (40, 24)])
+def test_struct_sizes_interoperate(client_size: int, kernel_size: int) -> None:
+    kernel = Kernel.from_profile("powervm-p11", abi="v5", ksize=kernel_size)
+    result = query(SimDevice(kernel), Options(struct_size=client_size))
+    assert result.modes == (P10, P11)
+
+
+def test_client_struct_size_is_validated() -> None:
+    with pytest.raises(ValueError, match="struct size 20"):
+        query(SimDevice(Kernel.from_profile("powervm-p11")), Options(struct_size=20))
+
+
+@pytest.mark.parametrize("abi", REVS)
+def test_fallback_reads_the_device_tree_and_says_so(abi: str) -> None:
+    result = query(SimDevice(Kernel.from_profile("pseries-kvm-pr", abi=abi)), Options(fallback=True))
+    assert result == CompatCaps((P10,), 1 << 61, "none", "device-tree", "sim:pseries-kvm-pr")
+    assert result.to_json()["source"] == "device-tree"
+
+
+@pytest.mark.parametrize(
+    ("host", "failure"),
+    [("x86_64", Unsupported), ("kvm-l1-no-cpu-version", KernelError), ("powernv-p10", Unsupported)],
+)
+def test_fallback_only_where_the_device_tree_has_an_answer(host: str, failure: type[Exception]) -> None:
+    # x86: no device tree; nested v1 without cpu-version: EINVAL is not "cannot answer";
+    # bare-metal PowerNV: no cpu-version property on an L0
+    with pytest.raises(failure):
+        query(SimDevice(Kernel.from_profile(host)), Options(fallback=True))
+
+
+def test_no_fallback_unless_asked() -> None:
+    with pytest.raises(KernelError):
+        query(SimDevice(Kernel.from_profile("pseries-kvm-pr")))
+
+
+def test_kernel_errors_carry_the_simulators_reason() -> None:
+    with pytest.raises(KernelError) as exc:
+        query(SimDevice(Kernel.from_profile("kvm-l1-no-cpu-version")))
+    assert exc.value.to_json() == {
+        "kind": "kernel",
+        "errno": errno.EINVAL,
+        "name": "EINVAL",
+        "reason": "the host has no cpu-version property in any cpu node (nested API v1)",
+        "call": "KVM_PPC_GET_COMPAT_CAPS",
+    }
+
+
+def test_decode_is_msb0_and_rejects_bits_outside_the_mask() -> None:
+    assert decode(0x7000000000000000) == (P9, P10, P11)
+    assert decode(0) == ()
+    for bad in (1 << 63, 1, 1 << 2):
+        with pytest.raises(KernelError, match="outside KVM_PPC_COMPAT_BITMASK"):
+            decode(bad)
+
+
+class AnsweringDevice(SimDevice):
+    """A device of the same shape whose ioctl answers a fixed bitmap (a broken kernel)."""
+
+    def __init__(self, caps: int) -> None:
+        super().__init__(Kernel.from_profile("powervm-p11", abi="v5"))
+        self.caps = caps
+
+    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
+        ret = super().ioctl(fd, request, arg, mutate_flag)
+        if request == self.kernel.KVM_PPC_GET_COMPAT_CAPS and isinstance(arg, bytearray):
+            arg[16:24] = self.caps.to_bytes(8, "little")
+        return ret
+
+
+def test_a_kernel_answering_unknown_bits_is_a_kernel_error() -> None:
+    with pytest.raises(KernelError) as exc:
+        query(AnsweringDevice((1 << 61) | (1 << 63)))
+    assert exc.value.exit_code == 1 and exc.value.errno is None
+
+
+def test_real_device_arch_is_this_machines() -> None:
+    assert RealDevice().arch == host_arch()
+    assert RealDevice(arch=ARCHES["ppc64"]).arch.byteorder == "big"
+
+
+def test_missing_device_is_no_device(tmp_path: os.PathLike[str]) -> None:
+    with pytest.raises(NoDevice) as exc:
+        query(RealDevice(f"{tmp_path}/kvm"))
+    assert exc.value.errno == errno.ENOENT and exc.value.exit_code == 3
+
+
+def test_real_device_tree_reader(tmp_path: os.PathLike[str]) -> None:
+    cpus = os.path.join(tmp_path, "cpus")
+    for node, value in (("PowerPC,POWER10@0", b"\x0f\x00\x00\x06"), ("PowerPC,POWER10@8", None)):
+        os.makedirs(os.path.join(cpus, node))
+        if value:
+            with open(os.path.join(cpus, node, "cpu-version"), "wb") as f:
+                f.write(value)
+    dev = RealDevice(device_tree=os.fspath(tmp_path), arch=ARCHES["ppc64le"])
+    assert dev.cpu_versions() == [("PowerPC,POWER10@0", 0x0F000006)]
+    assert RealDevice(device_tree=f"{tmp_path}/none").cpu_versions() == []
+
+
+def _real_kvm_reason() -> str | None:
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+    except OSError as exc:
+        return f"no usable /dev/kvm here: {exc.strerror}"
+    return None
+
+
+@pytest.mark.skipif(_real_kvm_reason() is not None, reason=str(_real_kvm_reason()))
+def test_contract_on_this_machines_real_dev_kvm() -> None:
+    arch: Arch = host_arch()
+    got = outcome(RealDevice())
+    if arch.is_powerpc:  # a real POWER host: any answer of the contract's vocabulary
+        assert isinstance(got, tuple) or got in {"EINVAL", "ENOTTY", "EPERM", "unsupported", "no-device"}
+    else:
+        assert got == "unsupported" == outcome(SimDevice(Kernel.from_profile("x86_64")))
