@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -34,9 +33,7 @@ class Device(Protocol):
 
 def host_arch() -> Arch:
     """The architecture of the kernel this process runs on."""
-    machine = os.uname().machine
-    if machine == "ppc64" and sys.byteorder == "little":
-        machine = "ppc64le"
+    machine = os.uname().machine  # ppc64le on little-endian POWER, ppc64 on big-endian
     try:
         return ARCHES[machine]
     except KeyError:

@@ -35,9 +35,15 @@ class PowerpcKvm:
         self.pr: KvmppcOps | None = PR_OPS if "kvm_pr" in host.modules else None
 
     @property
+    def loaded_modules(self) -> list[str]:
+        """The modules whose init succeeded, with ``kvm`` itself when any did."""
+        loaded = [name for name, ops in (("kvm_hv", self.hv), ("kvm_pr", self.pr)) if ops is not None]
+        return ["kvm", *loaded] if loaded else []
+
+    @property
     def loaded(self) -> bool:
         """Any KVM module loaded, so /dev/kvm exists."""
-        return self.hv is not None or self.pr is not None
+        return bool(self.loaded_modules)
 
     # kvm_vm_ioctl_check_extension(): same answer with or without a VM, whatever its ops
     def check_extension(self, ext: int) -> int:

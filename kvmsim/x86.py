@@ -21,6 +21,10 @@ class X86Kvm:
         self.host = host
 
     @property
+    def loaded_modules(self) -> list[str]:
+        return ["kvm", *self.host.modules] if self.host.modules else []
+
+    @property
     def loaded(self) -> bool:
         return bool(self.host.modules)
 

@@ -8,6 +8,8 @@ import pytest
 
 from kvmsim import Kernel
 
+pytest_plugins = ["pytester"]
+
 REVS = ("v4", "v5")
 MB = {"P9": 1 << 62, "P10": 1 << 61, "P11": 1 << 60}
 

@@ -87,7 +87,7 @@ def test_real_device_that_does_not_exist_is_exit_3(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["error"]["name"] == "ENOENT"
 
 
-@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm here")
+@pytest.mark.requires_real_kvm
 def test_this_machines_real_device() -> None:
     r = run("kvm-compat-caps", "--json")
     if os.uname().machine == "x86_64":

@@ -173,15 +173,7 @@ def test_real_device_tree_reader(tmp_path: os.PathLike[str]) -> None:
     assert RealDevice(device_tree=f"{tmp_path}/none").cpu_versions() == []
 
 
-def _real_kvm_reason() -> str | None:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError as exc:
-        return f"no usable /dev/kvm here: {exc.strerror}"
-    return None
-
-
-@pytest.mark.skipif(_real_kvm_reason() is not None, reason=str(_real_kvm_reason()))
+@pytest.mark.requires_real_kvm
 def test_contract_on_this_machines_real_dev_kvm() -> None:
     arch: Arch = host_arch()
     got = outcome(RealDevice())

@@ -14,18 +14,7 @@ import pytest
 from kvmsim import Kernel
 from kvmsim.uapi import ARCHES, GENERIC_CAPS, V4, V5
 
-
-def _open_real() -> int | str:
-    try:
-        return os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"no usable /dev/kvm here: {exc.strerror}"
-
-
-_probe = _open_real()
-if isinstance(_probe, int):
-    os.close(_probe)
-pytestmark = pytest.mark.skipif(isinstance(_probe, str), reason=str(_probe))
+pytestmark = pytest.mark.requires_real_kvm  # kvmsim's pytest plugin skips, with the reason
 
 Ioctl = Callable[[int, int, object], object]
 

@@ -1,0 +1,190 @@
+"""``make bench``: each path against a real-syscall baseline, in one run on one machine.
+
+Prints a table of medians and ratios to the baseline, and writes the same as JSON
+(``bench.json``, or ``--json PATH``).  Benchmarks, not tests: nothing here fails on a slow
+machine; ``--check`` only reports which targets hold."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from .kvm_main import Kernel
+from .profile import names as profile_names
+from .uapi import REVISIONS
+
+
+@attrs.frozen
+class Row:
+    name: str
+    seconds: float  # median per operation
+    target: float | None = None  # the ratio to the baseline it should stay under
+    note: str = ""
+
+
+def median_time(fn: Callable[[], object], *, number: int, repeat: int = 7) -> float:
+    """The median, over ``repeat`` rounds, of the time per call of ``number`` calls."""
+    rounds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        rounds.append((time.perf_counter() - start) / number)
+    return statistics.median(rounds)
+
+
+def baseline() -> tuple[Row, Callable[[], None]]:
+    """A real ioctl from Python: KVM_CHECK_EXTENSION on /dev/kvm, else FIONREAD on a pipe."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        request, arg, note = 0xAE03, 3, "KVM_CHECK_EXTENSION on this machine's /dev/kvm"
+    except OSError:
+        fd, _ = os.pipe()
+        request, arg, note = 0x541B, bytearray(4), "FIONREAD on a pipe (no usable /dev/kvm)"
+
+    def call() -> None:
+        fcntl.ioctl(fd, request, arg)
+
+    return Row("baseline: a real ioctl", median_time(call, number=20000), note=note), call
+
+
+def simulated_ioctl(abi: str) -> Row:
+    k = Kernel.from_profile("powervm-p11", abi=abi)
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    buf = bytearray(k.rev.layout.pack("little", size=24))
+    req = k.KVM_PPC_GET_COMPAT_CAPS
+    return Row(f"Kernel.ioctl compat caps ({abi})", median_time(lambda: k.ioctl(vm, req, buf), number=20000), 2.0)
+
+
+def client_rows() -> list[Row]:
+    from client import SimDevice, query
+    from client.compat import Session
+
+    k = Kernel.from_profile("powervm-p11", abi="v5")
+    device = SimDevice(k)
+    session = Session(device).__enter__()
+    rev = REVISIONS["v5"]
+    return [
+        Row("client ioctl on an open VM fd (v5)", median_time(lambda: session.get_compat_caps(rev, 24), number=20000), 3.0),
+        Row("client full query (open..close, v5)", median_time(lambda: query(device), number=5000)),
+    ]
+
+
+def fixture_rows() -> list[Row]:
+    from .pytest_plugin import simulated_host
+
+    with simulated_host("powervm-p11", "v5") as host:
+        k = host.kernel
+        dev = os.open("/dev/kvm", os.O_RDWR)
+        vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
+        buf = bytearray(k.rev.layout.pack("little", size=24))
+        req = k.KVM_PPC_GET_COMPAT_CAPS
+        under = median_time(lambda: fcntl.ioctl(vm, req, buf), number=10000)
+
+    def setup() -> None:
+        with simulated_host("powervm-p11", "v5"):
+            pass
+
+    return [
+        Row("fcntl.ioctl under the kvm_host fixture (v5)", under),
+        Row("kvm_host fixture set-up + tear-down", median_time(setup, number=20, repeat=5)),
+    ]
+
+
+def fixture_matrix_row(cases: int = 200) -> Row:
+    hosts = [(h, r) for h in profile_names() for r in REVISIONS]
+    params = [hosts[i % len(hosts)] for i in range(cases)]
+    test = textwrap.dedent(
+        f"""
+        import os, pytest
+
+        @pytest.mark.parametrize("kvm_host", {params!r}, indirect=True)
+        def test_case(kvm_host):
+            assert os.path.exists("/proc/cpuinfo")
+        """
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "test_matrix.py").write_text(test)
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", tmp], capture_output=True, text=True
+        )
+        elapsed = time.perf_counter() - start
+    ok = proc.returncode == 0
+    return Row(f"pytest: {cases}-case kvm_host matrix (whole run)", elapsed, note="" if ok else "FAILED")
+
+
+def cold_start_rows() -> list[Row]:
+    def run(*cmd: str) -> Callable[[], None]:
+        return lambda: subprocess.run(cmd, capture_output=True, check=False)
+
+    bare = median_time(run(sys.executable, "-c", "pass"), number=3, repeat=5)
+    script = Path(sys.executable).parent / "kvm-compat-caps"
+    cli = median_time(run(str(script), "--sim", "powervm-p11", "--json"), number=3, repeat=5)
+    return [
+        Row("bare interpreter start", bare, note="reference for the CLI"),
+        Row("CLI cold start: kvm-compat-caps --sim powervm-p11 --json", cli, note=f"{cli / bare:.1f}x bare start"),
+    ]
+
+
+def matrix_row() -> Row:
+    from .cli import observe
+    from .profile import load
+
+    hosts = [load(n) for n in profile_names()]
+
+    def whole() -> None:
+        for host in hosts:
+            for rev in REVISIONS.values():
+                observe(host, rev)
+
+    return Row(f"whole matrix ({len(hosts)} profiles x {len(REVISIONS)} revisions)", median_time(whole, number=5))
+
+
+def collect() -> list[Row]:
+    base, _ = baseline()
+    return [
+        base,
+        *(simulated_ioctl(abi) for abi in REVISIONS),
+        *client_rows(),
+        *fixture_rows(),
+        fixture_matrix_row(),
+        *cold_start_rows(),
+        matrix_row(),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kvmsim-bench", description=__doc__)
+    p.add_argument("--json", default="bench.json", metavar="PATH", help="where to write the results")
+    args = p.parse_args(argv)
+    rows = collect()
+    base = rows[0].seconds
+    machine = f"{os.uname().machine}, {os.cpu_count()} cpus, Python {sys.version.split()[0]}"
+    print(f"kvmsim bench on {machine}")
+    print(f"{'path':<58} {'median':>12} {'ratio':>8}  target")
+    out = []
+    for row in rows:
+        ratio = row.seconds / base
+        target = f"<= {row.target:g}x {'ok' if ratio <= row.target else 'MISSED'}" if row.target else ""
+        print(f"{row.name:<58} {row.seconds * 1e6:>10.2f}us {ratio:>7.1f}x  {target} {row.note}".rstrip())
+        out.append({**attrs.asdict(row), "ratio": ratio})
+    Path(args.json).write_text(json.dumps({"machine": machine, "rows": out}, indent=2))
+    print(f"(written to {args.json})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The pytest plugin: the host's files, the fake fcntl, fds, and the client under it."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+
+import pytest
+from conftest import REVS
+
+from client import CompatError, Options, RealDevice, SimDevice, query
+from kvmsim import Kernel, profile
+from kvmsim.pytest_plugin import SimulatedHost
+
+
+def test_unparametrized_is_the_default_host(kvm_host: SimulatedHost) -> None:
+    assert (kvm_host.name, kvm_host.abi) == ("powervm-p11", "v4")
+    assert os.path.exists("/dev/kvm")
+
+
+@pytest.mark.parametrize(
+    ("kvm_host", "cpu_version", "modules"),
+    [
+        ("powervm-p11", b"\x0f\x00\x00\x07", ["kvm", "kvm_hv"]),
+        ("kvm-l1-p10-compat-p9", b"\x0f\x00\x00\x05", ["kvm", "kvm_hv"]),
+        ("kvm-l1-no-cpu-version", None, ["kvm", "kvm_hv"]),
+        ("pseries-kvm-pr", b"\x0f\x00\x00\x06", ["kvm", "kvm_pr"]),
+        ("powervm-hcall-unavailable", b"\x0f\x00\x00\x06", []),  # kvm_hv's init failed
+        ("no-kvm", b"\x0f\x00\x00\x06", []),
+    ],
+    indirect=["kvm_host"],
+)
+def test_host_files(kvm_host: SimulatedHost, cpu_version: bytes | None, modules: list[str]) -> None:
+    assert os.path.exists("/dev/kvm") == bool(modules)
+    assert sorted(os.listdir("/sys/module")) == modules if modules else not os.path.exists("/sys/module")
+    node = next(n for n in os.listdir("/proc/device-tree/cpus") if "@" in n)
+    path = f"/proc/device-tree/cpus/{node}/cpu-version"
+    if cpu_version is None:
+        assert not os.path.exists(path)
+    else:
+        with open(path, "rb") as f:
+            assert f.read() == cpu_version
+    with open(f"/proc/device-tree/cpus/{node}/device_type", "rb") as f:
+        assert f.read() == b"cpu\0"
+
+
+@pytest.mark.parametrize(
+    ("kvm_host", "lines"),
+    [
+        ("powervm-p11", ["cpu\t\t: POWER11 (architected), altivec supported", "platform\t: pSeries"]),
+        (
+            "powervm-p11-compat-p10",
+            ["cpu\t\t: POWER10 (architected), altivec supported", "revision\t: 2.0 (pvr 0082 0200)"],
+        ),
+        ("kvm-l1-p9", ["revision\t: 2.2 (pvr 004e 1202)", "model\t\t: IBM pSeries (emulated by qemu)"]),
+        ("powernv-p10", ["cpu\t\t: POWER10 (raw), altivec supported", "platform\t: PowerNV", "firmware\t: OPAL"]),
+        ("x86_64", ["vendor_id\t: GenuineIntel"]),
+    ],
+    indirect=["kvm_host"],
+)
+def test_proc_cpuinfo(kvm_host: SimulatedHost, lines: list[str]) -> None:
+    with open("/proc/cpuinfo") as f:
+        text = f.read().splitlines()
+    for line in lines:
+        assert line in text
+    for key in ("timebase", "machine", "clock") if kvm_host.profile.arch.is_powerpc else ():
+        assert any(t.startswith(key) for t in text)
+
+
+@pytest.mark.parametrize("kvm_host", ["powervm-p11-be", "x86_64"], indirect=True)
+def test_uname_is_the_hosts_arch(kvm_host: SimulatedHost) -> None:
+    assert os.uname().machine == platform.machine() == kvm_host.profile.arch.name
+
+
+def test_vm_fds_are_fake_fds_close_and_ebadf_behave(kvm_host: SimulatedHost) -> None:
+    k = kvm_host.kernel
+    dev = os.open("/dev/kvm", os.O_RDWR)
+    vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
+    assert isinstance(vm, int) and vm != dev
+    assert fcntl.ioctl(vm, k.KVM_CHECK_EXTENSION, k.rev.cap) == 1
+    dup = os.dup(vm)
+    os.close(vm)
+    assert fcntl.ioctl(dup, k.KVM_CHECK_EXTENSION, k.rev.cap) == 1  # same VM file
+    os.close(dup)
+    with pytest.raises(OSError) as exc:
+        fcntl.ioctl(vm, k.KVM_CHECK_EXTENSION, k.rev.cap)
+    assert exc.value.errno == errno.EBADF
+    os.close(dev)
+
+
+def test_ioctl_on_any_other_fake_file_is_enotty(kvm_host: SimulatedHost) -> None:
+    with open("/proc/cpuinfo", "rb") as f, pytest.raises(OSError) as exc:
+        fcntl.ioctl(f.fileno(), kvm_host.kernel.KVM_CHECK_EXTENSION, 250)
+    assert exc.value.errno == errno.ENOTTY
+
+
+@pytest.mark.parametrize("kvm_host", [("powervm-p11", "v5")], indirect=True)
+def test_fcntl_contract_through_the_fixture(kvm_host: SimulatedHost) -> None:
+    k = kvm_host.kernel
+    dev = os.open("/dev/kvm", os.O_RDWR)
+    vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
+    buf = bytearray(k.rev.layout.pack("little", size=32) + bytes(8))
+    with pytest.raises(OSError) as exc:
+        fcntl.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, buf)
+    assert exc.value.errno == errno.E2BIG
+    assert k.rev.layout.unpack("little", bytes(buf[:24]))["size"] == 24  # the write-back is visible
+    out = fcntl.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, bytes(buf[:24]))
+    assert k.rev.layout.unpack("little", out)["compat_capabilities"] == 0x3000000000000000  # type: ignore[arg-type]
+
+
+def _answer(device: RealDevice | SimDevice) -> dict[str, object]:
+    """The client's answer, without what names the device."""
+    try:
+        result = query(device, Options(fallback=True)).to_json()
+    except CompatError as exc:
+        error = exc.to_json()
+        return (
+            {k: error.get(k) for k in ("kind", "errno", "name", "reason", "call")}
+            if error["kind"] == "kernel"
+            else {
+                "kind": error["kind"],
+                "errno": error.get("errno"),
+            }
+        )
+    result.pop("device")
+    return result
+
+
+@pytest.mark.parametrize("kvm_host", [(h, r) for h in profile.names() for r in REVS], indirect=True, ids=str)
+def test_real_device_client_under_the_fixture_matches_the_sim_device(kvm_host: SimulatedHost) -> None:
+    expected = _answer(SimDevice(Kernel.from_profile(kvm_host.name, abi=kvm_host.abi)))
+    assert _answer(RealDevice()) == expected
+    assert RealDevice().arch == kvm_host.profile.arch
+
+
+def test_requires_real_kvm_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.requires_real_kvm
+        def test_needs_kvm():
+            assert True
+        """
+    )
+    result = pytester.runpytest("-rs")
+    usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    if usable:
+        result.assert_outcomes(passed=1)
+    else:
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines(["*no usable /dev/kvm here*"])
+
+
+def test_bad_fixture_parameter_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("kvm_host", [42], indirect=True)
+        def test_bad(kvm_host):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*kvm_host: expected a host name or a (name, revision) pair, got 42*"])
+    assert result.ret != 0
+
+
+def test_plugin_is_inert_without_the_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import fcntl, os
+
+        def test_real_fs():
+            assert os.path.exists(os.getcwd())
+            assert fcntl.ioctl.__module__ != "kvmsim.fakefcntl"
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
