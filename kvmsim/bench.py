@@ -77,7 +77,11 @@ def client_rows() -> list[Row]:
     session = Session(device).__enter__()
     rev = REVISIONS["v5"]
     return [
-        Row("client ioctl on an open VM fd (v5)", median_time(lambda: session.get_compat_caps(rev, 24), number=20000), 3.0),
+        Row(
+            "client ioctl on an open VM fd (v5)",
+            median_time(lambda: session.get_compat_caps(rev, 24), number=20000),
+            3.0,
+        ),
         Row("client full query (open..close, v5)", median_time(lambda: query(device), number=5000)),
     ]
 
