@@ -47,6 +47,7 @@ def median_time(fn: Callable[[], object], *, number: int, repeat: int = 7) -> fl
 
 def baseline() -> tuple[Row, Callable[[], None]]:
     """A real ioctl from Python: KVM_CHECK_EXTENSION on /dev/kvm, else FIONREAD on a pipe."""
+    arg: int | bytearray
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
         request, arg, note = 0xAE03, 3, "KVM_CHECK_EXTENSION on this machine's /dev/kvm"
@@ -131,7 +132,7 @@ def fixture_matrix_row(cases: int = 200) -> Row:
 
 
 def cold_start_rows() -> list[Row]:
-    def run(*cmd: str) -> Callable[[], None]:
+    def run(*cmd: str) -> Callable[[], object]:
         return lambda: subprocess.run(cmd, capture_output=True, check=False)
 
     bare = median_time(run(sys.executable, "-c", "pass"), number=3, repeat=5)
