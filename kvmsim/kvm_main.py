@@ -1,5 +1,10 @@
-"""virt/kvm/kvm_main.c: the fd table, the ``/dev/kvm`` file and VM files, and the
-:class:`Kernel` facade that tests, the client and the servers call."""
+"""virt/kvm/kvm_main.c: ``/dev/kvm`` and VM files, ``kvm_dev_ioctl``/``kvm_vm_ioctl``, and
+per-process fd tables.
+
+:class:`Kernel` is one booted kernel; each :class:`Process` has its own fd table and user
+memory (a local :class:`~kvmsim.usermem.AddressSpace`, or a remote one served by the preload
+shim).  The kernel's own ``open``/``ioctl``/``close``/``memory`` are those of its first
+process, the facade tests and the client call."""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from .uapi import (
     Arch,
     revision,
 )
-from .usermem import AddressSpace
+from .usermem import AddressSpace, UserAccess
 from .x86 import X86Kvm
 
 DEV_KVM = "/dev/kvm"
@@ -41,7 +46,7 @@ class KvmArch(Protocol):
     def check_extension(self, ext: int) -> int: ...
     def init_vm(self, type_: int) -> object: ...
     def dev_ioctl(self, request: int, arg: int) -> int: ...
-    def vm_ioctl(self, vm: Any, request: int, argp: int, mem: AddressSpace) -> int: ...
+    def vm_ioctl(self, vm: Any, request: int, argp: int, mem: UserAccess) -> int: ...
 
 
 @attrs.frozen
@@ -59,46 +64,14 @@ class VmFile:
 File = DevKvmFile | VmFile
 
 
-class Kernel:
-    """A simulated kernel for one host profile and one ABI revision."""
+class Process:
+    """A task as the kernel sees it: an fd table and an address space."""
 
-    def __init__(self, host: Host, rev: AbiRevision, *, ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0) -> None:
-        if ksize < KVM_PPC_COMPAT_CAPS_SIZE_VER0 or ksize % 8:
-            raise ValueError(f"kernel struct size {ksize} must be a multiple of 8, at least 24")
-        self.host, self.rev, self.ksize = host, rev, ksize
-        self.dmesg: list[str] = []
-        self.memory = AddressSpace()
-        self._scratch = Scratch()
+    def __init__(self, kernel: Kernel, memory: UserAccess) -> None:
+        self.kernel, self.memory = kernel, memory
         self._files: dict[int, File] = {}
         self._lock = threading.Lock()
-        self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else X86Kvm(host)
-        arch = host.arch
-        self.KVM_GET_API_VERSION = arch.kvm_get_api_version()
-        self.KVM_CREATE_VM = arch.kvm_create_vm()
-        self.KVM_CHECK_EXTENSION = arch.kvm_check_extension()
-        self.KVM_PPC_GET_COMPAT_CAPS = rev.request(arch)
-
-    @classmethod
-    def from_profile(
-        cls,
-        name_or_path: str | Path,
-        *,
-        abi: str | AbiRevision = DEFAULT_REVISION,
-        cap: int | None = None,
-        ioctl_nr: int | None = None,
-        ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0,
-    ) -> Kernel:
-        """Boot a kernel on a host profile (a name under fixtures/hosts/, or a path)."""
-        rev = abi if isinstance(abi, AbiRevision) else revision(abi, cap=cap, nr=ioctl_nr)
-        return cls(profile.load(name_or_path), rev, ksize=ksize)
-
-    @property
-    def arch(self) -> Arch:
-        """The architecture this kernel is built for (its ioctl encoding and byte order)."""
-        return self.host.arch
-
-    def __repr__(self) -> str:
-        return f"<Kernel {self.host.name} {self.host.arch.name} abi={self.rev.name}>"
+        self._scratch = Scratch()
 
     # -- the fd table ----------------------------------------------------
 
@@ -117,8 +90,10 @@ class Kernel:
         return file
 
     def open(self, path: str = DEV_KVM, flags: int = os.O_RDWR) -> int:
-        if path != DEV_KVM or not self.kvm.loaded:
-            raise KvmError(errno.ENOENT, f"{path}: no such file (no KVM module loaded)" if path == DEV_KVM else path)
+        if path != DEV_KVM:
+            raise KvmError(errno.ENOENT, f"{path}: no such file")
+        if not self.kernel.kvm.loaded:
+            raise KvmError(errno.ENOENT, f"{path}: no such file (no KVM module loaded)")
         return self._install(DevKvmFile())
 
     def close(self, fd: int) -> None:
@@ -141,6 +116,8 @@ class Kernel:
 
     def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
         """``fcntl.ioctl`` against this kernel: same argument contract, OSError on failure."""
+        if not isinstance(self.memory, AddressSpace):
+            raise TypeError("fcntl.ioctl's buffer contract needs a local address space; use sys_ioctl")
         return fcntl_ioctl(self.sys_ioctl, self.memory, self._scratch, fd, request, arg, mutate_flag)
 
     def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
@@ -152,22 +129,89 @@ class Kernel:
 
     # kvm_dev_ioctl()
     def kvm_dev_ioctl(self, cmd: int, arg: int) -> int:
-        if cmd == self.KVM_GET_API_VERSION:
+        k = self.kernel
+        if cmd == k.KVM_GET_API_VERSION:
             if arg:
                 raise KvmError(errno.EINVAL, "KVM_GET_API_VERSION takes no argument")
             return KVM_API_VERSION
-        if cmd == self.KVM_CREATE_VM:
-            vm = self.kvm.init_vm(arg)
+        if cmd == k.KVM_CREATE_VM:
+            vm = k.kvm.init_vm(arg)
             return self._install(VmFile(vm))
-        if cmd == self.KVM_CHECK_EXTENSION:
-            return self.check_extension(arg)
-        return self.kvm.dev_ioctl(cmd, arg)
+        if cmd == k.KVM_CHECK_EXTENSION:
+            return k.check_extension(arg)
+        return k.kvm.dev_ioctl(cmd, arg)
 
     # kvm_vm_ioctl()
     def kvm_vm_ioctl(self, file: VmFile, cmd: int, arg: int) -> int:
-        if cmd == self.KVM_CHECK_EXTENSION:
-            return self.check_extension(arg)
-        return self.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
+        k = self.kernel
+        if cmd == k.KVM_CHECK_EXTENSION:
+            return k.check_extension(arg)
+        return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
+
+
+class Kernel:
+    """A simulated kernel for one host profile and one ABI revision."""
+
+    def __init__(self, host: Host, rev: AbiRevision, *, ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0) -> None:
+        if ksize < KVM_PPC_COMPAT_CAPS_SIZE_VER0 or ksize % 8:
+            raise ValueError(f"kernel struct size {ksize} must be a multiple of 8, at least 24")
+        self.host, self.rev, self.ksize = host, rev, ksize
+        self.dmesg: list[str] = []
+        self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else X86Kvm(host)
+        arch = host.arch
+        self.KVM_GET_API_VERSION = arch.kvm_get_api_version()
+        self.KVM_CREATE_VM = arch.kvm_create_vm()
+        self.KVM_CHECK_EXTENSION = arch.kvm_check_extension()
+        self.KVM_PPC_GET_COMPAT_CAPS = rev.request(arch)
+        self.memory = AddressSpace()
+        self.current = self.process(self.memory)
+
+    @classmethod
+    def from_profile(
+        cls,
+        name_or_path: str | Path,
+        *,
+        abi: str | AbiRevision = DEFAULT_REVISION,
+        cap: int | None = None,
+        ioctl_nr: int | None = None,
+        ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    ) -> Kernel:
+        """Boot a kernel on a host profile (a name under fixtures/hosts/, or a path)."""
+        rev = abi if isinstance(abi, AbiRevision) else revision(abi, cap=cap, nr=ioctl_nr)
+        return cls(profile.load(name_or_path), rev, ksize=ksize)
+
+    def process(self, memory: UserAccess | None = None) -> Process:
+        """A new process: its own fd table, and its own (or the given) user memory."""
+        return Process(self, AddressSpace() if memory is None else memory)
+
+    @property
+    def arch(self) -> Arch:
+        """The architecture this kernel is built for (its ioctl encoding and byte order)."""
+        return self.host.arch
+
+    def __repr__(self) -> str:
+        return f"<Kernel {self.host.name} {self.host.arch.name} abi={self.rev.name}>"
+
+    # -- the first process's calls: the facade tests and the client use ------
+
+    def open(self, path: str = DEV_KVM, flags: int = os.O_RDWR) -> int:
+        return self.current.open(path, flags)
+
+    def close(self, fd: int) -> None:
+        self.current.close(fd)
+
+    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
+        """``fcntl.ioctl`` against this kernel: same argument contract, OSError on failure."""
+        return self.current.ioctl(fd, request, arg, mutate_flag)
+
+    def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
+        return self.current.sys_ioctl(fd, cmd, arg)
+
+    def fds(self) -> dict[int, str]:
+        return self.current.fds()
+
+    def vm_of(self, fd: int) -> object:
+        return self.current.vm_of(fd)
 
     # kvm_vm_ioctl_check_extension_generic(), then the arch's
     def check_extension(self, ext: int) -> int:

@@ -13,7 +13,7 @@ from .book3s_hv import PR_OPS, HvModule, KvmppcOps, kvmhv_on_pseries, kvmppc_boo
 from .errors import KvmError
 from .profile import Host
 from .uapi import KVM_PPC_COMPAT_CAPS_SIZE_VER0, KVM_VM_PPC_HV, KVM_VM_PPC_PR, AbiRevision
-from .usermem import AddressSpace, Fault
+from .usermem import Fault, UserAccess
 
 
 @attrs.frozen
@@ -62,7 +62,7 @@ class PowerpcKvm:
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")
 
-    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: AddressSpace) -> int:
+    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
         if request != self.request:
             raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x}")
         try:
@@ -82,7 +82,7 @@ class PowerpcKvm:
         body = self.rev.layout.pack(bo, flags=0, size=size, compat_capabilities=caps)
         return body.ljust(self.ksize, b"\0")
 
-    def get_compat_caps_v4(self, vm: Vm, argp: int, mem: AddressSpace) -> int:
+    def get_compat_caps_v4(self, vm: Vm, argp: int, mem: UserAccess) -> int:
         """v4: get_user(size) at its offset; size < sizeof(caps) → EINVAL; larger is fine."""
         layout, bo = self.rev.layout, self.host.arch.byteorder
         size = mem.get_user_u64(argp + layout.offset("size"), bo)
@@ -92,7 +92,7 @@ class PowerpcKvm:
         mem.copy_to_user(argp, self._out(self.ksize, caps))
         return 0
 
-    def get_compat_caps_v5(self, vm: Vm, argp: int, mem: AddressSpace) -> int:
+    def get_compat_caps_v5(self, vm: Vm, argp: int, mem: UserAccess) -> int:
         """v5: usize/ksize, E2BIG with ksize written back, copy_struct_from_user, flags."""
         layout, bo, ksize = self.rev.layout, self.host.arch.byteorder, self.ksize
         usize = mem.get_user_u64(argp + layout.offset("size"), bo)
@@ -113,7 +113,7 @@ class PowerpcKvm:
         return 0
 
 
-_HANDLERS: dict[str, Callable[[PowerpcKvm, Vm, int, AddressSpace], int]] = {
+_HANDLERS: dict[str, Callable[[PowerpcKvm, Vm, int, UserAccess], int]] = {
     "accept-larger": PowerpcKvm.get_compat_caps_v4,
     "e2big": PowerpcKvm.get_compat_caps_v5,
 }

@@ -42,11 +42,28 @@ class Region:
         return self.start + len(self.data)
 
 
-def _u64(byteorder: ByteOrder) -> struct.Struct:
-    return struct.Struct("<Q" if byteorder == "little" else ">Q")
+_U64 = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}
 
 
-class AddressSpace:
+class UserAccess:
+    """The kernel's uaccess helpers over any user memory: ``get_user``/``put_user`` are
+    built on ``copy_from_user``/``copy_to_user``, which a memory model supplies."""
+
+    def copy_from_user(self, addr: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def copy_to_user(self, addr: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
+        value: int = _U64[byteorder].unpack(self.copy_from_user(addr, 8))[0]
+        return value
+
+    def put_user_u64(self, addr: int, value: int, byteorder: ByteOrder) -> None:
+        self.copy_to_user(addr, _U64[byteorder].pack(value))
+
+
+class AddressSpace(UserAccess):
     """A sparse set of mapped regions; thread-safe for map/unmap."""
 
     def __init__(self) -> None:
@@ -97,13 +114,6 @@ class AddressSpace:
         region.data[off : off + len(data)] = data
 
     # -- the kernel's side: arch/powerpc/include/asm/uaccess.h -------------
-
-    def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
-        value: int = _u64(byteorder).unpack(self.copy_from_user(addr, 8))[0]
-        return value
-
-    def put_user_u64(self, addr: int, value: int, byteorder: ByteOrder) -> None:
-        self.copy_to_user(addr, _u64(byteorder).pack(value))
 
     def copy_from_user(self, addr: int, n: int) -> bytes:
         """All ``n`` bytes, or :class:`Fault` if any of them is unmapped."""

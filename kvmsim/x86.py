@@ -8,7 +8,7 @@ import attrs
 
 from .errors import KvmError
 from .profile import Host
-from .usermem import AddressSpace
+from .usermem import UserAccess
 
 
 @attrs.frozen
@@ -39,5 +39,5 @@ class X86Kvm:
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")
 
-    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: AddressSpace) -> int:
+    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
         raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x} (kvm_arch_vm_ioctl)")
