@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+CC ?= cc
+BUILD := build
+
+.PHONY: demo test lint bench c clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +27,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check kvmsim client tests
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) c
 	$(BIN)/python -m kvmsim.bench
 
+# the preload shim and the C example client (kvmsim run also builds the shim on demand)
+c: $(BUILD)/kvmsim_shim.so $(BUILD)/kvm_compat_caps
+
+$(BUILD)/kvmsim_shim.so: kvmsim/shim/kvmsim_shim.c
+	mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl -lpthread
+
+$(BUILD)/kvm_compat_caps: client/c/kvm_compat_caps.c client/c/kvm_compat_caps.h
+	mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BUILD) .pytest_cache .mypy_cache .ruff_cache

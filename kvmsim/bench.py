@@ -131,6 +131,47 @@ def fixture_matrix_row(cases: int = 200) -> Row:
     return Row(f"pytest: {cases}-case kvm_host matrix (whole run)", elapsed, note="" if ok else "FAILED")
 
 
+def shim_rows() -> list[Row]:
+    """The same ioctl through the preload shim and `kvmsim serve`'s protocol."""
+    from .build import BuildError, build_shim, compile_c
+    from .runner import shim_environment
+    from .server import Server
+
+    try:
+        shim = build_shim()
+        c_client = compile_c([Path(__file__).resolve().parent.parent / "client" / "c" / "kvm_compat_caps.c"])
+    except BuildError as exc:
+        return [Row("preload shim", float("nan"), note=f"not measured: {exc}")]
+    kernel = Kernel.from_profile("powervm-p11", abi="v5")
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(kernel, os.path.join(tmp, "kvm.sock"))
+        server.start()
+        env = shim_environment(kernel, server.path, shim)
+        try:
+            out = subprocess.run([str(c_client), "--repeat", "2000"], env=env, capture_output=True, text=True)
+            c_ns = json.loads(out.stdout)["ns_per_ioctl"]
+            code = textwrap.dedent(
+                """
+                import fcntl, os, time
+                dev = os.open("/dev/kvm", os.O_RDWR)
+                vm = fcntl.ioctl(dev, 0x2000AE01, 0)
+                buf = bytearray((24).to_bytes(8, "little") + bytes(16))
+                t = time.perf_counter()
+                for _ in range(2000):
+                    fcntl.ioctl(vm, 0x2000AEE4, buf)
+                print((time.perf_counter() - t) / 2000)
+                """
+            )
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            py_s = float(out.stdout)
+        finally:
+            server.stop()
+    return [
+        Row("preload shim: C client ioctl (v5)", c_ns / 1e9, 20.0),
+        Row("preload shim: Python fcntl.ioctl (v5)", py_s, 20.0),
+    ]
+
+
 def cold_start_rows() -> list[Row]:
     def run(*cmd: str) -> Callable[[], object]:
         return lambda: subprocess.run(cmd, capture_output=True, check=False)
@@ -166,6 +207,7 @@ def collect() -> list[Row]:
         *client_rows(),
         *fixture_rows(),
         fixture_matrix_row(),
+        *shim_rows(),
         *cold_start_rows(),
         matrix_row(),
     ]

@@ -1,14 +1,18 @@
-"""``kvmsim``: look at the simulated hosts.
+"""``kvmsim``: the simulated hosts, and the simulator for other processes.
 
-  kvmsim hosts            the profiles, one line each
-  kvmsim show HOST        a profile and what the simulated kernel derives from it
-  kvmsim matrix           every profile × revision: capability, result or errno, modes
+  kvmsim hosts                         the profiles, one line each
+  kvmsim show HOST                     a profile and what the simulated kernel derives from it
+  kvmsim matrix                        every profile × revision: capability, result or errno, modes
+  kvmsim serve --host HOST --socket P  serve one simulated kernel on a Unix socket
+  kvmsim run --host HOST -- CMD ...    run CMD with /dev/kvm simulated (LD_PRELOAD shim)
 
-Exit codes: 0 success, 2 bad usage or a bad profile."""
+Exit codes: 0 success, 2 bad usage or a bad profile; ``run`` returns CMD's exit code, or
+125 when it could not start it (no C compiler, ...), 126 not executable, 127 not found."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -16,9 +20,14 @@ from typing import NoReturn
 from . import papr, probe, profile
 from .kvm_main import Kernel
 from .profile import Host, ProfileError
-from .uapi import REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps
+from .uapi import REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps, revision
 
 EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+
+
+class UsageError(Exception):
+    """A bad command line that argparse cannot see."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,6 +114,68 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _kernel(args: argparse.Namespace) -> Kernel:
+    rev = revision(args.abi, cap=args.cap, nr=args.ioctl_nr)
+    return Kernel.from_profile(args.host, abi=rev)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from .server import Server
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
+    kernel = _kernel(args)
+    if os.path.exists(args.socket):
+        raise UsageError(f"{args.socket}: already exists")
+    server = Server(kernel, args.socket)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    print(f"kvmsim serve: {kernel.host.name} ({kernel.rev.name}) on {args.socket}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .build import BuildError
+    from .runner import run
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise UsageError("run: no command given (kvmsim run --host HOST -- CMD ...)")
+    kernel = _kernel(args)
+    try:
+        return run(kernel, command)
+    except BuildError as exc:
+        print(f"kvmsim: error: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except FileNotFoundError:
+        print(f"kvmsim: error: {command[0]}: command not found", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except PermissionError:
+        print(f"kvmsim: error: {command[0]}: not executable", file=sys.stderr)
+        return EXIT_NOT_EXECUTABLE
+
+
+def _kernel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
+    p.add_argument("--abi", choices=sorted(REVISIONS), default="v4", help="the kernel's ABI revision (default v4)")
+    p.add_argument("--cap", type=_int, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS")
+    p.add_argument("--ioctl-nr", type=_int, metavar="NR", help="override the ioctl's nr (e.g. 0xb8)")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kvmsim", description="A simulated kernel side of KVM_PPC_GET_COMPAT_CAPS.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -113,6 +184,15 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("host", metavar="HOST", help="a profile name or a .toml path")
     show.set_defaults(func=cmd_show)
     sub.add_parser("matrix", help="every profile × revision").set_defaults(func=cmd_matrix)
+    serve = sub.add_parser("serve", help="serve one simulated kernel on a Unix socket")
+    _kernel_options(serve)
+    serve.add_argument("--socket", required=True, metavar="PATH", help="the socket to create (mode 0600)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    serve.set_defaults(func=cmd_serve)
+    run = sub.add_parser("run", help="run a command against a simulated host (LD_PRELOAD shim)")
+    _kernel_options(run)
+    run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    run.set_defaults(func=cmd_run)
     return p
 
 
@@ -120,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ProfileError as exc:
+    except (ProfileError, UsageError, ValueError) as exc:
         print(f"kvmsim: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `kvmsim hosts | head`

@@ -101,6 +101,9 @@ class Process:
             if self._files.pop(fd, None) is None:
                 raise KvmError(errno.EBADF, f"fd {fd} is not open")
 
+    def is_dev_kvm(self, fd: int) -> bool:
+        return isinstance(self._files.get(fd), DevKvmFile)
+
     def vm_of(self, fd: int) -> object:
         """The VM behind a VM fd (for tests and ``kvmsim show``)."""
         file = self._file(fd)

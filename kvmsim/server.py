@@ -1,0 +1,155 @@
+"""``kvmsim serve``: one simulated kernel on a Unix stream socket.
+
+Each connection is one process (its own fd table); its user memory stays in the caller and
+is reached through the shim (:class:`RemoteMemory`).  The socket is created mode 0600 and a
+peer whose uid differs from the server's is refused (SO_PEERCRED).  A malformed frame closes
+that connection with a logged reason; the server goes on."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+
+from . import wire
+from .errors import KvmError
+from .kvm_main import Kernel, Process
+from .usermem import Fault, UserAccess
+from .wire import Msg, ProtocolError
+
+log = logging.getLogger("kvmsim.serve")
+MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this
+
+
+class RemoteMemory(UserAccess):
+    """The caller's address space, read and written by the shim on the server's request."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def copy_from_user(self, addr: int, n: int) -> bytes:
+        if n > MAX_USER_COPY:
+            raise Fault(addr, "read")
+        self.sock.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(addr, n)))
+        msg, payload = wire.read_frame(self.sock)
+        if msg != Msg.MEM_DATA:
+            raise ProtocolError(f"expected MEM_DATA, got {msg.name}")
+        (err,), data = wire.unpack(wire.MEM_DATA, payload, exact=False)
+        if err:
+            raise Fault(addr, "read")
+        if len(data) != n:
+            raise ProtocolError(f"MEM_DATA of {len(data)} bytes for a {n}-byte read")
+        return data
+
+    def copy_to_user(self, addr: int, data: bytes) -> None:
+        self.sock.sendall(wire.frame(Msg.MEM_WRITE, wire.MEM_WRITE.pack(addr) + data))
+        msg, payload = wire.read_frame(self.sock)
+        if msg != Msg.MEM_ACK:
+            raise ProtocolError(f"expected MEM_ACK, got {msg.name}")
+        (err, _done), _ = wire.unpack(wire.MEM_ACK, payload)
+        if err:
+            raise Fault(addr, "write")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class Connection:
+    """One client process."""
+
+    def __init__(self, kernel: Kernel, sock: socket.socket, name: str) -> None:
+        self.kernel, self.sock, self.name = kernel, sock, name
+        self.process: Process = kernel.process(RemoteMemory(sock))
+
+    def serve(self) -> None:
+        try:
+            while True:
+                msg, payload = wire.read_frame(self.sock)
+                self.sock.sendall(self.dispatch(msg, payload))
+        except wire.Disconnected:
+            log.debug("%s: closed by the peer", self.name)
+        except (ProtocolError, OSError) as exc:
+            log.warning("%s: closing: %s", self.name, exc)
+        finally:
+            self.sock.close()
+
+    def dispatch(self, msg: Msg, payload: bytes) -> bytes:
+        flags = 0
+        try:
+            if msg == Msg.OPEN:
+                (_oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
+                ret = self.process.open(path.decode(errors="replace"))
+            elif msg == Msg.IOCTL:
+                (fd, cmd, arg), _ = wire.unpack(wire.IOCTL, payload)
+                creates_vm = cmd == self.kernel.KVM_CREATE_VM and self.process.is_dev_kvm(fd)
+                ret = self.process.sys_ioctl(fd, cmd, arg)
+                flags = wire.RESULT_NEW_FD if creates_vm else 0
+            elif msg == Msg.CLOSE:
+                (fd,), _ = wire.unpack(wire.CLOSE, payload)
+                self.process.close(fd)
+                ret = 0
+            else:
+                raise ProtocolError(f"unexpected {msg.name} from a client")
+        except KvmError as exc:
+            return wire.frame(Msg.RESULT, wire.RESULT.pack(-1, exc.errno or errno.EIO, 0))
+        return wire.frame(Msg.RESULT, wire.RESULT.pack(ret, 0, flags))
+
+
+class Server:
+    """Listen on ``path`` and serve ``kernel`` to every same-uid peer, one thread each."""
+
+    def __init__(self, kernel: Kernel, path: str | Path) -> None:
+        self.kernel, self.path = kernel, str(path)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is created 0600
+        try:
+            self.listener.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self.listener.listen(64)
+        self._stop = threading.Event()
+        self._count = 0
+        self.threads: list[threading.Thread] = []
+
+    def serve_forever(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                raise
+            self._count += 1
+            name = f"connection {self._count}"
+            sock.settimeout(None)
+            uid = peer_uid(sock)
+            if uid != os.getuid():
+                log.warning("%s: refused: peer uid %d is not the server's uid %d", name, uid, os.getuid())
+                sock.close()
+                continue
+            thread = threading.Thread(target=Connection(self.kernel, sock, name).serve, name=name, daemon=True)
+            thread.start()
+            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="kvmsim-serve", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

@@ -1,0 +1,461 @@
+/*
+ * kvmsim_shim.so: an LD_PRELOAD library that makes /dev/kvm in this process a simulated
+ * kernel served by `kvmsim serve` on the Unix socket $KVMSIM_SOCKET.
+ *
+ * It intercepts open/open64/openat/openat64 (and their _FORTIFY_SOURCE __*_2 forms) of
+ * /dev/kvm, ioctl and close on the descriptors it emulates, and uname (the machine field
+ * becomes $KVMSIM_MACHINE, the simulated kernel's architecture).  Everything else goes to
+ * libc.  An emulated descriptor is a real descriptor of the process (/dev/null), so numbering,
+ * close and EBADF behave.  Pointer arguments stay in this process: the server asks for reads
+ * and writes (the kernel's copy_from_user/copy_to_user) and the shim performs them with
+ * process_vm_readv/writev on its own pid, or through a pipe where those are missing
+ * (qemu-user): either reports a bad address as EFAULT instead of crashing.
+ *
+ * The wire format is kvmsim/wire.py: every field big-endian.  After fork() the child has no
+ * emulated descriptors (its copies are plain /dev/null).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#define KVMSIM_MAGIC 0x4B564D53u
+#define KVMSIM_VERSION 1
+#define MAX_PAYLOAD (1u << 20)
+#define MAX_FD 65536
+
+enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8 };
+#define RESULT_NEW_FD 1u
+
+static int (*real_open)(const char *, int, ...);
+static int (*real_open64)(const char *, int, ...);
+static int (*real_openat)(int, const char *, int, ...);
+static int (*real_openat64)(int, const char *, int, ...);
+static int (*real_close)(int);
+static int (*real_ioctl)(int, unsigned long, ...);
+static int (*real_uname)(struct utsname *);
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int sock = -1;
+static int mem_pipe[2] = {-1, -1};
+static int use_pipe;
+static int32_t kfd_of[MAX_FD]; /* kernel fd + 1; 0 = not emulated */
+
+static void child_after_fork(void)
+{
+	/* the child must not talk on the parent's connection */
+	if (sock >= 0)
+		real_close(sock);
+	sock = -1;
+	memset(kfd_of, 0, sizeof(kfd_of));
+	pthread_mutex_init(&lock, NULL);
+}
+
+__attribute__((constructor)) static void shim_init(void)
+{
+	real_open = dlsym(RTLD_NEXT, "open");
+	real_open64 = dlsym(RTLD_NEXT, "open64");
+	real_openat = dlsym(RTLD_NEXT, "openat");
+	real_openat64 = dlsym(RTLD_NEXT, "openat64");
+	real_close = dlsym(RTLD_NEXT, "close");
+	real_ioctl = dlsym(RTLD_NEXT, "ioctl");
+	real_uname = dlsym(RTLD_NEXT, "uname");
+	pthread_atfork(NULL, NULL, child_after_fork);
+}
+
+static int is_kvm(const char *path)
+{
+	const char *dev = getenv("KVMSIM_DEVICE");
+	return path && strcmp(path, dev && *dev ? dev : "/dev/kvm") == 0;
+}
+
+static int emulated(int fd)
+{
+	return fd >= 0 && fd < MAX_FD && kfd_of[fd] != 0;
+}
+
+/* ---- framing --------------------------------------------------------------------- */
+
+static int send_all(const void *buf, size_t n)
+{
+	const char *p = buf;
+	while (n) {
+		ssize_t r = send(sock, p, n, MSG_NOSIGNAL);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static int recv_all(void *buf, size_t n)
+{
+	char *p = buf;
+	while (n) {
+		ssize_t r = recv(sock, p, n, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static int send_frame(uint16_t type, const void *a, size_t an, const void *b, size_t bn)
+{
+	unsigned char hdr[12];
+	uint32_t magic = htobe32(KVMSIM_MAGIC), len = htobe32((uint32_t)(an + bn));
+	uint16_t ver = htobe16(KVMSIM_VERSION), typ = htobe16(type);
+	memcpy(hdr, &magic, 4);
+	memcpy(hdr + 4, &ver, 2);
+	memcpy(hdr + 6, &typ, 2);
+	memcpy(hdr + 8, &len, 4);
+	if (send_all(hdr, sizeof(hdr)) || (an && send_all(a, an)) || (bn && send_all(b, bn)))
+		return -1;
+	return 0;
+}
+
+/* A frame's header; the payload is left to the caller.  -1 on a broken connection. */
+static int recv_header(uint16_t *type, uint32_t *len)
+{
+	unsigned char hdr[12];
+	uint32_t magic, l;
+	uint16_t ver, typ;
+	if (recv_all(hdr, sizeof(hdr)))
+		return -1;
+	memcpy(&magic, hdr, 4);
+	memcpy(&ver, hdr + 4, 2);
+	memcpy(&typ, hdr + 6, 2);
+	memcpy(&l, hdr + 8, 4);
+	if (be32toh(magic) != KVMSIM_MAGIC || be16toh(ver) != KVMSIM_VERSION || be32toh(l) > MAX_PAYLOAD)
+		return -1;
+	*type = be16toh(typ);
+	*len = be32toh(l);
+	return 0;
+}
+
+static int connect_server(void)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	const char *path = getenv("KVMSIM_SOCKET");
+	if (sock >= 0)
+		return 0;
+	if (!path || strlen(path) >= sizeof(addr.sun_path)) {
+		errno = ENOENT;
+		return -1;
+	}
+	strcpy(addr.sun_path, path);
+	sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		return -1;
+	if (connect(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		int e = errno;
+		real_close(sock);
+		sock = -1;
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
+static void disconnect(void)
+{
+	if (sock >= 0)
+		real_close(sock);
+	sock = -1;
+}
+
+/* ---- the caller's memory, for the kernel's copy_from_user / copy_to_user ------------ */
+
+static int pipe_ready(void)
+{
+	return mem_pipe[0] >= 0 || pipe2(mem_pipe, O_CLOEXEC | O_NONBLOCK) == 0;
+}
+
+static void pipe_drain(void)
+{
+	char junk[4096];
+	while (read(mem_pipe[0], junk, sizeof(junk)) > 0)
+		;
+}
+
+static int mem_read(uint64_t addr, void *buf, size_t n)
+{
+	if (!use_pipe) {
+		struct iovec local = {buf, n}, remote = {(void *)(uintptr_t)addr, n};
+		ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		if (r == (ssize_t)n)
+			return 0;
+		if (r >= 0 || errno == EFAULT)
+			return EFAULT;
+		use_pipe = 1; /* ENOSYS (qemu-user), EPERM (no ptrace permission): use a pipe */
+	}
+	if (!pipe_ready())
+		return EIO;
+	ssize_t w = write(mem_pipe[1], (const void *)(uintptr_t)addr, n);
+	if (w != (ssize_t)n) {
+		pipe_drain();
+		return EFAULT;
+	}
+	if (read(mem_pipe[0], buf, n) != (ssize_t)n) {
+		pipe_drain();
+		return EIO;
+	}
+	return 0;
+}
+
+static int mem_write(uint64_t addr, const void *buf, size_t n, uint32_t *done)
+{
+	*done = 0;
+	if (!use_pipe) {
+		struct iovec local = {(void *)buf, n}, remote = {(void *)(uintptr_t)addr, n};
+		ssize_t r = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+		if (r == (ssize_t)n) {
+			*done = (uint32_t)n;
+			return 0;
+		}
+		if (r >= 0 || errno == EFAULT) {
+			*done = r > 0 ? (uint32_t)r : 0;
+			return EFAULT;
+		}
+		use_pipe = 1;
+	}
+	if (!pipe_ready())
+		return EIO;
+	if (write(mem_pipe[1], buf, n) != (ssize_t)n) {
+		pipe_drain();
+		return EIO;
+	}
+	ssize_t r = read(mem_pipe[0], (void *)(uintptr_t)addr, n);
+	pipe_drain();
+	if (r != (ssize_t)n) {
+		*done = r > 0 ? (uint32_t)r : 0;
+		return EFAULT;
+	}
+	*done = (uint32_t)n;
+	return 0;
+}
+
+/* ---- one call: send the request, serve memory requests, return the result ----------- */
+
+static long call(uint16_t type, const void *req, size_t reqn, const void *tail, size_t tailn, uint32_t *flags)
+{
+	if (send_frame(type, req, reqn, tail, tailn))
+		goto broken;
+	for (;;) {
+		uint16_t t;
+		uint32_t len;
+		if (recv_header(&t, &len))
+			goto broken;
+		if (t == RESULT && len == 16) {
+			unsigned char p[16];
+			uint64_t ret;
+			uint32_t err, fl;
+			if (recv_all(p, 16))
+				goto broken;
+			memcpy(&ret, p, 8);
+			memcpy(&err, p + 8, 4);
+			memcpy(&fl, p + 12, 4);
+			*flags = be32toh(fl);
+			if (be32toh(err)) {
+				errno = (int)be32toh(err);
+				return -1;
+			}
+			return (long)(int64_t)be64toh(ret);
+		}
+		if (t == MEM_READ && len == 12) {
+			unsigned char p[12];
+			uint64_t addr;
+			uint32_t n, err;
+			if (recv_all(p, 12))
+				goto broken;
+			memcpy(&addr, p, 8);
+			memcpy(&n, p + 8, 4);
+			addr = be64toh(addr);
+			n = be32toh(n);
+			if (n > MAX_PAYLOAD - 4)
+				goto broken;
+			void *buf = malloc(n ? n : 1);
+			if (!buf)
+				goto broken;
+			err = (uint32_t)mem_read(addr, buf, n);
+			uint32_t be_err = htobe32(err);
+			int bad = send_frame(MEM_DATA, &be_err, 4, buf, err ? 0 : n);
+			free(buf);
+			if (bad)
+				goto broken;
+			continue;
+		}
+		if (t == MEM_WRITE && len >= 8) {
+			uint64_t addr;
+			uint32_t n = len - 8, done, err;
+			if (recv_all(&addr, 8))
+				goto broken;
+			void *buf = malloc(n ? n : 1);
+			if (!buf || recv_all(buf, n)) {
+				free(buf);
+				goto broken;
+			}
+			err = (uint32_t)mem_write(be64toh(addr), buf, n, &done);
+			free(buf);
+			uint32_t ack[2] = {htobe32(err), htobe32(done)};
+			if (send_frame(MEM_ACK, ack, 8, NULL, 0))
+				goto broken;
+			continue;
+		}
+		goto broken;
+	}
+broken:
+	disconnect();
+	errno = EIO;
+	return -1;
+}
+
+static int placeholder(int kfd, int cloexec)
+{
+	int fd = real_open("/dev/null", O_RDWR | (cloexec ? O_CLOEXEC : 0));
+	if (fd < 0 || fd >= MAX_FD) {
+		if (fd >= 0)
+			real_close(fd);
+		errno = EMFILE;
+		return -1;
+	}
+	kfd_of[fd] = kfd + 1;
+	return fd;
+}
+
+static int emu_open(const char *path, int flags)
+{
+	uint32_t fl;
+	int fd = -1;
+	pthread_mutex_lock(&lock);
+	if (connect_server() == 0) {
+		uint32_t be_flags = htobe32((uint32_t)flags);
+		long kfd = call(OPEN, &be_flags, 4, path, strlen(path), &fl);
+		if (kfd >= 0)
+			fd = placeholder((int)kfd, flags & O_CLOEXEC);
+	}
+	pthread_mutex_unlock(&lock);
+	return fd;
+}
+
+static int emu_ioctl(int fd, unsigned long request, void *arg)
+{
+	unsigned char req[16];
+	uint32_t fl = 0;
+	int32_t kfd = htobe32((uint32_t)(kfd_of[fd] - 1));
+	uint32_t cmd = htobe32((uint32_t)request);
+	uint64_t a = htobe64((uint64_t)(uintptr_t)arg);
+	int ret;
+	memcpy(req, &kfd, 4);
+	memcpy(req + 4, &cmd, 4);
+	memcpy(req + 8, &a, 8);
+	pthread_mutex_lock(&lock);
+	long r = sock >= 0 ? call(IOCTL, req, 16, NULL, 0, &fl) : (errno = EIO, -1);
+	ret = (int)r;
+	if (r >= 0 && (fl & RESULT_NEW_FD))
+		ret = placeholder((int)r, 1);
+	pthread_mutex_unlock(&lock);
+	return ret;
+}
+
+static int emu_close(int fd)
+{
+	uint32_t fl;
+	int32_t kfd = htobe32((uint32_t)(kfd_of[fd] - 1));
+	pthread_mutex_lock(&lock);
+	kfd_of[fd] = 0;
+	if (sock >= 0)
+		call(CLOSE, &kfd, 4, NULL, 0, &fl);
+	pthread_mutex_unlock(&lock);
+	return real_close(fd);
+}
+
+/* ---- the intercepted entry points -------------------------------------------------- */
+
+static mode_t mode_arg(int flags, va_list ap)
+{
+	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return is_kvm(path) ? emu_open(path, flags) : real_open(path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return is_kvm(path) ? emu_open(path, flags) : real_open64(path, flags, mode);
+}
+
+int openat(int dirfd, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return is_kvm(path) ? emu_open(path, flags) : real_openat(dirfd, path, flags, mode);
+}
+
+int openat64(int dirfd, const char *path, int flags, ...)
+{
+	va_list ap;
+	va_start(ap, flags);
+	mode_t mode = mode_arg(flags, ap);
+	va_end(ap);
+	return is_kvm(path) ? emu_open(path, flags) : real_openat64(dirfd, path, flags, mode);
+}
+
+int __open_2(const char *path, int flags) { return open(path, flags); }
+int __open64_2(const char *path, int flags) { return open64(path, flags); }
+int __openat_2(int dirfd, const char *path, int flags) { return openat(dirfd, path, flags); }
+int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd, path, flags); }
+
+int close(int fd)
+{
+	return emulated(fd) ? emu_close(fd) : real_close(fd);
+}
+
+int ioctl(int fd, unsigned long request, ...)
+{
+	va_list ap;
+	va_start(ap, request);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	return emulated(fd) ? emu_ioctl(fd, request, arg) : real_ioctl(fd, request, arg);
+}
+
+int uname(struct utsname *buf)
+{
+	int r = real_uname(buf);
+	const char *machine = getenv("KVMSIM_MACHINE");
+	if (r == 0 && machine && *machine) {
+		strncpy(buf->machine, machine, sizeof(buf->machine) - 1);
+		buf->machine[sizeof(buf->machine) - 1] = '\0';
+	}
+	return r;
+}

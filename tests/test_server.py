@@ -1,0 +1,167 @@
+"""kvmsim serve: per-connection processes, remote user memory, robustness, peer uid."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyshim import PyShim
+
+from kvmsim import Kernel, wire
+from kvmsim.server import Server
+from kvmsim.wire import Msg
+
+P10_P11 = 0x3000000000000000
+ADDR = 0x1000
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(Kernel.from_profile("powervm-p11", abi="v5"), tmp_path / "kvm.sock")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def query(shim: PyShim, k: Kernel) -> int:
+    dev, err, _ = shim.open()
+    assert err == 0
+    vm, err, flags = shim.ioctl(dev, k.KVM_CREATE_VM, 0)
+    assert (err, flags) == (0, wire.RESULT_NEW_FD)
+    shim.map(ADDR, struct.pack("<QQQ", 24, 0, 0))
+    ret, err, _ = shim.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR)
+    assert (ret, err) == (0, 0)
+    return int(struct.unpack("<QQQ", shim.memory[ADDR])[2])
+
+
+def test_socket_is_0600(server: Server) -> None:
+    assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
+
+
+def test_a_query_through_remote_memory(server: Server) -> None:
+    shim = PyShim(server.path)
+    assert query(shim, server.kernel) == P10_P11
+    shim.close()
+
+
+def test_remote_efault_and_e2big_write_back(server: Server) -> None:
+    k = server.kernel
+    shim = PyShim(server.path)
+    dev = shim.open()[0]
+    vm = shim.ioctl(dev, k.KVM_CREATE_VM, 0)[0]
+    assert shim.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, 0)[1] == errno.EFAULT
+    assert shim.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, 0xDEAD0000)[1] == errno.EFAULT
+    shim.map(ADDR, struct.pack("<QQQQ", 32, 0, 0, 0))
+    assert shim.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR)[1] == errno.E2BIG
+    assert struct.unpack_from("<Q", shim.memory[ADDR])[0] == 24
+    shim.close()
+
+
+def test_each_connection_has_its_own_fd_table(server: Server) -> None:
+    a, b = PyShim(server.path), PyShim(server.path)
+    assert a.open()[0] == b.open()[0] == 3
+    assert a.close_fd(3)[1] == 0
+    assert a.ioctl(3, server.kernel.KVM_GET_API_VERSION)[1] == errno.EBADF
+    assert b.ioctl(3, server.kernel.KVM_GET_API_VERSION)[0] == 12
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00" * 12,  # bad magic
+        wire.HEADER.pack(wire.MAGIC, 9, Msg.OPEN, 0),  # unknown version
+        wire.HEADER.pack(wire.MAGIC, wire.VERSION, 99, 0),  # unknown type
+        wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.OPEN, wire.MAX_PAYLOAD + 1),  # oversized
+        wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.IOCTL, 16) + b"\x00" * 5,  # truncated, then EOF
+        wire.frame(Msg.IOCTL, b"\x00" * 3),  # short payload
+        wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0)),  # a server's message from a client
+        wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.OPEN, 100),  # disconnect mid-frame
+    ],
+)
+def test_garbage_closes_that_connection_and_the_server_goes_on(server: Server, garbage: bytes) -> None:
+    bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bad.settimeout(10)
+    bad.connect(server.path)
+    bad.sendall(garbage)
+    bad.shutdown(socket.SHUT_WR)
+    assert bad.recv(100) == b""  # closed by the server
+    bad.close()
+    shim = PyShim(server.path)
+    assert query(shim, server.kernel) == P10_P11
+    shim.close()
+
+
+def test_disconnect_mid_call_is_survived(server: Server) -> None:
+    k = server.kernel
+    shim = PyShim(server.path)
+    dev = shim.open()[0]
+    vm = shim.ioctl(dev, k.KVM_CREATE_VM, 0)[0]
+    shim.sock.sendall(wire.frame(Msg.IOCTL, wire.IOCTL.pack(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR)))
+    kind, _ = wire.read_frame(shim.sock)  # the server asks for the struct...
+    assert kind == Msg.MEM_READ
+    shim.close()  # ...and the process is gone
+    other = PyShim(server.path)
+    assert query(other, k) == P10_P11
+    other.close()
+
+
+def test_concurrent_clients_get_their_own_answers(server: Server) -> None:
+    results: list[int] = []
+
+    def one() -> None:
+        shim = PyShim(server.path)
+        for _ in range(20):
+            results.append(query(shim, server.kernel))
+        shim.close()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [P10_P11] * 80
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to drop to another uid")
+def test_a_peer_with_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    workdir = tempfile.mkdtemp(prefix="kvmsim-uid-")  # reachable by the other uid, unlike tmp_path
+    os.chmod(workdir, 0o755)
+    srv = Server(Kernel.from_profile("powervm-p11"), os.path.join(workdir, "kvm.sock"))
+    os.chmod(srv.path, 0o666)  # let the other uid reach the socket: only SO_PEERCRED stops it
+    srv.start()
+    request = wire.frame(Msg.OPEN, wire.OPEN.pack(2) + b"/dev/kvm")
+    code = f"""
+import os, socket
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect({srv.path!r})
+try:
+    s.sendall({request!r})
+    print(s.recv(100) == b"")  # closed without an answer
+except (ConnectionResetError, BrokenPipeError):
+    print(True)
+"""
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "True", out.stderr
+        assert "refused: peer uid 65534 is not the server's uid 0" in caplog.text
+        shim = PyShim(srv.path)  # the server's own uid is still served
+        assert shim.open()[1] == 0
+        shim.close()
+    finally:
+        srv.stop()
+        shutil.rmtree(workdir)

@@ -1,0 +1,206 @@
+"""The preload shim: a compiled C program and the Python client, unchanged, against every
+simulated host through `kvmsim serve`'s protocol, answering as the in-process client does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REVS
+
+from client import CompatError, SimDevice, query
+from kvmsim import Kernel, profile
+from kvmsim.build import build_shim, compile_c
+from kvmsim.runner import shim_environment
+from kvmsim.server import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
+
+
+@pytest.fixture(scope="module")
+def shim() -> Path:
+    return build_shim()
+
+
+@pytest.fixture(scope="module")
+def c_client() -> Path:
+    return compile_c([C_CLIENT])
+
+
+def expected(host: str, abi: str) -> tuple[int, dict[str, object]]:
+    """What the in-process Python client says, in the C client's vocabulary."""
+    try:
+        r = query(SimDevice(Kernel.from_profile(host, abi=abi)))
+    except CompatError as exc:
+        e = exc.to_json()
+        return exc.exit_code, {"kind": e["kind"], "name": e.get("name")}
+    return 0, {"abi": r.abi, "compat_capabilities": r.compat_capabilities, "modes": list(r.modes)}
+
+
+def under_shim(host: str, abi: str, shim: Path, cmd: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    kernel = Kernel.from_profile(host, abi=abi)
+    server = Server(kernel, tmp / "kvm.sock")
+    server.start()
+    try:
+        env = shim_environment(kernel, server.path, shim)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        server.stop()
+
+
+def answer(stdout: str) -> dict[str, object]:
+    """A client's JSON line, reduced to what both clients must agree on."""
+    out = json.loads(stdout)
+    if "error" in out:
+        return {"kind": out["error"]["kind"], "name": out["error"]["name"]}
+    assert out["recommended"] == (out["modes"][-1] if out["modes"] else None)
+    return {k: out[k] for k in ("abi", "compat_capabilities", "modes")}
+
+
+@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("host", profile.names())
+def test_c_client_answers_as_the_python_client(host: str, abi: str, shim: Path, c_client: Path, tmp_path: Path) -> None:
+    code, want = expected(host, abi)
+    r = under_shim(host, abi, shim, [str(c_client)], tmp_path)
+    assert r.returncode == code, r.stderr
+    assert answer(r.stdout) == want
+
+
+@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("pointer", ["--null", "--wild"])
+def test_bad_pointers_are_efault_not_a_crash(
+    abi: str, pointer: str, shim: Path, c_client: Path, tmp_path: Path
+) -> None:
+    r = under_shim("powervm-p11", abi, shim, [str(c_client), pointer], tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["error"]["name"] == "EFAULT"
+
+
+@pytest.mark.parametrize(("client_size", "host"), [(32, "powervm-p11"), (32, "powervm-p11-be")])
+def test_c_client_e2big_retry(client_size: int, host: str, shim: Path, c_client: Path, tmp_path: Path) -> None:
+    r = under_shim(host, "v5", shim, [str(c_client), "--struct-size", str(client_size)], tmp_path)
+    assert json.loads(r.stdout)["modes"] == ["power10", "power11"]
+
+
+@pytest.mark.parametrize(
+    ("host", "abi"), [("powervm-p11", "v4"), ("kvm-l1-p10", "v5"), ("powervm-p11-be", "v5"), ("pseries-kvm-pr", "v5")]
+)
+def test_python_real_device_client_under_the_shim(host: str, abi: str, shim: Path, tmp_path: Path) -> None:
+    code, want = expected(host, abi)
+    r = under_shim(host, abi, shim, [sys.executable, "-m", "client", "--json"], tmp_path)
+    assert r.returncode == code, r.stderr
+    assert answer(r.stdout) == want
+
+
+def test_other_files_and_fds_pass_through(shim: Path, tmp_path: Path) -> None:
+    code = """
+import fcntl, os, termios
+r, w = os.pipe()
+os.write(w, b"xy")
+b = bytearray(4)
+fcntl.ioctl(r, termios.FIONREAD, b)  # a real ioctl on a real fd goes to the real kernel
+print(int.from_bytes(b, "little"), open("/proc/self/status").read() != "")
+"""
+    r = under_shim("powervm-p11", "v4", shim, [sys.executable, "-c", code], tmp_path)
+    assert r.stdout.split() == ["2", "True"], r.stderr
+
+
+def test_close_then_ebadf_and_fds_are_real(shim: Path, tmp_path: Path) -> None:
+    code = """
+import errno, fcntl, os
+fd = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(fd, 0x2000AE01, 0)
+assert os.readlink(f"/proc/self/fd/{vm}") == "/dev/null"  # a real descriptor of the process
+os.close(vm)
+try:
+    fcntl.ioctl(vm, 0x2000AE03, 250)
+except OSError as e:
+    print(errno.errorcode[e.errno])
+print(os.uname().machine)
+"""
+    r = under_shim("powervm-p11", "v5", shim, [sys.executable, "-c", code], tmp_path)
+    assert r.stdout.split() == ["EBADF", "ppc64le"], r.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "kvmsim"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_kvmsim_run_returns_the_commands_exit_code_and_cleans_up(c_client: Path, tmp_path: Path) -> None:
+    env_tmp = {"TMPDIR": str(tmp_path)}
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kvmsim"),
+            "run",
+            "--host",
+            "kvm-l1-p11",
+            "--abi",
+            "v5",
+            "--",
+            str(c_client),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env_tmp},
+    )
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["modes"] == ["power9", "power10", "power11"]
+    assert list(tmp_path.iterdir()) == []  # the private socket directory is gone
+    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "kvmsim"), "run", "--host", "powervm-p11", "--", *crash],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **env_tmp},
+    )
+    assert r.returncode == 128 + 11
+    assert list(tmp_path.iterdir()) == []
+    r = run_cli("run", "--host", "powervm-p11", "--", "sh", "-c", "exit 7")
+    assert r.returncode == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["run", "--host", "powervm-p11", "--", "/nonexistent/prog"], 127, "command not found"),
+        (["run", "--host", "powervm-p11"], 2, "no command given"),
+        (["run", "--host", "power42", "--", "true"], 2, "unknown host"),
+        (["run", "--", "true"], 2, "--host"),
+    ],
+)
+def test_kvmsim_run_bad_input(args: list[str], code: int, message: str) -> None:
+    r = run_cli(*args)
+    assert r.returncode == code
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_kvmsim_serve_cli(tmp_path: Path) -> None:
+    from pyshim import PyShim
+
+    sock = tmp_path / "kvm.sock"
+    exe = Path(sys.executable).parent / "kvmsim"
+    proc = subprocess.Popen([str(exe), "serve", "--host", "kvm-l1-p10", "--abi", "v5", "--socket", str(sock)])
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            subprocess.run(["sleep", "0.05"])
+        shim = PyShim(str(sock))
+        assert shim.open()[1] == 0
+        shim.close()
+        r = run_cli("serve", "--host", "kvm-l1-p10", "--socket", str(sock))
+        assert r.returncode == 2 and "already exists" in r.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+    assert not sock.exists()
