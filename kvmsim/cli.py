@@ -5,9 +5,12 @@
   kvmsim matrix                        every profile × revision: capability, result or errno, modes
   kvmsim serve --host HOST --socket P  serve one simulated kernel on a Unix socket
   kvmsim run --host HOST -- CMD ...    run CMD with /dev/kvm simulated (LD_PRELOAD shim)
+  kvmsim record -o FILE.toml           record this machine (files and device) as a profile
+  kvmsim verify FILE.toml              replay a recording on the simulator
 
-Exit codes: 0 success, 2 bad usage or a bad profile; ``run`` returns CMD's exit code, or
-125 when it could not start it (no C compiler, ...), 126 not executable, 127 not found."""
+Exit codes: 0 success, 2 bad usage or a bad profile; ``verify`` 1 when any probe disagrees;
+``run`` returns CMD's exit code, or 125 when it could not start it (no C compiler, ...),
+126 not executable, 127 not found."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .kvm_main import Kernel
 from .profile import Host, ProfileError
 from .uapi import REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps, revision
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 
@@ -162,6 +165,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NOT_EXECUTABLE
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from . import record
+
+    obs = record.observe(args.device)
+    text, rev, checks = record.fit(obs, args.output)
+    try:
+        with open(args.output, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"{args.output}: {exc.strerror}") from None
+    bad = sum(not c.agrees for c in checks)
+    verdict = "the fitted profile reproduces all of them" if not bad else f"{bad} disagree (see kvmsim verify)"
+    where = f"{len(checks)} probes on {obs['machine']}, replayed on a {rev.name} kernel"
+    print(f"kvmsim record: {args.output}: {where}: {verdict}")
+    for note in obs["notes"]:
+        print(f"  note: {note}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import record
+
+    try:
+        with open(args.file) as f:
+            text = f.read()
+    except OSError as exc:
+        raise UsageError(f"{args.file}: {exc.strerror}") from None
+    rev, checks = record.verify(text, args.file)
+    width = max(len(c.name) for c in checks)
+    print(f"{'PROBE':<{width}}  {'RECORDED':<22} {'SIMULATED (' + rev.name + ')':<22} VERDICT")
+    for c in checks:
+        print(f"{c.name:<{width}}  {c.recorded!s:<22} {c.simulated!s:<22} {'ok' if c.agrees else 'MISMATCH'}")
+    bad = sum(not c.agrees for c in checks)
+    print(f"{len(checks) - bad} agree, {bad} mismatch")
+    return EXIT_OK if not bad else EXIT_MISMATCH
+
+
 def _kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
     p.add_argument("--abi", choices=sorted(REVISIONS), default="v4", help="the kernel's ABI revision (default v4)")
@@ -193,6 +233,13 @@ def parser() -> argparse.ArgumentParser:
     _kernel_options(run)
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
+    rec = sub.add_parser("record", help="record this machine as a host profile")
+    rec.add_argument("--device", default="/dev/kvm", metavar="PATH", help="the KVM device (default /dev/kvm)")
+    rec.add_argument("-o", "--output", required=True, metavar="FILE.toml", help="where to write the profile")
+    rec.set_defaults(func=cmd_record)
+    ver = sub.add_parser("verify", help="replay a recording on the simulator")
+    ver.add_argument("file", metavar="FILE.toml")
+    ver.set_defaults(func=cmd_verify)
     return p
 
 

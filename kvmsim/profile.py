@@ -9,7 +9,9 @@ file and the field.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
 import attrs
@@ -30,7 +32,7 @@ PLATFORMS: dict[str, tuple[str, ...]] = {  # platform -> arches it runs on
 MODULES: dict[str, tuple[str, ...]] = {  # platform -> KVM modules that exist there
     "pseries": ("kvm_hv", "kvm_pr"),
     "powernv": ("kvm_hv", "kvm_pr"),
-    "x86": ("kvm_intel", "kvm_amd"),
+    "x86": ("kvm_intel", "kvm_amd", "kvm_pvm"),
 }
 NESTED_API: dict[str, tuple[int, ...]] = {  # hypervisor under a pseries L1 -> its nested APIs
     "powervm": (2,),  # PowerVM implements only the nested v2 (H_GUEST_*) API
@@ -81,6 +83,8 @@ class Host:
     cpu: Cpu
     hypervisor: Hypervisor
     cpu_nodes: tuple[CpuNode, ...]
+    # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
+    recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
 
 # ---------------------------------------------------------------------------
@@ -245,6 +249,7 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
             dt_mode = mode_of_logical_pvr(node.cpu_version)
             if dt_mode is not None:
                 raise dt.error(f"cpus[{i}].cpu-version", f"{dt_mode.name} contradicts cpu.mode {cpu.mode.name}")
+    recorded = t.take("recorded", dict, {})
     t.done()
     return Host(
         name,
@@ -257,6 +262,7 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
         cpu,
         hypervisor,
         cpu_nodes,
+        MappingProxyType(recorded),
     )
 
 

@@ -116,12 +116,12 @@ class Server:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self.listener.listen(64)
+        self.listener.settimeout(0.2)  # serve_forever polls for stop()
         self._stop = threading.Event()
         self._count = 0
         self.threads: list[threading.Thread] = []
 
     def serve_forever(self) -> None:
-        self.listener.settimeout(0.2)
         while not self._stop.is_set():
             try:
                 sock, _ = self.listener.accept()

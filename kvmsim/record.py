@@ -1,0 +1,289 @@
+"""``kvmsim record`` and ``kvmsim verify``: grow fidelity from real machines.
+
+``record`` reads what the machine shows (uname, ``/proc/cpuinfo``, the device tree's
+``cpu-version``, the loaded KVM modules), asks the device every probe of
+:func:`kvmsim.probe.kvm_probes` (both revisions' numbers), and writes a host profile the
+simulator loads, with the raw observations in its ``[recorded]`` section.  What the files
+cannot say (which hypervisor below an LPAR, what it offers, a failing hypercall) is fitted:
+the first candidate profile whose simulation answers every probe as recorded is written.
+
+``verify`` replays the recorded probes against the profile's simulated kernel and reports
+every agreement and mismatch."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import itertools
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from . import papr, probe
+from .kvm_main import DEV_KVM, Kernel
+from .probe import Answer
+from .profile import ProfileError, parse
+from .uapi import ARCHES, REVISIONS, AbiRevision, Arch, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
+
+KVM_MODULES = ("kvm_hv", "kvm_pr", "kvm_intel", "kvm_amd", "kvm_pvm")
+CPUINFO_KEYS = ("cpu", "clock", "revision", "timebase", "platform", "model", "machine", "vendor_id", "model name")
+DEVICE_TREE_CPUS = "/proc/device-tree/cpus"
+
+
+class DeviceTarget:
+    """The machine's own KVM device, for the probes: its arch is uname()'s machine."""
+
+    def __init__(self, path: str = DEV_KVM) -> None:
+        self.path = path
+        machine = os.uname().machine
+        if machine not in ARCHES:
+            raise ProfileError(f"{machine}: this machine's architecture is not one kvmsim models")
+        self.arch: Arch = ARCHES[machine]
+
+    def open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+
+    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
+        return fcntl.ioctl(fd, request, arg, mutate_flag)  # type: ignore[call-overload, no-any-return]
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# observing
+
+
+def _read(path: str, notes: list[str], *, binary: bool = False) -> Any:
+    try:
+        with open(path, "rb" if binary else "r") as f:
+            return f.read()
+    except OSError as exc:
+        notes.append(f"{path}: {exc.strerror}")
+        return None
+
+
+def _cpuinfo_fields(text: str | None) -> dict[str, str]:
+    """The first value of each line that says what the machine is (the first processor's)."""
+    fields: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if sep and key in CPUINFO_KEYS and key not in fields:
+            fields[key] = value.strip()
+    return fields
+
+
+def _cpu_nodes(notes: list[str]) -> list[dict[str, Any]]:
+    try:
+        names = [n for n in os.listdir(DEVICE_TREE_CPUS) if os.path.isdir(f"{DEVICE_TREE_CPUS}/{n}")]
+    except OSError as exc:
+        notes.append(f"{DEVICE_TREE_CPUS}: {exc.strerror}")
+        return []
+    nodes = []
+    for name in names:
+        node: dict[str, Any] = {"name": name}
+        raw = _read(f"{DEVICE_TREE_CPUS}/{name}/cpu-version", [], binary=True)
+        if raw is not None and len(raw) == 4:
+            node["cpu-version"] = int.from_bytes(raw, "big")
+        nodes.append(node)
+    return nodes
+
+
+def _modules(notes: list[str]) -> list[str]:
+    try:
+        present = set(os.listdir("/sys/module"))
+    except OSError as exc:
+        notes.append(f"/sys/module: {exc.strerror}")
+        return []
+    return [m for m in KVM_MODULES if m in present]
+
+
+def observe(device: str = DEV_KVM) -> dict[str, Any]:
+    """Everything ``record`` reads and asks, as plain values (the ``[recorded]`` section)."""
+    notes: list[str] = []
+    uname = os.uname()
+    target = DeviceTarget(device)
+    answers = probe.run(target, probe.kvm_probes(REVISIONS.values()))
+    if answers.get("open") != "fd":
+        notes.append(f"{device}: {answers.get('open')}")
+    return {
+        "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        "kernel": uname.release,
+        "machine": uname.machine,
+        "byteorder": sys.byteorder,
+        "device": device,
+        "cpuinfo": _cpuinfo_fields(_read("/proc/cpuinfo", notes)),
+        "cpus": _cpu_nodes(notes) if target.arch.is_powerpc else [],
+        "modules": _modules(notes),
+        "probes": answers,
+        "notes": notes,
+    }
+
+
+# ---------------------------------------------------------------------------
+# fitting a profile to the observations
+
+
+def _pvr(cpuinfo: Mapping[str, str]) -> int | None:
+    match = re.search(r"pvr ([0-9a-f]{4}) ([0-9a-f]{4})", cpuinfo.get("revision", ""))
+    return int(match[1] + match[2], 16) if match else None
+
+
+def _answered_modes(probes: Mapping[str, Any]) -> list[str] | None:
+    for rev in REVISIONS.values():
+        value = probes.get(f"{rev.name} ioctl")
+        if isinstance(value, int):
+            return [m.name for m in modes_of_caps(value)]
+    return None
+
+
+def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+    """Profiles (as TOML-ready dicts) consistent with what the files say, likeliest first."""
+    cpuinfo, machine = obs["cpuinfo"], obs["machine"]
+    base: dict[str, Any] = {
+        "summary": f"Recorded on {machine}, Linux {obs['kernel']}, {obs['date']}",
+        "arch": machine,
+        "modules": list(obs["modules"]),
+    }
+    if not ARCHES[machine].is_powerpc:
+        yield {**base, "platform": "x86", "cpu": {"model": cpuinfo.get("model name", machine)}}
+        return
+    pvr = _pvr(cpuinfo)
+    if pvr is None or mode_of_pvr(pvr) is None:
+        raise ProfileError(f"/proc/cpuinfo: no PVR of a known POWER processor in {cpuinfo.get('revision')!r}")
+    cpu: dict[str, Any] = {"pvr": pvr, "model": cpuinfo.get("cpu", "").split(" ")[0] or "POWER"}
+    version = next((n["cpu-version"] for n in obs["cpus"] if "cpu-version" in n), None)
+    mode = mode_of_logical_pvr(version) if version is not None else None
+    if mode is not None:
+        cpu["mode"] = mode.name
+    dt = {"cpus": [dict(n) for n in obs["cpus"]]} if obs["cpus"] else {}
+    if cpuinfo.get("platform") == "PowerNV":
+        yield {**base, "platform": "powernv", "cpu": cpu, "device_tree": dt}
+        return
+    effective = mode or mode_of_pvr(pvr)
+    offers = _answered_modes(obs["probes"]) or ([effective.name] if effective and effective.cap_bit else [])
+    v4_errno = obs["probes"].get("v4 ioctl")
+    runtime = ["H_SUCCESS"]
+    if isinstance(v4_errno, str) and v4_errno.startswith("E"):
+        code = -getattr(errno, v4_errno, 0)
+        if code in papr.H_NAMES:
+            runtime.append(papr.H_NAMES[code])
+    powervm = cpuinfo.get("model", "").startswith("IBM,")
+    kinds = [("powervm", 2)] if powervm else [("kvm", 1), ("qemu", 2)]
+    for (kind, api), hcall in itertools.product(kinds, runtime):
+        hv: dict[str, Any] = {"kind": kind, "nested_api": api}
+        if api == 2:
+            hv["offers"] = offers
+            if hcall != "H_SUCCESS":
+                hv["hcall_at_runtime"] = hcall
+        yield {**base, "platform": "pseries", "cpu": cpu, "hypervisor": hv, "device_tree": dt}
+
+
+@attrs.frozen
+class Check:
+    name: str
+    recorded: Answer
+    simulated: Answer | None
+
+    @property
+    def agrees(self) -> bool:
+        return self.recorded == self.simulated
+
+
+def replay(kernel: Kernel, recorded: Mapping[str, Any]) -> list[Check]:
+    simulated = probe.run(kernel, probe.kvm_probes(REVISIONS.values()))
+    return [Check(name, value, simulated.get(name)) for name, value in recorded.items()]
+
+
+def kernel_revisions(recorded: Mapping[str, Any]) -> list[AbiRevision]:
+    """The revision the recorded kernel spoke (its capability answered 1), else all of them."""
+    spoken = [r for r in REVISIONS.values() if recorded.get(f"cap {r.cap} on dev") == 1]
+    return spoken or list(REVISIONS.values())
+
+
+def best_replay(text: str, where: str, recorded: Mapping[str, Any]) -> tuple[AbiRevision, list[Check]]:
+    """The revision under which the profile's simulation agrees most, and its checks."""
+    host = parse(text, name="recorded", where=where)
+    results = [(rev, replay(Kernel(host, rev), recorded)) for rev in kernel_revisions(recorded)]
+    return max(results, key=lambda r: sum(c.agrees for c in r[1]))
+
+
+def fit(obs: dict[str, Any], where: str) -> tuple[str, AbiRevision, list[Check]]:
+    """The first candidate profile that reproduces every probe (else the closest), as TOML
+    with the observations and the revision the kernel spoke in its ``[recorded]`` section."""
+    best: tuple[dict[str, Any], AbiRevision, list[Check]] | None = None
+    for candidate in candidates(obs):
+        rev, checks = best_replay(dumps(candidate), where, obs["probes"])
+        if best is None or sum(c.agrees for c in checks) > sum(c.agrees for c in best[2]):
+            best = (candidate, rev, checks)
+        if all(c.agrees for c in checks):
+            break
+    assert best is not None
+    candidate, rev, checks = best
+    spoken = len(kernel_revisions(obs["probes"])) == 1  # its capability said which revision it is
+    return dumps(candidate | {"recorded": obs | ({"revision": rev.name} if spoken else {})}), rev, checks
+
+
+def verify(text: str, where: str) -> tuple[AbiRevision, list[Check]]:
+    """Replay a recorded profile's probes on its simulated kernel."""
+    host = parse(text, name="recorded", where=where)
+    recorded = host.recorded.get("probes")
+    if not isinstance(recorded, Mapping) or not recorded:
+        raise ProfileError(f"{where}: recorded.probes: missing (not a file written by kvmsim record)")
+    named = host.recorded.get("revision")
+    if named in REVISIONS:
+        return REVISIONS[named], replay(Kernel(host, REVISIONS[named]), recorded)
+    return best_replay(text, where, recorded)
+
+
+# ---------------------------------------------------------------------------
+# a small TOML writer for these documents (str, int, bool, lists, tables, arrays of tables)
+
+_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(key: str) -> str:
+    return key if _BARE.match(key) else _string(key)
+
+
+def _string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:#x}" if value > 0xFFFF else str(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps(doc: Mapping[str, Any], prefix: str = "") -> str:
+    scalars = {k: v for k, v in doc.items() if not isinstance(v, Mapping) and not _is_table_array(v)}
+    tables = {k: v for k, v in doc.items() if isinstance(v, Mapping)}
+    arrays = {k: v for k, v in doc.items() if _is_table_array(v)}
+    lines = [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in tables.items():
+        name = f"{prefix}{_key(k)}"
+        body = dumps(v, f"{name}.")
+        out += f"\n[{name}]\n{body}" if body.strip() else ""
+    for k, v in arrays.items():
+        for item in v:
+            out += f"\n[[{prefix}{_key(k)}]]\n{dumps(item, f'{prefix}{_key(k)}.')}"
+    return out
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)

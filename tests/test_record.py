@@ -1,0 +1,107 @@
+"""kvmsim record / verify: recordings of simulated hosts (under the pytest plugin) round-trip
+for every profile and revision; this machine's recording verifies; mismatches are reported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import REVS
+
+from kvmsim import ProfileError, profile, record
+from kvmsim.pytest_plugin import SimulatedHost
+
+ROOT = Path(__file__).resolve().parent.parent
+KVMSIM = Path(sys.executable).parent / "kvmsim"
+
+
+@pytest.mark.parametrize("kvm_host", [(h, r) for h in profile.names() for r in REVS], indirect=True, ids=str)
+def test_recording_a_simulated_host_round_trips(kvm_host: SimulatedHost) -> None:
+    obs = record.observe()
+    assert obs["machine"] == kvm_host.profile.arch.name
+    text, rev, checks = record.fit(obs, "/recorded.toml")
+    assert all(c.agrees for c in checks), [c for c in checks if not c.agrees]
+    with open("/recorded.toml", "w") as f:  # the fake filesystem
+        f.write(text)
+    with open("/recorded.toml") as f:
+        rev2, checks2 = record.verify(f.read(), "/recorded.toml")
+    assert rev2 == rev and checks2 == checks
+    spoke = [r for r in REVS if obs["probes"].get(f"cap {250 if r == 'v5' else 249} on dev") == 1]
+    assert spoke == ([kvm_host.abi] if spoke else [])  # a pseries kernel's capability names its revision
+    assert tomllib.loads(text)["recorded"].get("revision") == (rev.name if spoke else None)
+
+
+@pytest.mark.parametrize("kvm_host", [("powervm-p10-hcall-hardware", "v4")], indirect=True)
+def test_a_failing_hypercall_is_fitted(kvm_host: SimulatedHost) -> None:
+    text, _, _ = record.fit(record.observe(), "/r.toml")
+    assert 'hcall_at_runtime = "H_HARDWARE"' in text
+
+
+@pytest.mark.parametrize("kvm_host", [("qemu-papr-p10", "v4")], indirect=True)
+def test_nested_v2_under_qemu_is_told_from_nested_v1_by_the_answers(kvm_host: SimulatedHost) -> None:
+    text, _, _ = record.fit(record.observe(), "/r.toml")
+    assert 'kind = "qemu"' in text and 'offers = ["power9", "power10"]' in text
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "fixtures" / "recorded").glob("*.toml")), ids=lambda p: p.name)
+def test_committed_recordings_verify(path: Path) -> None:
+    _rev, checks = record.verify(path.read_text(), str(path))
+    assert checks and all(c.agrees for c in checks)
+
+
+@pytest.mark.requires_real_kvm
+def test_record_and_verify_this_machine(tmp_path: Path) -> None:
+    out = tmp_path / "me.toml"
+    r = subprocess.run([str(KVMSIM), "record", "-o", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "reproduces all of them" in r.stdout
+    r = subprocess.run([str(KVMSIM), "verify", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "0 mismatch" in r.stdout
+
+
+def test_verify_reports_a_mismatch_with_exit_1(tmp_path: Path) -> None:
+    src = next((ROOT / "fixtures" / "recorded").glob("*.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(src.read_text().replace('"api version" = 12', '"api version" = 11'))
+    r = subprocess.run([str(KVMSIM), "verify", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert any(line.split()[:2] == ["api", "version"] and line.endswith("MISMATCH") for line in r.stdout.splitlines())
+    assert r.stdout.strip().endswith("1 mismatch")
+
+
+def test_record_without_a_device_fails_cleanly_with_the_reason(tmp_path: Path) -> None:
+    out = tmp_path / "r.toml"
+    r = subprocess.run(
+        [str(KVMSIM), "record", "--device", str(tmp_path / "kvm"), "-o", str(out)], capture_output=True, text=True
+    )
+    assert r.returncode == 0
+    assert f"note: {tmp_path / 'kvm'}: ENOENT" in r.stdout
+    assert 'open = "ENOENT"' in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["verify", "/nonexistent.toml"], "No such file"),
+        (["verify", str(ROOT / "fixtures" / "hosts" / "powervm-p11.toml")], "recorded.probes: missing"),
+        (["record"], "-o/--output"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
+    r = subprocess.run([str(KVMSIM), *args], capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_dumps_round_trips_through_the_profile_parser() -> None:
+    doc = {"summary": 'a "quoted" one', "arch": "ppc64le", "n": 0x0F000006, "recorded": {"probes": {"a b": "x"}}}
+    assert tomllib.loads(record.dumps(doc)) == doc
+
+
+def test_unknown_architecture_is_a_profile_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", "6", "#1", "riscv64")))
+    with pytest.raises(ProfileError, match="riscv64"):
+        record.DeviceTarget()
