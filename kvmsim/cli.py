@@ -146,14 +146,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .build import BuildError
-    from .runner import run
+    from .runner import RunError, run
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise UsageError("run: no command given (kvmsim run --host HOST -- CMD ...)")
     kernel = _kernel(args)
     try:
-        return run(kernel, command)
+        return run(kernel, command, arch=args.arch)
+    except RunError as exc:
+        raise UsageError(str(exc)) from None
     except BuildError as exc:
         print(f"kvmsim: error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
@@ -231,6 +233,9 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     run = sub.add_parser("run", help="run a command against a simulated host (LD_PRELOAD shim)")
     _kernel_options(run)
+    run.add_argument(
+        "--arch", choices=["ppc64le", "ppc64"], help="run a POWER binary under qemu-user (default: from its ELF header)"
+    )
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
     rec = sub.add_parser("record", help="record this machine as a host profile")

@@ -2,7 +2,11 @@
 
 A server on a private socket (a fresh 0700 directory), the command with the shim preloaded,
 the command's exit code returned; the server and its directory are removed however the
-command ends (normal exit, crash, or Ctrl-C, which is forwarded to it)."""
+command ends (normal exit, crash, or Ctrl-C, which is forwarded to it).
+
+A POWER binary (``--arch ppc64le|ppc64``, or found from its ELF header) runs under the
+matching qemu-user with a shim cross-built for it; its byte order must be the host
+profile's."""
 
 from __future__ import annotations
 
@@ -14,30 +18,110 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .build import build_shim
+import attrs
+
+from .build import BuildError, build_shim
 from .kvm_main import Kernel
 from .server import Server
 
 
-def shim_environment(
-    kernel: Kernel, socket_path: str, shim: Path, base: dict[str, str] | None = None
-) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    preload = env.get("LD_PRELOAD", "")
-    env["LD_PRELOAD"] = f"{shim} {preload}".strip()
-    env["KVMSIM_SOCKET"] = socket_path
-    env["KVMSIM_MACHINE"] = kernel.arch.name  # uname()'s machine, as on the simulated host
-    return env
+@attrs.frozen
+class Foreign:
+    """How to run a binary of another architecture here."""
+
+    arch: str
+    triplet: str  # the Debian cross toolchain's prefix
+    qemu: str
+
+    @property
+    def sysroot(self) -> str:
+        return f"/usr/{self.triplet}"
 
 
-def run(kernel: Kernel, command: Sequence[str], *, shim: Path | None = None) -> int:
+FOREIGN = {
+    "ppc64le": Foreign("ppc64le", "powerpc64le-linux-gnu", "qemu-ppc64le"),
+    "ppc64": Foreign("ppc64", "powerpc64-linux-gnu", "qemu-ppc64"),
+}
+EM_PPC64, EM_X86_64 = 21, 62
+
+
+class RunError(ValueError):
+    """The command cannot run against this host as asked; one line."""
+
+
+def elf_arch(path: str) -> str | None:
+    """``ppc64le``/``ppc64``/``x86_64`` from a 64-bit ELF file's header, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] != 2:
+        return None
+    order = {1: "little", 2: "big"}.get(head[5])
+    if order is None:
+        return None
+    machine = int.from_bytes(head[18:20], order)  # type: ignore[arg-type]
+    if machine == EM_PPC64:
+        return "ppc64le" if order == "little" else "ppc64"
+    return "x86_64" if machine == EM_X86_64 else None
+
+
+def qemu_binary(foreign: Foreign) -> str:
+    for name in (f"{foreign.qemu}-static", foreign.qemu):
+        if shutil.which(name):
+            return name
+    raise BuildError(f"{foreign.qemu}-static is not installed (apt-get install qemu-user-static)")
+
+
+def target_arch(kernel: Kernel, command: Sequence[str], arch: str | None) -> str | None:
+    """The foreign arch to run ``command`` as (None: natively), checked against the host."""
+    exe = shutil.which(command[0]) or command[0]
+    found = elf_arch(exe)
+    if arch is not None and found is not None and found != arch:
+        raise RunError(f"{command[0]}: a {found} binary, not {arch}")
+    arch = arch or (found if found in FOREIGN else None)
+    if arch is None:
+        return None
+    host = kernel.arch
+    if not host.is_powerpc:
+        raise RunError(f"host {kernel.host.name} is {host.name}: a {arch} binary needs a powerpc host profile")
+    if FOREIGN[arch].arch != host.name:
+        raise RunError(
+            f"host {kernel.host.name} is {host.name} ({host.byteorder}-endian) but {command[0]} is {arch}: "
+            "byte orders differ"
+        )
+    return arch
+
+
+def prepare(
+    kernel: Kernel, command: Sequence[str], socket_path: str, *, arch: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run ``command`` against the server at ``socket_path``."""
+    arch = target_arch(kernel, command, arch)
+    env = dict(os.environ)
+    shim_env = {"KVMSIM_SOCKET": socket_path, "KVMSIM_MACHINE": kernel.arch.name}
+    if arch is None:
+        shim = build_shim()
+        shim_env["LD_PRELOAD"] = f"{shim} {env.get('LD_PRELOAD', '')}".strip()
+        return list(command), env | shim_env
+    foreign = FOREIGN[arch]
+    shim = build_shim(cc=f"{foreign.triplet}-gcc")
+    shim_env["LD_PRELOAD"] = str(shim)
+    argv = [qemu_binary(foreign), "-L", foreign.sysroot]
+    for key, value in shim_env.items():  # for the emulated process, not for qemu itself
+        argv += ["-E", f"{key}={value}"]
+    return argv + list(command), env
+
+
+def run(kernel: Kernel, command: Sequence[str], *, arch: str | None = None) -> int:
     """Run ``command`` against ``kernel``; its exit code (128 + N when killed by signal N)."""
-    shim = shim or build_shim()
     workdir = tempfile.mkdtemp(prefix="kvmsim-run-")
     server = Server(kernel, os.path.join(workdir, "kvm.sock"))
-    server.start()
     try:
-        proc = subprocess.Popen(list(command), env=shim_environment(kernel, server.path, shim))
+        argv, env = prepare(kernel, command, server.path, arch=arch)
+        server.start()
+        proc = subprocess.Popen(argv, env=env)
         while True:
             try:
                 code = proc.wait()
@@ -48,3 +132,14 @@ def run(kernel: Kernel, command: Sequence[str], *, shim: Path | None = None) -> 
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def shim_environment(kernel: Kernel, socket_path: str, shim: Path) -> dict[str, str]:
+    """The environment for a native command (tests use it with their own shim build)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return {
+        **os.environ,
+        "LD_PRELOAD": f"{shim} {preload}".strip(),
+        "KVMSIM_SOCKET": socket_path,
+        "KVMSIM_MACHINE": kernel.arch.name,
+    }

@@ -25,6 +25,7 @@ CONTRACT: dict[str, tuple[tuple[str, ...] | str, tuple[str, ...] | str]] = {
     "powervm-hcall-unavailable": ("no-device", "no-device"),
     "qemu-papr-p10": ((P9, P10), (P9, P10)),
     "kvm-l1-p9": ((P9,), (P9,)),
+    "kvm-l1-p9-be": ((P9,), (P9,)),
     "kvm-l1-p10": ((P10,), (P9, P10)),
     "kvm-l1-p11": ((P11,), (P9, P10, P11)),
     "kvm-l1-p10-compat-p9": ((P9,), (P9,)),

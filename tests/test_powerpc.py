@@ -23,6 +23,7 @@ BEHAVIOUR: dict[str, tuple[int, int | str, int | str]] = {
     "powervm-p10-hcall-hardware": (1, "EPERM", caps("P10")),  # H_HARDWARE (-1) untranslated
     "qemu-papr-p10": (1, caps("P9", "P10"), caps("P9", "P10")),
     "kvm-l1-p9": (1, caps("P9"), caps("P9")),
+    "kvm-l1-p9-be": (1, caps("P9"), caps("P9")),
     "kvm-l1-p10": (1, caps("P10"), caps("P9", "P10")),
     "kvm-l1-p11": (1, caps("P11"), caps("P9", "P10", "P11")),
     "kvm-l1-p10-compat-p9": (1, caps("P9"), caps("P9")),

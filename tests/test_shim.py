@@ -44,12 +44,14 @@ def expected(host: str, abi: str) -> tuple[int, dict[str, object]]:
     return 0, {"abi": r.abi, "compat_capabilities": r.compat_capabilities, "modes": list(r.modes)}
 
 
-def under_shim(host: str, abi: str, shim: Path, cmd: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+def under_shim(
+    host: str, abi: str, shim: Path, cmd: list[str], tmp: Path, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
     server = Server(kernel, tmp / "kvm.sock")
     server.start()
     try:
-        env = shim_environment(kernel, server.path, shim)
+        env = shim_environment(kernel, server.path, shim) | extra_env
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     finally:
         server.stop()

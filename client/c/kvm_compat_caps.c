@@ -41,6 +41,7 @@ static const char *errname(int e)
 	case EINVAL: return "EINVAL";
 	case ENOTTY: return "ENOTTY";
 	case E2BIG: return "E2BIG";
+	case ENOSYS: return "ENOSYS";
 	default: return "EUNKNOWN";
 	}
 }

@@ -11,6 +11,8 @@
  * process_vm_readv/writev on its own pid, or through a pipe where those are missing
  * (qemu-user): either reports a bad address as EFAULT instead of crashing.
  *
+ * $KVMSIM_MEMORY=pipe forces the pipe path (tests use it to cover both).
+ *
  * The wire format is kvmsim/wire.py: every field big-endian.  After fork() the child has no
  * emulated descriptors (its copies are plain /dev/null).
  */
@@ -71,6 +73,8 @@ __attribute__((constructor)) static void shim_init(void)
 	real_close = dlsym(RTLD_NEXT, "close");
 	real_ioctl = dlsym(RTLD_NEXT, "ioctl");
 	real_uname = dlsym(RTLD_NEXT, "uname");
+	const char *memory = getenv("KVMSIM_MEMORY");
+	use_pipe = memory && strcmp(memory, "pipe") == 0;
 	pthread_atfork(NULL, NULL, child_after_fork);
 }
 

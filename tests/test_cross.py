@@ -1,0 +1,133 @@
+"""Real POWER binaries: the C client cross-built for ppc64le and ppc64 against the targets'
+own <linux/kvm.h>, run under qemu-user with a cross-built shim, answers as the native
+Python client does, for every POWER profile and both revisions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REVS
+
+from client import CompatError, SimDevice, query
+from kvmsim import Kernel, profile
+from kvmsim.build import compile_c
+from kvmsim.runner import FOREIGN, elf_arch, prepare
+from kvmsim.server import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
+
+
+def missing(arch: str) -> str | None:
+    f = FOREIGN[arch]
+    tools = [f"{f.triplet}-gcc", f"{f.qemu}-static"]
+    absent = [t for t in tools if shutil.which(t) is None and shutil.which(t.removesuffix("-static")) is None]
+    if absent or not Path(f.sysroot, "include", "linux", "kvm.h").exists():
+        what = ", ".join(absent) or f"{f.sysroot}/include/linux/kvm.h"
+        return f"{arch} cross tools missing ({what}); .ci/run installs them with apt-get"
+    return None
+
+
+def _with_tools(arch: str, *rest: str) -> object:
+    return pytest.param(arch, *rest, marks=pytest.mark.skipif(missing(arch) is not None, reason=str(missing(arch))))
+
+
+ARCHES = [_with_tools(a) for a in FOREIGN]
+# every POWER host with the binary of its own byte order
+CASES = [_with_tools(profile.load(h).arch.name, h) for h in profile.names() if profile.load(h).arch.is_powerpc]
+
+
+@pytest.fixture(scope="module")
+def binaries() -> dict[str, Path]:
+    return {a: compile_c([C_CLIENT], cc=f"{FOREIGN[a].triplet}-gcc") for a in FOREIGN if missing(a) is None}
+
+
+def expected(host: str, abi: str) -> tuple[int, dict[str, object]]:
+    try:
+        r = query(SimDevice(Kernel.from_profile(host, abi=abi)))
+    except CompatError as exc:
+        e = exc.to_json()
+        return exc.exit_code, {"kind": e["kind"], "name": e.get("name")}
+    return 0, {"abi": r.abi, "compat_capabilities": r.compat_capabilities, "modes": list(r.modes)}
+
+
+def run_foreign(host: str, abi: str, binary: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    kernel = Kernel.from_profile(host, abi=abi)
+    server = Server(kernel, tmp / "kvm.sock")
+    server.start()
+    try:
+        argv, env = prepare(kernel, [str(binary), *args], server.path)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.stop()
+
+
+def answer(stdout: str) -> dict[str, object]:
+    out = json.loads(stdout)
+    if "error" in out:
+        return {"kind": out["error"]["kind"], "name": out["error"]["name"]}
+    return {k: out[k] for k in ("abi", "compat_capabilities", "modes")}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_cross_built_binaries_are_power_elf(arch: str, binaries: dict[str, Path]) -> None:
+    assert elf_arch(str(binaries[arch])) == arch
+
+
+@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize(("arch", "host"), CASES)
+def test_power_binary_answers_as_the_native_client(
+    arch: str, host: str, abi: str, binaries: dict[str, Path], tmp_path: Path
+) -> None:
+    code, want = expected(host, abi)
+    r = run_foreign(host, abi, binaries[arch], tmp_path)
+    assert r.returncode == code, r.stderr
+    assert answer(r.stdout) == want
+
+
+HOST_OF = {"ppc64le": "powervm-p11", "ppc64": "powervm-p11-be"}
+
+
+@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("pointer", ["--null", "--wild"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_bad_pointers_are_efault_under_qemu(
+    arch: str, pointer: str, abi: str, binaries: dict[str, Path], tmp_path: Path
+) -> None:
+    r = run_foreign(HOST_OF[arch], abi, binaries[arch], tmp_path, pointer)
+    assert r.returncode == 1, r.stderr
+    assert answer(r.stdout) == {"kind": "kernel", "name": "EFAULT"}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_v5_e2big_retry_under_qemu(arch: str, binaries: dict[str, Path], tmp_path: Path) -> None:
+    r = run_foreign(HOST_OF[arch], "v5", binaries[arch], tmp_path, "--struct-size", "32")
+    assert answer(r.stdout)["modes"] == ["power10", "power11"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_byte_order_mismatch_is_a_clear_error(arch: str, binaries: dict[str, Path]) -> None:
+    other = HOST_OF["ppc64" if arch == "ppc64le" else "ppc64le"]
+    exe = Path(sys.executable).parent / "kvmsim"
+    r = subprocess.run([str(exe), "run", "--host", other, "--", str(binaries[arch])], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "byte orders differ" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_kvmsim_run_arch_end_to_end(arch: str, binaries: dict[str, Path]) -> None:
+    exe = Path(sys.executable).parent / "kvmsim"
+    host = HOST_OF[arch]
+    r = subprocess.run(
+        [str(exe), "run", "--arch", arch, "--host", host, "--abi", "v5", "--", str(binaries[arch])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["modes"] == ["power10", "power11"]
