@@ -115,7 +115,7 @@ class Server:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        self.listener.listen(64)
+        self.listener.listen(128)
         self.listener.settimeout(0.2)  # serve_forever polls for stop()
         self._stop = threading.Event()
         self._count = 0

@@ -64,11 +64,12 @@ class UserAccess:
 
 
 class AddressSpace(UserAccess):
-    """A sparse set of mapped regions; thread-safe for map/unmap."""
+    """A sparse set of mapped regions.  map/unmap replace the (sorted) region table as a
+    whole under a lock, so a lookup from another thread sees the old table or the new one,
+    never half of each."""
 
     def __init__(self) -> None:
-        self._regions: list[Region] = []  # sorted by start
-        self._starts: list[int] = []
+        self._table: tuple[tuple[int, ...], tuple[Region, ...]] = ((), ())  # starts, regions
         self._next = MAP_BASE
         self._lock = threading.Lock()
 
@@ -85,20 +86,23 @@ class AddressSpace(UserAccess):
             buf = bytearray(length)
             if data is not None:
                 buf[: len(data)] = data[:length]
-            i = bisect.bisect(self._starts, start)
-            self._regions.insert(i, Region(start, buf, writable))
-            self._starts.insert(i, start)
+            starts, regions = self._table
+            i = bisect.bisect(starts, start)
+            self._table = (
+                (*starts[:i], start, *starts[i:]),
+                (*regions[:i], Region(start, buf, writable), *regions[i:]),
+            )
         return start
 
     def unmap(self, addr: int) -> None:
         with self._lock:
-            i = bisect.bisect_left(self._starts, addr)
-            if i == len(self._starts) or self._starts[i] != addr:
+            starts, regions = self._table
+            i = bisect.bisect_left(starts, addr)
+            if i == len(starts) or starts[i] != addr:
                 raise ValueError(f"no mapping starts at {addr:#x}")
-            region = self._regions.pop(i)
-            del self._starts[i]
-            if i == len(self._regions):  # the topmost mapping: reuse its addresses
-                self._next = region.start
+            self._table = (starts[:i] + starts[i + 1 :], regions[:i] + regions[i + 1 :])
+            if i == len(starts) - 1:  # the topmost mapping: reuse its addresses
+                self._next = regions[i].start
 
     def protect(self, addr: int, *, writable: bool) -> None:
         self._region(addr, 1, "protect").writable = writable
@@ -135,10 +139,11 @@ class AddressSpace(UserAccess):
     # -- lookup --------------------------------------------------------------
 
     def _find(self, addr: int) -> Region | None:
-        i = bisect.bisect_right(self._starts, addr) - 1
+        starts, regions = self._table
+        i = bisect.bisect_right(starts, addr) - 1
         if i < 0:
             return None
-        region = self._regions[i]
+        region = regions[i]
         return region if addr < region.end else None
 
     def _region(self, addr: int, n: int, access: str) -> Region:

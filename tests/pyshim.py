@@ -13,8 +13,8 @@ from kvmsim.wire import Msg
 class PyShim:
     def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)  # blocking, as the C shim's: waits while the backlog is full
         self.sock.settimeout(10)
-        self.sock.connect(path)
         self.memory: dict[int, bytearray] = {}
 
     def close(self) -> None:

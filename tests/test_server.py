@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyshim import PyShim
 
 from kvmsim import Kernel, wire
@@ -165,3 +167,67 @@ except (ConnectionResetError, BrokenPipeError):
     finally:
         srv.stop()
         shutil.rmtree(workdir)
+
+
+def _garbage_then_check(server: Server, data: bytes) -> None:
+    bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bad.settimeout(10)
+    bad.connect(server.path)
+    try:
+        bad.sendall(data)
+        bad.shutdown(socket.SHUT_WR)
+        while bad.recv(4096):  # whatever the server says, it then closes
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        bad.close()
+
+
+frames = st.one_of(
+    st.binary(max_size=64),  # noise
+    st.builds(  # a plausible header with a random type, length and body
+        lambda t, n, body: wire.HEADER.pack(wire.MAGIC, wire.VERSION, t, n) + body,
+        st.integers(0, 0xFFFF),
+        st.integers(0, 2**32 - 1),
+        st.binary(max_size=64),
+    ),
+    st.builds(  # a real message, truncated anywhere
+        lambda f, cut: f[:cut],
+        st.sampled_from(
+            [
+                wire.frame(Msg.OPEN, wire.OPEN.pack(2) + b"/dev/kvm"),
+                wire.frame(Msg.IOCTL, wire.IOCTL.pack(3, 0x2000AE03, 250)),
+                wire.frame(Msg.CLOSE, wire.CLOSE.pack(3)),
+            ]
+        ),
+        st.integers(0, 30),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.lists(frames, min_size=1, max_size=4).map(b"".join))
+def test_random_and_truncated_frames_never_bring_the_server_down(server: Server, data: bytes) -> None:
+    _garbage_then_check(server, data)
+    shim = PyShim(server.path)
+    assert shim.open()[1] == 0
+    shim.close()
+
+
+def test_a_flood_of_connections(server: Server) -> None:
+    socks = []
+    for _ in range(200):  # bounded: connect and drop, some mid-frame
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(server.path)
+        if len(socks) % 3 == 0:
+            s.sendall(wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.OPEN, 50))
+        socks.append(s)
+    good = PyShim(server.path)  # served while 200 others are open
+    assert query(good, server.kernel) == P10_P11
+    for s in socks:
+        s.close()
+    good.close()
+    again = PyShim(server.path)
+    assert query(again, server.kernel) == P10_P11
+    again.close()
