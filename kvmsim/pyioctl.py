@@ -28,6 +28,7 @@ SysIoctl = Callable[[int, int, int], int]  # (fd, cmd, unsigned long arg) -> res
 
 class Scratch(threading.local):
     addr: int | None = None
+    dirty: int = 0  # bytes from the start that may be non-zero
 
 
 def fcntl_ioctl(
@@ -57,9 +58,14 @@ def fcntl_ioctl(
     return _buffer(sys_ioctl, mem, scratch, fd, cmd, memoryview(arg), mutate_flag)
 
 
-def _scratch(mem: AddressSpace, scratch: Scratch) -> int:
+def _scratch(mem: AddressSpace, scratch: Scratch, data: bytes) -> int:
+    """CPython's stack buffer for this thread, holding ``data`` then zeros."""
     if scratch.addr is None:
         scratch.addr = mem.map(IOCTL_BUFSZ + 1)
+    mem.write(scratch.addr, data)
+    if scratch.dirty > len(data):  # what an earlier call left past this one's bytes
+        mem.write(scratch.addr + len(data), bytes(scratch.dirty - len(data)))
+    scratch.dirty = IOCTL_BUFSZ + 1  # the kernel may write anywhere in it
     return scratch.addr
 
 
@@ -76,15 +82,13 @@ def _buffer(
             finally:
                 view.cast("B")[:] = mem.read(addr, n)
                 mem.unmap(addr)
-        addr = _scratch(mem, scratch)
-        mem.write(addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
+        addr = _scratch(mem, scratch, data)
         try:
             return sys_ioctl(fd, cmd, addr)
         finally:
             view.cast("B")[:] = mem.read(addr, n)
     if n > IOCTL_BUFSZ:
         raise ValueError("ioctl string arg too long")
-    addr = _scratch(mem, scratch)
-    mem.write(addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
+    addr = _scratch(mem, scratch, data)
     sys_ioctl(fd, cmd, addr)
     return mem.read(addr, n)

@@ -27,16 +27,28 @@ MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this
 
 
 class RemoteMemory(UserAccess):
-    """The caller's address space, read and written by the shim on the server's request."""
+    """The caller's address space, reached through the shim: reads inside the IOCTL's
+    read-ahead window are served from it, others ask MEM_READ; writes are kept and sent back
+    with the RESULT (see kvmsim.wire)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, reader: wire.FrameReader) -> None:
+        self.sock, self.reader = sock, reader
+        self.base = 0
+        self.window = bytearray()
+        self.pending: list[tuple[int, bytes]] = []
+
+    def begin(self, base: int, window: bytes) -> None:
+        self.base, self.window, self.pending = base, bytearray(window), []
 
     def copy_from_user(self, addr: int, n: int) -> bytes:
+        off = addr - self.base
+        if off >= 0 and off + n <= len(self.window):
+            return bytes(self.window[off : off + n])
         if n > MAX_USER_COPY:
             raise Fault(addr, "read")
+        self.flush()
         self.sock.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(addr, n)))
-        msg, payload = wire.read_frame(self.sock)
+        msg, payload = self.reader.read()
         if msg != Msg.MEM_DATA:
             raise ProtocolError(f"expected MEM_DATA, got {msg.name}")
         (err,), data = wire.unpack(wire.MEM_DATA, payload, exact=False)
@@ -47,13 +59,28 @@ class RemoteMemory(UserAccess):
         return data
 
     def copy_to_user(self, addr: int, data: bytes) -> None:
-        self.sock.sendall(wire.frame(Msg.MEM_WRITE, wire.MEM_WRITE.pack(addr) + data))
-        msg, payload = wire.read_frame(self.sock)
-        if msg != Msg.MEM_ACK:
-            raise ProtocolError(f"expected MEM_ACK, got {msg.name}")
-        (err, _done), _ = wire.unpack(wire.MEM_ACK, payload)
-        if err:
-            raise Fault(addr, "write")
+        off = addr - self.base
+        if 0 <= off < len(self.window):  # later reads of the window see this write
+            end = min(len(self.window), off + len(data))
+            self.window[off:end] = data[: end - off]
+        self.pending.append((addr, bytes(data)))
+
+    def flush(self) -> None:
+        """Make the kept writes now, in order (a read outside the window comes next)."""
+        pending, self.pending = self.pending, []
+        for addr, data in pending:
+            self.sock.sendall(wire.frame(Msg.MEM_WRITE, wire.MEM_WRITE.pack(addr) + data))
+            msg, payload = self.reader.read()
+            if msg != Msg.MEM_ACK:
+                raise ProtocolError(f"expected MEM_ACK, got {msg.name}")
+            (err, _done), _ = wire.unpack(wire.MEM_ACK, payload)
+            if err:
+                raise Fault(addr, "write")
+
+    def take_writes(self) -> tuple[int, bytes]:
+        """The kept writes, encoded for a RESULT: (how many, their bytes)."""
+        pending, self.pending = self.pending, []
+        return len(pending), b"".join(wire.WRITE.pack(addr, len(data)) + data for addr, data in pending)
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -67,12 +94,14 @@ class Connection:
 
     def __init__(self, kernel: Kernel, sock: socket.socket, name: str) -> None:
         self.kernel, self.sock, self.name = kernel, sock, name
-        self.process: Process = kernel.process(RemoteMemory(sock))
+        self.reader = wire.FrameReader(sock)
+        self.memory = RemoteMemory(sock, self.reader)
+        self.process: Process = kernel.process(self.memory)
 
     def serve(self) -> None:
         try:
             while True:
-                msg, payload = wire.read_frame(self.sock)
+                msg, payload = self.reader.read()
                 self.sock.sendall(self.dispatch(msg, payload))
         except wire.Disconnected:
             log.debug("%s: closed by the peer", self.name)
@@ -83,12 +112,16 @@ class Connection:
 
     def dispatch(self, msg: Msg, payload: bytes) -> bytes:
         flags = 0
+        self.memory.begin(0, b"")
         try:
             if msg == Msg.OPEN:
                 (_oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
                 ret = self.process.open(path.decode(errors="replace"))
             elif msg == Msg.IOCTL:
-                (fd, cmd, arg), _ = wire.unpack(wire.IOCTL, payload)
+                (fd, cmd, arg), window = wire.unpack(wire.IOCTL, payload, exact=False)
+                if len(window) > wire.WINDOW:
+                    raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
+                self.memory.begin(arg, window)
                 creates_vm = cmd == self.kernel.KVM_CREATE_VM and self.process.is_dev_kvm(fd)
                 ret = self.process.sys_ioctl(fd, cmd, arg)
                 flags = wire.RESULT_NEW_FD if creates_vm else 0
@@ -99,8 +132,11 @@ class Connection:
             else:
                 raise ProtocolError(f"unexpected {msg.name} from a client")
         except KvmError as exc:
-            return wire.frame(Msg.RESULT, wire.RESULT.pack(-1, exc.errno or errno.EIO, 0))
-        return wire.frame(Msg.RESULT, wire.RESULT.pack(ret, 0, flags))
+            ret, err = -1, exc.errno or errno.EIO
+        else:
+            err = 0
+        count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
+        return wire.frame(Msg.RESULT, wire.RESULT.pack(ret, err, flags, count) + writes)
 
 
 class Server:

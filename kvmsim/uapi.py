@@ -209,6 +209,12 @@ class CompatCapsLayout:
     """
 
     fields: tuple[CompatCapsField, CompatCapsField, CompatCapsField]
+    _structs: dict[str, struct.Struct] = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        n = len(self.fields)
+        structs = {"little": struct.Struct("<" + "Q" * n), "big": struct.Struct(">" + "Q" * n)}
+        object.__setattr__(self, "_structs", structs)
 
     @property
     def size(self) -> int:
@@ -218,13 +224,13 @@ class CompatCapsLayout:
         return 8 * self.fields.index(field)
 
     def struct(self, byteorder: ByteOrder) -> struct.Struct:
-        return struct.Struct(("<" if byteorder == "little" else ">") + "Q" * len(self.fields))
+        return self._structs[byteorder]
 
     def pack(self, byteorder: ByteOrder, **values: int) -> bytes:
-        return self.struct(byteorder).pack(*(values.get(f, 0) for f in self.fields))
+        return self._structs[byteorder].pack(*[values.get(f, 0) for f in self.fields])
 
     def unpack(self, byteorder: ByteOrder, data: bytes) -> dict[CompatCapsField, int]:
-        values = self.struct(byteorder).unpack_from(data)
+        values = self._structs[byteorder].unpack_from(data)
         return dict(zip(self.fields, values, strict=True))
 
 

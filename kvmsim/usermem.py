@@ -34,12 +34,12 @@ class Fault(Exception):
 @attrs.define
 class Region:
     start: int
-    data: bytearray
+    data: bytearray  # its length never changes
     writable: bool
+    end: int = attrs.field(init=False)
 
-    @property
-    def end(self) -> int:
-        return self.start + len(self.data)
+    def __attrs_post_init__(self) -> None:
+        self.end = self.start + len(self.data)
 
 
 _U64 = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}
@@ -70,6 +70,7 @@ class AddressSpace(UserAccess):
 
     def __init__(self) -> None:
         self._table: tuple[tuple[int, ...], tuple[Region, ...]] = ((), ())  # starts, regions
+        self._last: Region | None = None  # the last region found: most accesses hit it again
         self._next = MAP_BASE
         self._lock = threading.Lock()
 
@@ -101,6 +102,7 @@ class AddressSpace(UserAccess):
             if i == len(starts) or starts[i] != addr:
                 raise ValueError(f"no mapping starts at {addr:#x}")
             self._table = (starts[:i] + starts[i + 1 :], regions[:i] + regions[i + 1 :])
+            self._last = None
             if i == len(starts) - 1:  # the topmost mapping: reuse its addresses
                 self._next = regions[i].start
 
@@ -139,12 +141,18 @@ class AddressSpace(UserAccess):
     # -- lookup --------------------------------------------------------------
 
     def _find(self, addr: int) -> Region | None:
+        last = self._last
+        if last is not None and last.start <= addr < last.end:
+            return last
         starts, regions = self._table
         i = bisect.bisect_right(starts, addr) - 1
         if i < 0:
             return None
         region = regions[i]
-        return region if addr < region.end else None
+        if addr < region.end:
+            self._last = region
+            return region
+        return None
 
     def _region(self, addr: int, n: int, access: str) -> Region:
         region = self._find(addr)

@@ -9,9 +9,18 @@ A frame is a 12-byte header then ``length`` bytes of payload::
             __u32 length;            /* payload bytes that follow, <= MAX_PAYLOAD */
     };
 
-The shim sends OPEN, IOCTL, CLOSE and gets one RESULT each.  While an IOCTL is in the kernel,
-the server may ask MEM_READ / MEM_WRITE (the kernel's copy_from_user / copy_to_user on the
-caller's memory); the shim answers MEM_DATA / MEM_ACK with an errno (EFAULT for a bad address).
+The shim sends OPEN, IOCTL, CLOSE and gets one RESULT each.
+
+An IOCTL carries a read-ahead *window*: the bytes the shim could read at ``arg`` (up to
+:data:`WINDOW`, stopping at the first unreadable byte).  The kernel's ``copy_from_user``
+inside the window needs no round trip; outside it the server asks MEM_READ and the shim
+answers MEM_DATA with an errno (EFAULT for a bad address).  The kernel's ``copy_to_user``
+writes travel back with the RESULT, in order, and the shim applies them before returning; if
+one faults, the call fails with EFAULT and the writes after it are not made.  That is exactly
+the kernel's behaviour as long as a handler does nothing but return after writing user
+memory, which holds for every ioctl kvmsim implements (a handler that read after writing would
+make the server flush its writes first with MEM_WRITE / MEM_ACK).
+
 ``shim/kvmsim_shim.c`` is the other side of this file."""
 
 from __future__ import annotations
@@ -23,12 +32,14 @@ import struct
 MAGIC = 0x4B564D53
 VERSION = 1
 MAX_PAYLOAD = 1 << 20
+WINDOW = 256  # read-ahead bytes at an ioctl's argument
 
 HEADER = struct.Struct("!IHHI")  # magic, version, type, length
 OPEN = struct.Struct("!i")  # flags; then the path's bytes
-IOCTL = struct.Struct("!iIQ")  # fd, cmd, arg
+IOCTL = struct.Struct("!iIQ")  # fd, cmd, arg; then the window's bytes
 CLOSE = struct.Struct("!i")  # fd
-RESULT = struct.Struct("!qiI")  # ret, errno (0 = success), flags
+RESULT = struct.Struct("!qiII")  # ret, errno (0 = success), flags, number of writes; then the writes
+WRITE = struct.Struct("!QI")  # one write in a RESULT: addr, length; then its bytes
 MEM_READ = struct.Struct("!QI")  # addr, length
 MEM_DATA = struct.Struct("!i")  # errno; then the bytes read
 MEM_WRITE = struct.Struct("!Q")  # addr; then the bytes to write
@@ -70,20 +81,53 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(sock: socket.socket) -> tuple[Msg, bytes]:
-    magic, version, type_, length = HEADER.unpack(_recv_exactly(sock, HEADER.size))
+_MSGS = {m.value: m for m in Msg}
+
+
+def _check_header(header: bytes) -> tuple[Msg, int]:
+    magic, version, type_, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic:#010x}")
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"oversized frame: {length} bytes")
-    try:
-        msg = Msg(type_)
-    except ValueError:
-        raise ProtocolError(f"unknown message type {type_}") from None
-    payload = _recv_exactly(sock, length) if length else b""
-    return msg, payload
+    msg = _MSGS.get(type_)
+    if msg is None:
+        raise ProtocolError(f"unknown message type {type_}")
+    return msg, length
+
+
+def read_frame(sock: socket.socket) -> tuple[Msg, bytes]:
+    """One frame, reading exactly its bytes (no read-ahead)."""
+    msg, length = _check_header(_recv_exactly(sock, HEADER.size))
+    return msg, _recv_exactly(sock, length) if length else b""
+
+
+class FrameReader:
+    """Frames from a socket with read-ahead: usually one ``recv`` a frame."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            if not chunk:
+                if not self.buf:
+                    raise Disconnected("peer closed the connection")
+                raise ProtocolError(f"truncated frame: {len(self.buf)} of {n} bytes")
+            self.buf += chunk
+
+    def read(self) -> tuple[Msg, bytes]:
+        self._fill(HEADER.size)
+        msg, length = _check_header(bytes(self.buf[: HEADER.size]))
+        end = HEADER.size + length
+        self._fill(end)
+        payload = bytes(self.buf[HEADER.size : end])
+        del self.buf[:end]
+        return msg, payload
 
 
 def frame(msg: Msg, payload: bytes = b"") -> bytes:

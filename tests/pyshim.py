@@ -36,7 +36,17 @@ class PyShim:
         while True:
             kind, body = wire.read_frame(self.sock)
             if kind == Msg.RESULT:
-                ret, err, flags = wire.RESULT.unpack(body)
+                ret, err, flags, count = wire.RESULT.unpack_from(body)
+                off = wire.RESULT.size
+                for _ in range(count):  # the kernel's writes, in order; a fault ends the call
+                    addr, n = wire.WRITE.unpack_from(body, off)
+                    data = body[off + wire.WRITE.size : off + wire.WRITE.size + n]
+                    off += wire.WRITE.size + n
+                    found = self._region(addr, n)
+                    if found is None:
+                        return -1, errno.EFAULT, flags
+                    buf, start = found
+                    buf[start : start + n] = data
                 return ret, err, flags
             if kind == Msg.MEM_READ:
                 addr, n = wire.MEM_READ.unpack(body)
@@ -64,8 +74,13 @@ class PyShim:
     def open(self, path: str = "/dev/kvm") -> tuple[int, int, int]:
         return self.call(Msg.OPEN, wire.OPEN.pack(2) + path.encode())
 
-    def ioctl(self, fd: int, cmd: int, arg: int = 0) -> tuple[int, int, int]:
-        return self.call(Msg.IOCTL, wire.IOCTL.pack(fd, cmd, arg))
+    def ioctl(self, fd: int, cmd: int, arg: int = 0, *, window: bool = True) -> tuple[int, int, int]:
+        ahead = b""
+        found = self._region(arg, 1) if window else None
+        if found is not None:  # read ahead, as the shim does
+            buf, off = found
+            ahead = bytes(buf[off : off + wire.WINDOW])
+        return self.call(Msg.IOCTL, wire.IOCTL.pack(fd, cmd, arg) + ahead)
 
     def close_fd(self, fd: int) -> tuple[int, int, int]:
         return self.call(Msg.CLOSE, wire.CLOSE.pack(fd))

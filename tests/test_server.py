@@ -89,7 +89,7 @@ def test_each_connection_has_its_own_fd_table(server: Server) -> None:
         wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.OPEN, wire.MAX_PAYLOAD + 1),  # oversized
         wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.IOCTL, 16) + b"\x00" * 5,  # truncated, then EOF
         wire.frame(Msg.IOCTL, b"\x00" * 3),  # short payload
-        wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0)),  # a server's message from a client
+        wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)),  # a server's message from a client
         wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.OPEN, 100),  # disconnect mid-frame
     ],
 )
@@ -231,3 +231,49 @@ def test_a_flood_of_connections(server: Server) -> None:
     again = PyShim(server.path)
     assert query(again, server.kernel) == P10_P11
     again.close()
+
+
+def test_without_a_window_every_read_is_a_round_trip(server: Server) -> None:
+    k = server.kernel
+    shim = PyShim(server.path)
+    dev = shim.open()[0]
+    vm = shim.ioctl(dev, k.KVM_CREATE_VM, 0)[0]
+    shim.map(ADDR, struct.pack("<QQQ", 24, 0, 0))
+    assert shim.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR, window=False)[:2] == (0, 0)
+    assert struct.unpack("<QQQ", shim.memory[ADDR])[2] == P10_P11
+    shim.map(ADDR, struct.pack("<QQQ", 1, 0, 0))
+    assert shim.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR, window=False)[1] == errno.EINVAL
+    shim.close()
+
+
+def test_remote_memory_flushes_kept_writes_before_a_read_outside_the_window() -> None:
+    from kvmsim.server import RemoteMemory
+
+    ours, theirs = socket.socketpair()
+    mem = RemoteMemory(ours, wire.FrameReader(ours))
+    mem.begin(0x1000, bytes(8))
+    mem.copy_to_user(0x1000, b"\x01" * 8)  # kept
+    assert mem.copy_from_user(0x1000, 8) == b"\x01" * 8  # the window sees its own write
+    mem.copy_to_user(0x2000, b"\x02" * 4)  # kept, outside the window
+    seen: list[tuple[str, int, bytes]] = []
+
+    def peer() -> None:
+        reader = wire.FrameReader(theirs)
+        for _ in range(3):  # two writes flushed in order, then the read
+            kind, body = reader.read()
+            if kind == Msg.MEM_WRITE:
+                seen.append(("write", wire.MEM_WRITE.unpack_from(body)[0], body[8:]))
+                theirs.sendall(wire.frame(Msg.MEM_ACK, wire.MEM_ACK.pack(0, len(body) - 8)))
+            else:
+                addr, n = wire.MEM_READ.unpack(body)
+                seen.append(("read", addr, b""))
+                theirs.sendall(wire.frame(Msg.MEM_DATA, wire.MEM_DATA.pack(0) + b"\x03" * n))
+
+    t = threading.Thread(target=peer)
+    t.start()
+    assert mem.copy_from_user(0x3000, 4) == b"\x03" * 4
+    t.join()
+    assert seen == [("write", 0x1000, b"\x01" * 8), ("write", 0x2000, b"\x02" * 4), ("read", 0x3000, b"")]
+    assert mem.take_writes() == (0, b"")
+    ours.close()
+    theirs.close()

@@ -13,6 +13,9 @@
  *
  * $KVMSIM_MEMORY=pipe forces the pipe path (tests use it to cover both).
  *
+ * An IOCTL carries a read-ahead window of the argument's memory, and the kernel's writes come
+ * back with the RESULT, applied here in order: one round trip a call (see kvmsim/wire.py).
+ *
  * The wire format is kvmsim/wire.py: every field big-endian.  After fork() the child has no
  * emulated descriptors (its copies are plain /dev/null).
  */
@@ -35,6 +38,7 @@
 #define KVMSIM_MAGIC 0x4B564D53u
 #define KVMSIM_VERSION 1
 #define MAX_PAYLOAD (1u << 20)
+#define WINDOW 256 /* read-ahead bytes at an ioctl's argument */
 #define MAX_FD 65536
 
 enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8 };
@@ -224,6 +228,32 @@ static int mem_read(uint64_t addr, void *buf, size_t n)
 	return 0;
 }
 
+/* How many bytes from addr are readable, up to n, copied into buf (0 when none are). */
+static size_t mem_read_prefix(uint64_t addr, void *buf, size_t n)
+{
+	if (addr < 4096) /* not a pointer, or NULL: nothing to read ahead */
+		return 0;
+	if (!use_pipe) {
+		struct iovec local = {buf, n}, remote = {(void *)(uintptr_t)addr, n};
+		ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		if (r >= 0)
+			return (size_t)r; /* stops at the first unreadable page */
+		if (errno == EFAULT)
+			return 0;
+		use_pipe = 1;
+	}
+	if (!pipe_ready())
+		return 0;
+	ssize_t w = write(mem_pipe[1], (const void *)(uintptr_t)addr, n); /* stops at a fault too */
+	if (w <= 0) {
+		pipe_drain();
+		return 0;
+	}
+	ssize_t r = read(mem_pipe[0], buf, (size_t)w);
+	pipe_drain();
+	return r > 0 ? (size_t)r : 0;
+}
+
 static int mem_write(uint64_t addr, const void *buf, size_t n, uint32_t *done)
 {
 	*done = 0;
@@ -267,16 +297,41 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 		uint32_t len;
 		if (recv_header(&t, &len))
 			goto broken;
-		if (t == RESULT && len == 16) {
-			unsigned char p[16];
+		if (t == RESULT && len >= 20) {
+			unsigned char *p = malloc(len);
 			uint64_t ret;
-			uint32_t err, fl;
-			if (recv_all(p, 16))
+			uint32_t err, fl, count;
+			if (!p || recv_all(p, len)) {
+				free(p);
 				goto broken;
+			}
 			memcpy(&ret, p, 8);
 			memcpy(&err, p + 8, 4);
 			memcpy(&fl, p + 12, 4);
+			memcpy(&count, p + 16, 4);
 			*flags = be32toh(fl);
+			/* the kernel's copy_to_user writes, in order; a fault ends the call with EFAULT */
+			int fault = 0;
+			size_t off = 20;
+			for (uint32_t i = be32toh(count); i > 0 && !fault; i--) {
+				uint64_t addr;
+				uint32_t n, done;
+				if (off + 12 > len)
+					break;
+				memcpy(&addr, p + off, 8);
+				memcpy(&n, p + off + 8, 4);
+				n = be32toh(n);
+				off += 12;
+				if (off + n > len)
+					break;
+				fault = mem_write(be64toh(addr), p + off, n, &done) != 0;
+				off += n;
+			}
+			free(p);
+			if (fault) {
+				errno = EFAULT;
+				return -1;
+			}
 			if (be32toh(err)) {
 				errno = (int)be32toh(err);
 				return -1;
@@ -361,7 +416,7 @@ static int emu_open(const char *path, int flags)
 
 static int emu_ioctl(int fd, unsigned long request, void *arg)
 {
-	unsigned char req[16];
+	unsigned char req[16], window[WINDOW];
 	uint32_t fl = 0;
 	int32_t kfd = htobe32((uint32_t)(kfd_of[fd] - 1));
 	uint32_t cmd = htobe32((uint32_t)request);
@@ -370,8 +425,9 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	memcpy(req, &kfd, 4);
 	memcpy(req + 4, &cmd, 4);
 	memcpy(req + 8, &a, 8);
+	size_t n = mem_read_prefix((uint64_t)(uintptr_t)arg, window, sizeof(window));
 	pthread_mutex_lock(&lock);
-	long r = sock >= 0 ? call(IOCTL, req, 16, NULL, 0, &fl) : (errno = EIO, -1);
+	long r = sock >= 0 ? call(IOCTL, req, 16, window, n, &fl) : (errno = EIO, -1);
 	ret = (int)r;
 	if (r >= 0 && (fl & RESULT_NEW_FD))
 		ret = placeholder((int)r, 1);
