@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from kvmsim import DEV_KVM, Kernel, ProfileError
+from kvmsim.cliargs import OneLineParser, int_arg
 from kvmsim.uapi import REVISIONS, revision
 
 from .compat import CompatCaps, CompatError, Options, query
@@ -28,20 +28,8 @@ ENOTTY; the result then says "source": "device-tree".
 exit codes: 0 modes reported, 1 kernel error, 2 bad usage or profile, 3 host cannot answer"""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="kvm-compat-caps",
         description="Query KVM_PPC_GET_COMPAT_CAPS on a real /dev/kvm or a simulated host.",
         epilog=EPILOG,
@@ -51,9 +39,9 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--device", metavar="PATH", help=f"a real KVM device (default {DEV_KVM})")
     where.add_argument("--sim", metavar="HOST", help="a simulated host: a profile name or a .toml path")
     p.add_argument("--abi", choices=sorted(REVISIONS), help="ABI revision (see below)")
-    p.add_argument("--cap", type=_int, metavar="N", help="KVM_CAP_PPC_COMPAT_CAPS number to use")
-    p.add_argument("--ioctl-nr", type=_int, metavar="NR", help="the ioctl's nr within KVMIO (default 0xe4)")
-    p.add_argument("--struct-size", type=_int, default=24, metavar="BYTES", help="the client's struct size")
+    p.add_argument("--cap", type=int_arg, metavar="N", help="KVM_CAP_PPC_COMPAT_CAPS number to use")
+    p.add_argument("--ioctl-nr", type=int_arg, metavar="NR", help="the ioctl's nr within KVMIO (default 0xe4)")
+    p.add_argument("--struct-size", type=int_arg, default=24, metavar="BYTES", help="the client's struct size")
     p.add_argument("--fallback", action="store_true", help="fall back to the device tree, labelled so")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p

@@ -5,13 +5,12 @@ partition's device tree (``/proc/device-tree/cpus``) for the fallback."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 from typing import Protocol
 
 from kvmsim import DEV_KVM, Kernel
-from kvmsim.uapi import ARCHES, Arch
+from kvmsim.probe import DeviceTarget
+from kvmsim.uapi import Arch
 
 PROC_DEVICE_TREE = "/proc/device-tree"
 
@@ -31,40 +30,16 @@ class Device(Protocol):
         ...
 
 
-def host_arch() -> Arch:
-    """The architecture of the kernel this process runs on."""
-    machine = os.uname().machine  # ppc64le on little-endian POWER, ppc64 on big-endian
-    try:
-        return ARCHES[machine]
-    except KeyError:
-        raise ValueError(f"unsupported machine {machine!r}") from None
-
-
-class RealDevice:
+class RealDevice(DeviceTarget):
     """A character device (default ``/dev/kvm``) through ``os.open`` and ``fcntl.ioctl``."""
 
     def __init__(self, path: str = DEV_KVM, *, arch: Arch | None = None, device_tree: str = PROC_DEVICE_TREE) -> None:
-        self.path, self.device_tree = path, device_tree
-        self._arch = arch
-
-    @property
-    def arch(self) -> Arch:
-        if self._arch is None:
-            self._arch = host_arch()
-        return self._arch
+        super().__init__(path, arch=arch)
+        self.device_tree = device_tree
 
     @property
     def name(self) -> str:
         return self.path
-
-    def open(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-
-    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
-        return fcntl.ioctl(fd, request, arg, mutate_flag)  # type: ignore[call-overload, no-any-return]
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
 
     def cpu_versions(self) -> list[tuple[str, int]]:
         found = []

@@ -18,9 +18,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from . import papr, probe, profile
+from .cliargs import OneLineParser, int_arg
 from .kvm_main import Kernel
 from .profile import Host, ProfileError
 from .uapi import REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps, revision
@@ -31,11 +31,6 @@ EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 class UsageError(Exception):
     """A bad command line that argparse cannot see."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def describe(answer: probe.Answer) -> str:
@@ -207,20 +202,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
     p.add_argument("--abi", choices=sorted(REVISIONS), default="v4", help="the kernel's ABI revision (default v4)")
-    p.add_argument("--cap", type=_int, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS")
-    p.add_argument("--ioctl-nr", type=_int, metavar="NR", help="override the ioctl's nr (e.g. 0xb8)")
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    p.add_argument("--cap", type=int_arg, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS")
+    p.add_argument("--ioctl-nr", type=int_arg, metavar="NR", help="override the ioctl's nr (e.g. 0xb8)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kvmsim", description="A simulated kernel side of KVM_PPC_GET_COMPAT_CAPS.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    p = OneLineParser(prog="kvmsim", description="A simulated kernel side of KVM_PPC_GET_COMPAT_CAPS.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     sub.add_parser("hosts", help="list the host profiles").set_defaults(func=cmd_hosts)
     show = sub.add_parser("show", help="a profile and what the simulated kernel derives from it")
     show.add_argument("host", metavar="HOST", help="a profile name or a .toml path")

@@ -8,12 +8,15 @@ is exactly what the simulator is checked against."""
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, Protocol
 
 import attrs
 
-from .uapi import AbiRevision, Arch, CompatCapsField
+from .kvm_main import DEV_KVM
+from .uapi import ARCHES, AbiRevision, Arch, CompatCapsField
 
 Answer = int | str  # a value, "fd" for a new descriptor, or an errno name such as "EINVAL"
 
@@ -24,6 +27,40 @@ class Target(Protocol):
     def open(self) -> int: ...
     def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes: ...
     def close(self, fd: int) -> None: ...
+
+
+def machine_arch() -> Arch:
+    """The architecture of the kernel this process runs on (uname's machine: ppc64le on
+    little-endian POWER, ppc64 on big-endian)."""
+    machine = os.uname().machine
+    try:
+        return ARCHES[machine]
+    except KeyError:
+        raise ValueError(f"{machine}: this machine's architecture is not one kvmsim models") from None
+
+
+class DeviceTarget:
+    """A real KVM device through ``os.open`` and ``fcntl.ioctl``; its arch is the machine's
+    unless given (a client may talk to a kernel of another arch through kvmsim's shim)."""
+
+    def __init__(self, path: str = DEV_KVM, *, arch: Arch | None = None) -> None:
+        self.path = path
+        self._arch = arch
+
+    @property
+    def arch(self) -> Arch:
+        if self._arch is None:
+            self._arch = machine_arch()
+        return self._arch
+
+    def open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+
+    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
+        return fcntl.ioctl(fd, request, arg, mutate_flag)  # type: ignore[call-overload, no-any-return]
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
 
 
 def errname(exc: OSError) -> str:

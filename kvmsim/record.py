@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import fcntl
 import itertools
 import os
 import re
@@ -28,31 +27,11 @@ from . import papr, probe
 from .kvm_main import DEV_KVM, Kernel
 from .probe import Answer
 from .profile import ProfileError, parse
-from .uapi import ARCHES, REVISIONS, AbiRevision, Arch, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
+from .uapi import ARCHES, REVISIONS, AbiRevision, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
 
 KVM_MODULES = ("kvm_hv", "kvm_pr", "kvm_intel", "kvm_amd", "kvm_pvm")
 CPUINFO_KEYS = ("cpu", "clock", "revision", "timebase", "platform", "model", "machine", "vendor_id", "model name")
 DEVICE_TREE_CPUS = "/proc/device-tree/cpus"
-
-
-class DeviceTarget:
-    """The machine's own KVM device, for the probes: its arch is uname()'s machine."""
-
-    def __init__(self, path: str = DEV_KVM) -> None:
-        self.path = path
-        machine = os.uname().machine
-        if machine not in ARCHES:
-            raise ProfileError(f"{machine}: this machine's architecture is not one kvmsim models")
-        self.arch: Arch = ARCHES[machine]
-
-    def open(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-
-    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
-        return fcntl.ioctl(fd, request, arg, mutate_flag)  # type: ignore[call-overload, no-any-return]
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------
@@ -108,7 +87,7 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
     """Everything ``record`` reads and asks, as plain values (the ``[recorded]`` section)."""
     notes: list[str] = []
     uname = os.uname()
-    target = DeviceTarget(device)
+    target = probe.DeviceTarget(device, arch=probe.machine_arch())  # an unknown machine: refused first
     answers = probe.run(target, probe.kvm_probes(REVISIONS.values()))
     if answers.get("open") != "fd":
         notes.append(f"{device}: {answers.get('open')}")

@@ -99,19 +99,15 @@ def prepare(
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run ``command`` against the server at ``socket_path``."""
     arch = target_arch(kernel, command, arch)
-    env = dict(os.environ)
-    shim_env = {"KVMSIM_SOCKET": socket_path, "KVMSIM_MACHINE": kernel.arch.name}
     if arch is None:
-        shim = build_shim()
-        shim_env["LD_PRELOAD"] = f"{shim} {env.get('LD_PRELOAD', '')}".strip()
-        return list(command), env | shim_env
+        return list(command), shim_environment(kernel, socket_path, build_shim())
     foreign = FOREIGN[arch]
     shim = build_shim(cc=f"{foreign.triplet}-gcc")
-    shim_env["LD_PRELOAD"] = str(shim)
+    shim_env = {"LD_PRELOAD": str(shim), "KVMSIM_SOCKET": socket_path, "KVMSIM_MACHINE": kernel.arch.name}
     argv = [qemu_binary(foreign), "-L", foreign.sysroot]
     for key, value in shim_env.items():  # for the emulated process, not for qemu itself
         argv += ["-E", f"{key}={value}"]
-    return argv + list(command), env
+    return argv + list(command), dict(os.environ)
 
 
 def run(kernel: Kernel, command: Sequence[str], *, arch: str | None = None) -> int:
@@ -135,7 +131,7 @@ def run(kernel: Kernel, command: Sequence[str], *, arch: str | None = None) -> i
 
 
 def shim_environment(kernel: Kernel, socket_path: str, shim: Path) -> dict[str, str]:
-    """The environment for a native command (tests use it with their own shim build)."""
+    """The environment that preloads ``shim`` into a native command."""
     preload = os.environ.get("LD_PRELOAD", "")
     return {
         **os.environ,

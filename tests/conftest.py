@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 
 import pytest
 
+from client import CompatError, SimDevice, query
 from kvmsim import Kernel
 
 pytest_plugins = ["pytester"]
@@ -53,3 +55,23 @@ def abi(request: pytest.FixtureRequest) -> str:
 
 def errname(err: int) -> str:
     return errno.errorcode[err]
+
+
+def client_answer(host: str, abi: str) -> tuple[int, dict[str, object]]:
+    """What the in-process Python client says (exit code, answer), in the vocabulary the
+    C example client prints: the kind and errno name of a failure, else the modes."""
+    try:
+        r = query(SimDevice(Kernel.from_profile(host, abi=abi)))
+    except CompatError as exc:
+        e = exc.to_json()
+        return exc.exit_code, {"kind": e["kind"], "name": e.get("name")}
+    return 0, {"abi": r.abi, "compat_capabilities": r.compat_capabilities, "modes": list(r.modes)}
+
+
+def printed_answer(stdout: str) -> dict[str, object]:
+    """A client's JSON line, reduced to what every client must agree on."""
+    out = json.loads(stdout)
+    if "error" in out:
+        return {"kind": out["error"]["kind"], "name": out["error"]["name"]}
+    assert out["recommended"] == (out["modes"][-1] if out["modes"] else None)
+    return {k: out[k] for k in ("abi", "compat_capabilities", "modes")}

@@ -10,8 +10,8 @@ import pytest
 from conftest import REVS
 
 from client import CompatCaps, KernelError, NoDevice, Options, RealDevice, SimDevice, Unsupported, decode, query
-from client.device import host_arch
 from kvmsim import Kernel, profile
+from kvmsim.probe import machine_arch
 from kvmsim.uapi import ARCHES, Arch
 
 P9, P10, P11 = "power9", "power10", "power11"
@@ -152,7 +152,7 @@ def test_a_kernel_answering_unknown_bits_is_a_kernel_error() -> None:
 
 
 def test_real_device_arch_is_this_machines() -> None:
-    assert RealDevice().arch == host_arch()
+    assert RealDevice().arch == machine_arch()
     assert RealDevice(arch=ARCHES["ppc64"]).arch.byteorder == "big"
 
 
@@ -176,7 +176,7 @@ def test_real_device_tree_reader(tmp_path: os.PathLike[str]) -> None:
 
 @pytest.mark.requires_real_kvm
 def test_contract_on_this_machines_real_dev_kvm() -> None:
-    arch: Arch = host_arch()
+    arch: Arch = machine_arch()
     got = outcome(RealDevice())
     if arch.is_powerpc:  # a real POWER host: any answer of the contract's vocabulary
         assert isinstance(got, tuple) or got in {"EINVAL", "ENOTTY", "EPERM", "unsupported", "no-device"}

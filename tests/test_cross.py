@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REVS
+from conftest import REVS, client_answer, printed_answer
 
-from client import CompatError, SimDevice, query
 from kvmsim import Kernel, profile
 from kvmsim.build import compile_c
 from kvmsim.runner import FOREIGN, elf_arch, prepare
@@ -47,15 +46,6 @@ def binaries() -> dict[str, Path]:
     return {a: compile_c([C_CLIENT], cc=f"{FOREIGN[a].triplet}-gcc") for a in FOREIGN if missing(a) is None}
 
 
-def expected(host: str, abi: str) -> tuple[int, dict[str, object]]:
-    try:
-        r = query(SimDevice(Kernel.from_profile(host, abi=abi)))
-    except CompatError as exc:
-        e = exc.to_json()
-        return exc.exit_code, {"kind": e["kind"], "name": e.get("name")}
-    return 0, {"abi": r.abi, "compat_capabilities": r.compat_capabilities, "modes": list(r.modes)}
-
-
 def run_foreign(host: str, abi: str, binary: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
     server = Server(kernel, tmp / "kvm.sock")
@@ -65,13 +55,6 @@ def run_foreign(host: str, abi: str, binary: Path, tmp: Path, *args: str) -> sub
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     finally:
         server.stop()
-
-
-def answer(stdout: str) -> dict[str, object]:
-    out = json.loads(stdout)
-    if "error" in out:
-        return {"kind": out["error"]["kind"], "name": out["error"]["name"]}
-    return {k: out[k] for k in ("abi", "compat_capabilities", "modes")}
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -84,10 +67,10 @@ def test_cross_built_binaries_are_power_elf(arch: str, binaries: dict[str, Path]
 def test_power_binary_answers_as_the_native_client(
     arch: str, host: str, abi: str, binaries: dict[str, Path], tmp_path: Path
 ) -> None:
-    code, want = expected(host, abi)
+    code, want = client_answer(host, abi)
     r = run_foreign(host, abi, binaries[arch], tmp_path)
     assert r.returncode == code, r.stderr
-    assert answer(r.stdout) == want
+    assert printed_answer(r.stdout) == want
 
 
 HOST_OF = {"ppc64le": "powervm-p11", "ppc64": "powervm-p11-be"}
@@ -101,13 +84,13 @@ def test_bad_pointers_are_efault_under_qemu(
 ) -> None:
     r = run_foreign(HOST_OF[arch], abi, binaries[arch], tmp_path, pointer)
     assert r.returncode == 1, r.stderr
-    assert answer(r.stdout) == {"kind": "kernel", "name": "EFAULT"}
+    assert printed_answer(r.stdout) == {"kind": "kernel", "name": "EFAULT"}
 
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_v5_e2big_retry_under_qemu(arch: str, binaries: dict[str, Path], tmp_path: Path) -> None:
     r = run_foreign(HOST_OF[arch], "v5", binaries[arch], tmp_path, "--struct-size", "32")
-    assert answer(r.stdout)["modes"] == ["power10", "power11"]
+    assert printed_answer(r.stdout)["modes"] == ["power10", "power11"]
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REVS
 
-from kvmsim import ProfileError, profile, record
+from kvmsim import profile, record
 from kvmsim.pytest_plugin import SimulatedHost
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,5 +103,5 @@ def test_dumps_round_trips_through_the_profile_parser() -> None:
 
 def test_unknown_architecture_is_a_profile_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", "6", "#1", "riscv64")))
-    with pytest.raises(ProfileError, match="riscv64"):
-        record.DeviceTarget()
+    with pytest.raises(ValueError, match="riscv64"):
+        record.observe()

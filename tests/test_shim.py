@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REVS
+from conftest import REVS, client_answer, printed_answer
 
-from client import CompatError, SimDevice, query
 from kvmsim import Kernel, profile
 from kvmsim.build import build_shim, compile_c
 from kvmsim.runner import shim_environment
@@ -34,16 +33,6 @@ def c_client() -> Path:
     return compile_c([C_CLIENT])
 
 
-def expected(host: str, abi: str) -> tuple[int, dict[str, object]]:
-    """What the in-process Python client says, in the C client's vocabulary."""
-    try:
-        r = query(SimDevice(Kernel.from_profile(host, abi=abi)))
-    except CompatError as exc:
-        e = exc.to_json()
-        return exc.exit_code, {"kind": e["kind"], "name": e.get("name")}
-    return 0, {"abi": r.abi, "compat_capabilities": r.compat_capabilities, "modes": list(r.modes)}
-
-
 def under_shim(
     host: str, abi: str, shim: Path, cmd: list[str], tmp: Path, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -57,22 +46,13 @@ def under_shim(
         server.stop()
 
 
-def answer(stdout: str) -> dict[str, object]:
-    """A client's JSON line, reduced to what both clients must agree on."""
-    out = json.loads(stdout)
-    if "error" in out:
-        return {"kind": out["error"]["kind"], "name": out["error"]["name"]}
-    assert out["recommended"] == (out["modes"][-1] if out["modes"] else None)
-    return {k: out[k] for k in ("abi", "compat_capabilities", "modes")}
-
-
 @pytest.mark.parametrize("abi", REVS)
 @pytest.mark.parametrize("host", profile.names())
 def test_c_client_answers_as_the_python_client(host: str, abi: str, shim: Path, c_client: Path, tmp_path: Path) -> None:
-    code, want = expected(host, abi)
+    code, want = client_answer(host, abi)
     r = under_shim(host, abi, shim, [str(c_client)], tmp_path)
     assert r.returncode == code, r.stderr
-    assert answer(r.stdout) == want
+    assert printed_answer(r.stdout) == want
 
 
 @pytest.mark.parametrize("abi", REVS)
@@ -95,10 +75,10 @@ def test_c_client_e2big_retry(client_size: int, host: str, shim: Path, c_client:
     ("host", "abi"), [("powervm-p11", "v4"), ("kvm-l1-p10", "v5"), ("powervm-p11-be", "v5"), ("pseries-kvm-pr", "v5")]
 )
 def test_python_real_device_client_under_the_shim(host: str, abi: str, shim: Path, tmp_path: Path) -> None:
-    code, want = expected(host, abi)
+    code, want = client_answer(host, abi)
     r = under_shim(host, abi, shim, [sys.executable, "-m", "client", "--json"], tmp_path)
     assert r.returncode == code, r.stderr
-    assert answer(r.stdout) == want
+    assert printed_answer(r.stdout) == want
 
 
 def test_other_files_and_fds_pass_through(shim: Path, tmp_path: Path) -> None:
