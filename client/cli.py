@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from kvmsim import DEV_KVM, Kernel, ProfileError
-from kvmsim.cliargs import OneLineParser, int_arg
-from kvmsim.uapi import REVISIONS, revision
+from kvmsim.cliargs import OneLineParser, add_revision_options, int_arg, revisions
+from kvmsim.uapi import DEFAULT_REVISION, REVISIONS
 
 from .compat import CompatCaps, CompatError, Options, query
 from .device import Device, RealDevice, SimDevice
@@ -21,8 +21,9 @@ EXIT_OK, EXIT_KERNEL, EXIT_USAGE, EXIT_CANNOT = 0, 1, 2, 3
 
 EPILOG = """\
 --abi with --sim picks the simulated kernel's revision (the client still negotiates); with a
-real device it forces the client's protocol.  --cap/--ioctl-nr override the numbers of the
-chosen revision (e.g. --ioctl-nr 0xb8) on both sides.  --fallback reads the partition's own
+real device it forces the client's protocol.  --cap/--ioctl-nr override the numbers of
+every revision (e.g. --ioctl-nr 0xb8) on both sides; --header reads them, and the struct's
+layout, from a kernel's <linux/kvm.h> (its _IOR macro means v4's rules, _IO v5's).  --fallback reads the partition's own
 mode from /proc/device-tree/cpus/*/cpu-version when the kernel has no capability or answers
 ENOTTY; the result then says "source": "device-tree".
 exit codes: 0 modes reported, 1 kernel error, 2 bad usage or profile, 3 host cannot answer"""
@@ -39,8 +40,7 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--device", metavar="PATH", help=f"a real KVM device (default {DEV_KVM})")
     where.add_argument("--sim", metavar="HOST", help="a simulated host: a profile name or a .toml path")
     p.add_argument("--abi", choices=sorted(REVISIONS), help="ABI revision (see below)")
-    p.add_argument("--cap", type=int_arg, metavar="N", help="KVM_CAP_PPC_COMPAT_CAPS number to use")
-    p.add_argument("--ioctl-nr", type=int_arg, metavar="NR", help="the ioctl's nr within KVMIO (default 0xe4)")
+    add_revision_options(p)
     p.add_argument("--struct-size", type=int_arg, default=24, metavar="BYTES", help="the client's struct size")
     p.add_argument("--fallback", action="store_true", help="fall back to the device tree, labelled so")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -64,14 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
-        revisions = {name: revision(name, cap=args.cap, nr=args.ioctl_nr) for name in REVISIONS}
+        forced = args.abi
+        revs = revisions(args)
         device: Device
         if args.sim:
-            kernel = Kernel.from_profile(args.sim, abi=revisions[args.abi or "v4"])
+            kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])
             device, opts_abi = SimDevice(kernel), None
         else:
-            device, opts_abi = RealDevice(args.device or DEV_KVM), args.abi
-        opts = Options(abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, revisions=revisions)
+            device, opts_abi = RealDevice(args.device or DEV_KVM), forced
+        opts = Options(abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, revisions=revs)
         if args.struct_size < 24 or args.struct_size % 8:
             p.error(f"--struct-size {args.struct_size}: must be a multiple of 8, at least 24")
     except (ProfileError, ValueError) as exc:

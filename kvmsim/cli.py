@@ -20,10 +20,10 @@ import sys
 from collections.abc import Sequence
 
 from . import papr, probe, profile
-from .cliargs import OneLineParser, int_arg
+from .cliargs import OneLineParser, add_revision_options, revisions
 from .kvm_main import Kernel
 from .profile import Host, ProfileError
-from .uapi import REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps, revision
+from .uapi import DEFAULT_REVISION, REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
@@ -113,8 +113,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def _kernel(args: argparse.Namespace) -> Kernel:
-    rev = revision(args.abi, cap=args.cap, nr=args.ioctl_nr)
-    return Kernel.from_profile(args.host, abi=rev)
+    revs = revisions(args)
+    return Kernel.from_profile(args.host, abi=revs[args.abi or DEFAULT_REVISION])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -201,9 +201,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
-    p.add_argument("--abi", choices=sorted(REVISIONS), default="v4", help="the kernel's ABI revision (default v4)")
-    p.add_argument("--cap", type=int_arg, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS")
-    p.add_argument("--ioctl-nr", type=int_arg, metavar="NR", help="override the ioctl's nr (e.g. 0xb8)")
+    p.add_argument("--abi", choices=sorted(REVISIONS), help="the kernel's ABI revision (default v4)")
+    add_revision_options(p)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -8,8 +8,9 @@ or :func:`revision` with ``cap=``/``nr=``) from their kernel headers.
 
 from __future__ import annotations
 
+import re
 import struct
-from typing import Literal
+from typing import Literal, cast
 
 import attrs
 
@@ -308,3 +309,40 @@ def revision(name: str, *, cap: int | None = None, nr: int | None = None) -> Abi
             raise ValueError(f"ioctl nr {nr:#x} does not fit 8 bits")
         rev = attrs.evolve(rev, nr=nr)
     return rev
+
+
+_CAP_RE = re.compile(r"#define\s+KVM_CAP_PPC_COMPAT_CAPS\s+(\w+)")
+_IOCTL_RE = re.compile(
+    r"#define\s+KVM_PPC_GET_COMPAT_CAPS\s+(_IOR?)\s*\(\s*KVMIO\s*,\s*(\w+)\s*(?:,\s*struct\s+kvm_ppc_compat_caps\s*)?\)"
+)
+_STRUCT_RE = re.compile(r"struct\s+kvm_ppc_compat_caps\s*\{(.*?)\};", re.S)
+_FIELD_RE = re.compile(r"__u64\s+(\w+)\s*;")
+
+
+def revision_from_header(text: str, where: str) -> AbiRevision:
+    """The revision a kernel's ``<linux/kvm.h>`` (and ``asm/kvm.h``) defines: its capability
+    number, ioctl macro and number, and struct layout.  ``_IOR`` takes v4's rules, ``_IO``
+    v5's (the number stays stable when the struct grows).  ``where`` names it in errors."""
+    cap, ioctl, body = _CAP_RE.search(text), _IOCTL_RE.search(text), _STRUCT_RE.search(text)
+    for found, name in (
+        (cap, "KVM_CAP_PPC_COMPAT_CAPS"),
+        (ioctl, "KVM_PPC_GET_COMPAT_CAPS"),
+        (body, "struct kvm_ppc_compat_caps"),
+    ):
+        if found is None:
+            raise ValueError(f"{where}: no {name} definition")
+    assert cap is not None and ioctl is not None and body is not None
+    fields = tuple(_FIELD_RE.findall(body[1]))
+    if sorted(fields) != sorted(LAYOUT_V4.fields):
+        raise ValueError(
+            f"{where}: struct kvm_ppc_compat_caps has fields {fields}, expected flags, size, compat_capabilities"
+        )
+    try:
+        cap_number, nr = int(cap[1], 0), int(ioctl[2], 0)
+    except ValueError:
+        raise ValueError(f"{where}: KVM_CAP_PPC_COMPAT_CAPS or the ioctl's nr is not a number") from None
+    if not 0 <= nr <= 0xFF:
+        raise ValueError(f"{where}: KVM_PPC_GET_COMPAT_CAPS nr {nr:#x} does not fit 8 bits")
+    rules = V4 if ioctl[1] == "_IOR" else V5
+    layout = CompatCapsLayout(cast(tuple[CompatCapsField, CompatCapsField, CompatCapsField], fields))
+    return attrs.evolve(rules, layout=layout, cap=cap_number, nr=nr)

@@ -161,3 +161,17 @@ def test_kvmsim_bad_usage(args: list[str]) -> None:
 def test_python_dash_m_works(module: str) -> None:
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_numbers_from_a_kernel_header(tmp_path: Path) -> None:
+    from test_uapi import V5_HEADER
+
+    header = tmp_path / "kvm.h"
+    header.write_text(V5_HEADER.replace("0xe4", "0xb8"))
+    r = run("kvm-compat-caps", "--sim", "kvm-l1-p11", "--header", str(header), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["abi"] == "v5"  # the kernel and the client both speak the header's v5
+    r = run("kvm-compat-caps", "--sim", "kvm-l1-p11", "--header", str(header), "--abi", "v4")
+    assert r.returncode == 2 and "defines a v5 ioctl, but --abi v4 was given" in r.stderr
+    r = run("kvm-compat-caps", "--sim", "kvm-l1-p11", "--header", str(tmp_path / "none.h"))
+    assert r.returncode == 2 and "No such file" in r.stderr

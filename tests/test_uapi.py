@@ -92,3 +92,50 @@ def test_mode_of_pvr(pvr: int, mode: str) -> None:
     found = uapi.mode_of_pvr(pvr)
     assert found is not None and found.name == mode
     assert uapi.mode_of_pvr(0x12345678) is None
+
+
+V5_HEADER = """
+#define KVM_CAP_PPC_COMPAT_CAPS 250
+/* for KVM_PPC_GET_COMPAT_CAPS */
+struct kvm_ppc_compat_caps {
+	__u64 size;                 /* Size of this structure */
+	__u64 flags;                /* Reserved for future use */
+	__u64 compat_capabilities;  /* Capabilities supported by the host */
+};
+#define KVM_PPC_GET_COMPAT_CAPS	_IO(KVMIO, 0xe4)
+"""
+V4_HEADER = """
+#define KVM_CAP_PPC_COMPAT_CAPS 249
+struct kvm_ppc_compat_caps {
+	__u64 flags;
+	__u64 size;
+	__u64 compat_capabilities;
+};
+#define KVM_PPC_GET_COMPAT_CAPS _IOR(KVMIO,  0xe4, struct kvm_ppc_compat_caps)
+"""
+
+
+@pytest.mark.parametrize(("text", "rev"), [(V4_HEADER, V4), (V5_HEADER, V5)])
+def test_a_kernel_header_gives_back_its_revision(text: str, rev: uapi.AbiRevision) -> None:
+    assert uapi.revision_from_header(text, "kvm.h") == rev
+
+
+def test_a_header_with_other_numbers() -> None:
+    rev = uapi.revision_from_header(V5_HEADER.replace("0xe4", "0xb8").replace("250", "251"), "kvm.h")
+    assert (rev.name, rev.cap, rev.request(ARCHES["ppc64le"])) == ("v5", 251, 0x2000AEB8)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "kvm.h: no KVM_CAP_PPC_COMPAT_CAPS definition"),
+        (V5_HEADER.replace("#define KVM_PPC_GET", "#define X"), "no KVM_PPC_GET_COMPAT_CAPS definition"),
+        (V5_HEADER.replace("struct kvm_ppc_compat_caps {", "struct other {"), "no struct kvm_ppc_compat_caps"),
+        (V5_HEADER.replace("__u64 flags;", "__u64 reserved;"), "expected flags, size, compat_capabilities"),
+        (V5_HEADER.replace("0xe4", "0x1e4"), "nr 0x1e4 does not fit 8 bits"),
+        (V5_HEADER.replace("250", "KVM_CAP_BASE"), "is not a number"),
+    ],
+)
+def test_a_header_without_the_definitions_is_one_line(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        uapi.revision_from_header(text, "kvm.h")
