@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import REVS, client_answer, printed_answer
 
-from kvmsim import Kernel, profile
+from kvmsim import Kernel, profile, uapi
 from kvmsim.build import compile_c
-from kvmsim.runner import FOREIGN, elf_arch, prepare
+from kvmsim.runner import FOREIGN, elf_arch, prepare, qemu_binary
 from kvmsim.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +114,20 @@ def test_kvmsim_run_arch_end_to_end(arch: str, binaries: dict[str, Path]) -> Non
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["modes"] == ["power10", "power11"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_the_real_powerpc_headers_encode_the_reference_numbers(arch: str, binaries: dict[str, Path]) -> None:
+    # built for powerpc, the client takes KVM_* from <linux/kvm.h> and _IOR/_IO from <linux/ioctl.h>
+    f = FOREIGN[arch]
+    r = subprocess.run(
+        [qemu_binary(f), "-L", f.sysroot, str(binaries[arch]), "--numbers"], capture_output=True, text=True
+    )
+    ppc = uapi.ARCHES[arch]
+    assert json.loads(r.stdout) == {
+        "KVM_GET_API_VERSION": ppc.kvm_get_api_version(),
+        "KVM_CREATE_VM": ppc.kvm_create_vm(),
+        "KVM_CHECK_EXTENSION": 0x2000AE03,
+        "v4": 0x4018AEE4,
+        "v5": 0x2000AEE4,
+    }

@@ -186,3 +186,16 @@ def test_kvmsim_serve_cli(tmp_path: Path) -> None:
         proc.wait(timeout=10)
     assert proc.returncode == 0
     assert not sock.exists()
+
+
+@pytest.mark.parametrize(
+    ("host", "numbers"),
+    [("powervm-p11", (0x2000AE03, 0x4018AEE4, 0x2000AEE4)), ("x86_64", (0xAE03, 0x8018AEE4, 0xAEE4))],
+)
+def test_a_native_c_client_computes_the_simulated_kernels_numbers(
+    host: str, numbers: tuple[int, int, int], shim: Path, c_client: Path, tmp_path: Path
+) -> None:
+    # built for x86, it encodes for the arch uname() reports: the shim reports the host's
+    r = under_shim(host, "v4", shim, [str(c_client), "--numbers"], tmp_path)
+    out = json.loads(r.stdout)
+    assert (out["KVM_CHECK_EXTENSION"], out["v4"], out["v5"]) == numbers

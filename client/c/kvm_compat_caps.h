@@ -1,8 +1,9 @@
 /*
  * KVM_PPC_GET_COMPAT_CAPS, both ABI revisions, transcribed from kvmsim's reference
  * (Linux 7.3 merged v5; the seed patch is v4).  Kernel headers older than Linux 7.3 do not
- * have these, so a program carries them itself.  The generic KVM numbers come from
- * <linux/kvm.h> when built for powerpc; elsewhere kvmsim_ioc() computes them for the
+ * have these, so a program carries them itself.  Built for powerpc, the generic KVM numbers
+ * come from <linux/kvm.h> and the two requests from <linux/ioctl.h>'s _IOR/_IO; built
+ * elsewhere (to talk to a simulated POWER kernel), kvmsim_ioc() computes them for the
  * architecture of the kernel at run time (powerpc: 13 size bits, 3 direction bits at 29,
  * _IOC_NONE 1, _IOC_READ 2, _IOC_WRITE 4; generic: 14 size bits, 2 direction bits at 30).
  */
@@ -33,6 +34,13 @@ struct kvm_ppc_compat_caps_v5 {
 /* KVM_PPC_GET_COMPAT_CAPS_V5 = _IO(KVMIO, 0xe4): 0x2000aee4 on powerpc */
 
 #define KVM_PPC_GET_COMPAT_CAPS_NR 0xe4
+
+#ifdef __powerpc__
+/* built for powerpc: the real <linux/ioctl.h> macros encode them */
+#include <linux/ioctl.h>
+#define KVM_PPC_GET_COMPAT_CAPS_V4 _IOR(KVMSIM_KVMIO, KVM_PPC_GET_COMPAT_CAPS_NR, struct kvm_ppc_compat_caps_v4)
+#define KVM_PPC_GET_COMPAT_CAPS_V5 _IO(KVMSIM_KVMIO, KVM_PPC_GET_COMPAT_CAPS_NR)
+#endif
 
 /* IBM MSB-0 bit numbering: "bit 1" is 1 << 62 */
 #define KVM_PPC_COMPAT_CAP_POWER9 (1ULL << 62)
