@@ -41,7 +41,7 @@ def fcntl_ioctl(
     mutate_flag: bool = True,
 ) -> int | bytes:
     cmd = request & 0xFFFFFFFF  # sys_ioctl(unsigned int fd, unsigned int cmd, unsigned long arg)
-    if isinstance(arg, bool) or not isinstance(arg, int | str | bytes | bytearray | memoryview):
+    if not isinstance(arg, int | str | bytes | bytearray | memoryview):  # bool is an int, as in C
         try:
             view = memoryview(arg)  # type: ignore[arg-type]
         except TypeError:

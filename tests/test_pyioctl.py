@@ -88,6 +88,12 @@ def test_int_arg_is_the_raw_user_address() -> None:
         s.call(2**64)
 
 
+def test_a_bool_is_an_int_as_for_fcntl() -> None:
+    s = Vm("powervm-p11", "v4")
+    assert s.k.ioctl(s.dev, s.k.KVM_CHECK_EXTENSION, True) == 0  # cap 1 is not this feature
+    assert s.errno_of(True) == errno.EFAULT  # address 1
+
+
 def test_request_is_truncated_to_an_unsigned_int() -> None:
     s = Vm("powervm-p11", "v4")
     out = s.k.ioctl(s.vm, s.k.KVM_PPC_GET_COMPAT_CAPS | 1 << 32, s.struct())
