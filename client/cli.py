@@ -17,7 +17,7 @@ from kvmsim.uapi import DEFAULT_REVISION, REVISIONS
 from .compat import CompatCaps, CompatError, Options, query
 from .device import Device, RealDevice, SimDevice
 
-EXIT_OK, EXIT_KERNEL, EXIT_USAGE, EXIT_CANNOT = 0, 1, 2, 3
+EXIT_OK, EXIT_USAGE = 0, 2  # 1 and 3 are the failures' own exit_code (client.compat)
 
 EPILOG = """\
 --abi with --sim picks the simulated kernel's revision (the client still negotiates); with a

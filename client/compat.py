@@ -11,7 +11,6 @@ from typing import Literal
 import attrs
 
 from kvmsim.uapi import (
-    CAP_MODES,
     KVM_API_VERSION,
     KVM_PPC_COMPAT_BITMASK,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
@@ -252,6 +251,3 @@ def query(device: Device, opts: Options | None = None) -> CompatCaps:
         if fallback is None:
             raise
         return fallback
-
-
-ALL_MODES = tuple(m.name for m in CAP_MODES)

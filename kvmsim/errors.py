@@ -31,10 +31,6 @@ class KvmError(OSError):
         return f"[Errno {self.errno}] {self.strerror}: {self.reason}"
 
 
-def errno_name(err: int) -> str:
-    return _errno.errorcode.get(err, f"errno {err}")
-
-
 @functools.cache
 def _with_builtin_subclass(err: int) -> type[KvmError]:
     builtin = type(OSError(err, ""))
