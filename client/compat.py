@@ -227,12 +227,11 @@ def decode(caps: int) -> tuple[str, ...]:
 
 def from_device_tree(device: Device) -> CompatCaps | None:
     """The partition's own mode from the first ``cpu-version``: the fallback, labelled so."""
-    for _node, value in device.cpu_versions():
-        mode = mode_of_logical_pvr(value)
-        if mode is None:
-            return None
-        return CompatCaps((mode.name,), mode.cap_bit, "none", "device-tree", device.name)
-    return None
+    first = next(iter(device.cpu_versions()), None)
+    mode = mode_of_logical_pvr(first[1]) if first is not None else None
+    if mode is None:
+        return None
+    return CompatCaps((mode.name,), mode.cap_bit, "none", "device-tree", device.name)
 
 
 def query(device: Device, opts: Options | None = None) -> CompatCaps:

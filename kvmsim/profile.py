@@ -226,7 +226,7 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
         raise ProfileError(f"{where}: bad TOML: {exc}") from None
     t = _Table(where, "", data)
     summary = t.take("summary", str)
-    arch_name = t.choice("arch", tuple(n for n in ARCHES if n != "aarch64"))
+    arch_name = t.choice("arch", tuple(ARCHES))
     platform = t.choice("platform", tuple(PLATFORMS))
     if arch_name not in PLATFORMS[platform]:
         raise t.error("platform", f"{platform} does not run on {arch_name}")

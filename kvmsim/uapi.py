@@ -126,7 +126,6 @@ ARCHES: dict[str, Arch] = {
         Arch("ppc64le", POWERPC_IOC, "little"),
         Arch("ppc64", POWERPC_IOC, "big"),
         Arch("x86_64", GENERIC_IOC, "little"),
-        Arch("aarch64", GENERIC_IOC, "little"),
     )
 }
 
