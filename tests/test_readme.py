@@ -1,0 +1,31 @@
+"""The README's examples run as written, and it opens with the two set-up commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_opens_with_the_two_commands() -> None:
+    first = re.search(r"```sh\n(.*?)```", README, re.S)
+    assert first is not None and README.index(first[0]) < README.index("\n## ")
+    assert [line.split()[:2] for line in first[1].strip().splitlines()] == [["make", "demo"], ["make", "test"]]
+
+
+def test_the_pytest_plugin_example(pytester: pytest.Pytester) -> None:
+    example = next(b for b in BLOCKS if "kvm_host" in b)
+    pytester.makepyfile(test_example=example)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_the_simulated_kernel_example() -> None:
+    example = next(b for b in BLOCKS if "Kernel.from_profile" in b)
+    scope: dict[str, object] = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    layout, buf = scope["k"].rev.layout, scope["buf"]  # type: ignore[attr-defined]
+    assert layout.unpack("little", buf) == {"size": 24, "flags": 0, "compat_capabilities": 0x3000000000000000}
