@@ -119,9 +119,10 @@ class Process:
 
     def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
         """``fcntl.ioctl`` against this kernel: same argument contract, OSError on failure."""
-        if not isinstance(self.memory, AddressSpace):
+        memory = self.memory
+        if type(memory) is not AddressSpace:
             raise TypeError("fcntl.ioctl's buffer contract needs a local address space; use sys_ioctl")
-        return fcntl_ioctl(self.sys_ioctl, self.memory, self._scratch, fd, request, arg, mutate_flag)
+        return fcntl_ioctl(self.sys_ioctl, memory, self._scratch, fd, request, arg, mutate_flag)
 
     def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
         """``ioctl(2)`` with the raw unsigned-long argument (a user address for pointers)."""

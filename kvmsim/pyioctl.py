@@ -41,6 +41,12 @@ def fcntl_ioctl(
     mutate_flag: bool = True,
 ) -> int | bytes:
     cmd = request & 0xFFFFFFFF  # sys_ioctl(unsigned int fd, unsigned int cmd, unsigned long arg)
+    if type(arg) is bytearray and mutate_flag and len(arg) <= IOCTL_BUFSZ:  # the common case, first
+        addr = _scratch(mem, scratch, bytes(arg))
+        try:
+            return sys_ioctl(fd, cmd, addr)
+        finally:
+            arg[:] = mem.read(addr, len(arg))
     if not isinstance(arg, int | str | bytes | bytearray | memoryview):  # bool is an int, as in C
         try:
             view = memoryview(arg)  # type: ignore[arg-type]

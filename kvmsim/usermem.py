@@ -125,6 +125,11 @@ class AddressSpace(UserAccess):
         """All ``n`` bytes, or :class:`Fault` if any of them is unmapped."""
         return self.read(addr, n)
 
+    def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
+        region = self._region(addr, 8, "read")  # the same check as copy_from_user, unpacked in place
+        value: int = _U64[byteorder].unpack_from(region.data, addr - region.start)[0]
+        return value
+
     def copy_to_user(self, addr: int, data: bytes) -> None:
         """Write ``data``; a fault part-way leaves the bytes before it written, as
         ``__copy_tofrom_user`` does, and raises :class:`Fault`."""
