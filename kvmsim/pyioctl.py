@@ -28,7 +28,6 @@ SysIoctl = Callable[[int, int, int], int]  # (fd, cmd, unsigned long arg) -> res
 
 class Scratch(threading.local):
     addr: int | None = None
-    dirty: int = 0  # bytes from the start that may be non-zero
 
 
 def fcntl_ioctl(
@@ -68,10 +67,7 @@ def _scratch(mem: AddressSpace, scratch: Scratch, data: bytes) -> int:
     """CPython's stack buffer for this thread, holding ``data`` then zeros."""
     if scratch.addr is None:
         scratch.addr = mem.map(IOCTL_BUFSZ + 1)
-    mem.write(scratch.addr, data)
-    if scratch.dirty > len(data):  # what an earlier call left past this one's bytes
-        mem.write(scratch.addr + len(data), bytes(scratch.dirty - len(data)))
-    scratch.dirty = IOCTL_BUFSZ + 1  # the kernel may write anywhere in it
+    mem.write(scratch.addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
     return scratch.addr
 
 
