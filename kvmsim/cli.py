@@ -15,6 +15,7 @@ Exit codes: 0 success, 2 bad usage or a bad profile; ``verify`` 1 when any probe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -95,8 +96,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def matrix_json(names: list[str]) -> list[dict[str, object]]:
+    """The matrix as data: per host, per revision, the capability and the ioctl's answer."""
+    rows: list[dict[str, object]] = []
+    for name in names:
+        host = profile.load(name)
+        row: dict[str, object] = {"host": name, "arch": host.arch.name, "summary": host.summary}
+        for rev in REVISIONS.values():
+            cap, result, _ = observe(host, rev)
+            answer: dict[str, object] = {"cap": cap if isinstance(cap, int) else None}
+            if isinstance(result, int):
+                answer |= {"compat_capabilities": result, "modes": [m.name for m in modes_of_caps(result)]}
+            else:
+                answer["error"] = result.split()[0]  # the errno name
+            row[rev.name] = answer
+        rows.append(row)
+    return rows
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     names = profile.names()
+    if args.json:
+        print(json.dumps(matrix_json(names)))
+        return EXIT_OK
     width = max(map(len, names))
     head = f"{'HOST':<{width}}  {'ARCH':<7}"
     for rev in REVISIONS.values():
@@ -212,7 +234,9 @@ def parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="a profile and what the simulated kernel derives from it")
     show.add_argument("host", metavar="HOST", help="a profile name or a .toml path")
     show.set_defaults(func=cmd_show)
-    sub.add_parser("matrix", help="every profile × revision").set_defaults(func=cmd_matrix)
+    matrix = sub.add_parser("matrix", help="every profile × revision")
+    matrix.add_argument("--json", action="store_true", help="one JSON array, a row per host")
+    matrix.set_defaults(func=cmd_matrix)
     serve = sub.add_parser("serve", help="serve one simulated kernel on a Unix socket")
     _kernel_options(serve)
     serve.add_argument("--socket", required=True, metavar="PATH", help="the socket to create (mode 0600)")

@@ -175,3 +175,19 @@ def test_numbers_from_a_kernel_header(tmp_path: Path) -> None:
     assert r.returncode == 2 and "defines a v5 ioctl, but --abi v4 was given" in r.stderr
     r = run("kvm-compat-caps", "--sim", "kvm-l1-p11", "--header", str(tmp_path / "none.h"))
     assert r.returncode == 2 and "No such file" in r.stderr
+
+
+def test_kvmsim_matrix_json_is_the_behaviour_table() -> None:
+    from test_powerpc import BEHAVIOUR, NO_DEVICE
+
+    r = run("kvmsim", "matrix", "--json")
+    assert r.returncode == 0
+    rows = {row["host"]: row for row in json.loads(r.stdout)}
+    assert sorted(rows) == profile.names()
+    for host, (cap, *results) in BEHAVIOUR.items():
+        for abi, expected in zip(("v4", "v5"), results, strict=True):
+            got = rows[host][abi]
+            assert got["cap"] == cap
+            assert got.get("error", got.get("compat_capabilities")) == expected, (host, abi)
+    for host in NO_DEVICE:
+        assert rows[host]["v4"] == rows[host]["v5"] == {"cap": None, "error": "ENOENT"}
