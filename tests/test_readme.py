@@ -29,3 +29,14 @@ def test_the_simulated_kernel_example() -> None:
     exec(compile(example, "README.md", "exec"), scope)
     layout, buf = scope["k"].rev.layout, scope["buf"]  # type: ignore[attr-defined]
     assert layout.unpack("little", buf) == {"size": 24, "flags": 0, "compat_capabilities": 0x3000000000000000}
+
+
+def test_the_profile_example_loads_and_answers_as_its_summary_says() -> None:
+    from kvmsim import REVISIONS, Kernel, profile
+
+    (text,) = re.findall(r"```toml\n(.*?)```", README, re.S)
+    host = profile.parse(text, name="readme", where="README.md")
+    k = Kernel(host, REVISIONS["v5"])
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    out = k.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, k.rev.layout.pack("little", size=24))
+    assert k.rev.layout.unpack("little", out)["compat_capabilities"] == 0x3000000000000000  # type: ignore[arg-type]
