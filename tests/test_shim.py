@@ -199,3 +199,28 @@ def test_a_native_c_client_computes_the_simulated_kernels_numbers(
     r = under_shim(host, "v4", shim, [str(c_client), "--numbers"], tmp_path)
     out = json.loads(r.stdout)
     assert (out["KVM_CHECK_EXTENSION"], out["v4"], out["v5"]) == numbers
+
+
+def test_dup_shares_the_kernel_file_until_the_last_close(shim: Path, tmp_path: Path) -> None:
+    code = """
+import errno, fcntl, os
+def cap(fd):
+    try:
+        return fcntl.ioctl(fd, 0x2000AE03, 250)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+dev = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(dev, 0x2000AE01, 0)
+d = os.dup(vm)
+os.close(vm)
+print(cap(d))                      # the VM lives on in the dup
+d2 = os.dup2(d, 50)
+os.close(d)
+print(cap(d2))
+os.dup2(dev, d2)                   # d2 now names /dev/kvm: the VM's last fd is gone
+print(cap(d2), fcntl.ioctl(d2, 0x2000AE00, 0))
+os.close(d2)
+print(cap(d2))
+"""
+    r = under_shim("powervm-p11", "v5", shim, [sys.executable, "-c", code], tmp_path)
+    assert r.stdout.split() == ["1", "1", "1", "12", "EBADF"], r.stderr

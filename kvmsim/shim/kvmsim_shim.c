@@ -3,7 +3,7 @@
  * kernel served by `kvmsim serve` on the Unix socket $KVMSIM_SOCKET.
  *
  * It intercepts open/open64/openat/openat64 (and their _FORTIFY_SOURCE __*_2 forms) of
- * /dev/kvm, ioctl and close on the descriptors it emulates, and uname (the machine field
+ * /dev/kvm, ioctl, close and the dup family on the descriptors it emulates, and uname (the machine field
  * becomes $KVMSIM_MACHINE, the simulated kernel's architecture).  Everything else goes to
  * libc.  An emulated descriptor is a real descriptor of the process (/dev/null), so numbering,
  * close and EBADF behave.  Pointer arguments stay in this process: the server asks for reads
@@ -17,7 +17,8 @@
  * back with the RESULT, applied here in order: one round trip a call (see kvmsim/wire.py).
  *
  * The wire format is kvmsim/wire.py: every field big-endian.  After fork() the child has no
- * emulated descriptors (its copies are plain /dev/null).
+ * emulated descriptors (its copies are plain /dev/null).  dup/dup2/dup3 and fcntl(F_DUPFD*) of
+ * an emulated fd share its kernel file, closed with the last descriptor, as in the kernel.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -51,12 +52,18 @@ static int (*real_openat64)(int, const char *, int, ...);
 static int (*real_close)(int);
 static int (*real_ioctl)(int, unsigned long, ...);
 static int (*real_uname)(struct utsname *);
+static int (*real_dup)(int);
+static int (*real_dup2)(int, int);
+static int (*real_dup3)(int, int, int);
+static int (*real_fcntl)(int, int, ...);
+static int (*real_fcntl64)(int, int, ...);
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock = -1;
 static int mem_pipe[2] = {-1, -1};
 static int use_pipe;
 static int32_t kfd_of[MAX_FD]; /* kernel fd + 1; 0 = not emulated */
+static int32_t refs[MAX_FD];   /* descriptors of this process per kernel fd (dup shares one file) */
 
 static void child_after_fork(void)
 {
@@ -65,6 +72,7 @@ static void child_after_fork(void)
 		real_close(sock);
 	sock = -1;
 	memset(kfd_of, 0, sizeof(kfd_of));
+	memset(refs, 0, sizeof(refs));
 	pthread_mutex_init(&lock, NULL);
 }
 
@@ -77,6 +85,13 @@ __attribute__((constructor)) static void shim_init(void)
 	real_close = dlsym(RTLD_NEXT, "close");
 	real_ioctl = dlsym(RTLD_NEXT, "ioctl");
 	real_uname = dlsym(RTLD_NEXT, "uname");
+	real_dup = dlsym(RTLD_NEXT, "dup");
+	real_dup2 = dlsym(RTLD_NEXT, "dup2");
+	real_dup3 = dlsym(RTLD_NEXT, "dup3");
+	real_fcntl = dlsym(RTLD_NEXT, "fcntl");
+	real_fcntl64 = dlsym(RTLD_NEXT, "fcntl64");
+	if (!real_fcntl64)
+		real_fcntl64 = real_fcntl;
 	const char *memory = getenv("KVMSIM_MEMORY");
 	use_pipe = memory && strcmp(memory, "pipe") == 0;
 	pthread_atfork(NULL, NULL, child_after_fork);
@@ -396,6 +411,8 @@ static int placeholder(int kfd, int cloexec)
 		return -1;
 	}
 	kfd_of[fd] = kfd + 1;
+	if (kfd >= 0 && kfd < MAX_FD)
+		refs[kfd]++;
 	return fd;
 }
 
@@ -435,16 +452,39 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	return ret;
 }
 
-static int emu_close(int fd)
+/* Forget that fd stands for its kernel fd; the kernel's file closes with the last one. */
+static void emu_release(int fd)
 {
 	uint32_t fl;
-	int32_t kfd = htobe32((uint32_t)(kfd_of[fd] - 1));
+	int kfd = kfd_of[fd] - 1;
+	int32_t be_kfd = htobe32((uint32_t)kfd);
 	pthread_mutex_lock(&lock);
 	kfd_of[fd] = 0;
-	if (sock >= 0)
-		call(CLOSE, &kfd, 4, NULL, 0, &fl);
+	if (kfd >= 0 && kfd < MAX_FD && --refs[kfd] == 0 && sock >= 0)
+		call(CLOSE, &be_kfd, 4, NULL, 0, &fl);
 	pthread_mutex_unlock(&lock);
+}
+
+static int emu_close(int fd)
+{
+	emu_release(fd);
 	return real_close(fd);
+}
+
+/* newfd (from dup*) now shares oldfd's file, as in the kernel */
+static int emu_dup(int oldfd, int newfd)
+{
+	if (newfd < 0 || newfd >= MAX_FD || newfd == oldfd)
+		return newfd;
+	pthread_mutex_lock(&lock);
+	int kfd = emulated(oldfd) ? kfd_of[oldfd] - 1 : -1;
+	if (kfd >= 0) {
+		kfd_of[newfd] = kfd + 1;
+		if (kfd < MAX_FD)
+			refs[kfd]++;
+	}
+	pthread_mutex_unlock(&lock);
+	return newfd;
 }
 
 /* ---- the intercepted entry points -------------------------------------------------- */
@@ -498,6 +538,55 @@ int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd
 int close(int fd)
 {
 	return emulated(fd) ? emu_close(fd) : real_close(fd);
+}
+
+int dup(int oldfd)
+{
+	int fd = real_dup(oldfd);
+	return fd >= 0 && emulated(oldfd) ? emu_dup(oldfd, fd) : fd;
+}
+
+int dup2(int oldfd, int newfd)
+{
+	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
+		emu_release(newfd); /* dup2 closes newfd first, when oldfd is valid */
+	int fd = real_dup2(oldfd, newfd);
+	return fd >= 0 && emulated(oldfd) ? emu_dup(oldfd, fd) : fd;
+}
+
+int dup3(int oldfd, int newfd, int flags)
+{
+	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
+		emu_release(newfd);
+	int fd = real_dup3(oldfd, newfd, flags);
+	return fd >= 0 && emulated(oldfd) ? emu_dup(oldfd, fd) : fd;
+}
+
+/* fcntl(F_DUPFD[_CLOEXEC]) is how CPython's os.dup() duplicates */
+static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg)
+{
+	int r = real(fd, cmd, arg);
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && emulated(fd))
+		return emu_dup(fd, r);
+	return r;
+}
+
+int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *); /* as glibc reads it: an int or a pointer */
+	va_end(ap);
+	return fcntl_common(real_fcntl, fd, cmd, arg);
+}
+
+int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl_common(real_fcntl64, fd, cmd, arg);
 }
 
 int ioctl(int fd, unsigned long request, ...)
