@@ -12,16 +12,21 @@ from collections.abc import Sequence
 
 from kvmsim import DEV_KVM, Kernel, ProfileError
 from kvmsim.cliargs import OneLineParser, add_revision_options, int_arg, revisions
-from kvmsim.uapi import DEFAULT_REVISION, REVISIONS
+from kvmsim.uapi import DEFAULT_REVISION, REVISIONS, negotiable
 
 from .compat import CompatCaps, CompatError, Options, query
 from .device import Device, RealDevice, SimDevice
 
 EXIT_OK, EXIT_USAGE = 0, 2  # 1 and 3 are the failures' own exit_code (client.compat)
 
-EPILOG = """\
---abi with --sim picks the simulated kernel's revision (the client still negotiates); with a
-real device it forces the client's protocol.  --cap/--ioctl-nr override the numbers of
+EPILOG = f"""\
+revisions: linux-7.3 (what shipped, the default: cap 250, ioctl _IO(KVMIO, 0xb8)), none (a
+kernel before 7.3: no capability, no ioctl), and the posted drafts v5 (cap 250, 0xe4) and v4
+(cap 249, _IOR 0xe4).  The client negotiates on the VM fd: cap 250 means linux-7.3, else cap
+249 means v4; v5 is spoken only when forced.
+--abi with --sim picks the simulated kernel's revision (default {DEFAULT_REVISION}); the client
+still negotiates, except for v5, which it cannot tell from linux-7.3 by capability and so
+speaks when asked.  With a real device --abi forces the client's protocol.  --cap/--ioctl-nr override the numbers of
 every revision (e.g. --ioctl-nr 0xb8) on both sides; --header reads them, and the struct's
 layout, from a kernel's <linux/kvm.h> (its _IOR macro means v4's rules, _IO v5's).  --fallback reads the partition's own
 mode from /proc/device-tree/cpus/*/cpu-version when the kernel has no capability or answers
@@ -39,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--device", metavar="PATH", help=f"a real KVM device (default {DEV_KVM})")
     where.add_argument("--sim", metavar="HOST", help="a simulated host: a profile name or a .toml path")
-    p.add_argument("--abi", choices=sorted(REVISIONS), help="ABI revision (see below)")
+    p.add_argument("--abi", choices=list(REVISIONS), help="ABI revision (see below)")
     add_revision_options(p)
     p.add_argument("--struct-size", type=int_arg, default=24, metavar="BYTES", help="the client's struct size")
     p.add_argument("--fallback", action="store_true", help="fall back to the device tree, labelled so")
@@ -55,8 +60,13 @@ def _text(result: CompatCaps) -> str:
         f"modes:               {' '.join(result.modes) or '(none)'}",
         f"recommended:         {result.recommended or '(none)'}"
         + (f"  (QEMU: max-cpu-compat={result.recommended})" if result.recommended else ""),
+        f"qemu_host_compat_pvr: {pvr:#010x}"
+        if (pvr := result.qemu_host_compat_pvr) is not None
+        else "qemu_host_compat_pvr: (none: QEMU uses the raw host PVR)",
         f"source:              {result.source}",
     ]
+    if result.unknown_bits:
+        lines.insert(3, f"unknown bits:        {result.unknown_bits:#018x} (outside KVM_PPC_COMPAT_BITMASK, ignored)")
     return "\n".join(lines)
 
 
@@ -69,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device: Device
         if args.sim:
             kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])
-            device, opts_abi = SimDevice(kernel), None
+            undetectable = args.abi is not None and revs[args.abi] not in negotiable(revs.values())
+            device, opts_abi = SimDevice(kernel), (args.abi if undetectable and revs[args.abi].abi else None)
         else:
             device, opts_abi = RealDevice(args.device or DEV_KVM), forced
         opts = Options(abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, revisions=revs)

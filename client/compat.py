@@ -1,6 +1,7 @@
 """The userspace side of ``KVM_PPC_GET_COMPAT_CAPS``, written once for any :class:`Device`:
-open, check the API version, create a VM, negotiate the revision, issue the ioctl (v5:
-retry once on E2BIG with the size the kernel wrote back), decode, recommend."""
+open, check the API version, create a VM, negotiate the revision on the VM fd, issue the
+ioctl (retry once on E2BIG with the size the kernel wrote back), decode and recommend as
+QEMU does (target/ppc/kvm.c, ``kvmppc_get_compat_caps`` and ``kvm_ppc_host_compat_pvr``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from kvmsim.uapi import (
     AbiRevision,
     mode_of_logical_pvr,
     modes_of_caps,
+    negotiable,
 )
 
 from .device import Device
@@ -30,15 +32,26 @@ class CompatCaps:
     """What the host allows its nested guests."""
 
     modes: tuple[str, ...]  # oldest first
-    compat_capabilities: int
-    abi: str  # the revision spoken ("v4", "v5"), or "none" for the device-tree fallback
+    compat_capabilities: int  # as the kernel wrote it, unknown bits included
+    abi: str  # the revision spoken ("linux-7.3", "v4", "v5"), or "none" for the device-tree fallback
     source: Source
     device: str
+
+    @property
+    def unknown_bits(self) -> int:
+        """Bits outside KVM_PPC_COMPAT_BITMASK: QEMU masks them off; reported, never fatal."""
+        return self.compat_capabilities & ~KVM_PPC_COMPAT_BITMASK
 
     @property
     def recommended(self) -> str | None:
         """The nested guest's CPU mode: the highest allowed (QEMU's ``max-cpu-compat=``)."""
         return self.modes[-1] if self.modes else None
+
+    @property
+    def qemu_host_compat_pvr(self) -> int | None:
+        """The PVR QEMU gives the nested guest for that mode (``kvm_ppc_host_compat_pvr``);
+        None where QEMU falls back to the raw host PVR."""
+        return QEMU_COMPAT_PVR.get(self.recommended) if self.recommended else None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -46,9 +59,16 @@ class CompatCaps:
             "abi": self.abi,
             "modes": list(self.modes),
             "compat_capabilities": self.compat_capabilities,
+            "unknown_bits": self.unknown_bits,
             "recommended": self.recommended,
+            "qemu_host_compat_pvr": self.qemu_host_compat_pvr,
             "source": self.source,
         }
+
+
+# The PVR QEMU uses for each mode (target/ppc/cpu-models.h): POWER9 DD2.2, POWER10 DD2.0, POWER11 DD2.0
+QEMU_COMPAT_PVR: Mapping[str, int] = {"power9": 0x004E1202, "power10": 0x00800200, "power11": 0x00820200}
+RAW_PVR_NOTE = "QEMU then uses the raw host PVR for the nested guest"
 
 
 # -- typed failures ------------------------------------------------------------
@@ -85,7 +105,7 @@ class NoDevice(CompatError):
 
 
 class Unsupported(CompatError):
-    """This kernel cannot answer: no capability (or an old API)."""
+    """This kernel cannot answer: no capability (a kernel before 7.3), or an old API."""
 
     exit_code = 3
 
@@ -97,9 +117,9 @@ class Unsupported(CompatError):
 # What an errno usually means for this ioctl, when the kernel cannot say why.
 MEANINGS: Mapping[int, str] = {
     errno.EFAULT: "the kernel could not read or write struct kvm_ppc_compat_caps",
-    errno.EINVAL: "size too small, flags not 0 (v5), a bare-metal PowerNV host, or no usable cpu-version (nested v1)",
+    errno.EINVAL: "size too small, flags not 0, a bare-metal PowerNV host, or no usable cpu-version (nested v1)",
     errno.ENOTTY: "the VM has no get_compat_caps op (KVM-PR), or this kernel lacks the ioctl",
-    errno.E2BIG: "the struct is larger than the kernel's, even after the retry",
+    errno.E2BIG: "the struct is larger than the kernel's (or than PAGE_SIZE), even after the retry",
     errno.EPERM: "on v4 kernels: H_HARDWARE (-1) from H_GUEST_GET_CAPABILITIES, returned untranslated",
     errno.ENOENT: "on v4 kernels: H_FUNCTION (-2) from H_GUEST_GET_CAPABILITIES, returned untranslated",
     errno.EINTR: "on v4 kernels: H_PARAMETER (-4) from H_GUEST_GET_CAPABILITIES, returned untranslated",
@@ -187,18 +207,29 @@ class Session:
         return self.call("KVM_CHECK_EXTENSION", self.vm, self.arch.kvm_check_extension(), cap)
 
     def negotiate(self, opts: Options) -> AbiRevision:
-        """The newest revision whose capability the VM fd answers; or the forced one."""
+        """The forced revision, else the newest whose capability the VM fd answers:
+        250 → linux-7.3, else 249 → v4 (the v5 draft only when forced)."""
         if opts.abi is not None:
-            return opts.revisions[opts.abi]
-        for rev in sorted(opts.revisions.values(), key=lambda r: r.name, reverse=True):
+            rev = opts.revisions[opts.abi]
+            if rev.abi is None:
+                raise Unsupported(f"{self.device.name}: --abi none: a kernel without the ioctl; {RAW_PVR_NOTE}")
+            return rev
+        candidates = negotiable(opts.revisions.values())
+        for rev in candidates:
+            assert rev.cap is not None
             if self.check_extension(rev.cap) > 0:
                 return rev
-        caps = ", ".join(f"{r.cap} ({r.name})" for r in opts.revisions.values())
-        raise Unsupported(f"{self.device.name}: the kernel has no KVM_CAP_PPC_COMPAT_CAPS (checked {caps})")
+        caps = ", ".join(f"{r.cap} ({r.name})" for r in candidates)
+        raise Unsupported(
+            f"{self.device.name}: the kernel has no KVM_CAP_PPC_COMPAT_CAPS "
+            f"(checked {caps} on the VM fd); {RAW_PVR_NOTE}"
+        )
 
     def get_compat_caps(self, rev: AbiRevision, struct_size: int) -> int:
-        """Issue the ioctl; on E2BIG retry once with the size the kernel wrote back."""
+        """Issue the ioctl; on E2BIG retry once with the size the kernel wrote back, when
+        that size is at least KVM_PPC_COMPAT_CAPS_SIZE_VER0 (QEMU's rule)."""
         request = rev.request(self.arch)
+        assert request is not None
         size = struct_size
         for attempt in range(2):
             buf = bytearray(rev.layout.pack(self.arch.byteorder, size=size).ljust(size, b"\0"))
@@ -206,8 +237,9 @@ class Session:
                 self.device.ioctl(self.vm, request, buf)
             except OSError as exc:
                 if exc.errno == errno.E2BIG and attempt == 0:
-                    size = rev.layout.unpack(self.arch.byteorder, bytes(buf[:24]))["size"]
-                    if KVM_PPC_COMPAT_CAPS_SIZE_VER0 <= size < struct_size:
+                    written = rev.layout.unpack(self.arch.byteorder, bytes(buf[:24]))["size"]
+                    if KVM_PPC_COMPAT_CAPS_SIZE_VER0 <= written <= struct_size:
+                        size = written
                         continue
                 raise KernelError.from_oserror("KVM_PPC_GET_COMPAT_CAPS", exc) from None
             return rev.layout.unpack(self.arch.byteorder, bytes(buf[:24]))["compat_capabilities"]
@@ -215,14 +247,9 @@ class Session:
 
 
 def decode(caps: int) -> tuple[str, ...]:
-    """The modes of a bitmap, oldest first; bits outside the mask are a kernel error."""
-    if caps & ~KVM_PPC_COMPAT_BITMASK:
-        raise KernelError(
-            "KVM_PPC_GET_COMPAT_CAPS",
-            None,
-            f"compat_capabilities {caps:#018x} has bits outside KVM_PPC_COMPAT_BITMASK {KVM_PPC_COMPAT_BITMASK:#018x}",
-        )
-    return tuple(m.name for m in modes_of_caps(caps))
+    """The modes of a bitmap, oldest first (MSB-0 bits); bits outside the mask are ignored,
+    as QEMU masks them (:attr:`CompatCaps.unknown_bits` reports them)."""
+    return tuple(m.name for m in modes_of_caps(caps & KVM_PPC_COMPAT_BITMASK))
 
 
 def from_device_tree(device: Device) -> CompatCaps | None:

@@ -5,8 +5,8 @@ The public face: :class:`Kernel` (boot one from a host profile and talk to it as
 """
 
 from .errors import KvmError
-from .kvm_main import DEV_KVM, Kernel
+from .kvm_main import Kernel
 from .profile import Host, ProfileError
-from .uapi import REVISIONS, AbiRevision
+from .uapi import DEV_KVM, REVISIONS, AbiRevision
 
 __all__ = ["DEV_KVM", "REVISIONS", "AbiRevision", "Host", "Kernel", "KvmError", "ProfileError"]

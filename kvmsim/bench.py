@@ -67,6 +67,7 @@ def simulated_ioctl(abi: str) -> Row:
     vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
     buf = bytearray(k.rev.layout.pack("little", size=24))
     req = k.KVM_PPC_GET_COMPAT_CAPS
+    assert req is not None
     return Row(f"Kernel.ioctl compat caps ({abi})", median_time(lambda: k.ioctl(vm, req, buf), number=20000), 2.0)
 
 
@@ -97,6 +98,7 @@ def fixture_rows() -> list[Row]:
         vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
         buf = bytearray(k.rev.layout.pack("little", size=24))
         req = k.KVM_PPC_GET_COMPAT_CAPS
+        assert req is not None
         under = median_time(lambda: fcntl.ioctl(vm, req, buf), number=10000)
 
     def setup() -> None:

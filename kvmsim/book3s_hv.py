@@ -1,7 +1,5 @@
-"""The HV backend (arch/powerpc/kvm/book3s_hv.c): module init and ``get_compat_caps``.
-
-KVM-PR (book3s_pr.c) has no ``get_compat_caps`` op at all; its ops are :data:`PR_OPS`.
-"""
+"""The HV backend (arch/powerpc/kvm/book3s_hv.c, book3s_hv_nested.c): module init and
+``get_compat_caps``, and what KVM_CHECK_EXTENSION asks of the HV ops."""
 
 from __future__ import annotations
 
@@ -11,18 +9,15 @@ from collections.abc import Callable
 import attrs
 
 from . import papr
+from .book3s_pr import KvmppcOps
 from .errors import KvmError
 from .profile import Host
-from .uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, AbiRevision, CompatMode, mode_of_logical_pvr
+from .uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, CompatCapsAbi, CompatMode, mode_of_logical_pvr
 
 
 def kvmhv_on_pseries(host: Host) -> bool:
     """This kernel is an L1: a guest of PowerVM or of a KVM L0."""
     return host.platform == "pseries"
-
-
-def kvmhv_is_nestedv2(host: Host) -> bool:
-    return kvmhv_on_pseries(host) and host.hypervisor.nested_api == 2
 
 
 def guest_capabilities(host: Host) -> int:
@@ -41,15 +36,11 @@ def caps_up_to(level: int) -> int:
     return caps
 
 
-@attrs.frozen
-class KvmppcOps:
-    """``struct kvmppc_ops``: only what this simulator needs of it."""
-
-    name: str
-    get_compat_caps: Callable[[], int] | None
-
-
-PR_OPS = KvmppcOps("kvm_pr", None)
+def kvmppc_core_check_processor_compat_hv(host: Host) -> bool:
+    """HV mode (bare metal) with ISA 2.06, or ISA 3.0 with a radix MMU (an L1)."""
+    if not kvmhv_on_pseries(host):
+        return True  # every processor modelled (POWER8+) has ISA 2.06
+    return host.cpu.isa_300 and host.mmu == "radix"
 
 
 @attrs.define
@@ -57,41 +48,55 @@ class HvModule:
     """The loaded kvm_hv module and its state."""
 
     host: Host
-    rev: AbiRevision
+    abi: CompatCapsAbi | None  # the kernel's revision of the ioctl; None: it has none
     printk: Callable[[str], None]
+    nestedv2: bool = False  # static_branch __kvmhv_is_nestedv2
     nested_capabilities: int = 0  # guest & host capabilities, set at init on nested v2
     _warned_zero: bool = False
 
     @property
     def ops(self) -> KvmppcOps:
-        return KvmppcOps("kvm_hv", self.get_compat_caps)
+        get = self.get_compat_caps if self.abi is not None else None
+        return KvmppcOps("kvm_hv", get)
 
-    # kvmppc_get_compat_caps_hv(): platform first, then the nested API
+    # kvmhv_enable_nested(NULL): may this kernel run nested guests of its own (API v1)?
+    def enable_nested(self) -> bool:
+        return self.host.cpu.isa_300 and self.host.mmu == "radix" and not self.nestedv2
+
+    # kvmppc_hash_v3_possible()
+    def hash_v3_possible(self) -> bool:
+        return self.host.cpu.isa_300 and not kvmhv_on_pseries(self.host)  # needs CPU_FTR_HVMODE
+
+    # kvmppc_get_compat_caps(): platform first, then the nested API
     def get_compat_caps(self) -> int:
+        assert self.abi is not None
         if not kvmhv_on_pseries(self.host):
             raise KvmError(errno.EINVAL, "not on pseries: bare-metal PowerNV is an L0, it has no compat caps to report")
-        if kvmhv_is_nestedv2(self.host):
-            return _NESTED_V2[self.rev.nested_v2](self)
-        return _CPU_VERSION_MAP[self.rev.cpu_version_map](self._cpu_version())
+        if self.nestedv2:
+            return _NESTED_V2[self.abi.nested_v2](self)
+        return _CPU_VERSION_MAP[self.abi.cpu_version_map](self._cpu_version())
 
     def _live_hcall(self) -> int:
         rc, bitmap = papr.h_guest_get_capabilities(self.host.hypervisor, at_init=False)
         if rc != papr.H_SUCCESS:
-            # v4 returns the PAPR code as is: -1 (H_HARDWARE) reaches userspace as errno 1
+            # the v4 draft returns the PAPR code as is: -1 (H_HARDWARE) reaches userspace as errno 1
             name = papr.H_NAMES.get(rc, str(rc))
             raise KvmError(-rc, f"H_GUEST_GET_CAPABILITIES failed with {name} ({rc}), returned untranslated")
         return bitmap & KVM_PPC_COMPAT_BITMASK
 
     def _cached(self) -> int:
-        if not self.nested_capabilities and not self._warned_zero:
+        if not self.nested_capabilities and not self._warned_zero:  # WARN_ON_ONCE(!nested_capabilities)
             self._warned_zero = True
-            self.printk("KVM: no compat mode is supported by both this L1 and its L0 (caps 0)")
-        return self.nested_capabilities
+            self.printk("WARNING: kvmppc_get_compat_caps: nested_capabilities is 0 (no mode both L1 and L0 support)")
+        return self.nested_capabilities & KVM_PPC_COMPAT_BITMASK
 
     def _cpu_version(self) -> int:
-        # the first /cpus node carrying a cpu-version property
+        # for_each_node_by_type(np, "cpu"): the first node whose cpu-version reads as a u32;
+        # a value of 0 counts as none found
         for node in self.host.cpu_nodes:
             if node.cpu_version is not None:
+                if node.cpu_version == 0:
+                    break
                 return node.cpu_version
         raise KvmError(errno.EINVAL, "the host has no cpu-version property in any cpu node (nested API v1)")
 
@@ -120,18 +125,38 @@ _NESTED_V2: dict[str, Callable[[HvModule], int]] = {
 _CPU_VERSION_MAP: dict[str, Callable[[int], int]] = {"single": _single, "cumulative": _cumulative}
 
 
-def kvmppc_book3s_init_hv(host: Host, rev: AbiRevision, printk: Callable[[str], None]) -> HvModule | None:
-    """Load kvm_hv; None when its init fails (the module does not load)."""
-    if not host.book3s_hv:
-        printk("modprobe: FATAL: Module kvm_hv not found (kernel built without Book3S HV)")
-        return None
-    module = HvModule(host, rev, printk)
-    if kvmhv_is_nestedv2(host):
-        rc, host_capabilities = papr.h_guest_get_capabilities(host.hypervisor, at_init=True)
+def kvmhv_nested_init(module: HvModule) -> None:
+    """book3s_hv_nested.c: nested API v2 first (H_GUEST_GET/SET_CAPABILITIES); when the
+    query fails, the fall-back to nested API v1 (H_SET_PARTITION_TABLE)."""
+    host, printk = module.host, module.printk
+    if not kvmhv_on_pseries(host):
+        return
+    if host.mmu != "radix":
+        raise KvmError(errno.ENODEV, "a nested hypervisor needs a radix MMU (this partition uses hash)")
+    hv = host.hypervisor
+    rc, host_capabilities = papr.h_guest_get_capabilities(hv, at_init=True)
+    if rc == papr.H_SUCCESS:
+        module.nested_capabilities = guest_capabilities(host) & host_capabilities
+        rc = papr.h_guest_set_capabilities(hv, module.nested_capabilities)
         if rc != papr.H_SUCCESS:
-            printk(
-                f"KVM-HV: H_GUEST_GET_CAPABILITIES failed ({papr.H_NAMES.get(rc, rc)}): no nested v2, kvm_hv not loaded"
-            )
-            return None
-        module.nested_capabilities = guest_capabilities(host) & host_capabilities & KVM_PPC_COMPAT_BITMASK
+            printk(f"kvm-hv: Could not configure parent hypervisor capabilities (rc={rc})")
+            raise KvmError(errno.ENODEV, f"H_GUEST_SET_CAPABILITIES failed ({papr.H_NAMES.get(rc, rc)})")
+        module.nestedv2 = True
+        return
+    printk(f"kvm-hv: nestedv2 get capabilities hcall failed, falling back to nestedv1 (rc={rc})")
+    rc = papr.h_set_partition_table(hv)
+    if rc != papr.H_SUCCESS:
+        printk(f"kvm-hv: Parent hypervisor does not support nesting (rc={rc})")
+        raise KvmError(errno.ENODEV, "the parent hypervisor offers neither nested API v2 nor v1")
+
+
+def kvmppc_book3s_init_hv(host: Host, abi: CompatCapsAbi | None, printk: Callable[[str], None]) -> HvModule:
+    """Load kvm_hv; :class:`KvmError` (the module's init errno) when it refuses."""
+    if not host.book3s_hv:
+        raise KvmError(errno.ENOENT, "kvm_hv.ko does not exist (kernel built without Book3S HV)")
+    if not kvmppc_core_check_processor_compat_hv(host):
+        mode = host.cpu.effective.name if host.cpu.effective else "raw"
+        raise KvmError(errno.ENODEV, f"an L1 needs ISA 3.0 and a radix MMU ({mode} mode, {host.mmu} MMU)")
+    module = HvModule(host, abi, printk)
+    kvmhv_nested_init(module)
     return module

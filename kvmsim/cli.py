@@ -15,19 +15,26 @@ Exit codes: 0 success, 2 bad usage or a bad profile; ``verify`` 1 when any probe
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from collections.abc import Sequence
 
+import attrs
+
 from . import papr, probe, profile
 from .cliargs import OneLineParser, add_revision_options, revisions
 from .kvm_main import Kernel
 from .profile import Host, ProfileError
-from .uapi import DEFAULT_REVISION, REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps
+from .uapi import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+
+
+def errno_name(err: int | None) -> str:
+    return errno.errorcode.get(err or 0, f"errno {err}")
 
 
 class UsageError(Exception):
@@ -42,16 +49,57 @@ def describe(answer: probe.Answer) -> str:
     return f"{answer:#018x} {names}"
 
 
-def observe(host: Host, rev: AbiRevision) -> tuple[probe.Answer, probe.Answer, Kernel]:
-    """(the capability on /dev/kvm, the ioctl's answer) of a freshly booted kernel."""
+@attrs.frozen
+class Observation:
+    """What one freshly booted kernel answers a client: the capability on /dev/kvm and the
+    ioctl's result (a bitmap or an errno name), or why it got no further."""
+
+    kernel: Kernel
+    request: int  # what was sent: the revision's request, or the shipped one on a kernel without it
+    cap: int | None  # None: no /dev/kvm
+    result: int | str  # the bitmap, or an errno name
+    stage: str  # "ioctl", "KVM_CREATE_VM" or "open" (where the answer came from)
+
+    def to_json(self) -> dict[str, object]:
+        if isinstance(self.result, int):
+            modes = [m.name for m in modes_of_caps(self.result)]
+            return {"cap": self.cap, "compat_capabilities": self.result, "modes": modes}
+        return {"cap": self.cap, "error": self.result, "stage": self.stage}
+
+    def text(self) -> str:
+        if self.stage == "ioctl":
+            return describe(self.result)
+        return f"{self.result} ({'no /dev/kvm' if self.stage == 'open' else self.stage})"
+
+
+def observe(host: Host, rev: AbiRevision) -> Observation:
+    """Boot ``rev`` on ``host`` and ask what a client asks (the shipped numbers on a
+    kernel without the feature: what a program built against today's headers sends)."""
     kernel = Kernel(host, rev)
-    probes = [next(probe.cap_probes([rev])), next(probe.compat_caps_probes(rev))]
-    answers = probe.run(kernel, probes)
+    asked = rev if rev.abi is not None else LINUX_7_3
+    assert asked.cap is not None
+    cap_probe = next(probe.cap_probes([asked.cap]))
+    ioctl_probe = next(probe.compat_caps_probes(asked))
+    answers = probe.run(kernel, [cap_probe, ioctl_probe])
+    request = _request_of(asked, host)
     if answers["open"] != "fd":
-        return "-", f"{answers['open']} (no /dev/kvm)", kernel
-    cap = answers.get(probes[0].name, "-")
-    result = answers.get(probes[1].name) or f"{answers.get('create vm')} (KVM_CREATE_VM)"
-    return cap, result, kernel
+        return Observation(kernel, request, None, answers["open"], "open")
+    cap = answers[cap_probe.name]
+    assert isinstance(cap, int)
+    if answers["create vm"] != "fd":
+        return Observation(kernel, request, cap, answers["create vm"], "KVM_CREATE_VM")
+    result = answers[ioctl_probe.name]
+    if isinstance(result, str) and " " in result:  # success: the bytes it wrote
+        head, written = result.split()[:2]
+        caps = asked.layout.unpack(host.arch.byteorder, bytes.fromhex(written))["compat_capabilities"]
+        return Observation(kernel, request, cap, caps if head == "0" else head, "ioctl")
+    return Observation(kernel, request, cap, result, "ioctl")
+
+
+def _request_of(rev: AbiRevision, host: Host) -> int:
+    request = rev.request(host.arch)
+    assert request is not None
+    return request
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
@@ -68,15 +116,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{host.name}: {host.summary}")
     print(f"  file:        {host.path}")
     print(f"  arch:        {host.arch.name} ({host.arch.byteorder}-endian, {host.arch.ioc.name} ioctl encoding)")
-    under = f" under {hv.kind} (nested API v{hv.nested_api})" if hv.nested_api else ""
+    apis = " and ".join(f"v{a}" for a in hv.nested_apis) or "none"
+    under = f" under {hv.kind} (nested API {apis})" if host.platform == "pseries" else ""
     print(f"  platform:    {host.platform}{under}")
     if cpu.pvr is not None:
         gen = cpu.generation.name if cpu.generation else "?"
-        print(f"  cpu:         PVR {cpu.pvr:#010x} ({gen}), mode {cpu.mode.name if cpu.mode else 'raw'}")
+        mode = cpu.mode.name if cpu.mode else "raw"
+        print(
+            f"  cpu:         PVR {cpu.pvr:#010x} ({gen}), mode {mode}, {host.mmu} MMU, {host.page_size // 1024}K pages"
+        )
     else:
         print(f"  cpu:         {cpu.model}")
     print(f"  modules:     {' '.join(host.modules) or '(none)'}")
-    if hv.nested_api == 2:
+    if 2 in hv.nested_apis:
         offers = " ".join(m.name for m in hv.offers) or "(none)"
         print(f"  L0 offers:   {offers} (H_GUEST_GET_CAPABILITIES; other bits {hv.other_capability_bits:#x})")
         init, runtime = papr.H_NAMES[hv.hcall_at_init], papr.H_NAMES[hv.hcall_at_runtime]
@@ -85,13 +137,19 @@ def cmd_show(args: argparse.Namespace) -> int:
         if node.cpu_version is None:
             print(f"  /cpus/{node.name}: no cpu-version")
         else:
-            mode = mode_of_logical_pvr(node.cpu_version)
-            print(f"  /cpus/{node.name}: cpu-version {node.cpu_version:#010x} ({mode.name if mode else 'unknown'})")
+            dt_mode = mode_of_logical_pvr(node.cpu_version)
+            known = dt_mode.name if dt_mode else "unknown"
+            print(f"  /cpus/{node.name}: cpu-version {node.cpu_version:#010x} ({known})")
     for rev in REVISIONS.values():
-        cap, result, kernel = observe(host, rev)
-        request = rev.request(host.arch)
-        print(f"  {rev.name} kernel:   cap {rev.cap} = {cap}; ioctl {request:#010x} -> {describe(result)}")
-        for line in kernel.dmesg:
+        seen = observe(host, rev)
+        kind = "draft" if rev.draft else "kernel"
+        cap = "-" if seen.cap is None else seen.cap
+        asked = rev if rev.abi is not None else LINUX_7_3
+        print(f"  {rev.name} {kind}: cap {asked.cap} = {cap}; ioctl {seen.request:#010x} -> {seen.text()}")
+        modules = getattr(seen.kernel.kvm, "load_errors", {})
+        for module, exc in modules.items():
+            print(f"    modprobe {module}: {errno_name(exc.errno)} ({exc.reason})")
+        for line in seen.kernel.dmesg:
             print(f"    dmesg: {line}")
     return EXIT_OK
 
@@ -103,15 +161,19 @@ def matrix_json(names: list[str]) -> list[dict[str, object]]:
         host = profile.load(name)
         row: dict[str, object] = {"host": name, "arch": host.arch.name, "summary": host.summary}
         for rev in REVISIONS.values():
-            cap, result, _ = observe(host, rev)
-            answer: dict[str, object] = {"cap": cap if isinstance(cap, int) else None}
-            if isinstance(result, int):
-                answer |= {"compat_capabilities": result, "modes": [m.name for m in modes_of_caps(result)]}
-            else:
-                answer["error"] = result.split()[0]  # the errno name
-            row[rev.name] = answer
+            row[rev.name] = observe(host, rev).to_json()
         rows.append(row)
     return rows
+
+
+MATRIX_CELL = 26
+
+
+def _short(seen: Observation) -> str:
+    """A matrix cell: the modes (P9 P10 P11) or the errno."""
+    if isinstance(seen.result, int):
+        return " ".join(m.name.replace("power", "P") for m in modes_of_caps(seen.result)) or "0 (none)"
+    return seen.result if seen.stage == "ioctl" else f"{seen.result} ({seen.stage})"
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -122,14 +184,14 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     width = max(map(len, names))
     head = f"{'HOST':<{width}}  {'ARCH':<7}"
     for rev in REVISIONS.values():
-        head += f"  {rev.name.upper() + ' CAP':<6} {rev.name.upper() + ' RESULT':<40}"
+        head += f"  {rev.name.upper():<{MATRIX_CELL}}"
     print(head.rstrip())
     for name in names:
         host = profile.load(name)
         row = f"{name:<{width}}  {host.arch.name:<7}"
         for rev in REVISIONS.values():
-            cap, result, _ = observe(host, rev)
-            row += f"  {cap!s:<6} {describe(result):<40}"
+            seen = observe(host, rev)
+            row += f"  {'-' if seen.cap is None else seen.cap} {_short(seen):<{MATRIX_CELL - 2}}"
         print(row.rstrip())
     return EXIT_OK
 
@@ -223,7 +285,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
-    p.add_argument("--abi", choices=sorted(REVISIONS), help="the kernel's ABI revision (default v4)")
+    p.add_argument(
+        "--abi",
+        choices=list(REVISIONS),
+        help=f"the kernel's revision (default {DEFAULT_REVISION}; none: a kernel before 7.3; v5, v4: posted drafts)",
+    )
     add_revision_options(p)
 
 

@@ -17,7 +17,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from .kvm_main import DEV_KVM, Kernel
+from .kvm_main import Kernel
+from .uapi import DEV_KVM
 
 ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"
 

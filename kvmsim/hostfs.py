@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import struct
 
-from .kvm_main import DEV_KVM, Kernel
+from .kvm_main import Kernel
 from .profile import Host
-from .uapi import mode_of_logical_pvr
+from .uapi import DEV_KVM, mode_of_logical_pvr
 
 DEVICE_TREE = "/proc/device-tree"
 
@@ -59,7 +59,7 @@ def cpuinfo(host: Host, ncpus: int = 1) -> str:
     lines += [f"timebase\t: {TIMEBASE}", f"platform\t: {platform}", f"model\t\t: {model}", f"machine\t\t: {machine}"]
     if platform == "PowerNV":
         lines.append("firmware\t: OPAL")
-    lines.append("MMU\t\t: Radix")
+    lines.append(f"MMU\t\t: {(host.mmu or 'radix').capitalize()}")
     return "\n".join(lines) + "\n"
 
 

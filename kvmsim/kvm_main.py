@@ -23,8 +23,10 @@ from .profile import Host
 from .pyioctl import Scratch, fcntl_ioctl
 from .uapi import (
     DEFAULT_REVISION,
+    DEV_KVM,
     GENERIC_CAPS,
     KVM_API_VERSION,
+    KVM_CAP_NR_MEMSLOTS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     AbiRevision,
     Arch,
@@ -33,18 +35,18 @@ from .uapi import (
 from .usermem import AddressSpace, UserAccess
 from .x86 import X86Kvm
 
-DEV_KVM = "/dev/kvm"
-
 
 class KvmArch(Protocol):
     """What kvm_main calls into: PowerpcKvm or X86Kvm."""
 
-    @property
-    def loaded(self) -> bool: ...
+    loaded: bool  # kvm.ko is loaded: /dev/kvm exists
+    user_mem_slots: int  # KVM_USER_MEM_SLOTS
+
     @property
     def loaded_modules(self) -> list[str]: ...
-    def check_extension(self, ext: int) -> int: ...
+    def check_extension(self, ext: int, vm: Any) -> int: ...
     def init_vm(self, type_: int) -> object: ...
+    def vcpu_mmap_size(self) -> int: ...
     def dev_ioctl(self, request: int, arg: int) -> int: ...
     def vm_ioctl(self, vm: Any, request: int, argp: int, mem: UserAccess) -> int: ...
 
@@ -142,14 +144,18 @@ class Process:
             vm = k.kvm.init_vm(arg)
             return self._install(VmFile(vm))
         if cmd == k.KVM_CHECK_EXTENSION:
-            return k.check_extension(arg)
+            return k.check_extension(arg, None)
+        if cmd == k.KVM_GET_VCPU_MMAP_SIZE:
+            if arg:
+                raise KvmError(errno.EINVAL, "KVM_GET_VCPU_MMAP_SIZE takes no argument")
+            return k.kvm.vcpu_mmap_size()
         return k.kvm.dev_ioctl(cmd, arg)
 
     # kvm_vm_ioctl()
     def kvm_vm_ioctl(self, file: VmFile, cmd: int, arg: int) -> int:
         k = self.kernel
         if cmd == k.KVM_CHECK_EXTENSION:
-            return k.check_extension(arg)
+            return k.check_extension(arg, file.vm)
         return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
 
 
@@ -166,6 +172,8 @@ class Kernel:
         self.KVM_GET_API_VERSION = arch.kvm_get_api_version()
         self.KVM_CREATE_VM = arch.kvm_create_vm()
         self.KVM_CHECK_EXTENSION = arch.kvm_check_extension()
+        self.KVM_GET_VCPU_MMAP_SIZE = arch.kvm_get_vcpu_mmap_size()
+        # None on a kernel without the feature (rev "none"): it has no such request
         self.KVM_PPC_GET_COMPAT_CAPS = rev.request(arch)
         self.memory = AddressSpace()
         self.current = self.process(self.memory)
@@ -218,7 +226,9 @@ class Kernel:
         return self.current.vm_of(fd)
 
     # kvm_vm_ioctl_check_extension_generic(), then the arch's
-    def check_extension(self, ext: int) -> int:
+    def check_extension(self, ext: int, vm: object | None) -> int:
         if ext in GENERIC_CAPS:
             return 1
-        return self.kvm.check_extension(ext)
+        if ext == KVM_CAP_NR_MEMSLOTS:
+            return self.kvm.user_mem_slots
+        return self.kvm.check_extension(ext, vm)

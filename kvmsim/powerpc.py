@@ -1,6 +1,6 @@
 """The powerpc arch layer (arch/powerpc/kvm/powerpc.c and book3s.c): module loading,
-``kvm_vm_ioctl_check_extension``, ``kvm_arch_init_vm`` and ``kvm_arch_vm_ioctl``'s
-``KVM_PPC_GET_COMPAT_CAPS`` case, one step function per ABI revision's handler."""
+``kvm_vm_ioctl_check_extension``, ``kvm_arch_init_vm``, ``kvm_arch_dev_ioctl`` and
+``kvm_arch_vm_ioctl``'s ``KVM_PPC_GET_COMPAT_CAPS`` case, one step function per revision."""
 
 from __future__ import annotations
 
@@ -9,46 +9,92 @@ from collections.abc import Callable
 
 import attrs
 
-from .book3s_hv import PR_OPS, HvModule, KvmppcOps, kvmhv_on_pseries, kvmppc_book3s_init_hv
+from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv
+from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr
 from .errors import KvmError
 from .profile import Host
-from .uapi import KVM_PPC_COMPAT_CAPS_SIZE_VER0, KVM_VM_PPC_HV, KVM_VM_PPC_PR, AbiRevision
-from .usermem import Fault, UserAccess
+from .uapi import (
+    KVM_CAP_MAX_VCPUS,
+    KVM_CAP_PPC_MMU_HASH_V3,
+    KVM_CAP_PPC_MMU_RADIX,
+    KVM_CAP_PPC_NESTED_HV,
+    KVM_CAP_PPC_SMT,
+    KVM_CAP_PPC_SMT_POSSIBLE,
+    KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    KVM_VM_PPC_HV,
+    KVM_VM_PPC_PR,
+    AbiRevision,
+    CompatCapsAbi,
+)
+from .usermem import Fault, NonZeroTail, UserAccess
+
+THREADS_PER_SUBCORE = 8  # POWER8 in HV mode; ISA 3.0 cores run each thread independently
+KVM_USER_MEM_SLOTS = 32767  # KVM_MEM_SLOTS_NUM (SHRT_MAX), no internal slots on powerpc
 
 
 @attrs.frozen
 class Vm:
-    """``struct kvm`` as far as this ioctl cares: the ops it was created with."""
+    """``struct kvm`` as far as these ioctls care: the ops it was created with."""
 
     ops: KvmppcOps
+    hv: bool  # is_kvmppc_hv_enabled(kvm)
 
 
 class PowerpcKvm:
-    """KVM on a powerpc kernel, with whichever of kvm_hv / kvm_pr loaded."""
+    """KVM on a powerpc kernel: kvm.ko, with whichever of kvm_hv / kvm_pr agreed to load."""
+
+    user_mem_slots = KVM_USER_MEM_SLOTS
 
     def __init__(self, host: Host, rev: AbiRevision, ksize: int, printk: Callable[[str], None]) -> None:
         self.host, self.rev, self.ksize = host, rev, ksize
+        self.abi: CompatCapsAbi | None = rev.abi
         self.request = rev.request(host.arch)
+        self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module
         self.hv: HvModule | None = None
+        self.pr: KvmppcOps | None = None
+        # modprobe loads kvm.ko (which owns /dev/kvm) as the dependency of kvm_hv/kvm_pr,
+        # and it stays when they refuse; only a module missing from the build leaves it out
+        self.loaded = any(m == "kvm_pr" or host.book3s_hv for m in host.modules)
         if "kvm_hv" in host.modules:
-            self.hv = kvmppc_book3s_init_hv(host, rev, printk)
-        self.pr: KvmppcOps | None = PR_OPS if "kvm_pr" in host.modules else None
+            try:
+                self.hv = kvmppc_book3s_init_hv(host, self.abi, printk)
+            except KvmError as exc:
+                self.load_errors["kvm_hv"] = exc
+        if "kvm_pr" in host.modules:
+            try:
+                self.pr = kvmppc_book3s_init_pr(host)
+            except KvmError as exc:
+                self.load_errors["kvm_pr"] = exc
 
     @property
     def loaded_modules(self) -> list[str]:
-        """The modules whose init succeeded, with ``kvm`` itself when any did."""
-        loaded = [name for name, ops in (("kvm_hv", self.hv), ("kvm_pr", self.pr)) if ops is not None]
-        return ["kvm", *loaded] if loaded else []
+        """kvm, then the modules whose init succeeded."""
+        if not self.loaded:
+            return []
+        return ["kvm", *[name for name, ops in (("kvm_hv", self.hv), ("kvm_pr", self.pr)) if ops is not None]]
 
-    @property
-    def loaded(self) -> bool:
-        """Any KVM module loaded, so /dev/kvm exists."""
-        return bool(self.loaded_modules)
-
-    # kvm_vm_ioctl_check_extension(): same answer with or without a VM, whatever its ops
-    def check_extension(self, ext: int) -> int:
-        if ext == self.rev.cap:
-            return int(self.host.book3s_hv and kvmhv_on_pseries(self.host))
+    # kvm_vm_ioctl_check_extension(): hv_enabled is "kvm_hv is loaded" without a VM, and
+    # "this VM is HV" with one
+    def check_extension(self, ext: int, vm: Vm | None) -> int:
+        hv = self.hv
+        hv_enabled = vm.hv if vm is not None else hv is not None
+        if self.abi is not None and ext == self.abi.cap:
+            return int(_CAP_RULES[self.abi.cap_rule](self, hv_enabled))
+        isa_300 = self.host.cpu.isa_300
+        if ext == KVM_CAP_PPC_SMT:
+            if vm is not None:
+                return (1 if isa_300 else THREADS_PER_SUBCORE) if vm.hv else 0  # kvm->arch.smt_mode
+            return (1 if isa_300 else THREADS_PER_SUBCORE) if hv_enabled else 0
+        if ext == KVM_CAP_PPC_SMT_POSSIBLE:
+            return (8 | 4 | 2 | 1) if hv_enabled else 1
+        if ext == KVM_CAP_PPC_MMU_RADIX:
+            return int(hv_enabled and self.host.mmu == "radix")
+        if ext == KVM_CAP_PPC_MMU_HASH_V3:
+            return int(hv_enabled and hv is not None and hv.hash_v3_possible())
+        if ext == KVM_CAP_PPC_NESTED_HV:
+            return int(hv_enabled and hv is not None and hv.enable_nested())
+        if ext == KVM_CAP_MAX_VCPUS:
+            return self.host.kvm_max_vcpus
         return 0
 
     # kvm_arch_init_vm(): type 0 prefers HV, then PR
@@ -57,16 +103,20 @@ class PowerpcKvm:
         ops = {0: hv or self.pr, KVM_VM_PPC_HV: hv, KVM_VM_PPC_PR: self.pr}.get(type_)
         if ops is None:
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VM type {type_}: no such VM type or its module is not loaded")
-        return Vm(ops)
+        return Vm(ops, hv=ops is hv)
+
+    def vcpu_mmap_size(self) -> int:
+        return self.host.page_size  # struct kvm_run's page; powerpc has no coalesced-MMIO page
 
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")
 
+    # kvm_arch_vm_ioctl()
     def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
-        if request != self.request:
+        if self.abi is None or request != self.request:
             raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x}")
         try:
-            return _HANDLERS[self.rev.size_rule](self, vm, argp, mem)
+            return _HANDLERS[self.abi.handler](self, self.abi, vm, argp, mem)
         except Fault as fault:
             raise KvmError(errno.EFAULT, f"user memory: {fault}") from None
 
@@ -77,24 +127,23 @@ class PowerpcKvm:
             raise KvmError(errno.ENOTTY, f"{vm.ops.name} VMs have no get_compat_caps op")
         return vm.ops.get_compat_caps()
 
-    def _out(self, size: int, caps: int) -> bytes:
-        bo = self.host.arch.byteorder
-        body = self.rev.layout.pack(bo, flags=0, size=size, compat_capabilities=caps)
+    def _out(self, abi: CompatCapsAbi, size: int, caps: int) -> bytes:
+        body = abi.layout.pack(self.host.arch.byteorder, flags=0, size=size, compat_capabilities=caps)
         return body.ljust(self.ksize, b"\0")
 
-    def get_compat_caps_v4(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+    def get_compat_caps_v4(self, abi: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
         """v4: get_user(size) at its offset; size < sizeof(caps) → EINVAL; larger is fine."""
-        layout, bo = self.rev.layout, self.host.arch.byteorder
-        size = mem.get_user_u64(argp + layout.offset("size"), bo)
+        bo = self.host.arch.byteorder
+        size = mem.get_user_u64(argp + abi.layout.offset("size"), bo)
         if size < self.ksize:
             raise KvmError(errno.EINVAL, f"size {size} is smaller than the struct ({self.ksize})")
         caps = self._backend(vm)
-        mem.copy_to_user(argp, self._out(self.ksize, caps))
+        mem.copy_to_user(argp, self._out(abi, self.ksize, caps))
         return 0
 
-    def get_compat_caps_v5(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+    def get_compat_caps_v5(self, abi: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
         """v5: usize/ksize, E2BIG with ksize written back, copy_struct_from_user, flags."""
-        layout, bo, ksize = self.rev.layout, self.host.arch.byteorder, self.ksize
+        layout, bo, ksize = abi.layout, self.host.arch.byteorder, self.ksize
         usize = mem.get_user_u64(argp + layout.offset("size"), bo)
         if usize < KVM_PPC_COMPAT_CAPS_SIZE_VER0:
             raise KvmError(errno.EINVAL, f"size {usize} is smaller than KVM_PPC_COMPAT_CAPS_SIZE_VER0 (24)")
@@ -103,17 +152,45 @@ class PowerpcKvm:
             raise KvmError(
                 errno.E2BIG, f"size {usize} is larger than the kernel's struct; {ksize} written back to size"
             )
-        # copy_struct_from_user(): usize <= ksize here, the rest is zero-filled
-        kbuf = mem.copy_from_user(argp, usize).ljust(ksize, b"\0")
+        kbuf = mem.copy_struct_from_user(ksize, argp, usize)
         flags = layout.unpack(bo, kbuf)["flags"]
-        if self.rev.checks_flags and flags:
+        if flags:
             raise KvmError(errno.EINVAL, f"flags {flags:#x} must be 0")
         caps = self._backend(vm)
-        mem.copy_to_user(argp, self._out(usize, caps)[:usize])
+        mem.copy_to_user(argp, self._out(abi, usize, caps)[:usize])
+        return 0
+
+    def get_compat_caps_linux_7_3(self, abi: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
+        """Linux 7.3 (powerpc.c at ac3e65dd), in its order of checks."""
+        layout, bo, ksize = abi.layout, self.host.arch.byteorder, self.ksize
+        usize = mem.get_user_u64(argp, bo)  # get_user(usize, argp): size is the first field
+        if usize > self.host.page_size:
+            raise KvmError(errno.E2BIG, f"size {usize} is larger than PAGE_SIZE ({self.host.page_size})")
+        if usize < KVM_PPC_COMPAT_CAPS_SIZE_VER0:
+            raise KvmError(errno.EINVAL, f"size {usize} is smaller than KVM_PPC_COMPAT_CAPS_SIZE_VER0 (24)")
+        try:
+            kbuf = mem.copy_struct_from_user(ksize, argp, usize)
+        except NonZeroTail as tail:
+            mem.put_user_u64(argp, ksize, bo)  # put_user(sizeof(host_caps)); a fault → EFAULT
+            raise KvmError(
+                errno.E2BIG, f"size {usize}: {tail}, larger than the kernel's struct; {ksize} written back to size"
+            ) from None
+        flags = layout.unpack(bo, kbuf)["flags"]
+        if flags:
+            raise KvmError(errno.EINVAL, f"flags {flags:#x} must be 0 (reserved)")
+        caps = self._backend(vm)
+        mem.copy_struct_to_user(argp, usize, self._out(abi, min(usize, ksize), caps))
         return 0
 
 
-_HANDLERS: dict[str, Callable[[PowerpcKvm, Vm, int, UserAccess], int]] = {
-    "accept-larger": PowerpcKvm.get_compat_caps_v4,
-    "e2big": PowerpcKvm.get_compat_caps_v5,
+_HANDLERS: dict[str, Callable[[PowerpcKvm, CompatCapsAbi, Vm, int, UserAccess], int]] = {
+    "v4": PowerpcKvm.get_compat_caps_v4,
+    "v5": PowerpcKvm.get_compat_caps_v5,
+    "linux-7.3": PowerpcKvm.get_compat_caps_linux_7_3,
+}
+_CAP_RULES: dict[str, Callable[[PowerpcKvm, bool], bool]] = {
+    # the posted drafts: built with Book3S HV and on pseries, whatever the VM
+    "pseries": lambda kvm, hv_enabled: kvm.host.book3s_hv and kvmhv_on_pseries(kvm.host),
+    # Linux 7.3: hv_enabled && kvmhv_on_pseries()
+    "hv-and-pseries": lambda kvm, hv_enabled: hv_enabled and kvmhv_on_pseries(kvm.host),
 }

@@ -34,11 +34,15 @@ MODULES: dict[str, tuple[str, ...]] = {  # platform -> KVM modules that exist th
     "powernv": ("kvm_hv", "kvm_pr"),
     "x86": ("kvm_intel", "kvm_amd", "kvm_pvm"),
 }
-NESTED_API: dict[str, tuple[int, ...]] = {  # hypervisor under a pseries L1 -> its nested APIs
-    "powervm": (2,),  # PowerVM implements only the nested v2 (H_GUEST_*) API
-    "qemu": (2,),  # QEMU's emulated PAPR L0 (cap-nested-papr)
-    "kvm": (1,),  # a KVM-HV L0 on PowerNV: nested v1 (H_SET_PARTITION_TABLE, H_ENTER_NESTED)
+NESTED_APIS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {  # kind -> (possible, default)
+    "powervm": ((2,), (2,)),  # PowerVM implements only the nested v2 (H_GUEST_*) API
+    "qemu": ((1, 2), (2,)),  # QEMU's pseries L0: cap-nested-hv (v1), cap-nested-papr (v2)
+    "kvm": ((1,), (1,)),  # a KVM-HV L0 on PowerNV: nested v1 (H_SET_PARTITION_TABLE, H_ENTER_NESTED)
 }
+PAGE_SIZES = (4096, 65536)
+DEFAULT_PAGE_SIZE = {"pseries": 65536, "powernv": 65536, "x86": 4096}  # RHEL/SLES/Ubuntu ppc64le: 64K
+DEFAULT_MAX_VCPUS = {"pseries": 2048, "powernv": 2048, "x86": 1024}  # KVM_MAX_VCPUS: NR_CPUS, KVM_MAX_NR_VCPUS
+Mmu = Literal["radix", "hash"]
 
 
 class ProfileError(ValueError):
@@ -51,6 +55,12 @@ class Cpu:
     mode: CompatMode | None  # the partition's effective compatibility mode; None = raw
     model: str  # the "cpu" line of /proc/cpuinfo without the mode suffix
     clock_mhz: int
+
+    @property
+    def isa_300(self) -> bool:
+        """cpu_has_feature(CPU_FTR_ARCH_300): the partition runs at POWER9 level or later."""
+        effective = self.effective
+        return effective is not None and effective.level >= 9
 
     @property
     def generation(self) -> CompatMode | None:
@@ -80,6 +90,9 @@ class Host:
     platform: Platform
     modules: tuple[str, ...]  # modules the administrator loads (whether init succeeds is derived)
     book3s_hv: bool  # kernel built with CONFIG_KVM_BOOK3S_HV_POSSIBLE
+    page_size: int  # PAGE_SIZE of the kernel build (4K or 64K on POWER)
+    mmu: Mmu | None  # the partition's MMU mode (radix_enabled()); None on x86
+    kvm_max_vcpus: int  # KVM_MAX_VCPUS of the kernel build
     cpu: Cpu
     hypervisor: Hypervisor
     cpu_nodes: tuple[CpuNode, ...]
@@ -170,11 +183,14 @@ def _read_cpu(t: _Table, platform: str) -> Cpu:
 def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
     kinds = ("powervm", "qemu", "kvm") if platform == "pseries" else ("none",)
     kind = t.choice("kind", kinds, None if platform == "pseries" else "none")
-    apis = NESTED_API.get(kind, ())
-    nested_api = t.take("nested_api", int, apis[0] if apis else 0) or None
-    if nested_api is not None and nested_api not in apis:
-        raise t.error("nested_api", f"{kind} does not offer nested API v{nested_api}")
-    v2 = nested_api == 2
+    possible, default = NESTED_APIS.get(kind, ((), ()))
+    apis: list[object] = t.take("nested_apis", list, list(default))
+    for api in apis:
+        if api not in possible:
+            offered = ", ".join(f"v{a}" for a in possible) or "none"
+            raise t.error("nested_apis", f"{kind} does not offer nested API {api!r} (it offers: {offered})")
+    nested_apis = tuple(sorted(cast(list[int], apis)))
+    v2 = 2 in nested_apis
     offers: tuple[CompatMode, ...] = ()
     if "offers" in t.data:
         if not v2:
@@ -183,14 +199,15 @@ def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
         offers = tuple(_mode(t, "offers", n, {m.name: m for m in CAP_MODES}) for n in names)
     elif v2:
         raise t.error("offers", "missing (what H_GUEST_GET_CAPABILITIES reports)")
-    for key in ("other_capability_bits", "hcall_at_init", "hcall_at_runtime"):
+    for key in ("other_capability_bits", "hcall_at_init", "hcall_at_runtime", "set_capabilities_hcall"):
         if key in t.data and not v2:
             raise t.error(key, "only meaningful for a nested API v2 hypervisor")
     other = t.take("other_capability_bits", int, 0)
     if not 0 <= other <= 0xFFFFFFFFFFFFFFFF:
         raise t.error("other_capability_bits", f"{other:#x} does not fit 64 bits")
     init, runtime = _hcall(t, "hcall_at_init"), _hcall(t, "hcall_at_runtime")
-    hv = Hypervisor(cast(HypervisorKind, kind), nested_api, offers, other, init, runtime)
+    set_caps = _hcall(t, "set_capabilities_hcall")
+    hv = Hypervisor(cast(HypervisorKind, kind), nested_apis, offers, other, init, runtime, set_caps)
     t.done()
     return hv
 
@@ -238,7 +255,22 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
     book3s_hv = t.take("book3s_hv", bool, powerpc)
     if book3s_hv and not powerpc:
         raise t.error("book3s_hv", "Book3S HV exists only on powerpc")
+    page_size = t.take("page_size", int, DEFAULT_PAGE_SIZE[platform])
+    if page_size not in PAGE_SIZES or (not powerpc and page_size != 4096):
+        allowed = PAGE_SIZES if powerpc else (4096,)
+        raise t.error("page_size", f"{page_size} is not a page size this kernel can have ({allowed})")
+    max_vcpus = t.take("kvm_max_vcpus", int, DEFAULT_MAX_VCPUS[platform])
+    if not 1 <= max_vcpus <= 1 << 16:
+        raise t.error("kvm_max_vcpus", f"{max_vcpus} is out of range (1..65536)")
     cpu = _read_cpu(t.table("cpu"), platform)
+    mmu: Mmu | None = None
+    if powerpc:
+        mmu = cast(Mmu, t.choice("mmu", ("radix", "hash"), "radix" if cpu.isa_300 else "hash"))
+        if mmu == "radix" and not cpu.isa_300:
+            effective = cpu.effective.name if cpu.effective else "raw"
+            raise t.error("mmu", f"radix needs ISA 3.0 (POWER9 or later); this partition runs in {effective} mode")
+    elif "mmu" in t.data:
+        raise t.error("mmu", "only POWER partitions choose radix or hash")
     hypervisor = _read_hypervisor(t.table("hypervisor"), platform)
     dt = t.table("device_tree")
     if not powerpc and dt.data:
@@ -259,6 +291,9 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
         cast(Platform, platform),
         tuple(module_list),
         book3s_hv,
+        page_size,
+        mmu,
+        max_vcpus,
         cpu,
         hypervisor,
         cpu_nodes,

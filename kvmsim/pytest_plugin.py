@@ -6,7 +6,7 @@ POWER host.  Inert until its fixture is used.
 simulated kernel, and ``os.uname().machine`` (hence ``platform.machine()``) is the host's
 architecture (``ppc64le``, ``ppc64``, ``x86_64``).  Parametrize it indirectly with a
 profile name or a ``(name, revision)`` pair; unparametrized it is :data:`DEFAULT_HOST`
-with revision v4.  The fixture yields a :class:`SimulatedHost`; use its ``fs`` (a pyfakefs
+with the default revision (linux-7.3).  The fixture yields a :class:`SimulatedHost`; use its ``fs`` (a pyfakefs
 ``FakeFilesystem``) to add files, rather than pyfakefs's own ``fs`` fixture, which would
 start a second patcher.
 

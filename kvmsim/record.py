@@ -24,13 +24,34 @@ from typing import Any
 import attrs
 
 from . import papr, probe
-from .kvm_main import DEV_KVM, Kernel
+from .kvm_main import Kernel
 from .probe import Answer
 from .profile import ProfileError, parse
-from .uapi import ARCHES, REVISIONS, AbiRevision, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
+from .uapi import (
+    ARCHES,
+    DEV_KVM,
+    KVM_CAP_MAX_VCPUS,
+    REVISIONS,
+    AbiRevision,
+    ByteOrder,
+    mode_of_logical_pvr,
+    mode_of_pvr,
+    modes_of_caps,
+)
 
-KVM_MODULES = ("kvm_hv", "kvm_pr", "kvm_intel", "kvm_amd", "kvm_pvm")
-CPUINFO_KEYS = ("cpu", "clock", "revision", "timebase", "platform", "model", "machine", "vendor_id", "model name")
+KVM_MODULES = ("kvm", "kvm_hv", "kvm_pr", "kvm_intel", "kvm_amd", "kvm_pvm")
+CPUINFO_KEYS = (
+    "cpu",
+    "clock",
+    "revision",
+    "timebase",
+    "platform",
+    "model",
+    "machine",
+    "MMU",
+    "vendor_id",
+    "model name",
+)
 DEVICE_TREE_CPUS = "/proc/device-tree/cpus"
 
 
@@ -87,6 +108,7 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
     """Everything ``record`` reads and asks, as plain values (the ``[recorded]`` section)."""
     notes: list[str] = []
     uname = os.uname()
+    page_size = os.sysconf("SC_PAGE_SIZE")
     target = probe.DeviceTarget(device, arch=probe.machine_arch())  # an unknown machine: refused first
     answers = probe.run(target, probe.kvm_probes(REVISIONS.values()))
     if answers.get("open") != "fd":
@@ -96,6 +118,7 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
         "kernel": uname.release,
         "machine": uname.machine,
         "byteorder": sys.byteorder,
+        "page_size": page_size,
         "device": device,
         "cpuinfo": _cpuinfo_fields(_read("/proc/cpuinfo", notes)),
         "cpus": _cpu_nodes(notes) if target.arch.is_powerpc else [],
@@ -114,25 +137,39 @@ def _pvr(cpuinfo: Mapping[str, str]) -> int | None:
     return int(match[1] + match[2], 16) if match else None
 
 
-def _answered_modes(probes: Mapping[str, Any]) -> list[str] | None:
+def answered_caps(probes: Mapping[str, Any], byteorder: ByteOrder) -> int | None:
+    """The bitmap of the first revision's ioctl that succeeded, from the bytes it wrote."""
     for rev in REVISIONS.values():
         value = probes.get(f"{rev.name} ioctl")
-        if isinstance(value, int):
-            return [m.name for m in modes_of_caps(value)]
+        if value == 0:
+            return 0  # succeeded and wrote nothing new: caps 0
+        if isinstance(value, str) and value.startswith("0 "):
+            written = bytes.fromhex(value.split()[1])
+            return rev.layout.unpack(byteorder, written)["compat_capabilities"]
     return None
 
 
 def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     """Profiles (as TOML-ready dicts) consistent with what the files say, likeliest first."""
     cpuinfo, machine = obs["cpuinfo"], obs["machine"]
+    probes = obs["probes"]
     base: dict[str, Any] = {
         "summary": f"Recorded on {machine}, Linux {obs['kernel']}, {obs['date']}",
         "arch": machine,
-        "modules": list(obs["modules"]),
+        "modules": [m for m in obs["modules"] if m != "kvm"],
+        "page_size": obs.get("page_size", 4096),
     }
+    max_vcpus = probes.get(f"cap {KVM_CAP_MAX_VCPUS} on dev")
+    if isinstance(max_vcpus, int) and max_vcpus > 0:
+        base["kvm_max_vcpus"] = max_vcpus
     if not ARCHES[machine].is_powerpc:
         yield {**base, "platform": "x86", "cpu": {"model": cpuinfo.get("model name", machine)}}
         return
+    mmap_size = probes.get("vcpu mmap size")
+    if isinstance(mmap_size, int) and mmap_size in (4096, 65536):
+        base["page_size"] = mmap_size  # KVM_GET_VCPU_MMAP_SIZE is PAGE_SIZE on powerpc
+    if cpuinfo.get("MMU") in ("Radix", "Hash"):
+        base["mmu"] = cpuinfo["MMU"].lower()
     pvr = _pvr(cpuinfo)
     if pvr is None or mode_of_pvr(pvr) is None:
         raise ProfileError(f"/proc/cpuinfo: no PVR of a known POWER processor in {cpuinfo.get('revision')!r}")
@@ -143,25 +180,37 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
         cpu["mode"] = mode.name
     dt = {"cpus": [dict(n) for n in obs["cpus"]]} if obs["cpus"] else {}
     if cpuinfo.get("platform") == "PowerNV":
-        yield {**base, "platform": "powernv", "cpu": cpu, "device_tree": dt}
+        for modules in _module_sets(obs["modules"]):
+            yield {**base, "modules": modules, "platform": "powernv", "cpu": cpu, "device_tree": dt}
         return
     effective = mode or mode_of_pvr(pvr)
-    offers = _answered_modes(obs["probes"]) or ([effective.name] if effective and effective.cap_bit else [])
-    v4_errno = obs["probes"].get("v4 ioctl")
+    caps = answered_caps(probes, ARCHES[machine].byteorder)
+    answered = [m.name for m in modes_of_caps(caps or 0)]
+    offers = answered or ([effective.name] if effective and effective.cap_bit else [])
+    v4_errno = probes.get("v4 ioctl")
     runtime = ["H_SUCCESS"]
     if isinstance(v4_errno, str) and v4_errno.startswith("E"):
         code = -getattr(errno, v4_errno, 0)
         if code in papr.H_NAMES:
             runtime.append(papr.H_NAMES[code])
     powervm = cpuinfo.get("model", "").startswith("IBM,")
-    kinds = [("powervm", 2)] if powervm else [("kvm", 1), ("qemu", 2)]
-    for (kind, api), hcall in itertools.product(kinds, runtime):
-        hv: dict[str, Any] = {"kind": kind, "nested_api": api}
-        if api == 2:
+    kinds = [("powervm", [2]), ("powervm", [])] if powervm else [("qemu", [1]), ("qemu", [2]), ("qemu", [])]
+    for modules, (kind, apis), hcall in itertools.product(_module_sets(obs["modules"]), kinds, runtime):
+        hv: dict[str, Any] = {"kind": kind, "nested_apis": apis}
+        if 2 in apis:
             hv["offers"] = offers
             if hcall != "H_SUCCESS":
                 hv["hcall_at_runtime"] = hcall
-        yield {**base, "platform": "pseries", "cpu": cpu, "hypervisor": hv, "device_tree": dt}
+        yield {**base, "modules": modules, "platform": "pseries", "cpu": cpu, "hypervisor": hv, "device_tree": dt}
+
+
+def _module_sets(observed: list[str]) -> list[list[str]]:
+    """What was modprobe'd: the KVM modules seen loaded; with only kvm.ko loaded, one that
+    refused (kvm_hv or kvm_pr: /sys/module cannot say which)."""
+    loaded = [m for m in observed if m != "kvm"]
+    if loaded or "kvm" not in observed:
+        return [loaded]
+    return [["kvm_hv"], ["kvm_pr"]]
 
 
 @attrs.frozen
@@ -181,9 +230,12 @@ def replay(kernel: Kernel, recorded: Mapping[str, Any]) -> list[Check]:
 
 
 def kernel_revisions(recorded: Mapping[str, Any]) -> list[AbiRevision]:
-    """The revision the recorded kernel spoke (its capability answered 1), else all of them."""
-    spoken = [r for r in REVISIONS.values() if recorded.get(f"cap {r.cap} on dev") == 1]
-    return spoken or list(REVISIONS.values())
+    """The revisions whose own request the recorded kernel knew (it did not answer ENOTTY
+    on the VM fd), else all of them (a kernel whose VM could not be created)."""
+    known = [
+        r for r in REVISIONS.values() if r.abi is not None and recorded.get(f"{r.name} ioctl", "ENOTTY") != "ENOTTY"
+    ]
+    return known or list(REVISIONS.values())
 
 
 def best_replay(text: str, where: str, recorded: Mapping[str, Any]) -> tuple[AbiRevision, list[Check]]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterable
 from typing import Literal, cast
 
 import attrs
+
+DEV_KVM = "/dev/kvm"
 
 # include/uapi/linux/kvm.h
 KVMIO = 0xAE
@@ -21,6 +24,25 @@ KVM_API_VERSION = 12
 KVM_GET_API_VERSION_NR = 0x00
 KVM_CREATE_VM_NR = 0x01
 KVM_CHECK_EXTENSION_NR = 0x03
+KVM_GET_VCPU_MMAP_SIZE_NR = 0x04
+
+# Capabilities a POWER client asks at start-up (QEMU's kvm_arch_init and spapr caps)
+KVM_CAP_NR_MEMSLOTS = 10
+KVM_CAP_PPC_SMT = 64
+KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_PPC_MMU_RADIX = 134
+KVM_CAP_PPC_MMU_HASH_V3 = 135
+KVM_CAP_PPC_SMT_POSSIBLE = 147
+KVM_CAP_PPC_NESTED_HV = 160
+STARTUP_CAPS: dict[str, int] = {
+    "KVM_CAP_NR_MEMSLOTS": KVM_CAP_NR_MEMSLOTS,
+    "KVM_CAP_PPC_SMT": KVM_CAP_PPC_SMT,
+    "KVM_CAP_MAX_VCPUS": KVM_CAP_MAX_VCPUS,
+    "KVM_CAP_PPC_MMU_RADIX": KVM_CAP_PPC_MMU_RADIX,
+    "KVM_CAP_PPC_MMU_HASH_V3": KVM_CAP_PPC_MMU_HASH_V3,
+    "KVM_CAP_PPC_SMT_POSSIBLE": KVM_CAP_PPC_SMT_POSSIBLE,
+    "KVM_CAP_PPC_NESTED_HV": KVM_CAP_PPC_NESTED_HV,
+}
 
 # arch/powerpc/include/uapi/asm/kvm.h: KVM_CREATE_VM types
 KVM_VM_PPC_HV = 1
@@ -106,10 +128,6 @@ class Arch:
     def is_powerpc(self) -> bool:
         return self.ioc is POWERPC_IOC
 
-    @property
-    def struct_prefix(self) -> str:
-        return "<" if self.byteorder == "little" else ">"
-
     def kvm_get_api_version(self) -> int:
         return self.ioc.io(KVMIO, KVM_GET_API_VERSION_NR)
 
@@ -118,6 +136,9 @@ class Arch:
 
     def kvm_check_extension(self) -> int:
         return self.ioc.io(KVMIO, KVM_CHECK_EXTENSION_NR)
+
+    def kvm_get_vcpu_mmap_size(self) -> int:
+        return self.ioc.io(KVMIO, KVM_GET_VCPU_MMAP_SIZE_NR)
 
 
 ARCHES: dict[str, Arch] = {
@@ -223,9 +244,6 @@ class CompatCapsLayout:
     def offset(self, field: CompatCapsField) -> int:
         return 8 * self.fields.index(field)
 
-    def struct(self, byteorder: ByteOrder) -> struct.Struct:
-        return self._structs[byteorder]
-
     def pack(self, byteorder: ByteOrder, **values: int) -> bytes:
         return self._structs[byteorder].pack(*[values.get(f, 0) for f in self.fields])
 
@@ -242,24 +260,24 @@ LAYOUT_V5 = CompatCapsLayout(("size", "flags", "compat_capabilities"))
 # ABI revisions
 
 Macro = Literal["_IO", "_IOR"]
-SizeRule = Literal["accept-larger", "e2big"]
+Handler = Literal["v4", "v5", "linux-7.3"]  # which kvm_arch_vm_ioctl case the kernel has
+CapRule = Literal["pseries", "hv-and-pseries"]  # kvm_vm_ioctl_check_extension's case
 NestedV2Source = Literal["live-hcall", "cached-at-init"]
 CpuVersionMap = Literal["single", "cumulative"]
 
 
 @attrs.frozen
-class AbiRevision:
-    """One revision of the ``KVM_PPC_GET_COMPAT_CAPS`` ABI, as a kernel knows it."""
+class CompatCapsAbi:
+    """What a kernel that has ``KVM_PPC_GET_COMPAT_CAPS`` defines: numbers, layout, rules."""
 
-    name: str
     layout: CompatCapsLayout
     cap: int  # KVM_CAP_PPC_COMPAT_CAPS
     nr: int  # the ioctl's number within KVMIO
     macro: Macro
-    size_rule: SizeRule  # what a size larger than the kernel's struct gets
-    checks_flags: bool  # EINVAL if flags != 0
+    handler: Handler  # the handler's steps (kvmsim.powerpc)
+    cap_rule: CapRule  # when KVM_CHECK_EXTENSION answers 1
     nested_v2: NestedV2Source  # how the PowerVM backend gets its bitmap
-    cpu_version_map: CpuVersionMap  # how the PowerNV backend maps cpu-version
+    cpu_version_map: CpuVersionMap  # how the PowerNV (nested v1) backend maps cpu-version
 
     def request(self, arch: Arch) -> int:
         """The ioctl request number as this revision's macro encodes it on ``arch``."""
@@ -268,30 +286,70 @@ class AbiRevision:
         return arch.ioc.io(KVMIO, self.nr)
 
 
-V4 = AbiRevision(
-    name="v4",
+@attrs.frozen
+class AbiRevision:
+    """One kernel's knowledge of the feature: ``abi`` is None for a kernel without it
+    (``none``: every kernel before Linux 7.3).  ``generation`` orders revisions, newest
+    highest; ``draft`` marks posted patches that never shipped."""
+
+    name: str
+    generation: int
+    draft: bool
+    abi: CompatCapsAbi | None
+
+    def request(self, arch: Arch) -> int | None:
+        return None if self.abi is None else self.abi.request(arch)
+
+    @property
+    def cap(self) -> int | None:
+        return None if self.abi is None else self.abi.cap
+
+    @property
+    def layout(self) -> CompatCapsLayout:
+        """The struct layout userspace packs for this revision (v5's for ``none``, which has
+        none of its own: what a program built against today's headers sends)."""
+        return LAYOUT_V5 if self.abi is None else self.abi.layout
+
+
+_V4_ABI = CompatCapsAbi(
     layout=LAYOUT_V4,
     cap=249,
     nr=0xE4,
     macro="_IOR",
-    size_rule="accept-larger",
-    checks_flags=False,
+    handler="v4",
+    cap_rule="pseries",
     nested_v2="live-hcall",
     cpu_version_map="single",
 )
-V5 = AbiRevision(
-    name="v5",
+_V5_ABI = CompatCapsAbi(
     layout=LAYOUT_V5,
     cap=250,
     nr=0xE4,
     macro="_IO",
-    size_rule="e2big",
-    checks_flags=True,
+    handler="v5",
+    cap_rule="pseries",
     nested_v2="cached-at-init",
     cpu_version_map="cumulative",
 )
-REVISIONS: dict[str, AbiRevision] = {r.name: r for r in (V4, V5)}
-DEFAULT_REVISION = "v4"
+# torvalds/linux ac3e65dd: include/uapi/linux/kvm.h, arch/powerpc/kvm/powerpc.c
+_LINUX_7_3_ABI = attrs.evolve(_V5_ABI, nr=0xB8, handler="linux-7.3", cap_rule="hv-and-pseries")
+
+NONE = AbiRevision("none", generation=0, draft=False, abi=None)
+V4 = AbiRevision("v4", generation=1, draft=True, abi=_V4_ABI)
+V5 = AbiRevision("v5", generation=2, draft=True, abi=_V5_ABI)
+LINUX_7_3 = AbiRevision("linux-7.3", generation=3, draft=False, abi=_LINUX_7_3_ABI)
+REVISIONS: dict[str, AbiRevision] = {r.name: r for r in (LINUX_7_3, NONE, V5, V4)}
+DEFAULT_REVISION = LINUX_7_3.name
+
+
+def negotiable(revisions: Iterable[AbiRevision]) -> list[AbiRevision]:
+    """What a client asks for, in order: for each capability number the newest revision that
+    uses it (250 means linux-7.3, not the v5 draft that shared it), newest first."""
+    chosen: dict[int, AbiRevision] = {}
+    for rev in sorted(revisions, key=lambda r: r.generation, reverse=True):
+        if rev.abi is not None and rev.abi.cap not in chosen:
+            chosen[rev.abi.cap] = rev
+    return list(chosen.values())
 
 
 def revision(name: str, *, cap: int | None = None, nr: int | None = None) -> AbiRevision:
@@ -301,13 +359,16 @@ def revision(name: str, *, cap: int | None = None, nr: int | None = None) -> Abi
     except KeyError:
         known = ", ".join(REVISIONS)
         raise ValueError(f"unknown ABI revision {name!r} (known: {known})") from None
+    if rev.abi is None:
+        return rev  # a kernel without the feature has no numbers to override
+    abi = rev.abi
     if cap is not None:
-        rev = attrs.evolve(rev, cap=cap)
+        abi = attrs.evolve(abi, cap=cap)
     if nr is not None:
         if not 0 <= nr <= 0xFF:
             raise ValueError(f"ioctl nr {nr:#x} does not fit 8 bits")
-        rev = attrs.evolve(rev, nr=nr)
-    return rev
+        abi = attrs.evolve(abi, nr=nr)
+    return attrs.evolve(rev, abi=abi)
 
 
 _CAP_RE = re.compile(r"#define\s+KVM_CAP_PPC_COMPAT_CAPS\s+(\w+)")
@@ -320,8 +381,8 @@ _FIELD_RE = re.compile(r"__u64\s+(\w+)\s*;")
 
 def revision_from_header(text: str, where: str) -> AbiRevision:
     """The revision a kernel's ``<linux/kvm.h>`` (and ``asm/kvm.h``) defines: its capability
-    number, ioctl macro and number, and struct layout.  ``_IOR`` takes v4's rules, ``_IO``
-    v5's (the number stays stable when the struct grows).  ``where`` names it in errors."""
+    number, ioctl macro and number, and struct layout, with the rules of
+    :func:`header_rules`.  ``where`` names it in errors."""
     cap, ioctl, body = _CAP_RE.search(text), _IOCTL_RE.search(text), _STRUCT_RE.search(text)
     for found, name in (
         (cap, "KVM_CAP_PPC_COMPAT_CAPS"),
@@ -342,6 +403,15 @@ def revision_from_header(text: str, where: str) -> AbiRevision:
         raise ValueError(f"{where}: KVM_CAP_PPC_COMPAT_CAPS or the ioctl's nr is not a number") from None
     if not 0 <= nr <= 0xFF:
         raise ValueError(f"{where}: KVM_PPC_GET_COMPAT_CAPS nr {nr:#x} does not fit 8 bits")
-    rules = V4 if ioctl[1] == "_IOR" else V5
     layout = CompatCapsLayout(cast(tuple[CompatCapsField, CompatCapsField, CompatCapsField], fields))
-    return attrs.evolve(rules, layout=layout, cap=cap_number, nr=nr)
+    rules = header_rules(ioctl[1], nr)
+    assert rules.abi is not None
+    return attrs.evolve(rules, abi=attrs.evolve(rules.abi, layout=layout, cap=cap_number, nr=nr))
+
+
+def header_rules(macro: str, nr: int) -> AbiRevision:
+    """Whose rules a header's definition carries: ``_IOR`` is the v4 draft's; ``_IO`` with the
+    v5 draft's number (0xe4) is v5's; any other ``_IO`` is the shipped kernel's (0xb8)."""
+    if macro == "_IOR":
+        return V4
+    return V5 if nr == _V5_ABI.nr else LINUX_7_3

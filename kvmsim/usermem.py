@@ -42,6 +42,16 @@ class Region:
         self.end = self.start + len(self.data)
 
 
+class NonZeroTail(Exception):
+    """``copy_struct_from_user()``'s -E2BIG: the user's struct is longer than the kernel's
+    and not zero past it."""
+
+    def __init__(self, addr: int) -> None:
+        super().__init__(f"non-zero byte in the struct's tail at or after {addr:#x}")
+        self.addr = addr
+
+
+_WORD = 8  # sizeof(unsigned long) on the 64-bit kernels modelled
 _U64 = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}
 
 
@@ -61,6 +71,41 @@ class UserAccess:
 
     def put_user_u64(self, addr: int, value: int, byteorder: ByteOrder) -> None:
         self.copy_to_user(addr, _U64[byteorder].pack(value))
+
+    def clear_user(self, addr: int, n: int) -> None:
+        self.copy_to_user(addr, bytes(n))
+
+    # include/linux/uaccess.h and lib/usercopy.c: the extensible-struct helpers
+
+    def check_zeroed_user(self, addr: int, n: int) -> bool:
+        """Whether ``n`` user bytes are all zero.  Like the kernel it reads word by word
+        and stops at the first non-zero word, so a non-zero byte before an unmapped one
+        answers False rather than faulting."""
+        end = addr + n
+        word = addr - addr % _WORD
+        while word < end:
+            lo, hi = max(word, addr), min(word + _WORD, end)
+            if any(self.copy_from_user(lo, hi - lo)):
+                return False
+            word += _WORD
+        return True
+
+    def copy_struct_from_user(self, ksize: int, addr: int, usize: int) -> bytes:
+        """``copy_struct_from_user()``: ``ksize`` bytes, zero-filled past a shorter user
+        struct; a longer one must be zero past ``ksize`` (:class:`NonZeroTail` otherwise)."""
+        size = min(ksize, usize)
+        if usize > ksize and not self.check_zeroed_user(addr + size, usize - size):
+            raise NonZeroTail(addr + size)
+        return self.copy_from_user(addr, size).ljust(ksize, b"\0")
+
+    def copy_struct_to_user(self, addr: int, usize: int, data: bytes) -> None:
+        """``copy_struct_to_user()``: clear the user's bytes past the kernel struct, then
+        write the interoperable part (``min(ksize, usize)`` bytes)."""
+        ksize = len(data)
+        size = min(ksize, usize)
+        if usize > ksize:
+            self.clear_user(addr + size, usize - size)
+        self.copy_to_user(addr, data[:size])
 
 
 class AddressSpace(UserAccess):

@@ -8,7 +8,11 @@ import attrs
 
 from .errors import KvmError
 from .profile import Host
+from .uapi import KVM_CAP_MAX_VCPUS
 from .usermem import UserAccess
+
+PAGE_SIZE = 4096
+KVM_USER_MEM_SLOTS = 32764  # KVM_MEM_SLOTS_NUM minus x86's 3 internal slots
 
 
 @attrs.frozen
@@ -17,24 +21,28 @@ class Vm:
 
 
 class X86Kvm:
+    user_mem_slots = KVM_USER_MEM_SLOTS
+
     def __init__(self, host: Host) -> None:
         self.host = host
+        self.loaded = bool(host.modules)
 
     @property
     def loaded_modules(self) -> list[str]:
         return ["kvm", *self.host.modules] if self.host.modules else []
 
-    @property
-    def loaded(self) -> bool:
-        return bool(self.host.modules)
-
-    def check_extension(self, ext: int) -> int:
+    def check_extension(self, ext: int, vm: Vm | None) -> int:
+        if ext == KVM_CAP_MAX_VCPUS:
+            return self.host.kvm_max_vcpus
         return 0  # kvm_vm_ioctl_check_extension(): no powerpc capability exists here
 
     def init_vm(self, type_: int) -> Vm:
         if type_ != 0:  # KVM_X86_DEFAULT_VM; other types need CONFIG_KVM_SW_PROTECTED_VM etc.
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VM type {type_} is not supported")
         return Vm()
+
+    def vcpu_mmap_size(self) -> int:
+        return 3 * PAGE_SIZE  # kvm_run, the PIO data page, the coalesced-MMIO ring
 
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import errno
 import json
 
+import attrs
 import pytest
 
 from client import CompatError, SimDevice, query
-from kvmsim import Kernel
+from kvmsim import Host, Kernel, profile
+from kvmsim.uapi import REVISIONS
 
 pytest_plugins = ["pytester"]
 
-REVS = ("v4", "v5")
+REVS = ("linux-7.3", "none", "v5", "v4")
 MB = {"P9": 1 << 62, "P10": 1 << 61, "P11": 1 << 60}
 
 
@@ -23,11 +25,78 @@ def caps(*names: str) -> int:
     return value
 
 
+# The behaviour table: what each profile's kernel answers, per revision.  A row is
+# (cap on /dev/kvm, cap on the VM fd, result) for linux-7.3, none, v5, v4; the result is a
+# bitmap, the ioctl's errno name, "create:ERRNO" when KVM_CREATE_VM fails (then the VM
+# fd's cap is None), or "open:ENOENT" when there is no /dev/kvm.  The request sent on a
+# "none" kernel is linux-7.3's (a program built against today's headers).
+Row = tuple[int | None, int | None, int | str]
+
+
+def hv(result_73: int | str, result_v5: int | str | None = None, result_v4: int | str | None = None) -> dict[str, Row]:
+    """kvm_hv loaded on pseries: cap 1 on both fds in every revision that has one."""
+    v5 = result_73 if result_v5 is None else result_v5
+    v4 = v5 if result_v4 is None else result_v4
+    return {"linux-7.3": (1, 1, result_73), "none": (0, 0, "ENOTTY"), "v5": (1, 1, v5), "v4": (1, 1, v4)}
+
+
+def refused(pseries: bool = True) -> dict[str, Row]:
+    """kvm.ko loaded, its kvm_hv/kvm_pr refused: no VM; the drafts' capability says pseries."""
+    draft = int(pseries)
+    return {
+        "linux-7.3": (0, None, "create:EINVAL"),
+        "none": (0, None, "create:EINVAL"),
+        "v5": (draft, None, "create:EINVAL"),
+        "v4": (draft, None, "create:EINVAL"),
+    }
+
+
+def uniform(cap_draft: int, cap_73: int, result: str) -> dict[str, Row]:
+    return {
+        "linux-7.3": (cap_73, cap_73, result),
+        "none": (0, 0, "ENOTTY"),
+        "v5": (cap_draft, cap_draft, result),
+        "v4": (cap_draft, cap_draft, result),
+    }
+
+
+NO_DEVICE: dict[str, Row] = {r: (None, None, "open:ENOENT") for r in REVS}
+BEHAVIOUR: dict[str, dict[str, Row]] = {
+    "powervm-p10": hv(caps("P10")),
+    "powervm-p11": hv(caps("P10", "P11")),
+    "powervm-p11-compat-p10": hv(caps("P10")),
+    "powervm-p11-be": hv(caps("P10", "P11")),
+    "powervm-p10-hcall-hardware": hv(caps("P10"), result_v4="EPERM"),  # H_HARDWARE (-1) untranslated
+    "powervm-hcall-unavailable": refused(),  # no nested v2, no v1 fall-back: kvm_hv ENODEV
+    "qemu-papr-p10": hv(caps("P9", "P10")),
+    "kvm-l1-p9": hv(caps("P9")),
+    "kvm-l1-p9-be": hv(caps("P9")),
+    "kvm-l1-p10": hv(caps("P9", "P10"), result_v4=caps("P10")),
+    "kvm-l1-p11": hv(caps("P9", "P10", "P11"), result_v4=caps("P11")),
+    "kvm-l1-p10-compat-p9": hv(caps("P9")),
+    "kvm-l1-no-cpu-version": hv("EINVAL"),
+    "kvm-l1-p8-compat": refused(),  # ISA 2.07: kvm_hv ENODEV
+    "powernv-p10": uniform(0, 0, "EINVAL") | {"none": (0, 0, "ENOTTY")},
+    "pseries-kvm-pr": uniform(1, 0, "ENOTTY"),  # a PR VM: 7.3's capability wants HV
+    "pseries-kvm-pr-radix": refused(),  # kvm_pr refuses radix: EIO
+    "x86_64": uniform(0, 0, "ENOTTY"),
+    "no-kvm": NO_DEVICE,
+}
+
+
+def modes_of(result: int) -> tuple[str, ...]:
+    return tuple(name for name, mode in (("power9", "P9"), ("power10", "P10"), ("power11", "P11")) if result & MB[mode])
+
+
 class Vm:
     """A booted kernel with /dev/kvm open and one VM created."""
 
-    def __init__(self, host: str, abi: str, *, vm_type: int = 0, ksize: int = 24) -> None:
-        self.k = Kernel.from_profile(host, abi=abi, ksize=ksize)
+    def __init__(self, host: str | Host, abi: str, *, vm_type: int = 0, ksize: int = 24) -> None:
+        self.k = (
+            Kernel(host, REVISIONS[abi], ksize=ksize)
+            if isinstance(host, Host)
+            else (Kernel.from_profile(host, abi=abi, ksize=ksize))
+        )
         self.dev = self.k.open()
         self.vm = self.k.ioctl(self.dev, self.k.KVM_CREATE_VM, vm_type)
         self.layout = self.k.rev.layout
@@ -36,8 +105,14 @@ class Vm:
     def struct(self, size: int = 24, flags: int = 0, caps: int = 0) -> bytes:
         return self.layout.pack(self.bo, size=size, flags=flags, compat_capabilities=caps)
 
+    @property
+    def request(self) -> int:
+        request = self.k.KVM_PPC_GET_COMPAT_CAPS
+        assert request is not None
+        return request
+
     def call(self, addr: int) -> int:
-        return int(self.k.ioctl(self.vm, self.k.KVM_PPC_GET_COMPAT_CAPS, addr))
+        return int(self.k.ioctl(self.vm, self.request, addr))
 
     def errno_of(self, addr: int) -> int:
         with pytest.raises(OSError) as exc:
@@ -51,6 +126,11 @@ class Vm:
 @pytest.fixture(params=REVS)
 def abi(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def evolved(name: str, **changes: object) -> Host:
+    """A profile with some facts changed (attrs.evolve on the loaded host)."""
+    return attrs.evolve(profile.load(name), **changes)
 
 
 def errname(err: int) -> str:

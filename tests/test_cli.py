@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
+from conftest import BEHAVIOUR, modes_of
 
 from kvmsim import profile
 
@@ -24,15 +26,16 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "code", "modes", "abi"),
     [
-        (["--sim", "powervm-p11"], 0, ["power10", "power11"], "v4"),
+        (["--sim", "powervm-p11"], 0, ["power10", "power11"], "linux-7.3"),
+        (["--sim", "powervm-p11", "--abi", "v4"], 0, ["power10", "power11"], "v4"),
         (["--sim", "kvm-l1-p10", "--abi", "v5"], 0, ["power9", "power10"], "v5"),
         (["--sim", "powervm-p11-be", "--abi", "v5", "--struct-size", "32"], 0, ["power10", "power11"], "v5"),
         (["--sim", "pseries-kvm-pr", "--fallback"], 0, ["power10"], "none"),
         (
-            ["--sim", "powervm-p11", "--abi", "v5", "--ioctl-nr", "0xb8", "--cap", "251"],
+            ["--sim", "powervm-p11", "--ioctl-nr", "0xb9", "--cap", "251"],
             0,
             ["power10", "power11"],
-            "v5",
+            "linux-7.3",
         ),
     ],
 )
@@ -48,11 +51,14 @@ def test_json_success(args: list[str], code: int, modes: list[str], abi: str) ->
 @pytest.mark.parametrize(
     ("host", "abi", "code", "error"),
     [
-        ("kvm-l1-p8-compat", "v4", 1, {"errno": 22, "name": "EINVAL"}),
+        ("kvm-l1-no-cpu-version", "linux-7.3", 1, {"errno": 22, "name": "EINVAL"}),
+        ("kvm-l1-p8-compat", "linux-7.3", 1, {"errno": 22, "name": "EINVAL", "call": "KVM_CREATE_VM"}),
         ("powervm-p10-hcall-hardware", "v4", 1, {"errno": 1, "name": "EPERM"}),
         ("pseries-kvm-pr", "v5", 1, {"errno": 25, "name": "ENOTTY"}),
-        ("x86_64", "v5", 3, {"kind": "unsupported"}),
-        ("no-kvm", "v4", 3, {"kind": "no-device", "name": "ENOENT"}),
+        ("pseries-kvm-pr", "linux-7.3", 3, {"kind": "unsupported"}),  # a PR VM: cap 250 says 0
+        ("powervm-p11", "none", 3, {"kind": "unsupported"}),
+        ("x86_64", "linux-7.3", 3, {"kind": "unsupported"}),
+        ("no-kvm", "linux-7.3", 3, {"kind": "no-device", "name": "ENOENT"}),
     ],
 )
 def test_json_failure(host: str, abi: str, code: int, error: dict[str, object]) -> None:
@@ -64,8 +70,10 @@ def test_json_failure(host: str, abi: str, code: int, error: dict[str, object]) 
 
 
 def test_text_output() -> None:
-    r = run("kvm-compat-caps", "--sim", "powervm-p11", "--abi", "v5")
+    r = run("kvm-compat-caps", "--sim", "powervm-p11")
     assert r.returncode == 0
+    assert "abi:                 linux-7.3" in r.stdout
+    assert "qemu_host_compat_pvr: 0x00820200" in r.stdout
     assert "compat_capabilities: 0x3000000000000000" in r.stdout
     assert "modes:               power10 power11" in r.stdout
     assert "max-cpu-compat=power11" in r.stdout
@@ -135,19 +143,40 @@ def test_kvmsim_show() -> None:
     r = run("kvmsim", "show", "powervm-p10-hcall-hardware")
     assert r.returncode == 0
     assert "H_SUCCESS at kvm_hv init, H_HARDWARE at run time" in r.stdout
-    assert "v4 kernel:   cap 249 = 1; ioctl 0x4018aee4 -> EPERM" in r.stdout
-    assert "v5 kernel:   cap 250 = 1; ioctl 0x2000aee4 -> 0x2000000000000000 power10" in r.stdout
+    assert "linux-7.3 kernel: cap 250 = 1; ioctl 0x2000aeb8 -> 0x2000000000000000 power10" in r.stdout
+    assert "none kernel: cap 250 = 0; ioctl 0x2000aeb8 -> ENOTTY" in r.stdout
+    assert "v4 draft: cap 249 = 1; ioctl 0x4018aee4 -> EPERM" in r.stdout
+    assert "v5 draft: cap 250 = 1; ioctl 0x2000aee4 -> 0x2000000000000000 power10" in r.stdout
 
 
-def test_kvmsim_matrix_has_every_profile_and_both_revisions() -> None:
+def test_kvmsim_show_says_why_a_module_refused() -> None:
+    r = run("kvmsim", "show", "powervm-hcall-unavailable")
+    assert "modprobe kvm_hv: ENODEV" in r.stdout
+    assert "dmesg: kvm-hv: Parent hypervisor does not support nesting (rc=-2)" in r.stdout
+
+
+def test_kvmsim_matrix_has_every_profile_and_every_revision() -> None:
     r = run("kvmsim", "matrix")
     assert r.returncode == 0
-    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["HOST", "ARCH", "LINUX-7.3", "NONE", "V5", "V4"]
+    rows = {line.split()[0]: line for line in lines[1:]}
     assert sorted(rows) == profile.names()
-    v4 = ["1", "0x1000000000000000", "power11"]
-    v5 = ["1", "0x7000000000000000", "power9", "power10", "power11"]
-    assert rows["kvm-l1-p11"].split()[2:] == v4 + v5
-    assert "ENOENT (no /dev/kvm)" in rows["no-kvm"]
+    assert rows["kvm-l1-p11"].split()[2:] == [
+        "1",
+        "P9",
+        "P10",
+        "P11",
+        "0",
+        "ENOTTY",
+        "1",
+        "P9",
+        "P10",
+        "P11",
+        "1",
+        "P11",
+    ]
+    assert "ENOENT (open)" in rows["no-kvm"]
 
 
 @pytest.mark.parametrize("args", [[], ["show"], ["frobnicate"], ["show", "power42"]])
@@ -167,27 +196,41 @@ def test_numbers_from_a_kernel_header(tmp_path: Path) -> None:
     from test_uapi import V5_HEADER
 
     header = tmp_path / "kvm.h"
-    header.write_text(V5_HEADER.replace("0xe4", "0xb8"))
+    header.write_text(V5_HEADER.replace("0xe4", "0xb8"))  # Linux 7.3's <linux/kvm.h>
     r = run("kvm-compat-caps", "--sim", "kvm-l1-p11", "--header", str(header), "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["abi"] == "v5"  # the kernel and the client both speak the header's v5
+    assert json.loads(r.stdout)["abi"] == "linux-7.3"  # the kernel and the client both speak the header's
     r = run("kvm-compat-caps", "--sim", "kvm-l1-p11", "--header", str(header), "--abi", "v4")
-    assert r.returncode == 2 and "defines a v5 ioctl, but --abi v4 was given" in r.stderr
+    assert r.returncode == 2 and "defines a linux-7.3 ioctl, but --abi v4 was given" in r.stderr
     r = run("kvm-compat-caps", "--sim", "kvm-l1-p11", "--header", str(tmp_path / "none.h"))
     assert r.returncode == 2 and "No such file" in r.stderr
 
 
 def test_kvmsim_matrix_json_is_the_behaviour_table() -> None:
-    from test_powerpc import BEHAVIOUR, NO_DEVICE
-
     r = run("kvmsim", "matrix", "--json")
     assert r.returncode == 0
     rows = {row["host"]: row for row in json.loads(r.stdout)}
     assert sorted(rows) == profile.names()
-    for host, (cap, *results) in BEHAVIOUR.items():
-        for abi, expected in zip(("v4", "v5"), results, strict=True):
+    for host, revisions in BEHAVIOUR.items():
+        for abi, (cap, _, expected) in revisions.items():
             got = rows[host][abi]
-            assert got["cap"] == cap
-            assert got.get("error", got.get("compat_capabilities")) == expected, (host, abi)
-    for host in NO_DEVICE:
-        assert rows[host]["v4"] == rows[host]["v5"] == {"cap": None, "error": "ENOENT"}
+            assert got["cap"] == cap, (host, abi)
+            if isinstance(expected, int):
+                assert (got["compat_capabilities"], got["modes"]) == (expected, list(modes_of(expected)))
+            else:
+                stage, _, name = expected.rpartition(":")
+                assert (got["error"], got["stage"]) == (
+                    name,
+                    {"": "ioctl", "create": "KVM_CREATE_VM"}.get(stage, stage),
+                )
+
+
+def test_a_successful_answer_of_zero_is_zero_not_an_error() -> None:
+    from kvmsim.cli import observe
+    from kvmsim.uapi import LINUX_7_3, POWER11
+
+    base = profile.load("powervm-p10")  # its L0 offers only what the L1 cannot run: caps 0
+    host = attrs.evolve(base, hypervisor=attrs.evolve(base.hypervisor, offers=(POWER11,)))
+    seen = observe(host, LINUX_7_3)
+    assert seen.to_json() == {"cap": 1, "compat_capabilities": 0, "modes": []}
+    assert seen.text() == "0x0000000000000000 (none)"

@@ -128,6 +128,7 @@ def test_the_real_powerpc_headers_encode_the_reference_numbers(arch: str, binari
         "KVM_GET_API_VERSION": ppc.kvm_get_api_version(),
         "KVM_CREATE_VM": ppc.kvm_create_vm(),
         "KVM_CHECK_EXTENSION": 0x2000AE03,
+        "linux-7.3": 0x2000AEB8,
         "v4": 0x4018AEE4,
         "v5": 0x2000AEE4,
     }

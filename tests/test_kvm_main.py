@@ -74,6 +74,8 @@ def test_vm_fd_outlives_the_dev_kvm_fd(k: Kernel) -> None:
         ("pseries-kvm-pr", 0, "kvm_pr"),
         ("pseries-kvm-pr", 1, "EINVAL"),
         ("pseries-kvm-pr", 2, "kvm_pr"),
+        ("pseries-kvm-pr-radix", 0, "EINVAL"),  # kvm_pr refused a radix partition
+        ("kvm-l1-p8-compat", 0, "EINVAL"),  # kvm_hv refused ISA 2.07
         ("powernv-p10", 0, "kvm_hv"),
         ("x86_64", 0, "x86"),
         ("x86_64", 1, "EINVAL"),
@@ -91,13 +93,12 @@ def test_create_vm_types(host: str, vm_type: int, result: str) -> None:
     assert vm_ops_name(k, vm) == result
 
 
-def test_pr_and_hv_together_type_0_prefers_hv(tmp_path: pytest.TempPathFactory) -> None:
-    from kvmsim import profile
+def test_pr_and_hv_together_type_0_prefers_hv() -> None:
+    from conftest import evolved
 
-    text = (profile.HOSTS_DIR / "powervm-p11.toml").read_text().replace('["kvm_hv"]', '["kvm_hv", "kvm_pr"]')
-    path = tmp_path / "both.toml"  # type: ignore[operator]
-    path.write_text(text)
-    k = Kernel.from_profile(str(path))
+    from kvmsim.uapi import LINUX_7_3
+
+    k = Kernel(evolved("powernv-p10", modules=("kvm_hv", "kvm_pr"), mmu="hash"), LINUX_7_3)
     dev = k.open()
     vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
     pr = k.ioctl(dev, k.KVM_CREATE_VM, 2)

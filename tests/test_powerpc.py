@@ -1,76 +1,156 @@
 """kvm_arch_vm_ioctl(KVM_PPC_GET_COMPAT_CAPS) and KVM_CHECK_EXTENSION, as the kernel behaves.
 
-The behaviour table: every profile × both revisions; then every errno path of the handler,
-reached through the user-memory model, once per revision."""
+The behaviour table: every profile × every revision (conftest.BEHAVIOUR); module init; the
+start-up capabilities; then every errno path of each handler, reached through the
+user-memory model."""
 
 from __future__ import annotations
 
 import errno
 
+import attrs
 import pytest
-from conftest import REVS, Vm, caps
+from conftest import BEHAVIOUR, REVS, Vm, caps, evolved
 
 from kvmsim import Kernel, profile
-from kvmsim.uapi import ARCHES
+from kvmsim.uapi import ARCHES, LINUX_7_3, POWER11, REVISIONS, AbiRevision
 
 E = errno
-# host: (cap answer, v4 result, v5 result); a result is a bitmap or an errno
-BEHAVIOUR: dict[str, tuple[int, int | str, int | str]] = {
-    "powervm-p10": (1, caps("P10"), caps("P10")),
-    "powervm-p11": (1, caps("P10", "P11"), caps("P10", "P11")),
-    "powervm-p11-compat-p10": (1, caps("P10"), caps("P10")),
-    "powervm-p11-be": (1, caps("P10", "P11"), caps("P10", "P11")),
-    "powervm-p10-hcall-hardware": (1, "EPERM", caps("P10")),  # H_HARDWARE (-1) untranslated
-    "qemu-papr-p10": (1, caps("P9", "P10"), caps("P9", "P10")),
-    "kvm-l1-p9": (1, caps("P9"), caps("P9")),
-    "kvm-l1-p9-be": (1, caps("P9"), caps("P9")),
-    "kvm-l1-p10": (1, caps("P10"), caps("P9", "P10")),
-    "kvm-l1-p11": (1, caps("P11"), caps("P9", "P10", "P11")),
-    "kvm-l1-p10-compat-p9": (1, caps("P9"), caps("P9")),
-    "kvm-l1-no-cpu-version": (1, "EINVAL", "EINVAL"),
-    "kvm-l1-p8-compat": (1, "EINVAL", "EINVAL"),
-    "powernv-p10": (0, "EINVAL", "EINVAL"),
-    "pseries-kvm-pr": (1, "ENOTTY", "ENOTTY"),
-    "x86_64": (0, "ENOTTY", "ENOTTY"),
-}
-NO_DEVICE = ("no-kvm", "powervm-hcall-unavailable")
+DRAFTS_AND_73 = ("linux-7.3", "v5", "v4")
 
 
 def test_the_table_covers_every_profile() -> None:
-    assert sorted([*BEHAVIOUR, *NO_DEVICE]) == profile.names()
+    assert sorted(BEHAVIOUR) == profile.names()
+
+
+def sent(k: Kernel) -> AbiRevision:
+    """The revision whose request and layout a client sends: the kernel's, or on a kernel
+    without the feature, the shipped one."""
+    return k.rev if k.rev.abi is not None else LINUX_7_3
 
 
 @pytest.mark.parametrize("abi", REVS)
 @pytest.mark.parametrize("host", sorted(BEHAVIOUR))
 def test_behaviour_table(host: str, abi: str) -> None:
-    cap, *results = BEHAVIOUR[host]
-    expected = results[REVS.index(abi)]
-    s = Vm(host, abi)
-    k = s.k
-    assert k.ioctl(s.dev, k.KVM_CHECK_EXTENSION, k.rev.cap) == cap
-    assert k.ioctl(s.vm, k.KVM_CHECK_EXTENSION, k.rev.cap) == cap
-    other = 249 if abi == "v5" else 250
-    assert k.ioctl(s.dev, k.KVM_CHECK_EXTENSION, other) == 0  # the other revision's number
-    addr = k.memory.map(24, data=s.struct(size=24))
-    if isinstance(expected, str):
-        assert errno.errorcode[s.errno_of(addr)] == expected
-        assert s.fields(addr) == {"flags": 0, "size": 24, "compat_capabilities": 0}  # nothing written
-    else:
-        assert s.call(addr) == 0
-        assert s.fields(addr) == {"flags": 0, "size": 24, "compat_capabilities": expected}
-
-
-@pytest.mark.parametrize("abi", REVS)
-@pytest.mark.parametrize("host", NO_DEVICE)
-def test_no_dev_kvm_without_a_loaded_module(host: str, abi: str) -> None:
+    cap_dev, cap_vm, result = BEHAVIOUR[host][abi]
     k = Kernel.from_profile(host, abi=abi)
-    with pytest.raises(FileNotFoundError):
-        k.open()
+    asked = sent(k)
+    assert asked.cap is not None
+    if result == "open:ENOENT":
+        with pytest.raises(FileNotFoundError):
+            k.open()
+        return
+    dev = k.open()
+    assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, asked.cap) == cap_dev
+    other = 249 if asked.cap == 250 else 250
+    assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, other) == 0  # the other revisions' number
+    if isinstance(result, str) and result.startswith("create:"):
+        for vm_type in range(4):
+            with pytest.raises(OSError) as exc:
+                k.ioctl(dev, k.KVM_CREATE_VM, vm_type)
+            assert errno.errorcode[exc.value.errno or 0] == result.removeprefix("create:")
+        return
+    vm = int(k.ioctl(dev, k.KVM_CREATE_VM, 0))
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, asked.cap) == cap_vm
+    bo = k.arch.byteorder
+    before = asked.layout.pack(bo, size=24)
+    addr = k.memory.map(24, data=before)
+    request = asked.request(k.arch)
+    assert request is not None
+    if isinstance(result, str):
+        with pytest.raises(OSError) as exc:
+            k.ioctl(vm, request, addr)
+        assert errno.errorcode[exc.value.errno or 0] == result
+        assert k.memory.read(addr, 24) == before  # nothing written
+    else:
+        assert k.ioctl(vm, request, addr) == 0
+        assert k.memory.read(addr, 24) == asked.layout.pack(bo, size=24, compat_capabilities=result)
 
 
-def test_hcall_failure_at_init_is_in_dmesg() -> None:
+@pytest.mark.parametrize(
+    ("host", "module", "err", "dmesg"),
+    [
+        ("powervm-hcall-unavailable", "kvm_hv", "ENODEV", "falling back to nestedv1 (rc=-2)"),
+        ("powervm-hcall-unavailable", "kvm_hv", "ENODEV", "Parent hypervisor does not support nesting (rc=-2)"),
+        ("kvm-l1-p8-compat", "kvm_hv", "ENODEV", None),
+        ("pseries-kvm-pr-radix", "kvm_pr", "EIO", None),
+    ],
+)
+def test_refused_module_leaves_kvm_ko_and_says_why(host: str, module: str, err: str, dmesg: str | None) -> None:
+    k = Kernel.from_profile(host)
+    assert errno.errorcode[k.kvm.load_errors[module].errno or 0] == err  # type: ignore[attr-defined]
+    assert k.kvm.loaded_modules == ["kvm"]
+    if dmesg is not None:
+        assert any(dmesg in line for line in k.dmesg)
+    k.open()  # /dev/kvm is kvm.ko's
+
+
+@pytest.mark.parametrize(
+    ("changes", "loads", "lines"),
+    [
+        # a QEMU L0 with cap-nested-hv: v2 fails, v1 works (every boot logs the fall-back)
+        (
+            {"nested_apis": (1,)},
+            True,
+            ["kvm-hv: nestedv2 get capabilities hcall failed, falling back to nestedv1 (rc=-2)"],
+        ),
+        ({"nested_apis": (2,)}, True, []),  # cap-nested-papr: quiet
+        ({"nested_apis": (1, 2)}, True, []),  # v2 wins
+        (
+            {"nested_apis": ()},
+            False,
+            [
+                "kvm-hv: nestedv2 get capabilities hcall failed, falling back to nestedv1 (rc=-2)",
+                "kvm-hv: Parent hypervisor does not support nesting (rc=-2)",
+            ],
+        ),
+        (
+            {"nested_apis": (2,), "set_capabilities": -4},
+            False,
+            ["kvm-hv: Could not configure parent hypervisor capabilities (rc=-4)"],
+        ),
+    ],
+)
+def test_kvmhv_nested_init(changes: dict[str, object], loads: bool, lines: list[str]) -> None:
+    base = profile.load("qemu-papr-p10")
+    host = attrs.evolve(base, hypervisor=attrs.evolve(base.hypervisor, **changes))
+    k = Kernel(host, LINUX_7_3)
+    assert (k.kvm.loaded_modules == ["kvm", "kvm_hv"]) is loads
+    assert k.dmesg == lines
+
+
+def test_hash_mmu_l1_refuses_kvm_hv() -> None:
+    k = Kernel(evolved("kvm-l1-p10", mmu="hash"), LINUX_7_3)
+    assert k.kvm.load_errors["kvm_hv"].errno == E.ENODEV  # type: ignore[attr-defined]
+
+
+STARTUP = {  # cap -> (sys, vm) per host kind, from the code (and real-kernel.md's recordings)
+    "nested v1 L1": ("kvm-l1-p10", {160: (1, 1), 134: (1, 1), 135: (0, 0), 64: (1, 1), 147: (15, 15)}),
+    "nested v2 L1": ("qemu-papr-p10", {160: (0, 0), 134: (1, 1), 135: (0, 0), 64: (1, 1), 147: (15, 15)}),
+    "bare metal": ("powernv-p10", {160: (1, 1), 134: (1, 1), 135: (1, 1), 64: (1, 1), 147: (15, 15)}),
+    "kvm_pr VM": ("pseries-kvm-pr", {160: (0, 0), 134: (0, 0), 135: (0, 0), 64: (0, 0), 147: (1, 1)}),
+}
+
+
+@pytest.mark.parametrize("kind", STARTUP)
+def test_startup_capabilities(kind: str) -> None:
+    host, expected = STARTUP[kind]
+    k = Kernel.from_profile(host)
+    dev = k.open()
+    vm = int(k.ioctl(dev, k.KVM_CREATE_VM, 0))
+    for cap, (on_dev, on_vm) in expected.items():
+        assert (k.ioctl(dev, k.KVM_CHECK_EXTENSION, cap), k.ioctl(vm, k.KVM_CHECK_EXTENSION, cap)) == (on_dev, on_vm), (
+            cap
+        )
+    assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, 66) == 2048  # KVM_CAP_MAX_VCPUS: NR_CPUS
+    assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, 10) == 32767  # KVM_CAP_NR_MEMSLOTS
+    assert k.ioctl(dev, k.KVM_GET_VCPU_MMAP_SIZE, 0) == 65536  # PAGE_SIZE
+
+
+def test_refused_kvm_hv_answers_as_no_hv() -> None:
     k = Kernel.from_profile("powervm-hcall-unavailable")
-    assert any("H_FUNCTION" in line and "kvm_hv not loaded" in line for line in k.dmesg)
+    dev = k.open()
+    assert [k.ioctl(dev, k.KVM_CHECK_EXTENSION, c) for c in (250, 64, 147, 134)] == [0, 0, 1, 0]
 
 
 def test_big_endian_host_writes_big_endian_bytes() -> None:
@@ -81,43 +161,49 @@ def test_big_endian_host_writes_big_endian_bytes() -> None:
 
 
 @pytest.mark.parametrize("abi", REVS)
-def test_other_revisions_request_is_unknown(abi: str) -> None:
+@pytest.mark.parametrize("other", [r for r in REVS if r != "none"])
+def test_a_kernel_knows_only_its_own_request(abi: str, other: str) -> None:
     s = Vm("powervm-p11", abi)
-    other = Kernel.from_profile("powervm-p11", abi="v5" if abi == "v4" else "v4").KVM_PPC_GET_COMPAT_CAPS
-    addr = s.k.memory.map(24, data=s.struct())
+    request = REVISIONS[other].request(s.k.arch)
+    assert request is not None
+    addr = s.k.memory.map(24, data=REVISIONS[other].layout.pack("little", size=24))
+    if other == abi:
+        assert s.k.ioctl(s.vm, request, addr) == 0
+    else:
+        with pytest.raises(OSError) as exc:
+            s.k.ioctl(s.vm, request, addr)
+        assert exc.value.errno == E.ENOTTY
     with pytest.raises(OSError) as exc:
-        s.k.ioctl(s.vm, other, addr)
-    assert exc.value.errno == E.ENOTTY
-    with pytest.raises(OSError) as exc:
-        s.k.ioctl(s.dev, s.k.KVM_PPC_GET_COMPAT_CAPS, addr)
+        s.k.ioctl(s.dev, request, addr)
     assert exc.value.errno == E.EINVAL  # on /dev/kvm: kvm_arch_dev_ioctl
 
 
-@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("abi", DRAFTS_AND_73)
 def test_x86_encoded_request_is_unknown_to_a_powerpc_kernel(abi: str) -> None:
     s = Vm("powervm-p11", abi)
     x86 = s.k.rev.request(ARCHES["x86_64"])
+    assert x86 is not None
     with pytest.raises(OSError) as exc:
         s.k.ioctl(s.vm, x86, s.k.memory.map(24, data=s.struct()))
     assert exc.value.errno == E.ENOTTY
     with pytest.raises(OSError) as exc:
-        s.k.ioctl(s.dev, 0xAE03, s.k.rev.cap)  # x86 KVM_CHECK_EXTENSION
+        s.k.ioctl(s.dev, 0xAE03, 250)  # x86 KVM_CHECK_EXTENSION
     assert exc.value.errno == E.EINVAL
 
 
 def test_overridden_numbers_are_the_kernels_numbers() -> None:
-    k = Kernel.from_profile("powervm-p11", abi="v5", cap=251, ioctl_nr=0xB8)
+    k = Kernel.from_profile("powervm-p11", abi="v5", cap=251, ioctl_nr=0xB9)
     dev = k.open()
     vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
-    assert k.KVM_PPC_GET_COMPAT_CAPS == 0x2000AEB8
+    assert k.KVM_PPC_GET_COMPAT_CAPS == 0x2000AEB9
     assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, 251) == 1
     assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, 250) == 0
     buf = bytearray(k.rev.layout.pack("little", size=24))
-    k.ioctl(vm, 0x2000AEB8, buf)
+    k.ioctl(vm, 0x2000AEB9, buf)
     assert k.rev.layout.unpack("little", buf)["compat_capabilities"] == caps("P10", "P11")
 
 
-# -- every errno path of §3 -------------------------------------------------
+# -- every errno path of the drafts' handlers (abi.md §3) ----------------------
 
 
 def test_v4_efault_reading_size() -> None:
@@ -132,7 +218,7 @@ def test_v5_efault_reading_size() -> None:
     assert s.errno_of(s.k.memory.map(4)) == E.EFAULT
 
 
-@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("abi", DRAFTS_AND_73)
 @pytest.mark.parametrize("size", [0, 1, 8, 23])
 def test_size_below_24_is_einval_and_writes_nothing(abi: str, size: int) -> None:
     s = Vm("powervm-p11", abi)
@@ -177,21 +263,22 @@ def test_v5_copy_in_fault_is_efault() -> None:
     assert s.errno_of(s.k.memory.map(16, data=s.struct()[:16])) == E.EFAULT
 
 
-def test_v5_flags_einval_comes_before_enotty() -> None:
-    s = Vm("pseries-kvm-pr", "v5")
+@pytest.mark.parametrize("abi", ["v5", "linux-7.3"])
+def test_flags_einval_comes_before_enotty(abi: str) -> None:
+    s = Vm("pseries-kvm-pr", abi)
     before = s.struct(flags=1)
     addr = s.k.memory.map(24, data=before)
     assert s.errno_of(addr) == E.EINVAL
     assert s.k.memory.read(addr, 24) == before
 
 
-@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("abi", DRAFTS_AND_73)
 def test_enotty_for_a_kvm_pr_vm(abi: str) -> None:
     s = Vm("pseries-kvm-pr", abi)
     assert s.errno_of(s.k.memory.map(24, data=s.struct())) == E.ENOTTY
 
 
-@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("abi", DRAFTS_AND_73)
 def test_backend_error_writes_nothing(abi: str) -> None:
     s = Vm("kvm-l1-no-cpu-version", abi)
     before = s.struct(caps=0x55)
@@ -200,7 +287,7 @@ def test_backend_error_writes_nothing(abi: str) -> None:
     assert s.k.memory.read(addr, 24) == before
 
 
-@pytest.mark.parametrize("abi", REVS)
+@pytest.mark.parametrize("abi", DRAFTS_AND_73)
 def test_copy_out_fault_is_efault(abi: str) -> None:
     s = Vm("powervm-p11", abi)
     assert s.errno_of(s.k.memory.map(24, writable=False, data=s.struct())) == E.EFAULT
@@ -213,16 +300,15 @@ def test_v5_input_capabilities_are_ignored() -> None:
     assert s.fields(addr)["compat_capabilities"] == caps("P10")
 
 
-def test_v5_kernel_zero_caps_succeeds_and_warns_once(tmp_path: pytest.TempPathFactory) -> None:
-    text = (profile.HOSTS_DIR / "powervm-p10.toml").read_text().replace('offers = ["power10"]', 'offers = ["power11"]')
-    path = tmp_path / "p10-offered-p11.toml"  # type: ignore[operator]
-    path.write_text(text)
-    s = Vm(str(path), "v5")
+@pytest.mark.parametrize("abi", ["v5", "linux-7.3"])
+def test_cached_zero_caps_succeeds_and_warns_once(abi: str) -> None:
+    base = profile.load("powervm-p10")
+    s = Vm(attrs.evolve(base, hypervisor=attrs.evolve(base.hypervisor, offers=(POWER11,))), abi)
     for _ in range(2):
         addr = s.k.memory.map(24, data=s.struct())
         assert s.call(addr) == 0
         assert s.fields(addr)["compat_capabilities"] == 0
-    assert len([line for line in s.k.dmesg if "caps 0" in line]) == 1
+    assert len([line for line in s.k.dmesg if "nested_capabilities is 0" in line]) == 1
 
 
 # -- the kernel's struct size as a parameter (the patch author's two ABI tests) --

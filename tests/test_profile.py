@@ -60,7 +60,19 @@ MALFORMED = [
     ("unknown pvr", GOOD.replace("0x00800200", "0x00390000"), "cpu.pvr: 0x390000 is not the PVR"),
     ("mode above cpu", GOOD.replace("0x00800200", "0x004E1202"), "cpu.mode: a power9 processor cannot run in power10"),
     ("unknown module", GOOD.replace('["kvm_hv"]', '["kvm_intel"]'), "modules: unknown module 'kvm_intel'"),
-    ("powervm nested v1", GOOD.replace('kind = "powervm"', 'kind = "powervm"\nnested_api = 1'), "nested_api"),
+    ("powervm nested v1", GOOD.replace('kind = "powervm"', 'kind = "powervm"\nnested_apis = [1]'), "nested_apis"),
+    (
+        "odd page size",
+        GOOD.replace('platform = "pseries"', 'platform = "pseries"\npage_size = 8192'),
+        "page_size: 8192",
+    ),
+    (
+        "radix on power8",
+        GOOD.replace('mode = "power10"', 'mode = "power8"').replace(
+            'platform = "pseries"', 'platform = "pseries"\nmmu = "radix"'
+        ),
+        "mmu: radix needs ISA 3.0 (POWER9 or later); this partition runs in power8 mode",
+    ),
     ("unknown hcall code", GOOD + 'hcall_at_init = "H_OOPS"\n', "hypervisor.hcall_at_init: unknown value 'H_OOPS'"),
     ("offers on nested v1", GOOD.replace('kind = "powervm"', 'kind = "kvm"'), "hypervisor.offers: only a nested"),
     ("missing hypervisor", GOOD.split("[hypervisor]")[0], "hypervisor.kind: missing"),
@@ -84,7 +96,9 @@ def test_malformed_profile_is_one_line_naming_file_and_field(tmp_path: Path, tex
 def test_the_good_base_profile_loads(tmp_path: Path) -> None:
     path = tmp_path / "good.toml"
     path.write_text(GOOD)
-    assert profile.load(path).hypervisor.nested_api == 2
+    host = profile.load(path)
+    assert host.hypervisor.nested_apis == (2,)
+    assert (host.page_size, host.mmu, host.kvm_max_vcpus) == (65536, "radix", 2048)
 
 
 def test_unknown_host_name_and_missing_file() -> None:

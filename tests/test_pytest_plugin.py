@@ -16,7 +16,7 @@ from kvmsim.pytest_plugin import SimulatedHost
 
 
 def test_unparametrized_is_the_default_host(kvm_host: SimulatedHost) -> None:
-    assert (kvm_host.name, kvm_host.abi) == ("powervm-p11", "v4")
+    assert (kvm_host.name, kvm_host.abi) == ("powervm-p11", "linux-7.3")
     assert os.path.exists("/dev/kvm")
 
 
@@ -27,7 +27,7 @@ def test_unparametrized_is_the_default_host(kvm_host: SimulatedHost) -> None:
         ("kvm-l1-p10-compat-p9", b"\x0f\x00\x00\x05", ["kvm", "kvm_hv"]),
         ("kvm-l1-no-cpu-version", None, ["kvm", "kvm_hv"]),
         ("pseries-kvm-pr", b"\x0f\x00\x00\x06", ["kvm", "kvm_pr"]),
-        ("powervm-hcall-unavailable", b"\x0f\x00\x00\x06", []),  # kvm_hv's init failed
+        ("powervm-hcall-unavailable", b"\x0f\x00\x00\x06", ["kvm"]),  # kvm_hv refused; kvm.ko stays
         ("no-kvm", b"\x0f\x00\x00\x06", []),
     ],
     indirect=["kvm_host"],

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kvmsim import Kernel
-from kvmsim.uapi import ARCHES, GENERIC_CAPS, V4, V5
+from kvmsim.uapi import ARCHES, GENERIC_CAPS, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_MEMSLOTS, LINUX_7_3, STARTUP_CAPS, V4, V5
 
 pytestmark = pytest.mark.requires_real_kvm  # kvmsim's pytest plugin skips, with the reason
 
@@ -39,10 +39,14 @@ def sides() -> Iterator[tuple[Side, Side]]:
 
 
 X86 = ARCHES["x86_64"]
+# the powerpc start-up caps are unknown to x86 (0); KVM_CAP_MAX_VCPUS is a build setting, left out
+PPC_ONLY_CAPS = set(STARTUP_CAPS.values()) - {KVM_CAP_NR_MEMSLOTS, KVM_CAP_MAX_VCPUS}
 PPC = ARCHES["ppc64le"]
 REQUESTS = {  # every encoding of the compat-caps request, and the powerpc KVM numbers
+    "linux-7.3 x86": LINUX_7_3.request(X86),
     "v4 x86": V4.request(X86),
     "v5 x86": V5.request(X86),
+    "linux-7.3 powerpc": LINUX_7_3.request(PPC),
     "v4 powerpc": V4.request(PPC),
     "v5 powerpc": V5.request(PPC),
     "powerpc KVM_CHECK_EXTENSION": PPC.kvm_check_extension(),
@@ -55,12 +59,13 @@ def _script(side: Side) -> dict[str, object]:
     dev = side.open()
     out["api"] = side.answer(dev, X86.kvm_get_api_version())
     out["api arg 1"] = side.answer(dev, X86.kvm_get_api_version(), 1)
-    for cap in (249, 250, *sorted(GENERIC_CAPS), 9999):
+    out["vcpu mmap size"] = side.answer(dev, X86.kvm_get_vcpu_mmap_size())
+    for cap in (249, 250, KVM_CAP_NR_MEMSLOTS, *sorted(GENERIC_CAPS), *sorted(PPC_ONLY_CAPS), 9999):
         out[f"dev cap {cap}"] = side.answer(dev, X86.kvm_check_extension(), cap)
     out["create vm type 1"] = side.answer(dev, X86.kvm_create_vm(), 1)
     vm = side.ioctl(dev, X86.kvm_create_vm(), 0)
     assert isinstance(vm, int) and vm >= 0
-    for cap in (249, 250, *sorted(GENERIC_CAPS)):
+    for cap in (249, 250, KVM_CAP_NR_MEMSLOTS, *sorted(GENERIC_CAPS)):
         out[f"vm cap {cap}"] = side.answer(vm, X86.kvm_check_extension(), cap)
     for name, req in REQUESTS.items():
         for fd_name, fd in (("dev", dev), ("vm", vm)):
@@ -81,3 +86,5 @@ def test_x86_profile_answers_as_the_real_kernel(sides: tuple[Side, Side]) -> Non
     assert expected["api"] == 12  # and the real kernel is what the reference says
     assert expected["dev cap 250"] == 0
     assert expected["v5 x86 on vm"] == "errno 25"
+    assert expected["linux-7.3 x86 on vm"] == "errno 25"  # 0xaeb8: ENOTTY on a VM fd
+    assert expected["linux-7.3 x86 on dev"] == "errno 22"  # EINVAL on /dev/kvm

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmsim import uapi
-from kvmsim.uapi import ARCHES, V4, V5
+from kvmsim.uapi import ARCHES, LINUX_7_3, NONE, V4, V5
 
 
 @pytest.mark.parametrize(
@@ -17,10 +17,40 @@ from kvmsim.uapi import ARCHES, V4, V5
         (V5, "ppc64", 0x2000AEE4),
         (V4, "x86_64", 0x8018AEE4),
         (V5, "x86_64", 0x0000AEE4),
+        (LINUX_7_3, "ppc64le", 0x2000AEB8),
+        (LINUX_7_3, "ppc64", 0x2000AEB8),
+        (LINUX_7_3, "x86_64", 0x0000AEB8),
+        (NONE, "ppc64le", None),
     ],
 )
-def test_compat_caps_request_numbers(rev: uapi.AbiRevision, arch: str, number: int) -> None:
+def test_compat_caps_request_numbers(rev: uapi.AbiRevision, arch: str, number: int | None) -> None:
     assert rev.request(ARCHES[arch]) == number
+
+
+@pytest.mark.parametrize(
+    ("rev", "cap", "layout", "draft"),
+    [
+        (LINUX_7_3, 250, ("size", "flags", "compat_capabilities"), False),
+        (NONE, None, None, False),
+        (V5, 250, ("size", "flags", "compat_capabilities"), True),
+        (V4, 249, ("flags", "size", "compat_capabilities"), True),
+    ],
+)
+def test_revisions_table(rev: uapi.AbiRevision, cap: int | None, layout: tuple[str, ...] | None, draft: bool) -> None:
+    assert (rev.cap, rev.abi.layout.fields if rev.abi else None, rev.draft) == (cap, layout, draft)
+    assert uapi.DEFAULT_REVISION == "linux-7.3"
+
+
+def test_startup_capability_numbers_are_the_headers() -> None:
+    assert uapi.STARTUP_CAPS == {
+        "KVM_CAP_NR_MEMSLOTS": 10,
+        "KVM_CAP_PPC_SMT": 64,
+        "KVM_CAP_MAX_VCPUS": 66,
+        "KVM_CAP_PPC_MMU_RADIX": 134,
+        "KVM_CAP_PPC_MMU_HASH_V3": 135,
+        "KVM_CAP_PPC_SMT_POSSIBLE": 147,
+        "KVM_CAP_PPC_NESTED_HV": 160,
+    }
 
 
 @pytest.mark.parametrize(
@@ -122,7 +152,19 @@ def test_a_kernel_header_gives_back_its_revision(text: str, rev: uapi.AbiRevisio
 
 def test_a_header_with_other_numbers() -> None:
     rev = uapi.revision_from_header(V5_HEADER.replace("0xe4", "0xb8").replace("250", "251"), "kvm.h")
-    assert (rev.name, rev.cap, rev.request(ARCHES["ppc64le"])) == ("v5", 251, 0x2000AEB8)
+    assert (rev.name, rev.cap, rev.request(ARCHES["ppc64le"])) == ("linux-7.3", 251, 0x2000AEB8)
+    rev = uapi.revision_from_header(V5_HEADER.replace("0xe4", "0xb9"), "kvm.h")
+    assert (rev.name, rev.request(ARCHES["ppc64le"])) == ("linux-7.3", 0x2000AEB9)  # _IO: the shipped rules
+
+
+def test_the_shipped_header_is_linux_7_3() -> None:
+    rev = uapi.revision_from_header(V5_HEADER.replace("0xe4", "0xb8"), "kvm.h")
+    assert rev == uapi.LINUX_7_3
+
+
+def test_negotiation_order() -> None:
+    names = [r.name for r in uapi.negotiable(uapi.REVISIONS.values())]
+    assert names == ["linux-7.3", "v4"]  # 250 is the shipped kernel's; v5 only when forced
 
 
 @pytest.mark.parametrize(

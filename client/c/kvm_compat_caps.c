@@ -1,10 +1,12 @@
 /*
  * What QEMU does with KVM_PPC_GET_COMPAT_CAPS: open /dev/kvm, check the API version, create
- * a VM, check the capability on the VM fd (v5's 250, else v4's 249), issue the ioctl (v5:
- * retry once on E2BIG with the size the kernel wrote back) and print the modes as one JSON
- * object.  Exit 0 modes reported, 1 kernel error, 2 bad usage, 3 host cannot answer.
+ * a VM, check the capability on the VM fd (250: Linux 7.3, else 249: the v4 draft), issue the
+ * ioctl (retry once on E2BIG with the size the kernel wrote back, when it is at least 24),
+ * mask unknown bits and print the modes and QEMU's compat PVR as one JSON object.  The v5
+ * draft is spoken only when asked.  Exit 0 modes reported, 1 kernel error, 2 bad usage, 3
+ * host cannot answer.
  *
- *   kvm_compat_caps [--abi v4|v5] [--struct-size N] [--null | --wild] [--repeat N]
+ *   kvm_compat_caps [--abi linux-7.3|v5|v4] [--struct-size N] [--null | --wild] [--repeat N]
  *
  * --null / --wild pass a NULL / unmapped pointer to the ioctl, to see EFAULT.
  * --repeat N issues the final ioctl N more times and adds "ns_per_ioctl" (for make bench).
@@ -89,7 +91,8 @@ int main(int argc, char **argv)
 	struct utsname u;
 
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--abi") && i + 1 < argc && (!strcmp(argv[i + 1], "v4") || !strcmp(argv[i + 1], "v5")))
+		if (!strcmp(argv[i], "--abi") && i + 1 < argc &&
+		    (!strcmp(argv[i + 1], "linux-7.3") || !strcmp(argv[i + 1], "v4") || !strcmp(argv[i + 1], "v5")))
 			abi = argv[++i];
 		else if (!strcmp(argv[i], "--struct-size") && i + 1 < argc && (size = (unsigned)atoi(argv[++i])) >= 24 && size <= 1024 && size % 8 == 0)
 			;
@@ -102,7 +105,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--wild"))
 			pointer = WILD;
 		else {
-			fprintf(stderr, "kvm_compat_caps: bad argument '%s' (usage: [--abi v4|v5] [--struct-size N] [--null|--wild] [--repeat N] [--numbers])\n", argv[i]);
+			fprintf(stderr, "kvm_compat_caps: bad argument '%s' (usage: [--abi linux-7.3|v5|v4] [--struct-size N] [--null|--wild] [--repeat N] [--numbers])\n", argv[i]);
 			return 2;
 		}
 	}
@@ -114,17 +117,23 @@ int main(int argc, char **argv)
 #ifdef __powerpc__
 	/* built for powerpc: the real headers' numbers */
 	unsigned long get_api_version = KVM_GET_API_VERSION, create_vm = KVM_CREATE_VM, check_extension = KVM_CHECK_EXTENSION;
-	unsigned long request_v4 = KVM_PPC_GET_COMPAT_CAPS_V4, request_v5 = KVM_PPC_GET_COMPAT_CAPS_V5;
+	unsigned long request_v4 = KVM_PPC_GET_COMPAT_CAPS_DRAFT_V4, request_v5 = KVM_PPC_GET_COMPAT_CAPS_DRAFT_V5;
+#ifdef KVM_PPC_GET_COMPAT_CAPS
+	unsigned long request_73 = KVM_PPC_GET_COMPAT_CAPS; /* a Linux 7.3 <linux/kvm.h> */
+#else
+	unsigned long request_73 = _IO(KVMSIM_KVMIO, KVMSIM_PPC_GET_COMPAT_CAPS_NR);
+#endif
 #else
 	unsigned long get_api_version = kvm_io(0x00), create_vm = kvm_io(0x01), check_extension = kvm_io(0x03);
-	unsigned long request_v4 = kvmsim_ioc(powerpc, KVMSIM_IOC_READ, KVMSIM_KVMIO, KVM_PPC_GET_COMPAT_CAPS_NR,
-	                                      sizeof(struct kvm_ppc_compat_caps_v4));
-	unsigned long request_v5 = kvmsim_ioc(powerpc, KVMSIM_IOC_NONE, KVMSIM_KVMIO, KVM_PPC_GET_COMPAT_CAPS_NR, 0);
+	unsigned long request_v4 = kvmsim_ioc(powerpc, KVMSIM_IOC_READ, KVMSIM_KVMIO, KVM_PPC_GET_COMPAT_CAPS_DRAFT_NR,
+	                                      sizeof(struct kvm_ppc_compat_caps_draft_v4));
+	unsigned long request_v5 = kvm_io(KVM_PPC_GET_COMPAT_CAPS_DRAFT_NR);
+	unsigned long request_73 = kvm_io(KVMSIM_PPC_GET_COMPAT_CAPS_NR);
 #endif
 	if (numbers) {
 		printf("{\"KVM_GET_API_VERSION\": %lu, \"KVM_CREATE_VM\": %lu, \"KVM_CHECK_EXTENSION\": %lu, "
-		       "\"v4\": %lu, \"v5\": %lu}\n",
-		       get_api_version, create_vm, check_extension, request_v4, request_v5);
+		       "\"linux-7.3\": %lu, \"v5\": %lu, \"v4\": %lu}\n",
+		       get_api_version, create_vm, check_extension, request_73, request_v5, request_v4);
 		return 0;
 	}
 	int dev = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -137,18 +146,17 @@ int main(int argc, char **argv)
 	if (vm < 0)
 		return fail(1, "kernel", "KVM_CREATE_VM", errno);
 
-	int v5;
-	if (abi)
-		v5 = !strcmp(abi, "v5");
-	else if (ioctl(vm, check_extension, KVM_CAP_PPC_COMPAT_CAPS_V5) > 0)
-		v5 = 1;
-	else if (ioctl(vm, check_extension, KVM_CAP_PPC_COMPAT_CAPS_V4) > 0)
-		v5 = 0;
-	else
-		return fail(3, "unsupported", "KVM_CHECK_EXTENSION", 0);
-
-	unsigned long request = v5 ? request_v5 : request_v4;
-	unsigned size_off = v5 ? 0 : 8, caps_off = 16;
+	if (!abi) {
+		if (ioctl(vm, check_extension, KVMSIM_CAP_PPC_COMPAT_CAPS) > 0)
+			abi = "linux-7.3";
+		else if (ioctl(vm, check_extension, KVM_CAP_PPC_COMPAT_CAPS_DRAFT_V4) > 0)
+			abi = "v4";
+		else
+			return fail(3, "unsupported", "KVM_CHECK_EXTENSION", 0); /* QEMU: the raw host PVR */
+	}
+	int v4 = !strcmp(abi, "v4");
+	unsigned long request = v4 ? request_v4 : !strcmp(abi, "v5") ? request_v5 : request_73;
+	unsigned size_off = v4 ? 8 : 0, caps_off = 16;
 	unsigned char buf[1024];
 	int r = -1;
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -159,7 +167,7 @@ int main(int argc, char **argv)
 		if (r == 0 || errno != E2BIG || attempt)
 			break;
 		uint64_t wanted = get64(buf + size_off);
-		if (wanted < KVM_PPC_COMPAT_CAPS_SIZE_VER0 || wanted >= size)
+		if (wanted < KVM_PPC_COMPAT_CAPS_SIZE_VER0 || wanted > size)
 			break;
 		size = (unsigned)wanted;
 	}
@@ -174,23 +182,27 @@ int main(int argc, char **argv)
 		clock_gettime(CLOCK_MONOTONIC, &t1);
 		ns_per_ioctl = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / repeat;
 	}
-	uint64_t caps = get64(buf + caps_off);
-	if (caps & ~KVM_PPC_COMPAT_BITMASK)
-		return fail(1, "kernel", "KVM_PPC_GET_COMPAT_CAPS", 0);
+	uint64_t caps = get64(buf + caps_off); /* bits outside the mask are ignored, as QEMU does */
 
-	static const struct { uint64_t bit; const char *name; } modes[] = {
-		{KVM_PPC_COMPAT_CAP_POWER9, "power9"}, {KVM_PPC_COMPAT_CAP_POWER10, "power10"}, {KVM_PPC_COMPAT_CAP_POWER11, "power11"}};
+	/* QEMU's PVR for each mode: POWER9 DD2.2, POWER10 DD2.0, POWER11 DD2.0 */
+	static const struct { uint64_t bit; const char *name; unsigned pvr; } modes[] = {
+		{KVM_PPC_COMPAT_CAP_POWER9, "power9", 0x004e1202},
+		{KVM_PPC_COMPAT_CAP_POWER10, "power10", 0x00800200},
+		{KVM_PPC_COMPAT_CAP_POWER11, "power11", 0x00820200}};
 	const char *recommended = NULL;
-	printf("{\"abi\": \"%s\", \"compat_capabilities\": %llu, \"modes\": [", v5 ? "v5" : "v4", (unsigned long long)caps);
+	unsigned pvr = 0;
+	printf("{\"abi\": \"%s\", \"compat_capabilities\": %llu, \"unknown_bits\": %llu, \"modes\": [", abi,
+	       (unsigned long long)caps, (unsigned long long)(caps & ~KVM_PPC_COMPAT_BITMASK));
 	for (unsigned i = 0, n = 0; i < 3; i++)
 		if (caps & modes[i].bit) {
 			printf("%s\"%s\"", n++ ? ", " : "", modes[i].name);
 			recommended = modes[i].name;
+			pvr = modes[i].pvr;
 		}
 	if (recommended)
-		printf("], \"recommended\": \"%s\"", recommended);
+		printf("], \"recommended\": \"%s\", \"qemu_host_compat_pvr\": %u", recommended, pvr);
 	else
-		printf("], \"recommended\": null");
+		printf("], \"recommended\": null, \"qemu_host_compat_pvr\": null");
 	if (repeat)
 		printf(", \"ns_per_ioctl\": %.0f", ns_per_ioctl);
 	printf("}\n");

@@ -1,0 +1,30 @@
+"""KVM-PR (arch/powerpc/kvm/book3s_pr.c): its init check, and its ops, which have no
+``get_compat_caps`` at all."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+import attrs
+
+from .errors import KvmError
+from .profile import Host
+
+
+@attrs.frozen
+class KvmppcOps:
+    """``struct kvmppc_ops``: only what this simulator needs of it."""
+
+    name: str
+    get_compat_caps: Callable[[], int] | None
+
+
+PR_OPS = KvmppcOps("kvm_pr", None)
+
+
+# kvmppc_core_check_processor_compat_pr(): PR cannot run on a radix POWER9+ partition
+def kvmppc_book3s_init_pr(host: Host) -> KvmppcOps:
+    if host.cpu.isa_300 and host.mmu == "radix":
+        raise KvmError(errno.EIO, "kvm_pr cannot run under a radix MMU (ISA 3.0)")
+    return PR_OPS
