@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 BUILD := build
 
-.PHONY: demo test lint bench c clean
+.PHONY: demo test lint bench c lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP) c
 	$(BIN)/python -m kvmsim.bench
+
+# boot real ppc64le kernels under QEMU (fetched into ~/.cache/kvmsim/lab), record, verify
+lab: $(STAMP)
+	$(BIN)/kvmsim lab
 
 # the preload shim and the C example client (kvmsim run also builds the shim on demand)
 c: $(BUILD)/kvmsim_shim.so $(BUILD)/kvm_compat_caps

@@ -159,4 +159,6 @@ def kvmppc_book3s_init_hv(host: Host, abi: CompatCapsAbi | None, printk: Callabl
         raise KvmError(errno.ENODEV, f"an L1 needs ISA 3.0 and a radix MMU ({mode} mode, {host.mmu} MMU)")
     module = HvModule(host, abi, printk)
     kvmhv_nested_init(module)
+    if not kvmhv_on_pseries(host):
+        printk("KVM-HV: Enabling IRQ bypass")  # CONFIG_KVM_XICS, bare metal only
     return module

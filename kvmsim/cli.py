@@ -7,8 +7,10 @@
   kvmsim run --host HOST -- CMD ...    run CMD with /dev/kvm simulated (LD_PRELOAD shim)
   kvmsim record -o FILE.toml           record this machine (files and device) as a profile
   kvmsim verify FILE.toml              replay a recording on the simulator
+  kvmsim lab [--config NAME ...]       boot real ppc64le kernels under QEMU, record, verify
 
-Exit codes: 0 success, 2 bad usage or a bad profile; ``verify`` 1 when any probe disagrees;
+Exit codes: 0 success, 2 bad usage or a bad profile; ``verify`` and ``lab`` 1 when any probe
+disagrees (or a boot failed); ``lab`` 3 when its packages cannot be fetched;
 ``run`` returns CMD's exit code, or 125 when it could not start it (no C compiler, ...),
 126 not executable, 127 not found."""
 
@@ -29,7 +31,7 @@ from .kvm_main import Kernel
 from .profile import Host, ProfileError
 from .uapi import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 
@@ -283,6 +285,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if not bad else EXIT_MISMATCH
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import lab
+
+    names = args.config or [n for n, c in lab.CONFIGS.items() if args.kernel is None or c.kernel == args.kernel]
+    unknown = [n for n in names if n not in lab.CONFIGS]
+    if unknown:
+        raise UsageError(f"lab: unknown configuration {unknown[0]!r} (known: {', '.join(lab.CONFIGS)})")
+    configs = [lab.CONFIGS[n] for n in names if args.kernel is None or lab.CONFIGS[n].kernel == args.kernel]
+    if not configs:
+        raise UsageError(f"lab: no configuration of those runs Linux {args.kernel}")
+    out = Path(args.output or ("fixtures/recorded" if Path("fixtures/recorded").is_dir() else "."))
+    try:
+        results = lab.run_lab(configs, out, jobs=args.jobs)
+    except lab.FetchError as exc:
+        print(f"kvmsim lab: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    failed = 0
+    for r in results:
+        if r.error is not None:
+            failed += 1
+            print(f"{r.config.name:<28} FAILED   {r.error}")
+        elif r.mismatches:
+            failed += 1
+            print(f"{r.config.name:<28} MISMATCH {r.path} ({len(r.mismatches)} probes; {r.seconds:.0f} s)")
+            for m in r.mismatches:
+                print(f"    {m}")
+        else:
+            print(f"{r.config.name:<28} ok       {r.path} (verifies; {r.seconds:.0f} s)")
+    return EXIT_OK if not failed else EXIT_MISMATCH
+
+
 def _kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
     p.add_argument(
@@ -319,6 +354,19 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default="/dev/kvm", metavar="PATH", help="the KVM device (default /dev/kvm)")
     rec.add_argument("-o", "--output", required=True, metavar="FILE.toml", help="where to write the profile")
     rec.set_defaults(func=cmd_record)
+    lab = sub.add_parser(
+        "lab",
+        help="boot real ppc64le kernels under QEMU, record them, verify the simulator",
+        description="Fetch Debian's ppc64le kernels, QEMU and a cross compiler into a private cache "
+        "(~/.cache/kvmsim/lab or $KVMSIM_CACHE/lab), boot each configuration with a hard timeout, "
+        "and write qemu-<config>-linux-<version>.toml recordings that kvmsim verify replays. Exit 0 "
+        "when every boot recorded and verified, 1 otherwise, 3 when the packages cannot be had.",
+    )
+    lab.add_argument("--config", action="append", metavar="NAME", help="a configuration (repeatable; default all)")
+    lab.add_argument("--kernel", choices=["7.3", "7.2"], help="only the configurations running this kernel")
+    lab.add_argument("-o", "--output", metavar="DIR", help="where to write (default fixtures/recorded, else .)")
+    lab.add_argument("-j", "--jobs", type=int, metavar="N", help="boots at once (default: the CPUs)")
+    lab.set_defaults(func=cmd_lab)
     ver = sub.add_parser("verify", help="replay a recording on the simulator")
     ver.add_argument("file", metavar="FILE.toml")
     ver.set_defaults(func=cmd_verify)

@@ -68,7 +68,7 @@ def _read(path: str, notes: list[str], *, binary: bool = False) -> Any:
         return None
 
 
-def _cpuinfo_fields(text: str | None) -> dict[str, str]:
+def cpuinfo_fields(text: str | None) -> dict[str, str]:
     """The first value of each line that says what the machine is (the first processor's)."""
     fields: dict[str, str] = {}
     for line in (text or "").splitlines():
@@ -120,7 +120,7 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
         "byteorder": sys.byteorder,
         "page_size": page_size,
         "device": device,
-        "cpuinfo": _cpuinfo_fields(_read("/proc/cpuinfo", notes)),
+        "cpuinfo": cpuinfo_fields(_read("/proc/cpuinfo", notes)),
         "cpus": _cpu_nodes(notes) if target.arch.is_powerpc else [],
         "modules": _modules(notes),
         "probes": answers,
@@ -269,8 +269,20 @@ def verify(text: str, where: str) -> tuple[AbiRevision, list[Check]]:
         raise ProfileError(f"{where}: recorded.probes: missing (not a file written by kvmsim record)")
     named = host.recorded.get("revision")
     if named in REVISIONS:
-        return REVISIONS[named], replay(Kernel(host, REVISIONS[named]), recorded)
-    return best_replay(text, where, recorded)
+        rev, checks = REVISIONS[named], replay(Kernel(host, REVISIONS[named]), recorded)
+    else:
+        rev, checks = best_replay(text, where, recorded)
+    lab = host.recorded.get("lab")
+    if isinstance(lab, Mapping) and isinstance(lab.get("dmesg"), list):
+        real = kvm_hv_lines(lab["dmesg"])
+        simulated = kvm_hv_lines(Kernel(host, rev).dmesg)
+        checks.append(Check("dmesg (kvm-hv lines)", " | ".join(real) or "-", " | ".join(simulated) or "-"))
+    return rev, checks
+
+
+def kvm_hv_lines(lines: Iterable[str]) -> list[str]:
+    """kvm_hv's own dmesg lines (``kvm-hv:`` and ``KVM-HV:``), the ones kvmsim models."""
+    return [line for line in lines if line.lower().startswith("kvm-hv:")]
 
 
 # ---------------------------------------------------------------------------

@@ -76,10 +76,21 @@ BEHAVIOUR: dict[str, dict[str, Row]] = {
     "kvm-l1-p10-compat-p9": hv(caps("P9")),
     "kvm-l1-no-cpu-version": hv("EINVAL"),
     "kvm-l1-p8-compat": refused(),  # ISA 2.07: kvm_hv ENODEV
-    "powernv-p10": uniform(0, 0, "EINVAL") | {"none": (0, 0, "ENOTTY")},
+    "powernv-p10": uniform(0, 0, "EINVAL"),
     "pseries-kvm-pr": uniform(1, 0, "ENOTTY"),  # a PR VM: 7.3's capability wants HV
     "pseries-kvm-pr-radix": refused(),  # kvm_pr refuses radix: EIO
     "x86_64": uniform(0, 0, "ENOTTY"),
+    # the lab's configurations (fixtures/recorded/qemu-*: what real Linux 7.3 answered)
+    "qemu-nested-hv-p9": hv(caps("P9")),
+    "qemu-nested-hv-p10": hv(caps("P9", "P10"), result_v4=caps("P10")),
+    "qemu-nested-hv-p10-compat-p9": hv(caps("P9")),
+    "qemu-nested-papr-p9": hv(caps("P9")),
+    "qemu-nested-papr-p10": hv(caps("P9", "P10")),
+    "qemu-nested-papr-p10-compat-p9": hv(caps("P9")),
+    "qemu-no-nesting-p10": refused(),  # nested v2 and v1 both fail: kvm_hv ENODEV
+    "qemu-nested-hv-p10-hash": refused(),  # disable_radix: kvm_hv ENODEV
+    "qemu-powernv9": uniform(0, 0, "EINVAL"),
+    "qemu-powernv10": uniform(0, 0, "EINVAL"),
     "no-kvm": NO_DEVICE,
 }
 

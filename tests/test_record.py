@@ -50,8 +50,18 @@ def test_nested_v2_under_qemu_is_told_from_nested_v1_by_the_answers(kvm_host: Si
 
 @pytest.mark.parametrize("path", sorted((ROOT / "fixtures" / "recorded").glob("*.toml")), ids=lambda p: p.name)
 def test_committed_recordings_verify(path: Path) -> None:
+    """Every recording of a real kernel (this machine, the lab's QEMU boots) replays exactly."""
     _rev, checks = record.verify(path.read_text(), str(path))
-    assert checks and all(c.agrees for c in checks)
+    bad = [f"{c.name}: recorded {c.recorded!r}, simulated {c.simulated!r}" for c in checks if not c.agrees]
+    assert checks and not bad, "\n".join(bad)
+
+
+def test_the_lab_recorded_every_configuration() -> None:
+    from kvmsim.lab import CONFIGS
+
+    names = {p.name for p in (ROOT / "fixtures" / "recorded").glob("qemu-*.toml")}
+    for config in CONFIGS.values():
+        assert config.recording in names
 
 
 @pytest.mark.requires_real_kvm

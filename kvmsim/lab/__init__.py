@@ -1,0 +1,126 @@
+"""``kvmsim lab``: a real Linux ppc64le kernel in the loop.
+
+It fetches Debian's ppc64le kernels, QEMU and a cross compiler through a private apt
+configuration (:mod:`.debian`), cross-builds the static prober that asks every probe of
+:func:`kvmsim.probe.kvm_probes` (:mod:`.build`), boots each configuration (:mod:`.configs`)
+under ``qemu-system-ppc64`` with a hard timeout, in parallel (:mod:`.boot`), and writes each
+boot as a ``kvmsim record`` recording whose profile is the configuration's host profile, then
+verifies it against the simulator."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import os
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .. import profile, record
+from . import boot, build
+from .configs import CONFIGS, HEADERS, KERNELS, QEMU, QEMU_LIBS, TOOLCHAIN, Config
+from .debian import Archive, FetchError
+
+__all__ = ["CONFIGS", "FetchError", "Result", "run_lab"]
+
+
+@attrs.frozen
+class Result:
+    config: Config
+    path: Path | None  # the recording written
+    mismatches: tuple[str, ...]  # probes where the simulator disagrees with the real kernel
+    error: str | None  # why there is no recording
+    seconds: float
+
+
+def _missing_libraries(binary: Path, tree: Path) -> list[str]:
+    libs = [str(tree / "usr/lib/x86_64-linux-gnu"), str(tree / "lib/x86_64-linux-gnu")]
+    r = subprocess.run(
+        ["ldd", str(binary)],
+        env={**os.environ, "LD_LIBRARY_PATH": ":".join(libs)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [ln.split()[0] for ln in r.stdout.splitlines() if "not found" in ln]
+
+
+def prepare(archive: Archive, kernels: set[str]) -> dict[str, str]:
+    """Everything fetched and unpacked; package -> version."""
+    archive.update()
+    packages = [*TOOLCHAIN, *HEADERS, *QEMU, *QEMU_LIBS]
+    for version in sorted(kernels):
+        packages += KERNELS[version].packages
+    versions = archive.fetch(packages)
+    for binary in ("usr/bin/qemu-system-ppc64", "usr/bin/powerpc64le-linux-gnu-as"):
+        missing = _missing_libraries(archive.tree / binary, archive.tree)
+        if missing:
+            raise FetchError(f"{binary}: shared libraries missing from this machine: {', '.join(missing)}")
+    return versions
+
+
+def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: dict[str, str]) -> str:
+    """The host profile of ``config`` with the boot's observations as its ``[recorded]``."""
+    kernel = KERNELS[config.kernel]
+    doc = tomllib.loads(profile.resolve(config.profile).read_text())
+    doc["summary"] = f"{doc['summary']} (recorded: Linux {obs.get('kernel', kernel.release)} under QEMU)"
+    lab = {
+        "qemu": " ".join(Path(a).name if a.startswith("/") else a for a in result.command),
+        "packages": [f"{p.name}={versions[p.name]}" for p in (*kernel.packages, *QEMU, *HEADERS)],
+        "seconds": round(result.seconds),
+        "dmesg": boot.kvm_dmesg(obs.pop("dmesg")),
+        "module_init": obs.pop("module_init"),
+    }
+    date = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    recorded = {"date": date, **obs, "revision": kernel.revision, "lab": lab}
+    return record.dumps(doc | {"recorded": recorded})
+
+
+def boot_one(
+    config: Config, archive: Archive, prober: Path, versions: dict[str, str], out_dir: Path, work: Path
+) -> Result:
+    kernel = KERNELS[config.kernel]
+    tree = archive.tree
+    modules = {f"{m}.ko.xz": tree / kernel.module(m) for m in ("kvm", "kvm-hv")}
+    initrd = work / f"{config.name}.cpio"
+    initrd.write_bytes(build.initramfs(prober, modules))
+    result = boot.run(config, tree, tree / kernel.vmlinuz, initrd)
+    console = archive.root / "consoles" / f"{config.name}.log"  # kept for the curious
+    console.parent.mkdir(exist_ok=True)
+    console.write_text(result.console)
+    if result.error is not None:
+        return Result(config, None, (), f"{result.error}; console in {console}", result.seconds)
+    obs = boot.observations(result)
+    text = recording(config, obs, result, versions)
+    name = config.recording
+    path = out_dir / name
+    _, checks = record.verify(text, str(path))
+    tmp = out_dir / f".{name}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)  # never half-written
+    bad = tuple(f"{c.name}: real {c.recorded!r}, simulated {c.simulated!r}" for c in checks if not c.agrees)
+    return Result(config, path, bad, None, result.seconds)
+
+
+def run_lab(
+    configs: Sequence[Config], out_dir: Path, *, jobs: int | None = None, archive: Archive | None = None
+) -> list[Result]:
+    """Fetch, build, boot every configuration (``jobs`` at a time), record and verify."""
+    archive = archive or Archive()
+    versions = prepare(archive, {c.kernel for c in configs})
+    archive.root.mkdir(parents=True, exist_ok=True)
+    prober = build.prober(archive.tree, archive.root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="kvmsim-lab-"))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+            futures = [pool.submit(boot_one, c, archive, prober, versions, out_dir, work) for c in configs]
+            return [f.result() for f in futures]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,227 @@
+/*
+ * kvmsim's real-kernel prober: /init of a QEMU guest running a real Linux ppc64le kernel.
+ *
+ * It mounts /dev, /proc and /sys, loads the KVM modules packed beside it (kvm first, then
+ * kvm-hv), asks /dev/kvm every probe of kvmsim.probe.kvm_probes() -- the table is generated
+ * into probes.h by kvmsim.lab.build, so the guest asks exactly what `kvmsim record` and the
+ * simulator ask -- and prints one line per observation, then powers the guest off:
+ *
+ *   KVMSIM <kind>\t<key>\t<value>
+ *
+ * kinds: probe (an answer, formatted as kvmsim.probe.describe_buffer does), module (a
+ * finit_module result), uname, pagesize, cpuinfo (a line), cpu (a /proc/device-tree cpu node
+ * and its cpu-version), sysmodule (a /sys/module entry), dmesg (a kernel log line), done.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#ifndef MODULE_INIT_COMPRESSED_FILE
+#define MODULE_INIT_COMPRESSED_FILE 4
+#endif
+
+enum probe_fd { FD_DEV, FD_VM };
+enum probe_arg { ARG_INT, ARG_BUF };
+
+struct probe {
+	const char *name;
+	enum probe_fd fd;
+	unsigned long request;
+	enum probe_arg kind;
+	unsigned long value;   /* ARG_INT: the argument; ARG_BUF: the buffer's length */
+	unsigned char head[24]; /* ARG_BUF: the first bytes (the struct) */
+	unsigned char fill;     /* ARG_BUF: every byte past the first 24 */
+	int returns_fd;
+};
+
+#include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ */
+
+#define TAIL_SHOWN 64
+
+static void line(const char *kind, const char *key, const char *value)
+{
+	printf("KVMSIM %s\t%s\t%s\n", kind, key, value);
+	fflush(stdout);
+}
+
+static const char *errname(int e)
+{
+	const char *name = strerrorname_np(e);
+	static char buf[32];
+	if (name)
+		return name;
+	snprintf(buf, sizeof(buf), "errno %d", e);
+	return buf;
+}
+
+static void hex(char *out, const unsigned char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		sprintf(out + 2 * i, "%02x", p[i]);
+	out[2 * n] = 0;
+}
+
+static void load(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	long r = fd < 0 ? -1 : syscall(SYS_finit_module, fd, "", MODULE_INIT_COMPRESSED_FILE);
+	line("module", path, r == 0 ? "0" : errname(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+static void run_probe(const struct probe *p, int dev, int vm)
+{
+	char answer[256 + 2 * TAIL_SHOWN], head[64];
+	int fd = p->fd == FD_DEV ? dev : vm;
+	if (fd < 0)
+		return;
+	if (p->kind == ARG_INT) {
+		long r = ioctl(fd, p->request, p->value);
+		if (r < 0)
+			snprintf(answer, sizeof(answer), "%s", errname(errno));
+		else if (p->returns_fd) {
+			close((int)r);
+			snprintf(answer, sizeof(answer), "fd");
+		} else
+			snprintf(answer, sizeof(answer), "%ld", r);
+		line("probe", p->name, answer);
+		return;
+	}
+	size_t n = p->value;
+	unsigned char *before = malloc(n), *buf = malloc(n);
+	memset(before, p->fill, n);
+	memcpy(before, p->head, n < 24 ? n : 24);
+	memcpy(buf, before, n);
+	long r = ioctl(fd, p->request, buf);
+	if (r < 0)
+		snprintf(head, sizeof(head), "%s", errname(errno));
+	else
+		snprintf(head, sizeof(head), "%ld", r);
+	if (!memcmp(before, buf, n)) {
+		line("probe", p->name, head);
+	} else {
+		char struct_hex[49];
+		size_t k = n < 24 ? n : 24;
+		hex(struct_hex, buf, k);
+		int off = snprintf(answer, sizeof(answer), "%s %s", head, struct_hex);
+		if (n > 24 && memcmp(before + 24, buf + 24, n - 24)) {
+			if (n - 24 <= TAIL_SHOWN) {
+				char tail[2 * TAIL_SHOWN + 1];
+				hex(tail, buf + 24, n - 24);
+				snprintf(answer + off, sizeof(answer) - off, " tail=%s", tail);
+			} else
+				snprintf(answer + off, sizeof(answer) - off, " tail=changed");
+		}
+		line("probe", p->name, answer);
+	}
+	free(before);
+	free(buf);
+}
+
+static void device_tree_cpus(void)
+{
+	DIR *d = opendir("/proc/device-tree/cpus");
+	struct dirent *e;
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char path[512], value[32] = "none";
+		unsigned char raw[8];
+		if (e->d_name[0] == '.' || !strchr(e->d_name, '@'))
+			continue;
+		snprintf(path, sizeof(path), "/proc/device-tree/cpus/%s/cpu-version", e->d_name);
+		int fd = open(path, O_RDONLY);
+		if (fd >= 0) {
+			if (read(fd, raw, sizeof(raw)) == 4)
+				snprintf(value, sizeof(value), "0x%02x%02x%02x%02x", raw[0], raw[1], raw[2], raw[3]);
+			close(fd);
+		}
+		line("cpu", e->d_name, value);
+	}
+	closedir(d);
+}
+
+static void sys_modules(void)
+{
+	static const char *const names[] = {"kvm", "kvm_hv", "kvm_pr"};
+	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char path[64];
+		snprintf(path, sizeof(path), "/sys/module/%s", names[i]);
+		if (!access(path, F_OK))
+			line("sysmodule", names[i], "present");
+	}
+}
+
+static void cpuinfo(void)
+{
+	FILE *f = fopen("/proc/cpuinfo", "r");
+	char buf[512];
+	if (!f)
+		return;
+	while (fgets(buf, sizeof(buf), f)) {
+		buf[strcspn(buf, "\n")] = 0;
+		if (buf[0])
+			line("cpuinfo", "-", buf);
+	}
+	fclose(f);
+}
+
+static void dmesg(void)
+{
+	int n = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	char *buf = malloc(n > 0 ? n + 1 : 1);
+	n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, n > 0 ? n : 0);
+	if (n <= 0)
+		return;
+	buf[n] = 0;
+	for (char *save, *l = strtok_r(buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+		line("dmesg", "-", l);
+	free(buf);
+}
+
+int main(void)
+{
+	struct utsname u;
+	char value[64];
+	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+	mount("proc", "/proc", "proc", 0, NULL);
+	mount("sysfs", "/sys", "sysfs", 0, NULL);
+	load("/kvm.ko.xz");
+	load("/kvm-hv.ko.xz");
+	uname(&u);
+	line("uname", "release", u.release);
+	line("uname", "machine", u.machine);
+	snprintf(value, sizeof(value), "%ld", sysconf(_SC_PAGESIZE));
+	line("pagesize", "-", value);
+	cpuinfo();
+	device_tree_cpus();
+	sys_modules();
+
+	int dev = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	line("probe", "open", dev < 0 ? errname(errno) : "fd");
+	int vm = -1;
+	if (dev >= 0) {
+		vm = ioctl(dev, KVM_CREATE_VM_REQ, 0);
+		line("probe", "create vm", vm < 0 ? errname(errno) : "fd");
+		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
+			run_probe(&PROBES[i], dev, vm);
+	}
+	dmesg();
+	line("done", "-", "-");
+	sync();
+	reboot(RB_POWER_OFF);
+	return 0;
+}

@@ -1,0 +1,158 @@
+"""The real-kernel lab's own parts, without QEMU: the probe table compiled into the guest, the
+initramfs, the console read back, the private apt, the CLI's errors.  (The recordings the lab
+wrote are verified in test_record.py; .ci/run runs the lab itself.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from kvmsim import cli, probe
+from kvmsim.lab import boot as lab_boot
+from kvmsim.lab import build, configs, debian
+from kvmsim.uapi import ARCHES, REVISIONS
+
+PPC = ARCHES["ppc64le"]
+
+
+def test_the_guest_asks_every_probe_the_simulator_is_checked_with() -> None:
+    table = build.probes_h()
+    probes = list(probe.kvm_probes(REVISIONS.values()))
+    assert table.count("\n\t{") == len(probes)
+    for p in probes:
+        assert f'"{p.name}", ' in table
+    assert '"linux-7.3 ioctl size 65537", FD_VM, 0x2000aeb8UL, ARG_BUF, 65537UL' in table
+    assert '"cap 250 on vm", FD_VM, 0x2000ae03UL, ARG_INT, 0xfaUL' in table
+    assert '"v4 ioctl size 32 tail", FD_VM, 0x4018aee4UL, ARG_BUF, 32UL, {0, 0, 0, 0, 0, 0, 0, 0, 32,' in table
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here")
+def test_the_prober_compiles_with_the_table(tmp_path: Path) -> None:
+    (tmp_path / "probes.h").write_text(build.probes_h())
+    source = resources.files("kvmsim.lab").joinpath("prober.c").read_text()
+    (tmp_path / "prober.c").write_text(source)
+    r = subprocess.run(
+        ["cc", "-fsyntax-only", "-Wall", "-Werror", str(tmp_path / "prober.c")], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def parse_newc(data: bytes) -> list[tuple[str, int, bytes]]:
+    out, off = [], 0
+    while True:
+        assert data[off : off + 6] == b"070701"
+        fields = [int(data[off + 6 + 8 * i : off + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        off += 110
+        name = data[off : off + namesize - 1].decode()
+        off += namesize + (-(off + namesize) % 4)
+        body = data[off : off + size]
+        off += size + (-(off + size) % 4)
+        if name == "TRAILER!!!":
+            return out
+        out.append((name, mode, body))
+
+
+def test_initramfs_is_newc_with_init_and_the_modules(tmp_path: Path) -> None:
+    (tmp_path / "p").write_bytes(b"\x7fELF-prober")
+    (tmp_path / "k").write_bytes(b"xz" * 3)
+    entries = parse_newc(build.initramfs(tmp_path / "p", {"kvm.ko.xz": tmp_path / "k"}))
+    assert entries == [
+        ("dev", 0o40755, b""),
+        ("proc", 0o40755, b""),
+        ("sys", 0o40755, b""),
+        ("init", 0o100755, b"\x7fELF-prober"),
+        ("kvm.ko.xz", 0o100644, b"xzxzxz"),
+    ]
+
+
+CONSOLE = """\
+[    0.4] nvram: noise
+KVMSIM module\t/kvm.ko.xz\t0\r
+KVMSIM module\t/kvm-hv.ko.xz\tENODEV\r
+KVMSIM uname\trelease\t7.3-powerpc64le\r
+KVMSIM uname\tmachine\tppc64le\r
+KVMSIM pagesize\t-\t4096\r
+KVMSIM cpuinfo\t-\trevision\t: 2.0 (pvr 0080 1200)\r
+KVMSIM cpuinfo\t-\tplatform\t: pSeries\r
+KVMSIM cpu\tPowerPC,POWER10@0\t0x0f000006\r
+KVMSIM sysmodule\tkvm\tpresent\r
+KVMSIM probe\topen\tfd\r
+KVMSIM probe\tcreate vm\tEINVAL\r
+KVMSIM probe\tcap 250 on dev\t0\r
+KVMSIM probe\tv4 ioctl size 32\t0 000000 tail=changed\r
+KVMSIM dmesg\t-\t<6>[    1.9] kvm-hv: Parent hypervisor does not support nesting (rc=-2)\r
+KVMSIM done\t-\t-\r
+"""
+
+
+def test_the_console_reads_back_as_record_observations() -> None:
+    b = lab_boot.Boot(configs.CONFIGS["no-nesting-p10"], (), CONSOLE, 5.0, None)
+    obs = lab_boot.observations(b)
+    assert obs["probes"] == {
+        "open": "fd",
+        "create vm": "EINVAL",
+        "cap 250 on dev": 0,
+        "v4 ioctl size 32": "0 000000 tail=changed",
+    }
+    assert (obs["kernel"], obs["machine"], obs["page_size"]) == ("7.3-powerpc64le", "ppc64le", 4096)
+    assert obs["cpuinfo"] == {"revision": "2.0 (pvr 0080 1200)", "platform": "pSeries"}
+    assert obs["cpus"] == [{"name": "PowerPC,POWER10@0", "cpu-version": 0x0F000006}]
+    assert obs["modules"] == ["kvm"] and obs["module_init"] == {"kvm": 0, "kvm-hv": "ENODEV"}
+    assert lab_boot.kvm_dmesg(obs["dmesg"]) == ["kvm-hv: Parent hypervisor does not support nesting (rc=-2)"]
+
+
+def test_every_configuration_has_a_host_profile_that_boots() -> None:
+    from kvmsim import Kernel, profile
+
+    for config in configs.CONFIGS.values():
+        Kernel(profile.load(config.profile), REVISIONS[configs.KERNELS[config.kernel].revision])
+
+
+def test_the_private_apt_touches_only_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = debian.Archive(tmp_path / "lab")
+    monkeypatch.setattr(archive, "_apt", lambda *a, **k: subprocess.CompletedProcess([], 0, "", ""))
+    archive.update()
+    conf = archive.config.read_text()
+    assert str(tmp_path) in conf and 'APT::Architectures { "amd64"; "ppc64el"; }' in conf
+    assert all(str(tmp_path) in line for line in conf.splitlines() if line.startswith("Dir"))
+    assert (archive.apt / "etc" / "sources.list").read_text().count("deb [arch=amd64,ppc64el") == len(debian.SUITES)
+
+
+def test_no_archive_is_one_line_and_exit_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def unreachable(self: debian.Archive) -> None:
+        raise debian.FetchError("cannot read Debian's archive (http://deb.debian.org/debian): Err:1 ...")
+
+    monkeypatch.setattr(debian.Archive, "update", unreachable)
+    monkeypatch.setenv("KVMSIM_CACHE", os.fspath(Path("/nonexistent")))
+    assert cli.main(["lab", "--config", "powernv9", "-o", "/nonexistent/out"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read Debian's archive" in err
+    assert not Path("/nonexistent/out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["lab", "--config", "p42"], "unknown configuration 'p42'"),
+        (["lab", "--kernel", "7.2", "--config", "powernv9"], "no configuration"),
+    ],
+)
+def test_bad_lab_usage(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_hung_guest_is_killed_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "usr" / "bin" / "qemu-system-ppc64"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\necho 'KVMSIM probe\topen\tfd'\nexec sleep 30\n")
+    fake.chmod(0o755)
+    b = lab_boot.run(configs.CONFIGS["powernv9"], tmp_path, tmp_path / "vmlinuz", tmp_path / "initrd", timeout=1)
+    assert b.error is not None and "timed out after 1 s" in b.error
+    assert b.seconds < 10
