@@ -7,12 +7,18 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 BUILD := build
 
-.PHONY: demo test lint bench c lab clean
+.PHONY: demo test lint bench c lab wheel-check clean
 
-$(STAMP): pyproject.toml
+# An editable install that starts fast (editable_mode=strict: a tree of links under build/,
+# no import hook), redone when a source file is added or pyproject.toml changes.  Its one
+# informational notice ("Editable installation ... auxiliary directory") is filtered; any
+# other build warning shows.
+SOURCES := $(wildcard kvmsim/*.py kvmsim/*/*.py kvmsim/*/*.c kvmsim/hosts/*.toml client/*.py client/c/*)
+$(STAMP): pyproject.toml $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	PYTHONWARNINGS='ignore:Editable installation' \
+		$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,12 +29,16 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check kvmsim client tests
-	$(BIN)/ruff format --check kvmsim client tests
+	$(BIN)/ruff check kvmsim client tests benchmarks tools
+	$(BIN)/ruff format --check kvmsim client tests benchmarks tools
 	$(BIN)/mypy
 
 bench: $(STAMP) c
-	$(BIN)/python -m kvmsim.bench
+	$(BIN)/python benchmarks/bench.py
+
+# a wheel, installed into a fresh venv, used from outside the checkout
+wheel-check: $(STAMP)
+	PYTHON=$(BIN)/python tools/wheel_check.sh
 
 # boot real ppc64le kernels under QEMU (fetched into ~/.cache/kvmsim/lab), record, verify
 lab: $(STAMP)

@@ -1,13 +1,19 @@
-"""The userspace client of ``KVM_PPC_GET_COMPAT_CAPS``: one library over a real /dev/kvm or
-the simulator.  Public face: :func:`query`, the devices, the result and the typed failures."""
+"""kvmcompat, the userspace client of ``KVM_PPC_GET_COMPAT_CAPS``: one library over a real
+/dev/kvm or the simulator.  Public face: :func:`query`, the device seam, the device tree
+reader, the result and the typed failures.  Importing it loads nothing of the simulator:
+``SimDevice`` (``kvmsim.user.simulated``) is loaded on first use."""
+
+from typing import Any
 
 from .compat import CompatCaps, CompatError, KernelError, NoDevice, Options, Unsupported, decode, query
-from .device import Device, RealDevice, SimDevice
+from .device import Device, RealDevice
+from .devicetree import DeviceTree
 
 __all__ = [
     "CompatCaps",
     "CompatError",
     "Device",
+    "DeviceTree",
     "KernelError",
     "NoDevice",
     "Options",
@@ -17,3 +23,11 @@ __all__ = [
     "decode",
     "query",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SimDevice":
+        from kvmsim.user.simulated import SimDevice
+
+        return SimDevice
+    raise AttributeError(f"module 'kvmcompat' has no attribute {name!r}")

@@ -10,14 +10,22 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kvmsim import DEV_KVM, Kernel, ProfileError
-from kvmsim.cliargs import OneLineParser, add_revision_options, int_arg, revisions
-from kvmsim.uapi import DEFAULT_REVISION, REVISIONS, negotiable
+from kvmsim.cliargs import (
+    EXIT_USAGE,
+    OneLineParser,
+    add_hosts_option,
+    add_revision_options,
+    int_arg,
+    revisions,
+    use_hosts_dirs,
+)
+from kvmsim.uapi import DEFAULT_REVISION, DEV_KVM, REVISIONS, check_struct_size, negotiable
 
 from .compat import CompatCaps, CompatError, Options, query
-from .device import Device, RealDevice, SimDevice
+from .device import Device, RealDevice
+from .devicetree import DeviceTree
 
-EXIT_OK, EXIT_USAGE = 0, 2  # 1 and 3 are the failures' own exit_code (client.compat)
+EXIT_OK = 0  # 1 and 3 are the failures' own exit_code (kvmcompat.compat); 2 is EXIT_USAGE
 
 EPILOG = f"""\
 revisions: linux-7.3 (what shipped, the default: cap 250, ioctl _IO(KVMIO, 0xb8)), none (a
@@ -46,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--sim", metavar="HOST", help="a simulated host: a profile name or a .toml path")
     p.add_argument("--abi", choices=list(REVISIONS), help="ABI revision (see below)")
     add_revision_options(p)
+    add_hosts_option(p)
     p.add_argument("--struct-size", type=int_arg, default=24, metavar="BYTES", help="the client's struct size")
     p.add_argument("--fallback", action="store_true", help="fall back to the device tree, labelled so")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -73,20 +82,26 @@ def _text(result: CompatCaps) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    use_hosts_dirs(args)
     try:
-        forced = args.abi
+        check_struct_size(args.struct_size, "--struct-size")
         revs = revisions(args)
         device: Device
-        if args.sim:
+        tree = DeviceTree()
+        if args.sim:  # only now is the simulator loaded
+            from kvmsim import Kernel, hostfs
+            from kvmsim.user.simulated import SimDevice
+
             kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])
             undetectable = args.abi is not None and revs[args.abi] not in negotiable(revs.values())
             device, opts_abi = SimDevice(kernel), (args.abi if undetectable and revs[args.abi].abi else None)
+            tree = DeviceTree(files=hostfs.files(kernel))
         else:
-            device, opts_abi = RealDevice(args.device or DEV_KVM), forced
-        opts = Options(abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, revisions=revs)
-        if args.struct_size < 24 or args.struct_size % 8:
-            p.error(f"--struct-size {args.struct_size}: must be a multiple of 8, at least 24")
-    except (ProfileError, ValueError) as exc:
+            device, opts_abi = RealDevice(args.device or DEV_KVM), args.abi
+        opts = Options(
+            abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, device_tree=tree, revisions=revs
+        )
+    except ValueError as exc:  # a bad profile (ProfileError), header or size
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

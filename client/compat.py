@@ -17,12 +17,15 @@ from kvmsim.uapi import (
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     REVISIONS,
     AbiRevision,
+    check_struct_size,
+    errname,
     mode_of_logical_pvr,
     modes_of_caps,
     negotiable,
 )
 
 from .device import Device
+from .devicetree import DeviceTree
 
 Source = Literal["ioctl", "device-tree"]
 
@@ -153,7 +156,7 @@ class KernelError(CompatError):
 
 
 def _errname(err: int | None) -> str | None:
-    return None if err is None else errno.errorcode.get(err, f"errno {err}")
+    return None if err is None else errname(err)
 
 
 # -- the query -------------------------------------------------------------------------
@@ -163,7 +166,8 @@ def _errname(err: int | None) -> str | None:
 class Options:
     abi: str | None = None  # force a revision; None negotiates
     struct_size: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0  # the client's own struct size
-    fallback: bool = False  # read /proc/device-tree when the kernel cannot answer
+    fallback: bool = False  # read the device tree when the kernel cannot answer
+    device_tree: DeviceTree = attrs.field(factory=DeviceTree)  # /proc/device-tree unless given
     revisions: Mapping[str, AbiRevision] = attrs.field(factory=lambda: dict(REVISIONS))
 
 
@@ -252,9 +256,9 @@ def decode(caps: int) -> tuple[str, ...]:
     return tuple(m.name for m in modes_of_caps(caps & KVM_PPC_COMPAT_BITMASK))
 
 
-def from_device_tree(device: Device) -> CompatCaps | None:
+def from_device_tree(device: Device, tree: DeviceTree) -> CompatCaps | None:
     """The partition's own mode from the first ``cpu-version``: the fallback, labelled so."""
-    first = next(iter(device.cpu_versions()), None)
+    first = next(iter(tree.cpu_versions()), None)
     mode = mode_of_logical_pvr(first[1]) if first is not None else None
     if mode is None:
         return None
@@ -264,8 +268,7 @@ def from_device_tree(device: Device) -> CompatCaps | None:
 def query(device: Device, opts: Options | None = None) -> CompatCaps:
     """Ask ``device`` which compat modes its nested guests may use."""
     opts = opts or Options()
-    if opts.struct_size < KVM_PPC_COMPAT_CAPS_SIZE_VER0 or opts.struct_size % 8:
-        raise ValueError(f"struct size {opts.struct_size} must be a multiple of 8, at least 24")
+    check_struct_size(opts.struct_size, "struct size")
     try:
         with Session(device) as session:
             rev = session.negotiate(opts)
@@ -273,7 +276,7 @@ def query(device: Device, opts: Options | None = None) -> CompatCaps:
             return CompatCaps(decode(caps), caps, rev.name, "ioctl", device.name)
     except (Unsupported, KernelError) as exc:
         cannot_answer = isinstance(exc, Unsupported) or exc.errno == errno.ENOTTY
-        fallback = from_device_tree(device) if opts.fallback and cannot_answer else None
+        fallback = from_device_tree(device, opts.device_tree) if opts.fallback and cannot_answer else None
         if fallback is None:
             raise
         return fallback

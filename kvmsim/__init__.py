@@ -1,12 +1,35 @@
 """kvmsim: the Linux kernel side of ``KVM_PPC_GET_COMPAT_CAPS``, simulated.
 
 The public face: :class:`Kernel` (boot one from a host profile and talk to it as to
-``/dev/kvm``), :class:`KvmError`, :class:`ProfileError`, and the ABI data in ``kvmsim.uapi``.
-"""
+``/dev/kvm``), :class:`KvmError`, :class:`ProfileError`, :class:`Host`, and the ABI data in
+``kvmsim.uapi``.  They load on first use, so ``import kvmsim.uapi`` (what a client needs on a
+real device) loads nothing of the simulator."""
 
-from .errors import KvmError
-from .kvm_main import Kernel
-from .profile import Host, ProfileError
-from .uapi import DEV_KVM, REVISIONS, AbiRevision
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import KvmError
+    from .profile import Host, ProfileError
+    from .uapi import DEV_KVM, REVISIONS, AbiRevision
+    from .user.simulated import Kernel
+
+_EXPORTS = {
+    "DEV_KVM": "uapi",
+    "REVISIONS": "uapi",
+    "AbiRevision": "uapi",
+    "Host": "profile",
+    "ProfileError": "profile",
+    "KvmError": "errors",
+    "Kernel": "user.simulated",
+}
 __all__ = ["DEV_KVM", "REVISIONS", "AbiRevision", "Host", "Kernel", "KvmError", "ProfileError"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kvmsim' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

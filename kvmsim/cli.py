@@ -17,7 +17,6 @@ disagrees (or a boot failed); ``lab`` 3 when its packages cannot be fetched;
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -25,25 +24,22 @@ from collections.abc import Sequence
 
 import attrs
 
-from . import papr, probe, profile
-from .cliargs import OneLineParser, add_revision_options, revisions
-from .kvm_main import Kernel
+from . import papr, profile
+from .cliargs import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, revisions, use_hosts_dirs
 from .profile import Host, ProfileError
-from .uapi import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision, mode_of_logical_pvr, modes_of_caps
+from .uapi import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision, errname, mode_of_logical_pvr, modes_of_caps
+from .user import probe
+from .user.simulated import Kernel, SimDevice
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
-
-
-def errno_name(err: int | None) -> str:
-    return errno.errorcode.get(err or 0, f"errno {err}")
 
 
 class UsageError(Exception):
     """A bad command line that argparse cannot see."""
 
 
-def describe(answer: probe.Answer) -> str:
+def describe(answer: int | str) -> str:
     """A compat-caps answer for people: the bitmap and its modes, or the errno."""
     if isinstance(answer, str):
         return answer
@@ -82,20 +78,20 @@ def observe(host: Host, rev: AbiRevision) -> Observation:
     assert asked.cap is not None
     cap_probe = next(probe.cap_probes([asked.cap]))
     ioctl_probe = next(probe.compat_caps_probes(asked))
-    answers = probe.run(kernel, [cap_probe, ioctl_probe])
+    answers = probe.run(SimDevice(kernel), [cap_probe, ioctl_probe])
     request = _request_of(asked, host)
-    if answers["open"] != "fd":
-        return Observation(kernel, request, None, answers["open"], "open")
-    cap = answers[cap_probe.name]
-    assert isinstance(cap, int)
-    if answers["create vm"] != "fd":
-        return Observation(kernel, request, cap, answers["create vm"], "KVM_CREATE_VM")
+    opened, created = answers["open"], answers.get("create vm")
+    if opened.error is not None:
+        return Observation(kernel, request, None, opened.error, "open")
+    cap = answers[cap_probe.name].value
+    assert cap is not None and created is not None
+    if created.error is not None:
+        return Observation(kernel, request, cap, created.error, "KVM_CREATE_VM")
     result = answers[ioctl_probe.name]
-    if isinstance(result, str) and " " in result:  # success: the bytes it wrote
-        head, written = result.split()[:2]
-        caps = asked.layout.unpack(host.arch.byteorder, bytes.fromhex(written))["compat_capabilities"]
-        return Observation(kernel, request, cap, caps if head == "0" else head, "ioctl")
-    return Observation(kernel, request, cap, result, "ioctl")
+    if result.error is not None:
+        return Observation(kernel, request, cap, result.error, "ioctl")
+    caps = result.field(asked.layout, host.arch.byteorder, "compat_capabilities")
+    return Observation(kernel, request, cap, caps or 0, "ioctl")  # nothing written: caps were 0
 
 
 def _request_of(rev: AbiRevision, host: Host) -> int:
@@ -106,6 +102,10 @@ def _request_of(rev: AbiRevision, host: Host) -> int:
 
 def cmd_hosts(args: argparse.Namespace) -> int:
     names = profile.names()
+    if not names:
+        where = ", ".join(str(d) for d in profile.search_path())
+        print(f"kvmsim: no host profiles found (searched {where})", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     width = max(map(len, names))
     for name in names:
         print(f"{name:<{width}}  {profile.load(name).summary}")
@@ -150,7 +150,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  {rev.name} {kind}: cap {asked.cap} = {cap}; ioctl {seen.request:#010x} -> {seen.text()}")
         modules = getattr(seen.kernel.kvm, "load_errors", {})
         for module, exc in modules.items():
-            print(f"    modprobe {module}: {errno_name(exc.errno)} ({exc.reason})")
+            print(f"    modprobe {module}: {errname(exc.errno)} ({exc.reason})")
         for line in seen.kernel.dmesg:
             print(f"    dmesg: {line}")
     return EXIT_OK
@@ -279,7 +279,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     width = max(len(c.name) for c in checks)
     print(f"{'PROBE':<{width}}  {'RECORDED':<22} {'SIMULATED (' + rev.name + ')':<22} VERDICT")
     for c in checks:
-        print(f"{c.name:<{width}}  {c.recorded!s:<22} {c.simulated!s:<22} {'ok' if c.agrees else 'MISMATCH'}")
+        verdict = "ok" if c.agrees else "MISMATCH"
+        print(f"{c.name:<{width}}  {c.shown(c.recorded):<22} {c.shown(c.simulated):<22} {verdict}")
     bad = sum(not c.agrees for c in checks)
     print(f"{len(checks) - bad} agree, {bad} mismatch")
     return EXIT_OK if not bad else EXIT_MISMATCH
@@ -330,6 +331,7 @@ def _kernel_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="kvmsim", description="A simulated kernel side of KVM_PPC_GET_COMPAT_CAPS.")
+    add_hosts_option(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     sub.add_parser("hosts", help="list the host profiles").set_defaults(func=cmd_hosts)
     show = sub.add_parser("show", help="a profile and what the simulated kernel derives from it")
@@ -375,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    use_hosts_dirs(args)
     try:
         return int(args.func(args))
     except (ProfileError, UsageError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,6 +31,25 @@ def add_revision_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap", type=int_arg, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS")
     p.add_argument("--ioctl-nr", type=int_arg, metavar="NR", help="override the ioctl's nr (e.g. 0xb8)")
     p.add_argument("--header", metavar="PATH", help="read the numbers and struct layout from a kernel's <linux/kvm.h>")
+
+
+def add_hosts_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hosts-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also look up host profile names in DIR (repeatable; before $KVMSIM_HOSTS and the built-in ones)",
+    )
+
+
+def use_hosts_dirs(args: argparse.Namespace) -> None:
+    """Put ``--hosts-dir`` first on the profile search path (``$KVMSIM_HOSTS``, which
+    ``kvmsim run`` passes on to its command)."""
+    dirs = getattr(args, "hosts_dir", None) or []
+    if dirs:
+        current = os.environ.get("KVMSIM_HOSTS")
+        os.environ["KVMSIM_HOSTS"] = os.pathsep.join([*dirs, *([current] if current else [])])
 
 
 def revisions(args: argparse.Namespace) -> dict[str, AbiRevision]:

@@ -3,7 +3,6 @@ the simulator knows (a real kernel would at most have said it in dmesg)."""
 
 from __future__ import annotations
 
-import errno as _errno
 import functools
 import os
 
@@ -22,10 +21,6 @@ class KvmError(OSError):
     def __init__(self, err: int, reason: str) -> None:
         super().__init__(err, os.strerror(err))
         self.reason = reason
-
-    @property
-    def name(self) -> str:
-        return _errno.errorcode.get(self.errno or 0, f"errno {self.errno}")
 
     def __str__(self) -> str:
         return f"[Errno {self.errno}] {self.strerror}: {self.reason}"

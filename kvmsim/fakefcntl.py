@@ -17,8 +17,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from .kvm_main import Kernel
 from .uapi import DEV_KVM
+from .user.simulated import Kernel
 
 ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"
 

@@ -35,25 +35,22 @@ def _cpu_name(host: Host) -> str:
     return f"{host.cpu.model} (raw)"
 
 
-def cpuinfo(host: Host, ncpus: int = 1) -> str:
+def cpuinfo(host: Host) -> str:
     cpu = host.cpu
     if cpu.pvr is None:
-        return "".join(
-            f"processor\t: {i}\nvendor_id\t: GenuineIntel\nmodel name\t: {cpu.model}\n"
+        return (
+            f"processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: {cpu.model}\n"
             f"cpu MHz\t\t: {cpu.clock_mhz:.3f}\n\n"
-            for i in range(ncpus)
         )
     pvr = cpu.pvr
     revision = f"{(pvr >> 8) & 0xF}.{pvr & 0xFF} (pvr {pvr >> 16:04x} {pvr & 0xFFFF:04x})"
-    lines = []
-    for i in range(ncpus):
-        lines += [
-            f"processor\t: {i}",
-            f"cpu\t\t: {_cpu_name(host)}, altivec supported",
-            f"clock\t\t: {cpu.clock_mhz:.6f}MHz",
-            f"revision\t: {revision}",
-            "",
-        ]
+    lines = [
+        "processor\t: 0",
+        f"cpu\t\t: {_cpu_name(host)}, altivec supported",
+        f"clock\t\t: {cpu.clock_mhz:.6f}MHz",
+        f"revision\t: {revision}",
+        "",
+    ]
     platform, model = MACHINES[(host.platform, host.hypervisor.kind)]
     machine = f"CHRP {model}" if platform == "pSeries" else f"PowerNV {model}"
     lines += [f"timebase\t: {TIMEBASE}", f"platform\t: {platform}", f"model\t\t: {model}", f"machine\t\t: {machine}"]

@@ -3,8 +3,9 @@ per-process fd tables.
 
 :class:`Kernel` is one booted kernel; each :class:`Process` has its own fd table and user
 memory (a local :class:`~kvmsim.usermem.AddressSpace`, or a remote one served by the preload
-shim).  The kernel's own ``open``/``ioctl``/``close``/``memory`` are those of its first
-process, the facade tests and the client call."""
+shim), and the syscalls ``open``, ``close`` and ``sys_ioctl(fd, cmd, arg: int)``.  The
+facade users call (``Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-side code:
+:class:`kvmsim.user.simulated.Kernel`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import errno
 import os
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import attrs
 
@@ -20,7 +21,6 @@ from . import profile
 from .errors import KvmError
 from .powerpc import PowerpcKvm
 from .profile import Host
-from .pyioctl import Scratch, fcntl_ioctl
 from .uapi import (
     DEFAULT_REVISION,
     DEV_KVM,
@@ -30,6 +30,7 @@ from .uapi import (
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     AbiRevision,
     Arch,
+    check_struct_size,
     revision,
 )
 from .usermem import AddressSpace, UserAccess
@@ -73,7 +74,6 @@ class Process:
         self.kernel, self.memory = kernel, memory
         self._files: dict[int, File] = {}
         self._lock = threading.Lock()
-        self._scratch = Scratch()
 
     # -- the fd table ----------------------------------------------------
 
@@ -106,25 +106,11 @@ class Process:
     def is_dev_kvm(self, fd: int) -> bool:
         return isinstance(self._files.get(fd), DevKvmFile)
 
-    def vm_of(self, fd: int) -> object:
-        """The VM behind a VM fd (for tests and ``kvmsim show``)."""
-        file = self._file(fd)
-        if not isinstance(file, VmFile):
-            raise KvmError(errno.EINVAL, f"fd {fd} is not a VM fd")
-        return file.vm
-
     def fds(self) -> dict[int, str]:
         """The open fds and what they are (``/proc/self/fd``)."""
         return {fd: DEV_KVM if isinstance(f, DevKvmFile) else "anon_inode:kvm-vm" for fd, f in self._files.items()}
 
-    # -- ioctl -------------------------------------------------------------
-
-    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
-        """``fcntl.ioctl`` against this kernel: same argument contract, OSError on failure."""
-        memory = self.memory
-        if type(memory) is not AddressSpace:
-            raise TypeError("fcntl.ioctl's buffer contract needs a local address space; use sys_ioctl")
-        return fcntl_ioctl(self.sys_ioctl, memory, self._scratch, fd, request, arg, mutate_flag)
+    # -- ioctl(2) ------------------------------------------------------------
 
     def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
         """``ioctl(2)`` with the raw unsigned-long argument (a user address for pointers)."""
@@ -163,8 +149,7 @@ class Kernel:
     """A simulated kernel for one host profile and one ABI revision."""
 
     def __init__(self, host: Host, rev: AbiRevision, *, ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0) -> None:
-        if ksize < KVM_PPC_COMPAT_CAPS_SIZE_VER0 or ksize % 8:
-            raise ValueError(f"kernel struct size {ksize} must be a multiple of 8, at least 24")
+        check_struct_size(ksize, "kernel struct size")
         self.host, self.rev, self.ksize = host, rev, ksize
         self.dmesg: list[str] = []
         self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else X86Kvm(host)
@@ -175,8 +160,6 @@ class Kernel:
         self.KVM_GET_VCPU_MMAP_SIZE = arch.kvm_get_vcpu_mmap_size()
         # None on a kernel without the feature (rev "none"): it has no such request
         self.KVM_PPC_GET_COMPAT_CAPS = rev.request(arch)
-        self.memory = AddressSpace()
-        self.current = self.process(self.memory)
 
     @classmethod
     def from_profile(
@@ -187,8 +170,8 @@ class Kernel:
         cap: int | None = None,
         ioctl_nr: int | None = None,
         ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0,
-    ) -> Kernel:
-        """Boot a kernel on a host profile (a name under fixtures/hosts/, or a path)."""
+    ) -> Self:
+        """Boot a kernel on a host profile (a name on the profile search path, or a path)."""
         rev = abi if isinstance(abi, AbiRevision) else revision(abi, cap=cap, nr=ioctl_nr)
         return cls(profile.load(name_or_path), rev, ksize=ksize)
 
@@ -203,27 +186,6 @@ class Kernel:
 
     def __repr__(self) -> str:
         return f"<Kernel {self.host.name} {self.host.arch.name} abi={self.rev.name}>"
-
-    # -- the first process's calls: the facade tests and the client use ------
-
-    def open(self, path: str = DEV_KVM, flags: int = os.O_RDWR) -> int:
-        return self.current.open(path, flags)
-
-    def close(self, fd: int) -> None:
-        self.current.close(fd)
-
-    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
-        """``fcntl.ioctl`` against this kernel: same argument contract, OSError on failure."""
-        return self.current.ioctl(fd, request, arg, mutate_flag)
-
-    def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
-        return self.current.sys_ioctl(fd, cmd, arg)
-
-    def fds(self) -> dict[int, str]:
-        return self.current.fds()
-
-    def vm_of(self, fd: int) -> object:
-        return self.current.vm_of(fd)
 
     # kvm_vm_ioctl_check_extension_generic(), then the arch's
     def check_extension(self, ext: int, vm: object | None) -> int:

@@ -8,8 +8,12 @@ file and the field.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import os
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
@@ -20,7 +24,7 @@ from . import papr
 from .papr import Hypervisor, HypervisorKind
 from .uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
 
-HOSTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
+HOSTS_ENV = "KVMSIM_HOSTS"  # a path list of directories searched before the built-in profiles
 
 Platform = Literal["pseries", "powernv", "x86"]
 
@@ -301,15 +305,31 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
     )
 
 
+def builtin_hosts() -> Path:
+    """The profiles shipped inside the package (``kvmsim/hosts``; ``fixtures/hosts`` in a
+    checkout is the same directory)."""
+    return Path(str(resources.files("kvmsim").joinpath("hosts")))
+
+
+def search_path() -> list[Path]:
+    """Where profile names are looked up: ``$KVMSIM_HOSTS`` (``--hosts-dir``, the pytest
+    ``kvmsim_hosts`` ini option), then the built-in profiles."""
+    extra = [Path(p) for p in os.environ.get(HOSTS_ENV, "").split(os.pathsep) if p]
+    return [*extra, builtin_hosts()]
+
+
 def resolve(name_or_path: str | Path) -> Path:
-    """A profile name (``powervm-p11``) resolves under ``fixtures/hosts/``; else a path."""
+    """A profile name (``powervm-p11``) is looked up on :func:`search_path`; else a path."""
     text = str(name_or_path)
-    if "/" not in text and not text.endswith(".toml"):
-        path = HOSTS_DIR / f"{text}.toml"
-        if not path.is_file():
-            raise ProfileError(f"{text}: unknown host (see 'kvmsim hosts' for the list)")
-        return path
-    return Path(text)
+    if "/" in text or text.endswith(".toml"):
+        return Path(text)
+    for directory in search_path():
+        path = directory / f"{text}.toml"
+        if path.is_file():
+            return path
+    close = difflib.get_close_matches(text, names(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (see 'kvmsim hosts' for the list)"
+    raise ProfileError(f"{text}: unknown host{hint}")
 
 
 def load(name_or_path: str | Path) -> Host:
@@ -323,4 +343,9 @@ def load(name_or_path: str | Path) -> Host:
 
 
 def names() -> list[str]:
-    return sorted(p.stem for p in HOSTS_DIR.glob("*.toml"))
+    """Every profile name on the search path."""
+    found: set[str] = set()
+    for directory in search_path():
+        with contextlib.suppress(OSError):
+            found.update(p.stem for p in directory.glob("*.toml"))
+    return sorted(found)

@@ -28,8 +28,8 @@ from .uapi import DEFAULT_REVISION
 if TYPE_CHECKING:
     from pyfakefs.fake_filesystem import FakeFilesystem
 
-    from .kvm_main import Kernel
     from .profile import Host
+    from .user.simulated import Kernel
 
 DEFAULT_HOST = "powervm-p11"
 
@@ -76,11 +76,12 @@ def simulated_host(name: str = DEFAULT_HOST, abi: str = DEFAULT_REVISION) -> Ite
 
     from . import hostfs
     from .fakefcntl import KernelBinding, KvmFcntlModule
-    from .kvm_main import Kernel
-    from .profile import HOSTS_DIR
+    from .profile import search_path
+    from .user.simulated import Kernel
 
     kernel = Kernel.from_profile(name, abi=abi)  # read the profile before the fake fs hides it
     files = hostfs.files(kernel)
+    profile_dirs = [str(d) for d in search_path() if d.is_dir()]  # profiles stay readable by name inside
     uname = _uname_of(kernel.arch.name)
     monkeypatch = pytest.MonkeyPatch()
     try:
@@ -92,7 +93,8 @@ def simulated_host(name: str = DEFAULT_HOST, abi: str = DEFAULT_REVISION) -> Ite
             assert fs is not None
             for path, data in files.items():
                 fs.create_file(path, contents=data)
-            fs.add_real_directory(str(HOSTS_DIR))
+            for directory in profile_dirs:
+                fs.add_real_directory(directory)
             fs.kvmsim_binding = KernelBinding(kernel, fs)  # type: ignore[attr-defined]
             yield SimulatedHost(name, abi, kernel, fs)
     finally:
@@ -105,8 +107,17 @@ def kvm_host(request: pytest.FixtureRequest) -> Iterator[SimulatedHost]:
         yield host
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("kvmsim_hosts", "directories of your own host profiles, searched first", type="paths", default=[])
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_real_kvm: skip unless a real /dev/kvm can be opened")
+    dirs = [str(p) for p in config.getini("kvmsim_hosts")]
+    if dirs:
+        from .profile import HOSTS_ENV
+
+        os.environ[HOSTS_ENV] = os.pathsep.join([*dirs, *filter(None, [os.environ.get(HOSTS_ENV)])])
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

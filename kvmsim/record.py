@@ -23,9 +23,7 @@ from typing import Any
 
 import attrs
 
-from . import papr, probe
-from .kvm_main import Kernel
-from .probe import Answer
+from . import papr
 from .profile import ProfileError, parse
 from .uapi import (
     ARCHES,
@@ -38,6 +36,10 @@ from .uapi import (
     mode_of_pvr,
     modes_of_caps,
 )
+from .user import probe
+from .user.device import RealDevice, machine_arch
+from .user.probe import Answer
+from .user.simulated import Kernel, SimDevice
 
 KVM_MODULES = ("kvm", "kvm_hv", "kvm_pr", "kvm_intel", "kvm_amd", "kvm_pvm")
 CPUINFO_KEYS = (
@@ -109,8 +111,8 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
     notes: list[str] = []
     uname = os.uname()
     page_size = os.sysconf("SC_PAGE_SIZE")
-    target = probe.DeviceTarget(device, arch=probe.machine_arch())  # an unknown machine: refused first
-    answers = probe.run(target, probe.kvm_probes(REVISIONS.values()))
+    target = RealDevice(device, arch=machine_arch())  # an unknown machine: refused first
+    answers = {name: a.to_toml() for name, a in probe.run(target, probe.kvm_probes(REVISIONS.values())).items()}
     if answers.get("open") != "fd":
         notes.append(f"{device}: {answers.get('open')}")
     return {
@@ -140,12 +142,11 @@ def _pvr(cpuinfo: Mapping[str, str]) -> int | None:
 def answered_caps(probes: Mapping[str, Any], byteorder: ByteOrder) -> int | None:
     """The bitmap of the first revision's ioctl that succeeded, from the bytes it wrote."""
     for rev in REVISIONS.values():
-        value = probes.get(f"{rev.name} ioctl")
-        if value == 0:
-            return 0  # succeeded and wrote nothing new: caps 0
-        if isinstance(value, str) and value.startswith("0 "):
-            written = bytes.fromhex(value.split()[1])
-            return rev.layout.unpack(byteorder, written)["compat_capabilities"]
+        if f"{rev.name} ioctl" not in probes:
+            continue
+        answer = Answer.from_toml(probes[f"{rev.name} ioctl"])
+        if answer.error is None:  # succeeded; nothing written means caps 0
+            return answer.field(rev.layout, byteorder, "compat_capabilities") or 0
     return None
 
 
@@ -216,8 +217,12 @@ def _module_sets(observed: list[str]) -> list[list[str]]:
 @attrs.frozen
 class Check:
     name: str
-    recorded: Answer
-    simulated: Answer | None
+    recorded: Answer | str
+    simulated: Answer | str | None
+
+    @staticmethod
+    def shown(answer: Answer | str | None) -> str:
+        return str(answer.to_toml()) if isinstance(answer, Answer) else str(answer)
 
     @property
     def agrees(self) -> bool:
@@ -225,8 +230,8 @@ class Check:
 
 
 def replay(kernel: Kernel, recorded: Mapping[str, Any]) -> list[Check]:
-    simulated = probe.run(kernel, probe.kvm_probes(REVISIONS.values()))
-    return [Check(name, value, simulated.get(name)) for name, value in recorded.items()]
+    simulated = probe.run(SimDevice(kernel), probe.kvm_probes(REVISIONS.values()))
+    return [Check(name, Answer.from_toml(value), simulated.get(name)) for name, value in recorded.items()]
 
 
 def kernel_revisions(recorded: Mapping[str, Any]) -> list[AbiRevision]:

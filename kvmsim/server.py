@@ -184,6 +184,13 @@ class Server:
         thread.start()
         return thread
 
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self._stop.set()
         self.listener.close()

@@ -8,6 +8,7 @@ or :func:`revision` with ``cap=``/``nr=``) from their kernel headers.
 
 from __future__ import annotations
 
+import errno
 import re
 import struct
 from collections.abc import Iterable
@@ -16,6 +17,12 @@ from typing import Literal, cast
 import attrs
 
 DEV_KVM = "/dev/kvm"
+
+
+def errname(err: int | None) -> str:
+    """An errno's name (include/uapi/asm-generic/errno*.h): ``EINVAL``, or ``errno N``."""
+    return errno.errorcode.get(err or 0, f"errno {err}")
+
 
 # include/uapi/linux/kvm.h
 KVMIO = 0xAE
@@ -212,6 +219,14 @@ def modes_of_caps(caps: int) -> tuple[CompatMode, ...]:
 # struct kvm_ppc_compat_caps, one layout per revision
 
 KVM_PPC_COMPAT_CAPS_SIZE_VER0 = 24
+
+
+def check_struct_size(size: int, what: str) -> None:
+    """A ``struct kvm_ppc_compat_caps`` size a program or kernel may have: whole ``__u64``s,
+    at least KVM_PPC_COMPAT_CAPS_SIZE_VER0.  ValueError naming ``what`` otherwise."""
+    if size < KVM_PPC_COMPAT_CAPS_SIZE_VER0 or size % 8:
+        raise ValueError(f"{what} {size} must be a multiple of 8, at least {KVM_PPC_COMPAT_CAPS_SIZE_VER0}")
+
 
 CompatCapsField = Literal["flags", "size", "compat_capabilities"]
 

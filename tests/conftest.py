@@ -7,8 +7,8 @@ import json
 
 import attrs
 import pytest
+from kvmcompat import CompatError, SimDevice, query
 
-from client import CompatError, SimDevice, query
 from kvmsim import Host, Kernel, profile
 from kvmsim.uapi import REVISIONS
 

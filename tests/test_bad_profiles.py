@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from kvmcompat import cli as client_cli
 
-from client import cli as client_cli
 from kvmsim import ProfileError, profile
 from kvmsim import cli as kvmsim_cli
 

@@ -186,7 +186,7 @@ def test_kvmsim_bad_usage(args: list[str]) -> None:
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("module", ["client", "kvmsim"])
+@pytest.mark.parametrize("module", ["kvmcompat", "kvmsim"])
 def test_python_dash_m_works(module: str) -> None:
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "usage:" in r.stdout

@@ -8,11 +8,22 @@ import os
 
 import pytest
 from conftest import BEHAVIOUR, REVS, modes_of
+from kvmcompat import (
+    CompatCaps,
+    DeviceTree,
+    KernelError,
+    NoDevice,
+    Options,
+    RealDevice,
+    SimDevice,
+    Unsupported,
+    decode,
+    query,
+)
 
-from client import CompatCaps, KernelError, NoDevice, Options, RealDevice, SimDevice, Unsupported, decode, query
-from kvmsim import Kernel
-from kvmsim.probe import machine_arch
+from kvmsim import Kernel, hostfs
 from kvmsim.uapi import ARCHES, Arch
+from kvmsim.user.device import machine_arch
 
 P9, P10, P11 = "power9", "power10", "power11"
 
@@ -103,7 +114,8 @@ def test_client_struct_size_is_validated() -> None:
 
 @pytest.mark.parametrize("abi", REVS)
 def test_fallback_reads_the_device_tree_and_says_so(abi: str) -> None:
-    result = query(SimDevice(Kernel.from_profile("pseries-kvm-pr", abi=abi)), Options(fallback=True))
+    kernel = Kernel.from_profile("pseries-kvm-pr", abi=abi)
+    result = query(SimDevice(kernel), Options(fallback=True, device_tree=host_tree(kernel)))
     assert result == CompatCaps((P10,), 1 << 61, "none", "device-tree", "sim:pseries-kvm-pr")
     assert result.to_json()["source"] == "device-tree"
 
@@ -116,7 +128,8 @@ def test_fallback_only_where_the_device_tree_has_an_answer(host: str, failure: t
     # x86: no device tree; nested v1 without cpu-version: EINVAL is not "cannot answer";
     # bare-metal PowerNV: no cpu-version property on an L0
     with pytest.raises(failure):
-        query(SimDevice(Kernel.from_profile(host)), Options(fallback=True))
+        kernel = Kernel.from_profile(host)
+        query(SimDevice(kernel), Options(fallback=True, device_tree=host_tree(kernel)))
 
 
 def test_no_fallback_unless_asked() -> None:
@@ -181,9 +194,17 @@ def test_real_device_tree_reader(tmp_path: os.PathLike[str]) -> None:
         if value:
             with open(os.path.join(cpus, node, "cpu-version"), "wb") as f:
                 f.write(value)
-    dev = RealDevice(device_tree=os.fspath(tmp_path), arch=ARCHES["ppc64le"])
-    assert dev.cpu_versions() == [("PowerPC,POWER10@0", 0x0F000006)]
-    assert RealDevice(device_tree=f"{tmp_path}/none").cpu_versions() == []
+    assert DeviceTree(os.fspath(tmp_path)).cpu_versions() == [("PowerPC,POWER10@0", 0x0F000006)]
+    assert DeviceTree(f"{tmp_path}/none").cpu_versions() == []
+
+
+def test_a_hosts_device_tree_reads_the_same_as_the_files() -> None:
+    assert host_tree(Kernel.from_profile("kvm-l1-p10")).cpu_versions() == [("PowerPC,POWER10@0", 0x0F000006)]
+
+
+def host_tree(kernel: Kernel) -> DeviceTree:
+    """The simulated host's /proc/device-tree, as the pytest plugin and kvmsim run show it."""
+    return DeviceTree(files=hostfs.files(kernel))
 
 
 @pytest.mark.requires_real_kvm

@@ -48,13 +48,9 @@ def binaries() -> dict[str, Path]:
 
 def run_foreign(host: str, abi: str, binary: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
-    server = Server(kernel, tmp / "kvm.sock")
-    server.start()
-    try:
+    with Server(kernel, tmp / "kvm.sock") as server:
         argv, env = prepare(kernel, [str(binary), *args], server.path)
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -9,8 +9,8 @@ import platform
 
 import pytest
 from conftest import REVS
+from kvmcompat import CompatError, Options, RealDevice, SimDevice, query
 
-from client import CompatError, Options, RealDevice, SimDevice, query
 from kvmsim import Kernel, profile
 from kvmsim.pytest_plugin import SimulatedHost
 

@@ -116,3 +116,15 @@ def test_unknown_architecture_is_a_profile_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", "6", "#1", "riscv64")))
     with pytest.raises(ValueError, match="riscv64"):
         record.observe()
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [12, "fd", "EINVAL", "0 180000000000000000000000000000000000000000000060", "E2BIG 1800 tail=ff", "0 18 tail=changed"],
+)
+def test_a_probe_answer_is_a_record_that_round_trips(recorded: int | str) -> None:
+    from kvmsim.user.probe import Answer
+
+    answer = Answer.from_toml(recorded)
+    assert answer.to_toml() == recorded
+    assert (answer.error is None) == (isinstance(recorded, int) or recorded.split()[0] in ("fd", "0"))

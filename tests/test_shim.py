@@ -37,13 +37,9 @@ def under_shim(
     host: str, abi: str, shim: Path, cmd: list[str], tmp: Path, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
-    server = Server(kernel, tmp / "kvm.sock")
-    server.start()
-    try:
+    with Server(kernel, tmp / "kvm.sock") as server:
         env = shim_environment(kernel, server.path, shim) | extra_env
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("abi", REVS)
@@ -77,7 +73,7 @@ def test_c_client_e2big_retry(client_size: int, host: str, shim: Path, c_client:
 )
 def test_python_real_device_client_under_the_shim(host: str, abi: str, shim: Path, tmp_path: Path) -> None:
     code, want = client_answer(host, abi)
-    r = under_shim(host, abi, shim, [sys.executable, "-m", "client", "--json"], tmp_path)
+    r = under_shim(host, abi, shim, [sys.executable, "-m", "kvmcompat", "--json"], tmp_path)
     assert r.returncode == code, r.stderr
     assert printed_answer(r.stdout) == want
 

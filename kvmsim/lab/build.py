@@ -9,8 +9,8 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from .. import probe
 from ..uapi import ARCHES, REVISIONS
+from ..user import probe
 from .debian import FetchError
 
 ARCH = ARCHES["ppc64le"]

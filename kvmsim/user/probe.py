@@ -1,88 +1,87 @@
 """Probes: the questions one asks a KVM device, and its answers as plain values.
 
-A probe runs against anything shaped like a device (``arch``, ``open``/``ioctl``/``close``):
-the simulated :class:`~kvmsim.Kernel`, or a real ``/dev/kvm``.  ``kvmsim show``, ``kvmsim
+A probe runs against a :class:`~kvmsim.user.device.Device`: a real ``/dev/kvm``, or the
+simulator behind :class:`~kvmsim.user.simulated.SimDevice`.  ``kvmsim show``, ``kvmsim
 matrix``, ``record`` and ``verify`` share these probes, so what is recorded on real hardware
 is exactly what the simulator is checked against."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal, Protocol
+from typing import Literal
 
 import attrs
 
-from .uapi import ARCHES, DEV_KVM, GENERIC_CAPS, REVISIONS, STARTUP_CAPS, AbiRevision, Arch
+from ..uapi import (
+    GENERIC_CAPS,
+    REVISIONS,
+    STARTUP_CAPS,
+    AbiRevision,
+    Arch,
+    ByteOrder,
+    CompatCapsField,
+    CompatCapsLayout,
+    errname,
+)
+from .device import Device
 
-# A value, "fd" for a new descriptor, an errno name such as "EINVAL", or for a struct the
-# result and the bytes the kernel wrote (see describe_buffer)
-Answer = int | str
-
-
-class Target(Protocol):
-    @property
-    def arch(self) -> Arch: ...
-    def open(self) -> int: ...
-    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes: ...
-    def close(self, fd: int) -> None: ...
-
-
-def machine_arch() -> Arch:
-    """The architecture of the kernel this process runs on (uname's machine: ppc64le on
-    little-endian POWER, ppc64 on big-endian)."""
-    machine = os.uname().machine
-    try:
-        return ARCHES[machine]
-    except KeyError:
-        raise ValueError(f"{machine}: this machine's architecture is not one kvmsim models") from None
-
-
-class DeviceTarget:
-    """A real KVM device through ``os.open`` and ``fcntl.ioctl``; its arch is the machine's
-    unless given (a client may talk to a kernel of another arch through kvmsim's shim)."""
-
-    def __init__(self, path: str = DEV_KVM, *, arch: Arch | None = None) -> None:
-        self.path = path
-        self._arch = arch
-
-    @property
-    def arch(self) -> Arch:
-        if self._arch is None:
-            self._arch = machine_arch()
-        return self._arch
-
-    def open(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-
-    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
-        return fcntl.ioctl(fd, request, arg, mutate_flag)  # type: ignore[call-overload, no-any-return]
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
-
-
-def errname(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, f"errno {exc.errno}")
+Recorded = int | str  # an Answer as a recording stores it (Answer.to_toml)
 
 
 NULL, WILD = 0, 8  # the bad pointers every struct probe family passes (address 8 is never mapped)
 TAIL_SHOWN = 64  # a changed tail (past the 24-byte struct) is shown in full up to this many bytes
 
 
-def describe_buffer(head: int | str, before: bytes, after: bytes) -> Answer:
-    """A struct probe's answer: the result, then the bytes if the kernel wrote any:
-    ``"0 1800...00"`` (the first 24 bytes, hex), plus ``tail=<hex>`` when bytes past them
-    changed (``tail=changed`` past :data:`TAIL_SHOWN`).  The C prober prints the same."""
-    if after == before:
-        return head
-    text = f"{head} {after[:24].hex()}"
-    if after[24:] != before[24:]:
-        tail = after[24:]
-        text += f" tail={tail.hex()}" if len(tail) <= TAIL_SHOWN else " tail=changed"
-    return text
+@attrs.frozen
+class Answer:
+    """What one probe got: the return value or the errno's name, a new descriptor, and for
+    a struct the bytes the kernel left in it when it wrote any (``written``: the first 24;
+    ``tail``: the changed bytes past them, hex, or ``"changed"`` past :data:`TAIL_SHOWN`)."""
+
+    value: int | None = None
+    error: str | None = None
+    fd: bool = False
+    written: bytes | None = None
+    tail: str | None = None
+
+    @classmethod
+    def of_buffer(cls, head: Answer, before: bytes, after: bytes) -> Answer:
+        if after == before:
+            return head
+        tail = None
+        if after[24:] != before[24:]:
+            tail = after[24:].hex() if len(after) - 24 <= TAIL_SHOWN else "changed"
+        return attrs.evolve(head, written=after[:24], tail=tail)
+
+    def field(self, layout: CompatCapsLayout, byteorder: ByteOrder, name: CompatCapsField) -> int | None:
+        """A field of the struct the kernel wrote, or None when it wrote nothing."""
+        return None if self.written is None else layout.unpack(byteorder, self.written)[name]
+
+    def to_toml(self) -> Recorded:
+        """As a recording stores it (and the C prober prints it): ``12``, ``"fd"``,
+        ``"EINVAL"``, ``"0 1800…00"``, ``"E2BIG 1800…00 tail=ff…"``."""
+        head: Recorded = "fd" if self.fd else self.error if self.error is not None else int(self.value or 0)
+        if self.written is None:
+            return head
+        return f"{head} {self.written.hex()}" + (f" tail={self.tail}" if self.tail is not None else "")
+
+    @classmethod
+    def from_toml(cls, recorded: object) -> Answer:
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            return cls(value=recorded)
+        if not isinstance(recorded, str) or not recorded:
+            raise ValueError(f"not a probe answer: {recorded!r}")
+        head, *rest = recorded.split(" ")
+        if head == "fd":
+            answer = cls(fd=True)
+        elif head.lstrip("-").isdigit():
+            answer = cls(value=int(head))
+        else:
+            answer = cls(error=head)
+        if rest:
+            tail = rest[1].removeprefix("tail=") if len(rest) > 1 else None
+            answer = attrs.evolve(answer, written=bytes.fromhex(rest[0]), tail=tail)
+        return answer
 
 
 @attrs.frozen
@@ -96,20 +95,20 @@ class Probe:
     arg: Callable[[Arch], int | bytes]
     returns_fd: bool = False
 
-    def run(self, target: Target, fds: dict[str, int]) -> Answer:
+    def run(self, target: Device, fds: dict[str, int]) -> Answer:
         arch = target.arch
         arg = self.arg(arch)
         buf = bytearray(arg) if isinstance(arg, bytes) else None
         try:
             ret = int(target.ioctl(fds[self.fd], self.request(arch), arg if buf is None else buf))
         except OSError as exc:
-            head: int | str = errname(exc)
+            head = Answer(error=errname(exc.errno))
         else:
             if self.returns_fd:
                 target.close(ret)
-                return "fd"
-            head = ret
-        return head if buf is None or not isinstance(arg, bytes) else describe_buffer(head, arg, bytes(buf))
+                return Answer(fd=True)
+            head = Answer(value=ret)
+        return head if buf is None or not isinstance(arg, bytes) else Answer.of_buffer(head, arg, bytes(buf))
 
 
 def _request(rev: AbiRevision) -> Callable[[Arch], int]:
@@ -176,20 +175,20 @@ def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values()) -> Iterato
             yield from compat_caps_probes(rev)
 
 
-def run(target: Target, probes: Iterable[Probe]) -> dict[str, Answer]:
+def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
     """Open the device, create a VM (type 0), run every probe; "open" and "create vm"
     report why when the device cannot get that far."""
     try:
         dev = target.open()
     except OSError as exc:
-        return {"open": errname(exc)}
-    answers: dict[str, Answer] = {"open": "fd"}
+        return {"open": Answer(error=errname(exc.errno))}
+    answers: dict[str, Answer] = {"open": Answer(fd=True)}
     try:
         try:
             vm = int(target.ioctl(dev, target.arch.kvm_create_vm(), 0))
-            answers["create vm"] = "fd"
+            answers["create vm"] = Answer(fd=True)
         except OSError as exc:
-            answers["create vm"] = errname(exc)
+            answers["create vm"] = Answer(error=errname(exc.errno))
             vm = -1
         fds = {"dev": dev, "vm": vm}
         try:

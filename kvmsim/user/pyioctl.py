@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .usermem import AddressSpace
+from ..usermem import AddressSpace
 
 IOCTL_BUFSZ = 1024
 ULONG_MASK = (1 << 64) - 1

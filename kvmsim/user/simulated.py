@@ -1,0 +1,63 @@
+"""The simulated kernel as a user calls it: :class:`Kernel` (a booted kernel plus its first
+process, with CPython's ``fcntl.ioctl`` contract on top of ``sys_ioctl``) and
+:class:`SimDevice`, the device seam's simulated side."""
+
+from __future__ import annotations
+
+import os
+
+from .. import kvm_main
+from ..uapi import DEV_KVM, Arch
+from ..usermem import AddressSpace
+from .pyioctl import Scratch, fcntl_ioctl
+
+
+class Kernel(kvm_main.Kernel):
+    """A booted kernel and the facade tests and users call: ``open``/``ioctl``/``close`` of
+    its first process (``current``), whose user memory is :attr:`memory`."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.memory = AddressSpace()
+        self.current = self.process(self.memory)
+        self._scratch = Scratch()
+
+    def open(self, path: str = DEV_KVM, flags: int = os.O_RDWR) -> int:
+        return self.current.open(path, flags)
+
+    def close(self, fd: int) -> None:
+        self.current.close(fd)
+
+    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
+        """``fcntl.ioctl`` against this kernel: same argument contract, OSError on failure."""
+        return fcntl_ioctl(self.current.sys_ioctl, self.memory, self._scratch, fd, request, arg, mutate_flag)
+
+    def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
+        return self.current.sys_ioctl(fd, cmd, arg)
+
+    def fds(self) -> dict[int, str]:
+        return self.current.fds()
+
+
+class SimDevice:
+    """A simulated kernel behind the device seam."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+
+    @property
+    def arch(self) -> Arch:
+        return self.kernel.host.arch
+
+    @property
+    def name(self) -> str:
+        return f"sim:{self.kernel.host.name}"
+
+    def open(self) -> int:
+        return self.kernel.open(DEV_KVM)
+
+    def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
+        return self.kernel.ioctl(fd, request, arg, mutate_flag)
+
+    def close(self, fd: int) -> None:
+        self.kernel.close(fd)
