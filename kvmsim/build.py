@@ -6,10 +6,13 @@ compiler builds anew and concurrent builders never see a half-written file."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +24,37 @@ class BuildError(RuntimeError):
     """The compiler is missing or failed; ``str()`` is one line."""
 
 
+def private(path: Path) -> bool:
+    """Only this user can have put ``path`` there: ours, not a symlink, not group/world-writable."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not stat.S_ISLNK(st.st_mode) and not st.st_mode & 0o022
+
+
+_fallback: list[Path] = []
+
+
+def private_fallback(reason: str) -> Path:
+    """A fresh 0700 directory of this process, when the cache cannot be trusted (said once)."""
+    if not _fallback:
+        _fallback.append(Path(tempfile.mkdtemp(prefix="kvmsim-private-")))
+        print(f"kvmsim: {reason}; building into {_fallback[0]} instead", file=sys.stderr)
+    return _fallback[0]
+
+
 def cache_dir() -> Path:
+    """``$KVMSIM_CACHE``, else ``~/.cache/kvmsim``: created 0700, and used only while it is
+    this user's and nobody else can write it (else a private directory, said once)."""
     base = os.environ.get("KVMSIM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvmsim"
     )
     path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not private(path):
+        return private_fallback(f"the cache {path} is not private to uid {os.getuid()}")
     return path
 
 
@@ -51,8 +79,10 @@ def compile_c(
             digest.update(header.read_bytes())
     stem = sources[0].stem
     out = (out_dir or cache_dir()) / f"{stem}-{digest.hexdigest()[:16]}{'.so' if shared else ''}"
-    if out.exists():
-        return out
+    if out.exists() or out.is_symlink():
+        if private(out):
+            return out
+        out = private_fallback(f"{out} is not this user's own file") / out.name  # never run a planted file
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{stem}-")
     os.close(fd)
     proc = subprocess.run([cc, *args, "-o", tmp, *map(str, sources), *libs], capture_output=True, text=True)

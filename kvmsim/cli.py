@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -207,14 +206,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from .server import Server
+    from .server import Server, ServerError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
     kernel = _kernel(args)
-    if os.path.exists(args.socket):
-        raise UsageError(f"{args.socket}: already exists")
-    server = Server(kernel, args.socket)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server = Server(kernel, args.socket)
+    except ServerError as exc:
+        raise UsageError(str(exc)) from None
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: server.stop())
     print(f"kvmsim serve: {kernel.host.name} ({kernel.rev.name}) on {args.socket}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

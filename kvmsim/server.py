@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -83,6 +84,34 @@ class RemoteMemory(UserAccess):
         return len(pending), b"".join(wire.WRITE.pack(addr, len(data)) + data for addr, data in pending)
 
 
+class ServerError(Exception):
+    """A socket path the server will not use; ``str()`` is one line."""
+
+
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse what another user could interfere with: a path in a directory others may write
+    (unless it is sticky, like /tmp), an existing file or symlink, a missing directory, a
+    path longer than a Unix socket's."""
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise ServerError(f"{path}: longer than a Unix socket path may be ({SUN_PATH_MAX} bytes)")
+    if os.path.lexists(path):
+        raise ServerError(f"{path}: already exists")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        raise ServerError(f"{parent}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ServerError(f"{parent}: not a directory")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise ServerError(
+            f"{parent}: other users may write there (mode {st.st_mode & 0o7777:o}); use a private directory"
+        )
+
+
 def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -144,13 +173,16 @@ class Server:
 
     def __init__(self, kernel: Kernel, path: str | Path) -> None:
         self.kernel, self.path = kernel, str(path)
+        check_socket_path(self.path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket file is created 0600
+        old = os.umask(0o177)  # the socket file is created 0600 (never chmod: it could be a symlink by then)
         try:
             self.listener.bind(self.path)
+        except OSError as exc:
+            self.listener.close()
+            raise ServerError(f"{self.path}: cannot create the socket: {exc.strerror}") from None
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
         self.listener.listen(128)
         self.listener.settimeout(0.2)  # serve_forever polls for stop()
         self._stop = threading.Event()

@@ -28,6 +28,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -41,6 +42,10 @@
 #define MAX_PAYLOAD (1u << 20)
 #define WINDOW 256 /* read-ahead bytes at an ioctl's argument */
 #define MAX_FD 65536
+/* The most a handler may touch from an ioctl's argument: KVM_PPC_GET_COMPAT_CAPS reads at
+ * most PAGE_SIZE (64K on POWER) from it.  The server's memory requests are honoured only in
+ * [arg, arg + ARG_SPAN) of the ioctl in progress, never elsewhere in this process. */
+#define ARG_SPAN 65536u
 
 enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8 };
 #define RESULT_NEW_FD 1u
@@ -60,6 +65,9 @@ static int (*real_fcntl64)(int, int, ...);
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock = -1;
+static int lost;              /* the connection broke (or the server was refused): never reconnect */
+static int in_ioctl;          /* memory requests are allowed only during an ioctl ... */
+static uint64_t arg_base;     /* ... and only in [arg_base, arg_base + ARG_SPAN) */
 static int mem_pipe[2] = {-1, -1};
 static int use_pipe;
 static int32_t kfd_of[MAX_FD]; /* kernel fd + 1; 0 = not emulated */
@@ -173,12 +181,34 @@ static int recv_header(uint16_t *type, uint32_t *len)
 	return 0;
 }
 
+/* May the server at the other end of sock touch this process?  Only our own uid or root. */
+static int trusted_server(const char *path)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return 0;
+	if (cred.uid == getuid() || cred.uid == 0)
+		return 1;
+	char msg[512];
+	int n = snprintf(msg, sizeof(msg),
+	                 "kvmsim shim: refusing the server at %s: it runs as uid %u, not as uid %u or root\n", path,
+	                 (unsigned)cred.uid, (unsigned)getuid());
+	if (n > 0)
+		(void)!write(2, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
+	return 0;
+}
+
 static int connect_server(void)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	const char *path = getenv("KVMSIM_SOCKET");
 	if (sock >= 0)
 		return 0;
+	if (lost) { /* whatever listens at the path now is not the server this process trusted */
+		errno = EIO;
+		return -1;
+	}
 	if (!path || strlen(path) >= sizeof(addr.sun_path)) {
 		errno = ENOENT;
 		return -1;
@@ -194,6 +224,13 @@ static int connect_server(void)
 		errno = e;
 		return -1;
 	}
+	if (!trusted_server(path)) {
+		real_close(sock);
+		sock = -1;
+		lost = 1;
+		errno = EACCES;
+		return -1;
+	}
 	return 0;
 }
 
@@ -202,6 +239,17 @@ static void disconnect(void)
 	if (sock >= 0)
 		real_close(sock);
 	sock = -1;
+	lost = 1;
+}
+
+/* Is [addr, addr + n) inside the argument span of the ioctl in progress?  (No overflow:
+ * an address near 2^64 is simply outside.) */
+static int in_span(uint64_t addr, uint64_t n)
+{
+	if (!in_ioctl || addr < arg_base)
+		return 0;
+	uint64_t off = addr - arg_base;
+	return off <= ARG_SPAN && n <= ARG_SPAN - off;
 }
 
 /* ---- the caller's memory, for the kernel's copy_from_user / copy_to_user ------------ */
@@ -339,7 +387,7 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 				off += 12;
 				if (off + n > len)
 					break;
-				fault = mem_write(be64toh(addr), p + off, n, &done) != 0;
+				fault = !in_span(be64toh(addr), n) || mem_write(be64toh(addr), p + off, n, &done) != 0;
 				off += n;
 			}
 			free(p);
@@ -368,7 +416,7 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 			void *buf = malloc(n ? n : 1);
 			if (!buf)
 				goto broken;
-			err = (uint32_t)mem_read(addr, buf, n);
+			err = in_span(addr, n) ? (uint32_t)mem_read(addr, buf, n) : EFAULT;
 			uint32_t be_err = htobe32(err);
 			int bad = send_frame(MEM_DATA, &be_err, 4, buf, err ? 0 : n);
 			free(buf);
@@ -386,7 +434,8 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 				free(buf);
 				goto broken;
 			}
-			err = (uint32_t)mem_write(be64toh(addr), buf, n, &done);
+			done = 0;
+			err = in_span(be64toh(addr), n) ? (uint32_t)mem_write(be64toh(addr), buf, n, &done) : EFAULT;
 			free(buf);
 			uint32_t ack[2] = {htobe32(err), htobe32(done)};
 			if (send_frame(MEM_ACK, ack, 8, NULL, 0))
@@ -444,7 +493,10 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	memcpy(req + 8, &a, 8);
 	size_t n = mem_read_prefix((uint64_t)(uintptr_t)arg, window, sizeof(window));
 	pthread_mutex_lock(&lock);
+	in_ioctl = 1;
+	arg_base = (uint64_t)(uintptr_t)arg;
 	long r = sock >= 0 ? call(IOCTL, req, 16, window, n, &fl) : (errno = EIO, -1);
+	in_ioctl = 0;
 	ret = (int)r;
 	if (r >= 0 && (fl & RESULT_NEW_FD))
 		ret = placeholder((int)r, 1);

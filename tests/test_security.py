@@ -1,0 +1,311 @@
+"""Nobody gets in: the shim talks only to a server of its own uid (or root) and lets it touch
+nothing but the argument of the ioctl in progress; it never reconnects to whatever listens
+at the path later; the build cache runs no file another user could have planted; the server
+puts its socket only where others cannot interfere.  Each test fails on the code before."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmsim import Kernel, build, wire
+from kvmsim.build import build_shim, compile_c
+from kvmsim.runner import shim_environment
+from kvmsim.server import Server, ServerError
+from kvmsim.wire import Msg
+
+ROOT = Path(__file__).resolve().parent.parent
+C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
+NOBODY = 65534
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
+as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
+
+
+@pytest.fixture(scope="module")
+def shim() -> Path:
+    return build_shim()
+
+
+@pytest.fixture(scope="module")
+def c_client() -> Path:
+    return compile_c([C_CLIENT])
+
+
+def victim_env(shim: Path, sock: Path) -> dict[str, str]:
+    return shim_environment(Kernel.from_profile("powervm-p11"), str(sock), shim)
+
+
+# -- 1. the server's credentials ------------------------------------------------------
+
+
+@as_root
+def test_an_impostor_of_another_uid_gets_nothing(shim: Path, c_client: Path) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="kvmsim-shared-"))  # under /tmp: the impostor can reach it
+    shared.chmod(0o777)
+    path = shared / "kvm.sock"
+    ready_r, ready_w = os.pipe()
+    got_r, got_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the impostor: uid 65534, listens where the victim will connect
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(path))
+            listener.listen(1)
+            os.write(ready_w, b"x")
+            listener.settimeout(20)
+            conn, _ = listener.accept()
+            conn.settimeout(5)
+            data = b""
+            with contextlib.suppress(OSError):
+                conn.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(0x1000, 64)))  # ask for memory at once
+                while chunk := conn.recv(4096):
+                    data += chunk
+            os.write(got_w, json.dumps({"received": len(data)}).encode())
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(got_w)
+    try:
+        assert os.read(ready_r, 1) == b"x", "the impostor could not listen"
+        env = victim_env(shim, path)
+        r = subprocess.run([str(c_client)], env=env, capture_output=True, text=True, timeout=30)
+        got = os.read(got_r, 4096)
+    finally:
+        os.waitpid(pid, 0)
+        shutil.rmtree(shared, ignore_errors=True)
+    assert json.loads(got) == {"received": 0}  # not one byte: no frame, no memory
+    assert r.returncode == 3 and json.loads(r.stdout)["error"]["name"] == "EACCES"
+    assert f"refusing the server at {path}: it runs as uid {NOBODY}" in r.stderr
+
+
+# -- an evil server of the same uid: memory outside the argument ------------------------
+
+
+def evil_server(path: Path, on_compat_caps: Callable[[socket.socket, int], None]) -> Iterator[list[object]]:
+    """Answers the C client's calls; at the compat-caps ioctl hands the connection to
+    ``on_compat_caps(conn, arg)``.  Yields what it observed."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    seen: list[object] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        reader = wire.FrameReader(conn)
+        try:
+            while True:
+                msg, payload = reader.read()
+                if msg == Msg.OPEN:
+                    conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3, 0, 0, 0)))
+                elif msg == Msg.IOCTL:
+                    (_fd, cmd, arg), _ = wire.unpack(wire.IOCTL, payload, exact=False)
+                    if cmd == 0x2000AEB8:
+                        on_compat_caps(conn, arg)
+                        seen.append(("caps", arg, reader.read()))
+                        conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
+                    else:
+                        ret, flags = {0x2000AE00: (12, 0), 0x2000AE01: (4, wire.RESULT_NEW_FD)}.get(cmd, (1, 0))
+                        conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(ret, 0, flags, 0)))
+                elif msg == Msg.CLOSE:
+                    conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
+        except wire.ProtocolError:
+            pass
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield seen
+    listener.close()
+    thread.join(10)
+
+
+SECRET = "kvmsim-secret-in-the-victim"
+
+
+@pytest.mark.parametrize("offset", [-8, -4096, 65536, 1 << 20])
+@pytest.mark.parametrize("memory", ["process_vm", "pipe"])
+def test_memory_outside_the_argument_is_refused(
+    offset: int, memory: str, shim: Path, c_client: Path, tmp_path: Path
+) -> None:
+    def ask(conn: socket.socket, arg: int) -> None:
+        conn.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack((arg + offset) % 2**64, 32)))
+
+    path = tmp_path / "kvm.sock"
+    env = victim_env(shim, path) | {"KVMSIM_SECRET": SECRET}
+    if memory == "pipe":
+        env["KVMSIM_MEMORY"] = "pipe"
+    gen = evil_server(path, ask)
+    seen = next(gen)
+    subprocess.run([str(c_client), "--abi", "linux-7.3"], env=env, capture_output=True, text=True, timeout=30)
+    next(gen, None)
+    (_, _arg, (msg, payload)), *_ = seen
+    assert msg == Msg.MEM_DATA and payload == wire.MEM_DATA.pack(14)  # EFAULT, and no bytes
+
+
+def test_memory_inside_the_argument_is_served(shim: Path, c_client: Path, tmp_path: Path) -> None:
+    def ask(conn: socket.socket, arg: int) -> None:
+        conn.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(arg, 8)))
+
+    path = tmp_path / "kvm.sock"
+    gen = evil_server(path, ask)
+    seen = next(gen)
+    subprocess.run([str(c_client), "--abi", "linux-7.3"], env=victim_env(shim, path), capture_output=True, timeout=30)
+    next(gen, None)
+    (_, _arg, (msg, payload)), *_ = seen
+    assert msg == Msg.MEM_DATA and payload == wire.MEM_DATA.pack(0) + (24).to_bytes(8, "little")  # its size field
+
+
+WRITER = """
+import ctypes, fcntl, os, sys
+secret = ctypes.create_string_buffer(b"untouched", 16)
+print(ctypes.addressof(secret), flush=True)
+fd = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(fd, 0x2000AE01, 0)
+try:
+    fcntl.ioctl(vm, 0x2000AEB8, bytearray(24))
+    print("ok")
+except OSError as exc:
+    print(exc.errno)
+print(secret.value.decode())
+"""
+
+
+def test_a_result_writing_outside_the_argument_is_not_applied(shim: Path, tmp_path: Path) -> None:
+    path = tmp_path / "kvm.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    env = victim_env(shim, path)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    secret_addr = int(proc.stdout.readline())
+    conn, _ = listener.accept()
+    reader = wire.FrameReader(conn)
+    for _ in range(3):  # OPEN, CREATE_VM, the compat caps ioctl
+        msg, payload = reader.read()
+        if msg == Msg.IOCTL and wire.unpack(wire.IOCTL, payload, exact=False)[0][1] == 0x2000AEB8:
+            write = wire.WRITE.pack(secret_addr, 8) + b"OVERWRIT"
+            conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 1) + write))
+        else:
+            new_fd = msg == Msg.IOCTL
+            conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3 + new_fd, 0, int(new_fd), 0)))
+    out = proc.communicate(timeout=30)[0].split()
+    conn.close()
+    listener.close()
+    assert out == ["14", "untouched"]  # EFAULT, and the secret is as it was
+
+
+RECONNECT = """
+import errno, fcntl, os
+fd = os.open("/dev/kvm", os.O_RDWR)
+for step in ("ioctl", "open"):
+    try:
+        fcntl.ioctl(fd, 0x2000AE00, 0) if step == "ioctl" else os.open("/dev/kvm", os.O_RDWR)
+        print(step, "ok")
+    except OSError as exc:
+        print(step, errno.errorcode[exc.errno])
+"""
+
+
+def test_no_silent_reconnect_after_the_connection_is_lost(shim: Path, tmp_path: Path) -> None:
+    path = tmp_path / "kvm.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RECONNECT], env=victim_env(shim, path), stdout=subprocess.PIPE, text=True
+    )
+    conn, _ = listener.accept()
+    wire.FrameReader(conn).read()  # OPEN
+    conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3, 0, 0, 0)))
+    conn.close()  # the server goes away; whatever listens at the path next is not to be trusted
+    out = proc.communicate(timeout=30)[0]
+    with pytest.raises(TimeoutError):
+        listener.accept()  # no second connection was made
+    listener.close()
+    assert out.split("\n")[:2] == ["ioctl EIO", "open EIO"]
+
+
+# -- 2. the build cache -------------------------------------------------------------------
+
+
+@as_root
+def test_a_planted_shim_in_the_cache_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KVMSIM_CACHE", str(cache))
+    monkeypatch.setattr(build, "_fallback", [])
+    real = build_shim()
+    assert real.parent == cache and stat.S_IMODE(cache.stat().st_mode) == 0o700
+    planted = real.read_bytes()
+    real.unlink()
+    real.write_bytes(planted)
+    os.chown(real, NOBODY, NOBODY)  # another user's file with the right name
+    again = build_shim()
+    assert again != real and again.parent != cache and build.private(again)
+
+
+def test_a_world_writable_cache_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    monkeypatch.setenv("KVMSIM_CACHE", str(cache))
+    monkeypatch.setattr(build, "_fallback", [])
+    out = build_shim()
+    assert out.parent != cache and build.private(out.parent)
+    assert "is not private" in capsys.readouterr().err
+
+
+# -- 3. the server's socket -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: (d.chmod(0o777), d / "kvm.sock")[1], "other users may write there"),
+        (lambda d: (d / "dangling").symlink_to(d / "nowhere") or d / "dangling", "already exists"),
+        (lambda d: d / "missing" / "kvm.sock", "No such file or directory"),
+        (lambda d: d / ("x" * 120), "longer than a Unix socket path"),
+    ],
+)
+def test_the_server_refuses_a_socket_path_others_could_interfere_with(
+    tmp_path: Path, setup: Callable[[Path], Path], message: str
+) -> None:
+    path = setup(tmp_path)
+    with pytest.raises(ServerError, match=message):
+        Server(Kernel.from_profile("powervm-p11"), path)
+
+
+def test_a_sticky_shared_directory_is_fine_and_the_socket_is_0600(tmp_path: Path) -> None:
+    tmp_path.chmod(0o1777)
+    with Server(Kernel.from_profile("powervm-p11"), tmp_path / "kvm.sock") as server:
+        assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
+
+
+def test_kvmsim_serve_says_why_in_one_line(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    exe = Path(sys.executable).parent / "kvmsim"
+    r = subprocess.run(
+        [str(exe), "serve", "--host", "powervm-p11", "--socket", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "other users may write there" in r.stderr
