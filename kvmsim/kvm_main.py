@@ -10,6 +10,7 @@ facade users call (``Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-sid
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import threading
 from pathlib import Path
@@ -35,6 +36,8 @@ from .uapi import (
 )
 from .usermem import AddressSpace, UserAccess
 from .x86 import X86Kvm
+
+NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
 
 
 class KvmArch(Protocol):
@@ -70,18 +73,25 @@ File = DevKvmFile | VmFile
 class Process:
     """A task as the kernel sees it: an fd table and an address space."""
 
-    def __init__(self, kernel: Kernel, memory: UserAccess) -> None:
+    def __init__(self, kernel: Kernel, memory: UserAccess, *, max_files: int = NR_OPEN_DEFAULT) -> None:
         self.kernel, self.memory = kernel, memory
+        self.max_files = max_files  # RLIMIT_NOFILE: EMFILE past it
         self._files: dict[int, File] = {}
+        self._released: list[int] = []  # a heap of closed fds below _next_fd
+        self._next_fd = 3
         self._lock = threading.Lock()
 
     # -- the fd table ----------------------------------------------------
 
+    # alloc_fd(): the lowest free descriptor, in O(log n)
     def _install(self, file: File) -> int:
         with self._lock:
-            fd = 3
-            while fd in self._files:
-                fd += 1
+            if len(self._files) >= self.max_files:
+                raise KvmError(errno.EMFILE, f"{self.max_files} files open (RLIMIT_NOFILE)")
+            if self._released:
+                fd = heapq.heappop(self._released)
+            else:
+                fd, self._next_fd = self._next_fd, self._next_fd + 1
             self._files[fd] = file
             return fd
 
@@ -102,6 +112,7 @@ class Process:
         with self._lock:
             if self._files.pop(fd, None) is None:
                 raise KvmError(errno.EBADF, f"fd {fd} is not open")
+            heapq.heappush(self._released, fd)
 
     def is_dev_kvm(self, fd: int) -> bool:
         return isinstance(self._files.get(fd), DevKvmFile)

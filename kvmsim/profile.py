@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -24,6 +26,8 @@ from . import papr
 from .papr import Hypervisor, HypervisorKind
 from .uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
 
+MAX_PROFILE = 1 << 20  # bytes: a profile is a page of TOML, never /dev/zero
+NODE_NAME = re.compile(r"[A-Za-z0-9,._+@-]{1,63}")  # a device-tree node name (devicetree spec 2.2.1)
 HOSTS_ENV = "KVMSIM_HOSTS"  # a path list of directories searched before the built-in profiles
 
 Platform = Literal["pseries", "powernv", "x86"]
@@ -164,9 +168,16 @@ def _hcall(t: _Table, key: str) -> int:
     return papr.H_RETURN_CODES[name]
 
 
+def _clock(t: _Table, default: int) -> int:
+    mhz = t.take("clock_mhz", int, default)
+    if not 1 <= mhz <= 100_000:
+        raise t.error("clock_mhz", f"{mhz} is not a clock in MHz (1..100000)")
+    return mhz
+
+
 def _read_cpu(t: _Table, platform: str) -> Cpu:
     if platform == "x86":
-        cpu = Cpu(None, None, t.take("model", str, "x86_64"), t.take("clock_mhz", int, 2000))
+        cpu = Cpu(None, None, t.take("model", str, "x86_64"), _clock(t, 2000))
         t.done()
         return cpu
     pvr = t.take("pvr", int)
@@ -179,7 +190,7 @@ def _read_cpu(t: _Table, platform: str) -> Cpu:
         if not generation.level - 2 <= mode.level <= generation.level:
             raise t.error("mode", f"a {generation.name} processor cannot run in {mode.name} mode")
     model = t.take("model", str, generation.name.upper())
-    cpu = Cpu(pvr, mode, model, t.take("clock_mhz", int, 2750))
+    cpu = Cpu(pvr, mode, model, _clock(t, 2750))
     t.done()
     return cpu
 
@@ -230,6 +241,12 @@ def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
             raise t.error(f"cpus[{i}]", f"expected a table, got {_toml_type(raw)}")
         n = _Table(t.where, f"{t.prefix}cpus[{i}].", raw)
         name, reg = n.take("name", str), n.take("reg", int, 8 * i)
+        if not NODE_NAME.fullmatch(name) or name in (".", ".."):
+            raise n.error("name", f"{name[:40]!r} is not a device-tree node name (1-63 of A-Z a-z 0-9 , . _ + - @)")
+        if any(node.name == name for node in nodes):
+            raise n.error("name", f"{name!r} is already a node (names are unique under /cpus)")
+        if not 0 <= reg <= 0xFFFFFFFF:
+            raise n.error("reg", f"{reg} does not fit a u32 property")
         version = n.take("cpu-version", int) if "cpu-version" in n.data else None
         if version is not None and not 0 <= version <= 0xFFFFFFFF:
             raise n.error("cpu-version", f"{version:#x} does not fit a u32 property")
@@ -245,6 +262,8 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{where}: bad TOML: {exc}") from None
+    except RecursionError:
+        raise ProfileError(f"{where}: bad TOML: nested too deeply") from None
     t = _Table(where, "", data)
     summary = t.take("summary", str)
     arch_name = t.choice("arch", tuple(ARCHES))
@@ -335,7 +354,14 @@ def resolve(name_or_path: str | Path) -> Path:
 def load(name_or_path: str | Path) -> Host:
     path = resolve(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ProfileError(f"{path}: cannot read profile: not a regular file")
+            raw = f.read(MAX_PROFILE + 1)
+        if len(raw) > MAX_PROFILE:
+            raise ProfileError(f"{path}: cannot read profile: larger than {MAX_PROFILE} bytes")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ProfileError(f"{path}: cannot read profile: {reason}") from None

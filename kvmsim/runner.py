@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -110,14 +111,20 @@ def prepare(
     return argv + list(command), dict(os.environ)
 
 
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 def run(kernel: Kernel, command: Sequence[str], *, arch: str | None = None) -> int:
     """Run ``command`` against ``kernel``; its exit code (128 + N when killed by signal N)."""
     workdir = tempfile.mkdtemp(prefix="kvmsim-run-")
     server = Server(kernel, os.path.join(workdir, "kvm.sock"))
+    previous: dict[int, Any] = {}
     try:
         argv, env = prepare(kernel, command, server.path, arch=arch)
         server.start()
         proc = subprocess.Popen(argv, env=env)
+        for signum in FORWARDED:  # SIGTERM/SIGHUP to kvmsim run reach CMD, which decides
+            previous[signum] = signal.signal(signum, lambda s, _f: proc.send_signal(s))
         while True:
             try:
                 code = proc.wait()
@@ -126,6 +133,8 @@ def run(kernel: Kernel, command: Sequence[str], *, arch: str | None = None) -> i
                 proc.send_signal(signal.SIGINT)
         return code if code >= 0 else 128 - code
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

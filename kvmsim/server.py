@@ -25,6 +25,10 @@ from .wire import Msg, ProtocolError
 
 log = logging.getLogger("kvmsim.serve")
 MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this
+ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refuses it
+MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
+FRAME_STALL = 10.0  # seconds a begun frame may take; idle between calls is unlimited
+MAX_CONNECTIONS = 256  # processes served at once; more are dropped, logged
 
 
 class RemoteMemory(UserAccess):
@@ -42,6 +46,8 @@ class RemoteMemory(UserAccess):
         self.base, self.window, self.pending = base, bytearray(window), []
 
     def copy_from_user(self, addr: int, n: int) -> bytes:
+        if addr + n > ADDRESS_LIMIT:  # access_ok(): past the end of the address space
+            raise Fault(addr, "read")
         off = addr - self.base
         if off >= 0 and off + n <= len(self.window):
             return bytes(self.window[off : off + n])
@@ -60,6 +66,8 @@ class RemoteMemory(UserAccess):
         return data
 
     def copy_to_user(self, addr: int, data: bytes) -> None:
+        if addr + len(data) > ADDRESS_LIMIT:
+            raise Fault(addr, "write")
         off = addr - self.base
         if 0 <= off < len(self.window):  # later reads of the window see this write
             end = min(len(self.window), off + len(data))
@@ -123,7 +131,7 @@ class Connection:
 
     def __init__(self, kernel: Kernel, sock: socket.socket, name: str) -> None:
         self.kernel, self.sock, self.name = kernel, sock, name
-        self.reader = wire.FrameReader(sock)
+        self.reader = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
         self.memory = RemoteMemory(sock, self.reader)
         self.process: Process = kernel.process(self.memory)
 
@@ -188,6 +196,26 @@ class Server:
         self._stop = threading.Event()
         self._count = 0
         self.threads: list[threading.Thread] = []
+        self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # for EMFILE
+        self._warned: set[str] = set()
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _shed(self, exc: OSError) -> None:
+        """Out of descriptors: accept the pending connection on the spare one and drop it,
+        so the peer is not left waiting, then back off."""
+        self._warn_once("emfile", "out of file descriptors (%s): dropping new connections until some close", exc)
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+            with contextlib.suppress(OSError):
+                self.listener.accept()[0].close()
+            with contextlib.suppress(OSError):
+                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._stop.wait(0.05)
 
     def serve_forever(self) -> None:
         while not self._stop.is_set():
@@ -195,9 +223,12 @@ class Server:
                 sock, _ = self.listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stop.is_set():
                     break
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._shed(exc)
+                    continue
                 raise
             self._count += 1
             name = f"connection {self._count}"
@@ -207,9 +238,14 @@ class Server:
                 log.warning("%s: refused: peer uid %d is not the server's uid %d", name, uid, os.getuid())
                 sock.close()
                 continue
+            self.threads = [t for t in self.threads if t.is_alive()]
+            if len(self.threads) >= MAX_CONNECTIONS:
+                self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
+                sock.close()
+                continue
             thread = threading.Thread(target=Connection(self.kernel, sock, name).serve, name=name, daemon=True)
             thread.start()
-            self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+            self.threads.append(thread)
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="kvmsim-serve", daemon=True)
@@ -225,6 +261,9 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
         self.listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)

@@ -52,6 +52,7 @@ class NonZeroTail(Exception):
 
 
 _WORD = 8  # sizeof(unsigned long) on the 64-bit kernels modelled
+_CHUNK = 4096
 _U64 = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}
 
 
@@ -82,13 +83,27 @@ class UserAccess:
         and stops at the first non-zero word, so a non-zero byte before an unmapped one
         answers False rather than faulting."""
         end = addr + n
+        chunk = addr
+        while chunk < end:  # a page-sized read at a time; word by word only where one faults
+            stop = min(end, (chunk // _CHUNK + 1) * _CHUNK)
+            try:
+                if any(self.copy_from_user(chunk, stop - chunk)):
+                    return not self._nonzero_word_before_fault(chunk, stop)
+            except Fault:
+                if self._nonzero_word_before_fault(chunk, stop):
+                    return False
+                raise
+            chunk = stop
+        return True
+
+    def _nonzero_word_before_fault(self, addr: int, end: int) -> bool:
         word = addr - addr % _WORD
         while word < end:
             lo, hi = max(word, addr), min(word + _WORD, end)
-            if any(self.copy_from_user(lo, hi - lo)):
-                return False
+            if any(self.copy_from_user(lo, hi - lo)):  # a Fault here propagates
+                return True
             word += _WORD
-        return True
+        return False
 
     def copy_struct_from_user(self, ksize: int, addr: int, usize: int) -> bytes:
         """``copy_struct_from_user()``: ``ksize`` bytes, zero-filled past a shorter user
@@ -116,19 +131,18 @@ class AddressSpace(UserAccess):
     def __init__(self) -> None:
         self._table: tuple[tuple[int, ...], tuple[Region, ...]] = ((), ())  # starts, regions
         self._last: Region | None = None  # the last region found: most accesses hit it again
-        self._next = MAP_BASE
         self._lock = threading.Lock()
 
     # -- the process's side ------------------------------------------------
 
     def map(self, length: int, *, writable: bool = True, data: bytes | None = None) -> int:
-        """Map ``length`` bytes (zero-filled, or ``data``) and return the address."""
+        """Map ``length`` bytes (zero-filled, or ``data``) and return the address: the lowest
+        free range that fits, so unmapped addresses are reused and stay low."""
         if length <= 0:
             raise ValueError(f"cannot map {length} bytes")
         with self._lock:
-            start = self._next
             pages = -(-length // PAGE_SIZE) + 1  # one guard page after every mapping
-            self._next += pages * PAGE_SIZE
+            start = self._free_range(pages * PAGE_SIZE)
             buf = bytearray(length)
             if data is not None:
                 buf[: len(data)] = data[:length]
@@ -148,8 +162,16 @@ class AddressSpace(UserAccess):
                 raise ValueError(f"no mapping starts at {addr:#x}")
             self._table = (starts[:i] + starts[i + 1 :], regions[:i] + regions[i + 1 :])
             self._last = None
-            if i == len(starts) - 1:  # the topmost mapping: reuse its addresses
-                self._next = regions[i].start
+
+    def _free_range(self, size: int) -> int:
+        """The lowest page-aligned gap of ``size`` bytes between mappings (each mapping keeps
+        its guard page), else past the last one."""
+        at = MAP_BASE
+        for region in self._table[1]:
+            if region.start - at >= size:
+                return at
+            at = max(at, -(-region.end // PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE)
+        return at
 
     def protect(self, addr: int, *, writable: bool) -> None:
         self._region(addr, 1, "protect").writable = writable

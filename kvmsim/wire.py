@@ -107,13 +107,19 @@ def read_frame(sock: socket.socket) -> tuple[Msg, bytes]:
 class FrameReader:
     """Frames from a socket with read-ahead: usually one ``recv`` a frame."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, max_payload: int = MAX_PAYLOAD, stall: float | None = None) -> None:
         self.sock = sock
         self.buf = bytearray()
+        self.max_payload = max_payload  # what this side's peer can need to send
+        self.stall = stall  # seconds a frame, once begun, may take to arrive
 
     def _fill(self, n: int) -> None:
         while len(self.buf) < n:
-            chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            self.sock.settimeout(self.stall if self.buf else None)  # idle between frames is fine
+            try:
+                chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            except TimeoutError:
+                raise ProtocolError(f"stalled frame: {len(self.buf)} of {n} bytes after {self.stall} s") from None
             if not chunk:
                 if not self.buf:
                     raise Disconnected("peer closed the connection")
@@ -123,6 +129,8 @@ class FrameReader:
     def read(self) -> tuple[Msg, bytes]:
         self._fill(HEADER.size)
         msg, length = _check_header(bytes(self.buf[: HEADER.size]))
+        if length > self.max_payload:
+            raise ProtocolError(f"oversized frame: {length} bytes (a {msg.name} needs at most {self.max_payload})")
         end = HEADER.size + length
         self._fill(end)
         payload = bytes(self.buf[HEADER.size : end])

@@ -107,8 +107,7 @@ __attribute__((constructor)) static void shim_init(void)
 
 static int is_kvm(const char *path)
 {
-	const char *dev = getenv("KVMSIM_DEVICE");
-	return path && strcmp(path, dev && *dev ? dev : "/dev/kvm") == 0;
+	return path && strcmp(path, "/dev/kvm") == 0;
 }
 
 static int emulated(int fd)
@@ -450,13 +449,20 @@ broken:
 	return -1;
 }
 
+/* A descriptor of this process for kernel fd kfd.  When none can be made (EMFILE), the
+ * kernel's file is closed again rather than left open in the server. */
 static int placeholder(int kfd, int cloexec)
 {
 	int fd = real_open("/dev/null", O_RDWR | (cloexec ? O_CLOEXEC : 0));
 	if (fd < 0 || fd >= MAX_FD) {
+		int e = fd < 0 ? errno : EMFILE;
+		uint32_t fl;
+		int32_t be_kfd = htobe32((uint32_t)kfd);
 		if (fd >= 0)
 			real_close(fd);
-		errno = EMFILE;
+		if (sock >= 0 && (kfd < 0 || kfd >= MAX_FD || refs[kfd] == 0))
+			call(CLOSE, &be_kfd, 4, NULL, 0, &fl);
+		errno = e;
 		return -1;
 	}
 	kfd_of[fd] = kfd + 1;

@@ -16,6 +16,7 @@ The scratch area past the caller's bytes is zero here (on CPython it is uninitia
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 
 from ..usermem import AddressSpace
@@ -26,8 +27,16 @@ ULONG_MASK = (1 << 64) - 1
 SysIoctl = Callable[[int, int, int], int]  # (fd, cmd, unsigned long arg) -> result
 
 
+class _Area:
+    """One thread's scratch mapping; unmapped when the thread (its thread-local) goes."""
+
+    def __init__(self, mem: AddressSpace) -> None:
+        self.addr = mem.map(IOCTL_BUFSZ + 1)
+        weakref.finalize(self, mem.unmap, self.addr)
+
+
 class Scratch(threading.local):
-    addr: int | None = None
+    area: _Area | None = None
 
 
 def fcntl_ioctl(
@@ -65,10 +74,11 @@ def fcntl_ioctl(
 
 def _scratch(mem: AddressSpace, scratch: Scratch, data: bytes) -> int:
     """CPython's stack buffer for this thread, holding ``data`` then zeros."""
-    if scratch.addr is None:
-        scratch.addr = mem.map(IOCTL_BUFSZ + 1)
-    mem.write(scratch.addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
-    return scratch.addr
+    if scratch.area is None:
+        scratch.area = _Area(mem)
+    addr = scratch.area.addr
+    mem.write(addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
+    return addr
 
 
 def _buffer(
