@@ -235,7 +235,7 @@ def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
             return ()
         version = cpu.mode.logical_pvr if cpu.mode else None
         return (CpuNode(f"PowerPC,{gen.name.upper()}@0", 0, version),)
-    nodes = []
+    nodes: list[CpuNode] = []
     for i, raw in enumerate(t.take("cpus", list)):
         if not isinstance(raw, dict):
             raise t.error(f"cpus[{i}]", f"expected a table, got {_toml_type(raw)}")

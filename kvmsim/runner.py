@@ -133,8 +133,8 @@ def run(kernel: Kernel, command: Sequence[str], *, arch: str | None = None) -> i
                 proc.send_signal(signal.SIGINT)
         return code if code >= 0 else 128 - code
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for forwarded, handler in previous.items():
+            signal.signal(forwarded, handler)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
