@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,7 +146,7 @@ def shim_rows() -> list[Row]:
         c_client = compile_c([Path(__file__).resolve().parent.parent / "client" / "c" / "kvm_compat_caps.c"])
     except BuildError as exc:
         return [Row("preload shim", float("nan"), note=f"not measured: {exc}")]
-    kernel = Kernel.from_profile("powervm-p11", abi="v5")
+    kernel = Kernel.from_profile("powervm-p11")
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(kernel, os.path.join(tmp, "kvm.sock"))
         server.start()
@@ -161,7 +162,7 @@ def shim_rows() -> list[Row]:
                 buf = bytearray((24).to_bytes(8, "little") + bytes(16))
                 t = time.perf_counter()
                 for _ in range(2000):
-                    fcntl.ioctl(vm, 0x2000AEE4, buf)
+                    fcntl.ioctl(vm, 0x2000AEB8, buf)
                 print((time.perf_counter() - t) / 2000)
                 """
             )
@@ -170,8 +171,8 @@ def shim_rows() -> list[Row]:
         finally:
             server.stop()
     return [
-        Row("preload shim: C client ioctl (v5)", c_ns / 1e9, 20.0),
-        Row("preload shim: Python fcntl.ioctl (v5)", py_s, 20.0),
+        Row("preload shim: C client ioctl (linux-7.3)", c_ns / 1e9, 20.0),
+        Row("preload shim: Python fcntl.ioctl (linux-7.3)", py_s, 20.0),
     ]
 
 
@@ -233,6 +234,86 @@ def matrix_row() -> Row:
     return Row(f"whole matrix ({len(hosts)} profiles x {len(REVISIONS)} revisions)", median_time(whole, number=5))
 
 
+SOAK_SECONDS = 8.0
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def soak_row() -> Row:
+    """Processes x threads hammering one server with good calls (every answer checked by
+    tests/data/shim_torture.c) while raw clients send garbage, truncated and stalled frames."""
+    import logging
+    import random
+
+    from kvmsim import wire
+    from kvmsim.build import BuildError, build_shim, compile_c
+    from kvmsim.runner import shim_environment
+    from kvmsim.server import Server
+
+    logging.getLogger("kvmsim.serve").setLevel(logging.ERROR)  # thousands of hostile clients, by design
+    root = Path(__file__).resolve().parent.parent
+    try:
+        shim = build_shim()
+        torture = compile_c([root / "tests" / "data" / "shim_torture.c"], flags=["-pthread"])
+    except BuildError as exc:
+        return Row("soak", float("nan"), note=f"not measured: {exc}")
+    kernel = Kernel.from_profile("powervm-p11")
+    fds_before, rss_before = len(os.listdir("/proc/self/fd")), _rss_kib()
+    wrong = runs = garbage = 0
+    with tempfile.TemporaryDirectory() as tmp, Server(kernel, os.path.join(tmp, "kvm.sock")) as server:
+        env = shim_environment(kernel, server.path, shim)
+        stop = time.monotonic() + SOAK_SECONDS
+        rng = random.Random(7)
+
+        def attacker() -> None:
+            nonlocal garbage
+            while time.monotonic() < stop:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(2)
+                try:
+                    s.connect(server.path)
+                    kind = rng.randrange(3)
+                    if kind == 0:
+                        s.sendall(rng.randbytes(rng.randrange(1, 200)))
+                    elif kind == 1:  # a header announcing more than it sends
+                        s.sendall(wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.Msg.IOCTL, 16) + b"x")
+                    else:  # a well-formed call on a bad fd / NULL
+                        s.sendall(wire.frame(wire.Msg.IOCTL, wire.IOCTL.pack(rng.randrange(-5, 50), 0x2000AEB8, 0)))
+                    garbage += 1
+                except OSError:
+                    pass
+                finally:
+                    s.close()
+
+        threads = [threading.Thread(target=attacker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        while time.monotonic() < stop:
+            procs = [
+                subprocess.Popen([str(torture), "threads", "4"], env=env, stdout=subprocess.PIPE, text=True)
+                for _ in range(3)
+            ]
+            for p in procs:
+                out = p.communicate()[0]
+                runs += 1
+                wrong += 0 if out.startswith("ok ") else 1
+        for t in threads:
+            t.join()
+        served = next(server.calls)
+    time.sleep(0.5)  # connection threads finish closing
+    fds_after, rss_after = len(os.listdir("/proc/self/fd")), _rss_kib()
+    note = (
+        f"{served} calls served, {runs} program runs with {wrong} wrong answers, {garbage} hostile clients; "
+        f"server RSS {rss_before // 1024} -> {rss_after // 1024} MiB; fds leaked {fds_after - fds_before}"
+    )
+    return Row(
+        f"soak: 3 processes x 4 threads + 2 attackers, {SOAK_SECONDS:.0f} s (wrong must be 0)", SOAK_SECONDS, note=note
+    )
+
+
 def collect() -> list[Row]:
     base, _ = baseline()
     return [
@@ -245,6 +326,7 @@ def collect() -> list[Row]:
         *shim_rows(),
         *cold_start_rows(),
         matrix_row(),
+        soak_row(),
     ]
 
 

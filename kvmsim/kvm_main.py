@@ -34,7 +34,7 @@ from .uapi import (
     check_struct_size,
     revision,
 )
-from .usermem import AddressSpace, UserAccess
+from .usermem import AddressSpace, Fault, UserAccess
 from .x86 import X86Kvm
 
 NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
@@ -126,6 +126,14 @@ class Process:
     def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
         """``ioctl(2)`` with the raw unsigned-long argument (a user address for pointers)."""
         file = self._file(fd)
+        vfs = self.kernel.VFS_IOCTLS.get(cmd)
+        if vfs is not None:  # do_vfs_ioctl(): before the driver sees it
+            if vfs in ("FIONBIO", "FIOASYNC"):
+                try:
+                    self.memory.copy_from_user(arg, 4)  # get_user(int, argp)
+                except Fault:
+                    raise KvmError(errno.EFAULT, f"{vfs}: bad argument pointer {arg:#x}") from None
+            return 0
         if isinstance(file, DevKvmFile):
             return self.kvm_dev_ioctl(cmd, arg)
         return self.kvm_vm_ioctl(file, cmd, arg)
@@ -169,6 +177,7 @@ class Kernel:
         self.KVM_CREATE_VM = arch.kvm_create_vm()
         self.KVM_CHECK_EXTENSION = arch.kvm_check_extension()
         self.KVM_GET_VCPU_MMAP_SIZE = arch.kvm_get_vcpu_mmap_size()
+        self.VFS_IOCTLS = {number: name for name, number in arch.vfs_ioctls.items()}
         # None on a kernel without the feature (rev "none"): it has no such request
         self.KVM_PPC_GET_COMPAT_CAPS = rev.request(arch)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -129,8 +130,11 @@ def peer_uid(sock: socket.socket) -> int:
 class Connection:
     """One client process."""
 
-    def __init__(self, kernel: Kernel, sock: socket.socket, name: str) -> None:
+    def __init__(
+        self, kernel: Kernel, sock: socket.socket, name: str, calls: itertools.count[int] | None = None
+    ) -> None:
         self.kernel, self.sock, self.name = kernel, sock, name
+        self.calls = calls if calls is not None else itertools.count()
         self.reader = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
         self.memory = RemoteMemory(sock, self.reader)
         self.process: Process = kernel.process(self.memory)
@@ -140,6 +144,7 @@ class Connection:
             while True:
                 msg, payload = self.reader.read()
                 self.sock.sendall(self.dispatch(msg, payload))
+                next(self.calls)
         except wire.Disconnected:
             log.debug("%s: closed by the peer", self.name)
         except (ProtocolError, OSError) as exc:
@@ -197,6 +202,7 @@ class Server:
         self._count = 0
         self.threads: list[threading.Thread] = []
         self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # for EMFILE
+        self.calls = itertools.count()  # calls served, over every connection (next() is atomic)
         self._warned: set[str] = set()
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
@@ -243,7 +249,8 @@ class Server:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
-            thread = threading.Thread(target=Connection(self.kernel, sock, name).serve, name=name, daemon=True)
+            connection = Connection(self.kernel, sock, name, self.calls)
+            thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)
 

@@ -147,6 +147,16 @@ class Arch:
     def kvm_get_vcpu_mmap_size(self) -> int:
         return self.ioc.io(KVMIO, KVM_GET_VCPU_MMAP_SIZE_NR)
 
+    @property
+    def vfs_ioctls(self) -> dict[str, int]:
+        """The fd ioctls do_vfs_ioctl() answers before any driver: FIOCLEX, FIONCLEX, FIONBIO,
+        FIOASYNC (asm-generic/ioctls.h numbers; powerpc's asm/ioctls.h uses _IO/_IOW('f'))."""
+        if self.is_powerpc:
+            f = ord("f")
+            return {"FIOCLEX": self.ioc.io(f, 1), "FIONCLEX": self.ioc.io(f, 2),
+                    "FIONBIO": self.ioc.iow(f, 126, 4), "FIOASYNC": self.ioc.iow(f, 125, 4)}  # fmt: skip
+        return {"FIOCLEX": 0x5451, "FIONCLEX": 0x5450, "FIONBIO": 0x5421, "FIOASYNC": 0x5452}
+
 
 ARCHES: dict[str, Arch] = {
     a.name: a

@@ -11,6 +11,21 @@ from kvmsim import Kernel
 from kvmsim.uapi import GENERIC_CAPS, KVM_CAP_PPC_SMT
 
 
+@pytest.mark.parametrize("host", ["powervm-p11", "x86_64"])
+def test_fd_ioctls_are_answered_before_kvm(host: str) -> None:
+    k = Kernel.from_profile(host)
+    dev = k.open()
+    vm = int(k.ioctl(dev, k.KVM_CREATE_VM, 0))
+    vfs = k.arch.vfs_ioctls
+    for fd in (dev, vm):
+        assert k.ioctl(fd, vfs["FIOCLEX"]) == 0 and k.ioctl(fd, vfs["FIONCLEX"]) == 0
+        assert k.ioctl(fd, vfs["FIONBIO"], bytearray(4)) == 0
+        with pytest.raises(OSError) as exc:
+            k.ioctl(fd, vfs["FIOASYNC"], 0)  # get_user() of a NULL int
+        assert exc.value.errno == errno.EFAULT
+    assert vfs["FIOCLEX"] == (0x20006601 if k.arch.is_powerpc else 0x5451)
+
+
 def vm_ops_name(k: Kernel, fd: int) -> str:
     """Which ops a VM got, as userspace can tell: an HV VM's KVM_CAP_PPC_SMT is its smt_mode
     (1), a PR VM's is 0."""

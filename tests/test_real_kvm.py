@@ -71,6 +71,12 @@ def _script(side: Side) -> dict[str, object]:
         for fd_name, fd in (("dev", dev), ("vm", vm)):
             out[f"{name} on {fd_name}"] = side.answer(fd, req, bytearray(V5.layout.pack("little", size=24)))
     out["api on vm"] = side.answer(vm, X86.kvm_get_api_version())
+    vfs = X86.vfs_ioctls  # do_vfs_ioctl(), before KVM
+    for fd_name, fd in (("dev", dev), ("vm", vm)):
+        out[f"FIOCLEX on {fd_name}"] = side.answer(fd, vfs["FIOCLEX"])
+        out[f"FIONCLEX on {fd_name}"] = side.answer(fd, vfs["FIONCLEX"])
+        out[f"FIONBIO on {fd_name}"] = side.answer(fd, vfs["FIONBIO"], bytearray(4))
+        out[f"FIOASYNC NULL on {fd_name}"] = side.answer(fd, vfs["FIOASYNC"], 0)
     side.close(vm)
     out["vm after close"] = side.answer(vm, X86.kvm_check_extension(), 250)
     side.close(dev)

@@ -30,10 +30,14 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <linux/close_range.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -46,6 +50,7 @@
  * most PAGE_SIZE (64K on POWER) from it.  The server's memory requests are honoured only in
  * [arg, arg + ARG_SPAN) of the ioctl in progress, never elsewhere in this process. */
 #define ARG_SPAN 65536u
+#define HIGH_FD 900 /* where the shim keeps its own descriptors, away from the program's */
 
 enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8 };
 #define RESULT_NEW_FD 1u
@@ -72,6 +77,41 @@ static int mem_pipe[2] = {-1, -1};
 static int use_pipe;
 static int32_t kfd_of[MAX_FD]; /* kernel fd + 1; 0 = not emulated */
 static int32_t refs[MAX_FD];   /* descriptors of this process per kernel fd (dup shares one file) */
+
+/* The shim's lock, taken with every signal blocked: a signal handler that calls dup() or
+ * close() while this thread is inside an emulated call would otherwise deadlock on it. */
+static void enter(sigset_t *saved)
+{
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, saved);
+	pthread_mutex_lock(&lock);
+}
+
+static void leave(const sigset_t *saved)
+{
+	pthread_mutex_unlock(&lock);
+	pthread_sigmask(SIG_SETMASK, saved, NULL);
+}
+
+/* The shim's own descriptors (its socket, the memory pipe): a program's close loops,
+ * close_range() and closefrom() must not take them away, nor dup2() onto them. */
+static int internal(int fd)
+{
+	return fd >= 0 && (fd == sock || fd == mem_pipe[0] || fd == mem_pipe[1]);
+}
+
+/* Move an internal descriptor out of the program's way, to a high number. */
+static int relocate(int fd)
+{
+	int high = real_fcntl(fd, F_DUPFD_CLOEXEC, HIGH_FD);
+	if (high < 0)
+		high = real_fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (high < 0)
+		return fd;
+	real_close(fd);
+	return high;
+}
 
 static void child_after_fork(void)
 {
@@ -230,6 +270,7 @@ static int connect_server(void)
 		errno = EACCES;
 		return -1;
 	}
+	sock = relocate(sock);
 	return 0;
 }
 
@@ -255,7 +296,13 @@ static int in_span(uint64_t addr, uint64_t n)
 
 static int pipe_ready(void)
 {
-	return mem_pipe[0] >= 0 || pipe2(mem_pipe, O_CLOEXEC | O_NONBLOCK) == 0;
+	if (mem_pipe[0] >= 0)
+		return 1;
+	if (pipe2(mem_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+		return 0;
+	mem_pipe[0] = relocate(mem_pipe[0]);
+	mem_pipe[1] = relocate(mem_pipe[1]);
+	return 1;
 }
 
 static void pipe_drain(void)
@@ -475,14 +522,15 @@ static int emu_open(const char *path, int flags)
 {
 	uint32_t fl;
 	int fd = -1;
-	pthread_mutex_lock(&lock);
+	sigset_t saved_mask;
+	enter(&saved_mask);
 	if (connect_server() == 0) {
 		uint32_t be_flags = htobe32((uint32_t)flags);
 		long kfd = call(OPEN, &be_flags, 4, path, strlen(path), &fl);
 		if (kfd >= 0)
 			fd = placeholder((int)kfd, flags & O_CLOEXEC);
 	}
-	pthread_mutex_unlock(&lock);
+	leave(&saved_mask);
 	return fd;
 }
 
@@ -497,8 +545,9 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	memcpy(req, &kfd, 4);
 	memcpy(req + 4, &cmd, 4);
 	memcpy(req + 8, &a, 8);
-	size_t n = mem_read_prefix((uint64_t)(uintptr_t)arg, window, sizeof(window));
-	pthread_mutex_lock(&lock);
+	sigset_t saved_mask;
+	enter(&saved_mask);
+	size_t n = sock >= 0 ? mem_read_prefix((uint64_t)(uintptr_t)arg, window, sizeof(window)) : 0;
 	in_ioctl = 1;
 	arg_base = (uint64_t)(uintptr_t)arg;
 	long r = sock >= 0 ? call(IOCTL, req, 16, window, n, &fl) : (errno = EIO, -1);
@@ -506,7 +555,7 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	ret = (int)r;
 	if (r >= 0 && (fl & RESULT_NEW_FD))
 		ret = placeholder((int)r, 1);
-	pthread_mutex_unlock(&lock);
+	leave(&saved_mask);
 	return ret;
 }
 
@@ -516,11 +565,12 @@ static void emu_release(int fd)
 	uint32_t fl;
 	int kfd = kfd_of[fd] - 1;
 	int32_t be_kfd = htobe32((uint32_t)kfd);
-	pthread_mutex_lock(&lock);
+	sigset_t saved_mask;
+	enter(&saved_mask);
 	kfd_of[fd] = 0;
 	if (kfd >= 0 && kfd < MAX_FD && --refs[kfd] == 0 && sock >= 0)
 		call(CLOSE, &be_kfd, 4, NULL, 0, &fl);
-	pthread_mutex_unlock(&lock);
+	leave(&saved_mask);
 }
 
 static int emu_close(int fd)
@@ -534,14 +584,15 @@ static int emu_dup(int oldfd, int newfd)
 {
 	if (newfd < 0 || newfd >= MAX_FD || newfd == oldfd)
 		return newfd;
-	pthread_mutex_lock(&lock);
+	sigset_t saved_mask;
+	enter(&saved_mask);
 	int kfd = emulated(oldfd) ? kfd_of[oldfd] - 1 : -1;
 	if (kfd >= 0) {
 		kfd_of[newfd] = kfd + 1;
 		if (kfd < MAX_FD)
 			refs[kfd]++;
 	}
-	pthread_mutex_unlock(&lock);
+	leave(&saved_mask);
 	return newfd;
 }
 
@@ -595,7 +646,74 @@ int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd
 
 int close(int fd)
 {
+	if (internal(fd))
+		return 0; /* the shim's own: pretend, keep it */
 	return emulated(fd) ? emu_close(fd) : real_close(fd);
+}
+
+/* close_range(first, last, flags) and closefrom(first): the same over a range, as the
+ * sub-ranges between the shim's own descriptors; emulated ones are released. */
+static int span(unsigned lo, unsigned hi, int flags)
+{
+	if (!(flags & CLOSE_RANGE_CLOEXEC))
+		for (unsigned fd = lo; fd <= hi && fd < MAX_FD; fd++)
+			if (emulated((int)fd))
+				emu_release((int)fd);
+	return syscall(SYS_close_range, lo, hi, flags) < 0 ? -1 : 0;
+}
+
+static int close_span(unsigned first, unsigned last, int flags)
+{
+	int mine[3] = {sock, mem_pipe[0], mem_pipe[1]}, r = 0;
+	for (int i = 0; i < 3; i++) /* sort the three */
+		for (int j = i + 1; j < 3; j++)
+			if (mine[j] < mine[i]) {
+				int t = mine[i];
+				mine[i] = mine[j];
+				mine[j] = t;
+			}
+	unsigned lo = first;
+	for (int i = 0; i < 3; i++) {
+		if (mine[i] < 0 || (unsigned)mine[i] < lo || (unsigned)mine[i] > last)
+			continue;
+		if ((unsigned)mine[i] > lo)
+			r |= span(lo, (unsigned)mine[i] - 1, flags);
+		if ((unsigned)mine[i] == last)
+			return r;
+		lo = (unsigned)mine[i] + 1;
+	}
+	return r | span(lo, last, flags);
+}
+
+int close_range(unsigned first, unsigned last, int flags)
+{
+	if (first > last) {
+		errno = EINVAL;
+		return -1;
+	}
+	return close_span(first, last, flags);
+}
+
+void closefrom(int lowfd)
+{
+	if (lowfd >= 0)
+		close_span((unsigned)lowfd, ~0u, 0);
+}
+
+/* The program is about to dup2() onto fd: if the shim uses it, move the shim's elsewhere. */
+static void protect(int fd)
+{
+	if (!internal(fd))
+		return;
+	sigset_t saved_mask;
+	enter(&saved_mask);
+	if (fd == sock)
+		sock = relocate(sock);
+	else if (fd == mem_pipe[0])
+		mem_pipe[0] = relocate(mem_pipe[0]);
+	else if (fd == mem_pipe[1])
+		mem_pipe[1] = relocate(mem_pipe[1]);
+	leave(&saved_mask);
 }
 
 int dup(int oldfd)
@@ -606,6 +724,7 @@ int dup(int oldfd)
 
 int dup2(int oldfd, int newfd)
 {
+	protect(newfd);
 	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
 		emu_release(newfd); /* dup2 closes newfd first, when oldfd is valid */
 	int fd = real_dup2(oldfd, newfd);
@@ -614,6 +733,7 @@ int dup2(int oldfd, int newfd)
 
 int dup3(int oldfd, int newfd, int flags)
 {
+	protect(newfd);
 	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
 		emu_release(newfd);
 	int fd = real_dup3(oldfd, newfd, flags);
@@ -653,6 +773,10 @@ int ioctl(int fd, unsigned long request, ...)
 	va_start(ap, request);
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
+	/* do_vfs_ioctl() answers these for any fd, before the driver: on the placeholder itself,
+	 * so close-on-exec and non-blocking really change on this process's descriptor */
+	if (request == FIOCLEX || request == FIONCLEX || request == FIONBIO || request == FIOASYNC)
+		return real_ioctl(fd, request, arg);
 	return emulated(fd) ? emu_ioctl(fd, request, arg) : real_ioctl(fd, request, arg);
 }
 

@@ -1,0 +1,73 @@
+"""The shim under what real programs do: signal handlers that dup/close, close_range and
+closefrom over every fd, many threads in the pipe memory mode, and execve (a documented
+limit).  Each failed (or hung) on the shim before its fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmsim import Kernel
+from kvmsim.build import build_shim, compile_c
+from kvmsim.runner import shim_environment
+from kvmsim.server import Server
+
+TORTURE = Path(__file__).resolve().parent / "data" / "shim_torture.c"
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
+
+
+@pytest.fixture(scope="module")
+def shim() -> Path:
+    return build_shim()
+
+
+@pytest.fixture(scope="module")
+def torture() -> Path:
+    return compile_c([TORTURE], flags=["-pthread"])
+
+
+def under_shim(shim: Path, tmp: Path, cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    kernel = Kernel.from_profile("powervm-p11")
+    with Server(kernel, tmp / "kvm.sock") as server:
+        full = shim_environment(kernel, server.path, shim) | env
+        return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=120)
+
+
+def test_a_signal_handler_that_dups_and_closes_does_not_deadlock(shim: Path, torture: Path, tmp_path: Path) -> None:
+    r = under_shim(shim, tmp_path, [str(torture), "signals"])
+    assert r.returncode == 0 and r.stdout.startswith("ok signals"), r.stdout + r.stderr
+
+
+def test_close_range_closefrom_and_close_loops_keep_the_shims_socket(shim: Path, torture: Path, tmp_path: Path) -> None:
+    r = under_shim(shim, tmp_path, [str(torture), "closerange"])
+    assert (r.returncode, r.stdout.strip()) == (0, "ok closerange"), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("memory", ["pipe", "process_vm"])
+def test_threads_get_their_own_answers(shim: Path, torture: Path, tmp_path: Path, memory: str) -> None:
+    env = {"KVMSIM_MEMORY": "pipe"} if memory == "pipe" else {}
+    r = under_shim(shim, tmp_path, [str(torture), "threads", "8"], **env)
+    assert (r.returncode, r.stdout.strip()) == (0, "ok threads=8 calls=16000 wrong=0"), r.stdout + r.stderr
+
+
+EXEC_CHILD = """
+import fcntl, os, sys
+try:
+    print(fcntl.ioctl(int(sys.argv[1]), 0x2000AE00, 0))
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_an_emulated_fd_does_not_survive_execve_as_documented(shim: Path, tmp_path: Path) -> None:
+    parent = (
+        "import os, sys; fd = os.open('/dev/kvm', os.O_RDWR); os.set_inheritable(fd, True); "
+        f"os.execv(sys.executable, [sys.executable, '-c', {EXEC_CHILD!r}, str(fd)])"
+    )
+    r = under_shim(shim, tmp_path, [sys.executable, "-c", parent])
+    assert r.stdout.strip() == "25", r.stderr  # ENOTTY: after exec it is the /dev/null it stands on (README)
