@@ -17,15 +17,17 @@ disagrees (or a boot failed); ``lab`` 3 when its packages cannot be fetched;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
 from . import papr, profile
 from .cliargs import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, revisions, use_hosts_dirs
 from .profile import Host, ProfileError
+from .trace import Call, Tracer
 from .uapi import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision, errname, mode_of_logical_pvr, modes_of_caps
 from .user import probe
 from .user.simulated import Kernel, SimDevice
@@ -210,8 +212,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
     kernel = _kernel(args)
+    trace_ctx = _tracer(args, kernel)
+    trace = trace_ctx.__enter__()
     try:
-        server = Server(kernel, args.socket)
+        server = Server(kernel, args.socket, trace=trace)
     except ServerError as exc:
         raise UsageError(str(exc)) from None
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -235,7 +239,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run: no command given (kvmsim run --host HOST -- CMD ...)")
     kernel = _kernel(args)
     try:
-        return run(kernel, command, arch=args.arch)
+        with _tracer(args, kernel) as trace:
+            return run(kernel, command, arch=args.arch, trace=trace)
     except RunError as exc:
         raise UsageError(str(exc)) from None
     except BuildError as exc:
@@ -253,6 +258,19 @@ def cmd_record(args: argparse.Namespace) -> int:
     from . import record
 
     obs = record.observe(args.device)
+    opened = obs["probes"].get("open")
+    if opened != "fd" and not args.no_device_ok:
+        hint = {
+            "EACCES": "run it as a user who may open it (the kvm group, or root)",
+            "EPERM": "run it as a user who may open it (the kvm group, or root)",
+            "ENOENT": "load KVM first (modprobe kvm_hv, or kvm_pr), or name the device with --device",
+        }.get(str(opened), "check the path given to --device")
+        print(
+            f"kvmsim record: cannot open {args.device}: {opened}: {hint}; nothing written "
+            "(--no-device-ok records a machine without KVM)",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
     text, rev, checks = record.fit(obs, args.output)
     try:
         with open(args.output, "w") as f:
@@ -320,6 +338,28 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_MISMATCH
 
 
+@contextlib.contextmanager
+def _tracer(args: argparse.Namespace, kernel: Kernel) -> Iterator[Callable[[Call], None] | None]:
+    """``--trace[=FILE]`` (stderr without a file) in ``--trace-format`` text or json."""
+    if args.trace is None:
+        yield None
+        return
+    stream = sys.stderr if args.trace == "-" else open(args.trace, "a")  # noqa: SIM115 (closed below)
+    try:
+        yield Tracer(stream, kernel.arch, json_lines=args.trace_format == "json")
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
+
+
+def _trace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trace", nargs="?", const="-", metavar="FILE",
+        help="one line per call (the request decoded, bytes in and out, errno and why) to FILE, or stderr",
+    )  # fmt: skip
+    p.add_argument("--trace-format", choices=["text", "json"], default="text", help="text lines or JSON lines")
+
+
 def _kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
     p.add_argument(
@@ -328,6 +368,7 @@ def _kernel_options(p: argparse.ArgumentParser) -> None:
         help=f"the kernel's revision (default {DEFAULT_REVISION}; none: a kernel before 7.3; v5, v4: posted drafts)",
     )
     add_revision_options(p)
+    _trace_options(p)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -356,6 +397,11 @@ def parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="record this machine as a host profile")
     rec.add_argument("--device", default="/dev/kvm", metavar="PATH", help="the KVM device (default /dev/kvm)")
     rec.add_argument("-o", "--output", required=True, metavar="FILE.toml", help="where to write the profile")
+    rec.add_argument(
+        "--no-device-ok",
+        action="store_true",
+        help="record even when the device cannot be opened (a machine without KVM)",
+    )
     rec.set_defaults(func=cmd_record)
     lab = sub.add_parser(
         "lab",

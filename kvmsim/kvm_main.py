@@ -9,12 +9,14 @@ facade users call (``Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-sid
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import attrs
 
@@ -32,6 +34,7 @@ from .uapi import (
     AbiRevision,
     Arch,
     check_struct_size,
+    explain_request,
     revision,
 )
 from .usermem import AddressSpace, Fault, UserAccess
@@ -154,14 +157,28 @@ class Process:
             if arg:
                 raise KvmError(errno.EINVAL, "KVM_GET_VCPU_MMAP_SIZE takes no argument")
             return k.kvm.vcpu_mmap_size()
-        return k.kvm.dev_ioctl(cmd, arg)
+        with _explained(cmd, k, "dev"):
+            return k.kvm.dev_ioctl(cmd, arg)
 
     # kvm_vm_ioctl()
     def kvm_vm_ioctl(self, file: VmFile, cmd: int, arg: int) -> int:
         k = self.kernel
         if cmd == k.KVM_CHECK_EXTENSION:
             return k.check_extension(arg, file.vm)
-        return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
+        with _explained(cmd, k, "vm"):
+            return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
+
+
+@contextlib.contextmanager
+def _explained(cmd: int, kernel: Kernel, on: Literal["dev", "vm"]) -> Iterator[None]:
+    """An unknown request's errno, with what it probably was (the simulator's reason only)."""
+    try:
+        yield
+    except KvmError as exc:
+        hint = explain_request(cmd, kernel.arch, kernel.rev, on) if exc.reason.startswith("unknown") else None
+        if hint is None:
+            raise
+        raise KvmError(exc.errno or 0, f"{exc.reason}: {hint}") from None
 
 
 class Kernel:

@@ -25,6 +25,7 @@ from .uapi import (
     KVM_VM_PPC_PR,
     AbiRevision,
     CompatCapsAbi,
+    byte_swapped_hint,
 )
 from .usermem import Fault, NonZeroTail, UserAccess
 
@@ -136,7 +137,8 @@ class PowerpcKvm:
         bo = self.host.arch.byteorder
         size = mem.get_user_u64(argp + abi.layout.offset("size"), bo)
         if size < self.ksize:
-            raise KvmError(errno.EINVAL, f"size {size} is smaller than the struct ({self.ksize})")
+            hint = " (the v4 draft's struct is flags, size, caps: is this a v5/7.3 layout?)" if size == 0 else ""
+            raise KvmError(errno.EINVAL, f"size {size} is smaller than the struct ({self.ksize}){hint}")
         caps = self._backend(vm)
         mem.copy_to_user(argp, self._out(abi, self.ksize, caps))
         return 0
@@ -149,8 +151,9 @@ class PowerpcKvm:
             raise KvmError(errno.EINVAL, f"size {usize} is smaller than KVM_PPC_COMPAT_CAPS_SIZE_VER0 (24)")
         if usize > ksize:
             mem.put_user_u64(argp + layout.offset("size"), ksize, bo)
+            hint = byte_swapped_hint(usize, KVM_PPC_COMPAT_CAPS_SIZE_VER0, ksize, bo)
             raise KvmError(
-                errno.E2BIG, f"size {usize} is larger than the kernel's struct; {ksize} written back to size"
+                errno.E2BIG, f"size {usize} is larger than the kernel's struct{hint}; {ksize} written back to size"
             )
         kbuf = mem.copy_struct_from_user(ksize, argp, usize)
         flags = layout.unpack(bo, kbuf)["flags"]
@@ -165,7 +168,8 @@ class PowerpcKvm:
         layout, bo, ksize = abi.layout, self.host.arch.byteorder, self.ksize
         usize = mem.get_user_u64(argp, bo)  # get_user(usize, argp): size is the first field
         if usize > self.host.page_size:
-            raise KvmError(errno.E2BIG, f"size {usize} is larger than PAGE_SIZE ({self.host.page_size})")
+            hint = byte_swapped_hint(usize, KVM_PPC_COMPAT_CAPS_SIZE_VER0, self.host.page_size, bo)
+            raise KvmError(errno.E2BIG, f"size {usize} is larger than PAGE_SIZE ({self.host.page_size}){hint}")
         if usize < KVM_PPC_COMPAT_CAPS_SIZE_VER0:
             raise KvmError(errno.EINVAL, f"size {usize} is smaller than KVM_PPC_COMPAT_CAPS_SIZE_VER0 (24)")
         try:

@@ -119,13 +119,20 @@ class _Table:
 
     def __init__(self, where: str, prefix: str, data: dict[str, Any]) -> None:
         self.where, self.prefix, self.data = where, prefix, dict(data)
+        self.known: list[str] = []  # the keys looked for so far, for "did you mean"
 
     def error(self, key: str, problem: str) -> ProfileError:
         return ProfileError(f"{self.where}: {self.prefix}{key}: {problem}")
 
+    def has(self, key: str) -> bool:
+        self.known.append(key)
+        return key in self.data
+
     def take(self, key: str, kind: type[T], default: T | None = None) -> T:
+        self.known.append(key)
         if key not in self.data:
             if default is None:
+                self.typo_of(key)
                 raise self.error(key, "missing")
             return default
         value = self.data.pop(key)
@@ -142,9 +149,16 @@ class _Table:
     def table(self, key: str) -> _Table:
         return _Table(self.where, f"{self.prefix}{key}.", self.take(key, dict, {}))
 
+    def typo_of(self, wanted: str) -> None:
+        """A missing key is often a misspelt one: name the unknown key, and what it may mean."""
+        for key in self.data:
+            if difflib.get_close_matches(key, [wanted], n=1, cutoff=0.75):
+                raise self.error(key, f"unknown key (did you mean {wanted!r}?)")
+
     def done(self) -> None:
         for key in self.data:
-            raise self.error(key, "unknown key")
+            close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.75)
+            raise self.error(key, f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key")
 
 
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "a boolean", list: "an array", dict: "a table"}
@@ -185,7 +199,7 @@ def _read_cpu(t: _Table, platform: str) -> Cpu:
     if generation is None:
         raise t.error("pvr", f"{pvr:#x} is not the PVR of a known POWER processor")
     mode = None
-    if "mode" in t.data:
+    if t.has("mode"):
         mode = _mode(t, "mode", t.data.pop("mode"), MODES)
         if not generation.level - 2 <= mode.level <= generation.level:
             raise t.error("mode", f"a {generation.name} processor cannot run in {mode.name} mode")
@@ -207,15 +221,16 @@ def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
     nested_apis = tuple(sorted(cast(list[int], apis)))
     v2 = 2 in nested_apis
     offers: tuple[CompatMode, ...] = ()
-    if "offers" in t.data:
+    if t.has("offers"):
         if not v2:
             raise t.error("offers", "only a nested API v2 hypervisor answers H_GUEST_GET_CAPABILITIES")
         names = t.take("offers", list)
         offers = tuple(_mode(t, "offers", n, {m.name: m for m in CAP_MODES}) for n in names)
     elif v2:
+        t.typo_of("offers")
         raise t.error("offers", "missing (what H_GUEST_GET_CAPABILITIES reports)")
     for key in ("other_capability_bits", "hcall_at_init", "hcall_at_runtime", "set_capabilities_hcall"):
-        if key in t.data and not v2:
+        if t.has(key) and not v2:
             raise t.error(key, "only meaningful for a nested API v2 hypervisor")
     other = t.take("other_capability_bits", int, 0)
     if not 0 <= other <= 0xFFFFFFFFFFFFFFFF:
@@ -228,7 +243,7 @@ def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
 
 
 def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
-    if "cpus" not in t.data:
+    if not t.has("cpus"):
         t.done()
         gen = cpu.generation
         if gen is None:
@@ -247,7 +262,7 @@ def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
             raise n.error("name", f"{name!r} is already a node (names are unique under /cpus)")
         if not 0 <= reg <= 0xFFFFFFFF:
             raise n.error("reg", f"{reg} does not fit a u32 property")
-        version = n.take("cpu-version", int) if "cpu-version" in n.data else None
+        version = n.take("cpu-version", int) if n.has("cpu-version") else None
         if version is not None and not 0 <= version <= 0xFFFFFFFF:
             raise n.error("cpu-version", f"{version:#x} does not fit a u32 property")
         n.done()
@@ -292,7 +307,7 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
         if mmu == "radix" and not cpu.isa_300:
             effective = cpu.effective.name if cpu.effective else "raw"
             raise t.error("mmu", f"radix needs ISA 3.0 (POWER9 or later); this partition runs in {effective} mode")
-    elif "mmu" in t.data:
+    elif t.has("mmu"):
         raise t.error("mmu", "only POWER partitions choose radix or hash")
     hypervisor = _read_hypervisor(t.table("hypervisor"), platform)
     dt = t.table("device_tree")

@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import attrs
 from .build import BuildError, build_shim
 from .kvm_main import Kernel
 from .server import Server
+from .trace import Call
 
 
 @attrs.frozen
@@ -114,10 +115,12 @@ def prepare(
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-def run(kernel: Kernel, command: Sequence[str], *, arch: str | None = None) -> int:
+def run(
+    kernel: Kernel, command: Sequence[str], *, arch: str | None = None, trace: Callable[[Call], None] | None = None
+) -> int:
     """Run ``command`` against ``kernel``; its exit code (128 + N when killed by signal N)."""
     workdir = tempfile.mkdtemp(prefix="kvmsim-run-")
-    server = Server(kernel, os.path.join(workdir, "kvm.sock"))
+    server = Server(kernel, os.path.join(workdir, "kvm.sock"), trace=trace)
     previous: dict[int, Any] = {}
     try:
         argv, env = prepare(kernel, command, server.path, arch=arch)

@@ -16,11 +16,13 @@ import socket
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from . import wire
 from .errors import KvmError
 from .kvm_main import Kernel, Process
+from .trace import Call
 from .usermem import Fault, UserAccess
 from .wire import Msg, ProtocolError
 
@@ -121,6 +123,11 @@ def check_socket_path(path: str) -> None:
         )
 
 
+def peer_pid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
+
+
 def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -131,10 +138,16 @@ class Connection:
     """One client process."""
 
     def __init__(
-        self, kernel: Kernel, sock: socket.socket, name: str, calls: itertools.count[int] | None = None
+        self,
+        kernel: Kernel,
+        sock: socket.socket,
+        name: str,
+        calls: itertools.count[int] | None = None,
+        trace: Callable[[Call], None] | None = None,
     ) -> None:
         self.kernel, self.sock, self.name = kernel, sock, name
         self.calls = calls if calls is not None else itertools.count()
+        self.trace = trace
         self.reader = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
         self.memory = RemoteMemory(sock, self.reader)
         self.process: Process = kernel.process(self.memory)
@@ -155,6 +168,10 @@ class Connection:
     def dispatch(self, msg: Msg, payload: bytes) -> bytes:
         flags = 0
         self.memory.begin(0, b"")
+        fd: int | None = None
+        cmd = arg = None
+        window = b""
+        reason = None
         try:
             if msg == Msg.OPEN:
                 (_oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
@@ -168,15 +185,18 @@ class Connection:
                 ret = self.process.sys_ioctl(fd, cmd, arg)
                 flags = wire.RESULT_NEW_FD if creates_vm else 0
             elif msg == Msg.CLOSE:
-                (fd,), _ = wire.unpack(wire.CLOSE, payload)
+                (fd,), _ = wire.unpack(wire.CLOSE, payload)  # fd for the trace too
                 self.process.close(fd)
                 ret = 0
             else:
                 raise ProtocolError(f"unexpected {msg.name} from a client")
         except KvmError as exc:
-            ret, err = -1, exc.errno or errno.EIO
+            ret, err, reason = -1, exc.errno or errno.EIO, exc.reason
         else:
             err = 0
+        if self.trace is not None:
+            done = tuple(self.memory.pending)
+            self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason))
         count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
         return wire.frame(Msg.RESULT, wire.RESULT.pack(ret, err, flags, count) + writes)
 
@@ -184,8 +204,8 @@ class Connection:
 class Server:
     """Listen on ``path`` and serve ``kernel`` to every same-uid peer, one thread each."""
 
-    def __init__(self, kernel: Kernel, path: str | Path) -> None:
-        self.kernel, self.path = kernel, str(path)
+    def __init__(self, kernel: Kernel, path: str | Path, *, trace: Callable[[Call], None] | None = None) -> None:
+        self.kernel, self.path, self.trace = kernel, str(path), trace
         check_socket_path(self.path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is created 0600 (never chmod: it could be a symlink by then)
@@ -237,9 +257,9 @@ class Server:
                     continue
                 raise
             self._count += 1
-            name = f"connection {self._count}"
             sock.settimeout(None)
-            uid = peer_uid(sock)
+            uid, pid = peer_uid(sock), peer_pid(sock)
+            name = f"connection {self._count} (pid {pid})"
             if uid != os.getuid():
                 log.warning("%s: refused: peer uid %d is not the server's uid %d", name, uid, os.getuid())
                 sock.close()
@@ -249,7 +269,7 @@ class Server:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
-            connection = Connection(self.kernel, sock, name, self.calls)
+            connection = Connection(self.kernel, sock, name, self.calls, self.trace)
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)

@@ -84,10 +84,17 @@ def test_verify_reports_a_mismatch_with_exit_1(tmp_path: Path) -> None:
     assert r.stdout.strip().endswith("1 mismatch")
 
 
-def test_record_without_a_device_fails_cleanly_with_the_reason(tmp_path: Path) -> None:
+def test_record_without_a_device_fails_and_says_how_to_fix_it(tmp_path: Path) -> None:
     out = tmp_path / "r.toml"
     r = subprocess.run(
         [str(KVMSIM), "record", "--device", str(tmp_path / "kvm"), "-o", str(out)], capture_output=True, text=True
+    )
+    assert r.returncode == 3 and not out.exists()
+    assert r.stderr.count("\n") == 1 and "ENOENT: load KVM first (modprobe kvm_hv" in r.stderr
+    r = subprocess.run(
+        [str(KVMSIM), "record", "--device", str(tmp_path / "kvm"), "-o", str(out), "--no-device-ok"],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0
     assert f"note: {tmp_path / 'kvm'}: ENOENT" in r.stdout

@@ -1,0 +1,110 @@
+"""`--trace`: a C developer sees each call decoded, its bytes and the kernel's reason; and the
+reasons themselves name the usual mistakes (another architecture's number, another revision's,
+a VM ioctl on /dev/kvm, a byte-swapped size, a v5/7.3 layout on a v4 kernel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmsim import Kernel
+from kvmsim.build import compile_c
+
+ROOT = Path(__file__).resolve().parent.parent
+KVMSIM = Path(sys.executable).parent / "kvmsim"
+
+
+@pytest.fixture(scope="module")
+def c_client() -> Path:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here")
+    return compile_c([ROOT / "client" / "c" / "kvm_compat_caps.c"])
+
+
+def test_json_trace_lines_of_a_run(c_client: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "powervm-p11", f"--trace={trace}", "--trace-format", "json", "--",
+         str(c_client), "--null"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 1
+    calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [c["decoded"] for c in calls if c["call"] == "IOCTL"] == [
+        "KVM_GET_API_VERSION",
+        "KVM_CREATE_VM",
+        "KVM_CHECK_EXTENSION",
+        "KVM_PPC_GET_COMPAT_CAPS (linux-7.3)",
+    ]
+    last = next(c for c in calls if (c["decoded"] or "").startswith("KVM_PPC"))
+    assert (last["errno"], last["reason"], last["arg"]) == ("EFAULT", "user memory: read fault at 0x0", 0)
+    assert calls[0]["process"].startswith("connection 1 (pid ")
+
+
+def test_text_trace_shows_bytes_in_and_out(c_client: Path, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "powervm-p11-be", "--trace", "--", str(c_client)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    line = next(ln for ln in r.stderr.splitlines() if "KVM_PPC_GET_COMPAT_CAPS" in ln)
+    assert "= 0 in=0000000000000018" in line  # big-endian size 24 in
+    assert "=000000000000001800000000000000003000000000000000" in line  # and the struct out
+
+
+@pytest.mark.parametrize(
+    ("host", "abi", "on", "number", "arg", "hint"),
+    [
+        (
+            "powervm-p11",
+            "linux-7.3",
+            "dev",
+            0xAE00,
+            0,
+            "0xae00 is x86's KVM_GET_API_VERSION; this host is ppc64le, which uses 0x2000ae00",
+        ),
+        (
+            "x86_64",
+            "linux-7.3",
+            "dev",
+            0x2000AE03,
+            250,
+            "is powerpc's KVM_CHECK_EXTENSION; this host is x86_64, which uses 0xae03",
+        ),
+        (
+            "powervm-p11",
+            "linux-7.3",
+            "vm",
+            0x2000AEE4,
+            "buf",
+            "is KVM_PPC_GET_COMPAT_CAPS (v5); this kernel (linux-7.3) uses 0x2000aeb8",
+        ),
+        ("powervm-p11", "none", "vm", 0x2000AEB8, "buf", "this kernel (none) has no such ioctl (before Linux 7.3)"),
+        (
+            "powervm-p11",
+            "linux-7.3",
+            "dev",
+            0x2000AEB8,
+            "buf",
+            "is a VM ioctl: issue it on the fd KVM_CREATE_VM returned",
+        ),
+        ("powervm-p11-be", "linux-7.3", "vm", 0x2000AEB8, "le24", "(24 byte-swapped? this host is big-endian)"),
+        ("powervm-p11", "v4", "vm", 0x4018AEE4, "buf", "is this a v5/7.3 layout?"),
+    ],
+)
+def test_the_reason_names_the_usual_mistake(host: str, abi: str, on: str, number: int, arg: object, hint: str) -> None:
+    k = Kernel.from_profile(host, abi=abi)
+    dev = k.open()
+    fd = dev if on == "dev" else int(k.ioctl(dev, k.KVM_CREATE_VM, 0))
+    if arg == "buf":
+        arg = bytearray((24).to_bytes(8, "little") + bytes(16))  # a v5/7.3 struct, little-endian
+    elif arg == "le24":
+        arg = bytearray((24).to_bytes(8, "little") + bytes(16))  # packed for the wrong byte order
+    with pytest.raises(OSError) as exc:
+        k.ioctl(fd, number, arg)
+    assert hint in exc.value.reason  # type: ignore[attr-defined]
