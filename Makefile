@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q -n 2 tests/test_pytest_plugin.py tests/test_user_example.py  # the plugin under xdist
 
 lint: $(STAMP)
 	$(BIN)/ruff check kvmsim client tests benchmarks tools

@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Iterator
+import tomllib
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -40,19 +43,58 @@ class SimulatedHost:
     abi: str
     kernel: Kernel
     fs: FakeFilesystem
+    calls: list[IoctlCall]  # every ioctl the process made on /dev/kvm and its VM fds, in order
 
     @property
     def profile(self) -> Host:
         return self.kernel.host
 
 
-def host_spec(param: object) -> tuple[str, str]:
-    """``"powervm-p11"`` or ``("kvm-l1-p10", "v5")`` → (name, revision)."""
-    if isinstance(param, str):
-        return param, DEFAULT_REVISION
-    if isinstance(param, tuple) and len(param) == 2 and all(isinstance(p, str) for p in param):
-        return param[0], param[1]
-    raise pytest.UsageError(f"kvm_host: expected a host name or a (name, revision) pair, got {param!r}")
+@attrs.frozen
+class HostSpec:
+    """What ``kvm_host`` boots: a profile (name or path), a revision, and per-test changes
+    (``{"cpu.mode": "power9"}``, ``{"hypervisor.offers": [...]}``, ``{"page_size": 4096}``)
+    checked like a profile file, and the kernel's struct size."""
+
+    name: str
+    abi: str = DEFAULT_REVISION
+    overrides: Mapping[str, Any] = attrs.field(factory=dict)
+    ksize: int = 24
+
+    @property
+    def id(self) -> str:
+        label = f"{Path(self.name).stem}-{self.abi}"
+        extra = [f"{k}={v}" for k, v in self.overrides.items()] + ([f"ksize={self.ksize}"] if self.ksize != 24 else [])
+        return "-".join([label, *extra])
+
+
+def host_spec(param: object) -> HostSpec:
+    """``"powervm-p11"``, a ``Path``, ``(name, revision)`` or ``(name, revision, overrides)``,
+    or a :class:`HostSpec`."""
+    if isinstance(param, HostSpec):
+        return param
+    if isinstance(param, str | os.PathLike):
+        return HostSpec(os.fspath(param))
+    if isinstance(param, tuple) and 2 <= len(param) <= 3 and isinstance(param[1], str):
+        name = param[0]
+        if isinstance(name, str | os.PathLike):
+            overrides = param[2] if len(param) == 3 else {}
+            if isinstance(overrides, Mapping):
+                return HostSpec(os.fspath(name), param[1], dict(overrides))
+    raise pytest.UsageError(
+        f"kvm_host: expected a host name or path, (name, revision) or (name, revision, overrides), got {param!r}"
+    )
+
+
+@attrs.frozen
+class IoctlCall:
+    """One ``fcntl.ioctl`` on a simulated fd: which fd ("dev" or "vm"), the request, the
+    argument as passed, and the result (a value, bytes, or the errno's name)."""
+
+    fd: str
+    request: int
+    arg: object
+    result: int | bytes | str
 
 
 def real_kvm_unusable() -> str | None:
@@ -69,17 +111,46 @@ def _uname_of(machine: str) -> os.uname_result:
     return os.uname_result((real.sysname, real.nodename, real.release, real.version, machine))
 
 
+def _boot(spec: HostSpec) -> Kernel:
+    """The kernel for ``spec``; overrides are applied to the profile's TOML and checked as a
+    profile file is (a mistake is one line naming the key)."""
+    from . import profile, record
+    from .uapi import revision
+    from .user.simulated import Kernel
+
+    if not spec.overrides:
+        return Kernel.from_profile(spec.name, abi=spec.abi, ksize=spec.ksize)
+    path = profile.resolve(spec.name)
+    doc = tomllib.loads(path.read_text())
+    for dotted, value in spec.overrides.items():
+        *tables, key = dotted.split(".")
+        where = doc
+        for table in tables:
+            where = where.setdefault(table, {})
+        where[key] = value
+    host = profile.parse(record.dumps(doc), name=path.stem, where=f"{path} with {dict(spec.overrides)}", path=path)
+    return Kernel(host, revision(spec.abi), ksize=spec.ksize)
+
+
 @contextlib.contextmanager
-def simulated_host(name: str = DEFAULT_HOST, abi: str = DEFAULT_REVISION) -> Iterator[SimulatedHost]:
-    """The fixture's work as a context manager: the process sees host ``name`` inside."""
+def simulated_host(
+    name: str | os.PathLike[str] | HostSpec = DEFAULT_HOST, abi: str = DEFAULT_REVISION, **overrides: Any
+) -> Iterator[SimulatedHost]:
+    """The fixture's work as a context manager: the process sees host ``name`` inside.
+    ``overrides`` change the profile for this host only (``**{"cpu.mode": "power9"}``);
+    ``ksize=`` is the kernel's struct size."""
     from pyfakefs.fake_filesystem_unittest import Patcher
 
     from . import hostfs
     from .fakefcntl import KernelBinding, KvmFcntlModule
     from .profile import search_path
-    from .user.simulated import Kernel
 
-    kernel = Kernel.from_profile(name, abi=abi)  # read the profile before the fake fs hides it
+    if isinstance(name, HostSpec):
+        spec = name
+    else:
+        ksize = int(overrides.pop("ksize", 24))
+        spec = HostSpec(os.fspath(name), abi, overrides, ksize)
+    kernel = _boot(spec)  # read the profile before the fake fs hides it
     files = hostfs.files(kernel)
     profile_dirs = [str(d) for d in search_path() if d.is_dir()]  # profiles stay readable by name inside
     uname = _uname_of(kernel.arch.name)
@@ -95,16 +166,51 @@ def simulated_host(name: str = DEFAULT_HOST, abi: str = DEFAULT_REVISION) -> Ite
                 fs.create_file(path, contents=data)
             for directory in profile_dirs:
                 fs.add_real_directory(directory)
-            fs.kvmsim_binding = KernelBinding(kernel, fs)  # type: ignore[attr-defined]
-            yield SimulatedHost(name, abi, kernel, fs)
+            binding = KernelBinding(kernel, fs)
+            fs.kvmsim_binding = binding  # type: ignore[attr-defined]
+            yield SimulatedHost(spec.name, spec.abi, kernel, fs, binding.calls)
+            left = binding.open_vm_fds()
+            if left:
+                warnings.warn(
+                    f"kvm_host {spec.id}: {len(left)} VM fd(s) left open at teardown: {sorted(left)}",
+                    ResourceWarning,
+                    stacklevel=1,
+                )
     finally:
         monkeypatch.undo()
 
 
 @pytest.fixture
 def kvm_host(request: pytest.FixtureRequest) -> Iterator[SimulatedHost]:
-    with simulated_host(*host_spec(getattr(request, "param", DEFAULT_HOST))) as host:
+    """A simulated POWER host for this test: /dev/kvm, /proc/device-tree, /proc/cpuinfo,
+    /sys/module and ``fcntl.ioctl`` reach kvmsim's kernel (pyfakefs), ``os.uname()`` is the
+    host's arch.  Choose it with ``@pytest.mark.parametrize("kvm_host", [...], indirect=True)``
+    (a name, a path, ``(name, revision)`` or ``(name, revision, overrides)``) or
+    ``@pytest.mark.kvm_host("powervm-p11", abi="linux-7.3", **overrides)``; the default is
+    powervm-p11 on linux-7.3.  Yields a SimulatedHost: ``.kernel``, ``.fs``, ``.calls``."""
+    if hasattr(request, "param"):
+        spec = host_spec(request.param)
+    else:
+        marker = request.node.get_closest_marker("kvm_host")
+        if marker is None:
+            spec = HostSpec(DEFAULT_HOST)
+        else:
+            kwargs = dict(marker.kwargs)
+            abi = str(kwargs.pop("abi", DEFAULT_REVISION))
+            ksize = int(kwargs.pop("ksize", 24))
+            spec = HostSpec(os.fspath(marker.args[0]) if marker.args else DEFAULT_HOST, abi, kwargs, ksize)
+    with simulated_host(spec) as host:
         yield host
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Readable ids for ``kvm_host`` parameters: ``powervm-p11-linux-7.3``."""
+    if argname != "kvm_host":
+        return None
+    try:
+        return host_spec(val).id
+    except pytest.UsageError:
+        return None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -113,6 +219,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_real_kvm: skip unless a real /dev/kvm can be opened")
+    config.addinivalue_line(
+        "markers", "kvm_host(name, abi=..., **overrides): the simulated host the kvm_host fixture boots for this test"
+    )
     dirs = [str(p) for p in config.getini("kvmsim_hosts")]
     if dirs:
         from .profile import HOSTS_ENV

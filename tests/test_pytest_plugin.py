@@ -165,7 +165,9 @@ def test_bad_fixture_parameter_is_a_usage_error(pytester: pytest.Pytester) -> No
         """
     )
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["*kvm_host: expected a host name or a (name, revision) pair, got 42*"])
+    result.stdout.fnmatch_lines(
+        ["*kvm_host: expected a host name or path, (name, revision) or (name, revision, overrides), got 42*"]
+    )
     assert result.ret != 0
 
 
@@ -180,3 +182,81 @@ def test_plugin_is_inert_without_the_fixture(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_users_see_readable_ids_a_marker_overrides_and_the_call_log(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, struct, warnings
+        from fcntl import ioctl
+        from pathlib import Path
+        import pytest
+
+        def modes():
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            vm = ioctl(fd, 0x2000AE01, 0)
+            assert ioctl(vm, 0x2000AE03, 250) == 1
+            buf = bytearray(struct.pack("<QQQ", 24, 0, 0))
+            ioctl(vm, 0x2000AEB8, buf)
+            os.close(vm)
+            os.close(fd)
+            return struct.unpack("<QQQ", buf)[2]
+
+        @pytest.mark.parametrize("kvm_host", ["powervm-p11", ("kvm-l1-p10", "v5")], indirect=True)
+        def test_ids(kvm_host, request):
+            assert request.node.callspec.id in ("powervm-p11-linux-7.3", "kvm-l1-p10-v5")
+
+        @pytest.mark.kvm_host("kvm-l1-p11", **{"cpu.mode": "power9"})
+        def test_marker_with_an_override(kvm_host):
+            assert kvm_host.profile.cpu.mode.name == "power9"
+            assert modes() == 0x4000000000000000
+
+        OFFERS = [("powervm-p11", "linux-7.3", {"hypervisor.offers": ["power10"]})]
+
+        @pytest.mark.parametrize("kvm_host", OFFERS, indirect=True)
+        def test_offers_override_and_calls(kvm_host):
+            assert modes() == 0x2000000000000000
+            checked = [c for c in kvm_host.calls if c.request == 0x2000AE03]
+            assert [(c.fd, c.arg, c.result) for c in checked] == [("vm", 250, 1)]
+
+        @pytest.mark.parametrize("kvm_host", [Path("/nonexistent/x.toml")], indirect=True)
+        def test_a_path(kvm_host):
+            pass
+
+        @pytest.mark.kvm_host("powervm-p11", **{"cpu.mod": "power9"})
+        def test_a_bad_override(kvm_host):
+            pass
+
+        def test_left_open(kvm_host):
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            ioctl(fd, 0x2000AE01, 0)
+
+        def test_fcntl_contract(kvm_host):
+            import fcntl
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            class F:
+                def fileno(self):
+                    return fd
+            assert ioctl(F(), 0x2000AE00, 0) == 12
+            with pytest.raises(ValueError):
+                ioctl(-1, 0x2000AE00, 0)
+            vm = ioctl(fd, 0x2000AE01, 0)
+            vm2 = fcntl.fcntl(vm, fcntl.F_DUPFD_CLOEXEC, 0)
+            assert ioctl(vm2, 0x2000AE03, 250) == 1
+            for x in (vm, vm2, fd):
+                os.close(x)
+        """
+    )
+    result = pytester.runpytest("-v", "-W", "always::ResourceWarning")
+    result.stdout.fnmatch_lines(
+        [
+            "*test_ids?powervm-p11-linux-7.3? PASSED*",
+            "*test_ids?kvm-l1-p10-v5? PASSED*",
+            "*test_marker_with_an_override PASSED*",
+            "*test_offers_override_and_calls?powervm-p11-linux-7.3-hypervisor.offers=?'power10'?? PASSED*",
+            "*test_a_path?x-linux-7.3? ERROR*",
+            "*test_fcntl_contract PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*cpu.mod: unknown key (did you mean 'mode'?)*"])
+    result.stdout.fnmatch_lines(["*VM fd(s) left open at teardown*"])
