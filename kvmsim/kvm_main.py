@@ -9,12 +9,10 @@ facade users call (``Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-sid
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import heapq
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self
 
@@ -157,28 +155,26 @@ class Process:
             if arg:
                 raise KvmError(errno.EINVAL, "KVM_GET_VCPU_MMAP_SIZE takes no argument")
             return k.kvm.vcpu_mmap_size()
-        with _explained(cmd, k, "dev"):
+        try:
             return k.kvm.dev_ioctl(cmd, arg)
+        except KvmError as exc:
+            raise _explained(exc, cmd, k, "dev") from None
 
     # kvm_vm_ioctl()
     def kvm_vm_ioctl(self, file: VmFile, cmd: int, arg: int) -> int:
         k = self.kernel
         if cmd == k.KVM_CHECK_EXTENSION:
             return k.check_extension(arg, file.vm)
-        with _explained(cmd, k, "vm"):
+        try:
             return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
+        except KvmError as exc:
+            raise _explained(exc, cmd, k, "vm") from None
 
 
-@contextlib.contextmanager
-def _explained(cmd: int, kernel: Kernel, on: Literal["dev", "vm"]) -> Iterator[None]:
+def _explained(exc: KvmError, cmd: int, kernel: Kernel, on: Literal["dev", "vm"]) -> KvmError:
     """An unknown request's errno, with what it probably was (the simulator's reason only)."""
-    try:
-        yield
-    except KvmError as exc:
-        hint = explain_request(cmd, kernel.arch, kernel.rev, on) if exc.reason.startswith("unknown") else None
-        if hint is None:
-            raise
-        raise KvmError(exc.errno or 0, f"{exc.reason}: {hint}") from None
+    hint = explain_request(cmd, kernel.arch, kernel.rev, on) if exc.reason.startswith("unknown") else None
+    return exc if hint is None else KvmError(exc.errno or 0, f"{exc.reason}: {hint}")
 
 
 class Kernel:

@@ -21,10 +21,12 @@ from typing import Any
 
 import attrs
 
+from . import hostfs
 from .build import BuildError, build_shim
 from .kvm_main import Kernel
 from .server import Server
 from .trace import Call
+from .uapi import DEV_KVM
 
 
 @attrs.frozen
@@ -101,11 +103,12 @@ def prepare(
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run ``command`` against the server at ``socket_path``."""
     arch = target_arch(kernel, command, arch)
+    view = host_view(kernel, os.path.join(os.path.dirname(socket_path), "root"))
     if arch is None:
-        return list(command), shim_environment(kernel, socket_path, build_shim())
+        return list(command), shim_environment(kernel, socket_path, build_shim(), view)
     foreign = FOREIGN[arch]
     shim = build_shim(cc=f"{foreign.triplet}-gcc")
-    shim_env = {"LD_PRELOAD": str(shim), "KVMSIM_SOCKET": socket_path, "KVMSIM_MACHINE": kernel.arch.name}
+    shim_env = {"LD_PRELOAD": str(shim), "KVMSIM_SOCKET": socket_path, "KVMSIM_MACHINE": kernel.arch.name, **view}
     argv = [qemu_binary(foreign), "-L", foreign.sysroot]
     for key, value in shim_env.items():  # for the emulated process, not for qemu itself
         argv += ["-E", f"{key}={value}"]
@@ -142,12 +145,30 @@ def run(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def shim_environment(kernel: Kernel, socket_path: str, shim: Path) -> dict[str, str]:
-    """The environment that preloads ``shim`` into a native command."""
+def host_view(kernel: Kernel, directory: str) -> dict[str, str]:
+    """Write the simulated host's files (kvmsim.hostfs: /proc/device-tree, /proc/cpuinfo,
+    /sys/module/kvm*) under ``directory``: what the shim shows the program instead of this
+    machine's.  The shim's environment for it."""
+    for path, data in hostfs.files(kernel).items():
+        if path == DEV_KVM:
+            continue
+        target = Path(directory + path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return {"KVMSIM_ROOT": directory, "KVMSIM_DEV_KVM": "1" if kernel.kvm.loaded else "0"}
+
+
+def shim_environment(
+    kernel: Kernel, socket_path: str, shim: Path, view: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment that preloads ``shim`` into a native command (and, with ``view``
+    from :func:`host_view`, shows it the simulated host's files)."""
     preload = os.environ.get("LD_PRELOAD", "")
     return {
         **os.environ,
         "LD_PRELOAD": f"{shim} {preload}".strip(),
         "KVMSIM_SOCKET": socket_path,
         "KVMSIM_MACHINE": kernel.arch.name,
+        "KVMSIM_DEV_KVM": "1" if kernel.kvm.loaded else "0",
+        **(view or {}),
     }

@@ -21,7 +21,11 @@
  * an emulated fd share its kernel file, closed with the last descriptor, as in the kernel.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -67,6 +71,13 @@ static int (*real_dup2)(int, int);
 static int (*real_dup3)(int, int, int);
 static int (*real_fcntl)(int, int, ...);
 static int (*real_fcntl64)(int, int, ...);
+static int (*real_access)(const char *, int);
+static int (*real_faccessat)(int, const char *, int, int);
+static int (*real_stat)(const char *, struct stat *);
+static int (*real_lstat)(const char *, struct stat *);
+static int (*real_fstatat)(int, const char *, struct stat *, int);
+static FILE *(*real_fopen)(const char *, const char *);
+static DIR *(*real_opendir)(const char *);
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock = -1;
@@ -140,14 +151,31 @@ __attribute__((constructor)) static void shim_init(void)
 	real_fcntl64 = dlsym(RTLD_NEXT, "fcntl64");
 	if (!real_fcntl64)
 		real_fcntl64 = real_fcntl;
+	real_access = dlsym(RTLD_NEXT, "access");
+	real_faccessat = dlsym(RTLD_NEXT, "faccessat");
+	real_stat = dlsym(RTLD_NEXT, "stat");
+	real_lstat = dlsym(RTLD_NEXT, "lstat");
+	real_fstatat = dlsym(RTLD_NEXT, "fstatat");
+	real_fopen = dlsym(RTLD_NEXT, "fopen");
+	real_opendir = dlsym(RTLD_NEXT, "opendir");
 	const char *memory = getenv("KVMSIM_MEMORY");
 	use_pipe = memory && strcmp(memory, "pipe") == 0;
 	pthread_atfork(NULL, NULL, child_after_fork);
 }
 
-static int is_kvm(const char *path)
+static int canonical(int dirfd, const char *path, char *out, size_t size);
+static int names_dev_kvm(const char *p);
+
+/* Does opening path (relative to dirfd) open /dev/kvm?  Every spelling counts: //dev/kvm,
+ * /dev/../dev/kvm, a relative path, a dirfd of /dev, a symlink to it. */
+static int is_kvm_open(int dirfd, const char *path)
 {
-	return path && strcmp(path, "/dev/kvm") == 0;
+	char canon[PATH_MAX];
+	if (!path)
+		return 0;
+	if (!strcmp(path, "/dev/kvm"))
+		return 1;
+	return canonical(dirfd, path, canon, sizeof(canon)) == 0 && names_dev_kvm(canon);
 }
 
 static int emulated(int fd)
@@ -598,6 +626,29 @@ static int emu_dup(int oldfd, int newfd)
 
 /* ---- the intercepted entry points -------------------------------------------------- */
 
+static const char *viewed(int dirfd, const char *path, char *buf, size_t size);
+static int host_has_dev_kvm(void);
+
+/* open(2) of /dev/kvm: the flags keep their meaning for a character device. */
+static int kvm_open(int flags)
+{
+	if (!host_has_dev_kvm()) {
+		errno = ENOENT;
+		return -1;
+	}
+	if ((flags & O_CREAT) && (flags & O_EXCL)) {
+		errno = EEXIST;
+		return -1;
+	}
+	if (flags & O_DIRECTORY) {
+		errno = ENOTDIR;
+		return -1;
+	}
+	if ((flags & O_PATH) == O_PATH) /* a path-only fd: no file operations, so not emulated */
+		return real_open("/dev/null", O_PATH | (flags & O_CLOEXEC));
+	return emu_open("/dev/kvm", flags);
+}
+
 static mode_t mode_arg(int flags, va_list ap)
 {
 	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
@@ -609,7 +660,10 @@ int open(const char *path, int flags, ...)
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
 	va_end(ap);
-	return is_kvm(path) ? emu_open(path, flags) : real_open(path, flags, mode);
+	char buf[PATH_MAX];
+	if (is_kvm_open(AT_FDCWD, path))
+		return kvm_open(flags);
+	return real_open(viewed(AT_FDCWD, path, buf, sizeof(buf)), flags, mode);
 }
 
 int open64(const char *path, int flags, ...)
@@ -618,7 +672,10 @@ int open64(const char *path, int flags, ...)
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
 	va_end(ap);
-	return is_kvm(path) ? emu_open(path, flags) : real_open64(path, flags, mode);
+	char buf[PATH_MAX];
+	if (is_kvm_open(AT_FDCWD, path))
+		return kvm_open(flags);
+	return real_open64(viewed(AT_FDCWD, path, buf, sizeof(buf)), flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...)
@@ -627,7 +684,10 @@ int openat(int dirfd, const char *path, int flags, ...)
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
 	va_end(ap);
-	return is_kvm(path) ? emu_open(path, flags) : real_openat(dirfd, path, flags, mode);
+	char buf[PATH_MAX];
+	if (is_kvm_open(dirfd, path))
+		return kvm_open(flags);
+	return real_openat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), flags, mode);
 }
 
 int openat64(int dirfd, const char *path, int flags, ...)
@@ -636,7 +696,10 @@ int openat64(int dirfd, const char *path, int flags, ...)
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
 	va_end(ap);
-	return is_kvm(path) ? emu_open(path, flags) : real_openat64(dirfd, path, flags, mode);
+	char buf[PATH_MAX];
+	if (is_kvm_open(dirfd, path))
+		return kvm_open(flags);
+	return real_openat64(dirfd, viewed(dirfd, path, buf, sizeof(buf)), flags, mode);
 }
 
 int __open_2(const char *path, int flags) { return open(path, flags); }
@@ -790,3 +853,224 @@ int uname(struct utsname *buf)
 	}
 	return r;
 }
+
+/* ---- the simulated host's files: $KVMSIM_ROOT holds /proc/device-tree, /proc/cpuinfo and
+ * /sys/module/kvm* as the simulated kernel shows them (kvmsim.hostfs); /dev/kvm exists when
+ * $KVMSIM_DEV_KVM is 1.  Paths are made absolute and normal first (//, /./, .., a dirfd, the
+ * real symlinks of the directories above), without following the last component. ---- */
+
+static int canonical(int dirfd, const char *path, char *out, size_t size)
+{
+	char buf[PATH_MAX];
+	if (!path || !*path)
+		return -1;
+	if (path[0] == '/')
+		snprintf(buf, sizeof(buf), "%s", path);
+	else {
+		char base[PATH_MAX];
+		if (dirfd == AT_FDCWD) {
+			if (!getcwd(base, sizeof(base)))
+				return -1;
+		} else {
+			char link[64];
+			snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+			ssize_t n = readlink(link, base, sizeof(base) - 1);
+			if (n < 0)
+				return -1;
+			base[n] = 0;
+		}
+		int w = snprintf(buf, sizeof(buf), "%s/%s", base, path);
+		if (w < 0 || (size_t)w >= sizeof(buf))
+			return -1;
+	}
+	/* lexical: split on '/', drop '' and '.', pop on '..' */
+	char *parts[PATH_MAX / 2];
+	int n = 0;
+	for (char *save, *tok = strtok_r(buf, "/", &save); tok; tok = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(tok, "."))
+			continue;
+		if (!strcmp(tok, "..")) {
+			if (n)
+				n--;
+			continue;
+		}
+		parts[n++] = tok;
+	}
+	size_t len = 0;
+	out[0] = 0;
+	for (int i = 0; i < n; i++) {
+		int w = snprintf(out + len, size - len, "/%s", parts[i]);
+		if (w < 0 || (size_t)w >= size - len)
+			return -1;
+		len += (size_t)w;
+	}
+	if (!n)
+		snprintf(out, size, "/");
+	/* the directories above may be symlinks (e.g. a link to /dev): resolve them, not the last */
+	char *slash = strrchr(out, '/');
+	if (slash && slash != out) {
+		char dir[PATH_MAX], real[PATH_MAX], last[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - out), out);
+		snprintf(last, sizeof(last), "%s", slash + 1);
+		if (realpath(dir, real)) {
+			int w = snprintf(out, size, "%s/%s", strcmp(real, "/") ? real : "", last);
+			if (w < 0 || (size_t)w >= size)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+/* Is canonical path p the simulated /dev/kvm, following a final symlink to it? */
+static int names_dev_kvm(const char *p)
+{
+	if (!strcmp(p, "/dev/kvm"))
+		return 1;
+	char target[PATH_MAX];
+	ssize_t n = readlink(p, target, sizeof(target) - 1);
+	if (n <= 0)
+		return 0;
+	target[n] = 0;
+	char resolved[PATH_MAX], dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", p);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = 0;
+	int dirfd = real_open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int ok = dirfd >= 0 && canonical(target[0] == '/' ? AT_FDCWD : dirfd, target, resolved, sizeof(resolved)) == 0 &&
+	         !strcmp(resolved, "/dev/kvm");
+	if (dirfd >= 0)
+		real_close(dirfd);
+	return ok;
+}
+
+static int host_has_dev_kvm(void)
+{
+	const char *v = getenv("KVMSIM_DEV_KVM");
+	return !v || strcmp(v, "0") != 0;
+}
+
+/* Where the program's path really is: the simulated host's copy, or the path itself. */
+static const char *viewed(int dirfd, const char *path, char *buf, size_t size)
+{
+	const char *root = getenv("KVMSIM_ROOT");
+	char canon[PATH_MAX];
+	if (!root || !*root || !path || canonical(dirfd, path, canon, sizeof(canon)) < 0)
+		return path;
+	if (!strncmp(canon, "/proc/device-tree", 17) || !strcmp(canon, "/proc/cpuinfo") ||
+	    !strncmp(canon, "/sys/module/kvm", 15)) {
+		snprintf(buf, size, "%s%s", root, canon);
+		return buf;
+	}
+	return path;
+}
+
+/* A stat of the simulated /dev/kvm: a character device 10:232, mode 0660, root's. */
+static void dev_kvm_stat(struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_mode = S_IFCHR | 0660;
+	st->st_rdev = makedev(10, 232);
+	st->st_nlink = 1;
+	st->st_blksize = 4096;
+}
+
+static int is_dev_kvm_path(int dirfd, const char *path, int follow)
+{
+	char canon[PATH_MAX];
+	if (!path || canonical(dirfd, path, canon, sizeof(canon)) < 0)
+		return 0;
+	return follow ? names_dev_kvm(canon) : !strcmp(canon, "/dev/kvm");
+}
+
+int access(const char *path, int mode)
+{
+	char buf[PATH_MAX];
+	if (is_dev_kvm_path(AT_FDCWD, path, 1)) {
+		if (host_has_dev_kvm())
+			return 0;
+		errno = ENOENT;
+		return -1;
+	}
+	return real_access(viewed(AT_FDCWD, path, buf, sizeof(buf)), mode);
+}
+
+int faccessat(int dirfd, const char *path, int mode, int flags)
+{
+	char buf[PATH_MAX];
+	if (is_dev_kvm_path(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW))) {
+		if (host_has_dev_kvm())
+			return 0;
+		errno = ENOENT;
+		return -1;
+	}
+	return real_faccessat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), mode, flags);
+}
+
+int stat(const char *path, struct stat *st)
+{
+	char buf[PATH_MAX];
+	if (is_dev_kvm_path(AT_FDCWD, path, 1)) {
+		if (!host_has_dev_kvm()) {
+			errno = ENOENT;
+			return -1;
+		}
+		dev_kvm_stat(st);
+		return 0;
+	}
+	return real_stat(viewed(AT_FDCWD, path, buf, sizeof(buf)), st);
+}
+
+int lstat(const char *path, struct stat *st)
+{
+	char buf[PATH_MAX];
+	if (is_dev_kvm_path(AT_FDCWD, path, 0)) {
+		if (!host_has_dev_kvm()) {
+			errno = ENOENT;
+			return -1;
+		}
+		dev_kvm_stat(st);
+		return 0;
+	}
+	return real_lstat(viewed(AT_FDCWD, path, buf, sizeof(buf)), st);
+}
+
+int fstatat(int dirfd, const char *path, struct stat *st, int flags)
+{
+	char buf[PATH_MAX];
+	if (!((flags & AT_EMPTY_PATH) && !*path) && is_dev_kvm_path(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW))) {
+		if (!host_has_dev_kvm()) {
+			errno = ENOENT;
+			return -1;
+		}
+		dev_kvm_stat(st);
+		return 0;
+	}
+	return real_fstatat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), st, flags);
+}
+
+FILE *fopen(const char *path, const char *mode)
+{
+	char buf[PATH_MAX];
+	if (is_kvm_open(AT_FDCWD, path)) {
+		int fd = emu_open("/dev/kvm", O_RDWR | O_CLOEXEC);
+		return fd < 0 ? NULL : fdopen(fd, mode);
+	}
+	return real_fopen(viewed(AT_FDCWD, path, buf, sizeof(buf)), mode);
+}
+
+DIR *opendir(const char *path)
+{
+	char buf[PATH_MAX];
+	return real_opendir(viewed(AT_FDCWD, path, buf, sizeof(buf)));
+}
+
+/* the same under their 64-bit names (what programs built with _FILE_OFFSET_BITS=64 call; on
+ * 64-bit Linux struct stat64 is struct stat) */
+int stat64(const char *path, struct stat64 *st) { return stat(path, (struct stat *)st); }
+int lstat64(const char *path, struct stat64 *st) { return lstat(path, (struct stat *)st); }
+int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
+{
+	return fstatat(dirfd, path, (struct stat *)st, flags);
+}
+FILE *fopen64(const char *path, const char *mode) { return fopen(path, mode); }

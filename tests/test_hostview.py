@@ -1,0 +1,122 @@
+"""Under `kvmsim run` a program sees the simulated host's files, as under the pytest plugin:
+/dev/kvm (or its absence) for stat/access, /proc/device-tree, /proc/cpuinfo, /sys/module/kvm*;
+and every spelling of /dev/kvm a program uses reaches the simulated device."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kvmcompat import DeviceTree, Options, SimDevice, query
+from kvmcompat.compat import CompatError
+
+from kvmsim import Kernel, hostfs, profile
+
+KVMSIM = Path(sys.executable).parent / "kvmsim"
+CLIENT = Path(sys.executable).parent / "kvm-compat-caps"
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
+
+
+def in_process(host: str) -> dict[str, object]:
+    kernel = Kernel.from_profile(host)
+    tree = DeviceTree(files=hostfs.files(kernel))
+    try:
+        result = query(SimDevice(kernel), Options(fallback=True, device_tree=tree)).to_json()
+    except CompatError as exc:
+        return {"error": exc.to_json()["kind"]}
+    result.pop("device")
+    return result
+
+
+@pytest.mark.parametrize("host", profile.names())
+def test_the_fallback_answers_the_same_under_run(host: str) -> None:
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", host, "--", str(CLIENT), "--fallback", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    out = json.loads(r.stdout)
+    got = {"error": out["error"]["kind"]} if "error" in out else {k: v for k, v in out.items() if k != "device"}
+    assert got == in_process(host)
+
+
+FILES = """
+import os, stat, fcntl, json
+out = {"exists": os.path.exists("/dev/kvm"), "access": os.access("/dev//kvm", os.R_OK | os.W_OK)}
+if out["exists"]:
+    st = os.stat("/dev/kvm")
+    out["stat"] = [stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev), oct(st.st_mode & 0o777)]
+out["cpus"] = sorted(os.listdir("/proc/device-tree/cpus"))
+out["cpuinfo"] = open("/proc/cpuinfo").read()
+out["modules"] = [m for m in ("kvm", "kvm_hv", "kvm_pr") if os.path.isdir("/sys/module/" + m)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("host", ["powervm-p11", "no-kvm", "powervm-hcall-unavailable", "kvm-l1-p9-be"])
+def test_the_host_files_are_the_simulated_hosts(host: str) -> None:
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", host, "--", sys.executable, "-c", FILES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = json.loads(r.stdout)
+    kernel = Kernel.from_profile(host)
+    files = hostfs.files(kernel)
+    assert out["exists"] == out["access"] == kernel.kvm.loaded
+    if kernel.kvm.loaded:
+        assert out["stat"] == [True, 10, 232, "0o660"]
+    assert out["cpus"] == sorted({p.split("/")[4] for p in files if p.startswith("/proc/device-tree/cpus/")})
+    assert out["cpuinfo"] == files["/proc/cpuinfo"].decode()
+    assert out["modules"] == kernel.kvm.loaded_modules  # (a listing of /sys/module itself is this machine's)
+
+
+SPELLINGS = """
+import os, fcntl
+API = 0x2000AE00
+def api(fd):
+    try:
+        return fcntl.ioctl(fd, API, 0)
+    finally:
+        os.close(fd)
+out = {}
+for p in ("//dev/kvm", "/dev/../dev/kvm", "/dev/./kvm", "/dev//kvm"):
+    out[p] = api(os.open(p, os.O_RDWR))
+d = os.open("/dev", os.O_RDONLY)
+out["dirfd"] = api(os.open("kvm", os.O_RDWR, dir_fd=d))
+os.symlink("/dev/kvm", LINK)
+out["symlink"] = api(os.open(LINK, os.O_RDWR))
+os.chdir("/dev")
+out["relative"] = api(os.open("kvm", os.O_RDWR))
+with open("/dev/kvm", "rb", buffering=0) as f:
+    out["open()"] = fcntl.ioctl(f, API, 0)
+for flags, name in ((os.O_DIRECTORY, "O_DIRECTORY"), (os.O_CREAT | os.O_EXCL, "O_CREAT|O_EXCL")):
+    try:
+        os.open("/dev/kvm", flags | os.O_RDWR)
+    except OSError as exc:
+        out[name] = exc.errno
+fd = os.open("/dev/kvm", os.O_RDWR)
+os.set_inheritable(fd, True)  # FIONCLEX on the fd, not a KVM ioctl
+out["inheritable"] = os.get_inheritable(fd)
+print(out)
+"""
+
+
+def test_every_spelling_of_dev_kvm_reaches_the_simulated_device(tmp_path: Path) -> None:
+    code = SPELLINGS.replace("LINK", repr(str(tmp_path / "kvm-link")))
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "powervm-p11", "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = eval(r.stdout)  # a dict literal the program printed
+    assert out == {
+        "//dev/kvm": 12, "/dev/../dev/kvm": 12, "/dev/./kvm": 12, "/dev//kvm": 12, "dirfd": 12, "symlink": 12,
+        "relative": 12, "open()": 12, "O_DIRECTORY": 20, "O_CREAT|O_EXCL": 17, "inheritable": True,
+    }, r.stderr  # fmt: skip
