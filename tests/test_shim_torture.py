@@ -71,3 +71,36 @@ def test_an_emulated_fd_does_not_survive_execve_as_documented(shim: Path, tmp_pa
     )
     r = under_shim(shim, tmp_path, [sys.executable, "-c", parent])
     assert r.stdout.strip() == "25", r.stderr  # ENOTTY: after exec it is the /dev/null it stands on (README)
+
+
+EMFILE = """
+import os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+held, failed = [], 0
+for _ in range(40):
+    try:
+        held.append(os.open("/dev/kvm", os.O_RDWR))
+    except OSError:
+        failed += 1
+print(len(held), failed, flush=True)
+input()
+"""
+
+
+def test_out_of_local_fds_the_kernel_file_is_released(shim: Path, tmp_path: Path) -> None:
+    from kvmsim.trace import Call
+
+    calls: list[Call] = []
+    kernel = Kernel.from_profile("powervm-p11")
+    with Server(kernel, tmp_path / "kvm.sock", trace=calls.append) as server:
+        env = shim_environment(kernel, server.path, shim)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", EMFILE], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        held, failed = map(int, proc.stdout.readline().split())
+        opened = sum(c.call == "OPEN" and c.errno == 0 for c in calls)
+        closed = sum(c.call == "CLOSE" for c in calls)
+        proc.communicate("\n", timeout=30)
+    assert failed > 0 and held > 0
+    assert opened - closed == held  # every kernel file the program could not get an fd for was closed
