@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
+from pathlib import Path
 
 import attrs
 import pytest
@@ -13,6 +16,26 @@ from kvmsim import Host, Kernel, profile
 from kvmsim.uapi import REVISIONS
 
 pytest_plugins = ["pytester"]
+
+C_CLIENT = Path(__file__).resolve().parent.parent / "client" / "c" / "kvm_compat_caps.c"
+needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
+
+
+@pytest.fixture(scope="session")
+def shim() -> Path:
+    """The preload shim, built with this machine's C compiler."""
+    from kvmsim.build import build_shim
+
+    return build_shim()
+
+
+@pytest.fixture(scope="session")
+def c_client() -> Path:
+    """The C example client (client/c), built with this machine's C compiler."""
+    from kvmsim.build import compile_c
+
+    return compile_c([C_CLIENT])
+
 
 REVS = ("linux-7.3", "none", "v5", "v4")
 MB = {"P9": 1 << 62, "P10": 1 << 61, "P11": 1 << 60}

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import needs_cc
 
 from kvmsim import Kernel, build, wire
-from kvmsim.build import build_shim, compile_c
+from kvmsim.build import build_shim
 from kvmsim.runner import shim_environment
 from kvmsim.server import Server, ServerError
 from kvmsim.wire import Msg
@@ -29,18 +30,8 @@ from kvmsim.wire import Msg
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
 NOBODY = 65534
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
+pytestmark = needs_cc
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
-
-
-@pytest.fixture(scope="module")
-def shim() -> Path:
-    return build_shim()
-
-
-@pytest.fixture(scope="module")
-def c_client() -> Path:
-    return compile_c([C_CLIENT])
 
 
 def victim_env(shim: Path, sock: Path) -> dict[str, str]:

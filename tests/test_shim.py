@@ -5,32 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REVS, client_answer, printed_answer
+from conftest import REVS, client_answer, needs_cc, printed_answer
 
 from kvmsim import Kernel, profile
-from kvmsim.build import build_shim, compile_c
 from kvmsim.runner import shim_environment
 from kvmsim.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
-
-
-@pytest.fixture(scope="module")
-def shim() -> Path:
-    return build_shim()
-
-
-@pytest.fixture(scope="module")
-def c_client() -> Path:
-    return compile_c([C_CLIENT])
+pytestmark = needs_cc
 
 
 def under_shim(

@@ -4,26 +4,20 @@ limit).  Each failed (or hung) on the shim before its fix."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_cc
 
 from kvmsim import Kernel
-from kvmsim.build import build_shim, compile_c
+from kvmsim.build import compile_c
 from kvmsim.runner import shim_environment
 from kvmsim.server import Server
 
 TORTURE = Path(__file__).resolve().parent / "data" / "shim_torture.c"
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
-
-
-@pytest.fixture(scope="module")
-def shim() -> Path:
-    return build_shim()
+pytestmark = needs_cc
 
 
 @pytest.fixture(scope="module")
