@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_profile import GOOD as PROFILE
 
 from kvmsim import Kernel, ProfileError, profile, wire
 from kvmsim.server import FRAME_STALL, MAX_CONNECTIONS, Server
@@ -210,16 +211,7 @@ def test_a_signal_to_kvmsim_run_reaches_the_command_and_cleans_up(tmp_path: Path
 
 # -- 15. hostile profiles ------------------------------------------------------------------
 
-GOOD = """summary = "x"
-arch = "ppc64le"
-platform = "pseries"
-modules = ["kvm_hv"]
-[cpu]
-pvr = 0x00800200
-mode = "power10"
-[hypervisor]
-kind = "kvm"
-"""
+GOOD = PROFILE.replace('kind = "powervm"\noffers = ["power10"]', 'kind = "kvm"')
 
 
 @pytest.mark.parametrize(

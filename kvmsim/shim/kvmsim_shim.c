@@ -1007,45 +1007,45 @@ int faccessat(int dirfd, const char *path, int mode, int flags)
 	return real_faccessat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), mode, flags);
 }
 
+/* stat(2) of the simulated /dev/kvm: 1 when answered (0 or -1 in *ret), 0 for the real one */
+static int dev_kvm_stat_of(int dirfd, const char *path, int follow, struct stat *st, int *ret)
+{
+	if (!is_dev_kvm_path(dirfd, path, follow))
+		return 0;
+	if (host_has_dev_kvm()) {
+		dev_kvm_stat(st);
+		*ret = 0;
+	} else {
+		errno = ENOENT;
+		*ret = -1;
+	}
+	return 1;
+}
+
 int stat(const char *path, struct stat *st)
 {
 	char buf[PATH_MAX];
-	if (is_dev_kvm_path(AT_FDCWD, path, 1)) {
-		if (!host_has_dev_kvm()) {
-			errno = ENOENT;
-			return -1;
-		}
-		dev_kvm_stat(st);
-		return 0;
-	}
+	int ret;
+	if (dev_kvm_stat_of(AT_FDCWD, path, 1, st, &ret))
+		return ret;
 	return real_stat(viewed(AT_FDCWD, path, buf, sizeof(buf)), st);
 }
 
 int lstat(const char *path, struct stat *st)
 {
 	char buf[PATH_MAX];
-	if (is_dev_kvm_path(AT_FDCWD, path, 0)) {
-		if (!host_has_dev_kvm()) {
-			errno = ENOENT;
-			return -1;
-		}
-		dev_kvm_stat(st);
-		return 0;
-	}
+	int ret;
+	if (dev_kvm_stat_of(AT_FDCWD, path, 0, st, &ret))
+		return ret;
 	return real_lstat(viewed(AT_FDCWD, path, buf, sizeof(buf)), st);
 }
 
 int fstatat(int dirfd, const char *path, struct stat *st, int flags)
 {
 	char buf[PATH_MAX];
-	if (!((flags & AT_EMPTY_PATH) && !*path) && is_dev_kvm_path(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW))) {
-		if (!host_has_dev_kvm()) {
-			errno = ENOENT;
-			return -1;
-		}
-		dev_kvm_stat(st);
-		return 0;
-	}
+	int ret;
+	if (!((flags & AT_EMPTY_PATH) && !*path) && dev_kvm_stat_of(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), st, &ret))
+		return ret;
 	return real_fstatat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), st, flags);
 }
 
