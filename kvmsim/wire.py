@@ -112,10 +112,14 @@ class FrameReader:
         self.buf = bytearray()
         self.max_payload = max_payload  # what this side's peer can need to send
         self.stall = stall  # seconds a frame, once begun, may take to arrive
+        self._timeout: float | None = sock.gettimeout()
 
     def _fill(self, n: int) -> None:
         while len(self.buf) < n:
-            self.sock.settimeout(self.stall if self.buf else None)  # idle between frames is fine
+            timeout = self.stall if self.buf else None  # idle between frames is fine
+            if timeout != self._timeout:  # a syscall or two: only when it changes
+                self.sock.settimeout(timeout)
+                self._timeout = timeout
             try:
                 chunk = self.sock.recv(max(65536, n - len(self.buf)))
             except TimeoutError:
