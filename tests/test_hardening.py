@@ -198,7 +198,7 @@ def test_short_threads_do_not_leak_scratch_mappings() -> None:
 def test_a_signal_to_kvmsim_run_reaches_the_command_and_cleans_up(tmp_path: Path, signum: int) -> None:
     exe = Path(sys.executable).parent / "kvmsim"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen([str(exe), "run", "--host", "powervm-p11", "--", "sleep", "30"], env=env)
+    proc = subprocess.Popen([str(exe), "run", "--host", "powervm-p11", "--", "sleep", "31.4159"], env=env)
     deadline = time.monotonic() + 20
     while not any(tmp_path.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -206,7 +206,7 @@ def test_a_signal_to_kvmsim_run_reaches_the_command_and_cleans_up(tmp_path: Path
     proc.send_signal(signum)
     assert proc.wait(timeout=20) == 128 + signum  # sleep died of it; kvmsim reported it
     assert list(tmp_path.iterdir()) == []  # the socket directory is gone
-    assert subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True).returncode != 0
+    assert subprocess.run(["pgrep", "-f", "^sleep 31.4159$"], capture_output=True).returncode != 0
 
 
 # -- 15. hostile profiles ------------------------------------------------------------------
