@@ -6,9 +6,8 @@ POWER host.  Inert until its fixture is used.
 simulated kernel, and ``os.uname().machine`` (hence ``platform.machine()``) is the host's
 architecture (``ppc64le``, ``ppc64``, ``x86_64``).  Parametrize it indirectly with a
 profile name or a ``(name, revision)`` pair; unparametrized it is :data:`DEFAULT_HOST`
-with the default revision (linux-7.3).  The fixture yields a :class:`SimulatedHost`; use its ``fs`` (a pyfakefs
-``FakeFilesystem``) to add files, rather than pyfakefs's own ``fs`` fixture, which would
-start a second patcher.
+with the default revision (linux-7.3).  The fixture yields a :class:`SimulatedHost`; it is
+built on pyfakefs's own ``fs`` fixture, so both may be used in one test, in either order.
 
 ``@pytest.mark.requires_real_kvm``: skip, with the reason, unless a real /dev/kvm opens."""
 
@@ -35,6 +34,36 @@ if TYPE_CHECKING:
     from .user.simulated import Kernel
 
 DEFAULT_HOST = "powervm-p11"
+
+
+def _hook_pyfakefs_fcntl() -> None:
+    """pyfakefs's fake ``fcntl`` (however a test module imported it, ``from fcntl import
+    ioctl`` included: those are bound when pyfakefs patches) reaches the simulated kernel of
+    its filesystem when a kvm_host is on it, and behaves as pyfakefs's otherwise."""
+    from pyfakefs.fake_io import FakeFcntlModule
+
+    from .fakefcntl import KvmFcntlModule
+
+    if getattr(FakeFcntlModule, "_kvmsim_hooked", False):
+        return
+    plain_ioctl, plain_fcntl = FakeFcntlModule.ioctl, FakeFcntlModule.fcntl
+
+    def ioctl(self: Any, fd: Any, request: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
+        if getattr(self.filesystem, "kvmsim_binding", None) is None:
+            return plain_ioctl(self, fd, request, arg, mutate_flag)
+        return KvmFcntlModule.ioctl(self, fd, request, arg, mutate_flag)
+
+    def fcntl(self: Any, fd: Any, cmd: int, arg: Any = 0) -> Any:
+        if getattr(self.filesystem, "kvmsim_binding", None) is None:
+            return plain_fcntl(self, fd, cmd, arg)
+        return KvmFcntlModule.fcntl(self, fd, cmd, arg)
+
+    FakeFcntlModule.ioctl = ioctl  # type: ignore[method-assign]
+    FakeFcntlModule.fcntl = fcntl  # type: ignore[method-assign]
+    FakeFcntlModule._kvmsim_hooked = True  # type: ignore[attr-defined]
+
+
+_hook_pyfakefs_fcntl()
 
 
 @attrs.frozen
@@ -132,6 +161,53 @@ def _boot(spec: HostSpec) -> Kernel:
     return Kernel(host, revision(spec.abi), ksize=spec.ksize)
 
 
+def _spec(name: str | os.PathLike[str] | HostSpec, abi: str, overrides: dict[str, Any]) -> HostSpec:
+    if isinstance(name, HostSpec):
+        return name
+    ksize = int(overrides.pop("ksize", 24))
+    return HostSpec(os.fspath(name), abi, overrides, ksize)
+
+
+@contextlib.contextmanager
+def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
+    """Make ``fs`` (a pyfakefs filesystem already patched in) the host of ``spec``: its files,
+    an ``fcntl`` whose ioctl reaches the kernel, and the host's ``uname``."""
+    from . import hostfs
+    from .fakefcntl import KernelBinding
+    from .profile import search_path
+
+    fs.pause()  # the profile and its directories are read from the real filesystem
+    try:
+        kernel = _boot(spec)
+        files = hostfs.files(kernel)
+        profile_dirs = [str(d) for d in search_path() if d.is_dir()]
+    finally:
+        fs.resume()
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        uname = _uname_of(kernel.arch.name)
+        monkeypatch.setattr(os, "uname", lambda: uname)  # the process runs on the host's arch
+        monkeypatch.setattr(platform, "_uname_cache", None)
+        for path, data in files.items():
+            if not fs.exists(path):
+                fs.create_file(path, contents=data)
+        for directory in profile_dirs:  # profiles stay readable by name inside
+            if not fs.exists(directory):
+                fs.add_real_directory(directory)
+        binding = KernelBinding(kernel, fs)
+        fs.kvmsim_binding = binding  # type: ignore[attr-defined]
+        yield SimulatedHost(spec.name, spec.abi, kernel, fs, binding.calls)
+        left = binding.open_vm_fds()
+        if left:
+            warnings.warn(
+                f"kvm_host {spec.id}: {len(left)} VM fd(s) left open at teardown: {sorted(left)}",
+                ResourceWarning,
+                stacklevel=1,
+            )
+    finally:
+        monkeypatch.undo()
+
+
 @contextlib.contextmanager
 def simulated_host(
     name: str | os.PathLike[str] | HostSpec = DEFAULT_HOST, abi: str = DEFAULT_REVISION, **overrides: Any
@@ -141,43 +217,12 @@ def simulated_host(
     ``ksize=`` is the kernel's struct size."""
     from pyfakefs.fake_filesystem_unittest import Patcher
 
-    from . import hostfs
-    from .fakefcntl import KernelBinding, KvmFcntlModule
-    from .profile import search_path
-
-    if isinstance(name, HostSpec):
-        spec = name
-    else:
-        ksize = int(overrides.pop("ksize", 24))
-        spec = HostSpec(os.fspath(name), abi, overrides, ksize)
-    kernel = _boot(spec)  # read the profile before the fake fs hides it
-    files = hostfs.files(kernel)
-    profile_dirs = [str(d) for d in search_path() if d.is_dir()]  # profiles stay readable by name inside
-    uname = _uname_of(kernel.arch.name)
-    monkeypatch = pytest.MonkeyPatch()
-    try:
-        monkeypatch.setattr(os, "uname", lambda: uname)  # the process runs on the host's arch
-        monkeypatch.setattr(platform, "_uname_cache", None)
-        fake_modules: dict[str, Any] = {"fcntl": KvmFcntlModule}  # pyfakefs instantiates it with the fs
-        with Patcher(modules_to_patch=fake_modules) as patcher:
-            fs = patcher.fs
-            assert fs is not None
-            for path, data in files.items():
-                fs.create_file(path, contents=data)
-            for directory in profile_dirs:
-                fs.add_real_directory(directory)
-            binding = KernelBinding(kernel, fs)
-            fs.kvmsim_binding = binding  # type: ignore[attr-defined]
-            yield SimulatedHost(spec.name, spec.abi, kernel, fs, binding.calls)
-            left = binding.open_vm_fds()
-            if left:
-                warnings.warn(
-                    f"kvm_host {spec.id}: {len(left)} VM fd(s) left open at teardown: {sorted(left)}",
-                    ResourceWarning,
-                    stacklevel=1,
-                )
-    finally:
-        monkeypatch.undo()
+    spec = _spec(name, abi, overrides)
+    _boot(spec)  # a bad profile fails here, before anything is patched
+    with Patcher() as patcher:  # pyfakefs's own patcher: its fake fcntl is the one _on redirects
+        assert patcher.fs is not None
+        with _on(patcher.fs, spec) as host:
+            yield host
 
 
 @pytest.fixture
@@ -199,7 +244,8 @@ def kvm_host(request: pytest.FixtureRequest) -> Iterator[SimulatedHost]:
             abi = str(kwargs.pop("abi", DEFAULT_REVISION))
             ksize = int(kwargs.pop("ksize", 24))
             spec = HostSpec(os.fspath(marker.args[0]) if marker.args else DEFAULT_HOST, abi, kwargs, ksize)
-    with simulated_host(spec) as host:
+    fs = request.getfixturevalue("fs")  # pyfakefs's own fixture: one fake filesystem, in any order
+    with _on(fs, spec) as host:
         yield host
 
 

@@ -260,3 +260,57 @@ def test_users_see_readable_ids_a_marker_overrides_and_the_call_log(pytester: py
     )
     result.stdout.fnmatch_lines(["*cpu.mod: unknown key (did you mean 'mode'?)*"])
     result.stdout.fnmatch_lines(["*VM fd(s) left open at teardown*"])
+
+
+def test_kvm_host_and_pyfakefs_fs_share_one_filesystem_in_either_order(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(autouse=True)
+        def everywhere(fs):  # a suite that fakes the filesystem in every test
+            fs.create_file("/etc/app.conf", contents="x")
+        """
+    )
+    pytester.makepyfile(
+        """
+        import os
+        from fcntl import ioctl
+
+        def test_fs_first(fs, kvm_host):
+            assert fs is kvm_host.fs and os.path.exists("/etc/app.conf")
+            assert ioctl(os.open("/dev/kvm", os.O_RDWR), 0x2000AE00, 0) == 12
+
+        def test_kvm_host_first(kvm_host, fs):
+            assert fs is kvm_host.fs
+            fs.create_file("/tmp/mine")
+            assert os.path.exists("/proc/device-tree/cpus") and os.path.exists("/tmp/mine")
+
+        def test_plain_pyfakefs_is_unchanged(fs):
+            fs.create_file("/x")
+            assert ioctl(os.open("/x", os.O_RDONLY), 0x5401, 0) == 0  # pyfakefs's own answer
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+def test_simulated_host_inside_hypothesis(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        from fcntl import ioctl
+
+        def test_hypothesis_inside_simulated_host():
+            from hypothesis import given, settings, strategies as st
+            from kvmsim.pytest_plugin import simulated_host
+
+            @settings(max_examples=20, deadline=None)
+            @given(st.sampled_from(["powervm-p11", "kvm-l1-p10"]))
+            def check(name):
+                with simulated_host(name):
+                    assert ioctl(os.open("/dev/kvm", os.O_RDWR), 0x2000AE00, 0) == 12
+
+            check()
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
