@@ -98,3 +98,15 @@ def test_request_is_truncated_to_an_unsigned_int() -> None:
     s = Vm("powervm-p11", "v4")
     out = s.k.ioctl(s.vm, s.k.KVM_PPC_GET_COMPAT_CAPS | 1 << 32, s.struct())
     assert s.layout.unpack(s.bo, out)["compat_capabilities"] == P10_P11  # type: ignore[arg-type]
+
+
+def test_a_non_contiguous_buffer_is_refused_before_any_call() -> None:
+    from kvmsim import Kernel
+
+    k = Kernel.from_profile("powervm-p11")
+    dev = k.open()
+    vm = int(k.ioctl(dev, k.KVM_CREATE_VM, 0))
+    strided = memoryview(bytearray(48))[::2]
+    with pytest.raises(TypeError, match="'memoryview' object cannot be interpreted as an integer"):
+        k.ioctl(vm, 0x2000AEB8, strided)  # as CPython's fcntl.ioctl says it, and the kernel never called
+    assert bytes(strided) == bytes(24)

@@ -62,6 +62,8 @@ def fcntl_ioctl(
             raise TypeError(
                 "ioctl requires a file or file descriptor, an integer and optionally an integer or buffer argument"
             ) from None
+        if not view.c_contiguous:  # neither "w*" nor "s*" takes it; then it is not an int either
+            raise TypeError(f"'{type(arg).__name__}' object cannot be interpreted as an integer")
         return _buffer(sys_ioctl, mem, scratch, fd, cmd, view, mutate_flag)
     if isinstance(arg, int):
         if not -(1 << 63) <= arg <= ULONG_MASK:
@@ -69,7 +71,10 @@ def fcntl_ioctl(
         return sys_ioctl(fd, cmd, arg & ULONG_MASK)
     if isinstance(arg, str):
         arg = arg.encode()
-    return _buffer(sys_ioctl, mem, scratch, fd, cmd, memoryview(arg), mutate_flag)
+    view = memoryview(arg)
+    if not view.c_contiguous:
+        raise TypeError(f"'{type(arg).__name__}' object cannot be interpreted as an integer")
+    return _buffer(sys_ioctl, mem, scratch, fd, cmd, view, mutate_flag)
 
 
 def _scratch(mem: AddressSpace, scratch: Scratch, data: bytes) -> int:
