@@ -120,3 +120,23 @@ def test_every_spelling_of_dev_kvm_reaches_the_simulated_device(tmp_path: Path) 
         "//dev/kvm": 12, "/dev/../dev/kvm": 12, "/dev/./kvm": 12, "/dev//kvm": 12, "dirfd": 12, "symlink": 12,
         "relative": 12, "open()": 12, "O_DIRECTORY": 20, "O_CREAT|O_EXCL": 17, "inheritable": True,
     }, r.stderr  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("stat") is None or shutil.which("ls") is None, reason="no coreutils here")
+def test_coreutils_see_it_too() -> None:
+    """stat(1) uses statx(2); ls and stat load libselinux, whose constructor calls fopen()
+    before the shim's own constructor has run."""
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "powervm-p11", "--", "stat", "-c", "%F %t:%T %a", "/dev/kvm"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.stdout.strip() == "character special file a:e8 660", r.stderr
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "powervm-p11", "--", "ls", "/proc/device-tree/cpus"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.stdout.split() == ["#address-cells", "#size-cells", "PowerPC,POWER11@0"]
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "no-kvm", "--", "stat", "/dev/kvm"], capture_output=True, text=True
+    )
+    assert r.returncode == 1 and "No such file or directory" in r.stderr

@@ -78,6 +78,7 @@ static int (*real_lstat)(const char *, struct stat *);
 static int (*real_fstatat)(int, const char *, struct stat *, int);
 static FILE *(*real_fopen)(const char *, const char *);
 static DIR *(*real_opendir)(const char *);
+static int (*real_statx)(int, const char *, int, unsigned, struct statx *);
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock = -1;
@@ -137,6 +138,10 @@ static void child_after_fork(void)
 
 __attribute__((constructor)) static void shim_init(void)
 {
+	static int done;
+	if (done)
+		return;
+	done = 1;
 	real_open = dlsym(RTLD_NEXT, "open");
 	real_open64 = dlsym(RTLD_NEXT, "open64");
 	real_openat = dlsym(RTLD_NEXT, "openat");
@@ -158,6 +163,7 @@ __attribute__((constructor)) static void shim_init(void)
 	real_fstatat = dlsym(RTLD_NEXT, "fstatat");
 	real_fopen = dlsym(RTLD_NEXT, "fopen");
 	real_opendir = dlsym(RTLD_NEXT, "opendir");
+	real_statx = dlsym(RTLD_NEXT, "statx");
 	const char *memory = getenv("KVMSIM_MEMORY");
 	use_pipe = memory && strcmp(memory, "pipe") == 0;
 	pthread_atfork(NULL, NULL, child_after_fork);
@@ -168,6 +174,15 @@ static int names_dev_kvm(const char *p);
 
 /* Does opening path (relative to dirfd) open /dev/kvm?  Every spelling counts: //dev/kvm,
  * /dev/../dev/kvm, a relative path, a dirfd of /dev, a symlink to it. */
+static void shim_init(void);
+
+/* Another library's constructor may call us before ours ran (libselinux calls fopen). */
+static inline void ensure(void)
+{
+	if (!real_close)
+		shim_init();
+}
+
 static int is_kvm_open(int dirfd, const char *path)
 {
 	char canon[PATH_MAX];
@@ -656,6 +671,7 @@ static mode_t mode_arg(int flags, va_list ap)
 
 int open(const char *path, int flags, ...)
 {
+	ensure();
 	va_list ap;
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
@@ -668,6 +684,7 @@ int open(const char *path, int flags, ...)
 
 int open64(const char *path, int flags, ...)
 {
+	ensure();
 	va_list ap;
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
@@ -680,6 +697,7 @@ int open64(const char *path, int flags, ...)
 
 int openat(int dirfd, const char *path, int flags, ...)
 {
+	ensure();
 	va_list ap;
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
@@ -692,6 +710,7 @@ int openat(int dirfd, const char *path, int flags, ...)
 
 int openat64(int dirfd, const char *path, int flags, ...)
 {
+	ensure();
 	va_list ap;
 	va_start(ap, flags);
 	mode_t mode = mode_arg(flags, ap);
@@ -709,6 +728,7 @@ int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd
 
 int close(int fd)
 {
+	ensure();
 	if (internal(fd))
 		return 0; /* the shim's own: pretend, keep it */
 	return emulated(fd) ? emu_close(fd) : real_close(fd);
@@ -750,6 +770,7 @@ static int close_span(unsigned first, unsigned last, int flags)
 
 int close_range(unsigned first, unsigned last, int flags)
 {
+	ensure();
 	if (first > last) {
 		errno = EINVAL;
 		return -1;
@@ -759,6 +780,7 @@ int close_range(unsigned first, unsigned last, int flags)
 
 void closefrom(int lowfd)
 {
+	ensure();
 	if (lowfd >= 0)
 		close_span((unsigned)lowfd, ~0u, 0);
 }
@@ -781,12 +803,14 @@ static void protect(int fd)
 
 int dup(int oldfd)
 {
+	ensure();
 	int fd = real_dup(oldfd);
 	return fd >= 0 && emulated(oldfd) ? emu_dup(oldfd, fd) : fd;
 }
 
 int dup2(int oldfd, int newfd)
 {
+	ensure();
 	protect(newfd);
 	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
 		emu_release(newfd); /* dup2 closes newfd first, when oldfd is valid */
@@ -796,6 +820,7 @@ int dup2(int oldfd, int newfd)
 
 int dup3(int oldfd, int newfd, int flags)
 {
+	ensure();
 	protect(newfd);
 	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
 		emu_release(newfd);
@@ -814,6 +839,7 @@ static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 
 int fcntl(int fd, int cmd, ...)
 {
+	ensure();
 	va_list ap;
 	va_start(ap, cmd);
 	void *arg = va_arg(ap, void *); /* as glibc reads it: an int or a pointer */
@@ -823,6 +849,7 @@ int fcntl(int fd, int cmd, ...)
 
 int fcntl64(int fd, int cmd, ...)
 {
+	ensure();
 	va_list ap;
 	va_start(ap, cmd);
 	void *arg = va_arg(ap, void *);
@@ -832,6 +859,7 @@ int fcntl64(int fd, int cmd, ...)
 
 int ioctl(int fd, unsigned long request, ...)
 {
+	ensure();
 	va_list ap;
 	va_start(ap, request);
 	void *arg = va_arg(ap, void *);
@@ -845,6 +873,7 @@ int ioctl(int fd, unsigned long request, ...)
 
 int uname(struct utsname *buf)
 {
+	ensure();
 	int r = real_uname(buf);
 	const char *machine = getenv("KVMSIM_MACHINE");
 	if (r == 0 && machine && *machine) {
@@ -985,6 +1014,7 @@ static int is_dev_kvm_path(int dirfd, const char *path, int follow)
 
 int access(const char *path, int mode)
 {
+	ensure();
 	char buf[PATH_MAX];
 	if (is_dev_kvm_path(AT_FDCWD, path, 1)) {
 		if (host_has_dev_kvm())
@@ -997,6 +1027,7 @@ int access(const char *path, int mode)
 
 int faccessat(int dirfd, const char *path, int mode, int flags)
 {
+	ensure();
 	char buf[PATH_MAX];
 	if (is_dev_kvm_path(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW))) {
 		if (host_has_dev_kvm())
@@ -1024,6 +1055,7 @@ static int dev_kvm_stat_of(int dirfd, const char *path, int follow, struct stat 
 
 int stat(const char *path, struct stat *st)
 {
+	ensure();
 	char buf[PATH_MAX];
 	int ret;
 	if (dev_kvm_stat_of(AT_FDCWD, path, 1, st, &ret))
@@ -1033,6 +1065,7 @@ int stat(const char *path, struct stat *st)
 
 int lstat(const char *path, struct stat *st)
 {
+	ensure();
 	char buf[PATH_MAX];
 	int ret;
 	if (dev_kvm_stat_of(AT_FDCWD, path, 0, st, &ret))
@@ -1042,6 +1075,7 @@ int lstat(const char *path, struct stat *st)
 
 int fstatat(int dirfd, const char *path, struct stat *st, int flags)
 {
+	ensure();
 	char buf[PATH_MAX];
 	int ret;
 	if (!((flags & AT_EMPTY_PATH) && !*path) && dev_kvm_stat_of(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), st, &ret))
@@ -1051,6 +1085,7 @@ int fstatat(int dirfd, const char *path, struct stat *st, int flags)
 
 FILE *fopen(const char *path, const char *mode)
 {
+	ensure();
 	char buf[PATH_MAX];
 	if (is_kvm_open(AT_FDCWD, path)) {
 		int fd = emu_open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -1061,6 +1096,7 @@ FILE *fopen(const char *path, const char *mode)
 
 DIR *opendir(const char *path)
 {
+	ensure();
 	char buf[PATH_MAX];
 	return real_opendir(viewed(AT_FDCWD, path, buf, sizeof(buf)));
 }
@@ -1074,3 +1110,30 @@ int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
 	return fstatat(dirfd, path, (struct stat *)st, flags);
 }
 FILE *fopen64(const char *path, const char *mode) { return fopen(path, mode); }
+
+/* statx(2), as coreutils' stat and ls call it */
+int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx)
+{
+	ensure();
+	ensure();
+	char buf[PATH_MAX];
+	if (!((flags & AT_EMPTY_PATH) && !*path) && is_dev_kvm_path(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW))) {
+		if (!host_has_dev_kvm()) {
+			errno = ENOENT;
+			return -1;
+		}
+		memset(stx, 0, sizeof(*stx));
+		stx->stx_mask = STATX_BASIC_STATS;
+		stx->stx_mode = S_IFCHR | 0660;
+		stx->stx_nlink = 1;
+		stx->stx_blksize = 4096;
+		stx->stx_rdev_major = 10;
+		stx->stx_rdev_minor = 232;
+		return 0;
+	}
+	if (!real_statx) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real_statx(dirfd, viewed(dirfd, path, buf, sizeof(buf)), flags, mask, stx);
+}
