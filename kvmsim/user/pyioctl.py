@@ -24,6 +24,7 @@ from ..usermem import AddressSpace
 IOCTL_BUFSZ = 1024
 ULONG_MASK = (1 << 64) - 1
 
+INT_MAX, INT_MIN = (1 << 31) - 1, -(1 << 31)
 SysIoctl = Callable[[int, int, int], int]  # (fd, cmd, unsigned long arg) -> result
 
 
@@ -65,10 +66,12 @@ def fcntl_ioctl(
         if not view.c_contiguous:  # neither "w*" nor "s*" takes it; then it is not an int either
             raise TypeError(f"'{type(arg).__name__}' object cannot be interpreted as an integer")
         return _buffer(sys_ioctl, mem, scratch, fd, cmd, view, mutate_flag)
-    if isinstance(arg, int):
-        if not -(1 << 63) <= arg <= ULONG_MASK:
-            raise OverflowError("ioctl argument does not fit in an unsigned long")
-        return sys_ioctl(fd, cmd, arg & ULONG_MASK)
+    if isinstance(arg, int):  # Python 3.11 parses an int argument as a C int ("i")
+        if arg > INT_MAX:
+            raise OverflowError("signed integer is greater than maximum")
+        if arg < INT_MIN:
+            raise OverflowError("signed integer is less than minimum")
+        return sys_ioctl(fd, cmd, arg & ULONG_MASK)  # passed on as an unsigned long, sign-extended
     if isinstance(arg, str):
         arg = arg.encode()
     view = memoryview(arg)
