@@ -13,9 +13,12 @@ built on pyfakefs's own ``fs`` fixture, so both may be used in one test, in eith
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import platform
+import shutil
+import tempfile
 import tomllib
 import warnings
 from collections.abc import Iterator, Mapping
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 
-from .uapi import DEFAULT_REVISION
+from .uapi import DEFAULT_REVISION, DEV_KVM
 
 if TYPE_CHECKING:
     from pyfakefs.fake_filesystem import FakeFilesystem
@@ -147,9 +150,13 @@ def _boot(spec: HostSpec) -> Kernel:
     from .uapi import revision
     from .user.simulated import Kernel
 
-    if not spec.overrides:
-        return Kernel.from_profile(spec.name, abi=spec.abi, ksize=spec.ksize)
     path = profile.resolve(spec.name)
+    if not spec.overrides:  # a profile is parsed once a session (while its file is unchanged)
+        cache_key = (str(path), path.stat().st_mtime_ns)
+        host = _HOSTS.get(cache_key)
+        if host is None:
+            host = _HOSTS[cache_key] = profile.load(path)
+        return Kernel(host, revision(spec.abi), ksize=spec.ksize)
     doc = tomllib.loads(path.read_text())
     for dotted, value in spec.overrides.items():
         *tables, key = dotted.split(".")
@@ -159,6 +166,28 @@ def _boot(spec: HostSpec) -> Kernel:
         where[key] = value
     host = profile.parse(record.dumps(doc), name=path.stem, where=f"{path} with {dict(spec.overrides)}", path=path)
     return Kernel(host, revision(spec.abi), ksize=spec.ksize)
+
+
+_TREES: dict[int, str] = {}
+_HOSTS: dict[tuple[str, int], Host] = {}
+
+
+def _materialized(files: Mapping[str, bytes]) -> str:
+    """A real directory holding ``files`` (the host's view), made once per distinct view and
+    process: pyfakefs maps it in lazily, which costs far less than creating each fake file."""
+    key = hash(tuple(sorted(files.items())))
+    tree = _TREES.get(key)
+    if tree is None:
+        tree = tempfile.mkdtemp(prefix="kvmsim-host-")
+        atexit.register(shutil.rmtree, tree, True)
+        for path, data in files.items():
+            if path == DEV_KVM:
+                continue
+            os.makedirs(os.path.dirname(tree + path), exist_ok=True)
+            with open(tree + path, "wb") as f:
+                f.write(data)
+        _TREES[key] = tree
+    return tree
 
 
 def _spec(name: str | os.PathLike[str] | HostSpec, abi: str, overrides: dict[str, Any]) -> HostSpec:
@@ -180,6 +209,8 @@ def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
     try:
         kernel = _boot(spec)
         files = hostfs.files(kernel)
+        tree = _materialized(files)
+        tops = [top for top in ("/proc/device-tree", "/sys/module") if os.path.isdir(tree + top)]
         profile_dirs = [str(d) for d in search_path() if d.is_dir()]
     finally:
         fs.resume()
@@ -188,9 +219,18 @@ def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
         uname = _uname_of(kernel.arch.name)
         monkeypatch.setattr(os, "uname", lambda: uname)  # the process runs on the host's arch
         monkeypatch.setattr(platform, "_uname_cache", None)
-        for path, data in files.items():
-            if not fs.exists(path):
-                fs.create_file(path, contents=data)
+        # the host's files: a real copy made once a session, mapped in lazily (read-only)
+        for top in tops:
+            if not fs.exists(top):
+                if not fs.exists(os.path.dirname(top)):
+                    fs.create_dir(os.path.dirname(top))
+                fs.add_real_directory(tree + top, target_path=top)
+        if not fs.exists("/proc/cpuinfo"):
+            if not fs.exists("/proc"):
+                fs.create_dir("/proc")
+            fs.add_real_file(tree + "/proc/cpuinfo", target_path="/proc/cpuinfo")
+        if DEV_KVM in files and not fs.exists(DEV_KVM):
+            fs.create_file(DEV_KVM)
         for directory in profile_dirs:  # profiles stay readable by name inside
             if not fs.exists(directory):
                 fs.add_real_directory(directory)
