@@ -1,4 +1,5 @@
-"""A pyfakefs fake ``fcntl`` module whose ``ioctl`` reaches the simulated kernel.
+"""pyfakefs's fake ``fcntl``, reaching the simulated kernel while a :class:`KernelBinding` is
+on its filesystem (:func:`hook_pyfakefs`).
 
 pyfakefs's own fake ``fcntl.ioctl`` returns 0 for everything, a silent success that would
 hide every bug.  Here an ioctl on an fd of the fake ``/dev/kvm``, or on a VM fd it created,
@@ -14,11 +15,12 @@ import itertools
 import os
 from typing import Any
 
+import attrs
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from .uapi import DEV_KVM
+from .uapi import DEV_KVM, errname
 from .user.simulated import Kernel
 
 ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"
@@ -31,7 +33,7 @@ class KernelBinding:
         self.kernel, self.fs = kernel, fs
         self.dev_fd = kernel.open(DEV_KVM) if kernel.kvm.loaded else -1
         self.kernel_fds: dict[int, int] = {}  # id(FakeFile) -> kernel fd
-        self.calls: list[Any] = []  # IoctlCall records, for SimulatedHost.calls
+        self.calls: list[IoctlCall] = []  # for SimulatedHost.calls
         self._objects: dict[int, object] = {}  # keeps the FakeFiles alive while bound
         self._serial = itertools.count()
 
@@ -59,38 +61,68 @@ class KernelBinding:
         return out
 
 
-class KvmFcntlModule(FakeFcntlModule):
-    """Passed to pyfakefs as ``modules_to_patch={"fcntl": KvmFcntlModule}``."""
+@attrs.frozen
+class IoctlCall:
+    """One ``fcntl.ioctl`` on a simulated fd: which fd ("dev" or "vm"), the request, the
+    argument as passed, and the result (a value, bytes, or the errno's name)."""
 
-    def ioctl(self, fd: Any, request: int, arg: Any = 0, mutate_flag: bool = True) -> int | bytes:
-        fd = _fileno(fd)  # fcntl.ioctl takes an int or an object with fileno()
-        binding: KernelBinding | None = getattr(self.filesystem, "kvmsim_binding", None)
+    fd: str
+    request: int
+    arg: object
+    result: int | bytes | str
+
+
+def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_flag: bool) -> int | bytes:
+    """``fcntl.ioctl`` on the fake filesystem of ``binding``: its /dev/kvm and VM fds reach the
+    simulated kernel (with fcntl's contract), any other fake file is ENOTTY, never a silent 0."""
+    kfd = binding.kernel_fd(_fileno(fd))
+    if kfd is None:
+        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+    kernel = binding.kernel
+    which = "dev" if kfd == binding.dev_fd else "vm"
+    logged = bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
+    try:
+        result = kernel.ioctl(kfd, request, arg, mutate_flag)
+    except OSError as exc:
+        binding.calls.append(IoctlCall(which, request, logged, errname(exc.errno)))
+        raise
+    binding.calls.append(IoctlCall(which, request, logged, result))
+    if which == "dev" and request & 0xFFFFFFFF == kernel.KVM_CREATE_VM and isinstance(result, int):
+        return binding.install_vm(result)
+    return result
+
+
+def kvm_fcntl(binding: KernelBinding, fd: Any, cmd: int, arg: Any) -> Any:
+    """``fcntl.fcntl``: F_DUPFD and F_DUPFD_CLOEXEC of an emulated fd share its file."""
+    fd = _fileno(fd)
+    if cmd in (fcntl_module.F_DUPFD, fcntl_module.F_DUPFD_CLOEXEC):
+        return FakeOsModule(binding.fs).dup(fd)
+    return 0  # as pyfakefs answers any other fcntl()
+
+
+def hook_pyfakefs() -> None:
+    """pyfakefs's fake ``fcntl`` (however a test module imported it, ``from fcntl import
+    ioctl`` included: those are bound when pyfakefs patches) reaches the simulated kernel of
+    its filesystem while a :class:`KernelBinding` is on it, and behaves as pyfakefs's otherwise."""
+    if getattr(FakeFcntlModule, "_kvmsim_hooked", False):
+        return
+    plain_ioctl, plain_fcntl = FakeFcntlModule.ioctl, FakeFcntlModule.fcntl
+
+    def ioctl(self: FakeFcntlModule, fd: Any, request: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
+        binding = getattr(self.filesystem, "kvmsim_binding", None)
         if binding is None:
-            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
-        kfd = binding.kernel_fd(fd)
-        if kfd is None:
-            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
-        from .pytest_plugin import IoctlCall
+            return plain_ioctl(self, fd, request, arg, mutate_flag)
+        return kvm_ioctl(binding, fd, request, arg, mutate_flag)
 
-        kernel = binding.kernel
-        which = "dev" if kfd == binding.dev_fd else "vm"
-        logged = bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
-        try:
-            result = kernel.ioctl(kfd, request, arg, mutate_flag)
-        except OSError as exc:
-            binding.calls.append(IoctlCall(which, request, logged, errno.errorcode.get(exc.errno or 0, "?")))
-            raise
-        binding.calls.append(IoctlCall(which, request, logged, result))
-        if which == "dev" and request & 0xFFFFFFFF == kernel.KVM_CREATE_VM and isinstance(result, int):
-            return binding.install_vm(result)
-        return result
+    def fcntl(self: FakeFcntlModule, fd: Any, cmd: int, arg: Any = 0) -> Any:
+        binding = getattr(self.filesystem, "kvmsim_binding", None)
+        if binding is None:
+            return plain_fcntl(self, fd, cmd, arg)
+        return kvm_fcntl(binding, fd, cmd, arg)
 
-    def fcntl(self, fd: Any, cmd: int, arg: Any = 0) -> Any:
-        """``fcntl.fcntl``: F_DUPFD and F_DUPFD_CLOEXEC of an emulated fd share its file."""
-        fd = _fileno(fd)
-        if cmd in (fcntl_module.F_DUPFD, fcntl_module.F_DUPFD_CLOEXEC):
-            return FakeOsModule(self.filesystem).dup(fd)
-        return 0  # as pyfakefs answers any other fcntl()
+    FakeFcntlModule.ioctl = ioctl  # type: ignore[method-assign]
+    FakeFcntlModule.fcntl = fcntl  # type: ignore[method-assign]
+    FakeFcntlModule._kvmsim_hooked = True  # type: ignore[attr-defined]
 
 
 def _fileno(fd: Any) -> int:

@@ -33,6 +33,7 @@ from .uapi import DEFAULT_REVISION, DEV_KVM
 if TYPE_CHECKING:
     from pyfakefs.fake_filesystem import FakeFilesystem
 
+    from .fakefcntl import IoctlCall
     from .profile import Host
     from .user.simulated import Kernel
 
@@ -40,30 +41,9 @@ DEFAULT_HOST = "powervm-p11"
 
 
 def _hook_pyfakefs_fcntl() -> None:
-    """pyfakefs's fake ``fcntl`` (however a test module imported it, ``from fcntl import
-    ioctl`` included: those are bound when pyfakefs patches) reaches the simulated kernel of
-    its filesystem when a kvm_host is on it, and behaves as pyfakefs's otherwise."""
-    from pyfakefs.fake_io import FakeFcntlModule
+    from .fakefcntl import hook_pyfakefs
 
-    from .fakefcntl import KvmFcntlModule
-
-    if getattr(FakeFcntlModule, "_kvmsim_hooked", False):
-        return
-    plain_ioctl, plain_fcntl = FakeFcntlModule.ioctl, FakeFcntlModule.fcntl
-
-    def ioctl(self: Any, fd: Any, request: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
-        if getattr(self.filesystem, "kvmsim_binding", None) is None:
-            return plain_ioctl(self, fd, request, arg, mutate_flag)
-        return KvmFcntlModule.ioctl(self, fd, request, arg, mutate_flag)
-
-    def fcntl(self: Any, fd: Any, cmd: int, arg: Any = 0) -> Any:
-        if getattr(self.filesystem, "kvmsim_binding", None) is None:
-            return plain_fcntl(self, fd, cmd, arg)
-        return KvmFcntlModule.fcntl(self, fd, cmd, arg)
-
-    FakeFcntlModule.ioctl = ioctl  # type: ignore[method-assign]
-    FakeFcntlModule.fcntl = fcntl  # type: ignore[method-assign]
-    FakeFcntlModule._kvmsim_hooked = True  # type: ignore[attr-defined]
+    hook_pyfakefs()  # at import: before any test module's `from fcntl import ioctl` is bound
 
 
 _hook_pyfakefs_fcntl()
@@ -116,17 +96,6 @@ def host_spec(param: object) -> HostSpec:
     raise pytest.UsageError(
         f"kvm_host: expected a host name or path, (name, revision) or (name, revision, overrides), got {param!r}"
     )
-
-
-@attrs.frozen
-class IoctlCall:
-    """One ``fcntl.ioctl`` on a simulated fd: which fd ("dev" or "vm"), the request, the
-    argument as passed, and the result (a value, bytes, or the errno's name)."""
-
-    fd: str
-    request: int
-    arg: object
-    result: int | bytes | str
 
 
 def real_kvm_unusable() -> str | None:

@@ -108,9 +108,8 @@ def prepare(
         return list(command), shim_environment(kernel, socket_path, build_shim(), view)
     foreign = FOREIGN[arch]
     shim = build_shim(cc=f"{foreign.triplet}-gcc")
-    shim_env = {"LD_PRELOAD": str(shim), "KVMSIM_SOCKET": socket_path, "KVMSIM_MACHINE": kernel.arch.name, **view}
     argv = [qemu_binary(foreign), "-L", foreign.sysroot]
-    for key, value in shim_env.items():  # for the emulated process, not for qemu itself
+    for key, value in shim_variables(kernel, socket_path, shim, view).items():  # for the program, not qemu
         argv += ["-E", f"{key}={value}"]
     return argv + list(command), dict(os.environ)
 
@@ -155,7 +154,18 @@ def host_view(kernel: Kernel, directory: str) -> dict[str, str]:
         target = Path(directory + path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    return {"KVMSIM_ROOT": directory, "KVMSIM_DEV_KVM": "1" if kernel.kvm.loaded else "0"}
+    return {"KVMSIM_ROOT": directory}
+
+
+def shim_variables(kernel: Kernel, socket_path: str, shim: Path, view: dict[str, str] | None = None) -> dict[str, str]:
+    """What the shim reads: the library, the server, the host's machine and /dev/kvm, its files."""
+    return {
+        "LD_PRELOAD": str(shim),
+        "KVMSIM_SOCKET": socket_path,
+        "KVMSIM_MACHINE": kernel.arch.name,
+        "KVMSIM_DEV_KVM": "1" if kernel.kvm.loaded else "0",
+        **(view or {}),
+    }
 
 
 def shim_environment(
@@ -164,11 +174,5 @@ def shim_environment(
     """The environment that preloads ``shim`` into a native command (and, with ``view``
     from :func:`host_view`, shows it the simulated host's files)."""
     preload = os.environ.get("LD_PRELOAD", "")
-    return {
-        **os.environ,
-        "LD_PRELOAD": f"{shim} {preload}".strip(),
-        "KVMSIM_SOCKET": socket_path,
-        "KVMSIM_MACHINE": kernel.arch.name,
-        "KVMSIM_DEV_KVM": "1" if kernel.kvm.loaded else "0",
-        **(view or {}),
-    }
+    variables = shim_variables(kernel, socket_path, shim, view)
+    return {**os.environ, **variables, "LD_PRELOAD": f"{shim} {preload}".strip()}

@@ -1012,16 +1012,22 @@ static int is_dev_kvm_path(int dirfd, const char *path, int follow)
 	return follow ? names_dev_kvm(canon) : !strcmp(canon, "/dev/kvm");
 }
 
+/* access(2) of the simulated /dev/kvm: 1 when answered (0 or -1 in *ret), 0 for the real one */
+static int dev_kvm_access_of(int dirfd, const char *path, int follow, int *ret)
+{
+	if (!is_dev_kvm_path(dirfd, path, follow))
+		return 0;
+	*ret = host_has_dev_kvm() ? 0 : (errno = ENOENT, -1);
+	return 1;
+}
+
 int access(const char *path, int mode)
 {
 	ensure();
 	char buf[PATH_MAX];
-	if (is_dev_kvm_path(AT_FDCWD, path, 1)) {
-		if (host_has_dev_kvm())
-			return 0;
-		errno = ENOENT;
-		return -1;
-	}
+	int ret;
+	if (dev_kvm_access_of(AT_FDCWD, path, 1, &ret))
+		return ret;
 	return real_access(viewed(AT_FDCWD, path, buf, sizeof(buf)), mode);
 }
 
@@ -1029,27 +1035,19 @@ int faccessat(int dirfd, const char *path, int mode, int flags)
 {
 	ensure();
 	char buf[PATH_MAX];
-	if (is_dev_kvm_path(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW))) {
-		if (host_has_dev_kvm())
-			return 0;
-		errno = ENOENT;
-		return -1;
-	}
+	int ret;
+	if (dev_kvm_access_of(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &ret))
+		return ret;
 	return real_faccessat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), mode, flags);
 }
 
 /* stat(2) of the simulated /dev/kvm: 1 when answered (0 or -1 in *ret), 0 for the real one */
 static int dev_kvm_stat_of(int dirfd, const char *path, int follow, struct stat *st, int *ret)
 {
-	if (!is_dev_kvm_path(dirfd, path, follow))
+	if (!dev_kvm_access_of(dirfd, path, follow, ret))
 		return 0;
-	if (host_has_dev_kvm()) {
+	if (*ret == 0)
 		dev_kvm_stat(st);
-		*ret = 0;
-	} else {
-		errno = ENOENT;
-		*ret = -1;
-	}
 	return 1;
 }
 
@@ -1115,21 +1113,21 @@ FILE *fopen64(const char *path, const char *mode) { return fopen(path, mode); }
 int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx)
 {
 	ensure();
-	ensure();
 	char buf[PATH_MAX];
-	if (!((flags & AT_EMPTY_PATH) && !*path) && is_dev_kvm_path(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW))) {
-		if (!host_has_dev_kvm()) {
-			errno = ENOENT;
-			return -1;
+	struct stat st;
+	int ret;
+	if (!((flags & AT_EMPTY_PATH) && !*path) &&
+	    dev_kvm_stat_of(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &st, &ret)) {
+		if (ret == 0) {
+			memset(stx, 0, sizeof(*stx));
+			stx->stx_mask = STATX_BASIC_STATS;
+			stx->stx_mode = st.st_mode;
+			stx->stx_nlink = st.st_nlink;
+			stx->stx_blksize = st.st_blksize;
+			stx->stx_rdev_major = major(st.st_rdev);
+			stx->stx_rdev_minor = minor(st.st_rdev);
 		}
-		memset(stx, 0, sizeof(*stx));
-		stx->stx_mask = STATX_BASIC_STATS;
-		stx->stx_mode = S_IFCHR | 0660;
-		stx->stx_nlink = 1;
-		stx->stx_blksize = 4096;
-		stx->stx_rdev_major = 10;
-		stx->stx_rdev_minor = 232;
-		return 0;
+		return ret;
 	}
 	if (!real_statx) {
 		errno = ENOSYS;
