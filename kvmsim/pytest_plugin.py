@@ -17,7 +17,9 @@ import atexit
 import contextlib
 import os
 import platform
+import posix
 import shutil
+import stat
 import tempfile
 import tomllib
 import warnings
@@ -28,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 
-from .uapi import DEFAULT_REVISION, DEV_KVM
+from .uapi import DEFAULT_REVISION
 
 if TYPE_CHECKING:
+    from pyfakefs.fake_file import FakeDirectory
     from pyfakefs.fake_filesystem import FakeFilesystem
 
     from .fakefcntl import IoctlCall
@@ -114,18 +117,14 @@ def _uname_of(machine: str) -> os.uname_result:
 
 def _boot(spec: HostSpec) -> Kernel:
     """The kernel for ``spec``; overrides are applied to the profile's TOML and checked as a
-    profile file is (a mistake is one line naming the key)."""
+    profile file is (a mistake is one line naming the key).  Reads the real filesystem."""
     from . import profile, record
     from .uapi import revision
     from .user.simulated import Kernel
 
+    if not spec.overrides:
+        return Kernel(_profile(spec.name), revision(spec.abi), ksize=spec.ksize)
     path = profile.resolve(spec.name)
-    if not spec.overrides:  # a profile is parsed once a session (while its file is unchanged)
-        cache_key = (str(path), path.stat().st_mtime_ns)
-        host = _HOSTS.get(cache_key)
-        if host is None:
-            host = _HOSTS[cache_key] = profile.load(path)
-        return Kernel(host, revision(spec.abi), ksize=spec.ksize)
     doc = tomllib.loads(path.read_text())
     for dotted, value in spec.overrides.items():
         *tables, key = dotted.split(".")
@@ -137,26 +136,123 @@ def _boot(spec: HostSpec) -> Kernel:
     return Kernel(host, revision(spec.abi), ksize=spec.ksize)
 
 
+# A profile is parsed once a session while its file is unchanged: (name, search path) ->
+# (path, mtime, Host).  posix.stat is the real one even while pyfakefs is patched in.
+_HOSTS: dict[tuple[str, str], tuple[str, int, Host]] = {}
+
+
+def _cached_profile(name: str) -> Host | None:
+    from .profile import HOSTS_ENV
+
+    cached = _HOSTS.get((name, os.environ.get(HOSTS_ENV, "")))
+    if cached is None:
+        return None
+    path, mtime, host = cached
+    try:
+        return host if posix.stat(path).st_mtime_ns == mtime else None
+    except OSError:
+        return None
+
+
+def _profile(name: str) -> Host:
+    from . import profile
+
+    host = _cached_profile(name)
+    if host is None:
+        path = str(profile.resolve(name))
+        mtime = posix.stat(path).st_mtime_ns
+        host = profile.load(path)
+        _HOSTS[name, os.environ.get(profile.HOSTS_ENV, "")] = (path, mtime, host)
+    return host
+
+
+def _boot_inside(fs: FakeFilesystem, spec: HostSpec) -> Kernel:
+    """:func:`_boot` from inside a patched test: the real filesystem is paused in only when
+    a profile has to be read (its first use, a changed file, overrides)."""
+    if not spec.overrides and _cached_profile(spec.name) is not None:
+        return _boot(spec)
+    fs.pause()
+    try:
+        return _boot(spec)
+    finally:
+        fs.resume()
+
+
+def _directory(fs: FakeFilesystem, path: str) -> FakeDirectory | None:
+    """The fake directory at absolute ``path``, made (with its parents) where missing, by
+    hanging objects straight on their parents: no path resolution, a fraction of
+    ``create_dir``'s cost.  None where the test has put a file in the way."""
+    from pyfakefs.fake_file import FakeDirectory
+
+    where = fs.root
+    for name in path.strip("/").split("/") if path.strip("/") else []:
+        if name in (".", ".."):
+            raise ValueError(f"kvm_host: not a plain absolute path: {path!r}")
+        found = where.entries.get(name)
+        if found is None:
+            found = FakeDirectory(name, filesystem=fs)
+            where.add_entry(found)
+        elif not isinstance(found, FakeDirectory):
+            return None
+        where = found
+    return where
+
+
 _TREES: dict[int, str] = {}
-_HOSTS: dict[tuple[str, int], Host] = {}
 
 
-def _materialized(files: Mapping[str, bytes]) -> str:
-    """A real directory holding ``files`` (the host's view), made once per distinct view and
-    process: pyfakefs maps it in lazily, which costs far less than creating each fake file."""
+def _materialized(fs: FakeFilesystem, files: Mapping[str, bytes]) -> str:
+    """A real directory holding ``files``, written once a session per distinct host view
+    (with the real filesystem paused in)."""
     key = hash(tuple(sorted(files.items())))
     tree = _TREES.get(key)
     if tree is None:
-        tree = tempfile.mkdtemp(prefix="kvmsim-host-")
-        atexit.register(shutil.rmtree, tree, True)
-        for path, data in files.items():
-            if path == DEV_KVM:
-                continue
-            os.makedirs(os.path.dirname(tree + path), exist_ok=True)
-            with open(tree + path, "wb") as f:
-                f.write(data)
+        fs.pause()
+        try:
+            tree = tempfile.mkdtemp(prefix="kvmsim-host-")
+            atexit.register(shutil.rmtree, tree, True)
+            for path, data in files.items():
+                os.makedirs(os.path.dirname(tree + path), exist_ok=True)
+                with open(tree + path, "wb") as f:
+                    f.write(data)
+        finally:
+            fs.resume()
         _TREES[key] = tree
     return tree
+
+
+def _graft(fs: FakeFilesystem, files: Mapping[str, bytes], real_dirs: list[str]) -> None:
+    """The host's ``files`` and the (real) ``real_dirs`` in ``fs``, read on first use."""
+    from pyfakefs.fake_file import FakeDirectoryFromRealDirectory
+
+    _merge(fs, fs.root, "", _materialized(fs, files), files)
+    for real in real_dirs:
+        parent, _, leaf = real.rpartition("/")
+        where = _directory(fs, parent)
+        if where is not None and leaf not in where.entries:
+            where.add_entry(FakeDirectoryFromRealDirectory(real, fs, read_only=True))
+
+
+def _merge(fs: FakeFilesystem, where: FakeDirectory, target: str, source: str, files: Mapping[str, bytes]) -> None:
+    """The real directory ``source`` (a copy of the host's ``files``) into ``where``, the fake
+    directory at ``target``: an entry the test lacks is mapped from the real one (a directory
+    lazily: usually one object each for /proc, /sys and /dev); a directory the test has is
+    merged into; a file it has is left alone, so ``fs`` may be filled before or after."""
+    from pyfakefs.fake_file import FakeDirectory, FakeDirectoryFromRealDirectory, FakeFile
+
+    for name in posix.listdir(source):
+        path, real = f"{target}/{name}", f"{source}/{name}"
+        found = where.entries.get(name)
+        if stat.S_ISDIR(posix.stat(real).st_mode):
+            if found is None:  # /proc and /sys are read-only as a kernel's; /dev/kvm opens O_RDWR
+                ro = path != "/dev" and not path.startswith("/dev/")
+                where.add_entry(FakeDirectoryFromRealDirectory(real, fs, read_only=ro, target_path=path))
+            elif isinstance(found, FakeDirectory):
+                _merge(fs, found, path, real, files)
+        elif found is None:
+            leaf = FakeFile(name, st_mode=stat.S_IFREG | 0o644, filesystem=fs)
+            leaf.set_contents(files[path])
+            where.add_entry(leaf)
 
 
 def _spec(name: str | os.PathLike[str] | HostSpec, abi: str, overrides: dict[str, Any]) -> HostSpec:
@@ -172,37 +268,14 @@ def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
     an ``fcntl`` whose ioctl reaches the kernel, and the host's ``uname``."""
     from . import hostfs
     from .fakefcntl import KernelBinding
-    from .profile import search_path
 
-    fs.pause()  # the profile and its directories are read from the real filesystem
-    try:
-        kernel = _boot(spec)
-        files = hostfs.files(kernel)
-        tree = _materialized(files)
-        tops = [top for top in ("/proc/device-tree", "/sys/module") if os.path.isdir(tree + top)]
-        profile_dirs = [str(d) for d in search_path() if d.is_dir()]
-    finally:
-        fs.resume()
+    kernel = _boot_inside(fs, spec)
+    _graft(fs, hostfs.files(kernel), _profile_dirs())  # profiles stay readable by name inside
     monkeypatch = pytest.MonkeyPatch()
     try:
         uname = _uname_of(kernel.arch.name)
         monkeypatch.setattr(os, "uname", lambda: uname)  # the process runs on the host's arch
         monkeypatch.setattr(platform, "_uname_cache", None)
-        # the host's files: a real copy made once a session, mapped in lazily (read-only)
-        for top in tops:
-            if not fs.exists(top):
-                if not fs.exists(os.path.dirname(top)):
-                    fs.create_dir(os.path.dirname(top))
-                fs.add_real_directory(tree + top, target_path=top)
-        if not fs.exists("/proc/cpuinfo"):
-            if not fs.exists("/proc"):
-                fs.create_dir("/proc")
-            fs.add_real_file(tree + "/proc/cpuinfo", target_path="/proc/cpuinfo")
-        if DEV_KVM in files and not fs.exists(DEV_KVM):
-            fs.create_file(DEV_KVM)
-        for directory in profile_dirs:  # profiles stay readable by name inside
-            if not fs.exists(directory):
-                fs.add_real_directory(directory)
         binding = KernelBinding(kernel, fs)
         fs.kvmsim_binding = binding  # type: ignore[attr-defined]
         yield SimulatedHost(spec.name, spec.abi, kernel, fs, binding.calls)
@@ -215,6 +288,26 @@ def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
             )
     finally:
         monkeypatch.undo()
+
+
+_PROFILE_DIRS: dict[str, list[str]] = {}  # $KVMSIM_HOSTS -> the search path's real directories
+
+
+def _profile_dirs() -> list[str]:
+    from .profile import HOSTS_ENV, search_path
+
+    key = os.environ.get(HOSTS_ENV, "")
+    dirs = _PROFILE_DIRS.get(key)
+    if dirs is None:
+        dirs = _PROFILE_DIRS[key] = [str(d) for d in search_path() if _real_isdir(str(d))]
+    return dirs
+
+
+def _real_isdir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(posix.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -314,3 +314,43 @@ def test_simulated_host_inside_hypothesis(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_tests_own_files_win_and_the_host_fills_in_around_them(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.fixture
+        def mine(fs):
+            fs.create_file("/proc/cpuinfo", contents="mine")
+            fs.create_file("/sys/module/kvm/refcnt", contents="7")
+
+        def test_fs_filled_first(mine, kvm_host):
+            assert open("/proc/cpuinfo").read() == "mine"
+            assert open("/sys/module/kvm/refcnt").read() == "7"
+            assert sorted(os.listdir("/sys/module")) == ["kvm", "kvm_hv"]
+            assert os.path.exists("/proc/device-tree/cpus") and os.path.exists("/dev/kvm")
+
+        def test_dev_kvm_opens_read_write(kvm_host):
+            os.close(os.open("/dev/kvm", os.O_RDWR))
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_a_profile_edited_during_the_session_is_read_again(tmp_path: os.PathLike[str]) -> None:
+    from kvmsim.pytest_plugin import simulated_host
+
+    path = os.path.join(tmp_path, "mine.toml")
+    text = profile.resolve("powervm-p11").read_text()
+    with open(path, "w") as f:
+        f.write(text)
+    with simulated_host(path) as host:
+        assert host.profile.cpu.mode.name == "power11"
+    with open(path, "w") as f:
+        f.write(text.replace('mode = "power11"', 'mode = "power10"'))
+    os.utime(path, ns=(0, 1))  # a distinct mtime even on a coarse clock
+    with simulated_host(path) as host:
+        assert host.profile.cpu.mode.name == "power10"
