@@ -138,7 +138,7 @@ def fixture_matrix_row(cases: int = 200) -> Row:
 def shim_rows() -> list[Row]:
     """The same ioctl through the preload shim and `kvmsim serve`'s protocol."""
     from kvmsim.build import BuildError, build_shim, compile_c
-    from kvmsim.runner import shim_environment
+    from kvmsim.runner import ShimHost, shim_environment
     from kvmsim.server import Server
 
     try:
@@ -150,7 +150,7 @@ def shim_rows() -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(kernel, os.path.join(tmp, "kvm.sock"))
         server.start()
-        env = shim_environment(kernel, server.path, shim)
+        env = shim_environment(ShimHost.of(kernel), server.path, shim)
         try:
             out = subprocess.run([str(c_client), "--repeat", "2000"], env=env, capture_output=True, text=True)
             c_ns = json.loads(out.stdout)["ns_per_ioctl"]
@@ -250,7 +250,7 @@ def soak_row() -> Row:
 
     from kvmsim import wire
     from kvmsim.build import BuildError, build_shim, compile_c
-    from kvmsim.runner import shim_environment
+    from kvmsim.runner import ShimHost, shim_environment
     from kvmsim.server import Server
 
     logging.getLogger("kvmsim.serve").setLevel(logging.ERROR)  # thousands of hostile clients, by design
@@ -264,7 +264,7 @@ def soak_row() -> Row:
     fds_before, rss_before = len(os.listdir("/proc/self/fd")), _rss_kib()
     wrong = runs = garbage = 0
     with tempfile.TemporaryDirectory() as tmp, Server(kernel, os.path.join(tmp, "kvm.sock")) as server:
-        env = shim_environment(kernel, server.path, shim)
+        env = shim_environment(ShimHost.of(kernel), server.path, shim)
         stop = time.monotonic() + SOAK_SECONDS
         rng = random.Random(7)
 

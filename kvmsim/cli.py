@@ -5,21 +5,27 @@
   kvmsim matrix                        every profile × revision: capability, result or errno, modes
   kvmsim serve --host HOST --socket P  serve one simulated kernel on a Unix socket
   kvmsim run --host HOST -- CMD ...    run CMD with /dev/kvm simulated (LD_PRELOAD shim)
+  kvmsim env --socket P                the shell lines that attach programs to `serve` at P
+  kvmsim run --server P -- CMD ...     run CMD attached to `serve` at P
   kvmsim record -o FILE.toml           record this machine (files and device) as a profile
   kvmsim verify FILE.toml              replay a recording on the simulator
   kvmsim lab [--config NAME ...]       boot real ppc64le kernels under QEMU, record, verify
 
 Exit codes: 0 success, 2 bad usage or a bad profile; ``verify`` and ``lab`` 1 when any probe
 disagrees (or a boot failed); ``lab`` 3 when its packages cannot be fetched;
-``run`` returns CMD's exit code, or 125 when it could not start it (no C compiler, ...),
-126 not executable, 127 not found."""
+``run`` returns CMD's exit code, or 125 when it could not start it (no C compiler, a server
+that cannot be used, ...), 126 not executable, 127 not found; ``env`` 3 when the server cannot
+be used (not there, not this user's, not kvmsim)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 import attrs
@@ -208,25 +214,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from .runner import host_view
     from .server import Server, ServerError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
     kernel = _kernel(args)
     trace_ctx = _tracer(args, kernel)
     trace = trace_ctx.__enter__()
+    view = tempfile.mkdtemp(prefix="kvmsim-serve-")  # 0700: the host's files for attached programs
     try:
-        server = Server(kernel, args.socket, trace=trace)
-    except ServerError as exc:
-        raise UsageError(str(exc)) from None
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: server.stop())
-    print(f"kvmsim serve: {kernel.host.name} ({kernel.rev.name}) on {args.socket}", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        try:
+            server = Server(kernel, args.socket, trace=trace, root=host_view(kernel, view))
+        except ServerError as exc:
+            raise UsageError(str(exc)) from None
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda *_: server.stop())
+        print(f"kvmsim serve: {kernel.host.name} ({kernel.rev.name}) on {args.socket}", file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        shutil.rmtree(view, ignore_errors=True)
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """Print what attaches programs to a running ``kvmsim serve``: ``eval "$(kvmsim env ...)"``."""
+    from .attach import AttachError, attached_environment
+    from .build import BuildError
+
+    try:
+        _host, env = attached_environment(args.socket)
+    except (AttachError, BuildError) as exc:
+        print(f"kvmsim: error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    variables = {k: v for k, v in env.items() if k == "LD_PRELOAD" or k.startswith("KVMSIM_")}
+    if args.format == "json":
+        print(json.dumps(variables, indent=2))
+    else:
+        for key, value in variables.items():
+            print(f"export {key}={shlex.quote(value)}")
     return EXIT_OK
 
 
@@ -237,8 +267,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise UsageError("run: no command given (kvmsim run --host HOST -- CMD ...)")
-    kernel = _kernel(args)
+    if (args.host is None) == (args.server is None):
+        raise UsageError("run: give one of --host HOST (a server of its own) or --server SOCKET (a running one)")
+    if args.server is not None and (args.abi or args.trace is not None):
+        raise UsageError("run --server: the server chose its revision and traces; give --abi/--trace to kvmsim serve")
     try:
+        if args.server is not None:
+            return _run_attached(args.server, command, args.arch)
+        kernel = _kernel(args)
         with _tracer(args, kernel) as trace:
             return run(kernel, command, arch=args.arch, trace=trace)
     except RunError as exc:
@@ -252,6 +288,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PermissionError:
         print(f"kvmsim: error: {command[0]}: not executable", file=sys.stderr)
         return EXIT_NOT_EXECUTABLE
+
+
+def _run_attached(socket_path: str, command: list[str], arch: str | None) -> int:
+    """Exec ``command`` attached to the server at ``socket_path``: this process becomes it."""
+    import os
+
+    from .attach import AttachError, ask_host
+    from .runner import prepare
+
+    try:
+        host = ask_host(socket_path)
+    except AttachError as exc:
+        print(f"kvmsim: error: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    argv, env = prepare(host, command, os.path.abspath(socket_path), arch=arch)
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)  # raises on failure: not found / not executable
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -360,8 +413,8 @@ def _trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-format", choices=["text", "json"], default="text", help="text lines or JSON lines")
 
 
-def _kernel_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", required=True, metavar="HOST", help="a profile name or a .toml path")
+def _kernel_options(p: argparse.ArgumentParser, *, host_required: bool = True) -> None:
+    p.add_argument("--host", required=host_required, metavar="HOST", help="a profile name or a .toml path")
     p.add_argument(
         "--abi",
         choices=list(REVISIONS),
@@ -388,12 +441,22 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     serve.set_defaults(func=cmd_serve)
     run = sub.add_parser("run", help="run a command against a simulated host (LD_PRELOAD shim)")
-    _kernel_options(run)
+    _kernel_options(run, host_required=False)
+    run.add_argument("--server", metavar="SOCKET", help="attach CMD to a running `kvmsim serve` instead of --host")
     run.add_argument(
         "--arch", choices=["ppc64le", "ppc64"], help="run a POWER binary under qemu-user (default: from its ELF header)"
     )
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
+    env = sub.add_parser(
+        "env",
+        help="print the shell lines that attach programs to a running `kvmsim serve`",
+        description='eval "$(kvmsim env --socket P)": every program started after that reaches the server at P '
+        "with only the preload shim (LD_PRELOAD and KVMSIM_* variables). The server must be this user's.",
+    )
+    env.add_argument("--socket", required=True, metavar="PATH", help="the socket `kvmsim serve` listens on")
+    env.add_argument("--format", choices=["sh", "json"], default="sh", help="export lines (default) or JSON")
+    env.set_defaults(func=cmd_env)
     rec = sub.add_parser("record", help="record this machine as a host profile")
     rec.add_argument("--device", default="/dev/kvm", metavar="PATH", help="the KVM device (default /dev/kvm)")
     rec.add_argument("-o", "--output", required=True, metavar="FILE.toml", help="where to write the profile")

@@ -26,7 +26,7 @@ from .build import BuildError, build_shim
 from .kvm_main import Kernel
 from .server import Server
 from .trace import Call
-from .uapi import DEV_KVM
+from .uapi import ARCHES, DEV_KVM
 
 
 @attrs.frozen
@@ -78,7 +78,7 @@ def qemu_binary(foreign: Foreign) -> str:
     raise BuildError(f"{foreign.qemu}-static is not installed (apt-get install qemu-user-static)")
 
 
-def target_arch(kernel: Kernel, command: Sequence[str], arch: str | None) -> str | None:
+def target_arch(shim_host: ShimHost, command: Sequence[str], arch: str | None) -> str | None:
     """The foreign arch to run ``command`` as (None: natively), checked against the host."""
     exe = shutil.which(command[0]) or command[0]
     found = elf_arch(exe)
@@ -87,29 +87,43 @@ def target_arch(kernel: Kernel, command: Sequence[str], arch: str | None) -> str
     arch = arch or (found if found in FOREIGN else None)
     if arch is None:
         return None
-    host = kernel.arch
+    host = ARCHES[shim_host.machine]
     if not host.is_powerpc:
-        raise RunError(f"host {kernel.host.name} is {host.name}: a {arch} binary needs a powerpc host profile")
+        raise RunError(f"host {shim_host.name} is {host.name}: a {arch} binary needs a powerpc host profile")
     if FOREIGN[arch].arch != host.name:
         raise RunError(
-            f"host {kernel.host.name} is {host.name} ({host.byteorder}-endian) but {command[0]} is {arch}: "
+            f"host {shim_host.name} is {host.name} ({host.byteorder}-endian) but {command[0]} is {arch}: "
             "byte orders differ"
         )
     return arch
 
 
+@attrs.frozen
+class ShimHost:
+    """What the shim is told about the host besides the socket: its name, its machine
+    (``uname``), whether /dev/kvm exists, and where its files were written (KVMSIM_ROOT)."""
+
+    name: str
+    machine: str
+    dev_kvm: bool
+    root: str | None = None
+
+    @classmethod
+    def of(cls, kernel: Kernel, root: str | None = None) -> ShimHost:
+        return cls(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root)
+
+
 def prepare(
-    kernel: Kernel, command: Sequence[str], socket_path: str, *, arch: str | None = None
+    host: ShimHost, command: Sequence[str], socket_path: str, *, arch: str | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run ``command`` against the server at ``socket_path``."""
-    arch = target_arch(kernel, command, arch)
-    view = host_view(kernel, os.path.join(os.path.dirname(socket_path), "root"))
+    arch = target_arch(host, command, arch)
     if arch is None:
-        return list(command), shim_environment(kernel, socket_path, build_shim(), view)
+        return list(command), shim_environment(host, socket_path, build_shim())
     foreign = FOREIGN[arch]
     shim = build_shim(cc=f"{foreign.triplet}-gcc")
     argv = [qemu_binary(foreign), "-L", foreign.sysroot]
-    for key, value in shim_variables(kernel, socket_path, shim, view).items():  # for the program, not qemu
+    for key, value in shim_variables(host, socket_path, shim).items():  # for the program, not qemu
         argv += ["-E", f"{key}={value}"]
     return argv + list(command), dict(os.environ)
 
@@ -125,7 +139,8 @@ def run(
     server = Server(kernel, os.path.join(workdir, "kvm.sock"), trace=trace)
     previous: dict[int, Any] = {}
     try:
-        argv, env = prepare(kernel, command, server.path, arch=arch)
+        view = host_view(kernel, os.path.join(workdir, "root"))
+        argv, env = prepare(ShimHost.of(kernel, view), command, server.path, arch=arch)
         server.start()
         proc = subprocess.Popen(argv, env=env)
         for signum in FORWARDED:  # SIGTERM/SIGHUP to kvmsim run reach CMD, which decides
@@ -144,35 +159,33 @@ def run(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def host_view(kernel: Kernel, directory: str) -> dict[str, str]:
+def host_view(kernel: Kernel, directory: str) -> str:
     """Write the simulated host's files (kvmsim.hostfs: /proc/device-tree, /proc/cpuinfo,
     /sys/module/kvm*) under ``directory``: what the shim shows the program instead of this
-    machine's.  The shim's environment for it."""
+    machine's (KVMSIM_ROOT).  Returns ``directory``."""
     for path, data in hostfs.files(kernel).items():
         if path == DEV_KVM:
             continue
         target = Path(directory + path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    return {"KVMSIM_ROOT": directory}
+    return directory
 
 
-def shim_variables(kernel: Kernel, socket_path: str, shim: Path, view: dict[str, str] | None = None) -> dict[str, str]:
+def shim_variables(host: ShimHost, socket_path: str, shim: Path) -> dict[str, str]:
     """What the shim reads: the library, the server, the host's machine and /dev/kvm, its files."""
     return {
         "LD_PRELOAD": str(shim),
         "KVMSIM_SOCKET": socket_path,
-        "KVMSIM_MACHINE": kernel.arch.name,
-        "KVMSIM_DEV_KVM": "1" if kernel.kvm.loaded else "0",
-        **(view or {}),
+        "KVMSIM_MACHINE": host.machine,
+        "KVMSIM_DEV_KVM": "1" if host.dev_kvm else "0",
+        **({"KVMSIM_ROOT": host.root} if host.root is not None else {}),
     }
 
 
-def shim_environment(
-    kernel: Kernel, socket_path: str, shim: Path, view: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The environment that preloads ``shim`` into a native command (and, with ``view``
+def shim_environment(host: ShimHost, socket_path: str, shim: Path) -> dict[str, str]:
+    """The environment that preloads ``shim`` into a native command (and, with ``host.root``
     from :func:`host_view`, shows it the simulated host's files)."""
     preload = os.environ.get("LD_PRELOAD", "")
-    variables = shim_variables(kernel, socket_path, shim, view)
+    variables = shim_variables(host, socket_path, shim)
     return {**os.environ, **variables, "LD_PRELOAD": f"{shim} {preload}".strip()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
 import logging
 import os
 import socket
@@ -144,8 +145,10 @@ class Connection:
         name: str,
         calls: itertools.count[int] | None = None,
         trace: Callable[[Call], None] | None = None,
+        hello: bytes = b"{}",
     ) -> None:
         self.kernel, self.sock, self.name = kernel, sock, name
+        self.hello = hello
         self.calls = calls if calls is not None else itertools.count()
         self.trace = trace
         self.reader = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
@@ -156,6 +159,11 @@ class Connection:
         try:
             while True:
                 msg, payload = self.reader.read()
+                if msg == Msg.HELLO:  # kvmsim env: what the shim needs to know besides the socket
+                    if payload:
+                        raise ProtocolError(f"a HELLO with {len(payload)} bytes of payload")
+                    self.sock.sendall(wire.frame(Msg.HOST, self.hello))
+                    continue
                 self.sock.sendall(self.dispatch(msg, payload))
                 next(self.calls)
         except wire.Disconnected:
@@ -204,8 +212,19 @@ class Connection:
 class Server:
     """Listen on ``path`` and serve ``kernel`` to every same-uid peer, one thread each."""
 
-    def __init__(self, kernel: Kernel, path: str | Path, *, trace: Callable[[Call], None] | None = None) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        path: str | Path,
+        *,
+        trace: Callable[[Call], None] | None = None,
+        root: str | None = None,
+    ) -> None:
         self.kernel, self.path, self.trace = kernel, str(path), trace
+        # what HELLO answers: the shim's view of the host (root: where its files were written)
+        self.hello = json.dumps(
+            {"name": kernel.host.name, "machine": kernel.arch.name, "dev_kvm": kernel.kvm.loaded, "root": root}
+        ).encode()
         check_socket_path(self.path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is created 0600 (never chmod: it could be a symlink by then)
@@ -269,7 +288,7 @@ class Server:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
-            connection = Connection(self.kernel, sock, name, self.calls, self.trace)
+            connection = Connection(self.kernel, sock, name, self.calls, self.trace, self.hello)
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)

@@ -9,7 +9,9 @@ A frame is a 12-byte header then ``length`` bytes of payload::
             __u32 length;            /* payload bytes that follow, <= MAX_PAYLOAD */
     };
 
-The shim sends OPEN, IOCTL, CLOSE and gets one RESULT each.
+The shim sends OPEN, IOCTL, CLOSE and gets one RESULT each.  ``kvmsim env`` and
+``kvmsim run --server`` send HELLO and get HOST: what the shim is told about the served host
+besides the socket (a JSON object: ``name``, ``machine``, ``dev_kvm``, ``root``).
 
 An IOCTL carries a read-ahead *window*: the bytes the shim could read at ``arg`` (up to
 :data:`WINDOW`, stopping at the first unreadable byte).  The kernel's ``copy_from_user``
@@ -57,6 +59,8 @@ class Msg(enum.IntEnum):
     MEM_DATA = 6
     MEM_WRITE = 7
     MEM_ACK = 8
+    HELLO = 9
+    HOST = 10
 
 
 class ProtocolError(Exception):

@@ -15,7 +15,7 @@ from conftest import REVS, client_answer, printed_answer
 
 from kvmsim import Kernel, profile, uapi
 from kvmsim.build import compile_c
-from kvmsim.runner import FOREIGN, elf_arch, prepare, qemu_binary
+from kvmsim.runner import FOREIGN, ShimHost, elf_arch, prepare, qemu_binary
 from kvmsim.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def binaries() -> dict[str, Path]:
 def run_foreign(host: str, abi: str, binary: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
     with Server(kernel, tmp / "kvm.sock") as server:
-        argv, env = prepare(kernel, [str(binary), *args], server.path)
+        argv, env = prepare(ShimHost.of(kernel), [str(binary), *args], server.path)
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -23,7 +23,7 @@ from conftest import needs_cc
 
 from kvmsim import Kernel, build, wire
 from kvmsim.build import build_shim
-from kvmsim.runner import shim_environment
+from kvmsim.runner import ShimHost, shim_environment
 from kvmsim.server import Server, ServerError
 from kvmsim.wire import Msg
 
@@ -35,7 +35,7 @@ as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as anot
 
 
 def victim_env(shim: Path, sock: Path) -> dict[str, str]:
-    return shim_environment(Kernel.from_profile("powervm-p11"), str(sock), shim)
+    return shim_environment(ShimHost.of(Kernel.from_profile("powervm-p11")), str(sock), shim)
 
 
 # -- 1. the server's credentials ------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from conftest import REVS, client_answer, needs_cc, printed_answer
 
 from kvmsim import Kernel, profile
-from kvmsim.runner import shim_environment
+from kvmsim.runner import ShimHost, shim_environment
 from kvmsim.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def under_shim(
 ) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
     with Server(kernel, tmp / "kvm.sock") as server:
-        env = shim_environment(kernel, server.path, shim) | extra_env
+        env = shim_environment(ShimHost.of(kernel), server.path, shim) | extra_env
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
