@@ -123,7 +123,8 @@ def prepare(
     foreign = FOREIGN[arch]
     shim = build_shim(cc=f"{foreign.triplet}-gcc")
     argv = [qemu_binary(foreign), "-L", foreign.sysroot]
-    for key, value in shim_variables(host, socket_path, shim).items():  # for the program, not qemu
+    # for the program, not qemu; the socket channel: TCG's atomics and futexes are not the host's
+    for key, value in {**shim_variables(host, socket_path, shim), "KVMSIM_CHANNEL": "socket"}.items():
         argv += ["-E", f"{key}={value}"]
     return argv + list(command), dict(os.environ)
 

@@ -20,7 +20,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from . import wire
+from . import channel, wire
+from .channel import SharedChannel
 from .errors import KvmError
 from .kvm_main import Kernel, Process
 from .trace import Call
@@ -28,6 +29,7 @@ from .usermem import Fault, UserAccess
 from .wire import Msg, ProtocolError
 
 log = logging.getLogger("kvmsim.serve")
+Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
 MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this
 ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refuses it
 MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
@@ -40,8 +42,8 @@ class RemoteMemory(UserAccess):
     read-ahead window are served from it, others ask MEM_READ; writes are kept and sent back
     with the RESULT (see kvmsim.wire)."""
 
-    def __init__(self, sock: socket.socket, reader: wire.FrameReader) -> None:
-        self.sock, self.reader = sock, reader
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
         self.base = 0
         self.window = bytearray()
         self.pending: list[tuple[int, bytes]] = []
@@ -58,8 +60,8 @@ class RemoteMemory(UserAccess):
         if n > MAX_USER_COPY:
             raise Fault(addr, "read")
         self.flush()
-        self.sock.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(addr, n)))
-        msg, payload = self.reader.read()
+        self.transport.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(addr, n)))
+        msg, payload = self.transport.read()
         if msg != Msg.MEM_DATA:
             raise ProtocolError(f"expected MEM_DATA, got {msg.name}")
         (err,), data = wire.unpack(wire.MEM_DATA, payload, exact=False)
@@ -82,8 +84,8 @@ class RemoteMemory(UserAccess):
         """Make the kept writes now, in order (a read outside the window comes next)."""
         pending, self.pending = self.pending, []
         for addr, data in pending:
-            self.sock.sendall(wire.frame(Msg.MEM_WRITE, wire.MEM_WRITE.pack(addr) + data))
-            msg, payload = self.reader.read()
+            self.transport.sendall(wire.frame(Msg.MEM_WRITE, wire.MEM_WRITE.pack(addr) + data))
+            msg, payload = self.transport.read()
             if msg != Msg.MEM_ACK:
                 raise ProtocolError(f"expected MEM_ACK, got {msg.name}")
             (err, _done), _ = wire.unpack(wire.MEM_ACK, payload)
@@ -93,7 +95,10 @@ class RemoteMemory(UserAccess):
     def take_writes(self) -> tuple[int, bytes]:
         """The kept writes, encoded for a RESULT: (how many, their bytes)."""
         pending, self.pending = self.pending, []
-        return len(pending), b"".join(wire.WRITE.pack(addr, len(data)) + data for addr, data in pending)
+        if not pending:
+            return 0, b""
+        pack = wire.WRITE.pack
+        return len(pending), b"".join([pack(addr, len(data)) + data for addr, data in pending])
 
 
 class ServerError(Exception):
@@ -151,48 +156,75 @@ class Connection:
         self.hello = hello
         self.calls = calls if calls is not None else itertools.count()
         self.trace = trace
-        self.reader = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
-        self.memory = RemoteMemory(sock, self.reader)
+        self.transport: Transport = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
+        self.memory = RemoteMemory(self.transport)
         self.process: Process = kernel.process(self.memory)
+        self.create_vm = kernel.KVM_CREATE_VM
 
     def serve(self) -> None:
         try:
             while True:
-                msg, payload = self.reader.read()
+                msg, payload = self.transport.read()
                 if msg == Msg.HELLO:  # kvmsim env: what the shim needs to know besides the socket
-                    if payload:
-                        raise ProtocolError(f"a HELLO with {len(payload)} bytes of payload")
-                    self.sock.sendall(wire.frame(Msg.HOST, self.hello))
-                    continue
-                self.sock.sendall(self.dispatch(msg, payload))
-                next(self.calls)
+                    self._empty(msg, payload)
+                    self.transport.sendall(wire.frame(Msg.HOST, self.hello))
+                elif msg == Msg.SHM:  # the shim asks for the shared-memory channel
+                    self._empty(msg, payload)
+                    self._share()
+                else:
+                    self.transport.sendall(self.dispatch(msg, payload))
+                    next(self.calls)
         except wire.Disconnected:
             log.debug("%s: closed by the peer", self.name)
         except (ProtocolError, OSError) as exc:
             log.warning("%s: closing: %s", self.name, exc)
         finally:
+            if isinstance(self.transport, SharedChannel):
+                self.transport.close()
             self.sock.close()
+
+    def hang_up(self) -> None:
+        """End this connection from another thread (the server is stopping): the peer sees
+        EOF, and the serving thread wakes from its read and closes."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        if isinstance(self.transport, SharedChannel):
+            self.transport.interrupt()
+
+    @staticmethod
+    def _empty(msg: Msg, payload: bytes) -> None:
+        if payload:
+            raise ProtocolError(f"a {msg.name} with {len(payload)} bytes of payload")
+
+    def _share(self) -> None:
+        """Move to the shared-memory channel if this server can (else ENOSYS: the socket stays)."""
+        if isinstance(self.transport, SharedChannel) or not channel.available():
+            self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(-1, errno.ENOSYS, 0, 0)))
+            return
+        self.transport = self.memory.transport = SharedChannel(self.sock, max_payload=MAX_CLIENT_PAYLOAD)
+        log.debug("%s: on the shared-memory channel", self.name)
 
     def dispatch(self, msg: Msg, payload: bytes) -> bytes:
         flags = 0
-        self.memory.begin(0, b"")
         fd: int | None = None
         cmd = arg = None
         window = b""
         reason = None
         try:
-            if msg == Msg.OPEN:
-                (_oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
-                ret = self.process.open(path.decode(errors="replace"))
-            elif msg == Msg.IOCTL:
+            if msg == Msg.IOCTL:
                 (fd, cmd, arg), window = wire.unpack(wire.IOCTL, payload, exact=False)
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
                 self.memory.begin(arg, window)
-                creates_vm = cmd == self.kernel.KVM_CREATE_VM and self.process.is_dev_kvm(fd)
+                creates_vm = cmd == self.create_vm and self.process.is_dev_kvm(fd)
                 ret = self.process.sys_ioctl(fd, cmd, arg)
                 flags = wire.RESULT_NEW_FD if creates_vm else 0
+            elif msg == Msg.OPEN:
+                self.memory.begin(0, b"")
+                (_oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
+                ret = self.process.open(path.decode(errors="replace"))
             elif msg == Msg.CLOSE:
+                self.memory.begin(0, b"")
                 (fd,), _ = wire.unpack(wire.CLOSE, payload)  # fd for the trace too
                 self.process.close(fd)
                 ret = 0
@@ -206,7 +238,7 @@ class Connection:
             done = tuple(self.memory.pending)
             self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason))
         count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
-        return wire.frame(Msg.RESULT, wire.RESULT.pack(ret, err, flags, count) + writes)
+        return wire.frame(Msg.RESULT, wire.RESULT.pack(ret, err, flags, count), writes)
 
 
 class Server:
@@ -240,6 +272,7 @@ class Server:
         self._stop = threading.Event()
         self._count = 0
         self.threads: list[threading.Thread] = []
+        self.connections: dict[threading.Thread, Connection] = {}
         self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # for EMFILE
         self.calls = itertools.count()  # calls served, over every connection (next() is atomic)
         self._warned: set[str] = set()
@@ -284,12 +317,14 @@ class Server:
                 sock.close()
                 continue
             self.threads = [t for t in self.threads if t.is_alive()]
+            self.connections = {t: c for t, c in self.connections.items() if t.is_alive()}
             if len(self.threads) >= MAX_CONNECTIONS:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
             connection = Connection(self.kernel, sock, name, self.calls, self.trace, self.hello)
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
+            self.connections[thread] = connection
             thread.start()
             self.threads.append(thread)
 
@@ -313,3 +348,8 @@ class Server:
         self.listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        connections = list(self.connections.items())
+        for _thread, connection in connections:  # the processes still attached get EOF (then EIO)
+            connection.hang_up()
+        for thread, _connection in connections:
+            thread.join(timeout=1.0)

@@ -61,6 +61,8 @@ class Msg(enum.IntEnum):
     MEM_ACK = 8
     HELLO = 9
     HOST = 10
+    SHM = 11  # the shim asks for the shared-memory channel (kvmsim.channel)
+    SHM_READY = 12  # the server's memfd, with SCM_RIGHTS; payload: the channel's capacity
 
 
 class ProtocolError(Exception):
@@ -88,7 +90,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 _MSGS = {m.value: m for m in Msg}
 
 
-def _check_header(header: bytes) -> tuple[Msg, int]:
+def check_header(header: bytes) -> tuple[Msg, int]:
     magic, version, type_, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic:#010x}")
@@ -104,12 +106,13 @@ def _check_header(header: bytes) -> tuple[Msg, int]:
 
 def read_frame(sock: socket.socket) -> tuple[Msg, bytes]:
     """One frame, reading exactly its bytes (no read-ahead)."""
-    msg, length = _check_header(_recv_exactly(sock, HEADER.size))
+    msg, length = check_header(_recv_exactly(sock, HEADER.size))
     return msg, _recv_exactly(sock, length) if length else b""
 
 
 class FrameReader:
-    """Frames from a socket with read-ahead: usually one ``recv`` a frame."""
+    """Frames from a socket with read-ahead: usually one ``recv`` a frame; ``sendall`` the
+    other way (the socket transport: kvmsim.channel.SharedChannel is the other)."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int = MAX_PAYLOAD, stall: float | None = None) -> None:
         self.sock = sock
@@ -134,9 +137,12 @@ class FrameReader:
                 raise ProtocolError(f"truncated frame: {len(self.buf)} of {n} bytes")
             self.buf += chunk
 
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
     def read(self) -> tuple[Msg, bytes]:
         self._fill(HEADER.size)
-        msg, length = _check_header(bytes(self.buf[: HEADER.size]))
+        msg, length = check_header(bytes(self.buf[: HEADER.size]))
         if length > self.max_payload:
             raise ProtocolError(f"oversized frame: {length} bytes (a {msg.name} needs at most {self.max_payload})")
         end = HEADER.size + length
@@ -146,8 +152,9 @@ class FrameReader:
         return msg, payload
 
 
-def frame(msg: Msg, payload: bytes = b"") -> bytes:
-    return HEADER.pack(MAGIC, VERSION, msg, len(payload)) + payload
+def frame(msg: Msg, payload: bytes = b"", tail: bytes = b"") -> bytes:
+    """A frame of ``payload`` and ``tail`` (one copy)."""
+    return b"".join((HEADER.pack(MAGIC, VERSION, msg, len(payload) + len(tail)), payload, tail))
 
 
 def unpack(layout: struct.Struct, payload: bytes, *, exact: bool = True) -> tuple[tuple[int, ...], bytes]:

@@ -1,24 +1,64 @@
 """The shim's side of kvmsim/wire.py in Python, for driving a server from tests: a client
-process whose "user memory" is a dict of regions it answers MEM_READ/MEM_WRITE from."""
+process whose "user memory" is a dict of regions it answers MEM_READ/MEM_WRITE from; on the
+socket, or (``shared=True``) on the shared-memory channel of kvmsim/channel.py."""
 
 from __future__ import annotations
 
 import errno
+import mmap
 import socket
+import time
+from os import close as os_close
 
-from kvmsim import wire
+from kvmsim import channel, wire
 from kvmsim.wire import Msg
 
 
 class PyShim:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, shared: bool = False) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)  # blocking, as the C shim's: waits while the backlog is full
         self.sock.settimeout(10)
         self.memory: dict[int, bytearray] = {}
+        self.shm: mmap.mmap | None = None
+        if shared:
+            self.sock.sendall(wire.frame(Msg.SHM))
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 16, 1)
+            assert wire.check_header(data[:12]) == (Msg.SHM_READY, 4) and len(fds) == 1, (data, fds)
+            assert channel.READY.unpack(data[12:]) == (channel.CAPACITY,)
+            self.shm = mmap.mmap(fds[0], channel.SIZE)
+            os_close(fds[0])
+            self.ctl = memoryview(self.shm)[: channel.CONTROL].cast("I")
+            self.rx_seq = self.ctl[channel.S2C_SEQ]
 
     def close(self) -> None:
+        if self.shm is not None:
+            self.ctl.release()
+            self.shm.close()
         self.sock.close()
+
+    def send(self, frame: bytes) -> None:
+        """One frame to the server, as the shim sends it."""
+        if self.shm is None:
+            self.sock.sendall(frame)
+            return
+        self.shm[channel.C2S : channel.C2S + len(frame)] = frame
+        self.ctl[channel.C2S_LEN] = len(frame)
+        self.ctl[channel.C2S_SEQ] += 1
+        if self.ctl[channel.C2S_WAIT]:
+            channel.wake(self.shm, channel.C2S_SEQ)
+
+    def receive(self) -> tuple[Msg, bytes]:
+        if self.shm is None:
+            return wire.read_frame(self.sock)
+        deadline = time.monotonic() + 10
+        while self.ctl[channel.S2C_SEQ] == self.rx_seq:
+            assert time.monotonic() < deadline, "no answer on the shared channel"
+            time.sleep(0)
+        self.rx_seq = self.ctl[channel.S2C_SEQ]
+        frame = self.shm[channel.S2C : channel.S2C + self.ctl[channel.S2C_LEN]]
+        msg, n = wire.check_header(frame[: wire.HEADER.size])
+        return msg, frame[wire.HEADER.size : wire.HEADER.size + n]
 
     def map(self, addr: int, data: bytes) -> int:
         self.memory[addr] = bytearray(data)
@@ -32,9 +72,9 @@ class PyShim:
 
     def call(self, msg: Msg, payload: bytes) -> tuple[int, int, int]:
         """Send one request, answer memory requests, return (ret, errno, flags)."""
-        self.sock.sendall(wire.frame(msg, payload))
+        self.send(wire.frame(msg, payload))
         while True:
-            kind, body = wire.read_frame(self.sock)
+            kind, body = self.receive()
             if kind == Msg.RESULT:
                 ret, err, flags, count = wire.RESULT.unpack_from(body)
                 off = wire.RESULT.size
@@ -56,7 +96,7 @@ class PyShim:
                 else:
                     buf, off = found
                     reply = wire.MEM_DATA.pack(0) + bytes(buf[off : off + n])
-                self.sock.sendall(wire.frame(Msg.MEM_DATA, reply))
+                self.send(wire.frame(Msg.MEM_DATA, reply))
             elif kind == Msg.MEM_WRITE:
                 (addr,) = wire.MEM_WRITE.unpack_from(body)
                 data = body[wire.MEM_WRITE.size :]
@@ -67,7 +107,7 @@ class PyShim:
                     buf, off = found
                     buf[off : off + len(data)] = data
                     ack = wire.MEM_ACK.pack(0, len(data))
-                self.sock.sendall(wire.frame(Msg.MEM_ACK, ack))
+                self.send(wire.frame(Msg.MEM_ACK, ack))
             else:
                 raise AssertionError(f"unexpected {kind.name}")
 

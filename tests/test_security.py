@@ -23,8 +23,9 @@ from conftest import needs_cc
 
 from kvmsim import Kernel, build, wire
 from kvmsim.build import build_shim
+from kvmsim.channel import SharedChannel, available
 from kvmsim.runner import ShimHost, shim_environment
-from kvmsim.server import Server, ServerError
+from kvmsim.server import Server, ServerError, Transport
 from kvmsim.wire import Msg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,10 +33,14 @@ C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
 NOBODY = 65534
 pytestmark = needs_cc
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
+CHANNELS = ["socket", pytest.param("shared", marks=pytest.mark.skipif(not available(), reason="no shared channel"))]
 
 
-def victim_env(shim: Path, sock: Path) -> dict[str, str]:
-    return shim_environment(ShimHost.of(Kernel.from_profile("powervm-p11")), str(sock), shim)
+def victim_env(shim: Path, sock: Path, channel: str = "socket") -> dict[str, str]:
+    """The C client's environment; the impostors below script the socket protocol unless
+    ``channel`` is "shared" (they then serve through kvmsim.channel as the server does)."""
+    env = shim_environment(ShimHost.of(Kernel.from_profile("powervm-p11")), str(sock), shim)
+    return env | {"KVMSIM_CHANNEL": "socket"} if channel == "socket" else env
 
 
 # -- 1. the server's credentials ------------------------------------------------------
@@ -86,9 +91,9 @@ def test_an_impostor_of_another_uid_gets_nothing(shim: Path, c_client: Path) -> 
 # -- an evil server of the same uid: memory outside the argument ------------------------
 
 
-def evil_server(path: Path, on_compat_caps: Callable[[socket.socket, int], None]) -> Iterator[list[object]]:
-    """Answers the C client's calls; at the compat-caps ioctl hands the connection to
-    ``on_compat_caps(conn, arg)``.  Yields what it observed."""
+def evil_server(path: Path, on_compat_caps: Callable[[Transport, int], None]) -> Iterator[list[object]]:
+    """Answers the C client's calls (on the shared channel when asked); at the compat-caps
+    ioctl hands the channel to ``on_compat_caps(channel, arg)``.  Yields what it observed."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(4)
@@ -96,23 +101,25 @@ def evil_server(path: Path, on_compat_caps: Callable[[socket.socket, int], None]
 
     def serve() -> None:
         conn, _ = listener.accept()
-        reader = wire.FrameReader(conn)
+        chan: Transport = wire.FrameReader(conn)
         try:
             while True:
-                msg, payload = reader.read()
-                if msg == Msg.OPEN:
-                    conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3, 0, 0, 0)))
+                msg, payload = chan.read()
+                if msg == Msg.SHM:
+                    chan = SharedChannel(conn)
+                elif msg == Msg.OPEN:
+                    chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3, 0, 0, 0)))
                 elif msg == Msg.IOCTL:
                     (_fd, cmd, arg), _ = wire.unpack(wire.IOCTL, payload, exact=False)
                     if cmd == 0x2000AEB8:
-                        on_compat_caps(conn, arg)
-                        seen.append(("caps", arg, reader.read()))
-                        conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
+                        on_compat_caps(chan, arg)
+                        seen.append(("caps", arg, chan.read()))
+                        chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
                     else:
                         ret, flags = {0x2000AE00: (12, 0), 0x2000AE01: (4, wire.RESULT_NEW_FD)}.get(cmd, (1, 0))
-                        conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(ret, 0, flags, 0)))
+                        chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(ret, 0, flags, 0)))
                 elif msg == Msg.CLOSE:
-                    conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
+                    chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
         except wire.ProtocolError:
             pass
         finally:
@@ -130,14 +137,15 @@ SECRET = "kvmsim-secret-in-the-victim"
 
 @pytest.mark.parametrize("offset", [-8, -4096, 65536, 1 << 20])
 @pytest.mark.parametrize("memory", ["process_vm", "pipe"])
+@pytest.mark.parametrize("channel", CHANNELS)
 def test_memory_outside_the_argument_is_refused(
-    offset: int, memory: str, shim: Path, c_client: Path, tmp_path: Path
+    offset: int, memory: str, channel: str, shim: Path, c_client: Path, tmp_path: Path
 ) -> None:
-    def ask(conn: socket.socket, arg: int) -> None:
-        conn.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack((arg + offset) % 2**64, 32)))
+    def ask(chan: Transport, arg: int) -> None:
+        chan.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack((arg + offset) % 2**64, 32)))
 
     path = tmp_path / "kvm.sock"
-    env = victim_env(shim, path) | {"KVMSIM_SECRET": SECRET}
+    env = victim_env(shim, path, channel) | {"KVMSIM_SECRET": SECRET}
     if memory == "pipe":
         env["KVMSIM_MEMORY"] = "pipe"
     gen = evil_server(path, ask)
@@ -148,14 +156,16 @@ def test_memory_outside_the_argument_is_refused(
     assert msg == Msg.MEM_DATA and payload == wire.MEM_DATA.pack(14)  # EFAULT, and no bytes
 
 
-def test_memory_inside_the_argument_is_served(shim: Path, c_client: Path, tmp_path: Path) -> None:
-    def ask(conn: socket.socket, arg: int) -> None:
-        conn.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(arg, 8)))
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_memory_inside_the_argument_is_served(channel: str, shim: Path, c_client: Path, tmp_path: Path) -> None:
+    def ask(chan: Transport, arg: int) -> None:
+        chan.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(arg, 8)))
 
     path = tmp_path / "kvm.sock"
     gen = evil_server(path, ask)
     seen = next(gen)
-    subprocess.run([str(c_client), "--abi", "linux-7.3"], env=victim_env(shim, path), capture_output=True, timeout=30)
+    env = victim_env(shim, path, channel)
+    subprocess.run([str(c_client), "--abi", "linux-7.3"], env=env, capture_output=True, timeout=30)
     next(gen, None)
     (_, _arg, (msg, payload)), *_ = seen
     assert msg == Msg.MEM_DATA and payload == wire.MEM_DATA.pack(0) + (24).to_bytes(8, "little")  # its size field

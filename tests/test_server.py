@@ -247,7 +247,7 @@ def test_remote_memory_flushes_kept_writes_before_a_read_outside_the_window() ->
     from kvmsim.server import RemoteMemory
 
     ours, theirs = socket.socketpair()
-    mem = RemoteMemory(ours, wire.FrameReader(ours))
+    mem = RemoteMemory(wire.FrameReader(ours))
     mem.begin(0x1000, bytes(8))
     mem.copy_to_user(0x1000, b"\x01" * 8)  # kept
     assert mem.copy_from_user(0x1000, 8) == b"\x01" * 8  # the window sees its own write

@@ -16,6 +16,11 @@
  * An IOCTL carries a read-ahead window of the argument's memory, and the kernel's writes come
  * back with the RESULT, applied here in order: one round trip a call (see kvmsim/wire.py).
  *
+ * After connecting, the shim asks for the shared-memory channel (kvmsim/channel.py): the same
+ * frames through a memfd both sides map, a short spin then a futex instead of a socket round
+ * trip.  A server that cannot offer it answers ENOSYS and the socket stays the channel, as it
+ * does with $KVMSIM_CHANNEL=socket (the runner sets that under qemu-user).
+ *
  * The wire format is kvmsim/wire.py: every field big-endian.  After fork() the child has no
  * emulated descriptors (its copies are plain /dev/null).  dup/dup2/dup3 and fcntl(F_DUPFD*) of
  * an emulated fd share its kernel file, closed with the last descriptor, as in the kernel.
@@ -39,6 +44,10 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/mman.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <time.h>
 #include <sys/un.h>
 #include <linux/close_range.h>
 #include <sys/syscall.h>
@@ -56,7 +65,17 @@
 #define ARG_SPAN 65536u
 #define HIGH_FD 900 /* where the shim keeps its own descriptors, away from the program's */
 
-enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8 };
+enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8,
+       SHM = 11, SHM_READY = 12 };
+
+/* struct kvmsim_shm (kvmsim/channel.py): a 64-byte control block of u32 words, then one frame
+ * area each way.  Native byte order. */
+#define SHM_CAPACITY (12u + MAX_PAYLOAD)
+#define SHM_CONTROL 64u
+#define SHM_SIZE (SHM_CONTROL + 2u * SHM_CAPACITY)
+enum { C2S_SEQ, C2S_LEN, C2S_WAIT, S2C_SEQ, S2C_LEN, S2C_WAIT };
+#define SHM_SPIN_NS 300000L   /* spin this long for an answer before sleeping */
+#define SHM_SLEEP_NS 100000000L /* a sleep's length; then the socket is checked for the server's exit */
 #define RESULT_NEW_FD 1u
 
 static int (*real_open)(const char *, int, ...);
@@ -82,6 +101,9 @@ static int (*real_statx)(int, const char *, int, unsigned, struct statx *);
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock = -1;
+static unsigned char *shm;      /* the shared-memory channel, when the server offered one */
+static uint32_t rx_seq;         /* the last s2c message taken */
+static size_t rx_off, rx_len;   /* how much of it the frame reader has consumed */
 static int lost;              /* the connection broke (or the server was refused): never reconnect */
 static int in_ioctl;          /* memory requests are allowed only during an ioctl ... */
 static uint64_t arg_base;     /* ... and only in [arg_base, arg_base + ARG_SPAN) */
@@ -125,12 +147,25 @@ static int relocate(int fd)
 	return high;
 }
 
+static pid_t cached_pid; /* getpid() is a system call: process_vm_* need it every call */
+
+static pid_t self_pid(void)
+{
+	if (!cached_pid)
+		cached_pid = getpid();
+	return cached_pid;
+}
+
 static void child_after_fork(void)
 {
+	cached_pid = 0;
 	/* the child must not talk on the parent's connection */
 	if (sock >= 0)
 		real_close(sock);
 	sock = -1;
+	if (shm)
+		munmap(shm, SHM_SIZE);
+	shm = NULL;
 	memset(kfd_of, 0, sizeof(kfd_of));
 	memset(refs, 0, sizeof(refs));
 	pthread_mutex_init(&lock, NULL);
@@ -215,8 +250,95 @@ static int send_all(const void *buf, size_t n)
 	return 0;
 }
 
+static volatile uint32_t *shm_word(int i)
+{
+	return (volatile uint32_t *)(void *)(shm + 4 * i);
+}
+
+static long futex(volatile uint32_t *word, int op, uint32_t val, const struct timespec *timeout)
+{
+	return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+}
+
+/* Has the server gone?  It sends nothing on the socket once the channel is shared. */
+static int server_gone(void)
+{
+	struct pollfd p = {.fd = sock, .events = POLLIN};
+	char c;
+	return poll(&p, 1, 0) != 0 && recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+}
+
+static long elapsed_ns(const struct timespec *since)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - since->tv_sec) * 1000000000L + (now.tv_nsec - since->tv_nsec);
+}
+
+/* The next s2c message: spin a while (the server is working on it), then sleep on the futex. */
+static int shm_next(void)
+{
+	volatile uint32_t *seq = shm_word(S2C_SEQ);
+	struct timespec start;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (unsigned i = 1; __atomic_load_n(seq, __ATOMIC_ACQUIRE) == rx_seq; i++) {
+		if (i % 64 == 0 && elapsed_ns(&start) > SHM_SPIN_NS) {
+			const struct timespec sleep = {0, SHM_SLEEP_NS};
+			__atomic_store_n(shm_word(S2C_WAIT), 1, __ATOMIC_SEQ_CST); /* then read seq: Dekker */
+			while (__atomic_load_n(seq, __ATOMIC_SEQ_CST) == rx_seq) {
+				if (futex(seq, FUTEX_WAIT, rx_seq, &sleep) < 0 && errno == ETIMEDOUT && server_gone()) {
+					__atomic_store_n(shm_word(S2C_WAIT), 0, __ATOMIC_RELAXED);
+					return -1;
+				}
+			}
+			__atomic_store_n(shm_word(S2C_WAIT), 0, __ATOMIC_RELAXED);
+			break;
+		}
+#if defined(__x86_64__) || defined(__i386__)
+		__builtin_ia32_pause();
+#endif
+	}
+	rx_seq = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+	rx_len = __atomic_load_n(shm_word(S2C_LEN), __ATOMIC_RELAXED);
+	rx_off = 0;
+	return rx_len >= 12 && rx_len <= SHM_CAPACITY ? 0 : -1;
+}
+
+/* Bytes of the current frame; a frame never spans two messages. */
+static int shm_recv(void *buf, size_t n)
+{
+	if (rx_off == rx_len && shm_next())
+		return -1;
+	if (n > rx_len - rx_off)
+		return -1;
+	memcpy(buf, shm + SHM_CONTROL + SHM_CAPACITY + rx_off, n);
+	rx_off += n;
+	return 0;
+}
+
+/* One frame as one c2s message: write it, its length, bump the sequence, wake a sleeper. */
+static int shm_send(const unsigned char *hdr, const void *a, size_t an, const void *b, size_t bn)
+{
+	unsigned char *area = shm + SHM_CONTROL;
+	if (12 + an + bn > SHM_CAPACITY)
+		return -1;
+	memcpy(area, hdr, 12);
+	if (an)
+		memcpy(area + 12, a, an);
+	if (bn)
+		memcpy(area + 12 + an, b, bn);
+	__atomic_store_n(shm_word(C2S_LEN), (uint32_t)(12 + an + bn), __ATOMIC_RELAXED);
+	__atomic_fetch_add(shm_word(C2S_SEQ), 1, __ATOMIC_SEQ_CST); /* publishes the frame; a full fence */
+	if (__atomic_load_n(shm_word(C2S_WAIT), __ATOMIC_SEQ_CST))
+		futex(shm_word(C2S_SEQ), FUTEX_WAKE, 1, NULL);
+	rx_off = rx_len = 0; /* the answer to this is a new message */
+	return 0;
+}
+
 static int recv_all(void *buf, size_t n)
 {
+	if (shm)
+		return shm_recv(buf, n);
 	char *p = buf;
 	while (n) {
 		ssize_t r = recv(sock, p, n, 0);
@@ -239,19 +361,18 @@ static int send_frame(uint16_t type, const void *a, size_t an, const void *b, si
 	memcpy(hdr + 4, &ver, 2);
 	memcpy(hdr + 6, &typ, 2);
 	memcpy(hdr + 8, &len, 4);
+	if (shm)
+		return shm_send(hdr, a, an, b, bn);
 	if (send_all(hdr, sizeof(hdr)) || (an && send_all(a, an)) || (bn && send_all(b, bn)))
 		return -1;
 	return 0;
 }
 
 /* A frame's header; the payload is left to the caller.  -1 on a broken connection. */
-static int recv_header(uint16_t *type, uint32_t *len)
+static int parse_header(const unsigned char *hdr, uint16_t *type, uint32_t *len)
 {
-	unsigned char hdr[12];
 	uint32_t magic, l;
 	uint16_t ver, typ;
-	if (recv_all(hdr, sizeof(hdr)))
-		return -1;
 	memcpy(&magic, hdr, 4);
 	memcpy(&ver, hdr + 4, 2);
 	memcpy(&typ, hdr + 6, 2);
@@ -261,6 +382,72 @@ static int recv_header(uint16_t *type, uint32_t *len)
 	*type = be16toh(typ);
 	*len = be32toh(l);
 	return 0;
+}
+
+static int recv_header(uint16_t *type, uint32_t *len)
+{
+	unsigned char hdr[12];
+	return recv_all(hdr, sizeof(hdr)) ? -1 : parse_header(hdr, type, len);
+}
+
+/* Ask for the shared-memory channel.  0 with shm set, or 0 on the socket when the server
+ * cannot offer it (or $KVMSIM_CHANNEL=socket); -1 when the connection broke. */
+static int open_channel(void)
+{
+	const char *want = getenv("KVMSIM_CHANNEL");
+	unsigned char hdr[12];
+	char control[CMSG_SPACE(4 * sizeof(int))];
+	struct iovec iov = {.iov_base = hdr, .iov_len = sizeof(hdr)};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
+	uint16_t type;
+	uint32_t len, cap;
+	ssize_t r;
+	int fd = -1;
+	if (want && !strcmp(want, "socket"))
+		return 0;
+	if (send_frame(SHM, NULL, 0, NULL, 0))
+		return -1;
+	do
+		r = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	for (struct cmsghdr *c = r > 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int got;
+			memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (fd < 0)
+				fd = got;
+			else
+				real_close(got); /* one memfd, nothing else */
+		}
+	}
+	if (r <= 0 || ((size_t)r < sizeof(hdr) && recv_all(hdr + r, sizeof(hdr) - (size_t)r)) ||
+	    parse_header(hdr, &type, &len))
+		goto broken;
+	if (type == SHM_READY && len == 4 && fd >= 0) {
+		struct stat st;
+		if (recv_all(&cap, 4) || be32toh(cap) != SHM_CAPACITY || fstat(fd, &st) || st.st_size != (off_t)SHM_SIZE)
+			goto broken;
+		void *map = mmap(NULL, SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		real_close(fd);
+		if (map == MAP_FAILED)
+			return -1;
+		shm = map;
+		rx_seq = __atomic_load_n(shm_word(S2C_SEQ), __ATOMIC_ACQUIRE);
+		rx_off = rx_len = 0;
+		return 0;
+	}
+	if (type == RESULT && len == 20) { /* ENOSYS: this server keeps the socket */
+		unsigned char payload[20];
+		if (fd >= 0)
+			real_close(fd);
+		return recv_all(payload, sizeof(payload));
+	}
+broken:
+	if (fd >= 0)
+		real_close(fd);
+	return -1;
 }
 
 /* May the server at the other end of sock touch this process?  Only our own uid or root. */
@@ -280,6 +467,8 @@ static int trusted_server(const char *path)
 		(void)!write(2, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
 	return 0;
 }
+
+static void disconnect(void);
 
 static int connect_server(void)
 {
@@ -314,6 +503,11 @@ static int connect_server(void)
 		return -1;
 	}
 	sock = relocate(sock);
+	if (open_channel()) {
+		disconnect();
+		errno = EIO;
+		return -1;
+	}
 	return 0;
 }
 
@@ -322,6 +516,9 @@ static void disconnect(void)
 	if (sock >= 0)
 		real_close(sock);
 	sock = -1;
+	if (shm)
+		munmap(shm, SHM_SIZE);
+	shm = NULL;
 	lost = 1;
 }
 
@@ -359,7 +556,7 @@ static int mem_read(uint64_t addr, void *buf, size_t n)
 {
 	if (!use_pipe) {
 		struct iovec local = {buf, n}, remote = {(void *)(uintptr_t)addr, n};
-		ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		ssize_t r = process_vm_readv(self_pid(), &local, 1, &remote, 1, 0);
 		if (r == (ssize_t)n)
 			return 0;
 		if (r >= 0 || errno == EFAULT)
@@ -387,7 +584,7 @@ static size_t mem_read_prefix(uint64_t addr, void *buf, size_t n)
 		return 0;
 	if (!use_pipe) {
 		struct iovec local = {buf, n}, remote = {(void *)(uintptr_t)addr, n};
-		ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		ssize_t r = process_vm_readv(self_pid(), &local, 1, &remote, 1, 0);
 		if (r >= 0)
 			return (size_t)r; /* stops at the first unreadable page */
 		if (errno == EFAULT)
@@ -411,7 +608,7 @@ static int mem_write(uint64_t addr, const void *buf, size_t n, uint32_t *done)
 	*done = 0;
 	if (!use_pipe) {
 		struct iovec local = {(void *)buf, n}, remote = {(void *)(uintptr_t)addr, n};
-		ssize_t r = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+		ssize_t r = process_vm_writev(self_pid(), &local, 1, &remote, 1, 0);
 		if (r == (ssize_t)n) {
 			*done = (uint32_t)n;
 			return 0;

@@ -1,0 +1,185 @@
+"""The shared-memory channel: the shim's frames without a socket round trip.
+
+After connecting (and checking the server's uid), the shim sends SHM; a server that can
+offers a memfd with SHM_READY (SCM_RIGHTS), else answers a RESULT with ENOSYS and the socket
+stays the channel.  Both sides map the memfd; from then on every frame of kvmsim.wire travels
+through it, one frame a message, one message each way at a time (the protocol is a strict
+exchange: IOCTL → [MEM_READ → MEM_DATA ...] → RESULT)::
+
+    struct kvmsim_shm {                  /* native byte order; one per connection */
+            __u32 c2s_seq;               /* futex: the shim bumps it after writing c2s */
+            __u32 c2s_len;               /* the frame's length in c2s */
+            __u32 c2s_wait;              /* the server sleeps on c2s_seq: wake it */
+            __u32 s2c_seq, s2c_len, s2c_wait;  /* the same, server to shim */
+            __u32 pad[10];
+            __u8  c2s[CAPACITY];         /* one frame, header included */
+            __u8  s2c[CAPACITY];
+    };
+
+A receiver spins a short while on the sequence word (adaptive here: longer while messages
+keep arriving during the spin, shorter while they do not), then sets its ``wait`` word and
+sleeps on a futex; a sender writes the frame, the length, bumps the sequence, and wakes the
+receiver only if it is asleep.  Both sides fence between their store and the other's word
+(Dekker), so no wake-up is lost.  The socket stays open: EOF on it is how each side learns
+the other has gone (checked whenever a sleep times out).
+
+The server side offers the channel only on x86_64: Python's stores to the mapping are plain
+stores, ordered for the shim there (total store order) and not on weakly ordered machines,
+where the socket is used.  ``KVMSIM_CHANNEL=socket`` makes the shim keep the socket; the
+runner sets it under qemu-user.  ``shim/kvmsim_shim.c`` is the other side of this file."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import platform
+import socket
+import struct
+import threading
+import time
+
+from . import wire
+from .wire import Msg, ProtocolError
+
+CAPACITY = wire.HEADER.size + wire.MAX_PAYLOAD  # one frame of any size the protocol allows
+CONTROL = 64
+C2S, S2C = CONTROL, CONTROL + CAPACITY  # offsets of the two frame areas
+SIZE = CONTROL + 2 * CAPACITY
+C2S_SEQ, C2S_LEN, C2S_WAIT, S2C_SEQ, S2C_LEN, S2C_WAIT = range(6)  # u32 words of the control block
+READY = struct.Struct("!I")  # SHM_READY's payload: CAPACITY, for the shim to check
+
+_SYS_FUTEX = {"x86_64": 202}  # where the channel is offered (see the docstring)
+FUTEX_WAIT, FUTEX_WAKE = 0, 1  # shared between processes: never FUTEX_PRIVATE_FLAG
+SLEEP = 0.1  # seconds a futex sleep lasts before the socket is checked for the peer's exit
+SPIN_MIN, SPIN_MAX = 5e-6, 200e-6
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def available() -> bool:
+    """Can this server offer the channel?"""
+    return platform.machine() in _SYS_FUTEX and hasattr(os, "memfd_create")
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _futex(addr: int, op: int, val: int, timeout: float | None = None) -> int:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    ts = None
+    if timeout is not None:
+        ts = ctypes.byref(_Timespec(int(timeout), int((timeout % 1) * 1e9)))
+    return int(
+        _libc.syscall(_SYS_FUTEX[platform.machine()], ctypes.c_void_p(addr), op, ctypes.c_uint32(val), ts, None, 0)
+    )
+
+
+def wake(shared: mmap.mmap, word: int) -> None:
+    """Wake whoever sleeps on control word ``word`` of a mapped channel."""
+    cell = ctypes.c_uint32.from_buffer(shared, 4 * word)
+    try:
+        _futex(ctypes.addressof(cell), FUTEX_WAKE, 1)
+    finally:
+        del cell
+
+
+_fence_lock = threading.Lock()
+
+
+def _fence() -> None:
+    """A full memory barrier: taking an uncontended lock is a locked instruction on x86."""
+    with _fence_lock:
+        pass
+
+
+class SharedChannel:
+    """The server's end: ``read()`` and ``sendall()`` as kvmsim.wire.FrameReader's."""
+
+    def __init__(self, sock: socket.socket, *, max_payload: int = wire.MAX_PAYLOAD) -> None:
+        self.sock, self.max_payload = sock, max_payload
+        fd = os.memfd_create("kvmsim-channel", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, SIZE)
+            self.map = mmap.mmap(fd, SIZE)
+            self._word = ctypes.c_uint32.from_buffer(self.map)  # keeps the futex words' address
+            self.base = ctypes.addressof(self._word)
+            self.ctl = memoryview(self.map)[:CONTROL].cast("I")
+            self.seen = 0  # a fresh memfd is zeroes; set before the shim can write a frame
+            self.spin = 50e-6
+            self.closed = False
+            socket.send_fds(sock, [wire.frame(Msg.SHM_READY, READY.pack(CAPACITY))], [fd])
+        finally:
+            os.close(fd)
+
+    def _arrived(self) -> bool:
+        return bool(self.ctl[C2S_SEQ] != self.seen)
+
+    def _wait(self) -> None:
+        deadline = time.perf_counter() + self.spin
+        while not self._arrived():
+            if time.perf_counter() > deadline:
+                break
+        else:
+            self.spin = min(SPIN_MAX, self.spin * 2)  # messages come while we spin: spin longer
+            return
+        self.spin = max(SPIN_MIN, self.spin / 2)
+        while True:
+            self.ctl[C2S_WAIT] = 1
+            _fence()
+            if self._arrived():
+                break
+            _futex(self.base + 4 * C2S_SEQ, FUTEX_WAIT, self.seen, SLEEP)
+            if self._arrived():
+                break
+            self._check_peer()
+        self.ctl[C2S_WAIT] = 0
+
+    def _check_peer(self) -> None:
+        try:
+            if self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                raise wire.Disconnected("peer closed the connection")
+            raise ProtocolError("a frame on the socket while the shared channel is in use")
+        except BlockingIOError:
+            return
+
+    def read(self) -> tuple[Msg, bytes]:
+        self._wait()
+        self.seen = self.ctl[C2S_SEQ]
+        length = self.ctl[C2S_LEN]
+        if not wire.HEADER.size <= length <= CAPACITY:
+            raise ProtocolError(f"a {length}-byte message in the shared channel")
+        data = bytes(self.map[C2S : C2S + length])  # copied out: the peer may write again
+        msg, payload_length = wire.check_header(data[: wire.HEADER.size])
+        if payload_length != length - wire.HEADER.size:
+            raise ProtocolError(f"a frame of {payload_length} bytes in a {length}-byte message")
+        if payload_length > self.max_payload:
+            raise ProtocolError(
+                f"oversized frame: {payload_length} bytes (a {msg.name} needs at most {self.max_payload})"
+            )
+        return msg, data[wire.HEADER.size :]
+
+    def sendall(self, data: bytes) -> None:
+        if len(data) > CAPACITY:
+            raise ProtocolError(f"a {len(data)}-byte frame does not fit the shared channel")
+        self.map[S2C : S2C + len(data)] = data
+        self.ctl[S2C_LEN] = len(data)
+        self.ctl[S2C_SEQ] = (self.ctl[S2C_SEQ] + 1) & 0xFFFFFFFF
+        _fence()
+        if self.ctl[S2C_WAIT]:
+            _futex(self.base + 4 * S2C_SEQ, FUTEX_WAKE, 1)
+
+    def interrupt(self) -> None:
+        """Wake the reader from another thread (it then finds the socket shut down)."""
+        if not self.closed:
+            _futex(self.base + 4 * C2S_SEQ, FUTEX_WAKE, 1)
+
+    def close(self) -> None:
+        self.closed = True
+        self.ctl.release()
+        del self._word
+        self.map.close()
