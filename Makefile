@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP) c
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py --json bench.json --readme README.md
 
 # a wheel, installed into a fresh venv, used from outside the checkout
 wheel-check: $(STAMP)

@@ -40,3 +40,19 @@ def test_the_profile_example_loads_and_answers_as_its_summary_says() -> None:
     vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
     out = k.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, k.rev.layout.pack("little", size=24))
     assert k.rev.layout.unpack("little", out)["compat_capabilities"] == 0x3000000000000000  # type: ignore[arg-type]
+
+
+def test_the_speed_table_is_bench_json_rendered() -> None:
+    """``make bench`` writes bench.json and the README's table from it; they must agree."""
+    import importlib.util
+    import json
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("bench", root / "benchmarks" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = json.loads((root / "bench.json").read_text())
+    block = README.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    assert block == "\n" + bench.render_markdown(data)
+    assert {r["verdict"] for r in data["rows"]} <= {"", "OK", "MISSED", "skipped"}
