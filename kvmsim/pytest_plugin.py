@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import platform
 import posix
@@ -23,7 +24,7 @@ import stat
 import tempfile
 import tomllib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -178,24 +179,32 @@ def _boot_inside(fs: FakeFilesystem, spec: HostSpec) -> Kernel:
         fs.resume()
 
 
-def _directory(fs: FakeFilesystem, path: str) -> FakeDirectory | None:
-    """The fake directory at absolute ``path``, made (with its parents) where missing, by
-    hanging objects straight on their parents: no path resolution, a fraction of
-    ``create_dir``'s cost.  None where the test has put a file in the way."""
-    from pyfakefs.fake_file import FakeDirectory
+@functools.cache
+def _lazy_path_class() -> Callable[[str, FakeFilesystem, list[str], str], FakeDirectory]:
+    from pyfakefs.fake_file import FakeDirectory, FakeDirectoryFromRealDirectory
 
-    where = fs.root
-    for name in path.strip("/").split("/") if path.strip("/") else []:
-        if name in (".", ".."):
-            raise ValueError(f"kvm_host: not a plain absolute path: {path!r}")
-        found = where.entries.get(name)
-        if found is None:
-            found = FakeDirectory(name, filesystem=fs)
-            where.add_entry(found)
-        elif not isinstance(found, FakeDirectory):
-            return None
-        where = found
-    return where
+    class LazyPath(FakeDirectory):
+        """A parent of a real directory mapped in (a profile directory): its one entry, the
+        next parent or the real directory itself, is made on first look."""
+
+        def __init__(self, name: str, fs: FakeFilesystem, rest: list[str], real: str) -> None:
+            super().__init__(name, filesystem=fs)
+            self._rest, self._real, self._made = rest, real, False
+
+        @property
+        def entries(self) -> dict[str, Any]:
+            if not self._made:
+                self._made = True
+                fs, (name, *rest) = self.filesystem, self._rest
+                child: FakeDirectory
+                if rest:
+                    child = LazyPath(name, fs, rest, self._real)
+                else:
+                    child = FakeDirectoryFromRealDirectory(self._real, fs, read_only=True)
+                self.add_entry(child)
+            return self._entries
+
+    return LazyPath
 
 
 _TREES: dict[int, str] = {}
@@ -223,14 +232,23 @@ def _materialized(fs: FakeFilesystem, files: Mapping[str, bytes]) -> str:
 
 def _graft(fs: FakeFilesystem, files: Mapping[str, bytes], real_dirs: list[str]) -> None:
     """The host's ``files`` and the (real) ``real_dirs`` in ``fs``, read on first use."""
-    from pyfakefs.fake_file import FakeDirectoryFromRealDirectory
+    from pyfakefs.fake_file import FakeDirectory, FakeDirectoryFromRealDirectory
 
     _merge(fs, fs.root, "", _materialized(fs, files), files)
-    for real in real_dirs:
-        parent, _, leaf = real.rpartition("/")
-        where = _directory(fs, parent)
-        if where is not None and leaf not in where.entries:
-            where.add_entry(FakeDirectoryFromRealDirectory(real, fs, read_only=True))
+    for real in real_dirs:  # at the first directory the test lacks, made only when looked into
+        names = real.strip("/").split("/")
+        where = fs.root
+        for depth, name in enumerate(names):
+            found = where.entries.get(name)
+            if found is None:
+                if depth == len(names) - 1:
+                    where.add_entry(FakeDirectoryFromRealDirectory(real, fs, read_only=True))
+                else:
+                    where.add_entry(_lazy_path_class()(name, fs, names[depth + 1 :], real))
+                break
+            if not isinstance(found, FakeDirectory):
+                break  # the test put a file in the way
+            where = found
 
 
 def _merge(fs: FakeFilesystem, where: FakeDirectory, target: str, source: str, files: Mapping[str, bytes]) -> None:

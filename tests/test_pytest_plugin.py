@@ -354,3 +354,20 @@ def test_a_profile_edited_during_the_session_is_read_again(tmp_path: os.PathLike
     os.utime(path, ns=(0, 1))  # a distinct mtime even on a coarse clock
     with simulated_host(path) as host:
         assert host.profile.cpu.mode.name == "power10"
+
+
+def test_profiles_stay_readable_by_name_inside_from_every_search_directory(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvmsim.pytest_plugin import simulated_host
+
+    mine = os.path.join(tmp_path, "mine")
+    os.mkdir(mine)
+    with open(os.path.join(mine, "my-host.toml"), "w") as f:
+        f.write(profile.resolve("kvm-l1-p9").read_text())
+    monkeypatch.setenv("KVMSIM_HOSTS", mine)
+    with simulated_host("my-host") as host:
+        assert profile.load("my-host").cpu.mode.name == host.profile.cpu.mode.name == "power9"
+        assert profile.load("powervm-p11").name == "powervm-p11"  # the built-in ones too
+        builtin = profile.builtin_hosts()
+        assert builtin.name in os.listdir(builtin.parent)  # its parents are made when looked into
