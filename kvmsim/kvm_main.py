@@ -10,6 +10,7 @@ facade users call (``Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-sid
 from __future__ import annotations
 
 import errno
+import functools
 import heapq
 import os
 import threading
@@ -177,6 +178,19 @@ def _explained(exc: KvmError, cmd: int, kernel: Kernel, on: Literal["dev", "vm"]
     return exc if hint is None else KvmError(exc.errno or 0, f"{exc.reason}: {hint}")
 
 
+@functools.cache
+def _request_numbers(arch: Arch, rev: AbiRevision) -> tuple[int, int, int, int, dict[int, str], int | None]:
+    """The request numbers a kernel built for ``arch`` answers (encoded once per arch and revision)."""
+    return (
+        arch.kvm_get_api_version(),
+        arch.kvm_create_vm(),
+        arch.kvm_check_extension(),
+        arch.kvm_get_vcpu_mmap_size(),
+        {number: name for name, number in arch.vfs_ioctls.items()},
+        rev.request(arch),
+    )
+
+
 class Kernel:
     """A simulated kernel for one host profile and one ABI revision."""
 
@@ -185,14 +199,14 @@ class Kernel:
         self.host, self.rev, self.ksize = host, rev, ksize
         self.dmesg: list[str] = []
         self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else X86Kvm(host)
-        arch = host.arch
-        self.KVM_GET_API_VERSION = arch.kvm_get_api_version()
-        self.KVM_CREATE_VM = arch.kvm_create_vm()
-        self.KVM_CHECK_EXTENSION = arch.kvm_check_extension()
-        self.KVM_GET_VCPU_MMAP_SIZE = arch.kvm_get_vcpu_mmap_size()
-        self.VFS_IOCTLS = {number: name for name, number in arch.vfs_ioctls.items()}
-        # None on a kernel without the feature (rev "none"): it has no such request
-        self.KVM_PPC_GET_COMPAT_CAPS = rev.request(arch)
+        (
+            self.KVM_GET_API_VERSION,
+            self.KVM_CREATE_VM,
+            self.KVM_CHECK_EXTENSION,
+            self.KVM_GET_VCPU_MMAP_SIZE,
+            self.VFS_IOCTLS,
+            self.KVM_PPC_GET_COMPAT_CAPS,  # None on a kernel without the feature (rev "none")
+        ) = _request_numbers(host.arch, rev)
 
     @classmethod
     def from_profile(
