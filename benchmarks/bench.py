@@ -233,8 +233,20 @@ def shim_rows(loop: Path, shim: Path) -> tuple[list[Row], float | None]:
             loop_round(loop, env | {"KVMSIM_CHANNEL": "socket"}, "caps", "2000", *caps)() for _ in range(5)
         )
         check = statistics.median(loop_round(loop, env, "check", "5000", *check_args(kernel))() for _ in range(5))
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # as the shim's client spins
+    try:
+        time.sleep(0.2)
+        contended = statistics.median(inproc() for _ in range(7))
+    finally:
+        busy.kill()
+        busy.wait()
     return [
         Row("in-process sys_ioctl: compat caps (linux-7.3)", sys_ioctl, note="the kernel model alone"),
+        Row(
+            "floor: the same sys_ioctl while another CPU is busy",
+            contended,
+            note=f"{contended / sys_ioctl:.2f}x alone: the shim's client spins on the other CPU while it waits",
+        ),
         Row(
             "shim per call, shared channel: compat caps (C)",
             shared,

@@ -148,12 +148,13 @@ class SharedChannel:
             return
 
     def read(self) -> tuple[Msg, bytes]:
-        self._wait()
+        if not self._arrived():
+            self._wait()
         self.seen = self.ctl[C2S_SEQ]
         length = self.ctl[C2S_LEN]
         if not wire.HEADER.size <= length <= CAPACITY:
             raise ProtocolError(f"a {length}-byte message in the shared channel")
-        data = bytes(self.map[C2S : C2S + length])  # copied out: the peer may write again
+        data = self.map[C2S : C2S + length]  # a copy: the peer may write again
         msg, payload_length = wire.check_header(data[: wire.HEADER.size])
         if payload_length != length - wire.HEADER.size:
             raise ProtocolError(f"a frame of {payload_length} bytes in a {length}-byte message")
