@@ -9,9 +9,11 @@ or :func:`revision` with ``cap=``/``nr=``) from their kernel headers.
 from __future__ import annotations
 
 import errno
+import functools
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Literal, cast
 
 import attrs
@@ -400,8 +402,9 @@ def revision(name: str, *, cap: int | None = None, nr: int | None = None) -> Abi
 # naming requests, for traces and for the reasons given with an errno
 
 
-def known_requests(arch: Arch) -> dict[int, str]:
-    """The requests kvmsim knows, as ``arch`` encodes them: number -> name."""
+@functools.cache
+def known_requests(arch: Arch) -> Mapping[int, str]:
+    """The requests kvmsim knows, as ``arch`` encodes them: number -> name (computed once an arch)."""
     names = {
         arch.kvm_get_api_version(): "KVM_GET_API_VERSION",
         arch.kvm_create_vm(): "KVM_CREATE_VM",
@@ -413,7 +416,7 @@ def known_requests(arch: Arch) -> dict[int, str]:
         number = rev.request(arch)
         if number is not None:
             names.setdefault(number, f"KVM_PPC_GET_COMPAT_CAPS ({rev.name})")
-    return names
+    return MappingProxyType(names)
 
 
 def decode_request(cmd: int, arch: Arch) -> str:
