@@ -55,18 +55,19 @@ def ask_host(socket_path: str) -> ShimHost:
 
 
 def _checked(socket_path: str, payload: bytes) -> ShimHost:
+    not_ours = AttachError(f"{socket_path}: a HOST answer that is not kvmsim's: {payload[:80]!r}")
     try:
         doc = json.loads(payload)
     except ValueError:
-        doc = None
+        raise not_ours from None
     if not isinstance(doc, Mapping) or set(doc) != {"name", "machine", "dev_kvm", "root"}:
-        raise AttachError(f"{socket_path}: a HOST answer that is not kvmsim's: {payload[:80]!r}")
+        raise not_ours
     name, machine, dev_kvm, root = doc["name"], doc["machine"], doc["dev_kvm"], doc["root"]
     if not isinstance(name, str) or machine not in ARCHES or not isinstance(dev_kvm, bool):
-        raise AttachError(f"{socket_path}: a HOST answer that is not kvmsim's: {payload[:80]!r}")
+        raise not_ours
+    if root is not None and not isinstance(root, str):
+        raise not_ours
     if root is not None:
-        if not isinstance(root, str):
-            raise AttachError(f"{socket_path}: a HOST answer that is not kvmsim's: {payload[:80]!r}")
         _check_private_dir(socket_path, root)
     return ShimHost(name, machine, dev_kvm, root)
 
