@@ -16,12 +16,13 @@ exchange: IOCTL → [MEM_READ → MEM_DATA ...] → RESULT)::
             __u8  s2c[CAPACITY];
     };
 
-A receiver spins a short while on the sequence word (adaptive here: longer while messages
-keep arriving during the spin, shorter while they do not), then sets its ``wait`` word and
-sleeps on a futex; a sender writes the frame, the length, bumps the sequence, and wakes the
-receiver only if it is asleep.  Both sides fence between their store and the other's word
-(Dekker), so no wake-up is lost.  The socket stays open: EOF on it is how each side learns
-the other has gone (checked whenever a sleep times out).
+A receiver spins a short while on the sequence word (adaptive here, 50-500 us: longer while
+messages keep arriving during the spin, shorter while they do not, the GIL released every
+50 us of it), then sets its ``wait`` word and sleeps on a futex; a sender writes the frame,
+the length, bumps the sequence, and wakes the receiver only if it is asleep.  Both sides
+fence between their store and the other's word (Dekker), so no wake-up is lost.  The socket
+stays open: EOF on it is how each side learns the other has gone (checked whenever a sleep
+times out).
 
 The server side offers the channel only on x86_64: Python's stores to the mapping are plain
 stores, ordered for the shim there (total store order) and not on weakly ordered machines,
@@ -52,7 +53,10 @@ READY = struct.Struct("!I")  # SHM_READY's payload: CAPACITY, for the shim to ch
 _SYS_FUTEX = {"x86_64": 202}  # where the channel is offered (see the docstring)
 FUTEX_WAIT, FUTEX_WAKE = 0, 1  # shared between processes: never FUTEX_PRIVATE_FLAG
 SLEEP = 0.1  # seconds a futex sleep lasts before the socket is checked for the peer's exit
-SPIN_MIN, SPIN_MAX = 5e-6, 200e-6
+# A sleeping thread takes tens of microseconds to wake on a virtual machine: a call's next
+# frame usually comes within a few, so spin long enough not to sleep between a burst's calls.
+SPIN_MIN, SPIN_MAX = 50e-6, 500e-6
+YIELD_EVERY = 50e-6  # while spinning, release the GIL this often
 
 
 class _Timespec(ctypes.Structure):
@@ -120,10 +124,15 @@ class SharedChannel:
         return bool(self.ctl[C2S_SEQ] != self.seen)
 
     def _wait(self) -> None:
-        deadline = time.perf_counter() + self.spin
+        now = time.perf_counter()
+        deadline, breather = now + self.spin, now + YIELD_EVERY
         while not self._arrived():
-            if time.perf_counter() > deadline:
+            now = time.perf_counter()
+            if now > deadline:
                 break
+            if now > breather:  # let the server's other threads (other processes) have the GIL
+                time.sleep(0)
+                breather = now + YIELD_EVERY
         else:
             self.spin = min(SPIN_MAX, self.spin * 2)  # messages come while we spin: spin longer
             return

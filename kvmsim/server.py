@@ -25,11 +25,13 @@ from .channel import SharedChannel
 from .errors import KvmError
 from .kvm_main import Kernel, Process
 from .trace import Call
-from .usermem import Fault, UserAccess
+from .uapi import ByteOrder
+from .usermem import U64, Fault, UserAccess
 from .wire import Msg, ProtocolError
 
 log = logging.getLogger("kvmsim.serve")
 Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
+_IOCTL, _RESULT = Msg.IOCTL, Msg.RESULT  # a call's two messages, looked up once (an enum member lookup is slow)
 MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this
 ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refuses it
 MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
@@ -45,18 +47,25 @@ class RemoteMemory(UserAccess):
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.base = 0
-        self.window = bytearray()
+        self.window = b""  # the IOCTL's read-ahead bytes, with the kernel's writes into it
         self.pending: list[tuple[int, bytes]] = []
 
     def begin(self, base: int, window: bytes) -> None:
-        self.base, self.window, self.pending = base, bytearray(window), []
+        self.base, self.window, self.pending = base, window, []
+
+    def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
+        off = addr - self.base
+        if 0 <= off <= len(self.window) - 8:  # in the window: unpacked in place
+            value: int = U64[byteorder].unpack_from(self.window, off)[0]
+            return value
+        return super().get_user_u64(addr, byteorder)
 
     def copy_from_user(self, addr: int, n: int) -> bytes:
         if addr + n > ADDRESS_LIMIT:  # access_ok(): past the end of the address space
             raise Fault(addr, "read")
         off = addr - self.base
         if off >= 0 and off + n <= len(self.window):
-            return bytes(self.window[off : off + n])
+            return self.window[off : off + n]
         if n > MAX_USER_COPY:
             raise Fault(addr, "read")
         self.flush()
@@ -75,9 +84,10 @@ class RemoteMemory(UserAccess):
         if addr + len(data) > ADDRESS_LIMIT:
             raise Fault(addr, "write")
         off = addr - self.base
-        if 0 <= off < len(self.window):  # later reads of the window see this write
-            end = min(len(self.window), off + len(data))
-            self.window[off:end] = data[: end - off]
+        window = self.window
+        if 0 <= off < len(window):  # later reads of the window see this write
+            end = min(len(window), off + len(data))
+            self.window = window[:off] + data[: end - off] + window[end:]
         self.pending.append((addr, bytes(data)))
 
     def flush(self) -> None:
@@ -95,8 +105,9 @@ class RemoteMemory(UserAccess):
     def take_writes(self) -> tuple[int, bytes]:
         """The kept writes, encoded for a RESULT: (how many, their bytes)."""
         pending, self.pending = self.pending, []
-        if not pending:
-            return 0, b""
+        if len(pending) == 1:  # the usual: copy_to_user of the struct
+            addr, data = pending[0]
+            return 1, wire.WRITE.pack(addr, len(data)) + data
         pack = wire.WRITE.pack
         return len(pending), b"".join([pack(addr, len(data)) + data for addr, data in pending])
 
@@ -211,7 +222,7 @@ class Connection:
         window = b""
         reason = None
         try:
-            if msg == Msg.IOCTL:
+            if msg == _IOCTL:
                 (fd, cmd, arg), window = wire.unpack(wire.IOCTL, payload, exact=False)
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
@@ -238,7 +249,7 @@ class Connection:
             done = tuple(self.memory.pending)
             self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason))
         count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
-        return wire.frame(Msg.RESULT, wire.RESULT.pack(ret, err, flags, count), writes)
+        return wire.frame(_RESULT, wire.RESULT.pack(ret, err, flags, count), writes)
 
 
 class Server:

@@ -53,7 +53,7 @@ class NonZeroTail(Exception):
 
 _WORD = 8  # sizeof(unsigned long) on the 64-bit kernels modelled
 _CHUNK = 4096
-_U64 = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}
+U64 = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}
 
 
 class UserAccess:
@@ -67,11 +67,11 @@ class UserAccess:
         raise NotImplementedError
 
     def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
-        value: int = _U64[byteorder].unpack(self.copy_from_user(addr, 8))[0]
+        value: int = U64[byteorder].unpack(self.copy_from_user(addr, 8))[0]
         return value
 
     def put_user_u64(self, addr: int, value: int, byteorder: ByteOrder) -> None:
-        self.copy_to_user(addr, _U64[byteorder].pack(value))
+        self.copy_to_user(addr, U64[byteorder].pack(value))
 
     def clear_user(self, addr: int, n: int) -> None:
         self.copy_to_user(addr, bytes(n))
@@ -194,7 +194,7 @@ class AddressSpace(UserAccess):
 
     def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
         region = self._region(addr, 8, "read")  # the same check as copy_from_user, unpacked in place
-        value: int = _U64[byteorder].unpack_from(region.data, addr - region.start)[0]
+        value: int = U64[byteorder].unpack_from(region.data, addr - region.start)[0]
         return value
 
     def copy_to_user(self, addr: int, data: bytes) -> None:

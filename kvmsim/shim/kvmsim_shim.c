@@ -156,6 +156,35 @@ static pid_t self_pid(void)
 	return cached_pid;
 }
 
+/* The top of this thread's stack, found once a thread (outside the shim's lock: for the main
+ * thread glibc reads /proc/self/maps).  0 where it cannot be known. */
+static __thread uintptr_t stack_top;
+static __thread int stack_looked;
+
+static void find_stack(void)
+{
+	pthread_attr_t attr;
+	void *low;
+	size_t size;
+	if (stack_looked)
+		return;
+	stack_looked = 1;
+	if (pthread_getattr_np(pthread_self(), &attr) != 0)
+		return;
+	if (pthread_attr_getstack(&attr, &low, &size) == 0)
+		stack_top = (uintptr_t)low + size;
+	pthread_attr_destroy(&attr);
+}
+
+/* How many bytes from addr are in the live part of this thread's stack (from this frame up to
+ * its top): mapped and writable, so touching them needs no system call and cannot fault.  The
+ * argument of an ioctl is usually there (QEMU's struct, CPython's ioctl buffer). */
+static size_t live_stack_room(uint64_t addr)
+{
+	uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+	return stack_top && addr >= here && addr < stack_top ? (size_t)(stack_top - addr) : 0;
+}
+
 static void child_after_fork(void)
 {
 	cached_pid = 0;
@@ -554,6 +583,10 @@ static void pipe_drain(void)
 
 static int mem_read(uint64_t addr, void *buf, size_t n)
 {
+	if (live_stack_room(addr) >= n) {
+		memcpy(buf, (const void *)(uintptr_t)addr, n);
+		return 0;
+	}
 	if (!use_pipe) {
 		struct iovec local = {buf, n}, remote = {(void *)(uintptr_t)addr, n};
 		ssize_t r = process_vm_readv(self_pid(), &local, 1, &remote, 1, 0);
@@ -582,6 +615,12 @@ static size_t mem_read_prefix(uint64_t addr, void *buf, size_t n)
 {
 	if (addr < 4096) /* not a pointer, or NULL: nothing to read ahead */
 		return 0;
+	size_t room = live_stack_room(addr);
+	if (room) {
+		n = room < n ? room : n;
+		memcpy(buf, (const void *)(uintptr_t)addr, n);
+		return n;
+	}
 	if (!use_pipe) {
 		struct iovec local = {buf, n}, remote = {(void *)(uintptr_t)addr, n};
 		ssize_t r = process_vm_readv(self_pid(), &local, 1, &remote, 1, 0);
@@ -606,6 +645,11 @@ static size_t mem_read_prefix(uint64_t addr, void *buf, size_t n)
 static int mem_write(uint64_t addr, const void *buf, size_t n, uint32_t *done)
 {
 	*done = 0;
+	if (live_stack_room(addr) >= n) {
+		memcpy((void *)(uintptr_t)addr, buf, n);
+		*done = (uint32_t)n;
+		return 0;
+	}
 	if (!use_pipe) {
 		struct iovec local = {(void *)buf, n}, remote = {(void *)(uintptr_t)addr, n};
 		ssize_t r = process_vm_writev(self_pid(), &local, 1, &remote, 1, 0);
@@ -785,6 +829,7 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	memcpy(req, &kfd, 4);
 	memcpy(req + 4, &cmd, 4);
 	memcpy(req + 8, &a, 8);
+	find_stack(); /* before the lock: it may read /proc/self/maps */
 	sigset_t saved_mask;
 	enter(&saved_mask);
 	size_t n = sock >= 0 ? mem_read_prefix((uint64_t)(uintptr_t)arg, window, sizeof(window)) : 0;
