@@ -310,3 +310,17 @@ def test_kvmsim_serve_says_why_in_one_line(tmp_path: Path) -> None:
         timeout=30,
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "other users may write there" in r.stderr
+
+
+def test_the_shim_touches_an_argument_directly_only_on_the_callers_live_stack(shim: Path, tmp_path: Path) -> None:
+    """The shim skips process_vm_* for an argument on the calling thread's live stack; from a
+    signal stack it must not, or a pointer into a hole between the two stacks would crash."""
+    from kvmsim.build import compile_c
+
+    program = compile_c([Path(__file__).parent / "data" / "stack_args.c"], flags=["-pthread"])
+    kernel = Kernel.from_profile("powervm-p11")
+    with Server(kernel, tmp_path / "kvm.sock") as server:
+        env = shim_environment(ShimHost.of(kernel), server.path, shim)
+        r = subprocess.run([str(program)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["stack 0", "thread 0", "altstack EFAULT"]

@@ -158,7 +158,7 @@ static pid_t self_pid(void)
 
 /* The top of this thread's stack, found once a thread (outside the shim's lock: for the main
  * thread glibc reads /proc/self/maps).  0 where it cannot be known. */
-static __thread uintptr_t stack_top;
+static __thread uintptr_t stack_low, stack_top;
 static __thread int stack_looked;
 
 static void find_stack(void)
@@ -171,18 +171,23 @@ static void find_stack(void)
 	stack_looked = 1;
 	if (pthread_getattr_np(pthread_self(), &attr) != 0)
 		return;
-	if (pthread_attr_getstack(&attr, &low, &size) == 0)
+	if (pthread_attr_getstack(&attr, &low, &size) == 0) {
+		stack_low = (uintptr_t)low;
 		stack_top = (uintptr_t)low + size;
+	}
 	pthread_attr_destroy(&attr);
 }
 
 /* How many bytes from addr are in the live part of this thread's stack (from this frame up to
  * its top): mapped and writable, so touching them needs no system call and cannot fault.  The
- * argument of an ioctl is usually there (QEMU's struct, CPython's ioctl buffer). */
+ * argument of an ioctl is usually there (QEMU's struct, CPython's ioctl buffer).  Only while
+ * this frame is on that stack: on a signal stack or a coroutine's, [here, top) may span holes. */
 static size_t live_stack_room(uint64_t addr)
 {
 	uintptr_t here = (uintptr_t)__builtin_frame_address(0);
-	return stack_top && addr >= here && addr < stack_top ? (size_t)(stack_top - addr) : 0;
+	if (!stack_top || here < stack_low || here >= stack_top)
+		return 0;
+	return addr >= here && addr < stack_top ? (size_t)(stack_top - addr) : 0;
 }
 
 static void child_after_fork(void)
