@@ -156,7 +156,7 @@ class PowerpcKvm:
                 errno.E2BIG, f"size {usize} is larger than the kernel's struct{hint}; {ksize} written back to size"
             )
         kbuf = mem.copy_struct_from_user(ksize, argp, usize)
-        flags = layout.unpack(bo, kbuf)["flags"]
+        flags = layout.field(bo, kbuf, "flags")
         if flags:
             raise KvmError(errno.EINVAL, f"flags {flags:#x} must be 0")
         caps = self._backend(vm)
@@ -179,7 +179,7 @@ class PowerpcKvm:
             raise KvmError(
                 errno.E2BIG, f"size {usize}: {tail}, larger than the kernel's struct; {ksize} written back to size"
             ) from None
-        flags = layout.unpack(bo, kbuf)["flags"]
+        flags = layout.field(bo, kbuf, "flags")
         if flags:
             raise KvmError(errno.EINVAL, f"flags {flags:#x} must be 0 (reserved)")
         caps = self._backend(vm)

@@ -25,8 +25,8 @@ from .channel import SharedChannel
 from .errors import KvmError
 from .kvm_main import Kernel, Process
 from .trace import Call
-from .uapi import ByteOrder
-from .usermem import U64, Fault, UserAccess
+from .uapi import U64_OF, ByteOrder
+from .usermem import Fault, UserAccess
 from .wire import Msg, ProtocolError
 
 log = logging.getLogger("kvmsim.serve")
@@ -56,7 +56,7 @@ class RemoteMemory(UserAccess):
     def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
         off = addr - self.base
         if 0 <= off <= len(self.window) - 8:  # in the window: unpacked in place
-            value: int = U64[byteorder].unpack_from(self.window, off)[0]
+            value: int = U64_OF[byteorder].unpack_from(self.window, off)[0]
             return value
         return super().get_user_u64(addr, byteorder)
 

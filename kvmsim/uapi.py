@@ -241,6 +241,7 @@ def check_struct_size(size: int, what: str) -> None:
 
 
 CompatCapsField = Literal["flags", "size", "compat_capabilities"]
+U64_OF = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}  # one __u64, by byte order
 
 
 @attrs.frozen
@@ -273,6 +274,11 @@ class CompatCapsLayout:
 
     def pack(self, byteorder: ByteOrder, **values: int) -> bytes:
         return self._structs[byteorder].pack(*[values.get(f, 0) for f in self.fields])
+
+    def field(self, byteorder: ByteOrder, data: bytes, name: CompatCapsField) -> int:
+        """One field of the struct in ``data``."""
+        value: int = U64_OF[byteorder].unpack_from(data, self.offset(name))[0]
+        return value
 
     def unpack(self, byteorder: ByteOrder, data: bytes) -> dict[CompatCapsField, int]:
         values = self._structs[byteorder].unpack_from(data)

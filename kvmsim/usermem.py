@@ -10,12 +10,11 @@ process's own view, for setting up and inspecting a test: they ignore write perm
 from __future__ import annotations
 
 import bisect
-import struct
 import threading
 
 import attrs
 
-from .uapi import ByteOrder
+from .uapi import U64_OF, ByteOrder
 
 PAGE_SIZE = 0x1000
 # Below 2**31, so an address fits the C int that CPython 3.11's fcntl.ioctl passes.
@@ -53,7 +52,6 @@ class NonZeroTail(Exception):
 
 _WORD = 8  # sizeof(unsigned long) on the 64-bit kernels modelled
 _CHUNK = 4096
-U64 = {"little": struct.Struct("<Q"), "big": struct.Struct(">Q")}
 
 
 class UserAccess:
@@ -67,11 +65,11 @@ class UserAccess:
         raise NotImplementedError
 
     def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
-        value: int = U64[byteorder].unpack(self.copy_from_user(addr, 8))[0]
+        value: int = U64_OF[byteorder].unpack(self.copy_from_user(addr, 8))[0]
         return value
 
     def put_user_u64(self, addr: int, value: int, byteorder: ByteOrder) -> None:
-        self.copy_to_user(addr, U64[byteorder].pack(value))
+        self.copy_to_user(addr, U64_OF[byteorder].pack(value))
 
     def clear_user(self, addr: int, n: int) -> None:
         self.copy_to_user(addr, bytes(n))
@@ -176,6 +174,13 @@ class AddressSpace(UserAccess):
     def protect(self, addr: int, *, writable: bool) -> None:
         self._region(addr, 1, "protect").writable = writable
 
+    def view(self, addr: int, n: int) -> memoryview:
+        """The process's own ``n`` bytes at ``addr``, to read and write in place (a mapping
+        never moves or changes size, so the view stays valid while it is mapped)."""
+        region = self._region(addr, n, "view")
+        off = addr - region.start
+        return memoryview(region.data)[off : off + n]
+
     def read(self, addr: int, n: int) -> bytes:
         region = self._region(addr, n, "read")
         off = addr - region.start
@@ -194,7 +199,7 @@ class AddressSpace(UserAccess):
 
     def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
         region = self._region(addr, 8, "read")  # the same check as copy_from_user, unpacked in place
-        value: int = U64[byteorder].unpack_from(region.data, addr - region.start)[0]
+        value: int = U64_OF[byteorder].unpack_from(region.data, addr - region.start)[0]
         return value
 
     def copy_to_user(self, addr: int, data: bytes) -> None:

@@ -33,7 +33,16 @@ class _Area:
 
     def __init__(self, mem: AddressSpace) -> None:
         self.addr = mem.map(IOCTL_BUFSZ + 1)
-        weakref.finalize(self, mem.unmap, self.addr)
+        self.bytes = mem.view(self.addr, IOCTL_BUFSZ + 1)  # the process writes its own stack in place
+        weakref.finalize(self, _unmap, self.bytes, mem, self.addr)
+
+
+def _unmap(view: memoryview, mem: AddressSpace, addr: int) -> None:
+    view.release()
+    mem.unmap(addr)
+
+
+_ZEROS = memoryview(bytes(IOCTL_BUFSZ + 1))
 
 
 class Scratch(threading.local):
@@ -51,11 +60,11 @@ def fcntl_ioctl(
 ) -> int | bytes:
     cmd = request & 0xFFFFFFFF  # sys_ioctl(unsigned int fd, unsigned int cmd, unsigned long arg)
     if type(arg) is bytearray and mutate_flag and len(arg) <= IOCTL_BUFSZ:  # the common case, first
-        addr = _scratch(mem, scratch, bytes(arg))
+        area = _scratch(mem, scratch, arg)
         try:
-            return sys_ioctl(fd, cmd, addr)
+            return sys_ioctl(fd, cmd, area.addr)
         finally:
-            arg[:] = mem.read(addr, len(arg))
+            arg[:] = area.bytes[: len(arg)]
     if not isinstance(arg, int | str | bytes | bytearray | memoryview):  # bool is an int, as in C
         try:
             view = memoryview(arg)  # type: ignore[arg-type]
@@ -80,13 +89,15 @@ def fcntl_ioctl(
     return _buffer(sys_ioctl, mem, scratch, fd, cmd, view, mutate_flag)
 
 
-def _scratch(mem: AddressSpace, scratch: Scratch, data: bytes) -> int:
+def _scratch(mem: AddressSpace, scratch: Scratch, data: bytes | bytearray) -> _Area:
     """CPython's stack buffer for this thread, holding ``data`` then zeros."""
-    if scratch.area is None:
-        scratch.area = _Area(mem)
-    addr = scratch.area.addr
-    mem.write(addr, data.ljust(IOCTL_BUFSZ + 1, b"\0"))
-    return addr
+    area = scratch.area
+    if area is None:
+        area = scratch.area = _Area(mem)
+    n = len(data)
+    area.bytes[:n] = data
+    area.bytes[n:] = _ZEROS[n:]
+    return area
 
 
 def _buffer(
@@ -102,13 +113,13 @@ def _buffer(
             finally:
                 view.cast("B")[:] = mem.read(addr, n)
                 mem.unmap(addr)
-        addr = _scratch(mem, scratch, data)
+        area = _scratch(mem, scratch, data)
         try:
-            return sys_ioctl(fd, cmd, addr)
+            return sys_ioctl(fd, cmd, area.addr)
         finally:
-            view.cast("B")[:] = mem.read(addr, n)
+            view.cast("B")[:] = area.bytes[:n]
     if n > IOCTL_BUFSZ:
         raise ValueError("ioctl string arg too long")
-    addr = _scratch(mem, scratch, data)
-    sys_ioctl(fd, cmd, addr)
-    return mem.read(addr, n)
+    area = _scratch(mem, scratch, data)
+    sys_ioctl(fd, cmd, area.addr)
+    return area.bytes[:n].tobytes()
