@@ -142,10 +142,14 @@ def _boot(spec: HostSpec) -> Kernel:
 _HOSTS: dict[tuple[str, str], tuple[str, int, Host]] = {}
 
 
-def _cached_profile(name: str) -> Host | None:
+def _profile_key(name: str) -> tuple[str, str]:
     from .profile import HOSTS_ENV
 
-    cached = _HOSTS.get((name, os.environ.get(HOSTS_ENV, "")))
+    return name, os.environ.get(HOSTS_ENV, "")  # a name means another file on another search path
+
+
+def _cached_profile(name: str) -> Host | None:
+    cached = _HOSTS.get(_profile_key(name))
     if cached is None:
         return None
     path, mtime, host = cached
@@ -163,7 +167,7 @@ def _profile(name: str) -> Host:
         path = str(profile.resolve(name))
         mtime = posix.stat(path).st_mtime_ns
         host = profile.load(path)
-        _HOSTS[name, os.environ.get(profile.HOSTS_ENV, "")] = (path, mtime, host)
+        _HOSTS[_profile_key(name)] = (path, mtime, host)
     return host
 
 
@@ -172,11 +176,10 @@ def _boot_inside(fs: FakeFilesystem, spec: HostSpec) -> Kernel:
     a profile has to be read (its first use, a changed file, overrides)."""
     if not spec.overrides and _cached_profile(spec.name) is not None:
         return _boot(spec)
-    fs.pause()
-    try:
+    from pyfakefs.fake_filesystem_unittest import Pause
+
+    with Pause(fs):
         return _boot(spec)
-    finally:
-        fs.resume()
 
 
 @functools.cache
@@ -216,16 +219,13 @@ def _materialized(fs: FakeFilesystem, files: Mapping[str, bytes]) -> str:
     key = hash(tuple(sorted(files.items())))
     tree = _TREES.get(key)
     if tree is None:
-        fs.pause()
-        try:
-            tree = tempfile.mkdtemp(prefix="kvmsim-host-")
+        from pyfakefs.fake_filesystem_unittest import Pause
+
+        from .hostfs import write_tree
+
+        with Pause(fs):
+            tree = write_tree(files, tempfile.mkdtemp(prefix="kvmsim-host-"))
             atexit.register(shutil.rmtree, tree, True)
-            for path, data in files.items():
-                os.makedirs(os.path.dirname(tree + path), exist_ok=True)
-                with open(tree + path, "wb") as f:
-                    f.write(data)
-        finally:
-            fs.resume()
         _TREES[key] = tree
     return tree
 
