@@ -1,14 +1,11 @@
 """The files a host shows its processes: ``/dev/kvm``, ``/proc/device-tree/cpus``,
 ``/proc/cpuinfo`` and ``/sys/module``, derived from a booted kernel's profile.
 
-Pure data (path → bytes), and :func:`write_tree` to put them under a real directory (the
-pytest plugin maps that tree into pyfakefs; ``kvmsim run``/``serve`` show it through the shim)."""
+Pure data (path → bytes); the pytest plugin writes them into a pyfakefs filesystem."""
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Mapping
 
 from .kvm_main import Kernel
 from .profile import Host
@@ -82,12 +79,3 @@ def files(kernel: Kernel) -> dict[str, bytes]:
             if node.cpu_version is not None:
                 out[f"{base}/cpu-version"] = _be32(node.cpu_version)
     return out
-
-
-def write_tree(files: Mapping[str, bytes], directory: str) -> str:
-    """Write ``files`` (absolute paths) under ``directory``; returns ``directory``."""
-    for path, data in files.items():
-        os.makedirs(os.path.dirname(directory + path), exist_ok=True)
-        with open(directory + path, "wb") as f:
-            f.write(data)
-    return directory

@@ -221,11 +221,15 @@ def _materialized(fs: FakeFilesystem, files: Mapping[str, bytes]) -> str:
     if tree is None:
         from pyfakefs.fake_filesystem_unittest import Pause
 
-        from .hostfs import write_tree
-
+        # written here, not by a kvmsim.hostfs helper: a module first imported inside a test
+        # is patched by pyfakefs dynamically and stays fake while paused
         with Pause(fs):
-            tree = write_tree(files, tempfile.mkdtemp(prefix="kvmsim-host-"))
+            tree = tempfile.mkdtemp(prefix="kvmsim-host-")
             atexit.register(shutil.rmtree, tree, True)
+            for path, data in files.items():
+                os.makedirs(os.path.dirname(tree + path), exist_ok=True)
+                with open(tree + path, "wb") as f:
+                    f.write(data)
         _TREES[key] = tree
     return tree
 

@@ -164,7 +164,13 @@ def host_view(kernel: Kernel, directory: str) -> str:
     """Write the simulated host's files (kvmsim.hostfs: /proc/device-tree, /proc/cpuinfo,
     /sys/module/kvm*) under ``directory``: what the shim shows the program instead of this
     machine's (KVMSIM_ROOT).  Returns ``directory``."""
-    return hostfs.write_tree({p: d for p, d in hostfs.files(kernel).items() if p != DEV_KVM}, directory)
+    for path, data in hostfs.files(kernel).items():
+        if path == DEV_KVM:
+            continue
+        target = Path(directory + path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return directory
 
 
 def shim_variables(host: ShimHost, socket_path: str, shim: Path) -> dict[str, str]:
