@@ -17,45 +17,94 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import trust
+
 SHIM_SOURCE = Path(__file__).resolve().parent / "shim" / "kvmsim_shim.c"
 
 
 class BuildError(RuntimeError):
-    """The compiler is missing or failed; ``str()`` is one line."""
+    """The compiler is missing or failed, or a built file is not the one we built; ``str()``
+    is one line."""
 
 
 def private(path: Path) -> bool:
     """Only this user can have put ``path`` there: ours, not a symlink, not group/world-writable."""
     try:
-        st = os.lstat(path)
+        return trust.private_stat(os.lstat(path))
     except OSError:
         return False
-    return st.st_uid == os.getuid() and not stat.S_ISLNK(st.st_mode) and not st.st_mode & 0o022
 
 
-_fallback: list[Path] = []
+_fallback: list[trust.Dir] = []
 
 
 def private_fallback(reason: str) -> Path:
-    """A fresh 0700 directory of this process, when the cache cannot be trusted (said once)."""
+    """A fresh 0700 directory of this process in a safe temporary base, when the cache cannot
+    be trusted (said once); removed when the process exits."""
     if not _fallback:
-        _fallback.append(Path(tempfile.mkdtemp(prefix="kvmsim-private-")))
-        print(f"kvmsim: {reason}; building into {_fallback[0]} instead", file=sys.stderr)
-    return _fallback[0]
+        _fallback.append(trust.temp_dir("kvmsim-private-").remove_at_exit())
+        print(f"kvmsim: {reason}; building into {_fallback[0].path} instead", file=sys.stderr)
+    return Path(_fallback[0].path)
 
 
 def cache_dir() -> Path:
     """``$KVMSIM_CACHE``, else ``~/.cache/kvmsim``: created 0700, and used only while it is
-    this user's and nobody else can write it (else a private directory, said once)."""
+    this user's and nobody else can write it or the directories above it (else a private
+    directory, said once)."""
     base = os.environ.get("KVMSIM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvmsim"
     )
     path = Path(base)
     with contextlib.suppress(OSError):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not private(path):
+    if not private(path) or trust.safe_ancestors(path):
         return private_fallback(f"the cache {path} is not private to uid {os.getuid()}")
     return path
+
+
+# The identity (st_dev, st_ino) of each file this process built or accepted as its own:
+# what preloadable() holds the file at that path to, right before it is loaded.
+_identity: dict[str, tuple[int, int]] = {}
+
+
+def _accept(path: Path) -> bool:
+    """Take a cached ``path`` as ours (a regular file of this user's that nobody else can
+    write, in a directory nobody else can write) and remember its identity."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode) or not trust.private_stat(st) or not private(path.parent):
+        return False
+    _identity[str(path)] = (st.st_dev, st.st_ino)
+    return True
+
+
+def preloadable(path: Path) -> str:
+    """``path`` as it may go into LD_PRELOAD: checked right before, that it is still the file
+    this process built (its identity), this user's, and writable by nobody else."""
+    why = "not built by this process"
+    if str(path) in _identity:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            why = exc.strerror or "cannot open it"
+        else:
+            if (st.st_dev, st.st_ino) != _identity[str(path)]:
+                why = "it was replaced after it was built"
+            elif not trust.private_stat(st) or not private(path.parent):
+                why = "others may write it"
+            else:
+                return str(path)
+    raise BuildError(f"{path}: refusing to preload it: {why}")
 
 
 def compile_c(
@@ -80,18 +129,29 @@ def compile_c(
     stem = sources[0].stem
     out = (out_dir or cache_dir()) / f"{stem}-{digest.hexdigest()[:16]}{'.so' if shared else ''}"
     if out.exists() or out.is_symlink():
-        if private(out):
+        if _accept(out):
             return out
         out = private_fallback(f"{out} is not this user's own file") / out.name  # never run a planted file
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{stem}-")
     os.close(fd)
-    proc = subprocess.run([cc, *args, "-o", tmp, *map(str, sources), *libs], capture_output=True, text=True)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
-        raise BuildError(f"{cc} failed on {sources[0].name}: {first}")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, out)
+    try:
+        proc = subprocess.run([cc, *args, "-o", tmp, *map(str, sources), *libs], capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
+            raise BuildError(f"{cc} failed on {sources[0].name}: {first}")
+        # the linker writes a new inode: the one we take is what we open here, in our own directory
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o755)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _identity[str(out)] = (st.st_dev, st.st_ino)
     return out
 
 

@@ -23,14 +23,12 @@ import argparse
 import contextlib
 import json
 import shlex
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from . import papr, profile
+from . import papr, profile, trust
 from .cliargs import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, revisions, use_hosts_dirs
 from .profile import Host, ProfileError
 from .trace import Call, Tracer
@@ -219,25 +217,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
     kernel = _kernel(args)
-    trace_ctx = _tracer(args, kernel)
-    trace = trace_ctx.__enter__()
-    view = tempfile.mkdtemp(prefix="kvmsim-serve-")  # 0700: the host's files for attached programs
-    try:
+    with _tracer(args, kernel) as trace:
         try:
-            server = Server(kernel, args.socket, trace=trace, root=host_view(kernel, view))
-        except ServerError as exc:
-            raise UsageError(str(exc)) from None
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, lambda *_: server.stop())
-        print(f"kvmsim serve: {kernel.host.name} ({kernel.rev.name}) on {args.socket}", file=sys.stderr, flush=True)
+            view = trust.temp_dir("kvmsim-serve-")  # 0700, locked while we live: the host's files
+        except OSError as exc:
+            raise UsageError(f"no private directory for the host's files: {exc}") from None
         try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+            try:
+                server = Server(kernel, args.socket, trace=trace, root=host_view(kernel, view.subdir("root")))
+            except ServerError as exc:
+                raise UsageError(str(exc)) from None
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, lambda *_: server.stop())
+            print(f"kvmsim serve: {kernel.host.name} ({kernel.rev.name}) on {args.socket}", file=sys.stderr, flush=True)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.stop()
         finally:
-            server.stop()
-    finally:
-        shutil.rmtree(view, ignore_errors=True)
+            view.remove()
     return EXIT_OK
 
 
@@ -262,7 +262,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .build import BuildError
-    from .runner import RunError, run
+    from .runner import RunError, StartError, run
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -279,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return run(kernel, command, arch=args.arch, trace=trace)
     except RunError as exc:
         raise UsageError(str(exc)) from None
-    except BuildError as exc:
+    except (BuildError, StartError) as exc:
         print(f"kvmsim: error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     except FileNotFoundError:
@@ -373,6 +373,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     out = Path(args.output or ("fixtures/recorded" if Path("fixtures/recorded").is_dir() else "."))
     try:
         results = lab.run_lab(configs, out, jobs=args.jobs)
+    except lab.CacheError as exc:  # refused, not unavailable: somebody else could write there
+        raise UsageError(f"lab: {exc}") from None
     except lab.FetchError as exc:
         print(f"kvmsim lab: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

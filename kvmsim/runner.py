@@ -14,17 +14,16 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from . import hostfs
-from .build import BuildError, build_shim
+from . import hostfs, trust
+from .build import BuildError, build_shim, preloadable
 from .kvm_main import Kernel
-from .server import Server
+from .server import Server, ServerError
 from .trace import Call
 from .uapi import ARCHES, DEV_KVM
 
@@ -51,6 +50,10 @@ EM_PPC64, EM_X86_64 = 21, 62
 
 class RunError(ValueError):
     """The command cannot run against this host as asked; one line."""
+
+
+class StartError(RuntimeError):
+    """This machine cannot start the run (no safe directory, a socket path too long); one line."""
 
 
 def elf_arch(path: str) -> str | None:
@@ -136,11 +139,18 @@ def run(
     kernel: Kernel, command: Sequence[str], *, arch: str | None = None, trace: Callable[[Call], None] | None = None
 ) -> int:
     """Run ``command`` against ``kernel``; its exit code (128 + N when killed by signal N)."""
-    workdir = tempfile.mkdtemp(prefix="kvmsim-run-")
-    server = Server(kernel, os.path.join(workdir, "kvm.sock"), trace=trace)
-    previous: dict[int, Any] = {}
     try:
-        view = host_view(kernel, os.path.join(workdir, "root"))
+        workdir = trust.temp_dir("kvmsim-run-")
+    except OSError as exc:
+        raise StartError(f"no private directory for the server: {exc}") from None
+    previous: dict[int, Any] = {}
+    server: Server | None = None
+    try:
+        try:
+            server = Server(kernel, workdir / "kvm.sock", trace=trace)
+        except ServerError as exc:
+            raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
+        view = host_view(kernel, workdir.subdir("root"))
         argv, env = prepare(ShimHost.of(kernel, view), command, server.path, arch=arch)
         server.start()
         proc = subprocess.Popen(argv, env=env)
@@ -156,27 +166,36 @@ def run(
     finally:
         for forwarded, handler in previous.items():
             signal.signal(forwarded, handler)
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if server is not None:
+            server.stop()
+        workdir.remove()
 
 
-def host_view(kernel: Kernel, directory: str) -> str:
+def host_view(kernel: Kernel, directory: trust.Dir) -> str:
     """Write the simulated host's files (kvmsim.hostfs: /proc/device-tree, /proc/cpuinfo,
-    /sys/module/kvm*) under ``directory``: what the shim shows the program instead of this
-    machine's (KVMSIM_ROOT).  Returns ``directory``."""
-    for path, data in hostfs.files(kernel).items():
-        if path == DEV_KVM:
-            continue
-        target = Path(directory + path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return directory
+    /sys/module/kvm*) below ``directory``, through its fd (no rename of a path can redirect a
+    write): what the shim shows the program instead of this machine's (KVMSIM_ROOT).
+    Returns the directory's path; the directory is closed."""
+    opened: dict[str, trust.Dir] = {}
+    try:
+        for path, data in hostfs.files(kernel).items():
+            if path == DEV_KVM:
+                continue
+            parent, _, name = path.rpartition("/")
+            if parent not in opened:
+                opened[parent] = directory.subdir(parent)
+            opened[parent].write(name, data, 0o644)
+    finally:
+        for d in opened.values():
+            d.close()
+        directory.close()
+    return directory.path
 
 
 def shim_variables(host: ShimHost, socket_path: str, shim: Path) -> dict[str, str]:
     """What the shim reads: the library, the server, the host's machine and /dev/kvm, its files."""
     return {
-        "LD_PRELOAD": str(shim),
+        "LD_PRELOAD": preloadable(shim),
         "KVMSIM_SOCKET": socket_path,
         "KVMSIM_MACHINE": host.machine,
         "KVMSIM_DEV_KVM": "1" if host.dev_kvm else "0",
@@ -189,4 +208,4 @@ def shim_environment(host: ShimHost, socket_path: str, shim: Path) -> dict[str, 
     from :func:`host_view`, shows it the simulated host's files)."""
     preload = os.environ.get("LD_PRELOAD", "")
     variables = shim_variables(host, socket_path, shim)
-    return {**os.environ, **variables, "LD_PRELOAD": f"{shim} {preload}".strip()}
+    return {**os.environ, **variables, "LD_PRELOAD": f"{variables['LD_PRELOAD']} {preload}".strip()}

@@ -126,7 +126,7 @@ def check_socket_path(path: str) -> None:
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise ServerError(f"{path}: longer than a Unix socket path may be ({SUN_PATH_MAX} bytes)")
     if os.path.lexists(path):
-        raise ServerError(f"{path}: already exists")
+        _stale_socket(path)
     parent = os.path.dirname(os.path.abspath(path))
     try:
         st = os.stat(parent)
@@ -138,6 +138,31 @@ def check_socket_path(path: str) -> None:
         raise ServerError(
             f"{parent}: other users may write there (mode {st.st_mode & 0o7777:o}); use a private directory"
         )
+
+
+def _stale_socket(path: str) -> None:
+    """``path`` exists: remove it when it is provably a socket of ours that nobody listens on
+    (a server killed with SIGKILL left it), else say what it is and how to clear it."""
+    st = os.lstat(path)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ServerError(f"{path}: already exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        if st.st_uid != os.getuid():
+            raise ServerError(
+                f"{path}: a socket of uid {st.st_uid} that nobody listens on; remove it: rm -- {path}"
+            ) from None
+        os.unlink(path)
+        log.warning("%s: removed the socket a dead server left", path)
+        return
+    except OSError as exc:
+        raise ServerError(f"{path}: already exists ({exc.strerror})") from None
+    finally:
+        probe.close()
+    raise ServerError(f"{path}: already exists: a server is listening there")
 
 
 def peer_pid(sock: socket.socket) -> int:

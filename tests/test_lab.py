@@ -157,3 +157,130 @@ def test_a_hung_guest_is_killed_and_reported(tmp_path: Path, monkeypatch: pytest
     b = lab_boot.run(configs.CONFIGS["powernv9"], tmp_path, tmp_path / "vmlinuz", tmp_path / "initrd", timeout=1)
     assert b.error is not None and "timed out after 1 s" in b.error
     assert b.seconds < 10
+
+
+# -- the cache's trust (issue: nobody's planted file runs as root) ------------------------------
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.getuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+PLANT = r"""
+set -e
+lab="$1/lab"; out="$2"
+mkdir -p "$lab/apt/state/lists/partial" "$lab/debs" "$lab/tree/usr/bin" "$lab/apt/etc"
+printf '#!/bin/sh\nid > %s\n' "$out" > "$lab/tree/usr/bin/qemu-system-ppc64"
+cp "$lab/tree/usr/bin/qemu-system-ppc64" "$lab/tree/usr/bin/powerpc64le-linux-gnu-as"
+chmod 755 "$lab/tree/usr/bin/"*
+touch -d '2099-01-01' "$lab/apt/state/updated"
+: > "$lab/apt/state/lists/evil_Release"
+"""
+
+
+@as_root
+@pytest.mark.parametrize("level", ["the cache", "its lab directory"])
+def test_a_cache_planted_by_another_user_runs_nothing_as_root(level: str) -> None:
+    """uid 65534 prepares a lab cache (a qemu-system-ppc64 that writes `id`, a stamp from the
+    future, a forged list); root's `kvmsim lab` refuses it in one line, exit 2, runs nothing."""
+    import sys
+    import tempfile
+
+    cache = Path(tempfile.mkdtemp(prefix="kvmsim-cache-", dir="/tmp"))
+    proof = Path(tempfile.mkdtemp(prefix="proof-", dir="/tmp"))
+    try:
+        if level == "the cache":
+            os.chown(cache, NOBODY, NOBODY)
+        else:
+            cache.chmod(0o755)
+            (cache / "lab").mkdir()
+            os.chown(cache / "lab", NOBODY, NOBODY)
+        proof.chmod(0o777)
+        nobody = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
+        subprocess.run([*nobody, "sh", "-c", PLANT, "plant", str(cache), str(proof / "id")], check=True)
+        kvmsim = Path(sys.executable).with_name("kvmsim")
+        r = subprocess.run(
+            [str(kvmsim), "lab", "--config", "powernv10", "-o", str(proof / "out")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "KVMSIM_CACHE": str(cache)},
+        )
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "refusing the lab cache" in r.stderr
+        assert not (proof / "id").exists()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(proof, ignore_errors=True)
+
+
+def _fake_index(archive: debian.Archive, monkeypatch: pytest.MonkeyPatch, blob: bytes) -> debian.Candidate:
+    import hashlib
+
+    candidate = debian.Candidate("qemu-system-ppc", "1:10.1+ds-1", "amd64", hashlib.sha256(blob).hexdigest())
+    monkeypatch.setattr(archive, "candidates", lambda packages: {p.name: candidate for p in packages})
+    return candidate
+
+
+def test_a_deb_is_reused_only_when_its_sha256_is_the_signed_indexs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = debian.Archive(tmp_path / "lab")
+    archive._setup()
+    good = b"the real package"
+    candidate = _fake_index(archive, monkeypatch, good)
+    assert candidate.filename == "qemu-system-ppc_1%3a10.1+ds-1_amd64.deb"
+    debs = archive.debs
+    (debs / "qemu-system-ppc_1%3a10.1+ds-1_aaa.deb").write_bytes(b"planted: sorts first")
+    (debs / candidate.filename).write_bytes(b"planted: the right name, the wrong bytes")
+    downloads: list[tuple[str, ...]] = []
+
+    def apt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        downloads.append(args)
+        (debs / candidate.filename).write_bytes(good)
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    unpacked: list[str] = []
+    monkeypatch.setattr(archive, "_apt", apt)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: unpacked.append(str(cmd[2])))
+    pkg = configs.QEMU[0]
+    archive.fetch([pkg])
+    assert downloads == [("download", pkg.spec)]  # the wrong bytes were not taken
+    assert unpacked == [str(debs / candidate.filename)]
+    archive.fetch([pkg])
+    assert len(downloads) == 1  # the verified one is reused
+
+
+def test_a_download_whose_sha256_is_wrong_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = debian.Archive(tmp_path / "lab")
+    archive._setup()
+    candidate = _fake_index(archive, monkeypatch, b"the real package")
+
+    def apt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        (archive.debs / candidate.filename).write_bytes(b"what a mirror swapped in")
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(archive, "_apt", apt)
+    with pytest.raises(debian.FetchError, match="SHA256 is not the signed index's"):
+        archive.fetch([configs.QEMU[0]])
+
+
+def test_a_stamp_from_the_future_does_not_stop_the_refetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = debian.Archive(tmp_path / "lab")
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(archive, "_apt", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess([], 0, "", ""))
+    archive.update()
+    archive.update()
+    assert calls == [("update",)]  # fresh: once a day
+    stamp = archive.apt / "state" / "updated"
+    os.utime(stamp, (4102444800, 4102444800))  # 2100
+    archive.update()
+    assert calls == [("update",), ("update",)]
+
+
+def test_apt_checks_signatures_and_skips_the_date_only_where_the_snapshot_needs_it(tmp_path: Path) -> None:
+    archive = debian.Archive(tmp_path / "lab")
+    archive._setup()
+    conf = archive.config.read_text()
+    assert "Check-Valid-Until" not in conf and "AllowInsecure" not in conf and "trusted=yes" not in conf
+    for line in (archive.apt / "etc" / "sources.list").read_text().splitlines():
+        suite = line.split()[-2]
+        assert f"signed-by={debian.KEYRING}" in line
+        assert ("check-valid-until=no" in line) == (suite in debian.STALE_OK)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import os
-import shutil
 import subprocess
 import tempfile
 import tomllib
@@ -22,12 +21,12 @@ from typing import Any
 
 import attrs
 
-from .. import profile, record
+from .. import profile, record, trust
 from . import boot, build
 from .configs import CONFIGS, HEADERS, KERNELS, QEMU, QEMU_LIBS, TOOLCHAIN, Config
-from .debian import Archive, FetchError
+from .debian import Archive, CacheError, FetchError
 
-__all__ = ["CONFIGS", "FetchError", "Result", "run_lab"]
+__all__ = ["CONFIGS", "CacheError", "FetchError", "Result", "run_lab"]
 
 
 @attrs.frozen
@@ -83,17 +82,15 @@ def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: 
 
 
 def boot_one(
-    config: Config, archive: Archive, prober: Path, versions: dict[str, str], out_dir: Path, work: Path
+    config: Config, archive: Archive, prober: Path, versions: dict[str, str], out_dir: Path, work: trust.Dir
 ) -> Result:
     kernel = KERNELS[config.kernel]
     tree = archive.tree
     modules = {f"{m}.ko.xz": tree / kernel.module(m) for m in ("kvm", "kvm-hv")}
-    initrd = work / f"{config.name}.cpio"
-    initrd.write_bytes(build.initramfs(prober, modules))
+    initrd = Path(work.write(f"{config.name}.cpio", build.initramfs(prober, modules)))
     result = boot.run(config, tree, tree / kernel.vmlinuz, initrd)
-    console = archive.root / "consoles" / f"{config.name}.log"  # kept for the curious
-    console.parent.mkdir(exist_ok=True)
-    console.write_text(result.console)
+    with archive.dir("consoles") as consoles:  # kept for the curious
+        console = consoles.write(f"{config.name}.log", result.console)
     if result.error is not None:
         return Result(config, None, (), f"{result.error}; console in {console}", result.seconds)
     obs = boot.observations(result)
@@ -101,8 +98,10 @@ def boot_one(
     name = config.recording
     path = out_dir / name
     _, checks = record.verify(text, str(path))
-    tmp = out_dir / f".{name}.tmp"
-    tmp.write_text(text)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")  # a fresh name: never through a symlink
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)  # never half-written
     bad = tuple(f"{c.name}: real {c.recorded!r}, simulated {c.simulated!r}" for c in checks if not c.agrees)
     return Result(config, path, bad, None, result.seconds)
@@ -114,13 +113,16 @@ def run_lab(
     """Fetch, build, boot every configuration (``jobs`` at a time), record and verify."""
     archive = archive or Archive()
     versions = prepare(archive, {c.kernel for c in configs})
-    archive.root.mkdir(parents=True, exist_ok=True)
-    prober = build.prober(archive.tree, archive.root)
+    with archive.dir("build") as builds:
+        prober = build.prober(archive.tree, builds)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="kvmsim-lab-"))
+    try:
+        work = trust.temp_dir("kvmsim-lab-")
+    except OSError as exc:
+        raise FetchError(f"no private directory to build the initramfs in: {exc}") from None
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
             futures = [pool.submit(boot_one, c, archive, prober, versions, out_dir, work) for c in configs]
             return [f.result() for f in futures]
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        work.remove()

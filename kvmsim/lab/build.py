@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 from importlib import resources
 from pathlib import Path
 
+from .. import trust
 from ..uapi import ARCHES, REVISIONS
 from ..user import probe
 from .debian import FetchError
@@ -42,29 +44,31 @@ def probes_h() -> str:
     )
 
 
-def prober(tree: Path, out_dir: Path) -> Path:
-    """Cross-compile the prober (static, ppc64le) with the toolchain unpacked in ``tree``;
-    cached by the hash of its source and probe table."""
+def prober(tree: Path, out_dir: trust.Dir) -> Path:
+    """Cross-compile the prober (static, ppc64le) with the toolchain unpacked in ``tree``,
+    into the private ``out_dir``; cached by the hash of its source and probe table."""
     source = resources.files("kvmsim.lab").joinpath("prober.c").read_text()
     table = probes_h()
     digest = hashlib.sha256((source + table).encode()).hexdigest()[:16]
-    out = out_dir / f"prober-{digest}"
-    if out.exists():
-        return out
-    work = out_dir / f"build-{digest}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "prober.c").write_text(source)
-    (work / "probes.h").write_text(table)
-    gcc = tree / CROSS_GCC
-    libs = [str(tree / "usr/lib/x86_64-linux-gnu"), os.environ.get("LD_LIBRARY_PATH", "")]
-    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(x for x in libs if x)}
-    cmd = [str(gcc), "-static", "-O2", "-Wall", "-Werror", "-o", str(work / "prober"), str(work / "prober.c")]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        first = (r.stderr.strip().splitlines() or ["no output"])[0]
-        raise FetchError(f"cannot cross-compile the prober with {gcc}: {first}")
-    os.replace(work / "prober", out)
-    return out
+    name = f"prober-{digest}"
+    built = out_dir.stat(name)
+    if built is not None and stat.S_ISREG(built.st_mode) and trust.private_stat(built):
+        return Path(out_dir / name)
+    with out_dir.subdir(f"build-{digest}") as work:
+        work.write("prober.c", source)
+        work.write("probes.h", table)
+        gcc = tree / CROSS_GCC
+        libs = [str(tree / "usr/lib/x86_64-linux-gnu"), os.environ.get("LD_LIBRARY_PATH", "")]
+        env = {**os.environ, "LD_LIBRARY_PATH": ":".join(x for x in libs if x)}
+        tmp = f".prober-{os.getpid()}"
+        work.unlink(tmp)
+        cmd = [str(gcc), "-static", "-O2", "-Wall", "-Werror", "-o", work / tmp, work / "prober.c"]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            first = (r.stderr.strip().splitlines() or ["no output"])[0]
+            raise FetchError(f"cannot cross-compile the prober with {gcc}: {first}")
+        os.replace(tmp, out_dir / name, src_dir_fd=work.fd)
+    return Path(out_dir / name)
 
 
 def newc(entries: list[tuple[str, int, bytes]]) -> bytes:

@@ -1,11 +1,19 @@
 """Debian's archive through a private apt configuration: everything lands in a cache
 directory (``~/.cache/kvmsim/lab``, or ``$KVMSIM_CACHE/lab``); the machine's apt sources,
 dpkg status and architectures are never touched.  Packages are downloaded with
-``apt-get download`` and unpacked with ``dpkg-deb -x`` into one tree; a download is reused
-as long as its version is the one asked for."""
+``apt-get download`` and unpacked with ``dpkg-deb -x`` into one tree.
+
+What the lab unpacks, it later runs (the cross compiler, QEMU): so the cache is trusted only
+as the build cache is (:mod:`kvmsim.trust`: ours at every level, writable by nobody else,
+else refused in one line); apt checks the index files' signatures against Debian's keyring
+(``signed-by``) and each download against the signed index; a ``.deb`` already in the cache
+is reused only when its SHA256 is the one that index gives for that package and version —
+never by its file name.  Every file the lab writes is written atomically through the
+directory's fd, never through a symlink."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -14,14 +22,24 @@ from pathlib import Path
 
 import attrs
 
+from .. import trust
+
 MIRROR = "http://deb.debian.org/debian"
 SUITES = ("bookworm", "bookworm-backports", "sid", "experimental")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 LISTS_MAX_AGE = 24 * 3600  # refresh the package lists once a day
+# Suites whose Release files carry a Valid-Until that the archive served here lets lapse (sid
+# and experimental are re-signed daily upstream; a mirror snapshot serves them expired).  Only
+# those skip the date check; the signature is checked for every suite.
+STALE_OK = ("sid", "experimental")
 
 
 class FetchError(Exception):
     """A package could not be had (no archive, no such package): one line saying which."""
+
+
+class CacheError(FetchError):
+    """The cache is not ours alone (another user could have planted what the lab runs)."""
 
 
 @attrs.frozen
@@ -39,6 +57,21 @@ def cache_dir() -> Path:
     return Path(base) / "lab"
 
 
+@attrs.frozen
+class Candidate:
+    """What the signed index says of a package: the version, architecture and SHA256."""
+
+    name: str
+    version: str
+    arch: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        """The name ``apt-get download`` gives it."""
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
+
+
 class Archive:
     """A private apt: its own sources, lists, status file and download directory."""
 
@@ -49,29 +82,58 @@ class Archive:
         self.tree = self.root / "tree"
         self.config = self.apt / "apt.conf"
 
+    def dir(self, below: str = "") -> trust.Dir:
+        """A level of the cache, made 0700 if missing, refused unless it is private."""
+        try:
+            root = trust.Dir.private(self.root)
+        except OSError as exc:
+            raise CacheError(f"refusing the lab cache: {exc}; set KVMSIM_CACHE to a directory of yours") from None
+        if not below:
+            return root
+        with root:
+            try:
+                return root.subdir(below)
+            except OSError as exc:
+                raise CacheError(f"refusing the lab cache: {exc}") from None
+
     def _setup(self) -> None:
         for d in (
-            "etc/sources.list.d",
-            "etc/preferences.d",
-            "etc/apt.conf.d",
-            "state/lists/partial",
-            "cache/archives/partial",
+            "apt/etc/sources.list.d",
+            "apt/etc/preferences.d",
+            "apt/etc/apt.conf.d",
+            "apt/state/lists/partial",
+            "apt/cache/archives/partial",
+            "debs",
+            "tree",
         ):
-            (self.apt / d).mkdir(parents=True, exist_ok=True)
-        self.debs.mkdir(parents=True, exist_ok=True)
-        (self.apt / "state" / "status").touch()
-        sources = "".join(f"deb [arch=amd64,ppc64el signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES)
-        (self.apt / "etc" / "sources.list").write_text(sources)
-        a = self.apt
-        self.config.write_text(
-            f'Dir::State "{a}/state";\nDir::State::status "{a}/state/status";\nDir::Etc "{a}/etc";\n'
-            f'Dir::Etc::sourcelist "{a}/etc/sources.list";\nDir::Etc::sourceparts "{a}/etc/sources.list.d";\n'
-            f'Dir::Etc::preferencesparts "{a}/etc/preferences.d";\nDir::Etc::parts "{a}/etc/apt.conf.d";\n'
-            f'Dir::Cache "{a}/cache";\nAPT::Architecture "amd64";\n'
-            'APT::Architectures { "amd64"; "ppc64el"; };\nDebug::NoLocking "true";\n'
-            'Acquire::Languages "none";\nAcquire::Check-Valid-Until "false";\n'
-            'APT::Sandbox::User "root";\n'
+            self.dir(d).close()
+        with self.dir("apt/state") as state:
+            if state.stat("status") is None:
+                state.write("status", b"")
+        sources = "".join(
+            f"deb [arch=amd64,ppc64el signed-by={KEYRING}{' check-valid-until=no' if suite in STALE_OK else ''}]"
+            f" {MIRROR} {suite} main\n"
+            for suite in SUITES
         )
+        a = self.apt
+        with self.dir("apt/etc") as etc:
+            etc.write("sources.list", sources)
+        with self.dir("apt") as apt:
+            apt.write(
+                "apt.conf",
+                f'Dir::State "{a}/state";\nDir::State::status "{a}/state/status";\nDir::Etc "{a}/etc";\n'
+                f'Dir::Etc::sourcelist "{a}/etc/sources.list";\nDir::Etc::sourceparts "{a}/etc/sources.list.d";\n'
+                f'Dir::Etc::preferencesparts "{a}/etc/preferences.d";\nDir::Etc::parts "{a}/etc/apt.conf.d";\n'
+                f'Dir::Cache "{a}/cache";\nAPT::Architecture "amd64";\n'
+                'APT::Architectures { "amd64"; "ppc64el"; };\nDebug::NoLocking "true";\n'
+                'Acquire::Languages "none";\n'
+                # apt's downloads stay with us, not _apt: the cache is 0700 and private to its
+                # owner, so _apt cannot enter it; what apt fetches is checked against the
+                # signed index, and every .deb is checked again here before it is used
+                'APT::Sandbox::User "root";\n'
+                if os.getuid() == 0
+                else "",
+            )
 
     def _apt(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "APT_CONFIG": str(self.config), "DEBIAN_FRONTEND": "noninteractive"}
@@ -84,17 +146,20 @@ class Archive:
         if not Path(KEYRING).exists():
             raise FetchError(f"{KEYRING} is missing (apt-get install debian-archive-keyring)")
         self._setup()
-        stamp = self.apt / "state" / "updated"
-        if stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
-            return
-        r = self._apt("update")
-        if r.returncode != 0 or "Err:" in r.stdout:
-            reason = next((ln for ln in (r.stderr + r.stdout).splitlines() if ln.startswith(("E:", "Err:"))), "")
-            raise FetchError(f"cannot read Debian's archive ({MIRROR}): {reason.strip() or 'apt-get update failed'}")
-        stamp.touch()
+        with self.dir("apt/state") as state:
+            stamp = state.stat("updated")
+            age = time.time() - stamp.st_mtime if stamp is not None else None
+            if age is not None and 0 <= age < LISTS_MAX_AGE:  # a stamp from the future is no stamp
+                return
+            r = self._apt("update")
+            if r.returncode != 0 or "Err:" in r.stdout or "W: GPG error" in r.stderr:
+                lines = (r.stderr + r.stdout).splitlines()
+                reason = next((ln for ln in lines if ln.startswith(("E:", "Err:", "W: GPG"))), "apt-get update failed")
+                raise FetchError(f"cannot read Debian's archive ({MIRROR}): {reason.strip()}")
+            state.write("updated", b"")
 
-    def versions(self, packages: list[Package]) -> dict[str, str]:
-        """The version each package has in its suite (one apt-cache call for all)."""
+    def candidates(self, packages: list[Package]) -> dict[str, Candidate]:
+        """What the signed index says of each package in its suite (one apt-cache call)."""
         env = {**os.environ, "APT_CONFIG": str(self.config)}
         r = subprocess.run(
             ["apt-cache", "show", "--no-all-versions", *(p.spec for p in packages)],
@@ -103,13 +168,12 @@ class Archive:
             text=True,
             check=False,
         )
-        found: dict[str, str] = {}
-        name = ""
-        for ln in r.stdout.splitlines():
-            if ln.startswith("Package: "):
-                name = ln.removeprefix("Package: ")
-            elif ln.startswith("Version: "):
-                found.setdefault(name, ln.removeprefix("Version: "))
+        found: dict[str, Candidate] = {}
+        for stanza in r.stdout.split("\n\n"):
+            fields = dict(ln.split(": ", 1) for ln in stanza.splitlines() if ": " in ln and not ln.startswith(" "))
+            name = fields.get("Package")
+            if name and name not in found and {"Version", "Architecture", "SHA256"} <= fields.keys():
+                found[name] = Candidate(name, fields["Version"], fields["Architecture"], fields["SHA256"].lower())
         out = {}
         for p in packages:
             base = p.name.split(":")[0]
@@ -118,29 +182,41 @@ class Archive:
             out[p.name] = found[base]
         return out
 
+    def versions(self, packages: list[Package]) -> dict[str, str]:
+        """The version each package has in its suite."""
+        return {name: c.version for name, c in self.candidates(packages).items()}
+
     def fetch(self, packages: list[Package]) -> dict[str, str]:
         """Download (once) and unpack every package into :attr:`tree`; name -> version."""
-        versions = self.versions(packages)
-        missing = [p for p in packages if not self._deb(p, versions[p.name])]
-        if missing:
-            r = self._apt("download", *(p.spec for p in missing), cwd=self.debs)
-            if r.returncode != 0:
-                reason = next((ln for ln in r.stderr.splitlines() if ln.startswith("E:")), r.stderr.strip())
-                raise FetchError(f"cannot download {', '.join(p.name for p in missing)}: {reason}")
-        self.tree.mkdir(parents=True, exist_ok=True)
-        unpacked = self.root / "unpacked"
-        done = set(unpacked.read_text().split()) if unpacked.exists() else set()
-        for p in packages:
-            deb = self._deb(p, versions[p.name])
-            assert deb is not None
-            if deb.name not in done:
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(self.tree)], check=True)
-                done.add(deb.name)
-        unpacked.write_text("\n".join(sorted(done)) + "\n")
-        return versions
+        wanted = self.candidates(packages)
+        with self.dir("debs") as debs:
+            missing = [p for p in packages if not self._verified(debs, wanted[p.name])]
+            if missing:
+                r = self._apt("download", *(p.spec for p in missing), cwd=self.debs)
+                if r.returncode != 0:
+                    reason = next((ln for ln in r.stderr.splitlines() if ln.startswith("E:")), r.stderr.strip())
+                    raise FetchError(f"cannot download {', '.join(p.name for p in missing)}: {reason}")
+                bad = [p.name for p in missing if not self._verified(debs, wanted[p.name])]
+                if bad:
+                    raise FetchError(f"{', '.join(bad)}: the download's SHA256 is not the signed index's")
+            with self.dir() as root:
+                done = set((root.read("unpacked") or b"").decode().split())
+                for p in packages:
+                    c = wanted[p.name]
+                    if f"{c.filename}@{c.sha256}" not in done:
+                        subprocess.run(["dpkg-deb", "-x", debs / c.filename, str(self.tree)], check=True)
+                        done.add(f"{c.filename}@{c.sha256}")
+                root.write("unpacked", "\n".join(sorted(done)) + "\n")
+        return {name: c.version for name, c in wanted.items()}
 
-    def _deb(self, package: Package, version: str) -> Path | None:
-        name = package.name.split(":")[0]
-        quoted = version.replace(":", "%3a")
-        found = sorted(self.debs.glob(f"{name}_{quoted}_*.deb"))
-        return found[0] if found else None
+    @staticmethod
+    def _verified(debs: trust.Dir, candidate: Candidate) -> bool:
+        """Is the .deb apt names for ``candidate`` in the cache, a file of ours whose SHA256 is
+        the signed index's?  One that is not is removed."""
+        f = debs.open_file(candidate.filename)
+        if f is not None:
+            with f:
+                if hashlib.file_digest(f, "sha256").hexdigest() == candidate.sha256:
+                    return True
+        debs.unlink(candidate.filename)
+        return False
