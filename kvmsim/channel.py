@@ -24,6 +24,15 @@ fence between their store and the other's word (Dekker), so no wake-up is lost. 
 stays open: EOF on it is how each side learns the other has gone (checked whenever a sleep
 times out).
 
+The memfd is sealed before it is handed over (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``):
+neither side can shrink it under the other's mapping (a SIGBUS there would take down the
+whole server, or the program), and the shim checks those seals before it maps.  Each area
+holds the largest frame a call can need (a full user copy, see kvmsim.wire.MAX_USER_COPY),
+its pages are allocated only when touched, and a server maps at most ``MAX_SHARED`` bytes of
+channels at once (past that a connection keeps the socket).  A peer that wakes the server's
+futex without sending anything is slept on with a growing pause: its storm costs its own
+calls, not its neighbours'.
+
 The server side offers the channel only on x86_64: Python's stores to the mapping are plain
 stores, ordered for the shim there (total store order) and not on weakly ordered machines,
 where the socket is used.  ``KVMSIM_CHANNEL=socket`` makes the shim keep the socket; the
@@ -32,6 +41,7 @@ runner sets it under qemu-user.  ``shim/kvmsim_shim.c`` is the other side of thi
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import platform
@@ -43,12 +53,19 @@ import time
 from . import wire
 from .wire import Msg, ProtocolError
 
-CAPACITY = wire.HEADER.size + wire.MAX_PAYLOAD  # one frame of any size the protocol allows
+# One frame of any size a call can need: a RESULT carrying a full user copy and the handful of
+# small writes beside it (E2BIG's put_user, a cleared tail), or the shim's MEM_DATA of one.
+CAPACITY = wire.HEADER.size + 2 * wire.MAX_USER_COPY + 4096
 CONTROL = 64
 C2S, S2C = CONTROL, CONTROL + CAPACITY  # offsets of the two frame areas
 SIZE = CONTROL + 2 * CAPACITY
 C2S_SEQ, C2S_LEN, C2S_WAIT, S2C_SEQ, S2C_LEN, S2C_WAIT = range(6)  # u32 words of the control block
 READY = struct.Struct("!I")  # SHM_READY's payload: CAPACITY, for the shim to check
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+MAX_SHARED = 32 << 20  # bytes of channels one server maps at once (about 120 connections)
+SPURIOUS_FREE = 4  # wake-ups with nothing sent a wait forgives before it pauses
+PAUSE_MIN, PAUSE_MAX = 1e-3, 0.1  # seconds: the pause after each further one, doubling
+_pause = time.sleep
 
 _SYS_FUTEX = {"x86_64": 202}  # where the channel is offered (see the docstring)
 FUTEX_WAIT, FUTEX_WAKE = 0, 1  # shared between processes: never FUTEX_PRIVATE_FLAG
@@ -101,20 +118,41 @@ def _fence() -> None:
         pass
 
 
+class Budget:
+    """How many more channels this server may map (``MAX_SHARED`` in all); thread-safe."""
+
+    def __init__(self, limit: int = MAX_SHARED) -> None:
+        self.left = limit // SIZE
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.left += 1
+
+
 class SharedChannel:
     """The server's end: ``read()`` and ``sendall()`` as kvmsim.wire.FrameReader's."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int = wire.MAX_PAYLOAD) -> None:
         self.sock, self.max_payload = sock, max_payload
-        fd = os.memfd_create("kvmsim-channel", os.MFD_CLOEXEC)
+        fd = os.memfd_create("kvmsim-channel", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, SIZE)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)  # nobody resizes it under a mapping
             self.map = mmap.mmap(fd, SIZE)
             self._word = ctypes.c_uint32.from_buffer(self.map)  # keeps the futex words' address
             self.base = ctypes.addressof(self._word)
             self.ctl = memoryview(self.map)[:CONTROL].cast("I")
             self.seen = 0  # a fresh memfd is zeroes; set before the shim can write a frame
             self.spin = 50e-6
+            self.spurious = 0  # wake-ups in this wait with nothing sent
             self.closed = False
             socket.send_fds(sock, [wire.frame(Msg.SHM_READY, READY.pack(CAPACITY))], [fd])
         finally:
@@ -137,15 +175,20 @@ class SharedChannel:
             self.spin = min(SPIN_MAX, self.spin * 2)  # messages come while we spin: spin longer
             return
         self.spin = max(SPIN_MIN, self.spin / 2)
+        self.spurious = 0
         while True:
             self.ctl[C2S_WAIT] = 1
             _fence()
             if self._arrived():
                 break
-            _futex(self.base + 4 * C2S_SEQ, FUTEX_WAIT, self.seen, SLEEP)
+            woken = _futex(self.base + 4 * C2S_SEQ, FUTEX_WAIT, self.seen, SLEEP) == 0
             if self._arrived():
                 break
             self._check_peer()
+            if woken:  # a wake-up with nothing sent: past a few, this peer waits for its answer
+                self.spurious += 1
+                if self.spurious > SPURIOUS_FREE:
+                    _pause(min(PAUSE_MAX, PAUSE_MIN * 2 ** (self.spurious - SPURIOUS_FREE - 1)))
         self.ctl[C2S_WAIT] = 0
 
     def _check_peer(self) -> None:

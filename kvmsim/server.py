@@ -32,7 +32,7 @@ from .wire import Msg, ProtocolError
 log = logging.getLogger("kvmsim.serve")
 Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
 _IOCTL, _RESULT = Msg.IOCTL, Msg.RESULT  # a call's two messages, looked up once (an enum member lookup is slow)
-MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this
+MAX_USER_COPY = wire.MAX_USER_COPY
 ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refuses it
 MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
 FRAME_STALL = 10.0  # seconds a begun frame may take; idle between calls is unlimited
@@ -187,9 +187,11 @@ class Connection:
         calls: itertools.count[int] | None = None,
         trace: Callable[[Call], None] | None = None,
         hello: bytes = b"{}",
+        budget: channel.Budget | None = None,
     ) -> None:
         self.kernel, self.sock, self.name = kernel, sock, name
         self.hello = hello
+        self.budget = budget if budget is not None else channel.Budget()
         self.calls = calls if calls is not None else itertools.count()
         self.trace = trace
         self.transport: Transport = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
@@ -217,6 +219,7 @@ class Connection:
         finally:
             if isinstance(self.transport, SharedChannel):
                 self.transport.close()
+                self.budget.give_back()
             self.sock.close()
 
     def hang_up(self) -> None:
@@ -233,11 +236,16 @@ class Connection:
             raise ProtocolError(f"a {msg.name} with {len(payload)} bytes of payload")
 
     def _share(self) -> None:
-        """Move to the shared-memory channel if this server can (else ENOSYS: the socket stays)."""
-        if isinstance(self.transport, SharedChannel) or not channel.available():
+        """Move to the shared-memory channel if this server can and its shared memory is under
+        the cap (else ENOSYS: the socket stays)."""
+        if isinstance(self.transport, SharedChannel) or not channel.available() or not self.budget.take():
             self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(-1, errno.ENOSYS, 0, 0)))
             return
-        self.transport = self.memory.transport = SharedChannel(self.sock, max_payload=MAX_CLIENT_PAYLOAD)
+        try:
+            self.transport = self.memory.transport = SharedChannel(self.sock, max_payload=MAX_CLIENT_PAYLOAD)
+        except BaseException:
+            self.budget.give_back()
+            raise
         log.debug("%s: on the shared-memory channel", self.name)
 
     def dispatch(self, msg: Msg, payload: bytes) -> bytes:
@@ -311,6 +319,7 @@ class Server:
         self.connections: dict[threading.Thread, Connection] = {}
         self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # for EMFILE
         self.calls = itertools.count()  # calls served, over every connection (next() is atomic)
+        self.budget = channel.Budget()  # the shared memory all connections may map at once
         self._warned: set[str] = set()
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
@@ -358,7 +367,7 @@ class Server:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
-            connection = Connection(self.kernel, sock, name, self.calls, self.trace, self.hello)
+            connection = Connection(self.kernel, sock, name, self.calls, self.trace, self.hello, self.budget)
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             self.connections[thread] = connection
             thread.start()

@@ -35,6 +35,7 @@ MAGIC = 0x4B564D53
 VERSION = 1
 MAX_PAYLOAD = 1 << 20
 WINDOW = 256  # read-ahead bytes at an ioctl's argument
+MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this (the kernel reads at most PAGE_SIZE)
 
 HEADER = struct.Struct("!IHHI")  # magic, version, type, length
 OPEN = struct.Struct("!i")  # flags; then the path's bytes

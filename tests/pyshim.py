@@ -27,7 +27,7 @@ class PyShim:
             assert wire.check_header(data[:12]) == (Msg.SHM_READY, 4) and len(fds) == 1, (data, fds)
             assert channel.READY.unpack(data[12:]) == (channel.CAPACITY,)
             self.shm = mmap.mmap(fds[0], channel.SIZE)
-            os_close(fds[0])
+            self.memfd = fds[0]  # kept: the hostile tests resize or reseal it
             self.ctl = memoryview(self.shm)[: channel.CONTROL].cast("I")
             self.rx_seq = self.ctl[channel.S2C_SEQ]
 
@@ -35,6 +35,7 @@ class PyShim:
         if self.shm is not None:
             self.ctl.release()
             self.shm.close()
+            os_close(self.memfd)
         self.sock.close()
 
     def send(self, frame: bytes) -> None:

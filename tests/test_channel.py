@@ -5,6 +5,7 @@ either side going away while the other waits."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -12,8 +13,9 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,96 @@ def test_stopping_the_server_hangs_up_attached_programs(tmp_path: Path, shim: Pa
     out = proc.communicate(b"go\n", timeout=30)[0]
     assert out.strip() == str(errno.EIO).encode()
     assert not os.path.exists(server.path)
+
+
+# -- a hostile peer's memfd and futex (issue: nothing one peer does takes down the other) -------
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda fd: os.ftruncate(fd, 0),  # the SIGBUS of the old server
+        lambda fd: os.ftruncate(fd, channel.SIZE * 4),
+        lambda fd: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE),  # no further seal
+    ],
+    ids=["shrink", "grow", "reseal"],
+)
+def test_the_memfd_cannot_be_resized_or_resealed_by_the_client(server: Server, attack: Callable[[int], object]) -> None:
+    bad = PyShim(server.path, shared=True)
+    assert fcntl.fcntl(bad.memfd, fcntl.F_GET_SEALS) & channel.SEALS == channel.SEALS
+    with pytest.raises(PermissionError):
+        attack(bad.memfd)
+    assert bad.open()[1] == 0  # the server still serves it ...
+    good = PyShim(server.path, shared=True)
+    assert good.open()[1] == 0  # ... and everyone else
+    bad.close()
+    good.close()
+
+
+def test_past_the_servers_shared_memory_cap_a_connection_keeps_the_socket(server: Server) -> None:
+    server.budget = channel.Budget(2 * channel.SIZE)
+    held = [PyShim(server.path, shared=True) for _ in range(2)]
+    third = PyShim(server.path)
+    third.sock.sendall(wire.frame(Msg.SHM))
+    msg, body = wire.read_frame(third.sock)
+    assert msg == Msg.RESULT and wire.RESULT.unpack(body)[:2] == (-1, errno.ENOSYS)
+    assert third.open()[1] == 0
+    held.pop().close()
+    deadline = time.monotonic() + 10
+    while server.budget.left == 0:  # the server thread gives the channel back as it closes
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    again = PyShim(server.path, shared=True)  # its memory came back
+    assert again.open()[1] == 0
+    for s in (*held, third, again):
+        s.close()
+
+
+def test_a_futex_storm_pauses_the_stormer_only(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(channel, "_pause", pauses.append)
+    stormer, honest = PyShim(server.path, shared=True), PyShim(server.path, shared=True)
+    assert stormer.open()[1] == honest.open()[1] == 0
+    deadline = time.monotonic() + 10
+    while len(pauses) < 4:  # wakes with nothing sent, as fast as it can
+        assert time.monotonic() < deadline, "the server never paused the stormer"
+        channel.wake(stormer.shm, channel.C2S_SEQ)  # type: ignore[arg-type]
+    assert pauses[:3] == [channel.PAUSE_MIN, 2 * channel.PAUSE_MIN, 4 * channel.PAUSE_MIN]
+    assert all(p <= channel.PAUSE_MAX for p in pauses)
+    before = len(pauses)
+    for _ in range(50):
+        assert honest.ioctl(honest.open()[0], server.kernel.KVM_GET_API_VERSION)[:2] == (12, 0)
+    assert stormer.open()[1] == 0  # the stormer is still served, after its pause
+    assert len(pauses) - before < 5  # the honest one's waits were not paused
+    stormer.close()
+    honest.close()
+
+
+@needs_cc
+def test_the_shim_refuses_an_unsealed_memfd(shim: Path, c_client: Path, tmp_path: Path) -> None:
+    """A server of our own uid offering a memfd it could still shrink: the program gets EIO
+    and one line, never a SIGBUS."""
+    path = tmp_path / "kvm.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            assert wire.read_frame(conn)[0] == Msg.SHM
+            fd = os.memfd_create("unsealed")
+            os.ftruncate(fd, channel.SIZE)
+            socket.send_fds(conn, [wire.frame(Msg.SHM_READY, channel.READY.pack(channel.CAPACITY))], [fd])
+            os.close(fd)
+            conn.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    kernel = Kernel.from_profile("powervm-p11")
+    env = shim_environment(ShimHost.of(kernel), str(path), shim)
+    r = subprocess.run([str(c_client)], env=env, capture_output=True, text=True, timeout=60)
+    listener.close()
+    assert r.returncode != -signal.SIGBUS and r.returncode < 128, r
+    assert "refusing the server's shared memory: it is not sealed" in r.stderr
+    assert '"name": "EIO"' in r.stdout

@@ -70,9 +70,11 @@ enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, M
 
 /* struct kvmsim_shm (kvmsim/channel.py): a 64-byte control block of u32 words, then one frame
  * area each way.  Native byte order. */
-#define SHM_CAPACITY (12u + MAX_PAYLOAD)
+#define MAX_USER_COPY 65536u /* kvmsim/wire.py MAX_USER_COPY */
+#define SHM_CAPACITY (12u + 2u * MAX_USER_COPY + 4096u) /* kvmsim/channel.py CAPACITY */
 #define SHM_CONTROL 64u
 #define SHM_SIZE (SHM_CONTROL + 2u * SHM_CAPACITY)
+#define SHM_SEALS (F_SEAL_SHRINK | F_SEAL_GROW) /* what the memfd must carry before it is mapped */
 enum { C2S_SEQ, C2S_LEN, C2S_WAIT, S2C_SEQ, S2C_LEN, S2C_WAIT };
 #define SHM_SPIN_NS 300000L   /* spin this long for an answer before sleeping */
 #define SHM_SLEEP_NS 100000000L /* a sleep's length; then the socket is checked for the server's exit */
@@ -463,6 +465,13 @@ static int open_channel(void)
 		struct stat st;
 		if (recv_all(&cap, 4) || be32toh(cap) != SHM_CAPACITY || fstat(fd, &st) || st.st_size != (off_t)SHM_SIZE)
 			goto broken;
+		/* a memfd the server could still shrink would SIGBUS this program under its mapping */
+		int seals = real_fcntl(fd, F_GET_SEALS);
+		if (seals < 0 || (seals & SHM_SEALS) != SHM_SEALS) {
+			static const char msg[] = "kvmsim shim: refusing the server's shared memory: it is not sealed\n";
+			(void)!write(2, msg, sizeof(msg) - 1);
+			goto broken;
+		}
 		void *map = mmap(NULL, SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		real_close(fd);
 		if (map == MAP_FAILED)
