@@ -92,10 +92,7 @@ static int (*real_dup2)(int, int);
 static int (*real_dup3)(int, int, int);
 static int (*real_fcntl)(int, int, ...);
 static int (*real_fcntl64)(int, int, ...);
-static int (*real_access)(const char *, int);
 static int (*real_faccessat)(int, const char *, int, int);
-static int (*real_stat)(const char *, struct stat *);
-static int (*real_lstat)(const char *, struct stat *);
 static int (*real_fstatat)(int, const char *, struct stat *, int);
 static FILE *(*real_fopen)(const char *, const char *);
 static DIR *(*real_opendir)(const char *);
@@ -114,20 +111,46 @@ static int use_pipe;
 static int32_t kfd_of[MAX_FD]; /* kernel fd + 1; 0 = not emulated */
 static int32_t refs[MAX_FD];   /* descriptors of this process per kernel fd (dup shares one file) */
 
-/* The shim's lock, taken with every signal blocked: a signal handler that calls dup() or
- * close() while this thread is inside an emulated call would otherwise deadlock on it. */
-static void enter(sigset_t *saved)
+/* The shim's lock.  Signals are blocked only while it is taken or given back with this
+ * thread's mark (so a handler never finds the two apart), never across the wait for the
+ * server: a stalled server leaves the program killable by SIGTERM and Ctrl-C.  A handler that
+ * interrupted this thread's own simulated call cannot make another on the same connection:
+ * its call fails with EINTR (a close still closes, and its kernel file is released when the
+ * interrupted call ends). */
+static __thread int in_shim; /* this thread holds the lock */
+static int deferred[16];     /* kernel fds a nested close released, for leave() to close */
+static int ndeferred;
+
+static int enter(void)
 {
-	sigset_t all;
+	sigset_t all, saved;
 	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, saved);
+	pthread_sigmask(SIG_BLOCK, &all, &saved);
+	if (in_shim) {
+		pthread_sigmask(SIG_SETMASK, &saved, NULL);
+		errno = EINTR;
+		return -1;
+	}
 	pthread_mutex_lock(&lock);
+	in_shim = 1;
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	return 0;
 }
 
-static void leave(const sigset_t *saved)
+static void release_kfd(int kfd);
+
+static void leave(void)
 {
+	sigset_t all, saved;
+	int e = errno;
+	while (ndeferred > 0) /* what a handler closed while this thread waited */
+		release_kfd(deferred[--ndeferred]);
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &saved);
+	in_shim = 0;
 	pthread_mutex_unlock(&lock);
-	pthread_sigmask(SIG_SETMASK, saved, NULL);
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	errno = e;
 }
 
 /* The shim's own descriptors (its socket, the memory pipe): a program's close loops,
@@ -204,8 +227,20 @@ static void child_after_fork(void)
 	shm = NULL;
 	memset(kfd_of, 0, sizeof(kfd_of));
 	memset(refs, 0, sizeof(refs));
+	ndeferred = 0;
+	in_shim = 0;
 	pthread_mutex_init(&lock, NULL);
 }
+
+static void take_dir_ids(void);
+static int want_socket;         /* $KVMSIM_CHANNEL=socket */
+static int host_dev_kvm = 1;    /* $KVMSIM_DEV_KVM */
+static const char *host_root;   /* $KVMSIM_ROOT */
+static const char *server_path; /* $KVMSIM_SOCKET */
+static const char *machine;     /* $KVMSIM_MACHINE */
+/* How long one call may wait for the server ($KVMSIM_TIMEOUT seconds, README "Security"):
+ * then it fails with EIO and the connection is given up. */
+static long long deadline_ns = 30LL * 1000000000LL;
 
 __attribute__((constructor)) static void shim_init(void)
 {
@@ -227,24 +262,33 @@ __attribute__((constructor)) static void shim_init(void)
 	real_fcntl64 = dlsym(RTLD_NEXT, "fcntl64");
 	if (!real_fcntl64)
 		real_fcntl64 = real_fcntl;
-	real_access = dlsym(RTLD_NEXT, "access");
 	real_faccessat = dlsym(RTLD_NEXT, "faccessat");
-	real_stat = dlsym(RTLD_NEXT, "stat");
-	real_lstat = dlsym(RTLD_NEXT, "lstat");
 	real_fstatat = dlsym(RTLD_NEXT, "fstatat");
 	real_fopen = dlsym(RTLD_NEXT, "fopen");
 	real_opendir = dlsym(RTLD_NEXT, "opendir");
 	real_statx = dlsym(RTLD_NEXT, "statx");
+	/* the environment is read once, here: a program may change its own later */
 	const char *memory = getenv("KVMSIM_MEMORY");
 	use_pipe = memory && strcmp(memory, "pipe") == 0;
+	const char *channel = getenv("KVMSIM_CHANNEL");
+	want_socket = channel && !strcmp(channel, "socket");
+	const char *dev_kvm = getenv("KVMSIM_DEV_KVM");
+	host_dev_kvm = !dev_kvm || strcmp(dev_kvm, "0") != 0;
+	const char *root = getenv("KVMSIM_ROOT");
+	host_root = root && *root ? root : NULL;
+	const char *timeout = getenv("KVMSIM_TIMEOUT");
+	if (timeout && *timeout) {
+		char *end;
+		double seconds = strtod(timeout, &end);
+		if (!*end && seconds > 0 && seconds < 1e6)
+			deadline_ns = (long long)(seconds * 1e9);
+	}
+	server_path = getenv("KVMSIM_SOCKET");
+	machine = getenv("KVMSIM_MACHINE");
+	take_dir_ids();
 	pthread_atfork(NULL, NULL, child_after_fork);
 }
 
-static int canonical(int dirfd, const char *path, char *out, size_t size);
-static int names_dev_kvm(const char *p);
-
-/* Does opening path (relative to dirfd) open /dev/kvm?  Every spelling counts: //dev/kvm,
- * /dev/../dev/kvm, a relative path, a dirfd of /dev, a symlink to it. */
 static void shim_init(void);
 
 /* Another library's constructor may call us before ours ran (libselinux calls fopen). */
@@ -252,16 +296,6 @@ static inline void ensure(void)
 {
 	if (!real_close)
 		shim_init();
-}
-
-static int is_kvm_open(int dirfd, const char *path)
-{
-	char canon[PATH_MAX];
-	if (!path)
-		return 0;
-	if (!strcmp(path, "/dev/kvm"))
-		return 1;
-	return canonical(dirfd, path, canon, sizeof(canon)) == 0 && names_dev_kvm(canon);
 }
 
 static int emulated(int fd)
@@ -311,6 +345,14 @@ static long elapsed_ns(const struct timespec *since)
 	return (now.tv_sec - since->tv_sec) * 1000000000L + (now.tv_nsec - since->tv_nsec);
 }
 
+static struct timespec call_began; /* when the call in progress was sent (under the lock) */
+
+/* Nanoseconds left before the call in progress fails (<= 0: it has failed). */
+static long long time_left(void)
+{
+	return deadline_ns - elapsed_ns(&call_began);
+}
+
 /* The next s2c message: spin a while (the server is working on it), then sleep on the futex. */
 static int shm_next(void)
 {
@@ -322,7 +364,8 @@ static int shm_next(void)
 			const struct timespec sleep = {0, SHM_SLEEP_NS};
 			__atomic_store_n(shm_word(S2C_WAIT), 1, __ATOMIC_SEQ_CST); /* then read seq: Dekker */
 			while (__atomic_load_n(seq, __ATOMIC_SEQ_CST) == rx_seq) {
-				if (futex(seq, FUTEX_WAIT, rx_seq, &sleep) < 0 && errno == ETIMEDOUT && server_gone()) {
+				if (futex(seq, FUTEX_WAIT, rx_seq, &sleep) < 0 && errno == ETIMEDOUT &&
+				    (server_gone() || time_left() <= 0)) {
 					__atomic_store_n(shm_word(S2C_WAIT), 0, __ATOMIC_RELAXED);
 					return -1;
 				}
@@ -377,7 +420,18 @@ static int recv_all(void *buf, size_t n)
 		return shm_recv(buf, n);
 	char *p = buf;
 	while (n) {
-		ssize_t r = recv(sock, p, n, 0);
+		struct pollfd pfd = {.fd = sock, .events = POLLIN};
+		long long left = time_left();
+		if (left <= 0)
+			return -1; /* the server has not answered within the deadline */
+		int ready = poll(&pfd, 1, (int)(left / 1000000 + 1));
+		if (ready < 0 && errno == EINTR)
+			continue; /* a handler ran: keep waiting */
+		if (ready <= 0)
+			continue; /* the deadline is checked above */
+		ssize_t r = recv(sock, p, n, MSG_DONTWAIT);
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			continue;
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
@@ -430,7 +484,6 @@ static int recv_header(uint16_t *type, uint32_t *len)
  * cannot offer it (or $KVMSIM_CHANNEL=socket); -1 when the connection broke. */
 static int open_channel(void)
 {
-	const char *want = getenv("KVMSIM_CHANNEL");
 	unsigned char hdr[12];
 	char control[CMSG_SPACE(4 * sizeof(int))];
 	struct iovec iov = {.iov_base = hdr, .iov_len = sizeof(hdr)};
@@ -439,10 +492,21 @@ static int open_channel(void)
 	uint32_t len, cap;
 	ssize_t r;
 	int fd = -1;
-	if (want && !strcmp(want, "socket"))
+	if (want_socket)
 		return 0;
 	if (send_frame(SHM, NULL, 0, NULL, 0))
 		return -1;
+	for (;;) { /* the answer, within the deadline */
+		struct pollfd pfd = {.fd = sock, .events = POLLIN};
+		long long left = time_left();
+		if (left <= 0)
+			return -1;
+		int ready = poll(&pfd, 1, (int)(left / 1000000 + 1));
+		if (ready > 0)
+			break;
+		if (ready < 0 && errno != EINTR)
+			return -1;
+	}
 	do
 		r = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
 	while (r < 0 && errno == EINTR);
@@ -516,9 +580,10 @@ static void disconnect(void);
 static int connect_server(void)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	const char *path = getenv("KVMSIM_SOCKET");
+	const char *path = server_path;
 	if (sock >= 0)
 		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &call_began); /* the handshake has the same deadline as a call */
 	if (lost) { /* whatever listens at the path now is not the server this process trusted */
 		errno = EIO;
 		return -1;
@@ -590,7 +655,7 @@ static int pipe_ready(void)
 
 static void pipe_drain(void)
 {
-	char junk[4096];
+	char junk[256];
 	while (read(mem_pipe[0], junk, sizeof(junk)) > 0)
 		;
 }
@@ -697,6 +762,7 @@ static int mem_write(uint64_t addr, const void *buf, size_t n, uint32_t *done)
 
 static long call(uint16_t type, const void *req, size_t reqn, const void *tail, size_t tailn, uint32_t *flags)
 {
+	clock_gettime(CLOCK_MONOTONIC, &call_began);
 	if (send_frame(type, req, reqn, tail, tailn))
 		goto broken;
 	for (;;) {
@@ -820,15 +886,15 @@ static int emu_open(const char *path, int flags)
 {
 	uint32_t fl;
 	int fd = -1;
-	sigset_t saved_mask;
-	enter(&saved_mask);
+	if (enter())
+		return -1;
 	if (connect_server() == 0) {
 		uint32_t be_flags = htobe32((uint32_t)flags);
 		long kfd = call(OPEN, &be_flags, 4, path, strlen(path), &fl);
 		if (kfd >= 0)
 			fd = placeholder((int)kfd, flags & O_CLOEXEC);
 	}
-	leave(&saved_mask);
+	leave();
 	return fd;
 }
 
@@ -844,8 +910,8 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	memcpy(req + 4, &cmd, 4);
 	memcpy(req + 8, &a, 8);
 	find_stack(); /* before the lock: it may read /proc/self/maps */
-	sigset_t saved_mask;
-	enter(&saved_mask);
+	if (enter())
+		return -1;
 	size_t n = sock >= 0 ? mem_read_prefix((uint64_t)(uintptr_t)arg, window, sizeof(window)) : 0;
 	in_ioctl = 1;
 	arg_base = (uint64_t)(uintptr_t)arg;
@@ -854,22 +920,32 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	ret = (int)r;
 	if (r >= 0 && (fl & RESULT_NEW_FD))
 		ret = placeholder((int)r, 1);
-	leave(&saved_mask);
+	leave();
 	return ret;
 }
 
-/* Forget that fd stands for its kernel fd; the kernel's file closes with the last one. */
-static void emu_release(int fd)
+/* One descriptor of kernel fd kfd is gone; the kernel's file closes with the last one. */
+static void release_kfd(int kfd)
 {
 	uint32_t fl;
-	int kfd = kfd_of[fd] - 1;
 	int32_t be_kfd = htobe32((uint32_t)kfd);
-	sigset_t saved_mask;
-	enter(&saved_mask);
-	kfd_of[fd] = 0;
 	if (kfd >= 0 && kfd < MAX_FD && --refs[kfd] == 0 && sock >= 0)
 		call(CLOSE, &be_kfd, 4, NULL, 0, &fl);
-	leave(&saved_mask);
+}
+
+/* Forget that fd stands for its kernel fd. */
+static void emu_release(int fd)
+{
+	int kfd = kfd_of[fd] - 1;
+	if (enter()) { /* a handler, while this thread waits on the server: leave() closes it */
+		kfd_of[fd] = 0;
+		if (ndeferred < (int)(sizeof(deferred) / sizeof(deferred[0])))
+			deferred[ndeferred++] = kfd;
+		return;
+	}
+	kfd_of[fd] = 0;
+	release_kfd(kfd);
+	leave();
 }
 
 static int emu_close(int fd)
@@ -883,21 +959,23 @@ static int emu_dup(int oldfd, int newfd)
 {
 	if (newfd < 0 || newfd >= MAX_FD || newfd == oldfd)
 		return newfd;
-	sigset_t saved_mask;
-	enter(&saved_mask);
+	if (enter()) { /* a handler, while this thread waits on the server */
+		real_close(newfd);
+		errno = EINTR;
+		return -1;
+	}
 	int kfd = emulated(oldfd) ? kfd_of[oldfd] - 1 : -1;
 	if (kfd >= 0) {
 		kfd_of[newfd] = kfd + 1;
 		if (kfd < MAX_FD)
 			refs[kfd]++;
 	}
-	leave(&saved_mask);
+	leave();
 	return newfd;
 }
 
 /* ---- the intercepted entry points -------------------------------------------------- */
 
-static const char *viewed(int dirfd, const char *path, char *buf, size_t size);
 static int host_has_dev_kvm(void);
 
 /* open(2) of /dev/kvm: the flags keep their meaning for a character device. */
@@ -923,58 +1001,6 @@ static int kvm_open(int flags)
 static mode_t mode_arg(int flags, va_list ap)
 {
 	return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? (mode_t)va_arg(ap, int) : 0;
-}
-
-int open(const char *path, int flags, ...)
-{
-	ensure();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	char buf[PATH_MAX];
-	if (is_kvm_open(AT_FDCWD, path))
-		return kvm_open(flags);
-	return real_open(viewed(AT_FDCWD, path, buf, sizeof(buf)), flags, mode);
-}
-
-int open64(const char *path, int flags, ...)
-{
-	ensure();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	char buf[PATH_MAX];
-	if (is_kvm_open(AT_FDCWD, path))
-		return kvm_open(flags);
-	return real_open64(viewed(AT_FDCWD, path, buf, sizeof(buf)), flags, mode);
-}
-
-int openat(int dirfd, const char *path, int flags, ...)
-{
-	ensure();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	char buf[PATH_MAX];
-	if (is_kvm_open(dirfd, path))
-		return kvm_open(flags);
-	return real_openat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), flags, mode);
-}
-
-int openat64(int dirfd, const char *path, int flags, ...)
-{
-	ensure();
-	va_list ap;
-	va_start(ap, flags);
-	mode_t mode = mode_arg(flags, ap);
-	va_end(ap);
-	char buf[PATH_MAX];
-	if (is_kvm_open(dirfd, path))
-		return kvm_open(flags);
-	return real_openat64(dirfd, viewed(dirfd, path, buf, sizeof(buf)), flags, mode);
 }
 
 int __open_2(const char *path, int flags) { return open(path, flags); }
@@ -1044,17 +1070,15 @@ void closefrom(int lowfd)
 /* The program is about to dup2() onto fd: if the shim uses it, move the shim's elsewhere. */
 static void protect(int fd)
 {
-	if (!internal(fd))
+	if (!internal(fd) || enter())
 		return;
-	sigset_t saved_mask;
-	enter(&saved_mask);
 	if (fd == sock)
 		sock = relocate(sock);
 	else if (fd == mem_pipe[0])
 		mem_pipe[0] = relocate(mem_pipe[0]);
 	else if (fd == mem_pipe[1])
 		mem_pipe[1] = relocate(mem_pipe[1]);
-	leave(&saved_mask);
+	leave();
 }
 
 int dup(int oldfd)
@@ -1131,7 +1155,6 @@ int uname(struct utsname *buf)
 {
 	ensure();
 	int r = real_uname(buf);
-	const char *machine = getenv("KVMSIM_MACHINE");
 	if (r == 0 && machine && *machine) {
 		strncpy(buf->machine, machine, sizeof(buf->machine) - 1);
 		buf->machine[sizeof(buf->machine) - 1] = '\0';
@@ -1141,218 +1164,335 @@ int uname(struct utsname *buf)
 
 /* ---- the simulated host's files: $KVMSIM_ROOT holds /proc/device-tree, /proc/cpuinfo and
  * /sys/module/kvm* as the simulated kernel shows them (kvmsim.hostfs); /dev/kvm exists when
- * $KVMSIM_DEV_KVM is 1.  Paths are made absolute and normal first (//, /./, .., a dirfd, the
- * real symlinks of the directories above), without following the last component. ---- */
+ * $KVMSIM_DEV_KVM is 1.
+ *
+ * A path is looked up as the kernel walks it (fs/namei.c): component by component from the
+ * directory it starts in, each symlink's target spliced in where it was met (so `..` after
+ * a symlinked directory climbs from where the link led, not from its text), `..` at the
+ * root staying there.  The real directories are opened O_PATH on the way; where one is this
+ * machine's /dev, /proc or /sys/module (by identity, not by name), the next component decides:
+ * kvm under /dev is the simulated device, cpuinfo or device-tree under /proc and kvm* under
+ * /sys/module are the host's copies under $KVMSIM_ROOT.
+ *
+ * Only a path with such a name in it is walked at all (the cheap test, no system call); the
+ * walk's buffers are one mmap'd scratch area, so an intercepted call needs well under 1 KiB
+ * of stack (a signal handler on an 8 KiB sigaltstack may open a file).  A name that says
+ * none of those can reach the simulated device only through a symlink: open() learns that
+ * from the real kernel's answer (a character device 10:232), and the stat family does not
+ * (README "Choices"). ---- */
 
-static int canonical(int dirfd, const char *path, char *out, size_t size)
+enum { PATH_REAL, PATH_DEV_KVM, PATH_VIEW };
+#define SCRATCH (3 * PATH_MAX) /* the viewed path, the rest of the walk, a symlink's target */
+#define MAX_LINKS 40           /* the kernel's MAXSYMLINKS */
+
+struct lookup {
+	int kind;
+	char *buf; /* PATH_VIEW: the path under $KVMSIM_ROOT (in the mmap'd scratch) */
+};
+
+struct dir_id {
+	dev_t dev;
+	ino_t ino;
+};
+static struct dir_id dev_dir, proc_dir, module_dir; /* this machine's, taken at init */
+
+static void take_dir_ids(void)
 {
-	char buf[PATH_MAX];
-	if (!path || !*path)
-		return -1;
-	if (path[0] == '/')
-		snprintf(buf, sizeof(buf), "%s", path);
-	else {
-		char base[PATH_MAX];
-		if (dirfd == AT_FDCWD) {
-			if (!getcwd(base, sizeof(base)))
-				return -1;
-		} else {
-			char link[64];
-			snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
-			ssize_t n = readlink(link, base, sizeof(base) - 1);
-			if (n < 0)
-				return -1;
-			base[n] = 0;
-		}
-		int w = snprintf(buf, sizeof(buf), "%s/%s", base, path);
-		if (w < 0 || (size_t)w >= sizeof(buf))
-			return -1;
-	}
-	/* lexical: split on '/', drop '' and '.', pop on '..' */
-	char *parts[PATH_MAX / 2];
-	int n = 0;
-	for (char *save, *tok = strtok_r(buf, "/", &save); tok; tok = strtok_r(NULL, "/", &save)) {
-		if (!strcmp(tok, "."))
-			continue;
-		if (!strcmp(tok, "..")) {
-			if (n)
-				n--;
-			continue;
-		}
-		parts[n++] = tok;
-	}
-	size_t len = 0;
-	out[0] = 0;
-	for (int i = 0; i < n; i++) {
-		int w = snprintf(out + len, size - len, "/%s", parts[i]);
-		if (w < 0 || (size_t)w >= size - len)
-			return -1;
-		len += (size_t)w;
-	}
-	if (!n)
-		snprintf(out, size, "/");
-	/* the directories above may be symlinks (e.g. a link to /dev): resolve them, not the last */
-	char *slash = strrchr(out, '/');
-	if (slash && slash != out) {
-		char dir[PATH_MAX], real[PATH_MAX], last[PATH_MAX];
-		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - out), out);
-		snprintf(last, sizeof(last), "%s", slash + 1);
-		if (realpath(dir, real)) {
-			int w = snprintf(out, size, "%s/%s", strcmp(real, "/") ? real : "", last);
-			if (w < 0 || (size_t)w >= size)
-				return -1;
-		}
+	struct stat st;
+	struct {
+		const char *path;
+		struct dir_id *id;
+	} dirs[] = {{"/dev", &dev_dir}, {"/proc", &proc_dir}, {"/sys/module", &module_dir}};
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
+		if (real_fstatat(AT_FDCWD, dirs[i].path, &st, 0) == 0)
+			*dirs[i].id = (struct dir_id){st.st_dev, st.st_ino};
+}
+
+static int same_dir(const struct stat *st, const struct dir_id *id)
+{
+	return id->ino && st->st_dev == id->dev && st->st_ino == id->ino;
+}
+
+/* (not inline in the hooks: their path is declared nonnull, and a NULL does arrive) */
+static int empty(const char *p)
+{
+	return !p || !*p;
+}
+
+static int component_is(const char *p, size_t len, const char *name)
+{
+	return len == strlen(name) && !memcmp(p, name, len);
+}
+
+/* The cheap test: could path name a simulated file?  A component kvm, cpuinfo or
+ * device-tree, or kvm* after module (or first, for a walk that starts in /sys/module). */
+static int hinted(const char *path)
+{
+	const char *p = path, *prev = NULL;
+	size_t prev_len = 0;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		const char *end = p;
+		while (*end && *end != '/')
+			end++;
+		size_t len = (size_t)(end - p);
+		if (component_is(p, len, "kvm") || component_is(p, len, "cpuinfo") || component_is(p, len, "device-tree"))
+			return 1;
+		if (len >= 3 && !memcmp(p, "kvm", 3) &&
+		    ((prev && component_is(prev, prev_len, "module")) || (!prev && path[0] != '/')))
+			return 1;
+		prev = p;
+		prev_len = len;
+		p = end;
 	}
 	return 0;
 }
 
-/* Is canonical path p the simulated /dev/kvm, following a final symlink to it? */
-static int names_dev_kvm(const char *p)
+static int host_has_dev_kvm(void);
+
+/* Write root + prefix + tail into out; 0 when it fits. */
+static int viewed_path(char *out, const char *prefix, const char *tail)
 {
-	if (!strcmp(p, "/dev/kvm"))
-		return 1;
-	char target[PATH_MAX];
-	ssize_t n = readlink(p, target, sizeof(target) - 1);
-	if (n <= 0)
-		return 0;
-	target[n] = 0;
-	char resolved[PATH_MAX], dir[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s", p);
-	char *slash = strrchr(dir, '/');
-	if (slash)
-		*slash = 0;
-	int dirfd = real_open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int ok = dirfd >= 0 && canonical(target[0] == '/' ? AT_FDCWD : dirfd, target, resolved, sizeof(resolved)) == 0 &&
-	         !strcmp(resolved, "/dev/kvm");
-	if (dirfd >= 0)
-		real_close(dirfd);
-	return ok;
+	int w = snprintf(out, PATH_MAX, "%s%s%s", host_root, prefix, tail);
+	return w > 0 && w < PATH_MAX ? 0 : -1;
+}
+
+/* Walk path from dirfd (see above); scratch is SCRATCH bytes.  PATH_REAL where the path
+ * is this machine's, or where the walk itself fails (the real call then says why). */
+static int walk(int dirfd, const char *path, int follow, char *scratch)
+{
+	char *out = scratch, *rest = scratch + PATH_MAX, *link = scratch + 2 * PATH_MAX;
+	size_t n = strlen(path);
+	if (n >= PATH_MAX)
+		return PATH_REAL;
+	memcpy(rest, path, n + 1);
+	int cur = real_openat(rest[0] == '/' ? AT_FDCWD : dirfd, rest[0] == '/' ? "/" : ".",
+	                      O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (cur < 0)
+		return PATH_REAL;
+	int kind = PATH_REAL, links = 0;
+	char *p = rest;
+	for (;;) {
+		while (*p == '/')
+			p++;
+		if (!*p)
+			break;
+		char *end = p;
+		while (*end && *end != '/')
+			end++;
+		size_t len = (size_t)(end - p);
+		char *next = end;
+		while (*next == '/')
+			next++;
+		int last = !*next;
+		struct stat st;
+		if (fstat(cur, &st) < 0)
+			break;
+		if (same_dir(&st, &dev_dir) && component_is(p, len, "kvm")) {
+			kind = last ? PATH_DEV_KVM : PATH_REAL;
+			break;
+		}
+		if (host_root && ((same_dir(&st, &proc_dir) && (component_is(p, len, "cpuinfo") ||
+		                                                 component_is(p, len, "device-tree"))) ||
+		                  (same_dir(&st, &module_dir) && len >= 3 && !memcmp(p, "kvm", 3)))) {
+			if (viewed_path(out, same_dir(&st, &proc_dir) ? "/proc/" : "/sys/module/", p) == 0)
+				kind = PATH_VIEW;
+			break;
+		}
+		if ((last && !follow) || len > NAME_MAX)
+			break;
+		char name[NAME_MAX + 1];
+		memcpy(name, p, len);
+		name[len] = 0;
+		if (real_fstatat(cur, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			break;
+		if (S_ISLNK(st.st_mode)) { /* splice the target in front of what is left */
+			ssize_t t = readlinkat(cur, name, link, PATH_MAX - 1);
+			size_t left = strlen(next);
+			if (++links > MAX_LINKS || t <= 0 || (size_t)t + 1 + left >= PATH_MAX)
+				break;
+			if (left) {
+				memmove(rest + t + 1, next, left + 1);
+				rest[t] = '/';
+			} else
+				rest[t] = 0;
+			memcpy(rest, link, (size_t)t);
+			p = rest;
+			if (link[0] == '/') {
+				int root = real_openat(AT_FDCWD, "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+				if (root < 0)
+					break;
+				real_close(cur);
+				cur = root;
+			}
+			continue;
+		}
+		if (last || !S_ISDIR(st.st_mode))
+			break;
+		int sub = real_openat(cur, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0)
+			break;
+		real_close(cur);
+		cur = sub;
+		p = next;
+	}
+	real_close(cur);
+	return kind;
+}
+
+/* What path (from dirfd) names: this machine's file, the simulated /dev/kvm, or the host's
+ * copy (l->buf).  Release with lookup_done(). */
+static int lookup(int dirfd, const char *path, int follow, struct lookup *l)
+{
+	l->kind = PATH_REAL;
+	l->buf = NULL;
+	if (!path || !*path || !hinted(path))
+		return PATH_REAL;
+	if (!strcmp(path, "/dev/kvm"))
+		return l->kind = PATH_DEV_KVM;
+	void *scratch = mmap(NULL, SCRATCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (scratch == MAP_FAILED)
+		return PATH_REAL;
+	l->buf = scratch;
+	return l->kind = walk(dirfd, path, follow, scratch);
+}
+
+static void lookup_done(struct lookup *l)
+{
+	if (l->buf) {
+		int e = errno;
+		munmap(l->buf, SCRATCH);
+		errno = e;
+		l->buf = NULL;
+	}
+}
+
+/* The path the real call is given: the host's copy, or the program's own. */
+static const char *real_path(const struct lookup *l, const char *path)
+{
+	return l->kind == PATH_VIEW ? l->buf : path;
 }
 
 static int host_has_dev_kvm(void)
 {
-	const char *v = getenv("KVMSIM_DEV_KVM");
-	return !v || strcmp(v, "0") != 0;
+	return host_dev_kvm;
 }
 
-/* Where the program's path really is: the simulated host's copy, or the path itself. */
-static const char *viewed(int dirfd, const char *path, char *buf, size_t size)
+/* A stat of the simulated /dev/kvm: a character device 10:232, mode 0660, root's; or ENOENT
+ * where the host has none. */
+static int dev_kvm_stat(struct stat *st)
 {
-	const char *root = getenv("KVMSIM_ROOT");
-	char canon[PATH_MAX];
-	if (!root || !*root || !path || canonical(dirfd, path, canon, sizeof(canon)) < 0)
-		return path;
-	if (!strncmp(canon, "/proc/device-tree", 17) || !strcmp(canon, "/proc/cpuinfo") ||
-	    !strncmp(canon, "/sys/module/kvm", 15)) {
-		snprintf(buf, size, "%s%s", root, canon);
-		return buf;
+	if (!host_has_dev_kvm()) {
+		errno = ENOENT;
+		return -1;
 	}
-	return path;
-}
-
-/* A stat of the simulated /dev/kvm: a character device 10:232, mode 0660, root's. */
-static void dev_kvm_stat(struct stat *st)
-{
 	memset(st, 0, sizeof(*st));
 	st->st_mode = S_IFCHR | 0660;
 	st->st_rdev = makedev(10, 232);
 	st->st_nlink = 1;
 	st->st_blksize = 4096;
+	return 0;
 }
 
-static int is_dev_kvm_path(int dirfd, const char *path, int follow)
+/* Is this open file this machine's real /dev/kvm (reached through a symlink)? */
+static int is_real_dev_kvm(int fd)
 {
-	char canon[PATH_MAX];
-	if (!path || canonical(dirfd, path, canon, sizeof(canon)) < 0)
-		return 0;
-	return follow ? names_dev_kvm(canon) : !strcmp(canon, "/dev/kvm");
+	struct stat st;
+	return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(10, 232);
 }
 
-/* access(2) of the simulated /dev/kvm: 1 when answered (0 or -1 in *ret), 0 for the real one */
-static int dev_kvm_access_of(int dirfd, const char *path, int follow, int *ret)
+/* An open of a path that names no simulated file by name: the real one, unless the real
+ * kernel says it opened /dev/kvm (a symlink to it). */
+static int real_or_dev_kvm(int fd, int flags)
 {
-	if (!is_dev_kvm_path(dirfd, path, follow))
-		return 0;
-	*ret = host_has_dev_kvm() ? 0 : (errno = ENOENT, -1);
-	return 1;
+	if (fd < 0 || !is_real_dev_kvm(fd))
+		return fd;
+	real_close(fd);
+	return kvm_open(flags);
 }
 
+#define OPEN_HOOK(name, real, dirfd_expr, dirfd_param...)                                                 \
+	int name(dirfd_param const char *path, int flags, ...)                                             \
+	{                                                                                                   \
+		ensure();                                                                                   \
+		va_list ap;                                                                                 \
+		va_start(ap, flags);                                                                        \
+		mode_t mode = mode_arg(flags, ap);                                                          \
+		va_end(ap);                                                                                 \
+		struct lookup l;                                                                            \
+		int kind = lookup(dirfd_expr, path, !(flags & O_NOFOLLOW), &l), fd;                        \
+		if (kind == PATH_DEV_KVM)                                                                   \
+			fd = kvm_open(flags);                                                               \
+		else if (kind == PATH_VIEW)                                                                 \
+			fd = real(OPEN_ARGS_##dirfd_expr real_path(&l, path), flags, mode);                 \
+		else                                                                                        \
+			fd = real_or_dev_kvm(real(OPEN_ARGS_##dirfd_expr path, flags, mode), flags);        \
+		lookup_done(&l);                                                                            \
+		return fd;                                                                                  \
+	}
+#define OPEN_ARGS_AT_FDCWD
+#define OPEN_ARGS_dirfd dirfd,
+
+OPEN_HOOK(open, real_open, AT_FDCWD, )
+OPEN_HOOK(open64, real_open64, AT_FDCWD, )
+OPEN_HOOK(openat, real_openat, dirfd, int dirfd, )
+OPEN_HOOK(openat64, real_openat64, dirfd, int dirfd, )
+
+/* access(2)/faccessat(2) of the simulated /dev/kvm: it exists where the host has it */
 int access(const char *path, int mode)
 {
-	ensure();
-	char buf[PATH_MAX];
-	int ret;
-	if (dev_kvm_access_of(AT_FDCWD, path, 1, &ret))
-		return ret;
-	return real_access(viewed(AT_FDCWD, path, buf, sizeof(buf)), mode);
+	return faccessat(AT_FDCWD, path, mode, 0);
 }
 
 int faccessat(int dirfd, const char *path, int mode, int flags)
 {
 	ensure();
-	char buf[PATH_MAX];
-	int ret;
-	if (dev_kvm_access_of(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &ret))
-		return ret;
-	return real_faccessat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), mode, flags);
-}
-
-/* stat(2) of the simulated /dev/kvm: 1 when answered (0 or -1 in *ret), 0 for the real one */
-static int dev_kvm_stat_of(int dirfd, const char *path, int follow, struct stat *st, int *ret)
-{
-	if (!dev_kvm_access_of(dirfd, path, follow, ret))
-		return 0;
-	if (*ret == 0)
-		dev_kvm_stat(st);
-	return 1;
-}
-
-int stat(const char *path, struct stat *st)
-{
-	ensure();
-	char buf[PATH_MAX];
-	int ret;
-	if (dev_kvm_stat_of(AT_FDCWD, path, 1, st, &ret))
-		return ret;
-	return real_stat(viewed(AT_FDCWD, path, buf, sizeof(buf)), st);
-}
-
-int lstat(const char *path, struct stat *st)
-{
-	ensure();
-	char buf[PATH_MAX];
-	int ret;
-	if (dev_kvm_stat_of(AT_FDCWD, path, 0, st, &ret))
-		return ret;
-	return real_lstat(viewed(AT_FDCWD, path, buf, sizeof(buf)), st);
+	struct lookup l;
+	struct stat st;
+	int kind = lookup(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &l);
+	int r = kind == PATH_DEV_KVM ? dev_kvm_stat(&st) : real_faccessat(dirfd, real_path(&l, path), mode, flags);
+	lookup_done(&l);
+	return r;
 }
 
 int fstatat(int dirfd, const char *path, struct stat *st, int flags)
 {
 	ensure();
-	char buf[PATH_MAX];
-	int ret;
-	if (!((flags & AT_EMPTY_PATH) && !*path) && dev_kvm_stat_of(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), st, &ret))
-		return ret;
-	return real_fstatat(dirfd, viewed(dirfd, path, buf, sizeof(buf)), st, flags);
+	if ((flags & AT_EMPTY_PATH) && empty(path))
+		return real_fstatat(dirfd, path, st, flags);
+	struct lookup l;
+	int kind = lookup(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &l);
+	int r = kind == PATH_DEV_KVM ? dev_kvm_stat(st) : real_fstatat(dirfd, real_path(&l, path), st, flags);
+	lookup_done(&l);
+	return r;
 }
+
+int stat(const char *path, struct stat *st) { return fstatat(AT_FDCWD, path, st, 0); }
+int lstat(const char *path, struct stat *st) { return fstatat(AT_FDCWD, path, st, AT_SYMLINK_NOFOLLOW); }
 
 FILE *fopen(const char *path, const char *mode)
 {
 	ensure();
-	char buf[PATH_MAX];
-	if (is_kvm_open(AT_FDCWD, path)) {
+	struct lookup l;
+	FILE *f;
+	if (lookup(AT_FDCWD, path, 1, &l) == PATH_DEV_KVM) {
 		int fd = emu_open("/dev/kvm", O_RDWR | O_CLOEXEC);
-		return fd < 0 ? NULL : fdopen(fd, mode);
-	}
-	return real_fopen(viewed(AT_FDCWD, path, buf, sizeof(buf)), mode);
+		f = fd < 0 ? NULL : fdopen(fd, mode);
+	} else
+		f = real_fopen(real_path(&l, path), mode);
+	lookup_done(&l);
+	return f;
 }
 
 DIR *opendir(const char *path)
 {
 	ensure();
-	char buf[PATH_MAX];
-	return real_opendir(viewed(AT_FDCWD, path, buf, sizeof(buf)));
+	struct lookup l;
+	lookup(AT_FDCWD, path, 1, &l);
+	DIR *d = real_opendir(real_path(&l, path));
+	lookup_done(&l);
+	return d;
 }
 
 /* the same under their 64-bit names (what programs built with _FILE_OFFSET_BITS=64 call; on
@@ -1369,12 +1509,18 @@ FILE *fopen64(const char *path, const char *mode) { return fopen(path, mode); }
 int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx)
 {
 	ensure();
-	char buf[PATH_MAX];
+	if (!real_statx) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if ((flags & AT_EMPTY_PATH) && empty(path))
+		return real_statx(dirfd, path, flags, mask, stx);
+	struct lookup l;
 	struct stat st;
-	int ret;
-	if (!((flags & AT_EMPTY_PATH) && !*path) &&
-	    dev_kvm_stat_of(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &st, &ret)) {
-		if (ret == 0) {
+	int r, kind = lookup(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &l);
+	if (kind == PATH_DEV_KVM) {
+		r = dev_kvm_stat(&st);
+		if (r == 0) {
 			memset(stx, 0, sizeof(*stx));
 			stx->stx_mask = STATX_BASIC_STATS;
 			stx->stx_mode = st.st_mode;
@@ -1383,11 +1529,8 @@ int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *s
 			stx->stx_rdev_major = major(st.st_rdev);
 			stx->stx_rdev_minor = minor(st.st_rdev);
 		}
-		return ret;
-	}
-	if (!real_statx) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return real_statx(dirfd, viewed(dirfd, path, buf, sizeof(buf)), flags, mask, stx);
+	} else
+		r = real_statx(dirfd, real_path(&l, path), flags, mask, stx);
+	lookup_done(&l);
+	return r;
 }
