@@ -545,7 +545,7 @@ def soak_row(shim: Path) -> Row:
 
     logging.getLogger("kvmsim.serve").setLevel(logging.ERROR)  # thousands of hostile clients, by design
     torture = compile_c([ROOT / "tests" / "data" / "shim_torture.c"], flags=["-pthread"])
-    name = f"soak: 3 processes x 4 threads + 2 attackers, {SOAK_SECONDS:.0f} s"
+    name = f"soak: 3 processes x 4 threads + 4 attackers, {SOAK_SECONDS:.0f} s"
     fds_before, rss_before = len(os.listdir("/proc/self/fd")), _rss_kib()
     wrong = runs = garbage = 0
     with serving() as (kernel, server):
@@ -575,7 +575,51 @@ def soak_row(shim: Path) -> Row:
                 finally:
                     s.close()
 
+        shrinks = wakes = 0
+
+        def channel_attacker(storm: bool) -> None:
+            """The shared channel's attackers: shrink the memfd under the server's mapping
+            (refused: it is sealed), or storm its futex with wake-ups that send nothing."""
+            import fcntl as fcntl_
+            import mmap
+
+            from kvmsim import channel
+
+            nonlocal shrinks, wakes
+            if not channel.available():
+                return
+            while time.monotonic() < stop:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(2)
+                try:
+                    s.connect(server.path)
+                    s.sendall(wire.frame(wire.Msg.SHM))
+                    _data, fds, _f, _a = socket.recv_fds(s, 64, 1)
+                    if not fds:
+                        continue
+                    fd = fds[0]
+                    try:
+                        if not storm:
+                            try:
+                                os.ftruncate(fd, 0)
+                            except PermissionError:
+                                shrinks += 1
+                            fcntl_.fcntl(fd, fcntl_.F_GET_SEALS)
+                            continue
+                        with mmap.mmap(fd, channel.SIZE) as shared:
+                            until = min(stop, time.monotonic() + 0.5)
+                            while time.monotonic() < until:
+                                channel.wake(shared, channel.C2S_SEQ)
+                                wakes += 1
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    pass
+                finally:
+                    s.close()
+
         threads = [threading.Thread(target=attacker) for _ in range(2)]
+        threads += [threading.Thread(target=channel_attacker, args=(storm,)) for storm in (False, True)]
         for t in threads:
             t.start()
         while time.monotonic() < stop:
@@ -593,7 +637,8 @@ def soak_row(shim: Path) -> Row:
     time.sleep(0.5)  # connection threads finish closing
     fds_after, rss_after = len(os.listdir("/proc/self/fd")), _rss_kib()
     note = (
-        f"{served} calls, {runs} program runs, {wrong} wrong answers, {garbage} hostile clients; "
+        f"{served} calls, {runs} program runs, {wrong} wrong answers, {garbage} hostile clients, "
+        f"{shrinks} memfd shrinks refused, {wakes} futex-storm wake-ups; "
         f"RSS {rss_before // 1024} -> {rss_after // 1024} MiB; {fds_after - fds_before} fds leaked"
     )
     return Row(name, SOAK_SECONDS, "0 wrong, 0 fds leaked", wrong == 0 and fds_after == fds_before, note)
