@@ -15,8 +15,8 @@ from kvmsim.cliargs import (
     OneLineParser,
     add_hosts_option,
     add_revision_options,
-    int_arg,
     revisions,
+    u64_arg,
     use_hosts_dirs,
 )
 from kvmsim.uapi import DEFAULT_REVISION, DEV_KVM, REVISIONS, check_struct_size, negotiable
@@ -36,9 +36,13 @@ kernel before 7.3: no capability, no ioctl), and the posted drafts v5 (cap 250, 
 still negotiates, except for v5, which it cannot tell from linux-7.3 by capability and so
 speaks when asked.  With a real device --abi forces the client's protocol.  --cap/--ioctl-nr override the numbers of
 every revision (e.g. --ioctl-nr 0xb8) on both sides; --header reads them, and the struct's
-layout, from a kernel's <linux/kvm.h> (its _IOR macro means v4's rules, _IO v5's).  --fallback reads the partition's own
+layout, from a kernel's <linux/kvm.h> (an _IOR definition means v4's rules; _IO with nr 0xe4
+v5's; any other _IO, such as 7.3's _IO(KVMIO, 0xb8), linux-7.3's).  A forced --abi still checks
+its own capability on the VM fd first, as QEMU does.  --fallback reads the partition's own
 mode from /proc/device-tree/cpus/*/cpu-version when the kernel has no capability or answers
-ENOTTY; the result then says "source": "device-tree".
+ENOTTY; the result then says "source": "device-tree".  Numbers must fit the C type they end up
+in (--cap a C int, --ioctl-nr 8 bits, --struct-size a __u64); no more than 64 KiB (the largest
+PAGE_SIZE a powerpc kernel reads) is allocated for the struct, whatever its size field says.
 exit codes: 0 modes reported, 1 kernel error, 2 bad usage or profile, 3 host cannot answer"""
 
 
@@ -55,7 +59,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--abi", choices=list(REVISIONS), help="ABI revision (see below)")
     add_revision_options(p)
     add_hosts_option(p)
-    p.add_argument("--struct-size", type=int_arg, default=24, metavar="BYTES", help="the client's struct size")
+    p.add_argument(
+        "--struct-size",
+        type=u64_arg,
+        default=24,
+        metavar="BYTES",
+        help="the client's struct size (its __u64 size field)",
+    )
     p.add_argument("--fallback", action="store_true", help="fall back to the device tree, labelled so")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -82,13 +92,15 @@ def _text(result: CompatCaps) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.sim is not None and not args.sim.strip():
+        p.error("--sim: an empty host name (give a profile name or a .toml path)")
     use_hosts_dirs(args)
     try:
         check_struct_size(args.struct_size, "--struct-size")
         revs = revisions(args)
         device: Device
         tree = DeviceTree()
-        if args.sim:  # only now is the simulator loaded
+        if args.sim is not None:  # only now is the simulator loaded
             from kvmsim import Kernel, hostfs
             from kvmsim.user.simulated import SimDevice
 

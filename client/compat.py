@@ -15,6 +15,7 @@ from kvmsim.uapi import (
     KVM_API_VERSION,
     KVM_PPC_COMPAT_BITMASK,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    MAX_PAGE_SIZE,
     REVISIONS,
     AbiRevision,
     check_struct_size,
@@ -107,6 +108,23 @@ class NoDevice(CompatError):
         return {**super().to_json(), "errno": self.errno, "name": _errname(self.errno)}
 
 
+class NotKvm(CompatError):
+    """The device opened, but it is not KVM (its KVM_GET_API_VERSION fails)."""
+
+    exit_code = 3
+
+    def __init__(self, device: str, exc: KernelError) -> None:
+        super().__init__(f"{device}: not a KVM device (KVM_GET_API_VERSION: {exc.name})")
+        self.errno = exc.errno
+
+    @property
+    def kind(self) -> str:
+        return "no-device"
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "errno": self.errno, "name": _errname(self.errno)}
+
+
 class Unsupported(CompatError):
     """This kernel cannot answer: no capability (a kernel before 7.3), or an old API."""
 
@@ -186,7 +204,10 @@ class Session:
         except OSError as exc:
             raise NoDevice(self.device.name, exc) from None
         try:
-            version = self.call("KVM_GET_API_VERSION", self.dev, self.arch.kvm_get_api_version())
+            try:
+                version = self.call("KVM_GET_API_VERSION", self.dev, self.arch.kvm_get_api_version())
+            except KernelError as exc:
+                raise NotKvm(self.device.name, exc) from None
             if version != KVM_API_VERSION:
                 raise Unsupported(f"{self.device.name}: KVM API version {version}, expected {KVM_API_VERSION}")
             self.vm = self.call("KVM_CREATE_VM", self.dev, self.arch.kvm_create_vm(), 0)
@@ -213,15 +234,19 @@ class Session:
     def negotiate(self, opts: Options) -> AbiRevision:
         """The forced revision, else the newest whose capability the VM fd answers:
         250 → linux-7.3, else 249 → v4 (the v5 draft only when forced)."""
-        if opts.abi is not None:
+        if opts.abi is not None:  # forced: its own capability is still asked first, as QEMU does
             rev = opts.revisions[opts.abi]
-            if rev.abi is None:
+            if rev.abi is None or rev.cap is None:
                 raise Unsupported(f"{self.device.name}: --abi none: a kernel without the ioctl; {RAW_PVR_NOTE}")
+            if self.check_extension(rev.cap) <= 0:
+                raise Unsupported(
+                    f"{self.device.name}: --abi {rev.name}: the kernel has no capability {rev.cap} "
+                    f"on the VM fd; {RAW_PVR_NOTE}"
+                )
             return rev
         candidates = negotiable(opts.revisions.values())
         for rev in candidates:
-            assert rev.cap is not None
-            if self.check_extension(rev.cap) > 0:
+            if rev.cap is not None and self.check_extension(rev.cap) > 0:
                 return rev
         caps = ", ".join(f"{r.cap} ({r.name})" for r in candidates)
         raise Unsupported(
@@ -233,10 +258,13 @@ class Session:
         """Issue the ioctl; on E2BIG retry once with the size the kernel wrote back, when
         that size is at least KVM_PPC_COMPAT_CAPS_SIZE_VER0 (QEMU's rule)."""
         request = rev.request(self.arch)
-        assert request is not None
+        if request is None:
+            raise Unsupported(f"{self.device.name}: {rev.name} has no ioctl; {RAW_PVR_NOTE}")
         size = struct_size
         for attempt in range(2):
-            buf = bytearray(rev.layout.pack(self.arch.byteorder, size=size).ljust(size, b"\0"))
+            # the size field says `size`; no kernel reads more than its PAGE_SIZE (at most
+            # 64 KiB on powerpc), so nothing past that is allocated
+            buf = bytearray(rev.layout.pack(self.arch.byteorder, size=size).ljust(min(size, MAX_PAGE_SIZE), b"\0"))
             try:
                 self.device.ioctl(self.vm, request, buf)
             except OSError as exc:
@@ -247,7 +275,7 @@ class Session:
                         continue
                 raise KernelError.from_oserror("KVM_PPC_GET_COMPAT_CAPS", exc) from None
             return rev.layout.unpack(self.arch.byteorder, bytes(buf[:24]))["compat_capabilities"]
-        raise AssertionError("unreachable")
+        raise KernelError("KVM_PPC_GET_COMPAT_CAPS", errno.E2BIG, MEANINGS[errno.E2BIG])
 
 
 def decode(caps: int) -> tuple[str, ...]:

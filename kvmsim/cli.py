@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,15 @@ from collections.abc import Callable, Iterator, Sequence
 import attrs
 
 from . import papr, profile, trust
-from .cliargs import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, revisions, use_hosts_dirs
+from .cliargs import (
+    EXIT_USAGE,
+    OneLineParser,
+    add_hosts_option,
+    add_revision_options,
+    jobs_arg,
+    revisions,
+    use_hosts_dirs,
+)
 from .profile import Host, ProfileError
 from .trace import Call, Tracer
 from .uapi import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision, errname, mode_of_logical_pvr, modes_of_caps
@@ -273,10 +282,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run --server: the server chose its revision and traces; give --abi/--trace to kvmsim serve")
     try:
         if args.server is not None:
-            return _run_attached(args.server, command, args.arch)
+            return _run_attached(args.server, command, args.arch, args.allow_unreached)
         kernel = _kernel(args)
         with _tracer(args, kernel) as trace:
-            return run(kernel, command, arch=args.arch, trace=trace)
+            return run(kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached)
     except RunError as exc:
         raise UsageError(str(exc)) from None
     except (BuildError, StartError) as exc:
@@ -290,7 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NOT_EXECUTABLE
 
 
-def _run_attached(socket_path: str, command: list[str], arch: str | None) -> int:
+def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_unreached: bool) -> int:
     """Exec ``command`` attached to the server at ``socket_path``: this process becomes it."""
     import os
 
@@ -302,7 +311,7 @@ def _run_attached(socket_path: str, command: list[str], arch: str | None) -> int
     except AttachError as exc:
         print(f"kvmsim: error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    argv, env = prepare(host, command, os.path.abspath(socket_path), arch=arch)
+    argv, env = prepare(host, command, os.path.abspath(socket_path), arch=arch, allow_unreached=allow_unreached)
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)  # raises on failure: not found / not executable
 
@@ -324,6 +333,16 @@ def cmd_record(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNAVAILABLE
+    api = obs["probes"].get("api version")
+    if opened == "fd" and not isinstance(api, int):  # KVM_GET_API_VERSION failed: not KVM at all
+        print(
+            f"kvmsim record: {args.device} is not a KVM device (KVM_GET_API_VERSION: {api}); nothing written",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    parent = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{args.output}: the directory {parent} does not exist")
     text, rev, checks = record.fit(obs, args.output)
     try:
         with open(args.output, "w") as f:
@@ -343,10 +362,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from . import record
 
     try:
-        with open(args.file) as f:
+        with open(args.file, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise UsageError(f"{args.file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{args.file}: not a recording (not UTF-8 text at byte {exc.start})") from None
     rev, checks = record.verify(text, args.file)
     width = max(len(c.name) for c in checks)
     print(f"{'PROBE':<{width}}  {'RECORDED':<22} {'SIMULATED (' + rev.name + ')':<22} VERDICT")
@@ -423,6 +444,7 @@ def _kernel_options(p: argparse.ArgumentParser, *, host_required: bool = True) -
         help=f"the kernel's revision (default {DEFAULT_REVISION}; none: a kernel before 7.3; v5, v4: posted drafts)",
     )
     add_revision_options(p)
+    add_hosts_option(p, "sub_hosts_dir")
     _trace_options(p)
 
 
@@ -430,12 +452,16 @@ def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="kvmsim", description="A simulated kernel side of KVM_PPC_GET_COMPAT_CAPS.")
     add_hosts_option(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    sub.add_parser("hosts", help="list the host profiles").set_defaults(func=cmd_hosts)
+    hosts = sub.add_parser("hosts", help="list the host profiles")
+    add_hosts_option(hosts, "sub_hosts_dir")
+    hosts.set_defaults(func=cmd_hosts)
     show = sub.add_parser("show", help="a profile and what the simulated kernel derives from it")
     show.add_argument("host", metavar="HOST", help="a profile name or a .toml path")
+    add_hosts_option(show, "sub_hosts_dir")
     show.set_defaults(func=cmd_show)
     matrix = sub.add_parser("matrix", help="every profile × revision")
     matrix.add_argument("--json", action="store_true", help="one JSON array, a row per host")
+    add_hosts_option(matrix, "sub_hosts_dir")
     matrix.set_defaults(func=cmd_matrix)
     serve = sub.add_parser("serve", help="serve one simulated kernel on a Unix socket")
     _kernel_options(serve)
@@ -447,6 +473,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--server", metavar="SOCKET", help="attach CMD to a running `kvmsim serve` instead of --host")
     run.add_argument(
         "--arch", choices=["ppc64le", "ppc64"], help="run a POWER binary under qemu-user (default: from its ELF header)"
+    )
+    run.add_argument(
+        "--allow-unreached",
+        action="store_true",
+        help="run a static or Go program anyway: the preload shim cannot reach it, so it sees this machine's "
+        "real /dev/kvm (refused by default, exit 125)",
     )
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
@@ -479,7 +511,7 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--config", action="append", metavar="NAME", help="a configuration (repeatable; default all)")
     lab.add_argument("--kernel", choices=["7.3", "7.2"], help="only the configurations running this kernel")
     lab.add_argument("-o", "--output", metavar="DIR", help="where to write (default fixtures/recorded, else .)")
-    lab.add_argument("-j", "--jobs", type=int, metavar="N", help="boots at once (default: the CPUs)")
+    lab.add_argument("-j", "--jobs", type=jobs_arg, metavar="N", help="boots at once (1..1024, default: the CPUs)")
     lab.set_defaults(func=cmd_lab)
     ver = sub.add_parser("verify", help="replay a recording on the simulator")
     ver.add_argument("file", metavar="FILE.toml")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,15 +28,46 @@ def int_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+def ranged(ctype: str, lo: int, hi: int) -> Callable[[str], int]:
+    """An :func:`int_arg` that must fit the C type it ends up in (checked where it is parsed)."""
+
+    def parse(text: str) -> int:
+        value = int_arg(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} does not fit {ctype} ({lo}..{hi})")
+        return value
+
+    parse.__name__ = ctype  # argparse names the type in its messages
+    return parse
+
+
+# KVM_CHECK_EXTENSION's argument travels as a C int through fcntl.ioctl (and as the kernel's
+# long); an ioctl's nr is its 8-bit field; a struct size is the struct's __u64 size field
+cap_arg = ranged("a C int", -(2**31), 2**31 - 1)
+nr_arg = ranged("an ioctl nr (8 bits)", 0, 0xFF)
+u64_arg = ranged("a __u64", 0, 2**64 - 1)
+jobs_arg = ranged("a count of boots", 1, 1024)
+
+
 def add_revision_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cap", type=int_arg, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS")
-    p.add_argument("--ioctl-nr", type=int_arg, metavar="NR", help="override the ioctl's nr (e.g. 0xb8)")
+    p.add_argument("--cap", type=cap_arg, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS (a C int)")
+    p.add_argument("--ioctl-nr", type=nr_arg, metavar="NR", help="override the ioctl's nr (0..0xff, e.g. 0xb8)")
     p.add_argument("--header", metavar="PATH", help="read the numbers and struct layout from a kernel's <linux/kvm.h>")
 
 
-def add_hosts_option(p: argparse.ArgumentParser) -> None:
+def hosts_dir_arg(text: str) -> str:
+    """A directory of host profiles, which must exist."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: not a directory")
+    return text
+
+
+def add_hosts_option(p: argparse.ArgumentParser, dest: str = "hosts_dir") -> None:
+    """``--hosts-dir``; a subcommand's own (``dest="sub_hosts_dir"``) adds to the main one's."""
     p.add_argument(
         "--hosts-dir",
+        dest=dest,
+        type=hosts_dir_arg,
         action="append",
         default=[],
         metavar="DIR",
@@ -46,7 +78,7 @@ def add_hosts_option(p: argparse.ArgumentParser) -> None:
 def use_hosts_dirs(args: argparse.Namespace) -> None:
     """Put ``--hosts-dir`` first on the profile search path (``$KVMSIM_HOSTS``, which
     ``kvmsim run`` passes on to its command)."""
-    dirs = getattr(args, "hosts_dir", None) or []
+    dirs = [*(getattr(args, "hosts_dir", None) or []), *(getattr(args, "sub_hosts_dir", None) or [])]
     if dirs:
         current = os.environ.get("KVMSIM_HOSTS")
         os.environ["KVMSIM_HOSTS"] = os.pathsep.join([*dirs, *([current] if current else [])])

@@ -16,7 +16,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -74,6 +74,33 @@ def elf_arch(path: str) -> str | None:
     return "x86_64" if machine == EM_X86_64 else None
 
 
+PT_INTERP = 3
+GO_BUILDINFO = b"\xff Go buildinf:"  # the start of a Go binary's .go.buildinfo section
+
+
+def unreachable(path: str) -> str | None:
+    """Why the preload shim cannot reach ``path``'s system calls, or None: a static ELF
+    executable (no PT_INTERP: nothing loads LD_PRELOAD) or a Go program (it makes its system
+    calls without libc).  A script or anything not ELF is left to its interpreter."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if m[:4] != b"\x7fELF" or m[4] != 2:
+                return None
+            order: Literal["little", "big"] = "little" if m[5] == 1 else "big"
+            phoff = int.from_bytes(m[32:40], order)
+            phentsize, phnum = int.from_bytes(m[54:56], order), int.from_bytes(m[56:58], order)
+            types = [int.from_bytes(m[phoff + i * phentsize : phoff + i * phentsize + 4], order) for i in range(phnum)]
+            if m.find(GO_BUILDINFO) >= 0:
+                return "a Go program (it makes its system calls without libc)"
+            if PT_INTERP not in types:
+                return "statically linked (nothing loads the preload shim into it)"
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def qemu_binary(foreign: Foreign) -> str:
     for name in (f"{foreign.qemu}-static", foreign.qemu):
         if shutil.which(name):
@@ -117,9 +144,22 @@ class ShimHost:
 
 
 def prepare(
-    host: ShimHost, command: Sequence[str], socket_path: str, *, arch: str | None = None
+    host: ShimHost,
+    command: Sequence[str],
+    socket_path: str,
+    *,
+    arch: str | None = None,
+    allow_unreached: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment that run ``command`` against the server at ``socket_path``."""
+    """The argv and environment that run ``command`` against the server at ``socket_path``.
+    A program the shim cannot reach is refused (it would talk to this machine's real
+    /dev/kvm) unless ``allow_unreached``."""
+    why = unreachable(shutil.which(command[0]) or command[0])
+    if why is not None and not allow_unreached:
+        raise StartError(
+            f"{command[0]}: {why}: the preload shim cannot reach it, and it would see this machine's "
+            "real /dev/kvm (--allow-unreached runs it anyway)"
+        )
     arch = target_arch(host, command, arch)
     if arch is None:
         return list(command), shim_environment(host, socket_path, build_shim())
@@ -136,7 +176,12 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def run(
-    kernel: Kernel, command: Sequence[str], *, arch: str | None = None, trace: Callable[[Call], None] | None = None
+    kernel: Kernel,
+    command: Sequence[str],
+    *,
+    arch: str | None = None,
+    trace: Callable[[Call], None] | None = None,
+    allow_unreached: bool = False,
 ) -> int:
     """Run ``command`` against ``kernel``; its exit code (128 + N when killed by signal N)."""
     try:
@@ -151,7 +196,7 @@ def run(
         except ServerError as exc:
             raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
         view = host_view(kernel, workdir.subdir("root"))
-        argv, env = prepare(ShimHost.of(kernel, view), command, server.path, arch=arch)
+        argv, env = prepare(ShimHost.of(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached)
         server.start()
         proc = subprocess.Popen(argv, env=env)
         for signum in FORWARDED:  # SIGTERM/SIGHUP to kvmsim run reach CMD, which decides

@@ -231,6 +231,7 @@ def modes_of_caps(caps: int) -> tuple[CompatMode, ...]:
 # struct kvm_ppc_compat_caps, one layout per revision
 
 KVM_PPC_COMPAT_CAPS_SIZE_VER0 = 24
+MAX_PAGE_SIZE = 1 << 16  # the largest PAGE_SIZE of a powerpc kernel here (64K): the most a copy_struct_from_user reads
 
 
 def check_struct_size(size: int, what: str) -> None:

@@ -234,3 +234,108 @@ def test_a_successful_answer_of_zero_is_zero_not_an_error() -> None:
     seen = observe(host, LINUX_7_3)
     assert seen.to_json() == {"cap": 1, "compat_capabilities": 0, "modes": []}
     assert seen.text() == "0x0000000000000000 (none)"
+
+
+# -- what a new user hits first (issue: numbers, devices and messages) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sim", "powervm-p11", "--struct-size", "1180591620717411303424"], "does not fit a __u64"),
+        (["--sim", "powervm-p11", "--struct-size", "-8"], "does not fit a __u64"),
+        (["--sim", "powervm-p11", "--cap", "99999999999999999999999"], "does not fit a C int"),
+        (["--sim", "powervm-p11", "--ioctl-nr", "0x1b8"], "does not fit an ioctl nr"),
+        (["--sim", ""], "an empty host name"),
+        (["--sim", "powervm-p11", "--hosts-dir", "/nonexistent"], "/nonexistent: not a directory"),
+    ],
+)
+def test_every_number_and_name_is_checked_where_it_is_parsed(args: list[str], message: str) -> None:
+    r = run("kvm-compat-caps", *args)
+    assert (r.returncode, r.stdout) == (2, "") and len(r.stderr.splitlines()) == 1 and message in r.stderr, r.stderr
+
+
+def test_kvmsim_run_checks_the_cap_as_the_client_does() -> None:
+    r = run("kvmsim", "run", "--host", "powervm-p11", "--cap", "99999999999999999999999", "--", "true")
+    assert r.returncode == 2 and "does not fit a C int" in r.stderr
+
+
+def test_a_huge_struct_size_is_answered_at_once_without_allocating_it() -> None:
+    """2 GiB in the size field: the kernel refuses it at the PAGE_SIZE guard; the client
+    allocates no more than a kernel could read (this took 55 s and 10.5 GB before)."""
+    import resource
+
+    r = run("kvm-compat-caps", "--sim", "powervm-p11", "--struct-size", str(2**31), "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["name"] == "E2BIG"
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1 << 20  # KiB: under 1 GiB
+
+
+def test_a_device_that_is_not_kvm_says_so() -> None:
+    r = run("kvm-compat-caps", "--device", "/dev/null", "--json")
+    assert r.returncode == 3, r.stderr
+    assert "not a KVM device" in r.stderr and json.loads(r.stdout)["error"]["kind"] == "no-device"
+
+
+def test_record_of_a_device_that_is_not_kvm_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "x.toml"
+    r = run("kvmsim", "record", "--device", "/dev/null", "-o", str(out))
+    assert r.returncode == 3 and "/dev/null is not a KVM device" in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(("host", "abi"), [("powernv-p10", "v5"), ("x86_64", "v5"), ("powernv-p10", "linux-7.3")])
+def test_a_forced_protocol_still_asks_its_capability_first(host: str, abi: str) -> None:
+    r = run("kvm-compat-caps", "--sim", host, "--abi", abi, "--json")
+    assert r.returncode == 3, r.stderr
+    assert json.loads(r.stdout)["error"]["kind"] == "unsupported"
+    assert "no capability 250" in r.stderr or "no KVM_CAP_PPC_COMPAT_CAPS" in r.stderr
+
+
+@pytest.mark.parametrize("command", [["show", "HOST"], ["run", "--host", "HOST", "--", "true"], ["matrix"]])
+def test_hosts_dir_is_taken_after_the_subcommand_too(tmp_path: Path, command: list[str]) -> None:
+    src = profile.resolve("powervm-p11")
+    (tmp_path / "my-host.toml").write_text(src.read_text())
+    argv = [a.replace("HOST", "my-host") for a in command]
+    where = argv.index("--") if "--" in argv else len(argv)
+    r = run("kvmsim", *argv[:where], "--hosts-dir", str(tmp_path), *argv[where:])
+    assert r.returncode == 0, r.stderr
+    if command[0] == "matrix":
+        assert "my-host" in r.stdout
+    assert "--hosts-dir" in run("kvmsim", command[0], "--help").stdout
+
+
+def test_stale_and_vague_messages_name_what_was_wrong(tmp_path: Path) -> None:
+    r = run("kvmsim", "record", "--no-device-ok", "-o", str(tmp_path / "rec" / "x.toml"))
+    assert r.returncode == 2 and "rec does not exist" in r.stderr
+    r = run("kvmsim", "lab", "-j", "-3")
+    assert r.returncode == 2 and "argument -j/--jobs" in r.stderr and "does not fit" in r.stderr
+    binary = tmp_path / "x.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    r = run("kvmsim", "verify", str(binary))
+    assert r.returncode == 2 and str(binary) in r.stderr and "not UTF-8" in r.stderr
+
+
+def test_help_says_how_a_header_is_read_and_it_is_so(tmp_path: Path) -> None:
+    """Where --help states a fact about behaviour, the behaviour holds it."""
+    from kvmsim.uapi import header_rules
+
+    helptext = " ".join(run("kvm-compat-caps", "--help").stdout.split())
+    assert "an _IOR definition means v4's rules; _IO with nr 0xe4 v5's; any other _IO" in helptext
+    assert (header_rules("_IOR", 0xE4).name, header_rules("_IO", 0xE4).name, header_rules("_IO", 0xB8).name) == (
+        "v4",
+        "v5",
+        "linux-7.3",
+    )
+
+
+@pytest.mark.skipif(subprocess.run(["cc", "--version"], capture_output=True).returncode != 0, reason="no cc")
+def test_a_static_program_is_refused_rather_than_let_reach_the_real_device(tmp_path: Path) -> None:
+    src = tmp_path / "p.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("ran"); return 0; }\n')
+    exe = tmp_path / "p"
+    if subprocess.run(["cc", "-static", "-o", str(exe), str(src)], capture_output=True).returncode != 0:
+        pytest.skip("no static libc here")
+    r = run("kvmsim", "run", "--host", "powervm-p11", "--", str(exe))
+    assert r.returncode == 125 and "statically linked" in r.stderr and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1
+    r = run("kvmsim", "run", "--host", "powervm-p11", "--allow-unreached", "--", str(exe))
+    assert r.returncode == 0 and r.stdout == "ran\n"
