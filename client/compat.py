@@ -108,21 +108,12 @@ class NoDevice(CompatError):
         return {**super().to_json(), "errno": self.errno, "name": _errname(self.errno)}
 
 
-class NotKvm(CompatError):
+class NotKvm(NoDevice):
     """The device opened, but it is not KVM (its KVM_GET_API_VERSION fails)."""
 
-    exit_code = 3
-
     def __init__(self, device: str, exc: KernelError) -> None:
-        super().__init__(f"{device}: not a KVM device (KVM_GET_API_VERSION: {exc.name})")
+        CompatError.__init__(self, f"{device}: not a KVM device (KVM_GET_API_VERSION: {exc.name})")
         self.errno = exc.errno
-
-    @property
-    def kind(self) -> str:
-        return "no-device"
-
-    def to_json(self) -> dict[str, object]:
-        return {**super().to_json(), "errno": self.errno, "name": _errname(self.errno)}
 
 
 class Unsupported(CompatError):
