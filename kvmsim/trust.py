@@ -26,6 +26,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 __all__ = ["Dir", "UntrustedError", "private_stat", "safe_ancestors", "sweep", "temp_base", "temp_dir"]
@@ -124,9 +125,12 @@ def temp_dir(prefix: str) -> Dir:
     return d
 
 
+SWEEP_AGE = 60.0  # seconds: a younger directory may be one another process has made but not yet locked
+
+
 def sweep(base: str, prefix: str) -> list[str]:
     """Remove the ``prefix*`` directories of ours in ``base`` whose process has died (nobody
-    holds their lock: killed with SIGKILL, say).  What was removed."""
+    holds their lock: killed with SIGKILL, say), once they are a minute old.  What was removed."""
     removed: list[str] = []
     try:
         names = [n for n in os.listdir(base) if n.startswith(prefix)]
@@ -137,6 +141,9 @@ def sweep(base: str, prefix: str) -> list[str]:
             d = Dir.open(os.path.join(base, name))
         except OSError:
             continue  # not ours, or not a directory: not ours to remove
+        if time.time() - os.fstat(d.fd).st_mtime < SWEEP_AGE:
+            d.close()
+            continue
         try:
             fcntl.flock(d.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -105,13 +105,17 @@ def test_a_dead_processs_directory_is_swept_and_a_live_ones_is_not(tmp_path: Pat
     dead = base / "kvmsim-run-dead"
     dead.mkdir(mode=0o700)
     (dead / "kvm.sock").write_text("")
+    young = base / "kvmsim-run-young"  # made a moment ago, not locked yet: left alone
+    young.mkdir(mode=0o700)
+    old = time.time() - 2 * trust.SWEEP_AGE
+    os.utime(dead, (old, old))
     live = trust.Dir.open(tempfile.mkdtemp(prefix="kvmsim-run-", dir=base))
     import fcntl
 
     fcntl.flock(live.fd, fcntl.LOCK_EX)
     try:
         assert trust.sweep(str(base), "kvmsim-run-") == [str(dead)]
-        assert not dead.exists() and Path(live.path).exists()
+        assert not dead.exists() and young.exists() and Path(live.path).exists()
     finally:
         live.remove()
 
@@ -224,7 +228,10 @@ def test_serve_after_a_kill_9_takes_its_socket_back_and_sweeps_its_directory(tmp
     assert "on " in first.stderr.readline()  # listening
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert sock.exists() and len(list(tmp_path.glob("kvmsim-serve-*"))) == 1  # what SIGKILL leaves
+    (left,) = tmp_path.glob("kvmsim-serve-*")  # what SIGKILL leaves
+    assert sock.exists()
+    old = time.time() - 2 * trust.SWEEP_AGE
+    os.utime(left, (old, old))
     second = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     assert second.stderr is not None
     try:
