@@ -20,7 +20,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from .uapi import DEV_KVM, errname
+from .uapi import DEV_KVM, decode_request, errname
 from .user.simulated import Kernel
 
 ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"
@@ -63,13 +63,20 @@ class KernelBinding:
 
 @attrs.frozen
 class IoctlCall:
-    """One ``fcntl.ioctl`` on a simulated fd: which fd ("dev" or "vm"), the request, the
-    argument as passed, and the result (a value, bytes, or the errno's name)."""
+    """One ``fcntl.ioctl`` on a simulated fd: which fd ("dev" or "vm"), the request and its
+    name, the argument as passed, and either ``result`` (a value or bytes) or ``errno``."""
 
     fd: str
     request: int
+    name: str  # KVM_CHECK_EXTENSION, or the _IOC fields of a request the kernel does not know
     arg: object
-    result: int | bytes | str
+    result: int | bytes | None  # None when the call failed
+    errno: int | None = None  # the failure's errno; None on success
+
+    @property
+    def errname(self) -> str | None:
+        """``"EINVAL"``, or None on success."""
+        return None if self.errno is None else errname(self.errno)
 
 
 def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_flag: bool) -> int | bytes:
@@ -81,12 +88,13 @@ def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_fl
     kernel = binding.kernel
     which = "dev" if kfd == binding.dev_fd else "vm"
     logged = bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
+    name = decode_request(request & 0xFFFFFFFF, kernel.arch)
     try:
         result = kernel.ioctl(kfd, request, arg, mutate_flag)
     except OSError as exc:
-        binding.calls.append(IoctlCall(which, request, logged, errname(exc.errno)))
+        binding.calls.append(IoctlCall(which, request, name, logged, None, exc.errno))
         raise
-    binding.calls.append(IoctlCall(which, request, logged, result))
+    binding.calls.append(IoctlCall(which, request, name, logged, result))
     if which == "dev" and request & 0xFFFFFFFF == kernel.KVM_CREATE_VM and isinstance(result, int):
         return binding.install_vm(result)
     return result

@@ -356,7 +356,10 @@ def kvm_host(request: pytest.FixtureRequest) -> Iterator[SimulatedHost]:
     host's arch.  Choose it with ``@pytest.mark.parametrize("kvm_host", [...], indirect=True)``
     (a name, a path, ``(name, revision)`` or ``(name, revision, overrides)``) or
     ``@pytest.mark.kvm_host("powervm-p11", abi="linux-7.3", **overrides)``; the default is
-    powervm-p11 on linux-7.3.  Yields a SimulatedHost: ``.kernel``, ``.fs``, ``.calls``."""
+    powervm-p11 on linux-7.3.  Yields a SimulatedHost: ``.name`` (the profile), ``.abi`` (the
+    revision's name), ``.kernel``, ``.fs`` (the pyfakefs filesystem) and ``.calls`` (every
+    ioctl on /dev/kvm and its VM fds: ``.fd``, ``.request``, ``.name``, ``.arg``, ``.result``,
+    ``.errno``)."""
     if hasattr(request, "param"):
         spec = host_spec(request.param)
     else:

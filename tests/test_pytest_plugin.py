@@ -217,7 +217,24 @@ def test_users_see_readable_ids_a_marker_overrides_and_the_call_log(pytester: py
         def test_offers_override_and_calls(kvm_host):
             assert modes() == 0x2000000000000000
             checked = [c for c in kvm_host.calls if c.request == 0x2000AE03]
-            assert [(c.fd, c.arg, c.result) for c in checked] == [("vm", 250, 1)]
+            assert [(c.fd, c.name, c.arg, c.result, c.errno) for c in checked] == [
+                ("vm", "KVM_CHECK_EXTENSION", 250, 1, None)
+            ]
+
+        def test_a_failed_call_is_a_record_with_its_errno(kvm_host):
+            import errno
+            import fcntl
+            import os
+
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            try:
+                fcntl.ioctl(fd, 0x2000AEB8, 0)  # a VM ioctl on /dev/kvm
+            except OSError:
+                pass
+            os.close(fd)
+            (call,) = kvm_host.calls
+            assert call.name.startswith("KVM_PPC_GET_COMPAT_CAPS"), call.name
+            assert (call.fd, call.result, call.errno, call.errname) == ("dev", None, errno.EINVAL, "EINVAL")
 
         @pytest.mark.parametrize("kvm_host", [Path("/nonexistent/x.toml")], indirect=True)
         def test_a_path(kvm_host):
@@ -254,6 +271,7 @@ def test_users_see_readable_ids_a_marker_overrides_and_the_call_log(pytester: py
             "*test_ids?kvm-l1-p10-v5? PASSED*",
             "*test_marker_with_an_override PASSED*",
             "*test_offers_override_and_calls?powervm-p11-linux-7.3-hypervisor.offers=?'power10'?? PASSED*",
+            "*test_a_failed_call_is_a_record_with_its_errno PASSED*",
             "*test_a_path?x-linux-7.3? ERROR*",
             "*test_fcntl_contract PASSED*",
         ]
