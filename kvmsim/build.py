@@ -67,17 +67,25 @@ def cache_dir() -> Path:
 _identity: dict[str, tuple[int, int]] = {}
 
 
+def _opened_stat(path: Path | str, mode: int | None = None) -> os.stat_result:
+    """The stat of the file ``path`` opens to, never through a symlink (after ``fchmod`` to
+    ``mode`` when given): the identity of what is there now."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def _accept(path: Path) -> bool:
     """Take a cached ``path`` as ours (a regular file of this user's that nobody else can
     write, in a directory nobody else can write) and remember its identity."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = _opened_stat(path)
     except OSError:
         return False
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
     if not stat.S_ISREG(st.st_mode) or not trust.private_stat(st) or not private(path.parent):
         return False
     _identity[str(path)] = (st.st_dev, st.st_ino)
@@ -90,11 +98,7 @@ def preloadable(path: Path) -> str:
     why = "not built by this process"
     if str(path) in _identity:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
+            st = _opened_stat(path)
         except OSError as exc:
             why = exc.strerror or "cannot open it"
         else:
@@ -140,12 +144,7 @@ def compile_c(
             first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
             raise BuildError(f"{cc} failed on {sources[0].name}: {first}")
         # the linker writes a new inode: the one we take is what we open here, in our own directory
-        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fchmod(fd, 0o755)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
+        st = _opened_stat(tmp, 0o755)
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -152,7 +152,6 @@ class SharedChannel:
             self.ctl = memoryview(self.map)[:CONTROL].cast("I")
             self.seen = 0  # a fresh memfd is zeroes; set before the shim can write a frame
             self.spin = 50e-6
-            self.spurious = 0  # wake-ups in this wait with nothing sent
             self.closed = False
             socket.send_fds(sock, [wire.frame(Msg.SHM_READY, READY.pack(CAPACITY))], [fd])
         finally:
@@ -175,7 +174,7 @@ class SharedChannel:
             self.spin = min(SPIN_MAX, self.spin * 2)  # messages come while we spin: spin longer
             return
         self.spin = max(SPIN_MIN, self.spin / 2)
-        self.spurious = 0
+        spurious = 0  # wake-ups in this wait with nothing sent
         while True:
             self.ctl[C2S_WAIT] = 1
             _fence()
@@ -186,9 +185,9 @@ class SharedChannel:
                 break
             self._check_peer()
             if woken:  # a wake-up with nothing sent: past a few, this peer waits for its answer
-                self.spurious += 1
-                if self.spurious > SPURIOUS_FREE:
-                    _pause(min(PAUSE_MAX, PAUSE_MIN * 2 ** (self.spurious - SPURIOUS_FREE - 1)))
+                spurious += 1
+                if spurious > SPURIOUS_FREE:
+                    _pause(min(PAUSE_MAX, PAUSE_MIN * 2 ** (spurious - SPURIOUS_FREE - 1)))
         self.ctl[C2S_WAIT] = 0
 
     def _check_peer(self) -> None:

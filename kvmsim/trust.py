@@ -273,9 +273,6 @@ class Dir:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self.fd)
 
-    def rename_in(self, name: str, target: str) -> None:
-        os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-
     def remove(self) -> None:
         """Remove this directory and everything below it (through the fd: a symlink planted
         inside is unlinked, never followed), then close it."""
