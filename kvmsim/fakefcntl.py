@@ -24,6 +24,10 @@ from .uapi import DEV_KVM, decode_request, errname
 from .user.simulated import Kernel
 
 ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"
+# The real fcntl functions, taken before pyfakefs patches anything, kept in a tuple: pyfakefs
+# rebinds a module's top-level names that hold an fcntl function (`from fcntl import ioctl`)
+_REAL = (fcntl_module.ioctl, fcntl_module.fcntl)
+_VM_SERIAL = itertools.count()  # one a session: a module- or session-scoped fake filesystem keeps old VMs' files
 
 
 class KernelBinding:
@@ -35,22 +39,46 @@ class KernelBinding:
         self.kernel_fds: dict[int, int] = {}  # id(FakeFile) -> kernel fd
         self.calls: list[IoctlCall] = []  # for SimulatedHost.calls
         self._objects: dict[int, object] = {}  # keeps the FakeFiles alive while bound
-        self._serial = itertools.count()
+        # fd numbers that were the host's (/dev/kvm, a VM): closed, they stay EBADF rather than
+        # reach a real descriptor that happens to have the same number (fake and real overlap)
+        self.handed: set[int] = set()
+
+    def is_fake(self, fd: int) -> bool:
+        """Is ``fd`` a file of the fake filesystem (not a real socket, pipe or tty, nor the
+        standard streams pyfakefs lets through to the real ones)?"""
+        from pyfakefs.fake_file import StandardStreamWrapper
+
+        try:
+            return not isinstance(self.fs.get_open_file(fd), StandardStreamWrapper)
+        except OSError:
+            return False
 
     def kernel_fd(self, fake_fd: int) -> int | None:
         obj = self.fs.get_open_file(fake_fd).get_object()  # EBADF for a closed fd
         path = getattr(obj, "path", None)
-        if path == DEV_KVM:
-            return self.dev_fd
-        return self.kernel_fds.get(id(obj))
+        kfd = self.dev_fd if path == DEV_KVM else self.kernel_fds.get(id(obj))
+        if kfd is not None:
+            self.handed.add(fake_fd)
+        return kfd
 
     def install_vm(self, kernel_fd: int) -> int:
         """A new fake file for a new VM, opened: the fd userspace gets."""
-        path = f"{ANON_INODES}/{next(self._serial)}"
+        path = f"{ANON_INODES}/{next(_VM_SERIAL)}"
         obj = self.fs.create_file(path)
         self.kernel_fds[id(obj)] = kernel_fd
         self._objects[id(obj)] = obj
-        return int(FakeOsModule(self.fs).open(path, os.O_RDWR | os.O_CLOEXEC))
+        fd = int(FakeOsModule(self.fs).open(path, os.O_RDWR | os.O_CLOEXEC))
+        self.handed.add(fd)
+        return fd
+
+    def real(self, fd: int) -> bool:
+        """Should a call on ``fd`` go to the real fcntl?  Not for a fake file, nor for a number
+        the host handed out and the test closed (that is EBADF, as the fake world says)."""
+        if self.is_fake(fd):
+            return False
+        if fd in self.handed:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return True
 
     def open_vm_fds(self) -> set[int]:
         """The fake fds still open on a VM file."""
@@ -81,7 +109,11 @@ class IoctlCall:
 
 def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_flag: bool) -> int | bytes:
     """``fcntl.ioctl`` on the fake filesystem of ``binding``: its /dev/kvm and VM fds reach the
-    simulated kernel (with fcntl's contract), any other fake file is ENOTTY, never a silent 0."""
+    simulated kernel (with fcntl's contract), any other fake file is ENOTTY, never a silent 0;
+    a real descriptor (a socket, a pipe, a tty) reaches the real ``fcntl.ioctl`` untouched."""
+    if binding.real(_fileno(fd)):
+        result: int | bytes = _REAL[0](fd, request, arg, mutate_flag)
+        return result
     kfd = binding.kernel_fd(_fileno(fd))
     if kfd is None:
         raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
@@ -101,7 +133,10 @@ def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_fl
 
 
 def kvm_fcntl(binding: KernelBinding, fd: Any, cmd: int, arg: Any) -> Any:
-    """``fcntl.fcntl``: F_DUPFD and F_DUPFD_CLOEXEC of an emulated fd share its file."""
+    """``fcntl.fcntl``: F_DUPFD and F_DUPFD_CLOEXEC of an emulated fd share its file; a real
+    descriptor reaches the real ``fcntl.fcntl``."""
+    if binding.real(_fileno(fd)):
+        return _REAL[1](fd, cmd, arg)
     fd = _fileno(fd)
     if cmd in (fcntl_module.F_DUPFD, fcntl_module.F_DUPFD_CLOEXEC):
         return FakeOsModule(binding.fs).dup(fd)

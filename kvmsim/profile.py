@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import posix
 import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
@@ -342,7 +342,7 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
 def builtin_hosts() -> Path:
     """The profiles shipped inside the package (``kvmsim/hosts``; ``fixtures/hosts`` in a
     checkout is the same directory)."""
-    return Path(str(resources.files("kvmsim").joinpath("hosts")))
+    return Path(os.path.dirname(os.path.abspath(__file__)), "hosts")  # no filesystem look: it may be faked
 
 
 def search_path() -> list[Path]:
@@ -352,6 +352,49 @@ def search_path() -> list[Path]:
     return [*extra, builtin_hosts()]
 
 
+# Profiles are found and read on the real filesystem even while a test fakes it: pyfakefs
+# patches os, os.path, pathlib and open, never posix, so these go through posix alone.
+def _real_stat(path: str | Path) -> os.stat_result | None:
+    try:
+        return posix.stat(os.fspath(path))
+    except OSError:
+        return None
+
+
+def read_bytes(path: str | Path, limit: int = MAX_PROFILE) -> bytes:
+    """A profile file's bytes, from the real filesystem (a FIFO does not block: O_NONBLOCK);
+    ProfileError when it is not a regular file or is larger than ``limit``."""
+    try:
+        fd = posix.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(posix.fstat(fd).st_mode):
+            raise ProfileError(f"{path}: cannot read profile: not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = posix.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
+    finally:
+        posix.close(fd)
+    if size > limit:
+        raise ProfileError(f"{path}: cannot read profile: larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def read_text(path: str | Path) -> str:
+    """A profile file's text (UTF-8), as :func:`read_bytes` reads it."""
+    try:
+        return read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc}") from None
+
+
 def resolve(name_or_path: str | Path) -> Path:
     """A profile name (``powervm-p11``) is looked up on :func:`search_path`; else a path."""
     text = str(name_or_path)
@@ -359,7 +402,8 @@ def resolve(name_or_path: str | Path) -> Path:
         return Path(text)
     for directory in search_path():
         path = directory / f"{text}.toml"
-        if path.is_file():
+        st = _real_stat(path)
+        if st is not None and stat.S_ISREG(st.st_mode):
             return path
     close = difflib.get_close_matches(text, names(), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else " (see 'kvmsim hosts' for the list)"
@@ -368,19 +412,7 @@ def resolve(name_or_path: str | Path) -> Path:
 
 def load(name_or_path: str | Path) -> Host:
     path = resolve(name_or_path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ProfileError(f"{path}: cannot read profile: not a regular file")
-            raw = f.read(MAX_PROFILE + 1)
-        if len(raw) > MAX_PROFILE:
-            raise ProfileError(f"{path}: cannot read profile: larger than {MAX_PROFILE} bytes")
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ProfileError(f"{path}: cannot read profile: {reason}") from None
-    return parse(text, name=path.stem, where=str(path), path=path)
+    return parse(read_text(path), name=path.stem, where=str(path), path=path)
 
 
 def names() -> list[str]:
@@ -388,5 +420,5 @@ def names() -> list[str]:
     found: set[str] = set()
     for directory in search_path():
         with contextlib.suppress(OSError):
-            found.update(p.stem for p in directory.glob("*.toml"))
+            found.update(n.removesuffix(".toml") for n in posix.listdir(os.fspath(directory)) if n.endswith(".toml"))
     return sorted(found)

@@ -118,7 +118,8 @@ def _uname_of(machine: str) -> os.uname_result:
 
 def _boot(spec: HostSpec) -> Kernel:
     """The kernel for ``spec``; overrides are applied to the profile's TOML and checked as a
-    profile file is (a mistake is one line naming the key).  Reads the real filesystem."""
+    profile file is (a mistake is one line naming the key).  Profiles are read from the real
+    filesystem (kvmsim.profile reads through posix), whether or not pyfakefs is patched in."""
     from . import profile, record
     from .uapi import revision
     from .user.simulated import Kernel
@@ -126,7 +127,7 @@ def _boot(spec: HostSpec) -> Kernel:
     if not spec.overrides:
         return Kernel(_profile(spec.name), revision(spec.abi), ksize=spec.ksize)
     path = profile.resolve(spec.name)
-    doc = tomllib.loads(path.read_text())
+    doc = tomllib.loads(profile.read_text(path))
     for dotted, value in spec.overrides.items():
         *tables, key = dotted.split(".")
         where = doc
@@ -169,17 +170,6 @@ def _profile(name: str) -> Host:
         host = profile.load(path)
         _HOSTS[_profile_key(name)] = (path, mtime, host)
     return host
-
-
-def _boot_inside(fs: FakeFilesystem, spec: HostSpec) -> Kernel:
-    """:func:`_boot` from inside a patched test: the real filesystem is paused in only when
-    a profile has to be read (its first use, a changed file, overrides)."""
-    if not spec.overrides and _cached_profile(spec.name) is not None:
-        return _boot(spec)
-    from pyfakefs.fake_filesystem_unittest import Pause
-
-    with Pause(fs):
-        return _boot(spec)
 
 
 @functools.cache
@@ -274,7 +264,25 @@ def _merge(fs: FakeFilesystem, where: FakeDirectory, target: str, source: str, f
         elif found is None:
             leaf = FakeFile(name, st_mode=stat.S_IFREG | 0o644, filesystem=fs)
             leaf.set_contents(files[path])
+            leaf.kvmsim_host_file = True
             where.add_entry(leaf)
+        elif not _ours(found) and getattr(found, "byte_contents", None) != files[path]:
+            warnings.warn(
+                HostFileShadowed(f"kvm_host: the test's own {path} hides the simulated host's (the test's wins)"),
+                stacklevel=1,
+            )
+
+
+class HostFileShadowed(UserWarning):
+    """A file the test made where the simulated host has one: the test's is what code reads."""
+
+
+def _ours(entry: object) -> bool:
+    """A host file an earlier graft on this filesystem put there (a module-scoped ``fs``)."""
+    if getattr(entry, "kvmsim_host_file", False):
+        return True
+    real = getattr(entry, "file_path", None)
+    return isinstance(real, str) and any(real.startswith(tree + "/") for tree in _TREES.values())
 
 
 def _spec(name: str | os.PathLike[str] | HostSpec, abi: str, overrides: dict[str, Any]) -> HostSpec:
@@ -291,7 +299,7 @@ def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
     from . import hostfs
     from .fakefcntl import KernelBinding
 
-    kernel = _boot_inside(fs, spec)
+    kernel = _boot(spec)
     _graft(fs, hostfs.files(kernel), _profile_dirs())  # profiles stay readable by name inside
     monkeypatch = pytest.MonkeyPatch()
     try:

@@ -389,3 +389,98 @@ def test_profiles_stay_readable_by_name_inside_from_every_search_directory(
         assert profile.load("powervm-p11").name == "powervm-p11"  # the built-in ones too
         builtin = profile.builtin_hosts()
         assert builtin.name in os.listdir(builtin.parent)  # its parents are made when looked into
+
+
+# -- what a new user hits first (issue: plugin traps) ----------------------------------------------
+
+
+def test_profiles_are_found_on_the_real_filesystem_while_a_test_fakes_it(pytester: pytest.Pytester) -> None:
+    """simulated_host() inside a test that already has pyfakefs's fs, with a profile no
+    earlier test loaded (its own, from the kvmsim_hosts ini): never 'unknown host'."""
+    from kvmsim import profile
+
+    hosts = pytester.mkdir("my-hosts")
+    (hosts / "only-here.toml").write_text(profile.resolve("powervm-p11").read_text())
+    pytester.makeini(f"[pytest]\nkvmsim_hosts = {hosts}\n")
+    pytester.makepyfile(
+        """
+        import os
+        from kvmsim.pytest_plugin import simulated_host
+
+        def test_inside_fs(fs):
+            fs.create_file("/etc/app.conf")
+            with simulated_host("only-here") as host:
+                assert os.path.exists("/dev/kvm") and host.kernel.host.name == "only-here"
+
+        def test_with_overrides_inside_fs(fs):
+            with simulated_host("only-here", **{"hypervisor.offers": ["power10"]}):
+                assert os.path.exists("/proc/device-tree")
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_real_descriptors_reach_the_real_fcntl_under_kvm_host(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import array, fcntl, os, socket, struct, termios
+
+        def test_socketpair(kvm_host):
+            a, b = socket.socketpair()
+            b.send(b"abc")
+            buf = array.array("i", [0])
+            fcntl.ioctl(a.fileno(), termios.FIONREAD, buf)
+            assert buf[0] == 3
+            assert fcntl.fcntl(a.fileno(), fcntl.F_GETFL) & os.O_RDWR == os.O_RDWR
+
+        def test_tty(kvm_host):
+            master, slave = os.openpty()
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            assert struct.unpack("HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, bytes(8)))[:2] == (24, 80)
+
+        def test_a_fake_file_is_still_enotty(kvm_host, fs):
+            import errno, pytest
+            fs.create_file("/tmp/x")
+            fd = os.open("/tmp/x", os.O_RDONLY)
+            with pytest.raises(OSError) as exc:
+                fcntl.ioctl(fd, 0x2000AE00, 0)
+            assert exc.value.errno == errno.ENOTTY
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+def test_a_module_scoped_fake_filesystem_serves_every_tests_vm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import fcntl, os, pytest
+
+        @pytest.mark.parametrize("round", range(3))
+        def test_create_vm(fs_module, kvm_host, round):
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            vm = fcntl.ioctl(fd, 0x2000AE01, 0)
+            assert fcntl.ioctl(vm, 0x2000AE03, 250) == 1
+            os.close(vm)
+            os.close(fd)
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+def test_a_tests_own_host_file_wins_and_says_so(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.fixture(autouse=True)
+        def intel(fs):
+            fs.create_file("/proc/cpuinfo", contents="vendor_id : GenuineIntel\\n")
+
+        def test_reads_its_own(kvm_host):
+            assert "GenuineIntel" in open("/proc/cpuinfo").read()
+            assert open("/proc/device-tree/cpus/PowerPC,POWER11@0/name", "rb").read().startswith(b"PowerPC")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*HostFileShadowed: kvm_host: the test's own /proc/cpuinfo hides*"])

@@ -67,7 +67,7 @@ def prepare(archive: Archive, kernels: set[str]) -> dict[str, str]:
 def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: dict[str, str]) -> str:
     """The host profile of ``config`` with the boot's observations as its ``[recorded]``."""
     kernel = KERNELS[config.kernel]
-    doc = tomllib.loads(profile.resolve(config.profile).read_text())
+    doc = tomllib.loads(profile.read_text(profile.resolve(config.profile)))
     doc["summary"] = f"{doc['summary']} (recorded: Linux {obs.get('kernel', kernel.release)} under QEMU)"
     lab = {
         "qemu": " ".join(Path(a).name if a.startswith("/") else a for a in result.command),
