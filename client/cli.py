@@ -107,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])
             undetectable = args.abi is not None and revs[args.abi] not in negotiable(revs.values())
             device, opts_abi = SimDevice(kernel), (args.abi if undetectable and revs[args.abi].abi else None)
-            tree = DeviceTree(files=hostfs.files(kernel))
+            if args.fallback:  # the host's files are built only when they will be read
+                tree = DeviceTree(files=hostfs.files(kernel))
         else:
             device, opts_abi = RealDevice(args.device or DEV_KVM), args.abi
         opts = Options(
