@@ -13,7 +13,7 @@ BUILD := build
 # no import hook), redone when a source file is added or pyproject.toml changes.  Its one
 # informational notice ("Editable installation ... auxiliary directory") is filtered; any
 # other build warning shows.
-SOURCES := $(wildcard kvmsim/*.py kvmsim/*/*.py kvmsim/*/*.c kvmsim/hosts/*.toml client/*.py client/c/*)
+SOURCES := $(wildcard kvmsim/*.py kvmsim/*/*.py kvmsim/*/*.c kvmsim/*/*/*.c kvmsim/hosts/*.toml client/*.py client/c/*)
 $(STAMP): pyproject.toml $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -48,7 +48,7 @@ lab: $(STAMP)
 # the preload shim and the C example client (kvmsim run also builds the shim on demand)
 c: $(BUILD)/kvmsim_shim.so $(BUILD)/kvm_compat_caps
 
-$(BUILD)/kvmsim_shim.so: kvmsim/shim/kvmsim_shim.c
+$(BUILD)/kvmsim_shim.so: kvmsim/preload/shim/kvmsim_shim.c
 	mkdir -p $(BUILD)
 	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl -lpthread
 

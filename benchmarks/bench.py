@@ -45,11 +45,11 @@ from typing import Any
 import attrs
 
 from kvmsim import Kernel
-from kvmsim.build import BuildError, build_shim, compile_c
-from kvmsim.profile import names as profile_names
-from kvmsim.runner import ShimHost, shim_environment
-from kvmsim.server import Server
-from kvmsim.uapi import REVISIONS
+from kvmsim.kernel.profile import names as profile_names
+from kvmsim.kernel.uapi import REVISIONS
+from kvmsim.preload.build import BuildError, build_shim, compile_c
+from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -201,8 +201,8 @@ def serving(host: str = HOST) -> Iterator[tuple[Kernel, Server]]:
 
 def dispatch_round(host: str = HOST) -> Callable[[], float]:
     """One round of what the server does for a compat-caps IOCTL frame, without a transport."""
-    from kvmsim import wire
-    from kvmsim.server import Connection
+    from kvmsim.preload import wire
+    from kvmsim.preload.server import Connection
 
     kernel = Kernel.from_profile(host)
     ours, _theirs = socket.socketpair()
@@ -499,8 +499,8 @@ def regression_rows() -> list[Row]:
         note_ = f"{ratio:.1f}x the real ioctl's {fmt(base)} in the same rounds{floor}"
         rows.append(Row(f"Kernel.ioctl compat caps ({name})", s, "<= 5x a real ioctl", ratio <= 5, note_))
     rows.insert(0, Row("a real ioctl from Python", statistics.median(bases), note=note))
-    from kvmsim.cli import observe
-    from kvmsim.profile import load
+    from kvmsim.cli.commands import observe
+    from kvmsim.kernel.profile import load
 
     hosts = [load(n) for n in profile_names()]
 
@@ -541,7 +541,7 @@ def soak_row(shim: Path) -> Row:
     import logging
     import random
 
-    from kvmsim import wire
+    from kvmsim.preload import wire
 
     logging.getLogger("kvmsim.serve").setLevel(logging.ERROR)  # thousands of hostile clients, by design
     torture = compile_c([ROOT / "tests" / "data" / "shim_torture.c"], flags=["-pthread"])
@@ -583,7 +583,7 @@ def soak_row(shim: Path) -> Row:
             import fcntl as fcntl_
             import mmap
 
-            from kvmsim import channel
+            from kvmsim.preload import channel
 
             nonlocal shrinks, wakes
             if not channel.available():

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kvmsim.cliargs import (
+from kvmsim.cli.args import (
     EXIT_USAGE,
     OneLineParser,
     add_hosts_option,
@@ -19,7 +19,7 @@ from kvmsim.cliargs import (
     u64_arg,
     use_hosts_dirs,
 )
-from kvmsim.uapi import DEFAULT_REVISION, DEV_KVM, REVISIONS, check_struct_size, negotiable
+from kvmsim.kernel.uapi import DEFAULT_REVISION, DEV_KVM, REVISIONS, check_struct_size, negotiable
 
 from .compat import CompatCaps, CompatError, Options, query
 from .device import Device, RealDevice
@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device: Device
         tree = DeviceTree()
         if args.sim is not None:  # only now is the simulator loaded
-            from kvmsim import Kernel, hostfs
+            from kvmsim import Kernel
+            from kvmsim.kernel import hostfs
             from kvmsim.user.simulated import SimDevice
 
             kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])

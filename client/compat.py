@@ -11,7 +11,7 @@ from typing import Literal
 
 import attrs
 
-from kvmsim.uapi import (
+from kvmsim.kernel.uapi import (
     KVM_API_VERSION,
     KVM_PPC_COMPAT_BITMASK,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,

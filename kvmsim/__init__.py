@@ -11,18 +11,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .errors import KvmError
-    from .profile import Host, ProfileError
-    from .uapi import DEV_KVM, REVISIONS, AbiRevision
+    from .kernel.errors import KvmError
+    from .kernel.profile import Host, ProfileError
+    from .kernel.uapi import DEV_KVM, REVISIONS, AbiRevision
     from .user.simulated import Kernel
 
 _EXPORTS = {
-    "DEV_KVM": "uapi",
-    "REVISIONS": "uapi",
-    "AbiRevision": "uapi",
-    "Host": "profile",
-    "ProfileError": "profile",
-    "KvmError": "errors",
+    "DEV_KVM": "kernel.uapi",
+    "REVISIONS": "kernel.uapi",
+    "AbiRevision": "kernel.uapi",
+    "Host": "kernel.profile",
+    "ProfileError": "kernel.profile",
+    "KvmError": "kernel.errors",
     "Kernel": "user.simulated",
 }
 __all__ = ["DEV_KVM", "REVISIONS", "AbiRevision", "Host", "Kernel", "KvmError", "ProfileError"]

@@ -12,8 +12,9 @@ import attrs
 import pytest
 from kvmcompat import CompatError, SimDevice, query
 
-from kvmsim import Host, Kernel, profile
-from kvmsim.uapi import REVISIONS
+from kvmsim import Host, Kernel
+from kvmsim.kernel import profile
+from kvmsim.kernel.uapi import REVISIONS
 
 pytest_plugins = ["pytester"]
 
@@ -24,7 +25,7 @@ needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, 
 @pytest.fixture(scope="session")
 def shim() -> Path:
     """The preload shim, built with this machine's C compiler."""
-    from kvmsim.build import build_shim
+    from kvmsim.preload.build import build_shim
 
     return build_shim()
 
@@ -32,7 +33,7 @@ def shim() -> Path:
 @pytest.fixture(scope="session")
 def c_client() -> Path:
     """The C example client (client/c), built with this machine's C compiler."""
-    from kvmsim.build import compile_c
+    from kvmsim.preload.build import compile_c
 
     return compile_c([C_CLIENT])
 

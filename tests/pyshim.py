@@ -1,6 +1,6 @@
-"""The shim's side of kvmsim/wire.py in Python, for driving a server from tests: a client
+"""The shim's side of kvmsim/preload/wire.py in Python, for driving a server from tests: a client
 process whose "user memory" is a dict of regions it answers MEM_READ/MEM_WRITE from; on the
-socket, or (``shared=True``) on the shared-memory channel of kvmsim/channel.py."""
+socket, or (``shared=True``) on the shared-memory channel of kvmsim/preload/channel.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import socket
 import time
 from os import close as os_close
 
-from kvmsim import channel, wire
-from kvmsim.wire import Msg
+from kvmsim.preload import channel, wire
+from kvmsim.preload.wire import Msg
 
 
 class PyShim:

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from conftest import client_answer, needs_cc, printed_answer
 
-from kvmsim import Kernel, hostfs, wire
-from kvmsim.attach import AttachError, ask_host
-from kvmsim.runner import ShimHost
-from kvmsim.server import Server
-from kvmsim.wire import Msg
+from kvmsim import Kernel
+from kvmsim.kernel import hostfs
+from kvmsim.preload import wire
+from kvmsim.preload.attach import AttachError, ask_host
+from kvmsim.preload.runner import ShimHost
+from kvmsim.preload.server import Server
+from kvmsim.preload.wire import Msg
 
 KVMSIM = [sys.executable, "-m", "kvmsim"]
 NOBODY = 65534

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from kvmcompat import cli as client_cli
 
-from kvmsim import ProfileError, profile
+from kvmsim import ProfileError
 from kvmsim import cli as kvmsim_cli
+from kvmsim.kernel import profile
 
 CORPUS = sorted((Path(__file__).parent / "data" / "bad-profiles").glob("*.toml"))
 

@@ -1,4 +1,4 @@
-"""The shared-memory channel (kvmsim/channel.py and the shim's side of it): the same frames
+"""The shared-memory channel (kvmsim/preload/channel.py and the shim's side of it): the same frames
 and answers as the socket, a server that cannot offer it, garbage in the shared area, and
 either side going away while the other waits."""
 
@@ -22,10 +22,11 @@ import pytest
 from conftest import client_answer, needs_cc, printed_answer
 from pyshim import PyShim
 
-from kvmsim import Kernel, channel, wire
-from kvmsim.runner import ShimHost, shim_environment
-from kvmsim.server import Server
-from kvmsim.wire import Msg
+from kvmsim import Kernel
+from kvmsim.preload import channel, wire
+from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.server import Server
+from kvmsim.preload.wire import Msg
 
 pytestmark = pytest.mark.skipif(not channel.available(), reason="the shared channel is offered on x86_64 only")
 ADDR = 0x7000_0000

@@ -21,8 +21,9 @@ from kvmcompat import (
     query,
 )
 
-from kvmsim import Kernel, hostfs
-from kvmsim.uapi import ARCHES, Arch
+from kvmsim import Kernel
+from kvmsim.kernel import hostfs
+from kvmsim.kernel.uapi import ARCHES, Arch
 from kvmsim.user.device import machine_arch
 
 P9, P10, P11 = "power9", "power10", "power11"

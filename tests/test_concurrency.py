@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from kvmsim import Kernel
-from kvmsim.build import build_shim, compile_c
-from kvmsim.runner import ShimHost, shim_environment
-from kvmsim.server import Server
+from kvmsim.preload.build import build_shim, compile_c
+from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 P10_P11 = 0x3000000000000000

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import REVS, client_answer, printed_answer
 
-from kvmsim import Kernel, profile, uapi
-from kvmsim.build import compile_c
-from kvmsim.runner import FOREIGN, ShimHost, elf_arch, prepare, qemu_binary
-from kvmsim.server import Server
+from kvmsim import Kernel
+from kvmsim.kernel import profile, uapi
+from kvmsim.preload.build import compile_c
+from kvmsim.preload.runner import FOREIGN, ShimHost, elf_arch, prepare, qemu_binary
+from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"

@@ -15,7 +15,8 @@ import pytest
 from kvmcompat import DeviceTree, Options, SimDevice, query
 from kvmcompat.compat import CompatError
 
-from kvmsim import Kernel, hostfs, profile
+from kvmsim import Kernel
+from kvmsim.kernel import hostfs, profile
 
 KVMSIM = Path(sys.executable).parent / "kvmsim"
 CLIENT = Path(sys.executable).parent / "kvm-compat-caps"

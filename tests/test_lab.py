@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from kvmsim import cli
+from kvmsim.kernel.uapi import ARCHES, REVISIONS
 from kvmsim.lab import boot as lab_boot
 from kvmsim.lab import build, configs, debian
-from kvmsim.uapi import ARCHES, REVISIONS
 from kvmsim.user import probe
 
 PPC = ARCHES["ppc64le"]
@@ -109,7 +109,8 @@ def test_the_console_reads_back_as_record_observations() -> None:
 
 
 def test_every_configuration_has_a_host_profile_that_boots() -> None:
-    from kvmsim import Kernel, profile
+    from kvmsim import Kernel
+    from kvmsim.kernel import profile
 
     for config in configs.CONFIGS.values():
         Kernel(profile.load(config.profile), REVISIONS[configs.KERNELS[config.kernel].revision])

@@ -12,8 +12,9 @@ import attrs
 import pytest
 from conftest import BEHAVIOUR, REVS, Vm, caps, evolved
 
-from kvmsim import Kernel, profile
-from kvmsim.uapi import ARCHES, LINUX_7_3, POWER11, REVISIONS, AbiRevision
+from kvmsim import Kernel
+from kvmsim.kernel import profile
+from kvmsim.kernel.uapi import ARCHES, LINUX_7_3, POWER11, REVISIONS, AbiRevision
 
 E = errno
 DRAFTS_AND_73 = ("linux-7.3", "v5", "v4")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmsim import ProfileError, profile
+from kvmsim import ProfileError
+from kvmsim.kernel import profile
 
 REQUIRED = {
     "powervm-p10", "powervm-p11", "powervm-p11-compat-p10", "powervm-p11-be", "powervm-p10-hcall-hardware",

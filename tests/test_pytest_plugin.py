@@ -11,8 +11,9 @@ import pytest
 from conftest import REVS
 from kvmcompat import CompatError, Options, RealDevice, SimDevice, query
 
-from kvmsim import Kernel, profile
-from kvmsim.pytest_plugin import SimulatedHost
+from kvmsim import Kernel
+from kvmsim.kernel import profile
+from kvmsim.plugin.fixture import SimulatedHost
 
 
 def test_unparametrized_is_the_default_host(kvm_host: SimulatedHost) -> None:
@@ -178,7 +179,7 @@ def test_plugin_is_inert_without_the_fixture(pytester: pytest.Pytester) -> None:
 
         def test_real_fs():
             assert os.path.exists(os.getcwd())
-            assert fcntl.ioctl.__module__ != "kvmsim.fakefcntl"
+            assert fcntl.ioctl.__module__ != "kvmsim.plugin.fakefcntl"
         """
     )
     pytester.runpytest().assert_outcomes(passed=1)
@@ -359,7 +360,7 @@ def test_a_tests_own_files_win_and_the_host_fills_in_around_them(pytester: pytes
 
 
 def test_a_profile_edited_during_the_session_is_read_again(tmp_path: os.PathLike[str]) -> None:
-    from kvmsim.pytest_plugin import simulated_host
+    from kvmsim.plugin.fixture import simulated_host
 
     path = os.path.join(tmp_path, "mine.toml")
     text = profile.resolve("powervm-p11").read_text()
@@ -377,7 +378,7 @@ def test_a_profile_edited_during_the_session_is_read_again(tmp_path: os.PathLike
 def test_profiles_stay_readable_by_name_inside_from_every_search_directory(
     tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kvmsim.pytest_plugin import simulated_host
+    from kvmsim.plugin.fixture import simulated_host
 
     mine = os.path.join(tmp_path, "mine")
     os.mkdir(mine)
@@ -397,7 +398,7 @@ def test_profiles_stay_readable_by_name_inside_from_every_search_directory(
 def test_profiles_are_found_on_the_real_filesystem_while_a_test_fakes_it(pytester: pytest.Pytester) -> None:
     """simulated_host() inside a test that already has pyfakefs's fs, with a profile no
     earlier test loaded (its own, from the kvmsim_hosts ini): never 'unknown host'."""
-    from kvmsim import profile
+    from kvmsim.kernel import profile
 
     hosts = pytester.mkdir("my-hosts")
     (hosts / "only-here.toml").write_text(profile.resolve("powervm-p11").read_text())

@@ -32,7 +32,8 @@ def test_the_simulated_kernel_example() -> None:
 
 
 def test_the_profile_example_loads_and_answers_as_its_summary_says() -> None:
-    from kvmsim import REVISIONS, Kernel, profile
+    from kvmsim import REVISIONS, Kernel
+    from kvmsim.kernel import profile
 
     (text,) = re.findall(r"```toml\n(.*?)```", README, re.S)
     host = profile.parse(text, name="readme", where="README.md")

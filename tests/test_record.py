@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import REVS
 
-from kvmsim import profile, record
-from kvmsim.pytest_plugin import SimulatedHost
+from kvmsim import record
+from kvmsim.kernel import profile
+from kvmsim.plugin.fixture import SimulatedHost
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).parent / "kvmsim"

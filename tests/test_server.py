@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyshim import PyShim
 
-from kvmsim import Kernel, wire
-from kvmsim.server import Server
-from kvmsim.wire import Msg
+from kvmsim import Kernel
+from kvmsim.preload import wire
+from kvmsim.preload.server import Server
+from kvmsim.preload.wire import Msg
 
 P10_P11 = 0x3000000000000000
 ADDR = 0x1000
@@ -244,7 +245,7 @@ def test_without_a_window_every_read_is_a_round_trip(server: Server) -> None:
 
 
 def test_remote_memory_flushes_kept_writes_before_a_read_outside_the_window() -> None:
-    from kvmsim.server import RemoteMemory
+    from kvmsim.preload.server import RemoteMemory
 
     ours, theirs = socket.socketpair()
     mem = RemoteMemory(wire.FrameReader(ours))

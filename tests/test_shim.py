@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import REVS, client_answer, needs_cc, printed_answer
 
-from kvmsim import Kernel, profile
-from kvmsim.runner import ShimHost, shim_environment
-from kvmsim.server import Server
+from kvmsim import Kernel
+from kvmsim.kernel import profile
+from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"

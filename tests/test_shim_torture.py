@@ -12,9 +12,9 @@ import pytest
 from conftest import needs_cc
 
 from kvmsim import Kernel
-from kvmsim.build import compile_c
-from kvmsim.runner import ShimHost, shim_environment
-from kvmsim.server import Server
+from kvmsim.preload.build import compile_c
+from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.server import Server
 
 TORTURE = Path(__file__).resolve().parent / "data" / "shim_torture.c"
 pytestmark = needs_cc
@@ -82,7 +82,7 @@ input()
 
 
 def test_out_of_local_fds_the_kernel_file_is_released(shim: Path, tmp_path: Path) -> None:
-    from kvmsim.trace import Call
+    from kvmsim.preload.trace import Call
 
     calls: list[Call] = []
     kernel = Kernel.from_profile("powervm-p11")

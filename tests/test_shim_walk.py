@@ -4,6 +4,7 @@ leaves the program's signals deliverable and its call bounded by the deadline.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,8 +18,8 @@ import pytest
 from conftest import needs_cc
 
 from kvmsim import Kernel
-from kvmsim.build import compile_c
-from kvmsim.runner import ShimHost, shim_environment
+from kvmsim.preload.build import compile_c
+from kvmsim.preload.runner import ShimHost, shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")
@@ -143,6 +144,10 @@ def stalled(
     try:
         assert program.stdout.readline() == "open\n"
         server.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not stopped(server.pid):  # a group stop is asynchronous: every thread, then go
+            assert time.monotonic() < deadline, "the server did not stop"
+            time.sleep(0.01)
         program.stdin.write("go\n")
         program.stdin.flush()
         deadline = time.monotonic() + 10
@@ -156,6 +161,15 @@ def stalled(
         program.kill()
         server.wait(timeout=10)
         program.wait(timeout=10)
+
+
+def stopped(pid: int) -> bool:
+    """Has every thread of ``pid`` stopped (state T)?"""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            states.append(task.joinpath("stat").read_text().rpartition(")")[2].split()[0])
+    return bool(states) and all(state == "T" for state in states)
 
 
 def waiting_in(pid: int) -> int | None:

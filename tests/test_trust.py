@@ -1,4 +1,4 @@
-"""kvmsim.trust, and what it keeps out: a temporary base or cache another user prepared, a
+"""kvmsim.preload.trust, and what it keeps out: a temporary base or cache another user prepared, a
 rename or symlink swapped in under a root run, a library replaced between its build and its
 preload, and what a dead run leaves behind.  The attackers run as uid 65534 (setpriv)."""
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_cc
 
-from kvmsim import build, trust
+from kvmsim.preload import build, trust
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")

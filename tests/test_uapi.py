@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvmsim import uapi
-from kvmsim.uapi import ARCHES, LINUX_7_3, NONE, V4, V5
+from kvmsim.kernel import uapi
+from kvmsim.kernel.uapi import ARCHES, LINUX_7_3, NONE, V4, V5
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmsim.usermem import AddressSpace, Fault
+from kvmsim.kernel.usermem import AddressSpace, Fault
 
 
 def test_address_zero_is_never_mapped() -> None:

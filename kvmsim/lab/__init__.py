@@ -21,7 +21,9 @@ from typing import Any
 
 import attrs
 
-from .. import profile, record, trust
+from .. import record
+from ..kernel import profile
+from ..preload import trust
 from . import boot, build
 from .configs import CONFIGS, HEADERS, KERNELS, QEMU, QEMU_LIBS, TOOLCHAIN, Config
 from .debian import Archive, CacheError, FetchError

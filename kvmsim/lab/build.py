@@ -10,8 +10,8 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from .. import trust
-from ..uapi import ARCHES, REVISIONS
+from ..kernel.uapi import ARCHES, REVISIONS
+from ..preload import trust
 from ..user import probe
 from .debian import FetchError
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-from .. import trust
+from ..preload import trust
 
 MIRROR = "http://deb.debian.org/debian"
 SUITES = ("bookworm", "bookworm-backports", "sid", "experimental")

@@ -9,7 +9,7 @@ import fcntl
 import os
 from typing import Protocol
 
-from ..uapi import ARCHES, DEV_KVM, Arch
+from ..kernel.uapi import ARCHES, DEV_KVM, Arch
 
 
 class Device(Protocol):

@@ -12,7 +12,7 @@ from typing import Literal
 
 import attrs
 
-from ..uapi import (
+from ..kernel.uapi import (
     GENERIC_CAPS,
     REVISIONS,
     STARTUP_CAPS,

@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from ..usermem import AddressSpace
+from ..kernel.usermem import AddressSpace
 
 IOCTL_BUFSZ = 1024
 ULONG_MASK = (1 << 64) - 1

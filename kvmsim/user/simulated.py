@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 
-from .. import kvm_main
-from ..uapi import DEV_KVM, Arch
-from ..usermem import AddressSpace
+from ..kernel import kvm_main
+from ..kernel.uapi import DEV_KVM, Arch
+from ..kernel.usermem import AddressSpace
 from .pyioctl import Scratch, fcntl_ioctl
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from .uapi import REVISIONS, AbiRevision, revision, revision_from_header
+from ..kernel.uapi import REVISIONS, AbiRevision, revision, revision_from_header
 
 EXIT_USAGE = 2
 

@@ -20,13 +20,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from ..kernel.errors import KvmError
+from ..kernel.kvm_main import Kernel, Process
+from ..kernel.uapi import U64_OF, ByteOrder
+from ..kernel.usermem import Fault, UserAccess
 from . import channel, wire
 from .channel import SharedChannel
-from .errors import KvmError
-from .kvm_main import Kernel, Process
 from .trace import Call
-from .uapi import U64_OF, ByteOrder
-from .usermem import Fault, UserAccess
 from .wire import Msg, ProtocolError
 
 log = logging.getLogger("kvmsim.serve")

@@ -20,8 +20,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from .uapi import DEV_KVM, decode_request, errname
-from .user.simulated import Kernel
+from ..kernel.uapi import DEV_KVM, decode_request, errname
+from ..user.simulated import Kernel
 
 ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"
 # The real fcntl functions, taken before pyfakefs patches anything, kept in a tuple: pyfakefs

@@ -17,11 +17,11 @@ import socket
 import stat
 from collections.abc import Mapping
 
+from ..kernel.uapi import ARCHES
 from . import wire
 from .build import build_shim
 from .runner import ShimHost, shim_environment
 from .server import peer_uid
-from .uapi import ARCHES
 
 CONNECT_TIMEOUT = 5.0
 

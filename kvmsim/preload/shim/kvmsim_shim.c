@@ -14,14 +14,14 @@
  * $KVMSIM_MEMORY=pipe forces the pipe path (tests use it to cover both).
  *
  * An IOCTL carries a read-ahead window of the argument's memory, and the kernel's writes come
- * back with the RESULT, applied here in order: one round trip a call (see kvmsim/wire.py).
+ * back with the RESULT, applied here in order: one round trip a call (see kvmsim/preload/wire.py).
  *
- * After connecting, the shim asks for the shared-memory channel (kvmsim/channel.py): the same
+ * After connecting, the shim asks for the shared-memory channel (kvmsim/preload/channel.py): the same
  * frames through a memfd both sides map, a short spin then a futex instead of a socket round
  * trip.  A server that cannot offer it answers ENOSYS and the socket stays the channel, as it
  * does with $KVMSIM_CHANNEL=socket (the runner sets that under qemu-user).
  *
- * The wire format is kvmsim/wire.py: every field big-endian.  After fork() the child has no
+ * The wire format is kvmsim/preload/wire.py: every field big-endian.  After fork() the child has no
  * emulated descriptors (its copies are plain /dev/null).  dup/dup2/dup3 and fcntl(F_DUPFD*) of
  * an emulated fd share its kernel file, closed with the last descriptor, as in the kernel.
  */
@@ -68,10 +68,10 @@
 enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8,
        SHM = 11, SHM_READY = 12 };
 
-/* struct kvmsim_shm (kvmsim/channel.py): a 64-byte control block of u32 words, then one frame
+/* struct kvmsim_shm (kvmsim/preload/channel.py): a 64-byte control block of u32 words, then one frame
  * area each way.  Native byte order. */
-#define MAX_USER_COPY 65536u /* kvmsim/wire.py MAX_USER_COPY */
-#define SHM_CAPACITY (12u + 2u * MAX_USER_COPY + 4096u) /* kvmsim/channel.py CAPACITY */
+#define MAX_USER_COPY 65536u /* kvmsim/preload/wire.py MAX_USER_COPY */
+#define SHM_CAPACITY (12u + 2u * MAX_USER_COPY + 4096u) /* kvmsim/preload/channel.py CAPACITY */
 #define SHM_CONTROL 64u
 #define SHM_SIZE (SHM_CONTROL + 2u * SHM_CAPACITY)
 #define SHM_SEALS (F_SEAL_SHRINK | F_SEAL_GROW) /* what the memfd must carry before it is mapped */

@@ -10,7 +10,7 @@ from typing import IO
 
 import attrs
 
-from .uapi import Arch, decode_request, errname
+from ..kernel.uapi import Arch, decode_request, errname
 
 
 @attrs.frozen

@@ -23,9 +23,9 @@ from typing import Any
 
 import attrs
 
-from . import papr
-from .profile import ProfileError, parse
-from .uapi import (
+from ..kernel import papr
+from ..kernel.profile import ProfileError, parse
+from ..kernel.uapi import (
     ARCHES,
     DEV_KVM,
     KVM_CAP_MAX_VCPUS,
@@ -36,10 +36,10 @@ from .uapi import (
     mode_of_pvr,
     modes_of_caps,
 )
-from .user import probe
-from .user.device import RealDevice, machine_arch
-from .user.probe import Answer
-from .user.simulated import Kernel, SimDevice
+from ..user import probe
+from ..user.device import RealDevice, machine_arch
+from ..user.probe import Answer
+from ..user.simulated import Kernel, SimDevice
 
 KVM_MODULES = ("kvm", "kvm_hv", "kvm_pr", "kvm_intel", "kvm_amd", "kvm_pvm")
 CPUINFO_KEYS = (

@@ -29,21 +29,22 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from . import papr, profile, trust
-from .cliargs import (
-    EXIT_USAGE,
-    OneLineParser,
-    add_hosts_option,
-    add_revision_options,
-    jobs_arg,
-    revisions,
-    use_hosts_dirs,
+from ..kernel import papr, profile
+from ..kernel.profile import Host, ProfileError
+from ..kernel.uapi import (
+    DEFAULT_REVISION,
+    LINUX_7_3,
+    REVISIONS,
+    AbiRevision,
+    errname,
+    mode_of_logical_pvr,
+    modes_of_caps,
 )
-from .profile import Host, ProfileError
-from .trace import Call, Tracer
-from .uapi import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision, errname, mode_of_logical_pvr, modes_of_caps
-from .user import probe
-from .user.simulated import Kernel, SimDevice
+from ..preload import trust
+from ..preload.trace import Call, Tracer
+from ..user import probe
+from ..user.simulated import Kernel, SimDevice
+from .args import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, jobs_arg, revisions, use_hosts_dirs
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
@@ -221,8 +222,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from .runner import host_view
-    from .server import Server, ServerError
+    from ..preload.runner import host_view
+    from ..preload.server import Server, ServerError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
     kernel = _kernel(args)
@@ -252,8 +253,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     """Print what attaches programs to a running ``kvmsim serve``: ``eval "$(kvmsim env ...)"``."""
-    from .attach import AttachError, attached_environment
-    from .build import BuildError
+    from ..preload.attach import AttachError, attached_environment
+    from ..preload.build import BuildError
 
     try:
         _host, env = attached_environment(args.socket)
@@ -270,8 +271,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .build import BuildError
-    from .runner import RunError, StartError, run
+    from ..preload.build import BuildError
+    from ..preload.runner import RunError, StartError, run
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -303,8 +304,8 @@ def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_
     """Exec ``command`` attached to the server at ``socket_path``: this process becomes it."""
     import os
 
-    from .attach import AttachError, ask_host
-    from .runner import prepare
+    from ..preload.attach import AttachError, ask_host
+    from ..preload.runner import prepare
 
     try:
         host = ask_host(socket_path)
@@ -317,7 +318,7 @@ def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from . import record
+    from .. import record
 
     obs = record.observe(args.device)
     opened = obs["probes"].get("open")
@@ -359,7 +360,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import record
+    from .. import record
 
     try:
         with open(args.file, encoding="utf-8") as f:
@@ -382,7 +383,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_lab(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import lab
+    from .. import lab
 
     names = args.config or [n for n, c in lab.CONFIGS.items() if args.kernel is None or c.kernel == args.kernel]
     unknown = [n for n in names if n not in lab.CONFIGS]

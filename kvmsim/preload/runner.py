@@ -20,12 +20,13 @@ from typing import Any, Literal
 
 import attrs
 
-from . import hostfs, trust
+from ..kernel import hostfs
+from ..kernel.kvm_main import Kernel
+from ..kernel.uapi import ARCHES, DEV_KVM
+from . import trust
 from .build import BuildError, build_shim, preloadable
-from .kvm_main import Kernel
 from .server import Server, ServerError
 from .trace import Call
-from .uapi import ARCHES, DEV_KVM
 
 
 @attrs.frozen

@@ -1,0 +1,81 @@
+"""The files a host shows its processes: ``/dev/kvm``, ``/proc/device-tree/cpus``,
+``/proc/cpuinfo`` and ``/sys/module``, derived from a booted kernel's profile.
+
+Pure data (path → bytes); the pytest plugin writes them into a pyfakefs filesystem."""
+
+from __future__ import annotations
+
+import struct
+
+from .kvm_main import Kernel
+from .profile import Host
+from .uapi import DEV_KVM, mode_of_logical_pvr
+
+DEVICE_TREE = "/proc/device-tree"
+
+MACHINES = {  # (platform, hypervisor kind) -> (platform line, model)
+    ("pseries", "powervm"): ("pSeries", "IBM,9080-HEX"),
+    ("pseries", "kvm"): ("pSeries", "IBM pSeries (emulated by qemu)"),
+    ("pseries", "qemu"): ("pSeries", "IBM pSeries (emulated by qemu)"),
+    ("powernv", "none"): ("PowerNV", "9105-22A"),
+}
+TIMEBASE = 512000000  # POWER9 and later
+
+
+def _be32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+def _cpu_name(host: Host) -> str:
+    """The cpu line: the logical mode's name when architected, else the processor's (raw)."""
+    version = next((n.cpu_version for n in host.cpu_nodes if n.cpu_version is not None), None)
+    mode = mode_of_logical_pvr(version) if version is not None else None
+    if mode is not None:
+        return f"{mode.name.upper()} (architected)"
+    return f"{host.cpu.model} (raw)"
+
+
+def cpuinfo(host: Host) -> str:
+    cpu = host.cpu
+    if cpu.pvr is None:
+        return (
+            f"processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: {cpu.model}\n"
+            f"cpu MHz\t\t: {cpu.clock_mhz:.3f}\n\n"
+        )
+    pvr = cpu.pvr
+    revision = f"{(pvr >> 8) & 0xF}.{pvr & 0xFF} (pvr {pvr >> 16:04x} {pvr & 0xFFFF:04x})"
+    lines = [
+        "processor\t: 0",
+        f"cpu\t\t: {_cpu_name(host)}, altivec supported",
+        f"clock\t\t: {cpu.clock_mhz:.6f}MHz",
+        f"revision\t: {revision}",
+        "",
+    ]
+    platform, model = MACHINES[(host.platform, host.hypervisor.kind)]
+    machine = f"CHRP {model}" if platform == "pSeries" else f"PowerNV {model}"
+    lines += [f"timebase\t: {TIMEBASE}", f"platform\t: {platform}", f"model\t\t: {model}", f"machine\t\t: {machine}"]
+    if platform == "PowerNV":
+        lines.append("firmware\t: OPAL")
+    lines.append(f"MMU\t\t: {(host.mmu or 'radix').capitalize()}")
+    return "\n".join(lines) + "\n"
+
+
+def files(kernel: Kernel) -> dict[str, bytes]:
+    """Every file of the host, by absolute path."""
+    host = kernel.host
+    out: dict[str, bytes] = {"/proc/cpuinfo": cpuinfo(host).encode()}
+    if kernel.kvm.loaded:
+        out[DEV_KVM] = b""
+    for module in kernel.kvm.loaded_modules:
+        out[f"/sys/module/{module}/refcnt"] = b"0\n"
+    if host.arch.is_powerpc:
+        out[f"{DEVICE_TREE}/cpus/#address-cells"] = _be32(1)
+        out[f"{DEVICE_TREE}/cpus/#size-cells"] = _be32(0)
+        for node in host.cpu_nodes:
+            base = f"{DEVICE_TREE}/cpus/{node.name}"
+            out[f"{base}/name"] = node.name.split("@")[0].encode() + b"\0"
+            out[f"{base}/device_type"] = b"cpu\0"
+            out[f"{base}/reg"] = _be32(node.reg)
+            if node.cpu_version is not None:
+                out[f"{base}/cpu-version"] = _be32(node.cpu_version)
+    return out

@@ -1,0 +1,425 @@
+"""Host profiles: a TOML file describing a machine → a frozen :class:`Host`.
+
+A profile describes the machine (CPU, platform, hypervisor, modules, device tree), never a
+result: what ``KVM_CHECK_EXTENSION`` or the ioctl answer is derived by the simulated kernel.
+Every mistake in a profile is a :class:`ProfileError` whose message is one line naming the
+file and the field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import posix
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar, cast
+
+import attrs
+
+from . import papr
+from .papr import Hypervisor, HypervisorKind
+from .uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
+
+MAX_PROFILE = 1 << 20  # bytes: a profile is a page of TOML, never /dev/zero
+NODE_NAME = re.compile(r"[A-Za-z0-9,._+@-]{1,63}")  # a device-tree node name (devicetree spec 2.2.1)
+HOSTS_ENV = "KVMSIM_HOSTS"  # a path list of directories searched before the built-in profiles
+
+Platform = Literal["pseries", "powernv", "x86"]
+
+PLATFORMS: dict[str, tuple[str, ...]] = {  # platform -> arches it runs on
+    "pseries": ("ppc64le", "ppc64"),
+    "powernv": ("ppc64le", "ppc64"),
+    "x86": ("x86_64",),
+}
+MODULES: dict[str, tuple[str, ...]] = {  # platform -> KVM modules that exist there
+    "pseries": ("kvm_hv", "kvm_pr"),
+    "powernv": ("kvm_hv", "kvm_pr"),
+    "x86": ("kvm_intel", "kvm_amd", "kvm_pvm"),
+}
+NESTED_APIS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {  # kind -> (possible, default)
+    "powervm": ((2,), (2,)),  # PowerVM implements only the nested v2 (H_GUEST_*) API
+    "qemu": ((1, 2), (2,)),  # QEMU's pseries L0: cap-nested-hv (v1), cap-nested-papr (v2)
+    "kvm": ((1,), (1,)),  # a KVM-HV L0 on PowerNV: nested v1 (H_SET_PARTITION_TABLE, H_ENTER_NESTED)
+}
+PAGE_SIZES = (4096, 65536)
+DEFAULT_PAGE_SIZE = {"pseries": 65536, "powernv": 65536, "x86": 4096}  # RHEL/SLES/Ubuntu ppc64le: 64K
+DEFAULT_MAX_VCPUS = {"pseries": 2048, "powernv": 2048, "x86": 1024}  # KVM_MAX_VCPUS: NR_CPUS, KVM_MAX_NR_VCPUS
+Mmu = Literal["radix", "hash"]
+
+
+class ProfileError(ValueError):
+    """A malformed host profile; ``str()`` is one line naming the file and the field."""
+
+
+@attrs.frozen
+class Cpu:
+    pvr: int | None  # raw PVR; None on x86
+    mode: CompatMode | None  # the partition's effective compatibility mode; None = raw
+    model: str  # the "cpu" line of /proc/cpuinfo without the mode suffix
+    clock_mhz: int
+
+    @property
+    def isa_300(self) -> bool:
+        """cpu_has_feature(CPU_FTR_ARCH_300): the partition runs at POWER9 level or later."""
+        effective = self.effective
+        return effective is not None and effective.level >= 9
+
+    @property
+    def generation(self) -> CompatMode | None:
+        return None if self.pvr is None else mode_of_pvr(self.pvr)
+
+    @property
+    def effective(self) -> CompatMode | None:
+        """The mode the partition runs in: its compat mode, else the processor's own."""
+        return self.mode or self.generation
+
+
+@attrs.frozen
+class CpuNode:
+    """A ``/cpus/<name>`` device-tree node."""
+
+    name: str
+    reg: int
+    cpu_version: int | None  # the ``cpu-version`` property (big-endian u32), if present
+
+
+@attrs.frozen
+class Host:
+    name: str
+    path: Path | None
+    summary: str
+    arch: Arch
+    platform: Platform
+    modules: tuple[str, ...]  # modules the administrator loads (whether init succeeds is derived)
+    book3s_hv: bool  # kernel built with CONFIG_KVM_BOOK3S_HV_POSSIBLE
+    page_size: int  # PAGE_SIZE of the kernel build (4K or 64K on POWER)
+    mmu: Mmu | None  # the partition's MMU mode (radix_enabled()); None on x86
+    kvm_max_vcpus: int  # KVM_MAX_VCPUS of the kernel build
+    cpu: Cpu
+    hypervisor: Hypervisor
+    cpu_nodes: tuple[CpuNode, ...]
+    # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
+    recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+
+
+# ---------------------------------------------------------------------------
+# reading
+
+T = TypeVar("T")
+
+
+class _Table:
+    """A TOML table being consumed; every key must be taken, every value type-checked."""
+
+    def __init__(self, where: str, prefix: str, data: dict[str, Any]) -> None:
+        self.where, self.prefix, self.data = where, prefix, dict(data)
+        self.known: list[str] = []  # the keys looked for so far, for "did you mean"
+
+    def error(self, key: str, problem: str) -> ProfileError:
+        return ProfileError(f"{self.where}: {self.prefix}{key}: {problem}")
+
+    def has(self, key: str) -> bool:
+        self.known.append(key)
+        return key in self.data
+
+    def take(self, key: str, kind: type[T], default: T | None = None) -> T:
+        self.known.append(key)
+        if key not in self.data:
+            if default is None:
+                self.typo_of(key)
+                raise self.error(key, "missing")
+            return default
+        value = self.data.pop(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_toml_type(value)}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.take(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"unknown value {value!r} (expected one of: {', '.join(choices)})")
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.where, f"{self.prefix}{key}.", self.take(key, dict, {}))
+
+    def typo_of(self, wanted: str) -> None:
+        """A missing key is often a misspelt one: name the unknown key, and what it may mean."""
+        for key in self.data:
+            if difflib.get_close_matches(key, [wanted], n=1, cutoff=0.75):
+                raise self.error(key, f"unknown key (did you mean {wanted!r}?)")
+
+    def done(self) -> None:
+        for key in self.data:
+            close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.75)
+            raise self.error(key, f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key")
+
+
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "a boolean", list: "an array", dict: "a table"}
+
+
+def _toml_type(value: object) -> str:
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float")):
+        if isinstance(value, kind):
+            return name
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _mode(t: _Table, key: str, name: object, modes: dict[str, CompatMode]) -> CompatMode:
+    if not isinstance(name, str) or name not in modes:
+        raise t.error(key, f"unknown mode {name!r} (expected one of: {', '.join(modes)})")
+    return modes[name]
+
+
+def _hcall(t: _Table, key: str) -> int:
+    name = t.choice(key, tuple(papr.H_RETURN_CODES), "H_SUCCESS")
+    return papr.H_RETURN_CODES[name]
+
+
+def _clock(t: _Table, default: int) -> int:
+    mhz = t.take("clock_mhz", int, default)
+    if not 1 <= mhz <= 100_000:
+        raise t.error("clock_mhz", f"{mhz} is not a clock in MHz (1..100000)")
+    return mhz
+
+
+def _read_cpu(t: _Table, platform: str) -> Cpu:
+    if platform == "x86":
+        cpu = Cpu(None, None, t.take("model", str, "x86_64"), _clock(t, 2000))
+        t.done()
+        return cpu
+    pvr = t.take("pvr", int)
+    generation = mode_of_pvr(pvr) if 0 <= pvr <= 0xFFFFFFFF else None
+    if generation is None:
+        raise t.error("pvr", f"{pvr:#x} is not the PVR of a known POWER processor")
+    mode = None
+    if t.has("mode"):
+        mode = _mode(t, "mode", t.data.pop("mode"), MODES)
+        if not generation.level - 2 <= mode.level <= generation.level:
+            raise t.error("mode", f"a {generation.name} processor cannot run in {mode.name} mode")
+    model = t.take("model", str, generation.name.upper())
+    cpu = Cpu(pvr, mode, model, _clock(t, 2750))
+    t.done()
+    return cpu
+
+
+def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
+    kinds = ("powervm", "qemu", "kvm") if platform == "pseries" else ("none",)
+    kind = t.choice("kind", kinds, None if platform == "pseries" else "none")
+    possible, default = NESTED_APIS.get(kind, ((), ()))
+    apis: list[object] = t.take("nested_apis", list, list(default))
+    for api in apis:
+        if api not in possible:
+            offered = ", ".join(f"v{a}" for a in possible) or "none"
+            raise t.error("nested_apis", f"{kind} does not offer nested API {api!r} (it offers: {offered})")
+    nested_apis = tuple(sorted(cast(list[int], apis)))
+    v2 = 2 in nested_apis
+    offers: tuple[CompatMode, ...] = ()
+    if t.has("offers"):
+        if not v2:
+            raise t.error("offers", "only a nested API v2 hypervisor answers H_GUEST_GET_CAPABILITIES")
+        names = t.take("offers", list)
+        offers = tuple(_mode(t, "offers", n, {m.name: m for m in CAP_MODES}) for n in names)
+    elif v2:
+        t.typo_of("offers")
+        raise t.error("offers", "missing (what H_GUEST_GET_CAPABILITIES reports)")
+    for key in ("other_capability_bits", "hcall_at_init", "hcall_at_runtime", "set_capabilities_hcall"):
+        if t.has(key) and not v2:
+            raise t.error(key, "only meaningful for a nested API v2 hypervisor")
+    other = t.take("other_capability_bits", int, 0)
+    if not 0 <= other <= 0xFFFFFFFFFFFFFFFF:
+        raise t.error("other_capability_bits", f"{other:#x} does not fit 64 bits")
+    init, runtime = _hcall(t, "hcall_at_init"), _hcall(t, "hcall_at_runtime")
+    set_caps = _hcall(t, "set_capabilities_hcall")
+    hv = Hypervisor(cast(HypervisorKind, kind), nested_apis, offers, other, init, runtime, set_caps)
+    t.done()
+    return hv
+
+
+def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
+    if not t.has("cpus"):
+        t.done()
+        gen = cpu.generation
+        if gen is None:
+            return ()
+        version = cpu.mode.logical_pvr if cpu.mode else None
+        return (CpuNode(f"PowerPC,{gen.name.upper()}@0", 0, version),)
+    nodes: list[CpuNode] = []
+    for i, raw in enumerate(t.take("cpus", list)):
+        if not isinstance(raw, dict):
+            raise t.error(f"cpus[{i}]", f"expected a table, got {_toml_type(raw)}")
+        n = _Table(t.where, f"{t.prefix}cpus[{i}].", raw)
+        name, reg = n.take("name", str), n.take("reg", int, 8 * i)
+        if not NODE_NAME.fullmatch(name) or name in (".", ".."):
+            raise n.error("name", f"{name[:40]!r} is not a device-tree node name (1-63 of A-Z a-z 0-9 , . _ + - @)")
+        if any(node.name == name for node in nodes):
+            raise n.error("name", f"{name!r} is already a node (names are unique under /cpus)")
+        if not 0 <= reg <= 0xFFFFFFFF:
+            raise n.error("reg", f"{reg} does not fit a u32 property")
+        version = n.take("cpu-version", int) if n.has("cpu-version") else None
+        if version is not None and not 0 <= version <= 0xFFFFFFFF:
+            raise n.error("cpu-version", f"{version:#x} does not fit a u32 property")
+        n.done()
+        nodes.append(CpuNode(name, reg, version))
+    t.done()
+    return tuple(nodes)
+
+
+def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host:
+    """Parse profile ``text``; ``where`` names it in errors (usually the file's path)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{where}: bad TOML: {exc}") from None
+    except RecursionError:
+        raise ProfileError(f"{where}: bad TOML: nested too deeply") from None
+    t = _Table(where, "", data)
+    summary = t.take("summary", str)
+    arch_name = t.choice("arch", tuple(ARCHES))
+    platform = t.choice("platform", tuple(PLATFORMS))
+    if arch_name not in PLATFORMS[platform]:
+        raise t.error("platform", f"{platform} does not run on {arch_name}")
+    module_list = t.take("modules", list, [])
+    for m in module_list:
+        if m not in MODULES[platform]:
+            raise t.error("modules", f"unknown module {m!r} on {platform} (expected: {', '.join(MODULES[platform])})")
+    powerpc = platform != "x86"
+    book3s_hv = t.take("book3s_hv", bool, powerpc)
+    if book3s_hv and not powerpc:
+        raise t.error("book3s_hv", "Book3S HV exists only on powerpc")
+    page_size = t.take("page_size", int, DEFAULT_PAGE_SIZE[platform])
+    if page_size not in PAGE_SIZES or (not powerpc and page_size != 4096):
+        allowed = PAGE_SIZES if powerpc else (4096,)
+        raise t.error("page_size", f"{page_size} is not a page size this kernel can have ({allowed})")
+    max_vcpus = t.take("kvm_max_vcpus", int, DEFAULT_MAX_VCPUS[platform])
+    if not 1 <= max_vcpus <= 1 << 16:
+        raise t.error("kvm_max_vcpus", f"{max_vcpus} is out of range (1..65536)")
+    cpu = _read_cpu(t.table("cpu"), platform)
+    mmu: Mmu | None = None
+    if powerpc:
+        mmu = cast(Mmu, t.choice("mmu", ("radix", "hash"), "radix" if cpu.isa_300 else "hash"))
+        if mmu == "radix" and not cpu.isa_300:
+            effective = cpu.effective.name if cpu.effective else "raw"
+            raise t.error("mmu", f"radix needs ISA 3.0 (POWER9 or later); this partition runs in {effective} mode")
+    elif t.has("mmu"):
+        raise t.error("mmu", "only POWER partitions choose radix or hash")
+    hypervisor = _read_hypervisor(t.table("hypervisor"), platform)
+    dt = t.table("device_tree")
+    if not powerpc and dt.data:
+        raise dt.error("cpus", "an x86 machine has no device tree")
+    cpu_nodes = _read_cpu_nodes(dt, cpu)
+    for i, node in enumerate(cpu_nodes):
+        if node.cpu_version is not None and cpu.mode and node.cpu_version != cpu.mode.logical_pvr:
+            dt_mode = mode_of_logical_pvr(node.cpu_version)
+            if dt_mode is not None:
+                raise dt.error(f"cpus[{i}].cpu-version", f"{dt_mode.name} contradicts cpu.mode {cpu.mode.name}")
+    recorded = t.take("recorded", dict, {})
+    t.done()
+    return Host(
+        name,
+        path,
+        summary,
+        ARCHES[arch_name],
+        cast(Platform, platform),
+        tuple(module_list),
+        book3s_hv,
+        page_size,
+        mmu,
+        max_vcpus,
+        cpu,
+        hypervisor,
+        cpu_nodes,
+        MappingProxyType(recorded),
+    )
+
+
+def builtin_hosts() -> Path:
+    """The profiles shipped inside the package (``kvmsim/hosts``; ``fixtures/hosts`` in a
+    checkout is the same directory)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kvmsim/
+    return Path(package, "hosts")  # no filesystem look: it may be faked
+
+
+def search_path() -> list[Path]:
+    """Where profile names are looked up: ``$KVMSIM_HOSTS`` (``--hosts-dir``, the pytest
+    ``kvmsim_hosts`` ini option), then the built-in profiles."""
+    extra = [Path(p) for p in os.environ.get(HOSTS_ENV, "").split(os.pathsep) if p]
+    return [*extra, builtin_hosts()]
+
+
+# Profiles are found and read on the real filesystem even while a test fakes it: pyfakefs
+# patches os, os.path, pathlib and open, never posix, so these go through posix alone.
+def _real_stat(path: str | Path) -> os.stat_result | None:
+    try:
+        return posix.stat(os.fspath(path))
+    except OSError:
+        return None
+
+
+def read_bytes(path: str | Path, limit: int = MAX_PROFILE) -> bytes:
+    """A profile file's bytes, from the real filesystem (a FIFO does not block: O_NONBLOCK);
+    ProfileError when it is not a regular file or is larger than ``limit``."""
+    try:
+        fd = posix.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(posix.fstat(fd).st_mode):
+            raise ProfileError(f"{path}: cannot read profile: not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = posix.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
+    finally:
+        posix.close(fd)
+    if size > limit:
+        raise ProfileError(f"{path}: cannot read profile: larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def read_text(path: str | Path) -> str:
+    """A profile file's text (UTF-8), as :func:`read_bytes` reads it."""
+    try:
+        return read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc}") from None
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A profile name (``powervm-p11``) is looked up on :func:`search_path`; else a path."""
+    text = str(name_or_path)
+    if "/" in text or text.endswith(".toml"):
+        return Path(text)
+    for directory in search_path():
+        path = directory / f"{text}.toml"
+        st = _real_stat(path)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            return path
+    close = difflib.get_close_matches(text, names(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (see 'kvmsim hosts' for the list)"
+    raise ProfileError(f"{text}: unknown host{hint}")
+
+
+def load(name_or_path: str | Path) -> Host:
+    path = resolve(name_or_path)
+    return parse(read_text(path), name=path.stem, where=str(path), path=path)
+
+
+def names() -> list[str]:
+    """Every profile name on the search path."""
+    found: set[str] = set()
+    for directory in search_path():
+        with contextlib.suppress(OSError):
+            found.update(n.removesuffix(".toml") for n in posix.listdir(os.fspath(directory)) if n.endswith(".toml"))
+    return sorted(found)
