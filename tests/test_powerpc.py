@@ -343,3 +343,27 @@ def test_32_byte_caller_against_24_byte_kernel_retries_with_the_written_size() -
 def test_kernel_struct_size_must_be_sane(ksize: int) -> None:
     with pytest.raises(ValueError, match="kernel struct size"):
         Kernel.from_profile("powervm-p11", abi="v5", ksize=ksize)
+
+
+# -- a revision's behaviour is the kernel side's (uapi has its numbers) -------------------------
+
+
+def test_uapi_holds_numbers_and_layouts_only() -> None:
+    from kvmsim.kernel.uapi import CompatCapsAbi
+
+    assert [f.name for f in attrs.fields(CompatCapsAbi)] == ["layout", "cap", "nr", "macro"]
+
+
+@pytest.mark.parametrize("rev", [r for r in REVISIONS.values() if r.abi is not None], ids=lambda r: r.name)
+def test_every_revision_has_its_steps_here(rev: AbiRevision) -> None:
+    from kvmsim.kernel.book3s_hv import HV_STEPS
+    from kvmsim.kernel.powerpc import STEPS
+
+    assert rev.name in STEPS and rev.name in HV_STEPS
+
+
+def test_a_revision_no_kernel_has_steps_for_is_one_line() -> None:
+    from kvmsim.kernel.uapi import V5
+
+    with pytest.raises(ValueError, match="revision 'v6': no kernel has its steps"):
+        Kernel.from_profile("powervm-p11", abi=attrs.evolve(V5, name="v6"))

@@ -12,7 +12,7 @@ from . import papr
 from .book3s_pr import KvmppcOps
 from .errors import KvmError
 from .profile import Host
-from .uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, CompatCapsAbi, CompatMode, mode_of_logical_pvr
+from .uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, AbiRevision, CompatMode, mode_of_logical_pvr
 
 
 def kvmhv_on_pseries(host: Host) -> bool:
@@ -48,7 +48,7 @@ class HvModule:
     """The loaded kvm_hv module and its state."""
 
     host: Host
-    abi: CompatCapsAbi | None  # the kernel's revision of the ioctl; None: it has none
+    steps: HvSteps | None  # what this kernel's revision of the ioctl does here; None: it has none
     printk: Callable[[str], None]
     nestedv2: bool = False  # static_branch __kvmhv_is_nestedv2
     nested_capabilities: int = 0  # guest & host capabilities, set at init on nested v2
@@ -56,7 +56,7 @@ class HvModule:
 
     @property
     def ops(self) -> KvmppcOps:
-        get = self.get_compat_caps if self.abi is not None else None
+        get = self.get_compat_caps if self.steps is not None else None
         return KvmppcOps("kvm_hv", get)
 
     # kvmhv_enable_nested(NULL): may this kernel run nested guests of its own (API v1)?
@@ -69,12 +69,14 @@ class HvModule:
 
     # kvmppc_get_compat_caps(): platform first, then the nested API
     def get_compat_caps(self) -> int:
-        assert self.abi is not None
+        steps = self.steps
+        if steps is None:  # (the op exists only with steps: see ops)
+            raise KvmError(errno.ENOTTY, "this kernel has no get_compat_caps")
         if not kvmhv_on_pseries(self.host):
             raise KvmError(errno.EINVAL, "not on pseries: bare-metal PowerNV is an L0, it has no compat caps to report")
         if self.nestedv2:
-            return _NESTED_V2[self.abi.nested_v2](self)
-        return _CPU_VERSION_MAP[self.abi.cpu_version_map](self._cpu_version())
+            return steps.nested_v2(self)
+        return steps.cpu_version_map(self._cpu_version())
 
     def _live_hcall(self) -> int:
         rc, bitmap = papr.h_guest_get_capabilities(self.host.hypervisor, at_init=False)
@@ -118,11 +120,22 @@ def _cumulative(cpu_version: int) -> int:
     return caps_up_to(_cpu_version_mode(cpu_version).level)
 
 
-_NESTED_V2: dict[str, Callable[[HvModule], int]] = {
-    "live-hcall": HvModule._live_hcall,
-    "cached-at-init": HvModule._cached,
+@attrs.frozen
+class HvSteps:
+    """What one revision's kvmppc_get_compat_caps does on each nested API."""
+
+    nested_v2: Callable[[HvModule], int]  # PowerVM: the bitmap, and where it comes from
+    cpu_version_map: Callable[[int], int]  # a KVM L0 (nested v1): cpu-version to modes
+
+
+# The revisions' behaviour here, by revision name (uapi has only their numbers): the v4 draft
+# asks the hypervisor on every call and maps cpu-version to its one mode; v5 and Linux 7.3
+# use nested_capabilities cached at init and every mode up to cpu-version's.
+HV_STEPS: dict[str, HvSteps] = {
+    "v4": HvSteps(HvModule._live_hcall, _single),
+    "v5": HvSteps(HvModule._cached, _cumulative),
+    "linux-7.3": HvSteps(HvModule._cached, _cumulative),
 }
-_CPU_VERSION_MAP: dict[str, Callable[[int], int]] = {"single": _single, "cumulative": _cumulative}
 
 
 def kvmhv_nested_init(module: HvModule) -> None:
@@ -150,14 +163,14 @@ def kvmhv_nested_init(module: HvModule) -> None:
         raise KvmError(errno.ENODEV, "the parent hypervisor offers neither nested API v2 nor v1")
 
 
-def kvmppc_book3s_init_hv(host: Host, abi: CompatCapsAbi | None, printk: Callable[[str], None]) -> HvModule:
+def kvmppc_book3s_init_hv(host: Host, rev: AbiRevision, printk: Callable[[str], None]) -> HvModule:
     """Load kvm_hv; :class:`KvmError` (the module's init errno) when it refuses."""
     if not host.book3s_hv:
         raise KvmError(errno.ENOENT, "kvm_hv.ko does not exist (kernel built without Book3S HV)")
     if not kvmppc_core_check_processor_compat_hv(host):
         mode = host.cpu.effective.name if host.cpu.effective else "raw"
         raise KvmError(errno.ENODEV, f"an L1 needs ISA 3.0 and a radix MMU ({mode} mode, {host.mmu} MMU)")
-    module = HvModule(host, abi, printk)
+    module = HvModule(host, HV_STEPS[rev.name] if rev.abi is not None else None, printk)
     kvmhv_nested_init(module)
     if not kvmhv_on_pseries(host):
         printk("KVM-HV: Enabling IRQ bypass")  # CONFIG_KVM_XICS, bare metal only

@@ -49,6 +49,11 @@ class PowerpcKvm:
     def __init__(self, host: Host, rev: AbiRevision, ksize: int, printk: Callable[[str], None]) -> None:
         self.host, self.rev, self.ksize = host, rev, ksize
         self.abi: CompatCapsAbi | None = rev.abi
+        self.steps: CompatCapsSteps | None = None
+        if rev.abi is not None:
+            if rev.name not in STEPS:
+                raise ValueError(f"revision {rev.name!r}: no kernel has its steps (known: {', '.join(STEPS)})")
+            self.steps = STEPS[rev.name]
         self.request = rev.request(host.arch)
         self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module
         self.hv: HvModule | None = None
@@ -58,7 +63,7 @@ class PowerpcKvm:
         self.loaded = any(m == "kvm_pr" or host.book3s_hv for m in host.modules)
         if "kvm_hv" in host.modules:
             try:
-                self.hv = kvmppc_book3s_init_hv(host, self.abi, printk)
+                self.hv = kvmppc_book3s_init_hv(host, rev, printk)
             except KvmError as exc:
                 self.load_errors["kvm_hv"] = exc
         if "kvm_pr" in host.modules:
@@ -79,8 +84,8 @@ class PowerpcKvm:
     def check_extension(self, ext: int, vm: Vm | None) -> int:
         hv = self.hv
         hv_enabled = vm.hv if vm is not None else hv is not None
-        if self.abi is not None and ext == self.abi.cap:
-            return int(_CAP_RULES[self.abi.cap_rule](self, hv_enabled))
+        if self.abi is not None and self.steps is not None and ext == self.abi.cap:
+            return int(self.steps.cap_rule(self, hv_enabled))
         isa_300 = self.host.cpu.isa_300
         if ext == KVM_CAP_PPC_SMT:
             if vm is not None:
@@ -114,10 +119,10 @@ class PowerpcKvm:
 
     # kvm_arch_vm_ioctl()
     def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
-        if self.abi is None or request != self.request:
+        if self.abi is None or self.steps is None or request != self.request:
             raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x}")
         try:
-            return _HANDLERS[self.abi.handler](self, self.abi, vm, argp, mem)
+            return self.steps.get_compat_caps(self, self.abi, vm, argp, mem)
         except Fault as fault:
             raise KvmError(errno.EFAULT, f"user memory: {fault}") from None
 
@@ -187,14 +192,28 @@ class PowerpcKvm:
         return 0
 
 
-_HANDLERS: dict[str, Callable[[PowerpcKvm, CompatCapsAbi, Vm, int, UserAccess], int]] = {
-    "v4": PowerpcKvm.get_compat_caps_v4,
-    "v5": PowerpcKvm.get_compat_caps_v5,
-    "linux-7.3": PowerpcKvm.get_compat_caps_linux_7_3,
-}
-_CAP_RULES: dict[str, Callable[[PowerpcKvm, bool], bool]] = {
-    # the posted drafts: built with Book3S HV and on pseries, whatever the VM
-    "pseries": lambda kvm, hv_enabled: kvm.host.book3s_hv and kvmhv_on_pseries(kvm.host),
-    # Linux 7.3: hv_enabled && kvmhv_on_pseries()
-    "hv-and-pseries": lambda kvm, hv_enabled: hv_enabled and kvmhv_on_pseries(kvm.host),
+def _cap_drafts(kvm: PowerpcKvm, hv_enabled: bool) -> bool:
+    """The posted drafts: built with Book3S HV and on pseries, whatever the VM."""
+    return kvm.host.book3s_hv and kvmhv_on_pseries(kvm.host)
+
+
+def _cap_linux_7_3(kvm: PowerpcKvm, hv_enabled: bool) -> bool:
+    """Linux 7.3: ``hv_enabled && kvmhv_on_pseries()``."""
+    return hv_enabled and kvmhv_on_pseries(kvm.host)
+
+
+@attrs.frozen
+class CompatCapsSteps:
+    """What one revision's kernel does (uapi has only its numbers and its struct)."""
+
+    get_compat_caps: Callable[[PowerpcKvm, CompatCapsAbi, Vm, int, UserAccess], int]  # kvm_arch_vm_ioctl's case
+    cap_rule: Callable[[PowerpcKvm, bool], bool]  # when kvm_vm_ioctl_check_extension answers 1
+
+
+# The table from a revision to its step functions (book3s_hv.HV_STEPS has the backend's): a
+# new revision is one value in uapi and, at most, one new step function here.
+STEPS: dict[str, CompatCapsSteps] = {
+    "v4": CompatCapsSteps(PowerpcKvm.get_compat_caps_v4, _cap_drafts),
+    "v5": CompatCapsSteps(PowerpcKvm.get_compat_caps_v5, _cap_drafts),
+    "linux-7.3": CompatCapsSteps(PowerpcKvm.get_compat_caps_linux_7_3, _cap_linux_7_3),
 }

@@ -294,24 +294,17 @@ LAYOUT_V5 = CompatCapsLayout(("size", "flags", "compat_capabilities"))
 # ABI revisions
 
 Macro = Literal["_IO", "_IOR"]
-Handler = Literal["v4", "v5", "linux-7.3"]  # which kvm_arch_vm_ioctl case the kernel has
-CapRule = Literal["pseries", "hv-and-pseries"]  # kvm_vm_ioctl_check_extension's case
-NestedV2Source = Literal["live-hcall", "cached-at-init"]
-CpuVersionMap = Literal["single", "cumulative"]
 
 
 @attrs.frozen
 class CompatCapsAbi:
-    """What a kernel that has ``KVM_PPC_GET_COMPAT_CAPS`` defines: numbers, layout, rules."""
+    """What a kernel that has ``KVM_PPC_GET_COMPAT_CAPS`` defines: its numbers and its struct.
+    (What it does with them is the kernel side's: ``powerpc.STEPS``, ``book3s_hv.HV_STEPS``.)"""
 
     layout: CompatCapsLayout
     cap: int  # KVM_CAP_PPC_COMPAT_CAPS
     nr: int  # the ioctl's number within KVMIO
     macro: Macro
-    handler: Handler  # the handler's steps (kvmsim.powerpc)
-    cap_rule: CapRule  # when KVM_CHECK_EXTENSION answers 1
-    nested_v2: NestedV2Source  # how the PowerVM backend gets its bitmap
-    cpu_version_map: CpuVersionMap  # how the PowerNV (nested v1) backend maps cpu-version
 
     def request(self, arch: Arch) -> int:
         """The ioctl request number as this revision's macro encodes it on ``arch``."""
@@ -350,23 +343,15 @@ _V4_ABI = CompatCapsAbi(
     cap=249,
     nr=0xE4,
     macro="_IOR",
-    handler="v4",
-    cap_rule="pseries",
-    nested_v2="live-hcall",
-    cpu_version_map="single",
 )
 _V5_ABI = CompatCapsAbi(
     layout=LAYOUT_V5,
     cap=250,
     nr=0xE4,
     macro="_IO",
-    handler="v5",
-    cap_rule="pseries",
-    nested_v2="cached-at-init",
-    cpu_version_map="cumulative",
 )
 # torvalds/linux ac3e65dd: include/uapi/linux/kvm.h, arch/powerpc/kvm/powerpc.c
-_LINUX_7_3_ABI = attrs.evolve(_V5_ABI, nr=0xB8, handler="linux-7.3", cap_rule="hv-and-pseries")
+_LINUX_7_3_ABI = attrs.evolve(_V5_ABI, nr=0xB8)
 
 NONE = AbiRevision("none", generation=0, draft=False, abi=None)
 V4 = AbiRevision("v4", generation=1, draft=True, abi=_V4_ABI)
