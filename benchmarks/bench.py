@@ -46,7 +46,7 @@ import attrs
 
 from kvmsim import Kernel
 from kvmsim.kernel.profile import names as profile_names
-from kvmsim.kernel.uapi import REVISIONS
+from kvmsim.kernel.revisions import REVISIONS
 from kvmsim.preload.build import BuildError, build_shim, compile_c
 from kvmsim.preload.runner import ShimHost, shim_environment
 from kvmsim.preload.server import Server

@@ -19,7 +19,8 @@ from kvmsim.cli.args import (
     u64_arg,
     use_hosts_dirs,
 )
-from kvmsim.kernel.uapi import DEFAULT_REVISION, DEV_KVM, REVISIONS, check_struct_size, negotiable
+from kvmsim.kernel.revisions import DEFAULT_REVISION, REVISIONS, negotiable
+from kvmsim.kernel.uapi import DEV_KVM, check_struct_size
 
 from .compat import CompatCaps, CompatError, Options, query
 from .device import Device, RealDevice

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .kernel.errors import KvmError
     from .kernel.profile import Host, ProfileError
-    from .kernel.uapi import DEV_KVM, REVISIONS, AbiRevision
+    from .kernel.revisions import REVISIONS, AbiRevision
+    from .kernel.uapi import DEV_KVM
     from .user.simulated import Kernel
 
 _EXPORTS = {
     "DEV_KVM": "kernel.uapi",
-    "REVISIONS": "kernel.uapi",
-    "AbiRevision": "kernel.uapi",
+    "REVISIONS": "kernel.revisions",
+    "AbiRevision": "kernel.revisions",
     "Host": "kernel.profile",
     "ProfileError": "kernel.profile",
     "KvmError": "kernel.errors",

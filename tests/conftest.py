@@ -14,7 +14,7 @@ from kvmcompat import CompatError, SimDevice, query
 
 from kvmsim import Host, Kernel
 from kvmsim.kernel import profile
-from kvmsim.kernel.uapi import REVISIONS
+from kvmsim.kernel.revisions import REVISIONS
 
 pytest_plugins = ["pytester"]
 

@@ -227,7 +227,8 @@ def test_kvmsim_matrix_json_is_the_behaviour_table() -> None:
 
 def test_a_successful_answer_of_zero_is_zero_not_an_error() -> None:
     from kvmsim.cli.commands import observe
-    from kvmsim.kernel.uapi import LINUX_7_3, POWER11
+    from kvmsim.kernel.revisions import LINUX_7_3
+    from kvmsim.kernel.uapi import POWER11
 
     base = profile.load("powervm-p10")  # its L0 offers only what the L1 cannot run: caps 0
     host = attrs.evolve(base, hypervisor=attrs.evolve(base.hypervisor, offers=(POWER11,)))
@@ -316,7 +317,7 @@ def test_stale_and_vague_messages_name_what_was_wrong(tmp_path: Path) -> None:
 
 def test_help_says_how_a_header_is_read_and_it_is_so(tmp_path: Path) -> None:
     """Where --help states a fact about behaviour, the behaviour holds it."""
-    from kvmsim.kernel.uapi import header_rules
+    from kvmsim.kernel.header import header_rules
 
     helptext = " ".join(run("kvm-compat-caps", "--help").stdout.split())
     assert "an _IOR definition means v4's rules; _IO with nr 0xe4 v5's; any other _IO" in helptext

@@ -20,7 +20,7 @@ from test_profile import GOOD as PROFILE
 
 from kvmsim import Kernel, ProfileError
 from kvmsim.kernel import profile
-from kvmsim.kernel.uapi import V4
+from kvmsim.kernel.revisions import V4
 from kvmsim.preload import wire
 from kvmsim.preload.server import FRAME_STALL, MAX_CONNECTIONS, Server
 from kvmsim.preload.wire import Msg

@@ -113,7 +113,7 @@ def test_create_vm_types(host: str, vm_type: int, result: str) -> None:
 def test_pr_and_hv_together_type_0_prefers_hv() -> None:
     from conftest import evolved
 
-    from kvmsim.kernel.uapi import LINUX_7_3
+    from kvmsim.kernel.revisions import LINUX_7_3
 
     k = Kernel(evolved("powernv-p10", modules=("kvm_hv", "kvm_pr"), mmu="hash"), LINUX_7_3)
     dev = k.open()

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from kvmsim import cli
-from kvmsim.kernel.uapi import ARCHES, REVISIONS
+from kvmsim.kernel.revisions import REVISIONS
+from kvmsim.kernel.uapi import ARCHES
 from kvmsim.lab import boot as lab_boot
 from kvmsim.lab import build, configs, debian
 from kvmsim.user import probe

@@ -13,10 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # The zones are folders (README "Layout"): kvmsim/kernel/ imports nothing above it, kvmsim/user/
 # and the client import no edge, and every other folder is an edge (preload/, plugin/, record/,
-# lab/, cli/).  The old public names kvmsim.uapi, .hostfs, .profile and .pytest_plugin are
-# aliases of the modules they name (checked below), not modules of their own.
+# lab/, cli/).  The old public names kvmsim.hostfs, .profile and .pytest_plugin are aliases of
+# the modules they name (checked below), not modules of their own; kvmsim.uapi gathers the four
+# ABI modules of the kernel (uapi, revisions, requests, header) under the name users know.
 ALIASES = {
-    "kvmsim.uapi": "kvmsim.kernel.uapi",
     "kvmsim.hostfs": "kvmsim.kernel.hostfs",
     "kvmsim.profile": "kvmsim.kernel.profile",
     "kvmsim.pytest_plugin": "kvmsim.plugin.fixture",
@@ -85,11 +85,11 @@ def test_imports_go_downwards(name: str) -> None:
 def test_every_module_lives_in_a_zones_folder() -> None:
     """No module sits flat in kvmsim/ but the package's own face."""
     flat = sorted(m for m in modules() if zone(m) == "package")
-    assert flat == ["kvmsim"], flat
+    assert flat == ["kvmsim", "kvmsim.uapi"], flat
     kernel = {m.removeprefix("kvmsim.kernel.") for m in modules() if zone(m) == "kernel"} - {"kvmsim.kernel"}
     assert kernel == {
-        "uapi", "usermem", "errors", "profile", "papr", "book3s_pr", "book3s_hv",
-        "powerpc", "x86", "kvm_main", "hostfs",
+        "uapi", "revisions", "requests", "header", "usermem", "errors", "profile", "papr",
+        "book3s_pr", "book3s_hv", "powerpc", "x86", "kvm_main", "hostfs",
     }  # fmt: skip
 
 
@@ -98,6 +98,17 @@ def test_the_old_public_names_are_the_modules_themselves(old: str, new: str) -> 
     import importlib
 
     assert importlib.import_module(old) is importlib.import_module(new)
+
+
+def test_kvmsim_uapi_is_every_abi_fact_under_its_public_name() -> None:
+    from kvmsim import uapi
+    from kvmsim.kernel import header, requests, revisions
+    from kvmsim.kernel import uapi as numbers
+
+    for module in (numbers, revisions, requests, header):
+        public = [n for n in vars(module) if not n.startswith("_")]
+        missing = [n for n in public if getattr(uapi, n, None) is not getattr(module, n)]
+        assert not missing, (module.__name__, missing)
 
 
 def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
@@ -119,8 +130,8 @@ def test_the_client_loads_nothing_of_the_simulator() -> None:
     out = subprocess.run([sys.executable, "-c", CLIENT_LOADS], capture_output=True, text=True, check=True, cwd="/")
     loaded = set(out.stdout.split())
     assert loaded <= {
-        "kvmsim", "kvmsim.kernel", "kvmsim.kernel.uapi", "kvmsim.cli", "kvmsim.cli.args",
-        "kvmsim.user", "kvmsim.user.device",
+        "kvmsim", "kvmsim.kernel", "kvmsim.kernel.uapi", "kvmsim.kernel.revisions", "kvmsim.kernel.header",
+        "kvmsim.cli", "kvmsim.cli.args", "kvmsim.user", "kvmsim.user.device",
     }, loaded  # fmt: skip
 
 
@@ -133,3 +144,9 @@ def test_the_real_device_cli_loads_no_profile_or_kernel() -> None:
     assert not loaded & {
         "kvmsim.kernel.profile", "kvmsim.kernel.kvm_main", "kvmsim.kernel.powerpc", "kvmsim.user.simulated"
     }, loaded  # fmt: skip
+
+
+def test_every_name_of_kvmsims_face_resolves() -> None:
+    import kvmsim
+
+    assert all(getattr(kvmsim, name) is not None for name in kvmsim.__all__)

@@ -14,7 +14,8 @@ from conftest import BEHAVIOUR, REVS, Vm, caps, evolved
 
 from kvmsim import Kernel
 from kvmsim.kernel import profile
-from kvmsim.kernel.uapi import ARCHES, LINUX_7_3, POWER11, REVISIONS, AbiRevision
+from kvmsim.kernel.revisions import LINUX_7_3, REVISIONS, AbiRevision
+from kvmsim.kernel.uapi import ARCHES, POWER11
 
 E = errno
 DRAFTS_AND_73 = ("linux-7.3", "v5", "v4")
@@ -363,7 +364,7 @@ def test_every_revision_has_its_steps_here(rev: AbiRevision) -> None:
 
 
 def test_a_revision_no_kernel_has_steps_for_is_one_line() -> None:
-    from kvmsim.kernel.uapi import V5
+    from kvmsim.kernel.revisions import V5
 
     with pytest.raises(ValueError, match="revision 'v6': no kernel has its steps"):
         Kernel.from_profile("powervm-p11", abi=attrs.evolve(V5, name="v6"))

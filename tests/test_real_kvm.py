@@ -12,16 +12,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kvmsim import Kernel
-from kvmsim.kernel.uapi import (
-    ARCHES,
-    GENERIC_CAPS,
-    KVM_CAP_MAX_VCPUS,
-    KVM_CAP_NR_MEMSLOTS,
-    LINUX_7_3,
-    STARTUP_CAPS,
-    V4,
-    V5,
-)
+from kvmsim.kernel.revisions import LINUX_7_3, V4, V5
+from kvmsim.kernel.uapi import ARCHES, GENERIC_CAPS, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_MEMSLOTS, STARTUP_CAPS
 
 pytestmark = pytest.mark.requires_real_kvm  # kvmsim's pytest plugin skips, with the reason
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvmsim.kernel import uapi
-from kvmsim.kernel.uapi import ARCHES, LINUX_7_3, NONE, V4, V5
+from kvmsim import uapi
+from kvmsim.kernel.revisions import LINUX_7_3, NONE, V4, V5
+from kvmsim.kernel.uapi import ARCHES
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from ..kernel.uapi import REVISIONS, AbiRevision, revision, revision_from_header
+from ..kernel.header import revision_from_header
+from ..kernel.revisions import REVISIONS, AbiRevision, revision
 
 EXIT_USAGE = 2
 

@@ -31,15 +31,8 @@ import attrs
 
 from ..kernel import papr, profile
 from ..kernel.profile import Host, ProfileError
-from ..kernel.uapi import (
-    DEFAULT_REVISION,
-    LINUX_7_3,
-    REVISIONS,
-    AbiRevision,
-    errname,
-    mode_of_logical_pvr,
-    modes_of_caps,
-)
+from ..kernel.revisions import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision
+from ..kernel.uapi import errname, mode_of_logical_pvr, modes_of_caps
 from ..preload import trust
 from ..preload.trace import Call, Tracer
 from ..user import probe

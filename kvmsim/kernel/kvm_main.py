@@ -23,18 +23,16 @@ from . import profile
 from .errors import KvmError
 from .powerpc import PowerpcKvm
 from .profile import Host
+from .requests import explain_request
+from .revisions import DEFAULT_REVISION, AbiRevision, revision
 from .uapi import (
-    DEFAULT_REVISION,
     DEV_KVM,
     GENERIC_CAPS,
     KVM_API_VERSION,
     KVM_CAP_NR_MEMSLOTS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
-    AbiRevision,
     Arch,
     check_struct_size,
-    explain_request,
-    revision,
 )
 from .usermem import AddressSpace, Fault, UserAccess
 from .x86 import X86Kvm

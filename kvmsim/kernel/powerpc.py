@@ -13,6 +13,8 @@ from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv
 from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr
 from .errors import KvmError
 from .profile import Host
+from .requests import byte_swapped_hint
+from .revisions import AbiRevision
 from .uapi import (
     KVM_CAP_MAX_VCPUS,
     KVM_CAP_PPC_MMU_HASH_V3,
@@ -23,9 +25,7 @@ from .uapi import (
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
-    AbiRevision,
     CompatCapsAbi,
-    byte_swapped_hint,
 )
 from .usermem import Fault, NonZeroTail, UserAccess
 

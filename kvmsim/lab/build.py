@@ -10,7 +10,8 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from ..kernel.uapi import ARCHES, REVISIONS
+from ..kernel.revisions import REVISIONS
+from ..kernel.uapi import ARCHES
 from ..preload import trust
 from ..user import probe
 from .debian import FetchError

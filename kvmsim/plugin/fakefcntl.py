@@ -20,7 +20,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from ..kernel.uapi import DEV_KVM, decode_request, errname
+from ..kernel.requests import decode_request
+from ..kernel.uapi import DEV_KVM, errname
 from ..user.simulated import Kernel
 
 ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"

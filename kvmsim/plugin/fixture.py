@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 
-from ..kernel.uapi import DEFAULT_REVISION
+from ..kernel.revisions import DEFAULT_REVISION
 
 if TYPE_CHECKING:
     from pyfakefs.fake_file import FakeDirectory
@@ -122,7 +122,7 @@ def _boot(spec: HostSpec) -> Kernel:
     filesystem (kvmsim.profile reads through posix), whether or not pyfakefs is patched in."""
     from .. import record
     from ..kernel import profile
-    from ..kernel.uapi import revision
+    from ..kernel.revisions import revision
     from ..user.simulated import Kernel
 
     if not spec.overrides:

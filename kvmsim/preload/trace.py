@@ -10,7 +10,8 @@ from typing import IO
 
 import attrs
 
-from ..kernel.uapi import Arch, decode_request, errname
+from ..kernel.requests import decode_request
+from ..kernel.uapi import Arch, errname
 
 
 @attrs.frozen

@@ -25,17 +25,8 @@ import attrs
 
 from ..kernel import papr
 from ..kernel.profile import ProfileError, parse
-from ..kernel.uapi import (
-    ARCHES,
-    DEV_KVM,
-    KVM_CAP_MAX_VCPUS,
-    REVISIONS,
-    AbiRevision,
-    ByteOrder,
-    mode_of_logical_pvr,
-    mode_of_pvr,
-    modes_of_caps,
-)
+from ..kernel.revisions import REVISIONS, AbiRevision
+from ..kernel.uapi import ARCHES, DEV_KVM, KVM_CAP_MAX_VCPUS, ByteOrder, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
 from ..user import probe
 from ..user.device import RealDevice, machine_arch
 from ..user.probe import Answer

@@ -12,17 +12,8 @@ from typing import Literal
 
 import attrs
 
-from ..kernel.uapi import (
-    GENERIC_CAPS,
-    REVISIONS,
-    STARTUP_CAPS,
-    AbiRevision,
-    Arch,
-    ByteOrder,
-    CompatCapsField,
-    CompatCapsLayout,
-    errname,
-)
+from ..kernel.revisions import REVISIONS, AbiRevision
+from ..kernel.uapi import GENERIC_CAPS, STARTUP_CAPS, Arch, ByteOrder, CompatCapsField, CompatCapsLayout, errname
 from .device import Device
 
 Recorded = int | str  # an Answer as a recording stores it (Answer.to_toml)
