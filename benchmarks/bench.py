@@ -583,6 +583,9 @@ def soak_row(shim: Path) -> Row:
             import fcntl as fcntl_
             import mmap
 
+            sys.path.insert(0, str(ROOT / "tests"))
+            from pyshim import wake  # type: ignore[import-not-found]  # (tests/, put on the path above)
+
             from kvmsim.preload import channel
 
             nonlocal shrinks, wakes
@@ -609,7 +612,7 @@ def soak_row(shim: Path) -> Row:
                         with mmap.mmap(fd, channel.SIZE) as shared:
                             until = min(stop, time.monotonic() + 0.5)
                             while time.monotonic() < until:
-                                channel.wake(shared, channel.C2S_SEQ)
+                                wake(shared, channel.C2S_SEQ)
                                 wakes += 1
                     finally:
                         os.close(fd)

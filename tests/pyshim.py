@@ -4,6 +4,7 @@ socket, or (``shared=True``) on the shared-memory channel of kvmsim/preload/chan
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import socket
@@ -12,6 +13,31 @@ from os import close as os_close
 
 from kvmsim.preload import channel, wire
 from kvmsim.preload.wire import Msg
+
+
+def read_frame(sock: socket.socket) -> tuple[Msg, bytes]:
+    """One frame from ``sock``, reading exactly its bytes (no read-ahead), as a test reads it."""
+
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise wire.Disconnected("peer closed the connection")
+            data += chunk
+        return data
+
+    msg, length = wire.check_header(exactly(wire.HEADER.size))
+    return msg, exactly(length) if length else b""
+
+
+def wake(shared: mmap.mmap, word: int) -> None:
+    """Wake whoever sleeps on control word ``word`` of a mapped channel (as the C shim does)."""
+    cell = ctypes.c_uint32.from_buffer(shared, 4 * word)
+    try:
+        channel._futex(ctypes.addressof(cell), channel.FUTEX_WAKE, 1)
+    finally:
+        del cell
 
 
 class PyShim:
@@ -47,11 +73,11 @@ class PyShim:
         self.ctl[channel.C2S_LEN] = len(frame)
         self.ctl[channel.C2S_SEQ] += 1
         if self.ctl[channel.C2S_WAIT]:
-            channel.wake(self.shm, channel.C2S_SEQ)
+            wake(self.shm, channel.C2S_SEQ)
 
     def receive(self) -> tuple[Msg, bytes]:
         if self.shm is None:
-            return wire.read_frame(self.sock)
+            return read_frame(self.sock)
         deadline = time.monotonic() + 10
         while self.ctl[channel.S2C_SEQ] == self.rx_seq:
             assert time.monotonic() < deadline, "no answer on the shared channel"

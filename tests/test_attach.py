@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import client_answer, needs_cc, printed_answer
+from pyshim import read_frame
 
 from kvmsim import Kernel
 from kvmsim.kernel import hostfs
@@ -120,7 +121,7 @@ def fake_server(path: Path, answer: bytes) -> Iterator[None]:
             while True:
                 conn, _ = listener.accept()
                 with conn:
-                    wire.read_frame(conn)
+                    read_frame(conn)
                     conn.sendall(wire.frame(Msg.HOST, answer))
 
     threading.Thread(target=serve, daemon=True).start()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import client_answer, needs_cc, printed_answer
-from pyshim import PyShim
+from pyshim import PyShim, read_frame, wake
 
 from kvmsim import Kernel
 from kvmsim.preload import channel, wire
@@ -62,7 +62,7 @@ def test_a_server_that_cannot_offer_it_answers_enosys_and_keeps_the_socket(
     monkeypatch.setattr(channel, "available", lambda: False)
     shim = PyShim(server.path)
     shim.sock.sendall(wire.frame(Msg.SHM))
-    msg, body = wire.read_frame(shim.sock)
+    msg, body = read_frame(shim.sock)
     assert msg == Msg.RESULT and wire.RESULT.unpack(body)[:2] == (-1, errno.ENOSYS)
     assert shim.open()[1] == 0  # still served, on the socket
     shim.close()
@@ -93,7 +93,7 @@ def test_garbage_in_the_shared_area_closes_that_connection_only(server: Server, 
     bad.shm[channel.C2S : channel.C2S + len(frame)] = frame
     bad.ctl[channel.C2S_LEN] = int(garbage.get("length", len(frame)))  # type: ignore[call-overload]
     bad.ctl[channel.C2S_SEQ] += 1
-    channel.wake(bad.shm, channel.C2S_SEQ)
+    wake(bad.shm, channel.C2S_SEQ)
     assert _closed(bad.sock)
     bad.close()
     good = PyShim(server.path, shared=True)
@@ -217,7 +217,7 @@ def test_past_the_servers_shared_memory_cap_a_connection_keeps_the_socket(server
     held = [PyShim(server.path, shared=True) for _ in range(2)]
     third = PyShim(server.path)
     third.sock.sendall(wire.frame(Msg.SHM))
-    msg, body = wire.read_frame(third.sock)
+    msg, body = read_frame(third.sock)
     assert msg == Msg.RESULT and wire.RESULT.unpack(body)[:2] == (-1, errno.ENOSYS)
     assert third.open()[1] == 0
     held.pop().close()
@@ -239,7 +239,7 @@ def test_a_futex_storm_pauses_the_stormer_only(server: Server, monkeypatch: pyte
     deadline = time.monotonic() + 10
     while len(pauses) < 4:  # wakes with nothing sent, as fast as it can
         assert time.monotonic() < deadline, "the server never paused the stormer"
-        channel.wake(stormer.shm, channel.C2S_SEQ)  # type: ignore[arg-type]
+        wake(stormer.shm, channel.C2S_SEQ)  # type: ignore[arg-type]
     assert pauses[:3] == [channel.PAUSE_MIN, 2 * channel.PAUSE_MIN, 4 * channel.PAUSE_MIN]
     assert all(p <= channel.PAUSE_MAX for p in pauses)
     before = len(pauses)
@@ -263,7 +263,7 @@ def test_the_shim_refuses_an_unsealed_memfd(shim: Path, c_client: Path, tmp_path
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
-            assert wire.read_frame(conn)[0] == Msg.SHM
+            assert read_frame(conn)[0] == Msg.SHM
             fd = os.memfd_create("unsealed")
             os.ftruncate(fd, channel.SIZE)
             socket.send_fds(conn, [wire.frame(Msg.SHM_READY, channel.READY.pack(channel.CAPACITY))], [fd])

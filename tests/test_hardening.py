@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pyshim import read_frame
 from test_profile import GOOD as PROFILE
 
 from kvmsim import Kernel, ProfileError
@@ -36,10 +37,10 @@ def connect(server: Server) -> socket.socket:
 def call(s: socket.socket, msg: Msg, payload: bytes) -> tuple[int, int]:
     """One call as a shim makes it; every memory request is answered EFAULT (nothing mapped)."""
     s.sendall(wire.frame(msg, payload))
-    reply, body = wire.read_frame(s)
+    reply, body = read_frame(s)
     while reply == Msg.MEM_READ:
         s.sendall(wire.frame(Msg.MEM_DATA, wire.MEM_DATA.pack(errno.EFAULT)))
-        reply, body = wire.read_frame(s)
+        reply, body = read_frame(s)
     assert reply == Msg.RESULT
     (ret, err, _flags, _count), _ = wire.unpack(wire.RESULT, body, exact=False)
     return ret, err
@@ -202,13 +203,23 @@ def test_a_signal_to_kvmsim_run_reaches_the_command_and_cleans_up(tmp_path: Path
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([str(exe), "run", "--host", "powervm-p11", "--", "sleep", "31.4159"], env=env)
     deadline = time.monotonic() + 20
-    while not any(tmp_path.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    child = None
+    while child is None or not catches(proc.pid, signum):  # its command started, its handler set
+        assert time.monotonic() < deadline, "kvmsim run never got ready"
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        child = int(kids[0]) if kids else None
+        time.sleep(0.01)
     proc.send_signal(signum)
     assert proc.wait(timeout=20) == 128 + signum  # sleep died of it; kvmsim reported it
     assert list(tmp_path.iterdir()) == []  # the socket directory is gone
-    assert subprocess.run(["pgrep", "-f", "^sleep 31.4159$"], capture_output=True).returncode != 0
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Has process ``pid`` a handler for ``signum`` (its SigCgt mask)?"""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signum - 1)))
 
 
 # -- 15. hostile profiles ------------------------------------------------------------------

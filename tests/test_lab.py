@@ -114,7 +114,9 @@ def test_every_configuration_has_a_host_profile_that_boots() -> None:
     from kvmsim.kernel import profile
 
     for config in configs.CONFIGS.values():
-        Kernel(profile.load(config.profile), REVISIONS[configs.KERNELS[config.kernel].revision])
+        kernel = Kernel(profile.load(config.profile), REVISIONS[configs.KERNELS[config.kernel].revision])
+        assert kernel.host.name == config.profile and kernel.arch.name == "ppc64le"
+        assert kernel.rev.name == configs.KERNELS[config.kernel].revision
 
 
 def test_the_private_apt_touches_only_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

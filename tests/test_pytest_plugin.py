@@ -175,11 +175,16 @@ def test_bad_fixture_parameter_is_a_usage_error(pytester: pytest.Pytester) -> No
 def test_plugin_is_inert_without_the_fixture(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
-        import fcntl, os
+        import array, fcntl, os, termios, types
 
         def test_real_fs():
             assert os.path.exists(os.getcwd())
-            assert fcntl.ioctl.__module__ != "kvmsim.plugin.fakefcntl"
+            assert isinstance(fcntl, types.ModuleType) and fcntl.ioctl.__self__ is fcntl  # the builtin
+            r, w = os.pipe()
+            os.write(w, b"abcd")
+            buf = array.array("i", [0])
+            fcntl.ioctl(r, termios.FIONREAD, buf)  # a real ioctl on a real pipe
+            assert buf[0] == 4
         """
     )
     pytester.runpytest().assert_outcomes(passed=1)

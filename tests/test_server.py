@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyshim import PyShim
+from pyshim import PyShim, read_frame
 
 from kvmsim import Kernel
 from kvmsim.preload import wire
@@ -116,7 +116,7 @@ def test_disconnect_mid_call_is_survived(server: Server) -> None:
     dev = shim.open()[0]
     vm = shim.ioctl(dev, k.KVM_CREATE_VM, 0)[0]
     shim.sock.sendall(wire.frame(Msg.IOCTL, wire.IOCTL.pack(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR)))
-    kind, _ = wire.read_frame(shim.sock)  # the server asks for the struct...
+    kind, _ = read_frame(shim.sock)  # the server asks for the struct...
     assert kind == Msg.MEM_READ
     shim.close()  # ...and the process is gone
     assert_serves(server)

@@ -181,13 +181,6 @@ KVM_PPC_COMPAT_CAP_POWER10 = msb0_bit(2)
 KVM_PPC_COMPAT_CAP_POWER11 = msb0_bit(3)
 KVM_PPC_COMPAT_BITMASK = KVM_PPC_COMPAT_CAP_POWER9 | KVM_PPC_COMPAT_CAP_POWER10 | KVM_PPC_COMPAT_CAP_POWER11
 
-# arch/powerpc/include/asm/hvcall.h: H_GUEST_GET_CAPABILITIES bits (same values)
-H_GUEST_CAP_COPY_MEM = msb0_bit(0)
-H_GUEST_CAP_POWER9 = msb0_bit(1)
-H_GUEST_CAP_POWER10 = msb0_bit(2)
-H_GUEST_CAP_POWER11 = msb0_bit(3)
-H_GUEST_CAP_BITMAP2 = msb0_bit(63)
-
 
 @attrs.frozen
 class CompatMode:

@@ -100,15 +100,6 @@ def _futex(addr: int, op: int, val: int, timeout: float | None = None) -> int:
     )
 
 
-def wake(shared: mmap.mmap, word: int) -> None:
-    """Wake whoever sleeps on control word ``word`` of a mapped channel."""
-    cell = ctypes.c_uint32.from_buffer(shared, 4 * word)
-    try:
-        _futex(ctypes.addressof(cell), FUTEX_WAKE, 1)
-    finally:
-        del cell
-
-
 _fence_lock = threading.Lock()
 
 

@@ -17,6 +17,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,7 @@ ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refus
 MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
 FRAME_STALL = 10.0  # seconds a begun frame may take; idle between calls is unlimited
 MAX_CONNECTIONS = 256  # processes served at once; more are dropped, logged
+STOP_WAIT = 10.0  # seconds stop() waits, in all, for the connections it hung up to end
 
 
 class RemoteMemory(UserAccess):
@@ -396,5 +398,6 @@ class Server:
         connections = list(self.connections.items())
         for _thread, connection in connections:  # the processes still attached get EOF (then EIO)
             connection.hang_up()
+        deadline = time.monotonic() + STOP_WAIT  # each hung-up thread ends in moments; bounded all the same
         for thread, _connection in connections:
-            thread.join(timeout=1.0)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))

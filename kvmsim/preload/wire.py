@@ -105,12 +105,6 @@ def check_header(header: bytes) -> tuple[Msg, int]:
     return msg, length
 
 
-def read_frame(sock: socket.socket) -> tuple[Msg, bytes]:
-    """One frame, reading exactly its bytes (no read-ahead)."""
-    msg, length = check_header(_recv_exactly(sock, HEADER.size))
-    return msg, _recv_exactly(sock, length) if length else b""
-
-
 class FrameReader:
     """Frames from a socket with read-ahead: usually one ``recv`` a frame; ``sendall`` the
     other way (the socket transport: kvmsim.channel.SharedChannel is the other)."""
