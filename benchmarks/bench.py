@@ -48,7 +48,7 @@ from kvmsim import Kernel
 from kvmsim.kernel.profile import names as profile_names
 from kvmsim.kernel.revisions import REVISIONS
 from kvmsim.preload.build import BuildError, build_shim, compile_c
-from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.runner import host_answer, shim_environment
 from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +243,7 @@ def shim_rows(loop: Path, shim: Path) -> tuple[list[Row], float | None]:
     the socket, and the socket's floor.  Also returns the shim's KVM_CHECK_EXTENSION time."""
     inproc = sys_ioctl_round()
     with serving() as (kernel, server):
-        env = shim_environment(ShimHost.of(kernel), server.path, shim)
+        env = shim_environment(host_answer(kernel), server.path, shim)
         caps = [hex(kernel.KVM_CREATE_VM), hex(kernel.KVM_PPC_GET_COMPAT_CAPS or 0)]
         shared, sys_ioctl, ratio = paired(loop_round(loop, env, "caps", "5000", *caps), inproc)
         sock = statistics.median(
@@ -385,7 +385,7 @@ def program_rows(um: Umockdev | str, shim: Path) -> list[Row]:
     bare = run_time([true], number=40)
     rows = [Row("floor: bare /bin/true", bare)]
     with serving() as (kernel, server):
-        attached = run_time([true], env=shim_environment(ShimHost.of(kernel), server.path, shim), number=40)
+        attached = run_time([true], env=shim_environment(host_answer(kernel), server.path, shim), number=40)
         via_run = run_time([str(BIN / "kvmsim"), "run", "--server", server.path, "--", true], number=3)
     cold = run_time([str(BIN / "kvmsim"), "run", "--host", HOST, "--", true], number=3)
     attrs_floor = run_time([sys.executable, "-c", "import attrs"], number=5)
@@ -549,7 +549,7 @@ def soak_row(shim: Path) -> Row:
     fds_before, rss_before = len(os.listdir("/proc/self/fd")), _rss_kib()
     wrong = runs = garbage = 0
     with serving() as (kernel, server):
-        env = shim_environment(ShimHost.of(kernel), server.path, shim)
+        env = shim_environment(host_answer(kernel), server.path, shim)
         stop = time.monotonic() + SOAK_SECONDS
         rng = random.Random(7)
 

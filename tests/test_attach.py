@@ -25,9 +25,8 @@ from kvmsim import Kernel
 from kvmsim.kernel import hostfs
 from kvmsim.preload import wire
 from kvmsim.preload.attach import AttachError, ask_host
-from kvmsim.preload.runner import ShimHost
 from kvmsim.preload.server import Server
-from kvmsim.preload.wire import Msg
+from kvmsim.preload.wire import HostAnswer, Msg
 
 KVMSIM = [sys.executable, "-m", "kvmsim"]
 NOBODY = 65534
@@ -157,13 +156,13 @@ def test_a_private_root_of_ours_is_taken(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir(mode=0o700)
     with fake_server(tmp_path / "s", host_json(root=str(root))):
-        assert ask_host(str(tmp_path / "s")) == ShimHost("h", "ppc64le", True, str(root))
+        assert ask_host(str(tmp_path / "s")) == HostAnswer("h", "ppc64le", True, str(root))
 
 
 def test_the_server_answers_hello_and_closes_on_a_hello_with_payload(tmp_path: Path) -> None:
     kernel = Kernel.from_profile("x86_64")
     with Server(kernel, tmp_path / "s", root=None) as server:
-        assert ask_host(server.path) == ShimHost("x86_64", "x86_64", True, None)
+        assert ask_host(server.path) == HostAnswer("x86_64", "x86_64", True, None)
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(server.path)
             s.sendall(wire.frame(Msg.HELLO, b"x"))
@@ -197,3 +196,16 @@ def test_an_impostor_server_of_another_uid_gets_nothing_from_env(tmp_path: Path)
         shutil.rmtree(shared, ignore_errors=True)
     assert (r.returncode, r.stdout) == (3, "")
     assert f"served by uid {NOBODY}, not this user" in r.stderr
+
+
+def test_the_host_answer_has_one_encoder_and_decoder(tmp_path: Path) -> None:
+    """What the server sends is what kvmsim env and the runner read, through one schema."""
+    from kvmsim.preload.runner import host_answer
+    from kvmsim.preload.wire import HostAnswer, ProtocolError
+
+    kernel = Kernel.from_profile("kvm-l1-p9-be")
+    with Server(kernel, tmp_path / "s", root=str(tmp_path)) as server:
+        assert HostAnswer.decode(server.hello) == host_answer(kernel, str(tmp_path))
+    for bad in (b"[]", b'{"name": "x"}', b'{"name": 1, "machine": "ppc64", "dev_kvm": true, "root": null}'):
+        with pytest.raises(ProtocolError, match="not kvmsim's"):
+            HostAnswer.decode(bad)

@@ -24,7 +24,7 @@ from pyshim import PyShim, read_frame, wake
 
 from kvmsim import Kernel
 from kvmsim.preload import channel, wire
-from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.runner import host_answer, shim_environment
 from kvmsim.preload.server import Server
 from kvmsim.preload.wire import Msg
 
@@ -130,7 +130,7 @@ def test_the_c_shim_answers_alike_on_either_channel(
     caplog.set_level(logging.DEBUG, logger="kvmsim.serve")
     kernel = Kernel.from_profile(host, abi=abi)
     with Server(kernel, tmp_path / "kvm.sock") as server:
-        full = shim_environment(ShimHost.of(kernel), server.path, shim) | env
+        full = shim_environment(host_answer(kernel), server.path, shim) | env
         r = subprocess.run([str(c_client)], env=full, capture_output=True, text=True, timeout=60)
     code, want = client_answer(host, abi)
     assert (r.returncode, printed_answer(r.stdout)) == (code, want), r.stderr
@@ -144,7 +144,7 @@ def test_a_server_gone_mid_call_is_eio_not_a_hang(shim: Path, tmp_path: Path) ->
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen(1)
-    env = shim_environment(ShimHost.of(Kernel.from_profile("powervm-p11")), str(path), shim)
+    env = shim_environment(host_answer(Kernel.from_profile("powervm-p11")), str(path), shim)
     code = "import os\ntry:\n    os.open('/dev/kvm', os.O_RDWR)\nexcept OSError as e:\n    print(e.errno)"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     conn, _ = listener.accept()
@@ -162,7 +162,7 @@ def test_a_server_gone_mid_call_is_eio_not_a_hang(shim: Path, tmp_path: Path) ->
 
 @needs_cc
 def test_a_program_killed_mid_wait_frees_its_connection(server: Server, shim: Path) -> None:
-    env = shim_environment(ShimHost.of(server.kernel), server.path, shim)
+    env = shim_environment(host_answer(server.kernel), server.path, shim)
     proc = subprocess.Popen([sys.executable, "-c", HOLD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"open\n"
     proc.send_signal(signal.SIGKILL)
@@ -178,7 +178,7 @@ def test_stopping_the_server_hangs_up_attached_programs(tmp_path: Path, shim: Pa
     kernel = Kernel.from_profile("powervm-p11")
     server = Server(kernel, tmp_path / "kvm.sock")
     server.start()
-    env = shim_environment(ShimHost.of(kernel), server.path, shim)
+    env = shim_environment(host_answer(kernel), server.path, shim)
     proc = subprocess.Popen([sys.executable, "-c", HOLD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdin is not None and proc.stdout.readline() == b"open\n"
     server.stop()
@@ -273,7 +273,7 @@ def test_the_shim_refuses_an_unsealed_memfd(shim: Path, c_client: Path, tmp_path
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     kernel = Kernel.from_profile("powervm-p11")
-    env = shim_environment(ShimHost.of(kernel), str(path), shim)
+    env = shim_environment(host_answer(kernel), str(path), shim)
     r = subprocess.run([str(c_client)], env=env, capture_output=True, text=True, timeout=60)
     listener.close()
     assert r.returncode != -signal.SIGBUS and r.returncode < 128, r

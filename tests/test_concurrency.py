@@ -14,7 +14,7 @@ import pytest
 
 from kvmsim import Kernel
 from kvmsim.preload.build import build_shim, compile_c
-from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.runner import host_answer, shim_environment
 from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def test_processes_through_one_server(tmp_path: Path) -> None:
     server = Server(kernel, tmp_path / "kvm.sock")
     server.start()
     try:
-        env = shim_environment(ShimHost.of(kernel), server.path, shim)
+        env = shim_environment(host_answer(kernel), server.path, shim)
         procs = [
             subprocess.Popen([str(client), "--repeat", "50"], env=env, stdout=subprocess.PIPE, text=True)
             for _ in range(12)

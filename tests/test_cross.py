@@ -16,7 +16,7 @@ from conftest import REVS, client_answer, printed_answer
 from kvmsim import Kernel
 from kvmsim.kernel import profile, uapi
 from kvmsim.preload.build import compile_c
-from kvmsim.preload.runner import FOREIGN, ShimHost, elf_arch, prepare, qemu_binary
+from kvmsim.preload.runner import FOREIGN, elf_arch, host_answer, prepare, qemu_binary
 from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def binaries() -> dict[str, Path]:
 def run_foreign(host: str, abi: str, binary: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
     with Server(kernel, tmp / "kvm.sock") as server:
-        argv, env = prepare(ShimHost.of(kernel), [str(binary), *args], server.path)
+        argv, env = prepare(host_answer(kernel), [str(binary), *args], server.path)
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -152,3 +152,14 @@ def test_errors_carry_the_kernels_reason(k: Kernel) -> None:
     with pytest.raises(OSError) as exc:
         k.ioctl(k.open(), k.KVM_GET_API_VERSION, 5)
     assert "no argument" in exc.value.reason  # type: ignore[attr-defined]
+
+
+def test_the_kernel_says_which_ioctl_returns_a_new_fd() -> None:
+    """KVM_CREATE_VM on /dev/kvm, nothing else: the edges that mirror fds ask the kernel."""
+    k = Kernel.from_profile("powervm-p11")
+    p = k.current
+    dev = p.open()
+    vm = p.sys_ioctl(dev, k.KVM_CREATE_VM, 0)
+    assert p.returns_fd(dev, k.KVM_CREATE_VM)
+    assert not p.returns_fd(vm, k.KVM_CREATE_VM)  # a VM ioctl, not a new VM
+    assert not p.returns_fd(dev, k.KVM_CHECK_EXTENSION)

@@ -25,7 +25,7 @@ from kvmsim import Kernel
 from kvmsim.preload import build, wire
 from kvmsim.preload.build import build_shim
 from kvmsim.preload.channel import SharedChannel, available
-from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.runner import host_answer, shim_environment
 from kvmsim.preload.server import Server, ServerError, Transport
 from kvmsim.preload.wire import Msg
 
@@ -40,7 +40,7 @@ CHANNELS = ["socket", pytest.param("shared", marks=pytest.mark.skipif(not availa
 def victim_env(shim: Path, sock: Path, channel: str = "socket") -> dict[str, str]:
     """The C client's environment; the impostors below script the socket protocol unless
     ``channel`` is "shared" (they then serve through kvmsim.preload.channel as the server does)."""
-    env = shim_environment(ShimHost.of(Kernel.from_profile("powervm-p11")), str(sock), shim)
+    env = shim_environment(host_answer(Kernel.from_profile("powervm-p11")), str(sock), shim)
     return env | {"KVMSIM_CHANNEL": "socket"} if channel == "socket" else env
 
 
@@ -321,7 +321,7 @@ def test_the_shim_touches_an_argument_directly_only_on_the_callers_live_stack(sh
     program = compile_c([Path(__file__).parent / "data" / "stack_args.c"], flags=["-pthread"])
     kernel = Kernel.from_profile("powervm-p11")
     with Server(kernel, tmp_path / "kvm.sock") as server:
-        env = shim_environment(ShimHost.of(kernel), server.path, shim)
+        env = shim_environment(host_answer(kernel), server.path, shim)
         r = subprocess.run([str(program)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["stack 0", "thread 0", "altstack EFAULT"]

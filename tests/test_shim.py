@@ -14,7 +14,7 @@ from conftest import REVS, client_answer, needs_cc, printed_answer
 
 from kvmsim import Kernel
 from kvmsim.kernel import profile
-from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.runner import host_answer, shim_environment
 from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def under_shim(
 ) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile(host, abi=abi)
     with Server(kernel, tmp / "kvm.sock") as server:
-        env = shim_environment(ShimHost.of(kernel), server.path, shim) | extra_env
+        env = shim_environment(host_answer(kernel), server.path, shim) | extra_env
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -13,7 +13,7 @@ from conftest import needs_cc
 
 from kvmsim import Kernel
 from kvmsim.preload.build import compile_c
-from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.runner import host_answer, shim_environment
 from kvmsim.preload.server import Server
 
 TORTURE = Path(__file__).resolve().parent / "data" / "shim_torture.c"
@@ -28,7 +28,7 @@ def torture() -> Path:
 def under_shim(shim: Path, tmp: Path, cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     kernel = Kernel.from_profile("powervm-p11")
     with Server(kernel, tmp / "kvm.sock") as server:
-        full = shim_environment(ShimHost.of(kernel), server.path, shim) | env
+        full = shim_environment(host_answer(kernel), server.path, shim) | env
         return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=120)
 
 
@@ -87,7 +87,7 @@ def test_out_of_local_fds_the_kernel_file_is_released(shim: Path, tmp_path: Path
     calls: list[Call] = []
     kernel = Kernel.from_profile("powervm-p11")
     with Server(kernel, tmp_path / "kvm.sock", trace=calls.append) as server:
-        env = shim_environment(ShimHost.of(kernel), server.path, shim)
+        env = shim_environment(host_answer(kernel), server.path, shim)
         proc = subprocess.Popen(
             [sys.executable, "-c", EMFILE], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )

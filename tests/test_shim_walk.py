@@ -19,7 +19,7 @@ from conftest import needs_cc
 
 from kvmsim import Kernel
 from kvmsim.preload.build import compile_c
-from kvmsim.preload.runner import ShimHost, shim_environment
+from kvmsim.preload.runner import host_answer, shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")
@@ -134,7 +134,7 @@ def stalled(
     )
     assert server.stderr is not None and " on " in server.stderr.readline()
     kernel = Kernel.from_profile("powervm-p11")
-    env = shim_environment(ShimHost.of(kernel), str(sock), shim) | {"KVMSIM_TIMEOUT": "3"}
+    env = shim_environment(host_answer(kernel), str(sock), shim) | {"KVMSIM_TIMEOUT": "3"}
     if request.param == "socket":
         env["KVMSIM_CHANNEL"] = "socket"
     program = subprocess.Popen(

@@ -117,6 +117,12 @@ class Process:
     def is_dev_kvm(self, fd: int) -> bool:
         return isinstance(self._files.get(fd), DevKvmFile)
 
+    def returns_fd(self, fd: int, cmd: int) -> bool:
+        """Does ``cmd`` on ``fd`` answer with a new fd of this process (``anon_inode_getfd``)?
+        KVM_CREATE_VM on /dev/kvm: what an edge that mirrors fds (the shim, the fake fcntl)
+        must make a descriptor for."""
+        return cmd == self.kernel.KVM_CREATE_VM and self.is_dev_kvm(fd)
+
     def fds(self) -> dict[int, str]:
         """The open fds and what they are (``/proc/self/fd``)."""
         return {fd: DEV_KVM if isinstance(f, DevKvmFile) else "anon_inode:kvm-vm" for fd, f in self._files.items()}

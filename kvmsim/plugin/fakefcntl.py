@@ -122,13 +122,14 @@ def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_fl
     which = "dev" if kfd == binding.dev_fd else "vm"
     logged = bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
     name = decode_request(request & 0xFFFFFFFF, kernel.arch)
+    makes_fd = kernel.current.returns_fd(kfd, request & 0xFFFFFFFF)
     try:
         result = kernel.ioctl(kfd, request, arg, mutate_flag)
     except OSError as exc:
         binding.calls.append(IoctlCall(which, request, name, logged, None, exc.errno))
         raise
     binding.calls.append(IoctlCall(which, request, name, logged, result))
-    if which == "dev" and request & 0xFFFFFFFF == kernel.KVM_CREATE_VM and isinstance(result, int):
+    if makes_fd and isinstance(result, int):
         return binding.install_vm(result)
     return result
 

@@ -11,17 +11,15 @@ kernel model of its own.  What the shim is told about the host comes from the se
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
-from collections.abc import Mapping
 
-from ..kernel.uapi import ARCHES
 from . import wire
 from .build import build_shim
-from .runner import ShimHost, shim_environment
+from .runner import shim_environment
 from .server import peer_uid
+from .wire import HostAnswer
 
 CONNECT_TIMEOUT = 5.0
 
@@ -30,7 +28,7 @@ class AttachError(Exception):
     """The server cannot be used; ``str()`` is one line naming the socket and why."""
 
 
-def ask_host(socket_path: str) -> ShimHost:
+def ask_host(socket_path: str) -> HostAnswer:
     """What the server at ``socket_path`` serves, checked (see the module's docstring)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT)
@@ -54,22 +52,14 @@ def ask_host(socket_path: str) -> ShimHost:
     return _checked(socket_path, payload)
 
 
-def _checked(socket_path: str, payload: bytes) -> ShimHost:
-    not_ours = AttachError(f"{socket_path}: a HOST answer that is not kvmsim's: {payload[:80]!r}")
+def _checked(socket_path: str, payload: bytes) -> HostAnswer:
     try:
-        doc = json.loads(payload)
-    except ValueError:
-        raise not_ours from None
-    if not isinstance(doc, Mapping) or set(doc) != {"name", "machine", "dev_kvm", "root"}:
-        raise not_ours
-    name, machine, dev_kvm, root = doc["name"], doc["machine"], doc["dev_kvm"], doc["root"]
-    if not isinstance(name, str) or machine not in ARCHES or not isinstance(dev_kvm, bool):
-        raise not_ours
-    if root is not None and not isinstance(root, str):
-        raise not_ours
-    if root is not None:
-        _check_private_dir(socket_path, root)
-    return ShimHost(name, machine, dev_kvm, root)
+        host = HostAnswer.decode(payload)
+    except wire.ProtocolError as exc:
+        raise AttachError(f"{socket_path}: {exc}") from None
+    if host.root is not None:
+        _check_private_dir(socket_path, host.root)
+    return host
 
 
 def _check_private_dir(socket_path: str, root: str) -> None:
@@ -85,7 +75,7 @@ def _check_private_dir(socket_path: str, root: str) -> None:
         )
 
 
-def attached_environment(socket_path: str) -> tuple[ShimHost, dict[str, str]]:
+def attached_environment(socket_path: str) -> tuple[HostAnswer, dict[str, str]]:
     """The host and the environment that attaches a native program to the server."""
     host = ask_host(socket_path)
     return host, shim_environment(host, os.path.abspath(socket_path), build_shim())

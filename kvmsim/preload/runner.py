@@ -27,6 +27,7 @@ from . import trust
 from .build import BuildError, build_shim, preloadable
 from .server import Server, ServerError
 from .trace import Call
+from .wire import HostAnswer
 
 
 @attrs.frozen
@@ -109,7 +110,7 @@ def qemu_binary(foreign: Foreign) -> str:
     raise BuildError(f"{foreign.qemu}-static is not installed (apt-get install qemu-user-static)")
 
 
-def target_arch(shim_host: ShimHost, command: Sequence[str], arch: str | None) -> str | None:
+def target_arch(shim_host: HostAnswer, command: Sequence[str], arch: str | None) -> str | None:
     """The foreign arch to run ``command`` as (None: natively), checked against the host."""
     exe = shutil.which(command[0]) or command[0]
     found = elf_arch(exe)
@@ -129,23 +130,13 @@ def target_arch(shim_host: ShimHost, command: Sequence[str], arch: str | None) -
     return arch
 
 
-@attrs.frozen
-class ShimHost:
-    """What the shim is told about the host besides the socket: its name, its machine
-    (``uname``), whether /dev/kvm exists, and where its files were written (KVMSIM_ROOT)."""
-
-    name: str
-    machine: str
-    dev_kvm: bool
-    root: str | None = None
-
-    @classmethod
-    def of(cls, kernel: Kernel, root: str | None = None) -> ShimHost:
-        return cls(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root)
+def host_answer(kernel: Kernel, root: str | None = None) -> HostAnswer:
+    """What the shim is told about ``kernel``'s host (a server's HOST answer says the same)."""
+    return HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root)
 
 
 def prepare(
-    host: ShimHost,
+    host: HostAnswer,
     command: Sequence[str],
     socket_path: str,
     *,
@@ -197,7 +188,7 @@ def run(
         except ServerError as exc:
             raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
         view = host_view(kernel, workdir.subdir("root"))
-        argv, env = prepare(ShimHost.of(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached)
+        argv, env = prepare(host_answer(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached)
         server.start()
         proc = subprocess.Popen(argv, env=env)
         for signum in FORWARDED:  # SIGTERM/SIGHUP to kvmsim run reach CMD, which decides
@@ -238,7 +229,7 @@ def host_view(kernel: Kernel, directory: trust.Dir) -> str:
     return directory.path
 
 
-def shim_variables(host: ShimHost, socket_path: str, shim: Path) -> dict[str, str]:
+def shim_variables(host: HostAnswer, socket_path: str, shim: Path) -> dict[str, str]:
     """What the shim reads: the library, the server, the host's machine and /dev/kvm, its files."""
     return {
         "LD_PRELOAD": preloadable(shim),
@@ -249,7 +240,7 @@ def shim_variables(host: ShimHost, socket_path: str, shim: Path) -> dict[str, st
     }
 
 
-def shim_environment(host: ShimHost, socket_path: str, shim: Path) -> dict[str, str]:
+def shim_environment(host: HostAnswer, socket_path: str, shim: Path) -> dict[str, str]:
     """The environment that preloads ``shim`` into a native command (and, with ``host.root``
     from :func:`host_view`, shows it the simulated host's files)."""
     preload = os.environ.get("LD_PRELOAD", "")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import json
 import logging
 import os
 import socket
@@ -199,7 +198,6 @@ class Connection:
         self.transport: Transport = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
         self.memory = RemoteMemory(self.transport)
         self.process: Process = kernel.process(self.memory)
-        self.create_vm = kernel.KVM_CREATE_VM
 
     def serve(self) -> None:
         try:
@@ -262,7 +260,7 @@ class Connection:
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
                 self.memory.begin(arg, window)
-                creates_vm = cmd == self.create_vm and self.process.is_dev_kvm(fd)
+                creates_vm = self.process.returns_fd(fd, cmd)
                 ret = self.process.sys_ioctl(fd, cmd, arg)
                 flags = wire.RESULT_NEW_FD if creates_vm else 0
             elif msg == Msg.OPEN:
@@ -300,9 +298,7 @@ class Server:
     ) -> None:
         self.kernel, self.path, self.trace = kernel, str(path), trace
         # what HELLO answers: the shim's view of the host (root: where its files were written)
-        self.hello = json.dumps(
-            {"name": kernel.host.name, "machine": kernel.arch.name, "dev_kvm": kernel.kvm.loaded, "root": root}
-        ).encode()
+        self.hello = wire.HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root).encode()
         check_socket_path(self.path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is created 0600 (never chmod: it could be a symlink by then)

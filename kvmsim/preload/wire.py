@@ -28,8 +28,14 @@ make the server flush its writes first with MEM_WRITE / MEM_ACK).
 from __future__ import annotations
 
 import enum
+import json
 import socket
 import struct
+from collections.abc import Mapping
+
+import attrs
+
+from ..kernel.uapi import ARCHES
 
 MAGIC = 0x4B564D53
 VERSION = 1
@@ -157,3 +163,36 @@ def unpack(layout: struct.Struct, payload: bytes, *, exact: bool = True) -> tupl
     if len(payload) < layout.size or (exact and len(payload) != layout.size):
         raise ProtocolError(f"payload of {len(payload)} bytes for a {layout.size}-byte message")
     return layout.unpack_from(payload), payload[layout.size :]
+
+
+@attrs.frozen
+class HostAnswer:
+    """HOST's payload, the answer to HELLO (JSON, exactly these four keys): what a shim is told
+    about the host besides the socket — the profile's name, the machine ``uname`` shows, whether
+    /dev/kvm exists, and where the host's files were written (KVMSIM_ROOT; null for none).
+    The one encoder and decoder: the server sends it, the runner and ``kvmsim env`` read it."""
+
+    name: str
+    machine: str
+    dev_kvm: bool
+    root: str | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps(attrs.asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> HostAnswer:
+        """ProtocolError for anything kvmsim would never send."""
+        not_ours = ProtocolError(f"a HOST answer that is not kvmsim's: {payload[:80]!r}")
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            raise not_ours from None
+        if not isinstance(doc, Mapping) or set(doc) != {"name", "machine", "dev_kvm", "root"}:
+            raise not_ours
+        name, machine, dev_kvm, root = doc["name"], doc["machine"], doc["dev_kvm"], doc["root"]
+        if not isinstance(name, str) or machine not in ARCHES or not isinstance(dev_kvm, bool):
+            raise not_ours
+        if root is not None and not isinstance(root, str):
+            raise not_ours
+        return cls(name, machine, dev_kvm, root)
