@@ -141,3 +141,31 @@ def test_coreutils_see_it_too() -> None:
         [str(KVMSIM), "run", "--host", "no-kvm", "--", "stat", "/dev/kvm"], capture_output=True, text=True
     )
     assert r.returncode == 1 and "No such file or directory" in r.stderr
+
+
+def test_one_writer_of_the_hosts_files_never_follows_a_planted_link(tmp_path: Path) -> None:
+    """kvmsim.hostfs.write_tree, used by kvmsim run/serve and the plugin alike: what is
+    written is hostfs.files, and a symlink already where a file goes is refused, not followed."""
+    import posix
+
+    kernel = Kernel.from_profile("powervm-p11")
+    files = hostfs.files(kernel)
+    root = posix.open(str(tmp_path), posix.O_RDONLY | posix.O_DIRECTORY)
+    try:
+        hostfs.write_tree(files, root)
+    finally:
+        posix.close(root)
+    assert all((tmp_path / p.lstrip("/")).read_bytes() == data for p, data in files.items())
+    other = tmp_path / "again"
+    other.mkdir()
+    (other / "proc").mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (other / "proc" / "cpuinfo").symlink_to(victim)
+    root = posix.open(str(other), posix.O_RDONLY | posix.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            hostfs.write_tree({"/proc/cpuinfo": b"x"}, root)
+    finally:
+        posix.close(root)
+    assert victim.read_text() == "mine"

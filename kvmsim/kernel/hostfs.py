@@ -1,11 +1,16 @@
 """The files a host shows its processes: ``/dev/kvm``, ``/proc/device-tree/cpus``,
 ``/proc/cpuinfo`` and ``/sys/module``, derived from a booted kernel's profile.
 
-Pure data (path → bytes); the pytest plugin writes them into a pyfakefs filesystem."""
+Data (path → bytes), and :func:`write_tree`, the one writer of them into a real directory:
+``kvmsim run``/``serve`` show that copy to real programs, the pytest plugin maps it into a
+pyfakefs filesystem."""
 
 from __future__ import annotations
 
+import contextlib
+import posix
 import struct
+from collections.abc import Mapping
 
 from .kvm_main import Kernel
 from .profile import Host
@@ -79,3 +84,37 @@ def files(kernel: Kernel) -> dict[str, bytes]:
             if node.cpu_version is not None:
                 out[f"{base}/cpu-version"] = _be32(node.cpu_version)
     return out
+
+
+def write_tree(files: Mapping[str, bytes], root_fd: int) -> None:
+    """Write ``files`` below the directory open at ``root_fd``: every directory made and
+    opened relative to its parent's fd, every file made new (``O_EXCL | O_NOFOLLOW``), so no
+    symlink or rename can redirect a write.  Through ``posix`` alone, which pyfakefs never
+    patches: the plugin calls it while a test fakes ``os``, and it must write the real
+    filesystem."""
+    flags = posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC
+    create = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
+    opened: dict[str, int] = {"": root_fd}
+    try:
+        for path, data in files.items():
+            parent, _, name = path.rpartition("/")
+            if parent not in opened:
+                where = ""
+                for part in parent.strip("/").split("/"):
+                    below = f"{where}/{part}"
+                    if below not in opened:
+                        with contextlib.suppress(FileExistsError):
+                            posix.mkdir(part, 0o755, dir_fd=opened[where])
+                        opened[below] = posix.open(part, flags, dir_fd=opened[where])
+                    where = below
+            fd = posix.open(name, create, 0o644, dir_fd=opened[parent])
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[posix.write(fd, view) :]
+            finally:
+                posix.close(fd)
+    finally:
+        for key, fd in opened.items():
+            if key:
+                posix.close(fd)

@@ -205,22 +205,23 @@ _TREES: dict[int, str] = {}
 
 
 def _materialized(fs: FakeFilesystem, files: Mapping[str, bytes]) -> str:
-    """A real directory holding ``files``, written once a session per distinct host view
-    (with the real filesystem paused in)."""
+    """A real directory holding ``files``, written once a session per distinct host view by
+    kvmsim.hostfs.write_tree (the same writer as ``kvmsim run``'s)."""
     key = hash(tuple(sorted(files.items())))
     tree = _TREES.get(key)
     if tree is None:
         from pyfakefs.fake_filesystem_unittest import Pause
 
-        # written here, not by a kvmsim.hostfs helper: a module first imported inside a test
-        # is patched by pyfakefs dynamically and stays fake while paused
-        with Pause(fs):
+        with Pause(fs):  # (hostfs.write_tree writes through posix: real whether or not paused)
             tree = tempfile.mkdtemp(prefix="kvmsim-host-")
             atexit.register(shutil.rmtree, tree, True)
-            for path, data in files.items():
-                os.makedirs(os.path.dirname(tree + path), exist_ok=True)
-                with open(tree + path, "wb") as f:
-                    f.write(data)
+        from ..kernel import hostfs
+
+        root = posix.open(tree, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC)
+        try:
+            hostfs.write_tree(files, root)
+        finally:
+            posix.close(root)
         _TREES[key] = tree
     return tree
 

@@ -213,19 +213,9 @@ def host_view(kernel: Kernel, directory: trust.Dir) -> str:
     /sys/module/kvm*) below ``directory``, through its fd (no rename of a path can redirect a
     write): what the shim shows the program instead of this machine's (KVMSIM_ROOT).
     Returns the directory's path; the directory is closed."""
-    opened: dict[str, trust.Dir] = {}
-    try:
-        for path, data in hostfs.files(kernel).items():
-            if path == DEV_KVM:
-                continue
-            parent, _, name = path.rpartition("/")
-            if parent not in opened:
-                opened[parent] = directory.subdir(parent)
-            opened[parent].write(name, data, 0o644)
-    finally:
-        for d in opened.values():
-            d.close()
-        directory.close()
+    files = {path: data for path, data in hostfs.files(kernel).items() if path != DEV_KVM}  # the shim's own
+    with directory:
+        hostfs.write_tree(files, directory.fd)
     return directory.path
 
 
