@@ -107,3 +107,14 @@ def test_unknown_host_name_and_missing_file() -> None:
         profile.load("power42")
     with pytest.raises(ProfileError, match="cannot read profile"):
         profile.load("/nonexistent/x.toml")
+
+
+def test_a_document_is_checked_as_its_file_is() -> None:
+    """profile.from_mapping: what per-test overrides use, no TOML text in between."""
+    import tomllib
+
+    doc = tomllib.loads(GOOD)
+    assert profile.from_mapping(doc, name="good", where="doc") == profile.parse(GOOD, name="good", where="doc")
+    doc["cpu"]["mod"] = "power9"
+    with pytest.raises(ProfileError, match="doc: cpu.mod: unknown key"):
+        profile.from_mapping(doc, name="good", where="doc")

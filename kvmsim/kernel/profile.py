@@ -279,7 +279,13 @@ def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host
         raise ProfileError(f"{where}: bad TOML: {exc}") from None
     except RecursionError:
         raise ProfileError(f"{where}: bad TOML: nested too deeply") from None
-    t = _Table(where, "", data)
+    return from_mapping(data, name=name, where=where, path=path)
+
+
+def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: Path | None = None) -> Host:
+    """A profile from its document (what the TOML reads as, or a profile with per-test
+    overrides applied), checked exactly as a file's; ``where`` names it in errors."""
+    t = _Table(where, "", dict(data))
     summary = t.take("summary", str)
     arch_name = t.choice("arch", tuple(ARCHES))
     platform = t.choice("platform", tuple(PLATFORMS))

@@ -24,6 +24,7 @@ import attrs
 from .. import record
 from ..kernel import profile
 from ..preload import trust
+from ..record import toml
 from . import boot, build
 from .configs import CONFIGS, HEADERS, KERNELS, QEMU, QEMU_LIBS, TOOLCHAIN, Config
 from .debian import Archive, CacheError, FetchError
@@ -80,7 +81,7 @@ def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: 
     }
     date = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
     recorded = {"date": date, **obs, "revision": kernel.revision, "lab": lab}
-    return record.dumps(doc | {"recorded": recorded})
+    return toml.dumps(doc | {"recorded": recorded})
 
 
 def boot_one(

@@ -117,10 +117,10 @@ def _uname_of(machine: str) -> os.uname_result:
 
 
 def _boot(spec: HostSpec) -> Kernel:
-    """The kernel for ``spec``; overrides are applied to the profile's TOML and checked as a
-    profile file is (a mistake is one line naming the key).  Profiles are read from the real
-    filesystem (kvmsim.profile reads through posix), whether or not pyfakefs is patched in."""
-    from .. import record
+    """The kernel for ``spec``; overrides are applied to the profile's document and checked as
+    a profile file is (``profile.from_mapping``: a mistake is one line naming the key).
+    Profiles are read from the real filesystem (kvmsim.profile reads through posix), whether
+    or not pyfakefs is patched in."""
     from ..kernel import profile
     from ..kernel.revisions import revision
     from ..user.simulated import Kernel
@@ -135,7 +135,7 @@ def _boot(spec: HostSpec) -> Kernel:
         for table in tables:
             where = where.setdefault(table, {})
         where[key] = value
-    host = profile.parse(record.dumps(doc), name=path.stem, where=f"{path} with {dict(spec.overrides)}", path=path)
+    host = profile.from_mapping(doc, name=path.stem, where=f"{path} with {dict(spec.overrides)}", path=path)
     return Kernel(host, revision(spec.abi), ksize=spec.ksize)
 
 

@@ -18,19 +18,20 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from ..kernel import papr
-from ..kernel.profile import ProfileError, parse
+from ..kernel.profile import Host, ProfileError, from_mapping, parse
 from ..kernel.revisions import REVISIONS, AbiRevision
 from ..kernel.uapi import ARCHES, DEV_KVM, KVM_CAP_MAX_VCPUS, ByteOrder, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
 from ..user import probe
 from ..user.device import RealDevice, machine_arch
 from ..user.probe import Answer
 from ..user.simulated import Kernel, SimDevice
+from .toml import dumps
 
 KVM_MODULES = ("kvm", "kvm_hv", "kvm_pr", "kvm_intel", "kvm_amd", "kvm_pvm")
 CPUINFO_KEYS = (
@@ -234,9 +235,8 @@ def kernel_revisions(recorded: Mapping[str, Any]) -> list[AbiRevision]:
     return known or list(REVISIONS.values())
 
 
-def best_replay(text: str, where: str, recorded: Mapping[str, Any]) -> tuple[AbiRevision, list[Check]]:
+def best_replay(host: Host, recorded: Mapping[str, Any]) -> tuple[AbiRevision, list[Check]]:
     """The revision under which the profile's simulation agrees most, and its checks."""
-    host = parse(text, name="recorded", where=where)
     results = [(rev, replay(Kernel(host, rev), recorded)) for rev in kernel_revisions(recorded)]
     return max(results, key=lambda r: sum(c.agrees for c in r[1]))
 
@@ -246,7 +246,7 @@ def fit(obs: dict[str, Any], where: str) -> tuple[str, AbiRevision, list[Check]]
     with the observations and the revision the kernel spoke in its ``[recorded]`` section."""
     best: tuple[dict[str, Any], AbiRevision, list[Check]] | None = None
     for candidate in candidates(obs):
-        rev, checks = best_replay(dumps(candidate), where, obs["probes"])
+        rev, checks = best_replay(from_mapping(candidate, name="recorded", where=where), obs["probes"])
         if best is None or sum(c.agrees for c in checks) > sum(c.agrees for c in best[2]):
             best = (candidate, rev, checks)
         if all(c.agrees for c in checks):
@@ -267,7 +267,7 @@ def verify(text: str, where: str) -> tuple[AbiRevision, list[Check]]:
     if named in REVISIONS:
         rev, checks = REVISIONS[named], replay(Kernel(host, REVISIONS[named]), recorded)
     else:
-        rev, checks = best_replay(text, where, recorded)
+        rev, checks = best_replay(host, recorded)
     lab = host.recorded.get("lab")
     if isinstance(lab, Mapping) and isinstance(lab.get("dmesg"), list):
         real = kvm_hv_lines(lab["dmesg"])
@@ -279,50 +279,3 @@ def verify(text: str, where: str) -> tuple[AbiRevision, list[Check]]:
 def kvm_hv_lines(lines: Iterable[str]) -> list[str]:
     """kvm_hv's own dmesg lines (``kvm-hv:`` and ``KVM-HV:``), the ones kvmsim models."""
     return [line for line in lines if line.lower().startswith("kvm-hv:")]
-
-
-# ---------------------------------------------------------------------------
-# a small TOML writer for these documents (str, int, bool, lists, tables, arrays of tables)
-
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(key: str) -> str:
-    return key if _BARE.match(key) else _string(key)
-
-
-def _string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-    return f'"{escaped}"'
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value:#x}" if value > 0xFFFF else str(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def dumps(doc: Mapping[str, Any], prefix: str = "") -> str:
-    scalars = {k: v for k, v in doc.items() if not isinstance(v, Mapping) and not _is_table_array(v)}
-    tables = {k: v for k, v in doc.items() if isinstance(v, Mapping)}
-    arrays = {k: v for k, v in doc.items() if _is_table_array(v)}
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables.items():
-        name = f"{prefix}{_key(k)}"
-        body = dumps(v, f"{name}.")
-        out += f"\n[{name}]\n{body}" if body.strip() else ""
-    for k, v in arrays.items():
-        for item in v:
-            out += f"\n[[{prefix}{_key(k)}]]\n{dumps(item, f'{prefix}{_key(k)}.')}"
-    return out
-
-
-def _is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
