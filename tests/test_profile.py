@@ -116,5 +116,5 @@ def test_a_document_is_checked_as_its_file_is() -> None:
     doc = tomllib.loads(GOOD)
     assert profile.from_mapping(doc, name="good", where="doc") == profile.parse(GOOD, name="good", where="doc")
     doc["cpu"]["mod"] = "power9"
-    with pytest.raises(ProfileError, match="doc: cpu.mod: unknown key"):
+    with pytest.raises(ProfileError, match=r"doc: cpu\.mod: unknown key"):
         profile.from_mapping(doc, name="good", where="doc")
