@@ -23,7 +23,7 @@ from kvmsim.kernel.uapi import (
     modes_of_caps,
 )
 
-from .device import Device
+from .device import Device, UnknownArch
 from .devicetree import DeviceTree
 
 Source = Literal["ioctl", "device-tree"]
@@ -183,7 +183,10 @@ class Session:
 
     def __init__(self, device: Device) -> None:
         self.device = device
-        self.arch = device.arch
+        try:
+            self.arch = device.arch
+        except UnknownArch as exc:  # a KVM of an arch kvmsim has no encoding for
+            raise Unsupported(f"{device.name}: {exc}") from None
         self.dev = -1
         self.vm = -1
 

@@ -20,11 +20,11 @@ from kvmcompat import (
     decode,
     query,
 )
+from kvmcompat.device import machine_arch
 
 from kvmsim import Kernel
 from kvmsim.kernel import hostfs
 from kvmsim.kernel.uapi import ARCHES, Arch
-from kvmsim.user.device import machine_arch
 
 P9, P10, P11 = "power9", "power10", "power11"
 
@@ -216,3 +216,17 @@ def test_contract_on_this_machines_real_dev_kvm() -> None:
         assert isinstance(got, tuple) or got in {"EINVAL", "ENOTTY", "EPERM", "unsupported", "no-device"}
     else:
         assert got == "unsupported" == outcome(SimDevice(Kernel.from_profile("x86_64")))
+
+
+def test_a_machine_kvmsim_has_no_encoding_for_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    from kvmcompat import cli
+
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result((*real[:4], "aarch64")))
+    assert cli.main(["--device", "/dev/null"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aarch64: this machine's architecture is not one kvmsim models" in err

@@ -22,13 +22,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+from kvmcompat.device import RealDevice, machine_arch
+from kvmcompat.devicetree import DeviceTree
 
 from ..kernel import papr
 from ..kernel.profile import Host, ProfileError, from_mapping, parse
 from ..kernel.revisions import REVISIONS, AbiRevision
 from ..kernel.uapi import ARCHES, DEV_KVM, KVM_CAP_MAX_VCPUS, ByteOrder, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
 from ..user import probe
-from ..user.device import RealDevice, machine_arch
 from ..user.probe import Answer
 from ..user.simulated import Kernel, SimDevice
 from .toml import dumps
@@ -75,18 +76,11 @@ def cpuinfo_fields(text: str | None) -> dict[str, str]:
 
 def _cpu_nodes(notes: list[str]) -> list[dict[str, Any]]:
     try:
-        names = [n for n in os.listdir(DEVICE_TREE_CPUS) if os.path.isdir(f"{DEVICE_TREE_CPUS}/{n}")]
+        nodes = DeviceTree().cpu_nodes()  # the client's reader: the device tree is read one way
     except OSError as exc:
         notes.append(f"{DEVICE_TREE_CPUS}: {exc.strerror}")
         return []
-    nodes = []
-    for name in names:
-        node: dict[str, Any] = {"name": name}
-        raw = _read(f"{DEVICE_TREE_CPUS}/{name}/cpu-version", [], binary=True)
-        if raw is not None and len(raw) == 4:
-            node["cpu-version"] = int.from_bytes(raw, "big")
-        nodes.append(node)
-    return nodes
+    return [{"name": name, **({"cpu-version": version} if version is not None else {})} for name, version in nodes]
 
 
 def _modules(notes: list[str]) -> list[str]:
