@@ -19,6 +19,7 @@ from kvmsim.cli.args import (
     u64_arg,
     use_hosts_dirs,
 )
+from kvmsim.kernel.errors import InvalidInput
 from kvmsim.kernel.revisions import DEFAULT_REVISION, REVISIONS, negotiable
 from kvmsim.kernel.uapi import DEV_KVM, check_struct_size
 
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = Options(
             abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, device_tree=tree, revisions=revs
         )
-    except ValueError as exc:  # a bad profile (ProfileError), header or size
+    except InvalidInput as exc:  # a bad profile (ProfileError), header or size; a bug is no usage error
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

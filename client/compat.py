@@ -11,6 +11,7 @@ from typing import Literal
 
 import attrs
 
+from kvmsim.kernel.errors import KvmsimError
 from kvmsim.kernel.revisions import REVISIONS, AbiRevision, negotiable
 from kvmsim.kernel.uapi import (
     KVM_API_VERSION,
@@ -76,7 +77,7 @@ RAW_PVR_NOTE = "QEMU then uses the raw host PVR for the nested guest"
 # -- typed failures ------------------------------------------------------------
 
 
-class CompatError(Exception):
+class CompatError(KvmsimError):
     """Base of every failure the client reports."""
 
     exit_code = 1

@@ -9,6 +9,7 @@ import fcntl
 import os
 from typing import Protocol
 
+from kvmsim.kernel.errors import KvmsimError
 from kvmsim.kernel.uapi import ARCHES, DEV_KVM, Arch
 
 
@@ -25,7 +26,7 @@ class Device(Protocol):
     def close(self, fd: int) -> None: ...
 
 
-class UnknownArch(ValueError):
+class UnknownArch(KvmsimError, ValueError):
     """This machine's architecture has no ioctl encoding kvmsim knows (aarch64, s390x)."""
 
 

@@ -131,6 +131,7 @@ def test_the_client_loads_nothing_of_the_simulator() -> None:
     loaded = set(out.stdout.split())
     assert loaded <= {
         "kvmsim", "kvmsim.kernel", "kvmsim.kernel.uapi", "kvmsim.kernel.revisions", "kvmsim.kernel.header",
+        "kvmsim.kernel.errors",
         "kvmsim.cli", "kvmsim.cli.args",
     }, loaded  # fmt: skip
 

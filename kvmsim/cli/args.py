@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from ..kernel.errors import InvalidInput
 from ..kernel.header import revision_from_header
 from ..kernel.revisions import REVISIONS, AbiRevision, revision
 
@@ -93,10 +94,10 @@ def revisions(args: argparse.Namespace) -> dict[str, AbiRevision]:
         try:
             text = Path(args.header).read_text()
         except OSError as exc:
-            raise ValueError(f"{args.header}: {exc.strerror}") from None
+            raise InvalidInput(f"{args.header}: {exc.strerror}") from None
         rev = revision_from_header(text, args.header)
         if args.abi and args.abi != rev.name:
-            raise ValueError(f"{args.header}: defines a {rev.name} ioctl, but --abi {args.abi} was given")
+            raise InvalidInput(f"{args.header}: defines a {rev.name} ioctl, but --abi {args.abi} was given")
         revs[rev.name] = rev
         args.abi = rev.name
     return revs

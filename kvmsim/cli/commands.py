@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 import attrs
 
 from ..kernel import papr, profile
-from ..kernel.profile import Host, ProfileError
+from ..kernel.errors import InvalidInput
+from ..kernel.profile import Host
 from ..kernel.revisions import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision
 from ..kernel.uapi import errname, mode_of_logical_pvr, modes_of_caps
 from ..preload import trust
@@ -43,7 +44,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 
-class UsageError(Exception):
+class UsageError(InvalidInput):
     """A bad command line that argparse cannot see."""
 
 
@@ -518,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_hosts_dirs(args)
     try:
         return int(args.func(args))
-    except (ProfileError, UsageError, ValueError) as exc:
+    except InvalidInput as exc:  # a bad name, number, profile or header; never any ValueError (a bug stays one)
         print(f"kvmsim: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `kvmsim hosts | head`

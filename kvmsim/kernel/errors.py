@@ -1,5 +1,12 @@
-"""How the simulated kernel fails: an ``OSError`` with the kernel's errno, plus the reason
-the simulator knows (a real kernel would at most have said it in dmesg)."""
+"""kvmsim's error family, and how the simulated kernel fails.
+
+:class:`KvmsimError` is the root of every error kvmsim reports; ``str()`` is one line naming
+what was wrong and where.  :class:`InvalidInput` is the branch a command line answers with exit
+2 (a bad name, number, profile or header: the user's input; also a ``ValueError``, as it always
+was).  :class:`KvmError` is the simulated kernel's ``-errno`` (an ``OSError``, with the reason
+the simulator knows: a real kernel would at most have said it in dmesg).  The other branches
+live beside what raises them (the lab's FetchError, the server's ProtocolError, ...); only the
+kernel-internal fault signals of ``usermem`` stay outside the family."""
 
 from __future__ import annotations
 
@@ -7,7 +14,15 @@ import functools
 import os
 
 
-class KvmError(OSError):
+class KvmsimError(Exception):
+    """The root of kvmsim's errors."""
+
+
+class InvalidInput(KvmsimError, ValueError):
+    """Input kvmsim cannot take (a command line's exit 2): one line naming what and where."""
+
+
+class KvmError(KvmsimError, OSError):
     """``-errno`` from the simulated kernel.  ``reason`` says which check failed.
 
     Like ``OSError(errno, ...)`` it is also the matching subclass where Python has one

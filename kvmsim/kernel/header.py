@@ -8,6 +8,7 @@ from typing import cast
 
 import attrs
 
+from .errors import InvalidInput
 from .revisions import _V5_ABI, LINUX_7_3, V4, V5, AbiRevision
 from .uapi import LAYOUT_V4, CompatCapsField, CompatCapsLayout
 
@@ -30,19 +31,19 @@ def revision_from_header(text: str, where: str) -> AbiRevision:
         (body, "struct kvm_ppc_compat_caps"),
     ):
         if found is None:
-            raise ValueError(f"{where}: no {name} definition")
+            raise InvalidInput(f"{where}: no {name} definition")
     assert cap is not None and ioctl is not None and body is not None
     fields = tuple(_FIELD_RE.findall(body[1]))
     if sorted(fields) != sorted(LAYOUT_V4.fields):
-        raise ValueError(
+        raise InvalidInput(
             f"{where}: struct kvm_ppc_compat_caps has fields {fields}, expected flags, size, compat_capabilities"
         )
     try:
         cap_number, nr = int(cap[1], 0), int(ioctl[2], 0)
     except ValueError:
-        raise ValueError(f"{where}: KVM_CAP_PPC_COMPAT_CAPS or the ioctl's nr is not a number") from None
+        raise InvalidInput(f"{where}: KVM_CAP_PPC_COMPAT_CAPS or the ioctl's nr is not a number") from None
     if not 0 <= nr <= 0xFF:
-        raise ValueError(f"{where}: KVM_PPC_GET_COMPAT_CAPS nr {nr:#x} does not fit 8 bits")
+        raise InvalidInput(f"{where}: KVM_PPC_GET_COMPAT_CAPS nr {nr:#x} does not fit 8 bits")
     layout = CompatCapsLayout(cast(tuple[CompatCapsField, CompatCapsField, CompatCapsField], fields))
     rules = header_rules(ioctl[1], nr)
     assert rules.abi is not None

@@ -11,7 +11,7 @@ import attrs
 
 from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv
 from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr
-from .errors import KvmError
+from .errors import InvalidInput, KvmError
 from .profile import Host
 from .requests import byte_swapped_hint
 from .revisions import AbiRevision
@@ -52,7 +52,7 @@ class PowerpcKvm:
         self.steps: CompatCapsSteps | None = None
         if rev.abi is not None:
             if rev.name not in STEPS:
-                raise ValueError(f"revision {rev.name!r}: no kernel has its steps (known: {', '.join(STEPS)})")
+                raise InvalidInput(f"revision {rev.name!r}: no kernel has its steps (known: {', '.join(STEPS)})")
             self.steps = STEPS[rev.name]
         self.request = rev.request(host.arch)
         self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module

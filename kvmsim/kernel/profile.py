@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, cast
 import attrs
 
 from . import papr
+from .errors import InvalidInput
 from .papr import Hypervisor, HypervisorKind
 from .uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
 
@@ -53,7 +54,7 @@ DEFAULT_MAX_VCPUS = {"pseries": 2048, "powernv": 2048, "x86": 1024}  # KVM_MAX_V
 Mmu = Literal["radix", "hash"]
 
 
-class ProfileError(ValueError):
+class ProfileError(InvalidInput):
     """A malformed host profile; ``str()`` is one line naming the file and the field."""
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from .errors import InvalidInput
 from .uapi import LAYOUT_V4, LAYOUT_V5, Arch, CompatCapsAbi, CompatCapsLayout
 
 
@@ -78,7 +79,7 @@ def revision(name: str, *, cap: int | None = None, nr: int | None = None) -> Abi
         rev = REVISIONS[name]
     except KeyError:
         known = ", ".join(REVISIONS)
-        raise ValueError(f"unknown ABI revision {name!r} (known: {known})") from None
+        raise InvalidInput(f"unknown ABI revision {name!r} (known: {known})") from None
     if rev.abi is None:
         return rev  # a kernel without the feature has no numbers to override
     abi = rev.abi
@@ -86,6 +87,6 @@ def revision(name: str, *, cap: int | None = None, nr: int | None = None) -> Abi
         abi = attrs.evolve(abi, cap=cap)
     if nr is not None:
         if not 0 <= nr <= 0xFF:
-            raise ValueError(f"ioctl nr {nr:#x} does not fit 8 bits")
+            raise InvalidInput(f"ioctl nr {nr:#x} does not fit 8 bits")
         abi = attrs.evolve(abi, nr=nr)
     return attrs.evolve(rev, abi=abi)

@@ -15,6 +15,8 @@ from typing import Literal
 
 import attrs
 
+from .errors import InvalidInput
+
 DEV_KVM = "/dev/kvm"
 
 
@@ -228,7 +230,7 @@ def check_struct_size(size: int, what: str) -> None:
     """A ``struct kvm_ppc_compat_caps`` size a program or kernel may have: whole ``__u64``s,
     at least KVM_PPC_COMPAT_CAPS_SIZE_VER0.  ValueError naming ``what`` otherwise."""
     if size < KVM_PPC_COMPAT_CAPS_SIZE_VER0 or size % 8:
-        raise ValueError(f"{what} {size} must be a multiple of 8, at least {KVM_PPC_COMPAT_CAPS_SIZE_VER0}")
+        raise InvalidInput(f"{what} {size} must be a multiple of 8, at least {KVM_PPC_COMPAT_CAPS_SIZE_VER0}")
 
 
 CompatCapsField = Literal["flags", "size", "compat_capabilities"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import attrs
 
+from ..kernel.errors import KvmsimError
 from ..preload import trust
 
 MIRROR = "http://deb.debian.org/debian"
@@ -34,7 +35,7 @@ LISTS_MAX_AGE = 24 * 3600  # refresh the package lists once a day
 STALE_OK = ("sid", "experimental")
 
 
-class FetchError(Exception):
+class FetchError(KvmsimError):
     """A package could not be had (no archive, no such package): one line saying which."""
 
 

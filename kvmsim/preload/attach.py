@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 
+from ..kernel.errors import KvmsimError
 from . import wire
 from .build import build_shim
 from .runner import shim_environment
@@ -24,7 +25,7 @@ from .wire import HostAnswer
 CONNECT_TIMEOUT = 5.0
 
 
-class AttachError(Exception):
+class AttachError(KvmsimError):
     """The server cannot be used; ``str()`` is one line naming the socket and why."""
 
 

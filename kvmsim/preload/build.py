@@ -17,12 +17,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..kernel.errors import KvmsimError
 from . import trust
 
 SHIM_SOURCE = Path(__file__).resolve().parent / "shim" / "kvmsim_shim.c"
 
 
-class BuildError(RuntimeError):
+class BuildError(KvmsimError, RuntimeError):
     """The compiler is missing or failed, or a built file is not the one we built; ``str()``
     is one line."""
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import attrs
 
 from ..kernel import hostfs
+from ..kernel.errors import InvalidInput, KvmsimError
 from ..kernel.kvm_main import Kernel
 from ..kernel.uapi import ARCHES, DEV_KVM
 from . import trust
@@ -50,11 +51,11 @@ FOREIGN = {
 EM_PPC64, EM_X86_64 = 21, 62
 
 
-class RunError(ValueError):
+class RunError(InvalidInput):
     """The command cannot run against this host as asked; one line."""
 
 
-class StartError(RuntimeError):
+class StartError(KvmsimError, RuntimeError):
     """This machine cannot start the run (no safe directory, a socket path too long); one line."""
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..kernel.errors import KvmError
+from ..kernel.errors import KvmError, KvmsimError
 from ..kernel.kvm_main import Kernel, Process
 from ..kernel.uapi import U64_OF, ByteOrder
 from ..kernel.usermem import Fault, UserAccess
@@ -113,7 +113,7 @@ class RemoteMemory(UserAccess):
         return len(pending), b"".join([pack(addr, len(data)) + data for addr, data in pending])
 
 
-class ServerError(Exception):
+class ServerError(KvmsimError):
     """A socket path the server will not use; ``str()`` is one line."""
 
 

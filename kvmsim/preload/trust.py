@@ -29,12 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..kernel.errors import KvmsimError
+
 __all__ = ["Dir", "UntrustedError", "private_stat", "safe_ancestors", "sweep", "temp_base", "temp_dir"]
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class UntrustedError(OSError):
+class UntrustedError(KvmsimError, OSError):
     """A place another user could have prepared; ``str()`` is one line naming it."""
 
     def __str__(self) -> str:

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from ..kernel.errors import KvmsimError
 from ..kernel.uapi import ARCHES
 
 MAGIC = 0x4B564D53
@@ -72,7 +73,7 @@ class Msg(enum.IntEnum):
     SHM_READY = 12  # the server's memfd, with SCM_RIGHTS; payload: the channel's capacity
 
 
-class ProtocolError(Exception):
+class ProtocolError(KvmsimError):
     """A malformed, truncated or oversized frame: the connection is closed."""
 
 

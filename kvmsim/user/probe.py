@@ -13,6 +13,7 @@ from typing import Literal
 import attrs
 from kvmcompat.device import Device
 
+from ..kernel.errors import InvalidInput
 from ..kernel.revisions import REVISIONS, AbiRevision
 from ..kernel.uapi import GENERIC_CAPS, STARTUP_CAPS, Arch, ByteOrder, CompatCapsField, CompatCapsLayout, errname
 
@@ -61,7 +62,7 @@ class Answer:
         if isinstance(recorded, int) and not isinstance(recorded, bool):
             return cls(value=recorded)
         if not isinstance(recorded, str) or not recorded:
-            raise ValueError(f"not a probe answer: {recorded!r}")
+            raise InvalidInput(f"not a probe answer: {recorded!r}")
         head, *rest = recorded.split(" ")
         if head == "fd":
             answer = cls(fd=True)
