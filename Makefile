@@ -25,9 +25,9 @@ demo: $(STAMP)
 	$(BIN)/kvm-compat-caps --sim powervm-p11
 	$(BIN)/kvmsim matrix
 
+# the whole suite on both cores (pytest-xdist): the plugin's tests run under xdist with it
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
-	$(BIN)/python -m pytest -q -n 2 tests/test_pytest_plugin.py tests/test_user_example.py  # the plugin under xdist
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check kvmsim client tests benchmarks tools

@@ -499,7 +499,7 @@ def regression_rows() -> list[Row]:
         note_ = f"{ratio:.1f}x the real ioctl's {fmt(base)} in the same rounds{floor}"
         rows.append(Row(f"Kernel.ioctl compat caps ({name})", s, "<= 5x a real ioctl", ratio <= 5, note_))
     rows.insert(0, Row("a real ioctl from Python", statistics.median(bases), note=note))
-    from kvmsim.cli.commands import observe
+    from kvmsim.cli.commands import simulate
     from kvmsim.kernel.profile import load
 
     hosts = [load(n) for n in profile_names()]
@@ -507,7 +507,7 @@ def regression_rows() -> list[Row]:
     def whole() -> None:
         for host in hosts:
             for rev in REVISIONS.values():
-                observe(host, rev)
+                simulate(host, rev)
 
     m = median_time(whole, number=5)
     pairs = len(hosts) * len(REVISIONS)

@@ -226,13 +226,13 @@ def test_kvmsim_matrix_json_is_the_behaviour_table() -> None:
 
 
 def test_a_successful_answer_of_zero_is_zero_not_an_error() -> None:
-    from kvmsim.cli.commands import observe
+    from kvmsim.cli.commands import simulate
     from kvmsim.kernel.revisions import LINUX_7_3
     from kvmsim.kernel.uapi import POWER11
 
     base = profile.load("powervm-p10")  # its L0 offers only what the L1 cannot run: caps 0
     host = attrs.evolve(base, hypervisor=attrs.evolve(base.hypervisor, offers=(POWER11,)))
-    seen = observe(host, LINUX_7_3)
+    seen = simulate(host, LINUX_7_3)
     assert seen.to_json() == {"cap": 1, "compat_capabilities": 0, "modes": []}
     assert seen.text() == "0x0000000000000000 (none)"
 

@@ -79,7 +79,7 @@ class Observation:
         return f"{self.result} ({'no /dev/kvm' if self.stage == 'open' else self.stage})"
 
 
-def observe(host: Host, rev: AbiRevision) -> Observation:
+def simulate(host: Host, rev: AbiRevision) -> Observation:
     """Boot ``rev`` on ``host`` and ask what a client asks (the shipped numbers on a
     kernel without the feature: what a program built against today's headers sends)."""
     kernel = Kernel(host, rev)
@@ -152,7 +152,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             known = dt_mode.name if dt_mode else "unknown"
             print(f"  /cpus/{node.name}: cpu-version {node.cpu_version:#010x} ({known})")
     for rev in REVISIONS.values():
-        seen = observe(host, rev)
+        seen = simulate(host, rev)
         kind = "draft" if rev.draft else "kernel"
         cap = "-" if seen.cap is None else seen.cap
         asked = rev if rev.abi is not None else LINUX_7_3
@@ -172,7 +172,7 @@ def matrix_json(names: list[str]) -> list[dict[str, object]]:
         host = profile.load(name)
         row: dict[str, object] = {"host": name, "arch": host.arch.name, "summary": host.summary}
         for rev in REVISIONS.values():
-            row[rev.name] = observe(host, rev).to_json()
+            row[rev.name] = simulate(host, rev).to_json()
         rows.append(row)
     return rows
 
@@ -201,7 +201,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         host = profile.load(name)
         row = f"{name:<{width}}  {host.arch.name:<7}"
         for rev in REVISIONS.values():
-            seen = observe(host, rev)
+            seen = simulate(host, rev)
             row += f"  {'-' if seen.cap is None else seen.cap} {_short(seen):<{MATRIX_CELL - 2}}"
         print(row.rstrip())
     return EXIT_OK

@@ -12,7 +12,7 @@ import posix
 import struct
 from collections.abc import Mapping
 
-from .kvm_main import Kernel
+from .kvm_main import BootedKernel
 from .profile import Host
 from .uapi import DEV_KVM, mode_of_logical_pvr
 
@@ -65,7 +65,7 @@ def cpuinfo(host: Host) -> str:
     return "\n".join(lines) + "\n"
 
 
-def files(kernel: Kernel) -> dict[str, bytes]:
+def files(kernel: BootedKernel) -> dict[str, bytes]:
     """Every file of the host, by absolute path."""
     host = kernel.host
     out: dict[str, bytes] = {"/proc/cpuinfo": cpuinfo(host).encode()}

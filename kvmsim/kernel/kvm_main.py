@@ -1,11 +1,11 @@
 """virt/kvm/kvm_main.c: ``/dev/kvm`` and VM files, ``kvm_dev_ioctl``/``kvm_vm_ioctl``, and
 per-process fd tables.
 
-:class:`Kernel` is one booted kernel; each :class:`Process` has its own fd table and user
+:class:`BootedKernel` is one booted kernel; each :class:`Process` has its own fd table and user
 memory (a local :class:`~kvmsim.usermem.AddressSpace`, or a remote one served by the preload
 shim), and the syscalls ``open``, ``close`` and ``sys_ioctl(fd, cmd, arg: int)``.  The
-facade users call (``Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-side code:
-:class:`kvmsim.user.simulated.Kernel`."""
+facade users call (``kvmsim.Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-side code:
+:class:`kvmsim.user.simulated.Kernel`, a :class:`BootedKernel` with a first process."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ File = DevKvmFile | VmFile
 class Process:
     """A task as the kernel sees it: an fd table and an address space."""
 
-    def __init__(self, kernel: Kernel, memory: UserAccess, *, max_files: int = NR_OPEN_DEFAULT) -> None:
+    def __init__(self, kernel: BootedKernel, memory: UserAccess, *, max_files: int = NR_OPEN_DEFAULT) -> None:
         self.kernel, self.memory = kernel, memory
         self.max_files = max_files  # RLIMIT_NOFILE: EMFILE past it
         self._files: dict[int, File] = {}
@@ -176,7 +176,7 @@ class Process:
             raise _explained(exc, cmd, k, "vm") from None
 
 
-def _explained(exc: KvmError, cmd: int, kernel: Kernel, on: Literal["dev", "vm"]) -> KvmError:
+def _explained(exc: KvmError, cmd: int, kernel: BootedKernel, on: Literal["dev", "vm"]) -> KvmError:
     """An unknown request's errno, with what it probably was (the simulator's reason only)."""
     hint = explain_request(cmd, kernel.arch, kernel.rev, on) if exc.reason.startswith("unknown") else None
     return exc if hint is None else KvmError(exc.errno or 0, f"{exc.reason}: {hint}")
@@ -195,7 +195,7 @@ def _request_numbers(arch: Arch, rev: AbiRevision) -> tuple[int, int, int, int, 
     )
 
 
-class Kernel:
+class BootedKernel:
     """A simulated kernel for one host profile and one ABI revision."""
 
     def __init__(self, host: Host, rev: AbiRevision, *, ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0) -> None:
@@ -236,7 +236,7 @@ class Kernel:
         return self.host.arch
 
     def __repr__(self) -> str:
-        return f"<Kernel {self.host.name} {self.host.arch.name} abi={self.rev.name}>"
+        return f"<{type(self).__name__} {self.host.name} {self.host.arch.name} abi={self.rev.name}>"
 
     # kvm_vm_ioctl_check_extension_generic(), then the arch's
     def check_extension(self, ext: int, vm: object | None) -> int:

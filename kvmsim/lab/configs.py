@@ -9,7 +9,7 @@ from .debian import Package
 
 
 @attrs.frozen
-class Kernel:
+class KernelPackage:
     """A Debian ppc64le kernel build: its packages, and where they put vmlinuz and modules."""
 
     version: str  # "7.3", "7.2"
@@ -32,11 +32,11 @@ class Kernel:
         return f"usr/lib/modules/{self.release}/kernel/arch/powerpc/kvm/{name}.ko.xz"
 
 
-KERNELS: dict[str, Kernel] = {
+KERNELS: dict[str, KernelPackage] = {
     k.version: k
     for k in (
-        Kernel("7.3", "7.3-powerpc64le", "experimental", "linux-7.3"),  # has the feature
-        Kernel("7.2", "7.2.13+deb14-powerpc64le", "sid", "none"),  # the last kernel without it
+        KernelPackage("7.3", "7.3-powerpc64le", "experimental", "linux-7.3"),  # has the feature
+        KernelPackage("7.2", "7.2.13+deb14-powerpc64le", "sid", "none"),  # the last kernel without it
     )
 }
 

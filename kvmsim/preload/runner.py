@@ -22,7 +22,7 @@ import attrs
 
 from ..kernel import hostfs
 from ..kernel.errors import InvalidInput, KvmsimError
-from ..kernel.kvm_main import Kernel
+from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import ARCHES, DEV_KVM
 from . import trust
 from .build import BuildError, build_shim, preloadable
@@ -131,7 +131,7 @@ def target_arch(shim_host: HostAnswer, command: Sequence[str], arch: str | None)
     return arch
 
 
-def host_answer(kernel: Kernel, root: str | None = None) -> HostAnswer:
+def host_answer(kernel: BootedKernel, root: str | None = None) -> HostAnswer:
     """What the shim is told about ``kernel``'s host (a server's HOST answer says the same)."""
     return HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root)
 
@@ -169,7 +169,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def run(
-    kernel: Kernel,
+    kernel: BootedKernel,
     command: Sequence[str],
     *,
     arch: str | None = None,
@@ -209,7 +209,7 @@ def run(
         workdir.remove()
 
 
-def host_view(kernel: Kernel, directory: trust.Dir) -> str:
+def host_view(kernel: BootedKernel, directory: trust.Dir) -> str:
     """Write the simulated host's files (kvmsim.hostfs: /proc/device-tree, /proc/cpuinfo,
     /sys/module/kvm*) below ``directory``, through its fd (no rename of a path can redirect a
     write): what the shim shows the program instead of this machine's (KVMSIM_ROOT).

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..kernel.errors import KvmError, KvmsimError
-from ..kernel.kvm_main import Kernel, Process
+from ..kernel.kvm_main import BootedKernel, Process
 from ..kernel.uapi import U64_OF, ByteOrder
 from ..kernel.usermem import Fault, UserAccess
 from . import channel, wire
@@ -182,7 +182,7 @@ class Connection:
 
     def __init__(
         self,
-        kernel: Kernel,
+        kernel: BootedKernel,
         sock: socket.socket,
         name: str,
         calls: itertools.count[int] | None = None,
@@ -290,7 +290,7 @@ class Server:
 
     def __init__(
         self,
-        kernel: Kernel,
+        kernel: BootedKernel,
         path: str | Path,
         *,
         trace: Callable[[Call], None] | None = None,

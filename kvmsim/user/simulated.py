@@ -7,17 +7,20 @@ from __future__ import annotations
 import os
 
 from ..kernel import kvm_main
-from ..kernel.uapi import DEV_KVM, Arch
+from ..kernel.profile import Host
+from ..kernel.revisions import AbiRevision
+from ..kernel.uapi import DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0, Arch
 from ..kernel.usermem import AddressSpace
 from .pyioctl import Scratch, fcntl_ioctl
 
 
-class Kernel(kvm_main.Kernel):
-    """A booted kernel and the facade tests and users call: ``open``/``ioctl``/``close`` of
-    its first process (``current``), whose user memory is :attr:`memory`."""
+class Kernel(kvm_main.BootedKernel):
+    """A booted kernel (:class:`kvmsim.kernel.kvm_main.BootedKernel`) and the facade tests and
+    users call: ``open``/``ioctl``/``close`` of its first process (``current``), whose user
+    memory is :attr:`memory`."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, host: Host, rev: AbiRevision, *, ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0) -> None:
+        super().__init__(host, rev, ksize=ksize)
         self.memory = AddressSpace()
         self.current = self.process(self.memory)
         self._scratch = Scratch()
