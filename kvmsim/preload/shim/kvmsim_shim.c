@@ -414,21 +414,31 @@ static int shm_send(const unsigned char *hdr, const void *a, size_t an, const vo
 	return 0;
 }
 
+/* Wait until the socket has something to read (or the peer has gone), within the call's
+ * deadline; a handler that runs meanwhile does not end the wait.  -1 past the deadline. */
+static int wait_readable(void)
+{
+	for (;;) {
+		struct pollfd pfd = {.fd = sock, .events = POLLIN};
+		long long left = time_left();
+		if (left <= 0)
+			return -1;
+		int ready = poll(&pfd, 1, (int)(left / 1000000 + 1));
+		if (ready > 0)
+			return 0;
+		if (ready < 0 && errno != EINTR)
+			return -1;
+	}
+}
+
 static int recv_all(void *buf, size_t n)
 {
 	if (shm)
 		return shm_recv(buf, n);
 	char *p = buf;
 	while (n) {
-		struct pollfd pfd = {.fd = sock, .events = POLLIN};
-		long long left = time_left();
-		if (left <= 0)
-			return -1; /* the server has not answered within the deadline */
-		int ready = poll(&pfd, 1, (int)(left / 1000000 + 1));
-		if (ready < 0 && errno == EINTR)
-			continue; /* a handler ran: keep waiting */
-		if (ready <= 0)
-			continue; /* the deadline is checked above */
+		if (wait_readable())
+			return -1;
 		ssize_t r = recv(sock, p, n, MSG_DONTWAIT);
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			continue;
@@ -496,17 +506,8 @@ static int open_channel(void)
 		return 0;
 	if (send_frame(SHM, NULL, 0, NULL, 0))
 		return -1;
-	for (;;) { /* the answer, within the deadline */
-		struct pollfd pfd = {.fd = sock, .events = POLLIN};
-		long long left = time_left();
-		if (left <= 0)
-			return -1;
-		int ready = poll(&pfd, 1, (int)(left / 1000000 + 1));
-		if (ready > 0)
-			break;
-		if (ready < 0 && errno != EINTR)
-			return -1;
-	}
+	if (wait_readable()) /* the answer, within the deadline */
+		return -1;
 	do
 		r = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
 	while (r < 0 && errno == EINTR);
