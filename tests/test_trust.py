@@ -264,3 +264,32 @@ def test_serve_on_a_live_servers_socket_says_so(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert r.returncode == 2 and "a server is listening there" in r.stderr
+
+
+BUILD_THEN_PRELOAD = """
+import sys, time
+from kvmsim.preload.build import build_shim, preloadable
+shim = build_shim()
+time.sleep(1.0)  # the other builder finishes meanwhile
+print(preloadable(shim))
+"""
+
+
+@needs_cc
+def test_two_builders_of_one_library_each_preload_what_they_checked(tmp_path: Path) -> None:
+    """pytest -n 2 on an empty cache: two processes build the same shim at once; neither may
+    swap the file under the other (which then refused it as replaced after its build)."""
+    env = {**os.environ, "KVMSIM_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD_THEN_PRELOAD],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert outs[0][0] == outs[1][0]  # one library, the same path

@@ -146,11 +146,17 @@ def compile_c(
             raise BuildError(f"{cc} failed on {sources[0].name}: {first}")
         # the linker writes a new inode: the one we take is what we open here, in our own directory
         st = _opened_stat(tmp, 0o755)
-        os.replace(tmp, out)
-    except BaseException:
+        try:
+            # placed only if nobody has placed it meanwhile: a concurrent builder of the same
+            # source (pytest -n 2) must not swap the file another process has just checked
+            os.link(tmp, out)
+        except FileExistsError:
+            if _accept(out):  # the same build, placed first by someone else of ours
+                return out
+            raise BuildError(f"{out}: appeared while building, and is not this user's own file") from None
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
     _identity[str(out)] = (st.st_dev, st.st_ino)
     return out
 
