@@ -21,8 +21,9 @@
  * trip.  A server that cannot offer it answers ENOSYS and the socket stays the channel, as it
  * does with $KVMSIM_CHANNEL=socket (the runner sets that under qemu-user).
  *
- * The wire format is kvmsim/preload/wire.py: every field big-endian.  After fork() the child has no
- * emulated descriptors (its copies are plain /dev/null).  dup/dup2/dup3 and fcntl(F_DUPFD*) of
+ * The wire format is kvmsim/preload/wire.py: every field big-endian.  A child (fork, a raw
+ * fork or clone, vfork) has no emulated descriptors of its parent's (its copies are plain
+ * /dev/null) and never touches its parent's state: see owner_pid.  dup/dup2/dup3 and fcntl(F_DUPFD*) of
  * an emulated fd share its kernel file, closed with the last descriptor, as in the kernel.
  */
 #define _GNU_SOURCE
@@ -35,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -155,9 +157,11 @@ static void leave(void)
 
 /* The shim's own descriptors (its socket, the memory pipe): a program's close loops,
  * close_range() and closefrom() must not take them away, nor dup2() onto them. */
+static int owner(void);
+
 static int internal(int fd)
 {
-	return fd >= 0 && (fd == sock || fd == mem_pipe[0] || fd == mem_pipe[1]);
+	return fd >= 0 && (fd == sock || fd == mem_pipe[0] || fd == mem_pipe[1]) && owner();
 }
 
 /* Move an internal descriptor out of the program's way, to a high number. */
@@ -172,13 +176,18 @@ static int relocate(int fd)
 	return high;
 }
 
-static pid_t cached_pid; /* getpid() is a system call: process_vm_* need it every call */
+/* The process the shim's state (connection, memory pipe, tables) belongs to, compared with
+ * the kernel's getpid(2) on every call that would use it: a child made by syscall(SYS_fork),
+ * clone(SIGCHLD) or vfork() runs no pthread_atfork handler, and a cached pid let it speak on
+ * its parent's connection (their answers crossed) or, from a vfork child's close_range(),
+ * close its parent's simulated files.  To any other process the state is not there: its
+ * descriptors are plain ones, and it touches nothing (a vfork child shares the parent's
+ * memory).  Only its own open of /dev/kvm makes it the owner, with state of its own. */
+static pid_t owner_pid, ready_pid;
 
 static pid_t self_pid(void)
 {
-	if (!cached_pid)
-		cached_pid = getpid();
-	return cached_pid;
+	return (pid_t)syscall(SYS_getpid);
 }
 
 /* The top of this thread's stack, found once a thread (outside the shim's lock: for the main
@@ -215,21 +224,55 @@ static size_t live_stack_room(uint64_t addr)
 	return addr >= here && addr < stack_top ? (size_t)(stack_top - addr) : 0;
 }
 
-static void child_after_fork(void)
+/* This process is a child: what it inherited (its parent's connection, shared mapping,
+ * memory pipe and tables) is the parent's; it starts with no emulated descriptors, as the
+ * child of fork() always has (its copies of them are plain /dev/null). */
+static void forget_parent(void)
 {
-	cached_pid = 0;
-	/* the child must not talk on the parent's connection */
 	if (sock >= 0)
 		real_close(sock);
 	sock = -1;
 	if (shm)
 		munmap(shm, SHM_SIZE);
 	shm = NULL;
+	for (int i = 0; i < 2; i++) { /* a shared pipe would interleave the two processes' reads */
+		if (mem_pipe[i] >= 0)
+			real_close(mem_pipe[i]);
+		mem_pipe[i] = -1;
+	}
 	memset(kfd_of, 0, sizeof(kfd_of));
 	memset(refs, 0, sizeof(refs));
 	ndeferred = 0;
 	in_shim = 0;
-	pthread_mutex_init(&lock, NULL);
+	pthread_mutex_init(&lock, NULL); /* another thread of the parent may have held it */
+}
+
+static void child_after_fork(void)
+{
+	forget_parent();
+	owner_pid = ready_pid = self_pid();
+}
+
+static int owner(void)
+{
+	return self_pid() == __atomic_load_n(&ready_pid, __ATOMIC_ACQUIRE);
+}
+
+/* A child forked behind the shim's back opens /dev/kvm: the state becomes its own (never in
+ * a vfork child, which may only exec or exit).  Its first thread to get here resets; any
+ * other waits until that is done. */
+static void adopt_if_forked(void)
+{
+	pid_t pid = self_pid(), owner = __atomic_load_n(&owner_pid, __ATOMIC_ACQUIRE);
+	if (owner == pid)
+		return;
+	if (__atomic_compare_exchange_n(&owner_pid, &owner, pid, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		forget_parent();
+		__atomic_store_n(&ready_pid, pid, __ATOMIC_RELEASE);
+		return;
+	}
+	while (__atomic_load_n(&ready_pid, __ATOMIC_ACQUIRE) != pid)
+		sched_yield();
 }
 
 static void take_dir_ids(void);
@@ -286,6 +329,7 @@ __attribute__((constructor)) static void shim_init(void)
 	server_path = getenv("KVMSIM_SOCKET");
 	machine = getenv("KVMSIM_MACHINE");
 	take_dir_ids();
+	owner_pid = ready_pid = self_pid();
 	pthread_atfork(NULL, NULL, child_after_fork);
 }
 
@@ -300,7 +344,7 @@ static inline void ensure(void)
 
 static int emulated(int fd)
 {
-	return fd >= 0 && fd < MAX_FD && kfd_of[fd] != 0;
+	return fd >= 0 && fd < MAX_FD && kfd_of[fd] != 0 && owner();
 }
 
 /* ---- framing --------------------------------------------------------------------- */
@@ -887,6 +931,7 @@ static int emu_open(const char *path, int flags)
 {
 	uint32_t fl;
 	int fd = -1;
+	adopt_if_forked();
 	if (enter())
 		return -1;
 	if (connect_server() == 0) {
@@ -1030,6 +1075,8 @@ static int span(unsigned lo, unsigned hi, int flags)
 
 static int close_span(unsigned first, unsigned last, int flags)
 {
+	if (!owner()) /* a child's copies are all plain descriptors (a vfork child's above all) */
+		return syscall(SYS_close_range, first, last, flags) < 0 ? -1 : 0;
 	int mine[3] = {sock, mem_pipe[0], mem_pipe[1]}, r = 0;
 	for (int i = 0; i < 3; i++) /* sort the three */
 		for (int j = i + 1; j < 3; j++)
