@@ -47,6 +47,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/mman.h>
+#include <sys/eventfd.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <time.h>
@@ -99,6 +100,14 @@ static int (*real_fstatat)(int, const char *, struct stat *, int);
 static FILE *(*real_fopen)(const char *, const char *);
 static DIR *(*real_opendir)(const char *);
 static int (*real_statx)(int, const char *, int, unsigned, struct statx *);
+static int (*real_fstat)(int, struct stat *);
+static int (*real_fclose)(FILE *);
+static ssize_t (*real_read)(int, void *, size_t);
+static ssize_t (*real_write)(int, const void *, size_t);
+static ssize_t (*real_pread)(int, void *, size_t, off_t);
+static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
+static ssize_t (*real_readv)(int, const struct iovec *, int);
+static ssize_t (*real_writev)(int, const struct iovec *, int);
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int sock = -1;
@@ -112,6 +121,7 @@ static int mem_pipe[2] = {-1, -1};
 static int use_pipe;
 static int32_t kfd_of[MAX_FD]; /* kernel fd + 1; 0 = not emulated */
 static int32_t refs[MAX_FD];   /* descriptors of this process per kernel fd (dup shares one file) */
+static uint8_t vm_of[MAX_FD];  /* 1: the descriptor is a VM's (an anon inode), 0: /dev/kvm's */
 
 /* The shim's lock.  Signals are blocked only while it is taken or given back with this
  * thread's mark (so a handler never finds the two apart), never across the wait for the
@@ -310,6 +320,14 @@ __attribute__((constructor)) static void shim_init(void)
 	real_fopen = dlsym(RTLD_NEXT, "fopen");
 	real_opendir = dlsym(RTLD_NEXT, "opendir");
 	real_statx = dlsym(RTLD_NEXT, "statx");
+	real_fstat = dlsym(RTLD_NEXT, "fstat");
+	real_fclose = dlsym(RTLD_NEXT, "fclose");
+	real_read = dlsym(RTLD_NEXT, "read");
+	real_write = dlsym(RTLD_NEXT, "write");
+	real_pread = dlsym(RTLD_NEXT, "pread");
+	real_pwrite = dlsym(RTLD_NEXT, "pwrite");
+	real_readv = dlsym(RTLD_NEXT, "readv");
+	real_writev = dlsym(RTLD_NEXT, "writev");
 	/* the environment is read once, here: a program may change its own later */
 	const char *memory = getenv("KVMSIM_MEMORY");
 	use_pipe = memory && strcmp(memory, "pipe") == 0;
@@ -907,7 +925,7 @@ broken:
 
 /* A descriptor of this process for kernel fd kfd.  When none can be made (EMFILE), the
  * kernel's file is closed again rather than left open in the server. */
-static int placeholder(int kfd, int cloexec)
+static int placeholder(int kfd, int cloexec, int vm)
 {
 	int fd = real_open("/dev/null", O_RDWR | (cloexec ? O_CLOEXEC : 0));
 	if (fd < 0 || fd >= MAX_FD) {
@@ -922,6 +940,7 @@ static int placeholder(int kfd, int cloexec)
 		return -1;
 	}
 	kfd_of[fd] = kfd + 1;
+	vm_of[fd] = (uint8_t)vm;
 	if (kfd >= 0 && kfd < MAX_FD)
 		refs[kfd]++;
 	return fd;
@@ -938,7 +957,7 @@ static int emu_open(const char *path, int flags)
 		uint32_t be_flags = htobe32((uint32_t)flags);
 		long kfd = call(OPEN, &be_flags, 4, path, strlen(path), &fl);
 		if (kfd >= 0)
-			fd = placeholder((int)kfd, flags & O_CLOEXEC);
+			fd = placeholder((int)kfd, flags & O_CLOEXEC, 0);
 	}
 	leave();
 	return fd;
@@ -965,7 +984,7 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	in_ioctl = 0;
 	ret = (int)r;
 	if (r >= 0 && (fl & RESULT_NEW_FD))
-		ret = placeholder((int)r, 1);
+		ret = placeholder((int)r, 1, 1);
 	leave();
 	return ret;
 }
@@ -1013,6 +1032,7 @@ static int emu_dup(int oldfd, int newfd)
 	int kfd = emulated(oldfd) ? kfd_of[oldfd] - 1 : -1;
 	if (kfd >= 0) {
 		kfd_of[newfd] = kfd + 1;
+		vm_of[newfd] = vm_of[oldfd];
 		if (kfd < MAX_FD)
 			refs[kfd]++;
 	}
@@ -1023,6 +1043,7 @@ static int emu_dup(int oldfd, int newfd)
 /* ---- the intercepted entry points -------------------------------------------------- */
 
 static int host_has_dev_kvm(void);
+static int emulated_stat(int fd, struct stat *st);
 
 /* open(2) of /dev/kvm: the flags keep their meaning for a character device. */
 static int kvm_open(int flags)
@@ -1136,24 +1157,32 @@ int dup(int oldfd)
 	return fd >= 0 && emulated(oldfd) ? emu_dup(oldfd, fd) : fd;
 }
 
+/* dup2/dup3 succeeded: newfd now refers to oldfd's file.  newfd's old simulated file (if it
+ * was one) lost that reference; oldfd's (if it is one) gained it.  A dup2/dup3 that fails
+ * (EBADF, dup3's EINVAL) leaves newfd as it was, as the kernel does. */
+static int emu_replaced(int oldfd, int newfd, int was_emulated)
+{
+	if (was_emulated)
+		emu_release(newfd);
+	return emulated(oldfd) ? emu_dup(oldfd, newfd) : newfd;
+}
+
 int dup2(int oldfd, int newfd)
 {
 	ensure();
 	protect(newfd);
-	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
-		emu_release(newfd); /* dup2 closes newfd first, when oldfd is valid */
+	int was = oldfd != newfd && emulated(newfd);
 	int fd = real_dup2(oldfd, newfd);
-	return fd >= 0 && emulated(oldfd) ? emu_dup(oldfd, fd) : fd;
+	return fd < 0 || fd == oldfd ? fd : emu_replaced(oldfd, fd, was);
 }
 
 int dup3(int oldfd, int newfd, int flags)
 {
 	ensure();
 	protect(newfd);
-	if (oldfd != newfd && emulated(newfd) && real_fcntl(oldfd, F_GETFD) >= 0)
-		emu_release(newfd);
+	int was = oldfd != newfd && emulated(newfd);
 	int fd = real_dup3(oldfd, newfd, flags);
-	return fd >= 0 && emulated(oldfd) ? emu_dup(oldfd, fd) : fd;
+	return fd < 0 ? fd : emu_replaced(oldfd, fd, was);
 }
 
 /* fcntl(F_DUPFD[_CLOEXEC]) is how CPython's os.dup() duplicates */
@@ -1508,7 +1537,7 @@ int fstatat(int dirfd, const char *path, struct stat *st, int flags)
 {
 	ensure();
 	if ((flags & AT_EMPTY_PATH) && empty(path))
-		return real_fstatat(dirfd, path, st, flags);
+		return emulated(dirfd) ? emulated_stat(dirfd, st) : real_fstatat(dirfd, path, st, flags);
 	struct lookup l;
 	int kind = lookup(dirfd, path, !(flags & AT_SYMLINK_NOFOLLOW), &l);
 	int r = kind == PATH_DEV_KVM ? dev_kvm_stat(st) : real_fstatat(dirfd, real_path(&l, path), st, flags);
@@ -1581,4 +1610,65 @@ int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *s
 		r = real_statx(dirfd, real_path(&l, path), flags, mask, stx);
 	lookup_done(&l);
 	return r;
+}
+
+/* ---- what the real device answers besides ioctl (measured on an x86 /dev/kvm and its VM
+ * fds): read, write and their kin are EINVAL (kvm_chardev_ops and kvm_vm_fops have no read or
+ * write), but pread/pwrite on a VM fd are ESPIPE (an anon inode file has no FMODE_PREAD); fstat is /dev/kvm's character device, or for a VM fd the anon inode every
+ * anon_inode file shares (an eventfd's).  lseek is 0 and mmap ENODEV on both, as on the
+ * /dev/null placeholder already.  /proc/self/fd still shows /dev/null (README "Choices"). */
+
+#define FAILS_ON_EMULATED(type, name, params, args, err)                                                   \
+	type name params                                                                                     \
+	{                                                                                                    \
+		ensure();                                                                                    \
+		if (emulated(fd)) {                                                                          \
+			errno = (err);                                                                       \
+			return -1;                                                                           \
+		}                                                                                            \
+		return real_##name args;                                                                     \
+	}
+#define POSITIONED_ERR (vm_of[fd] ? ESPIPE : EINVAL) /* rw_verify_area: no FMODE_PREAD on an anon inode */
+
+FAILS_ON_EMULATED(ssize_t, read, (int fd, void *buf, size_t n), (fd, buf, n), EINVAL)
+FAILS_ON_EMULATED(ssize_t, write, (int fd, const void *buf, size_t n), (fd, buf, n), EINVAL)
+FAILS_ON_EMULATED(ssize_t, pread, (int fd, void *buf, size_t n, off_t off), (fd, buf, n, off), POSITIONED_ERR)
+FAILS_ON_EMULATED(ssize_t, pwrite, (int fd, const void *buf, size_t n, off_t off), (fd, buf, n, off), POSITIONED_ERR)
+FAILS_ON_EMULATED(ssize_t, readv, (int fd, const struct iovec *iov, int n), (fd, iov, n), EINVAL)
+FAILS_ON_EMULATED(ssize_t, writev, (int fd, const struct iovec *iov, int n), (fd, iov, n), EINVAL)
+ssize_t pread64(int fd, void *buf, size_t n, off_t off) { return pread(fd, buf, n, off); }
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
+
+/* The inode every anon_inode file shares (eventfd's, a VM fd's): its stat. */
+static int anon_inode_stat(struct stat *st)
+{
+	int efd = eventfd(0, EFD_CLOEXEC);
+	if (efd < 0)
+		return -1;
+	int r = real_fstat(efd, st);
+	real_close(efd);
+	return r;
+}
+
+static int emulated_stat(int fd, struct stat *st)
+{
+	return vm_of[fd] ? anon_inode_stat(st) : dev_kvm_stat(st);
+}
+
+int fstat(int fd, struct stat *st)
+{
+	ensure();
+	return emulated(fd) ? emulated_stat(fd, st) : real_fstat(fd, st);
+}
+
+int fstat64(int fd, struct stat64 *st) { return fstat(fd, (struct stat *)st); }
+
+/* fclose() closes its descriptor inside libc, past close(): release the simulated file first. */
+int fclose(FILE *f)
+{
+	ensure();
+	int fd = f ? fileno(f) : -1;
+	if (emulated(fd))
+		emu_release(fd);
+	return real_fclose(f);
 }

@@ -1,0 +1,84 @@
+/*
+ * fdops: what a program does with simulated descriptors besides ioctl, one line each:
+ *   rw      read/write/pread/pwrite on /dev/kvm and a VM fd: the errno names (EINVAL as the
+ *           real device), lseek's result, mmap's errno (ENODEV)
+ *   fstat   /dev/kvm: "chr 10:232", a VM fd: the same dev/ino/mode as an eventfd's anon inode
+ *   fclose  5000 x fopen/fclose of /dev/kvm (no EMFILE), then a regular file opened at the
+ *           number the last stream had answers FIONREAD with its size (not the simulator)
+ *   dup3    dup3(fd, vm, 42) fails EINVAL and vm still answers; dup3(dev, vm, 0) makes vm /dev/kvm's
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <sys/utsname.h>
+
+/* _IO(0xAE, n): the powerpc encoding, or the generic one on x86 (what uname says the host is) */
+static unsigned long CHECK_EXTENSION = 0x2000ae03UL, CREATE_VM = 0x2000ae01UL, API_VERSION = 0x2000ae00UL;
+
+static const char *err(long r)
+{
+	return r < 0 ? strerrorname_np(errno) : "ok";
+}
+
+int main(int argc, char **argv)
+{
+	const char *what = argc > 1 ? argv[1] : "rw";
+	struct utsname u;
+	if (uname(&u) == 0 && !strcmp(u.machine, "x86_64"))
+		CHECK_EXTENSION = 0xae03UL, CREATE_VM = 0xae01UL, API_VERSION = 0xae00UL;
+	int dev = open("/dev/kvm", O_RDWR | O_CLOEXEC), vm = ioctl(dev, CREATE_VM, 0);
+	char buf[8] = {0};
+	if (!strcmp(what, "rw")) {
+		for (int i = 0; i < 2; i++) {
+			int fd = i ? vm : dev;
+			const char *r = err(read(fd, buf, sizeof(buf)));
+			const char *w = err(write(fd, buf, sizeof(buf)));
+			const char *pr = err(pread(fd, buf, sizeof(buf), 0));
+			const char *pw = err(pwrite(fd, buf, sizeof(buf), 0));
+			long seek = (long)lseek(fd, 5, SEEK_SET);
+			void *m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+			printf("%s read=%s write=%s pread=%s pwrite=%s lseek=%ld mmap=%s\n", i ? "vm" : "dev", r, w, pr, pw,
+			       seek, m == MAP_FAILED ? strerrorname_np(errno) : "ok");
+		}
+	} else if (!strcmp(what, "fstat")) {
+		struct stat d, v, e;
+		int efd = eventfd(0, EFD_CLOEXEC);
+		fstat(dev, &d);
+		fstat(vm, &v);
+		fstat(efd, &e);
+		printf("dev %s %u:%u %o\n", S_ISCHR(d.st_mode) ? "chr" : "other", major(d.st_rdev), minor(d.st_rdev),
+		       d.st_mode & 07777);
+		printf("vm %s\n", v.st_dev == e.st_dev && v.st_ino == e.st_ino && v.st_mode == e.st_mode ? "anon_inode" : "other");
+	} else if (!strcmp(what, "fclose")) {
+		int last = -1;
+		for (int i = 0; i < 5000; i++) {
+			FILE *f = fopen("/dev/kvm", "r+");
+			if (!f) {
+				printf("fopen %d: %s\n", i, strerrorname_np(errno));
+				return 1;
+			}
+			last = fileno(f);
+			fclose(f);
+		}
+		int fd = open(argv[2], O_RDONLY);
+		int n = -1;
+		const char *r = err(ioctl(fd, FIONREAD, &n));
+		printf("same=%d fionread=%s %d\n", fd == last, r, n);
+	} else if (!strcmp(what, "dup3")) {
+		const char *bad = err(dup3(dev, vm, 42));
+		int still = ioctl(vm, CHECK_EXTENSION, 3); /* KVM_CAP_USER_MEMORY: 1 on every kernel */
+		const char *then = err(dup3(dev, vm, 0));
+		int api = ioctl(vm, API_VERSION, 0);
+		printf("dup3=%s vm=%d then=%s api=%d\n", bad, still, then, api);
+	}
+	return 0;
+}

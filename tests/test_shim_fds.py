@@ -1,0 +1,66 @@
+"""A simulated descriptor answers what the real device's does besides ioctl: read/write and
+their kin (EINVAL; ESPIPE for a VM fd's pread/pwrite), lseek 0, mmap ENODEV, fstat (/dev/kvm's
+character device, a VM's anon inode); fclose releases it; a failed dup3 leaves it alone.
+Where this machine has a /dev/kvm, the answers are compared with it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import needs_cc
+
+from kvmsim.preload.build import compile_c
+
+ROOT = Path(__file__).resolve().parent.parent
+KVMSIM = Path(sys.executable).with_name("kvmsim")
+pytestmark = needs_cc
+RW = [
+    "dev read=EINVAL write=EINVAL pread=EINVAL pwrite=EINVAL lseek=0 mmap=ENODEV",
+    "vm read=EINVAL write=EINVAL pread=ESPIPE pwrite=ESPIPE lseek=0 mmap=ENODEV",
+]
+
+
+@pytest.fixture(scope="module")
+def fdops() -> Path:
+    return compile_c([ROOT / "tests" / "data" / "fdops.c"])
+
+
+def simulated(fdops: Path, *args: str, host: str = "powervm-p11") -> list[str]:
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", host, "--", str(fdops), *args], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+@pytest.mark.parametrize("host", ["powervm-p11", "x86_64"])
+def test_read_write_lseek_mmap_answer_as_the_device_does(fdops: Path, host: str) -> None:
+    assert simulated(fdops, "rw", host=host) == RW
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm here")
+def test_the_same_as_this_machines_real_device(fdops: Path) -> None:
+    real = subprocess.run([str(fdops), "rw"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert real == RW == simulated(fdops, "rw", host="x86_64")
+    real_stat = subprocess.run([str(fdops), "fstat"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert real_stat[0].startswith("dev chr 10:232") and real_stat[1] == "vm anon_inode"
+
+
+def test_fstat_is_the_character_device_and_the_anon_inode(fdops: Path) -> None:
+    assert simulated(fdops, "fstat") == ["dev chr 10:232 660", "vm anon_inode"]
+
+
+def test_fclose_releases_the_simulated_file(fdops: Path, tmp_path: Path) -> None:
+    """5,000 fopen/fclose rounds (no EMFILE at 1,024), then a real file at the last stream's
+    number answers FIONREAD itself (3 bytes), not the simulator."""
+    three = tmp_path / "three"
+    three.write_text("abc")
+    assert simulated(fdops, "fclose", str(three)) == ["same=1 fionread=ok 3"]
+
+
+def test_a_failed_dup3_leaves_the_target_as_it_was(fdops: Path) -> None:
+    assert simulated(fdops, "dup3") == ["dup3=EINVAL vm=1 then=ok api=12"]
