@@ -48,9 +48,13 @@ lab: $(STAMP)
 # the preload shim and the C example client (kvmsim run also builds the shim on demand)
 c: $(BUILD)/kvmsim_shim.so $(BUILD)/kvm_compat_caps
 
-$(BUILD)/kvmsim_shim.so: kvmsim/preload/shim/kvmsim_shim.c
+$(BUILD)/kvmsim_wire.h: $(STAMP) kvmsim/preload/wire.py kvmsim/preload/channel.py kvmsim/preload/shimdefs.py
 	mkdir -p $(BUILD)
-	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl -lpthread
+	$(BIN)/python -m kvmsim.preload.shimdefs > $@
+
+$(BUILD)/kvmsim_shim.so: kvmsim/preload/shim/kvmsim_shim.c $(BUILD)/kvmsim_wire.h
+	mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -I$(BUILD) -o $@ $< -ldl -lpthread
 
 $(BUILD)/kvm_compat_caps: client/c/kvm_compat_caps.c client/c/kvm_compat_caps.h
 	mkdir -p $(BUILD)

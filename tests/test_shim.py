@@ -213,3 +213,21 @@ print(cap(d2))
 """
     r = under_shim("powervm-p11", "v5", shim, [sys.executable, "-c", code], tmp_path)
     assert r.stdout.split() == ["1", "1", "1", "12", "EBADF"], r.stderr
+
+
+def test_the_shims_protocol_constants_come_from_the_python_side() -> None:
+    """kvmsim_wire.h is generated from wire.py and channel.py at build time; the C holds none
+    of those numbers by hand (they were hand-copied #defines nothing checked)."""
+    import re
+
+    from kvmsim.preload import channel, shimdefs
+    from kvmsim.preload import wire as w
+
+    source = (ROOT / "kvmsim" / "preload" / "shim" / "kvmsim_shim.c").read_text()
+    assert '#include "kvmsim_wire.h"' in source
+    for name in ("KVMSIM_MAGIC", "KVMSIM_VERSION", "MAX_PAYLOAD", "SHM_CAPACITY", "SHM_CONTROL", "RESULT_NEW_FD"):
+        assert not re.search(rf"#define {name}\b", source), name
+    assert not re.search(r"enum \{ OPEN = ", source)
+    h = shimdefs.header()
+    assert f"#define SHM_CAPACITY {channel.CAPACITY}u" in h and f"#define RESULT_SIZE {w.RESULT.size}u" in h
+    assert all(f"{m.name} = {m.value}" in h for m in w.Msg)

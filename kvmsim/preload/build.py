@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..kernel.errors import KvmsimError
@@ -119,14 +119,17 @@ def compile_c(
     cc: str | None = None,
     flags: Sequence[str] = (),
     out_dir: Path | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Path:
-    """Compile ``sources`` to a program (or, ``shared``, a .so) and return its path."""
+    """Compile ``sources`` to a program (or, ``shared``, a .so) and return its path.
+    ``headers`` are generated headers (name -> text), written beside the output and found
+    with ``-I``; their text is part of the cache key."""
     cc = cc or os.environ.get("CC") or "cc"
     if shutil.which(cc) is None:
         raise BuildError(f"the C compiler {cc!r} is not installed (set CC, or install gcc)")
     args = ["-O2", "-Wall", "-Wextra", *(["-shared", "-fPIC"] if shared else []), *flags]
     libs = ["-ldl", "-lpthread"] if shared else []
-    digest = hashlib.sha256(repr((cc, args, libs)).encode())
+    digest = hashlib.sha256(repr((cc, args, libs, sorted((headers or {}).items()))).encode())
     for src in sources:
         digest.update(src.read_bytes())
         for header in src.parent.glob("*.h"):
@@ -139,8 +142,16 @@ def compile_c(
         out = private_fallback(f"{out} is not this user's own file") / out.name  # never run a planted file
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{stem}-")
     os.close(fd)
+    include: list[str] = []
+    if headers:
+        with trust.Dir.open(out.parent) as where, where.subdir(f"include-{digest.hexdigest()[:16]}") as d:
+            for name, text in headers.items():
+                d.write(name, text, 0o644)
+            include = ["-I", d.path]
     try:
-        proc = subprocess.run([cc, *args, "-o", tmp, *map(str, sources), *libs], capture_output=True, text=True)
+        proc = subprocess.run(
+            [cc, *args, *include, "-o", tmp, *map(str, sources), *libs], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
             raise BuildError(f"{cc} failed on {sources[0].name}: {first}")
@@ -162,4 +173,7 @@ def compile_c(
 
 
 def build_shim(cc: str | None = None, *, flags: Sequence[str] = ()) -> Path:
-    return compile_c([SHIM_SOURCE], shared=True, cc=cc, flags=flags)
+    """The preload shim, with its protocol constants generated from the Python side."""
+    from .shimdefs import header
+
+    return compile_c([SHIM_SOURCE], shared=True, cc=cc, flags=flags, headers={"kvmsim_wire.h": header()})

@@ -57,31 +57,18 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#define KVMSIM_MAGIC 0x4B564D53u
-#define KVMSIM_VERSION 1
-#define MAX_PAYLOAD (1u << 20)
-#define WINDOW 256 /* read-ahead bytes at an ioctl's argument */
+#include "kvmsim_wire.h" /* generated from kvmsim/preload/wire.py and channel.py at build time */
+
 #define MAX_FD 65536
 /* The most a handler may touch from an ioctl's argument: KVM_PPC_GET_COMPAT_CAPS reads at
  * most PAGE_SIZE (64K on POWER) from it.  The server's memory requests are honoured only in
  * [arg, arg + ARG_SPAN) of the ioctl in progress, never elsewhere in this process. */
-#define ARG_SPAN 65536u
+#define ARG_SPAN MAX_USER_COPY
 #define HIGH_FD 900 /* where the shim keeps its own descriptors, away from the program's */
-
-enum { OPEN = 1, IOCTL = 2, CLOSE = 3, RESULT = 4, MEM_READ = 5, MEM_DATA = 6, MEM_WRITE = 7, MEM_ACK = 8,
-       SHM = 11, SHM_READY = 12 };
-
-/* struct kvmsim_shm (kvmsim/preload/channel.py): a 64-byte control block of u32 words, then one frame
- * area each way.  Native byte order. */
-#define MAX_USER_COPY 65536u /* kvmsim/preload/wire.py MAX_USER_COPY */
-#define SHM_CAPACITY (12u + 2u * MAX_USER_COPY + 4096u) /* kvmsim/preload/channel.py CAPACITY */
-#define SHM_CONTROL 64u
 #define SHM_SIZE (SHM_CONTROL + 2u * SHM_CAPACITY)
 #define SHM_SEALS (F_SEAL_SHRINK | F_SEAL_GROW) /* what the memfd must carry before it is mapped */
-enum { C2S_SEQ, C2S_LEN, C2S_WAIT, S2C_SEQ, S2C_LEN, S2C_WAIT };
 #define SHM_SPIN_NS 300000L   /* spin this long for an answer before sleeping */
 #define SHM_SLEEP_NS 100000000L /* a sleep's length; then the socket is checked for the server's exit */
-#define RESULT_NEW_FD 1u
 
 static int (*real_open)(const char *, int, ...);
 static int (*real_open64)(const char *, int, ...);
@@ -442,7 +429,7 @@ static int shm_next(void)
 	rx_seq = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
 	rx_len = __atomic_load_n(shm_word(S2C_LEN), __ATOMIC_RELAXED);
 	rx_off = 0;
-	return rx_len >= 12 && rx_len <= SHM_CAPACITY ? 0 : -1;
+	return rx_len >= HEADER_SIZE && rx_len <= SHM_CAPACITY ? 0 : -1;
 }
 
 /* Bytes of the current frame; a frame never spans two messages. */
@@ -461,14 +448,14 @@ static int shm_recv(void *buf, size_t n)
 static int shm_send(const unsigned char *hdr, const void *a, size_t an, const void *b, size_t bn)
 {
 	unsigned char *area = shm + SHM_CONTROL;
-	if (12 + an + bn > SHM_CAPACITY)
+	if (HEADER_SIZE + an + bn > SHM_CAPACITY)
 		return -1;
-	memcpy(area, hdr, 12);
+	memcpy(area, hdr, HEADER_SIZE);
 	if (an)
-		memcpy(area + 12, a, an);
+		memcpy(area + HEADER_SIZE, a, an);
 	if (bn)
-		memcpy(area + 12 + an, b, bn);
-	__atomic_store_n(shm_word(C2S_LEN), (uint32_t)(12 + an + bn), __ATOMIC_RELAXED);
+		memcpy(area + HEADER_SIZE + an, b, bn);
+	__atomic_store_n(shm_word(C2S_LEN), (uint32_t)(HEADER_SIZE + an + bn), __ATOMIC_RELAXED);
 	__atomic_fetch_add(shm_word(C2S_SEQ), 1, __ATOMIC_SEQ_CST); /* publishes the frame; a full fence */
 	if (__atomic_load_n(shm_word(C2S_WAIT), __ATOMIC_SEQ_CST))
 		futex(shm_word(C2S_SEQ), FUTEX_WAKE, 1, NULL);
@@ -516,7 +503,7 @@ static int recv_all(void *buf, size_t n)
 
 static int send_frame(uint16_t type, const void *a, size_t an, const void *b, size_t bn)
 {
-	unsigned char hdr[12];
+	unsigned char hdr[HEADER_SIZE];
 	uint32_t magic = htobe32(KVMSIM_MAGIC), len = htobe32((uint32_t)(an + bn));
 	uint16_t ver = htobe16(KVMSIM_VERSION), typ = htobe16(type);
 	memcpy(hdr, &magic, 4);
@@ -548,7 +535,7 @@ static int parse_header(const unsigned char *hdr, uint16_t *type, uint32_t *len)
 
 static int recv_header(uint16_t *type, uint32_t *len)
 {
-	unsigned char hdr[12];
+	unsigned char hdr[HEADER_SIZE];
 	return recv_all(hdr, sizeof(hdr)) ? -1 : parse_header(hdr, type, len);
 }
 
@@ -556,7 +543,7 @@ static int recv_header(uint16_t *type, uint32_t *len)
  * cannot offer it (or $KVMSIM_CHANNEL=socket); -1 when the connection broke. */
 static int open_channel(void)
 {
-	unsigned char hdr[12];
+	unsigned char hdr[HEADER_SIZE];
 	char control[CMSG_SPACE(4 * sizeof(int))];
 	struct iovec iov = {.iov_base = hdr, .iov_len = sizeof(hdr)};
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
@@ -608,8 +595,8 @@ static int open_channel(void)
 		rx_off = rx_len = 0;
 		return 0;
 	}
-	if (type == RESULT && len == 20) { /* ENOSYS: this server keeps the socket */
-		unsigned char payload[20];
+	if (type == RESULT && len == RESULT_SIZE) { /* ENOSYS: this server keeps the socket */
+		unsigned char payload[RESULT_SIZE];
 		if (fd >= 0)
 			real_close(fd);
 		return recv_all(payload, sizeof(payload));
@@ -833,7 +820,7 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 		uint32_t len;
 		if (recv_header(&t, &len))
 			goto broken;
-		if (t == RESULT && len >= 20) {
+		if (t == RESULT && len >= RESULT_SIZE) {
 			unsigned char *p = malloc(len);
 			uint64_t ret;
 			uint32_t err, fl, count;
@@ -848,16 +835,16 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 			*flags = be32toh(fl);
 			/* the kernel's copy_to_user writes, in order; a fault ends the call with EFAULT */
 			int fault = 0;
-			size_t off = 20;
+			size_t off = RESULT_SIZE;
 			for (uint32_t i = be32toh(count); i > 0 && !fault; i--) {
 				uint64_t addr;
 				uint32_t n, done;
-				if (off + 12 > len)
+				if (off + WRITE_SIZE > len)
 					break;
 				memcpy(&addr, p + off, 8);
 				memcpy(&n, p + off + 8, 4);
 				n = be32toh(n);
-				off += 12;
+				off += WRITE_SIZE;
 				if (off + n > len)
 					break;
 				fault = !in_span(be64toh(addr), n) || mem_write(be64toh(addr), p + off, n, &done) != 0;
@@ -874,11 +861,11 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 			}
 			return (long)(int64_t)be64toh(ret);
 		}
-		if (t == MEM_READ && len == 12) {
-			unsigned char p[12];
+		if (t == MEM_READ && len == MEM_READ_SIZE) {
+			unsigned char p[MEM_READ_SIZE];
 			uint64_t addr;
 			uint32_t n, err;
-			if (recv_all(p, 12))
+			if (recv_all(p, MEM_READ_SIZE))
 				goto broken;
 			memcpy(&addr, p, 8);
 			memcpy(&n, p + 8, 4);
@@ -891,16 +878,16 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 				goto broken;
 			err = in_span(addr, n) ? (uint32_t)mem_read(addr, buf, n) : EFAULT;
 			uint32_t be_err = htobe32(err);
-			int bad = send_frame(MEM_DATA, &be_err, 4, buf, err ? 0 : n);
+			int bad = send_frame(MEM_DATA, &be_err, MEM_DATA_SIZE, buf, err ? 0 : n);
 			free(buf);
 			if (bad)
 				goto broken;
 			continue;
 		}
-		if (t == MEM_WRITE && len >= 8) {
+		if (t == MEM_WRITE && len >= MEM_WRITE_SIZE) {
 			uint64_t addr;
-			uint32_t n = len - 8, done, err;
-			if (recv_all(&addr, 8))
+			uint32_t n = len - MEM_WRITE_SIZE, done, err;
+			if (recv_all(&addr, MEM_WRITE_SIZE))
 				goto broken;
 			void *buf = malloc(n ? n : 1);
 			if (!buf || recv_all(buf, n)) {
@@ -911,7 +898,7 @@ static long call(uint16_t type, const void *req, size_t reqn, const void *tail, 
 			err = in_span(be64toh(addr), n) ? (uint32_t)mem_write(be64toh(addr), buf, n, &done) : EFAULT;
 			free(buf);
 			uint32_t ack[2] = {htobe32(err), htobe32(done)};
-			if (send_frame(MEM_ACK, ack, 8, NULL, 0))
+			if (send_frame(MEM_ACK, ack, MEM_ACK_SIZE, NULL, 0))
 				goto broken;
 			continue;
 		}
@@ -965,7 +952,7 @@ static int emu_open(const char *path, int flags)
 
 static int emu_ioctl(int fd, unsigned long request, void *arg)
 {
-	unsigned char req[16], window[WINDOW];
+	unsigned char req[IOCTL_SIZE], window[WINDOW];
 	uint32_t fl = 0;
 	int32_t kfd = htobe32((uint32_t)(kfd_of[fd] - 1));
 	uint32_t cmd = htobe32((uint32_t)request);
@@ -980,7 +967,7 @@ static int emu_ioctl(int fd, unsigned long request, void *arg)
 	size_t n = sock >= 0 ? mem_read_prefix((uint64_t)(uintptr_t)arg, window, sizeof(window)) : 0;
 	in_ioctl = 1;
 	arg_base = (uint64_t)(uintptr_t)arg;
-	long r = sock >= 0 ? call(IOCTL, req, 16, window, n, &fl) : (errno = EIO, -1);
+	long r = sock >= 0 ? call(IOCTL, req, IOCTL_SIZE, window, n, &fl) : (errno = EIO, -1);
 	in_ioctl = 0;
 	ret = (int)r;
 	if (r >= 0 && (fl & RESULT_NEW_FD))
