@@ -107,11 +107,13 @@ BEHAVIOUR: dict[str, dict[str, Row]] = {
     # the lab's configurations (fixtures/recorded/qemu-*: what real Linux 7.3 answered)
     "qemu-nested-hv-p9": hv(caps("P9")),
     "qemu-nested-hv-p10": hv(caps("P9", "P10"), result_v4=caps("P10")),
+    "qemu-nested-hv-p10-nested-0": hv(caps("P9", "P10"), result_v4=caps("P10")),  # nested=0: the same
     "qemu-nested-hv-p10-compat-p9": hv(caps("P9")),
     "qemu-nested-papr-p9": hv(caps("P9")),
     "qemu-nested-papr-p10": hv(caps("P9", "P10")),
     "qemu-nested-papr-p10-compat-p9": hv(caps("P9")),
     "qemu-no-nesting-p10": refused(),  # nested v2 and v1 both fail: kvm_hv ENODEV
+    "qemu-no-nesting-p10-nested-0": refused(),
     "qemu-nested-hv-p10-hash": refused(),  # disable_radix: kvm_hv ENODEV
     "qemu-powernv9": uniform(0, 0, "EINVAL"),
     "qemu-powernv10": uniform(0, 0, "EINVAL"),

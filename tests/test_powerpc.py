@@ -12,7 +12,7 @@ import attrs
 import pytest
 from conftest import BEHAVIOUR, REVS, Vm, caps, evolved
 
-from kvmsim import Kernel
+from kvmsim import Kernel, ProfileError
 from kvmsim.kernel import profile
 from kvmsim.kernel.revisions import LINUX_7_3, REVISIONS, AbiRevision
 from kvmsim.kernel.uapi import ARCHES, POWER11
@@ -368,3 +368,21 @@ def test_a_revision_no_kernel_has_steps_for_is_one_line() -> None:
 
     with pytest.raises(ValueError, match="revision 'v6': no kernel has its steps"):
         Kernel.from_profile("powervm-p11", abi=attrs.evolve(V5, name="v6"))
+
+
+@pytest.mark.parametrize(("nested", "cap"), [(True, 1), (False, 0)])
+def test_kvm_hv_nested_0_answers_no_nested_hv_and_nothing_else_changes(nested: bool, cap: int) -> None:
+    """modprobe kvm_hv nested=0 (a real 7.3 kernel in the lab: nested-hv-p10-nested-0):
+    KVM_CAP_PPC_NESTED_HV 0 on both fds; the capability and the ioctl answer as before."""
+    host = attrs.evolve(profile.load("qemu-nested-hv-p10"), kvm_hv_nested=nested)
+    k = Kernel(host, LINUX_7_3)
+    dev = k.open()
+    vm = k.ioctl(dev, k.KVM_CREATE_VM, 0)
+    assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, 160) == k.ioctl(vm, k.KVM_CHECK_EXTENSION, 160) == cap
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, 250) == 1
+
+
+def test_a_kvm_hv_parameter_on_a_host_without_kvm_hv_is_one_line() -> None:
+    text = profile.resolve("powernv-p10").read_text().replace('modules = ["kvm_hv"]', "modules = []")
+    with pytest.raises(ProfileError, match=r"kvm_hv\.nested: a parameter of kvm_hv"):
+        profile.parse(text + "\n[kvm_hv]\nnested = false\n", name="x", where="x")

@@ -60,9 +60,10 @@ class HvModule:
         get = self.get_compat_caps if self.steps is not None else None
         return KvmppcOps("kvm_hv", get)
 
-    # kvmhv_enable_nested(NULL): may this kernel run nested guests of its own (API v1)?
+    # kvmhv_enable_nested(NULL): may this kernel run nested guests of its own (API v1)?  Not
+    # with the module parameter nested=0 (-EPERM), first of all
     def enable_nested(self) -> bool:
-        return self.host.cpu.isa_300 and self.host.mmu == "radix" and not self.nestedv2
+        return self.host.kvm_hv_nested and self.host.cpu.isa_300 and self.host.mmu == "radix" and not self.nestedv2
 
     # kvmppc_hash_v3_possible()
     def hash_v3_possible(self) -> bool:

@@ -105,6 +105,9 @@ class Host:
     cpu: Cpu
     hypervisor: Hypervisor
     cpu_nodes: tuple[CpuNode, ...]
+    # kvm_hv's module parameter ``nested`` (modprobe kvm_hv nested=0): may this kernel run
+    # nested guests of its own (kvmhv_enable_nested)
+    kvm_hv_nested: bool = True
     # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
     recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
@@ -326,6 +329,11 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: Path |
             dt_mode = mode_of_logical_pvr(node.cpu_version)
             if dt_mode is not None:
                 raise dt.error(f"cpus[{i}].cpu-version", f"{dt_mode.name} contradicts cpu.mode {cpu.mode.name}")
+    kvm_hv = t.table("kvm_hv")  # the module's parameters, as modprobe passes them
+    if kvm_hv.has("nested") and "kvm_hv" not in module_list:
+        raise kvm_hv.error("nested", "a parameter of kvm_hv, which this host does not load")
+    kvm_hv_nested = kvm_hv.take("nested", bool, True)
+    kvm_hv.done()
     recorded = t.take("recorded", dict, {})
     t.done()
     return Host(
@@ -342,6 +350,7 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: Path |
         cpu,
         hypervisor,
         cpu_nodes,
+        kvm_hv_nested,
         MappingProxyType(recorded),
     )
 

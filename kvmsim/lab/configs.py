@@ -105,6 +105,10 @@ CONFIGS: dict[str, Config] = {
         Config("powernv9", "powernv9", "power9"),
         Config("powernv10", "powernv10", "power10"),
         Config("nested-hv-p10-linux-7.2", "pseries", "power10", NESTED_HV, kernel="7.2"),
+        # kvm_hv's module parameter nested=0 (the prober passes it as modprobe would, from the
+        # kernel command line): under a nesting L0, and under one that offers no nesting at all
+        Config("nested-hv-p10-nested-0", "pseries", "power10", NESTED_HV, ("kvm_hv.nested=0",)),
+        Config("no-nesting-p10-nested-0", "pseries", "power10", (), ("kvm_hv.nested=0",)),
     )
 }
 

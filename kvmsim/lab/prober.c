@@ -73,10 +73,37 @@ static void hex(char *out, const unsigned char *p, size_t n)
 	out[2 * n] = 0;
 }
 
-static void load(const char *path)
+/* The module's parameters as modprobe gives them: every "module.param=value" word of the
+ * kernel command line whose module is this one (kvm_hv and kvm-hv are the same name). */
+static void module_params(const char *module, char *out, size_t size)
 {
+	char cmdline[1024] = {0};
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, cmdline, sizeof(cmdline) - 1);
+		cmdline[n > 0 ? n : 0] = 0;
+		close(fd);
+	}
+	size_t len = strlen(module), used = 0;
+	out[0] = 0;
+	for (char *save, *word = strtok_r(cmdline, " \n", &save); word; word = strtok_r(NULL, " \n", &save)) {
+		int same = strlen(word) > len && word[len] == '.';
+		for (size_t i = 0; same && i < len; i++)
+			same = (word[i] == '-' ? '_' : word[i]) == (module[i] == '-' ? '_' : module[i]);
+		if (same && strchr(word, '=')) {
+			int w = snprintf(out + used, size - used, "%s%s", used ? " " : "", word + len + 1);
+			if (w > 0 && (size_t)w < size - used)
+				used += (size_t)w;
+		}
+	}
+}
+
+static void load(const char *path, const char *module)
+{
+	char params[256];
+	module_params(module, params, sizeof(params));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	long r = fd < 0 ? -1 : syscall(SYS_finit_module, fd, "", MODULE_INIT_COMPRESSED_FILE);
+	long r = fd < 0 ? -1 : syscall(SYS_finit_module, fd, params, MODULE_INIT_COMPRESSED_FILE);
 	line("module", path, r == 0 ? "0" : errname(errno));
 	if (fd >= 0)
 		close(fd);
@@ -199,8 +226,8 @@ int main(void)
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	mount("proc", "/proc", "proc", 0, NULL);
 	mount("sysfs", "/sys", "sysfs", 0, NULL);
-	load("/kvm.ko.xz");
-	load("/kvm-hv.ko.xz");
+	load("/kvm.ko.xz", "kvm");
+	load("/kvm-hv.ko.xz", "kvm_hv");
 	uname(&u);
 	line("uname", "release", u.release);
 	line("uname", "machine", u.machine);
