@@ -115,6 +115,11 @@ BEHAVIOUR: dict[str, dict[str, Row]] = {
     "qemu-no-nesting-p10": refused(),  # nested v2 and v1 both fail: kvm_hv ENODEV
     "qemu-no-nesting-p10-nested-0": refused(),
     "qemu-nested-hv-p10-hash": refused(),  # disable_radix: kvm_hv ENODEV
+    "qemu-nested-hv-p11": hv(caps("P9", "P10", "P11"), result_v4=caps("P11")),
+    "qemu-nested-hv-p11-compat-p10": hv(caps("P9", "P10"), result_v4=caps("P10")),
+    "qemu-nested-papr-p11": hv(caps("P9", "P10", "P11")),
+    "qemu-nested-papr-p11-compat-p10": hv(caps("P9", "P10")),
+    "qemu-nested-hv-p9-hash": refused(),  # disable_radix: kvm_hv ENODEV
     "qemu-powernv9": uniform(0, 0, "EINVAL"),
     "qemu-powernv10": uniform(0, 0, "EINVAL"),
     "no-kvm": NO_DEVICE,

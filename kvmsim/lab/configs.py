@@ -105,6 +105,12 @@ CONFIGS: dict[str, Config] = {
         Config("powernv9", "powernv9", "power9"),
         Config("powernv10", "powernv10", "power10"),
         Config("nested-hv-p10-linux-7.2", "pseries", "power10", NESTED_HV, kernel="7.2"),
+        Config("nested-papr-p10-linux-7.2", "pseries", "power10", NESTED_PAPR, kernel="7.2"),
+        Config("nested-hv-p11", "pseries", "power11", NESTED_HV),
+        Config("nested-hv-p11-compat-p10", "pseries", "power11", (*NESTED_HV, "max-cpu-compat=power10")),
+        Config("nested-papr-p11", "pseries", "power11", NESTED_PAPR),
+        Config("nested-papr-p11-compat-p10", "pseries", "power11", (*NESTED_PAPR, "max-cpu-compat=power10")),
+        Config("nested-hv-p9-hash", "pseries", "power9", NESTED_HV, ("disable_radix",)),
         # kvm_hv's module parameter nested=0 (the prober passes it as modprobe would, from the
         # kernel command line): under a nesting L0, and under one that offers no nesting at all
         Config("nested-hv-p10-nested-0", "pseries", "power10", NESTED_HV, ("kvm_hv.nested=0",)),
