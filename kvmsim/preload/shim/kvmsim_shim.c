@@ -221,10 +221,8 @@ static size_t live_stack_room(uint64_t addr)
 	return addr >= here && addr < stack_top ? (size_t)(stack_top - addr) : 0;
 }
 
-/* This process is a child: what it inherited (its parent's connection, shared mapping,
- * memory pipe and tables) is the parent's; it starts with no emulated descriptors, as the
- * child of fork() always has (its copies of them are plain /dev/null). */
-static void forget_parent(void)
+/* This process's end of the connection goes: the socket and the shared mapping. */
+static void drop_connection(void)
 {
 	if (sock >= 0)
 		real_close(sock);
@@ -232,6 +230,14 @@ static void forget_parent(void)
 	if (shm)
 		munmap(shm, SHM_SIZE);
 	shm = NULL;
+}
+
+/* This process is a child: what it inherited (its parent's connection, shared mapping,
+ * memory pipe and tables) is the parent's; it starts with no emulated descriptors, as the
+ * child of fork() always has (its copies of them are plain /dev/null). */
+static void forget_parent(void)
+{
+	drop_connection();
 	for (int i = 0; i < 2; i++) { /* a shared pipe would interleave the two processes' reads */
 		if (mem_pipe[i] >= 0)
 			real_close(mem_pipe[i]);
@@ -671,12 +677,7 @@ static int connect_server(void)
 
 static void disconnect(void)
 {
-	if (sock >= 0)
-		real_close(sock);
-	sock = -1;
-	if (shm)
-		munmap(shm, SHM_SIZE);
-	shm = NULL;
+	drop_connection();
 	lost = 1;
 }
 
