@@ -6,13 +6,13 @@ profile; 3 the host cannot answer (no KVM device, or a kernel without the capabi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
 from kvmsim.cli.args import (
     EXIT_USAGE,
     OneLineParser,
+    RawDescriptionFormatter,
     add_hosts_option,
     add_revision_options,
     revisions,
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
         prog="kvm-compat-caps",
         description="Query KVM_PPC_GET_COMPAT_CAPS on a real /dev/kvm or a simulated host.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionFormatter,
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--device", metavar="PATH", help=f"a real KVM device (default {DEV_KVM})")
@@ -91,6 +91,12 @@ def _text(result: CompatCaps) -> str:
     return "\n".join(lines)
 
 
+def _json(obj: object) -> str:
+    import json  # only --json prints it
+
+    return json.dumps(obj)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -104,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         tree = DeviceTree()
         if args.sim is not None:  # only now is the simulator loaded
             from kvmsim import Kernel
-            from kvmsim.kernel import hostfs
             from kvmsim.user.simulated import SimDevice
 
             kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])
             undetectable = args.abi is not None and revs[args.abi] not in negotiable(revs.values())
             device, opts_abi = SimDevice(kernel), (args.abi if undetectable and revs[args.abi].abi else None)
             if args.fallback:  # the host's files are built only when they will be read
+                from kvmsim.kernel import hostfs
+
                 tree = DeviceTree(files=hostfs.files(kernel))
         else:
             device, opts_abi = RealDevice(args.device or DEV_KVM), args.abi
@@ -124,10 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = query(device, opts)
     except CompatError as exc:
         if args.json:
-            print(json.dumps({"device": device.name, "error": exc.to_json()}))
+            print(_json({"device": device.name, "error": exc.to_json()}))
         print(f"{p.prog}: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(json.dumps(result.to_json()) if args.json else _text(result))
+    print(_json(result.to_json()) if args.json else _text(result))
     return EXIT_OK
 
 

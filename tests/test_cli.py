@@ -340,3 +340,41 @@ def test_a_static_program_is_refused_rather_than_let_reach_the_real_device(tmp_p
     assert len(r.stderr.splitlines()) == 1
     r = run("kvmsim", "run", "--host", "powervm-p11", "--allow-unreached", "--", str(exe))
     assert r.returncode == 0 and r.stdout == "ran\n"
+
+
+# -- start-up: what a path does not use, it does not import (make bench has the times) ---------
+
+IMPORTED = """
+import sys
+from kvmcompat.cli import main
+main(sys.argv[1:])
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "absent"),
+    [
+        (
+            ["--device", "/dev/null"],
+            ["json", "shutil", "pathlib", "tomllib", "kvmsim.kernel.kvm_main", "kvmsim.kernel.header"],
+        ),
+        (["--device", "/dev/null", "--json"], ["shutil", "pathlib", "kvmsim.kernel.kvm_main", "kvmsim.kernel.header"]),
+        (["--sim", "powervm-p11"], ["json", "shutil", "difflib", "kvmsim.kernel.hostfs", "kvmsim.kernel.header"]),
+    ],
+)
+def test_a_start_up_path_imports_only_what_it_uses(args: list[str], absent: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-c", IMPORTED, *args], capture_output=True, text=True, check=False)
+    imported = set(proc.stderr.split("\n")[-2].split())
+    assert "kvmcompat.cli" in imported
+    assert imported.isdisjoint(absent), sorted(imported & set(absent))
+
+
+@pytest.mark.parametrize("columns", ["", "0", "33", "120", "junk"])
+def test_help_is_as_wide_as_argparse_makes_it(columns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from kvmsim.cli.args import TerminalWidth
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert TerminalWidth("x")._width == argparse.HelpFormatter("x")._width

@@ -293,3 +293,18 @@ def test_two_builders_of_one_library_each_preload_what_they_checked(tmp_path: Pa
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     assert outs[0][0] == outs[1][0]  # one library, the same path
+
+
+def test_removing_a_run_directory_takes_its_tree_and_never_follows_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("not the run's")
+    d = trust.Dir.open(tempfile.mkdtemp(prefix="kvmsim-run-", dir=tmp_path))
+    root = Path(d.path)
+    (root / "proc" / "device-tree" / "cpus").mkdir(parents=True)
+    (root / "proc" / "device-tree" / "cpus" / "cpu-version").write_bytes(b"\x0f\x00\x00\x06")
+    (root / "proc" / "cpuinfo").write_text("cpu : POWER11\n")
+    (root / "proc" / "device-tree" / "planted").symlink_to(outside)
+    d.remove()
+    assert not root.exists()
+    assert (outside / "keep").read_text() == "not the run's"

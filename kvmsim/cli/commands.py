@@ -36,7 +36,6 @@ from ..kernel.revisions import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevisi
 from ..kernel.uapi import errname, mode_of_logical_pvr, modes_of_caps
 from ..preload import trust
 from ..preload.trace import Call, Tracer
-from ..user import probe
 from ..user.simulated import Kernel, SimDevice
 from .args import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, jobs_arg, revisions, use_hosts_dirs
 
@@ -82,6 +81,8 @@ class Observation:
 def simulate(host: Host, rev: AbiRevision) -> Observation:
     """Boot ``rev`` on ``host`` and ask what a client asks (the shipped numbers on a
     kernel without the feature: what a program built against today's headers sends)."""
+    from ..user import probe  # show and matrix ask; run and serve never do
+
     kernel = Kernel(host, rev)
     asked = rev if rev.abi is not None else LINUX_7_3
     assert asked.cap is not None

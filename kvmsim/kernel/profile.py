@@ -9,7 +9,6 @@ file and the field.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import posix
 import re
@@ -156,12 +155,12 @@ class _Table:
     def typo_of(self, wanted: str) -> None:
         """A missing key is often a misspelt one: name the unknown key, and what it may mean."""
         for key in self.data:
-            if difflib.get_close_matches(key, [wanted], n=1, cutoff=0.75):
+            if _close_matches(key, [wanted], n=1, cutoff=0.75):
                 raise self.error(key, f"unknown key (did you mean {wanted!r}?)")
 
     def done(self) -> None:
         for key in self.data:
-            close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.75)
+            close = _close_matches(key, self.known, n=1, cutoff=0.75)
             raise self.error(key, f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key")
 
 
@@ -355,6 +354,13 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: Path |
     )
 
 
+def _close_matches(word: str, possibilities: list[str], n: int, cutoff: float = 0.6) -> list[str]:
+    """``difflib.get_close_matches``, imported only when a name is wrong."""
+    import difflib
+
+    return difflib.get_close_matches(word, possibilities, n=n, cutoff=cutoff)
+
+
 def builtin_hosts() -> Path:
     """The profiles shipped inside the package (``kvmsim/hosts``; ``fixtures/hosts`` in a
     checkout is the same directory)."""
@@ -422,7 +428,7 @@ def resolve(name_or_path: str | Path) -> Path:
         st = _real_stat(path)
         if st is not None and stat.S_ISREG(st.st_mode):
             return path
-    close = difflib.get_close_matches(text, names(), n=1)
+    close = _close_matches(text, names(), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else " (see 'kvmsim hosts' for the list)"
     raise ProfileError(f"{text}: unknown host{hint}")
 

@@ -29,7 +29,7 @@ from .channel import SharedChannel
 from .trace import Call
 from .wire import Msg, ProtocolError
 
-log = logging.getLogger("kvmsim.serve")
+log = logging.getLogger("kvmsim.serve")  # imported up front: it must log when out of descriptors
 Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
 _IOCTL, _RESULT = Msg.IOCTL, Msg.RESULT  # a call's two messages, looked up once (an enum member lookup is slow)
 MAX_USER_COPY = wire.MAX_USER_COPY

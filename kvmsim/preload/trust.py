@@ -21,8 +21,6 @@ import contextlib
 import fcntl
 import io
 import os
-import secrets
-import shutil
 import stat
 import sys
 import tempfile
@@ -34,6 +32,22 @@ from ..kernel.errors import KvmsimError
 __all__ = ["Dir", "UntrustedError", "private_stat", "safe_ancestors", "sweep", "temp_base", "temp_dir"]
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _empty(fd: int) -> None:
+    """Remove everything below the directory open at ``fd``, through fds: a symlink is
+    unlinked, never followed (``O_NOFOLLOW``), as ``shutil.rmtree(dir_fd=)`` would."""
+    for entry in os.listdir(fd):
+        with contextlib.suppress(OSError):  # what cannot go is left; the rest still goes
+            try:
+                os.unlink(entry, dir_fd=fd)
+            except IsADirectoryError:
+                below = os.open(entry, _DIR, dir_fd=fd)
+                try:
+                    _empty(below)
+                finally:
+                    os.close(below)
+                os.rmdir(entry, dir_fd=fd)
 
 
 class UntrustedError(KvmsimError, OSError):
@@ -232,7 +246,7 @@ class Dir:
         """Write ``name`` atomically: a fresh file beside it, renamed over it (a symlink
         there is replaced, never followed).  Returns its path."""
         blob = data.encode() if isinstance(data, str) else data
-        tmp = f".{name}.{secrets.token_hex(6)}"
+        tmp = f".{name}.{os.urandom(6).hex()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -280,12 +294,7 @@ class Dir:
         inside is unlinked, never followed), then close it."""
         if self.fd < 0:
             return
-        for entry in os.listdir(self.fd):
-            with contextlib.suppress(OSError):
-                if stat.S_ISDIR(os.stat(entry, dir_fd=self.fd, follow_symlinks=False).st_mode):
-                    shutil.rmtree(entry, dir_fd=self.fd)
-                else:
-                    os.unlink(entry, dir_fd=self.fd)
+        _empty(self.fd)
         self.close()
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
