@@ -13,10 +13,10 @@ from kvmcompat import CompatError, Options, RealDevice, SimDevice, query
 
 from kvmsim import Kernel
 from kvmsim.kernel import profile
-from kvmsim.plugin.fixture import SimulatedHost
+from kvmsim.plugin.fixture import KvmHost
 
 
-def test_unparametrized_is_the_default_host(kvm_host: SimulatedHost) -> None:
+def test_unparametrized_is_the_default_host(kvm_host: KvmHost) -> None:
     assert (kvm_host.name, kvm_host.abi) == ("powervm-p11", "linux-7.3")
     assert os.path.exists("/dev/kvm")
 
@@ -33,7 +33,7 @@ def test_unparametrized_is_the_default_host(kvm_host: SimulatedHost) -> None:
     ],
     indirect=["kvm_host"],
 )
-def test_host_files(kvm_host: SimulatedHost, cpu_version: bytes | None, modules: list[str]) -> None:
+def test_host_files(kvm_host: KvmHost, cpu_version: bytes | None, modules: list[str]) -> None:
     assert os.path.exists("/dev/kvm") == bool(modules)
     assert sorted(os.listdir("/sys/module")) == modules if modules else not os.path.exists("/sys/module")
     node = next(n for n in os.listdir("/proc/device-tree/cpus") if "@" in n)
@@ -61,7 +61,7 @@ def test_host_files(kvm_host: SimulatedHost, cpu_version: bytes | None, modules:
     ],
     indirect=["kvm_host"],
 )
-def test_proc_cpuinfo(kvm_host: SimulatedHost, lines: list[str]) -> None:
+def test_proc_cpuinfo(kvm_host: KvmHost, lines: list[str]) -> None:
     with open("/proc/cpuinfo") as f:
         text = f.read().splitlines()
     for line in lines:
@@ -71,11 +71,11 @@ def test_proc_cpuinfo(kvm_host: SimulatedHost, lines: list[str]) -> None:
 
 
 @pytest.mark.parametrize("kvm_host", ["powervm-p11-be", "x86_64"], indirect=True)
-def test_uname_is_the_hosts_arch(kvm_host: SimulatedHost) -> None:
+def test_uname_is_the_hosts_arch(kvm_host: KvmHost) -> None:
     assert os.uname().machine == platform.machine() == kvm_host.profile.arch.name
 
 
-def test_vm_fds_are_fake_fds_close_and_ebadf_behave(kvm_host: SimulatedHost) -> None:
+def test_vm_fds_are_fake_fds_close_and_ebadf_behave(kvm_host: KvmHost) -> None:
     k = kvm_host.kernel
     dev = os.open("/dev/kvm", os.O_RDWR)
     vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
@@ -91,14 +91,14 @@ def test_vm_fds_are_fake_fds_close_and_ebadf_behave(kvm_host: SimulatedHost) -> 
     os.close(dev)
 
 
-def test_ioctl_on_any_other_fake_file_is_enotty(kvm_host: SimulatedHost) -> None:
+def test_ioctl_on_any_other_fake_file_is_enotty(kvm_host: KvmHost) -> None:
     with open("/proc/cpuinfo", "rb") as f, pytest.raises(OSError) as exc:
         fcntl.ioctl(f.fileno(), kvm_host.kernel.KVM_CHECK_EXTENSION, 250)
     assert exc.value.errno == errno.ENOTTY
 
 
 @pytest.mark.parametrize("kvm_host", [("powervm-p11", "v5")], indirect=True)
-def test_fcntl_contract_through_the_fixture(kvm_host: SimulatedHost) -> None:
+def test_fcntl_contract_through_the_fixture(kvm_host: KvmHost) -> None:
     k = kvm_host.kernel
     dev = os.open("/dev/kvm", os.O_RDWR)
     vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
@@ -130,7 +130,7 @@ def _answer(device: RealDevice | SimDevice) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("kvm_host", [(h, r) for h in profile.names() for r in REVS], indirect=True, ids=str)
-def test_real_device_client_under_the_fixture_matches_the_sim_device(kvm_host: SimulatedHost) -> None:
+def test_real_device_client_under_the_fixture_matches_the_sim_device(kvm_host: KvmHost) -> None:
     expected = _answer(SimDevice(Kernel.from_profile(kvm_host.name, abi=kvm_host.abi)))
     assert _answer(RealDevice()) == expected
     assert RealDevice().arch == kvm_host.profile.arch
@@ -490,3 +490,9 @@ def test_a_tests_own_host_file_wins_and_says_so(pytester: pytest.Pytester) -> No
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*HostFileShadowed: kvm_host: the test's own /proc/cpuinfo hides*"])
+
+
+def test_the_names_before_the_rename_still_import() -> None:
+    from kvmsim.plugin import fixture
+
+    assert fixture.SimulatedHost is fixture.KvmHost and fixture.HostSpec is fixture.KvmHostParam

@@ -14,7 +14,7 @@ from conftest import REVS
 
 from kvmsim import record
 from kvmsim.kernel import profile
-from kvmsim.plugin.fixture import SimulatedHost
+from kvmsim.plugin.fixture import KvmHost
 from kvmsim.record import toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ KVMSIM = Path(sys.executable).parent / "kvmsim"
 
 
 @pytest.mark.parametrize("kvm_host", [(h, r) for h in profile.names() for r in REVS], indirect=True, ids=str)
-def test_recording_a_simulated_host_round_trips(kvm_host: SimulatedHost) -> None:
+def test_recording_a_simulated_host_round_trips(kvm_host: KvmHost) -> None:
     obs = record.observe()
     assert obs["machine"] == kvm_host.profile.arch.name
     text, rev, checks = record.fit(obs, "/recorded.toml")
@@ -39,13 +39,13 @@ def test_recording_a_simulated_host_round_trips(kvm_host: SimulatedHost) -> None
 
 
 @pytest.mark.parametrize("kvm_host", [("powervm-p10-hcall-hardware", "v4")], indirect=True)
-def test_a_failing_hypercall_is_fitted(kvm_host: SimulatedHost) -> None:
+def test_a_failing_hypercall_is_fitted(kvm_host: KvmHost) -> None:
     text, _, _ = record.fit(record.observe(), "/r.toml")
     assert 'hcall_at_runtime = "H_HARDWARE"' in text
 
 
 @pytest.mark.parametrize("kvm_host", [("qemu-papr-p10", "v4"), ("qemu-papr-p10", "linux-7.3")], indirect=True)
-def test_nested_v2_under_qemu_is_told_from_nested_v1_by_the_answers(kvm_host: SimulatedHost) -> None:
+def test_nested_v2_under_qemu_is_told_from_nested_v1_by_the_answers(kvm_host: KvmHost) -> None:
     text, _, _ = record.fit(record.observe(), "/r.toml")
     assert 'kind = "qemu"' in text and 'offers = ["power9", "power10"]' in text
 

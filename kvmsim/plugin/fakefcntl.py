@@ -38,7 +38,7 @@ class KernelBinding:
         self.kernel, self.fs = kernel, fs
         self.dev_fd = kernel.open(DEV_KVM) if kernel.kvm.loaded else -1
         self.kernel_fds: dict[int, int] = {}  # id(FakeFile) -> kernel fd
-        self.calls: list[IoctlCall] = []  # for SimulatedHost.calls
+        self.calls: list[IoctlCall] = []  # for KvmHost.calls
         self._objects: dict[int, object] = {}  # keeps the FakeFiles alive while bound
         # fd numbers that were the host's (/dev/kvm, a VM): closed, they stay EBADF rather than
         # reach a real descriptor that happens to have the same number (fake and real overlap)

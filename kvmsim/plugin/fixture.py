@@ -6,7 +6,7 @@ POWER host.  Inert until its fixture is used.
 simulated kernel, and ``os.uname().machine`` (hence ``platform.machine()``) is the host's
 architecture (``ppc64le``, ``ppc64``, ``x86_64``).  Parametrize it indirectly with a
 profile name or a ``(name, revision)`` pair; unparametrized it is :data:`DEFAULT_HOST`
-with the default revision (linux-7.3).  The fixture yields a :class:`SimulatedHost`; it is
+with the default revision (linux-7.3).  The fixture yields a :class:`KvmHost`; it is
 built on pyfakefs's own ``fs`` fixture, so both may be used in one test, in either order.
 
 ``@pytest.mark.requires_real_kvm``: skip, with the reason, unless a real /dev/kvm opens."""
@@ -54,7 +54,10 @@ _hook_pyfakefs_fcntl()
 
 
 @attrs.frozen
-class SimulatedHost:
+class KvmHost:
+    """What ``kvm_host`` yields: the profile's name, the revision, the booted kernel, the fake
+    filesystem, and the ioctls made."""
+
     name: str
     abi: str
     kernel: Kernel
@@ -67,7 +70,7 @@ class SimulatedHost:
 
 
 @attrs.frozen
-class HostSpec:
+class KvmHostParam:
     """What ``kvm_host`` boots: a profile (name or path), a revision, and per-test changes
     (``{"cpu.mode": "power9"}``, ``{"hypervisor.offers": [...]}``, ``{"page_size": 4096}``)
     checked like a profile file, and the kernel's struct size."""
@@ -84,19 +87,24 @@ class HostSpec:
         return "-".join([label, *extra])
 
 
-def host_spec(param: object) -> HostSpec:
+# the names before issue 22 named both after the fixture they belong to; kept for users' imports
+SimulatedHost = KvmHost
+HostSpec = KvmHostParam
+
+
+def kvm_host_param(param: object) -> KvmHostParam:
     """``"powervm-p11"``, a ``Path``, ``(name, revision)`` or ``(name, revision, overrides)``,
-    or a :class:`HostSpec`."""
-    if isinstance(param, HostSpec):
+    or a :class:`KvmHostParam`."""
+    if isinstance(param, KvmHostParam):
         return param
     if isinstance(param, str | os.PathLike):
-        return HostSpec(os.fspath(param))
+        return KvmHostParam(os.fspath(param))
     if isinstance(param, tuple) and 2 <= len(param) <= 3 and isinstance(param[1], str):
         name = param[0]
         if isinstance(name, str | os.PathLike):
             overrides = param[2] if len(param) == 3 else {}
             if isinstance(overrides, Mapping):
-                return HostSpec(os.fspath(name), param[1], dict(overrides))
+                return KvmHostParam(os.fspath(name), param[1], dict(overrides))
     raise pytest.UsageError(
         f"kvm_host: expected a host name or path, (name, revision) or (name, revision, overrides), got {param!r}"
     )
@@ -116,7 +124,7 @@ def _uname_of(machine: str) -> os.uname_result:
     return os.uname_result((real.sysname, real.nodename, real.release, real.version, machine))
 
 
-def _boot(spec: HostSpec) -> Kernel:
+def _boot(spec: KvmHostParam) -> Kernel:
     """The kernel for ``spec``; overrides are applied to the profile's document and checked as
     a profile file is (``profile.from_mapping``: a mistake is one line naming the key).
     Profiles are read from the real filesystem (kvmsim.profile reads through posix), whether
@@ -287,15 +295,15 @@ def _ours(entry: object) -> bool:
     return isinstance(real, str) and any(real.startswith(tree + "/") for tree in _TREES.values())
 
 
-def _spec(name: str | os.PathLike[str] | HostSpec, abi: str, overrides: dict[str, Any]) -> HostSpec:
-    if isinstance(name, HostSpec):
+def _spec(name: str | os.PathLike[str] | KvmHostParam, abi: str, overrides: dict[str, Any]) -> KvmHostParam:
+    if isinstance(name, KvmHostParam):
         return name
     ksize = int(overrides.pop("ksize", 24))
-    return HostSpec(os.fspath(name), abi, overrides, ksize)
+    return KvmHostParam(os.fspath(name), abi, overrides, ksize)
 
 
 @contextlib.contextmanager
-def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
+def _on(fs: FakeFilesystem, spec: KvmHostParam) -> Iterator[KvmHost]:
     """Make ``fs`` (a pyfakefs filesystem already patched in) the host of ``spec``: its files,
     an ``fcntl`` whose ioctl reaches the kernel, and the host's ``uname``."""
     from ..kernel import hostfs
@@ -310,7 +318,7 @@ def _on(fs: FakeFilesystem, spec: HostSpec) -> Iterator[SimulatedHost]:
         monkeypatch.setattr(platform, "_uname_cache", None)
         binding = KernelBinding(kernel, fs)
         fs.kvmsim_binding = binding  # type: ignore[attr-defined]
-        yield SimulatedHost(spec.name, spec.abi, kernel, fs, binding.calls)
+        yield KvmHost(spec.name, spec.abi, kernel, fs, binding.calls)
         left = binding.open_vm_fds()
         if left:
             warnings.warn(
@@ -344,8 +352,8 @@ def _real_isdir(path: str) -> bool:
 
 @contextlib.contextmanager
 def simulated_host(
-    name: str | os.PathLike[str] | HostSpec = DEFAULT_HOST, abi: str = DEFAULT_REVISION, **overrides: Any
-) -> Iterator[SimulatedHost]:
+    name: str | os.PathLike[str] | KvmHostParam = DEFAULT_HOST, abi: str = DEFAULT_REVISION, **overrides: Any
+) -> Iterator[KvmHost]:
     """The fixture's work as a context manager: the process sees host ``name`` inside.
     ``overrides`` change the profile for this host only (``**{"cpu.mode": "power9"}``);
     ``ksize=`` is the kernel's struct size."""
@@ -360,27 +368,27 @@ def simulated_host(
 
 
 @pytest.fixture
-def kvm_host(request: pytest.FixtureRequest) -> Iterator[SimulatedHost]:
+def kvm_host(request: pytest.FixtureRequest) -> Iterator[KvmHost]:
     """A simulated POWER host for this test: /dev/kvm, /proc/device-tree, /proc/cpuinfo,
     /sys/module and ``fcntl.ioctl`` reach kvmsim's kernel (pyfakefs), ``os.uname()`` is the
     host's arch.  Choose it with ``@pytest.mark.parametrize("kvm_host", [...], indirect=True)``
     (a name, a path, ``(name, revision)`` or ``(name, revision, overrides)``) or
     ``@pytest.mark.kvm_host("powervm-p11", abi="linux-7.3", **overrides)``; the default is
-    powervm-p11 on linux-7.3.  Yields a SimulatedHost: ``.name`` (the profile), ``.abi`` (the
+    powervm-p11 on linux-7.3.  Yields a KvmHost: ``.name`` (the profile), ``.abi`` (the
     revision's name), ``.kernel``, ``.fs`` (the pyfakefs filesystem) and ``.calls`` (every
     ioctl on /dev/kvm and its VM fds: ``.fd``, ``.request``, ``.name``, ``.arg``, ``.result``,
     ``.errno``)."""
     if hasattr(request, "param"):
-        spec = host_spec(request.param)
+        spec = kvm_host_param(request.param)
     else:
         marker = request.node.get_closest_marker("kvm_host")
         if marker is None:
-            spec = HostSpec(DEFAULT_HOST)
+            spec = KvmHostParam(DEFAULT_HOST)
         else:
             kwargs = dict(marker.kwargs)
             abi = str(kwargs.pop("abi", DEFAULT_REVISION))
             ksize = int(kwargs.pop("ksize", 24))
-            spec = HostSpec(os.fspath(marker.args[0]) if marker.args else DEFAULT_HOST, abi, kwargs, ksize)
+            spec = KvmHostParam(os.fspath(marker.args[0]) if marker.args else DEFAULT_HOST, abi, kwargs, ksize)
     fs = request.getfixturevalue("fs")  # pyfakefs's own fixture: one fake filesystem, in any order
     with _on(fs, spec) as host:
         yield host
@@ -391,7 +399,7 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
     if argname != "kvm_host":
         return None
     try:
-        return host_spec(val).id
+        return kvm_host_param(val).id
     except pytest.UsageError:
         return None
 
