@@ -329,16 +329,20 @@ def test_help_says_how_a_header_is_read_and_it_is_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(subprocess.run(["cc", "--version"], capture_output=True).returncode != 0, reason="no cc")
-def test_a_static_program_is_refused_rather_than_let_reach_the_real_device(tmp_path: Path) -> None:
+def test_a_static_program_under_the_shim_is_refused_rather_than_let_reach_the_real_device(tmp_path: Path) -> None:
+    """--intercept preload cannot reach a static program: refused unless asked; the default
+    (seccomp) runs it against the simulated host (tests/test_seccomp.py)."""
     src = tmp_path / "p.c"
     src.write_text('#include <stdio.h>\nint main(void) { puts("ran"); return 0; }\n')
     exe = tmp_path / "p"
     if subprocess.run(["cc", "-static", "-o", str(exe), str(src)], capture_output=True).returncode != 0:
         pytest.skip("no static libc here")
-    r = run("kvmsim", "run", "--host", "powervm-p11", "--", str(exe))
+    r = run("kvmsim", "run", "--host", "powervm-p11", "--intercept", "preload", "--", str(exe))
     assert r.returncode == 125 and "statically linked" in r.stderr and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1
-    r = run("kvmsim", "run", "--host", "powervm-p11", "--allow-unreached", "--", str(exe))
+    r = run("kvmsim", "run", "--host", "powervm-p11", "--intercept", "preload", "--allow-unreached", "--", str(exe))
+    assert r.returncode == 0 and r.stdout == "ran\n"
+    r = run("kvmsim", "run", "--host", "powervm-p11", "--", str(exe))
     assert r.returncode == 0 and r.stdout == "ran\n"
 
 

@@ -12,8 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The zones are folders (README "Layout"): kvmsim/kernel/ imports nothing above it, kvmsim/user/
-# and the client import no edge, and every other folder is an edge (preload/, plugin/, record/,
-# lab/, cli/).  The old public names kvmsim.hostfs, .profile and .pytest_plugin are aliases of
+# and the client import no edge, and every other folder is an edge (preload/, seccomp/, plugin/,
+# record/, lab/, cli/).  The old public names kvmsim.hostfs, .profile and .pytest_plugin are aliases of
 # the modules they name (checked below), not modules of their own; kvmsim.uapi gathers the four
 # ABI modules of the kernel (uapi, revisions, requests, header) under the name users know.
 ALIASES = {
@@ -21,7 +21,7 @@ ALIASES = {
     "kvmsim.profile": "kvmsim.kernel.profile",
     "kvmsim.pytest_plugin": "kvmsim.plugin.fixture",
 }
-EDGES = ("kvmsim.preload", "kvmsim.plugin", "kvmsim.record", "kvmsim.lab", "kvmsim.cli")
+EDGES = ("kvmsim.preload", "kvmsim.seccomp", "kvmsim.plugin", "kvmsim.record", "kvmsim.lab", "kvmsim.cli")
 
 
 def module_name(path: Path) -> str:

@@ -1,7 +1,10 @@
-"""A simulated descriptor answers what the real device's does besides ioctl: read/write and
-their kin (EINVAL; ESPIPE for a VM fd's pread/pwrite), lseek 0, mmap ENODEV, fstat (/dev/kvm's
-character device, a VM's anon inode); fclose releases it; a failed dup3 leaves it alone.
-Where this machine has a /dev/kvm, the answers are compared with it."""
+"""A simulated descriptor answers what the real device's does besides ioctl, under both
+intercepts: fstat (/dev/kvm's character device, a VM's anon inode); fclose releases it; a
+failed dup3 leaves it alone.  Under the preload shim read/write and their kin answer as the
+device does too (EINVAL; ESPIPE for a VM fd's pread/pwrite), lseek 0, mmap ENODEV; under
+seccomp they are the placeholder socket's own (README "Choices": the filter would have to send
+every read and write of the program to the supervisor).  Where this machine has a /dev/kvm,
+the answers are compared with it."""
 
 from __future__ import annotations
 
@@ -22,6 +25,12 @@ RW = [
     "dev read=EINVAL write=EINVAL pread=EINVAL pwrite=EINVAL lseek=0 mmap=ENODEV",
     "vm read=EINVAL write=EINVAL pread=ESPIPE pwrite=ESPIPE lseek=0 mmap=ENODEV",
 ]
+# the placeholder's: a read is at its end at once (never a hang), a write is taken and dropped
+SECCOMP_RW = [
+    "dev read=ok write=ok pread=ESPIPE pwrite=ESPIPE lseek=-1 mmap=ENODEV",
+    "vm read=ok write=ok pread=ESPIPE pwrite=ESPIPE lseek=-1 mmap=ENODEV",
+]
+INTERCEPTS = ["preload", "seccomp"]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +38,12 @@ def fdops() -> Path:
     return compile_c([ROOT / "tests" / "data" / "fdops.c"])
 
 
-def simulated(fdops: Path, *args: str, host: str = "powervm-p11") -> list[str]:
+def simulated(fdops: Path, *args: str, host: str = "powervm-p11", intercept: str = "preload") -> list[str]:
     r = subprocess.run(
-        [str(KVMSIM), "run", "--host", host, "--", str(fdops), *args], capture_output=True, text=True, timeout=60
+        [str(KVMSIM), "run", "--host", host, "--intercept", intercept, "--", str(fdops), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 0, r.stderr
     return r.stdout.splitlines()
@@ -42,6 +54,10 @@ def test_read_write_lseek_mmap_answer_as_the_device_does(fdops: Path, host: str)
     assert simulated(fdops, "rw", host=host) == RW
 
 
+def test_under_seccomp_read_and_write_are_the_placeholders(fdops: Path) -> None:
+    assert simulated(fdops, "rw", intercept="seccomp") == SECCOMP_RW
+
+
 @pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm here")
 def test_the_same_as_this_machines_real_device(fdops: Path) -> None:
     real = subprocess.run([str(fdops), "rw"], capture_output=True, text=True, timeout=60).stdout.splitlines()
@@ -50,17 +66,20 @@ def test_the_same_as_this_machines_real_device(fdops: Path) -> None:
     assert real_stat[0].startswith("dev chr 10:232") and real_stat[1] == "vm anon_inode"
 
 
-def test_fstat_is_the_character_device_and_the_anon_inode(fdops: Path) -> None:
-    assert simulated(fdops, "fstat") == ["dev chr 10:232 660", "vm anon_inode"]
+@pytest.mark.parametrize("intercept", INTERCEPTS)
+def test_fstat_is_the_character_device_and_the_anon_inode(fdops: Path, intercept: str) -> None:
+    assert simulated(fdops, "fstat", intercept=intercept) == ["dev chr 10:232 660", "vm anon_inode"]
 
 
-def test_fclose_releases_the_simulated_file(fdops: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("intercept", INTERCEPTS)
+def test_fclose_releases_the_simulated_file(fdops: Path, tmp_path: Path, intercept: str) -> None:
     """5,000 fopen/fclose rounds (no EMFILE at 1,024), then a real file at the last stream's
     number answers FIONREAD itself (3 bytes), not the simulator."""
     three = tmp_path / "three"
     three.write_text("abc")
-    assert simulated(fdops, "fclose", str(three)) == ["same=1 fionread=ok 3"]
+    assert simulated(fdops, "fclose", str(three), intercept=intercept) == ["same=1 fionread=ok 3"]
 
 
-def test_a_failed_dup3_leaves_the_target_as_it_was(fdops: Path) -> None:
-    assert simulated(fdops, "dup3") == ["dup3=EINVAL vm=1 then=ok api=12"]
+@pytest.mark.parametrize("intercept", INTERCEPTS)
+def test_a_failed_dup3_leaves_the_target_as_it_was(fdops: Path, intercept: str) -> None:
+    assert simulated(fdops, "dup3", intercept=intercept) == ["dup3=EINVAL vm=1 then=ok api=12"]

@@ -27,15 +27,17 @@ def c_client() -> Path:
     return compile_c([ROOT / "client" / "c" / "kvm_compat_caps.c"])
 
 
-def test_json_trace_lines_of_a_run(c_client: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("intercept", "process"), [("preload", "connection 1 (pid "), ("seccomp", "pid ")])
+def test_json_trace_lines_of_a_run(c_client: Path, tmp_path: Path, intercept: str, process: str) -> None:
     trace = tmp_path / "trace.jsonl"
     r = subprocess.run(
-        [str(KVMSIM), "run", "--host", "powervm-p11", f"--trace={trace}", "--trace-format", "json", "--",
-         str(c_client), "--null"],
+        [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", intercept, f"--trace={trace}",
+         "--trace-format", "json", "--", str(c_client), "--null"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 1
-    calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    first, *calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert first["intercept"] == intercept and first["why"]
     assert [c["decoded"] for c in calls if c["call"] == "IOCTL"] == [
         "KVM_GET_API_VERSION",
         "KVM_CREATE_VM",
@@ -44,7 +46,7 @@ def test_json_trace_lines_of_a_run(c_client: Path, tmp_path: Path) -> None:
     ]
     last = next(c for c in calls if (c["decoded"] or "").startswith("KVM_PPC"))
     assert (last["errno"], last["reason"], last["arg"]) == ("EFAULT", "user memory: read fault at 0x0", 0)
-    assert calls[0]["process"].startswith("connection 1 (pid ")
+    assert calls[0]["process"].startswith(process)
 
 
 def test_text_trace_shows_bytes_in_and_out(c_client: Path, tmp_path: Path) -> None:

@@ -205,10 +205,11 @@ def test_a_cache_in_someone_elses_directory_falls_back_and_leaves_nothing(monkey
 
 
 def test_a_tmpdir_too_long_for_a_socket_is_one_line_and_exit_125(tmp_path: Path) -> None:
+    """The preload path's server needs a socket there (the seccomp path needs none)."""
     deep = tmp_path / ("d" * 100)
     deep.mkdir(mode=0o700)
     r = subprocess.run(
-        [str(KVMSIM), "run", "--host", "powervm-p11", "--", "true"],
+        [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", "preload", "--", "true"],
         capture_output=True,
         text=True,
         timeout=60,

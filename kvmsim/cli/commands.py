@@ -25,7 +25,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
 
@@ -35,7 +35,7 @@ from ..kernel.profile import Host
 from ..kernel.revisions import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision
 from ..kernel.uapi import errname, mode_of_logical_pvr, modes_of_caps
 from ..preload import trust
-from ..preload.trace import Call, Tracer
+from ..preload.trace import Tracer
 from ..user.simulated import Kernel, SimDevice
 from .args import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, jobs_arg, revisions, use_hosts_dirs
 
@@ -267,7 +267,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..preload.build import BuildError
-    from ..preload.runner import RunError, StartError, run
+    from ..preload.runner import RunError, StartError, choose_intercept, run
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -280,8 +280,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.server is not None:
             return _run_attached(args.server, command, args.arch, args.allow_unreached)
         kernel = _kernel(args)
+        how, why = choose_intercept(kernel, command, args.arch, args.intercept)
         with _tracer(args, kernel) as trace:
-            return run(kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached)
+            if trace is not None:
+                trace.intercept(how, why)
+            return run(
+                kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached, intercept=how
+            )
     except RunError as exc:
         raise UsageError(str(exc)) from None
     except (BuildError, StartError) as exc:
@@ -411,7 +416,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _tracer(args: argparse.Namespace, kernel: Kernel) -> Iterator[Callable[[Call], None] | None]:
+def _tracer(args: argparse.Namespace, kernel: Kernel) -> Iterator[Tracer | None]:
     """``--trace[=FILE]`` (stderr without a file) in ``--trace-format`` text or json."""
     if args.trace is None:
         yield None
@@ -464,8 +469,23 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, metavar="PATH", help="the socket to create (mode 0600)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     serve.set_defaults(func=cmd_serve)
-    run = sub.add_parser("run", help="run a command against a simulated host (LD_PRELOAD shim)")
+    run = sub.add_parser(
+        "run",
+        help="run a command against a simulated host",
+        description="Run CMD with the simulated host in place of this machine's: /dev/kvm and its VM fds, "
+        "the stat and access family, /proc/device-tree, /proc/cpuinfo, /sys/module/kvm*, uname's machine. "
+        "--intercept auto (the default) catches the system calls below libc by seccomp user notification "
+        "(static and dynamic programs, musl, Go, Python alike) and uses the LD_PRELOAD shim where seccomp "
+        "cannot serve: POWER binaries under qemu-user, kernels without user notification. The --trace's "
+        "first line says which, and why.",
+    )
     _kernel_options(run, host_required=False)
+    run.add_argument(
+        "--intercept",
+        choices=["auto", "seccomp", "preload"],
+        default="auto",
+        help="how CMD's calls are caught (default auto: seccomp for native programs, preload under qemu-user)",
+    )
     run.add_argument("--server", metavar="SOCKET", help="attach CMD to a running `kvmsim serve` instead of --host")
     run.add_argument(
         "--arch", choices=["ppc64le", "ppc64"], help="run a POWER binary under qemu-user (default: from its ELF header)"
@@ -473,8 +493,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--allow-unreached",
         action="store_true",
-        help="run a static or Go program anyway: the preload shim cannot reach it, so it sees this machine's "
-        "real /dev/kvm (refused by default, exit 125)",
+        help="with --intercept preload, run a static or Go program anyway: the shim cannot reach it, so it "
+        "sees this machine's real /dev/kvm (refused by default, exit 125)",
     )
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)

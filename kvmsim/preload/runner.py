@@ -1,8 +1,9 @@
-"""``kvmsim run``: a command run against a simulated host through the preload shim.
-
-A server on a private socket (a fresh 0700 directory), the command with the shim preloaded,
-the command's exit code returned; the server and its directory are removed however the
-command ends (normal exit, crash, or Ctrl-C, which is forwarded to it).
+"""``kvmsim run``: a command run against a simulated host, intercepted one of two ways
+(``--intercept``): by seccomp user notification below libc (kvmsim.seccomp: native programs,
+static or dynamic, C, Go, Python), or through the preload shim and a server on a private
+socket (POWER binaries under qemu-user, kernels without user notification).  The command's
+exit code is returned; the server or supervisor and the run's directory are removed however
+the command ends (normal exit, crash, or Ctrl-C, which is forwarded to it).
 
 A POWER binary (``--arch ppc64le|ppc64``, or found from its ELF header) runs under the
 matching qemu-user with a shim cross-built for it; its byte order must be the host
@@ -166,6 +167,31 @@ def prepare(
 
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+Intercept = Literal["auto", "seccomp", "preload"]
+
+
+def choose_intercept(
+    kernel: BootedKernel, command: Sequence[str], arch: str | None, asked: Intercept = "auto"
+) -> tuple[Literal["seccomp", "preload"], str]:
+    """How ``command`` is intercepted, and why (the trace's first line says both)."""
+    from ..seccomp.launch import unavailable
+
+    foreign = target_arch(host_answer(kernel), command, arch)
+    if asked == "preload":
+        return "preload", "asked for (--intercept preload)"
+    if foreign is not None:
+        if asked == "seccomp":
+            raise RunError(
+                f"{command[0]}: a {foreign} binary runs under qemu-user, which passes no KVM ioctl to this "
+                "machine's kernel: the seccomp path cannot serve it (--intercept preload)"
+            )
+        return "preload", f"a {foreign} binary under qemu-user: the shim inside it"
+    why = unavailable()
+    if why is not None:
+        if asked == "seccomp":
+            raise StartError(f"--intercept seccomp: {why}")
+        return "preload", f"{why}: the preload shim instead"
+    return "seccomp", "user notification below libc: static, dynamic and Go programs alike"
 
 
 def run(
@@ -175,23 +201,67 @@ def run(
     arch: str | None = None,
     trace: Callable[[Call], None] | None = None,
     allow_unreached: bool = False,
+    intercept: Literal["seccomp", "preload"] = "preload",
 ) -> int:
     """Run ``command`` against ``kernel``; its exit code (128 + N when killed by signal N)."""
     try:
         workdir = trust.temp_dir("kvmsim-run-")
     except OSError as exc:
-        raise StartError(f"no private directory for the server: {exc}") from None
-    previous: dict[int, Any] = {}
-    server: Server | None = None
+        raise StartError(f"no private directory for the run: {exc}") from None
     try:
-        try:
-            server = Server(kernel, workdir / "kvm.sock", trace=trace)
-        except ServerError as exc:
-            raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
         view = host_view(kernel, workdir.subdir("root"))
+        if intercept == "seccomp":
+            return _supervised(kernel, command, view, trace)
+        return _served(kernel, command, workdir, view, arch, trace, allow_unreached)
+    finally:
+        workdir.remove()
+
+
+def _served(
+    kernel: BootedKernel,
+    command: Sequence[str],
+    workdir: trust.Dir,
+    view: str,
+    arch: str | None,
+    trace: Callable[[Call], None] | None,
+    allow_unreached: bool,
+) -> int:
+    """The preload path: a server on the run's socket, the shim in the command."""
+    try:
+        server = Server(kernel, workdir / "kvm.sock", trace=trace)
+    except ServerError as exc:
+        raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
+    try:
         argv, env = prepare(host_answer(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached)
         server.start()
-        proc = subprocess.Popen(argv, env=env)
+        return _wait(subprocess.Popen(argv, env=env))
+    finally:
+        server.stop()
+
+
+def _supervised(kernel: BootedKernel, command: Sequence[str], view: str, trace: Callable[[Call], None] | None) -> int:
+    """The seccomp path: the command under the filter, this process its supervisor."""
+    from ..seccomp.launch import launch
+    from ..seccomp.supervisor import Supervisor
+
+    launched = launch(command)
+    supervisor = Supervisor(kernel, launched.listener, root=view, trace=trace)
+    thread = supervisor.start()
+    try:
+        failed = launched.exec_error()
+        if failed is not None:
+            raise failed
+        return _wait(launched.proc)
+    finally:
+        supervisor.stop()
+        thread.join()
+        supervisor.close()
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """The command's exit code, with SIGTERM/SIGHUP/SIGQUIT and Ctrl-C passed on to it."""
+    previous: dict[int, Any] = {}
+    try:
         for signum in FORWARDED:  # SIGTERM/SIGHUP to kvmsim run reach CMD, which decides
             previous[signum] = signal.signal(signum, lambda s, _f: proc.send_signal(s))
         while True:
@@ -204,9 +274,6 @@ def run(
     finally:
         for forwarded, handler in previous.items():
             signal.signal(forwarded, handler)
-        if server is not None:
-            server.stop()
-        workdir.remove()
 
 
 def host_view(kernel: BootedKernel, directory: trust.Dir) -> str:

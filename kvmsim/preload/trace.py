@@ -64,8 +64,14 @@ class Tracer:
         self.stream, self.arch, self.json_lines = stream, arch, json_lines
         self._lock = threading.Lock()
 
+    def intercept(self, how: str, why: str) -> None:
+        """The first line: how ``kvmsim run`` reaches the program, and why that way."""
+        self._write(json.dumps({"intercept": how, "why": why}) if self.json_lines else f"# intercept: {how} ({why})")
+
     def __call__(self, call: Call) -> None:
-        line = json.dumps(call.to_json(self.arch)) if self.json_lines else call.text(self.arch)
+        self._write(json.dumps(call.to_json(self.arch)) if self.json_lines else call.text(self.arch))
+
+    def _write(self, line: str) -> None:
         with self._lock:
             self.stream.write(line + "\n")
             self.stream.flush()

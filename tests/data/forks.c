@@ -7,7 +7,11 @@
  *                   close_range, then _exit: the parent's files must survive).
  *   The parent asks KVM_CHECK_EXTENSION(250) on its VM fd (1); each child opens /dev/kvm
  *   itself and asks KVM_GET_API_VERSION (12); N calls in each of 2 threads of each process.
- *   An inherited emulated fd in a child answers as after fork(): ENOTTY (a /dev/null copy).
+ *   An inherited VM fd in a child is the parent's file (INHERITED "shared", the real kernel's
+ *   rule: under the seccomp path it answers 1) or, under the preload shim, a plain copy that
+ *   answers ENOTTY (INHERITED "copy", the default: the shim's table is its own process's).
+ *
+ *   forks MODE N [INHERITED]
  * Prints "ok calls=C crossed=0" or "bad ..." and exits 0 / 1.
  */
 #define _GNU_SOURCE
@@ -28,7 +32,7 @@
 #define CREATE_VM 0x2000ae01UL
 #define API_VERSION 0x2000ae00UL
 
-static int vm, n;
+static int vm, n, inherited_shared;
 static volatile int bad, calls;
 
 static void *parent_loop(void *unused)
@@ -68,9 +72,9 @@ static void two_threads(void *(*loop)(void *))
 
 static int child(void)
 {
-	/* the inherited VM fd is a plain copy here, as after fork() */
 	errno = 0;
-	if (ioctl(vm, CHECK_EXTENSION, 250) != -1 || errno != ENOTTY)
+	int inherited = ioctl(vm, CHECK_EXTENSION, 250);
+	if (inherited_shared ? inherited != 1 : inherited != -1 || errno != ENOTTY)
 		return 2;
 	dev_of_child = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (dev_of_child < 0)
@@ -84,6 +88,7 @@ int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "fork";
 	n = argc > 2 ? atoi(argv[2]) : 1000;
+	inherited_shared = argc > 3 && !strcmp(argv[3], "shared");
 	int dev = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	vm = dev >= 0 ? ioctl(dev, CREATE_VM, 0) : -1;
 	if (vm < 0) {

@@ -1,0 +1,157 @@
+"""Which file a task's path names, walked as the kernel walks it (fs/namei.c), from the task's
+own root, working directory or directory fd: this machine's file, the simulated /dev/kvm, or the
+simulated host's copy of /proc/cpuinfo, /proc/device-tree or /sys/module/kvm* (kvmsim.hostfs,
+written under the run's root).  The same walk as the preload shim's (``walk()`` in
+kvmsim_shim.c): component by component, each symlink's target spliced in where it was met,
+and where a directory is this machine's /dev, /proc or /sys/module (by identity, not by
+name) the next component decides.  /proc/self and /proc/thread-self are the task's, not the
+supervisor's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from typing import Literal
+
+import attrs
+
+from .uapi import AT_FDCWD, PATH_MAX
+
+MAX_LINKS = 40  # the kernel's MAXSYMLINKS
+NAME_MAX = 255
+_OPATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+Kind = Literal["real", "dev-kvm", "view"]
+
+
+@attrs.frozen
+class Found:
+    kind: Kind
+    view: str | None = None  # "view": the host's copy, under the run's root
+
+
+REAL = Found("real")
+DEV_KVM = Found("dev-kvm")
+
+
+def hinted(path: bytes) -> bool:
+    """The cheap test, no system call: a component kvm, cpuinfo or device-tree, or kvm* after
+    module (or first, for a relative walk that may start in /sys/module)."""
+    parts = [p for p in path.split(b"/") if p]
+    for i, p in enumerate(parts):
+        if p in (b"kvm", b"cpuinfo", b"device-tree"):
+            return True
+        if p.startswith(b"kvm") and ((i and parts[i - 1] == b"module") or (i == 0 and not path.startswith(b"/"))):
+            return True
+    return False
+
+
+def _id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+class Namei:
+    """Path lookups for the tasks of one run; ``root`` is where the host's files were written."""
+
+    def __init__(self, root: str | None) -> None:
+        self.root = root
+        self.dirs: dict[str, tuple[int, int] | None] = {}
+        for name in ("/dev", "/proc", "/sys/module"):
+            try:
+                self.dirs[name] = _id(os.stat(name))
+            except OSError:
+                self.dirs[name] = None
+
+    def _is(self, st: os.stat_result, name: str) -> bool:
+        return self.dirs.get(name) == _id(st)
+
+    def lookup(self, task: int, dirfd: int, path: bytes, *, follow: bool = True) -> Found:
+        if not path or not hinted(path):
+            return REAL
+        if path == b"/dev/kvm":
+            return DEV_KVM
+        if len(path) >= PATH_MAX:
+            return REAL
+        start = f"/proc/{task}/root" if path.startswith(b"/") else (
+            f"/proc/{task}/cwd" if dirfd == AT_FDCWD else f"/proc/{task}/fd/{dirfd}"
+        )  # fmt: skip
+        try:
+            cur = os.open(start, _OPATH_DIR)
+        except OSError:
+            return REAL  # the real call says why
+        with _Cursor(cur) as at:
+            return self._walk(at, task, path, follow)
+
+    def _walk(self, at: _Cursor, task: int, path: bytes, follow: bool) -> Found:
+        rest, links = path, 0
+        while True:
+            rest = rest.lstrip(b"/")
+            if not rest:
+                return REAL
+            name, _, after = rest.partition(b"/")
+            after = after.lstrip(b"/")
+            last = not after
+            try:
+                here = os.fstat(at.fd)
+            except OSError:
+                return REAL
+            if self._is(here, "/dev") and name == b"kvm":
+                return DEV_KVM if last else REAL
+            if self.root is not None and (
+                (self._is(here, "/proc") and name in (b"cpuinfo", b"device-tree"))
+                or (self._is(here, "/sys/module") and name.startswith(b"kvm"))
+            ):
+                under = "proc" if self._is(here, "/proc") else "sys/module"
+                return Found("view", os.path.join(self.root, under, os.fsdecode(rest)))
+            if (last and not follow) or len(name) > NAME_MAX:
+                return REAL
+            target: bytes | None = None
+            if self._is(here, "/proc") and name in (b"self", b"thread-self"):  # the task's, not ours
+                group = tgid(task)
+                target = str(group).encode() if name == b"self" else f"{group}/task/{task}".encode()
+            try:
+                st = os.stat(name, dir_fd=at.fd, follow_symlinks=False)
+                if target is None and stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(name, dir_fd=at.fd)
+                if target is not None:  # splice the target in front of what is left
+                    links += 1
+                    if links > MAX_LINKS or not target or len(target) + 1 + len(after) >= PATH_MAX:
+                        return REAL
+                    rest = target + (b"/" + after if after else b"")
+                    if target.startswith(b"/"):
+                        at.move(os.open(f"/proc/{task}/root", _OPATH_DIR))
+                    continue
+                if last or not stat.S_ISDIR(st.st_mode):
+                    return REAL
+                at.move(os.open(name, _OPATH_DIR | os.O_NOFOLLOW, dir_fd=at.fd))
+            except OSError:
+                return REAL
+            rest = after
+
+
+def tgid(task: int) -> int:
+    """The thread group (process) of thread ``task``: what its /proc/self is."""
+    with open(f"/proc/{task}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    return task
+
+
+class _Cursor:
+    """The directory a walk is in: an O_PATH fd, closed when the walk moves on or ends."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def move(self, fd: int) -> None:
+        os.close(self.fd)
+        self.fd = fd
+
+    def __enter__(self) -> _Cursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -1,0 +1,522 @@
+"""The supervisor: a simulated kernel answering the system calls a seccomp filter sends it.
+
+Each simulated file a program holds (an open /dev/kvm, a VM fd) is a real **placeholder** in
+the program: one end of a socketpair, installed with ``SECCOMP_IOCTL_NOTIF_ADDFD``, whose other
+end the supervisor keeps.  The real kernel then does whatever a program does to its fds —
+dup, fork, vfork, exec without O_CLOEXEC, close_range, fclose inside any libc, SCM_RIGHTS to
+another process of the run — and nothing here sees it.  A call on an fd finds its simulated
+file by the placeholder's identity (the socket's dev/ino, from /proc/TID/fd/N), never by the
+fd number; when the last real reference is gone the supervisor's end hangs up and the
+simulated file is released (the kernel's fput).
+
+What the supervisor answers (the rest it lets CONTINUE, the real kernel's own answer):
+- ``ioctl`` on a placeholder: the simulated kernel (``sys_ioctl``), with the argument read and
+  written through ``process_vm_*`` (``taskmem``); FIOCLEX/FIONCLEX are the real kernel's, on
+  the placeholder.  ``KVM_CREATE_VM`` answers with a new placeholder (``anon_inode_getfd``'s
+  O_CLOEXEC).  An ioctl on a real /dev/kvm fd the program brought with it is refused (EPERM):
+  no call reaches this machine's device.
+- ``open``/``openat``/``openat2`` of the simulated /dev/kvm (any spelling, through any
+  symlink: ``namei``): a placeholder, or the simulated kernel's ENOENT; of the host's files
+  (/proc/cpuinfo, /proc/device-tree, /sys/module/kvm*): the run's copy, opened here and
+  installed in the program.
+- the stat family (``stat``, ``lstat``, ``newfstatat``, ``statx``, ``fstat``) and the access
+  family of those paths and of placeholders: /dev/kvm a character device 10:232, a VM fd the
+  anon inode every anon_inode file shares; ``readlink`` of /proc/PID/fd/N of a placeholder:
+  ``/dev/kvm`` or ``anon_inode:kvm-vm``; ``uname``: the host's machine.
+
+CONTINUE re-reads the program's memory after the supervisor looked (the time-of-check race
+seccomp_unotify(2) warns of): harmless here, because the filter protects nothing — a program
+that rewrites its own path between the two reads only fools its own simulation, and can
+never do more than it could without kvmsim."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+
+import attrs
+
+from ..kernel.errors import KvmError
+from ..kernel.kvm_main import BootedKernel, Process
+from ..kernel.uapi import DEV_KVM
+from ..kernel.usermem import Fault
+from ..preload.trace import Call
+from . import uapi
+from .kstat import Kstat, dev_kvm, is_dev_kvm
+from .namei import Namei, tgid
+from .taskmem import TaskMemory
+
+FIOCLEX, FIONCLEX = 0x5451, 0x5450  # x86_64's: what the real kernel does to the placeholder
+VM_LINK = "anon_inode:kvm-vm"
+_FD_LINK = re.compile(rb"^/proc/(self|thread-self|\d+)(?:/task/(\d+))?/fd/(\d+)$")
+NOTIFIED = ("ioctl", "open", "openat", "openat2", "stat", "lstat", "newfstatat", "statx", "fstat",
+            "access", "faccessat", "faccessat2", "readlink", "readlinkat", "uname")  # fmt: skip
+
+
+@attrs.frozen
+class Placeholder:
+    """A simulated file the program holds: its number in the simulated kernel's table and
+    the supervisor's end of the socketpair."""
+
+    sim_fd: int
+    peer: socket.socket
+    is_vm: bool
+
+
+@attrs.frozen
+class Answer:
+    """How a notification is answered: CONTINUE, a value, an errno, or a new fd."""
+
+    kind: str  # "continue", "value", "error", "fd"
+    value: int = 0
+    fd: int = -1  # "fd": the supervisor's descriptor to install
+    cloexec: bool = False
+
+
+CONTINUE = Answer("continue")
+
+
+def value(v: int) -> Answer:
+    return Answer("value", v)
+
+
+def error(err: int) -> Answer:
+    return Answer("error", err)
+
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+@attrs.frozen
+class Notification:
+    id: int
+    pid: int  # the thread that made the call
+    nr: int
+    args: tuple[int, ...]
+
+
+class Supervisor:
+    """Answers one listener's notifications from ``kernel``, until every task of the run is gone."""
+
+    def __init__(
+        self,
+        kernel: BootedKernel,
+        listener: int,
+        *,
+        root: str | None = None,
+        trace: Callable[[Call], None] | None = None,
+    ) -> None:
+        self.kernel, self.listener, self.trace = kernel, listener, trace
+        self.process: Process = kernel.process(TaskMemory(0))
+        self.process.max_files = 1 << 30  # the program's own RLIMIT_NOFILE holds, at ADDFD
+        self.namei = Namei(root)
+        self.files: dict[tuple[int, int], Placeholder] = {}
+        self.by_peer: dict[int, tuple[int, int]] = {}
+        self.poller = select.poll()
+        self.poller.register(listener, select.POLLIN)
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self.poller.register(self._stop_r, select.POLLIN)
+        self._anon = self._anon_inode_stat()
+        self._handlers: dict[int, Callable[[Notification, TaskMemory], Answer]] = {
+            uapi.NR[name]: getattr(self, f"sys_{name}") for name in NOTIFIED
+        }
+        with contextlib.suppress(OSError):  # Linux 6.6: each side is woken on the other's CPU (by value)
+            fcntl.ioctl(listener, uapi.SECCOMP_IOCTL_NOTIF_SET_FLAGS, uapi.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+
+    @staticmethod
+    def _anon_inode_stat() -> Kstat:
+        """The inode every anon_inode file shares (a VM fd's, an eventfd's)."""
+        fd = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            return Kstat.of(os.fstat(fd))
+        finally:
+            os.close(fd)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Until the last task with the filter has exited (the listener hangs up) or stop()."""
+        try:
+            while True:
+                for fd, events in self.poller.poll():
+                    if fd == self._stop_r:
+                        return
+                    if fd == self.listener:
+                        if events & select.POLLIN:
+                            self._one()
+                        elif events & (select.POLLHUP | select.POLLERR):
+                            return
+                    else:
+                        self._peer_event(fd, events)
+        finally:
+            for key in list(self.files):
+                self._drop(key)
+
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve, name="kvmsim-seccomp", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
+
+    def close(self) -> None:
+        for fd in (self._stop_r, self._stop_w, self.listener):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _one(self) -> None:
+        buf = bytearray(uapi.SECCOMP_NOTIF.size)
+        try:
+            fcntl.ioctl(self.listener, uapi.SECCOMP_IOCTL_NOTIF_RECV, buf, True)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINTR):  # the task died, or was signalled, first
+                return
+            raise
+        id_, pid, _flags, nr, _arch, _ip, *args = uapi.SECCOMP_NOTIF.unpack(buf)
+        n = Notification(id_, pid, nr, tuple(args))
+        mem = TaskMemory(pid)
+        handler = self._handlers.get(nr)
+        try:
+            answer = handler(n, mem) if handler is not None else CONTINUE
+        except OSError:  # the task went away under us (its /proc or memory with it)
+            answer = CONTINUE
+        self._answer(n, answer)
+
+    def _valid(self, n: Notification) -> bool:
+        """Is the task still waiting (not killed, its pid not reused)?  Asked after reading
+        its /proc and memory, before a call's side effects."""
+        try:
+            fcntl.ioctl(self.listener, uapi.SECCOMP_IOCTL_NOTIF_ID_VALID, struct.pack("=Q", n.id))
+        except OSError:
+            return False
+        return True
+
+    def _answer(self, n: Notification, a: Answer) -> None:
+        if a.kind == "fd":
+            addfd = uapi.SECCOMP_NOTIF_ADDFD.pack(
+                n.id, uapi.SECCOMP_ADDFD_FLAG_SEND, a.fd, 0, os.O_CLOEXEC if a.cloexec else 0
+            )
+            try:
+                fcntl.ioctl(self.listener, uapi.SECCOMP_IOCTL_NOTIF_ADDFD, addfd)
+                return
+            except OSError as exc:  # EMFILE in the program, or it is gone
+                a = error(exc.errno or errno.EBADF)
+            finally:
+                os.close(a.fd)  # the program has its own reference now, or none
+        if a.kind == "continue":
+            resp = uapi.SECCOMP_NOTIF_RESP.pack(n.id, 0, 0, uapi.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+        elif a.kind == "error":
+            resp = uapi.SECCOMP_NOTIF_RESP.pack(n.id, 0, -a.value, 0)
+        else:
+            resp = uapi.SECCOMP_NOTIF_RESP.pack(n.id, a.value, 0, 0)
+        with contextlib.suppress(OSError):  # ENOENT: the task was killed meanwhile
+            fcntl.ioctl(self.listener, uapi.SECCOMP_IOCTL_NOTIF_SEND, resp)
+
+    # -- placeholders -----------------------------------------------------------------------
+
+    def _placeholder(self, sim_fd: int, is_vm: bool, nonblock: bool = False) -> int:
+        """A new placeholder for ``sim_fd``: the program's end (to install) is returned."""
+        theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.shutdown(socket.SHUT_WR)  # the program's reads end at once (EOF), never hang
+        theirs.setblocking(not nonblock)
+        key = _identity(os.fstat(theirs.fileno()))
+        self.files[key] = Placeholder(sim_fd, ours, is_vm)
+        self.by_peer[ours.fileno()] = key
+        self.poller.register(ours.fileno(), select.POLLIN | select.POLLHUP)
+        return theirs.detach()
+
+    def _held(self, pid: int, fd: int) -> tuple[Placeholder | None, os.stat_result | None]:
+        """The placeholder task ``pid``'s ``fd`` is, and what the real kernel says it is."""
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            return None, None
+        return self.files.get(_identity(st)), st
+
+    def _peer_event(self, peer_fd: int, events: int) -> None:
+        """What the program did to a placeholder's other end: wrote to it (drained, as
+        /dev/kvm would take nothing), or let go of its last reference (the file is released)."""
+        key = self.by_peer.get(peer_fd)
+        if key is None:
+            return
+        if not events & (select.POLLHUP | select.POLLERR):
+            with contextlib.suppress(OSError):
+                while self.files[key].peer.recv(65536, socket.MSG_DONTWAIT):
+                    pass
+            return
+        placeholder = self.files[key]
+        self._drop(key)
+        self._trace(Call("kernel", "RELEASE", placeholder.sim_fd, None, None, b"", (), 0, 0, None))
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        placeholder = self.files.pop(key)
+        self.by_peer.pop(placeholder.peer.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.poller.unregister(placeholder.peer.fileno())
+        placeholder.peer.close()
+        with contextlib.suppress(KvmError):
+            self.process.close(placeholder.sim_fd)
+
+    def _trace(self, call: Call) -> None:
+        if self.trace is not None:
+            self.trace(call)
+
+    # -- ioctl(2) ---------------------------------------------------------------------------
+
+    def sys_ioctl(self, n: Notification, mem: TaskMemory) -> Answer:
+        fd, cmd, arg = _s32(n.args[0]), n.args[1] & 0xFFFFFFFF, n.args[2]
+        placeholder, st = self._held(n.pid, fd)
+        if placeholder is None:
+            if st is not None and is_dev_kvm(st):
+                return error(errno.EPERM)  # never this machine's device
+            return CONTINUE
+        if cmd in (FIOCLEX, FIONCLEX):
+            return CONTINUE  # an fd flag: the real kernel sets it on the placeholder
+        if not self._valid(n):
+            return CONTINUE
+        window = mem.read(arg, 24) if self.trace is not None else b""
+        self.process.memory = mem
+        creates = self.process.returns_fd(placeholder.sim_fd, cmd)
+        reason = None
+        try:
+            ret, err = self.process.sys_ioctl(placeholder.sim_fd, cmd, arg), 0
+        except KvmError as exc:
+            ret, err, reason = -1, exc.errno or errno.EIO, exc.reason
+        answer = error(err) if err else value(ret)
+        if not err and creates:
+            answer = Answer("fd", fd=self._placeholder(ret, is_vm=True), cloexec=True)
+        self._trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))
+        return answer
+
+    # -- open(2) ----------------------------------------------------------------------------
+
+    def _path(self, mem: TaskMemory, addr: int) -> bytes | None:
+        path = mem.read_string(addr, uapi.PATH_MAX)
+        return None if path is None or len(path) >= uapi.PATH_MAX else path
+
+    def _open(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, flags: int) -> Answer:
+        path = self._path(mem, addr)
+        if path is None:
+            return CONTINUE  # the real kernel's EFAULT or ENAMETOOLONG
+        found = self.namei.lookup(n.pid, dirfd, path, follow=not flags & os.O_NOFOLLOW)
+        if found.kind == "real" and not self._lands_on_dev_kvm(n.pid, dirfd, path, flags):
+            return CONTINUE
+        if not self._valid(n):
+            return CONTINUE
+        if found.kind == "view":
+            assert found.view is not None
+            try:
+                fd = os.open(found.view, (flags & ~os.O_CREAT) | os.O_CLOEXEC)
+            except OSError as exc:
+                return error(exc.errno or errno.ENOENT)
+            return Answer("fd", fd=fd, cloexec=bool(flags & os.O_CLOEXEC))
+        if self.kernel.kvm.loaded:  # the flags keep their meaning for a character device (the shim's kvm_open)
+            if flags & os.O_CREAT and flags & os.O_EXCL:
+                return error(errno.EEXIST)
+            if flags & os.O_DIRECTORY:
+                return error(errno.ENOTDIR)
+            if flags & os.O_PATH == os.O_PATH:  # a path-only fd: no file operations, nothing to simulate
+                return Answer(
+                    "fd", fd=os.open("/dev/null", os.O_PATH | os.O_CLOEXEC), cloexec=bool(flags & os.O_CLOEXEC)
+                )
+        reason = None
+        try:
+            ret, err = self.process.open(DEV_KVM, flags), 0
+        except KvmError as exc:
+            ret, err, reason = -1, exc.errno or errno.ENOENT, exc.reason
+        self._trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason))
+        if err:
+            return error(err)
+        return Answer("fd", fd=self._placeholder(ret, is_vm=False, nonblock=bool(flags & os.O_NONBLOCK)),
+                      cloexec=bool(flags & os.O_CLOEXEC))  # fmt: skip
+
+    def _lands_on_dev_kvm(self, pid: int, dirfd: int, path: bytes, flags: int) -> bool:
+        """Does a path that names nothing simulated reach /dev/kvm all the same (a symlink
+        called anything)?  One stat from the task's view: an open must never reach this
+        machine's device."""
+        try:
+            if path.startswith(b"/"):
+                st = os.stat(path, follow_symlinks=not flags & os.O_NOFOLLOW)
+            else:
+                start = f"/proc/{pid}/cwd" if dirfd == uapi.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
+                at = os.open(start, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    st = os.stat(path, dir_fd=at, follow_symlinks=not flags & os.O_NOFOLLOW)
+                finally:
+                    os.close(at)
+        except OSError:
+            return False
+        return is_dev_kvm(st)
+
+    def sys_open(self, n: Notification, mem: TaskMemory) -> Answer:
+        return self._open(n, mem, uapi.AT_FDCWD, n.args[0], n.args[1] & 0xFFFFFFFF)
+
+    def sys_openat(self, n: Notification, mem: TaskMemory) -> Answer:
+        return self._open(n, mem, _s32(n.args[0]), n.args[1], n.args[2] & 0xFFFFFFFF)
+
+    def sys_openat2(self, n: Notification, mem: TaskMemory) -> Answer:
+        how = mem.read(n.args[2], uapi.OPEN_HOW.size)
+        if len(how) != uapi.OPEN_HOW.size or n.args[3] < uapi.OPEN_HOW.size:
+            return CONTINUE  # the real kernel's EFAULT or EINVAL
+        flags, _mode, _resolve = uapi.OPEN_HOW.unpack(how)
+        return self._open(n, mem, _s32(n.args[0]), n.args[1], flags & 0xFFFFFFFF)
+
+    # -- the stat family --------------------------------------------------------------------
+
+    def _stat_of(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, flags: int) -> Kstat | int | None:
+        """The simulated file's stat, an errno, or None (the real kernel answers)."""
+        path = self._path(mem, addr) if addr else b""
+        if path is None:
+            return None
+        if not path:
+            if not flags & uapi.AT_EMPTY_PATH or dirfd == uapi.AT_FDCWD:
+                return None
+            placeholder, _ = self._held(n.pid, dirfd)
+            return None if placeholder is None else self._placeholder_stat(placeholder)
+        found = self.namei.lookup(n.pid, dirfd, path, follow=not flags & uapi.AT_SYMLINK_NOFOLLOW)
+        if found.kind == "real":
+            return None
+        if found.kind == "dev-kvm":
+            return self._dev_kvm_stat()
+        assert found.view is not None
+        try:
+            return Kstat.of(os.stat(found.view, follow_symlinks=not flags & uapi.AT_SYMLINK_NOFOLLOW))
+        except OSError as exc:
+            return exc.errno or errno.ENOENT
+
+    def _dev_kvm_stat(self) -> Kstat | int:
+        """The simulated /dev/kvm's, or ENOENT where the host has none."""
+        return dev_kvm() if self.kernel.kvm.loaded else errno.ENOENT
+
+    def _placeholder_stat(self, placeholder: Placeholder) -> Kstat | int:
+        return self._anon if placeholder.is_vm else self._dev_kvm_stat()
+
+    def _put_stat(self, n: Notification, mem: TaskMemory, st: Kstat | int | None, buf: int) -> Answer:
+        if st is None or not self._valid(n):
+            return CONTINUE
+        if isinstance(st, int):
+            return error(st)
+        try:
+            mem.copy_to_user(buf, st.pack_stat())
+        except Fault:
+            return error(errno.EFAULT)
+        return value(0)
+
+    def sys_stat(self, n: Notification, mem: TaskMemory) -> Answer:
+        return self._put_stat(n, mem, self._stat_of(n, mem, uapi.AT_FDCWD, n.args[0], 0), n.args[1])
+
+    def sys_lstat(self, n: Notification, mem: TaskMemory) -> Answer:
+        st = self._stat_of(n, mem, uapi.AT_FDCWD, n.args[0], uapi.AT_SYMLINK_NOFOLLOW)
+        return self._put_stat(n, mem, st, n.args[1])
+
+    def sys_newfstatat(self, n: Notification, mem: TaskMemory) -> Answer:
+        st = self._stat_of(n, mem, _s32(n.args[0]), n.args[1], n.args[3] & 0xFFFFFFFF)
+        return self._put_stat(n, mem, st, n.args[2])
+
+    def sys_fstat(self, n: Notification, mem: TaskMemory) -> Answer:
+        placeholder, _ = self._held(n.pid, _s32(n.args[0]))
+        st = None if placeholder is None else self._placeholder_stat(placeholder)
+        return self._put_stat(n, mem, st, n.args[1])
+
+    def sys_statx(self, n: Notification, mem: TaskMemory) -> Answer:
+        st = self._stat_of(n, mem, _s32(n.args[0]), n.args[1], n.args[2] & 0xFFFFFFFF)
+        if st is None or not self._valid(n):
+            return CONTINUE
+        if isinstance(st, int):
+            return error(st)
+        try:
+            mem.copy_to_user(n.args[4], st.pack_statx())
+        except Fault:
+            return error(errno.EFAULT)
+        return value(0)
+
+    # -- the access family ------------------------------------------------------------------
+
+    def _access(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, mode: int, flags: int) -> Answer:
+        st = self._stat_of(n, mem, dirfd, addr, flags)
+        if st is None or not self._valid(n):
+            return CONTINUE
+        if isinstance(st, int):
+            return error(st)
+        return value(0)  # the simulated files are root's, and so is this check (the shim's)
+
+    def sys_access(self, n: Notification, mem: TaskMemory) -> Answer:
+        return self._access(n, mem, uapi.AT_FDCWD, n.args[0], n.args[1], 0)
+
+    def sys_faccessat(self, n: Notification, mem: TaskMemory) -> Answer:
+        return self._access(n, mem, _s32(n.args[0]), n.args[1], n.args[2], 0)
+
+    def sys_faccessat2(self, n: Notification, mem: TaskMemory) -> Answer:
+        return self._access(n, mem, _s32(n.args[0]), n.args[1], n.args[2], n.args[3] & 0xFFFFFFFF)
+
+    # -- readlink(2), uname(2) --------------------------------------------------------------
+
+    def _readlink(self, n: Notification, mem: TaskMemory, addr: int, buf: int, size: int) -> Answer:
+        path = self._path(mem, addr)
+        m = _FD_LINK.match(path or b"")
+        if m is None:
+            return CONTINUE
+        who, task, fd = m.groups()
+        owner = str(tgid(n.pid)) if who == b"self" else (
+            f"{tgid(n.pid)}/task/{n.pid}" if who == b"thread-self" else who.decode()
+        )  # fmt: skip
+        where = f"/proc/{owner}" + (f"/task/{task.decode()}" if task else "") + f"/fd/{fd.decode()}"
+        try:
+            placeholder = self.files.get(_identity(os.stat(where)))
+        except OSError:
+            return CONTINUE
+        if placeholder is None or not self._valid(n):
+            return CONTINUE
+        size = _s32(size)
+        if size <= 0:
+            return error(errno.EINVAL)
+        text = (VM_LINK if placeholder.is_vm else DEV_KVM).encode()[:size]
+        try:
+            mem.copy_to_user(buf, text)
+        except Fault:
+            return error(errno.EFAULT)
+        return value(len(text))
+
+    def sys_readlink(self, n: Notification, mem: TaskMemory) -> Answer:
+        return self._readlink(n, mem, n.args[0], n.args[1], n.args[2])
+
+    def sys_readlinkat(self, n: Notification, mem: TaskMemory) -> Answer:
+        if _s32(n.args[0]) != uapi.AT_FDCWD and not (self._path(mem, n.args[1]) or b"").startswith(b"/"):
+            return CONTINUE
+        return self._readlink(n, mem, n.args[1], n.args[2], n.args[3])
+
+    def sys_uname(self, n: Notification, mem: TaskMemory) -> Answer:
+        u = os.uname()
+        fields = (u.sysname, u.nodename, u.release, u.version, self.kernel.arch.name, _domainname())
+        data = b"".join(f.encode()[: uapi.UTS_FIELD - 1].ljust(uapi.UTS_FIELD, b"\0") for f in fields)
+        if not self._valid(n):
+            return CONTINUE
+        try:
+            mem.copy_to_user(n.args[0], data)
+        except Fault:
+            return error(errno.EFAULT)
+        return value(0)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _domainname() -> str:
+    try:
+        with open("/proc/sys/kernel/domainname") as f:
+            return f.read().strip()
+    except OSError:
+        return "(none)"
