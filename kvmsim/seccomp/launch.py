@@ -65,14 +65,17 @@ class Launched:
         return (FileNotFoundError if err == 2 else PermissionError)(err, os.strerror(err))
 
 
-def launch(command: Sequence[str], env: dict[str, str] | None = None) -> Launched:
+def launch(command: Sequence[str], env: dict[str, str] | None = None, stdout: int | None = None) -> Launched:
     """Start ``command`` under the filter; its listener is ours to supervise."""
     launcher = build_launcher()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         proc = subprocess.Popen(
-            [str(launcher), str(r), str(theirs.fileno()), *command], env=env, pass_fds=(r, theirs.fileno())
+            [str(launcher), str(r), str(theirs.fileno()), *command],
+            env=env,
+            stdout=stdout,
+            pass_fds=(r, theirs.fileno()),
         )
     finally:
         os.close(r)
