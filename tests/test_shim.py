@@ -136,6 +136,16 @@ def test_kvmsim_run_returns_the_commands_exit_code_and_cleans_up(c_client: Path,
     assert r.returncode == 7
 
 
+@pytest.mark.parametrize("intercept", ["seccomp", "preload"])
+def test_a_file_the_kernel_will_not_execute_is_126_not_a_shell_script(intercept: str, tmp_path: Path) -> None:
+    script = tmp_path / "no-shebang"
+    script.write_text("touch ran\n")
+    script.chmod(0o755)
+    r = run_cli("run", "--host", "powervm-p11", "--intercept", intercept, "--", str(script))
+    assert (r.returncode, "cannot execute: Exec format error" in r.stderr) == (126, True), r.stderr
+    assert not (Path.cwd() / "ran").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -143,6 +153,11 @@ def test_kvmsim_run_returns_the_commands_exit_code_and_cleans_up(c_client: Path,
         (["run", "--host", "powervm-p11"], 2, "no command given"),
         (["run", "--host", "power42", "--", "true"], 2, "unknown host"),
         (["run", "--", "true"], 2, "--host"),
+        (["run", "--host", "powervm-p11", "--intercept", "preload", "--", "/nonexistent/prog"], 127, "not found"),
+        (["run", "--host", "powervm-p11", "--intercept", "seccomp", "--", "/etc/passwd"], 126, "not executable"),
+        (["run", "--host", "powervm-p11", "--intercept", "preload", "--", "/etc/passwd"], 126, "not executable"),
+        (["run", "--server", "/nonexistent.sock", "--intercept", "seccomp", "--", "true"], 2, "preload shim"),
+        (["run", "--host", "powervm-p11", "--intercept", "ptrace", "--", "true"], 2, "invalid choice"),
     ],
 )
 def test_kvmsim_run_bad_input(args: list[str], code: int, message: str) -> None:

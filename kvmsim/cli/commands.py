@@ -4,7 +4,7 @@
   kvmsim show HOST                     a profile and what the simulated kernel derives from it
   kvmsim matrix                        every profile × revision: capability, result or errno, modes
   kvmsim serve --host HOST --socket P  serve one simulated kernel on a Unix socket
-  kvmsim run --host HOST -- CMD ...    run CMD with /dev/kvm simulated (LD_PRELOAD shim)
+  kvmsim run --host HOST -- CMD ...    run CMD against the simulated host (seccomp, or the LD_PRELOAD shim)
   kvmsim env --socket P                the shell lines that attach programs to `serve` at P
   kvmsim run --server P -- CMD ...     run CMD attached to `serve` at P
   kvmsim record -o FILE.toml           record this machine (files and device) as a profile
@@ -265,9 +265,35 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def intercept_for(kernel: Kernel, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
+    """How ``kvmsim run`` reaches ``command`` (``seccomp`` or ``preload``), and why: the
+    trace's first line says both."""
+    from ..preload.runner import RunError, StartError, host_answer, target_arch
+    from ..seccomp.launch import unavailable
+
+    foreign = target_arch(host_answer(kernel), command, arch)
+    if asked == "preload":
+        return "preload", "asked for (--intercept preload)"
+    if foreign is not None:
+        if asked == "seccomp":
+            raise RunError(
+                f"{command[0]}: a {foreign} binary runs under qemu-user, which passes no KVM ioctl to this "
+                "machine's kernel: the seccomp path cannot serve it (--intercept preload)"
+            )
+        return "preload", f"a {foreign} binary under qemu-user: the shim inside it"
+    why = unavailable()
+    if why is not None:
+        if asked == "seccomp":
+            raise StartError(f"--intercept seccomp: {why}")
+        return "preload", f"{why}: the preload shim instead"
+    return "seccomp", "user notification below libc: static, dynamic and Go programs alike"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..preload import runner
     from ..preload.build import BuildError
-    from ..preload.runner import RunError, StartError, choose_intercept, run
+    from ..preload.runner import RunError, StartError
+    from ..seccomp import run as seccomp
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -276,17 +302,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run: give one of --host HOST (a server of its own) or --server SOCKET (a running one)")
     if args.server is not None and (args.abi or args.trace is not None):
         raise UsageError("run --server: the server chose its revision and traces; give --abi/--trace to kvmsim serve")
+    if args.server is not None and args.intercept == "seccomp":
+        raise UsageError("run --server: a program attached to `kvmsim serve` runs with the preload shim")
     try:
         if args.server is not None:
             return _run_attached(args.server, command, args.arch, args.allow_unreached)
         kernel = _kernel(args)
-        how, why = choose_intercept(kernel, command, args.arch, args.intercept)
+        how, why = intercept_for(kernel, command, args.arch, args.intercept)
         with _tracer(args, kernel) as trace:
             if trace is not None:
                 trace.intercept(how, why)
-            return run(
-                kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached, intercept=how
-            )
+            if how == "seccomp":
+                return seccomp.run(kernel, command, trace=trace)
+            return runner.run(kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached)
     except RunError as exc:
         raise UsageError(str(exc)) from None
     except (BuildError, StartError) as exc:
@@ -297,6 +325,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NOT_FOUND
     except PermissionError:
         print(f"kvmsim: error: {command[0]}: not executable", file=sys.stderr)
+        return EXIT_NOT_EXECUTABLE
+    except OSError as exc:  # ENOEXEC and the like: the kernel would not execute it
+        print(f"kvmsim: error: {command[0]}: cannot execute: {exc.strerror}", file=sys.stderr)
         return EXIT_NOT_EXECUTABLE
 
 

@@ -1,9 +1,9 @@
-"""``kvmsim run``: a command run against a simulated host, intercepted one of two ways
-(``--intercept``): by seccomp user notification below libc (kvmsim.seccomp: native programs,
-static or dynamic, C, Go, Python), or through the preload shim and a server on a private
-socket (POWER binaries under qemu-user, kernels without user notification).  The command's
-exit code is returned; the server or supervisor and the run's directory are removed however
-the command ends (normal exit, crash, or Ctrl-C, which is forwarded to it).
+"""``kvmsim run --intercept preload``: a command run against a simulated host through the
+preload shim and a server on a private socket (a fresh 0700 directory) — the way for POWER
+binaries under qemu-user and kernels without seccomp user notification (kvmsim.seccomp is
+the other way, below libc).  The command's exit code is returned; the server and the run's
+directory are removed however the command ends (normal exit, crash, or Ctrl-C, which is
+forwarded to it).
 
 A POWER binary (``--arch ppc64le|ppc64``, or found from its ELF header) runs under the
 matching qemu-user with a shim cross-built for it; its byte order must be the host
@@ -11,11 +11,12 @@ profile's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,31 +168,20 @@ def prepare(
 
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-Intercept = Literal["auto", "seccomp", "preload"]
 
 
-def choose_intercept(
-    kernel: BootedKernel, command: Sequence[str], arch: str | None, asked: Intercept = "auto"
-) -> tuple[Literal["seccomp", "preload"], str]:
-    """How ``command`` is intercepted, and why (the trace's first line says both)."""
-    from ..seccomp.launch import unavailable
-
-    foreign = target_arch(host_answer(kernel), command, arch)
-    if asked == "preload":
-        return "preload", "asked for (--intercept preload)"
-    if foreign is not None:
-        if asked == "seccomp":
-            raise RunError(
-                f"{command[0]}: a {foreign} binary runs under qemu-user, which passes no KVM ioctl to this "
-                "machine's kernel: the seccomp path cannot serve it (--intercept preload)"
-            )
-        return "preload", f"a {foreign} binary under qemu-user: the shim inside it"
-    why = unavailable()
-    if why is not None:
-        if asked == "seccomp":
-            raise StartError(f"--intercept seccomp: {why}")
-        return "preload", f"{why}: the preload shim instead"
-    return "seccomp", "user notification below libc: static, dynamic and Go programs alike"
+@contextlib.contextmanager
+def run_directory() -> Iterator[trust.Dir]:
+    """The run's private directory (0700, flock-held: kvmsim.preload.trust), removed however
+    the run ends."""
+    try:
+        workdir = trust.temp_dir("kvmsim-run-")
+    except OSError as exc:
+        raise StartError(f"no private directory for the run: {exc}") from None
+    try:
+        yield workdir
+    finally:
+        workdir.remove()
 
 
 def run(
@@ -201,64 +191,26 @@ def run(
     arch: str | None = None,
     trace: Callable[[Call], None] | None = None,
     allow_unreached: bool = False,
-    intercept: Literal["seccomp", "preload"] = "preload",
 ) -> int:
-    """Run ``command`` against ``kernel``; its exit code (128 + N when killed by signal N)."""
-    try:
-        workdir = trust.temp_dir("kvmsim-run-")
-    except OSError as exc:
-        raise StartError(f"no private directory for the run: {exc}") from None
-    try:
+    """Run ``command`` against ``kernel`` through the shim and a server of its own; its exit
+    code (128 + N when killed by signal N)."""
+    with run_directory() as workdir:
         view = host_view(kernel, workdir.subdir("root"))
-        if intercept == "seccomp":
-            return _supervised(kernel, command, view, trace)
-        return _served(kernel, command, workdir, view, arch, trace, allow_unreached)
-    finally:
-        workdir.remove()
+        try:
+            server = Server(kernel, workdir / "kvm.sock", trace=trace)
+        except ServerError as exc:
+            raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
+        try:
+            argv, env = prepare(
+                host_answer(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached
+            )
+            server.start()
+            return wait_forwarding(subprocess.Popen(argv, env=env))
+        finally:
+            server.stop()
 
 
-def _served(
-    kernel: BootedKernel,
-    command: Sequence[str],
-    workdir: trust.Dir,
-    view: str,
-    arch: str | None,
-    trace: Callable[[Call], None] | None,
-    allow_unreached: bool,
-) -> int:
-    """The preload path: a server on the run's socket, the shim in the command."""
-    try:
-        server = Server(kernel, workdir / "kvm.sock", trace=trace)
-    except ServerError as exc:
-        raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
-    try:
-        argv, env = prepare(host_answer(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached)
-        server.start()
-        return _wait(subprocess.Popen(argv, env=env))
-    finally:
-        server.stop()
-
-
-def _supervised(kernel: BootedKernel, command: Sequence[str], view: str, trace: Callable[[Call], None] | None) -> int:
-    """The seccomp path: the command under the filter, this process its supervisor."""
-    from ..seccomp.launch import launch
-    from ..seccomp.supervisor import Supervisor
-
-    launched = launch(command)
-    supervisor = Supervisor(kernel, launched.listener, root=view, trace=trace)
-    thread = supervisor.start()
-    try:
-        failed = launched.exec_error()
-        if failed is not None:
-            raise failed
-        return _wait(launched.proc)
-    finally:
-        supervisor.stop()
-        thread.join()
-        supervisor.close()
-
-
-def _wait(proc: subprocess.Popen[bytes]) -> int:
+def wait_forwarding(proc: subprocess.Popen[bytes]) -> int:
     """The command's exit code, with SIGTERM/SIGHUP/SIGQUIT and Ctrl-C passed on to it."""
     previous: dict[int, Any] = {}
     try:

@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,9 +61,9 @@ class Launched:
             data = self.report.recv(4)
         if len(data) < 4:
             return None
-        err = int.from_bytes(data, "little")
+        err = int.from_bytes(data, sys.byteorder)
         self.proc.wait()
-        return (FileNotFoundError if err == 2 else PermissionError)(err, os.strerror(err))
+        return OSError(err, os.strerror(err))  # FileNotFoundError, PermissionError, ... by errno
 
 
 def launch(command: Sequence[str], env: dict[str, str] | None = None, stdout: int | None = None) -> Launched:

@@ -11,6 +11,8 @@
  *
  * SOCK_FD is close-on-exec: the supervisor sees it close when the exec succeeded; when the
  * exec fails the errno is written to it first (as CPython's subprocess reports exec errors).
+ * PROGRAM is looked up on $PATH as subprocess does: no /bin/sh for a file the kernel will not
+ * execute (ENOEXEC is an error, as under the preload path), EACCES reported over ENOENT.
  * Exit 125 when the filter cannot be installed, with one line on stderr. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -60,6 +62,35 @@ static int send_fd(int sock, int fd)
 	return r == 1 ? 0 : -1;
 }
 
+/* execvp() without its /bin/sh fallback; the errno to report when nothing ran */
+static int exec_path(const char *file, char **args)
+{
+	extern char **environ;
+	if (strchr(file, '/')) {
+		execve(file, args, environ);
+		return errno;
+	}
+	const char *path = getenv("PATH");
+	if (!path)
+		path = "/usr/local/bin:/usr/bin:/bin";
+	int err = ENOENT;
+	for (const char *p = path;; p++) {
+		const char *end = strchrnul(p, ':');
+		char full[4096];
+		int len = snprintf(full, sizeof(full), "%.*s%s%s", (int)(end - p), p, end > p ? "/" : "", file);
+		if (len > 0 && (size_t)len < sizeof(full)) {
+			execve(full, args, environ);
+			if (errno == EACCES)
+				err = EACCES;
+			else if (errno != ENOENT && errno != ENOTDIR)
+				return errno;
+		}
+		if (!*end)
+			return err;
+		p = end;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 4) {
@@ -98,8 +129,7 @@ int main(int argc, char **argv)
 	close((int)listener);
 	if (fcntl(sock, F_SETFD, FD_CLOEXEC))
 		return fail("F_SETFD");
-	execvp(argv[3], argv + 3);
-	int err = errno;
+	int err = exec_path(argv[3], argv + 3);
 	ssize_t w;
 	do
 		w = write(sock, &err, sizeof(err));
