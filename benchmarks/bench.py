@@ -9,7 +9,10 @@ The rows (issue 16's targets):
 1. per-test fixture cost: ``kvm_host`` set-up + tear-down <= 2x what pyfakefs's ``fs`` adds;
 2. the shim per call <= 3x the in-process ``sys_ioctl`` of the same request, and >= 8x faster
    than umockdev's preload answering the same request from a Python ``IoctlBase`` handler;
-3. programs attached to one server: per-program overhead <= 2x ``umockdev-run``'s;
+3. programs attached to one server: per-program overhead <= 2x ``umockdev-run``'s; the seccomp
+   path (``kvmsim run --intercept seccomp``): an ioctl >= 8x faster than umockdev's, printed
+   beside the preload channel's, what an ordinary open(2) costs extra (with its floor), and
+   the start of a static program;
 4. start-up, as ratios to an interpreter that imports attrs (the floor, measured alternately in
    the same rounds, with bytecode caching as an installed package has it): ``kvm-compat-caps
    --device`` <= 1.25x, ``--sim`` <= 1.5x, ``kvmsim run --host`` with its own server <= 2x;
@@ -353,14 +356,14 @@ def fetch_umockdev() -> Umockdev | str:
     return found if probe.returncode == 0 else f"umockdev-run does not run here: {probe.stderr.strip()[:120]}"
 
 
-def umockdev_ioctl_row(um: Umockdev | str, loop: Path, shim_check: float | None) -> Row:
+def umockdev_ioctl_row(um: Umockdev | str, loop: Path, shim_check: float | None) -> tuple[Row, float | None]:
     name = "umockdev: the same KVM_CHECK_EXTENSION from a Python IoctlBase handler"
     target = "shim >= 8x faster"
     if isinstance(um, str) or shim_check is None:
-        return skipped(name, um if isinstance(um, str) else "the shim was not measured", target)
+        return skipped(name, um if isinstance(um, str) else "the shim was not measured", target), None
     python3 = "/usr/bin/python3"
     if subprocess.run([python3, "-c", "import gi"], capture_output=True).returncode != 0:
-        return skipped(name, "Debian's python3-gi is not installed (apt-get install python3-gi)", target)
+        return skipped(name, "Debian's python3-gi is not installed (apt-get install python3-gi)", target), None
     with serving() as (kernel, _server):
         args = check_args(kernel)
     with tempfile.TemporaryDirectory() as tmp:
@@ -371,12 +374,74 @@ def umockdev_ioctl_row(um: Umockdev | str, loop: Path, shim_check: float | None)
         for _ in range(3):
             out = subprocess.run(argv, env=um.env, capture_output=True, text=True, timeout=300)
             if out.returncode != 0:
-                return skipped(name, f"the handler failed: {out.stderr.strip()[-160:]}", target)
+                return skipped(name, f"the handler failed: {out.stderr.strip()[-160:]}", target), None
             runs.append(float(out.stdout) * 1e-9)
     seconds = statistics.median(runs)
-    return Row(
+    row = Row(
         name, seconds, target, seconds >= 8 * shim_check, f"the shim's {fmt(shim_check)}: {seconds / shim_check:.0f}x"
     )
+    return row, seconds
+
+
+# -- the seccomp path ---------------------------------------------------------------------------
+
+
+def under_seccomp(loop: Path, *args: str) -> float:
+    """ioctl_loop's mean seconds a call under ``kvmsim run --intercept seccomp`` (its own
+    timing: the run's start is not in it)."""
+    argv = [str(BIN / "kvmsim"), "run", "--host", HOST, "--intercept", "seccomp", "--", str(loop), *args]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"ioctl_loop {' '.join(args)} under seccomp: {out.stderr.strip()[-200:]}")
+    return float(out.stdout) * 1e-9
+
+
+def seccomp_rows(loop: Path, shim_check: float | None, umockdev_check: float | None) -> list[Row]:
+    from kvmsim.seccomp.launch import unavailable
+
+    why = unavailable()
+    names = (
+        "seccomp per call: KVM_CHECK_EXTENSION (C)",
+        "seccomp per call: compat caps (C)",
+        "seccomp: the extra cost of an open(2) of an ordinary path",
+        f"kvmsim run --host {HOST} -- a static /bin/true (seccomp)",
+    )
+    if why is not None:
+        return [skipped(name, why) for name in names]
+    kernel = Kernel.from_profile(HOST)
+    check = statistics.median(under_seccomp(loop, "check", "5000", *check_args(kernel)) for _ in range(5))
+    caps = [hex(kernel.KVM_CREATE_VM), hex(kernel.KVM_PPC_GET_COMPAT_CAPS or 0)]
+    compat = statistics.median(under_seccomp(loop, "caps", "5000", *caps) for _ in range(5))
+    opened = statistics.median(under_seccomp(loop, "open", "5000", "/etc/hostname") for _ in range(5))
+    bare = statistics.median(loop_round(loop, dict(os.environ), "open", "5000", "/etc/hostname")() for _ in range(5))
+    beside = f"the preload channel's {fmt(shim_check)}" if shim_check else "the preload channel not measured"
+    rows = []
+    if umockdev_check is None:
+        rows.append(skipped(names[0], "umockdev was not measured", ">= 8x faster than umockdev's"))
+    else:
+        rows.append(
+            Row(
+                names[0],
+                check,
+                ">= 8x faster than umockdev's",
+                umockdev_check >= 8 * check,
+                f"umockdev's {fmt(umockdev_check)}: {umockdev_check / check:.0f}x; {beside}",
+            )
+        )
+    rows.append(Row(names[1], compat, note="a notification, /proc/PID/fd, process_vm_readv/writev, the kernel"))
+    rows.append(Row(names[2], opened - bare, note=f"floor: the same open without the filter, {fmt(bare)}"))
+    with tempfile.TemporaryDirectory() as tmp:
+        true = Path(tmp, "true")
+        src = Path(tmp, "true.c")
+        src.write_text("int main(void) { return 0; }\n")
+        if subprocess.run(["cc", "-static", "-O2", "-o", str(true), str(src)], capture_output=True).returncode != 0:
+            rows.append(skipped(names[3], "no static libc here"))
+        else:
+            env = cached_bytecode_env()
+            start = run_time([str(BIN / "kvmsim"), "run", "--host", HOST, "--", str(true)], env=env, number=3)
+            floor = run_time(FLOOR, env=env, number=3)
+            rows.append(Row(names[3], start, note=f"{start / floor:.2f}x the attrs floor ({fmt(floor)})"))
+    return rows
 
 
 # -- 3. many programs, one server -------------------------------------------------------------
@@ -682,10 +747,12 @@ def collect(*, lab: bool) -> list[Row]:
         sys.exit(f"kvmsim-bench: {exc}")
     um = fetch_umockdev()
     shim_part, shim_check = shim_rows(loop, shim)
+    umock_row, umock_check = umockdev_ioctl_row(um, loop, shim_check)
     return [
         *fixture_rows(),
         *shim_part,
-        umockdev_ioctl_row(um, loop, shim_check),
+        umock_row,
+        *seccomp_rows(loop, shim_check, umock_check),
         *program_rows(um, shim),
         *start_rows(),
         lab_row(lab),

@@ -5,6 +5,7 @@
  *   ioctl_loop check N REQUEST ARG EXPECT   ioctl(/dev/kvm fd, REQUEST, ARG) must return EXPECT
  *   ioctl_loop caps N CREATE_VM CAPS        create a VM, then the 24-byte compat caps ioctl
  *                                           (size 24, flags 0) must return 0 each time
+ *   ioctl_loop open N PATH                  open(PATH) and close it: an ordinary file's cost
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,18 +26,31 @@ static double now_ns(void)
 
 int main(int argc, char **argv)
 {
-	if (argc < 5) {
-		fprintf(stderr, "usage: ioctl_loop check N REQUEST ARG EXPECT | caps N CREATE_VM CAPS\n");
+	if (argc < 4) {
+		fprintf(stderr, "usage: ioctl_loop check N REQUEST ARG EXPECT | caps N CREATE_VM CAPS | open N PATH\n");
 		return 2;
 	}
 	long n = strtol(argv[2], NULL, 0);
+	double start;
+	if (!strcmp(argv[1], "open")) {
+		start = now_ns();
+		for (long i = 0; i < n; i++) {
+			int f = open(argv[3], O_RDONLY | O_CLOEXEC);
+			if (f < 0) {
+				perror("ioctl_loop: open");
+				return 1;
+			}
+			close(f);
+		}
+		printf("%.1f\n", (now_ns() - start) / (double)n);
+		return 0;
+	}
 	unsigned long request = strtoul(argv[3], NULL, 0);
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
 		perror("ioctl_loop: /dev/kvm");
 		return 1;
 	}
-	double start;
 	if (!strcmp(argv[1], "check") && argc == 6) {
 		unsigned long arg = strtoul(argv[4], NULL, 0);
 		long expect = strtol(argv[5], NULL, 0);
@@ -48,7 +62,7 @@ int main(int argc, char **argv)
 				return 1;
 			}
 		}
-	} else if (!strcmp(argv[1], "caps")) {
+	} else if (!strcmp(argv[1], "caps") && argc == 5) {
 		unsigned long caps = strtoul(argv[4], NULL, 0);
 		int vm = ioctl(fd, request, 0);
 		uint64_t buf[3];
