@@ -300,3 +300,42 @@ def test_the_filter_is_the_programs_alone_and_its_listener_is_not_in_it() -> Non
     kvmsim run itself is not filtered, and the listener never reaches the program."""
     r = under_run(STATUS)
     assert r.stdout.split() == ["2", "1", "0", "False"], r.stderr
+
+
+POLL = """
+import os, select
+dev = os.open("/dev/kvm", os.O_RDWR)
+p = select.poll()
+p.register(dev, select.POLLIN | select.POLLOUT)
+(fd, events), = p.poll(0)
+print(bool(events & select.POLLIN), bool(events & select.POLLOUT))
+"""
+
+REAL_FD = """
+import fcntl, sys
+try:
+    print(fcntl.ioctl(int(sys.argv[1]), 0xAE00, 0))
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+@needs_seccomp
+def test_poll_of_a_simulated_fd_is_the_devices_default_mask() -> None:
+    """/dev/kvm has no poll op: DEFAULT_POLLMASK, readable and writable at once."""
+    assert under_run(POLL).stdout.split() == ["True", "True"]
+
+
+@needs_seccomp
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm here")
+def test_a_real_dev_kvm_fd_brought_into_the_run_is_refused_not_reached() -> None:
+    real = os.open("/dev/kvm", os.O_RDWR)
+    try:
+        r = subprocess.run(
+            [str(KVMSIM), "run", "--host", "x86_64", "--intercept", "seccomp", "--",
+             sys.executable, "-c", REAL_FD, str(real)],
+            capture_output=True, text=True, timeout=60, pass_fds=(real,),
+        )  # fmt: skip
+    finally:
+        os.close(real)
+    assert r.stdout.strip() == "1", r.stderr  # EPERM, where the real kernel would answer 12

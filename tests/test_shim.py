@@ -246,3 +246,20 @@ def test_the_shims_protocol_constants_come_from_the_python_side() -> None:
     h = shimdefs.header()
     assert f"#define SHM_CAPACITY {channel.CAPACITY}u" in h and f"#define RESULT_SIZE {w.RESULT.size}u" in h
     assert all(f"{m.name} = {m.value}" in h for m in w.Msg)
+
+
+@pytest.mark.parametrize("intercept", ["seccomp", "preload"])
+def test_kvmsim_run_passes_the_callers_descriptors_on(intercept: str, tmp_path: Path) -> None:
+    """As any wrapper does (env, nice, timeout): CMD gets the fds kvmsim run was given."""
+    given = tmp_path / "given"
+    given.write_text("from the caller")
+    fd = os.open(given, os.O_RDONLY)
+    try:
+        r = subprocess.run(
+            [str(Path(sys.executable).parent / "kvmsim"), "run", "--host", "powervm-p11", "--intercept", intercept,
+             "--", sys.executable, "-c", f"import os; print(os.read({fd}, 100).decode())"],
+            capture_output=True, text=True, timeout=60, pass_fds=(fd,),
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert r.stdout.strip() == "from the caller", r.stderr

@@ -205,7 +205,7 @@ def run(
                 host_answer(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached
             )
             server.start()
-            return wait_forwarding(subprocess.Popen(argv, env=env))
+            return wait_forwarding(subprocess.Popen(argv, env=env, close_fds=False))  # the caller's fds 3+ pass
         finally:
             server.stop()
 

@@ -72,11 +72,12 @@ def launch(command: Sequence[str], env: dict[str, str] | None = None, stdout: in
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
+        os.set_inheritable(r, True)
+        os.set_inheritable(theirs.fileno(), True)
+        # close_fds=False: CMD gets what the caller gave kvmsim run (fds 3+, as any wrapper
+        # passes them); kvmsim's own fds are close-on-exec (PEP 446), these two the launcher's
         proc = subprocess.Popen(
-            [str(launcher), str(r), str(theirs.fileno()), *command],
-            env=env,
-            stdout=stdout,
-            pass_fds=(r, theirs.fileno()),
+            [str(launcher), str(r), str(theirs.fileno()), *command], env=env, stdout=stdout, close_fds=False
         )
     finally:
         os.close(r)
