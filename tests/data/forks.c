@@ -4,7 +4,8 @@
  *
  *   forks MODE N    MODE: fork (libc), rawfork (syscall(SYS_fork): no atfork handlers),
  *                   clone (clone(SIGCHLD) by syscall), vfork (the child closes every fd with
- *                   close_range, then _exit: the parent's files must survive).
+ *                   close_range, then _exit: the parent's files must survive), vfork-closefrom
+ *                   (closefrom(3)), vfork-loop (close(fd) for each fd from 3 to 1023).
  *   The parent asks KVM_CHECK_EXTENSION(250) on its VM fd (1); each child opens /dev/kvm
  *   itself and asks KVM_GET_API_VERSION (12); N calls in each of 2 threads of each process.
  *   An inherited VM fd in a child is the parent's file (INHERITED "shared", the real kernel's
@@ -96,11 +97,18 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	pid_t pid;
-	if (!strcmp(mode, "vfork")) {
+	if (!strncmp(mode, "vfork", 5)) {
 		pid = vfork();
 		if (pid == 0) {
-			syscall(SYS_close_range, 3, ~0u, 0); /* what a spawn's close_fds does, raw */
-			close_range(3, ~0u, 0);              /* and through libc (the shim sees this one) */
+			if (!strcmp(mode, "vfork-closefrom"))
+				closefrom(3);
+			else if (!strcmp(mode, "vfork-loop"))
+				for (int fd = 3; fd < 1024; fd++)
+					close(fd);
+			else {
+				syscall(SYS_close_range, 3, ~0u, 0); /* what a spawn's close_fds does, raw */
+				close_range(3, ~0u, 0);              /* and through libc (the shim sees this one) */
+			}
 			_exit(0);
 		}
 	} else if (!strcmp(mode, "rawfork"))
