@@ -24,8 +24,9 @@ PPC = ARCHES["ppc64le"]
 
 def test_the_guest_asks_every_probe_the_simulator_is_checked_with() -> None:
     table = build.probes_h()
-    probes = list(probe.kvm_probes(REVISIONS.values()))
+    probes = list(probe.kvm_probes(REVISIONS.values(), sweep=True))
     assert table.count("\n\t{") == len(probes)
+    assert all(f'"cap {n} on {fd}", ' in table for n in probe.SWEEP_CAPS for fd in ("dev", "vm"))
     for p in probes:
         assert f'"{p.name}", ' in table
     assert '"linux-7.3 ioctl size 65537", FD_VM, 0x2000aeb8UL, ARG_BUF, 65537UL' in table

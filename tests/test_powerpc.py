@@ -12,7 +12,7 @@ import attrs
 import pytest
 from conftest import BEHAVIOUR, REVS, Vm, caps, evolved
 
-from kvmsim import Kernel, ProfileError
+from kvmsim import Kernel, KvmError, ProfileError
 from kvmsim.kernel import profile
 from kvmsim.kernel.revisions import LINUX_7_3, REVISIONS, AbiRevision
 from kvmsim.kernel.uapi import ARCHES, POWER11
@@ -386,3 +386,45 @@ def test_a_kvm_hv_parameter_on_a_host_without_kvm_hv_is_one_line() -> None:
     text = profile.resolve("powernv-p10").read_text().replace('modules = ["kvm_hv"]', "modules = []")
     with pytest.raises(ProfileError, match=r"kvm_hv\.nested: a parameter of kvm_hv"):
         profile.parse(text + "\n[kvm_hv]\nnested = false\n", name="x", where="x")
+
+
+# -- kvm_vm_ioctl_check_extension: the capabilities host facts decide (the lab's recordings
+# hold every number 0-300 on both fds; these are the rows a profile changes) --------------------
+
+CAP_TABLE = [
+    # cap, host, on /dev/kvm, on a VM (None: no VM can be made)
+    (115, "powernv-p10", 1, 1),  # KVM_CAP_PPC_HWRNG: powernv's RNG
+    (115, "powervm-p11", 1, 1),  # ... or PowerVM's H_RANDOM
+    (115, "qemu-nested-hv-p10", 0, 0),  # QEMU's pseries has none without spapr-rng
+    (169, "powernv-p10", 1, 1),  # KVM_CAP_PPC_IRQ_XIVE: native XIVE on PowerNV only
+    (169, "qemu-nested-papr-p10", 0, 0),
+    (82, "kvm-l1-p10", 0, 0),  # KVM_CAP_IRQFD_RESAMPLE: not under XIVE (POWER9 on)
+    (194, "qemu-nested-hv-p10", 1, 1),  # KVM_CAP_PPC_DAWR1: POWER10's second DAWR
+    (194, "qemu-nested-hv-p10-compat-p9", 0, 0),  # ... not in POWER9 mode
+    (194, "qemu-no-nesting-p10", 0, None),  # ... nor without kvm_hv
+    (48, "qemu-nested-hv-p10", 0, 0),  # KVM_CAP_PPC_PAIRED_SINGLES: PR only
+    (48, "qemu-no-nesting-p10", 1, None),
+    (48, "pseries-kvm-pr", 1, 1),  # a PR VM
+    (80, "pseries-kvm-pr", 0, 0),  # KVM_CAP_PPC_ALLOC_HTAB: HV only
+    (9, "qemu-nested-hv-p10", 1, 1),  # KVM_CAP_NR_VCPUS: the partition's one cpu
+    (128, "qemu-nested-hv-p10", 16384, 16384),  # KVM_CAP_MAX_VCPU_ID: 8 threads x NR_CPUS
+    (32, "qemu-nested-hv-p10", 1, 1),  # KVM_CAP_IRQFD: CONFIG_HAVE_KVM_IRQCHIP
+    (77, "qemu-nested-hv-p10", 0, 0),  # KVM_CAP_SIGNAL_MSI: no CONFIG_HAVE_KVM_MSI on powerpc
+    (77, "x86_64", 1, 1),
+    (15, "x86_64", 2, 2),  # KVM_CAP_COALESCED_MMIO: KVM_COALESCED_MMIO_PAGE_OFFSET
+    (210, "qemu-powernv9", 1, 1),  # KVM_CAP_PPC_AIL_MODE_3
+    (210, "qemu-no-nesting-p10", 0, None),
+]
+
+
+@pytest.mark.parametrize(("cap", "host", "on_dev", "on_vm"), CAP_TABLE)
+def test_a_capability_host_facts_decide(cap: int, host: str, on_dev: int, on_vm: int | None) -> None:
+    k = Kernel.from_profile(host)
+    dev = k.open()
+    assert k.ioctl(dev, k.KVM_CHECK_EXTENSION, cap) == on_dev
+    try:
+        vm = int(k.ioctl(dev, k.KVM_CREATE_VM, 0))
+    except KvmError:
+        assert on_vm is None
+        return
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, cap) == on_vm

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, Self
 
 import attrs
 
-from . import profile
+from . import kconfig, profile
 from .errors import KvmError
 from .powerpc import PowerpcKvm
 from .profile import Host
@@ -203,6 +203,7 @@ class BootedKernel:
         self.host, self.rev, self.ksize = host, rev, ksize
         self.dmesg: list[str] = []
         self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else X86Kvm(host)
+        self._configured = (kconfig.POWERPC if host.arch.is_powerpc else kconfig.X86).answers()
         (
             self.KVM_GET_API_VERSION,
             self.KVM_CREATE_VM,
@@ -244,4 +245,7 @@ class BootedKernel:
             return 1
         if ext == KVM_CAP_NR_MEMSLOTS:
             return self.kvm.user_mem_slots
+        configured = self._configured.get(ext)  # what the build's CONFIG_* options answer
+        if configured is not None:
+            return configured
         return self.kvm.check_extension(ext, vm)

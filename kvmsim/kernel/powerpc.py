@@ -16,12 +16,49 @@ from .profile import Host
 from .requests import byte_swapped_hint
 from .revisions import AbiRevision
 from .uapi import (
+    KVM_CAP_ENABLE_CAP,
+    KVM_CAP_IMMEDIATE_EXIT,
+    KVM_CAP_IOEVENTFD,
+    KVM_CAP_IRQ_XICS,
+    KVM_CAP_IRQFD_RESAMPLE,
+    KVM_CAP_MAX_VCPU_ID,
     KVM_CAP_MAX_VCPUS,
+    KVM_CAP_NR_VCPUS,
+    KVM_CAP_ONE_REG,
+    KVM_CAP_PPC_AIL_MODE_3,
+    KVM_CAP_PPC_ALLOC_HTAB,
+    KVM_CAP_PPC_DAWR1,
+    KVM_CAP_PPC_ENABLE_HCALL,
+    KVM_CAP_PPC_FIXUP_HCALL,
+    KVM_CAP_PPC_FWNMI,
+    KVM_CAP_PPC_GET_CPU_CHAR,
+    KVM_CAP_PPC_GET_PVINFO,
+    KVM_CAP_PPC_GET_SMMU_INFO,
+    KVM_CAP_PPC_GUEST_DEBUG_SSTEP,
+    KVM_CAP_PPC_HIOR,
+    KVM_CAP_PPC_HTAB_FD,
+    KVM_CAP_PPC_HWRNG,
+    KVM_CAP_PPC_IRQ_LEVEL,
+    KVM_CAP_PPC_IRQ_XIVE,
     KVM_CAP_PPC_MMU_HASH_V3,
     KVM_CAP_PPC_MMU_RADIX,
     KVM_CAP_PPC_NESTED_HV,
+    KVM_CAP_PPC_OSI,
+    KVM_CAP_PPC_PAIRED_SINGLES,
+    KVM_CAP_PPC_PAPR,
+    KVM_CAP_PPC_RPT_INVALIDATE,
+    KVM_CAP_PPC_RTAS,
+    KVM_CAP_PPC_SECURE_GUEST,
+    KVM_CAP_PPC_SEGSTATE,
     KVM_CAP_PPC_SMT,
     KVM_CAP_PPC_SMT_POSSIBLE,
+    KVM_CAP_PPC_UNSET_IRQ,
+    KVM_CAP_SET_GUEST_DEBUG,
+    KVM_CAP_SPAPR_MULTITCE,
+    KVM_CAP_SPAPR_RESIZE_HPT,
+    KVM_CAP_SPAPR_TCE,
+    KVM_CAP_SPAPR_TCE_64,
+    KVM_CAP_SPAPR_TCE_VFIO,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
@@ -30,6 +67,28 @@ from .uapi import (
 from .usermem import Fault, NonZeroTail, UserAccess
 
 THREADS_PER_SUBCORE = 8  # POWER8 in HV mode; ISA 3.0 cores run each thread independently
+MAX_SMT_THREADS = 8  # asm/kvm_book3s_asm.h
+
+
+def xive_enabled(host: Host) -> bool:
+    """xive_enabled(): POWER9 and later run the XIVE interrupt controller (exploitation mode
+    under PowerVM and QEMU, native on PowerNV)."""
+    return host.cpu.isa_300
+
+
+# cases every book3s-64 kernel answers 1 (powerpc.c: the !BOOKE list, the generic ones it
+# handles itself, CONFIG_PPC_BOOK3S_64's TCE/RTAS/hcall list, KVM_CAP_IRQ_XICS)
+ALWAYS = frozenset(
+    {
+        KVM_CAP_PPC_SEGSTATE, KVM_CAP_PPC_HIOR, KVM_CAP_PPC_PAPR, KVM_CAP_PPC_UNSET_IRQ, KVM_CAP_PPC_IRQ_LEVEL,
+        KVM_CAP_ENABLE_CAP, KVM_CAP_ONE_REG, KVM_CAP_IOEVENTFD, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SET_GUEST_DEBUG,
+        KVM_CAP_SPAPR_TCE, KVM_CAP_SPAPR_TCE_64, KVM_CAP_SPAPR_TCE_VFIO, KVM_CAP_PPC_RTAS, KVM_CAP_PPC_FIXUP_HCALL,
+        KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_IRQ_XICS, KVM_CAP_PPC_GET_CPU_CHAR,
+    }
+)  # fmt: skip
+PR_ONLY = frozenset(
+    {KVM_CAP_PPC_GUEST_DEBUG_SSTEP, KVM_CAP_PPC_PAIRED_SINGLES, KVM_CAP_PPC_OSI, KVM_CAP_PPC_GET_PVINFO}
+)
 KVM_USER_MEM_SLOTS = 32767  # KVM_MEM_SLOTS_NUM (SHRT_MAX), no internal slots on powerpc
 
 
@@ -80,28 +139,70 @@ class PowerpcKvm:
         return ["kvm", *[name for name, ops in (("kvm_hv", self.hv), ("kvm_pr", self.pr)) if ops is not None]]
 
     # kvm_vm_ioctl_check_extension(): hv_enabled is "kvm_hv is loaded" without a VM, and
-    # "this VM is HV" with one
+    # "this VM is HV" with one; the cases in the order of powerpc.c's switch
     def check_extension(self, ext: int, vm: Vm | None) -> int:
         hv = self.hv
         hv_enabled = vm.hv if vm is not None else hv is not None
         if self.abi is not None and self.steps is not None and ext == self.abi.cap:
             return int(self.steps.cap_rule(self, hv_enabled))
+        if ext in ALWAYS:
+            return 1
+        if ext in PR_ONLY:  # "We support this only for PR"
+            return int(not hv_enabled)
+        host = self.host
+        if ext == KVM_CAP_PPC_IRQ_XIVE:  # XIVE, and PowerNV: nested has no native XIVE
+            return int(xive_enabled(host) and host.platform == "powernv")
+        if ext == KVM_CAP_IRQFD_RESAMPLE:
+            return int(not xive_enabled(host))
+        if ext == KVM_CAP_PPC_ALLOC_HTAB:
+            return int(hv_enabled)
+        if host.book3s_hv:  # CONFIG_KVM_BOOK3S_HV_POSSIBLE
+            answer = self._hv_possible(ext, vm, hv, hv_enabled)
+            if answer is not None:
+                return answer
+        if ext == KVM_CAP_NR_VCPUS:  # present CPUs for HV, online ones otherwise: here the same
+            return min(host.present_cpus, host.kvm_max_vcpus)
+        if ext == KVM_CAP_MAX_VCPUS:
+            return host.kvm_max_vcpus
+        if ext == KVM_CAP_MAX_VCPU_ID:  # KVM_MAX_VCPU_IDS: MAX_SMT_THREADS * KVM_MAX_VCORES with HV
+            return host.kvm_max_vcpus * (MAX_SMT_THREADS if host.book3s_hv else 1)
+        if ext in (KVM_CAP_PPC_GET_SMMU_INFO, KVM_CAP_SPAPR_MULTITCE):
+            return 1
+        if ext == KVM_CAP_SPAPR_RESIZE_HPT:
+            return int(hv_enabled)
+        if ext == KVM_CAP_PPC_AIL_MODE_3:
+            # pseries: the hypervisor relocates interrupts (H_SET_MODE AIL 3: QEMU and PowerVM
+            # both); powernv: ISA 2.07S without POWER9's radix prefetch bug (not modelled)
+            return int(hv_enabled)
+        return 0  # KVM_CAP_PPC_HTM: no HTM (POWER10+ has none, TCG offers none); and the rest
+
+    def _hv_possible(self, ext: int, vm: Vm | None, hv: HvModule | None, hv_enabled: bool) -> int | None:
+        """The cases under ``#ifdef CONFIG_KVM_BOOK3S_HV_POSSIBLE``; None for any other."""
         isa_300 = self.host.cpu.isa_300
         if ext == KVM_CAP_PPC_SMT:
             if vm is not None:
                 return (1 if isa_300 else THREADS_PER_SUBCORE) if vm.hv else 0  # kvm->arch.smt_mode
             return (1 if isa_300 else THREADS_PER_SUBCORE) if hv_enabled else 0
         if ext == KVM_CAP_PPC_SMT_POSSIBLE:
-            return (8 | 4 | 2 | 1) if hv_enabled else 1
+            return (8 | 4 | 2 | 1) if hv_enabled and isa_300 else (THREADS_PER_SUBCORE * 2 - 1) if hv_enabled else 1
+        if ext == KVM_CAP_PPC_HWRNG:  # ppc_md.get_random_seed: powernv's RNG, or pseries' H_RANDOM
+            return int(self.host.platform == "powernv" or self.host.hypervisor.kind == "powervm")
         if ext == KVM_CAP_PPC_MMU_RADIX:
             return int(hv_enabled and self.host.mmu == "radix")
         if ext == KVM_CAP_PPC_MMU_HASH_V3:
             return int(hv_enabled and hv is not None and hv.hash_v3_possible())
         if ext == KVM_CAP_PPC_NESTED_HV:
             return int(hv_enabled and hv is not None and hv.enable_nested())
-        if ext == KVM_CAP_MAX_VCPUS:
-            return self.host.kvm_max_vcpus
-        return 0
+        if ext in (KVM_CAP_PPC_HTAB_FD, KVM_CAP_PPC_FWNMI):
+            return int(hv_enabled)
+        if ext == KVM_CAP_PPC_SECURE_GUEST:  # enable_svm(NULL): an ultravisor, not modelled
+            return 0
+        if ext == KVM_CAP_PPC_DAWR1:  # kvmhv_enable_dawr1(NULL): CPU_FTR_DAWR1, POWER10 on
+            mode = self.host.cpu.effective
+            return int(hv_enabled and mode is not None and mode.level >= 10)
+        if ext == KVM_CAP_PPC_RPT_INVALIDATE:
+            return 1
+        return None
 
     # kvm_arch_init_vm(): type 0 prefers HV, then PR
     def init_vm(self, type_: int) -> Vm:

@@ -110,6 +110,12 @@ class Host:
     # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
     recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
+    @property
+    def present_cpus(self) -> int:
+        """num_present_cpus(): one for each cpu node of the device tree (one thread each: the
+        profiles describe partitions, not their SMT), at least one."""
+        return max(1, len(self.cpu_nodes))
+
 
 # ---------------------------------------------------------------------------
 # reading

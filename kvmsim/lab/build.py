@@ -25,9 +25,9 @@ def _c_string(text: str) -> str:
 
 
 def probes_h() -> str:
-    """``kvmsim.probe.kvm_probes()`` for ppc64le, as the prober's C table."""
+    """``kvmsim.probe.kvm_probes(sweep=True)`` for ppc64le, as the prober's C table."""
     rows = []
-    for p in probe.kvm_probes(REVISIONS.values()):
+    for p in probe.kvm_probes(REVISIONS.values(), sweep=True):
         arg = p.arg(ARCH)
         fd = "FD_DEV" if p.fd == "dev" else "FD_VM"
         if isinstance(arg, bytes):

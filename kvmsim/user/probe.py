@@ -153,15 +153,19 @@ def probed_caps(revisions: Iterable[AbiRevision]) -> list[int]:
     return sorted(caps | set(STARTUP_CAPS.values()) | GENERIC_CAPS)
 
 
-def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values()) -> Iterator[Probe]:
+SWEEP_CAPS = range(0, 301)  # the lab asks every capability number up to here, on both fds
+
+
+def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: bool = False) -> Iterator[Probe]:
     """Everything ``record`` and the lab ask: API version, vCPU mmap size, VM types 0-3,
-    capabilities on both fds, and every revision's request with every argument case."""
+    capabilities on both fds (with ``sweep``, every number in :data:`SWEEP_CAPS`: the lab's),
+    and every revision's request with every argument case."""
     revisions = list(revisions)
     yield Probe("api version", "dev", Arch.kvm_get_api_version, lambda a: 0)
     yield Probe("vcpu mmap size", "dev", Arch.kvm_get_vcpu_mmap_size, lambda a: 0)
     for vm_type in range(4):
         yield Probe(f"create vm type {vm_type}", "dev", Arch.kvm_create_vm, lambda a, t=vm_type: t, returns_fd=True)  # type: ignore[misc]
-    yield from cap_probes(probed_caps(revisions))
+    yield from cap_probes(sorted(set(probed_caps(revisions)) | (set(SWEEP_CAPS) if sweep else set())))
     for rev in revisions:
         if rev.abi is not None:
             yield from compat_caps_probes(rev)
