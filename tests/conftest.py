@@ -122,6 +122,11 @@ BEHAVIOUR: dict[str, dict[str, Row]] = {
     "qemu-nested-hv-p9-hash": refused(),  # disable_radix: kvm_hv ENODEV
     "qemu-powernv9": uniform(0, 0, "EINVAL"),
     "qemu-powernv10": uniform(0, 0, "EINVAL"),
+    # the lab's Linux 7.3 built here: 64K pages, kvm_pr
+    "qemu-nested-hv-p10-64k": hv(caps("P9", "P10"), result_v4=caps("P10")),
+    "qemu-pr-p10-hash-64k": uniform(1, 0, "ENOTTY"),  # a PR VM
+    "qemu-pr-p10-64k": refused(),  # kvm_pr refuses radix: EIO
+    "qemu-powernv9-hash-hv-pr-64k": uniform(0, 0, "EINVAL"),  # type 0 is HV: both modules, HV first
     "no-kvm": NO_DEVICE,
 }
 

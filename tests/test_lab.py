@@ -289,3 +289,43 @@ def test_apt_checks_signatures_and_skips_the_date_only_where_the_snapshot_needs_
         suite = line.split()[-2]
         assert f"signed-by={debian.KEYRING}" in line
         assert ("check-valid-until=no" in line) == (suite in debian.STALE_OK)
+
+
+# -- the kernel built here (kvmsim.lab.kbuild) --------------------------------------------------
+
+
+def test_the_built_kernels_configurations_pack_what_they_load(tmp_path: Path) -> None:
+    from kvmsim.lab import kbuild, kernel_files
+
+    mods = {m: tmp_path / f"{m}.ko.xz" for m in kbuild.MODULES}
+    built = kbuild.Built(tmp_path / "vmlinux", mods, "7.3.0-rc7", 0.0)
+    archive = debian.Archive(tmp_path / "archive")
+    for name, modules in [
+        ("nested-hv-p10-64k", ["kvm", "kvm-hv"]),
+        ("pr-p10-hash-64k", ["kvm", "kvm-pr"]),
+        ("powernv9-hash-hv-pr-64k", ["kvm", "kvm-hv", "kvm-pr"]),
+    ]:
+        config = configs.CONFIGS[name]
+        assert isinstance(configs.KERNELS[config.kernel], configs.KernelBuild)
+        vmlinux, packed = kernel_files(config, archive, built)
+        assert vmlinux == tmp_path / "vmlinux" and packed == {f"{m}.ko.xz": mods[m] for m in modules}
+        assert config.recording == f"qemu-{name}-linux-7.3.toml"
+
+
+def test_a_build_is_cached_by_its_inputs(tmp_path: Path) -> None:
+    from kvmsim.lab import kbuild
+
+    first = kbuild.digest("7.3~rc7-1~exp1", tmp_path)
+    assert kbuild.digest("7.3~rc7-1~exp1", tmp_path) == first
+    assert kbuild.digest("7.3-1", tmp_path) != first  # a new source package rebuilds
+    assert "CONFIG_PPC_64K_PAGES=y" in kbuild.FRAGMENT and "CONFIG_KVM_BOOK3S_64_PR=m" in kbuild.FRAGMENT
+
+
+def test_a_build_missing_its_modules_is_one_line(tmp_path: Path) -> None:
+    from kvmsim.lab import kbuild
+
+    (tmp_path / "out/include/config").mkdir(parents=True)
+    (tmp_path / "out/include/config/kernel.release").write_text("7.3.0\n")
+    (tmp_path / "out/vmlinux").write_bytes(b"")
+    with pytest.raises(debian.FetchError, match="missing kvm, kvm-hv, kvm-pr"):
+        kbuild._built(tmp_path, 0.0)

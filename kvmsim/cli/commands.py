@@ -556,7 +556,11 @@ def parser() -> argparse.ArgumentParser:
         "when every boot recorded and verified, 1 otherwise, 3 when the packages cannot be had.",
     )
     lab.add_argument("--config", action="append", metavar="NAME", help="a configuration (repeatable; default all)")
-    lab.add_argument("--kernel", choices=["7.3", "7.2"], help="only the configurations running this kernel")
+    lab.add_argument(
+        "--kernel",
+        choices=["7.3", "7.2", "7.3-64k"],
+        help="only the configurations running this kernel (7.3-64k: built here)",
+    )
     lab.add_argument("-o", "--output", metavar="DIR", help="where to write (default fixtures/recorded, else .)")
     lab.add_argument("-j", "--jobs", type=jobs_arg, metavar="N", help="boots at once (1..1024, default: the CPUs)")
     lab.set_defaults(func=cmd_lab)

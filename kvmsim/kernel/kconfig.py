@@ -1,6 +1,7 @@
 """What a kernel build's configuration decides of ``kvm_vm_ioctl_check_extension_generic``
-(virt/kvm/kvm_main.c): the options each architecture selects, as values.  powerpc's from the
-lab's real Linux 7.3 (Debian's ppc64le build), x86's from this machine's /dev/kvm."""
+(virt/kvm/kvm_main.c) and of KVM_GET_VCPU_MMAP_SIZE: the options each architecture selects,
+as values.  powerpc's from the lab's real Linux 7.3 builds (Debian's, and the one built here
+with kvm_pr), x86's from this machine's /dev/kvm."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ class KvmConfig:
     dirty_ring_acq_rel: bool  # CONFIG_HAVE_KVM_DIRTY_RING_ACQ_REL
     guest_memfd: bool  # CONFIG_KVM_GUEST_MEMFD
 
+    @property
+    def kvm_mmio(self) -> bool:
+        """CONFIG_KVM_MMIO: also a page of struct kvm_run's mapping (kvm_dev_ioctl's VCPU_MMAP_SIZE)."""
+        return self.coalesced_mmio_page_offset > 0
+
     def answers(self) -> dict[int, int]:
         """The capabilities these options answer, before the arch's own switch."""
         out: dict[int, int] = {
@@ -54,7 +60,11 @@ class KvmConfig:
         return out
 
 
-# powerpc selects HAVE_KVM_IRQCHIP (XICS, XIVE) and nothing else of these
-POWERPC = KvmConfig(False, True, 0, 0, 0, False, False, False)
+def powerpc(book3s_pr: bool) -> KvmConfig:
+    """powerpc selects HAVE_KVM_IRQCHIP (XICS, XIVE); KVM_BOOK3S_PR_POSSIBLE selects KVM_MMIO
+    (KVM_COALESCED_MMIO_PAGE_OFFSET 1): a build with kvm_pr answers the coalesced-MMIO caps."""
+    return KvmConfig(False, True, 1 if book3s_pr else 0, 0, 0, False, False, False)
+
+
 # x86: KVM_COALESCED_MMIO_PAGE_OFFSET 2, both dirty-log manual bits, 4096 routes, TSO rings
 X86 = KvmConfig(True, True, 2, 3, 4096, True, True, True)

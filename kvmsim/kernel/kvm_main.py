@@ -159,7 +159,8 @@ class Process:
         if cmd == k.KVM_GET_VCPU_MMAP_SIZE:
             if arg:
                 raise KvmError(errno.EINVAL, "KVM_GET_VCPU_MMAP_SIZE takes no argument")
-            return k.kvm.vcpu_mmap_size()
+            # PAGE_SIZE (struct kvm_run) + the arch's pages + CONFIG_KVM_MMIO's ring page
+            return k.kvm.vcpu_mmap_size() + (k.host.page_size if k.config.kvm_mmio else 0)
         try:
             return k.kvm.dev_ioctl(cmd, arg)
         except KvmError as exc:
@@ -203,7 +204,8 @@ class BootedKernel:
         self.host, self.rev, self.ksize = host, rev, ksize
         self.dmesg: list[str] = []
         self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else X86Kvm(host)
-        self._configured = (kconfig.POWERPC if host.arch.is_powerpc else kconfig.X86).answers()
+        self.config = kconfig.powerpc(host.book3s_pr) if host.arch.is_powerpc else kconfig.X86
+        self._configured = self.config.answers()
         (
             self.KVM_GET_API_VERSION,
             self.KVM_CREATE_VM,

@@ -213,7 +213,7 @@ class PowerpcKvm:
         return Vm(ops, hv=ops is hv)
 
     def vcpu_mmap_size(self) -> int:
-        return self.host.page_size  # struct kvm_run's page; powerpc has no coalesced-MMIO page
+        return self.host.page_size  # struct kvm_run's page (kvm_main adds KVM_MMIO's, with kvm_pr built)
 
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")

@@ -107,6 +107,9 @@ class Host:
     # kvm_hv's module parameter ``nested`` (modprobe kvm_hv nested=0): may this kernel run
     # nested guests of its own (kvmhv_enable_nested)
     kvm_hv_nested: bool = True
+    # kernel built with CONFIG_KVM_BOOK3S_PR_POSSIBLE (kvm_pr exists), which also selects
+    # CONFIG_KVM_MMIO (kvmsim.kernel.kconfig); by default, whether the profile loads kvm_pr
+    book3s_pr: bool = False
     # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
     recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
@@ -308,6 +311,11 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: Path |
     book3s_hv = t.take("book3s_hv", bool, powerpc)
     if book3s_hv and not powerpc:
         raise t.error("book3s_hv", "Book3S HV exists only on powerpc")
+    book3s_pr = t.take("book3s_pr", bool, "kvm_pr" in module_list)
+    if book3s_pr and not powerpc:
+        raise t.error("book3s_pr", "Book3S PR exists only on powerpc")
+    if not book3s_pr and "kvm_pr" in module_list:
+        raise t.error("book3s_pr", "false, but the profile loads kvm_pr: a kernel without PR has no such module")
     page_size = t.take("page_size", int, DEFAULT_PAGE_SIZE[platform])
     if page_size not in PAGE_SIZES or (not powerpc and page_size != 4096):
         allowed = PAGE_SIZES if powerpc else (4096,)
@@ -356,6 +364,7 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: Path |
         hypervisor,
         cpu_nodes,
         kvm_hv_nested,
+        book3s_pr,
         MappingProxyType(recorded),
     )
 

@@ -42,7 +42,7 @@ class X86Kvm:
         return Vm()
 
     def vcpu_mmap_size(self) -> int:
-        return 3 * PAGE_SIZE  # kvm_run, the PIO data page, the coalesced-MMIO ring
+        return 2 * PAGE_SIZE  # kvm_run and the PIO data page (kvm_main adds the coalesced-MMIO ring)
 
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")

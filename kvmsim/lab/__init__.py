@@ -25,8 +25,8 @@ from .. import record
 from ..kernel import profile
 from ..preload import trust
 from ..record import toml
-from . import boot, build
-from .configs import CONFIGS, HEADERS, KERNELS, QEMU, QEMU_LIBS, TOOLCHAIN, Config
+from . import boot, build, kbuild
+from .configs import CONFIGS, HEADERS, KERNELS, QEMU, QEMU_LIBS, TOOLCHAIN, Config, KernelBuild
 from .debian import Archive, CacheError, FetchError
 
 __all__ = ["CONFIGS", "CacheError", "FetchError", "Result", "run_lab"]
@@ -71,7 +71,7 @@ def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: 
     """The host profile of ``config`` with the boot's observations as its ``[recorded]``."""
     kernel = KERNELS[config.kernel]
     doc = tomllib.loads(profile.read_text(profile.resolve(config.profile)))
-    doc["summary"] = f"{doc['summary']} (recorded: Linux {obs.get('kernel', kernel.release)} under QEMU)"
+    doc["summary"] = f"{doc['summary']} (recorded: Linux {obs.get('kernel', kernel.version)} under QEMU)"
     lab = {
         "qemu": " ".join(Path(a).name if a.startswith("/") else a for a in result.command),
         "packages": [f"{p.name}={versions[p.name]}" for p in (*kernel.packages, *QEMU, *HEADERS)],
@@ -84,14 +84,29 @@ def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: 
     return toml.dumps(doc | {"recorded": recorded})
 
 
-def boot_one(
-    config: Config, archive: Archive, prober: Path, versions: dict[str, str], out_dir: Path, work: trust.Dir
-) -> Result:
+def kernel_files(config: Config, archive: Archive, built: kbuild.Built | None) -> tuple[Path, dict[str, Path]]:
+    """The kernel QEMU boots for ``config`` and the modules its initramfs packs."""
     kernel = KERNELS[config.kernel]
+    if isinstance(kernel, KernelBuild):
+        assert built is not None
+        return built.vmlinux, {f"{m}.ko.xz": built.modules[m] for m in config.modules}
     tree = archive.tree
-    modules = {f"{m}.ko.xz": tree / kernel.module(m) for m in ("kvm", "kvm-hv")}
+    return tree / kernel.vmlinuz, {f"{m}.ko.xz": tree / kernel.module(m) for m in config.modules}
+
+
+def boot_one(
+    config: Config,
+    archive: Archive,
+    prober: Path,
+    versions: dict[str, str],
+    out_dir: Path,
+    work: trust.Dir,
+    built: kbuild.Built | None = None,
+) -> Result:
+    tree = archive.tree
+    vmlinux, modules = kernel_files(config, archive, built)
     initrd = Path(work.write(f"{config.name}.cpio", build.initramfs(prober, modules)))
-    result = boot.run(config, tree, tree / kernel.vmlinuz, initrd)
+    result = boot.run(config, tree, vmlinux, initrd)
     with archive.dir("consoles") as consoles:  # kept for the curious
         console = consoles.write(f"{config.name}.log", result.console)
     if result.error is not None:
@@ -118,6 +133,9 @@ def run_lab(
     versions = prepare(archive, {c.kernel for c in configs})
     with archive.dir("build") as builds:
         prober = build.prober(archive.tree, builds)
+    built = None
+    if any(isinstance(KERNELS[c.kernel], KernelBuild) for c in configs):
+        built = kbuild.build_kernel(archive, versions)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         work = trust.temp_dir("kvmsim-lab-")
@@ -125,7 +143,7 @@ def run_lab(
         raise FetchError(f"no private directory to build the initramfs in: {exc}") from None
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-            futures = [pool.submit(boot_one, c, archive, prober, versions, out_dir, work) for c in configs]
+            futures = [pool.submit(boot_one, c, archive, prober, versions, out_dir, work, built) for c in configs]
             return [f.result() for f in futures]
     finally:
         work.remove()

@@ -32,11 +32,27 @@ class KernelPackage:
         return f"usr/lib/modules/{self.release}/kernel/arch/powerpc/kvm/{name}.ko.xz"
 
 
-KERNELS: dict[str, KernelPackage] = {
+@attrs.frozen
+class KernelBuild:
+    """Linux built here from Debian's source (kvmsim.lab.kbuild): 64K pages, kvm_hv and kvm_pr."""
+
+    version: str  # "7.3-64k"
+    revision: str
+
+    @property
+    def packages(self) -> list[Package]:
+        from .kbuild import BUILD_TOOLS, SOURCE
+
+        return [SOURCE, *BUILD_TOOLS]
+
+
+Kernel = KernelPackage | KernelBuild
+KERNELS: dict[str, Kernel] = {
     k.version: k
     for k in (
         KernelPackage("7.3", "7.3-powerpc64le", "experimental", "linux-7.3"),  # has the feature
         KernelPackage("7.2", "7.2.13+deb14-powerpc64le", "sid", "none"),  # the last kernel without it
+        KernelBuild("7.3-64k", "linux-7.3"),  # what Debian's build lacks: 64K pages and kvm_pr
     )
 }
 
@@ -51,6 +67,7 @@ class Config:
     opts: tuple[str, ...] = ()
     append: tuple[str, ...] = ()
     kernel: str = "7.3"
+    modules: tuple[str, ...] = ("kvm", "kvm-hv")  # what the initramfs packs: the prober loads these
 
     @property
     def profile(self) -> str:
@@ -58,8 +75,9 @@ class Config:
 
     @property
     def recording(self) -> str:
-        """The file the lab writes: ``qemu-<config>-linux-<version>.toml``."""
-        return f"{self.profile}-linux-{self.kernel}.toml"
+        """The file the lab writes: ``qemu-<config>-linux-<version>.toml`` (a kernel built
+        here says so in the configuration's name: ``-64k``)."""
+        return f"{self.profile}-linux-{self.kernel.removesuffix('-64k')}.toml"
 
     @property
     def pseries(self) -> bool:
@@ -115,6 +133,20 @@ CONFIGS: dict[str, Config] = {
         # kernel command line): under a nesting L0, and under one that offers no nesting at all
         Config("nested-hv-p10-nested-0", "pseries", "power10", NESTED_HV, ("kvm_hv.nested=0",)),
         Config("no-nesting-p10-nested-0", "pseries", "power10", (), ("kvm_hv.nested=0",)),
+        # Linux 7.3 built here with 64K pages and kvm_pr (kvmsim.lab.kbuild): the PAGE_SIZE guard
+        # at 64K, a hash partition's PR VM, kvm_pr refusing radix, and HV and PR on one host
+        Config("nested-hv-p10-64k", "pseries", "power10", NESTED_HV, kernel="7.3-64k"),
+        Config("pr-p10-hash-64k", "pseries", "power10", (), ("disable_radix",), "7.3-64k", ("kvm", "kvm-pr")),
+        Config("pr-p10-64k", "pseries", "power10", (), (), "7.3-64k", ("kvm", "kvm-pr")),
+        Config(
+            "powernv9-hash-hv-pr-64k",
+            "powernv9",
+            "power9",
+            (),
+            ("disable_radix",),
+            "7.3-64k",
+            ("kvm", "kvm-hv", "kvm-pr"),
+        ),
     )
 }
 

@@ -2,7 +2,7 @@
  * kvmsim's real-kernel prober: /init of a QEMU guest running a real Linux ppc64le kernel.
  *
  * It mounts /dev, /proc and /sys, loads the KVM modules packed beside it (kvm first, then
- * kvm-hv), asks /dev/kvm every probe of kvmsim.probe.kvm_probes() -- the table is generated
+ * kvm-hv and kvm-pr, those the configuration packs), asks /dev/kvm every probe of kvmsim.probe.kvm_probes() -- the table is generated
  * into probes.h by kvmsim.lab.build, so the guest asks exactly what `kvmsim record` and the
  * simulator ask -- and prints one line per observation, then powers the guest off:
  *
@@ -100,6 +100,8 @@ static void module_params(const char *module, char *out, size_t size)
 
 static void load(const char *path, const char *module)
 {
+	if (access(path, F_OK)) /* not packed for this configuration */
+		return;
 	char params[256];
 	module_params(module, params, sizeof(params));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -226,8 +228,9 @@ int main(void)
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	mount("proc", "/proc", "proc", 0, NULL);
 	mount("sysfs", "/sys", "sysfs", 0, NULL);
-	load("/kvm.ko.xz", "kvm");
+	load("/kvm.ko.xz", "kvm"); /* modprobe's order: the dependency, then kvm_hv, then kvm_pr */
 	load("/kvm-hv.ko.xz", "kvm_hv");
+	load("/kvm-pr.ko.xz", "kvm_pr");
 	uname(&u);
 	line("uname", "release", u.release);
 	line("uname", "machine", u.machine);

@@ -152,9 +152,13 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     if not ARCHES[machine].is_powerpc:
         yield {**base, "platform": "x86", "cpu": {"model": cpuinfo.get("model name", machine)}}
         return
+    # KVM_GET_VCPU_MMAP_SIZE on powerpc: PAGE_SIZE, and a page more for CONFIG_KVM_MMIO, which a
+    # build with kvm_pr selects (KVM_BOOK3S_PR_POSSIBLE)
     mmap_size = probes.get("vcpu mmap size")
-    if isinstance(mmap_size, int) and mmap_size in (4096, 65536):
-        base["page_size"] = mmap_size  # KVM_GET_VCPU_MMAP_SIZE is PAGE_SIZE on powerpc
+    pr_built: bool | None = None
+    mapped = {4096: (4096, False), 8192: (4096, True), 65536: (65536, False), 131072: (65536, True)}
+    if isinstance(mmap_size, int) and mmap_size in mapped:
+        base["page_size"], pr_built = mapped[mmap_size]
     if cpuinfo.get("MMU") in ("Radix", "Hash"):
         base["mmu"] = cpuinfo["MMU"].lower()
     pvr = _pvr(cpuinfo)
@@ -166,9 +170,19 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     if mode is not None:
         cpu["mode"] = mode.name
     dt = {"cpus": [dict(n) for n in obs["cpus"]]} if obs["cpus"] else {}
+
+    def built(modules: list[str]) -> dict[str, Any] | None:
+        """The build's kvm_pr as the mapping size says; None where the modules contradict it."""
+        if pr_built is None:
+            return {}
+        if "kvm_pr" in modules:
+            return {} if pr_built else None
+        return {"book3s_pr": True} if pr_built else {}
+
     if cpuinfo.get("platform") == "PowerNV":
         for modules in _module_sets(obs["modules"]):
-            yield {**base, "modules": modules, "platform": "powernv", "cpu": cpu, "device_tree": dt}
+            if (pr := built(modules)) is not None:
+                yield {**base, **pr, "modules": modules, "platform": "powernv", "cpu": cpu, "device_tree": dt}
         return
     effective = mode or mode_of_pvr(pvr)
     caps = answered_caps(probes, ARCHES[machine].byteorder)
@@ -183,12 +197,15 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     powervm = cpuinfo.get("model", "").startswith("IBM,")
     kinds = [("powervm", [2]), ("powervm", [])] if powervm else [("qemu", [1]), ("qemu", [2]), ("qemu", [])]
     for modules, (kind, apis), hcall in itertools.product(_module_sets(obs["modules"]), kinds, runtime):
+        pr = built(modules)
+        if pr is None:
+            continue
         hv: dict[str, Any] = {"kind": kind, "nested_apis": apis}
         if 2 in apis:
             hv["offers"] = offers
             if hcall != "H_SUCCESS":
                 hv["hcall_at_runtime"] = hcall
-        yield {**base, "modules": modules, "platform": "pseries", "cpu": cpu, "hypervisor": hv, "device_tree": dt}
+        yield {**base, **pr, "modules": modules, "platform": "pseries", "cpu": cpu, "hypervisor": hv, "device_tree": dt}
 
 
 def _module_sets(observed: list[str]) -> list[list[str]]:
