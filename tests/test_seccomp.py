@@ -339,3 +339,30 @@ def test_a_real_dev_kvm_fd_brought_into_the_run_is_refused_not_reached() -> None
     finally:
         os.close(real)
     assert r.stdout.strip() == "1", r.stderr  # EPERM, where the real kernel would answer 12
+
+
+EMFILE = """
+import os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+try:
+    os.open("/dev/kvm", os.O_RDWR)
+except OSError as exc:
+    print(exc.errno, end=" ")
+os.close(held.pop())
+import fcntl
+print(fcntl.ioctl(os.open("/dev/kvm", os.O_RDWR), 0x2000AE00, 0))
+"""
+
+
+@needs_seccomp
+def test_out_of_descriptors_an_open_is_emfile_and_the_next_one_works() -> None:
+    """SECCOMP_IOCTL_NOTIF_ADDFD fails in the program's own RLIMIT_NOFILE: the open answers
+    EMFILE, as the real kernel's would, and the supervisor goes on."""
+    r = under_run(EMFILE)
+    assert r.stdout.strip() == "24 12", r.stderr

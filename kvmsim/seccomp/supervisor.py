@@ -205,16 +205,17 @@ class Supervisor:
 
     def _answer(self, n: Notification, a: Answer) -> None:
         if a.kind == "fd":
+            ours = a.fd
             addfd = uapi.SECCOMP_NOTIF_ADDFD.pack(
-                n.id, uapi.SECCOMP_ADDFD_FLAG_SEND, a.fd, 0, os.O_CLOEXEC if a.cloexec else 0
+                n.id, uapi.SECCOMP_ADDFD_FLAG_SEND, ours, 0, os.O_CLOEXEC if a.cloexec else 0
             )
             try:
                 fcntl.ioctl(self.listener, uapi.SECCOMP_IOCTL_NOTIF_ADDFD, addfd)
                 return
-            except OSError as exc:  # EMFILE in the program, or it is gone
+            except OSError as exc:  # EMFILE in the program, or it is gone: answered with that
                 a = error(exc.errno or errno.EBADF)
             finally:
-                os.close(a.fd)  # the program has its own reference now, or none
+                os.close(ours)  # the program has its own reference now, or none
         if a.kind == "continue":
             resp = uapi.SECCOMP_NOTIF_RESP.pack(n.id, 0, 0, uapi.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
         elif a.kind == "error":
