@@ -75,6 +75,8 @@ cap_arg = ranged("a C int", -(2**31), 2**31 - 1)
 nr_arg = ranged("an ioctl nr (8 bits)", 0, 0xFF)
 u64_arg = ranged("a __u64", 0, 2**64 - 1)
 jobs_arg = ranged("a count of boots", 1, 1024)
+fuzz_arg = ranged("a count of fuzz cases", 0, 100_000)
+seed_arg = ranged("a seed (64 bits)", 0, 2**64 - 1)
 
 
 def add_revision_options(p: argparse.ArgumentParser) -> None:

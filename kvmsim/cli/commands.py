@@ -37,7 +37,17 @@ from ..kernel.uapi import errname, mode_of_logical_pvr, modes_of_caps
 from ..preload import trust
 from ..preload.trace import Tracer
 from ..user.simulated import Kernel, SimDevice
-from .args import EXIT_USAGE, OneLineParser, add_hosts_option, add_revision_options, jobs_arg, revisions, use_hosts_dirs
+from .args import (
+    EXIT_USAGE,
+    OneLineParser,
+    add_hosts_option,
+    add_revision_options,
+    fuzz_arg,
+    jobs_arg,
+    revisions,
+    seed_arg,
+    use_hosts_dirs,
+)
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
@@ -425,7 +435,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
         raise UsageError(f"lab: no configuration of those runs Linux {args.kernel}")
     out = Path(args.output or ("fixtures/recorded" if Path("fixtures/recorded").is_dir() else "."))
     try:
-        results = lab.run_lab(configs, out, jobs=args.jobs)
+        if args.fuzz:
+            print(f"kvmsim lab: {args.fuzz} fuzz cases a configuration, seed {args.seed}", flush=True)
+        results = lab.run_lab(configs, out, jobs=args.jobs, fuzz_cases=args.fuzz, seed=args.seed)
     except lab.CacheError as exc:  # refused, not unavailable: somebody else could write there
         raise UsageError(f"lab: {exc}") from None
     except lab.FetchError as exc:
@@ -442,7 +454,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
             for m in r.mismatches:
                 print(f"    {m}")
         else:
-            print(f"{r.config.name:<28} ok       {r.path} (verifies; {r.seconds:.0f} s)")
+            fuzzed = f"; {r.fuzzed} fuzz cases agree" if r.fuzzed else ""
+            print(f"{r.config.name:<28} ok       {r.path} (verifies{fuzzed}; {r.seconds:.0f} s)")
     return EXIT_OK if not failed else EXIT_MISMATCH
 
 
@@ -563,6 +576,15 @@ def parser() -> argparse.ArgumentParser:
     )
     lab.add_argument("-o", "--output", metavar="DIR", help="where to write (default fixtures/recorded, else .)")
     lab.add_argument("-j", "--jobs", type=jobs_arg, metavar="N", help="boots at once (1..1024, default: the CPUs)")
+    lab.add_argument(
+        "--fuzz",
+        type=fuzz_arg,
+        default=0,
+        metavar="N",
+        help="also ask each real kernel N argument cases drawn from --seed and replay them on the simulator; "
+        "any disagreement fails, naming the case (0..100000)",
+    )
+    lab.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="the fuzz cases' seed (default 0)")
     lab.set_defaults(func=cmd_lab)
     ver = sub.add_parser("verify", help="replay a recording on the simulator")
     ver.add_argument("file", metavar="FILE.toml")

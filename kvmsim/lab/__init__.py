@@ -25,6 +25,7 @@ from .. import record
 from ..kernel import profile
 from ..preload import trust
 from ..record import toml
+from ..user.probe import Answer, Probe
 from . import boot, build, kbuild
 from .configs import CONFIGS, HEADERS, KERNELS, QEMU, QEMU_LIBS, TOOLCHAIN, Config, KernelBuild
 from .debian import Archive, CacheError, FetchError
@@ -39,6 +40,7 @@ class Result:
     mismatches: tuple[str, ...]  # probes where the simulator disagrees with the real kernel
     error: str | None  # why there is no recording
     seconds: float
+    fuzzed: int = 0  # fuzz cases asked of the real kernel and replayed (their mismatches are above)
 
 
 def _missing_libraries(binary: Path, tree: Path) -> list[str]:
@@ -102,6 +104,8 @@ def boot_one(
     out_dir: Path,
     work: trust.Dir,
     built: kbuild.Built | None = None,
+    cases: Sequence[Probe] = (),
+    seed: int = 0,
 ) -> Result:
     tree = archive.tree
     vmlinux, modules = kernel_files(config, archive, built)
@@ -112,6 +116,9 @@ def boot_one(
     if result.error is not None:
         return Result(config, None, (), f"{result.error}; console in {console}", result.seconds)
     obs = boot.observations(result)
+    asked = {p.name for p in cases}
+    real = {k: obs["probes"].pop(k) for k in list(obs["probes"]) if k in asked}  # not for the recording
+    fuzz_bad = _fuzz_mismatches(config, cases, real, seed)
     text = recording(config, obs, result, versions)
     name = config.recording
     path = out_dir / name
@@ -122,17 +129,54 @@ def boot_one(
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)  # never half-written
     bad = tuple(f"{c.name}: real {c.recorded!r}, simulated {c.simulated!r}" for c in checks if not c.agrees)
-    return Result(config, path, bad, None, result.seconds)
+    return Result(config, path, (*bad, *fuzz_bad), None, result.seconds, len(real))
+
+
+def _fuzz_mismatches(config: Config, cases: Sequence[Probe], real: dict[str, Any], seed: int) -> tuple[str, ...]:
+    """Every fuzz case the real kernel answered, replayed on the simulator: the disagreements,
+    each reproducible from the seed and its index (``fuzz.cases(seed, n)[i]``)."""
+    if not cases:
+        return ()
+    from ..kernel.revisions import REVISIONS
+    from ..user import fuzz
+    from ..user.simulated import Kernel
+
+    kernel = Kernel(profile.load(config.profile), REVISIONS[KERNELS[config.kernel].revision])
+    simulated = fuzz.simulate(kernel, cases)
+    out = []
+    for p in cases:
+        got = Answer.from_toml(real[p.name]) if p.name in real else None
+        want = simulated.get(p.name)
+        if got != want:
+            i = p.name.removeprefix("fuzz ")
+            request = p.request(kernel.arch)
+            arg = p.arg(kernel.arch)
+            shown = f"{len(arg)} bytes {arg[:24].hex()}" if isinstance(arg, bytes) else f"{arg:#x}"
+            out.append(
+                f"fuzz case {i} of seed {seed} ({p.fd} fd, request {request:#x}, {shown}): "
+                f"real {got.to_toml() if got else '(not asked)'}, simulated {want.to_toml() if want else '(not asked)'}"
+            )
+    return tuple(out)
 
 
 def run_lab(
-    configs: Sequence[Config], out_dir: Path, *, jobs: int | None = None, archive: Archive | None = None
+    configs: Sequence[Config],
+    out_dir: Path,
+    *,
+    jobs: int | None = None,
+    archive: Archive | None = None,
+    fuzz_cases: int = 0,
+    seed: int = 0,
 ) -> list[Result]:
-    """Fetch, build, boot every configuration (``jobs`` at a time), record and verify."""
+    """Fetch, build, boot every configuration (``jobs`` at a time), record and verify; with
+    ``fuzz_cases``, also ask each that many fuzz cases from ``seed`` and replay them."""
+    from ..user import fuzz
+
     archive = archive or Archive()
     versions = prepare(archive, {c.kernel for c in configs})
+    cases = fuzz.cases(seed, fuzz_cases) if fuzz_cases else []
     with archive.dir("build") as builds:
-        prober = build.prober(archive.tree, builds)
+        prober = build.prober(archive.tree, builds, cases)
     built = None
     if any(isinstance(KERNELS[c.kernel], KernelBuild) for c in configs):
         built = kbuild.build_kernel(archive, versions)
@@ -143,7 +187,9 @@ def run_lab(
         raise FetchError(f"no private directory to build the initramfs in: {exc}") from None
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-            futures = [pool.submit(boot_one, c, archive, prober, versions, out_dir, work, built) for c in configs]
+            futures = [
+                pool.submit(boot_one, c, archive, prober, versions, out_dir, work, built, cases, seed) for c in configs
+            ]
             return [f.result() for f in futures]
     finally:
         work.remove()

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/klog.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/syscall.h>
@@ -42,7 +43,9 @@ struct probe {
 	enum probe_arg kind;
 	unsigned long value;   /* ARG_INT: the argument; ARG_BUF: the buffer's length */
 	unsigned char head[24]; /* ARG_BUF: the first bytes (the struct) */
-	unsigned char fill;     /* ARG_BUF: every byte past the first 24 */
+	unsigned char fill;     /* ARG_BUF: every byte past the first 24 ... */
+	unsigned int poke_at;   /* ... but this one (0: none), which is */
+	unsigned char poke;
 	int returns_fd;
 };
 
@@ -130,9 +133,19 @@ static void run_probe(const struct probe *p, int dev, int vm)
 		return;
 	}
 	size_t n = p->value;
-	unsigned char *before = malloc(n), *buf = malloc(n);
+	/* the buffer ends against an unmapped page, as the simulator maps it: a kernel that
+	 * reads or writes past it faults, never sees another allocation's bytes */
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), rw = (n + page - 1) / page * page;
+	unsigned char *map = mmap(NULL, rw + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED || mprotect(map + rw, page, PROT_NONE)) {
+		line("probe", p->name, "prober: no memory");
+		return;
+	}
+	unsigned char *before = malloc(n), *buf = map + rw - n;
 	memset(before, p->fill, n);
 	memcpy(before, p->head, n < 24 ? n : 24);
+	if (p->poke_at && p->poke_at < n)
+		before[p->poke_at] = p->poke;
 	memcpy(buf, before, n);
 	long r = ioctl(fd, p->request, buf);
 	if (r < 0)
@@ -157,7 +170,7 @@ static void run_probe(const struct probe *p, int dev, int vm)
 		line("probe", p->name, answer);
 	}
 	free(before);
-	free(buf);
+	munmap(map, rw + page);
 }
 
 static void device_tree_cpus(void)

@@ -1,0 +1,154 @@
+"""Differential fuzzing against the real kernel: argument cases drawn from a seed, asked of a
+real kernel in the lab's guest and replayed on the simulator, answer by answer.
+
+A case is a :class:`~kvmsim.user.probe.Probe` (the guest's prober runs it as it runs every
+probe) named ``fuzz <i>``: case *i* of seed *S* is the same on every run.  The cases cover
+every revision's request and its neighbours (the other direction and size bits, both the
+powerpc and the generic encoding, the next and previous nr), on the /dev/kvm fd and a VM fd;
+the struct's ``size`` at every edge (0, 23-25, 32, both page sizes and one either side, 2^63,
+2^64-1, byte-swapped 24) with the buffer that long (or 24 bytes, where the size is past 64K:
+the kernel then must not read it), ``flags`` set or not, a non-zero byte at any offset of the
+tail, the bad pointers (NULL, a kernel address, an unmapped one); ``KVM_CHECK_EXTENSION`` of
+any number 0-300 and beyond, ``KVM_CREATE_VM`` of types 0-15, the argument-less ioctls given
+one.  Each buffer ends against an unmapped page in the guest, as it ends here (:func:`replay`
+maps nothing else), so a kernel reading past it faults alike in both."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+
+from ..kernel.errors import KvmError
+from ..kernel.kvm_main import BootedKernel
+from ..kernel.revisions import REVISIONS, AbiRevision
+from ..kernel.uapi import ARCHES, KVMIO, Arch, errname
+from .probe import NULL, WILD, Answer, Probe
+
+KERNEL_ADDRESS = 0xC000000000000000  # powerpc's linear map: access_ok() refuses it
+MAX_BUFFER = 65537 + 8  # the longest buffer a case passes (the 64K edge and one past)
+SIZES = (0, 1, 8, 16, 23, 24, 25, 31, 32, 33, 40, 64, 4095, 4096, 4097, 65535, 65536, 65537,
+         1 << 63, (1 << 64) - 1, 24 << 56, 1 << 32)  # fmt: skip
+
+
+def _requests(rev: AbiRevision, arch: Arch) -> list[int]:
+    """A revision's request and its neighbours in both encodings."""
+    assert rev.abi is not None
+    nr, size = rev.abi.nr, rev.layout.size
+    out = []
+    for ioc in (arch.ioc, ARCHES["x86_64"].ioc):
+        for direction in (ioc.none, ioc.read, ioc.write, ioc.read | ioc.write):
+            for sz in (0, 16, size, 32):
+                out.append(ioc.ioc(direction, KVMIO, nr, sz))
+        out += [ioc.io(KVMIO, nr - 1), ioc.io(KVMIO, nr + 1)]
+    return out
+
+
+def _struct(rng: random.Random, rev: AbiRevision, arch: Arch) -> bytes:
+    size = rng.choice(SIZES)
+    length = size if 24 <= size <= 65537 else rng.choice((24, 32)) if size > 65537 else rng.choice((8, 16, 24))
+    flags = rng.choice((0, 0, 0, 1, 1 << 63))
+    caps = rng.choice((0, 0, (1 << 64) - 1))
+    body = rev.layout.pack(arch.byteorder, size=size & ((1 << 64) - 1), flags=flags, compat_capabilities=caps)
+    buf = bytearray(body[:length].ljust(length, b"\0"))
+    if length > 24 and rng.random() < 0.5:  # a non-zero byte somewhere in the tail
+        buf[rng.randrange(24, length)] = rng.randrange(1, 256)
+    return bytes(buf)
+
+
+def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values()) -> list[Probe]:
+    """``n`` cases from ``seed``, for the arch each is asked on (the requests are built then)."""
+    rng = random.Random(seed)
+    revs = [r for r in revisions if r.abi is not None]
+    out = []
+    for i in range(n):
+        kind = rng.random()
+        fd = rng.choice(("dev", "vm", "vm", "vm"))
+        name = f"fuzz {i}"
+        if kind < 0.55:  # a revision's request or a neighbour, with a struct or a bad pointer
+            rev = rng.choice(revs)
+            pick = rng.randrange(1 << 30)
+            struct_seed = rng.randrange(1 << 30)
+            bad = rng.random() < 0.15
+            pointer = rng.choice((NULL, WILD, KERNEL_ADDRESS))
+
+            def req(a: Arch, r: AbiRevision = rev, p: int = pick) -> int:
+                if p % 2 == 0:  # half the time the revision's own request, else a neighbour
+                    number = r.request(a)
+                    assert number is not None
+                    return number
+                choices = _requests(r, a)
+                return choices[p // 2 % len(choices)]
+
+            def arg(
+                a: Arch, r: AbiRevision = rev, s: int = struct_seed, b: bool = bad, ptr: int = pointer
+            ) -> int | bytes:
+                return ptr if b else _struct(random.Random(s), r, a)
+
+            out.append(Probe(name, fd, req, arg))  # type: ignore[arg-type]
+        elif kind < 0.8:  # KVM_CHECK_EXTENSION of any number
+            cap = rng.choice((rng.randrange(0, 301), rng.randrange(301, 1 << 16), (1 << 31) - 1, -1, -250))
+            out.append(Probe(name, fd, Arch.kvm_check_extension, _const(cap)))  # type: ignore[arg-type]
+        elif kind < 0.9:  # KVM_CREATE_VM of every type (a VM fd asked it: ENOTTY)
+            out.append(Probe(name, fd, Arch.kvm_create_vm, _const(rng.randrange(16)), returns_fd=True))  # type: ignore[arg-type]
+        else:  # the argument-less ioctls, given an argument or not
+            request = rng.choice((Arch.kvm_get_api_version, Arch.kvm_get_vcpu_mmap_size))
+            out.append(Probe(name, fd, request, _const(rng.choice((0, 0, 1, WILD)))))  # type: ignore[arg-type]
+    return out
+
+
+def _const(value: int) -> Callable[[Arch], int]:
+    return lambda _arch: value
+
+
+def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: object) -> Answer:
+    """``probe`` on the simulated kernel as the guest's prober asks it: an int argument
+    passed as is; a buffer mapped alone, nothing after it, read back afterwards."""
+    from ..kernel.kvm_main import Process
+    from ..kernel.usermem import AddressSpace
+
+    assert isinstance(process, Process)
+    mem = process.memory
+    assert isinstance(mem, AddressSpace)
+    arch = kernel.arch
+    arg = probe.arg(arch)
+    request = probe.request(arch) & 0xFFFFFFFF
+    fd = fds[probe.fd]
+    if fd < 0:
+        return Answer(error="EBADF")
+    addr = None
+    if isinstance(arg, bytes):
+        addr = mem.map(len(arg), data=arg)
+        argp = addr
+    else:
+        argp = arg & ((1 << 64) - 1)
+    try:
+        try:
+            ret = process.sys_ioctl(fd, request, argp)
+        except KvmError as exc:
+            head = Answer(error=errname(exc.errno or 0))
+        else:
+            if probe.returns_fd and process.returns_fd(fd, request):
+                process.close(ret)
+                return Answer(fd=True)
+            head = Answer(value=ret)
+        if addr is None or not isinstance(arg, bytes):
+            return head
+        return Answer.of_buffer(head, arg, mem.read(addr, len(arg)))
+    finally:
+        if addr is not None:
+            mem.unmap(addr)
+
+
+def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]:
+    """Every case on one simulated process: /dev/kvm and a type-0 VM, as the prober has them."""
+    process = kernel.process()
+    try:
+        dev = process.open()
+    except KvmError:
+        return {}
+    try:
+        vm = process.sys_ioctl(dev, kernel.KVM_CREATE_VM, 0)
+    except KvmError:
+        vm = -1
+    fds = {"dev": dev, "vm": vm}
+    return {p.name: replay(kernel, p, fds, process) for p in probes if not (p.fd == "vm" and vm < 0)}

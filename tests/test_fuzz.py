@@ -1,0 +1,86 @@
+"""kvmsim.user.fuzz: the cases a seed draws are the same every time and cover what the lab
+asks the real kernel; a replay sees a buffer as the guest's prober lays it out; and a case the
+simulator answers otherwise than the recorded kernel is reported by seed and index."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from kvmsim import Kernel
+from kvmsim.kernel.uapi import ARCHES
+from kvmsim.lab import _fuzz_mismatches, build, configs
+from kvmsim.user import fuzz
+from kvmsim.user.probe import Probe
+
+PPC = ARCHES["ppc64le"]
+
+
+def shape(p: Probe) -> tuple[str, int, object]:
+    arg = p.arg(PPC)
+    return p.fd, p.request(PPC), arg
+
+
+def test_a_seed_draws_the_same_cases_and_another_seed_others() -> None:
+    assert [shape(p) for p in fuzz.cases(5, 300)] == [shape(p) for p in fuzz.cases(5, 300)]
+    assert [shape(p) for p in fuzz.cases(5, 300)] != [shape(p) for p in fuzz.cases(6, 300)]
+    assert [shape(p) for p in fuzz.cases(5, 300)][:100] == [shape(p) for p in fuzz.cases(5, 100)]  # case i is case i
+
+
+def test_the_cases_cover_the_input_space() -> None:
+    k = Kernel.from_profile("qemu-nested-hv-p10")
+    cs = fuzz.cases(1, 5000)
+    requests = collections.Counter(p.request(PPC) for p in cs)
+    assert requests[k.KVM_CHECK_EXTENSION] > 500 and requests[k.KVM_CREATE_VM] > 200
+    assert all(
+        k.rev.request(PPC) in requests
+        for k in (Kernel.from_profile("powervm-p11", abi=r) for r in ("linux-7.3", "v5", "v4"))
+    )
+    buffers = [p.arg(PPC) for p in cs if isinstance(p.arg(PPC), bytes)]
+    sizes = {int.from_bytes(b[:8], "little") for b in buffers if len(b) >= 8}  # type: ignore[arg-type]
+    assert {0, 23, 24, 25, 4097, 65537, 1 << 63, 2**64 - 1, 24 << 56} <= sizes
+    assert any(len(b) > 24 and any(b[24:]) for b in buffers)  # type: ignore[arg-type]  # a poked tail
+    ints = {p.arg(PPC) for p in cs if not isinstance(p.arg(PPC), bytes)}
+    assert {0, 8, fuzz.KERNEL_ADDRESS} <= ints and set(range(16)) <= ints
+    assert {p.fd for p in cs} == {"dev", "vm"}
+
+
+def test_a_replay_faults_past_the_buffer_as_the_guest_does() -> None:
+    """size 32 in a 24-byte buffer: the kernel reads past it into nothing mapped (EFAULT),
+    where CPython's ioctl would have given it zeros."""
+    k = Kernel.from_profile("qemu-nested-hv-p10")
+    rev = k.rev
+    body = rev.layout.pack("little", size=32, flags=0, compat_capabilities=0)
+    req = rev.request(PPC)
+    assert req is not None
+    probe = Probe("fuzz 0", "vm", lambda a: req, lambda a: body)
+    assert fuzz.simulate(k, [probe])["fuzz 0"].error == "EFAULT"
+
+
+def test_a_disagreement_is_reported_by_seed_and_index() -> None:
+    cs = fuzz.cases(3, 50)
+    config = configs.CONFIGS["nested-hv-p10"]
+    k = Kernel.from_profile(config.profile)
+    real = {name: answer.to_toml() for name, answer in fuzz.simulate(k, cs).items()}
+    assert _fuzz_mismatches(config, cs, real, 3) == ()
+    real["fuzz 7"] = "ENOSPC"
+    del real["fuzz 9"]
+    bad = _fuzz_mismatches(config, cs, real, 3)
+    assert len(bad) == 2 and bad[0].startswith("fuzz case 7 of seed 3 (") and "real ENOSPC" in bad[0]
+    assert "fuzz case 9 of seed 3" in bad[1] and "real (not asked)" in bad[1]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here")
+def test_the_prober_compiles_with_the_cases(tmp_path: Path) -> None:
+    table = build.probes_h(fuzz.cases(11, 400))
+    assert table.count('"fuzz ') == 400
+    (tmp_path / "probes.h").write_text(table)
+    (tmp_path / "prober.c").write_text(resources.files("kvmsim.lab").joinpath("prober.c").read_text())
+    r = subprocess.run(["cc", "-O0", "-Wall", "-Werror", "-o", str(tmp_path / "p"), str(tmp_path / "prober.c")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
