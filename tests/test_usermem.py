@@ -66,3 +66,18 @@ def test_protect_changes_the_kernels_view() -> None:
 def test_map_needs_a_length(length: int) -> None:
     with pytest.raises(ValueError):
         AddressSpace().map(length)
+
+
+def test_parts_of_one_mapping_read_across_and_fault_by_their_protection() -> None:
+    mem = AddressSpace()
+    addr = mem.map_parts([(20, True), (12, False)], bytes(range(32)))
+    assert mem.read(addr, 32) == bytes(range(32))  # across the parts
+    assert mem.get_user_u64(addr + 16, "little") == int.from_bytes(bytes(range(16, 24)), "little")
+    with pytest.raises(Fault):
+        mem.copy_to_user(addr + 16, bytes(8))  # into the read-only part
+    assert mem.read(addr + 16, 4) == bytes(4)  # the prefix below it was written
+    with pytest.raises(Fault):
+        mem.read(addr + 24, 9)  # past the mapping: its guard
+    mem.unmap(addr)
+    with pytest.raises(Fault):
+        mem.read(addr + 20, 1)  # every part went

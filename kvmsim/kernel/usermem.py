@@ -136,29 +136,43 @@ class AddressSpace(UserAccess):
     def map(self, length: int, *, writable: bool = True, data: bytes | None = None) -> int:
         """Map ``length`` bytes (zero-filled, or ``data``) and return the address: the lowest
         free range that fits, so unmapped addresses are reused and stay low."""
-        if length <= 0:
-            raise ValueError(f"cannot map {length} bytes")
+        return self.map_parts([(length, writable)], data)
+
+    def map_parts(self, parts: list[tuple[int, bool]], data: bytes | None = None) -> int:
+        """Map consecutive parts, each ``(length, writable)``, with nothing between them (as
+        pages of one mapping with different protections: mprotect), ``data`` across them."""
+        length = sum(n for n, _ in parts)
+        if length <= 0 or any(n <= 0 for n, _ in parts):
+            raise ValueError(f"cannot map parts of {[n for n, _ in parts]} bytes")
         with self._lock:
             pages = -(-length // PAGE_SIZE) + 1  # one guard page after every mapping
             start = self._free_range(pages * PAGE_SIZE)
-            buf = bytearray(length)
+            whole = bytearray(length)
             if data is not None:
-                buf[: len(data)] = data[:length]
+                whole[: len(data)] = data[:length]
+            new, at = [], start
+            for n, writable in parts:
+                new.append(Region(at, whole[at - start : at - start + n], writable))
+                at += n
             starts, regions = self._table
             i = bisect.bisect(starts, start)
             self._table = (
-                (*starts[:i], start, *starts[i:]),
-                (*regions[:i], Region(start, buf, writable), *regions[i:]),
+                (*starts[:i], *(r.start for r in new), *starts[i:]),
+                (*regions[:i], *new, *regions[i:]),
             )
         return start
 
     def unmap(self, addr: int) -> None:
+        """Unmap the mapping at ``addr`` (all its parts)."""
         with self._lock:
             starts, regions = self._table
             i = bisect.bisect_left(starts, addr)
             if i == len(starts) or starts[i] != addr:
                 raise ValueError(f"no mapping starts at {addr:#x}")
-            self._table = (starts[:i] + starts[i + 1 :], regions[:i] + regions[i + 1 :])
+            j = i + 1
+            while j < len(regions) and regions[j].start == regions[j - 1].end:  # its further parts
+                j += 1
+            self._table = (starts[:i] + starts[j:], regions[:i] + regions[j:])
             self._last = None
 
     def _free_range(self, size: int) -> int:
@@ -182,9 +196,19 @@ class AddressSpace(UserAccess):
         return memoryview(region.data)[off : off + n]
 
     def read(self, addr: int, n: int) -> bytes:
-        region = self._region(addr, n, "read")
-        off = addr - region.start
-        return bytes(region.data[off : off + n])
+        region = self._find(addr)
+        if region is not None and addr + n <= region.end:  # the usual: within one part
+            off = addr - region.start
+            return bytes(region.data[off : off + n])
+        out, at = bytearray(), addr  # across the parts of one mapping, or a Fault where they end
+        while len(out) < n:
+            region = self._find(at)
+            if region is None:
+                raise Fault(at, "read")
+            take = min(n - len(out), region.end - at)
+            out += region.data[at - region.start : at - region.start + take]
+            at += take
+        return bytes(out)
 
     def write(self, addr: int, data: bytes) -> None:
         region = self._region(addr, len(data), "write")
@@ -198,8 +222,11 @@ class AddressSpace(UserAccess):
         return self.read(addr, n)
 
     def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
-        region = self._region(addr, 8, "read")  # the same check as copy_from_user, unpacked in place
-        value: int = U64_OF[byteorder].unpack_from(region.data, addr - region.start)[0]
+        region = self._find(addr)
+        if region is None or addr + 8 > region.end:  # across parts, or a fault: as copy_from_user
+            value: int = U64_OF[byteorder].unpack(self.read(addr, 8))[0]
+            return value
+        value = U64_OF[byteorder].unpack_from(region.data, addr - region.start)[0]  # unpacked in place
         return value
 
     def copy_to_user(self, addr: int, data: bytes) -> None:

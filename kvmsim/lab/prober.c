@@ -47,6 +47,7 @@ struct probe {
 	unsigned int poke_at;   /* ... but this one (0: none), which is */
 	unsigned char poke;
 	int returns_fd;
+	int readonly_from; /* ARG_BUF: read-only from this offset (0: all; -1: none) */
 };
 
 #include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ */
@@ -134,19 +135,25 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	}
 	size_t n = p->value;
 	/* the buffer ends against an unmapped page, as the simulator maps it: a kernel that
-	 * reads or writes past it faults, never sees another allocation's bytes */
-	size_t page = (size_t)sysconf(_SC_PAGESIZE), rw = (n + page - 1) / page * page;
-	unsigned char *map = mmap(NULL, rw + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (map == MAP_FAILED || mprotect(map + rw, page, PROT_NONE)) {
+	 * reads or writes past it faults, never sees another allocation's bytes.  With
+	 * readonly_from k > 0 it starts k bytes below a page boundary, read-only above it. */
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), k = p->readonly_from > 0 ? (size_t)p->readonly_from : 0;
+	size_t low = k ? page : 0, rw = (n - k + page - 1) / page * page, len = low + rw + page;
+	unsigned char *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED || mprotect(map + low + rw, page, PROT_NONE)) {
 		line("probe", p->name, "prober: no memory");
 		return;
 	}
-	unsigned char *before = malloc(n), *buf = map + rw - n;
+	unsigned char *before = malloc(n), *buf = k ? map + low - k : map + rw - n;
 	memset(before, p->fill, n);
 	memcpy(before, p->head, n < 24 ? n : 24);
 	if (p->poke_at && p->poke_at < n)
 		before[p->poke_at] = p->poke;
 	memcpy(buf, before, n);
+	if (p->readonly_from >= 0 && mprotect(map + low, rw, PROT_READ)) {
+		line("probe", p->name, "prober: no mprotect");
+		return;
+	}
 	long r = ioctl(fd, p->request, buf);
 	if (r < 0)
 		snprintf(head, sizeof(head), "%s", errname(errno));
@@ -170,7 +177,7 @@ static void run_probe(const struct probe *p, int dev, int vm)
 		line("probe", p->name, answer);
 	}
 	free(before);
-	munmap(map, rw + page);
+	munmap(map, len);
 }
 
 static void device_tree_cpus(void)

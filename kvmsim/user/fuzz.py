@@ -10,11 +10,14 @@ the struct's ``size`` at every edge (0, 23-25, 32, both page sizes and one eithe
 the kernel then must not read it), ``flags`` set or not, a non-zero byte at any offset of the
 tail, the bad pointers (NULL, a kernel address, an unmapped one); ``KVM_CHECK_EXTENSION`` of
 any number 0-300 and beyond, ``KVM_CREATE_VM`` of types 0-15, the argument-less ioctls given
-one.  Each buffer ends against an unmapped page in the guest, as it ends here (:func:`replay`
-maps nothing else), so a kernel reading past it faults alike in both."""
+one; and a struct in a read-only page, or running from a writable page into a read-only one
+at any offset 1-32 (what a copy_to_user that faults part-way leaves written is compared).
+Each buffer ends against an unmapped page in the guest, as it ends here (:func:`replay` maps
+nothing else), so a kernel reading past it faults alike in both."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterable
 
@@ -84,7 +87,16 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
             ) -> int | bytes:
                 return ptr if b else _struct(random.Random(s), r, a)
 
-            out.append(Probe(name, fd, req, arg))  # type: ignore[arg-type]
+            layout = rng.random()
+            if layout < 0.1 and not bad:  # the struct in a read-only page throughout
+                out.append(Probe(name, fd, req, arg, readonly_from=0))  # type: ignore[arg-type]
+            elif layout < 0.25 and not bad:  # writable up to a page boundary, read-only past it
+                k = rng.randrange(1, 33)
+                length = rng.choice((24, 32))
+                exact = functools.partial(_exact, rev=rev, seed=struct_seed, length=max(length, k + 1))
+                out.append(Probe(name, fd, req, exact, readonly_from=k))  # type: ignore[arg-type]
+            else:
+                out.append(Probe(name, fd, req, arg))  # type: ignore[arg-type]
         elif kind < 0.8:  # KVM_CHECK_EXTENSION of any number
             cap = rng.choice((rng.randrange(0, 301), rng.randrange(301, 1 << 16), (1 << 31) - 1, -1, -250))
             out.append(Probe(name, fd, Arch.kvm_check_extension, _const(cap)))  # type: ignore[arg-type]
@@ -94,6 +106,15 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
             request = rng.choice((Arch.kvm_get_api_version, Arch.kvm_get_vcpu_mmap_size))
             out.append(Probe(name, fd, request, _const(rng.choice((0, 0, 1, WILD)))))  # type: ignore[arg-type]
     return out
+
+
+def _exact(a: Arch, *, rev: AbiRevision, seed: int, length: int) -> bytes:
+    """A struct whose size is its buffer's length (nothing past it is read: the guest's page
+    past a read-only part is mapped, where the replay maps nothing)."""
+    rng = random.Random(seed)
+    caps = rng.choice((0, (1 << 64) - 1))  # preset: the kernel's write of the answer shows byte by byte
+    body = rev.layout.pack(a.byteorder, size=length, flags=rng.choice((0, 0, 1)), compat_capabilities=caps)
+    return body.ljust(length, b"\0")
 
 
 def _const(value: int) -> Callable[[Arch], int]:
@@ -117,7 +138,9 @@ def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: obj
         return Answer(error="EBADF")
     addr = None
     if isinstance(arg, bytes):
-        addr = mem.map(len(arg), data=arg)
+        k = probe.readonly_from
+        parts = [(len(arg), k is None)] if not k else [(k, True), (len(arg) - k, False)]
+        addr = mem.map_parts(parts, arg)
         argp = addr
     else:
         argp = arg & ((1 << 64) - 1)

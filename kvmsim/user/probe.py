@@ -86,6 +86,9 @@ class Probe:
     request: Callable[[Arch], int]
     arg: Callable[[Arch], int | bytes]
     returns_fd: bool = False
+    # a buffer's bytes from this offset on are in a read-only page (0: all of it; None: none),
+    # the ones before it in a writable page just below (the lab's fuzz cases: kvmsim.user.fuzz)
+    readonly_from: int | None = None
 
     def run(self, target: Device, fds: dict[str, int]) -> Answer:
         arch = target.arch
