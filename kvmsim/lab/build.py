@@ -29,9 +29,10 @@ def probes_h(extra: Sequence[probe.Probe] = ()) -> str:
     """``kvmsim.probe.kvm_probes(sweep=True)`` and ``extra`` (the fuzz cases) for ppc64le,
     as the prober's C table."""
     rows = []
+    fuzzed = {p.name for p in extra}
     for p in [*probe.kvm_probes(REVISIONS.values(), sweep=True), *extra]:
         arg = p.arg(ARCH)
-        fd = "FD_DEV" if p.fd == "dev" else "FD_VM"
+        fd = "FD_DEV" if p.fd == "dev" else "FD_VM_OR_DEV" if p.name in fuzzed else "FD_VM"
         if isinstance(arg, bytes):
             fill = arg[24:25] or b"\0"
             odd = [i for i in range(24, len(arg)) if arg[i] != fill[0]]

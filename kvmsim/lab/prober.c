@@ -33,7 +33,7 @@
 #define MODULE_INIT_COMPRESSED_FILE 4
 #endif
 
-enum probe_fd { FD_DEV, FD_VM };
+enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV /* a fuzz case: /dev/kvm where no VM can be made */ };
 enum probe_arg { ARG_INT, ARG_BUF };
 
 struct probe {
@@ -118,7 +118,7 @@ static void load(const char *path, const char *module)
 static void run_probe(const struct probe *p, int dev, int vm)
 {
 	char answer[256 + 2 * TAIL_SHOWN], head[64];
-	int fd = p->fd == FD_DEV ? dev : vm;
+	int fd = p->fd == FD_DEV ? dev : p->fd == FD_VM_OR_DEV && vm < 0 ? dev : vm;
 	if (fd < 0)
 		return;
 	if (p->kind == ARG_INT) {
