@@ -47,7 +47,9 @@ def test_the_cases_cover_the_input_space() -> None:
     assert any(len(b) > 24 and any(b[24:]) for b in buffers)  # type: ignore[arg-type]  # a poked tail
     ints = {p.arg(PPC) for p in cs if not isinstance(p.arg(PPC), bytes)}
     assert {0, 8, fuzz.KERNEL_ADDRESS} <= ints and set(range(16)) <= ints
-    assert {p.fd for p in cs} == {"dev", "vm"}
+    assert {p.fd for p in cs} == {"dev", "vm", "vm-hv", "vm-pr"}
+    assert set(range(1, 33)) <= {len(b) for b in buffers}  # type: ignore[arg-type]  # cut short at every offset
+    assert {p.readonly_from for p in cs} >= {None, 0, *range(1, 33)}
 
 
 def test_a_replay_faults_past_the_buffer_as_the_guest_does() -> None:
@@ -101,3 +103,18 @@ def test_a_struct_running_into_a_read_only_page(k: int, written: bool) -> None:
     assert answer.error == "EFAULT" and (answer.written is not None) == written
     if written:
         assert answer.written is not None and answer.written[16:20] == bytes(4) and answer.written[20:] == b"\xff" * 4
+
+
+def test_a_replay_places_the_buffer_where_the_guest_does_to_the_byte() -> None:
+    """The first disagreement the fuzz found (seed 0, case 4683): size 33 in a 31-byte buffer
+    with a non-zero byte at 26.  check_zeroed_user() reads aligned words; the guest's buffer
+    ends at a page boundary, so its tail's last word is mapped and holds the non-zero byte:
+    E2BIG, the size written back.  A buffer starting at a page boundary instead would fault
+    in that word first (EFAULT)."""
+    k = Kernel.from_profile("qemu-nested-hv-p10")
+    req = k.rev.request(PPC)
+    assert req is not None
+    body = bytearray(k.rev.layout.pack("little", size=33, flags=0, compat_capabilities=0).ljust(31, b"\0"))
+    body[26] = 0xFE
+    probe = Probe("fuzz 0", "vm", lambda a: req, lambda a: bytes(body))
+    assert fuzz.simulate(k, [probe])["fuzz 0"].to_toml() == "E2BIG " + (24).to_bytes(8, "little").hex() + "00" * 16

@@ -138,15 +138,17 @@ class AddressSpace(UserAccess):
         free range that fits, so unmapped addresses are reused and stay low."""
         return self.map_parts([(length, writable)], data)
 
-    def map_parts(self, parts: list[tuple[int, bool]], data: bytes | None = None) -> int:
+    def map_parts(self, parts: list[tuple[int, bool]], data: bytes | None = None, *, offset: int = 0) -> int:
         """Map consecutive parts, each ``(length, writable)``, with nothing between them (as
-        pages of one mapping with different protections: mprotect), ``data`` across them."""
+        pages of one mapping with different protections: mprotect), ``data`` across them,
+        starting ``offset`` bytes into a page (where a program placed its buffer: the kernel
+        reads user words at aligned addresses)."""
         length = sum(n for n, _ in parts)
-        if length <= 0 or any(n <= 0 for n, _ in parts):
-            raise ValueError(f"cannot map parts of {[n for n, _ in parts]} bytes")
+        if length <= 0 or any(n <= 0 for n, _ in parts) or not 0 <= offset < PAGE_SIZE:
+            raise ValueError(f"cannot map parts of {[n for n, _ in parts]} bytes at offset {offset}")
         with self._lock:
-            pages = -(-length // PAGE_SIZE) + 1  # one guard page after every mapping
-            start = self._free_range(pages * PAGE_SIZE)
+            pages = -(-(offset + length) // PAGE_SIZE) + 1  # one guard page after every mapping
+            start = self._free_range(pages * PAGE_SIZE) + offset
             whole = bytearray(length)
             if data is not None:
                 whole[: len(data)] = data[:length]

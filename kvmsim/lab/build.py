@@ -25,6 +25,10 @@ def _c_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# a fuzz case's fd: /dev/kvm where its VM cannot be made
+FUZZ_FDS = {"dev": "FD_DEV", "vm": "FD_VM_OR_DEV", "vm-hv": "FD_VM_HV", "vm-pr": "FD_VM_PR"}
+
+
 def probes_h(extra: Sequence[probe.Probe] = ()) -> str:
     """``kvmsim.probe.kvm_probes(sweep=True)`` and ``extra`` (the fuzz cases) for ppc64le,
     as the prober's C table."""
@@ -32,7 +36,7 @@ def probes_h(extra: Sequence[probe.Probe] = ()) -> str:
     fuzzed = {p.name for p in extra}
     for p in [*probe.kvm_probes(REVISIONS.values(), sweep=True), *extra]:
         arg = p.arg(ARCH)
-        fd = "FD_DEV" if p.fd == "dev" else "FD_VM_OR_DEV" if p.name in fuzzed else "FD_VM"
+        fd = FUZZ_FDS[p.fd] if p.name in fuzzed else "FD_DEV" if p.fd == "dev" else "FD_VM"
         if isinstance(arg, bytes):
             fill = arg[24:25] or b"\0"
             odd = [i for i in range(24, len(arg)) if arg[i] != fill[0]]

@@ -33,7 +33,8 @@
 #define MODULE_INIT_COMPRESSED_FILE 4
 #endif
 
-enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV /* a fuzz case: /dev/kvm where no VM can be made */ };
+/* the fuzz cases' VM fds fall back to /dev/kvm where their VM cannot be made */
+enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR };
 enum probe_arg { ARG_INT, ARG_BUF };
 
 struct probe {
@@ -115,10 +116,14 @@ static void load(const char *path, const char *module)
 		close(fd);
 }
 
+static int vm_hv = -1, vm_pr = -1; /* the fuzz's VMs of types 1 and 2, made in main() */
+
 static void run_probe(const struct probe *p, int dev, int vm)
 {
 	char answer[256 + 2 * TAIL_SHOWN], head[64];
-	int fd = p->fd == FD_DEV ? dev : p->fd == FD_VM_OR_DEV && vm < 0 ? dev : vm;
+	int fd = p->fd == FD_DEV ? dev : p->fd == FD_VM ? vm : p->fd == FD_VM_OR_DEV ? vm : p->fd == FD_VM_HV ? vm_hv : vm_pr;
+	if (fd < 0 && p->fd >= FD_VM_OR_DEV)
+		fd = dev;
 	if (fd < 0)
 		return;
 	if (p->kind == ARG_INT) {
@@ -266,6 +271,8 @@ int main(void)
 	if (dev >= 0) {
 		vm = ioctl(dev, KVM_CREATE_VM_REQ, 0);
 		line("probe", "create vm", vm < 0 ? errname(errno) : "fd");
+		vm_hv = ioctl(dev, KVM_CREATE_VM_REQ, 1);
+		vm_pr = ioctl(dev, KVM_CREATE_VM_REQ, 2);
 		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
 			run_probe(&PROBES[i], dev, vm);
 	}

@@ -4,16 +4,17 @@ real kernel in the lab's guest and replayed on the simulator, answer by answer.
 A case is a :class:`~kvmsim.user.probe.Probe` (the guest's prober runs it as it runs every
 probe) named ``fuzz <i>``: case *i* of seed *S* is the same on every run.  The cases cover
 every revision's request and its neighbours (the other direction and size bits, both the
-powerpc and the generic encoding, the next and previous nr), on the /dev/kvm fd and a VM fd;
-the struct's ``size`` at every edge (0, 23-25, 32, both page sizes and one either side, 2^63,
-2^64-1, byte-swapped 24) with the buffer that long (or 24 bytes, where the size is past 64K:
-the kernel then must not read it), ``flags`` set or not, a non-zero byte at any offset of the
-tail, the bad pointers (NULL, a kernel address, an unmapped one); ``KVM_CHECK_EXTENSION`` of
-any number 0-300 and beyond, ``KVM_CREATE_VM`` of types 0-15, the argument-less ioctls given
-one; and a struct in a read-only page, or running from a writable page into a read-only one
-at any offset 1-32 (what a copy_to_user that faults part-way leaves written is compared).
-Each buffer ends against an unmapped page in the guest, as it ends here (:func:`replay` maps
-nothing else), so a kernel reading past it faults alike in both."""
+powerpc and the generic encoding, the next and previous nr), on the /dev/kvm fd and on a VM
+fd of each type (0, HV, PR; /dev/kvm where that type cannot be made); the struct's ``size``
+at every edge (0, 23-25, 32, both page sizes and one either side, 2^63, 2^64-1, byte-swapped
+24) with the buffer that long (or 24 bytes, where the size is past 64K: the kernel then must
+not read it), or cut short at any length 1-32 (into the unmapped page); ``flags`` set or not,
+a non-zero byte at any offset of the tail, the bad pointers (NULL, a kernel address, an
+unmapped one); ``KVM_CHECK_EXTENSION`` of any number 0-300 and beyond, ``KVM_CREATE_VM`` of
+types 0-15, the argument-less ioctls given one; and a struct in a read-only page, or running
+from a writable page into a read-only one at any offset 1-32 (what a copy_to_user that
+faults part-way leaves written is compared).  Each buffer ends against an unmapped page in
+the guest, as it ends here (:func:`replay` maps nothing else), so a kernel reading past it faults alike in both."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from collections.abc import Callable, Iterable
 from ..kernel.errors import KvmError
 from ..kernel.kvm_main import BootedKernel
 from ..kernel.revisions import REVISIONS, AbiRevision
-from ..kernel.uapi import ARCHES, KVMIO, Arch, errname
+from ..kernel.uapi import ARCHES, KVM_VM_PPC_HV, KVM_VM_PPC_PR, KVMIO, Arch, errname
+from ..kernel.usermem import PAGE_SIZE
 from .probe import NULL, WILD, Answer, Probe
 
 KERNEL_ADDRESS = 0xC000000000000000  # powerpc's linear map: access_ok() refuses it
@@ -52,6 +54,8 @@ def _struct(rng: random.Random, rev: AbiRevision, arch: Arch) -> bytes:
     flags = rng.choice((0, 0, 0, 1, 1 << 63))
     caps = rng.choice((0, 0, (1 << 64) - 1))
     body = rev.layout.pack(arch.byteorder, size=size & ((1 << 64) - 1), flags=flags, compat_capabilities=caps)
+    if rng.random() < 0.2:  # cut short: the struct runs into the unmapped page at any offset 1-32
+        length = rng.randrange(1, 33)
     buf = bytearray(body[:length].ljust(length, b"\0"))
     if length > 24 and rng.random() < 0.5:  # a non-zero byte somewhere in the tail
         buf[rng.randrange(24, length)] = rng.randrange(1, 256)
@@ -65,7 +69,7 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
     out = []
     for i in range(n):
         kind = rng.random()
-        fd = rng.choice(("dev", "vm", "vm", "vm"))
+        fd = rng.choice(("dev", "vm", "vm", "vm-hv", "vm-pr"))  # a VM of type 0, 1 (HV) or 2 (PR)
         name = f"fuzz {i}"
         if kind < 0.55:  # a revision's request or a neighbour, with a struct or a bad pointer
             rev = rng.choice(revs)
@@ -137,10 +141,12 @@ def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: obj
     if fd < 0:
         return Answer(error="EBADF")
     addr = None
-    if isinstance(arg, bytes):
-        k = probe.readonly_from
-        parts = [(len(arg), k is None)] if not k else [(k, True), (len(arg) - k, False)]
-        addr = mem.map_parts(parts, arg)
+    if isinstance(arg, bytes):  # placed as the prober places it, to the byte within its page
+        k, n = probe.readonly_from, len(arg)
+        if not k:  # its end against the unmapped page
+            addr = mem.map_parts([(n, k is None)], arg, offset=-n % PAGE_SIZE)
+        else:  # k bytes below a page boundary, read-only from there to the end of that page
+            addr = mem.map_parts([(k, True), (-(-(n - k) // PAGE_SIZE) * PAGE_SIZE, False)], arg, offset=-k % PAGE_SIZE)
         argp = addr
     else:
         argp = arg & ((1 << 64) - 1)
@@ -164,7 +170,8 @@ def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: obj
 
 def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]:
     """Every case on one simulated process: /dev/kvm and a type-0 VM, as the prober has them
-    (a VM-fd case is asked of /dev/kvm where no VM can be made, as the prober asks it)."""
+    and one of each type (HV, PR) that can be made; a VM-fd case is asked of /dev/kvm where
+    its VM cannot be made, as the prober asks it."""
     process = kernel.process()
     try:
         dev = process.open()
@@ -175,4 +182,9 @@ def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]
     except KvmError:
         vm = -1
     fds = {"dev": dev, "vm": vm if vm >= 0 else dev}
+    for name, vm_type in (("vm-hv", KVM_VM_PPC_HV), ("vm-pr", KVM_VM_PPC_PR)):  # the prober's too
+        try:
+            fds[name] = process.sys_ioctl(dev, kernel.KVM_CREATE_VM, vm_type)
+        except KvmError:
+            fds[name] = dev
     return {p.name: replay(kernel, p, fds, process) for p in probes}

@@ -82,7 +82,7 @@ class Probe:
     (passed as is: a value, NULL or a wild pointer) or the initial bytes of a buffer."""
 
     name: str
-    fd: Literal["dev", "vm"]
+    fd: Literal["dev", "vm", "vm-hv", "vm-pr"]  # the last two: the fuzz's VMs of types 1 and 2
     request: Callable[[Arch], int]
     arg: Callable[[Arch], int | bytes]
     returns_fd: bool = False
