@@ -50,6 +50,7 @@ def test_the_cases_cover_the_input_space() -> None:
     assert {p.fd for p in cs} == {"dev", "vm", "vm-hv", "vm-pr"}
     assert set(range(1, 33)) <= {len(b) for b in buffers}  # type: ignore[arg-type]  # cut short at every offset
     assert {p.readonly_from for p in cs} >= {None, 0, *range(1, 33)}
+    assert any(p.on_stack for p in cs)
 
 
 def test_a_replay_faults_past_the_buffer_as_the_guest_does() -> None:

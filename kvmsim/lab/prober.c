@@ -49,6 +49,7 @@ struct probe {
 	unsigned char poke;
 	int returns_fd;
 	int readonly_from; /* ARG_BUF: read-only from this offset (0: all; -1: none) */
+	int on_stack;      /* ARG_BUF: on this program's stack instead (at most 256 bytes) */
 };
 
 #include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ */
@@ -154,6 +155,9 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	memcpy(before, p->head, n < 24 ? n : 24);
 	if (p->poke_at && p->poke_at < n)
 		before[p->poke_at] = p->poke;
+	unsigned char stack_buf[256] __attribute__((aligned(16)));
+	if (p->on_stack && n <= sizeof(stack_buf))
+		buf = stack_buf;
 	memcpy(buf, before, n);
 	if (p->readonly_from >= 0 && mprotect(map + low, rw, PROT_READ)) {
 		line("probe", p->name, "prober: no mprotect");

@@ -13,7 +13,7 @@ a non-zero byte at any offset of the tail, the bad pointers (NULL, a kernel addr
 unmapped one); ``KVM_CHECK_EXTENSION`` of any number 0-300 and beyond, ``KVM_CREATE_VM`` of
 types 0-15, the argument-less ioctls given one; and a struct in a read-only page, or running
 from a writable page into a read-only one at any offset 1-32 (what a copy_to_user that
-faults part-way leaves written is compared).  Each buffer ends against an unmapped page in
+faults part-way leaves written is compared), or on the program's stack.  Each buffer ends against an unmapped page in
 the guest, as it ends here (:func:`replay` maps nothing else), so a kernel reading past it faults alike in both."""
 
 from __future__ import annotations
@@ -94,7 +94,10 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
             layout = rng.random()
             if layout < 0.1 and not bad:  # the struct in a read-only page throughout
                 out.append(Probe(name, fd, req, arg, readonly_from=0))  # type: ignore[arg-type]
-            elif layout < 0.25 and not bad:  # writable up to a page boundary, read-only past it
+            elif layout < 0.15 and not bad:  # on the stack (an exact-size struct: nothing past it is read)
+                exact = functools.partial(_exact, rev=rev, seed=struct_seed, length=rng.choice((24, 32)))
+                out.append(Probe(name, fd, req, exact, on_stack=True))  # type: ignore[arg-type]
+            elif layout < 0.3 and not bad:  # writable up to a page boundary, read-only past it
                 k = rng.randrange(1, 33)
                 length = rng.choice((24, 32))
                 exact = functools.partial(_exact, rev=rev, seed=struct_seed, length=max(length, k + 1))

@@ -89,6 +89,7 @@ class Probe:
     # a buffer's bytes from this offset on are in a read-only page (0: all of it; None: none),
     # the ones before it in a writable page just below (the lab's fuzz cases: kvmsim.user.fuzz)
     readonly_from: int | None = None
+    on_stack: bool = False  # the buffer is on the asking program's stack (an exact-size struct)
 
     def run(self, target: Device, fds: dict[str, int]) -> Answer:
         arch = target.arch
