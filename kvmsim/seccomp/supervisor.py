@@ -259,7 +259,8 @@ class Supervisor:
             return
         placeholder = self.files[key]
         self._drop(key)
-        self._trace(Call("kernel", "RELEASE", placeholder.sim_fd, None, None, b"", (), 0, 0, None))
+        if self.trace is not None:
+            self.trace(Call("kernel", "RELEASE", placeholder.sim_fd, None, None, b"", (), 0, 0, None))
 
     def _drop(self, key: tuple[int, int]) -> None:
         placeholder = self.files.pop(key)
@@ -269,10 +270,6 @@ class Supervisor:
         placeholder.peer.close()
         with contextlib.suppress(KvmError):
             self.process.close(placeholder.sim_fd)
-
-    def _trace(self, call: Call) -> None:
-        if self.trace is not None:
-            self.trace(call)
 
     # -- ioctl(2) ---------------------------------------------------------------------------
 
@@ -298,7 +295,8 @@ class Supervisor:
         answer = error(err) if err else value(ret)
         if not err and creates:
             answer = Answer("fd", fd=self._placeholder(ret, is_vm=True), cloexec=True)
-        self._trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))
+        if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
+            self.trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))
         return answer
 
     # -- open(2) ----------------------------------------------------------------------------
@@ -337,7 +335,8 @@ class Supervisor:
             ret, err = self.process.open(DEV_KVM, flags), 0
         except KvmError as exc:
             ret, err, reason = -1, exc.errno or errno.ENOENT, exc.reason
-        self._trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason))
+        if self.trace is not None:
+            self.trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason))
         if err:
             return error(err)
         return Answer("fd", fd=self._placeholder(ret, is_vm=False, nonblock=bool(flags & os.O_NONBLOCK)),
