@@ -5,6 +5,10 @@ with kvm_pr), x86's from this machine's /dev/kvm."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import attrs
 
 from .uapi import (
@@ -38,7 +42,8 @@ class KvmConfig:
         """CONFIG_KVM_MMIO: also a page of struct kvm_run's mapping (kvm_dev_ioctl's VCPU_MMAP_SIZE)."""
         return self.coalesced_mmio_page_offset > 0
 
-    def answers(self) -> dict[int, int]:
+    @functools.cache  # noqa: B019 (a handful of frozen values, each kernel boot asks)
+    def answers(self) -> Mapping[int, int]:
         """The capabilities these options answer, before the arch's own switch."""
         out: dict[int, int] = {
             KVM_CAP_DIRTY_LOG_RING: KVM_DIRTY_RING_BYTES if self.dirty_ring_tso else 0,
@@ -57,7 +62,7 @@ class KvmConfig:
             out[KVM_CAP_IRQ_ROUTING] = self.max_irq_routes
         if self.guest_memfd:
             out[KVM_CAP_GUEST_MEMFD] = 1
-        return out
+        return MappingProxyType(out)
 
 
 def powerpc(book3s_pr: bool) -> KvmConfig:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import attrs
 
+from .kstat import is_dev_kvm
 from .uapi import AT_FDCWD, PATH_MAX
 
 MAX_LINKS = 40  # the kernel's MAXSYMLINKS
@@ -73,15 +74,28 @@ class Namei:
             return DEV_KVM
         if len(path) >= PATH_MAX:
             return REAL
-        start = f"/proc/{task}/root" if path.startswith(b"/") else (
-            f"/proc/{task}/cwd" if dirfd == AT_FDCWD else f"/proc/{task}/fd/{dirfd}"
-        )  # fmt: skip
         try:
-            cur = os.open(start, _OPATH_DIR)
+            cur = os.open(start_dir(task, dirfd, path), _OPATH_DIR)
         except OSError:
             return REAL  # the real call says why
         with _Cursor(cur) as at:
             return self._walk(at, task, path, follow)
+
+    @staticmethod
+    def lands_on_dev_kvm(task: int, dirfd: int, path: bytes, *, follow: bool = True) -> bool:
+        """Does a path that names nothing simulated reach /dev/kvm all the same (a symlink
+        called anything)?  One stat from the task's view: an open must never reach this
+        machine's device."""
+        try:
+            if path.startswith(b"/"):
+                return is_dev_kvm(os.stat(path, follow_symlinks=follow))
+            at = os.open(start_dir(task, dirfd, path), _OPATH_DIR)
+            try:
+                return is_dev_kvm(os.stat(path, dir_fd=at, follow_symlinks=follow))
+            finally:
+                os.close(at)
+        except OSError:
+            return False
 
     def _walk(self, at: _Cursor, task: int, path: bytes, follow: bool) -> Found:
         rest, links = path, 0
@@ -128,6 +142,13 @@ class Namei:
             except OSError:
                 return REAL
             rest = after
+
+
+def start_dir(task: int, dirfd: int, path: bytes) -> str:
+    """Where the task's walk of ``path`` starts: its root, its working directory or ``dirfd``."""
+    if path.startswith(b"/"):
+        return f"/proc/{task}/root"
+    return f"/proc/{task}/cwd" if dirfd == AT_FDCWD else f"/proc/{task}/fd/{dirfd}"
 
 
 def tgid(task: int) -> int:

@@ -310,7 +310,9 @@ class Supervisor:
         if path is None:
             return CONTINUE  # the real kernel's EFAULT or ENAMETOOLONG
         found = self.namei.lookup(n.pid, dirfd, path, follow=not flags & os.O_NOFOLLOW)
-        if found.kind == "real" and not self._lands_on_dev_kvm(n.pid, dirfd, path, flags):
+        if found.kind == "real" and not self.namei.lands_on_dev_kvm(
+            n.pid, dirfd, path, follow=not flags & os.O_NOFOLLOW
+        ):
             return CONTINUE
         if not self._valid(n):
             return CONTINUE
@@ -341,24 +343,6 @@ class Supervisor:
             return error(err)
         return Answer("fd", fd=self._placeholder(ret, is_vm=False, nonblock=bool(flags & os.O_NONBLOCK)),
                       cloexec=bool(flags & os.O_CLOEXEC))  # fmt: skip
-
-    def _lands_on_dev_kvm(self, pid: int, dirfd: int, path: bytes, flags: int) -> bool:
-        """Does a path that names nothing simulated reach /dev/kvm all the same (a symlink
-        called anything)?  One stat from the task's view: an open must never reach this
-        machine's device."""
-        try:
-            if path.startswith(b"/"):
-                st = os.stat(path, follow_symlinks=not flags & os.O_NOFOLLOW)
-            else:
-                start = f"/proc/{pid}/cwd" if dirfd == uapi.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
-                at = os.open(start, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    st = os.stat(path, dir_fd=at, follow_symlinks=not flags & os.O_NOFOLLOW)
-                finally:
-                    os.close(at)
-        except OSError:
-            return False
-        return is_dev_kvm(st)
 
     def sys_open(self, n: Notification, mem: TaskMemory) -> Answer:
         return self._open(n, mem, uapi.AT_FDCWD, n.args[0], n.args[1] & 0xFFFFFFFF)
@@ -493,8 +477,7 @@ class Supervisor:
         return self._readlink(n, mem, n.args[0], n.args[1], n.args[2])
 
     def sys_readlinkat(self, n: Notification, mem: TaskMemory) -> Answer:
-        if _s32(n.args[0]) != uapi.AT_FDCWD and not (self._path(mem, n.args[1]) or b"").startswith(b"/"):
-            return CONTINUE
+        # only an absolute /proc/.../fd/N is answered, and an absolute path ignores dirfd
         return self._readlink(n, mem, n.args[1], n.args[2], n.args[3])
 
     def sys_uname(self, n: Notification, mem: TaskMemory) -> Answer:

@@ -23,10 +23,10 @@ import random
 from collections.abc import Callable, Iterable
 
 from ..kernel.errors import KvmError
-from ..kernel.kvm_main import BootedKernel
+from ..kernel.kvm_main import BootedKernel, Process
 from ..kernel.revisions import REVISIONS, AbiRevision
 from ..kernel.uapi import ARCHES, KVM_VM_PPC_HV, KVM_VM_PPC_PR, KVMIO, Arch, errname
-from ..kernel.usermem import PAGE_SIZE
+from ..kernel.usermem import PAGE_SIZE, AddressSpace
 from .probe import NULL, WILD, Answer, Probe
 
 KERNEL_ADDRESS = 0xC000000000000000  # powerpc's linear map: access_ok() refuses it
@@ -128,21 +128,15 @@ def _const(value: int) -> Callable[[Arch], int]:
     return lambda _arch: value
 
 
-def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: object) -> Answer:
+def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: Process) -> Answer:
     """``probe`` on the simulated kernel as the guest's prober asks it: an int argument
-    passed as is; a buffer mapped alone, nothing after it, read back afterwards."""
-    from ..kernel.kvm_main import Process
-    from ..kernel.usermem import AddressSpace
-
-    assert isinstance(process, Process)
+    passed as is; a buffer mapped alone, where the prober places it, read back afterwards."""
     mem = process.memory
-    assert isinstance(mem, AddressSpace)
+    assert isinstance(mem, AddressSpace)  # kernel.process()'s own
     arch = kernel.arch
     arg = probe.arg(arch)
     request = probe.request(arch) & 0xFFFFFFFF
     fd = fds[probe.fd]
-    if fd < 0:
-        return Answer(error="EBADF")
     addr = None
     if isinstance(arg, bytes):  # placed as the prober places it, to the byte within its page
         k, n = probe.readonly_from, len(arg)
