@@ -53,9 +53,9 @@ $(BUILD)/kvmsim_wire.h: $(STAMP) kvmsim/preload/wire.py kvmsim/preload/channel.p
 	mkdir -p $(BUILD)
 	$(BIN)/python -m kvmsim.preload.shimdefs > $@
 
-$(BUILD)/kvmsim_shim.so: kvmsim/preload/shim/kvmsim_shim.c $(BUILD)/kvmsim_wire.h
+$(BUILD)/kvmsim_shim.so: $(wildcard kvmsim/preload/shim/*.c) kvmsim/preload/shim/shim.h $(BUILD)/kvmsim_wire.h
 	mkdir -p $(BUILD)
-	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -I$(BUILD) -o $@ $< -ldl -lpthread
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -fvisibility=hidden -I$(BUILD) -o $@ $(filter %.c,$^) -ldl -lpthread
 
 $(BUILD)/kvm_compat_caps: client/c/kvm_compat_caps.c client/c/kvm_compat_caps.h
 	mkdir -p $(BUILD)

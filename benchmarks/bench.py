@@ -207,17 +207,22 @@ def serving(host: str = HOST) -> Iterator[tuple[Kernel, Server]]:
 def dispatch_round(host: str = HOST) -> Callable[[], float]:
     """One round of what the server does for a compat-caps IOCTL frame, without a transport."""
     from kvmsim.preload import wire
+    from kvmsim.preload.placeholder import Placeholders
     from kvmsim.preload.server import Connection
 
     kernel = Kernel.from_profile(host)
     ours, _theirs = socket.socketpair()
-    conn = Connection(kernel, ours, "bench")
-    opened = conn.dispatch(wire.Msg.OPEN, wire.OPEN.pack(os.O_RDWR) + b"/dev/kvm")
-    dev = wire.RESULT.unpack_from(opened, wire.HEADER.size)[0]
-    created = conn.dispatch(wire.Msg.IOCTL, wire.IOCTL.pack(dev, kernel.KVM_CREATE_VM, 0))
-    vm = wire.RESULT.unpack_from(created, wire.HEADER.size)[0]
+    conn = Connection(Placeholders(kernel), ours, "bench")
+    _, dev = conn.dispatch(wire.Msg.OPEN, wire.OPEN.pack(os.O_RDWR) + b"/dev/kvm")
+    assert dev is not None
+    st = os.fstat(dev)
+    _, vm = conn.dispatch(wire.Msg.IOCTL, wire.IOCTL.pack(dev, kernel.KVM_CREATE_VM, 0, st.st_dev, st.st_ino))
+    assert vm is not None
+    st = os.fstat(vm)
     req = kernel.KVM_PPC_GET_COMPAT_CAPS or 0
-    frame = wire.IOCTL.pack(vm, req, 0x10000) + (24).to_bytes(8, "little") + bytes(wire.WINDOW - 8)
+    frame = (
+        wire.IOCTL.pack(vm, req, 0x10000, st.st_dev, st.st_ino) + (24).to_bytes(8, "little") + bytes(wire.WINDOW - 8)
+    )
     return per_op(lambda: conn.dispatch(wire.Msg.IOCTL, frame), 5000)
 
 

@@ -1,14 +1,17 @@
 """The shim's side of kvmsim/preload/wire.py in Python, for driving a server from tests: a client
 process whose "user memory" is a dict of regions it answers MEM_READ/MEM_WRITE from; on the
-socket, or (``shared=True``) on the shared-memory channel of kvmsim/preload/channel.py."""
+socket, or (``shared=True``) on the shared-memory channel of kvmsim/preload/channel.py.  The
+placeholders the server passes are this process's real fds, named to it by their identity."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import mmap
+import os
 import socket
 import time
+from collections.abc import Callable
 from os import close as os_close
 
 from kvmsim.preload import channel, wire
@@ -98,7 +101,16 @@ class PyShim:
         return None
 
     def call(self, msg: Msg, payload: bytes) -> tuple[int, int, int]:
-        """Send one request, answer memory requests, return (ret, errno, flags)."""
+        """Send one request, answer memory requests, return (ret, errno, flags); a placeholder
+        that comes with the RESULT is the ret."""
+        ret, err, flags = self._call(msg, payload)
+        if flags & wire.RESULT_NEW_FD:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1, 1)
+            assert data == b"\0" and len(fds) == 1, (data, fds)
+            ret = fds[0]
+        return ret, err, flags
+
+    def _call(self, msg: Msg, payload: bytes) -> tuple[int, int, int]:
         self.send(wire.frame(msg, payload))
         while True:
             kind, body = self.receive()
@@ -147,7 +159,36 @@ class PyShim:
         if found is not None:  # read ahead, as the shim does
             buf, off = found
             ahead = bytes(buf[off : off + wire.WINDOW])
-        return self.call(Msg.IOCTL, wire.IOCTL.pack(fd, cmd, arg) + ahead)
+        return self.call(Msg.IOCTL, wire.IOCTL.pack(fd, cmd, arg, *identity(fd)) + ahead)
 
-    def close_fd(self, fd: int) -> tuple[int, int, int]:
-        return self.call(Msg.CLOSE, wire.CLOSE.pack(fd))
+    def close_fd(self, fd: int) -> None:
+        os.close(fd)  # the server releases the file when it sees its end hang up
+
+
+def identity(fd: int) -> tuple[int, int]:
+    """A placeholder's dev and ino; (0, 0) for a number that is no open fd (nobody's)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return 0, 0
+    return st.st_dev, st.st_ino
+
+
+class Placeholders:
+    """A fake server's side of placeholders: what it answers an OPEN or KVM_CREATE_VM with —
+    a RESULT_NEW_FD, then one end of a SOCK_SEQPACKET socketpair on the socket (the other end
+    kept, as a server keeps it)."""
+
+    def __init__(self) -> None:
+        self.kept: list[socket.socket] = []
+
+    def answer(self, sock: socket.socket, send: Callable[[bytes], None]) -> None:
+        theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.kept.append(ours)
+        send(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, wire.RESULT_NEW_FD, 0)))
+        socket.send_fds(sock, [b"\0"], [theirs.fileno()])
+        theirs.close()
+
+    def close(self) -> None:
+        for s in self.kept:
+            s.close()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pyshim import read_frame
+from pyshim import identity, read_frame
 from test_profile import GOOD as PROFILE
 
 from kvmsim import Kernel, ProfileError
@@ -35,20 +35,27 @@ def connect(server: Server) -> socket.socket:
 
 
 def call(s: socket.socket, msg: Msg, payload: bytes) -> tuple[int, int]:
-    """One call as a shim makes it; every memory request is answered EFAULT (nothing mapped)."""
+    """One call as a shim makes it; every memory request is answered EFAULT (nothing mapped).
+    A placeholder that comes with the RESULT is the ret."""
     s.sendall(wire.frame(msg, payload))
     reply, body = read_frame(s)
     while reply == Msg.MEM_READ:
         s.sendall(wire.frame(Msg.MEM_DATA, wire.MEM_DATA.pack(errno.EFAULT)))
         reply, body = read_frame(s)
     assert reply == Msg.RESULT
-    (ret, err, _flags, _count), _ = wire.unpack(wire.RESULT, body, exact=False)
+    (ret, err, flags, _count), _ = wire.unpack(wire.RESULT, body, exact=False)
+    if flags & wire.RESULT_NEW_FD:
+        ret = socket.recv_fds(s, 1, 1)[1][0]
     return ret, err
+
+
+def ioctl(fd: int, cmd: int, arg: int = 0) -> bytes:
+    return wire.IOCTL.pack(fd, cmd, arg, *identity(fd))
 
 
 def open_vm(s: socket.socket) -> int:
     dev, _ = call(s, Msg.OPEN, wire.OPEN.pack(2) + b"/dev/kvm")
-    vm, _ = call(s, Msg.IOCTL, wire.IOCTL.pack(dev, 0x2000AE01, 0))
+    vm, _ = call(s, Msg.IOCTL, ioctl(dev, 0x2000AE01))
     return vm
 
 
@@ -61,8 +68,8 @@ def test_an_argument_near_2_64_is_efault_and_the_connection_lives(tmp_path: Path
         s = connect(server)
         vm = open_vm(s)
         request = V4.request(Kernel.from_profile("powervm-p11").arch)
-        assert call(s, Msg.IOCTL, wire.IOCTL.pack(vm, request, arg)) == (-1, errno.EFAULT)
-        assert call(s, Msg.IOCTL, wire.IOCTL.pack(vm, 0x2000AE03, 249)) == (1, 0)  # still served
+        assert call(s, Msg.IOCTL, ioctl(vm, request, arg)) == (-1, errno.EFAULT)
+        assert call(s, Msg.IOCTL, ioctl(vm, 0x2000AE03, 249)) == (1, 0)  # still served
 
 
 # -- 8. half-sent frames, oversized frames, too many connections --------------------------

@@ -270,27 +270,30 @@ print(field("/proc/self/status", "Seccomp"), field("/proc/self/status", "NoNewPr
 """
 
 
-INTERCEPT = "seccomp"  # these are its rules: under the shim, with its own fd table, each one fails
+INTERCEPT = "seccomp"
+BOTH = pytest.mark.parametrize(
+    "intercept", [pytest.param("seccomp", marks=needs_seccomp), "preload"]
+)  # the real kernel's rules for placeholders, on either path
 
 
-def under_run(code: str, host: str = "powervm-p11") -> subprocess.CompletedProcess[str]:
+def under_run(code: str, host: str = "powervm-p11", intercept: str = INTERCEPT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(KVMSIM), "run", "--host", host, "--intercept", INTERCEPT, "--", sys.executable, "-c", code],
+        [str(KVMSIM), "run", "--host", host, "--intercept", intercept, "--", sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-@needs_seccomp
-def test_exec_keeps_an_inheritable_dev_kvm_and_drops_a_cloexec_one() -> None:
-    r = under_run(EXEC.replace("SELF", repr(EXEC)))
+@BOTH
+def test_exec_keeps_an_inheritable_dev_kvm_and_drops_a_cloexec_one(intercept: str) -> None:
+    r = under_run(EXEC.replace("SELF", repr(EXEC)), intercept=intercept)
     assert r.stdout.strip() == "12 9", r.stderr  # the kept fd answers; the dropped one is EBADF
 
 
-@needs_seccomp
-def test_a_vm_fd_passed_with_scm_rights_still_answers() -> None:
-    r = under_run(SCM_RIGHTS)
+@BOTH
+def test_a_vm_fd_passed_with_scm_rights_still_answers(intercept: str) -> None:
+    r = under_run(SCM_RIGHTS, intercept=intercept)
     assert r.stdout.strip() == "1", r.stderr
 
 
@@ -320,10 +323,11 @@ except OSError as exc:
 """
 
 
-@needs_seccomp
-def test_poll_of_a_simulated_fd_is_the_devices_default_mask() -> None:
-    """/dev/kvm has no poll op: DEFAULT_POLLMASK, readable and writable at once."""
-    assert under_run(POLL).stdout.split() == ["True", "True"]
+@BOTH
+def test_poll_of_a_simulated_fd_is_the_devices_default_mask(intercept: str) -> None:
+    """/dev/kvm has no poll op: DEFAULT_POLLMASK, readable and writable at once (the
+    placeholder is: the server's end is shut for writing, so a read never waits)."""
+    assert under_run(POLL, intercept=intercept).stdout.split() == ["True", "True"]
 
 
 @needs_seccomp

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_cc
+from pyshim import Placeholders
 
 from kvmsim import Kernel
 from kvmsim.preload import build, wire
@@ -103,27 +104,29 @@ def evil_server(path: Path, on_compat_caps: Callable[[Transport, int], None]) ->
     def serve() -> None:
         conn, _ = listener.accept()
         chan: Transport = wire.FrameReader(conn)
+        files = Placeholders()
         try:
             while True:
                 msg, payload = chan.read()
                 if msg == Msg.SHM:
                     chan = SharedChannel(conn)
                 elif msg == Msg.OPEN:
-                    chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3, 0, 0, 0)))
+                    files.answer(conn, chan.sendall)
                 elif msg == Msg.IOCTL:
-                    (_fd, cmd, arg), _ = wire.unpack(wire.IOCTL, payload, exact=False)
+                    (_fd, cmd, arg, _dev, _ino), _ = wire.unpack(wire.IOCTL, payload, exact=False)
                     if cmd == 0x2000AEB8:
                         on_compat_caps(chan, arg)
                         seen.append(("caps", arg, chan.read()))
                         chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
+                    elif cmd == 0x2000AE01:
+                        files.answer(conn, chan.sendall)
                     else:
-                        ret, flags = {0x2000AE00: (12, 0), 0x2000AE01: (4, wire.RESULT_NEW_FD)}.get(cmd, (1, 0))
-                        chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(ret, 0, flags, 0)))
-                elif msg == Msg.CLOSE:
-                    chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
+                        ret = {0x2000AE00: 12}.get(cmd, 1)
+                        chan.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(ret, 0, 0, 0)))
         except wire.ProtocolError:
             pass
         finally:
+            files.close()
             conn.close()
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -198,15 +201,16 @@ def test_a_result_writing_outside_the_argument_is_not_applied(shim: Path, tmp_pa
     secret_addr = int(proc.stdout.readline())
     conn, _ = listener.accept()
     reader = wire.FrameReader(conn)
+    files = Placeholders()
     for _ in range(3):  # OPEN, CREATE_VM, the compat caps ioctl
         msg, payload = reader.read()
         if msg == Msg.IOCTL and wire.unpack(wire.IOCTL, payload, exact=False)[0][1] == 0x2000AEB8:
             write = wire.WRITE.pack(secret_addr, 8) + b"OVERWRIT"
             conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 1) + write))
         else:
-            new_fd = msg == Msg.IOCTL
-            conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3 + new_fd, 0, int(new_fd), 0)))
+            files.answer(conn, conn.sendall)
     out = proc.communicate(timeout=30)[0].split()
+    files.close()
     conn.close()
     listener.close()
     assert out == ["14", "untouched"]  # EFAULT, and the secret is as it was
@@ -235,9 +239,11 @@ def test_no_silent_reconnect_after_the_connection_is_lost(shim: Path, tmp_path: 
     )
     conn, _ = listener.accept()
     wire.FrameReader(conn).read()  # OPEN
-    conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(3, 0, 0, 0)))
+    files = Placeholders()
+    files.answer(conn, conn.sendall)
     conn.close()  # the server goes away; whatever listens at the path next is not to be trusted
     out = proc.communicate(timeout=30)[0]
+    files.close()
     with pytest.raises(TimeoutError):
         listener.accept()  # no second connection was made
     listener.close()

@@ -12,13 +12,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyshim import PyShim, read_frame
+from pyshim import PyShim, identity, read_frame
 
 from kvmsim import Kernel
 from kvmsim.preload import wire
@@ -76,14 +77,37 @@ def test_remote_efault_and_e2big_write_back(server: Server) -> None:
     shim.close()
 
 
-def test_each_connection_has_its_own_fd_table(server: Server) -> None:
+def test_a_simulated_file_is_its_placeholder_on_any_connection(server: Server) -> None:
+    """Found by identity, not by the fd number or the connection (a child, an fd passed with
+    SCM_RIGHTS), and released when the last real reference is gone."""
     a, b = PyShim(server.path), PyShim(server.path)
-    assert a.open()[0] == b.open()[0] == 3
-    assert a.close_fd(3)[1] == 0
-    assert a.ioctl(3, server.kernel.KVM_GET_API_VERSION)[1] == errno.EBADF
-    assert b.ioctl(3, server.kernel.KVM_GET_API_VERSION)[0] == 12
+    dev = a.open()[0]
+    assert b.ioctl(dev, server.kernel.KVM_GET_API_VERSION)[0] == 12
+    copy = os.dup(dev)
+    a.close_fd(dev)
+    assert b.ioctl(copy, server.kernel.KVM_GET_API_VERSION)[0] == 12  # the dup holds the file
+    assert len(server.files) == 1
+    a.close_fd(copy)
+    deadline = time.monotonic() + 10
+    while len(server.files) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(server.files) == 0
     a.close()
     b.close()
+
+
+def test_an_fd_that_is_no_placeholder_is_foreign(server: Server, tmp_path: Path) -> None:
+    """The shim then makes the real call; nothing reaches the simulated kernel."""
+    shim = PyShim(server.path)
+    with open(tmp_path / "plain", "w") as f:
+        ret, err, flags = shim.ioctl(f.fileno(), server.kernel.KVM_GET_API_VERSION)
+    assert (ret, err, flags) == (0, 0, wire.RESULT_FOREIGN)
+    assert shim.call(Msg.IDENTIFY, wire.IDENTIFY.pack(1, 2)) == (wire.NOT_OURS, 0, 0)
+    dev = shim.open()[0]
+    vm = shim.ioctl(dev, server.kernel.KVM_CREATE_VM, 0)[0]
+    st = os.fstat(vm)
+    assert shim.call(Msg.IDENTIFY, wire.IDENTIFY.pack(st.st_dev, st.st_ino)) == (wire.IS_VM, 0, 0)
+    shim.close()
 
 
 @pytest.mark.parametrize(
@@ -115,7 +139,7 @@ def test_disconnect_mid_call_is_survived(server: Server) -> None:
     shim = PyShim(server.path)
     dev = shim.open()[0]
     vm = shim.ioctl(dev, k.KVM_CREATE_VM, 0)[0]
-    shim.sock.sendall(wire.frame(Msg.IOCTL, wire.IOCTL.pack(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR)))
+    shim.sock.sendall(wire.frame(Msg.IOCTL, wire.IOCTL.pack(vm, k.KVM_PPC_GET_COMPAT_CAPS, ADDR, *identity(vm))))
     kind, _ = read_frame(shim.sock)  # the server asks for the struct...
     assert kind == Msg.MEM_READ
     shim.close()  # ...and the process is gone
@@ -199,8 +223,8 @@ frames = st.one_of(
         st.sampled_from(
             [
                 wire.frame(Msg.OPEN, wire.OPEN.pack(2) + b"/dev/kvm"),
-                wire.frame(Msg.IOCTL, wire.IOCTL.pack(3, 0x2000AE03, 250)),
-                wire.frame(Msg.CLOSE, wire.CLOSE.pack(3)),
+                wire.frame(Msg.IOCTL, wire.IOCTL.pack(3, 0x2000AE03, 250, 1, 2)),
+                wire.frame(Msg.IDENTIFY, wire.IDENTIFY.pack(1, 2)),
             ]
         ),
         st.integers(0, 30),

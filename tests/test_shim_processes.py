@@ -38,9 +38,7 @@ INTERCEPTS = [("preload", channel) for channel in sorted(CHANNELS)] + [("seccomp
 def test_children_never_cross_answers_with_their_parent(forks: Path, mode: str, intercept: str, channel: str) -> None:
     """2 threads in the parent and 2 in the child, 25,000 calls each: 100,000 a run, every
     answer checked (2,000 each where a vfork child only closes its fds and exits).  The
-    inherited VM fd is the parent's file under seccomp (the real kernel's rule), a plain copy
-    that answers ENOTTY under the shim (its table is per process)."""
-    inherited = "shared" if intercept == "seccomp" else "copy"
+    inherited VM fd is the parent's file, as the real kernel's rule is, on either path."""
     calls = 25_000 if mode in ("fork", "rawfork", "clone") else 2_000  # a vfork child only closes fds
     r = subprocess.run(
         [
@@ -54,7 +52,6 @@ def test_children_never_cross_answers_with_their_parent(forks: Path, mode: str, 
             str(forks),
             mode,
             str(calls),
-            inherited,
         ],
         capture_output=True,
         text=True,

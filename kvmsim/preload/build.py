@@ -20,7 +20,7 @@ from pathlib import Path
 from ..kernel.errors import KvmsimError
 from . import trust
 
-SHIM_SOURCE = Path(__file__).resolve().parent / "shim" / "kvmsim_shim.c"
+SHIM_DIR = Path(__file__).resolve().parent / "shim"  # one .c file a job, shim.h between them
 
 
 class BuildError(KvmsimError, RuntimeError):
@@ -120,10 +120,12 @@ def compile_c(
     flags: Sequence[str] = (),
     out_dir: Path | None = None,
     headers: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Path:
     """Compile ``sources`` to a program (or, ``shared``, a .so) and return its path.
     ``headers`` are generated headers (name -> text), written beside the output and found
-    with ``-I``; their text is part of the cache key."""
+    with ``-I``; their text is part of the cache key.  The output is named after ``name``, else
+    the first source."""
     cc = cc or os.environ.get("CC") or "cc"
     if shutil.which(cc) is None:
         raise BuildError(f"the C compiler {cc!r} is not installed (set CC, or install gcc)")
@@ -134,7 +136,7 @@ def compile_c(
         digest.update(src.read_bytes())
         for header in src.parent.glob("*.h"):
             digest.update(header.read_bytes())
-    stem = sources[0].stem
+    stem = name or sources[0].stem
     out = (out_dir or cache_dir()) / f"{stem}-{digest.hexdigest()[:16]}{'.so' if shared else ''}"
     if out.exists() or out.is_symlink():
         if _accept(out):
@@ -176,4 +178,15 @@ def build_shim(cc: str | None = None, *, flags: Sequence[str] = ()) -> Path:
     """The preload shim, with its protocol constants generated from the Python side."""
     from .shimdefs import header
 
-    return compile_c([SHIM_SOURCE], shared=True, cc=cc, flags=flags, headers={"kvmsim_wire.h": header()})
+    return compile_c(
+        shim_sources(),
+        shared=True,
+        cc=cc,
+        flags=["-fvisibility=hidden", *flags],
+        headers={"kvmsim_wire.h": header()},
+        name="kvmsim_shim",
+    )
+
+
+def shim_sources() -> list[Path]:
+    return sorted(SHIM_DIR.glob("*.c"))

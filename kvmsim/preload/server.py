@@ -1,8 +1,11 @@
 """``kvmsim serve``: one simulated kernel on a Unix stream socket.
 
-Each connection is one process (its own fd table); its user memory stays in the caller and
-is reached through the shim (:class:`RemoteMemory`).  The socket is created mode 0600 and a
-peer whose uid differs from the server's is refused (SO_PEERCRED).  A malformed frame closes
+Each connection is one process; its user memory stays in the caller and is reached through
+the shim (:class:`RemoteMemory`).  The simulated files are the server's, not a connection's:
+each is a placeholder the program really holds (kvmsim.preload.placeholder), found by its
+identity whichever process of the run asks, and released when the last one lets go.  The
+socket is created mode 0600 and a peer whose uid differs from the server's is refused
+(SO_PEERCRED).  A malformed frame closes
 that connection with a logged reason; the server goes on."""
 
 from __future__ import annotations
@@ -21,17 +24,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..kernel.errors import KvmError, KvmsimError
-from ..kernel.kvm_main import BootedKernel, Process
+from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import U64_OF, ByteOrder
 from ..kernel.usermem import Fault, UserAccess
 from . import channel, wire
 from .channel import SharedChannel
+from .placeholder import Placeholder, Placeholders
 from .trace import Call
 from .wire import Msg, ProtocolError
 
 log = logging.getLogger("kvmsim.serve")  # imported up front: it must log when out of descriptors
 Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
 _IOCTL, _RESULT = Msg.IOCTL, Msg.RESULT  # a call's two messages, looked up once (an enum member lookup is slow)
+_NEW_FD = b"\0"  # the byte a placeholder travels with (SCM_RIGHTS)
 MAX_USER_COPY = wire.MAX_USER_COPY
 ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refuses it
 MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
@@ -182,7 +187,7 @@ class Connection:
 
     def __init__(
         self,
-        kernel: BootedKernel,
+        files: Placeholders,
         sock: socket.socket,
         name: str,
         calls: itertools.count[int] | None = None,
@@ -190,14 +195,13 @@ class Connection:
         hello: bytes = b"{}",
         budget: channel.Budget | None = None,
     ) -> None:
-        self.kernel, self.sock, self.name = kernel, sock, name
+        self.files, self.sock, self.name = files, sock, name
         self.hello = hello
         self.budget = budget if budget is not None else channel.Budget()
         self.calls = calls if calls is not None else itertools.count()
         self.trace = trace
         self.transport: Transport = wire.FrameReader(sock, max_payload=MAX_CLIENT_PAYLOAD, stall=FRAME_STALL)
         self.memory = RemoteMemory(self.transport)
-        self.process: Process = kernel.process(self.memory)
 
     def serve(self) -> None:
         try:
@@ -210,7 +214,10 @@ class Connection:
                     self._empty(msg, payload)
                     self._share()
                 else:
-                    self.transport.sendall(self.dispatch(msg, payload))
+                    answer, placeholder = self.dispatch(msg, payload)
+                    self.transport.sendall(answer)
+                    if placeholder is not None:
+                        self._pass(placeholder)
                     next(self.calls)
         except wire.Disconnected:
             log.debug("%s: closed by the peer", self.name)
@@ -248,41 +255,62 @@ class Connection:
             raise
         log.debug("%s: on the shared-memory channel", self.name)
 
-    def dispatch(self, msg: Msg, payload: bytes) -> bytes:
+    def _pass(self, fd: int) -> None:
+        """The new placeholder, after its RESULT: the program's end, then ours closed."""
+        try:
+            socket.send_fds(self.sock, [_NEW_FD], [fd])
+        finally:
+            os.close(fd)
+
+    def dispatch(self, msg: Msg, payload: bytes) -> tuple[bytes, int | None]:
+        """The RESULT frame, and the placeholder to pass after it (or None)."""
         flags = 0
         fd: int | None = None
         cmd = arg = None
         window = b""
         reason = None
+        new: int | None = None
+        self.memory.begin(0, b"")
         try:
             if msg == _IOCTL:
-                (fd, cmd, arg), window = wire.unpack(wire.IOCTL, payload, exact=False)
+                (fd, cmd, arg, dev, ino), window = wire.unpack(wire.IOCTL, payload, exact=False)
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
                 self.memory.begin(arg, window)
-                creates_vm = self.process.returns_fd(fd, cmd)
-                ret = self.process.sys_ioctl(fd, cmd, arg)
-                flags = wire.RESULT_NEW_FD if creates_vm else 0
+                ret, new = self._ioctl(self.files.get((dev, ino)), cmd, arg)
+                flags = wire.RESULT_FOREIGN if ret is None else wire.RESULT_NEW_FD if new is not None else 0
+                ret = ret or 0
             elif msg == Msg.OPEN:
-                self.memory.begin(0, b"")
-                (_oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
-                ret = self.process.open(path.decode(errors="replace"))
-            elif msg == Msg.CLOSE:
-                self.memory.begin(0, b"")
-                (fd,), _ = wire.unpack(wire.CLOSE, payload)  # fd for the trace too
-                self.process.close(fd)
-                ret = 0
+                (oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
+                with self.files.call(self.memory) as process:
+                    sim_fd = process.open(path.decode(errors="replace"), oflags)
+                new = self.files.new(sim_fd, is_vm=False, nonblock=bool(oflags & os.O_NONBLOCK))
+                ret, flags = 0, wire.RESULT_NEW_FD
+            elif msg == Msg.IDENTIFY:
+                (dev, ino), _ = wire.unpack(wire.IDENTIFY, payload)
+                found = self.files.get((dev, ino))
+                ret = wire.NOT_OURS if found is None else wire.IS_VM if found.is_vm else wire.IS_DEV_KVM
             else:
                 raise ProtocolError(f"unexpected {msg.name} from a client")
         except KvmError as exc:
             ret, err, reason = -1, exc.errno or errno.EIO, exc.reason
         else:
             err = 0
-        if self.trace is not None:
+        if self.trace is not None and msg != Msg.IDENTIFY and flags != wire.RESULT_FOREIGN:
             done = tuple(self.memory.pending)
             self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason))
         count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
-        return wire.frame(_RESULT, wire.RESULT.pack(ret, err, flags, count), writes)
+        return wire.frame(_RESULT, wire.RESULT.pack(ret, err, flags, count), writes), new
+
+    def _ioctl(self, placeholder: Placeholder | None, cmd: int, arg: int) -> tuple[int | None, int | None]:
+        """sys_ioctl on the placeholder's file: (its return, a new placeholder or None); a
+        return of None when the fd is no placeholder of ours."""
+        if placeholder is None:
+            return None, None
+        with self.files.call(self.memory) as process:
+            creates = process.returns_fd(placeholder.sim_fd, cmd)
+            ret = process.sys_ioctl(placeholder.sim_fd, cmd, arg)
+        return (0, self.files.new(ret, is_vm=True)) if creates else (ret, None)
 
 
 class Server:
@@ -297,6 +325,7 @@ class Server:
         root: str | None = None,
     ) -> None:
         self.kernel, self.path, self.trace = kernel, str(path), trace
+        self.files = Placeholders(kernel, on_release=self._released)
         # what HELLO answers: the shim's view of the host (root: where its files were written)
         self.hello = wire.HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root).encode()
         check_socket_path(self.path)
@@ -339,6 +368,7 @@ class Server:
         self._stop.wait(0.05)
 
     def serve_forever(self) -> None:
+        self.files.watch()  # releases what programs let go of, beside the connections
         while not self._stop.is_set():
             try:
                 sock, _ = self.listener.accept()
@@ -365,11 +395,15 @@ class Server:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
-            connection = Connection(self.kernel, sock, name, self.calls, self.trace, self.hello, self.budget)
+            connection = Connection(self.files, sock, name, self.calls, self.trace, self.hello, self.budget)
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             self.connections[thread] = connection
             thread.start()
             self.threads.append(thread)
+
+    def _released(self, placeholder: Placeholder) -> None:
+        if self.trace is not None:
+            self.trace(Call("kernel", "RELEASE", placeholder.sim_fd, None, None, b"", (), 0, 0, None))
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="kvmsim-serve", daemon=True)
@@ -397,3 +431,4 @@ class Server:
         deadline = time.monotonic() + STOP_WAIT  # each hung-up thread ends in moments; bounded all the same
         for thread, _connection in connections:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.files.close()

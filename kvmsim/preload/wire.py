@@ -9,7 +9,15 @@ A frame is a 12-byte header then ``length`` bytes of payload::
             __u32 length;            /* payload bytes that follow, <= MAX_PAYLOAD */
     };
 
-The shim sends OPEN, IOCTL, CLOSE and gets one RESULT each.  ``kvmsim env`` and
+The shim sends OPEN, IOCTL, IDENTIFY and gets one RESULT each.  A simulated file is a real
+placeholder in the program (kvmsim.preload.placeholder): OPEN, and an IOCTL that makes a
+file (KVM_CREATE_VM), answer with RESULT_NEW_FD and then pass the placeholder on the socket
+(one byte with SCM_RIGHTS, after the RESULT, whichever channel carried it).  An IOCTL names
+its file by the placeholder's identity (dev, ino), never by the fd number (that is only for
+the trace); one that is no placeholder of this server's is answered RESULT_FOREIGN, and the
+shim makes the real call.  IDENTIFY asks what a placeholder is: RESULT's ret is
+:data:`NOT_OURS`, :data:`IS_DEV_KVM` or :data:`IS_VM`.  Nothing is ever closed by message:
+a simulated file is released when the program lets go of its last placeholder.  ``kvmsim env`` and
 ``kvmsim run --server`` send HELLO and get HOST: what the shim is told about the served host
 besides the socket (a JSON object: ``name``, ``machine``, ``dev_kvm``, ``root``).
 
@@ -39,15 +47,15 @@ from ..kernel.errors import KvmsimError
 from ..kernel.uapi import ARCHES
 
 MAGIC = 0x4B564D53
-VERSION = 1
+VERSION = 2
 MAX_PAYLOAD = 1 << 20
 WINDOW = 256  # read-ahead bytes at an ioctl's argument
 MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this (the kernel reads at most PAGE_SIZE)
 
 HEADER = struct.Struct("!IHHI")  # magic, version, type, length
 OPEN = struct.Struct("!i")  # flags; then the path's bytes
-IOCTL = struct.Struct("!iIQ")  # fd, cmd, arg; then the window's bytes
-CLOSE = struct.Struct("!i")  # fd
+IOCTL = struct.Struct("!iIQQQ")  # fd (the trace's), cmd, arg, the placeholder's dev and ino; then the window
+IDENTIFY = struct.Struct("!QQ")  # a placeholder's dev and ino
 RESULT = struct.Struct("!qiII")  # ret, errno (0 = success), flags, number of writes; then the writes
 WRITE = struct.Struct("!QI")  # one write in a RESULT: addr, length; then its bytes
 MEM_READ = struct.Struct("!QI")  # addr, length
@@ -55,13 +63,15 @@ MEM_DATA = struct.Struct("!i")  # errno; then the bytes read
 MEM_WRITE = struct.Struct("!Q")  # addr; then the bytes to write
 MEM_ACK = struct.Struct("!iI")  # errno, bytes written
 
-RESULT_NEW_FD = 1  # ret is a new kernel fd: the shim gives the caller a descriptor for it
+RESULT_NEW_FD = 1  # a placeholder follows on the socket: the caller's new fd
+RESULT_FOREIGN = 2  # the fd is no placeholder of this server's: the real call answers
+NOT_OURS, IS_DEV_KVM, IS_VM = 0, 1, 2  # IDENTIFY's answers
 
 
 class Msg(enum.IntEnum):
     OPEN = 1
     IOCTL = 2
-    CLOSE = 3
+    IDENTIFY = 3
     RESULT = 4
     MEM_READ = 5
     MEM_DATA = 6

@@ -1,13 +1,9 @@
 """The supervisor: a simulated kernel answering the system calls a seccomp filter sends it.
 
 Each simulated file a program holds (an open /dev/kvm, a VM fd) is a real **placeholder** in
-the program: one end of a socketpair, installed with ``SECCOMP_IOCTL_NOTIF_ADDFD``, whose other
-end the supervisor keeps.  The real kernel then does whatever a program does to its fds —
-dup, fork, vfork, exec without O_CLOEXEC, close_range, fclose inside any libc, SCM_RIGHTS to
-another process of the run — and nothing here sees it.  A call on an fd finds its simulated
-file by the placeholder's identity (the socket's dev/ino, from /proc/TID/fd/N), never by the
-fd number; when the last real reference is gone the supervisor's end hangs up and the
-simulated file is released (the kernel's fput).
+the program (kvmsim.preload.placeholder, the table the preload shim's server keeps too),
+installed with ``SECCOMP_IOCTL_NOTIF_ADDFD``.  A call on an fd finds its simulated file by the
+placeholder's identity (the socket's dev/ino, from /proc/TID/fd/N), never by the fd number.
 
 What the supervisor answers (the rest it lets CONTINUE, the real kernel's own answer):
 - ``ioctl`` on a placeholder: the simulated kernel (``sys_ioctl``), with the argument read and
@@ -37,7 +33,6 @@ import fcntl
 import os
 import re
 import select
-import socket
 import struct
 import threading
 from collections.abc import Callable
@@ -45,9 +40,10 @@ from collections.abc import Callable
 import attrs
 
 from ..kernel.errors import KvmError
-from ..kernel.kvm_main import BootedKernel, Process
+from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import DEV_KVM
 from ..kernel.usermem import Fault
+from ..preload.placeholder import Placeholder, Placeholders
 from ..preload.trace import Call
 from . import uapi
 from .kstat import Kstat, dev_kvm, is_dev_kvm
@@ -59,16 +55,6 @@ VM_LINK = "anon_inode:kvm-vm"
 _FD_LINK = re.compile(rb"^/proc/(self|thread-self|\d+)(?:/task/(\d+))?/fd/(\d+)$")
 NOTIFIED = ("ioctl", "open", "openat", "openat2", "stat", "lstat", "newfstatat", "statx", "fstat",
             "access", "faccessat", "faccessat2", "readlink", "readlinkat", "uname")  # fmt: skip
-
-
-@attrs.frozen
-class Placeholder:
-    """A simulated file the program holds: its number in the simulated kernel's table and
-    the supervisor's end of the socketpair."""
-
-    sim_fd: int
-    peer: socket.socket
-    is_vm: bool
 
 
 @attrs.frozen
@@ -117,13 +103,11 @@ class Supervisor:
         trace: Callable[[Call], None] | None = None,
     ) -> None:
         self.kernel, self.listener, self.trace = kernel, listener, trace
-        self.process: Process = kernel.process(TaskMemory(0))
-        self.process.max_files = 1 << 30  # the program's own RLIMIT_NOFILE holds, at ADDFD
+        self.files = Placeholders(kernel, on_release=self._released)
         self.namei = Namei(root)
-        self.files: dict[tuple[int, int], Placeholder] = {}
-        self.by_peer: dict[int, tuple[int, int]] = {}
         self.poller = select.poll()
         self.poller.register(listener, select.POLLIN)
+        self.poller.register(self.files.fileno(), select.POLLIN)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self.poller.register(self._stop_r, select.POLLIN)
         self._anon = self._anon_inode_stat()
@@ -157,10 +141,9 @@ class Supervisor:
                         elif events & (select.POLLHUP | select.POLLERR):
                             return
                     else:
-                        self._peer_event(fd, events)
+                        self.files.reap()
         finally:
-            for key in list(self.files):
-                self._drop(key)
+            self.files.close()
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve, name="kvmsim-seccomp", daemon=True)
@@ -227,49 +210,17 @@ class Supervisor:
 
     # -- placeholders -----------------------------------------------------------------------
 
-    def _placeholder(self, sim_fd: int, is_vm: bool, nonblock: bool = False) -> int:
-        """A new placeholder for ``sim_fd``: the program's end (to install) is returned."""
-        theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.shutdown(socket.SHUT_WR)  # the program's reads end at once (EOF), never hang
-        theirs.setblocking(not nonblock)
-        key = _identity(os.fstat(theirs.fileno()))
-        self.files[key] = Placeholder(sim_fd, ours, is_vm)
-        self.by_peer[ours.fileno()] = key
-        self.poller.register(ours.fileno(), select.POLLIN | select.POLLHUP)
-        return theirs.detach()
-
     def _held(self, pid: int, fd: int) -> tuple[Placeholder | None, os.stat_result | None]:
         """The placeholder task ``pid``'s ``fd`` is, and what the real kernel says it is."""
         try:
             st = os.stat(f"/proc/{pid}/fd/{fd}")
         except OSError:
             return None, None
-        return self.files.get(_identity(st)), st
+        return self.files.of(st), st
 
-    def _peer_event(self, peer_fd: int, events: int) -> None:
-        """What the program did to a placeholder's other end: wrote to it (drained, as
-        /dev/kvm would take nothing), or let go of its last reference (the file is released)."""
-        key = self.by_peer.get(peer_fd)
-        if key is None:
-            return
-        if not events & (select.POLLHUP | select.POLLERR):
-            with contextlib.suppress(OSError):
-                while self.files[key].peer.recv(65536, socket.MSG_DONTWAIT):
-                    pass
-            return
-        placeholder = self.files[key]
-        self._drop(key)
+    def _released(self, placeholder: Placeholder) -> None:
         if self.trace is not None:
             self.trace(Call("kernel", "RELEASE", placeholder.sim_fd, None, None, b"", (), 0, 0, None))
-
-    def _drop(self, key: tuple[int, int]) -> None:
-        placeholder = self.files.pop(key)
-        self.by_peer.pop(placeholder.peer.fileno(), None)
-        with contextlib.suppress(KeyError, ValueError):
-            self.poller.unregister(placeholder.peer.fileno())
-        placeholder.peer.close()
-        with contextlib.suppress(KvmError):
-            self.process.close(placeholder.sim_fd)
 
     # -- ioctl(2) ---------------------------------------------------------------------------
 
@@ -285,16 +236,16 @@ class Supervisor:
         if not self._valid(n):
             return CONTINUE
         window = mem.read(arg, 24) if self.trace is not None else b""
-        self.process.memory = mem
-        creates = self.process.returns_fd(placeholder.sim_fd, cmd)
         reason = None
-        try:
-            ret, err = self.process.sys_ioctl(placeholder.sim_fd, cmd, arg), 0
-        except KvmError as exc:
-            ret, err, reason = -1, exc.errno or errno.EIO, exc.reason
+        with self.files.call(mem) as process:
+            creates = process.returns_fd(placeholder.sim_fd, cmd)
+            try:
+                ret, err = process.sys_ioctl(placeholder.sim_fd, cmd, arg), 0
+            except KvmError as exc:
+                ret, err, reason = -1, exc.errno or errno.EIO, exc.reason
         answer = error(err) if err else value(ret)
         if not err and creates:
-            answer = Answer("fd", fd=self._placeholder(ret, is_vm=True), cloexec=True)
+            answer = Answer("fd", fd=self.files.new(ret, is_vm=True), cloexec=True)
         if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
             self.trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))
         return answer
@@ -334,14 +285,15 @@ class Supervisor:
                 )
         reason = None
         try:
-            ret, err = self.process.open(DEV_KVM, flags), 0
+            with self.files.call(mem) as process:
+                ret, err = process.open(DEV_KVM, flags), 0
         except KvmError as exc:
             ret, err, reason = -1, exc.errno or errno.ENOENT, exc.reason
         if self.trace is not None:
             self.trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason))
         if err:
             return error(err)
-        return Answer("fd", fd=self._placeholder(ret, is_vm=False, nonblock=bool(flags & os.O_NONBLOCK)),
+        return Answer("fd", fd=self.files.new(ret, is_vm=False, nonblock=bool(flags & os.O_NONBLOCK)),
                       cloexec=bool(flags & os.O_CLOEXEC))  # fmt: skip
 
     def sys_open(self, n: Notification, mem: TaskMemory) -> Answer:
@@ -458,7 +410,7 @@ class Supervisor:
         )  # fmt: skip
         where = f"/proc/{owner}" + (f"/task/{task.decode()}" if task else "") + f"/fd/{fd.decode()}"
         try:
-            placeholder = self.files.get(_identity(os.stat(where)))
+            placeholder = self.files.of(os.stat(where))
         except OSError:
             return CONTINUE
         if placeholder is None or not self._valid(n):
@@ -491,10 +443,6 @@ class Supervisor:
         except Fault:
             return error(errno.EFAULT)
         return value(0)
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
 
 
 def _domainname() -> str:

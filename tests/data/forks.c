@@ -8,11 +8,9 @@
  *                   (closefrom(3)), vfork-loop (close(fd) for each fd from 3 to 1023).
  *   The parent asks KVM_CHECK_EXTENSION(250) on its VM fd (1); each child opens /dev/kvm
  *   itself and asks KVM_GET_API_VERSION (12); N calls in each of 2 threads of each process.
- *   An inherited VM fd in a child is the parent's file (INHERITED "shared", the real kernel's
- *   rule: under the seccomp path it answers 1) or, under the preload shim, a plain copy that
- *   answers ENOTTY (INHERITED "copy", the default: the shim's table is its own process's).
+ *   An inherited VM fd in a child is the parent's file, the real kernel's rule: it answers 1.
  *
- *   forks MODE N [INHERITED]
+ *   forks MODE N
  * Prints "ok calls=C crossed=0" or "bad ..." and exits 0 / 1.
  */
 #define _GNU_SOURCE
@@ -33,7 +31,7 @@
 #define CREATE_VM 0x2000ae01UL
 #define API_VERSION 0x2000ae00UL
 
-static int vm, n, inherited_shared;
+static int vm, n;
 static volatile int bad, calls;
 
 static void *parent_loop(void *unused)
@@ -75,7 +73,7 @@ static int child(void)
 {
 	errno = 0;
 	int inherited = ioctl(vm, CHECK_EXTENSION, 250);
-	if (inherited_shared ? inherited != 1 : inherited != -1 || errno != ENOTTY)
+	if (inherited != 1)
 		return 2;
 	dev_of_child = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (dev_of_child < 0)
@@ -89,7 +87,6 @@ int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "fork";
 	n = argc > 2 ? atoi(argv[2]) : 1000;
-	inherited_shared = argc > 3 && !strcmp(argv[3], "shared");
 	int dev = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	vm = dev >= 0 ? ioctl(dev, CREATE_VM, 0) : -1;
 	if (vm < 0) {

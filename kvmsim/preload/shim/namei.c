@@ -1,0 +1,209 @@
+/* namei.c: which file a path names, as the kernel walks it.
+ *
+ * The simulated host's files: $KVMSIM_ROOT holds /proc/device-tree, /proc/cpuinfo and
+ * /sys/module/kvm* as the simulated kernel shows them (kvmsim.hostfs); /dev/kvm exists when
+ * $KVMSIM_DEV_KVM is 1.
+ *
+ * A path is looked up as fs/namei.c walks it: component by component from the
+ * directory it starts in, each symlink's target spliced in where it was met (so `..` after
+ * a symlinked directory climbs from where the link led, not from its text), `..` at the
+ * root staying there.  The real directories are opened O_PATH on the way; where one is this
+ * machine's /dev, /proc or /sys/module (by identity, not by name), the next component decides:
+ * kvm under /dev is the simulated device, cpuinfo or device-tree under /proc and kvm* under
+ * /sys/module are the host's copies under $KVMSIM_ROOT.
+ *
+ * Only a path with such a name in it is walked at all (the cheap test, no system call); the
+ * walk's buffers are one mmap'd scratch area, so an intercepted call needs well under 1 KiB
+ * of stack (a signal handler on an 8 KiB sigaltstack may open a file).  A name that says
+ * none of those can reach the simulated device only through a symlink: open() learns that
+ * from the real kernel's answer (a character device 10:232), and the stat family does not
+ * (README "Choices"). */
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+
+#define SCRATCH (3 * PATH_MAX) /* the viewed path, the rest of the walk, a symlink's target */
+#define MAX_LINKS 40           /* the kernel's MAXSYMLINKS */
+
+struct dir_id {
+	dev_t dev;
+	ino_t ino;
+};
+static struct dir_id dev_dir, proc_dir, module_dir; /* this machine's, taken at init */
+
+SHIM_INTERNAL void namei_init(void)
+{
+	struct stat st;
+	struct {
+		const char *path;
+		struct dir_id *id;
+	} dirs[] = {{"/dev", &dev_dir}, {"/proc", &proc_dir}, {"/sys/module", &module_dir}};
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
+		if (real.fstatat(AT_FDCWD, dirs[i].path, &st, 0) == 0)
+			*dirs[i].id = (struct dir_id){st.st_dev, st.st_ino};
+}
+
+static int same_dir(const struct stat *st, const struct dir_id *id)
+{
+	return id->ino && st->st_dev == id->dev && st->st_ino == id->ino;
+}
+
+static int component_is(const char *p, size_t len, const char *name)
+{
+	return len == strlen(name) && !memcmp(p, name, len);
+}
+
+/* The cheap test: could path name a simulated file?  A component kvm, cpuinfo or
+ * device-tree, or kvm* after module (or first, for a walk that starts in /sys/module). */
+static int hinted(const char *path)
+{
+	const char *p = path, *prev = NULL;
+	size_t prev_len = 0;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		const char *end = p;
+		while (*end && *end != '/')
+			end++;
+		size_t len = (size_t)(end - p);
+		if (component_is(p, len, "kvm") || component_is(p, len, "cpuinfo") || component_is(p, len, "device-tree"))
+			return 1;
+		if (len >= 3 && !memcmp(p, "kvm", 3) &&
+		    ((prev && component_is(prev, prev_len, "module")) || (!prev && path[0] != '/')))
+			return 1;
+		prev = p;
+		prev_len = len;
+		p = end;
+	}
+	return 0;
+}
+
+/* Write root + prefix + tail into out; 0 when it fits. */
+static int viewed_path(char *out, const char *prefix, const char *tail)
+{
+	int w = snprintf(out, PATH_MAX, "%s%s%s", cfg.root, prefix, tail);
+	return w > 0 && w < PATH_MAX ? 0 : -1;
+}
+
+/* Walk path from dirfd (see above); scratch is SCRATCH bytes.  PATH_REAL where the path
+ * is this machine's, or where the walk itself fails (the real call then says why). */
+static int walk(int dirfd, const char *path, int follow, char *scratch)
+{
+	char *out = scratch, *rest = scratch + PATH_MAX, *link = scratch + 2 * PATH_MAX;
+	size_t n = strlen(path);
+	if (n >= PATH_MAX)
+		return PATH_REAL;
+	memcpy(rest, path, n + 1);
+	int cur = real.openat(rest[0] == '/' ? AT_FDCWD : dirfd, rest[0] == '/' ? "/" : ".",
+	                      O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (cur < 0)
+		return PATH_REAL;
+	int kind = PATH_REAL, links = 0;
+	char *p = rest;
+	for (;;) {
+		while (*p == '/')
+			p++;
+		if (!*p)
+			break;
+		char *end = p;
+		while (*end && *end != '/')
+			end++;
+		size_t len = (size_t)(end - p);
+		char *next = end;
+		while (*next == '/')
+			next++;
+		int last = !*next;
+		struct stat st;
+		if (real.fstat(cur, &st) < 0)
+			break;
+		if (same_dir(&st, &dev_dir) && component_is(p, len, "kvm")) {
+			kind = last ? PATH_DEV_KVM : PATH_REAL;
+			break;
+		}
+		if (cfg.root && ((same_dir(&st, &proc_dir) && (component_is(p, len, "cpuinfo") ||
+		                                                 component_is(p, len, "device-tree"))) ||
+		                  (same_dir(&st, &module_dir) && len >= 3 && !memcmp(p, "kvm", 3)))) {
+			if (viewed_path(out, same_dir(&st, &proc_dir) ? "/proc/" : "/sys/module/", p) == 0)
+				kind = PATH_VIEW;
+			break;
+		}
+		if ((last && !follow) || len > NAME_MAX)
+			break;
+		char name[NAME_MAX + 1];
+		memcpy(name, p, len);
+		name[len] = 0;
+		if (real.fstatat(cur, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			break;
+		if (S_ISLNK(st.st_mode)) { /* splice the target in front of what is left */
+			ssize_t t = readlinkat(cur, name, link, PATH_MAX - 1);
+			size_t left = strlen(next);
+			if (++links > MAX_LINKS || t <= 0 || (size_t)t + 1 + left >= PATH_MAX)
+				break;
+			if (left) {
+				memmove(rest + t + 1, next, left + 1);
+				rest[t] = '/';
+			} else
+				rest[t] = 0;
+			memcpy(rest, link, (size_t)t);
+			p = rest;
+			if (link[0] == '/') {
+				int root = real.openat(AT_FDCWD, "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+				if (root < 0)
+					break;
+				real.close(cur);
+				cur = root;
+			}
+			continue;
+		}
+		if (last || !S_ISDIR(st.st_mode))
+			break;
+		int sub = real.openat(cur, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0)
+			break;
+		real.close(cur);
+		cur = sub;
+		p = next;
+	}
+	real.close(cur);
+	return kind;
+}
+
+/* What path (from dirfd) names: this machine's file, the simulated /dev/kvm, or the host's
+ * copy (l->buf).  Release with lookup_done(). */
+SHIM_INTERNAL int lookup(int dirfd, const char *path, int follow, struct lookup *l)
+{
+	l->kind = PATH_REAL;
+	l->buf = NULL;
+	if (!path || !*path || !hinted(path))
+		return PATH_REAL;
+	if (!strcmp(path, "/dev/kvm"))
+		return l->kind = PATH_DEV_KVM;
+	void *scratch = mmap(NULL, SCRATCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (scratch == MAP_FAILED)
+		return PATH_REAL;
+	l->buf = scratch;
+	return l->kind = walk(dirfd, path, follow, scratch);
+}
+
+SHIM_INTERNAL void lookup_done(struct lookup *l)
+{
+	if (l->buf) {
+		int e = errno;
+		munmap(l->buf, SCRATCH);
+		errno = e;
+		l->buf = NULL;
+	}
+}
+
+/* The path the real call is given: the host's copy, or the program's own. */
+SHIM_INTERNAL const char *real_path(const struct lookup *l, const char *path)
+{
+	return l->kind == PATH_VIEW ? l->buf : path;
+}
+
