@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 BUILD := build
 
-.PHONY: demo test lint bench c lab wheel-check clean
+.PHONY: demo test lint bench c lab wheel-check clean hosts-index
 
 # An editable install that starts fast (editable_mode=strict: a tree of links under build/,
 # no import hook), redone when a source file is added or pyproject.toml changes.  Its one
@@ -45,6 +45,11 @@ wheel-check: $(STAMP)
 # ask each 20,000 fuzz cases (seed 0) replayed on the simulator
 lab: $(STAMP)
 	$(BIN)/kvmsim lab --fuzz 20000
+
+# the built-in profiles' parse, read at start-up instead of importing tomllib (a test checks it is fresh)
+hosts-index: $(STAMP)
+	$(BIN)/python -m kvmsim.kernel.profile
+	$(BIN)/ruff format -q kvmsim/kernel/_hosts.py
 
 # the preload shim and the C example client (kvmsim run also builds the shim on demand)
 c: $(BUILD)/kvmsim_shim.so $(BUILD)/kvm_compat_caps

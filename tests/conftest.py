@@ -22,6 +22,15 @@ C_CLIENT = Path(__file__).resolve().parent.parent / "client" / "c" / "kvm_compat
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
 
 
+def _no_seccomp() -> str | None:
+    from kvmsim.seccomp.launch import unavailable
+
+    return unavailable()
+
+
+needs_seccomp = pytest.mark.skipif(_no_seccomp() is not None, reason=f"no seccomp path here: {_no_seccomp()}")
+
+
 @pytest.fixture(scope="session")
 def shim() -> Path:
     """The preload shim, built with this machine's C compiler."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import BEHAVIOUR, modes_of
+from conftest import BEHAVIOUR, modes_of, needs_seccomp
 
 from kvmsim.kernel import profile
 
@@ -364,7 +364,10 @@ print(" ".join(sorted(sys.modules)), file=sys.stderr)
             ["json", "shutil", "pathlib", "tomllib", "kvmsim.kernel.kvm_main", "kvmsim.kernel.header"],
         ),
         (["--device", "/dev/null", "--json"], ["shutil", "pathlib", "kvmsim.kernel.kvm_main", "kvmsim.kernel.header"]),
-        (["--sim", "powervm-p11"], ["json", "shutil", "difflib", "kvmsim.kernel.hostfs", "kvmsim.kernel.header"]),
+        (
+            ["--sim", "powervm-p11"],
+            ["json", "shutil", "difflib", "pathlib", "tomllib", "kvmsim.kernel.x86", "kvmsim.kernel.hostfs"],
+        ),  # a built-in profile comes from its index (kvmsim.kernel._hosts), not tomllib
     ],
 )
 def test_a_start_up_path_imports_only_what_it_uses(args: list[str], absent: list[str]) -> None:
@@ -372,6 +375,25 @@ def test_a_start_up_path_imports_only_what_it_uses(args: list[str], absent: list
     imported = set(proc.stderr.split("\n")[-2].split())
     assert "kvmcompat.cli" in imported
     assert imported.isdisjoint(absent), sorted(imported & set(absent))
+
+
+RUN_IMPORTED = """
+import sys
+from kvmsim.cli import main
+main(sys.argv[1:])
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+@needs_seccomp
+def test_kvmsim_run_under_seccomp_loads_nothing_of_the_preload_path() -> None:
+    """The server, its channel, the shim's wire and logging are the preload path's."""
+    cmd = [sys.executable, "-c", RUN_IMPORTED, "run", "--host", "powervm-p11", "--", "true"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    imported = set(proc.stderr.split("\n")[-2].split())
+    assert "kvmsim.seccomp.supervisor" in imported
+    absent = {"kvmsim.preload.server", "kvmsim.preload.channel", "kvmsim.preload.runner", "logging", "json", "tomllib"}
+    assert imported.isdisjoint(absent), sorted(imported & absent)
 
 
 @pytest.mark.parametrize("columns", ["", "0", "33", "120", "junk"])

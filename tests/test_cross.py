@@ -16,7 +16,8 @@ from conftest import REVS, client_answer, printed_answer
 from kvmsim import Kernel
 from kvmsim.kernel import profile, uapi
 from kvmsim.preload.build import compile_c
-from kvmsim.preload.runner import FOREIGN, elf_arch, host_answer, prepare, qemu_binary
+from kvmsim.preload.command import FOREIGN, elf_arch
+from kvmsim.preload.runner import host_answer, prepare, qemu_binary
 from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent

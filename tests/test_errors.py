@@ -15,7 +15,7 @@ from kvmsim.kernel.errors import InvalidInput, KvmsimError
 from kvmsim.lab.debian import CacheError, FetchError
 from kvmsim.preload.attach import AttachError
 from kvmsim.preload.build import BuildError
-from kvmsim.preload.runner import RunError, StartError
+from kvmsim.preload.command import RunError, StartError
 from kvmsim.preload.server import ServerError
 from kvmsim.preload.trust import UntrustedError
 from kvmsim.preload.wire import Disconnected, ProtocolError

@@ -118,3 +118,34 @@ def test_a_document_is_checked_as_its_file_is() -> None:
     doc["cpu"]["mod"] = "power9"
     with pytest.raises(ProfileError, match=r"doc: cpu\.mod: unknown key"):
         profile.from_mapping(doc, name="good", where="doc")
+
+
+def test_the_built_in_index_is_the_parse_of_every_built_in_file() -> None:
+    """kvmsim/kernel/_hosts.py (``make hosts-index``) holds each built-in profile's CRC and
+    TOML document, so a start-up skips tomllib; stale, it would only be slow (the CRC sends a
+    changed file to tomllib), and this test says so first."""
+    import tomllib
+    import zlib
+
+    from kvmsim.kernel._hosts import PARSED
+
+    fresh = {}
+    for name in profile.names():
+        data = Path(profile.builtin_hosts(), f"{name}.toml").read_bytes()
+        fresh[name] = (zlib.crc32(data), tomllib.loads(data.decode()))
+    assert fresh == PARSED, "stale: run make hosts-index"
+
+
+def test_a_profile_changed_after_the_index_is_parsed_from_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index is trusted only for the bytes it was made from."""
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    original = Path(profile.builtin_hosts(), "powervm-p11.toml").read_text()
+    (hosts / "powervm-p11.toml").write_text(original.replace("summary = ", 'summary = "changed" #', 1))
+    monkeypatch.setattr(profile, "builtin_hosts", lambda: str(hosts))
+    assert profile.load("powervm-p11").summary == "changed"
+    monkeypatch.undo()
+    assert all(profile.load(n) == profile.load(n) for n in profile.names())  # from the index, twice
+    test_the_built_in_index_is_the_parse_of_every_built_in_file()  # which loading left as it was

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import C_CLIENT, REVS, client_answer, needs_cc, printed_answer
+from conftest import C_CLIENT, REVS, client_answer, needs_cc, needs_seccomp, printed_answer
 
 from kvmsim import Kernel
 from kvmsim.kernel import hostfs, profile
@@ -22,14 +22,13 @@ from kvmsim.kernel.errors import KvmError
 from kvmsim.kernel.revisions import LINUX_7_3
 from kvmsim.kernel.uapi import KVM_PPC_COMPAT_CAPS_SIZE_VER0
 from kvmsim.preload import trust
-from kvmsim.preload.runner import host_view
+from kvmsim.preload.command import host_view
 from kvmsim.seccomp import bpf, uapi
-from kvmsim.seccomp.launch import launch, the_filter, unavailable
+from kvmsim.seccomp.launch import launch, the_filter
 from kvmsim.seccomp.supervisor import NOTIFIED, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")
-needs_seccomp = pytest.mark.skipif(unavailable() is not None, reason=f"no seccomp path here: {unavailable()}")
 
 
 # -- the filter, read as the kernel reads it ---------------------------------------------------

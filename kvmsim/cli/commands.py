@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shlex
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -201,6 +199,8 @@ def _short(seen: Observation) -> str:
 def cmd_matrix(args: argparse.Namespace) -> int:
     names = profile.names()
     if args.json:
+        import json
+
         print(json.dumps(matrix_json(names)))
         return EXIT_OK
     width = max(map(len, names))
@@ -227,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from ..preload.runner import host_view
+    from ..preload.command import host_view
     from ..preload.server import Server, ServerError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
@@ -268,8 +268,12 @@ def cmd_env(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     variables = {k: v for k, v in env.items() if k == "LD_PRELOAD" or k.startswith("KVMSIM_")}
     if args.format == "json":
+        import json
+
         print(json.dumps(variables, indent=2))
     else:
+        import shlex
+
         for key, value in variables.items():
             print(f"export {key}={shlex.quote(value)}")
     return EXIT_OK
@@ -278,10 +282,10 @@ def cmd_env(args: argparse.Namespace) -> int:
 def intercept_for(kernel: Kernel, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
     """How ``kvmsim run`` reaches ``command`` (``seccomp`` or ``preload``), and why: the
     trace's first line says both."""
-    from ..preload.runner import RunError, StartError, host_answer, target_arch
+    from ..preload.command import RunError, StartError, target_arch
     from ..seccomp.launch import unavailable
 
-    foreign = target_arch(host_answer(kernel), command, arch)
+    foreign = target_arch(kernel.host.name, kernel.arch.name, command, arch)
     if asked == "preload":
         return "preload", "asked for (--intercept preload)"
     if foreign is not None:
@@ -300,10 +304,8 @@ def intercept_for(kernel: Kernel, command: list[str], arch: str | None, asked: s
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..preload import runner
     from ..preload.build import BuildError
-    from ..preload.runner import RunError, StartError
-    from ..seccomp import run as seccomp
+    from ..preload.command import RunError, StartError
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -323,7 +325,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if trace is not None:
                 trace.intercept(how, why)
             if how == "seccomp":
+                from ..seccomp import run as seccomp
+
                 return seccomp.run(kernel, command, trace=trace)
+            from ..preload import runner  # the server, its channel, the shim's build: only for this path
+
             return runner.run(kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached)
     except RunError as exc:
         raise UsageError(str(exc)) from None

@@ -14,7 +14,6 @@ import functools
 import heapq
 import os
 import threading
-from pathlib import Path
 from typing import Any, Literal, Protocol, Self
 
 import attrs
@@ -35,7 +34,6 @@ from .uapi import (
     check_struct_size,
 )
 from .usermem import AddressSpace, Fault, UserAccess
-from .x86 import X86Kvm
 
 NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
 
@@ -177,6 +175,12 @@ class Process:
             raise _explained(exc, cmd, k, "vm") from None
 
 
+def _x86(host: Host) -> KvmArch:
+    from .x86 import X86Kvm  # only an x86 host's kernel loads it
+
+    return X86Kvm(host)
+
+
 def _explained(exc: KvmError, cmd: int, kernel: BootedKernel, on: Literal["dev", "vm"]) -> KvmError:
     """An unknown request's errno, with what it probably was (the simulator's reason only)."""
     hint = explain_request(cmd, kernel.arch, kernel.rev, on) if exc.reason.startswith("unknown") else None
@@ -203,7 +207,7 @@ class BootedKernel:
         check_struct_size(ksize, "kernel struct size")
         self.host, self.rev, self.ksize = host, rev, ksize
         self.dmesg: list[str] = []
-        self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else X86Kvm(host)
+        self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else _x86(host)
         self.config = kconfig.powerpc(host.book3s_pr) if host.arch.is_powerpc else kconfig.X86
         self._configured = self.config.answers()
         (
@@ -218,7 +222,7 @@ class BootedKernel:
     @classmethod
     def from_profile(
         cls,
-        name_or_path: str | Path,
+        name_or_path: profile.StrPath,
         *,
         abi: str | AbiRevision = DEFAULT_REVISION,
         cap: int | None = None,

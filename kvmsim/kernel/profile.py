@@ -13,11 +13,10 @@ import os
 import posix
 import re
 import stat
-import tomllib
+import zlib
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
@@ -25,6 +24,11 @@ from . import papr
 from .errors import InvalidInput
 from .papr import Hypervisor, HypervisorKind
 from .uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+StrPath = str | os.PathLike[str]
 
 MAX_PROFILE = 1 << 20  # bytes: a profile is a page of TOML, never /dev/zero
 NODE_NAME = re.compile(r"[A-Za-z0-9,._+@-]{1,63}")  # a device-tree node name (devicetree spec 2.2.1)
@@ -92,7 +96,7 @@ class CpuNode:
 @attrs.frozen
 class Host:
     name: str
-    path: Path | None
+    path: str | None  # the file it was read from
     summary: str
     arch: Arch
     platform: Platform
@@ -283,18 +287,23 @@ def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
     return tuple(nodes)
 
 
-def parse(text: str, *, name: str, where: str, path: Path | None = None) -> Host:
+def parse(text: str, *, name: str, where: str, path: str | None = None) -> Host:
     """Parse profile ``text``; ``where`` names it in errors (usually the file's path)."""
+    return from_mapping(toml_document(text, where), name=name, where=where, path=path)
+
+
+def toml_document(text: str, where: str) -> dict[str, Any]:
+    import tomllib  # a start-up's worth (datetime, its patterns): only when a profile is parsed
+
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{where}: bad TOML: {exc}") from None
     except RecursionError:
         raise ProfileError(f"{where}: bad TOML: nested too deeply") from None
-    return from_mapping(data, name=name, where=where, path=path)
 
 
-def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: Path | None = None) -> Host:
+def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: str | None = None) -> Host:
     """A profile from its document (what the TOML reads as, or a profile with per-test
     overrides applied), checked exactly as a file's; ``where`` names it in errors."""
     t = _Table(where, "", dict(data))
@@ -376,30 +385,32 @@ def _close_matches(word: str, possibilities: list[str], n: int, cutoff: float = 
     return difflib.get_close_matches(word, possibilities, n=n, cutoff=cutoff)
 
 
-def builtin_hosts() -> Path:
+# Paths here are strings: pathlib costs a start-up (urllib.parse, ipaddress) that nothing
+# on the kernel's path needs; resolve() gives users a Path.
+def builtin_hosts() -> str:
     """The profiles shipped inside the package (``kvmsim/hosts``; ``fixtures/hosts`` in a
     checkout is the same directory)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kvmsim/
-    return Path(package, "hosts")  # no filesystem look: it may be faked
+    return os.path.join(package, "hosts")  # no filesystem look: it may be faked
 
 
-def search_path() -> list[Path]:
+def search_path() -> list[str]:
     """Where profile names are looked up: ``$KVMSIM_HOSTS`` (``--hosts-dir``, the pytest
     ``kvmsim_hosts`` ini option), then the built-in profiles."""
-    extra = [Path(p) for p in os.environ.get(HOSTS_ENV, "").split(os.pathsep) if p]
+    extra = [p for p in os.environ.get(HOSTS_ENV, "").split(os.pathsep) if p]
     return [*extra, builtin_hosts()]
 
 
 # Profiles are found and read on the real filesystem even while a test fakes it: pyfakefs
 # patches os, os.path, pathlib and open, never posix, so these go through posix alone.
-def _real_stat(path: str | Path) -> os.stat_result | None:
+def _real_stat(path: StrPath) -> os.stat_result | None:
     try:
         return posix.stat(os.fspath(path))
     except OSError:
         return None
 
 
-def read_bytes(path: str | Path, limit: int = MAX_PROFILE) -> bytes:
+def read_bytes(path: StrPath, limit: int = MAX_PROFILE) -> bytes:
     """A profile file's bytes, from the real filesystem (a FIFO does not block: O_NONBLOCK);
     ProfileError when it is not a regular file or is larger than ``limit``."""
     try:
@@ -425,7 +436,7 @@ def read_bytes(path: str | Path, limit: int = MAX_PROFILE) -> bytes:
     return b"".join(chunks)
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path: StrPath) -> str:
     """A profile file's text (UTF-8), as :func:`read_bytes` reads it."""
     try:
         return read_bytes(path).decode("utf-8")
@@ -433,13 +444,20 @@ def read_text(path: str | Path) -> str:
         raise ProfileError(f"{path}: cannot read profile: {exc}") from None
 
 
-def resolve(name_or_path: str | Path) -> Path:
+def resolve(name_or_path: StrPath) -> Path:
     """A profile name (``powervm-p11``) is looked up on :func:`search_path`; else a path."""
-    text = str(name_or_path)
+    from pathlib import Path
+
+    return Path(find(name_or_path))
+
+
+def find(name_or_path: StrPath) -> str:
+    """:func:`resolve`, as a string."""
+    text = os.fspath(name_or_path)
     if "/" in text or text.endswith(".toml"):
-        return Path(text)
+        return text
     for directory in search_path():
-        path = directory / f"{text}.toml"
+        path = os.path.join(directory, f"{text}.toml")
         st = _real_stat(path)
         if st is not None and stat.S_ISREG(st.st_mode):
             return path
@@ -448,9 +466,49 @@ def resolve(name_or_path: str | Path) -> Path:
     raise ProfileError(f"{text}: unknown host{hint}")
 
 
-def load(name_or_path: str | Path) -> Host:
-    path = resolve(name_or_path)
-    return parse(read_text(path), name=path.stem, where=str(path), path=path)
+def load(name_or_path: StrPath) -> Host:
+    path = find(name_or_path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return from_mapping(document(path, name), name=name, where=path, path=path)
+
+
+def document(path: str, name: str) -> dict[str, Any]:
+    """The TOML document of the profile file at ``path``.  A built-in profile whose bytes are
+    the ones the index was made from is read from the index (``_hosts``, generated from the
+    TOML files: the file stays the one source, the index is its parse, checked by CRC like a
+    .pyc by its source's stamp); anything else is parsed."""
+    data = read_bytes(path)
+    if os.path.dirname(path) == builtin_hosts():
+        from ._hosts import PARSED
+
+        known = PARSED.get(name)
+        if known is not None and known[0] == zlib.crc32(data):
+            return known[1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc}") from None
+    return toml_document(text, path)
+
+
+def index_source() -> str:
+    """``_hosts.py``: every built-in profile's CRC and parse (``make hosts-index`` writes it)."""
+    lines = [
+        '"""Generated by ``python -m kvmsim.kernel.profile`` from kvmsim/hosts/*.toml: do not edit.',
+        "",
+        "Each built-in profile's CRC-32 and its TOML document, so a start-up need not import",
+        'tomllib (kvmsim.kernel.profile.document checks the CRC against the file first)."""',
+        "",
+        "from typing import Any",
+        "",
+        "PARSED: dict[str, tuple[int, dict[str, Any]]] = {",
+    ]
+    directory = builtin_hosts()
+    for name in sorted(n.removesuffix(".toml") for n in posix.listdir(directory) if n.endswith(".toml")):
+        path = os.path.join(directory, f"{name}.toml")
+        data = read_bytes(path)
+        lines.append(f"    {name!r}: ({zlib.crc32(data)}, {toml_document(data.decode(), path)!r}),")
+    return "\n".join([*lines, "}", ""])
 
 
 def names() -> list[str]:
@@ -460,3 +518,8 @@ def names() -> list[str]:
         with contextlib.suppress(OSError):
             found.update(n.removesuffix(".toml") for n in posix.listdir(os.fspath(directory)) if n.endswith(".toml"))
     return sorted(found)
+
+
+if __name__ == "__main__":  # make hosts-index
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_hosts.py"), "w") as out:
+        out.write(index_source())

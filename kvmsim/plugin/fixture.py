@@ -143,7 +143,7 @@ def _boot(spec: KvmHostParam) -> Kernel:
         for table in tables:
             where = where.setdefault(table, {})
         where[key] = value
-    host = profile.from_mapping(doc, name=path.stem, where=f"{path} with {dict(spec.overrides)}", path=path)
+    host = profile.from_mapping(doc, name=path.stem, where=f"{path} with {dict(spec.overrides)}", path=str(path))
     return Kernel(host, revision(spec.abi), ksize=spec.ksize)
 
 

@@ -13,7 +13,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -142,6 +141,8 @@ def compile_c(
         if _accept(out):
             return out
         out = private_fallback(f"{out} is not this user's own file") / out.name  # never run a planted file
+    import tempfile  # only when something is built
+
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{stem}-")
     os.close(fd)
     include: list[str] = []

@@ -4,7 +4,6 @@ the result or errno, and the simulated kernel's reason."""
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import IO
 
@@ -66,12 +65,18 @@ class Tracer:
 
     def intercept(self, how: str, why: str) -> None:
         """The first line: how ``kvmsim run`` reaches the program, and why that way."""
-        self._write(json.dumps({"intercept": how, "why": why}) if self.json_lines else f"# intercept: {how} ({why})")
+        self._write(_json({"intercept": how, "why": why}) if self.json_lines else f"# intercept: {how} ({why})")
 
     def __call__(self, call: Call) -> None:
-        self._write(json.dumps(call.to_json(self.arch)) if self.json_lines else call.text(self.arch))
+        self._write(_json(call.to_json(self.arch)) if self.json_lines else call.text(self.arch))
 
     def _write(self, line: str) -> None:
         with self._lock:
             self.stream.write(line + "\n")
             self.stream.flush()
+
+
+def _json(doc: dict[str, object]) -> str:
+    import json  # only for --trace-format json
+
+    return json.dumps(doc)

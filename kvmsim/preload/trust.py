@@ -23,9 +23,7 @@ import io
 import os
 import stat
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from ..kernel.errors import KvmsimError
 
@@ -73,10 +71,10 @@ def _base_stat(st: os.stat_result) -> bool:
 def safe_ancestors(path: str | os.PathLike[str]) -> str | None:
     """None when every directory from / down to ``path``'s parent passes the temporary-base
     rule (so nobody else can swap ``path`` itself), else why not, in one line."""
-    lexical = Path(os.path.abspath(path)).parent
-    real = Path(os.path.realpath(lexical))
+    lexical = os.path.dirname(os.path.abspath(path))
+    real = os.path.realpath(lexical)
     for parent in dict.fromkeys((lexical, real)):  # the path as written, and where it leads
-        for d in (*reversed(parent.parents), parent):
+        for d in _directories_down_to(parent):
             try:
                 st = os.lstat(d)
                 if stat.S_ISLNK(st.st_mode):  # a link is as safe as its owner (its target is checked too)
@@ -88,6 +86,14 @@ def safe_ancestors(path: str | os.PathLike[str]) -> str | None:
             if not _base_stat(st):
                 return f"{d} is owned by uid {st.st_uid} with mode {st.st_mode & 0o7777:o}"
     return None
+
+
+def _directories_down_to(path: str) -> list[str]:
+    """/, then each directory down to the absolute ``path`` itself."""
+    found = [path]
+    while (up := os.path.dirname(found[-1])) != found[-1]:
+        found.append(up)
+    return found[::-1]
 
 
 _said: set[str] = set()
@@ -114,10 +120,33 @@ def _private_base() -> str:
     return path
 
 
+def _env_temp_dirs() -> list[str]:
+    """The first of $TMPDIR, $TEMP, $TMP that names a directory this user can write, as
+    tempfile.gettempdir() takes it, without importing tempfile (random, shutil: a start-up's
+    worth)."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        value = os.environ.get(name)
+        if value and os.path.isdir(value) and os.access(value, os.W_OK | os.X_OK):
+            return [os.path.abspath(value)]
+    return []
+
+
+def _mkdtemp(base: str, prefix: str) -> str:
+    """tempfile.mkdtemp's rule: a new 0700 directory with a random name (EEXIST: another)."""
+    for _ in range(100):
+        path = os.path.join(base, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{base}: no fresh name for a {prefix}* directory")
+
+
 def temp_base() -> str:
     """The first of $TMPDIR, /tmp that no other user can have prepared; else a private one
     in this user's cache (said once)."""
-    for candidate in (tempfile.gettempdir(), "/tmp"):
+    for candidate in dict.fromkeys((*_env_temp_dirs(), "/tmp")):
         try:
             st = os.stat(candidate)
         except OSError:
@@ -135,7 +164,7 @@ def temp_dir(prefix: str) -> Dir:
     long as this process lives: :func:`sweep` knows a directory left by a dead one."""
     base = temp_base()
     sweep(base, prefix)
-    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    path = _mkdtemp(base, prefix)
     d = Dir.open(path, created=True)
     fcntl.flock(d.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return d

@@ -36,7 +36,6 @@ make the server flush its writes first with MEM_WRITE / MEM_ACK).
 from __future__ import annotations
 
 import enum
-import json
 import socket
 import struct
 from collections.abc import Mapping
@@ -189,6 +188,8 @@ class HostAnswer:
     root: str | None = None
 
     def encode(self) -> bytes:
+        import json  # HELLO's answer alone: a call's frames never need it
+
         return json.dumps(attrs.asdict(self)).encode()
 
     @classmethod
@@ -196,6 +197,8 @@ class HostAnswer:
         """ProtocolError for anything kvmsim would never send."""
         not_ours = ProtocolError(f"a HOST answer that is not kvmsim's: {payload[:80]!r}")
         try:
+            import json
+
             doc = json.loads(payload)
         except ValueError:
             raise not_ours from None

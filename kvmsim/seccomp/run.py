@@ -1,5 +1,5 @@
 """``kvmsim run --intercept seccomp``: the command under the filter, this process its
-supervisor; the run's directory holds the host's files (kvmsim.preload.runner's, shared by
+supervisor; the run's directory holds the host's files (kvmsim.preload.command's, shared by
 both intercepts)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..kernel.kvm_main import BootedKernel
-from ..preload.runner import host_view, run_directory, wait_forwarding
+from ..preload.command import host_view, run_directory, wait_forwarding
 from ..preload.trace import Call
 from .launch import launch
 from .supervisor import Supervisor
