@@ -660,8 +660,9 @@ def soak_row(shim: Path) -> Row:
                         s.sendall(rng.randbytes(rng.randrange(1, 200)))
                     elif kind == 1:  # a header announcing more than it sends
                         s.sendall(wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.Msg.IOCTL, 16) + b"x")
-                    elif kind == 2:  # a well-formed call on a bad fd / NULL
-                        s.sendall(wire.frame(wire.Msg.IOCTL, wire.IOCTL.pack(rng.randrange(-5, 50), 0x2000AEB8, 0)))
+                    elif kind == 2:  # a well-formed call on no placeholder / NULL
+                        fd, dev, ino = rng.randrange(-5, 50), rng.randrange(1 << 20), rng.randrange(1 << 20)
+                        s.sendall(wire.frame(wire.Msg.IOCTL, wire.IOCTL.pack(fd, 0x2000AEB8, 0, dev, ino)))
                     else:  # the shared channel, then gone
                         s.sendall(wire.frame(wire.Msg.SHM))
                     garbage += 1

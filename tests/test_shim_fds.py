@@ -83,3 +83,24 @@ def test_fclose_releases_the_simulated_file(fdops: Path, tmp_path: Path, interce
 @pytest.mark.parametrize("intercept", INTERCEPTS)
 def test_a_failed_dup3_leaves_the_target_as_it_was(fdops: Path, intercept: str) -> None:
     assert simulated(fdops, "dup3", intercept=intercept) == ["dup3=EINVAL vm=1 then=ok api=12"]
+
+
+SHUTDOWN = """
+import ctypes, errno, fcntl, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/dev/kvm", os.O_RDWR)
+r = libc.shutdown(fd, 2)
+print(r, errno.errorcode[ctypes.get_errno()], fcntl.ioctl(fd, 0x2000AE00, 0))
+"""
+
+
+def test_shutdown_of_a_simulated_fd_is_enotsock_and_keeps_it() -> None:
+    """shutdown(2) on the device is ENOTSOCK; on the placeholder it would look like the last
+    close to the server, so the shim answers it."""
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", "preload", "--", sys.executable, "-c", SHUTDOWN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.stdout.split() == ["-1", "ENOTSOCK", "12"], r.stderr

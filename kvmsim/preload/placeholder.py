@@ -51,14 +51,17 @@ class _NoMemory(UserAccess):
     """The table's process between calls: every call brings the caller's memory."""
 
 
+_NO_MEMORY = _NoMemory()
+
+
 class Placeholders:
     """The simulated files of one simulated kernel's programs, by placeholder identity."""
 
     def __init__(self, kernel: BootedKernel, *, on_release: Callable[[Placeholder], None] | None = None) -> None:
         self.kernel = kernel
-        self.process: Process = kernel.process(_NoMemory())
+        self.process: Process = kernel.process(_NO_MEMORY)
         self.process.max_files = 1 << 30  # the program's own RLIMIT_NOFILE holds, where its placeholder lands
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.on_release = on_release
         self._files: dict[Identity, Placeholder] = {}
         self._by_peer: dict[int, Identity] = {}
@@ -88,6 +91,24 @@ class Placeholders:
     def of(self, st: os.stat_result) -> Placeholder | None:
         """The placeholder a real file (its stat) is, or None."""
         return self.get(identity(st))
+
+    def ioctl(self, key: Identity, cmd: int, arg: int, memory: UserAccess) -> tuple[Placeholder | None, int, bool]:
+        """``sys_ioctl`` on the file the placeholder ``key`` stands for, with the caller's
+        memory, found and called under one hold of the lock (a release in between cannot hand
+        its number to another file): (the placeholder, or None when ``key`` is none of ours;
+        the return; whether the call made a file, anon_inode_getfd's: a VM).  KvmError as
+        sys_ioctl raises it.  Every ioctl a program makes comes this way."""
+        with self.lock:
+            placeholder = self._files.get(key)
+            if placeholder is None:
+                return None, 0, False
+            process = self.process
+            process.memory = memory
+            try:
+                creates = process.returns_fd(placeholder.sim_fd, cmd)
+                return placeholder, process.sys_ioctl(placeholder.sim_fd, cmd, arg), creates
+            finally:
+                process.memory = _NO_MEMORY
 
     def call(self, memory: UserAccess) -> _Call:
         """``with table.call(memory) as process:`` — the simulated process, with the caller's
@@ -155,5 +176,5 @@ class _Call:
         return self.table.process
 
     def __exit__(self, *exc: object) -> None:
-        self.table.process.memory = _NoMemory()
+        self.table.process.memory = _NO_MEMORY
         self.table.lock.release()

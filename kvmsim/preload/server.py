@@ -270,23 +270,26 @@ class Connection:
         window = b""
         reason = None
         new: int | None = None
-        self.memory.begin(0, b"")
         try:
             if msg == _IOCTL:
                 (fd, cmd, arg, dev, ino), window = wire.unpack(wire.IOCTL, payload, exact=False)
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
                 self.memory.begin(arg, window)
-                ret, new = self._ioctl(self.files.get((dev, ino)), cmd, arg)
-                flags = wire.RESULT_FOREIGN if ret is None else wire.RESULT_NEW_FD if new is not None else 0
-                ret = ret or 0
+                placeholder, ret, creates = self.files.ioctl((dev, ino), cmd, arg, self.memory)
+                if placeholder is None:
+                    flags = wire.RESULT_FOREIGN  # the shim makes the real call
+                elif creates:
+                    new, ret, flags = self.files.new(ret, is_vm=True), 0, wire.RESULT_NEW_FD
             elif msg == Msg.OPEN:
+                self.memory.begin(0, b"")
                 (oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
                 with self.files.call(self.memory) as process:
                     sim_fd = process.open(path.decode(errors="replace"), oflags)
                 new = self.files.new(sim_fd, is_vm=False, nonblock=bool(oflags & os.O_NONBLOCK))
                 ret, flags = 0, wire.RESULT_NEW_FD
             elif msg == Msg.IDENTIFY:
+                self.memory.begin(0, b"")
                 (dev, ino), _ = wire.unpack(wire.IDENTIFY, payload)
                 found = self.files.get((dev, ino))
                 ret = wire.NOT_OURS if found is None else wire.IS_VM if found.is_vm else wire.IS_DEV_KVM
@@ -301,16 +304,6 @@ class Connection:
             self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason))
         count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
         return wire.frame(_RESULT, wire.RESULT.pack(ret, err, flags, count), writes), new
-
-    def _ioctl(self, placeholder: Placeholder | None, cmd: int, arg: int) -> tuple[int | None, int | None]:
-        """sys_ioctl on the placeholder's file: (its return, a new placeholder or None); a
-        return of None when the fd is no placeholder of ours."""
-        if placeholder is None:
-            return None, None
-        with self.files.call(self.memory) as process:
-            creates = process.returns_fd(placeholder.sim_fd, cmd)
-            ret = process.sys_ioctl(placeholder.sim_fd, cmd, arg)
-        return (0, self.files.new(ret, is_vm=True)) if creates else (ret, None)
 
 
 class Server:

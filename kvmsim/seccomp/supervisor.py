@@ -43,7 +43,7 @@ from ..kernel.errors import KvmError
 from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import DEV_KVM
 from ..kernel.usermem import Fault
-from ..preload.placeholder import Placeholder, Placeholders
+from ..preload.placeholder import Placeholder, Placeholders, identity
 from ..preload.trace import Call
 from . import uapi
 from .kstat import Kstat, dev_kvm, is_dev_kvm
@@ -235,16 +235,16 @@ class Supervisor:
             return CONTINUE  # an fd flag: the real kernel sets it on the placeholder
         if not self._valid(n):
             return CONTINUE
+        assert st is not None  # a placeholder was found by it
         window = mem.read(arg, 24) if self.trace is not None else b""
         reason = None
-        with self.files.call(mem) as process:
-            creates = process.returns_fd(placeholder.sim_fd, cmd)
-            try:
-                ret, err = process.sys_ioctl(placeholder.sim_fd, cmd, arg), 0
-            except KvmError as exc:
-                ret, err, reason = -1, exc.errno or errno.EIO, exc.reason
+        try:
+            _, ret, creates = self.files.ioctl(identity(st), cmd, arg, mem)
+            err = 0
+        except KvmError as exc:
+            ret, err, reason, creates = -1, exc.errno or errno.EIO, exc.reason, False
         answer = error(err) if err else value(ret)
-        if not err and creates:
+        if creates:
             answer = Answer("fd", fd=self.files.new(ret, is_vm=True), cloexec=True)
         if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
             self.trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))

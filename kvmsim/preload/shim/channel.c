@@ -237,11 +237,13 @@ static long futex(volatile uint32_t *word, int op, uint32_t val, const struct ti
 }
 
 /* Has the server gone?  On the shared channel only placeholders come on the socket. */
+static int still_ours(const struct conn *c);
+
 static int server_gone(const struct conn *c)
 {
 	struct pollfd p = {.fd = c->sock, .events = POLLIN};
 	char byte;
-	return poll(&p, 1, 0) != 0 && recv(c->sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+	return !still_ours(c) || (poll(&p, 1, 0) != 0 && recv(c->sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0);
 }
 
 /* The next s2c message: spin a while (the server is working on it), then sleep on the futex. */
@@ -386,8 +388,9 @@ static ssize_t recv_with_fd(const struct conn *c, void *buf, size_t n, int cloex
 static int recv_fd(struct conn *c, int cloexec, int *fd)
 {
 	char byte;
-	int truncated;
-	ssize_t r = recv_with_fd(c, &byte, 1, cloexec, fd, &truncated);
+	int truncated = 0;
+	*fd = -1;
+	ssize_t r = still_ours(c) ? recv_with_fd(c, &byte, 1, cloexec, fd, &truncated) : -1;
 	if (r == 1 && *fd >= 0)
 		return 0;
 	if (*fd >= 0)
@@ -484,7 +487,7 @@ static int connect_server(struct conn *c, int shared_channel)
 	struct stat st;
 	pid_t pid;
 	clock_gettime(CLOCK_MONOTONIC, &c->began); /* the handshake has the same deadline as a call */
-	if (c->sock >= 0 && still_ours(c))
+	if (c->sock >= 0 && still_ours(c)) /* the shared channel needs it too: the server ends with it */
 		return 0;
 	drop(c, 0); /* its number is the program's now, if anything */
 	if (__atomic_load_n(&lost, __ATOMIC_ACQUIRE)) {

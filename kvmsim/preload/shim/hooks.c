@@ -335,6 +335,8 @@ FAILS_ON_PLACEHOLDER(ssize_t, pread, (int fd, void *buf, size_t n, off_t off), (
 FAILS_ON_PLACEHOLDER(ssize_t, pwrite, (int fd, const void *buf, size_t n, off_t off), (fd, buf, n, off), POSITIONED_ERR)
 FAILS_ON_PLACEHOLDER(ssize_t, readv, (int fd, const struct iovec *iov, int n), (fd, iov, n), EINVAL)
 FAILS_ON_PLACEHOLDER(ssize_t, writev, (int fd, const struct iovec *iov, int n), (fd, iov, n), EINVAL)
+/* shutdown(2) is ENOTSOCK on the device; on the placeholder it would read as the last close */
+FAILS_ON_PLACEHOLDER(int, shutdown, (int fd, int how), (fd, how), ENOTSOCK)
 SHIM_API ssize_t pread64(int fd, void *buf, size_t n, off_t off) { return pread(fd, buf, n, off); }
 SHIM_API ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
 

@@ -45,6 +45,7 @@ static void shim_init(void)
 	FIND(readv);
 	FIND(writev);
 	FIND(lseek);
+	FIND(shutdown);
 	FIND(readlink);
 	FIND(readlinkat);
 	cfg.socket = getenv("KVMSIM_SOCKET");

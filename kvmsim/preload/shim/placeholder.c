@@ -1,10 +1,10 @@
 /* placeholder.c: is this fd one of the server's placeholders, and for which simulated file?
  *
- * The real kernel answers, never a table of ours: a placeholder is a SOCK_SEQPACKET socket
- * whose peer is the server's process (SO_PEERCRED of a socketpair is the process that made
- * it, and the server makes no other sockets of that type); its identity is the socket
- * inode's dev/ino, which the server looks up.  Any other fd costs one getsockopt that it
- * fails (ENOTSOCK) or answers with another type. */
+ * The real kernel answers, never a table of ours: a placeholder is a socket whose peer is
+ * the server's process (SO_PEERCRED of a socketpair is the process that made it, which no
+ * other user can be); its identity is the socket inode's dev/ino, and the server, which
+ * alone knows its placeholders, answers any other (the shim's own connection) as foreign.
+ * Any other fd costs one fstat. */
 #include "shim.h"
 
 #include <errno.h>
@@ -17,18 +17,16 @@
 
 SHIM_INTERNAL int is_placeholder(int fd, struct identity *id)
 {
-	int e = errno, type = 0, yes = 0;
-	socklen_t len = sizeof(type);
+	int e = errno, yes = 0;
 	struct ucred cred;
+	socklen_t len = sizeof(cred);
 	struct stat st;
-	if (fd >= 0 && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET) {
-		len = sizeof(cred);
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
-		    cred.pid == kvmsim_server_pid() && real.fstat(fd, &st) == 0) {
-			id->dev = (uint64_t)st.st_dev;
-			id->ino = (uint64_t)st.st_ino;
-			yes = 1;
-		}
+	if (fd >= 0 && real.fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
+	    cred.pid == kvmsim_server_pid()) {
+		id->dev = (uint64_t)st.st_dev;
+		id->ino = (uint64_t)st.st_ino;
+		yes = 1;
 	}
 	errno = e;
 	return yes;

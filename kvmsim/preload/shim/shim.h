@@ -60,6 +60,7 @@ struct real_libc {
 	ssize_t (*readv)(int, const struct iovec *, int);
 	ssize_t (*writev)(int, const struct iovec *, int);
 	off_t (*lseek)(int, off_t, int);
+	int (*shutdown)(int, int);
 	ssize_t (*readlink)(const char *, char *, size_t);
 	ssize_t (*readlinkat)(int, const char *, char *, size_t);
 };
