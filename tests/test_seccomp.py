@@ -66,7 +66,7 @@ def supervised(host: str, abi: str, argv: list[str], tmp: Path) -> tuple[int, st
         view = host_view(kernel, workdir.subdir("root"))
         with open(out, "wb") as f:
             started = launch(argv, stdout=f.fileno())
-        supervisor = Supervisor(kernel, started.listener, root=view)
+        supervisor = Supervisor(lambda: kernel, kernel.arch, started.listener, root=view)
         thread = supervisor.start()
         try:
             assert started.exec_error() is None

@@ -239,7 +239,7 @@ def test_the_shims_protocol_constants_come_from_the_python_side() -> None:
     from kvmsim.preload import wire as w
     from kvmsim.preload.build import shim_sources
 
-    source = "".join(p.read_text() for p in [*shim_sources(), ROOT / "kvmsim" / "preload" / "shim" / "shim.h"])
+    source = "".join(Path(p).read_text() for p in [*shim_sources(), ROOT / "kvmsim" / "preload" / "shim" / "shim.h"])
     assert '#include "kvmsim_wire.h"' in source
     for name in ("KVMSIM_MAGIC", "KVMSIM_VERSION", "MAX_PAYLOAD", "SHM_CAPACITY", "SHM_CONTROL", "RESULT_NEW_FD"):
         assert not re.search(rf"#define {name}\b", source), name

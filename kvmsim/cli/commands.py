@@ -24,6 +24,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -31,10 +32,8 @@ from ..kernel import papr, profile
 from ..kernel.errors import InvalidInput
 from ..kernel.profile import Host
 from ..kernel.revisions import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision
-from ..kernel.uapi import errname, mode_of_logical_pvr, modes_of_caps
+from ..kernel.uapi import Arch, errname, mode_of_logical_pvr, modes_of_caps
 from ..preload import trust
-from ..preload.trace import Tracer
-from ..user.simulated import Kernel, SimDevice
 from .args import (
     EXIT_USAGE,
     OneLineParser,
@@ -46,6 +45,10 @@ from .args import (
     seed_arg,
     use_hosts_dirs,
 )
+
+if TYPE_CHECKING:
+    from ..preload.trace import Tracer
+    from ..user.simulated import Kernel
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
@@ -90,6 +93,7 @@ def simulate(host: Host, rev: AbiRevision) -> Observation:
     """Boot ``rev`` on ``host`` and ask what a client asks (the shipped numbers on a
     kernel without the feature: what a program built against today's headers sends)."""
     from ..user import probe  # show and matrix ask; run and serve never do
+    from ..user.simulated import Kernel, SimDevice
 
     kernel = Kernel(host, rev)
     asked = rev if rev.abi is not None else LINUX_7_3
@@ -219,8 +223,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def _kernel(args: argparse.Namespace) -> Kernel:
-    revs = revisions(args)
-    return Kernel.from_profile(args.host, abi=revs[args.abi or DEFAULT_REVISION])
+    from ..user.simulated import Kernel  # the whole kernel model: only where a kernel boots
+
+    return Kernel(profile.load(args.host), _revision(args))
+
+
+def _revision(args: argparse.Namespace) -> AbiRevision:
+    return revisions(args)[args.abi or DEFAULT_REVISION]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -232,7 +241,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
     kernel = _kernel(args)
-    with _tracer(args, kernel) as trace:
+    with _tracer(args, kernel.arch) as trace:
         try:
             view = trust.temp_dir("kvmsim-serve-")  # 0700, locked while we live: the host's files
         except OSError as exc:
@@ -279,13 +288,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def intercept_for(kernel: Kernel, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
+def intercept_for(host: Host, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
     """How ``kvmsim run`` reaches ``command`` (``seccomp`` or ``preload``), and why: the
     trace's first line says both."""
     from ..preload.command import RunError, StartError, target_arch
     from ..seccomp.launch import unavailable
 
-    foreign = target_arch(kernel.host.name, kernel.arch.name, command, arch)
+    foreign = target_arch(host.name, host.arch.name, command, arch)
     if asked == "preload":
         return "preload", "asked for (--intercept preload)"
     if foreign is not None:
@@ -319,17 +328,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if args.server is not None:
             return _run_attached(args.server, command, args.arch, args.allow_unreached)
-        kernel = _kernel(args)
-        how, why = intercept_for(kernel, command, args.arch, args.intercept)
-        with _tracer(args, kernel) as trace:
+        host = profile.load(args.host)
+        how, why = intercept_for(host, command, args.arch, args.intercept)
+        with _tracer(args, host.arch) as trace:
             if trace is not None:
                 trace.intercept(how, why)
-            if how == "seccomp":
+            if how == "seccomp":  # the kernel boots when the program first needs it (kvmsim.seccomp.run)
                 from ..seccomp import run as seccomp
 
-                return seccomp.run(kernel, command, trace=trace)
+                return seccomp.run(host, _revision(args), command, trace=trace)
             from ..preload import runner  # the server, its channel, the shim's build: only for this path
 
+            kernel = _kernel(args)
             return runner.run(kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached)
     except RunError as exc:
         raise UsageError(str(exc)) from None
@@ -466,14 +476,16 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _tracer(args: argparse.Namespace, kernel: Kernel) -> Iterator[Tracer | None]:
+def _tracer(args: argparse.Namespace, arch: Arch) -> Iterator[Tracer | None]:
     """``--trace[=FILE]`` (stderr without a file) in ``--trace-format`` text or json."""
     if args.trace is None:
         yield None
         return
     stream = sys.stderr if args.trace == "-" else open(args.trace, "a")  # noqa: SIM115 (closed below)
     try:
-        yield Tracer(stream, kernel.arch, json_lines=args.trace_format == "json")
+        from ..preload.trace import Tracer
+
+        yield Tracer(stream, arch, json_lines=args.trace_format == "json")
     finally:
         if stream is not sys.stderr:
             stream.close()

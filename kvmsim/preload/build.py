@@ -1,25 +1,29 @@
 """Build the C pieces on demand with the system C compiler, into a cache directory.
 
-``kvmsim run`` needs the preload shim; tests and ``make`` also build the C example client.
-An output's name carries a hash of its source and compiler command, so a changed source or
-compiler builds anew and concurrent builders never see a half-written file."""
+``kvmsim run`` needs the preload shim or the seccomp launcher; tests and ``make`` also build
+the C example client.  An output's name carries a fingerprint of its sources and compiler
+command, so a changed source or compiler builds anew and concurrent builders never see a
+half-written file.  Paths are strings inside (``kvmsim run`` starts without pathlib);
+:func:`compile_c` and :func:`build_shim` give a Path."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
 import stat
-import subprocess
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..kernel.errors import KvmsimError
 from . import trust
 
-SHIM_DIR = Path(__file__).resolve().parent / "shim"  # one .c file a job, shim.h between them
+if TYPE_CHECKING:
+    from pathlib import Path
+
+StrPath = str | os.PathLike[str]
+SHIM_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "shim")  # one .c file a job, shim.h between them
 
 
 class BuildError(KvmsimError, RuntimeError):
@@ -27,7 +31,7 @@ class BuildError(KvmsimError, RuntimeError):
     is one line."""
 
 
-def private(path: Path) -> bool:
+def private(path: StrPath) -> bool:
     """Only this user can have put ``path`` there: ours, not a symlink, not group/world-writable."""
     try:
         return trust.private_stat(os.lstat(path))
@@ -38,25 +42,25 @@ def private(path: Path) -> bool:
 _fallback: list[trust.Dir] = []
 
 
-def private_fallback(reason: str) -> Path:
+def private_fallback(reason: str) -> str:
     """A fresh 0700 directory of this process in a safe temporary base, when the cache cannot
     be trusted (said once); removed when the process exits."""
     if not _fallback:
         _fallback.append(trust.temp_dir("kvmsim-private-").remove_at_exit())
         print(f"kvmsim: {reason}; building into {_fallback[0].path} instead", file=sys.stderr)
-    return Path(_fallback[0].path)
+    return _fallback[0].path
 
 
-def cache_dir() -> Path:
+def cache_dir() -> str:
     """``$KVMSIM_CACHE``, else ``~/.cache/kvmsim``: created 0700, and used only while it is
     this user's and nobody else can write it or the directories above it (else a private
     directory, said once)."""
     base = os.environ.get("KVMSIM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvmsim"
     )
-    path = Path(base)
+    path = base
     with contextlib.suppress(OSError):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
     if not private(path) or trust.safe_ancestors(path):
         return private_fallback(f"the cache {path} is not private to uid {os.getuid()}")
     return path
@@ -67,7 +71,7 @@ def cache_dir() -> Path:
 _identity: dict[str, tuple[int, int]] = {}
 
 
-def _opened_stat(path: Path | str, mode: int | None = None) -> os.stat_result:
+def _opened_stat(path: StrPath, mode: int | None = None) -> os.stat_result:
     """The stat of the file ``path`` opens to, never through a symlink (after ``fchmod`` to
     ``mode`` when given): the identity of what is there now."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -79,85 +83,114 @@ def _opened_stat(path: Path | str, mode: int | None = None) -> os.stat_result:
         os.close(fd)
 
 
-def _accept(path: Path) -> bool:
+def _accept(path: str) -> bool:
     """Take a cached ``path`` as ours (a regular file of this user's that nobody else can
     write, in a directory nobody else can write) and remember its identity."""
     try:
         st = _opened_stat(path)
     except OSError:
         return False
-    if not stat.S_ISREG(st.st_mode) or not trust.private_stat(st) or not private(path.parent):
+    if not stat.S_ISREG(st.st_mode) or not trust.private_stat(st) or not private(os.path.dirname(path)):
         return False
-    _identity[str(path)] = (st.st_dev, st.st_ino)
+    _identity[path] = (st.st_dev, st.st_ino)
     return True
 
 
-def preloadable(path: Path) -> str:
+def preloadable(path: StrPath) -> str:
     """``path`` as it may go into LD_PRELOAD: checked right before, that it is still the file
     this process built (its identity), this user's, and writable by nobody else."""
     why = "not built by this process"
-    if str(path) in _identity:
+    path = os.fspath(path)
+    if path in _identity:
         try:
             st = _opened_stat(path)
         except OSError as exc:
             why = exc.strerror or "cannot open it"
         else:
-            if (st.st_dev, st.st_ino) != _identity[str(path)]:
+            if (st.st_dev, st.st_ino) != _identity[path]:
                 why = "it was replaced after it was built"
-            elif not trust.private_stat(st) or not private(path.parent):
+            elif not trust.private_stat(st) or not private(os.path.dirname(path)):
                 why = "others may write it"
             else:
-                return str(path)
+                return path
     raise BuildError(f"{path}: refusing to preload it: {why}")
 
 
-def compile_c(
-    sources: Sequence[Path],
+def fingerprint(*parts: bytes) -> str:
+    """A build's cache key: CRC-32 and Adler-32 of the same bytes, 64 bits.  A key, not a
+    guard (what runs is held to its owner, mode and identity: :func:`preloadable`); hashlib
+    would load OpenSSL, a start-up's worth for every ``kvmsim run``."""
+    crc, adler = 0, 1
+    for part in parts:
+        crc, adler = zlib.crc32(part, crc), zlib.adler32(part, adler)
+    return f"{crc:08x}{adler:08x}"
+
+
+def build(
+    sources: Sequence[StrPath],
     *,
     shared: bool = False,
     cc: str | None = None,
     flags: Sequence[str] = (),
-    out_dir: Path | None = None,
+    out_dir: StrPath | None = None,
     headers: Mapping[str, str] | None = None,
     name: str | None = None,
-) -> Path:
+) -> str:
     """Compile ``sources`` to a program (or, ``shared``, a .so) and return its path.
     ``headers`` are generated headers (name -> text), written beside the output and found
     with ``-I``; their text is part of the cache key.  The output is named after ``name``, else
-    the first source."""
+    the first source.  A build in the cache is used as it is (no compiler needed)."""
     cc = cc or os.environ.get("CC") or "cc"
-    if shutil.which(cc) is None:
-        raise BuildError(f"the C compiler {cc!r} is not installed (set CC, or install gcc)")
     args = ["-O2", "-Wall", "-Wextra", *(["-shared", "-fPIC"] if shared else []), *flags]
     libs = ["-ldl", "-lpthread"] if shared else []
-    digest = hashlib.sha256(repr((cc, args, libs, sorted((headers or {}).items()))).encode())
-    for src in sources:
-        digest.update(src.read_bytes())
-        for header in src.parent.glob("*.h"):
-            digest.update(header.read_bytes())
-    stem = name or sources[0].stem
-    out = (out_dir or cache_dir()) / f"{stem}-{digest.hexdigest()[:16]}{'.so' if shared else ''}"
-    if out.exists() or out.is_symlink():
+    paths = [os.fspath(src) for src in sources]
+    parts = [repr((cc, args, libs, sorted((headers or {}).items()))).encode()]
+    for src in paths:
+        parts.append(_read(src))
+        where = os.path.dirname(src) or "."
+        parts += [_read(os.path.join(where, h)) for h in sorted(os.listdir(where)) if h.endswith(".h")]
+    key = fingerprint(*parts)
+    stem = name or os.path.splitext(os.path.basename(paths[0]))[0]
+    out = os.path.join(
+        os.fspath(out_dir) if out_dir is not None else cache_dir(), f"{stem}-{key}{'.so' if shared else ''}"
+    )
+    if os.path.lexists(out):
         if _accept(out):
             return out
-        out = private_fallback(f"{out} is not this user's own file") / out.name  # never run a planted file
-    import tempfile  # only when something is built
+        out = os.path.join(
+            private_fallback(f"{out} is not this user's own file"), os.path.basename(out)
+        )  # never run a planted file
+    return _compile(cc, args, libs, paths, out, headers, key)
 
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{stem}-")
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _compile(
+    cc: str, args: list[str], libs: list[str], sources: list[str], out: str, headers: Mapping[str, str] | None, key: str
+) -> str:
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which(cc) is None:
+        raise BuildError(f"the C compiler {cc!r} is not installed (set CC, or install gcc)")
+    stem = os.path.basename(out).split("-")[0]
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{stem}-")
     os.close(fd)
     include: list[str] = []
     if headers:
-        with trust.Dir.open(out.parent) as where, where.subdir(f"include-{digest.hexdigest()[:16]}") as d:
-            for name, text in headers.items():
-                d.write(name, text, 0o644)
+        with trust.Dir.open(os.path.dirname(out)) as where, where.subdir(f"include-{key}") as d:
+            for header, text in headers.items():
+                d.write(header, text, 0o644)
             include = ["-I", d.path]
     try:
-        proc = subprocess.run(
-            [cc, *args, *include, "-o", tmp, *map(str, sources), *libs], capture_output=True, text=True
-        )
+        proc = subprocess.run([cc, *args, *include, "-o", tmp, *sources, *libs], capture_output=True, text=True)
         if proc.returncode != 0:
             first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:200])
-            raise BuildError(f"{cc} failed on {sources[0].name}: {first}")
+            raise BuildError(f"{cc} failed on {os.path.basename(sources[0])}: {first}")
         # the linker writes a new inode: the one we take is what we open here, in our own directory
         st = _opened_stat(tmp, 0o755)
         try:
@@ -171,8 +204,24 @@ def compile_c(
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    _identity[str(out)] = (st.st_dev, st.st_ino)
+    _identity[out] = (st.st_dev, st.st_ino)
     return out
+
+
+def compile_c(
+    sources: Sequence[StrPath],
+    *,
+    shared: bool = False,
+    cc: str | None = None,
+    flags: Sequence[str] = (),
+    out_dir: StrPath | None = None,
+    headers: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> Path:
+    """:func:`build`, as a Path."""
+    from pathlib import Path
+
+    return Path(build(sources, shared=shared, cc=cc, flags=flags, out_dir=out_dir, headers=headers, name=name))
 
 
 def build_shim(cc: str | None = None, *, flags: Sequence[str] = ()) -> Path:
@@ -189,5 +238,5 @@ def build_shim(cc: str | None = None, *, flags: Sequence[str] = ()) -> Path:
     )
 
 
-def shim_sources() -> list[Path]:
-    return sorted(SHIM_DIR.glob("*.c"))
+def shim_sources() -> list[str]:
+    return sorted(os.path.join(SHIM_DIR, n) for n in os.listdir(SHIM_DIR) if n.endswith(".c"))

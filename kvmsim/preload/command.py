@@ -11,15 +11,16 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ..kernel import hostfs
 from ..kernel.errors import InvalidInput, KvmsimError
-from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import ARCHES, DEV_KVM
 from . import trust
+
+if TYPE_CHECKING:
+    from ..kernel.kvm_main import BootedKernel
 
 
 @attrs.frozen
@@ -155,6 +156,8 @@ def host_view(kernel: BootedKernel, directory: trust.Dir) -> str:
     /sys/module/kvm*) below ``directory``, through its fd (no rename of a path can redirect a
     write): what the shim shows the program instead of this machine's (KVMSIM_ROOT).
     Returns the directory's path; the directory is closed."""
+    from ..kernel import hostfs
+
     files = {path: data for path, data in hostfs.files(kernel).items() if path != DEV_KVM}  # the shim's own
     with directory:
         hostfs.write_tree(files, directory.fd)

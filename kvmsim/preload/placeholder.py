@@ -22,12 +22,15 @@ import select
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ..kernel.errors import KvmError
-from ..kernel.kvm_main import BootedKernel, Process
 from ..kernel.usermem import UserAccess
+
+if TYPE_CHECKING:
+    from ..kernel.kvm_main import BootedKernel, Process
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of the program's end
 PLACEHOLDER_TYPE = socket.SOCK_SEQPACKET  # the server's only sockets of this type: the shim tells them apart by it

@@ -43,13 +43,13 @@ from collections.abc import Mapping
 import attrs
 
 from ..kernel.errors import KvmsimError
-from ..kernel.uapi import ARCHES
+from ..kernel.uapi import ARCHES, MAX_PAGE_SIZE
 
 MAGIC = 0x4B564D53
 VERSION = 2
 MAX_PAYLOAD = 1 << 20
 WINDOW = 256  # read-ahead bytes at an ioctl's argument
-MAX_USER_COPY = 1 << 16  # no ioctl here copies more than this (the kernel reads at most PAGE_SIZE)
+MAX_USER_COPY = MAX_PAGE_SIZE  # no ioctl here copies more than this (the kernel reads at most PAGE_SIZE)
 
 HEADER = struct.Struct("!IHHI")  # magic, version, type, length
 OPEN = struct.Struct("!i")  # flags; then the path's bytes

@@ -11,13 +11,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..preload.build import BuildError, compile_c
+from ..preload.build import BuildError, build
 from . import bpf, uapi
 from .supervisor import NOTIFIED
 
-LAUNCHER_SOURCE = Path(__file__).resolve().parent / "launcher" / "kvmsim_launch.c"
+LAUNCHER_SOURCE = os.path.join(os.path.dirname(os.path.realpath(__file__)), "launcher", "kvmsim_launch.c")
 ACTIONS = "/proc/sys/kernel/seccomp/actions_avail"
 HANDOFF_TIMEOUT = 30.0  # seconds the launcher may take to hand over its listener
 
@@ -44,8 +43,8 @@ def the_filter() -> bytes:
     return bpf.notify_filter(uapi.NR[name] for name in NOTIFIED)
 
 
-def build_launcher() -> Path:
-    return compile_c([LAUNCHER_SOURCE])
+def build_launcher() -> str:
+    return build([LAUNCHER_SOURCE])
 
 
 class Launched:

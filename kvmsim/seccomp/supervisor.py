@@ -36,19 +36,22 @@ import select
 import struct
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ..kernel.errors import KvmError
-from ..kernel.kvm_main import BootedKernel
-from ..kernel.uapi import DEV_KVM
+from ..kernel.uapi import DEV_KVM, Arch
 from ..kernel.usermem import Fault
 from ..preload.placeholder import Placeholder, Placeholders, identity
-from ..preload.trace import Call
 from . import uapi
 from .kstat import Kstat, dev_kvm, is_dev_kvm
 from .namei import Namei, tgid
 from .taskmem import TaskMemory
+
+if TYPE_CHECKING:
+    from ..kernel.kvm_main import BootedKernel
+    from ..preload.trace import Call
 
 FIOCLEX, FIONCLEX = 0x5451, 0x5450  # x86_64's: what the real kernel does to the placeholder
 VM_LINK = "anon_inode:kvm-vm"
@@ -96,18 +99,25 @@ class Supervisor:
 
     def __init__(
         self,
-        kernel: BootedKernel,
+        boot: Callable[[], BootedKernel],
+        arch: Arch,
         listener: int,
         *,
         root: str | None = None,
+        host_files: Callable[[BootedKernel], object] | None = None,
         trace: Callable[[Call], None] | None = None,
     ) -> None:
-        self.kernel, self.listener, self.trace = kernel, listener, trace
-        self.files = Placeholders(kernel, on_release=self._released)
+        """``boot()`` makes the run's kernel when a call first needs it (an open of /dev/kvm,
+        an ioctl on a placeholder, a stat of /dev/kvm or of the host's files), and
+        ``host_files(kernel)`` then writes the host's files under ``root``: a program that
+        never touches KVM never pays for the kernel model.  ``arch`` is the host's, for uname."""
+        self._boot, self.arch, self.listener, self.trace = boot, arch, listener, trace
+        self._host_files = host_files
+        self._kernel: BootedKernel | None = None
+        self._files: Placeholders | None = None
         self.namei = Namei(root)
         self.poller = select.poll()
         self.poller.register(listener, select.POLLIN)
-        self.poller.register(self.files.fileno(), select.POLLIN)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self.poller.register(self._stop_r, select.POLLIN)
         self._anon = self._anon_inode_stat()
@@ -116,6 +126,23 @@ class Supervisor:
         }
         with contextlib.suppress(OSError):  # Linux 6.6: each side is woken on the other's CPU (by value)
             fcntl.ioctl(listener, uapi.SECCOMP_IOCTL_NOTIF_SET_FLAGS, uapi.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+
+    @property
+    def kernel(self) -> BootedKernel:
+        """The run's kernel, booted on first need, its host files written then."""
+        if self._kernel is None:
+            self._kernel = self._boot()
+            if self._host_files is not None:
+                self._host_files(self._kernel)
+        return self._kernel
+
+    @property
+    def files(self) -> Placeholders:
+        """The placeholders of the simulated files (made with the kernel)."""
+        if self._files is None:
+            self._files = Placeholders(self.kernel, on_release=self._released)
+            self.poller.register(self._files.fileno(), select.POLLIN)
+        return self._files
 
     @staticmethod
     def _anon_inode_stat() -> Kstat:
@@ -140,10 +167,11 @@ class Supervisor:
                             self._one()
                         elif events & (select.POLLHUP | select.POLLERR):
                             return
-                    else:
-                        self.files.reap()
+                    elif self._files is not None:
+                        self._files.reap()
         finally:
-            self.files.close()
+            if self._files is not None:
+                self._files.close()
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve, name="kvmsim-seccomp", daemon=True)
@@ -216,10 +244,12 @@ class Supervisor:
             st = os.stat(f"/proc/{pid}/fd/{fd}")
         except OSError:
             return None, None
-        return self.files.of(st), st
+        return (None if self._files is None else self._files.of(st)), st  # none before the first
 
     def _released(self, placeholder: Placeholder) -> None:
         if self.trace is not None:
+            from ..preload.trace import Call  # only when traced
+
             self.trace(Call("kernel", "RELEASE", placeholder.sim_fd, None, None, b"", (), 0, 0, None))
 
     # -- ioctl(2) ---------------------------------------------------------------------------
@@ -247,6 +277,8 @@ class Supervisor:
         if creates:
             answer = Answer("fd", fd=self.files.new(ret, is_vm=True), cloexec=True)
         if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
+            from ..preload.trace import Call
+
             self.trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))
         return answer
 
@@ -269,6 +301,7 @@ class Supervisor:
             return CONTINUE
         if found.kind == "view":
             assert found.view is not None
+            _ = self.kernel  # the host's files are written with it
             try:
                 fd = os.open(found.view, (flags & ~os.O_CREAT) | os.O_CLOEXEC)
             except OSError as exc:
@@ -290,6 +323,8 @@ class Supervisor:
         except KvmError as exc:
             ret, err, reason = -1, exc.errno or errno.ENOENT, exc.reason
         if self.trace is not None:
+            from ..preload.trace import Call
+
             self.trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason))
         if err:
             return error(err)
@@ -327,6 +362,7 @@ class Supervisor:
         if found.kind == "dev-kvm":
             return self._dev_kvm_stat()
         assert found.view is not None
+        _ = self.kernel  # the host's files are written with it
         try:
             return Kstat.of(os.stat(found.view, follow_symlinks=not flags & uapi.AT_SYMLINK_NOFOLLOW))
         except OSError as exc:
@@ -410,7 +446,7 @@ class Supervisor:
         )  # fmt: skip
         where = f"/proc/{owner}" + (f"/task/{task.decode()}" if task else "") + f"/fd/{fd.decode()}"
         try:
-            placeholder = self.files.of(os.stat(where))
+            placeholder = None if self._files is None else self._files.of(os.stat(where))
         except OSError:
             return CONTINUE
         if placeholder is None or not self._valid(n):
@@ -434,7 +470,7 @@ class Supervisor:
 
     def sys_uname(self, n: Notification, mem: TaskMemory) -> Answer:
         u = os.uname()
-        fields = (u.sysname, u.nodename, u.release, u.version, self.kernel.arch.name, _domainname())
+        fields = (u.sysname, u.nodename, u.release, u.version, self.arch.name, _domainname())
         data = b"".join(f.encode()[: uapi.UTS_FIELD - 1].ljust(uapi.UTS_FIELD, b"\0") for f in fields)
         if not self._valid(n):
             return CONTINUE

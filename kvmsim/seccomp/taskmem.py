@@ -10,8 +10,8 @@ import errno
 import os
 from typing import Any
 
+from ..kernel.uapi import MAX_PAGE_SIZE as MAX_USER_COPY  # the shim's window (kvmsim.preload.wire)
 from ..kernel.usermem import Fault, UserAccess
-from ..preload.wire import MAX_USER_COPY
 
 ADDRESS_LIMIT = 1 << 64
 
