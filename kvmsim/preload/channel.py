@@ -36,7 +36,7 @@ calls, not its neighbours'.
 The server side offers the channel only on x86_64: Python's stores to the mapping are plain
 stores, ordered for the shim there (total store order) and not on weakly ordered machines,
 where the socket is used.  ``KVMSIM_CHANNEL=socket`` makes the shim keep the socket; the
-runner sets it under qemu-user.  ``shim/kvmsim_shim.c`` is the other side of this file."""
+runner sets it under qemu-user.  ``shim/channel.c`` is the other side of this file."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ the kernel's behaviour as long as a handler does nothing but return after writin
 memory, which holds for every ioctl kvmsim implements (a handler that read after writing would
 make the server flush its writes first with MEM_WRITE / MEM_ACK).
 
-``shim/kvmsim_shim.c`` is the other side of this file."""
+``shim/channel.c`` and ``shim/hooks.c`` are the other side of this file."""
 
 from __future__ import annotations
 

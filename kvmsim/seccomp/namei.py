@@ -2,7 +2,7 @@
 own root, working directory or directory fd: this machine's file, the simulated /dev/kvm, or the
 simulated host's copy of /proc/cpuinfo, /proc/device-tree or /sys/module/kvm* (kvmsim.hostfs,
 written under the run's root).  The same walk as the preload shim's (``walk()`` in
-kvmsim_shim.c): component by component, each symlink's target spliced in where it was met,
+shim/namei.c): component by component, each symlink's target spliced in where it was met,
 and where a directory is this machine's /dev, /proc or /sys/module (by identity, not by
 name) the next component decides.  /proc/self and /proc/thread-self are the task's, not the
 supervisor's."""
