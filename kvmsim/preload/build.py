@@ -14,7 +14,7 @@ import stat
 import sys
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..kernel.errors import KvmsimError
 from . import trust
@@ -208,20 +208,11 @@ def _compile(
     return out
 
 
-def compile_c(
-    sources: Sequence[StrPath],
-    *,
-    shared: bool = False,
-    cc: str | None = None,
-    flags: Sequence[str] = (),
-    out_dir: StrPath | None = None,
-    headers: Mapping[str, str] | None = None,
-    name: str | None = None,
-) -> Path:
-    """:func:`build`, as a Path."""
+def compile_c(sources: Sequence[StrPath], **options: Any) -> Path:
+    """:func:`build` (the same options), as a Path."""
     from pathlib import Path
 
-    return Path(build(sources, shared=shared, cc=cc, flags=flags, out_dir=out_dir, headers=headers, name=name))
+    return Path(build(sources, **options))
 
 
 def build_shim(cc: str | None = None, *, flags: Sequence[str] = ()) -> Path:

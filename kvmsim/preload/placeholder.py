@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..kernel.kvm_main import BootedKernel, Process
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of the program's end
-PLACEHOLDER_TYPE = socket.SOCK_SEQPACKET  # the server's only sockets of this type: the shim tells them apart by it
+PLACEHOLDER_TYPE = socket.SOCK_SEQPACKET  # a message socket: one end shut, reads are at their end at once
 
 
 @attrs.frozen

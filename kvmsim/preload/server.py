@@ -5,8 +5,8 @@ the shim (:class:`RemoteMemory`).  The simulated files are the server's, not a c
 each is a placeholder the program really holds (kvmsim.preload.placeholder), found by its
 identity whichever process of the run asks, and released when the last one lets go.  The
 socket is created mode 0600 and a peer whose uid differs from the server's is refused
-(SO_PEERCRED).  A malformed frame closes
-that connection with a logged reason; the server goes on."""
+(SO_PEERCRED).  A malformed frame closes that connection with a logged reason; the server
+goes on."""
 
 from __future__ import annotations
 
