@@ -89,6 +89,8 @@ KVMSIM probe\topen\tfd\r
 KVMSIM probe\tcreate vm\tEINVAL\r
 KVMSIM probe\tcap 250 on dev\t0\r
 KVMSIM probe\tv4 ioctl size 32\t0 000000 tail=changed\r
+KVMSIM fileop\tdev.read\tEINVAL\r
+KVMSIM fileop\tdev.link\t/dev/kvm\r
 KVMSIM dmesg\t-\t<6>[    1.9] kvm-hv: Parent hypervisor does not support nesting (rc=-2)\r
 KVMSIM done\t-\t-\r
 """
@@ -107,6 +109,7 @@ def test_the_console_reads_back_as_record_observations() -> None:
     assert obs["cpuinfo"] == {"revision": "2.0 (pvr 0080 1200)", "platform": "pSeries"}
     assert obs["cpus"] == [{"name": "PowerPC,POWER10@0", "cpu-version": 0x0F000006}]
     assert obs["modules"] == ["kvm"] and obs["module_init"] == {"kvm": 0, "kvm-hv": "ENODEV"}
+    assert obs["file_ops"] == {"dev.read": "EINVAL", "dev.link": "/dev/kvm"}
     assert lab_boot.kvm_dmesg(obs["dmesg"]) == ["kvm-hv: Parent hypervisor does not support nesting (rc=-2)"]
 
 

@@ -95,3 +95,15 @@ def test_x86_profile_answers_as_the_real_kernel(sides: tuple[Side, Side]) -> Non
     assert expected["v5 x86 on vm"] == "errno 25"
     assert expected["linux-7.3 x86 on vm"] == "errno 25"  # 0xaeb8: ENOTTY on a VM fd
     assert expected["linux-7.3 x86 on dev"] == "errno 22"  # EINVAL on /dev/kvm
+
+
+def test_this_machines_fds_answer_what_the_kernels_file_operations_say() -> None:
+    """read, write, pread, pwrite, lseek, mmap, poll, fstat and the /proc link of a real
+    /dev/kvm and VM fd: kvm_main.FILE_OPS, what the shim and the lab's recordings are held to."""
+    from kvmcompat.device import RealDevice
+
+    from kvmsim.kernel.kvm_main import FILE_OPS
+    from kvmsim.user.probe import real_file_ops
+
+    expected = {f"{kind}.{op}": value for kind, ops in FILE_OPS.items() for op, value in ops.items()}
+    assert real_file_ops(RealDevice("/dev/kvm")) == expected

@@ -58,6 +58,28 @@ def test_committed_recordings_verify(path: Path) -> None:
     assert checks and not bad, "\n".join(bad)
 
 
+def test_the_lab_asked_every_file_operation_of_both_fds() -> None:
+    """read, write, pread, pwrite, lseek, mmap, poll, fstat and the /proc link of /dev/kvm, and
+    of a VM fd where one was made: the real kernel's answers (they verify above)."""
+    from kvmsim.kernel.kvm_main import FILE_OPS
+    from kvmsim.user.probe import FILE_OPS as ASKED
+
+    assert all(set(ops) == set(ASKED) for ops in FILE_OPS.values())
+    for path in sorted((ROOT / "fixtures" / "recorded").glob("qemu-*.toml")):
+        recorded = tomllib.loads(path.read_text())["recorded"]
+        kinds = ["dev", "vm"] if recorded["probes"]["create vm"] == "fd" else ["dev"]
+        assert set(recorded["file_ops"]) == {f"{k}.{op}" for k in kinds for op in ASKED}, path.name
+
+
+def test_a_file_operation_the_simulator_would_answer_otherwise_is_a_mismatch(tmp_path: Path) -> None:
+    src = ROOT / "fixtures" / "recorded" / "qemu-nested-hv-p10-linux-7.3.toml"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(src.read_text().replace('"vm.pread" = "ESPIPE"', '"vm.pread" = "EINVAL"'))
+    _rev, checks = record.verify(bad.read_text(), str(bad))
+    wrong = [(c.name, c.recorded, c.simulated) for c in checks if not c.agrees]
+    assert wrong == [("file vm.pread", "EINVAL", "ESPIPE")]
+
+
 def test_the_lab_recorded_every_configuration() -> None:
     from kvmsim.lab import CONFIGS
 

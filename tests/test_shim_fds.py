@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 from conftest import needs_cc
 
+from kvmsim.kernel.kvm_main import FILE_OPS
 from kvmsim.preload.build import compile_c
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")
 pytestmark = needs_cc
+# what the kernel's file operations answer (kvm_main.FILE_OPS), as fdops prints them
 RW = [
-    "dev read=EINVAL write=EINVAL pread=EINVAL pwrite=EINVAL lseek=0 mmap=ENODEV",
-    "vm read=EINVAL write=EINVAL pread=ESPIPE pwrite=ESPIPE lseek=0 mmap=ENODEV",
+    f"{kind} " + " ".join(f"{op}={FILE_OPS[kind][op]}" for op in ("read", "write", "pread", "pwrite", "lseek", "mmap"))
+    for kind in ("dev", "vm")
 ]
 # the placeholder's: a read is at its end at once (never a hang), a write is taken and dropped
 SECCOMP_RW = [

@@ -37,6 +37,22 @@ from .usermem import AddressSpace, Fault, UserAccess
 
 NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
 
+# What the VFS answers of the file operations kvm_chardev_ops and kvm_vm_fops leave out (both
+# have only .unlocked_ioctl and .llseek = noop_llseek, and the VM's .release): read and write
+# without .read/.write are EINVAL (vfs_read: no FMODE_CAN_READ); pread/pwrite on /dev/kvm, a
+# device file (do_dentry_open gives FMODE_PREAD), reach that EINVAL too, on a VM fd, an anon
+# inode's file without FMODE_PREAD, ESPIPE; lseek is noop_llseek's position, 0; mmap without
+# .mmap is ENODEV; poll without .poll DEFAULT_POLLMASK (readable and writable); fstat is the
+# misc device 10:232 (its mode is udev's to set), or the inode every anon_inode file shares;
+# /proc/PID/fd/N reads /dev/kvm or anon_inode:kvm-vm.  The lab's prober and ``kvmsim record``
+# ask a real kernel each (kvmsim.user.probe.FILE_OPS); the shim and the supervisor answer them.
+FILE_OPS: dict[str, dict[str, str]] = {
+    "dev": {"read": "EINVAL", "write": "EINVAL", "pread": "EINVAL", "pwrite": "EINVAL", "lseek": "0",
+            "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "chr 10:232", "link": DEV_KVM},
+    "vm": {"read": "EINVAL", "write": "EINVAL", "pread": "ESPIPE", "pwrite": "ESPIPE", "lseek": "0",
+           "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "anon_inode", "link": "anon_inode:kvm-vm"},
+}  # fmt: skip
+
 
 class KvmArch(Protocol):
     """What kvm_main calls into: PowerpcKvm or X86Kvm."""

@@ -69,7 +69,9 @@ def _answer(text: str) -> int | str:
 
 def observations(boot: Boot) -> dict[str, Any]:
     """The console, read back as ``kvmsim record`` writes its observations."""
-    obs: dict[str, Any] = {"probes": {}, "cpus": [], "modules": [], "notes": [], "dmesg": [], "module_init": {}}
+    obs: dict[str, Any] = {
+        "probes": {}, "file_ops": {}, "cpus": [], "modules": [], "notes": [], "dmesg": [], "module_init": {}
+    }  # fmt: skip
     cpuinfo_lines = []
     for kind, key, value in _LINE.findall(boot.console):
         if kind == "probe":
@@ -87,6 +89,8 @@ def observations(boot: Boot) -> dict[str, Any]:
             obs["cpus"].append(node)
         elif kind == "sysmodule":
             obs["modules"].append(key)
+        elif kind == "fileop":
+            obs["file_ops"][key] = value
         elif kind == "module":
             obs["module_init"][os.path.basename(key).removesuffix(".ko.xz")] = _answer(value)
         elif kind == "dmesg":

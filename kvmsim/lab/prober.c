@@ -10,11 +10,16 @@
  *
  * kinds: probe (an answer, formatted as kvmsim.probe.describe_buffer does), module (a
  * finit_module result), uname, pagesize, cpuinfo (a line), cpu (a /proc/device-tree cpu node
- * and its cpu-version), sysmodule (a /sys/module entry), dmesg (a kernel log line), done.
+ * and its cpu-version), sysmodule (a /sys/module entry), fileop (what /dev/kvm and a VM fd
+ * answer besides ioctl, as kvmsim.user.probe.file_ops writes it), dmesg (a kernel log line), done.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -189,6 +194,59 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	munmap(map, len);
 }
 
+static void file_op(const char *which, const char *op, long r, const char *value)
+{
+	char key[32], text[64];
+	snprintf(key, sizeof(key), "%s.%s", which, op);
+	if (value)
+		snprintf(text, sizeof(text), "%s", value);
+	else if (r < 0)
+		snprintf(text, sizeof(text), "%s", errname(errno));
+	else
+		snprintf(text, sizeof(text), "%ld", r);
+	line("fileop", key, text);
+}
+
+/* read, write, pread, pwrite, lseek, mmap, poll, fstat and the /proc link of fd, as
+ * kvmsim.user.probe.file_ops asks them (kvm_main.FILE_OPS is what the simulator answers) */
+static void file_ops(int fd, const char *which)
+{
+	char byte = 0, text[64];
+	struct stat st, anon;
+	file_op(which, "read", read(fd, &byte, 1), NULL);
+	file_op(which, "write", write(fd, &byte, 1), NULL);
+	file_op(which, "pread", pread(fd, &byte, 1, 0), NULL);
+	file_op(which, "pwrite", pwrite(fd, &byte, 1, 0), NULL);
+	file_op(which, "lseek", lseek(fd, 0, SEEK_CUR), NULL);
+	void *map = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	file_op(which, "mmap", -1, map == MAP_FAILED ? NULL : "mapped");
+	if (map != MAP_FAILED)
+		munmap(map, 4096);
+	struct pollfd p = {.fd = fd, .events = POLLIN | POLLOUT};
+	int ready = poll(&p, 1, 0), in = ready > 0 && (p.revents & POLLIN), out = ready > 0 && (p.revents & POLLOUT);
+	file_op(which, "poll", 0, in && out ? "IN|OUT" : in ? "IN" : out ? "OUT" : "-");
+	int efd = eventfd(0, EFD_CLOEXEC);
+	if (fstat(fd, &st) < 0)
+		file_op(which, "fstat", -1, NULL);
+	else {
+		if (S_ISCHR(st.st_mode))
+			snprintf(text, sizeof(text), "chr %u:%u", major(st.st_rdev), minor(st.st_rdev));
+		else if (efd >= 0 && !fstat(efd, &anon) && anon.st_dev == st.st_dev && anon.st_ino == st.st_ino)
+			snprintf(text, sizeof(text), "anon_inode");
+		else
+			snprintf(text, sizeof(text), "mode %o", (unsigned)st.st_mode);
+		file_op(which, "fstat", 0, text);
+	}
+	if (efd >= 0)
+		close(efd);
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, text, sizeof(text) - 1);
+	if (n >= 0)
+		text[n] = 0;
+	file_op(which, "link", n, n >= 0 ? text : NULL);
+}
+
 static void device_tree_cpus(void)
 {
 	DIR *d = opendir("/proc/device-tree/cpus");
@@ -279,6 +337,9 @@ int main(void)
 		vm_pr = ioctl(dev, KVM_CREATE_VM_REQ, 2);
 		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
 			run_probe(&PROBES[i], dev, vm);
+		file_ops(dev, "dev");
+		if (vm >= 0)
+			file_ops(vm, "vm");
 	}
 	dmesg();
 	line("done", "-", "-");

@@ -26,6 +26,7 @@ from kvmcompat.device import RealDevice, machine_arch
 from kvmcompat.devicetree import DeviceTree
 
 from ..kernel import papr
+from ..kernel.kvm_main import FILE_OPS
 from ..kernel.profile import Host, ProfileError, from_mapping, parse
 from ..kernel.revisions import REVISIONS, AbiRevision
 from ..kernel.uapi import ARCHES, DEV_KVM, KVM_CAP_MAX_VCPUS, ByteOrder, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
@@ -112,6 +113,7 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
         "cpus": _cpu_nodes(notes) if target.arch.is_powerpc else [],
         "modules": _modules(notes),
         "probes": answers,
+        "file_ops": probe.real_file_ops(target),
         "notes": notes,
     }
 
@@ -282,12 +284,25 @@ def verify(text: str, where: str) -> tuple[AbiRevision, list[Check]]:
         rev, checks = REVISIONS[named], replay(Kernel(host, REVISIONS[named]), recorded)
     else:
         rev, checks = best_replay(host, recorded)
+    checks += file_op_checks(host.recorded.get("file_ops"))
     lab = host.recorded.get("lab")
     if isinstance(lab, Mapping) and isinstance(lab.get("dmesg"), list):
         real = kvm_hv_lines(lab["dmesg"])
         simulated = kvm_hv_lines(Kernel(host, rev).dmesg)
         checks.append(Check("dmesg (kvm-hv lines)", " | ".join(real) or "-", " | ".join(simulated) or "-"))
     return rev, checks
+
+
+def file_op_checks(recorded: object) -> list[Check]:
+    """What the recorded fds answered besides ioctl (read, write, lseek, mmap, poll, fstat, their
+    /proc link), against the kernel's file operations (kvm_main.FILE_OPS)."""
+    if not isinstance(recorded, Mapping):
+        return []  # recorded before kvmsim asked them
+    checks = []
+    for key, value in recorded.items():
+        kind, _, op = str(key).partition(".")
+        checks.append(Check(f"file {key}", str(value), FILE_OPS.get(kind, {}).get(op)))
+    return checks
 
 
 def kvm_hv_lines(lines: Iterable[str]) -> list[str]:

@@ -7,6 +7,7 @@ is exactly what the simulator is checked against."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
@@ -201,3 +202,82 @@ def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
     finally:
         target.close(dev)
     return answers
+
+
+FILE_OPS = ("read", "write", "pread", "pwrite", "lseek", "mmap", "poll", "fstat", "link")
+
+
+def file_ops(fd: int) -> dict[str, str]:
+    """What a real fd answers besides ioctl, each as kvm_main.FILE_OPS writes it (the lab's
+    prober asks the same in C): an errno name or the result."""
+    import mmap
+    import select
+
+    def tried(call: Callable[[], object]) -> str:
+        try:
+            return str(call())
+        except OSError as exc:
+            return errname(exc.errno)
+
+    def mapped() -> str:
+        with mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ):
+            return "mapped"
+
+    def polled() -> str:
+        p = select.poll()
+        p.register(fd, select.POLLIN | select.POLLOUT)
+        ready = p.poll(0)
+        events = ready[0][1] if ready else 0
+        return "|".join(n for n, bit in (("IN", select.POLLIN), ("OUT", select.POLLOUT)) if events & bit) or "-"
+
+    return {
+        "read": tried(lambda: len(os.read(fd, 1))),
+        "write": tried(lambda: os.write(fd, b"\0")),
+        "pread": tried(lambda: len(os.pread(fd, 1, 0))),
+        "pwrite": tried(lambda: os.pwrite(fd, b"\0", 0)),
+        "lseek": tried(lambda: os.lseek(fd, 0, os.SEEK_CUR)),
+        "mmap": tried(mapped),
+        "poll": polled(),
+        "fstat": tried(lambda: _file_kind(os.fstat(fd))),
+        "link": tried(lambda: os.readlink(f"/proc/self/fd/{fd}")),
+    }
+
+
+def _file_kind(st: os.stat_result) -> str:
+    """A device by its number, the anon inode every anon_inode file shares, else the mode."""
+    import stat
+
+    if stat.S_ISCHR(st.st_mode):
+        return f"chr {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    probe = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        anon = os.fstat(probe)
+    finally:
+        os.close(probe)
+    return "anon_inode" if (st.st_dev, st.st_ino) == (anon.st_dev, anon.st_ino) else f"mode {st.st_mode:o}"
+
+
+def real_file_ops(target: Device) -> dict[str, str]:
+    """:func:`file_ops` of a real device's /dev/kvm fd and of a VM fd (type 0), as
+    ``dev.read`` ...: what ``kvmsim record`` and the lab keep beside the probes.  Nothing of a
+    file that is no character device (a test's fake /dev/kvm: its reads are the fake's)."""
+    import stat
+
+    try:
+        dev = target.open()
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISCHR(os.fstat(dev).st_mode):
+            return {}
+        found = {f"dev.{op}": v for op, v in file_ops(dev).items()}
+        try:
+            vm = int(target.ioctl(dev, target.arch.kvm_create_vm(), 0))
+        except OSError:
+            return found
+        try:
+            return found | {f"vm.{op}": v for op, v in file_ops(vm).items()}
+        finally:
+            target.close(vm)
+    finally:
+        target.close(dev)
