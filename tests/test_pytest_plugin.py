@@ -71,6 +71,24 @@ def test_proc_cpuinfo(kvm_host: KvmHost, lines: list[str]) -> None:
 
 
 @pytest.mark.parametrize("kvm_host", ["powervm-p11-be", "x86_64"], indirect=True)
+def test_dev_kvm_is_a_character_device_with_no_read_or_write(kvm_host: KvmHost) -> None:
+    """As the kernel and kvmsim run show it (0660, udev's); read and write are EINVAL, as
+    vfs_read answers a file without .read, and ioctl still reaches the kernel."""
+    import stat
+
+    st = os.stat("/dev/kvm")
+    assert stat.S_ISCHR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    fd = os.open("/dev/kvm", os.O_RDWR)
+    try:
+        for call in (lambda: os.read(fd, 1), lambda: os.write(fd, b"\0")):
+            with pytest.raises(OSError) as exc:
+                call()
+            assert exc.value.errno == errno.EINVAL
+        assert fcntl.ioctl(fd, kvm_host.kernel.KVM_GET_API_VERSION, 0) == 12
+    finally:
+        os.close(fd)
+
+
 def test_uname_is_the_hosts_arch(kvm_host: KvmHost) -> None:
     assert os.uname().machine == platform.machine() == kvm_host.profile.arch.name
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import functools
 import os
 import platform
@@ -32,9 +33,10 @@ import attrs
 import pytest
 
 from ..kernel.revisions import DEFAULT_REVISION
+from ..kernel.uapi import DEV_KVM
 
 if TYPE_CHECKING:
-    from pyfakefs.fake_file import FakeDirectory
+    from pyfakefs.fake_file import FakeDirectory, FakeFile
     from pyfakefs.fake_filesystem import FakeFilesystem
 
     from ..kernel.profile import Host
@@ -283,6 +285,36 @@ def _merge(fs: FakeFilesystem, where: FakeDirectory, target: str, source: str, f
             )
 
 
+def _misc_device(fs: FakeFilesystem, path: str) -> None:
+    """``path`` (the host's, not a test's own) as the kernel shows a misc device: a character
+    device, mode 0660 (udev's), as ``kvmsim run`` shows it.  pyfakefs keeps no device number
+    (its stat results have no ``st_rdev``)."""
+    parent_path, name = path.rsplit("/", 1)
+    parent = fs.resolve(parent_path)
+    entry = parent.entries.get(name)
+    if entry is None or not _ours(entry):
+        return
+    node = _device_class()(name, st_mode=stat.S_IFCHR | 0o660, filesystem=fs)  # type: ignore[arg-type]
+    node.kvmsim_host_file = True
+    parent.remove_entry(name)
+    parent.add_entry(node)
+
+
+@functools.cache
+def _device_class() -> type[FakeFile]:
+    from pyfakefs.fake_file import FakeFile
+
+    class MiscDevice(FakeFile):
+        """A device file with no read or write (kvm_chardev_ops): pyfakefs asks every read and
+        write whether the file is a "large" one first, and this answers EINVAL, as vfs_read
+        does without .read."""
+
+        def is_large_file(self) -> bool:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    return MiscDevice
+
+
 class HostFileShadowed(UserWarning):
     """A file the test made where the simulated host has one: the test's is what code reads."""
 
@@ -310,7 +342,10 @@ def _on(fs: FakeFilesystem, spec: KvmHostParam) -> Iterator[KvmHost]:
     from .fakefcntl import KernelBinding
 
     kernel = _boot(spec)
-    _graft(fs, hostfs.files(kernel), _profile_dirs())  # profiles stay readable by name inside
+    files = hostfs.files(kernel)
+    _graft(fs, files, _profile_dirs())  # profiles stay readable by name inside
+    if DEV_KVM in files:
+        _misc_device(fs, DEV_KVM)
     monkeypatch = pytest.MonkeyPatch()
     try:
         uname = _uname_of(kernel.arch.name)

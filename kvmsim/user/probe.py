@@ -260,15 +260,14 @@ def _file_kind(st: os.stat_result) -> str:
 def real_file_ops(target: Device) -> dict[str, str]:
     """:func:`file_ops` of a real device's /dev/kvm fd and of a VM fd (type 0), as
     ``dev.read`` ...: what ``kvmsim record`` and the lab keep beside the probes.  Nothing of a
-    file that is no character device (a test's fake /dev/kvm: its reads are the fake's)."""
-    import stat
-
+    file that is not the misc device 10:232 (a test's fake /dev/kvm has no device number)."""
     try:
         dev = target.open()
     except OSError:
         return {}
     try:
-        if not stat.S_ISCHR(os.fstat(dev).st_mode):
+        rdev = getattr(os.fstat(dev), "st_rdev", None)
+        if rdev is None or (os.major(rdev), os.minor(rdev)) != (10, 232):
             return {}
         found = {f"dev.{op}": v for op, v in file_ops(dev).items()}
         try:
