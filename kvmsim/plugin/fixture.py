@@ -268,14 +268,19 @@ def _merge(fs: FakeFilesystem, where: FakeDirectory, target: str, source: str, f
         path, real = f"{target}/{name}", f"{source}/{name}"
         found = where.entries.get(name)
         if stat.S_ISDIR(posix.stat(real).st_mode):
-            if found is None:  # /proc and /sys are read-only as a kernel's; /dev/kvm opens O_RDWR
-                ro = path != "/dev" and not path.startswith("/dev/")
-                where.add_entry(FakeDirectoryFromRealDirectory(real, fs, read_only=ro, target_path=path))
+            if found is None and path == "/dev":  # its own: /dev/kvm is a device, not the real file
+                found = FakeDirectory(name, filesystem=fs)
+                where.add_entry(found)
+            if found is None:  # /proc and /sys are read-only as a kernel's
+                where.add_entry(FakeDirectoryFromRealDirectory(real, fs, read_only=True, target_path=path))
             elif isinstance(found, FakeDirectory):
                 _merge(fs, found, path, real, files)
         elif found is None:
-            leaf = FakeFile(name, st_mode=stat.S_IFREG | 0o644, filesystem=fs)
-            leaf.set_contents(files[path])
+            if path == DEV_KVM:  # a misc device, 0660 (udev's), as kvmsim run shows it
+                leaf = _device_class()(name, st_mode=stat.S_IFCHR | 0o660, filesystem=fs)  # type: ignore[arg-type]
+            else:
+                leaf = FakeFile(name, st_mode=stat.S_IFREG | 0o644, filesystem=fs)
+                leaf.set_contents(files[path])
             leaf.kvmsim_host_file = True
             where.add_entry(leaf)
         elif not _ours(found) and getattr(found, "byte_contents", None) != files[path]:
@@ -285,21 +290,6 @@ def _merge(fs: FakeFilesystem, where: FakeDirectory, target: str, source: str, f
             )
 
 
-def _misc_device(fs: FakeFilesystem, path: str) -> None:
-    """``path`` (the host's, not a test's own) as the kernel shows a misc device: a character
-    device, mode 0660 (udev's), as ``kvmsim run`` shows it.  pyfakefs keeps no device number
-    (its stat results have no ``st_rdev``)."""
-    parent_path, name = path.rsplit("/", 1)
-    parent = fs.resolve(parent_path)
-    entry = parent.entries.get(name)
-    if entry is None or not _ours(entry):
-        return
-    node = _device_class()(name, st_mode=stat.S_IFCHR | 0o660, filesystem=fs)  # type: ignore[arg-type]
-    node.kvmsim_host_file = True
-    parent.remove_entry(name)
-    parent.add_entry(node)
-
-
 @functools.cache
 def _device_class() -> type[FakeFile]:
     from pyfakefs.fake_file import FakeFile
@@ -307,7 +297,7 @@ def _device_class() -> type[FakeFile]:
     class MiscDevice(FakeFile):
         """A device file with no read or write (kvm_chardev_ops): pyfakefs asks every read and
         write whether the file is a "large" one first, and this answers EINVAL, as vfs_read
-        does without .read."""
+        does without .read.  pyfakefs keeps no device number (no ``st_rdev``)."""
 
         def is_large_file(self) -> bool:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
@@ -342,10 +332,7 @@ def _on(fs: FakeFilesystem, spec: KvmHostParam) -> Iterator[KvmHost]:
     from .fakefcntl import KernelBinding
 
     kernel = _boot(spec)
-    files = hostfs.files(kernel)
-    _graft(fs, files, _profile_dirs())  # profiles stay readable by name inside
-    if DEV_KVM in files:
-        _misc_device(fs, DEV_KVM)
+    _graft(fs, hostfs.files(kernel), _profile_dirs())  # profiles stay readable by name inside
     monkeypatch = pytest.MonkeyPatch()
     try:
         uname = _uname_of(kernel.arch.name)
