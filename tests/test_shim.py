@@ -247,6 +247,12 @@ def test_the_shims_protocol_constants_come_from_the_python_side() -> None:
     h = shimdefs.header()
     assert f"#define SHM_CAPACITY {channel.CAPACITY}u" in h and f"#define RESULT_SIZE {w.RESULT.size}u" in h
     assert all(f"{m.name} = {m.value}" in h for m in w.Msg)
+    # and the errnos of the kernel's file operations (kvm_main.FILE_OPS), not literals in the hooks
+    from kvmsim.kernel.kvm_main import FILE_OPS
+
+    assert f"#define VM_PREAD {FILE_OPS['vm']['pread']}" in h and f"#define DEV_READ {FILE_OPS['dev']['read']}" in h
+    hooks = (ROOT / "kvmsim" / "preload" / "shim" / "hooks.c").read_text()
+    assert "ESPIPE" not in hooks and "FILE_OP_ERR(fd, PREAD)" in hooks
 
 
 @pytest.mark.parametrize("intercept", ["seccomp", "preload"])

@@ -1,11 +1,13 @@
 """The shim's protocol constants, generated from the Python side at build time
 (``kvmsim_wire.h``): the frame header and every message's fixed part (kvmsim.preload.wire), and
 the shared channel's layout (kvmsim.preload.channel).  Nothing is hand-copied into the C, so
-the two sides cannot drift apart; ``python -m kvmsim.preload.shimdefs`` prints the header (the
+the two sides cannot drift apart; the same for the errnos the kernel's file operations answer
+(kvmsim.kernel.kvm_main.FILE_OPS); ``python -m kvmsim.preload.shimdefs`` prints the header (the
 Makefile's ``make c`` uses it)."""
 
 from __future__ import annotations
 
+from ..kernel.kvm_main import FILE_OPS
 from . import channel, wire
 
 
@@ -32,6 +34,8 @@ def header() -> str:
         f"#define SHM_CAPACITY {channel.CAPACITY}u",
         f"#define SHM_CONTROL {channel.CONTROL}u",
         "enum { " + ", ".join(f"{name} = {getattr(channel, name)}" for name in _WORDS) + " };",
+        "/* the errno of each file operation the device has none of (kvm_main.FILE_OPS) */",
+        *(f"#define {kind.upper()}_{op.upper()} {FILE_OPS[kind][op]}" for kind in FILE_OPS for op in _FAILING),
         "#endif",
     ]
     return "\n".join(lines) + "\n"
@@ -49,6 +53,7 @@ _STRUCTS = {
     "MEM_WRITE": wire.MEM_WRITE,
     "MEM_ACK": wire.MEM_ACK,
 }
+_FAILING = ("read", "write", "pread", "pwrite")  # the ones that answer an errno, whichever fd
 _WORDS = ("C2S_SEQ", "C2S_LEN", "C2S_WAIT", "S2C_SEQ", "S2C_LEN", "S2C_WAIT")
 
 if __name__ == "__main__":
