@@ -4,6 +4,7 @@ each with only the shim and the socket; and nothing taken from a server that is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import client_answer, needs_cc, printed_answer
+from conftest import C_CLIENT, client_answer, needs_cc, needs_seccomp, printed_answer
 from pyshim import read_frame
 
 from kvmsim import Kernel
@@ -75,6 +76,52 @@ def test_env_json_names_the_same_variables(tmp_path: Path) -> None:
         assert Path(variables["KVMSIM_ROOT"], "proc/cpuinfo").is_file()
         assert Path(variables["LD_PRELOAD"].split()[0]).name.startswith("kvmsim_shim")
     assert not Path(variables["KVMSIM_ROOT"]).exists(), "serve removes the host's files when it stops"
+
+
+@needs_seccomp
+def test_run_server_supervises_a_static_program_under_seccomp(tmp_path: Path) -> None:
+    """kvmsim run --server hands its program's seccomp listener to the server, which answers
+    from its kernel: a static binary (which the shim cannot reach) sees the served host, and a
+    dynamic one answers the same on either path."""
+    static = tmp_path / "static_client"
+    if subprocess.run(["cc", "-O2", "-static", "-o", str(static), str(C_CLIENT)]).returncode != 0:
+        pytest.skip("no static glibc here")
+    with serving("powervm-p10", tmp_path) as sock:
+        runs = {
+            how: subprocess.run(
+                [*KVMSIM, "run", "--server", str(sock), *flags, "--", str(static)], capture_output=True, text=True
+            )
+            for how, flags in {"auto": [], "seccomp": ["--intercept", "seccomp"]}.items()
+        }
+        refused = subprocess.run(
+            [*KVMSIM, "run", "--server", str(sock), "--intercept", "preload", "--", str(static)], capture_output=True
+        )
+        missing = subprocess.run([*KVMSIM, "run", "--server", str(sock), "--", "no-such-cmd"], capture_output=True)
+        cpuinfo = subprocess.run(
+            [*KVMSIM, "run", "--server", str(sock), "--", "cat", "/proc/cpuinfo"], capture_output=True
+        )
+    want = client_answer("powervm-p10", "linux-7.3")
+    for how, out in runs.items():
+        assert (out.returncode, printed_answer(out.stdout)) == want, (how, out.stderr)
+    assert refused.returncode == 125  # the shim cannot reach a static program
+    assert missing.returncode == 127
+    assert cpuinfo.stdout == hostfs.files(Kernel.from_profile("powervm-p10"))["/proc/cpuinfo"]
+
+
+@needs_seccomp
+def test_a_listener_frame_without_a_listener_is_refused_and_the_server_goes_on(tmp_path: Path) -> None:
+    with serving("powervm-p11", tmp_path) as sock:
+        for fds in ([os.eventfd(0)], []):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(str(sock))
+            socket.send_fds(s, [wire.frame(Msg.LISTENER)], fds)
+            msg, payload = read_frame(s)
+            assert msg == Msg.RESULT and wire.RESULT.unpack_from(payload)[1] == errno.EINVAL
+            s.close()
+            for fd in fds:
+                os.close(fd)
+        assert ask_host(str(sock)).name == "powervm-p11"  # still serving
 
 
 def test_run_server_execs_the_command_attached(c_client: Path, tmp_path: Path) -> None:

@@ -156,7 +156,6 @@ def test_a_file_the_kernel_will_not_execute_is_126_not_a_shell_script(intercept:
         (["run", "--host", "powervm-p11", "--intercept", "preload", "--", "/nonexistent/prog"], 127, "not found"),
         (["run", "--host", "powervm-p11", "--intercept", "seccomp", "--", "/etc/passwd"], 126, "not executable"),
         (["run", "--host", "powervm-p11", "--intercept", "preload", "--", "/etc/passwd"], 126, "not executable"),
-        (["run", "--server", "/nonexistent.sock", "--intercept", "seccomp", "--", "true"], 2, "preload shim"),
         (["run", "--host", "powervm-p11", "--intercept", "ptrace", "--", "true"], 2, "invalid choice"),
     ],
 )

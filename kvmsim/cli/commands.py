@@ -288,13 +288,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def intercept_for(host: Host, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
-    """How ``kvmsim run`` reaches ``command`` (``seccomp`` or ``preload``), and why: the
-    trace's first line says both."""
+def intercept_for(host_name: str, machine: str, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
+    """How ``kvmsim run`` reaches ``command`` (``seccomp`` or ``preload``) on the host named
+    ``host_name`` (uname ``machine``), and why: the trace's first line says both."""
     from ..preload.command import RunError, StartError, target_arch
     from ..seccomp.launch import unavailable
 
-    foreign = target_arch(host.name, host.arch.name, command, arch)
+    foreign = target_arch(host_name, machine, command, arch)
     if asked == "preload":
         return "preload", "asked for (--intercept preload)"
     if foreign is not None:
@@ -323,13 +323,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run: give one of --host HOST (a server of its own) or --server SOCKET (a running one)")
     if args.server is not None and (args.abi or args.trace is not None):
         raise UsageError("run --server: the server chose its revision and traces; give --abi/--trace to kvmsim serve")
-    if args.server is not None and args.intercept == "seccomp":
-        raise UsageError("run --server: a program attached to `kvmsim serve` runs with the preload shim")
     try:
         if args.server is not None:
-            return _run_attached(args.server, command, args.arch, args.allow_unreached)
+            return _run_attached(args.server, command, args.arch, args.allow_unreached, args.intercept)
         host = profile.load(args.host)
-        how, why = intercept_for(host, command, args.arch, args.intercept)
+        how, why = intercept_for(host.name, host.arch.name, command, args.arch, args.intercept)
         with _tracer(args, host.arch) as trace:
             if trace is not None:
                 trace.intercept(how, why)
@@ -357,18 +355,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NOT_EXECUTABLE
 
 
-def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_unreached: bool) -> int:
-    """Exec ``command`` attached to the server at ``socket_path``: this process becomes it."""
+def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_unreached: bool, asked: str) -> int:
+    """Run ``command`` attached to the server at ``socket_path``: under the seccomp filter with
+    the server as its supervisor, or (the preload path) exec'd with the shim: this process
+    becomes it."""
     import os
 
     from ..preload.attach import AttachError, ask_host
-    from ..preload.runner import prepare
 
     try:
         host = ask_host(socket_path)
+        how, _why = intercept_for(host.name, host.machine, command, arch, asked)
+        if how == "seccomp":
+            from ..seccomp.run import run_attached
+
+            return run_attached(os.path.abspath(socket_path), command)
     except AttachError as exc:
         print(f"kvmsim: error: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
+    from ..preload.runner import prepare
+
     argv, env = prepare(host, command, os.path.abspath(socket_path), arch=arch, allow_unreached=allow_unreached)
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)  # raises on failure: not found / not executable
@@ -548,7 +554,11 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="how CMD's calls are caught (default auto: seccomp for native programs, preload under qemu-user)",
     )
-    run.add_argument("--server", metavar="SOCKET", help="attach CMD to a running `kvmsim serve` instead of --host")
+    run.add_argument(
+        "--server",
+        metavar="SOCKET",
+        help="attach CMD to a running `kvmsim serve` instead of --host (under seccomp the server is its supervisor)",
+    )
     run.add_argument(
         "--arch", choices=["ppc64le", "ppc64"], help="run a POWER binary under qemu-user (default: from its ELF header)"
     )

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..kernel.errors import KvmError, KvmsimError
 from ..kernel.kvm_main import BootedKernel
@@ -32,6 +33,9 @@ from .channel import SharedChannel
 from .placeholder import Placeholder, Placeholders
 from .trace import Call
 from .wire import Msg, ProtocolError
+
+if TYPE_CHECKING:
+    from ..seccomp.supervisor import Supervisor
 
 log = logging.getLogger("kvmsim.serve")  # imported up front: it must log when out of descriptors
 Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
@@ -194,8 +198,11 @@ class Connection:
         trace: Callable[[Call], None] | None = None,
         hello: bytes = b"{}",
         budget: channel.Budget | None = None,
+        root: str | None = None,
     ) -> None:
         self.files, self.sock, self.name = files, sock, name
+        self.root = root  # the host's files, for a supervised program (LISTENER)
+        self.supervisor: Supervisor | None = None
         self.hello = hello
         self.budget = budget if budget is not None else channel.Budget()
         self.calls = calls if calls is not None else itertools.count()
@@ -213,25 +220,68 @@ class Connection:
                 elif msg == Msg.SHM:  # the shim asks for the shared-memory channel
                     self._empty(msg, payload)
                     self._share()
+                elif msg == Msg.LISTENER:  # kvmsim run --server: a program under the seccomp filter
+                    self._empty(msg, payload)
+                    self._supervise()
+                    return
                 else:
                     answer, placeholder = self.dispatch(msg, payload)
                     self.transport.sendall(answer)
                     if placeholder is not None:
                         self._pass(placeholder)
                     next(self.calls)
+                self._close_stray_fds()
         except wire.Disconnected:
             log.debug("%s: closed by the peer", self.name)
         except (ProtocolError, OSError) as exc:
             log.warning("%s: closing: %s", self.name, exc)
         finally:
+            self._close_stray_fds()
             if isinstance(self.transport, SharedChannel):
                 self.transport.close()
                 self.budget.give_back()
             self.sock.close()
 
+    def _close_stray_fds(self) -> None:
+        """Descriptors a peer sent with a frame that takes none: closed, never used."""
+        if isinstance(self.transport, wire.FrameReader):
+            for fd in self.transport.take_fds():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _supervise(self) -> None:
+        """A seccomp listener for a program ``kvmsim run --server`` started (same uid: checked
+        at accept): this thread answers its notifications from the served kernel, over the same
+        placeholders the shim's programs hold, until the program and its children are gone.
+        Anything but one listener is refused (EINVAL); a machine without the seccomp path says
+        ENOSYS."""
+        from ..seccomp.launch import unavailable
+        from ..seccomp.supervisor import Supervisor, is_listener
+
+        fds = self.transport.take_fds() if isinstance(self.transport, wire.FrameReader) else []
+        err = errno.ENOSYS if unavailable() is not None else 0
+        if not err and (len(fds) != 1 or not is_listener(fds[0])):
+            err = errno.EINVAL
+        if err:
+            for fd in fds:
+                os.close(fd)
+            self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(-1, err, 0, 0)))
+            return
+        kernel = self.files.kernel
+        supervisor = Supervisor(lambda: kernel, kernel.arch, fds[0], root=self.root, files=self.files, trace=self.trace)
+        self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
+        log.debug("%s: supervising a program under the seccomp filter", self.name)
+        self.supervisor = supervisor
+        try:
+            supervisor.serve()
+        finally:
+            supervisor.close()
+
     def hang_up(self) -> None:
         """End this connection from another thread (the server is stopping): the peer sees
-        EOF, and the serving thread wakes from its read and closes."""
+        EOF, and the serving thread wakes from its read and closes (a supervisor stops)."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         if isinstance(self.transport, SharedChannel):
@@ -317,7 +367,7 @@ class Server:
         trace: Callable[[Call], None] | None = None,
         root: str | None = None,
     ) -> None:
-        self.kernel, self.path, self.trace = kernel, str(path), trace
+        self.kernel, self.path, self.trace, self.root = kernel, str(path), trace, root
         self.files = Placeholders(kernel, on_release=self._released)
         # what HELLO answers: the shim's view of the host (root: where its files were written)
         self.hello = wire.HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root).encode()
@@ -388,7 +438,7 @@ class Server:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
-            connection = Connection(self.files, sock, name, self.calls, self.trace, self.hello, self.budget)
+            connection = Connection(self.files, sock, name, self.calls, self.trace, self.hello, self.budget, self.root)
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             self.connections[thread] = connection
             thread.start()

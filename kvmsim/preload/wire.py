@@ -17,9 +17,14 @@ its file by the placeholder's identity (dev, ino), never by the fd number (that 
 the trace); one that is no placeholder of this server's is answered RESULT_FOREIGN, and the
 shim makes the real call.  IDENTIFY asks what a placeholder is: RESULT's ret is
 :data:`NOT_OURS`, :data:`IS_DEV_KVM` or :data:`IS_VM`.  Nothing is ever closed by message:
-a simulated file is released when the program lets go of its last placeholder.  ``kvmsim env`` and
-``kvmsim run --server`` send HELLO and get HOST: what the shim is told about the served host
-besides the socket (a JSON object: ``name``, ``machine``, ``dev_kvm``, ``root``).
+a simulated file is released when the program lets go of its last placeholder.
+
+``kvmsim env`` and ``kvmsim run --server`` send HELLO and get HOST: what the shim is told about
+the served host besides the socket (a JSON object: ``name``, ``machine``, ``dev_kvm``,
+``root``).  ``kvmsim run --server`` under seccomp then sends LISTENER on a connection of its
+own, with its program's seccomp listener (SCM_RIGHTS), and gets a RESULT: 0 when the server
+supervises the program from then on (the connection is the supervisor's), EINVAL for anything
+but one listener, ENOSYS where the server cannot.
 
 An IOCTL carries a read-ahead *window*: the bytes the shim could read at ``arg`` (up to
 :data:`WINDOW`, stopping at the first unreadable byte).  The kernel's ``copy_from_user``
@@ -62,6 +67,7 @@ MEM_DATA = struct.Struct("!i")  # errno; then the bytes read
 MEM_WRITE = struct.Struct("!Q")  # addr; then the bytes to write
 MEM_ACK = struct.Struct("!iI")  # errno, bytes written
 
+MAX_FDS = 4  # descriptors taken with one read: a LISTENER brings one, anything more is closed
 RESULT_NEW_FD = 1  # a placeholder follows on the socket: the caller's new fd
 RESULT_FOREIGN = 2  # the fd is no placeholder of this server's: the real call answers
 NOT_OURS, IS_DEV_KVM, IS_VM = 0, 1, 2  # IDENTIFY's answers
@@ -80,6 +86,7 @@ class Msg(enum.IntEnum):
     HOST = 10
     SHM = 11  # the shim asks for the shared-memory channel (kvmsim.channel)
     SHM_READY = 12  # the server's memfd, with SCM_RIGHTS; payload: the channel's capacity
+    LISTENER = 13  # kvmsim run --server: a seccomp listener, with SCM_RIGHTS: the server supervises its program
 
 
 class ProtocolError(KvmsimError):
@@ -128,6 +135,7 @@ class FrameReader:
     def __init__(self, sock: socket.socket, *, max_payload: int = MAX_PAYLOAD, stall: float | None = None) -> None:
         self.sock = sock
         self.buf = bytearray()
+        self.fds: list[int] = []  # descriptors that came with the bytes (SCM_RIGHTS), for the frame that wants them
         self.max_payload = max_payload  # what this side's peer can need to send
         self.stall = stall  # seconds a frame, once begun, may take to arrive
         self._timeout: float | None = sock.gettimeout()
@@ -139,7 +147,8 @@ class FrameReader:
                 self.sock.settimeout(timeout)
                 self._timeout = timeout
             try:
-                chunk = self.sock.recv(max(65536, n - len(self.buf)))
+                chunk, fds, _flags, _addr = socket.recv_fds(self.sock, max(65536, n - len(self.buf)), MAX_FDS)
+                self.fds += fds
             except TimeoutError:
                 raise ProtocolError(f"stalled frame: {len(self.buf)} of {n} bytes after {self.stall} s") from None
             if not chunk:
@@ -150,6 +159,11 @@ class FrameReader:
 
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def take_fds(self) -> list[int]:
+        """The descriptors received so far (the caller closes them)."""
+        fds, self.fds = self.fds, []
+        return fds
 
     def read(self) -> tuple[Msg, bytes]:
         self._fill(HEADER.size)

@@ -45,3 +45,49 @@ def run(host: Host, rev: AbiRevision, command: Sequence[str], *, trace: Callable
             thread.join()
             supervisor.close()
             root.close()  # written and closed already, where the kernel booted
+
+
+def run_attached(socket_path: str, command: Sequence[str]) -> int:
+    """Run ``command`` under the filter with the running ``kvmsim serve`` at ``socket_path`` as
+    its supervisor: the listener goes to the server over its socket (a server of this user's
+    only, as the shim's), which answers from its kernel and the placeholders its other
+    programs hold.  The exit code as :func:`run`'s."""
+    import os
+    import socket
+
+    from ..preload import wire
+    from ..preload.attach import CONNECT_TIMEOUT, AttachError
+    from ..preload.command import StartError
+    from ..preload.server import peer_uid
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)
+    try:
+        try:
+            sock.connect(socket_path)
+        except OSError as exc:
+            raise AttachError(f"{socket_path}: cannot connect: {exc.strerror or exc}") from None
+        if peer_uid(sock) != os.getuid():
+            raise AttachError(
+                f"{socket_path}: served by uid {peer_uid(sock)}, not this user ({os.getuid()}): not trusted"
+            )
+        started = launch(command)
+        try:
+            socket.send_fds(sock, [wire.frame(wire.Msg.LISTENER)], [started.listener])
+            msg, payload = wire.FrameReader(sock, max_payload=4096, stall=CONNECT_TIMEOUT).read()
+            (_ret, err, _flags, _count), _ = wire.unpack(wire.RESULT, payload, exact=False)
+        except (OSError, wire.ProtocolError) as exc:
+            started.proc.kill()
+            raise AttachError(f"{socket_path}: did not take the program's listener: {exc}") from None
+        finally:
+            os.close(started.listener)
+        if msg != wire.Msg.RESULT or err:
+            started.proc.kill()
+            why = os.strerror(err) if err else f"answered {msg.name}"
+            raise StartError(f"{socket_path}: the server cannot supervise the program: {why}")
+        failed = started.exec_error()
+        if failed is not None:
+            raise failed
+        return wait_forwarding(started.proc)
+    finally:
+        sock.close()

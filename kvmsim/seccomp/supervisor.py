@@ -106,15 +106,18 @@ class Supervisor:
         root: str | None = None,
         host_files: Callable[[BootedKernel], object] | None = None,
         trace: Callable[[Call], None] | None = None,
+        files: Placeholders | None = None,
     ) -> None:
         """``boot()`` makes the run's kernel when a call first needs it (an open of /dev/kvm,
         an ioctl on a placeholder, a stat of /dev/kvm or of the host's files), and
         ``host_files(kernel)`` then writes the host's files under ``root``: a program that
-        never touches KVM never pays for the kernel model.  ``arch`` is the host's, for uname."""
+        never touches KVM never pays for the kernel model.  ``arch`` is the host's, for uname.
+        ``files``: a table shared with others (a server's, which releases its files itself)."""
         self._boot, self.arch, self.listener, self.trace = boot, arch, listener, trace
         self._host_files = host_files
         self._kernel: BootedKernel | None = None
-        self._files: Placeholders | None = None
+        self._files: Placeholders | None = files
+        self._own_files = files is None
         self.namei = Namei(root)
         self.poller = select.poll()
         self.poller.register(listener, select.POLLIN)
@@ -141,7 +144,7 @@ class Supervisor:
         """The placeholders of the simulated files (made with the kernel)."""
         if self._files is None:
             self._files = Placeholders(self.kernel, on_release=self._released)
-            self.poller.register(self._files.fileno(), select.POLLIN)
+            self.poller.register(self._files.fileno(), select.POLLIN)  # released here, between calls
         return self._files
 
     @staticmethod
@@ -170,7 +173,7 @@ class Supervisor:
                     elif self._files is not None:
                         self._files.reap()
         finally:
-            if self._files is not None:
+            if self._files is not None and self._own_files:
                 self._files.close()
 
     def start(self) -> threading.Thread:
@@ -479,6 +482,16 @@ class Supervisor:
         except Fault:
             return error(errno.EFAULT)
         return value(0)
+
+
+def is_listener(fd: int) -> bool:
+    """Is ``fd`` a seccomp user-notification listener?  (A notification id it never issued is
+    ENOENT to one, ENOTTY or EINVAL to anything else.)"""
+    try:
+        fcntl.ioctl(fd, uapi.SECCOMP_IOCTL_NOTIF_ID_VALID, struct.pack("=Q", 0))
+    except OSError as exc:
+        return exc.errno == errno.ENOENT
+    return True
 
 
 def _domainname() -> str:
