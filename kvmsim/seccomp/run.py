@@ -67,10 +67,9 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
             sock.connect(socket_path)
         except OSError as exc:
             raise AttachError(f"{socket_path}: cannot connect: {exc.strerror or exc}") from None
-        if peer_uid(sock) != os.getuid():
-            raise AttachError(
-                f"{socket_path}: served by uid {peer_uid(sock)}, not this user ({os.getuid()}): not trusted"
-            )
+        uid = peer_uid(sock)
+        if uid != os.getuid():
+            raise AttachError(f"{socket_path}: served by uid {uid}, not this user ({os.getuid()}): not trusted")
         started = launch(command)
         try:
             socket.send_fds(sock, [wire.frame(wire.Msg.LISTENER)], [started.listener])
