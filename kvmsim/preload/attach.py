@@ -29,8 +29,8 @@ class AttachError(KvmsimError):
     """The server cannot be used; ``str()`` is one line naming the socket and why."""
 
 
-def ask_host(socket_path: str) -> HostAnswer:
-    """What the server at ``socket_path`` serves, checked (see the module's docstring)."""
+def connect(socket_path: str) -> socket.socket:
+    """A connection to the server at ``socket_path``, only if it is this user's (SO_PEERCRED)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT)
     try:
@@ -41,6 +41,16 @@ def ask_host(socket_path: str) -> HostAnswer:
         uid = peer_uid(sock)
         if uid != os.getuid():
             raise AttachError(f"{socket_path}: served by uid {uid}, not this user ({os.getuid()}): not trusted")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def ask_host(socket_path: str) -> HostAnswer:
+    """What the server at ``socket_path`` serves, checked (see the module's docstring)."""
+    sock = connect(socket_path)
+    try:
         try:
             sock.sendall(wire.frame(wire.Msg.HELLO))
             msg, payload = wire.FrameReader(sock, max_payload=4096, stall=CONNECT_TIMEOUT).read()

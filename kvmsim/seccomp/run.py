@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..preload.command import host_view, run_directory, wait_forwarding
-from .launch import launch
+from .launch import Launched, launch
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -36,10 +36,7 @@ def run(host: Host, rev: AbiRevision, command: Sequence[str], *, trace: Callable
         )
         thread = supervisor.start()
         try:
-            failed = started.exec_error()
-            if failed is not None:
-                raise failed
-            return wait_forwarding(started.proc)
+            return _exit_code(started)
         finally:
             supervisor.stop()
             thread.join()
@@ -56,20 +53,11 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
     import socket
 
     from ..preload import wire
-    from ..preload.attach import CONNECT_TIMEOUT, AttachError
+    from ..preload.attach import CONNECT_TIMEOUT, AttachError, connect
     from ..preload.command import StartError
-    from ..preload.server import peer_uid
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(CONNECT_TIMEOUT)
+    sock = connect(socket_path)
     try:
-        try:
-            sock.connect(socket_path)
-        except OSError as exc:
-            raise AttachError(f"{socket_path}: cannot connect: {exc.strerror or exc}") from None
-        uid = peer_uid(sock)
-        if uid != os.getuid():
-            raise AttachError(f"{socket_path}: served by uid {uid}, not this user ({os.getuid()}): not trusted")
         started = launch(command)
         try:
             socket.send_fds(sock, [wire.frame(wire.Msg.LISTENER)], [started.listener])
@@ -84,9 +72,14 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
             started.proc.kill()
             why = os.strerror(err) if err else f"answered {msg.name}"
             raise StartError(f"{socket_path}: the server cannot supervise the program: {why}")
-        failed = started.exec_error()
-        if failed is not None:
-            raise failed
-        return wait_forwarding(started.proc)
+        return _exit_code(started)
     finally:
         sock.close()
+
+
+def _exit_code(started: Launched) -> int:
+    """The command's exit code once it runs (its exec's failure raised)."""
+    failed = started.exec_error()
+    if failed is not None:
+        raise failed
+    return wait_forwarding(started.proc)
