@@ -676,8 +676,7 @@ SHIM_INTERNAL long kvmsim_call(const struct request *req, uint32_t *flags, int *
 		errno = e;
 		return r;
 	}
-	usermem_find_stack(); /* before the lock: it may read /proc/self/maps */
-	if (enter())
+	if (enter()) /* (an IOCTL found its thread's stack before: emu_ioctl, outside the lock) */
 		return -1;
 	r = call_on(&mine, req, flags, new_fd);
 	leave();

@@ -56,7 +56,7 @@ static int emu_ioctl(int fd, const struct identity *id, unsigned long request, v
 	memcpy(fixed + 8, &a, 8);
 	memcpy(fixed + 16, &dev, 8);
 	memcpy(fixed + 24, &ino, 8);
-	usermem_find_stack();
+	usermem_find_stack(); /* before the shim's lock: it may read /proc/self/maps */
 	usermem_begin(&ahead, 0, 0);
 	size_t n = usermem_read_ahead(&ahead, (uint64_t)(uintptr_t)arg, window, sizeof(window));
 	usermem_end(&ahead);
