@@ -268,7 +268,11 @@ def test_without_a_window_every_read_is_a_round_trip(server: Server) -> None:
     shim.close()
 
 
-def test_remote_memory_flushes_kept_writes_before_a_read_outside_the_window() -> None:
+def test_remote_memory_sees_its_own_writes_and_never_waits_on_the_client_under_the_lock() -> None:
+    """Inside the table's lock a read the window cannot answer is MemoryWanted (the table
+    fetches it with the lock let go and runs the call again); the call's own writes are laid
+    over what was fetched, and travel with the RESULT."""
+    from kvmsim.preload.placeholder import MemoryWanted
     from kvmsim.preload.server import RemoteMemory
 
     ours, theirs = socket.socketpair()
@@ -276,26 +280,22 @@ def test_remote_memory_flushes_kept_writes_before_a_read_outside_the_window() ->
     mem.begin(0x1000, bytes(8))
     mem.copy_to_user(0x1000, b"\x01" * 8)  # kept
     assert mem.copy_from_user(0x1000, 8) == b"\x01" * 8  # the window sees its own write
-    mem.copy_to_user(0x2000, b"\x02" * 4)  # kept, outside the window
-    seen: list[tuple[str, int, bytes]] = []
+    mem.copy_to_user(0x3000, b"\x02" * 2)  # kept, outside the window
+    mem.deferring = True
+    with pytest.raises(MemoryWanted) as wanted:
+        mem.copy_from_user(0x3000, 4)
+    assert (wanted.value.addr, wanted.value.n) == (0x3000, 4)
 
     def peer() -> None:
-        reader = wire.FrameReader(theirs)
-        for _ in range(3):  # two writes flushed in order, then the read
-            kind, body = reader.read()
-            if kind == Msg.MEM_WRITE:
-                seen.append(("write", wire.MEM_WRITE.unpack_from(body)[0], body[8:]))
-                theirs.sendall(wire.frame(Msg.MEM_ACK, wire.MEM_ACK.pack(0, len(body) - 8)))
-            else:
-                addr, n = wire.MEM_READ.unpack(body)
-                seen.append(("read", addr, b""))
-                theirs.sendall(wire.frame(Msg.MEM_DATA, wire.MEM_DATA.pack(0) + b"\x03" * n))
+        kind, body = wire.FrameReader(theirs).read()
+        assert kind == Msg.MEM_READ and wire.MEM_READ.unpack(body) == (0x3000, 4)
+        theirs.sendall(wire.frame(Msg.MEM_DATA, wire.MEM_DATA.pack(0) + b"\x03" * 4))
 
     t = threading.Thread(target=peer)
     t.start()
-    assert mem.copy_from_user(0x3000, 4) == b"\x03" * 4
+    mem.fetch(wanted.value)  # what the table does, outside its lock
     t.join()
-    assert seen == [("write", 0x1000, b"\x01" * 8), ("write", 0x2000, b"\x02" * 4), ("read", 0x3000, b"")]
-    assert mem.take_writes() == (0, b"")
+    assert mem.copy_from_user(0x3000, 4) == b"\x02\x02\x03\x03"
+    assert mem.take_writes()[0] == 2
     ours.close()
     theirs.close()

@@ -107,7 +107,7 @@ def write_tree(files: Mapping[str, bytes], root_fd: int) -> None:
                             posix.mkdir(part, 0o755, dir_fd=opened[where])
                         opened[below] = posix.open(part, flags, dir_fd=opened[where])
                     where = below
-            fd = posix.open(name, create, 0o644, dir_fd=opened[parent])
+            fd = posix.open(name, create, 0o444, dir_fd=opened[parent])  # read-only, as procfs and sysfs show them
             try:
                 view = memoryview(data)
                 while view:

@@ -151,8 +151,9 @@ class SharedChannel:
     def _arrived(self) -> bool:
         return bool(self.ctl[C2S_SEQ] != self.seen)
 
-    def _wait(self) -> None:
+    def _wait(self, limit: float | None = None) -> None:
         now = time.perf_counter()
+        give_up = None if limit is None else now + limit
         deadline, breather = now + self.spin, now + YIELD_EVERY
         while not self._arrived():
             now = time.perf_counter()
@@ -175,6 +176,9 @@ class SharedChannel:
             if self._arrived():
                 break
             self._check_peer()
+            if give_up is not None and time.perf_counter() > give_up:
+                self.ctl[C2S_WAIT] = 0
+                raise ProtocolError(f"no answer within {limit} s")
             if woken:  # a wake-up with nothing sent: past a few, this peer waits for its answer
                 spurious += 1
                 if spurious > SPURIOUS_FREE:
@@ -189,9 +193,10 @@ class SharedChannel:
         except BlockingIOError:
             return
 
-    def read(self) -> tuple[Msg, bytes]:
+    def read(self, deadline: float | None = None) -> tuple[Msg, bytes]:
+        """The next frame; ``deadline``: seconds it may take to come (an answer awaited)."""
         if not self._arrived():
-            self._wait()
+            self._wait(deadline)
         self.seen = self.ctl[C2S_SEQ]
         length = self.ctl[C2S_LEN]
         if not wire.HEADER.size <= length <= CAPACITY:

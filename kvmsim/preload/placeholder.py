@@ -17,7 +17,9 @@ the simulated kernel (a server answers many connections at once)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import resource
 import select
 import socket
 import threading
@@ -34,6 +36,19 @@ if TYPE_CHECKING:
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of the program's end
 PLACEHOLDER_TYPE = socket.SOCK_SEQPACKET  # a message socket: one end shut, reads are at their end at once
+MAX_FILES_PER_PROGRAM = 4096  # simulated files one program (a run, a shim connection) may hold: then EMFILE
+RESERVE = 64  # descriptors this process keeps for itself (connections, /proc, the host's files): then ENFILE
+
+
+def raise_fd_limit() -> int:
+    """RLIMIT_NOFILE's soft limit raised to the hard one (a supervisor or server holds one end
+    of every placeholder its programs hold); the limit now in force.  Called once the
+    program is started, so it keeps the limit it was given."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 @attrs.frozen
@@ -41,9 +56,10 @@ class Placeholder:
     """A simulated file the program holds: its number in the simulated kernel's table and
     this side's end of the socketpair."""
 
-    sim_fd: int
+    sim_fd: int  # -1: an O_PATH open of /dev/kvm (every ioctl EBADF)
     peer: socket.socket
     is_vm: bool
+    owner: object = None  # the program it counts against (MAX_FILES_PER_PROGRAM)
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -52,6 +68,34 @@ def identity(st: os.stat_result) -> Identity:
 
 class _NoMemory(UserAccess):
     """The table's process between calls: every call brings the caller's memory."""
+
+
+class MemoryWanted(Exception):
+    """Raised by a :class:`Deferring` memory inside the table's lock: the call needs bytes
+    only a client can send.  The table lets go of its lock, has them fetched, and runs the
+    call again from the start (the simulated kernel reads before it acts, as the kernel's
+    ioctls copy their arguments in first)."""
+
+    def __init__(self, addr: int, n: int) -> None:
+        super().__init__(addr, n)
+        self.addr, self.n = addr, n
+
+
+class Deferring(UserAccess):
+    """A memory reached through a client (the shim's server): while the table's lock is
+    held (``deferring``) it never waits on the client, it raises :class:`MemoryWanted`."""
+
+    deferring = False
+
+    def restart(self) -> None:
+        """Forget what the last attempt wrote: the call runs again from its start."""
+
+    def fetch(self, want: MemoryWanted) -> None:
+        """Fetch the wanted bytes from the client (outside any lock, within a deadline)."""
+        raise NotImplementedError
+
+
+MAX_ATTEMPTS = 64  # a call's restarts, each after one fetch: an ioctl's reads are a handful
 
 
 _NO_MEMORY = _NoMemory()
@@ -68,22 +112,37 @@ class Placeholders:
         self.on_release = on_release
         self._files: dict[Identity, Placeholder] = {}
         self._by_peer: dict[int, Identity] = {}
+        self._held: dict[object, int] = {}  # owner -> simulated files it holds
+        self._limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._epoll = select.epoll()
 
     def fileno(self) -> int:
         """Readable when a placeholder was written to or let go of: then :meth:`reap`."""
         return self._epoll.fileno()
 
-    def new(self, sim_fd: int, *, is_vm: bool, nonblock: bool = False) -> int:
+    def new(self, sim_fd: int, *, is_vm: bool, nonblock: bool = False, owner: object = None) -> int:
         """A placeholder for ``sim_fd``: the program's end is returned (the caller installs it
-        in the program and closes its own copy)."""
-        theirs, ours = socket.socketpair(socket.AF_UNIX, PLACEHOLDER_TYPE)
+        in the program and closes its own copy).  OSError EMFILE where ``owner`` holds
+        MAX_FILES_PER_PROGRAM already, ENFILE where this process is within RESERVE of its
+        descriptor limit: one program cannot starve the others, or the server itself."""
+        with self.lock:
+            if self._held.get(owner, 0) >= MAX_FILES_PER_PROGRAM:
+                raise OSError(errno.EMFILE, f"{MAX_FILES_PER_PROGRAM} simulated files held already")
+            if self._by_peer and max(self._by_peer) >= self._limit - RESERVE:
+                raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors")
+        try:
+            theirs, ours = socket.socketpair(socket.AF_UNIX, PLACEHOLDER_TYPE)
+        except OSError as exc:
+            if exc.errno == errno.EMFILE:  # this process's, not the program's: the system's table
+                raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors") from None
+            raise
         ours.shutdown(socket.SHUT_WR)  # the program's reads end at once (EOF), never hang
         theirs.setblocking(not nonblock)
         key = identity(os.fstat(theirs.fileno()))
         with self.lock:
-            self._files[key] = Placeholder(sim_fd, ours, is_vm)
+            self._files[key] = Placeholder(sim_fd, ours, is_vm, owner)
             self._by_peer[ours.fileno()] = key
+            self._held[owner] = self._held.get(owner, 0) + 1
             self._epoll.register(ours.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
         return theirs.detach()
 
@@ -101,17 +160,28 @@ class Placeholders:
         its number to another file): (the placeholder, or None when ``key`` is none of ours;
         the return; whether the call made a file, anon_inode_getfd's: a VM).  KvmError as
         sys_ioctl raises it.  Every ioctl a program makes comes this way."""
-        with self.lock:
-            placeholder = self._files.get(key)
-            if placeholder is None:
-                return None, 0, False
-            process = self.process
-            process.memory = memory
-            try:
-                creates = process.returns_fd(placeholder.sim_fd, cmd)
-                return placeholder, process.sys_ioctl(placeholder.sim_fd, cmd, arg), creates
-            finally:
-                process.memory = _NO_MEMORY
+        for _attempt in range(MAX_ATTEMPTS):
+            with self.lock:
+                placeholder = self._files.get(key)
+                if placeholder is None:
+                    return None, 0, False
+                process = self.process
+                process.memory = memory
+                if isinstance(memory, Deferring):
+                    memory.deferring = True
+                try:
+                    creates = process.returns_fd(placeholder.sim_fd, cmd)
+                    return placeholder, process.sys_ioctl(placeholder.sim_fd, cmd, arg), creates
+                except MemoryWanted as exc:
+                    want = exc
+                finally:
+                    process.memory = _NO_MEMORY
+                    if isinstance(memory, Deferring):
+                        memory.deferring = False
+            assert isinstance(memory, Deferring)
+            memory.fetch(want)  # the lock is free meanwhile: a stalled client stalls itself only
+            memory.restart()
+        raise KvmError(errno.EFAULT, f"more than {MAX_ATTEMPTS} reads of user memory in one call")
 
     def call(self, memory: UserAccess) -> _Call:
         """``with table.call(memory) as process:`` — the simulated process, with the caller's
@@ -139,11 +209,17 @@ class Placeholders:
     def _drop(self, key: Identity) -> None:
         placeholder = self._files.pop(key)
         self._by_peer.pop(placeholder.peer.fileno(), None)
+        left = self._held.get(placeholder.owner, 1) - 1
+        if left:
+            self._held[placeholder.owner] = left
+        else:
+            self._held.pop(placeholder.owner, None)
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(placeholder.peer.fileno())
         placeholder.peer.close()
-        with contextlib.suppress(KvmError):
-            self.process.close(placeholder.sim_fd)
+        if placeholder.sim_fd >= 0:
+            with contextlib.suppress(KvmError):
+                self.process.close(placeholder.sim_fd)
 
     def watch(self) -> threading.Thread:
         """Reap in a thread of its own (a server's connections never wait for it), until :meth:`close`."""

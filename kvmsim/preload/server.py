@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 from ..kernel.errors import KvmError, KvmsimError
 from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import U64_OF, ByteOrder
-from ..kernel.usermem import Fault, UserAccess
+from ..kernel.usermem import Fault
 from . import channel, wire
 from .channel import SharedChannel
-from .placeholder import Placeholder, Placeholders
+from .placeholder import Deferring, MemoryWanted, Placeholder, Placeholders, raise_fd_limit
 from .trace import Call
 from .wire import Msg, ProtocolError
 
@@ -45,23 +45,35 @@ MAX_USER_COPY = wire.MAX_USER_COPY
 ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refuses it
 MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
 FRAME_STALL = 10.0  # seconds a begun frame may take; idle between calls is unlimited
+CLIENT_DEADLINE = 10.0  # seconds a client may take to answer MEM_READ: then its connection closes
 MAX_CONNECTIONS = 256  # processes served at once; more are dropped, logged
 STOP_WAIT = 10.0  # seconds stop() waits, in all, for the connections it hung up to end
 
 
-class RemoteMemory(UserAccess):
+class RemoteMemory(Deferring):
     """The caller's address space, reached through the shim: reads inside the IOCTL's
     read-ahead window are served from it, others ask MEM_READ; writes are kept and sent back
-    with the RESULT (see kvmsim.wire)."""
+    with the RESULT (see kvmsim.wire).  Under the table's lock a read outside what was
+    fetched raises MemoryWanted: the table fetches it with its lock let go (``fetch``, within
+    CLIENT_DEADLINE) and runs the call again, so no client is ever waited on while other
+    programs wait for the lock."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.base = 0
         self.window = b""  # the IOCTL's read-ahead bytes, with the kernel's writes into it
+        self.first = b""  # the window as the call began (a restart starts from it)
         self.pending: list[tuple[int, bytes]] = []
+        self.fetched: dict[tuple[int, int], bytes | None] = {}  # (addr, n) -> bytes, None: it faults
 
     def begin(self, base: int, window: bytes) -> None:
-        self.base, self.window, self.pending = base, window, []
+        self.base, self.window, self.first, self.pending, self.fetched = base, window, window, [], {}
+
+    def restart(self) -> None:
+        self.window, self.pending = self.first, []
+
+    def fetch(self, want: MemoryWanted) -> None:
+        self.fetched[(want.addr, want.n)] = self._read_remote(want.addr, want.n)
 
     def get_user_u64(self, addr: int, byteorder: ByteOrder) -> int:
         off = addr - self.base
@@ -78,14 +90,28 @@ class RemoteMemory(UserAccess):
             return self.window[off : off + n]
         if n > MAX_USER_COPY:
             raise Fault(addr, "read")
-        self.flush()
+        if (addr, n) not in self.fetched:
+            if self.deferring:
+                raise MemoryWanted(addr, n)
+            self.fetched[(addr, n)] = self._read_remote(addr, n)  # no lock held: ask now
+        data = self.fetched[(addr, n)]
+        if data is None:
+            raise Fault(addr, "read")
+        for waddr, wdata in self.pending:  # this call's own writes, seen by its later reads
+            lo, hi = max(addr, waddr), min(addr + n, waddr + len(wdata))
+            if lo < hi:
+                data = data[: lo - addr] + wdata[lo - waddr : hi - waddr] + data[hi - addr :]
+        return data
+
+    def _read_remote(self, addr: int, n: int) -> bytes | None:
+        """MEM_READ, and its MEM_DATA within CLIENT_DEADLINE: the bytes, or None (a fault)."""
         self.transport.sendall(wire.frame(Msg.MEM_READ, wire.MEM_READ.pack(addr, n)))
-        msg, payload = self.transport.read()
+        msg, payload = self.transport.read(deadline=CLIENT_DEADLINE)
         if msg != Msg.MEM_DATA:
             raise ProtocolError(f"expected MEM_DATA, got {msg.name}")
         (err,), data = wire.unpack(wire.MEM_DATA, payload, exact=False)
         if err:
-            raise Fault(addr, "read")
+            return None
         if len(data) != n:
             raise ProtocolError(f"MEM_DATA of {len(data)} bytes for a {n}-byte read")
         return data
@@ -99,18 +125,6 @@ class RemoteMemory(UserAccess):
             end = min(len(window), off + len(data))
             self.window = window[:off] + data[: end - off] + window[end:]
         self.pending.append((addr, bytes(data)))
-
-    def flush(self) -> None:
-        """Make the kept writes now, in order (a read outside the window comes next)."""
-        pending, self.pending = self.pending, []
-        for addr, data in pending:
-            self.transport.sendall(wire.frame(Msg.MEM_WRITE, wire.MEM_WRITE.pack(addr) + data))
-            msg, payload = self.transport.read()
-            if msg != Msg.MEM_ACK:
-                raise ProtocolError(f"expected MEM_ACK, got {msg.name}")
-            (err, _done), _ = wire.unpack(wire.MEM_ACK, payload)
-            if err:
-                raise Fault(addr, "write")
 
     def take_writes(self) -> tuple[int, bytes]:
         """The kept writes, encoded for a RESULT: (how many, their bytes)."""
@@ -312,6 +326,18 @@ class Connection:
         finally:
             os.close(fd)
 
+    def _new(self, sim_fd: int, *, is_vm: bool, nonblock: bool = False) -> int:
+        """A placeholder for this process's new simulated file; where none can be made (its
+        share of the table is used up, or this server is out of descriptors) the file is
+        released and the call fails with EMFILE or ENFILE: this process's only, its
+        connection and every other process's go on."""
+        try:
+            return self.files.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self)
+        except OSError as exc:
+            with contextlib.suppress(KvmError), self.files.call(self.memory) as process:
+                process.close(sim_fd)
+            raise KvmError(exc.errno or errno.ENFILE, f"no descriptor for the new file: {exc.strerror}") from None
+
     def dispatch(self, msg: Msg, payload: bytes) -> tuple[bytes, int | None]:
         """The RESULT frame, and the placeholder to pass after it (or None)."""
         flags = 0
@@ -330,13 +356,13 @@ class Connection:
                 if placeholder is None:
                     flags = wire.RESULT_FOREIGN  # the shim makes the real call
                 elif creates:
-                    new, ret, flags = self.files.new(ret, is_vm=True), 0, wire.RESULT_NEW_FD
+                    new, ret, flags = self._new(ret, is_vm=True), 0, wire.RESULT_NEW_FD
             elif msg == Msg.OPEN:
                 self.memory.begin(0, b"")
                 (oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
                 with self.files.call(self.memory) as process:
                     sim_fd = process.open(path.decode(errors="replace"), oflags)
-                new = self.files.new(sim_fd, is_vm=False, nonblock=bool(oflags & os.O_NONBLOCK))
+                new = self._new(sim_fd, is_vm=False, nonblock=bool(oflags & os.O_NONBLOCK))
                 ret, flags = 0, wire.RESULT_NEW_FD
             elif msg == Msg.IDENTIFY:
                 self.memory.begin(0, b"")
@@ -368,6 +394,7 @@ class Server:
         root: str | None = None,
     ) -> None:
         self.kernel, self.path, self.trace, self.root = kernel, str(path), trace, root
+        raise_fd_limit()  # one end of every placeholder its programs hold is the server's
         self.files = Placeholders(kernel, on_release=self._released)
         # what HELLO answers: the shim's view of the host (root: where its files were written)
         self.hello = wire.HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root).encode()

@@ -33,8 +33,9 @@ answers MEM_DATA with an errno (EFAULT for a bad address).  The kernel's ``copy_
 writes travel back with the RESULT, in order, and the shim applies them before returning; if
 one faults, the call fails with EFAULT and the writes after it are not made.  That is exactly
 the kernel's behaviour as long as a handler does nothing but return after writing user
-memory, which holds for every ioctl kvmsim implements (a handler that read after writing would
-make the server flush its writes first with MEM_WRITE / MEM_ACK).
+memory, which holds for every ioctl kvmsim implements (a handler that reads after writing sees
+its own writes: the server lays them over what it fetched; MEM_WRITE / MEM_ACK stay in the
+protocol, and the shim answers them).
 
 ``shim/channel.c`` and ``shim/hooks.c`` are the other side of this file."""
 
@@ -140,9 +141,9 @@ class FrameReader:
         self.stall = stall  # seconds a frame, once begun, may take to arrive
         self._timeout: float | None = sock.gettimeout()
 
-    def _fill(self, n: int) -> None:
+    def _fill(self, n: int, deadline: float | None = None) -> None:
         while len(self.buf) < n:
-            timeout = self.stall if self.buf else None  # idle between frames is fine
+            timeout = self.stall if self.buf else deadline  # idle between frames is fine, an awaited answer's is not
             if timeout != self._timeout:  # a syscall or two: only when it changes
                 self.sock.settimeout(timeout)
                 self._timeout = timeout
@@ -150,6 +151,8 @@ class FrameReader:
                 chunk, fds, _flags, _addr = socket.recv_fds(self.sock, max(65536, n - len(self.buf)), MAX_FDS)
                 self.fds += fds
             except TimeoutError:
+                if not self.buf:
+                    raise ProtocolError(f"no answer within {deadline} s") from None
                 raise ProtocolError(f"stalled frame: {len(self.buf)} of {n} bytes after {self.stall} s") from None
             if not chunk:
                 if not self.buf:
@@ -165,8 +168,9 @@ class FrameReader:
         fds, self.fds = self.fds, []
         return fds
 
-    def read(self) -> tuple[Msg, bytes]:
-        self._fill(HEADER.size)
+    def read(self, deadline: float | None = None) -> tuple[Msg, bytes]:
+        """The next frame; ``deadline``: seconds it may take to begin (an answer awaited)."""
+        self._fill(HEADER.size, deadline)
         msg, length = check_header(bytes(self.buf[: HEADER.size]))
         if length > self.max_payload:
             raise ProtocolError(f"oversized frame: {length} bytes (a {msg.name} needs at most {self.max_payload})")

@@ -6,6 +6,8 @@
     jge X32_SYSCALL_BIT, other
     jeq NR_a, notify          ; one test per system call the supervisor answers
     ...
+    jeq io_uring_setup, other  ; io_uring's SQEs open and ioctl with no system call the
+    ...                       ; filter sees: refused as a kernel without io_uring does
     ret ALLOW                 ; everything else never leaves the kernel
   notify: ret USER_NOTIF
   other:  ret ERRNO(ENOSYS)
@@ -25,11 +27,13 @@ def insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return uapi.SOCK_FILTER.pack(code, jt, jf, k)
 
 
-def notify_filter(numbers: Iterable[int]) -> bytes:
-    """The program: ``numbers`` go to the supervisor, other x86_64 calls are allowed."""
+def notify_filter(numbers: Iterable[int], refused: Iterable[int] = ()) -> bytes:
+    """The program: ``numbers`` go to the supervisor, ``refused`` are ENOSYS (as another
+    ABI's), other x86_64 calls are allowed."""
     nrs = sorted(set(numbers))
+    nos = sorted(set(refused) - set(nrs))
     # the program's layout: 4 head instructions, one jeq each, then ALLOW, NOTIFY, OTHER
-    count = len(nrs)
+    count = len(nrs) + len(nos)
     allow = 4 + count
     notify, other = allow + 1, allow + 2
     prog = [
@@ -40,6 +44,8 @@ def notify_filter(numbers: Iterable[int]) -> bytes:
     ]
     for i, nr in enumerate(nrs):  # jumps are relative to the next instruction
         prog.append(insn(uapi.BPF_JEQ_K, nr, notify - (4 + i) - 1, 0))
+    for i, nr in enumerate(nos, start=len(nrs)):
+        prog.append(insn(uapi.BPF_JEQ_K, nr, other - (4 + i) - 1, 0))
     prog += [
         insn(uapi.BPF_RET_K, uapi.SECCOMP_RET_ALLOW),
         insn(uapi.BPF_RET_K, uapi.SECCOMP_RET_USER_NOTIF),

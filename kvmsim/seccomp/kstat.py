@@ -10,6 +10,8 @@ import attrs
 
 from . import uapi
 
+U64 = (1 << 64) - 1
+
 
 @attrs.frozen
 class Kstat:
@@ -36,7 +38,9 @@ class Kstat:
         )  # fmt: skip
 
     def pack_stat(self) -> bytes:
-        a, m, c = (divmod(t, 10**9) for t in (self.atime_ns, self.mtime_ns, self.ctime_ns))
+        """``cp_new_stat``: x86_64's struct stat declares its times unsigned long, and the
+        kernel stores a time64_t in them: a time before 1970 is its two's complement."""
+        a, m, c = ((s & U64, ns) for s, ns in (divmod(t, 10**9) for t in (self.atime_ns, self.mtime_ns, self.ctime_ns)))
         return uapi.STAT.pack(
             self.dev, self.ino, self.nlink, self.mode, self.uid, self.gid, 0, self.rdev,
             self.size, self.blksize, self.blocks, *a, *m, *c, 0, 0, 0,

@@ -40,7 +40,7 @@ def unavailable() -> str | None:
 
 
 def the_filter() -> bytes:
-    return bpf.notify_filter(uapi.NR[name] for name in NOTIFIED)
+    return bpf.notify_filter((uapi.NR[name] for name in NOTIFIED), uapi.IO_URING_NRS)
 
 
 def build_launcher() -> str:

@@ -9,12 +9,15 @@ What the supervisor answers (the rest it lets CONTINUE, the real kernel's own an
 - ``ioctl`` on a placeholder: the simulated kernel (``sys_ioctl``), with the argument read and
   written through ``process_vm_*`` (``taskmem``); FIOCLEX/FIONCLEX are the real kernel's, on
   the placeholder.  ``KVM_CREATE_VM`` answers with a new placeholder (``anon_inode_getfd``'s
-  O_CLOEXEC).  An ioctl on a real /dev/kvm fd the program brought with it is refused (EPERM):
-  no call reaches this machine's device.
+  O_CLOEXEC).  The fd is pinned for the decision (``pidfd_getfd``), and a KVM-type ioctl
+  (type 0xAE) on any file that is not a placeholder — a real /dev/kvm however it was opened,
+  a real VM or vcpu — is EPERM: no call reaches this machine's device.
 - ``open``/``openat``/``openat2`` of the simulated /dev/kvm (any spelling, through any
   symlink: ``namei``): a placeholder, or the simulated kernel's ENOENT; of the host's files
-  (/proc/cpuinfo, /proc/device-tree, /sys/module/kvm*): the run's copy, opened here and
-  installed in the program.
+  (/proc/cpuinfo, /proc/device-tree, /sys/module/kvm*): the run's copy, opened here strictly
+  beneath the host tree and read-only (``kernfs``, with the task's credentials deciding a
+  write open), and installed in the program.  A path whose ``..`` climbs out of the host's
+  files is the program's own (CONTINUE).
 - the stat family (``stat``, ``lstat``, ``newfstatat``, ``statx``, ``fstat``) and the access
   family of those paths and of placeholders: /dev/kvm a character device 10:232, a VM fd the
   anon inode every anon_inode file shares; ``readlink`` of /proc/PID/fd/N of a placeholder:
@@ -23,16 +26,24 @@ What the supervisor answers (the rest it lets CONTINUE, the real kernel's own an
 CONTINUE re-reads the program's memory after the supervisor looked (the time-of-check race
 seccomp_unotify(2) warns of): harmless here, because the filter protects nothing — a program
 that rewrites its own path between the two reads only fools its own simulation, and can
-never do more than it could without kvmsim."""
+never do more than it could without kvmsim (a KVM-type ioctl is never continued).
+
+**Fail closed.**  A call the supervisor cannot inspect (the task is not dumpable and this
+process lacks CAP_SYS_PTRACE, so its memory, its /proc and its fds are closed to it) is EPERM,
+except an ioctl that is not KVM-type (it cannot reach KVM: CONTINUE); an fd the supervisor
+cannot make is the program's EMFILE/ENFILE; any other failure of a handler is EIO, logged,
+and the supervisor goes on serving.  None of them is ever CONTINUE."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import select
+import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -43,10 +54,10 @@ import attrs
 from ..kernel.errors import KvmError
 from ..kernel.uapi import DEV_KVM, Arch
 from ..kernel.usermem import Fault
-from ..preload.placeholder import Placeholder, Placeholders, identity
-from . import uapi
-from .kstat import Kstat, dev_kvm, is_dev_kvm
-from .namei import Namei, tgid
+from ..preload.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
+from . import cred, kernfs, pidfd, uapi
+from .kstat import Kstat, dev_kvm
+from .namei import Found, Namei, tgid
 from .taskmem import TaskMemory
 
 if TYPE_CHECKING:
@@ -54,6 +65,8 @@ if TYPE_CHECKING:
     from ..preload.trace import Call
 
 FIOCLEX, FIONCLEX = 0x5451, 0x5450  # x86_64's: what the real kernel does to the placeholder
+KVMIO = 0xAE  # include/uapi/linux/kvm.h: the type of every KVM ioctl, on every architecture
+log = logging.getLogger("kvmsim.seccomp")
 VM_LINK = "anon_inode:kvm-vm"
 _FD_LINK = re.compile(rb"^/proc/(self|thread-self|\d+)(?:/task/(\d+))?/fd/(\d+)$")
 NOTIFIED = ("ioctl", "open", "openat", "openat2", "stat", "lstat", "newfstatat", "statx", "fstat",
@@ -79,6 +92,17 @@ def value(v: int) -> Answer:
 
 def error(err: int) -> Answer:
     return Answer("error", err)
+
+
+def _inspection_errno(err: int | None) -> int:
+    """The program's errno when a handler's own system call failed: EPERM where the task may
+    not be inspected (ptrace access: process_vm_readv, pidfd_getfd, /proc/PID/fd), EMFILE or
+    ENFILE where no fd could be made for it, ESRCH where it is gone, else EIO."""
+    if err in (errno.EPERM, errno.EACCES):
+        return errno.EPERM
+    if err in (errno.EMFILE, errno.ENFILE, errno.ESRCH):
+        return err
+    return errno.EIO
 
 
 def _s32(v: int) -> int:
@@ -114,6 +138,8 @@ class Supervisor:
         never touches KVM never pays for the kernel model.  ``arch`` is the host's, for uname.
         ``files``: a table shared with others (a server's, which releases its files itself)."""
         self._boot, self.arch, self.listener, self.trace = boot, arch, listener, trace
+        self.owner = f"listener {listener} of pid {os.getpid()}"  # its programs' share of a shared table
+        raise_fd_limit()
         self._host_files = host_files
         self._kernel: BootedKernel | None = None
         self._files: Placeholders | None = files
@@ -200,13 +226,27 @@ class Supervisor:
             raise
         id_, pid, _flags, nr, _arch, _ip, *args = uapi.SECCOMP_NOTIF.unpack(buf)
         n = Notification(id_, pid, nr, tuple(args))
-        mem = TaskMemory(pid)
         handler = self._handlers.get(nr)
-        try:
-            answer = handler(n, mem) if handler is not None else CONTINUE
-        except OSError:  # the task went away under us (its /proc or memory with it)
-            answer = CONTINUE
+        if handler is None:  # the filter sends nothing else; never let an unknown call through
+            answer = self._failed(n, errno.ENOSYS, f"system call {nr} is not the supervisor's")
+        else:
+            try:
+                answer = handler(n, TaskMemory(pid))
+            except OSError as exc:  # the task could not be inspected, or went away under us
+                answer = self._failed(n, _inspection_errno(exc.errno), f"pid {pid}: {exc.strerror or exc}")
+            except Exception as exc:  # a supervisor never dies of one call: EIO, logged, go on
+                log.exception("pid %d: %s failed", pid, uapi.NAME_OF_NR.get(nr, nr))
+                answer = self._failed(n, errno.EIO, f"the supervisor failed: {type(exc).__name__}: {exc}")
         self._answer(n, answer)
+
+    def _failed(self, n: Notification, err: int, why: str) -> Answer:
+        """The errno for a call the supervisor could not answer (never CONTINUE), traced with why."""
+        if self.trace is not None:
+            from ..preload.trace import Call
+
+            name = uapi.NAME_OF_NR.get(n.nr, str(n.nr)).upper()
+            self.trace(Call(f"pid {n.pid}", name, None, None, None, b"", (), -1, err, why))
+        return error(err)
 
     def _valid(self, n: Notification) -> bool:
         """Is the task still waiting (not killed, its pid not reused)?  Asked after reading
@@ -242,11 +282,19 @@ class Supervisor:
     # -- placeholders -----------------------------------------------------------------------
 
     def _held(self, pid: int, fd: int) -> tuple[Placeholder | None, os.stat_result | None]:
-        """The placeholder task ``pid``'s ``fd`` is, and what the real kernel says it is."""
+        """The placeholder task ``pid``'s ``fd`` is, and what the real kernel says it is: the
+        very file, pinned (``pidfd_getfd``); (None, None) where the task has no such fd.
+        OSError (EPERM) where the task may not be inspected."""
         try:
-            st = os.stat(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            return None, None
+            pinned = pidfd.getfd(pid, fd)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return None, None
+            raise
+        try:
+            st = os.fstat(pinned)
+        finally:
+            os.close(pinned)
         return (None if self._files is None else self._files.of(st)), st  # none before the first
 
     def _released(self, placeholder: Placeholder) -> None:
@@ -259,15 +307,21 @@ class Supervisor:
 
     def sys_ioctl(self, n: Notification, mem: TaskMemory) -> Answer:
         fd, cmd, arg = _s32(n.args[0]), n.args[1] & 0xFFFFFFFF, n.args[2]
-        placeholder, st = self._held(n.pid, fd)
+        kvm_type = (cmd >> 8) & 0xFF == KVMIO
+        try:
+            placeholder, st = self._held(n.pid, fd)
+        except OSError:
+            if kvm_type:
+                raise  # fail closed: EPERM
+            return CONTINUE  # not a KVM ioctl: whatever the file, it cannot reach KVM
         if placeholder is None:
-            if st is not None and is_dev_kvm(st):
-                return error(errno.EPERM)  # never this machine's device
+            if kvm_type:  # a real /dev/kvm, a real VM or vcpu, anything: never this machine's KVM
+                return self._failed(n, errno.EBADF if st is None else errno.EPERM, f"fd {fd} is no simulated file")
             return CONTINUE
-        if cmd in (FIOCLEX, FIONCLEX):
+        if cmd in (FIOCLEX, FIONCLEX) and placeholder.sim_fd >= 0:
             return CONTINUE  # an fd flag: the real kernel sets it on the placeholder
         if not self._valid(n):
-            return CONTINUE
+            return error(errno.ESRCH)  # the task is gone: nobody reads the answer
         assert st is not None  # a placeholder was found by it
         window = mem.read(arg, 24) if self.trace is not None else b""
         reason = None
@@ -278,7 +332,7 @@ class Supervisor:
             ret, err, reason, creates = -1, exc.errno or errno.EIO, exc.reason, False
         answer = error(err) if err else value(ret)
         if creates:
-            answer = Answer("fd", fd=self.files.new(ret, is_vm=True), cloexec=True)
+            answer = self._new_file(ret, is_vm=True, cloexec=True)
         if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
             from ..preload.trace import Call
 
@@ -291,34 +345,28 @@ class Supervisor:
         path = mem.read_string(addr, uapi.PATH_MAX)
         return None if path is None or len(path) >= uapi.PATH_MAX else path
 
-    def _open(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, flags: int) -> Answer:
+    def _open(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, flags: int, resolve: int = 0) -> Answer:
         path = self._path(mem, addr)
         if path is None:
             return CONTINUE  # the real kernel's EFAULT or ENAMETOOLONG
-        found = self.namei.lookup(n.pid, dirfd, path, follow=not flags & os.O_NOFOLLOW)
-        if found.kind == "real" and not self.namei.lands_on_dev_kvm(
-            n.pid, dirfd, path, follow=not flags & os.O_NOFOLLOW
-        ):
-            return CONTINUE
+        follow = not flags & os.O_NOFOLLOW
+        found = self.namei.lookup(n.pid, dirfd, path, follow=follow, resolve=resolve)
+        if found.kind == "real" and (resolve or not self.namei.lands_on_dev_kvm(n.pid, dirfd, path, follow=follow)):
+            return CONTINUE  # a KVM ioctl on what the real kernel opens is refused (sys_ioctl)
         if not self._valid(n):
-            return CONTINUE
+            return error(errno.ESRCH)  # the task is gone: nobody reads the answer
         if found.kind == "view":
-            assert found.view is not None
-            _ = self.kernel  # the host's files are written with it
-            try:
-                fd = os.open(found.view, (flags & ~os.O_CREAT) | os.O_CLOEXEC)
-            except OSError as exc:
-                return error(exc.errno or errno.ENOENT)
-            return Answer("fd", fd=fd, cloexec=bool(flags & os.O_CLOEXEC))
+            return self._open_view(n, found, flags)
+        cloexec = bool(flags & os.O_CLOEXEC)
         if self.kernel.kvm.loaded:  # the flags keep their meaning for a character device (the shim's kvm_open)
             if flags & os.O_CREAT and flags & os.O_EXCL:
                 return error(errno.EEXIST)
+            if found.slash:
+                return error(errno.EISDIR if flags & os.O_CREAT else errno.ENOTDIR)
             if flags & os.O_DIRECTORY:
                 return error(errno.ENOTDIR)
-            if flags & os.O_PATH == os.O_PATH:  # a path-only fd: no file operations, nothing to simulate
-                return Answer(
-                    "fd", fd=os.open("/dev/null", os.O_PATH | os.O_CLOEXEC), cloexec=bool(flags & os.O_CLOEXEC)
-                )
+            if flags & os.O_PATH == os.O_PATH:  # a path-only fd: every ioctl EBADF, stat as /dev/kvm
+                return self._new_file(-1, is_vm=False, cloexec=cloexec)
         reason = None
         try:
             with self.files.call(mem) as process:
@@ -331,8 +379,29 @@ class Supervisor:
             self.trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason))
         if err:
             return error(err)
-        return Answer("fd", fd=self.files.new(ret, is_vm=False, nonblock=bool(flags & os.O_NONBLOCK)),
-                      cloexec=bool(flags & os.O_CLOEXEC))  # fmt: skip
+        try:
+            return self._new_file(ret, is_vm=False, cloexec=cloexec, nonblock=bool(flags & os.O_NONBLOCK))
+        except OSError:
+            with contextlib.suppress(KvmError), self.files.call(mem) as process:
+                process.close(ret)
+            raise
+
+    def _new_file(self, sim_fd: int, *, is_vm: bool, cloexec: bool, nonblock: bool = False) -> Answer:
+        """A placeholder for ``sim_fd`` to install; the program's EMFILE or ENFILE where this
+        process or the program's share of the table is out of descriptors (``Placeholders``)."""
+        return Answer(
+            "fd", fd=self.files.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self.owner), cloexec=cloexec
+        )
+
+    def _open_view(self, n: Notification, found: Found, flags: int) -> Answer:
+        """A host file, beneath the host tree, read-only, as the task's credentials allow."""
+        assert found.base is not None
+        _ = self.kernel  # the host's files are written with it
+        try:
+            fd = kernfs.open_file(found.base, found.beneath, flags, cred.of_task(n.pid))
+        except OSError as exc:
+            return error(exc.errno or errno.EIO)
+        return Answer("fd", fd=fd, cloexec=bool(flags & os.O_CLOEXEC))
 
     def sys_open(self, n: Notification, mem: TaskMemory) -> Answer:
         return self._open(n, mem, uapi.AT_FDCWD, n.args[0], n.args[1] & 0xFFFFFFFF)
@@ -341,11 +410,22 @@ class Supervisor:
         return self._open(n, mem, _s32(n.args[0]), n.args[1], n.args[2] & 0xFFFFFFFF)
 
     def sys_openat2(self, n: Notification, mem: TaskMemory) -> Answer:
-        how = mem.read(n.args[2], uapi.OPEN_HOW.size)
-        if len(how) != uapi.OPEN_HOW.size or n.args[3] < uapi.OPEN_HOW.size:
-            return CONTINUE  # the real kernel's EFAULT or EINVAL
-        flags, _mode, _resolve = uapi.OPEN_HOW.unpack(how)
-        return self._open(n, mem, _s32(n.args[0]), n.args[1], flags & 0xFFFFFFFF)
+        """``copy_struct_from_user`` and ``build_open_how``'s checks are path-free: where they
+        fail, the real kernel answers (CONTINUE); the lookup honours ``resolve``."""
+        size = n.args[3]
+        if size < uapi.OPEN_HOW_SIZE_VER0 or size > 4096:
+            return CONTINUE  # EINVAL, E2BIG
+        how = mem.read(n.args[2], size)
+        if len(how) != size or any(how[uapi.OPEN_HOW.size :]):
+            return CONTINUE  # EFAULT, E2BIG (a non-zero tail)
+        flags, mode, resolve = uapi.OPEN_HOW.unpack_from(how)
+        if flags >> 32 or resolve & ~uapi.VALID_RESOLVE_FLAGS or mode & ~0o7777:
+            return CONTINUE  # EINVAL
+        if mode and not flags & (os.O_CREAT | kernfs.O_TMPFILE_BIT):
+            return CONTINUE  # EINVAL
+        if resolve & uapi.RESOLVE_BENEATH and resolve & uapi.RESOLVE_IN_ROOT:
+            return CONTINUE  # EINVAL
+        return self._open(n, mem, _s32(n.args[0]), n.args[1], flags, resolve or 0)
 
     # -- the stat family --------------------------------------------------------------------
 
@@ -359,15 +439,17 @@ class Supervisor:
                 return None
             placeholder, _ = self._held(n.pid, dirfd)
             return None if placeholder is None else self._placeholder_stat(placeholder)
-        found = self.namei.lookup(n.pid, dirfd, path, follow=not flags & uapi.AT_SYMLINK_NOFOLLOW)
+        follow = not flags & uapi.AT_SYMLINK_NOFOLLOW
+        found = self.namei.lookup(n.pid, dirfd, path, follow=follow)
         if found.kind == "real":
             return None
         if found.kind == "dev-kvm":
-            return self._dev_kvm_stat()
-        assert found.view is not None
+            st = self._dev_kvm_stat()
+            return errno.ENOTDIR if found.slash and not isinstance(st, int) else st
+        assert found.base is not None
         _ = self.kernel  # the host's files are written with it
         try:
-            return Kstat.of(os.stat(found.view, follow_symlinks=not flags & uapi.AT_SYMLINK_NOFOLLOW))
+            return kernfs.stat_file(found.base, found.beneath, follow=follow)
         except OSError as exc:
             return exc.errno or errno.ENOENT
 
@@ -379,8 +461,10 @@ class Supervisor:
         return self._anon if placeholder.is_vm else self._dev_kvm_stat()
 
     def _put_stat(self, n: Notification, mem: TaskMemory, st: Kstat | int | None, buf: int) -> Answer:
-        if st is None or not self._valid(n):
+        if st is None:
             return CONTINUE
+        if not self._valid(n):
+            return error(errno.ESRCH)
         if isinstance(st, int):
             return error(st)
         try:
@@ -407,8 +491,10 @@ class Supervisor:
 
     def sys_statx(self, n: Notification, mem: TaskMemory) -> Answer:
         st = self._stat_of(n, mem, _s32(n.args[0]), n.args[1], n.args[2] & 0xFFFFFFFF)
-        if st is None or not self._valid(n):
+        if st is None:
             return CONTINUE
+        if not self._valid(n):
+            return error(errno.ESRCH)
         if isinstance(st, int):
             return error(st)
         try:
@@ -421,11 +507,16 @@ class Supervisor:
 
     def _access(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, mode: int, flags: int) -> Answer:
         st = self._stat_of(n, mem, dirfd, addr, flags)
-        if st is None or not self._valid(n):
+        if st is None:
             return CONTINUE
+        if not self._valid(n):
+            return error(errno.ESRCH)
         if isinstance(st, int):
             return error(st)
-        return value(0)  # the simulated files are root's, and so is this check (the shim's)
+        if stat.S_ISCHR(st.mode) or st is self._anon:
+            return value(0)  # the simulated /dev/kvm opens for every user: so does its access (the shim's)
+        err = kernfs.may_access(st, cred.of_task(n.pid), mode, eaccess=bool(flags & uapi.AT_EACCESS))
+        return error(err) if err else value(0)  # a host file: as generic_permission() decides for the task
 
     def sys_access(self, n: Notification, mem: TaskMemory) -> Answer:
         return self._access(n, mem, uapi.AT_FDCWD, n.args[0], n.args[1], 0)
@@ -450,10 +541,14 @@ class Supervisor:
         where = f"/proc/{owner}" + (f"/task/{task.decode()}" if task else "") + f"/fd/{fd.decode()}"
         try:
             placeholder = None if self._files is None else self._files.of(os.stat(where))
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return error(exc.errno)  # a task's fds it may not read: never ours to reveal
+            return CONTINUE  # no such fd: the real kernel's ENOENT
+        if placeholder is None:
             return CONTINUE
-        if placeholder is None or not self._valid(n):
-            return CONTINUE
+        if not self._valid(n):
+            return error(errno.ESRCH)
         size = _s32(size)
         if size <= 0:
             return error(errno.EINVAL)
@@ -476,7 +571,7 @@ class Supervisor:
         fields = (u.sysname, u.nodename, u.release, u.version, self.arch.name, _domainname())
         data = b"".join(f.encode()[: uapi.UTS_FIELD - 1].ljust(uapi.UTS_FIELD, b"\0") for f in fields)
         if not self._valid(n):
-            return CONTINUE
+            return error(errno.ESRCH)
         try:
             mem.copy_to_user(n.args[0], data)
         except Fault:

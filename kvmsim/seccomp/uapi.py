@@ -101,3 +101,14 @@ OPEN_HOW = struct.Struct("=QQQ")
 # include/uapi/linux/kvm.h's device: a misc character device, 10:232
 KVM_MINOR = 232
 MISC_MAJOR = 10
+# include/uapi/linux/openat2.h: how an openat2(2) lookup may resolve
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+VALID_RESOLVE_FLAGS = 0x3F
+OPEN_HOW_SIZE_VER0 = 24
+# io_uring: its SQEs open and ioctl without a system call the filter sees (io_uring_setup(2))
+IO_URING_NRS = (425, 426, 427)  # io_uring_setup, io_uring_enter, io_uring_register
