@@ -61,22 +61,26 @@ def supervised(host: str, abi: str, argv: list[str], tmp: Path) -> tuple[int, st
     an interpreter start each time): its exit code and output."""
     kernel = Kernel.from_profile(host, abi=abi)
     workdir = trust.temp_dir("kvmsim-run-")
-    out = tmp / "stdout"
     try:
-        view = host_view(kernel, workdir.subdir("root"))
-        with open(out, "wb") as f:
-            started = launch(argv, stdout=f.fileno())
-        supervisor = Supervisor(lambda: kernel, kernel.arch, started.listener, root=view)
-        thread = supervisor.start()
-        try:
-            assert started.exec_error() is None
-            code = started.proc.wait(timeout=60)
-        finally:
-            supervisor.stop()
-            thread.join()
-            supervisor.close()
+        return supervised_view(kernel, host_view(kernel, workdir.subdir("root")), argv, tmp)
     finally:
         workdir.remove()
+
+
+def supervised_view(kernel: Kernel, view: str, argv: list[str], tmp: Path) -> tuple[int, str]:
+    """:func:`supervised` over a host view already written (a test may change it first)."""
+    out = tmp / "stdout"
+    with open(out, "wb") as f:
+        started = launch(argv, stdout=f.fileno())
+    supervisor = Supervisor(lambda: kernel, kernel.arch, started.listener, root=view)
+    thread = supervisor.start()
+    try:
+        assert started.exec_error() is None
+        code = started.proc.wait(timeout=60)
+    finally:
+        supervisor.stop()
+        thread.join()
+        supervisor.close()
     return code, out.read_text()
 
 
