@@ -262,7 +262,7 @@ t.start()
 seen = set()
 for _ in range(20000):
     try:
-        seen.add(fcntl.ioctl(target, 0xAE03, 3))  # x86's KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY): 1 from the real device
+        seen.add(fcntl.ioctl(target, 0xAE03, 3))  # x86 KVM_CHECK_EXTENSION(USER_MEMORY): the real one says 1
     except OSError as exc:
         seen.add(exc.errno)
 stop = True
