@@ -522,3 +522,30 @@ def test_open_semantics_are_the_kernels() -> None:
     a non-zero tail, honoured with a zero one) as this machine's kernel answers them."""
     r = run(sys.executable, "-c", OPENS)
     assert r.stdout.split("\n")[:3] == ["True EBADF", "ENOTDIR ENOTDIR", "EXDEV ELOOP E2BIG sim"], r.stderr
+
+
+ESCAPES = """
+import errno, os, sys
+def e(f):
+    try:
+        return f()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+print(e(lambda: os.open("/dev/kvm/", os.O_RDWR)), e(lambda: os.stat("/dev/kvm/")),
+      e(lambda: open(sys.argv[1]).read().strip()), e(lambda: open("/proc/device-tree/cpus/../cpus/#size-cells", "rb")
+      .read().hex()))
+"""
+
+
+@pytest.mark.parametrize("intercept", ["seccomp", "preload"])
+def test_both_intercepts_leave_the_host_files_where_the_kernel_would(intercept: str, secret: Path) -> None:
+    """`/dev/kvm/` is ENOTDIR, a `..` that climbs out of the host's files is the program's own
+    path (ENOENT here: this machine has no /proc/device-tree), one that stays in is the host's."""
+    if intercept == "seccomp" and needs_seccomp.args[0]:
+        pytest.skip(needs_seccomp.kwargs["reason"])
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", intercept, "--",
+         sys.executable, "-c", ESCAPES, f"{UP}{secret}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.stdout.split() == ["ENOTDIR", "ENOTDIR", "ENOENT", "00000000"], r.stdout + r.stderr

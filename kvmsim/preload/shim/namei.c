@@ -84,6 +84,30 @@ static int hinted(const char *path)
 	return 0;
 }
 
+/* Does tail (a simulated entry and what follows it: "device-tree/cpus/..") stay beneath its
+ * entry?  A ".." that climbs out of it leaves the host's files: the program's own path (the
+ * host tree holds no symlink, so the text decides; the supervisor's _beneath()). */
+static int beneath(const char *tail)
+{
+	long depth = 0;
+	const char *p = tail;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		const char *end = p;
+		while (*end && *end != '/')
+			end++;
+		size_t len = (size_t)(end - p);
+		if (len && !component_is(p, len, ".")) {
+			depth += component_is(p, len, "..") ? -1 : 1;
+			if (depth <= 0)
+				return 0;
+		}
+		p = end;
+	}
+	return 1;
+}
+
 /* Write root + prefix + tail into out; 0 when it fits. */
 static int viewed_path(char *out, const char *prefix, const char *tail)
 {
@@ -123,13 +147,17 @@ static int walk(int dirfd, const char *path, int follow, char *scratch)
 		if (real.fstat(cur, &st) < 0)
 			break;
 		if (same_dir(&st, &dev_dir) && component_is(p, len, "kvm")) {
-			kind = last ? PATH_DEV_KVM : PATH_REAL;
+			if (last && *end == '/') { /* "/dev/kvm/": a device is no directory */
+				strcpy(out, "/dev/null/"); /* the real kernel's ENOTDIR (EISDIR with O_CREAT) */
+				kind = PATH_VIEW;
+			} else
+				kind = last ? PATH_DEV_KVM : PATH_REAL;
 			break;
 		}
 		if (cfg.root && ((same_dir(&st, &proc_dir) && (component_is(p, len, "cpuinfo") ||
 		                                                 component_is(p, len, "device-tree"))) ||
 		                  (same_dir(&st, &module_dir) && len >= 3 && !memcmp(p, "kvm", 3)))) {
-			if (viewed_path(out, same_dir(&st, &proc_dir) ? "/proc/" : "/sys/module/", p) == 0)
+			if (beneath(p) && viewed_path(out, same_dir(&st, &proc_dir) ? "/proc/" : "/sys/module/", p) == 0)
 				kind = PATH_VIEW;
 			break;
 		}
