@@ -5,6 +5,8 @@ reader, the result and the typed failures.  Importing it loads nothing of the si
 
 from typing import Any
 
+from kvmsim._version import __version__
+
 from .compat import CompatCaps, CompatError, KernelError, NoDevice, Options, Unsupported, decode, query
 from .device import Device, RealDevice
 from .devicetree import DeviceTree
@@ -20,6 +22,7 @@ __all__ = [
     "RealDevice",
     "SimDevice",
     "Unsupported",
+    "__version__",
     "decode",
     "query",
 ]

@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from kvmsim._version import __version__
 from kvmsim.cli.args import (
     EXIT_USAGE,
     OneLineParser,
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=RawDescriptionFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--device", metavar="PATH", help=f"a real KVM device (default {DEV_KVM})")
     where.add_argument("--sim", metavar="HOST", help="a simulated host: a profile name or a .toml path")

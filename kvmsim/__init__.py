@@ -26,10 +26,14 @@ _EXPORTS = {
     "KvmError": "kernel.errors",
     "Kernel": "user.simulated",
 }
-__all__ = ["DEV_KVM", "REVISIONS", "AbiRevision", "Host", "Kernel", "KvmError", "ProfileError"]
+__all__ = ["DEV_KVM", "REVISIONS", "AbiRevision", "Host", "Kernel", "KvmError", "ProfileError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # one source, the client's (pyproject.toml reads it too)
+        from ._version import __version__
+
+        return __version__
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'kvmsim' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -404,3 +405,51 @@ def test_help_is_as_wide_as_argparse_makes_it(columns: str, monkeypatch: pytest.
 
     monkeypatch.setenv("COLUMNS", columns)
     assert TerminalWidth("x")._width == argparse.HelpFormatter("x")._width
+
+
+# -- "The first hour, second pass": a bad trace path, record over a profile, --version --------
+
+
+@pytest.mark.parametrize("trace", ["/nonexistent/dir/t.log", "/etc"])
+@pytest.mark.parametrize(
+    "command", [["run", "--host", "powervm-p11", "--", "true"], ["serve", "--host", "powervm-p11"]]
+)
+def test_a_bad_trace_path_is_one_line_naming_the_trace_file_before_anything_starts(
+    trace: str, command: list[str], tmp_path: Path
+) -> None:
+    """Was: `./prog: command not found` (127), "cannot execute: Is a directory" (126), a traceback."""
+    if command[0] == "serve":
+        command = [*command, "--socket", str(tmp_path / "s.sock")]
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("kvmsim")), command[0], f"--trace={trace}", *command[1:]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert (
+        r.stderr.startswith(f"kvmsim: error: --trace {trace}: cannot write the trace there")
+        and "Traceback" not in r.stderr
+    )
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_record_refuses_to_overwrite_a_profile_without_force(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.toml"
+    mine.write_text("# hand-written\n")
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("kvmsim")), "record", "--device", str(tmp_path / "none"), "-o", str(mine)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (r.returncode, mine.read_text()) == (2, "# hand-written\n")
+    assert "already exists; nothing written (--force replaces it)" in r.stderr
+
+
+@pytest.mark.parametrize("prog", ["kvmsim", "kvm-compat-caps"])
+def test_version_is_one_source(prog: str) -> None:
+    import kvmcompat
+
+    import kvmsim
+    from kvmsim._version import __version__
+
+    r = subprocess.run([str(Path(sys.executable).with_name(prog)), "--version"], capture_output=True, text=True)
+    assert (r.returncode, r.stdout.strip()) == (0, f"{prog} {__version__}")
+    assert kvmsim.__version__ == kvmcompat.__version__ == __version__ == importlib.metadata.version("kvmsim")

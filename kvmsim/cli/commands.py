@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .._version import __version__
 from ..kernel import papr, profile
 from ..kernel.errors import InvalidInput
 from ..kernel.profile import Host
@@ -383,6 +384,8 @@ def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_
 def cmd_record(args: argparse.Namespace) -> int:
     from .. import record
 
+    if os.path.lexists(args.output) and not args.force:
+        raise UsageError(f"record -o {args.output}: already exists; nothing written (--force replaces it)")
     obs = record.observe(args.device)
     opened = obs["probes"].get("open")
     if opened != "fd" and not args.no_device_ok:
@@ -487,7 +490,10 @@ def _tracer(args: argparse.Namespace, arch: Arch) -> Iterator[Tracer | None]:
     if args.trace is None:
         yield None
         return
-    stream = sys.stderr if args.trace == "-" else open(args.trace, "a")  # noqa: SIM115 (closed below)
+    try:  # before anything starts: a bad path is the trace file's fault, not the program's
+        stream = sys.stderr if args.trace == "-" else open(args.trace, "a")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise UsageError(f"--trace {args.trace}: cannot write the trace there: {exc.strerror}") from None
     try:
         from ..preload.trace import Tracer
 
@@ -519,6 +525,7 @@ def _kernel_options(p: argparse.ArgumentParser, *, host_required: bool = True) -
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="kvmsim", description="A simulated kernel side of KVM_PPC_GET_COMPAT_CAPS.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_hosts_option(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     hosts = sub.add_parser("hosts", help="list the host profiles")
@@ -582,6 +589,7 @@ def parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="record this machine as a host profile")
     rec.add_argument("--device", default="/dev/kvm", metavar="PATH", help="the KVM device (default /dev/kvm)")
     rec.add_argument("-o", "--output", required=True, metavar="FILE.toml", help="where to write the profile")
+    rec.add_argument("--force", action="store_true", help="replace FILE.toml if it exists (else: refused, exit 2)")
     rec.add_argument(
         "--no-device-ok",
         action="store_true",

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import re
 import select
@@ -66,7 +65,6 @@ if TYPE_CHECKING:
 
 FIOCLEX, FIONCLEX = 0x5451, 0x5450  # x86_64's: what the real kernel does to the placeholder
 KVMIO = 0xAE  # include/uapi/linux/kvm.h: the type of every KVM ioctl, on every architecture
-log = logging.getLogger("kvmsim.seccomp")
 VM_LINK = "anon_inode:kvm-vm"
 _FD_LINK = re.compile(rb"^/proc/(self|thread-self|\d+)(?:/task/(\d+))?/fd/(\d+)$")
 NOTIFIED = ("ioctl", "open", "openat", "openat2", "stat", "lstat", "newfstatat", "statx", "fstat",
@@ -235,7 +233,9 @@ class Supervisor:
             except OSError as exc:  # the task could not be inspected, or went away under us
                 answer = self._failed(n, _inspection_errno(exc.errno), f"pid {pid}: {exc.strerror or exc}")
             except Exception as exc:  # a supervisor never dies of one call: EIO, logged, go on
-                log.exception("pid %d: %s failed", pid, uapi.NAME_OF_NR.get(nr, nr))
+                import logging  # only when a handler failed: logging stays off the start-up path
+
+                logging.getLogger("kvmsim.seccomp").exception("pid %d: %s failed", pid, uapi.NAME_OF_NR.get(nr, nr))
                 answer = self._failed(n, errno.EIO, f"the supervisor failed: {type(exc).__name__}: {exc}")
         self._answer(n, answer)
 
