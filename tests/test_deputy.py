@@ -549,3 +549,53 @@ def test_both_intercepts_leave_the_host_files_where_the_kernel_would(intercept: 
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.stdout.split() == ["ENOTDIR", "ENOTDIR", "ENOENT", "00000000"], r.stdout + r.stderr
+
+
+# -- 7. a server that stops or dies holds no ordinary call hostage -----------------------------
+
+AFTER = """
+import errno, os, sys, time
+def e(f):
+    try:
+        return f()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+print(e(lambda: os.open("/dev/kvm", os.O_RDWR) and "fd"), flush=True)
+sys.stdin.readline()  # the server is stopped or gone now
+t = time.monotonic()
+print(e(lambda: len(open("/etc/hostname").read()) >= 0), e(lambda: os.uname().machine),
+      e(lambda: os.stat("/usr/bin/env") and "stat"), e(lambda: os.open("/dev/kvm", os.O_RDWR) and "fd"),
+      e(lambda: open("/proc/cpuinfo").read()[:3]), time.monotonic() - t < 8, flush=True)
+"""
+
+
+@needs_seccomp
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_a_stopped_or_dead_server_holds_no_ordinary_call_hostage(how: str, tmp_path: Path) -> None:
+    """Was: ENOSYS on every open, stat, exec and uname after the server died, a hang while it
+    was stopped.  Now: ordinary calls are the program's own, the simulated host's are EIO,
+    within STALL (2 s) of a stopped server."""
+    import signal
+
+    sock = tmp_path / "s.sock"
+    serve = subprocess.Popen([str(KVMSIM), "serve", "--host", "powervm-p11", "--socket", str(sock)],
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(300):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        prog = subprocess.Popen(
+            [str(KVMSIM), "run", "--server", str(sock), "--", sys.executable, "-c", AFTER],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert prog.stdout is not None and prog.stdin is not None
+        assert prog.stdout.readline().split() == ["fd"]
+        serve.send_signal(getattr(signal, how))
+        prog.stdin.write("\n")
+        prog.stdin.flush()
+        out, err = prog.communicate(timeout=60)
+    finally:
+        serve.kill()
+        serve.wait()
+    assert (prog.returncode, out.split()) == (0, ["True", "ppc64le", "stat", "EIO", "EIO", "True"]), err

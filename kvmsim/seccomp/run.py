@@ -52,27 +52,38 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
     import os
     import socket
 
+    from ..kernel.uapi import ARCHES
     from ..preload import wire
-    from ..preload.attach import CONNECT_TIMEOUT, AttachError, connect
+    from ..preload.attach import CONNECT_TIMEOUT, AttachError, ask_host, connect
     from ..preload.command import StartError
+    from .standby import Standby
 
+    host = ask_host(socket_path)  # the machine and the host's files, for the standby
     sock = connect(socket_path)
     try:
         started = launch(command)
         try:
-            socket.send_fds(sock, [wire.frame(wire.Msg.LISTENER)], [started.listener])
-            msg, payload = wire.FrameReader(sock, max_payload=4096, stall=CONNECT_TIMEOUT).read()
-            (_ret, err, _flags, _count), _ = wire.unpack(wire.RESULT, payload, exact=False)
-        except (OSError, wire.ProtocolError) as exc:
-            started.proc.kill()
-            raise AttachError(f"{socket_path}: did not take the program's listener: {exc}") from None
+            try:
+                socket.send_fds(sock, [wire.frame(wire.Msg.LISTENER)], [started.listener])
+                msg, payload = wire.FrameReader(sock, max_payload=4096, stall=CONNECT_TIMEOUT).read()
+                (_ret, err, _flags, _count), _ = wire.unpack(wire.RESULT, payload, exact=False)
+            except (OSError, wire.ProtocolError) as exc:
+                started.proc.kill()
+                raise AttachError(f"{socket_path}: did not take the program's listener: {exc}") from None
+            if msg != wire.Msg.RESULT or err:
+                started.proc.kill()
+                why = os.strerror(err) if err else f"answered {msg.name}"
+                raise StartError(f"{socket_path}: the server cannot supervise the program: {why}")
+            standby = Standby(started.listener, sock, ARCHES[host.machine], host.root)  # our copy of the listener
+            thread = standby.start()
+            try:
+                return _exit_code(started)
+            finally:
+                standby.stop()
+                thread.join()
+                standby.close()
         finally:
             os.close(started.listener)
-        if msg != wire.Msg.RESULT or err:
-            started.proc.kill()
-            why = os.strerror(err) if err else f"answered {msg.name}"
-            raise StartError(f"{socket_path}: the server cannot supervise the program: {why}")
-        return _exit_code(started)
     finally:
         sock.close()
 

@@ -316,6 +316,7 @@ class Supervisor:
             return CONTINUE  # not a KVM ioctl: whatever the file, it cannot reach KVM
         if placeholder is None:
             if kvm_type:  # a real /dev/kvm, a real VM or vcpu, anything: never this machine's KVM
+                _ = self.kernel  # (a standby's, whose server is gone, raises EIO here)
                 return self._failed(n, errno.EBADF if st is None else errno.EPERM, f"fd {fd} is no simulated file")
             return CONTINUE
         if cmd in (FIOCLEX, FIONCLEX) and placeholder.sim_fd >= 0:
