@@ -654,6 +654,13 @@ static long call_on(struct conn *c, const struct request *req, uint32_t *flags, 
 			errno = e;
 		}
 	}
+	if (r == -2 && !still_ours(c)) { /* the program took the socket's number mid-call (another
+	                                  * thread's dup2 or close): not the server's doing, so this
+	                                  * call fails and the next one connects again, as single-threaded */
+		drop(c, 0);
+		errno = EIO;
+		return -1;
+	}
 	if (r == -2) { /* a broken connection: this call fails, and every later one */
 		drop(c, 1);
 		__atomic_store_n(&lost, 1, __ATOMIC_RELEASE);
