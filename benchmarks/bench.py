@@ -27,6 +27,7 @@ say "skipped" and why."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
 import functools
@@ -693,7 +694,7 @@ def soak_row(shim: Path) -> Row:
 
     logging.getLogger("kvmsim.serve").setLevel(logging.ERROR)  # thousands of hostile clients, by design
     torture = compile_c([ROOT / "tests" / "data" / "shim_torture.c"], flags=["-pthread"])
-    name = f"soak: 3 processes x 4 threads + 4 attackers, {SOAK_SECONDS:.0f} s"
+    name = f"soak: 3 processes x 4 threads + 6 attackers, {SOAK_SECONDS:.0f} s"
     fds_before, rss_before = len(os.listdir("/proc/self/fd")), _rss_kib()
     wrong = runs = garbage = 0
     with serving() as (kernel, server):
@@ -724,7 +725,47 @@ def soak_row(shim: Path) -> Row:
                 finally:
                     s.close()
 
-        shrinks = wakes = 0
+        shrinks = wakes = stalls = hogged = 0
+
+        def stalled_client() -> None:
+            """A client that stops answering inside its call (the server's MEM_READ): it must
+            cost that client only (the server's CLIENT_DEADLINE ends it)."""
+            nonlocal stalls
+            from test_hardening import call, connect, ioctl  # type: ignore[import-not-found]  # (tests/, on the path)
+
+            while time.monotonic() < stop:
+                try:
+                    s = connect(server)
+                    with contextlib.closing(s):
+                        dev, _ = call(s, wire.Msg.OPEN, wire.OPEN.pack(os.O_RDWR) + b"/dev/kvm")
+                        vm, _ = call(s, wire.Msg.IOCTL, ioctl(dev, 0x2000AE01))
+                        s.sendall(wire.frame(wire.Msg.IOCTL, ioctl(vm, 0x2000AEB8, 0x10000)))  # no window
+                        os.close(vm)
+                        os.close(dev)
+                        s.recv(64)  # the MEM_READ, never answered
+                        stalls += 1
+                        time.sleep(min(1.0, max(0.0, stop - time.monotonic())))
+                except OSError:
+                    pass
+
+        hog_program = (
+            "import errno, os, resource\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)\n"
+            "n = 0\n"
+            "while True:\n"
+            "    try:\n"
+            "        os.open('/dev/kvm', os.O_RDWR)\n"
+            "    except OSError as exc:\n"
+            "        print(errno.errorcode[exc.errno]); break\n"
+            "    n += 1\n"
+        )
+
+        def fd_hog() -> None:
+            """A program that opens /dev/kvm until it is refused (its share: EMFILE), then exits."""
+            nonlocal hogged
+            while time.monotonic() < stop:
+                r = subprocess.run([sys.executable, "-c", hog_program], env=env, capture_output=True, text=True)
+                hogged += r.stdout.strip() == "EMFILE"
 
         def channel_attacker(storm: bool) -> None:
             """The shared channel's attackers: shrink the memfd under the server's mapping
@@ -770,19 +811,32 @@ def soak_row(shim: Path) -> Row:
                 finally:
                     s.close()
 
+        def honest(until: float) -> list[float]:
+            """Honest programs until ``until``: each round's time (3 processes x 4 threads)."""
+            nonlocal runs, wrong
+            rounds = []
+            while time.monotonic() < until:
+                began = time.perf_counter()
+                procs = [
+                    subprocess.Popen([str(torture), "threads", "4"], env=env, stdout=subprocess.PIPE, text=True)
+                    for _ in range(3)
+                ]
+                for p in procs:
+                    out = p.communicate()[0]
+                    runs += 1
+                    wrong += 0 if out.startswith("ok ") else 1
+                rounds.append(time.perf_counter() - began)
+            return rounds
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        alone = honest(time.monotonic() + SOAK_SECONDS / 4)  # the honest clients' time without attackers
+        stop = time.monotonic() + SOAK_SECONDS
         threads = [threading.Thread(target=attacker) for _ in range(2)]
         threads += [threading.Thread(target=channel_attacker, args=(storm,)) for storm in (False, True)]
+        threads += [threading.Thread(target=stalled_client), threading.Thread(target=fd_hog)]
         for t in threads:
             t.start()
-        while time.monotonic() < stop:
-            procs = [
-                subprocess.Popen([str(torture), "threads", "4"], env=env, stdout=subprocess.PIPE, text=True)
-                for _ in range(3)
-            ]
-            for p in procs:
-                out = p.communicate()[0]
-                runs += 1
-                wrong += 0 if out.startswith("ok ") else 1
+        attacked = honest(stop)
         for t in threads:
             t.join()
         served = next(server.calls)
@@ -790,7 +844,9 @@ def soak_row(shim: Path) -> Row:
     fds_after, rss_after = len(os.listdir("/proc/self/fd")), _rss_kib()
     note = (
         f"{served} calls, {runs} program runs, {wrong} wrong answers, {garbage} hostile clients, "
-        f"{shrinks} memfd shrinks refused, {wakes} futex-storm wake-ups; "
+        f"{shrinks} memfd shrinks refused, {wakes} futex-storm wake-ups, {stalls} stalled clients, "
+        f"{hogged} fd hogs refused at their share (EMFILE); an honest round (3 x 4 threads) "
+        f"{fmt(statistics.median(alone))} alone, {fmt(statistics.median(attacked))} under attack; "
         f"RSS {rss_before // 1024} -> {rss_after // 1024} MiB; {fds_after - fds_before} fds leaked"
     )
     return Row(name, SOAK_SECONDS, "0 wrong, 0 fds leaked", wrong == 0 and fds_after == fds_before, note)
