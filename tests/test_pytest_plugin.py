@@ -127,6 +127,8 @@ def test_fcntl_contract_through_the_fixture(kvm_host: KvmHost) -> None:
     assert k.rev.layout.unpack("little", bytes(buf[:24]))["size"] == 24  # the write-back is visible
     out = fcntl.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, bytes(buf[:24]))
     assert k.rev.layout.unpack("little", out)["compat_capabilities"] == 0x3000000000000000  # type: ignore[arg-type]
+    os.close(vm)
+    os.close(dev)
 
 
 def _answer(device: RealDevice | SimDevice) -> dict[str, object]:
@@ -301,7 +303,7 @@ def test_users_see_readable_ids_a_marker_overrides_and_the_call_log(pytester: py
         ]
     )
     result.stdout.fnmatch_lines(["*cpu.mod: unknown key (did you mean 'mode'?)*"])
-    result.stdout.fnmatch_lines(["*VM fd(s) left open at teardown*"])
+    result.stdout.fnmatch_lines(["*KvmFdLeaked*VM fd(s) left open*"])
 
 
 def test_kvm_host_and_pyfakefs_fs_share_one_filesystem_in_either_order(pytester: pytest.Pytester) -> None:
@@ -514,3 +516,85 @@ def test_the_names_before_the_rename_still_import() -> None:
     from kvmsim.plugin import fixture
 
     assert fixture.SimulatedHost is fixture.KvmHost and fixture.HostSpec is fixture.KvmHostParam
+
+
+# -- "The first hour, second pass": no silent bypass, nothing left behind, inert until used ------
+
+
+def test_ctypes_around_the_fixture_is_a_warning_naming_the_way_out(pytester: pytest.Pytester) -> None:
+    """Was: ENOTTY from the real kernel (a fake fd number), read as "a kernel before 7.3"."""
+    pytester.makepyfile(
+        """
+        import ctypes, os
+
+        def test_bypass(kvm_host):
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            ctypes.CDLL(None, use_errno=True).ioctl(fd, 0x2000AE00, None)
+            os.close(fd)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*KvmHostUnreached*no ioctl reached the simulated kernel*kvmsim run*"])
+
+
+def test_a_module_scoped_filesystem_forgets_the_kernel_after_its_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import errno, fcntl, os
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def shared(fs_module):
+            return fs_module
+
+        def test_first(shared, kvm_host):
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            assert fcntl.ioctl(fd, 0x2000AE00, 0) == 12
+            os.close(fd)
+
+        def test_later_without_kvm_host(shared):
+            fd = os.open("/dev/kvm", os.O_RDWR)  # the file stays: the kernel does not
+            assert fcntl.ioctl(fd, 0x2000AE00, 0) == 0  # pyfakefs's own answer
+            os.close(fd)
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_the_plugin_is_inert_until_used_and_leaves_the_environment_alone(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nkvmsim_hosts = myhosts\n")
+    pytester.makepyfile(
+        """
+        import os
+        from pyfakefs.fake_io import FakeFcntlModule
+
+        def test_inert():
+            assert not getattr(FakeFcntlModule, "_kvmsim_hooked", False)
+            assert "KVMSIM_HOSTS" not in os.environ
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_two_hosts_never_share_a_tree() -> None:
+    from kvmsim.plugin import fixture
+
+    with fixture.simulated_host("powervm-p11") as a:
+        tree_a = fixture._materialized(a.fs, {"/proc/cpuinfo": b"a"})
+        assert fixture._materialized(a.fs, {"/proc/cpuinfo": b"b"}) != tree_a
+        assert fixture._materialized(a.fs, {"/proc/cpuinfo": b"a"}) == tree_a
+
+
+def test_leaked_fds_are_a_warning_shown_by_default(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import fcntl, os
+
+        def test_leaks(kvm_host):
+            fcntl.ioctl(os.open("/dev/kvm", os.O_RDWR), 0x2000AE01, 0)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=2)
+    result.stdout.fnmatch_lines(["*KvmFdLeaked*1 /dev/kvm fd(s) left open*", "*KvmFdLeaked*1 VM fd(s) left open*"])

@@ -394,11 +394,14 @@ def builtin_hosts() -> str:
     return os.path.join(package, "hosts")  # no filesystem look: it may be faked
 
 
+CONFIGURED_DIRS: list[str] = []  # searched first: the pytest plugin's ``kvmsim_hosts`` (no environment change)
+
+
 def search_path() -> list[str]:
-    """Where profile names are looked up: ``$KVMSIM_HOSTS`` (``--hosts-dir``, the pytest
-    ``kvmsim_hosts`` ini option), then the built-in profiles."""
+    """Where profile names are looked up: the pytest ``kvmsim_hosts`` ini option's
+    directories, ``$KVMSIM_HOSTS`` (``--hosts-dir``), then the built-in profiles."""
     extra = [p for p in os.environ.get(HOSTS_ENV, "").split(os.pathsep) if p]
-    return [*extra, builtin_hosts()]
+    return [*CONFIGURED_DIRS, *extra, builtin_hosts()]
 
 
 # Profiles are found and read on the real filesystem even while a test fakes it: pyfakefs

@@ -89,6 +89,14 @@ class KernelBinding:
                 out.add(fd)
         return out
 
+    def open_dev_fds(self) -> set[int]:
+        """The fake fds still open on /dev/kvm."""
+        out = set()
+        for fd, files in enumerate(self.fs.open_files):
+            if files and any(getattr(f.get_object(), "path", None) == DEV_KVM for f in files):
+                out.add(fd)
+        return out
+
 
 @attrs.frozen
 class IoctlCall:

@@ -9,7 +9,14 @@ profile name or a ``(name, revision)`` pair; unparametrized it is :data:`DEFAULT
 with the default revision (linux-7.3).  The fixture yields a :class:`KvmHost`; it is
 built on pyfakefs's own ``fs`` fixture, so both may be used in one test, in either order.
 
-``@pytest.mark.requires_real_kvm``: skip, with the reason, unless a real /dev/kvm opens."""
+``@pytest.mark.requires_real_kvm``: skip, with the reason, unless a real /dev/kvm opens.
+
+Inert until used: pyfakefs's fake ``fcntl`` is hooked at the setup of the first test that asks
+for ``kvm_host`` (before its fixtures, so a ``from fcntl import ioctl`` that pyfakefs rebinds
+reaches the simulated kernel) or at the first ``simulated_host()``; the environment is never
+changed.  At teardown the kernel is unbound from the filesystem (a module-scoped ``fs`` then
+answers as pyfakefs alone), and a /dev/kvm or VM fd left open is a :class:`KvmFdLeaked`
+warning, shown by default in pytest's warnings summary."""
 
 from __future__ import annotations
 
@@ -49,10 +56,17 @@ DEFAULT_HOST = "powervm-p11"
 def _hook_pyfakefs_fcntl() -> None:
     from .fakefcntl import hook_pyfakefs
 
-    hook_pyfakefs()  # at import: before any test module's `from fcntl import ioctl` is bound
+    hook_pyfakefs()  # before pyfakefs patches: it binds a test module's `from fcntl import ioctl` then
 
 
-_hook_pyfakefs_fcntl()
+class KvmFdLeaked(UserWarning):
+    """A /dev/kvm or VM fd a ``kvm_host`` test left open (a UserWarning: shown by default)."""
+
+
+class KvmHostUnreached(UserWarning):
+    """A ``kvm_host`` test that made no ioctl through the fixture: its code may have reached
+    the real kernel around it (ctypes, cffi, a C extension), where a simulated fd number means
+    nothing (ENOTTY, which reads like a kernel before 7.3)."""
 
 
 @attrs.frozen
@@ -155,9 +169,9 @@ _HOSTS: dict[tuple[str, str], tuple[str, int, Host]] = {}
 
 
 def _profile_key(name: str) -> tuple[str, str]:
-    from ..kernel.profile import HOSTS_ENV
+    from ..kernel.profile import search_path
 
-    return name, os.environ.get(HOSTS_ENV, "")  # a name means another file on another search path
+    return name, os.pathsep.join(search_path())  # a name means another file on another search path
 
 
 def _cached_profile(name: str) -> Host | None:
@@ -211,13 +225,14 @@ def _lazy_path_class() -> Callable[[str, FakeFilesystem, list[str], str], FakeDi
     return LazyPath
 
 
-_TREES: dict[int, str] = {}
+_TREES: dict[tuple[tuple[str, bytes], ...], str] = {}
 
 
 def _materialized(fs: FakeFilesystem, files: Mapping[str, bytes]) -> str:
     """A real directory holding ``files``, written once a session per distinct host view by
-    kvmsim.hostfs.write_tree (the same writer as ``kvmsim run``'s)."""
-    key = hash(tuple(sorted(files.items())))
+    kvmsim.hostfs.write_tree (the same writer as ``kvmsim run``'s); keyed by the files
+    themselves, so two views never share a tree."""
+    key = tuple(sorted(files.items()))
     tree = _TREES.get(key)
     if tree is None:
         from pyfakefs.fake_filesystem_unittest import Pause
@@ -340,14 +355,34 @@ def _on(fs: FakeFilesystem, spec: KvmHostParam) -> Iterator[KvmHost]:
         monkeypatch.setattr(platform, "_uname_cache", None)
         binding = KernelBinding(kernel, fs)
         fs.kvmsim_binding = binding  # type: ignore[attr-defined]
-        yield KvmHost(spec.name, spec.abi, kernel, fs, binding.calls)
-        left = binding.open_vm_fds()
-        if left:
-            warnings.warn(
-                f"kvm_host {spec.id}: {len(left)} VM fd(s) left open at teardown: {sorted(left)}",
-                ResourceWarning,
-                stacklevel=1,
-            )
+        opened: list[bool] = []  # /dev/kvm was opened in this test
+        plain_add = fs.add_open_file
+
+        def add_open_file(file_obj: Any, new_fd: int = -1) -> int:
+            if not opened and getattr(getattr(file_obj, "get_object", lambda: None)(), "path", None) == DEV_KVM:
+                opened.append(True)
+            return plain_add(file_obj, new_fd)
+
+        monkeypatch.setattr(fs, "add_open_file", add_open_file)
+        try:
+            yield KvmHost(spec.name, spec.abi, kernel, fs, binding.calls)
+            if opened and not binding.calls:  # opened here, then asked elsewhere
+                warnings.warn(
+                    KvmHostUnreached(
+                        f"kvm_host {spec.id}: /dev/kvm was opened but no ioctl reached the simulated kernel; code "
+                        "that calls ioctl through ctypes, cffi or a C extension reaches the real kernel with a "
+                        "fake fd number instead: run it under `kvmsim run`"
+                    ),
+                    stacklevel=1,
+                )
+            for what, left in (("/dev/kvm", binding.open_dev_fds()), ("VM", binding.open_vm_fds())):
+                if left:
+                    warnings.warn(
+                        KvmFdLeaked(f"kvm_host {spec.id}: {len(left)} {what} fd(s) left open: {sorted(left)}"),
+                        stacklevel=1,
+                    )
+        finally:
+            fs.kvmsim_binding = None  # type: ignore[attr-defined]  # a module-scoped fs outlives the test
     finally:
         monkeypatch.undo()
 
@@ -356,9 +391,9 @@ _PROFILE_DIRS: dict[str, list[str]] = {}  # $KVMSIM_HOSTS -> the search path's r
 
 
 def _profile_dirs() -> list[str]:
-    from ..kernel.profile import HOSTS_ENV, search_path
+    from ..kernel.profile import search_path
 
-    key = os.environ.get(HOSTS_ENV, "")
+    key = os.pathsep.join(search_path())
     dirs = _PROFILE_DIRS.get(key)
     if dirs is None:
         dirs = _PROFILE_DIRS[key] = [str(d) for d in search_path() if _real_isdir(str(d))]
@@ -383,6 +418,7 @@ def simulated_host(
 
     spec = _spec(name, abi, overrides)
     _boot(spec)  # a bad profile fails here, before anything is patched
+    _hook_pyfakefs_fcntl()
     with Patcher() as patcher:  # pyfakefs's own patcher: its fake fcntl is the one _on redirects
         assert patcher.fs is not None
         with _on(patcher.fs, spec) as host:
@@ -436,13 +472,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "kvm_host(name, abi=..., **overrides): the simulated host the kvm_host fixture boots for this test"
     )
     dirs = [str(p) for p in config.getini("kvmsim_hosts")]
-    if dirs:
-        from ..kernel.profile import HOSTS_ENV
+    if dirs:  # searched first, in this process only: the environment (and children's) is left alone
+        from ..kernel import profile
 
-        os.environ[HOSTS_ENV] = os.pathsep.join([*dirs, *filter(None, [os.environ.get(HOSTS_ENV)])])
+        profile.CONFIGURED_DIRS[:] = dirs
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "kvm_host" in getattr(item, "fixturenames", ()):
+        _hook_pyfakefs_fcntl()  # before this test's fixtures: pyfakefs binds fcntl's functions as it starts
     if item.get_closest_marker("requires_real_kvm") is not None:
         reason = real_kvm_unusable()
         if reason is not None:
