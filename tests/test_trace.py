@@ -97,6 +97,18 @@ def test_text_trace_shows_bytes_in_and_out(c_client: Path, tmp_path: Path) -> No
         ),
         ("powervm-p11-be", "linux-7.3", "vm", 0x2000AEB8, "le24", "(24 byte-swapped? this host is big-endian)"),
         ("powervm-p11", "v4", "vm", 0x4018AEE4, "buf", "is this a v5/7.3 layout?"),
+        *[
+            (
+                "powervm-p11",
+                "linux-7.3",
+                "vm",
+                guess,
+                "buf",
+                "is KVM_PPC_GET_COMPAT_CAPS (linux-7.3) is 0x2000aeb8, _IOC(none, 0xae, 0xb8, 0) (the direction",
+            )
+            for guess in (0x4018AEB8, 0x8018AEB8, 0xC018AEB8)  # _IOR, _IOW, _IOWR guesses
+        ],
+        ("powervm-p11", "linux-7.3", "vm", 0x2000AEB8, "v4buf", "the v4 draft's struct is flags, size, caps; 7.3's"),
     ],
 )
 def test_the_reason_names_the_usual_mistake(host: str, abi: str, on: str, number: int, arg: object, hint: str) -> None:
@@ -105,6 +117,8 @@ def test_the_reason_names_the_usual_mistake(host: str, abi: str, on: str, number
     fd = dev if on == "dev" else int(k.ioctl(dev, k.KVM_CREATE_VM, 0))
     if arg == "buf":
         arg = bytearray((24).to_bytes(8, "little") + bytes(16))  # a v5/7.3 struct, little-endian
+    elif arg == "v4buf":
+        arg = bytearray(bytes(8) + (24).to_bytes(8, "little") + bytes(8))  # flags, size, caps: the v4 draft's
     elif arg == "le24":
         arg = bytearray((24).to_bytes(8, "little") + bytes(16))  # packed for the wrong byte order
     with pytest.raises(OSError) as exc:

@@ -277,7 +277,8 @@ class PowerpcKvm:
             hint = byte_swapped_hint(usize, KVM_PPC_COMPAT_CAPS_SIZE_VER0, self.host.page_size, bo)
             raise KvmError(errno.E2BIG, f"size {usize} is larger than PAGE_SIZE ({self.host.page_size}){hint}")
         if usize < KVM_PPC_COMPAT_CAPS_SIZE_VER0:
-            raise KvmError(errno.EINVAL, f"size {usize} is smaller than KVM_PPC_COMPAT_CAPS_SIZE_VER0 (24)")
+            hint = " (the v4 draft's struct is flags, size, caps; 7.3's is size, flags, caps)" if usize == 0 else ""
+            raise KvmError(errno.EINVAL, f"size {usize} is smaller than KVM_PPC_COMPAT_CAPS_SIZE_VER0 (24){hint}")
         try:
             kbuf = mem.copy_struct_from_user(ksize, argp, usize)
         except NonZeroTail as tail:

@@ -34,13 +34,7 @@ def known_requests(arch: Arch) -> Mapping[int, str]:
 def decode_request(cmd: int, arch: Arch) -> str:
     """``name`` or the _IOC fields: ``KVM_CHECK_EXTENSION``, ``_IOC(none, 0xae, 0xff, 0)``."""
     name = known_requests(arch).get(cmd)
-    if name is not None:
-        return name
-    ioc = arch.ioc
-    direction = cmd >> ioc.dirshift
-    size = (cmd >> ioc.sizeshift) & ((1 << ioc.sizebits) - 1)
-    dirs = {ioc.none: "none", ioc.read: "read", ioc.write: "write", ioc.read | ioc.write: "read|write"}
-    return f"_IOC({dirs.get(direction, hex(direction))}, {(cmd >> 8) & 0xFF:#x}, {cmd & 0xFF:#x}, {size})"
+    return name if name is not None else decode_request_fields(cmd, arch)
 
 
 def explain_request(cmd: int, arch: Arch, rev: AbiRevision, on: Literal["dev", "vm"]) -> str | None:
@@ -67,7 +61,22 @@ def explain_request(cmd: int, arch: Arch, rev: AbiRevision, on: Literal["dev", "
             mine_number = ours.get(theirs)
             uses = f", which uses {mine_number:#x}" if mine_number is not None else ""
             return f"{cmd:#x} is {label}'s {theirs}; this host is {arch.name}{uses}"
+    for number, known in here.items():  # the right type and number, another direction or size
+        if number & 0xFFFF == cmd & 0xFFFF and number != cmd:
+            return (
+                f"{cmd:#x} is {decode_request(cmd, arch)}: {known} is {number:#x}, "
+                f"{decode_request_fields(number, arch)} (the direction and size bits differ)"
+            )
     return None
+
+
+def decode_request_fields(cmd: int, arch: Arch) -> str:
+    """The _IOC fields of ``cmd``, whatever its name."""
+    ioc = arch.ioc
+    direction = cmd >> ioc.dirshift
+    size = (cmd >> ioc.sizeshift) & ((1 << ioc.sizebits) - 1)
+    dirs = {ioc.none: "none", ioc.read: "read", ioc.write: "write", ioc.read | ioc.write: "read|write"}
+    return f"_IOC({dirs.get(direction, hex(direction))}, {(cmd >> 8) & 0xFF:#x}, {cmd & 0xFF:#x}, {size})"
 
 
 def byte_swapped_hint(value: int, lo: int, hi: int, byteorder: ByteOrder) -> str:
