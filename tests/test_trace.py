@@ -104,7 +104,7 @@ def test_text_trace_shows_bytes_in_and_out(c_client: Path, tmp_path: Path) -> No
                 "vm",
                 guess,
                 "buf",
-                "is KVM_PPC_GET_COMPAT_CAPS (linux-7.3) is 0x2000aeb8, _IOC(none, 0xae, 0xb8, 0) (the direction",
+                ": KVM_PPC_GET_COMPAT_CAPS (linux-7.3) is 0x2000aeb8, _IOC(none, 0xae, 0xb8, 0) (the direction",
             )
             for guess in (0x4018AEB8, 0x8018AEB8, 0xC018AEB8)  # _IOR, _IOW, _IOWR guesses
         ],
