@@ -49,14 +49,22 @@ def test_json_trace_lines_of_a_run(c_client: Path, tmp_path: Path, intercept: st
     assert calls[0]["process"].startswith(process)
 
 
-def test_text_trace_shows_bytes_in_and_out(c_client: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("intercept", ["seccomp", "preload"])
+def test_text_trace_shows_bytes_in_and_out_decoded(c_client: Path, intercept: str) -> None:
+    """The path an OPEN named, the capability KVM_CHECK_EXTENSION asked, and the struct out
+    decoded (big-endian here: decoded in the host's byte order)."""
     r = subprocess.run(
-        [str(KVMSIM), "run", "--host", "powervm-p11-be", "--trace", "--", str(c_client)],
+        [str(KVMSIM), "run", "--host", "powervm-p11-be", "--intercept", intercept, "--trace", "--", str(c_client)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    line = next(ln for ln in r.stderr.splitlines() if "KVM_PPC_GET_COMPAT_CAPS" in ln)
+    lines = r.stderr.splitlines()
+    assert any(": open('/dev/kvm') = " in ln for ln in lines), r.stderr
+    check = next(ln for ln in lines if "KVM_CHECK_EXTENSION" in ln)
+    assert check.endswith("= 1  [cap 250 KVM_CAP_PPC_COMPAT_CAPS (linux-7.3)]")
+    line = next(ln for ln in lines if "KVM_PPC_GET_COMPAT_CAPS (" in ln)
     assert "= 0 in=0000000000000018" in line  # big-endian size 24 in
     assert "=000000000000001800000000000000003000000000000000" in line  # and the struct out
+    assert line.endswith("[size=24 flags=0x0 compat_capabilities=0x3000000000000000 (power10, power11)]")
 
 
 @pytest.mark.parametrize(

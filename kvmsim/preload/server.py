@@ -377,7 +377,8 @@ class Connection:
             err = 0
         if self.trace is not None and msg != Msg.IDENTIFY and flags != wire.RESULT_FOREIGN:
             done = tuple(self.memory.pending)
-            self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason))
+            named = payload[wire.OPEN.size :].decode(errors="replace") if msg == Msg.OPEN else None
+            self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason, named))
         count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
         return wire.frame(_RESULT, wire.RESULT.pack(ret, err, flags, count), writes), new
 

@@ -377,7 +377,7 @@ class Supervisor:
         if self.trace is not None:
             from ..preload.trace import Call
 
-            self.trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason))
+            self.trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason, os.fsdecode(path)))
         if err:
             return error(err)
         try:
