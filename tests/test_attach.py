@@ -256,3 +256,32 @@ def test_the_host_answer_has_one_encoder_and_decoder(tmp_path: Path) -> None:
     for bad in (b"[]", b'{"name": "x"}', b'{"name": 1, "machine": "ppc64", "dev_kvm": true, "root": null}'):
         with pytest.raises(ProtocolError, match="not kvmsim's"):
             HostAnswer.decode(bad)
+
+
+def test_env_says_whom_it_reaches_and_a_stopped_server_is_eio(tmp_path: Path) -> None:
+    """The comment line names what LD_PRELOAD cannot reach (a static or Go binary); after the
+    server stops, an attached program's open of /dev/kvm is EIO, as README says (was ENOENT)."""
+    probe = (
+        "import errno, os, sys\n"
+        "os.close(os.open('/dev/kvm', os.O_RDWR))\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "try:\n"
+        "    os.open('/dev/kvm', os.O_RDWR)\n"
+        "except OSError as exc:\n"
+        "    print(errno.errorcode[exc.errno])\n"
+    )
+    with serving("powervm-p11", tmp_path) as sock:
+        lines = subprocess.run([*KVMSIM, "env", "--socket", str(sock)], capture_output=True, text=True, check=True)
+        assert lines.stdout.startswith("# LD_PRELOAD reaches dynamically linked programs only: a static or Go")
+        as_json = subprocess.run(
+            [*KVMSIM, "env", "--socket", str(sock), "--format", "json"], capture_output=True, text=True, check=True
+        )
+        assert "kvmsim run --server" in as_json.stderr and json.loads(as_json.stdout)
+        prog = subprocess.Popen(
+            ["sh", "-c", f'{lines.stdout}\nexec "$@"', "sh", sys.executable, "-c", probe],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert prog.stdout is not None and prog.stdout.readline() == "ready\n"  # its first open, on a live server
+    out, _ = prog.communicate("\n", timeout=60)  # the server has stopped
+    assert out.strip() == "EIO"

@@ -280,13 +280,21 @@ def cmd_env(args: argparse.Namespace) -> int:
     if args.format == "json":
         import json
 
+        print(f"kvmsim env: {ENV_REACH}", file=sys.stderr)  # the JSON stays the variables alone
         print(json.dumps(variables, indent=2))
     else:
         import shlex
 
+        print(f"# {ENV_REACH}")
         for key, value in variables.items():
             print(f"export {key}={shlex.quote(value)}")
     return EXIT_OK
+
+
+ENV_REACH = (
+    "LD_PRELOAD reaches dynamically linked programs only: a static or Go binary makes its own system "
+    "calls and would reach this machine's /dev/kvm; run those with kvmsim run --server SOCKET -- CMD"
+)
 
 
 def intercept_for(host_name: str, machine: str, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
