@@ -6,6 +6,7 @@ profile; 3 the host cannot answer (no KVM device, or a kernel without the capabi
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -24,7 +25,7 @@ from kvmsim.kernel.errors import InvalidInput
 from kvmsim.kernel.revisions import DEFAULT_REVISION, REVISIONS, negotiable
 from kvmsim.kernel.uapi import DEV_KVM, check_struct_size
 
-from .compat import CompatCaps, CompatError, Options, query
+from .compat import CompatCaps, CompatError, Options, Unsupported, query
 from .device import Device, RealDevice
 from .devicetree import DeviceTree
 
@@ -100,6 +101,13 @@ def _json(obj: object) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C at any point: the shell's 130, no traceback
+        return 128 + 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.sim is not None and not args.sim.strip():
@@ -135,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(_json({"device": device.name, "error": exc.to_json()}))
         print(f"{p.prog}: {exc}", file=sys.stderr)
+        if args.fallback and (isinstance(exc, Unsupported) or getattr(exc, "errno", None) == errno.ENOTTY):
+            print(f"{p.prog}: --fallback: the device tree has no cpu-version to fall back on", file=sys.stderr)
         return exc.exit_code
     print(_json(result.to_json()) if args.json else _text(result))
     return EXIT_OK

@@ -453,3 +453,42 @@ def test_version_is_one_source(prog: str) -> None:
     r = subprocess.run([str(Path(sys.executable).with_name(prog)), "--version"], capture_output=True, text=True)
     assert (r.returncode, r.stdout.strip()) == (0, f"{prog} {__version__}")
     assert kvmsim.__version__ == kvmcompat.__version__ == __version__ == importlib.metadata.version("kvmsim")
+
+
+def test_fallback_with_nothing_in_the_device_tree_says_so() -> None:
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("kvm-compat-caps")), "--sim", "powernv-p10", "--fallback"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 3
+    assert (
+        r.stderr.splitlines()[-1] == "kvm-compat-caps: --fallback: the device tree has no cpu-version to fall back on"
+    )
+
+
+@pytest.mark.parametrize(("module", "argv"), [("kvmsim.cli", ["show"]), ("kvmcompat.cli", ["--sim"])])
+def test_ctrl_c_during_start_up_is_exit_130_without_a_traceback(module: str, argv: list[str], tmp_path: Path) -> None:
+    """SIGINT while the CLI reads its profile (tomllib made slow, so the signal lands there)."""
+    import shutil
+    import signal
+    import time
+
+    mine = tmp_path / "mine.toml"
+    shutil.copy(profile.resolve("powervm-p11"), mine)
+    code = (
+        "import sys, time, tomllib\n"
+        "real = tomllib.loads\n"
+        "def slow(*a, **k):\n"
+        "    print('loading', flush=True); time.sleep(30); return real(*a, **k)\n"
+        "tomllib.loads = slow\n"
+        f"from {module} import main\n"
+        f"sys.exit(main({[*argv, str(mine)]!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while proc.stdout.readline() != "loading\n":
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, "Traceback" in err) == (130, False), err

@@ -598,3 +598,19 @@ def test_leaked_fds_are_a_warning_shown_by_default(pytester: pytest.Pytester) ->
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, warnings=2)
     result.stdout.fnmatch_lines(["*KvmFdLeaked*1 /dev/kvm fd(s) left open*", "*KvmFdLeaked*1 VM fd(s) left open*"])
+
+
+def test_a_parameter_and_a_marker_warn_that_the_parameter_wins(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.kvm_host("kvm-l1-p10")
+        @pytest.mark.parametrize("kvm_host", ["powervm-p11"], indirect=True)
+        def test_both(kvm_host):
+            assert kvm_host.name == "powervm-p11"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*KvmHostMarkerIgnored*powervm-p11-linux-7.3 wins over*kvm-l1-p10*"])

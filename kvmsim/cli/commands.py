@@ -637,9 +637,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    use_hosts_dirs(args)
     try:
+        args = parser().parse_args(argv)
+        use_hosts_dirs(args)
         return int(args.func(args))
     except InvalidInput as exc:  # a bad name, number, profile or header; never any ValueError (a bug stays one)
         print(f"kvmsim: error: {exc}", file=sys.stderr)
@@ -647,6 +647,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `kvmsim hosts | head`
         sys.stderr.close()
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C before a command started (kvmsim run forwards it after)
+        return 128 + 2
 
 
 if __name__ == "__main__":

@@ -163,6 +163,10 @@ class _Table:
         return value
 
     def table(self, key: str) -> _Table:
+        if key not in self.data:  # [cpus] for [cpu]: say so, not "cpu.pvr: missing"
+            for other, value in self.data.items():
+                if isinstance(value, dict) and _close_matches(other, [key], n=1, cutoff=0.75):
+                    raise self.error(other, f"unknown table (did you mean [{self.prefix}{key}]?)")
         return _Table(self.where, f"{self.prefix}{key}.", self.take(key, dict, {}))
 
     def typo_of(self, wanted: str) -> None:
@@ -227,6 +231,10 @@ def _read_cpu(t: _Table, platform: str) -> Cpu:
 
 def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
     kinds = ("powervm", "qemu", "kvm") if platform == "pseries" else ("none",)
+    named = t.data.get("kind")
+    if isinstance(named, str) and named not in kinds and named in ("powervm", "qemu", "kvm", "none"):
+        why = "a pseries hypervisor: a powernv host runs on bare metal" if platform != "pseries" else "bare metal's"
+        raise t.error("kind", f"{named!r} is {why} (on {platform}: {', '.join(kinds)})")
     kind = t.choice("kind", kinds, None if platform == "pseries" else "none")
     possible, default = NESTED_APIS.get(kind, ((), ()))
     apis: list[object] = t.take("nested_apis", list, list(default))

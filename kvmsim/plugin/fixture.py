@@ -63,6 +63,10 @@ class KvmFdLeaked(UserWarning):
     """A /dev/kvm or VM fd a ``kvm_host`` test left open (a UserWarning: shown by default)."""
 
 
+class KvmHostMarkerIgnored(UserWarning):
+    """A ``kvm_host`` test both parametrized and marked: the parameter is the host it gets."""
+
+
 class KvmHostUnreached(UserWarning):
     """A ``kvm_host`` test that made no ioctl through the fixture: its code may have reached
     the real kernel around it (ctypes, cffi, a C extension), where a simulated fd number means
@@ -438,6 +442,14 @@ def kvm_host(request: pytest.FixtureRequest) -> Iterator[KvmHost]:
     ``.errno``)."""
     if hasattr(request, "param"):
         spec = kvm_host_param(request.param)
+        marker = request.node.get_closest_marker("kvm_host")
+        if marker is not None:
+            warnings.warn(
+                KvmHostMarkerIgnored(
+                    f"kvm_host: the test's parameter {spec.id} wins over its @pytest.mark.kvm_host{marker.args}"
+                ),
+                stacklevel=1,
+            )
     else:
         marker = request.node.get_closest_marker("kvm_host")
         if marker is None:
