@@ -332,3 +332,62 @@ def test_a_build_missing_its_modules_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "out/vmlinux").write_bytes(b"")
     with pytest.raises(debian.FetchError, match="missing kvm, kvm-hv, kvm-pr"):
         kbuild._built(tmp_path, 0.0)
+
+
+# -- the archive is the machine's own (a site mirror or proxy), or the one the environment names --
+
+
+@pytest.mark.parametrize(
+    ("files", "env", "want"),
+    [
+        ({"debian.sources": "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+          "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
+          "Suites: bookworm-security\n"}, None, "http://mirror.example/debian"),
+        ({"a.list": "# deb http://commented.example/debian sid main\n"
+          "deb [arch=amd64 signed-by=/k.gpg] http://proxy.example:3142/debian bookworm main\n"}, None,
+         "http://proxy.example:3142/debian"),
+        ({"other.sources": "Types: deb\nURIs: https://third.party/apt\nSuites: stable\n"}, None, debian.MIRROR),
+        ({"debian.sources": "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n"},
+         "http://override.example/debian/", "http://override.example/debian"),
+    ],
+)  # fmt: skip
+def test_the_mirror_is_the_machines_own_unless_the_environment_names_one(
+    files: dict[str, str], env: str | None, want: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    if env is None:
+        monkeypatch.delenv(debian.MIRROR_ENV, raising=False)
+    else:
+        monkeypatch.setenv(debian.MIRROR_ENV, env)
+    uri, where = debian.mirror((str(tmp_path),))
+    assert uri == want
+    if env:
+        assert where == f"${debian.MIRROR_ENV}"
+    elif want == debian.MIRROR:
+        assert where.startswith("the default")
+    else:
+        assert where == str(tmp_path / next(iter(files)))
+
+
+def test_the_private_apt_uses_the_mirror_and_refetches_its_lists_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("apt-get") is None or not Path(debian.KEYRING).exists():
+        pytest.skip("no apt here")
+    asked: list[tuple[str, ...]] = []
+
+    def apt(self: debian.Archive, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        asked.append(args)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(debian.Archive, "_apt", apt)
+    monkeypatch.setenv(debian.MIRROR_ENV, "http://site.example/debian")
+    archive = debian.Archive(tmp_path / "lab")
+    archive.update()
+    assert " http://site.example/debian sid main" in (archive.apt / "etc" / "sources.list").read_text()
+    archive.update()  # fresh lists of this mirror: not fetched again
+    assert asked == [("update",)]
+    monkeypatch.setenv(debian.MIRROR_ENV, "http://other.example/debian")
+    debian.Archive(tmp_path / "lab").update()  # another mirror: its own lists
+    assert asked == [("update",), ("update",)]

@@ -468,9 +468,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
         raise UsageError(f"lab: no configuration of those runs Linux {args.kernel}")
     out = Path(args.output or ("fixtures/recorded" if Path("fixtures/recorded").is_dir() else "."))
     try:
+        from ..lab.debian import Archive
+
+        archive = Archive()
+        print(f"kvmsim lab: Debian's archive {archive.mirror} (from {archive.mirror_from})", flush=True)
         if args.fuzz:
             print(f"kvmsim lab: {args.fuzz} fuzz cases a configuration, seed {args.seed}", flush=True)
-        results = lab.run_lab(configs, out, jobs=args.jobs, fuzz_cases=args.fuzz, seed=args.seed)
+        results = lab.run_lab(configs, out, jobs=args.jobs, fuzz_cases=args.fuzz, seed=args.seed, archive=archive)
     except lab.CacheError as exc:  # refused, not unavailable: somebody else could write there
         raise UsageError(f"lab: {exc}") from None
     except lab.FetchError as exc:
@@ -610,7 +614,9 @@ def parser() -> argparse.ArgumentParser:
         description="Fetch Debian's ppc64le kernels, QEMU and a cross compiler into a private cache "
         "(~/.cache/kvmsim/lab or $KVMSIM_CACHE/lab), boot each configuration with a hard timeout, "
         "and write qemu-<config>-linux-<version>.toml recordings that kvmsim verify replays. Exit 0 "
-        "when every boot recorded and verified, 1 otherwise, 3 when the packages cannot be had.",
+        "when every boot recorded and verified, 1 otherwise, 3 when the packages cannot be had. Debian's "
+        "archive is the machine's own (its apt sources: a deb822 URIs: or a sources.list line), "
+        "$KVMSIM_DEBIAN_MIRROR overriding it, else deb.debian.org; the first line says which.",
     )
     lab.add_argument("--config", action="append", metavar="NAME", help="a configuration (repeatable; default all)")
     lab.add_argument(

@@ -25,7 +25,9 @@ import attrs
 from ..kernel.errors import KvmsimError
 from ..preload import trust
 
-MIRROR = "http://deb.debian.org/debian"
+MIRROR = "http://deb.debian.org/debian"  # where none is configured
+MIRROR_ENV = "KVMSIM_DEBIAN_MIRROR"  # overrides the machine's apt configuration
+APT_SOURCES = ("/etc/apt/sources.list.d", "/etc/apt/sources.list")
 SUITES = ("bookworm", "bookworm-backports", "sid", "experimental")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 LISTS_MAX_AGE = 24 * 3600  # refresh the package lists once a day
@@ -53,6 +55,67 @@ class Package:
         return f"{self.name}/{self.suite}"
 
 
+def mirror(sources: tuple[str, ...] = APT_SOURCES) -> tuple[str, str]:
+    """Debian's archive the lab fetches from, and where that was said: ``$KVMSIM_DEBIAN_MIRROR``,
+    else the machine's own apt configuration (a deb822 ``URIs:`` or a ``sources.list`` line of a
+    Debian archive, not its security one: a site mirror or proxy CI must use), else
+    deb.debian.org."""
+    chosen = os.environ.get(MIRROR_ENV, "").strip()
+    if chosen:
+        return chosen.rstrip("/"), f"${MIRROR_ENV}"
+    files: list[str] = []
+    for where in sources:
+        if os.path.isdir(where):
+            files += sorted(os.path.join(where, f) for f in os.listdir(where) if f.endswith((".sources", ".list")))
+        elif os.path.isfile(where):
+            files.append(where)
+    for path in files:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        for uri in _debian_uris(text, deb822=path.endswith(".sources")):
+            return uri.rstrip("/"), path
+    return MIRROR, "the default (no Debian archive in the machine's apt sources)"
+
+
+def _debian_uris(text: str, *, deb822: bool) -> list[str]:
+    """The URIs of ``deb`` sources of Debian's main archive in an apt sources file."""
+    found: list[str] = []
+    if deb822:
+        for stanza in text.split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.strip() and not line.lstrip().startswith("#") and ":" in line:
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+            if fields.get("enabled", "yes").lower() == "no" or "deb" not in fields.get("types", "").split():
+                continue
+            suites = fields.get("suites", "").split()
+            found += [u for u in fields.get("uris", "").split() if _is_debian(u, suites)]
+        return found
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] != ["deb"]:
+            continue
+        words = words[1:]
+        if words and words[0].startswith("["):  # options: [arch=... signed-by=...]
+            while words and not words[0].endswith("]"):
+                words = words[1:]
+            words = words[1:]
+        if len(words) >= 2 and _is_debian(words[0], [words[1]]):
+            found.append(words[0])
+    return found
+
+
+def _is_debian(uri: str, suites: list[str]) -> bool:
+    """Debian's main archive (not debian-security, not a third party's): its path ends in
+    /debian and its suites are Debian's."""
+    debian = ("bookworm", "trixie", "forky", "sid", "unstable", "testing", "stable", "experimental", "bullseye")
+    return uri.rstrip("/").endswith("/debian") and any(s.split("-")[0] in debian for s in suites)
+
+
 def cache_dir() -> Path:
     base = os.environ.get("KVMSIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kvmsim")
     return Path(base) / "lab"
@@ -78,6 +141,7 @@ class Archive:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or cache_dir()
+        self.mirror, self.mirror_from = mirror()
         self.apt = self.root / "apt"
         self.debs = self.root / "debs"
         self.tree = self.root / "tree"
@@ -113,7 +177,7 @@ class Archive:
                 state.write("status", b"")
         sources = "".join(
             f"deb [arch=amd64,ppc64el signed-by={KEYRING}{' check-valid-until=no' if suite in STALE_OK else ''}]"
-            f" {MIRROR} {suite} main\n"
+            f" {self.mirror} {suite} main\n"
             for suite in SUITES
         )
         a = self.apt
@@ -150,14 +214,17 @@ class Archive:
         with self.dir("apt/state") as state:
             stamp = state.stat("updated")
             age = time.time() - stamp.st_mtime if stamp is not None else None
-            if age is not None and 0 <= age < LISTS_MAX_AGE:  # a stamp from the future is no stamp
+            same = stamp is not None and state.read("updated") == self.mirror.encode()  # lists of this mirror
+            if age is not None and 0 <= age < LISTS_MAX_AGE and same:  # a stamp from the future is no stamp
                 return
             r = self._apt("update")
             if r.returncode != 0 or "Err:" in r.stdout or "W: GPG error" in r.stderr:
                 lines = (r.stderr + r.stdout).splitlines()
                 reason = next((ln for ln in lines if ln.startswith(("E:", "Err:", "W: GPG"))), "apt-get update failed")
-                raise FetchError(f"cannot read Debian's archive ({MIRROR}): {reason.strip()}")
-            state.write("updated", b"")
+                raise FetchError(
+                    f"cannot read Debian's archive ({self.mirror}, from {self.mirror_from}): {reason.strip()}"
+                )
+            state.write("updated", self.mirror.encode())
 
     def candidates(self, packages: list[Package]) -> dict[str, Candidate]:
         """What the signed index says of each package in its suite (one apt-cache call)."""
