@@ -614,3 +614,42 @@ def test_a_parameter_and_a_marker_warn_that_the_parameter_wins(pytester: pytest.
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*KvmHostMarkerIgnored*powervm-p11-linux-7.3 wins over*kvm-l1-p10*"])
+
+
+def test_a_size_larger_than_the_buffer_warns_and_stack_junk_shows_what_cpython_would(
+    pytester: pytest.Pytester,
+) -> None:
+    """A 16-byte buffer whose size says 24: the answer is cut off, with a WrotePastBuffer
+    warning (was: a silent success); size 32 reads past it, which with stack_junk=True is
+    E2BIG (CPython's stack is not zeros), and with the default zeros passes."""
+    pytester.makepyfile(
+        """
+        import errno, fcntl, os, struct
+        import pytest
+
+        def ask(size):
+            fd = os.open("/dev/kvm", os.O_RDWR)
+            vm = fcntl.ioctl(fd, 0x2000AE01, 0)
+            try:
+                buf = bytearray(struct.pack("<QQ", size, 0))
+                return fcntl.ioctl(vm, 0x2000AEB8, buf)
+            except OSError as exc:
+                return errno.errorcode[exc.errno]
+            finally:
+                os.close(vm)
+                os.close(fd)
+
+        def test_cut_off(kvm_host):
+            assert ask(24) == 0
+
+        def test_zeros_past_the_buffer(kvm_host):
+            assert ask(32) == 0
+
+        @pytest.mark.kvm_host("powervm-p11", stack_junk=True)
+        def test_junk_past_the_buffer(kvm_host):
+            assert ask(32) == "E2BIG"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, warnings=2)
+    result.stdout.fnmatch_lines(["*WrotePastBuffer*wrote 8 byte(s) past the 16-byte buffer*"])

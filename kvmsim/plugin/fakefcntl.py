@@ -81,21 +81,22 @@ class KernelBinding:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         return True
 
+    def _open_fds(self, wanted: Any) -> set[int]:
+        """The fake fds still open on a file ``wanted(obj)`` says yes to (a wrapper pyfakefs
+        keeps after closing a dup'd fd says ``closed``)."""
+        return {
+            fd
+            for fd, files in enumerate(self.fs.open_files)
+            if files and any(not getattr(f, "closed", False) and wanted(f.get_object()) for f in files)
+        }
+
     def open_vm_fds(self) -> set[int]:
         """The fake fds still open on a VM file."""
-        out = set()
-        for fd, files in enumerate(self.fs.open_files):
-            if files and any(id(f.get_object()) in self.kernel_fds for f in files):
-                out.add(fd)
-        return out
+        return self._open_fds(lambda obj: id(obj) in self.kernel_fds)
 
     def open_dev_fds(self) -> set[int]:
         """The fake fds still open on /dev/kvm."""
-        out = set()
-        for fd, files in enumerate(self.fs.open_files):
-            if files and any(getattr(f.get_object(), "path", None) == DEV_KVM for f in files):
-                out.add(fd)
-        return out
+        return self._open_fds(lambda obj: getattr(obj, "path", None) == DEV_KVM)
 
 
 @attrs.frozen

@@ -99,12 +99,13 @@ class KvmHostParam:
     abi: str = DEFAULT_REVISION
     overrides: Mapping[str, Any] = attrs.field(factory=dict)
     ksize: int = 24
+    stack_junk: bool = False  # CPython's stack past a buffer: junk, not zeros (kvmsim.user.pyioctl)
 
     @property
     def id(self) -> str:
         label = f"{Path(self.name).stem}-{self.abi}"
         extra = [f"{k}={v}" for k, v in self.overrides.items()] + ([f"ksize={self.ksize}"] if self.ksize != 24 else [])
-        return "-".join([label, *extra])
+        return "-".join([label, *extra, *(["stack-junk"] if self.stack_junk else [])])
 
 
 # the names before issue 22 named both after the fixture they belong to; kept for users' imports
@@ -351,6 +352,7 @@ def _on(fs: FakeFilesystem, spec: KvmHostParam) -> Iterator[KvmHost]:
     from .fakefcntl import KernelBinding
 
     kernel = _boot(spec)
+    kernel.stack_junk, kernel.warn_past_buffer = spec.stack_junk, True
     _graft(fs, hostfs.files(kernel), _profile_dirs())  # profiles stay readable by name inside
     monkeypatch = pytest.MonkeyPatch()
     try:
@@ -458,7 +460,8 @@ def kvm_host(request: pytest.FixtureRequest) -> Iterator[KvmHost]:
             kwargs = dict(marker.kwargs)
             abi = str(kwargs.pop("abi", DEFAULT_REVISION))
             ksize = int(kwargs.pop("ksize", 24))
-            spec = KvmHostParam(os.fspath(marker.args[0]) if marker.args else DEFAULT_HOST, abi, kwargs, ksize)
+            junk = bool(kwargs.pop("stack_junk", False))
+            spec = KvmHostParam(os.fspath(marker.args[0]) if marker.args else DEFAULT_HOST, abi, kwargs, ksize, junk)
     fs = request.getfixturevalue("fs")  # pyfakefs's own fixture: one fake filesystem, in any order
     with _on(fs, spec) as host:
         yield host

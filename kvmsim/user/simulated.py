@@ -24,6 +24,8 @@ class Kernel(kvm_main.BootedKernel):
         self.memory = AddressSpace()
         self.current = self.process(self.memory)
         self._scratch = Scratch()
+        self.stack_junk = False  # CPython's stack past the caller's buffer: zeros, or junk (pyioctl.JUNK)
+        self.warn_past_buffer = False  # a WrotePastBuffer warning when the kernel writes past it (the plugin's)
 
     def open(self, path: str = DEV_KVM, flags: int = os.O_RDWR) -> int:
         return self.current.open(path, flags)
@@ -33,7 +35,10 @@ class Kernel(kvm_main.BootedKernel):
 
     def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
         """``fcntl.ioctl`` against this kernel: same argument contract, OSError on failure."""
-        return fcntl_ioctl(self.current.sys_ioctl, self.memory, self._scratch, fd, request, arg, mutate_flag)
+        return fcntl_ioctl(
+            self.current.sys_ioctl, self.memory, self._scratch, fd, request, arg, mutate_flag,
+            junk=self.stack_junk, warn_past=self.warn_past_buffer,
+        )  # fmt: skip
 
     def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
         return self.current.sys_ioctl(fd, cmd, arg)
