@@ -653,3 +653,21 @@ def test_a_size_larger_than_the_buffer_warns_and_stack_junk_shows_what_cpython_w
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, warnings=2)
     result.stdout.fnmatch_lines(["*WrotePastBuffer*wrote 8 byte(s) past the 16-byte buffer*"])
+
+
+def test_a_subprocess_inside_kvm_host_fails_with_the_way_out(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import subprocess, sys
+
+        def test_child(kvm_host):
+            subprocess.run([sys.executable, "-c", "pass"], check=True, capture_output=True)
+
+        def test_tmp(kvm_host, tmp_path):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines(["*a child process sees the real filesystem*kvmsim run --host*"])
+    result.stdout.fnmatch_lines(["*tmp_path is made inside pyfakefs's fake filesystem*fs.create_dir*"])

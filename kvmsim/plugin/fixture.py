@@ -493,6 +493,32 @@ def pytest_configure(config: pytest.Config) -> None:
         profile.CONFIGURED_DIRS[:] = dirs
 
 
+# Failures a fake filesystem causes, and the way out: (what the traceback shows, the hint)
+_WAYS_OUT = (
+    ("subprocess", "a child process sees the real filesystem, not kvm_host's (pyfakefs's EBADF): run the "
+     "program under `kvmsim run --host HOST -- CMD` instead"),
+    ("numbered dir", "tmp_path is made inside pyfakefs's fake filesystem under kvm_host: use fs.create_dir, or "
+     "a test without kvm_host"),
+    ("ctypes", "ctypes reaches the real kernel around kvm_host: run the program under `kvmsim run`"),
+)  # fmt: skip
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """A kvm_host test that failed the way pyfakefs makes tests fail gets the way out beside it."""
+    outcome: Any = yield
+    if call.excinfo is None or "kvm_host" not in getattr(item, "fixturenames", ()):
+        return
+    report = outcome.get_result()
+    text = str(call.excinfo.getrepr(style="short"))
+    if call.when == "setup" and {"tmp_path", "tmpdir"} & set(getattr(item, "fixturenames", ())):
+        text = "numbered dir"  # tmp_path's set-up failed inside the fake filesystem
+    for needle, hint in _WAYS_OUT:
+        if needle in text:
+            report.sections.append(("kvm_host", hint))
+            break
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if "kvm_host" in getattr(item, "fixturenames", ()):
         _hook_pyfakefs_fcntl()  # before this test's fixtures: pyfakefs binds fcntl's functions as it starts
