@@ -34,15 +34,19 @@ EXIT_OK = 0  # 1 and 3 are the failures' own exit_code (kvmcompat.compat); 2 is 
 EPILOG = f"""\
 revisions: linux-7.3 (what shipped, the default: cap 250, ioctl _IO(KVMIO, 0xb8)), none (a
 kernel before 7.3: no capability, no ioctl), and the posted drafts v5 (cap 250, 0xe4) and v4
-(cap 249, _IOR 0xe4).  The client negotiates on the VM fd: cap 250 means linux-7.3, else cap
-249 means v4; v5 is spoken only when forced.
+(cap 249, _IOR 0xe4).  The client negotiates as merged QEMU does: KVM_CHECK_EXTENSION on
+/dev/kvm (--cap-fd vm asks the VM fd instead: a PR VM's answer may differ), cap 250 means
+linux-7.3, else cap 249 means v4; v5 is spoken only when forced.  On E2BIG it retries once with
+the size the kernel wrote back (at least 24); the recommended mode is 1 << ctz64(caps), and
+qemu_host_compat_pvr QEMU's PVR for it (POWER9 0x004e1202, POWER10 0x00801200, POWER11
+0x00821200), null where QEMU falls back to the raw host PVR.
 --abi with --sim picks the simulated kernel's revision (default {DEFAULT_REVISION}); the client
 still negotiates, except for v5, which it cannot tell from linux-7.3 by capability and so
 speaks when asked.  With a real device --abi forces the client's protocol.  --cap/--ioctl-nr override the numbers of
 every revision (e.g. --ioctl-nr 0xb8) on both sides; --header reads them, and the struct's
 layout, from a kernel's <linux/kvm.h> (an _IOR definition means v4's rules; _IO with nr 0xe4
 v5's; any other _IO, such as 7.3's _IO(KVMIO, 0xb8), linux-7.3's).  A forced --abi still checks
-its own capability on the VM fd first, as QEMU does.  --fallback reads the partition's own
+its own capability first, as QEMU does.  --fallback reads the partition's own
 mode from /proc/device-tree/cpus/*/cpu-version when the kernel has no capability or answers
 ENOTTY; the result then says "source": "device-tree".  Numbers must fit the C type they end up
 in (--cap a C int, --ioctl-nr 8 bits, --struct-size a __u64); no more than 64 KiB (the largest
@@ -72,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
         help="the client's struct size (its __u64 size field)",
     )
     p.add_argument("--fallback", action="store_true", help="fall back to the device tree, labelled so")
+    p.add_argument(
+        "--cap-fd",
+        choices=["dev", "vm"],
+        default="dev",
+        help="where KVM_CHECK_EXTENSION is asked: dev (/dev/kvm, as QEMU does; the default) or vm (the VM fd)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -132,7 +142,12 @@ def _main(argv: Sequence[str] | None) -> int:
         else:
             device, opts_abi = RealDevice(args.device or DEV_KVM), args.abi
         opts = Options(
-            abi=opts_abi, struct_size=args.struct_size, fallback=args.fallback, device_tree=tree, revisions=revs
+            abi=opts_abi,
+            struct_size=args.struct_size,
+            fallback=args.fallback,
+            device_tree=tree,
+            revisions=revs,
+            cap_fd=args.cap_fd,
         )
     except InvalidInput as exc:  # a bad profile (ProfileError), header or size; a bug is no usage error
         print(f"{p.prog}: error: {exc}", file=sys.stderr)

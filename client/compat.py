@@ -1,5 +1,6 @@
 """The userspace side of ``KVM_PPC_GET_COMPAT_CAPS``, written once for any :class:`Device`:
-open, check the API version, create a VM, negotiate the revision on the VM fd, issue the
+open, check the API version, create a VM, negotiate the revision (the capability on /dev/kvm,
+as QEMU asks it, or on the VM fd), issue the
 ioctl (retry once on E2BIG with the size the kernel wrote back), decode and recommend as
 QEMU does (target/ppc/kvm.c, ``kvmppc_get_compat_caps`` and ``kvm_ppc_host_compat_pvr``)."""
 
@@ -28,6 +29,7 @@ from .device import Device, UnknownArch
 from .devicetree import DeviceTree
 
 Source = Literal["ioctl", "device-tree"]
+CapFd = Literal["dev", "vm"]  # /dev/kvm (QEMU's), or the VM fd (that VM type's own answer)
 
 
 @attrs.frozen
@@ -47,8 +49,14 @@ class CompatCaps:
 
     @property
     def recommended(self) -> str | None:
-        """The nested guest's CPU mode: the highest allowed (QEMU's ``max-cpu-compat=``)."""
-        return self.modes[-1] if self.modes else None
+        """The nested guest's CPU mode, as ``kvm_ppc_host_compat_pvr()`` picks it: the mode of
+        ``1ULL << ctz64(caps)`` of the masked bitmap (MSB-0 bits: the newest mode is the lowest
+        set bit); None for no bit."""
+        caps = self.compat_capabilities & KVM_PPC_COMPAT_BITMASK
+        if self.source == "device-tree" or not caps:
+            return self.modes[-1] if self.modes else None
+        lowest = caps & -caps  # 1ULL << ctz64(caps)
+        return next(m.name for m in modes_of_caps(lowest))
 
     @property
     def qemu_host_compat_pvr(self) -> int | None:
@@ -69,8 +77,9 @@ class CompatCaps:
         }
 
 
-# The PVR QEMU uses for each mode (target/ppc/cpu-models.h): POWER9 DD2.2, POWER10 DD2.0, POWER11 DD2.0
-QEMU_COMPAT_PVR: Mapping[str, int] = {"power9": 0x004E1202, "power10": 0x00800200, "power11": 0x00820200}
+# The PVR merged QEMU's kvm_ppc_host_compat_pvr() gives each mode (target/ppc/cpu-models.h):
+# POWER9 DD2.2, POWER10 DD2.0, POWER11 DD2.0
+QEMU_COMPAT_PVR: Mapping[str, int] = {"power9": 0x004E1202, "power10": 0x00801200, "power11": 0x00821200}
 RAW_PVR_NOTE = "QEMU then uses the raw host PVR for the nested guest"
 
 
@@ -177,6 +186,7 @@ class Options:
     fallback: bool = False  # read the device tree when the kernel cannot answer
     device_tree: DeviceTree = attrs.field(factory=DeviceTree)  # /proc/device-tree unless given
     revisions: Mapping[str, AbiRevision] = attrs.field(factory=lambda: dict(REVISIONS))
+    cap_fd: CapFd = "dev"  # where KVM_CHECK_EXTENSION is asked: QEMU's kvm_check_extension() asks /dev/kvm
 
 
 class Session:
@@ -221,30 +231,35 @@ class Session:
         except OSError as exc:
             raise KernelError.from_oserror(what, exc) from None
 
-    def check_extension(self, cap: int) -> int:
-        return self.call("KVM_CHECK_EXTENSION", self.vm, self.arch.kvm_check_extension(), cap)
+    def check_extension(self, cap: int, on: CapFd = "dev") -> int:
+        """KVM_CHECK_EXTENSION on /dev/kvm (QEMU's ``kvm_check_extension(kvm_state, ...)``)
+        or on the VM fd (the answer for that VM's type: a PR VM's may differ)."""
+        return self.call(
+            "KVM_CHECK_EXTENSION", self.dev if on == "dev" else self.vm, self.arch.kvm_check_extension(), cap
+        )
 
     def negotiate(self, opts: Options) -> AbiRevision:
-        """The forced revision, else the newest whose capability the VM fd answers:
-        250 → linux-7.3, else 249 → v4 (the v5 draft only when forced)."""
+        """The forced revision, else the newest whose capability the kernel answers (on
+        /dev/kvm, as QEMU asks, or on the VM fd): 250 → linux-7.3, else 249 → v4 (the v5
+        draft only when forced)."""
+        where = "/dev/kvm" if opts.cap_fd == "dev" else "the VM fd"
         if opts.abi is not None:  # forced: its own capability is still asked first, as QEMU does
             rev = opts.revisions[opts.abi]
             if rev.abi is None or rev.cap is None:
                 raise Unsupported(f"{self.device.name}: --abi none: a kernel without the ioctl; {RAW_PVR_NOTE}")
-            if self.check_extension(rev.cap) <= 0:
+            if self.check_extension(rev.cap, opts.cap_fd) <= 0:
                 raise Unsupported(
                     f"{self.device.name}: --abi {rev.name}: the kernel has no capability {rev.cap} "
-                    f"on the VM fd; {RAW_PVR_NOTE}"
+                    f"on {where}; {RAW_PVR_NOTE}"
                 )
             return rev
         candidates = negotiable(opts.revisions.values())
         for rev in candidates:
-            if rev.cap is not None and self.check_extension(rev.cap) > 0:
+            if rev.cap is not None and self.check_extension(rev.cap, opts.cap_fd) > 0:
                 return rev
         caps = ", ".join(f"{r.cap} ({r.name})" for r in candidates)
         raise Unsupported(
-            f"{self.device.name}: the kernel has no KVM_CAP_PPC_COMPAT_CAPS "
-            f"(checked {caps} on the VM fd); {RAW_PVR_NOTE}"
+            f"{self.device.name}: the kernel has no KVM_CAP_PPC_COMPAT_CAPS (checked {caps} on {where}); {RAW_PVR_NOTE}"
         )
 
     def get_compat_caps(self, rev: AbiRevision, struct_size: int) -> int:

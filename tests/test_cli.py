@@ -74,7 +74,7 @@ def test_text_output() -> None:
     r = run("kvm-compat-caps", "--sim", "powervm-p11")
     assert r.returncode == 0
     assert "abi:                 linux-7.3" in r.stdout
-    assert "qemu_host_compat_pvr: 0x00820200" in r.stdout
+    assert "qemu_host_compat_pvr: 0x00821200" in r.stdout
     assert "compat_capabilities: 0x3000000000000000" in r.stdout
     assert "modes:               power10 power11" in r.stdout
     assert "max-cpu-compat=power11" in r.stdout

@@ -7,7 +7,7 @@ import errno
 import os
 
 import pytest
-from conftest import BEHAVIOUR, REVS, modes_of
+from conftest import BEHAVIOUR, MB, REVS, modes_of
 from kvmcompat import (
     CompatCaps,
     DeviceTree,
@@ -93,7 +93,7 @@ def test_forcing_the_wrong_revision_finds_no_capability_as_qemu_would() -> None:
 
 
 @pytest.mark.parametrize(
-    ("modes", "pvr"), [((P9,), 0x004E1202), ((P9, P10), 0x00800200), ((P10, P11), 0x00820200), ((), None)]
+    ("modes", "pvr"), [((P9,), 0x004E1202), ((P9, P10), 0x00801200), ((P10, P11), 0x00821200), ((), None)]
 )
 def test_qemu_host_compat_pvr(modes: tuple[str, ...], pvr: int | None) -> None:
     result = CompatCaps(modes, 0, "linux-7.3", "ioctl", "sim")
@@ -230,3 +230,31 @@ def test_a_machine_kvmsim_has_no_encoding_for_is_one_line_and_exit_3(
     assert cli.main(["--device", "/dev/null"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "aarch64: this machine's architecture is not one kvmsim models" in err
+
+
+# -- QEMU's algorithm, exactly (merged kvmppc_get_compat_caps / kvm_ppc_host_compat_pvr) ----------
+
+
+@pytest.mark.parametrize(("cap_fd", "asked_on"), [("dev", "dev"), ("vm", "vm")])
+def test_the_capability_is_asked_where_qemu_asks_it(kvm_host: object, cap_fd: str, asked_on: str) -> None:
+    """QEMU's kvm_check_extension(kvm_state, ...) asks /dev/kvm; --cap-fd vm asks the VM fd."""
+    from kvmsim.plugin.fixture import KvmHost
+
+    assert isinstance(kvm_host, KvmHost)
+    result = query(RealDevice("/dev/kvm"), Options(cap_fd=cap_fd))  # type: ignore[arg-type]
+    checks = [c.fd for c in kvm_host.calls if c.name == "KVM_CHECK_EXTENSION"]
+    assert checks == [asked_on] and result.recommended == "power11"
+
+
+@pytest.mark.parametrize(
+    ("caps", "mode", "pvr"),
+    [
+        (MB["P9"] | MB["P10"] | MB["P11"], "power11", 0x00821200),
+        (MB["P9"] | MB["P10"], "power10", 0x00801200),
+        (MB["P9"] | (1 << 50), "power9", 0x004E1202),  # an unknown bit is masked before ctz64
+        (1 << 50, None, None),  # nothing QEMU knows: the raw host PVR
+    ],
+)
+def test_the_recommendation_is_ctz64_of_the_masked_caps(caps: int, mode: str | None, pvr: int | None) -> None:
+    r = CompatCaps(decode(caps), caps, "linux-7.3", "ioctl", "sim:x")
+    assert (r.recommended, r.qemu_host_compat_pvr) == (mode, pvr)

@@ -1,12 +1,13 @@
 /*
  * What QEMU does with KVM_PPC_GET_COMPAT_CAPS: open /dev/kvm, check the API version, create
- * a VM, check the capability on the VM fd (250: Linux 7.3, else 249: the v4 draft), issue the
+ * a VM, check the capability on /dev/kvm as QEMU's kvm_check_extension() does (250: Linux 7.3,
+ * else 249: the v4 draft; --cap-fd vm asks the VM fd), issue the
  * ioctl (retry once on E2BIG with the size the kernel wrote back, when it is at least 24),
  * mask unknown bits and print the modes and QEMU's compat PVR as one JSON object.  The v5
  * draft is spoken only when asked.  Exit 0 modes reported, 1 kernel error, 2 bad usage, 3
  * host cannot answer.
  *
- *   kvm_compat_caps [--abi linux-7.3|v5|v4] [--struct-size N] [--null | --wild] [--repeat N]
+ *   kvm_compat_caps [--abi linux-7.3|v5|v4] [--struct-size N] [--null | --wild] [--repeat N] [--cap-fd dev|vm]
  *
  * --null / --wild pass a NULL / unmapped pointer to the ioctl, to see EFAULT.
  * --repeat N issues the final ioctl N more times and adds "ns_per_ioctl" (for make bench).
@@ -86,7 +87,7 @@ int main(int argc, char **argv)
 	const char *abi = NULL;
 	unsigned size = 24;
 	long repeat = 0;
-	int numbers = 0;
+	int numbers = 0, cap_on_vm = 0;
 	enum { GOOD, NUL, WILD } pointer = GOOD;
 	struct utsname u;
 
@@ -100,12 +101,14 @@ int main(int argc, char **argv)
 			;
 		else if (!strcmp(argv[i], "--numbers"))
 			numbers = 1;
+		else if (!strcmp(argv[i], "--cap-fd") && i + 1 < argc && (!strcmp(argv[i + 1], "dev") || !strcmp(argv[i + 1], "vm")))
+			cap_on_vm = !strcmp(argv[++i], "vm");
 		else if (!strcmp(argv[i], "--null"))
 			pointer = NUL;
 		else if (!strcmp(argv[i], "--wild"))
 			pointer = WILD;
 		else {
-			fprintf(stderr, "kvm_compat_caps: bad argument '%s' (usage: [--abi linux-7.3|v5|v4] [--struct-size N] [--null|--wild] [--repeat N] [--numbers])\n", argv[i]);
+			fprintf(stderr, "kvm_compat_caps: bad argument '%s' (usage: [--abi linux-7.3|v5|v4] [--struct-size N] [--null|--wild] [--repeat N] [--numbers] [--cap-fd dev|vm])\n", argv[i]);
 			return 2;
 		}
 	}
@@ -145,11 +148,12 @@ int main(int argc, char **argv)
 	int vm = ioctl(dev, create_vm, 0);
 	if (vm < 0)
 		return fail(1, "kernel", "KVM_CREATE_VM", errno);
+	int cap_fd = cap_on_vm ? vm : dev;
 
 	if (!abi) {
-		if (ioctl(vm, check_extension, KVMSIM_CAP_PPC_COMPAT_CAPS) > 0)
+		if (ioctl(cap_fd, check_extension, KVMSIM_CAP_PPC_COMPAT_CAPS) > 0)
 			abi = "linux-7.3";
-		else if (ioctl(vm, check_extension, KVM_CAP_PPC_COMPAT_CAPS_DRAFT_V4) > 0)
+		else if (ioctl(cap_fd, check_extension, KVM_CAP_PPC_COMPAT_CAPS_DRAFT_V4) > 0)
 			abi = "v4";
 		else
 			return fail(3, "unsupported", "KVM_CHECK_EXTENSION", 0); /* QEMU: the raw host PVR */
@@ -187,8 +191,8 @@ int main(int argc, char **argv)
 	/* QEMU's PVR for each mode: POWER9 DD2.2, POWER10 DD2.0, POWER11 DD2.0 */
 	static const struct { uint64_t bit; const char *name; unsigned pvr; } modes[] = {
 		{KVM_PPC_COMPAT_CAP_POWER9, "power9", 0x004e1202},
-		{KVM_PPC_COMPAT_CAP_POWER10, "power10", 0x00800200},
-		{KVM_PPC_COMPAT_CAP_POWER11, "power11", 0x00820200}};
+		{KVM_PPC_COMPAT_CAP_POWER10, "power10", 0x00801200},
+		{KVM_PPC_COMPAT_CAP_POWER11, "power11", 0x00821200}};
 	const char *recommended = NULL;
 	unsigned pvr = 0;
 	printf("{\"abi\": \"%s\", \"compat_capabilities\": %llu, \"unknown_bits\": %llu, \"modes\": [", abi,
