@@ -643,3 +643,24 @@ def test_a_dup2_onto_the_shims_socket_mid_call_connects_again_on_the_next_call(c
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert r.stdout.strip() == "True", r.stdout + r.stderr
+
+
+def test_a_kept_pidfd_of_a_gone_thread_is_never_another_tasks() -> None:
+    """The supervisor keeps its threads' pidfds between calls: a thread that is gone answers
+    ESRCH (and is forgotten), never the files of whatever task has its tid now."""
+    from kvmsim.seccomp.pidfd import Pidfds
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE)
+    pidfds = Pidfds()
+    try:
+        os.close(pidfds.getfd(child.pid, 0))  # its stdin: a pipe
+        child.kill()
+        child.wait()
+        with pytest.raises(OSError) as exc:
+            pidfds.getfd(child.pid, 0)
+        assert exc.value.errno == errno.ESRCH
+        with pytest.raises(OSError) as bad:
+            pidfds.getfd(os.getpid(), -1)
+        assert bad.value.errno == errno.EBADF
+    finally:
+        pidfds.close()

@@ -121,9 +121,11 @@ class Namei:
         called anything)?  One stat from the task's view: an open must never reach this
         machine's device."""
         try:
+            if path.startswith(b"/"):  # one stat, through the task's root (every ordinary open pays it)
+                return is_dev_kvm(os.stat(f"/proc/{task}/root".encode() + path, follow_symlinks=follow))
             at = os.open(start_dir(task, dirfd, path), _OPATH_DIR)
             try:
-                return is_dev_kvm(os.stat(path.lstrip(b"/") or b".", dir_fd=at, follow_symlinks=follow))
+                return is_dev_kvm(os.stat(path, dir_fd=at, follow_symlinks=follow))
             finally:
                 os.close(at)
         except OSError:

@@ -137,6 +137,7 @@ class Supervisor:
         ``files``: a table shared with others (a server's, which releases its files itself)."""
         self._boot, self.arch, self.listener, self.trace = boot, arch, listener, trace
         self.owner = f"listener {listener} of pid {os.getpid()}"  # its programs' share of a shared table
+        self.pidfds = pidfd.Pidfds()  # the threads' pidfds, kept between their calls
         raise_fd_limit()
         self._host_files = host_files
         self._kernel: BootedKernel | None = None
@@ -210,6 +211,7 @@ class Supervisor:
             os.write(self._stop_w, b"x")
 
     def close(self) -> None:
+        self.pidfds.close()
         for fd in (self._stop_r, self._stop_w, self.listener):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -286,7 +288,7 @@ class Supervisor:
         very file, pinned (``pidfd_getfd``); (None, None) where the task has no such fd.
         OSError (EPERM) where the task may not be inspected."""
         try:
-            pinned = pidfd.getfd(pid, fd)
+            pinned = self.pidfds.getfd(pid, fd)
         except OSError as exc:
             if exc.errno == errno.EBADF:
                 return None, None
