@@ -54,7 +54,7 @@ hosts-index: $(STAMP)
 # the preload shim and the C example client (kvmsim run also builds the shim on demand)
 c: $(BUILD)/kvmsim_shim.so $(BUILD)/kvm_compat_caps
 
-$(BUILD)/kvmsim_wire.h: $(STAMP) kvmsim/preload/wire.py kvmsim/preload/channel.py kvmsim/preload/shimdefs.py
+$(BUILD)/kvmsim_wire.h: $(STAMP) kvmsim/intercept/wire.py kvmsim/intercept/channel.py kvmsim/preload/shimdefs.py
 	mkdir -p $(BUILD)
 	$(BIN)/python -m kvmsim.preload.shimdefs > $@
 

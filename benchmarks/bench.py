@@ -51,11 +51,12 @@ from typing import Any
 import attrs
 
 from kvmsim import Kernel
+from kvmsim.intercept.build import BuildError, compile_c
+from kvmsim.intercept.server import Server
 from kvmsim.kernel.profile import names as profile_names
 from kvmsim.kernel.revisions import REVISIONS
-from kvmsim.preload.build import BuildError, build_shim, compile_c
+from kvmsim.preload.library import build_shim
 from kvmsim.preload.runner import host_answer, shim_environment
-from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -207,9 +208,9 @@ def serving(host: str = HOST) -> Iterator[tuple[Kernel, Server]]:
 
 def dispatch_round(host: str = HOST) -> Callable[[], float]:
     """One round of what the server does for a compat-caps IOCTL frame, without a transport."""
-    from kvmsim.preload import wire
-    from kvmsim.preload.placeholder import Placeholders
-    from kvmsim.preload.server import Connection
+    from kvmsim.intercept import wire
+    from kvmsim.intercept.placeholder import Placeholders
+    from kvmsim.intercept.server import Connection
 
     kernel = Kernel.from_profile(host)
     ours, _theirs = socket.socketpair()
@@ -690,7 +691,7 @@ def soak_row(shim: Path) -> Row:
     import logging
     import random
 
-    from kvmsim.preload import wire
+    from kvmsim.intercept import wire
 
     logging.getLogger("kvmsim.serve").setLevel(logging.ERROR)  # thousands of hostile clients, by design
     torture = compile_c([ROOT / "tests" / "data" / "shim_torture.c"], flags=["-pthread"])
@@ -776,7 +777,7 @@ def soak_row(shim: Path) -> Row:
             sys.path.insert(0, str(ROOT / "tests"))
             from pyshim import wake  # type: ignore[import-not-found]  # (tests/, put on the path above)
 
-            from kvmsim.preload import channel
+            from kvmsim.intercept import channel
 
             nonlocal shrinks, wakes
             if not channel.available():

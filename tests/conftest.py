@@ -34,7 +34,7 @@ needs_seccomp = pytest.mark.skipif(_no_seccomp() is not None, reason=f"no seccom
 @pytest.fixture(scope="session")
 def shim() -> Path:
     """The preload shim, built with this machine's C compiler."""
-    from kvmsim.preload.build import build_shim
+    from kvmsim.preload.library import build_shim
 
     return build_shim()
 
@@ -42,7 +42,7 @@ def shim() -> Path:
 @pytest.fixture(scope="session")
 def c_client() -> Path:
     """The C example client (client/c), built with this machine's C compiler."""
-    from kvmsim.preload.build import compile_c
+    from kvmsim.intercept.build import compile_c
 
     return compile_c([C_CLIENT])
 

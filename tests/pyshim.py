@@ -1,6 +1,6 @@
-"""The shim's side of kvmsim/preload/wire.py in Python, for driving a server from tests: a client
+"""The shim's side of kvmsim/intercept/wire.py in Python, for driving a server from tests: a client
 process whose "user memory" is a dict of regions it answers MEM_READ/MEM_WRITE from; on the
-socket, or (``shared=True``) on the shared-memory channel of kvmsim/preload/channel.py.  The
+socket, or (``shared=True``) on the shared-memory channel of kvmsim/intercept/channel.py.  The
 placeholders the server passes are this process's real fds, named to it by their identity."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from os import close as os_close
 
-from kvmsim.preload import channel, wire
-from kvmsim.preload.wire import Msg
+from kvmsim.intercept import channel, wire
+from kvmsim.intercept.wire import Msg
 
 
 def read_frame(sock: socket.socket) -> tuple[Msg, bytes]:

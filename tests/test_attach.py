@@ -23,11 +23,11 @@ from conftest import C_CLIENT, client_answer, needs_cc, needs_seccomp, printed_a
 from pyshim import read_frame
 
 from kvmsim import Kernel
+from kvmsim.intercept import wire
+from kvmsim.intercept.attach import AttachError, ask_host
+from kvmsim.intercept.server import Server
+from kvmsim.intercept.wire import HostAnswer, Msg
 from kvmsim.kernel import hostfs
-from kvmsim.preload import wire
-from kvmsim.preload.attach import AttachError, ask_host
-from kvmsim.preload.server import Server
-from kvmsim.preload.wire import HostAnswer, Msg
 
 KVMSIM = [sys.executable, "-m", "kvmsim"]
 NOBODY = 65534
@@ -247,8 +247,8 @@ def test_an_impostor_server_of_another_uid_gets_nothing_from_env(tmp_path: Path)
 
 def test_the_host_answer_has_one_encoder_and_decoder(tmp_path: Path) -> None:
     """What the server sends is what kvmsim env and the runner read, through one schema."""
+    from kvmsim.intercept.wire import HostAnswer, ProtocolError
     from kvmsim.preload.runner import host_answer
-    from kvmsim.preload.wire import HostAnswer, ProtocolError
 
     kernel = Kernel.from_profile("kvm-l1-p9-be")
     with Server(kernel, tmp_path / "s", root=str(tmp_path)) as server:

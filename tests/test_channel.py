@@ -1,4 +1,4 @@
-"""The shared-memory channel (kvmsim/preload/channel.py and the shim's side of it): the same frames
+"""The shared-memory channel (kvmsim/intercept/channel.py and the shim's side of it): the same frames
 and answers as the socket, a server that cannot offer it, garbage in the shared area, and
 either side going away while the other waits."""
 
@@ -23,10 +23,10 @@ from conftest import client_answer, needs_cc, printed_answer
 from pyshim import PyShim, read_frame, wake
 
 from kvmsim import Kernel
-from kvmsim.preload import channel, wire
+from kvmsim.intercept import channel, wire
+from kvmsim.intercept.server import Server
+from kvmsim.intercept.wire import Msg
 from kvmsim.preload.runner import host_answer, shim_environment
-from kvmsim.preload.server import Server
-from kvmsim.preload.wire import Msg
 
 pytestmark = pytest.mark.skipif(not channel.available(), reason="the shared channel is offered on x86_64 only")
 ADDR = 0x7000_0000

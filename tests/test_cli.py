@@ -393,7 +393,14 @@ def test_kvmsim_run_under_seccomp_loads_nothing_of_the_preload_path() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     imported = set(proc.stderr.split("\n")[-2].split())
     assert "kvmsim.seccomp.supervisor" in imported
-    absent = {"kvmsim.preload.server", "kvmsim.preload.channel", "kvmsim.preload.runner", "logging", "json", "tomllib"}
+    absent = {
+        "kvmsim.intercept.server",
+        "kvmsim.intercept.channel",
+        "kvmsim.preload.runner",
+        "logging",
+        "json",
+        "tomllib",
+    }
     assert imported.isdisjoint(absent), sorted(imported & absent)
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from kvmsim import Kernel
-from kvmsim.preload.build import build_shim, compile_c
+from kvmsim.intercept.build import compile_c
+from kvmsim.intercept.server import Server
+from kvmsim.preload.library import build_shim
 from kvmsim.preload.runner import host_answer, shim_environment
-from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 P10_P11 = 0x3000000000000000

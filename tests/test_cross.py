@@ -14,11 +14,11 @@ import pytest
 from conftest import REVS, client_answer, printed_answer
 
 from kvmsim import Kernel
+from kvmsim.intercept.build import compile_c
+from kvmsim.intercept.command import FOREIGN, elf_arch
+from kvmsim.intercept.server import Server
 from kvmsim.kernel import profile, uapi
-from kvmsim.preload.build import compile_c
-from kvmsim.preload.command import FOREIGN, elf_arch
 from kvmsim.preload.runner import host_answer, prepare, qemu_binary
-from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"

@@ -21,9 +21,9 @@ import pytest
 from conftest import needs_seccomp
 
 from kvmsim import Kernel
+from kvmsim.intercept import placeholder, server, trust, wire
+from kvmsim.intercept.command import host_view
 from kvmsim.kernel import hostfs
-from kvmsim.preload import placeholder, server, trust, wire
-from kvmsim.preload.command import host_view
 from kvmsim.seccomp import cred, kernfs, uapi
 from kvmsim.seccomp.kstat import Kstat
 from kvmsim.seccomp.launch import the_filter

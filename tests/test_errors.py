@@ -11,14 +11,14 @@ from kvmcompat.device import UnknownArch
 
 from kvmsim import KvmError, ProfileError
 from kvmsim.cli import commands
+from kvmsim.intercept.attach import AttachError
+from kvmsim.intercept.build import BuildError
+from kvmsim.intercept.command import RunError, StartError
+from kvmsim.intercept.server import ServerError
+from kvmsim.intercept.trust import UntrustedError
+from kvmsim.intercept.wire import Disconnected, ProtocolError
 from kvmsim.kernel.errors import InvalidInput, KvmsimError
 from kvmsim.lab.debian import CacheError, FetchError
-from kvmsim.preload.attach import AttachError
-from kvmsim.preload.build import BuildError
-from kvmsim.preload.command import RunError, StartError
-from kvmsim.preload.server import ServerError
-from kvmsim.preload.trust import UntrustedError
-from kvmsim.preload.wire import Disconnected, ProtocolError
 
 EVERY = [
     KvmError, ProfileError, commands.UsageError, FetchError, CacheError, AttachError, BuildError, RunError,

@@ -20,11 +20,11 @@ from pyshim import identity, read_frame
 from test_profile import GOOD as PROFILE
 
 from kvmsim import Kernel, ProfileError
+from kvmsim.intercept import wire
+from kvmsim.intercept.server import FRAME_STALL, MAX_CONNECTIONS, Server
+from kvmsim.intercept.wire import Msg
 from kvmsim.kernel import profile
 from kvmsim.kernel.revisions import V4
-from kvmsim.preload import wire
-from kvmsim.preload.server import FRAME_STALL, MAX_CONNECTIONS, Server
-from kvmsim.preload.wire import Msg
 
 
 def connect(server: Server) -> socket.socket:
@@ -76,7 +76,7 @@ def test_an_argument_near_2_64_is_efault_and_the_connection_lives(tmp_path: Path
 
 
 def test_a_stalled_frame_is_dropped_and_the_server_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kvmsim.preload.server.FRAME_STALL", 0.3)
+    monkeypatch.setattr("kvmsim.intercept.server.FRAME_STALL", 0.3)
     with Server(Kernel.from_profile("powervm-p11"), tmp_path / "s") as server:
         stalled = connect(server)
         stalled.sendall(wire.HEADER.pack(wire.MAGIC, wire.VERSION, Msg.OPEN, 100) + b"x")  # 99 bytes short
@@ -94,7 +94,7 @@ def test_a_frame_larger_than_any_request_needs_is_refused_at_its_header(tmp_path
 
 
 def test_connections_past_the_cap_are_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kvmsim.preload.server.MAX_CONNECTIONS", 3)
+    monkeypatch.setattr("kvmsim.intercept.server.MAX_CONNECTIONS", 3)
     with Server(Kernel.from_profile("powervm-p11"), tmp_path / "s") as server:
         kept = [connect(server) for _ in range(3)]
         for s in kept:
@@ -109,7 +109,7 @@ def test_connections_past_the_cap_are_dropped(tmp_path: Path, monkeypatch: pytes
 EXHAUST = """
 import os, resource, socket, sys, time, threading
 from kvmsim import Kernel
-from kvmsim.preload.server import Server
+from kvmsim.intercept.server import Server
 server = Server(Kernel.from_profile("powervm-p11"), sys.argv[1])
 server.start()
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))

@@ -17,12 +17,12 @@ import pytest
 from conftest import C_CLIENT, REVS, client_answer, needs_cc, needs_seccomp, printed_answer
 
 from kvmsim import Kernel
+from kvmsim.intercept import trust
+from kvmsim.intercept.command import host_view
 from kvmsim.kernel import hostfs, profile
 from kvmsim.kernel.errors import KvmError
 from kvmsim.kernel.revisions import LINUX_7_3
 from kvmsim.kernel.uapi import KVM_PPC_COMPAT_CAPS_SIZE_VER0
-from kvmsim.preload import trust
-from kvmsim.preload.command import host_view
 from kvmsim.seccomp import bpf, uapi
 from kvmsim.seccomp.launch import launch, the_filter
 from kvmsim.seccomp.supervisor import NOTIFIED, Supervisor

@@ -23,12 +23,12 @@ from conftest import needs_cc
 from pyshim import Placeholders
 
 from kvmsim import Kernel
-from kvmsim.preload import build, wire
-from kvmsim.preload.build import build_shim
-from kvmsim.preload.channel import SharedChannel, available
+from kvmsim.intercept import build, wire
+from kvmsim.intercept.channel import SharedChannel, available
+from kvmsim.intercept.server import Server, ServerError, Transport
+from kvmsim.intercept.wire import Msg
+from kvmsim.preload.library import build_shim
 from kvmsim.preload.runner import host_answer, shim_environment
-from kvmsim.preload.server import Server, ServerError, Transport
-from kvmsim.preload.wire import Msg
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
@@ -40,7 +40,7 @@ CHANNELS = ["socket", pytest.param("shared", marks=pytest.mark.skipif(not availa
 
 def victim_env(shim: Path, sock: Path, channel: str = "socket") -> dict[str, str]:
     """The C client's environment; the impostors below script the socket protocol unless
-    ``channel`` is "shared" (they then serve through kvmsim.preload.channel as the server does)."""
+    ``channel`` is "shared" (they then serve through kvmsim.intercept.channel as the server does)."""
     env = shim_environment(host_answer(Kernel.from_profile("powervm-p11")), str(sock), shim)
     return env | {"KVMSIM_CHANNEL": "socket"} if channel == "socket" else env
 
@@ -322,7 +322,7 @@ def test_kvmsim_serve_says_why_in_one_line(tmp_path: Path) -> None:
 def test_the_shim_touches_an_argument_directly_only_on_the_callers_live_stack(shim: Path, tmp_path: Path) -> None:
     """The shim skips process_vm_* for an argument on the calling thread's live stack; from a
     signal stack it must not, or a pointer into a hole between the two stacks would crash."""
-    from kvmsim.preload.build import compile_c
+    from kvmsim.intercept.build import compile_c
 
     program = compile_c([Path(__file__).parent / "data" / "stack_args.c"], flags=["-pthread"])
     kernel = Kernel.from_profile("powervm-p11")

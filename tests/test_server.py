@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from pyshim import PyShim, identity, read_frame
 
 from kvmsim import Kernel
-from kvmsim.preload import wire
-from kvmsim.preload.server import Server
-from kvmsim.preload.wire import Msg
+from kvmsim.intercept import wire
+from kvmsim.intercept.server import Server
+from kvmsim.intercept.wire import Msg
 
 P10_P11 = 0x3000000000000000
 ADDR = 0x1000
@@ -272,8 +272,8 @@ def test_remote_memory_sees_its_own_writes_and_never_waits_on_the_client_under_t
     """Inside the table's lock a read the window cannot answer is MemoryWanted (the table
     fetches it with the lock let go and runs the call again); the call's own writes are laid
     over what was fetched, and travel with the RESULT."""
-    from kvmsim.preload.placeholder import MemoryWanted
-    from kvmsim.preload.server import RemoteMemory
+    from kvmsim.intercept.placeholder import MemoryWanted
+    from kvmsim.intercept.server import RemoteMemory
 
     ours, theirs = socket.socketpair()
     mem = RemoteMemory(wire.FrameReader(ours))

@@ -13,9 +13,9 @@ import pytest
 from conftest import REVS, client_answer, needs_cc, printed_answer
 
 from kvmsim import Kernel
+from kvmsim.intercept.server import Server
 from kvmsim.kernel import profile
 from kvmsim.preload.runner import host_answer, shim_environment
-from kvmsim.preload.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
@@ -234,9 +234,10 @@ def test_the_shims_protocol_constants_come_from_the_python_side() -> None:
     of those numbers by hand (they were hand-copied #defines nothing checked)."""
     import re
 
-    from kvmsim.preload import channel, shimdefs
-    from kvmsim.preload import wire as w
-    from kvmsim.preload.build import shim_sources
+    from kvmsim.intercept import channel
+    from kvmsim.intercept import wire as w
+    from kvmsim.preload import shimdefs
+    from kvmsim.preload.library import shim_sources
 
     source = "".join(Path(p).read_text() for p in [*shim_sources(), ROOT / "kvmsim" / "preload" / "shim" / "shim.h"])
     assert '#include "kvmsim_wire.h"' in source
@@ -269,3 +270,16 @@ def test_kvmsim_run_passes_the_callers_descriptors_on(intercept: str, tmp_path: 
     finally:
         os.close(fd)
     assert r.stdout.strip() == "from the caller", r.stderr
+
+
+def test_every_libc_entry_point_the_shim_finds_is_checked() -> None:
+    """No dlsym result is called unchecked: each is NEED (one line and exit 127 at load when
+    libc lacks it) or has its fallback (open64 → open, statx → ENOSYS)."""
+    import re
+
+    source = (ROOT / "kvmsim" / "preload" / "shim" / "init.c").read_text()
+    assert source.count("dlsym(") == 1  # the one FIND macro
+    body = source[source.index("static void shim_init(void)") :]
+    finds = re.findall(r"\b(NEED|FIND)\((\w+)\)", body)
+    unchecked = [name for how, name in finds if how == "FIND" and f"if (!FIND({name}))" not in body]
+    assert finds and not unchecked

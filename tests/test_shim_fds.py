@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_cc
 
+from kvmsim.intercept.build import compile_c
 from kvmsim.kernel.kvm_main import FILE_OPS
-from kvmsim.preload.build import compile_c
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")

@@ -13,9 +13,9 @@ import pytest
 from conftest import needs_cc
 
 from kvmsim import Kernel
-from kvmsim.preload.build import compile_c
+from kvmsim.intercept.build import compile_c
+from kvmsim.intercept.server import Server
 from kvmsim.preload.runner import host_answer, shim_environment
-from kvmsim.preload.server import Server
 
 TORTURE = Path(__file__).resolve().parent / "data" / "shim_torture.c"
 pytestmark = needs_cc

@@ -18,7 +18,7 @@ import pytest
 from conftest import needs_cc
 
 from kvmsim import Kernel
-from kvmsim.preload.build import compile_c
+from kvmsim.intercept.build import compile_c
 from kvmsim.preload.runner import host_answer, shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent

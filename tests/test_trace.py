@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvmsim import Kernel
-from kvmsim.preload.build import compile_c
+from kvmsim.intercept.build import compile_c
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).parent / "kvmsim"

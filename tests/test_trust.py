@@ -1,4 +1,4 @@
-"""kvmsim.preload.trust, and what it keeps out: a temporary base or cache another user prepared, a
+"""kvmsim.intercept.trust, and what it keeps out: a temporary base or cache another user prepared, a
 rename or symlink swapped in under a root run, a library replaced between its build and its
 preload, and what a dead run leaves behind.  The attackers run as uid 65534 (setpriv)."""
 
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_cc
 
-from kvmsim.preload import build, trust
+from kvmsim.intercept import build, trust
+from kvmsim.preload.library import build_shim
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")
@@ -168,7 +169,7 @@ def test_a_run_in_someone_elses_tmpdir_cannot_be_redirected() -> None:
 @needs_cc
 def test_a_library_replaced_after_its_build_is_not_preloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVMSIM_CACHE", str(tmp_path / "cache"))
-    shim = build.build_shim()
+    shim = build_shim()
     assert build.preloadable(shim) == str(shim)
     other = tmp_path / "cache" / "other.so"
     shutil.copy(shim, other)
@@ -269,7 +270,8 @@ def test_serve_on_a_live_servers_socket_says_so(tmp_path: Path) -> None:
 
 BUILD_THEN_PRELOAD = """
 import sys, time
-from kvmsim.preload.build import build_shim, preloadable
+from kvmsim.intercept.build import preloadable
+from kvmsim.preload.library import build_shim
 shim = build_shim()
 time.sleep(1.0)  # the other builder finishes meanwhile
 print(preloadable(shim))

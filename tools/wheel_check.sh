@@ -36,6 +36,8 @@ def test_modes(kvm_host):
     buf = bytearray(struct.pack("<QQQ", 24, 0, 0))
     ioctl(vm, 0x2000AEB8, buf)
     assert struct.unpack("<QQQ", buf)[2] == 0x3000000000000000
+    os.close(vm)
+    os.close(fd)
 PY
 "$bin/python" -m pytest -q -p no:cacheprovider test_user.py
 echo "wheel-check: ok"

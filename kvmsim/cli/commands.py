@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .._version import __version__
+from ..intercept import trust
 from ..kernel import papr, profile
 from ..kernel.errors import InvalidInput
 from ..kernel.profile import Host
 from ..kernel.revisions import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision
 from ..kernel.uapi import Arch, errname, mode_of_logical_pvr, modes_of_caps
-from ..preload import trust
 from .args import (
     EXIT_USAGE,
     OneLineParser,
@@ -48,7 +48,7 @@ from .args import (
 )
 
 if TYPE_CHECKING:
-    from ..preload.trace import Tracer
+    from ..intercept.trace import Tracer
     from ..user.simulated import Kernel
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
@@ -237,8 +237,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from ..preload.command import host_view
-    from ..preload.server import Server, ServerError
+    from ..intercept.command import host_view
+    from ..intercept.server import Server, ServerError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="kvmsim serve: %(message)s")
     kernel = _kernel(args)
@@ -249,7 +249,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"no private directory for the host's files: {exc}") from None
         try:
             try:
-                server = Server(kernel, args.socket, trace=trace, root=host_view(kernel, view.subdir("root")))
+                from ..seccomp.supervisor import SeccompSupervision  # run --server: the server supervises
+
+                root = host_view(kernel, view.subdir("root"))
+                server = Server(kernel, args.socket, trace=trace, root=root, supervision=SeccompSupervision())
             except ServerError as exc:
                 raise UsageError(str(exc)) from None
             for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -268,8 +271,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     """Print what attaches programs to a running ``kvmsim serve``: ``eval "$(kvmsim env ...)"``."""
-    from ..preload.attach import AttachError, attached_environment
-    from ..preload.build import BuildError
+    from ..intercept.attach import AttachError
+    from ..intercept.build import BuildError
+    from ..preload.runner import attached_environment
 
     try:
         _host, env = attached_environment(args.socket)
@@ -300,7 +304,7 @@ ENV_REACH = (
 def intercept_for(host_name: str, machine: str, command: list[str], arch: str | None, asked: str) -> tuple[str, str]:
     """How ``kvmsim run`` reaches ``command`` (``seccomp`` or ``preload``) on the host named
     ``host_name`` (uname ``machine``), and why: the trace's first line says both."""
-    from ..preload.command import RunError, StartError, target_arch
+    from ..intercept.command import RunError, StartError, target_arch
     from ..seccomp.launch import unavailable
 
     foreign = target_arch(host_name, machine, command, arch)
@@ -322,8 +326,8 @@ def intercept_for(host_name: str, machine: str, command: list[str], arch: str | 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..preload.build import BuildError
-    from ..preload.command import RunError, StartError
+    from ..intercept.build import BuildError
+    from ..intercept.command import RunError, StartError
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -370,7 +374,7 @@ def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_
     becomes it."""
     import os
 
-    from ..preload.attach import AttachError, ask_host
+    from ..intercept.attach import AttachError, ask_host
 
     try:
         host = ask_host(socket_path)
@@ -507,7 +511,7 @@ def _tracer(args: argparse.Namespace, arch: Arch) -> Iterator[Tracer | None]:
     except OSError as exc:
         raise UsageError(f"--trace {args.trace}: cannot write the trace there: {exc.strerror}") from None
     try:
-        from ..preload.trace import Tracer
+        from ..intercept.trace import Tracer
 
         yield Tracer(stream, arch, json_lines=args.trace_format == "json")
     finally:

@@ -22,8 +22,8 @@ from typing import Any
 import attrs
 
 from .. import record
+from ..intercept import trust
 from ..kernel import profile
-from ..preload import trust
 from ..record import toml
 from ..user.probe import Answer, Probe
 from . import boot, build, kbuild

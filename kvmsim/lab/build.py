@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from ..intercept import trust
 from ..kernel.revisions import REVISIONS
 from ..kernel.uapi import ARCHES
-from ..preload import trust
 from ..user import probe
 from .debian import FetchError
 

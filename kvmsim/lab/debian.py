@@ -22,8 +22,8 @@ from pathlib import Path
 
 import attrs
 
+from ..intercept import trust
 from ..kernel.errors import KvmsimError
-from ..preload import trust
 
 MIRROR = "http://deb.debian.org/debian"  # where none is configured
 MIRROR_ENV = "KVMSIM_DEBIAN_MIRROR"  # overrides the machine's apt configuration

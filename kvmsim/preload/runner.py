@@ -17,9 +17,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..kernel.kvm_main import BootedKernel
-from .build import BuildError, build_shim, preloadable
-from .command import (
+from ..intercept.build import BuildError, preloadable
+from ..intercept.command import (
     FOREIGN,
     Foreign,
     StartError,
@@ -29,9 +28,11 @@ from .command import (
     unreachable,
     wait_forwarding,
 )
-from .server import Server, ServerError
-from .trace import Call
-from .wire import HostAnswer
+from ..intercept.server import Server, ServerError
+from ..intercept.trace import Call
+from ..intercept.wire import HostAnswer
+from ..kernel.kvm_main import BootedKernel
+from .library import build_shim
 
 
 def qemu_binary(foreign: Foreign) -> str:
@@ -118,3 +119,11 @@ def shim_environment(host: HostAnswer, socket_path: str, shim: Path) -> dict[str
     preload = os.environ.get("LD_PRELOAD", "")
     variables = shim_variables(host, socket_path, shim)
     return {**os.environ, **variables, "LD_PRELOAD": f"{variables['LD_PRELOAD']} {preload}".strip()}
+
+
+def attached_environment(socket_path: str) -> tuple[HostAnswer, dict[str, str]]:
+    """The host and the environment that attaches a native program to the server."""
+    from ..intercept.attach import ask_host
+
+    host = ask_host(socket_path)
+    return host, shim_environment(host, os.path.abspath(socket_path), build_shim())

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from ..preload.build import BuildError, build
+from ..intercept.build import BuildError, build
 from . import bpf, uapi
 from .supervisor import NOTIFIED
 

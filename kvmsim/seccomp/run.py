@@ -1,5 +1,5 @@
 """``kvmsim run --intercept seccomp``: the command under the filter, this process its
-supervisor; the run's directory holds the host's files (kvmsim.preload.command's, shared by
+supervisor; the run's directory holds the host's files (kvmsim.intercept.command's, shared by
 both intercepts)."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..preload.command import host_view, run_directory, wait_forwarding
+from ..intercept.command import host_view, run_directory, wait_forwarding
 from .launch import Launched, launch
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from ..intercept.trace import Call
     from ..kernel.kvm_main import BootedKernel
     from ..kernel.profile import Host
     from ..kernel.revisions import AbiRevision
-    from ..preload.trace import Call
 
 
 def run(host: Host, rev: AbiRevision, command: Sequence[str], *, trace: Callable[[Call], None] | None = None) -> int:
@@ -52,10 +52,10 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
     import os
     import socket
 
+    from ..intercept import wire
+    from ..intercept.attach import CONNECT_TIMEOUT, AttachError, ask_host, connect
+    from ..intercept.command import StartError
     from ..kernel.uapi import ARCHES
-    from ..preload import wire
-    from ..preload.attach import CONNECT_TIMEOUT, AttachError, ask_host, connect
-    from ..preload.command import StartError
     from .standby import Standby
 
     host = ask_host(socket_path)  # the machine and the host's files, for the standby

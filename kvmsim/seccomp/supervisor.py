@@ -1,7 +1,7 @@
 """The supervisor: a simulated kernel answering the system calls a seccomp filter sends it.
 
 Each simulated file a program holds (an open /dev/kvm, a VM fd) is a real **placeholder** in
-the program (kvmsim.preload.placeholder, the table the preload shim's server keeps too),
+the program (kvmsim.intercept.placeholder, the table the preload shim's server keeps too),
 installed with ``SECCOMP_IOCTL_NOTIF_ADDFD``.  A call on an fd finds its simulated file by the
 placeholder's identity (the socket's dev/ino, from /proc/TID/fd/N), never by the fd number.
 
@@ -50,18 +50,18 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ..intercept.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
 from ..kernel.errors import KvmError
 from ..kernel.uapi import DEV_KVM, Arch
 from ..kernel.usermem import Fault
-from ..preload.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
 from . import cred, kernfs, pidfd, uapi
 from .kstat import Kstat, dev_kvm
 from .namei import Found, Namei, tgid
 from .taskmem import TaskMemory
 
 if TYPE_CHECKING:
+    from ..intercept.trace import Call
     from ..kernel.kvm_main import BootedKernel
-    from ..preload.trace import Call
 
 FIOCLEX, FIONCLEX = 0x5451, 0x5450  # x86_64's: what the real kernel does to the placeholder
 KVMIO = 0xAE  # include/uapi/linux/kvm.h: the type of every KVM ioctl, on every architecture
@@ -244,7 +244,7 @@ class Supervisor:
     def _failed(self, n: Notification, err: int, why: str) -> Answer:
         """The errno for a call the supervisor could not answer (never CONTINUE), traced with why."""
         if self.trace is not None:
-            from ..preload.trace import Call
+            from ..intercept.trace import Call
 
             name = uapi.NAME_OF_NR.get(n.nr, str(n.nr)).upper()
             self.trace(Call(f"pid {n.pid}", name, None, None, None, b"", (), -1, err, why))
@@ -301,7 +301,7 @@ class Supervisor:
 
     def _released(self, placeholder: Placeholder) -> None:
         if self.trace is not None:
-            from ..preload.trace import Call  # only when traced
+            from ..intercept.trace import Call  # only when traced
 
             self.trace(Call("kernel", "RELEASE", placeholder.sim_fd, None, None, b"", (), 0, 0, None))
 
@@ -337,7 +337,7 @@ class Supervisor:
         if creates:
             answer = self._new_file(ret, is_vm=True, cloexec=True)
         if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
-            from ..preload.trace import Call
+            from ..intercept.trace import Call
 
             self.trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))
         return answer
@@ -377,7 +377,7 @@ class Supervisor:
         except KvmError as exc:
             ret, err, reason = -1, exc.errno or errno.ENOENT, exc.reason
         if self.trace is not None:
-            from ..preload.trace import Call
+            from ..intercept.trace import Call
 
             self.trace(Call(f"pid {n.pid}", "OPEN", None, None, None, b"", (), ret, err, reason, os.fsdecode(path)))
         if err:
@@ -598,3 +598,27 @@ def _domainname() -> str:
             return f.read().strip()
     except OSError:
         return "(none)"
+
+
+class SeccompSupervision:
+    """The seccomp way of catching calls, as the interception core's server takes it
+    (kvmsim.intercept.server.Supervision): ``kvmsim serve`` gives the server one, so a program
+    ``kvmsim run --server`` starts under the filter is supervised from the served kernel."""
+
+    def unavailable(self) -> str | None:
+        from .launch import unavailable
+
+        return unavailable()
+
+    def is_listener(self, fd: int) -> bool:
+        return is_listener(fd)
+
+    def supervisor(
+        self,
+        listener: int,
+        kernel: BootedKernel,
+        files: Placeholders,
+        root: str | None,
+        trace: Callable[[Call], None] | None,
+    ) -> Supervisor:
+        return Supervisor(lambda: kernel, kernel.arch, listener, root=root, files=files, trace=trace)

@@ -10,7 +10,7 @@ import errno
 import os
 from typing import Any
 
-from ..kernel.uapi import MAX_PAGE_SIZE as MAX_USER_COPY  # the shim's window (kvmsim.preload.wire)
+from ..kernel.uapi import MAX_PAGE_SIZE as MAX_USER_COPY  # the shim's window (kvmsim.intercept.wire)
 from ..kernel.usermem import Fault, UserAccess
 
 ADDRESS_LIMIT = 1 << 64

@@ -1,7 +1,7 @@
 /* channel.c: the connection to the server and one call over it.
  *
- * Frames (kvmsim/preload/wire.py, every field big-endian) travel on the Unix socket, or,
- * when the server offers it, through the shared-memory channel (kvmsim/preload/channel.py):
+ * Frames (kvmsim/intercept/wire.py, every field big-endian) travel on the Unix socket, or,
+ * when the server offers it, through the shared-memory channel (kvmsim/intercept/channel.py):
  * the same frames in a sealed memfd both sides map, a short spin then a futex instead of a
  * socket round trip.  A placeholder the server passes always comes on the socket.
  *

@@ -4,9 +4,11 @@
 #include "shim.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 SHIM_INTERNAL struct real_libc real;
 SHIM_INTERNAL struct shim_config cfg = {.dev_kvm = 1, .deadline_ns = 30LL * 1000000000LL};
@@ -14,7 +16,32 @@ SHIM_INTERNAL void channel_init(void);
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-#define FIND(name) real.name = dlsym(RTLD_NEXT, #name)
+/* Every libc entry point a hook calls through.  One missing (a libc without it) is never a
+ * NULL call later: the 64-bit aliases fall back to their plain names (musl 1.2.4 dropped
+ * them; off_t is 64-bit there), statx to ENOSYS (a libc older than 2.28: callers fall back
+ * to fstatat), and anything else stops the program at load with one line naming it. */
+#define FIND(name) (real.name = dlsym(RTLD_NEXT, #name))
+#define NEED(name)                                                                                 \
+	do {                                                                                           \
+		if (!FIND(name))                                                                           \
+			missing(#name);                                                                        \
+	} while (0)
+
+static void missing(const char *name)
+{
+	static const char prefix[] = "kvmsim shim: this libc has no ";
+	(void)!write(2, prefix, sizeof(prefix) - 1);
+	(void)!write(2, name, strlen(name));
+	(void)!write(2, "\n", 1);
+	_exit(127);
+}
+
+static int no_statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
+{
+	(void)dirfd, (void)path, (void)flags, (void)mask, (void)buf;
+	errno = ENOSYS;
+	return -1;
+}
 
 static int env_is(const char *name, const char *value)
 {
@@ -24,30 +51,33 @@ static int env_is(const char *name, const char *value)
 
 static void shim_init(void)
 {
-	FIND(open);
-	FIND(open64);
-	FIND(openat);
-	FIND(openat64);
-	FIND(close);
-	FIND(ioctl);
-	FIND(uname);
-	FIND(fcntl);
-	FIND(faccessat);
-	FIND(fstatat);
-	FIND(fstat);
-	FIND(statx);
-	FIND(fopen);
-	FIND(opendir);
-	FIND(read);
-	FIND(write);
-	FIND(pread);
-	FIND(pwrite);
-	FIND(readv);
-	FIND(writev);
-	FIND(lseek);
-	FIND(shutdown);
-	FIND(readlink);
-	FIND(readlinkat);
+	NEED(open);
+	NEED(openat);
+	if (!FIND(open64))
+		real.open64 = real.open;
+	if (!FIND(openat64))
+		real.openat64 = real.openat;
+	if (!FIND(statx))
+		real.statx = no_statx;
+	NEED(close);
+	NEED(ioctl);
+	NEED(uname);
+	NEED(fcntl);
+	NEED(faccessat);
+	NEED(fstatat);
+	NEED(fstat);
+	NEED(fopen);
+	NEED(opendir);
+	NEED(read);
+	NEED(write);
+	NEED(pread);
+	NEED(pwrite);
+	NEED(readv);
+	NEED(writev);
+	NEED(lseek);
+	NEED(shutdown);
+	NEED(readlink);
+	NEED(readlinkat);
 	cfg.socket = getenv("KVMSIM_SOCKET");
 	cfg.machine = getenv("KVMSIM_MACHINE");
 	const char *root = getenv("KVMSIM_ROOT");

@@ -1,9 +1,9 @@
 /*
  * kvmsim_shim.so: an LD_PRELOAD library that makes /dev/kvm in this process a simulated
- * kernel served by `kvmsim serve` on the Unix socket $KVMSIM_SOCKET (kvmsim/preload/wire.py).
+ * kernel served by `kvmsim serve` on the Unix socket $KVMSIM_SOCKET (kvmsim/intercept/wire.py).
  *
  * A simulated file (an open /dev/kvm, a VM fd) is a real placeholder in this process: one end
- * of a SOCK_SEQPACKET socketpair the server made and passed here (kvmsim/preload/placeholder.py).
+ * of a SOCK_SEQPACKET socketpair the server made and passed here (kvmsim/intercept/placeholder.py).
  * The real kernel keeps the fd table: dup, fork, vfork, exec, close_range, fclose and
  * SCM_RIGHTS follow its rules and the shim sees none of them.  A call on an fd asks the real
  * kernel what the fd is (placeholder.c) and names the simulated file by the placeholder's
@@ -31,7 +31,7 @@
 #include <sys/uio.h>
 #include <sys/utsname.h>
 
-#include "kvmsim_wire.h" /* generated from kvmsim/preload/wire.py and channel.py at build time */
+#include "kvmsim_wire.h" /* generated from kvmsim/intercept/wire.py and channel.py at build time */
 
 #define SHIM_API __attribute__((visibility("default")))
 #define SHIM_INTERNAL __attribute__((visibility("hidden")))

@@ -4,7 +4,7 @@
 the C example client.  An output's name carries a fingerprint of its sources and compiler
 command, so a changed source or compiler builds anew and concurrent builders never see a
 half-written file.  Paths are strings inside (``kvmsim run`` starts without pathlib);
-:func:`compile_c` and :func:`build_shim` give a Path."""
+:func:`compile_c` gives a Path (the preload shim's is kvmsim.preload.library's)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 StrPath = str | os.PathLike[str]
-SHIM_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "shim")  # one .c file a job, shim.h between them
 
 
 class BuildError(KvmsimError, RuntimeError):
@@ -213,21 +212,3 @@ def compile_c(sources: Sequence[StrPath], **options: Any) -> Path:
     from pathlib import Path
 
     return Path(build(sources, **options))
-
-
-def build_shim(cc: str | None = None, *, flags: Sequence[str] = ()) -> Path:
-    """The preload shim, with its protocol constants generated from the Python side."""
-    from .shimdefs import header
-
-    return compile_c(
-        shim_sources(),
-        shared=True,
-        cc=cc,
-        flags=["-fvisibility=hidden", *flags],
-        headers={"kvmsim_wire.h": header()},
-        name="kvmsim_shim",
-    )
-
-
-def shim_sources() -> list[str]:
-    return sorted(os.path.join(SHIM_DIR, n) for n in os.listdir(SHIM_DIR) if n.endswith(".c"))

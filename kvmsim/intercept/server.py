@@ -2,7 +2,7 @@
 
 Each connection is one process; its user memory stays in the caller and is reached through
 the shim (:class:`RemoteMemory`).  The simulated files are the server's, not a connection's:
-each is a placeholder the program really holds (kvmsim.preload.placeholder), found by its
+each is a placeholder the program really holds (kvmsim.intercept.placeholder), found by its
 identity whichever process of the run asks, and released when the last one lets go.  The
 socket is created mode 0600 and a peer whose uid differs from the server's is refused
 (SO_PEERCRED).  A malformed frame closes that connection with a logged reason; the server
@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..kernel.errors import KvmError, KvmsimError
 from ..kernel.kvm_main import BootedKernel
@@ -34,8 +34,36 @@ from .placeholder import Deferring, MemoryWanted, Placeholder, Placeholders, rai
 from .trace import Call
 from .wire import Msg, ProtocolError
 
-if TYPE_CHECKING:
-    from ..seccomp.supervisor import Supervisor
+
+class Supervising(Protocol):
+    """A supervisor a way of catching calls runs for one program (seccomp's)."""
+
+    def serve(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Supervision(Protocol):
+    """A way of catching calls that hands the server a program to supervise (LISTENER): the
+    server takes it only through this, so the core never imports the way (kvmsim.seccomp's
+    ``SeccompSupervision``; ``kvmsim serve`` gives it)."""
+
+    def unavailable(self) -> str | None:
+        """Why this machine cannot, or None."""
+
+    def is_listener(self, fd: int) -> bool:
+        """Is ``fd`` what this way supervises?"""
+
+    def supervisor(
+        self,
+        listener: int,
+        kernel: BootedKernel,
+        files: Placeholders,
+        root: str | None,
+        trace: Callable[[Call], None] | None,
+    ) -> Supervising:
+        """A supervisor of ``listener``'s program, answering from ``kernel`` over ``files``."""
+
 
 log = logging.getLogger("kvmsim.serve")  # imported up front: it must log when out of descriptors
 Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
@@ -213,10 +241,12 @@ class Connection:
         hello: bytes = b"{}",
         budget: channel.Budget | None = None,
         root: str | None = None,
+        supervision: Supervision | None = None,
     ) -> None:
         self.files, self.sock, self.name = files, sock, name
         self.root = root  # the host's files, for a supervised program (LISTENER)
-        self.supervisor: Supervisor | None = None
+        self.supervision = supervision  # how a program's listener is supervised (None: ENOSYS)
+        self.supervisor: Supervising | None = None
         self.hello = hello
         self.budget = budget if budget is not None else channel.Budget()
         self.calls = calls if calls is not None else itertools.count()
@@ -267,22 +297,20 @@ class Connection:
         """A seccomp listener for a program ``kvmsim run --server`` started (same uid: checked
         at accept): this thread answers its notifications from the served kernel, over the same
         placeholders the shim's programs hold, until the program and its children are gone.
-        Anything but one listener is refused (EINVAL); a machine without the seccomp path says
-        ENOSYS."""
-        from ..seccomp.launch import unavailable
-        from ..seccomp.supervisor import Supervisor, is_listener
-
+        Anything but one listener is refused (EINVAL); a server or machine without a way to
+        supervise says ENOSYS."""
         fds = self.transport.take_fds() if isinstance(self.transport, wire.FrameReader) else []
-        err = errno.ENOSYS if unavailable() is not None else 0
-        if not err and (len(fds) != 1 or not is_listener(fds[0])):
+        way = self.supervision
+        err = errno.ENOSYS if way is None or way.unavailable() is not None else 0
+        if not err and (len(fds) != 1 or way is None or not way.is_listener(fds[0])):
             err = errno.EINVAL
         if err:
             for fd in fds:
                 os.close(fd)
             self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(-1, err, 0, 0)))
             return
-        kernel = self.files.kernel
-        supervisor = Supervisor(lambda: kernel, kernel.arch, fds[0], root=self.root, files=self.files, trace=self.trace)
+        assert way is not None
+        supervisor = way.supervisor(fds[0], self.files.kernel, self.files, self.root, self.trace)
         self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
         log.debug("%s: supervising a program under the seccomp filter", self.name)
         self.supervisor = supervisor
@@ -393,8 +421,10 @@ class Server:
         *,
         trace: Callable[[Call], None] | None = None,
         root: str | None = None,
+        supervision: Supervision | None = None,
     ) -> None:
         self.kernel, self.path, self.trace, self.root = kernel, str(path), trace, root
+        self.supervision = supervision  # LISTENER: a program to supervise (kvmsim run --server)
         raise_fd_limit()  # one end of every placeholder its programs hold is the server's
         self.files = Placeholders(kernel, on_release=self._released)
         # what HELLO answers: the shim's view of the host (root: where its files were written)
@@ -466,7 +496,9 @@ class Server:
                 self._warn_once("cap", "%d processes connected: dropping more until some leave", MAX_CONNECTIONS)
                 sock.close()
                 continue
-            connection = Connection(self.files, sock, name, self.calls, self.trace, self.hello, self.budget, self.root)
+            connection = Connection(
+                self.files, sock, name, self.calls, self.trace, self.hello, self.budget, self.root, self.supervision
+            )
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             self.connections[thread] = connection
             thread.start()

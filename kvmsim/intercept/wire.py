@@ -10,7 +10,7 @@ A frame is a 12-byte header then ``length`` bytes of payload::
     };
 
 The shim sends OPEN, IOCTL, IDENTIFY and gets one RESULT each.  A simulated file is a real
-placeholder in the program (kvmsim.preload.placeholder): OPEN, and an IOCTL that makes a
+placeholder in the program (kvmsim.intercept.placeholder): OPEN, and an IOCTL that makes a
 file (KVM_CREATE_VM), answer with RESULT_NEW_FD and then pass the placeholder on the socket
 (one byte with SCM_RIGHTS, after the RESULT, whichever channel carried it).  An IOCTL names
 its file by the placeholder's identity (dev, ino), never by the fd number (that is only for

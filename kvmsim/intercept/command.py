@@ -121,7 +121,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 @contextlib.contextmanager
 def run_directory() -> Iterator[trust.Dir]:
-    """The run's private directory (0700, flock-held: kvmsim.preload.trust), removed however
+    """The run's private directory (0700, flock-held: kvmsim.intercept.trust), removed however
     the run ends."""
     try:
         workdir = trust.temp_dir("kvmsim-run-")

@@ -1,4 +1,5 @@
-"""``kvmsim env`` / ``kvmsim run --server``: programs attached to a running ``kvmsim serve``.
+"""``kvmsim env`` / ``kvmsim run --server``: programs attached to a running ``kvmsim serve``
+(``connect`` and ``ask_host`` here; what ``kvmsim env`` prints is the preload side's).
 
 Each program then starts with only the preload shim and the socket: no interpreter, no
 kernel model of its own.  What the shim is told about the host comes from the server (HELLO
@@ -17,8 +18,6 @@ import stat
 
 from ..kernel.errors import KvmsimError
 from . import wire
-from .build import build_shim
-from .runner import shim_environment
 from .server import peer_uid
 from .wire import HostAnswer
 
@@ -84,9 +83,3 @@ def _check_private_dir(socket_path: str, root: str) -> None:
         raise AttachError(
             f"{socket_path}: the host's files at {root} are not a private directory of this user's: not trusted"
         )
-
-
-def attached_environment(socket_path: str) -> tuple[HostAnswer, dict[str, str]]:
-    """The host and the environment that attaches a native program to the server."""
-    host = ask_host(socket_path)
-    return host, shim_environment(host, os.path.abspath(socket_path), build_shim())
