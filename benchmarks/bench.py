@@ -243,11 +243,11 @@ def loop_round(loop: Path, env: dict[str, str], *args: str) -> Callable[[], floa
 def check_args(kernel: Kernel) -> list[str]:
     """KVM_CHECK_EXTENSION(KVM_CAP_PPC_COMPAT_CAPS) on /dev/kvm, with the answer it must get."""
     rev = kernel.rev
-    assert rev.abi is not None
+    assert rev.ioctl is not None
     dev = kernel.open()
-    expect = kernel.ioctl(dev, kernel.KVM_CHECK_EXTENSION, rev.abi.cap)
+    expect = kernel.ioctl(dev, kernel.KVM_CHECK_EXTENSION, rev.ioctl.cap)
     kernel.close(dev)
-    return [hex(kernel.KVM_CHECK_EXTENSION), str(rev.abi.cap), str(expect)]
+    return [hex(kernel.KVM_CHECK_EXTENSION), str(rev.ioctl.cap), str(expect)]
 
 
 def shim_rows(loop: Path, shim: Path) -> tuple[list[Row], float | None]:
@@ -638,7 +638,7 @@ def regression_rows() -> list[Row]:
     bases = []
     _, _, alone = paired(sys_ioctl_round(), real)  # the floor: the kernel model without the fcntl contract
     for name, rev in REVISIONS.items():
-        if rev.abi is None:
+        if rev.ioctl is None:
             continue
         k = Kernel.from_profile(HOST, abi=name)
         vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))

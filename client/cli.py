@@ -23,7 +23,7 @@ from kvmsim.cli.args import (
 )
 from kvmsim.kernel.errors import InvalidInput
 from kvmsim.kernel.revisions import DEFAULT_REVISION, REVISIONS, negotiable
-from kvmsim.kernel.uapi import DEV_KVM, check_struct_size
+from kvmsim.kernel.uapi import DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0, check_struct_size
 
 from .compat import CompatCaps, CompatError, Options, Unsupported, query
 from .device import Device, RealDevice
@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--struct-size",
         type=u64_arg,
-        default=24,
+        default=KVM_PPC_COMPAT_CAPS_SIZE_VER0,
         metavar="BYTES",
         help="the client's struct size (its __u64 size field)",
     )
@@ -134,7 +134,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
             kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])
             undetectable = args.abi is not None and revs[args.abi] not in negotiable(revs.values())
-            device, opts_abi = SimDevice(kernel), (args.abi if undetectable and revs[args.abi].abi else None)
+            device, opts_abi = SimDevice(kernel), (args.abi if undetectable and revs[args.abi].ioctl else None)
             if args.fallback:  # the host's files are built only when they will be read
                 from kvmsim.kernel import hostfs
 

@@ -245,7 +245,7 @@ class Session:
         where = "/dev/kvm" if opts.cap_fd == "dev" else "the VM fd"
         if opts.abi is not None:  # forced: its own capability is still asked first, as QEMU does
             rev = opts.revisions[opts.abi]
-            if rev.abi is None or rev.cap is None:
+            if rev.ioctl is None or rev.cap is None:
                 raise Unsupported(f"{self.device.name}: --abi none: a kernel without the ioctl; {RAW_PVR_NOTE}")
             if self.check_extension(rev.cap, opts.cap_fd) <= 0:
                 raise Unsupported(

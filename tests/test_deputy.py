@@ -352,13 +352,13 @@ class _Probe(Supervisor):
 
 def _handled(sup: Supervisor, n: Notification) -> object:
     """What ``_one`` answers for ``n`` (its exception handling included), the fd closed."""
-    from kvmsim.seccomp.supervisor import CONTINUE, Answer
+    from kvmsim.seccomp.supervisor import CONTINUE, Response
 
     handler = sup._handlers[n.nr]
     try:
         answer = handler(n, TaskMemory(n.pid))
     except OSError as exc:
-        answer = Answer("error", exc.errno or 0)
+        answer = Response("error", exc.errno or 0)
     except Exception as exc:  # what _one turns into EIO: a handler must not get here
         raise AssertionError(f"{handler.__name__} raised {exc!r}") from exc
     if answer.kind == "fd":

@@ -28,7 +28,7 @@ def test_the_table_covers_every_profile() -> None:
 def sent(k: Kernel) -> AbiRevision:
     """The revision whose request and layout a client sends: the kernel's, or on a kernel
     without the feature, the shipped one."""
-    return k.rev if k.rev.abi is not None else LINUX_7_3
+    return k.rev if k.rev.ioctl is not None else LINUX_7_3
 
 
 @pytest.mark.parametrize("abi", REVS)
@@ -356,19 +356,19 @@ def test_uapi_holds_numbers_and_layouts_only() -> None:
     assert [f.name for f in attrs.fields(CompatCapsAbi)] == ["layout", "cap", "nr", "macro"]
 
 
-@pytest.mark.parametrize("rev", [r for r in REVISIONS.values() if r.abi is not None], ids=lambda r: r.name)
+@pytest.mark.parametrize("rev", [r for r in REVISIONS.values() if r.ioctl is not None], ids=lambda r: r.name)
 def test_every_revision_has_its_steps_here(rev: AbiRevision) -> None:
     from kvmsim.kernel.book3s_hv import HV_STEPS
     from kvmsim.kernel.powerpc import STEPS
 
-    assert rev.name in STEPS and rev.name in HV_STEPS
+    assert rev.rules in STEPS and rev.rules in HV_STEPS
 
 
-def test_a_revision_no_kernel_has_steps_for_is_one_line() -> None:
+def test_a_revision_whose_rules_no_kernel_has_is_one_line() -> None:
     from kvmsim.kernel.revisions import V5
 
-    with pytest.raises(ValueError, match="revision 'v6': no kernel has its steps"):
-        Kernel.from_profile("powervm-p11", abi=attrs.evolve(V5, name="v6"))
+    with pytest.raises(ValueError, match="revision 'v6': no kernel has the rules 'v6'"):
+        Kernel.from_profile("powervm-p11", abi=attrs.evolve(V5, name="v6", rules="v6"))
 
 
 @pytest.mark.parametrize(("nested", "cap"), [(True, 1), (False, 0)])
@@ -429,3 +429,19 @@ def test_a_capability_host_facts_decide(cap: int, host: str, on_dev: int, on_vm:
         assert on_vm is None
         return
     assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, cap) == on_vm
+
+
+def test_a_revision_is_a_value_a_user_can_derive() -> None:
+    """attrs.evolve(LINUX_7_3, name=...) is a kernel of its own name with 7.3's rules (the steps
+    are chosen by ``rules``, never by the name)."""
+    import attrs
+    from kvmcompat import SimDevice, query
+
+    from kvmsim.kernel.profile import load
+    from kvmsim.user.simulated import Kernel as Booted
+
+    backport = attrs.evolve(LINUX_7_3, name="linux-7.3-backport")
+    kernel = Booted(load("powervm-p11"), backport)
+    assert kernel.rev.name == "linux-7.3-backport"
+    answer = query(SimDevice(kernel))
+    assert (answer.abi, answer.modes) == ("linux-7.3", ("power10", "power11"))  # the client knows the numbers

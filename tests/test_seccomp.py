@@ -132,7 +132,7 @@ def go_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def go_args(kernel: Kernel) -> list[str]:
     """The numbers a program built for this host sends (what the Go program is told)."""
-    asked = kernel.rev if kernel.rev.abi is not None else LINUX_7_3
+    asked = kernel.rev if kernel.rev.ioctl is not None else LINUX_7_3
     request = asked.request(kernel.arch) or 0
     assert asked.cap is not None
     nums = [kernel.KVM_GET_API_VERSION, kernel.KVM_CREATE_VM, kernel.KVM_CHECK_EXTENSION, asked.cap, request]

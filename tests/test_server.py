@@ -86,12 +86,12 @@ def test_a_simulated_file_is_its_placeholder_on_any_connection(server: Server) -
     copy = os.dup(dev)
     a.close_fd(dev)
     assert b.ioctl(copy, server.kernel.KVM_GET_API_VERSION)[0] == 12  # the dup holds the file
-    assert len(server.files) == 1
+    assert len(server.placeholders) == 1
     a.close_fd(copy)
     deadline = time.monotonic() + 10
-    while len(server.files) and time.monotonic() < deadline:
+    while len(server.placeholders) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(server.files) == 0
+    assert len(server.placeholders) == 0
     a.close()
     b.close()
 

@@ -76,12 +76,12 @@ def test_out_of_local_fds_the_kernel_file_is_released(shim: Path, tmp_path: Path
         assert proc.stdout is not None and proc.stdin is not None
         held, failed = map(int, proc.stdout.readline().split())
         deadline = time.monotonic() + 10
-        while len(server.files) != held and time.monotonic() < deadline:
+        while len(server.placeholders) != held and time.monotonic() < deadline:
             time.sleep(0.01)
-        files = len(server.files)
+        files = len(server.placeholders)
         proc.communicate("\n", timeout=30)
-        while len(server.files) and time.monotonic() < deadline:
+        while len(server.placeholders) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert failed > 0 and held > 0
         assert files == held  # every simulated file the program could not get an fd for was released
-        assert len(server.files) == 0  # and the rest when it exited
+        assert len(server.placeholders) == 0  # and the rest when it exited

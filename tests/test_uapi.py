@@ -38,7 +38,7 @@ def test_compat_caps_request_numbers(rev: uapi.AbiRevision, arch: str, number: i
     ],
 )
 def test_revisions_table(rev: uapi.AbiRevision, cap: int | None, layout: tuple[str, ...] | None, draft: bool) -> None:
-    assert (rev.cap, rev.abi.layout.fields if rev.abi else None, rev.draft) == (cap, layout, draft)
+    assert (rev.cap, rev.ioctl.layout.fields if rev.ioctl else None, rev.draft) == (cap, layout, draft)
     assert uapi.DEFAULT_REVISION == "linux-7.3"
 
 

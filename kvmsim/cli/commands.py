@@ -97,7 +97,7 @@ def simulate(host: Host, rev: AbiRevision) -> Observation:
     from ..user.simulated import Kernel, SimDevice
 
     kernel = Kernel(host, rev)
-    asked = rev if rev.abi is not None else LINUX_7_3
+    asked = rev if rev.ioctl is not None else LINUX_7_3
     assert asked.cap is not None
     cap_probe = next(probe.cap_probes([asked.cap]))
     ioctl_probe = next(probe.compat_caps_probes(asked))
@@ -169,7 +169,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         seen = simulate(host, rev)
         kind = "draft" if rev.draft else "kernel"
         cap = "-" if seen.cap is None else seen.cap
-        asked = rev if rev.abi is not None else LINUX_7_3
+        asked = rev if rev.ioctl is not None else LINUX_7_3
         print(f"  {rev.name} {kind}: cap {asked.cap} = {cap}; ioctl {seen.request:#010x} -> {seen.text()}")
         modules = getattr(seen.kernel.kvm, "load_errors", {})
         for module, exc in modules.items():

@@ -27,7 +27,7 @@ from typing import Protocol
 from ..kernel.errors import KvmError, KvmsimError
 from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import U64_OF, ByteOrder
-from ..kernel.usermem import Fault
+from ..kernel.usermem import ADDRESS_LIMIT, Fault
 from . import channel, wire
 from .channel import SharedChannel
 from .placeholder import Deferring, MemoryWanted, Placeholder, Placeholders, raise_fd_limit
@@ -58,7 +58,7 @@ class Supervision(Protocol):
         self,
         listener: int,
         kernel: BootedKernel,
-        files: Placeholders,
+        placeholders: Placeholders,
         root: str | None,
         trace: Callable[[Call], None] | None,
     ) -> Supervising:
@@ -69,9 +69,7 @@ log = logging.getLogger("kvmsim.serve")  # imported up front: it must log when o
 Transport = wire.FrameReader | SharedChannel  # read() a frame, sendall() one
 _IOCTL, _RESULT = Msg.IOCTL, Msg.RESULT  # a call's two messages, looked up once (an enum member lookup is slow)
 _NEW_FD = b"\0"  # the byte a placeholder travels with (SCM_RIGHTS)
-MAX_USER_COPY = wire.MAX_USER_COPY
-ADDRESS_LIMIT = 1 << 64  # an access reaching past this wraps: access_ok() refuses it
-MAX_CLIENT_PAYLOAD = 4 + MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
+MAX_CLIENT_PAYLOAD = 4 + wire.MAX_USER_COPY  # the largest frame a shim sends: MEM_DATA of a full copy
 FRAME_STALL = 10.0  # seconds a begun frame may take; idle between calls is unlimited
 CLIENT_DEADLINE = 10.0  # seconds a client may take to answer MEM_READ: then its connection closes
 MAX_CONNECTIONS = 256  # processes served at once; more are dropped, logged
@@ -116,7 +114,7 @@ class RemoteMemory(Deferring):
         off = addr - self.base
         if off >= 0 and off + n <= len(self.window):
             return self.window[off : off + n]
-        if n > MAX_USER_COPY:
+        if n > wire.MAX_USER_COPY:
             raise Fault(addr, "read")
         if (addr, n) not in self.fetched:
             if self.deferring:
@@ -233,7 +231,7 @@ class Connection:
 
     def __init__(
         self,
-        files: Placeholders,
+        placeholders: Placeholders,
         sock: socket.socket,
         name: str,
         calls: itertools.count[int] | None = None,
@@ -243,7 +241,7 @@ class Connection:
         root: str | None = None,
         supervision: Supervision | None = None,
     ) -> None:
-        self.files, self.sock, self.name = files, sock, name
+        self.placeholders, self.sock, self.name = placeholders, sock, name
         self.root = root  # the host's files, for a supervised program (LISTENER)
         self.supervision = supervision  # how a program's listener is supervised (None: ENOSYS)
         self.supervisor: Supervising | None = None
@@ -310,7 +308,7 @@ class Connection:
             self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(-1, err, 0, 0)))
             return
         assert way is not None
-        supervisor = way.supervisor(fds[0], self.files.kernel, self.files, self.root, self.trace)
+        supervisor = way.supervisor(fds[0], self.placeholders.kernel, self.placeholders, self.root, self.trace)
         self.transport.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 0)))
         log.debug("%s: supervising a program under the seccomp filter", self.name)
         self.supervisor = supervisor
@@ -360,9 +358,9 @@ class Connection:
         released and the call fails with EMFILE or ENFILE: this process's only, its
         connection and every other process's go on."""
         try:
-            return self.files.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self)
+            return self.placeholders.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self)
         except OSError as exc:
-            with contextlib.suppress(KvmError), self.files.call(self.memory) as process:
+            with contextlib.suppress(KvmError), self.placeholders.call(self.memory) as process:
                 process.close(sim_fd)
             raise KvmError(exc.errno or errno.ENFILE, f"no descriptor for the new file: {exc.strerror}") from None
 
@@ -380,7 +378,7 @@ class Connection:
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
                 self.memory.begin(arg, window)
-                placeholder, ret, creates = self.files.ioctl((dev, ino), cmd, arg, self.memory)
+                placeholder, ret, creates = self.placeholders.ioctl((dev, ino), cmd, arg, self.memory)
                 if placeholder is None:
                     flags = wire.RESULT_FOREIGN  # the shim makes the real call
                 elif creates:
@@ -388,14 +386,14 @@ class Connection:
             elif msg == Msg.OPEN:
                 self.memory.begin(0, b"")
                 (oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
-                with self.files.call(self.memory) as process:
+                with self.placeholders.call(self.memory) as process:
                     sim_fd = process.open(path.decode(errors="replace"), oflags)
                 new = self._new(sim_fd, is_vm=False, nonblock=bool(oflags & os.O_NONBLOCK))
                 ret, flags = 0, wire.RESULT_NEW_FD
             elif msg == Msg.IDENTIFY:
                 self.memory.begin(0, b"")
                 (dev, ino), _ = wire.unpack(wire.IDENTIFY, payload)
-                found = self.files.get((dev, ino))
+                found = self.placeholders.get((dev, ino))
                 ret = wire.NOT_OURS if found is None else wire.IS_VM if found.is_vm else wire.IS_DEV_KVM
             else:
                 raise ProtocolError(f"unexpected {msg.name} from a client")
@@ -426,7 +424,7 @@ class Server:
         self.kernel, self.path, self.trace, self.root = kernel, str(path), trace, root
         self.supervision = supervision  # LISTENER: a program to supervise (kvmsim run --server)
         raise_fd_limit()  # one end of every placeholder its programs hold is the server's
-        self.files = Placeholders(kernel, on_release=self._released)
+        self.placeholders = Placeholders(kernel, on_release=self._released)
         # what HELLO answers: the shim's view of the host (root: where its files were written)
         self.hello = wire.HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root).encode()
         check_socket_path(self.path)
@@ -469,7 +467,7 @@ class Server:
         self._stop.wait(0.05)
 
     def serve_forever(self) -> None:
-        self.files.watch()  # releases what programs let go of, beside the connections
+        self.placeholders.watch()  # releases what programs let go of, beside the connections
         while not self._stop.is_set():
             try:
                 sock, _ = self.listener.accept()
@@ -497,7 +495,15 @@ class Server:
                 sock.close()
                 continue
             connection = Connection(
-                self.files, sock, name, self.calls, self.trace, self.hello, self.budget, self.root, self.supervision
+                self.placeholders,
+                sock,
+                name,
+                self.calls,
+                self.trace,
+                self.hello,
+                self.budget,
+                self.root,
+                self.supervision,
             )
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             self.connections[thread] = connection
@@ -534,4 +540,4 @@ class Server:
         deadline = time.monotonic() + STOP_WAIT  # each hung-up thread ends in moments; bounded all the same
         for thread, _connection in connections:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self.files.close()
+        self.placeholders.close()

@@ -23,8 +23,8 @@ def capability_names() -> Mapping[int, str]:
 
     names = {v: k for k, v in vars(uapi).items() if k.startswith("KVM_CAP_") and isinstance(v, int)}
     for rev in REVISIONS.values():  # the compat query's own, per revision (249 the v4 draft's)
-        if rev.abi is not None:
-            names.setdefault(rev.abi.cap, f"KVM_CAP_PPC_COMPAT_CAPS ({rev.name})")
+        if rev.ioctl is not None:
+            names.setdefault(rev.ioctl.cap, f"KVM_CAP_PPC_COMPAT_CAPS ({rev.name})")
     return names
 
 
@@ -55,9 +55,9 @@ class Call:
 
             rev = REVISIONS.get(name.removeprefix("KVM_PPC_GET_COMPAT_CAPS (").rstrip(")"))
             data = self.writes[-1][1]
-            if rev is None or rev.abi is None or len(data) < uapi.KVM_PPC_COMPAT_CAPS_SIZE_VER0:
+            if rev is None or rev.ioctl is None or len(data) < uapi.KVM_PPC_COMPAT_CAPS_SIZE_VER0:
                 return None
-            fields = rev.abi.layout.unpack(arch.byteorder, data[: uapi.KVM_PPC_COMPAT_CAPS_SIZE_VER0])
+            fields = rev.ioctl.layout.unpack(arch.byteorder, data[: uapi.KVM_PPC_COMPAT_CAPS_SIZE_VER0])
             caps = fields["compat_capabilities"]
             modes = ", ".join(m.name for m in uapi.modes_of_caps(caps)) or "none"
             return f"size={fields['size']} flags={fields['flags']:#x} compat_capabilities={caps:#x} ({modes})"

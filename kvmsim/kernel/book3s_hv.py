@@ -172,7 +172,7 @@ def kvmppc_book3s_init_hv(host: Host, rev: AbiRevision, printk: Callable[[str], 
     if not kvmppc_core_check_processor_compat_hv(host):
         mode = host.cpu.effective.name if host.cpu.effective else "raw"
         raise KvmError(errno.ENODEV, f"an L1 needs ISA 3.0 and a radix MMU ({mode} mode, {host.mmu} MMU)")
-    module = HvModule(host, HV_STEPS[rev.name] if rev.abi is not None else None, printk)
+    module = HvModule(host, HV_STEPS[rev.rules] if rev.ioctl is not None else None, printk)
     kvmhv_nested_init(module)
     if not kvmhv_on_pseries(host):
         printk("KVM-HV: Enabling IRQ bypass")  # CONFIG_KVM_XICS, bare metal only

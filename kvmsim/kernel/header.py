@@ -46,8 +46,8 @@ def revision_from_header(text: str, where: str) -> AbiRevision:
         raise InvalidInput(f"{where}: KVM_PPC_GET_COMPAT_CAPS nr {nr:#x} does not fit 8 bits")
     layout = CompatCapsLayout(cast(tuple[CompatCapsField, CompatCapsField, CompatCapsField], fields))
     rules = header_rules(ioctl[1], nr)
-    assert rules.abi is not None
-    return attrs.evolve(rules, abi=attrs.evolve(rules.abi, layout=layout, cap=cap_number, nr=nr))
+    assert rules.ioctl is not None
+    return attrs.evolve(rules, ioctl=attrs.evolve(rules.ioctl, layout=layout, cap=cap_number, nr=nr))
 
 
 def header_rules(macro: str, nr: int) -> AbiRevision:

@@ -37,6 +37,8 @@ from .usermem import AddressSpace, Fault, UserAccess
 
 NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
 
+VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID/fd/N of a VM fd reads
+
 # What the VFS answers of the file operations kvm_chardev_ops and kvm_vm_fops leave out (both
 # have only .unlocked_ioctl and .llseek = noop_llseek, and the VM's .release): read and write
 # without .read/.write are EINVAL (vfs_read: no FMODE_CAN_READ); pread/pwrite on /dev/kvm, a
@@ -50,7 +52,7 @@ FILE_OPS: dict[str, dict[str, str]] = {
     "dev": {"read": "EINVAL", "write": "EINVAL", "pread": "EINVAL", "pwrite": "EINVAL", "lseek": "0",
             "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "chr 10:232", "link": DEV_KVM},
     "vm": {"read": "EINVAL", "write": "EINVAL", "pread": "ESPIPE", "pwrite": "ESPIPE", "lseek": "0",
-           "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "anon_inode", "link": "anon_inode:kvm-vm"},
+           "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "anon_inode", "link": VM_LINK},
 }  # fmt: skip
 
 
@@ -139,7 +141,7 @@ class Process:
 
     def fds(self) -> dict[int, str]:
         """The open fds and what they are (``/proc/self/fd``)."""
-        return {fd: DEV_KVM if isinstance(f, DevKvmFile) else "anon_inode:kvm-vm" for fd, f in self._files.items()}
+        return {fd: DEV_KVM if isinstance(f, DevKvmFile) else VM_LINK for fd, f in self._files.items()}
 
     # -- ioctl(2) ------------------------------------------------------------
 

@@ -107,12 +107,14 @@ class PowerpcKvm:
 
     def __init__(self, host: Host, rev: AbiRevision, ksize: int, printk: Callable[[str], None]) -> None:
         self.host, self.rev, self.ksize = host, rev, ksize
-        self.abi: CompatCapsAbi | None = rev.abi
+        self.ioctl: CompatCapsAbi | None = rev.ioctl
         self.steps: CompatCapsSteps | None = None
-        if rev.abi is not None:
-            if rev.name not in STEPS:
-                raise InvalidInput(f"revision {rev.name!r}: no kernel has its steps (known: {', '.join(STEPS)})")
-            self.steps = STEPS[rev.name]
+        if rev.ioctl is not None:
+            if rev.rules not in STEPS:
+                raise InvalidInput(
+                    f"revision {rev.name!r}: no kernel has the rules {rev.rules!r} (known: {', '.join(STEPS)})"
+                )
+            self.steps = STEPS[rev.rules]
         self.request = rev.request(host.arch)
         self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module
         self.hv: HvModule | None = None
@@ -143,7 +145,7 @@ class PowerpcKvm:
     def check_extension(self, ext: int, vm: Vm | None) -> int:
         hv = self.hv
         hv_enabled = vm.hv if vm is not None else hv is not None
-        if self.abi is not None and self.steps is not None and ext == self.abi.cap:
+        if self.ioctl is not None and self.steps is not None and ext == self.ioctl.cap:
             return int(self.steps.cap_rule(self, hv_enabled))
         if ext in ALWAYS:
             return 1
@@ -220,10 +222,10 @@ class PowerpcKvm:
 
     # kvm_arch_vm_ioctl()
     def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
-        if self.abi is None or self.steps is None or request != self.request:
+        if self.ioctl is None or self.steps is None or request != self.request:
             raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x}")
         try:
-            return self.steps.get_compat_caps(self, self.abi, vm, argp, mem)
+            return self.steps.get_compat_caps(self, self.ioctl, vm, argp, mem)
         except Fault as fault:
             raise KvmError(errno.EFAULT, f"user memory: {fault}") from None
 
@@ -234,24 +236,24 @@ class PowerpcKvm:
             raise KvmError(errno.ENOTTY, f"{vm.ops.name} VMs have no get_compat_caps op")
         return vm.ops.get_compat_caps()
 
-    def _out(self, abi: CompatCapsAbi, size: int, caps: int) -> bytes:
-        body = abi.layout.pack(self.host.arch.byteorder, flags=0, size=size, compat_capabilities=caps)
+    def _out(self, ioctl: CompatCapsAbi, size: int, caps: int) -> bytes:
+        body = ioctl.layout.pack(self.host.arch.byteorder, flags=0, size=size, compat_capabilities=caps)
         return body.ljust(self.ksize, b"\0")
 
-    def get_compat_caps_v4(self, abi: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
+    def get_compat_caps_v4(self, ioctl: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
         """v4: get_user(size) at its offset; size < sizeof(caps) → EINVAL; larger is fine."""
         bo = self.host.arch.byteorder
-        size = mem.get_user_u64(argp + abi.layout.offset("size"), bo)
+        size = mem.get_user_u64(argp + ioctl.layout.offset("size"), bo)
         if size < self.ksize:
             hint = " (the v4 draft's struct is flags, size, caps: is this a v5/7.3 layout?)" if size == 0 else ""
             raise KvmError(errno.EINVAL, f"size {size} is smaller than the struct ({self.ksize}){hint}")
         caps = self._backend(vm)
-        mem.copy_to_user(argp, self._out(abi, self.ksize, caps))
+        mem.copy_to_user(argp, self._out(ioctl, self.ksize, caps))
         return 0
 
-    def get_compat_caps_v5(self, abi: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
+    def get_compat_caps_v5(self, ioctl: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
         """v5: usize/ksize, E2BIG with ksize written back, copy_struct_from_user, flags."""
-        layout, bo, ksize = abi.layout, self.host.arch.byteorder, self.ksize
+        layout, bo, ksize = ioctl.layout, self.host.arch.byteorder, self.ksize
         usize = mem.get_user_u64(argp + layout.offset("size"), bo)
         if usize < KVM_PPC_COMPAT_CAPS_SIZE_VER0:
             raise KvmError(errno.EINVAL, f"size {usize} is smaller than KVM_PPC_COMPAT_CAPS_SIZE_VER0 (24)")
@@ -266,12 +268,12 @@ class PowerpcKvm:
         if flags:
             raise KvmError(errno.EINVAL, f"flags {flags:#x} must be 0")
         caps = self._backend(vm)
-        mem.copy_to_user(argp, self._out(abi, usize, caps)[:usize])
+        mem.copy_to_user(argp, self._out(ioctl, usize, caps)[:usize])
         return 0
 
-    def get_compat_caps_linux_7_3(self, abi: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
+    def get_compat_caps_linux_7_3(self, ioctl: CompatCapsAbi, vm: Vm, argp: int, mem: UserAccess) -> int:
         """Linux 7.3 (powerpc.c at ac3e65dd), in its order of checks."""
-        layout, bo, ksize = abi.layout, self.host.arch.byteorder, self.ksize
+        layout, bo, ksize = ioctl.layout, self.host.arch.byteorder, self.ksize
         usize = mem.get_user_u64(argp, bo)  # get_user(usize, argp): size is the first field
         if usize > self.host.page_size:
             hint = byte_swapped_hint(usize, KVM_PPC_COMPAT_CAPS_SIZE_VER0, self.host.page_size, bo)
@@ -290,7 +292,7 @@ class PowerpcKvm:
         if flags:
             raise KvmError(errno.EINVAL, f"flags {flags:#x} must be 0 (reserved)")
         caps = self._backend(vm)
-        mem.copy_struct_to_user(argp, usize, self._out(abi, min(usize, ksize), caps))
+        mem.copy_struct_to_user(argp, usize, self._out(ioctl, min(usize, ksize), caps))
         return 0
 
 

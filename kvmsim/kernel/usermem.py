@@ -17,6 +17,7 @@ import attrs
 from .uapi import U64_OF, ByteOrder
 
 PAGE_SIZE = 0x1000
+ADDRESS_LIMIT = 1 << 64  # a user access reaching past this wraps: access_ok() refuses it
 # Below 2**31, so an address fits the C int that CPython 3.11's fcntl.ioctl passes.
 MAP_BASE = 0x1000_0000
 

@@ -20,11 +20,12 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
+from ..kernel.kvm_main import VM_LINK
 from ..kernel.requests import decode_request
 from ..kernel.uapi import DEV_KVM, errname
 from ..user.simulated import Kernel
 
-ANON_INODES = "/run/kvmsim/anon_inode:kvm-vm"
+ANON_INODES = f"/run/kvmsim/{VM_LINK}"
 # The real fcntl functions, taken before pyfakefs patches anything, kept in a tuple: pyfakefs
 # rebinds a module's top-level names that hold an fcntl function (`from fcntl import ioctl`)
 _REAL = (fcntl_module.ioctl, fcntl_module.fcntl)

@@ -40,7 +40,7 @@ import attrs
 import pytest
 
 from ..kernel.revisions import DEFAULT_REVISION
-from ..kernel.uapi import DEV_KVM
+from ..kernel.uapi import DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0
 
 if TYPE_CHECKING:
     from pyfakefs.fake_file import FakeDirectory, FakeFile
@@ -98,13 +98,15 @@ class KvmHostParam:
     name: str
     abi: str = DEFAULT_REVISION
     overrides: Mapping[str, Any] = attrs.field(factory=dict)
-    ksize: int = 24
+    ksize: int = KVM_PPC_COMPAT_CAPS_SIZE_VER0
     stack_junk: bool = False  # CPython's stack past a buffer: junk, not zeros (kvmsim.user.pyioctl)
 
     @property
     def id(self) -> str:
         label = f"{Path(self.name).stem}-{self.abi}"
-        extra = [f"{k}={v}" for k, v in self.overrides.items()] + ([f"ksize={self.ksize}"] if self.ksize != 24 else [])
+        extra = [f"{k}={v}" for k, v in self.overrides.items()] + (
+            [f"ksize={self.ksize}"] if self.ksize != KVM_PPC_COMPAT_CAPS_SIZE_VER0 else []
+        )
         return "-".join([label, *extra, *(["stack-junk"] if self.stack_junk else [])])
 
 
@@ -340,7 +342,7 @@ def _ours(entry: object) -> bool:
 def _spec(name: str | os.PathLike[str] | KvmHostParam, abi: str, overrides: dict[str, Any]) -> KvmHostParam:
     if isinstance(name, KvmHostParam):
         return name
-    ksize = int(overrides.pop("ksize", 24))
+    ksize = int(overrides.pop("ksize", KVM_PPC_COMPAT_CAPS_SIZE_VER0))
     return KvmHostParam(os.fspath(name), abi, overrides, ksize)
 
 
@@ -459,7 +461,7 @@ def kvm_host(request: pytest.FixtureRequest) -> Iterator[KvmHost]:
         else:
             kwargs = dict(marker.kwargs)
             abi = str(kwargs.pop("abi", DEFAULT_REVISION))
-            ksize = int(kwargs.pop("ksize", 24))
+            ksize = int(kwargs.pop("ksize", KVM_PPC_COMPAT_CAPS_SIZE_VER0))
             junk = bool(kwargs.pop("stack_junk", False))
             spec = KvmHostParam(os.fspath(marker.args[0]) if marker.args else DEFAULT_HOST, abi, kwargs, ksize, junk)
     fs = request.getfixturevalue("fs")  # pyfakefs's own fixture: one fake filesystem, in any order

@@ -8,7 +8,7 @@ Makefile's ``make c`` uses it)."""
 from __future__ import annotations
 
 from ..intercept import channel, wire
-from ..kernel.kvm_main import FILE_OPS
+from ..kernel.kvm_main import FILE_OPS, VM_LINK
 
 
 def header() -> str:
@@ -36,6 +36,7 @@ def header() -> str:
         "enum { " + ", ".join(f"{name} = {getattr(channel, name)}" for name in _WORDS) + " };",
         "/* the errno of each file operation the device has none of (kvm_main.FILE_OPS) */",
         *(f"#define {kind.upper()}_{op.upper()} {FILE_OPS[kind][op]}" for kind in FILE_OPS for op in _FAILING),
+        f'#define VM_LINK "{VM_LINK}" /* what /proc/PID/fd/N of a VM fd reads (kvm_main.VM_LINK) */',
         "#endif",
     ]
     return "\n".join(lines) + "\n"

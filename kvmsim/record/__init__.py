@@ -246,7 +246,7 @@ def kernel_revisions(recorded: Mapping[str, Any]) -> list[AbiRevision]:
     """The revisions whose own request the recorded kernel knew (it did not answer ENOTTY
     on the VM fd), else all of them (a kernel whose VM could not be created)."""
     known = [
-        r for r in REVISIONS.values() if r.abi is not None and recorded.get(f"{r.name} ioctl", "ENOTTY") != "ENOTTY"
+        r for r in REVISIONS.values() if r.ioctl is not None and recorded.get(f"{r.name} ioctl", "ENOTTY") != "ENOTTY"
     ]
     return known or list(REVISIONS.values())
 

@@ -52,7 +52,8 @@ import attrs
 
 from ..intercept.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
 from ..kernel.errors import KvmError
-from ..kernel.uapi import DEV_KVM, Arch
+from ..kernel.kvm_main import VM_LINK
+from ..kernel.uapi import ARCHES, DEV_KVM, Arch
 from ..kernel.usermem import Fault
 from . import cred, kernfs, pidfd, uapi
 from .kstat import Kstat, dev_kvm
@@ -63,16 +64,16 @@ if TYPE_CHECKING:
     from ..intercept.trace import Call
     from ..kernel.kvm_main import BootedKernel
 
-FIOCLEX, FIONCLEX = 0x5451, 0x5450  # x86_64's: what the real kernel does to the placeholder
+# x86_64's (the supervisor runs there): what the real kernel does to the placeholder itself
+FD_FLAG_IOCTLS = frozenset(ARCHES["x86_64"].vfs_ioctls[name] for name in ("FIOCLEX", "FIONCLEX"))
 KVMIO = 0xAE  # include/uapi/linux/kvm.h: the type of every KVM ioctl, on every architecture
-VM_LINK = "anon_inode:kvm-vm"
 _FD_LINK = re.compile(rb"^/proc/(self|thread-self|\d+)(?:/task/(\d+))?/fd/(\d+)$")
 NOTIFIED = ("ioctl", "open", "openat", "openat2", "stat", "lstat", "newfstatat", "statx", "fstat",
             "access", "faccessat", "faccessat2", "readlink", "readlinkat", "uname")  # fmt: skip
 
 
 @attrs.frozen
-class Answer:
+class Response:
     """How a notification is answered: CONTINUE, a value, an errno, or a new fd."""
 
     kind: str  # "continue", "value", "error", "fd"
@@ -81,15 +82,15 @@ class Answer:
     cloexec: bool = False
 
 
-CONTINUE = Answer("continue")
+CONTINUE = Response("continue")
 
 
-def value(v: int) -> Answer:
-    return Answer("value", v)
+def value(v: int) -> Response:
+    return Response("value", v)
 
 
-def error(err: int) -> Answer:
-    return Answer("error", err)
+def error(err: int) -> Response:
+    return Response("error", err)
 
 
 def _inspection_errno(err: int | None) -> int:
@@ -128,28 +129,28 @@ class Supervisor:
         root: str | None = None,
         host_files: Callable[[BootedKernel], object] | None = None,
         trace: Callable[[Call], None] | None = None,
-        files: Placeholders | None = None,
+        placeholders: Placeholders | None = None,
     ) -> None:
         """``boot()`` makes the run's kernel when a call first needs it (an open of /dev/kvm,
         an ioctl on a placeholder, a stat of /dev/kvm or of the host's files), and
         ``host_files(kernel)`` then writes the host's files under ``root``: a program that
         never touches KVM never pays for the kernel model.  ``arch`` is the host's, for uname.
-        ``files``: a table shared with others (a server's, which releases its files itself)."""
+        ``placeholders``: a table shared with others (a server's, which releases its files itself)."""
         self._boot, self.arch, self.listener, self.trace = boot, arch, listener, trace
         self.owner = f"listener {listener} of pid {os.getpid()}"  # its programs' share of a shared table
         self.pidfds = pidfd.Pidfds()  # the threads' pidfds, kept between their calls
         raise_fd_limit()
         self._host_files = host_files
         self._kernel: BootedKernel | None = None
-        self._files: Placeholders | None = files
-        self._own_files = files is None
+        self._placeholders: Placeholders | None = placeholders
+        self._own_placeholders = placeholders is None
         self.namei = Namei(root)
         self.poller = select.poll()
         self.poller.register(listener, select.POLLIN)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self.poller.register(self._stop_r, select.POLLIN)
         self._anon = self._anon_inode_stat()
-        self._handlers: dict[int, Callable[[Notification, TaskMemory], Answer]] = {
+        self._handlers: dict[int, Callable[[Notification, TaskMemory], Response]] = {
             uapi.NR[name]: getattr(self, f"sys_{name}") for name in NOTIFIED
         }
         with contextlib.suppress(OSError):  # Linux 6.6: each side is woken on the other's CPU (by value)
@@ -165,12 +166,12 @@ class Supervisor:
         return self._kernel
 
     @property
-    def files(self) -> Placeholders:
+    def placeholders(self) -> Placeholders:
         """The placeholders of the simulated files (made with the kernel)."""
-        if self._files is None:
-            self._files = Placeholders(self.kernel, on_release=self._released)
-            self.poller.register(self._files.fileno(), select.POLLIN)  # released here, between calls
-        return self._files
+        if self._placeholders is None:
+            self._placeholders = Placeholders(self.kernel, on_release=self._released)
+            self.poller.register(self._placeholders.fileno(), select.POLLIN)  # released here, between calls
+        return self._placeholders
 
     @staticmethod
     def _anon_inode_stat() -> Kstat:
@@ -195,11 +196,11 @@ class Supervisor:
                             self._one()
                         elif events & (select.POLLHUP | select.POLLERR):
                             return
-                    elif self._files is not None:
-                        self._files.reap()
+                    elif self._placeholders is not None:
+                        self._placeholders.reap()
         finally:
-            if self._files is not None and self._own_files:
-                self._files.close()
+            if self._placeholders is not None and self._own_placeholders:
+                self._placeholders.close()
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve, name="kvmsim-seccomp", daemon=True)
@@ -241,7 +242,7 @@ class Supervisor:
                 answer = self._failed(n, errno.EIO, f"the supervisor failed: {type(exc).__name__}: {exc}")
         self._answer(n, answer)
 
-    def _failed(self, n: Notification, err: int, why: str) -> Answer:
+    def _failed(self, n: Notification, err: int, why: str) -> Response:
         """The errno for a call the supervisor could not answer (never CONTINUE), traced with why."""
         if self.trace is not None:
             from ..intercept.trace import Call
@@ -259,7 +260,7 @@ class Supervisor:
             return False
         return True
 
-    def _answer(self, n: Notification, a: Answer) -> None:
+    def _answer(self, n: Notification, a: Response) -> None:
         if a.kind == "fd":
             ours = a.fd
             addfd = uapi.SECCOMP_NOTIF_ADDFD.pack(
@@ -297,7 +298,7 @@ class Supervisor:
             st = os.fstat(pinned)
         finally:
             os.close(pinned)
-        return (None if self._files is None else self._files.of(st)), st  # none before the first
+        return (None if self._placeholders is None else self._placeholders.of(st)), st  # none before the first
 
     def _released(self, placeholder: Placeholder) -> None:
         if self.trace is not None:
@@ -307,7 +308,7 @@ class Supervisor:
 
     # -- ioctl(2) ---------------------------------------------------------------------------
 
-    def sys_ioctl(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_ioctl(self, n: Notification, mem: TaskMemory) -> Response:
         fd, cmd, arg = _s32(n.args[0]), n.args[1] & 0xFFFFFFFF, n.args[2]
         kvm_type = (cmd >> 8) & 0xFF == KVMIO
         try:
@@ -321,7 +322,7 @@ class Supervisor:
                 _ = self.kernel  # (a standby's, whose server is gone, raises EIO here)
                 return self._failed(n, errno.EBADF if st is None else errno.EPERM, f"fd {fd} is no simulated file")
             return CONTINUE
-        if cmd in (FIOCLEX, FIONCLEX) and placeholder.sim_fd >= 0:
+        if cmd in FD_FLAG_IOCTLS and placeholder.sim_fd >= 0:
             return CONTINUE  # an fd flag: the real kernel sets it on the placeholder
         if not self._valid(n):
             return error(errno.ESRCH)  # the task is gone: nobody reads the answer
@@ -329,7 +330,7 @@ class Supervisor:
         window = mem.read(arg, 24) if self.trace is not None else b""
         reason = None
         try:
-            _, ret, creates = self.files.ioctl(identity(st), cmd, arg, mem)
+            _, ret, creates = self.placeholders.ioctl(identity(st), cmd, arg, mem)
             err = 0
         except KvmError as exc:
             ret, err, reason, creates = -1, exc.errno or errno.EIO, exc.reason, False
@@ -348,7 +349,7 @@ class Supervisor:
         path = mem.read_string(addr, uapi.PATH_MAX)
         return None if path is None or len(path) >= uapi.PATH_MAX else path
 
-    def _open(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, flags: int, resolve: int = 0) -> Answer:
+    def _open(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, flags: int, resolve: int = 0) -> Response:
         path = self._path(mem, addr)
         if path is None:
             return CONTINUE  # the real kernel's EFAULT or ENAMETOOLONG
@@ -372,7 +373,7 @@ class Supervisor:
                 return self._new_file(-1, is_vm=False, cloexec=cloexec)
         reason = None
         try:
-            with self.files.call(mem) as process:
+            with self.placeholders.call(mem) as process:
                 ret, err = process.open(DEV_KVM, flags), 0
         except KvmError as exc:
             ret, err, reason = -1, exc.errno or errno.ENOENT, exc.reason
@@ -385,18 +386,18 @@ class Supervisor:
         try:
             return self._new_file(ret, is_vm=False, cloexec=cloexec, nonblock=bool(flags & os.O_NONBLOCK))
         except OSError:
-            with contextlib.suppress(KvmError), self.files.call(mem) as process:
+            with contextlib.suppress(KvmError), self.placeholders.call(mem) as process:
                 process.close(ret)
             raise
 
-    def _new_file(self, sim_fd: int, *, is_vm: bool, cloexec: bool, nonblock: bool = False) -> Answer:
+    def _new_file(self, sim_fd: int, *, is_vm: bool, cloexec: bool, nonblock: bool = False) -> Response:
         """A placeholder for ``sim_fd`` to install; the program's EMFILE or ENFILE where this
         process or the program's share of the table is out of descriptors (``Placeholders``)."""
-        return Answer(
-            "fd", fd=self.files.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self.owner), cloexec=cloexec
+        return Response(
+            "fd", fd=self.placeholders.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self.owner), cloexec=cloexec
         )
 
-    def _open_view(self, n: Notification, found: Found, flags: int) -> Answer:
+    def _open_view(self, n: Notification, found: Found, flags: int) -> Response:
         """A host file, beneath the host tree, read-only, as the task's credentials allow."""
         assert found.base is not None
         _ = self.kernel  # the host's files are written with it
@@ -404,15 +405,15 @@ class Supervisor:
             fd = kernfs.open_file(found.base, found.beneath, flags, cred.of_task(n.pid))
         except OSError as exc:
             return error(exc.errno or errno.EIO)
-        return Answer("fd", fd=fd, cloexec=bool(flags & os.O_CLOEXEC))
+        return Response("fd", fd=fd, cloexec=bool(flags & os.O_CLOEXEC))
 
-    def sys_open(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_open(self, n: Notification, mem: TaskMemory) -> Response:
         return self._open(n, mem, uapi.AT_FDCWD, n.args[0], n.args[1] & 0xFFFFFFFF)
 
-    def sys_openat(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_openat(self, n: Notification, mem: TaskMemory) -> Response:
         return self._open(n, mem, _s32(n.args[0]), n.args[1], n.args[2] & 0xFFFFFFFF)
 
-    def sys_openat2(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_openat2(self, n: Notification, mem: TaskMemory) -> Response:
         """``copy_struct_from_user`` and ``build_open_how``'s checks are path-free: where they
         fail, the real kernel answers (CONTINUE); the lookup honours ``resolve``."""
         size = n.args[3]
@@ -463,7 +464,7 @@ class Supervisor:
     def _placeholder_stat(self, placeholder: Placeholder) -> Kstat | int:
         return self._anon if placeholder.is_vm else self._dev_kvm_stat()
 
-    def _put_stat(self, n: Notification, mem: TaskMemory, st: Kstat | int | None, buf: int) -> Answer:
+    def _put_stat(self, n: Notification, mem: TaskMemory, st: Kstat | int | None, buf: int) -> Response:
         if st is None:
             return CONTINUE
         if not self._valid(n):
@@ -476,23 +477,23 @@ class Supervisor:
             return error(errno.EFAULT)
         return value(0)
 
-    def sys_stat(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_stat(self, n: Notification, mem: TaskMemory) -> Response:
         return self._put_stat(n, mem, self._stat_of(n, mem, uapi.AT_FDCWD, n.args[0], 0), n.args[1])
 
-    def sys_lstat(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_lstat(self, n: Notification, mem: TaskMemory) -> Response:
         st = self._stat_of(n, mem, uapi.AT_FDCWD, n.args[0], uapi.AT_SYMLINK_NOFOLLOW)
         return self._put_stat(n, mem, st, n.args[1])
 
-    def sys_newfstatat(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_newfstatat(self, n: Notification, mem: TaskMemory) -> Response:
         st = self._stat_of(n, mem, _s32(n.args[0]), n.args[1], n.args[3] & 0xFFFFFFFF)
         return self._put_stat(n, mem, st, n.args[2])
 
-    def sys_fstat(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_fstat(self, n: Notification, mem: TaskMemory) -> Response:
         placeholder, _ = self._held(n.pid, _s32(n.args[0]))
         st = None if placeholder is None else self._placeholder_stat(placeholder)
         return self._put_stat(n, mem, st, n.args[1])
 
-    def sys_statx(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_statx(self, n: Notification, mem: TaskMemory) -> Response:
         st = self._stat_of(n, mem, _s32(n.args[0]), n.args[1], n.args[2] & 0xFFFFFFFF)
         if st is None:
             return CONTINUE
@@ -508,7 +509,7 @@ class Supervisor:
 
     # -- the access family ------------------------------------------------------------------
 
-    def _access(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, mode: int, flags: int) -> Answer:
+    def _access(self, n: Notification, mem: TaskMemory, dirfd: int, addr: int, mode: int, flags: int) -> Response:
         st = self._stat_of(n, mem, dirfd, addr, flags)
         if st is None:
             return CONTINUE
@@ -521,18 +522,18 @@ class Supervisor:
         err = kernfs.may_access(st, cred.of_task(n.pid), mode, eaccess=bool(flags & uapi.AT_EACCESS))
         return error(err) if err else value(0)  # a host file: as generic_permission() decides for the task
 
-    def sys_access(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_access(self, n: Notification, mem: TaskMemory) -> Response:
         return self._access(n, mem, uapi.AT_FDCWD, n.args[0], n.args[1], 0)
 
-    def sys_faccessat(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_faccessat(self, n: Notification, mem: TaskMemory) -> Response:
         return self._access(n, mem, _s32(n.args[0]), n.args[1], n.args[2], 0)
 
-    def sys_faccessat2(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_faccessat2(self, n: Notification, mem: TaskMemory) -> Response:
         return self._access(n, mem, _s32(n.args[0]), n.args[1], n.args[2], n.args[3] & 0xFFFFFFFF)
 
     # -- readlink(2), uname(2) --------------------------------------------------------------
 
-    def _readlink(self, n: Notification, mem: TaskMemory, addr: int, buf: int, size: int) -> Answer:
+    def _readlink(self, n: Notification, mem: TaskMemory, addr: int, buf: int, size: int) -> Response:
         path = self._path(mem, addr)
         m = _FD_LINK.match(path or b"")
         if m is None:
@@ -543,7 +544,7 @@ class Supervisor:
         )  # fmt: skip
         where = f"/proc/{owner}" + (f"/task/{task.decode()}" if task else "") + f"/fd/{fd.decode()}"
         try:
-            placeholder = None if self._files is None else self._files.of(os.stat(where))
+            placeholder = None if self._placeholders is None else self._placeholders.of(os.stat(where))
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 return error(exc.errno)  # a task's fds it may not read: never ours to reveal
@@ -562,14 +563,14 @@ class Supervisor:
             return error(errno.EFAULT)
         return value(len(text))
 
-    def sys_readlink(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_readlink(self, n: Notification, mem: TaskMemory) -> Response:
         return self._readlink(n, mem, n.args[0], n.args[1], n.args[2])
 
-    def sys_readlinkat(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_readlinkat(self, n: Notification, mem: TaskMemory) -> Response:
         # only an absolute /proc/.../fd/N is answered, and an absolute path ignores dirfd
         return self._readlink(n, mem, n.args[1], n.args[2], n.args[3])
 
-    def sys_uname(self, n: Notification, mem: TaskMemory) -> Answer:
+    def sys_uname(self, n: Notification, mem: TaskMemory) -> Response:
         u = os.uname()
         fields = (u.sysname, u.nodename, u.release, u.version, self.arch.name, _domainname())
         data = b"".join(f.encode()[: uapi.UTS_FIELD - 1].ljust(uapi.UTS_FIELD, b"\0") for f in fields)
@@ -617,8 +618,8 @@ class SeccompSupervision:
         self,
         listener: int,
         kernel: BootedKernel,
-        files: Placeholders,
+        placeholders: Placeholders,
         root: str | None,
         trace: Callable[[Call], None] | None,
     ) -> Supervisor:
-        return Supervisor(lambda: kernel, kernel.arch, listener, root=root, files=files, trace=trace)
+        return Supervisor(lambda: kernel, kernel.arch, listener, root=root, placeholders=placeholders, trace=trace)

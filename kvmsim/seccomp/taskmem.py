@@ -10,10 +10,8 @@ import errno
 import os
 from typing import Any
 
-from ..kernel.uapi import MAX_PAGE_SIZE as MAX_USER_COPY  # the shim's window (kvmsim.intercept.wire)
-from ..kernel.usermem import Fault, UserAccess
-
-ADDRESS_LIMIT = 1 << 64
+from ..intercept.wire import MAX_USER_COPY  # the shim's window: the same bound both ways
+from ..kernel.usermem import ADDRESS_LIMIT, Fault, UserAccess
 
 
 class _Iovec(ctypes.Structure):

@@ -37,8 +37,8 @@ SIZES = (0, 1, 8, 16, 23, 24, 25, 31, 32, 33, 40, 64, 4095, 4096, 4097, 65535, 6
 
 def _requests(rev: AbiRevision, arch: Arch) -> list[int]:
     """A revision's request and its neighbours in both encodings."""
-    assert rev.abi is not None
-    nr, size = rev.abi.nr, rev.layout.size
+    assert rev.ioctl is not None
+    nr, size = rev.ioctl.nr, rev.layout.size
     out = []
     for ioc in (arch.ioc, ARCHES["x86_64"].ioc):
         for direction in (ioc.none, ioc.read, ioc.write, ioc.read | ioc.write):
@@ -65,7 +65,7 @@ def _struct(rng: random.Random, rev: AbiRevision, arch: Arch) -> bytes:
 def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values()) -> list[Probe]:
     """``n`` cases from ``seed``, for the arch each is asked on (the requests are built then)."""
     rng = random.Random(seed)
-    revs = [r for r in revisions if r.abi is not None]
+    revs = [r for r in revisions if r.ioctl is not None]
     out = []
     for i in range(n):
         kind = rng.random()

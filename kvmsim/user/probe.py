@@ -172,7 +172,7 @@ def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: 
         yield Probe(f"create vm type {vm_type}", "dev", Arch.kvm_create_vm, lambda a, t=vm_type: t, returns_fd=True)  # type: ignore[misc]
     yield from cap_probes(sorted(set(probed_caps(revisions)) | (set(SWEEP_CAPS) if sweep else set())))
     for rev in revisions:
-        if rev.abi is not None:
+        if rev.ioctl is not None:
             yield from compat_caps_probes(rev)
 
 
