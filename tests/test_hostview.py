@@ -182,3 +182,30 @@ def test_one_writer_of_the_hosts_files_never_follows_a_planted_link(tmp_path: Pa
     finally:
         posix.close(root)
     assert victim.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("host", "clock", "dec_bits", "dcache"),
+    [
+        ("powervm-p11", 2_750_000_000, 56, 0x8000),
+        ("kvm-l1-p9", None, 56, 0x8000),
+        ("kvm-l1-p8-compat", None, None, 0x8000),  # a POWER9 in POWER8 mode: its caches, no large decrementer
+    ],
+)
+def test_a_cpu_node_has_what_qemu_reads(host: str, clock: int | None, dec_bits: int | None, dcache: int) -> None:
+    """clock-frequency (else QEMU says "Unknown host!"), the timebase, ibm,dec-bits on ISA 3.0,
+    the L1 caches, the thread ids: on every cpu node."""
+    kernel = Kernel.from_profile(host)
+    files = hostfs.files(kernel)
+    for node in kernel.host.cpu_nodes:
+        base = f"/proc/device-tree/cpus/{node.name}"
+
+        def cell(prop: str, base: str = base) -> int | None:
+            data = files.get(f"{base}/{prop}")
+            return None if data is None else int.from_bytes(data, "big")
+
+        assert cell("clock-frequency") == (clock if clock is not None else kernel.host.cpu.clock_mhz * 1_000_000)
+        assert cell("timebase-frequency") == 512_000_000
+        assert cell("ibm,dec-bits") == dec_bits
+        assert cell("d-cache-size") == dcache and cell("i-cache-block-size") == 128
+        assert cell("ibm,ppc-interrupt-server#s") == node.reg

@@ -25,10 +25,49 @@ MACHINES = {  # (platform, hypervisor kind) -> (platform line, model)
     ("powernv", "none"): ("PowerNV", "9105-22A"),
 }
 TIMEBASE = 512000000  # POWER9 and later
+# The L1 caches a cpu node states (bytes: d-cache-size, i-cache-size), by processor generation:
+# what QEMU's pseries machine puts in its guests' device tree for these processors
+# (target/ppc's l1_dcache_size / l1_icache_size), so a host the lab boots under QEMU shows the same
+L1_CACHES = {
+    "power8": (0x10000, 0x8000),
+    "power9": (0x8000, 0x8000),
+    "power10": (0x8000, 0x8000),
+    "power11": (0x8000, 0x8000),
+}
+CACHE_BLOCK = 128  # d-cache-block-size, i-cache-block-size (and the -line-size): POWER's 128-byte lines
+DEC_BITS = 56  # ibm,dec-bits: ISA 3.0's large decrementer (POWER9 and later)
 
 
 def _be32(value: int) -> bytes:
     return struct.pack(">I", value)
+
+
+def _be_cells(value: int) -> bytes:
+    """One cell when the value fits 32 bits, else two (clock-frequency past 4 GHz)."""
+    return _be32(value) if value < 1 << 32 else struct.pack(">Q", value)
+
+
+def cpu_properties(host: Host, node_reg: int) -> dict[str, bytes]:
+    """The properties of a cpu node that QEMU's KVM start-up reads besides ``cpu-version``
+    (kvmppc_get_clockfreq: ``clock-frequency``, else "Unknown host!"; the timebase; the large
+    decrementer's ``ibm,dec-bits``; the L1 caches for the host CPU class), and the thread ids
+    ``ibm,ppc-interrupt-server#s`` (one thread: the node's ``reg``)."""
+    generation = host.cpu.generation
+    props = {
+        "clock-frequency": _be_cells(host.cpu.clock_mhz * 1_000_000),
+        "timebase-frequency": _be32(TIMEBASE),
+        "ibm,ppc-interrupt-server#s": _be32(node_reg),
+    }
+    if generation is not None and generation.name in L1_CACHES:
+        dcache, icache = L1_CACHES[generation.name]
+        props |= {
+            "d-cache-size": _be32(dcache), "i-cache-size": _be32(icache),
+            "d-cache-block-size": _be32(CACHE_BLOCK), "i-cache-block-size": _be32(CACHE_BLOCK),
+            "d-cache-line-size": _be32(CACHE_BLOCK), "i-cache-line-size": _be32(CACHE_BLOCK),
+        }  # fmt: skip
+    if host.cpu.isa_300:
+        props["ibm,dec-bits"] = _be32(DEC_BITS)
+    return props
 
 
 def _cpu_name(host: Host) -> str:
@@ -83,6 +122,8 @@ def files(kernel: BootedKernel) -> dict[str, bytes]:
             out[f"{base}/reg"] = _be32(node.reg)
             if node.cpu_version is not None:
                 out[f"{base}/cpu-version"] = _be32(node.cpu_version)
+            for prop, value in cpu_properties(host, node.reg).items():
+                out[f"{base}/{prop}"] = value
     return out
 
 
