@@ -226,3 +226,32 @@ def test_every_name_of_kvmsims_face_resolves() -> None:
     import kvmsim
 
     assert all(getattr(kvmsim, name) is not None for name in kvmsim.__all__)
+
+
+LOGGERS = {"kvmsim.serve", "kvmsim.seccomp"}  # logging names, not modules
+
+
+def test_every_dotted_kvmsim_name_in_the_sources_and_readme_exists() -> None:
+    """A docstring, comment or README line that names ``kvmsim.x.y`` names a module or an
+    attribute that exists (was: kvmsim.usermem, kvmsim.probe, kvmsim.wire, ... long gone)."""
+    import importlib
+    import re
+
+    sources = [*ROOT.joinpath("kvmsim").rglob("*"), *ROOT.joinpath("client").rglob("*")]
+    texts = [p.read_text() for p in sources if p.suffix in (".py", ".c", ".h")] + [
+        ROOT.joinpath("README.md").read_text()
+    ]
+    stale = []
+    for ref in sorted({r for t in texts for r in re.findall(r"\bkvmsim(?:\.[a-z_][a-z_0-9]*)+", t)} - LOGGERS):
+        parts = ref.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj: object = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                stale.append(ref)
+            break
+    assert stale == []

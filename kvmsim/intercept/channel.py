@@ -2,7 +2,7 @@
 
 After connecting (and checking the server's uid), the shim sends SHM; a server that can
 offers a memfd with SHM_READY (SCM_RIGHTS), else answers a RESULT with ENOSYS and the socket
-stays the channel.  Both sides map the memfd; from then on every frame of kvmsim.wire travels
+stays the channel.  Both sides map the memfd; from then on every frame of kvmsim.intercept.wire travels
 through it, one frame a message, one message each way at a time (the protocol is a strict
 exchange: IOCTL → [MEM_READ → MEM_DATA ...] → RESULT)::
 
@@ -27,7 +27,7 @@ times out).
 The memfd is sealed before it is handed over (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``):
 neither side can shrink it under the other's mapping (a SIGBUS there would take down the
 whole server, or the program), and the shim checks those seals before it maps.  Each area
-holds the largest frame a call can need (a full user copy, see kvmsim.wire.MAX_USER_COPY),
+holds the largest frame a call can need (a full user copy, see kvmsim.intercept.wire.MAX_USER_COPY),
 its pages are allocated only when touched, and a server maps at most ``MAX_SHARED`` bytes of
 channels at once (past that a connection keeps the socket).  A peer that wakes the server's
 futex without sending anything is slept on with a growing pause: its storm costs its own
@@ -129,7 +129,7 @@ class Budget:
 
 
 class SharedChannel:
-    """The server's end: ``read()`` and ``sendall()`` as kvmsim.wire.FrameReader's."""
+    """The server's end: ``read()`` and ``sendall()`` as kvmsim.intercept.wire.FrameReader's."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int = wire.MAX_PAYLOAD) -> None:
         self.sock, self.max_payload = sock, max_payload

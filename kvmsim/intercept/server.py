@@ -79,7 +79,7 @@ STOP_WAIT = 10.0  # seconds stop() waits, in all, for the connections it hung up
 class RemoteMemory(Deferring):
     """The caller's address space, reached through the shim: reads inside the IOCTL's
     read-ahead window are served from it, others ask MEM_READ; writes are kept and sent back
-    with the RESULT (see kvmsim.wire).  Under the table's lock a read outside what was
+    with the RESULT (see kvmsim.intercept.wire).  Under the table's lock a read outside what was
     fetched raises MemoryWanted: the table fetches it with its lock let go (``fetch``, within
     CLIENT_DEADLINE) and runs the call again, so no client is ever waited on while other
     programs wait for the lock."""

@@ -85,7 +85,7 @@ class Msg(enum.IntEnum):
     MEM_ACK = 8
     HELLO = 9
     HOST = 10
-    SHM = 11  # the shim asks for the shared-memory channel (kvmsim.channel)
+    SHM = 11  # the shim asks for the shared-memory channel (kvmsim.intercept.channel)
     SHM_READY = 12  # the server's memfd, with SCM_RIGHTS; payload: the channel's capacity
     LISTENER = 13  # kvmsim run --server: a seccomp listener, with SCM_RIGHTS: the server supervises its program
 
@@ -131,7 +131,7 @@ def check_header(header: bytes) -> tuple[Msg, int]:
 
 class FrameReader:
     """Frames from a socket with read-ahead: usually one ``recv`` a frame; ``sendall`` the
-    other way (the socket transport: kvmsim.channel.SharedChannel is the other)."""
+    other way (the socket transport: kvmsim.intercept.channel.SharedChannel is the other)."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int = MAX_PAYLOAD, stall: float | None = None) -> None:
         self.sock = sock

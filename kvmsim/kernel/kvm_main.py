@@ -2,7 +2,7 @@
 per-process fd tables.
 
 :class:`BootedKernel` is one booted kernel; each :class:`Process` has its own fd table and user
-memory (a local :class:`~kvmsim.usermem.AddressSpace`, or a remote one served by the preload
+memory (a local :class:`~kvmsim.kernel.usermem.AddressSpace`, or a remote one served by the preload
 shim), and the syscalls ``open``, ``close`` and ``sys_ioctl(fd, cmd, arg: int)``.  The
 facade users call (``kvmsim.Kernel.ioctl`` with ``fcntl.ioctl``'s contract) is user-side code:
 :class:`kvmsim.user.simulated.Kernel`, a :class:`BootedKernel` with a first process."""

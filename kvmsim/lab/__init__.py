@@ -2,7 +2,7 @@
 
 It fetches Debian's ppc64le kernels, QEMU and a cross compiler through a private apt
 configuration (:mod:`.debian`), cross-builds the static prober that asks every probe of
-:func:`kvmsim.probe.kvm_probes` (:mod:`.build`), boots each configuration (:mod:`.configs`)
+:func:`kvmsim.user.probe.kvm_probes` (:mod:`.build`), boots each configuration (:mod:`.configs`)
 under ``qemu-system-ppc64`` with a hard timeout, in parallel (:mod:`.boot`), and writes each
 boot as a ``kvmsim record`` recording whose profile is the configuration's host profile, then
 verifies it against the simulator."""

@@ -4,7 +4,7 @@ dpkg status and architectures are never touched.  Packages are downloaded with
 ``apt-get download`` and unpacked with ``dpkg-deb -x`` into one tree.
 
 What the lab unpacks, it later runs (the cross compiler, QEMU): so the cache is trusted only
-as the build cache is (:mod:`kvmsim.trust`: ours at every level, writable by nobody else,
+as the build cache is (:mod:`kvmsim.intercept.trust`: ours at every level, writable by nobody else,
 else refused in one line); apt checks the index files' signatures against Debian's keyring
 (``signed-by``) and each download against the signed index; a ``.deb`` already in the cache
 is reused only when its SHA256 is the one that index gives for that package and version —

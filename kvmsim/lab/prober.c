@@ -2,13 +2,13 @@
  * kvmsim's real-kernel prober: /init of a QEMU guest running a real Linux ppc64le kernel.
  *
  * It mounts /dev, /proc and /sys, loads the KVM modules packed beside it (kvm first, then
- * kvm-hv and kvm-pr, those the configuration packs), asks /dev/kvm every probe of kvmsim.probe.kvm_probes() -- the table is generated
+ * kvm-hv and kvm-pr, those the configuration packs), asks /dev/kvm every probe of kvmsim.user.probe.kvm_probes() -- the table is generated
  * into probes.h by kvmsim.lab.build, so the guest asks exactly what `kvmsim record` and the
  * simulator ask -- and prints one line per observation, then powers the guest off:
  *
  *   KVMSIM <kind>\t<key>\t<value>
  *
- * kinds: probe (an answer, formatted as kvmsim.probe.describe_buffer does), module (a
+ * kinds: probe (an answer, formatted as kvmsim.user.probe.Answer.of_buffer does), module (a
  * finit_module result), uname, pagesize, cpuinfo (a line), cpu (a /proc/device-tree cpu node
  * and its cpu-version), sysmodule (a /sys/module entry), fileop (what /dev/kvm and a VM fd
  * answer besides ioctl, as kvmsim.user.probe.file_ops writes it), dmesg (a kernel log line), done.

@@ -2,7 +2,7 @@
 
 ``record`` reads what the machine shows (uname, ``/proc/cpuinfo``, the device tree's
 ``cpu-version``, the loaded KVM modules), asks the device every probe of
-:func:`kvmsim.probe.kvm_probes` (both revisions' numbers), and writes a host profile the
+:func:`kvmsim.user.probe.kvm_probes` (both revisions' numbers), and writes a host profile the
 simulator loads, with the raw observations in its ``[recorded]`` section.  What the files
 cannot say (which hypervisor below an LPAR, what it offers, a failing hypercall) is fitted:
 the first candidate profile whose simulation answers every probe as recorded is written.
