@@ -10,6 +10,7 @@ from kvmsim._version import __version__
 from .compat import CompatCaps, CompatError, KernelError, NoDevice, Options, Unsupported, decode, query
 from .device import Device, RealDevice
 from .devicetree import DeviceTree
+from .mock import MockCall, MockDevice
 
 __all__ = [
     "CompatCaps",
@@ -17,6 +18,8 @@ __all__ = [
     "Device",
     "DeviceTree",
     "KernelError",
+    "MockCall",
+    "MockDevice",
     "NoDevice",
     "Options",
     "RealDevice",

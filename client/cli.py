@@ -29,7 +29,14 @@ from .compat import CompatCaps, CompatError, Options, Unsupported, query
 from .device import Device, RealDevice
 from .devicetree import DeviceTree
 
-EXIT_OK = 0  # 1 and 3 are the failures' own exit_code (kvmcompat.compat); 2 is EXIT_USAGE
+EXIT_OK = 0  # 2 is EXIT_USAGE (a bad option, number or profile)
+EXIT_CODES = {"kernel": 1, "error": 1, "no-device": 3, "unsupported": 3}  # a CompatError's kind -> exit code
+
+
+def exit_code(exc: CompatError) -> int:
+    """The CLI's exit code for a failure of the library (the library's errors carry none)."""
+    return EXIT_CODES.get(exc.kind, 1)
+
 
 EPILOG = f"""\
 revisions: linux-7.3 (what shipped, the default: cap 250, ioctl _IO(KVMIO, 0xb8)), none (a
@@ -160,7 +167,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{p.prog}: {exc}", file=sys.stderr)
         if args.fallback and (isinstance(exc, Unsupported) or getattr(exc, "errno", None) == errno.ENOTTY):
             print(f"{p.prog}: --fallback: the device tree has no cpu-version to fall back on", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
     print(_json(result.to_json()) if args.json else _text(result))
     return EXIT_OK
 

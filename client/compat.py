@@ -12,7 +12,6 @@ from typing import Literal
 
 import attrs
 
-from kvmsim.kernel.errors import KvmsimError
 from kvmsim.kernel.revisions import REVISIONS, AbiRevision, negotiable
 from kvmsim.kernel.uapi import (
     KVM_API_VERSION,
@@ -86,10 +85,9 @@ RAW_PVR_NOTE = "QEMU then uses the raw host PVR for the nested guest"
 # -- typed failures ------------------------------------------------------------
 
 
-class CompatError(KvmsimError):
-    """Base of every failure the client reports."""
-
-    exit_code = 1
+class CompatError(Exception):
+    """The client's own error root: every failure it reports (the simulator's errors are not
+    its; a CLI maps each kind to its exit code: kvmcompat.cli.EXIT_CODES)."""
 
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "errno": None, "name": None, "reason": str(self)}
@@ -101,8 +99,6 @@ class CompatError(KvmsimError):
 
 class NoDevice(CompatError):
     """No KVM device to talk to (no /dev/kvm, no permission)."""
-
-    exit_code = 3
 
     def __init__(self, device: str, exc: OSError) -> None:
         super().__init__(f"{device}: {exc.strerror or exc}")
@@ -126,8 +122,6 @@ class NotKvm(NoDevice):
 
 class Unsupported(CompatError):
     """This kernel cannot answer: no capability (a kernel before 7.3), or an old API."""
-
-    exit_code = 3
 
     @property
     def kind(self) -> str:

@@ -9,7 +9,6 @@ import fcntl
 import os
 from typing import Protocol
 
-from kvmsim.kernel.errors import KvmsimError
 from kvmsim.kernel.uapi import ARCHES, DEV_KVM, Arch
 
 
@@ -26,7 +25,7 @@ class Device(Protocol):
     def close(self, fd: int) -> None: ...
 
 
-class UnknownArch(KvmsimError, ValueError):
+class UnknownArch(ValueError):
     """This machine's architecture has no ioctl encoding kvmsim knows (aarch64, s390x)."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 import pytest
 from kvmcompat import CompatError, SimDevice, query
+from kvmcompat.cli import exit_code
 
 from kvmsim import Host, Kernel
 from kvmsim.kernel import profile
@@ -200,7 +201,7 @@ def client_answer(host: str, abi: str) -> tuple[int, dict[str, object]]:
         r = query(SimDevice(Kernel.from_profile(host, abi=abi)))
     except CompatError as exc:
         e = exc.to_json()
-        return exc.exit_code, {"kind": e["kind"], "name": e.get("name")}
+        return exit_code(exc), {"kind": e["kind"], "name": e.get("name")}
     return 0, {"abi": r.abi, "compat_capabilities": r.compat_capabilities, "modes": list(r.modes)}
 
 

@@ -20,6 +20,7 @@ from kvmcompat import (
     decode,
     query,
 )
+from kvmcompat.cli import exit_code
 from kvmcompat.device import machine_arch
 
 from kvmsim import Kernel
@@ -51,10 +52,10 @@ def outcome(device: SimDevice | RealDevice, opts: Options | None = None) -> tupl
     try:
         result = query(device, opts)
     except KernelError as exc:
-        assert exc.exit_code == 1 and exc.name is not None
+        assert exit_code(exc) == 1 and exc.name is not None
         return exc.name
     except (NoDevice, Unsupported) as exc:
-        assert exc.exit_code == 3
+        assert exit_code(exc) == 3
         return exc.kind
     assert result.source == "ioctl"
     assert result.recommended == result.modes[-1]
@@ -185,7 +186,7 @@ def test_real_device_arch_is_this_machines() -> None:
 def test_missing_device_is_no_device(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(NoDevice) as exc:
         query(RealDevice(f"{tmp_path}/kvm"))
-    assert exc.value.errno == errno.ENOENT and exc.value.exit_code == 3
+    assert exc.value.errno == errno.ENOENT and exit_code(exc.value) == 3
 
 
 def test_real_device_tree_reader(tmp_path: os.PathLike[str]) -> None:
@@ -258,3 +259,26 @@ def test_the_capability_is_asked_where_qemu_asks_it(kvm_host: object, cap_fd: st
 def test_the_recommendation_is_ctz64_of_the_masked_caps(caps: int, mode: str | None, pvr: int | None) -> None:
     r = CompatCaps(decode(caps), caps, "linux-7.3", "ioctl", "sim:x")
     assert (r.recommended, r.qemu_host_compat_pvr) == (mode, pvr)
+
+
+def test_a_mock_device_answers_from_a_handler_for_code_above_the_client() -> None:
+    """httpx's MockTransport, in kind: no kernel, a function from call to answer."""
+    import struct
+
+    from kvmcompat import MockCall, MockDevice
+
+    def handler(call: MockCall) -> int:
+        if call.name == "KVM_GET_API_VERSION":
+            return 12
+        if call.name in ("KVM_CREATE_VM", "KVM_CHECK_EXTENSION"):
+            return 1
+        if call.name.startswith("KVM_PPC_GET_COMPAT_CAPS"):
+            assert isinstance(call.arg, bytearray) and call.fd == "vm"
+            call.arg[:24] = struct.pack("<QQQ", 24, 0, MB["P9"] | MB["P10"])
+            return 0
+        raise OSError(errno.ENOTTY, call.name)
+
+    device = MockDevice(handler)
+    answer = query(device)
+    assert (answer.modes, answer.recommended) == (("power9", "power10"), "power10")
+    assert [c.fd for c in device.calls if c.name == "KVM_CHECK_EXTENSION"] == ["dev"]

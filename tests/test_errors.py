@@ -22,13 +22,21 @@ from kvmsim.lab.debian import CacheError, FetchError
 
 EVERY = [
     KvmError, ProfileError, commands.UsageError, FetchError, CacheError, AttachError, BuildError, RunError,
-    StartError, ServerError, UntrustedError, ProtocolError, Disconnected, CompatError, UnknownArch,
+    StartError, ServerError, UntrustedError, ProtocolError, Disconnected,
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", EVERY, ids=lambda c: c.__name__)
 def test_every_error_kvmsim_reports_has_one_root(cls: type[Exception]) -> None:
     assert issubclass(cls, KvmsimError)
+
+
+@pytest.mark.parametrize("cls", [CompatError, UnknownArch], ids=lambda c: c.__name__)
+def test_the_client_has_its_own_root_and_no_exit_code(cls: type[Exception]) -> None:
+    """The client's failures are its own (CompatError, and UnknownArch a ValueError of its
+    device seam), never the simulator's; exit codes are its CLI's (kvmcompat.cli.EXIT_CODES)."""
+    assert not issubclass(cls, KvmsimError)
+    assert not hasattr(cls, "exit_code")
 
 
 @pytest.mark.parametrize("cls", [ProfileError, commands.UsageError, RunError], ids=lambda c: c.__name__)
