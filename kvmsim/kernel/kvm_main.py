@@ -30,14 +30,13 @@ from .uapi import (
     KVM_API_VERSION,
     KVM_CAP_NR_MEMSLOTS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    VM_LINK,
     Arch,
     check_struct_size,
 )
 from .usermem import AddressSpace, Fault, UserAccess
 
 NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
-
-VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID/fd/N of a VM fd reads
 
 # What the VFS answers of the file operations kvm_chardev_ops and kvm_vm_fops leave out (both
 # have only .unlocked_ioctl and .llseek = noop_llseek, and the VM's .release): read and write

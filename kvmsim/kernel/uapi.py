@@ -18,6 +18,7 @@ import attrs
 from .errors import InvalidInput
 
 DEV_KVM = "/dev/kvm"
+VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID/fd/N of a VM fd reads
 
 
 def errname(err: int | None) -> str:

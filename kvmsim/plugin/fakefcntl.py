@@ -20,9 +20,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from ..kernel.kvm_main import VM_LINK
 from ..kernel.requests import decode_request
-from ..kernel.uapi import DEV_KVM, errname
+from ..kernel.uapi import DEV_KVM, VM_LINK, errname
 from ..user.simulated import Kernel
 
 ANON_INODES = f"/run/kvmsim/{VM_LINK}"

@@ -8,7 +8,8 @@ Makefile's ``make c`` uses it)."""
 from __future__ import annotations
 
 from ..intercept import channel, wire
-from ..kernel.kvm_main import FILE_OPS, VM_LINK
+from ..kernel.kvm_main import FILE_OPS
+from ..kernel.uapi import VM_LINK
 
 
 def header() -> str:

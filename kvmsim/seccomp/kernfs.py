@@ -32,7 +32,6 @@ from .kstat import Kstat
 
 # the walk the supervisor allows itself below the host tree
 BENEATH = uapi.RESOLVE_BENEATH | uapi.RESOLVE_NO_SYMLINKS | uapi.RESOLVE_NO_MAGICLINKS | uapi.RESOLVE_NO_XDEV
-O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY  # __O_TMPFILE
 KEPT = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY  # what a read-only reopen keeps
 MAY_EXEC, MAY_WRITE, MAY_READ = 1, 2, 4
 
@@ -65,7 +64,7 @@ def _beneath(base: str, path: bytes, flags: int) -> int:
 def open_file(base: str, path: bytes, flags: int, cred: Cred) -> int:
     """The task's ``open(path, flags)`` of a host file below ``base``: a read-only fd for the
     supervisor to install, or OSError with the kernel's errno (see the table above)."""
-    if flags & O_TMPFILE_BIT and (not flags & os.O_DIRECTORY or flags & os.O_ACCMODE == os.O_RDONLY):
+    if flags & uapi.O_TMPFILE_BIT and (not flags & os.O_DIRECTORY or flags & os.O_ACCMODE == os.O_RDONLY):
         raise OSError(errno.EINVAL, "O_TMPFILE")  # build_open_flags()
     try:
         found = _beneath(base, path, os.O_PATH | (flags & (os.O_DIRECTORY | os.O_NOFOLLOW)))
@@ -86,7 +85,7 @@ def open_file(base: str, path: bytes, flags: int, cred: Cred) -> int:
     if flags & os.O_CREAT and flags & os.O_EXCL:
         raise OSError(errno.EEXIST, "exists")
     if stat.S_ISDIR(mode):
-        if flags & O_TMPFILE_BIT:
+        if flags & uapi.O_TMPFILE_BIT:
             raise OSError(errno.EOPNOTSUPP if privileged else errno.EACCES, "O_TMPFILE")
         if writes or flags & os.O_CREAT:
             raise OSError(errno.EISDIR, "a directory")

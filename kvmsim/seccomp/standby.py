@@ -20,11 +20,14 @@ import select
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from ..kernel.errors import KvmError
-from ..kernel.kvm_main import BootedKernel
 from ..kernel.uapi import Arch
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from ..kernel.kvm_main import BootedKernel
 
 STALL = 2.0  # seconds a notification may wait for the server before the standby answers it
 SAMPLE = 0.05  # how often a waiting notification is looked at again

@@ -52,10 +52,9 @@ import attrs
 
 from ..intercept.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
 from ..kernel.errors import KvmError
-from ..kernel.kvm_main import VM_LINK
-from ..kernel.uapi import ARCHES, DEV_KVM, Arch
+from ..kernel.uapi import ARCHES, DEV_KVM, VM_LINK, Arch
 from ..kernel.usermem import Fault
-from . import cred, kernfs, pidfd, uapi
+from . import pidfd, uapi
 from .kstat import Kstat, dev_kvm
 from .namei import Found, Namei, tgid
 from .taskmem import TaskMemory
@@ -336,7 +335,12 @@ class Supervisor:
             ret, err, reason, creates = -1, exc.errno or errno.EIO, exc.reason, False
         answer = error(err) if err else value(ret)
         if creates:
-            answer = self._new_file(ret, is_vm=True, cloexec=True)
+            try:
+                answer = self._new_file(ret, is_vm=True, cloexec=True)
+            except OSError:  # no placeholder for it (EMFILE, ENFILE): the new VM is released
+                with contextlib.suppress(KvmError), self.placeholders.call(mem) as process:
+                    process.close(ret)
+                raise
         if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
             from ..intercept.trace import Call
 
@@ -402,6 +406,8 @@ class Supervisor:
         assert found.base is not None
         _ = self.kernel  # the host's files are written with it
         try:
+            from . import cred, kernfs  # the host's files: only when a program opens one
+
             fd = kernfs.open_file(found.base, found.beneath, flags, cred.of_task(n.pid))
         except OSError as exc:
             return error(exc.errno or errno.EIO)
@@ -425,7 +431,7 @@ class Supervisor:
         flags, mode, resolve = uapi.OPEN_HOW.unpack_from(how)
         if flags >> 32 or resolve & ~uapi.VALID_RESOLVE_FLAGS or mode & ~0o7777:
             return CONTINUE  # EINVAL
-        if mode and not flags & (os.O_CREAT | kernfs.O_TMPFILE_BIT):
+        if mode and not flags & (os.O_CREAT | uapi.O_TMPFILE_BIT):
             return CONTINUE  # EINVAL
         if resolve & uapi.RESOLVE_BENEATH and resolve & uapi.RESOLVE_IN_ROOT:
             return CONTINUE  # EINVAL
@@ -453,6 +459,8 @@ class Supervisor:
         assert found.base is not None
         _ = self.kernel  # the host's files are written with it
         try:
+            from . import kernfs
+
             return kernfs.stat_file(found.base, found.beneath, follow=follow)
         except OSError as exc:
             return exc.errno or errno.ENOENT
@@ -519,6 +527,8 @@ class Supervisor:
             return error(st)
         if stat.S_ISCHR(st.mode) or st is self._anon:
             return value(0)  # the simulated /dev/kvm opens for every user: so does its access (the shim's)
+        from . import cred, kernfs
+
         err = kernfs.may_access(st, cred.of_task(n.pid), mode, eaccess=bool(flags & uapi.AT_EACCESS))
         return error(err) if err else value(0)  # a host file: as generic_permission() decides for the task
 

@@ -110,5 +110,6 @@ RESOLVE_IN_ROOT = 0x10
 RESOLVE_CACHED = 0x20
 VALID_RESOLVE_FLAGS = 0x3F
 OPEN_HOW_SIZE_VER0 = 24
+O_TMPFILE_BIT = 0o20000000  # include/uapi/asm-generic/fcntl.h: __O_TMPFILE (O_TMPFILE is it | O_DIRECTORY)
 # io_uring: its SQEs open and ioctl without a system call the filter sees (io_uring_setup(2))
 IO_URING_NRS = (425, 426, 427)  # io_uring_setup, io_uring_enter, io_uring_register
