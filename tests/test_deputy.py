@@ -304,7 +304,7 @@ def test_a_client_that_stops_answering_costs_that_client_only(tmp_path: Path, mo
     (was: the table's lock held until A answered), and A's connection ends at CLIENT_DEADLINE."""
     from test_hardening import call, connect, ioctl, open_vm, read_frame
 
-    monkeypatch.setattr(server, "CLIENT_DEADLINE", 1.0)
+    monkeypatch.setattr(server, "CLIENT_DEADLINE", 4.0)
     kernel = Kernel.from_profile("powervm-p11")
     with server.Server(kernel, tmp_path / "s.sock") as srv:
         a, b = connect(srv), connect(srv)
@@ -313,7 +313,7 @@ def test_a_client_that_stops_answering_costs_that_client_only(tmp_path: Path, mo
         assert read_frame(a)[0] == wire.Msg.MEM_READ  # A now stalls, inside its call
         started = time.monotonic()
         vm_b = open_vm(b)  # an OPEN and a KVM_CREATE_VM while A's call waits
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 2.0  # was: behind A's stall, until A's deadline (4 s here)
         assert a.recv(1) == b""  # the deadline closed A's connection, A's only
         assert call(b, wire.Msg.IOCTL, ioctl(vm_b, 0x2000AE03, 250)) == (1, 0)
         for fd in (vm_a, vm_b):

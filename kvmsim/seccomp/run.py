@@ -62,6 +62,7 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
     sock = connect(socket_path)
     try:
         started = launch(command)
+        standby: Standby | None = None
         try:
             try:
                 socket.send_fds(sock, [wire.frame(wire.Msg.LISTENER)], [started.listener])
@@ -81,9 +82,11 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
             finally:
                 standby.stop()
                 thread.join()
-                standby.close()
         finally:
-            os.close(started.listener)
+            if standby is not None:
+                standby.close()  # the listener copy with it
+            else:
+                os.close(started.listener)
     finally:
         sock.close()
 

@@ -13,9 +13,7 @@ keeps the server's supervision only."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import select
 import socket
 import threading
@@ -42,9 +40,8 @@ class Standby:
 
     def __init__(self, listener: int, server: socket.socket, arch: Arch, root: str | None) -> None:
         self.listener, self.server = listener, server
-        self.supervisor = Supervisor(_gone, arch, listener, root=root)
+        self.supervisor = Supervisor(_gone, arch, listener, root=root)  # its stop() and close() are ours
         self.server_gone = False
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
 
     def _server_hung_up(self) -> bool:
         try:
@@ -58,13 +55,13 @@ class Standby:
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self.server, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
+        poller.register(self.supervisor.stopping, select.POLLIN)
         waiting_since: float | None = None
         stalled = False
         while True:
             timeout = None if waiting_since is None else SAMPLE * 1000
             ready = dict(poller.poll(timeout))
-            if self._stop_r in ready:
+            if self.supervisor.stopping in ready:
                 return
             if not self.server_gone and self.server.fileno() in ready and self._server_hung_up():
                 self.server_gone = True
@@ -94,10 +91,8 @@ class Standby:
         return t
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._stop_w, b"x")
+        self.supervisor.stop()
 
     def close(self) -> None:
-        for fd in (self._stop_r, self._stop_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """The supervisor's pipe and pidfds, and the listener copy it was given."""
+        self.supervisor.close()

@@ -206,6 +206,11 @@ class Supervisor:
         t.start()
         return t
 
+    @property
+    def stopping(self) -> int:
+        """Readable once :meth:`stop` was called (another loop may watch it too)."""
+        return self._stop_r
+
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._stop_w, b"x")

@@ -61,25 +61,31 @@ static int component_is(const char *p, size_t len, const char *name)
 
 /* The cheap test: could path name a simulated file?  A component kvm, cpuinfo or
  * device-tree, or kvm* after module (or first, for a walk that starts in /sys/module). */
+/* The next component of a path at *p (slashes skipped), its length in *len (0 at the end);
+ * *p moves past it. */
+static const char *next_component(const char **p, size_t *len)
+{
+	while (**p == '/')
+		(*p)++;
+	const char *start = *p;
+	while (**p && **p != '/')
+		(*p)++;
+	*len = (size_t)(*p - start);
+	return start;
+}
+
 static int hinted(const char *path)
 {
 	const char *p = path, *prev = NULL;
-	size_t prev_len = 0;
-	while (*p) {
-		while (*p == '/')
-			p++;
-		const char *end = p;
-		while (*end && *end != '/')
-			end++;
-		size_t len = (size_t)(end - p);
-		if (component_is(p, len, "kvm") || component_is(p, len, "cpuinfo") || component_is(p, len, "device-tree"))
+	size_t len, prev_len = 0;
+	for (const char *c = next_component(&p, &len); len; c = next_component(&p, &len)) {
+		if (component_is(c, len, "kvm") || component_is(c, len, "cpuinfo") || component_is(c, len, "device-tree"))
 			return 1;
-		if (len >= 3 && !memcmp(p, "kvm", 3) &&
+		if (len >= 3 && !memcmp(c, "kvm", 3) &&
 		    ((prev && component_is(prev, prev_len, "module")) || (!prev && path[0] != '/')))
 			return 1;
-		prev = p;
+		prev = c;
 		prev_len = len;
-		p = end;
 	}
 	return 0;
 }
@@ -91,19 +97,13 @@ static int beneath(const char *tail)
 {
 	long depth = 0;
 	const char *p = tail;
-	while (*p) {
-		while (*p == '/')
-			p++;
-		const char *end = p;
-		while (*end && *end != '/')
-			end++;
-		size_t len = (size_t)(end - p);
-		if (len && !component_is(p, len, ".")) {
-			depth += component_is(p, len, "..") ? -1 : 1;
-			if (depth <= 0)
-				return 0;
-		}
-		p = end;
+	size_t len;
+	for (const char *c = next_component(&p, &len); len; c = next_component(&p, &len)) {
+		if (component_is(c, len, "."))
+			continue;
+		depth += component_is(c, len, "..") ? -1 : 1;
+		if (depth <= 0)
+			return 0;
 	}
 	return 1;
 }
