@@ -10,6 +10,7 @@ import errno
 import os
 import resource
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -664,3 +665,49 @@ def test_a_kept_pidfd_of_a_gone_thread_is_never_another_tasks() -> None:
         assert bad.value.errno == errno.EBADF
     finally:
         pidfds.close()
+
+
+def test_the_server_answers_any_frame_with_a_result_or_ends_that_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's side of the property: a frame of any type with any payload (identities of
+    real placeholders among them, arguments anywhere, a client that never answers MEM_READ)
+    is a RESULT, or a ProtocolError that closes that one connection: never another exception,
+    never a placeholder of a file it does not hold."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    from kvmsim.intercept.wire import ProtocolError
+
+    monkeypatch.setattr(server, "CLIENT_DEADLINE", 0.01)
+    kernel = Kernel.from_profile("powervm-p11")
+    table = placeholder.Placeholders(kernel)
+    ours, theirs = socket.socketpair()
+    conn = server.Connection(table, ours, "fuzz")
+    with conn.placeholders.call(conn.memory) as process:
+        dev = process.open("/dev/kvm", os.O_RDWR)
+    held = table.new(dev, is_vm=False)
+    known = placeholder.identity(os.fstat(held))
+    msgs = st.sampled_from(list(wire.Msg))
+    numbers = st.one_of(st.sampled_from([0, 1, 0x2000AE01, 0x2000AE03, 0x2000AEB8, 2**32 - 1, 2**64 - 8]),
+                        st.integers(0, 2**64 - 1))  # fmt: skip
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(msg=msgs, cmd=numbers, arg=numbers, mine=st.booleans(), tail=st.binary(max_size=64))
+    def check(msg: wire.Msg, cmd: int, arg: int, mine: bool, tail: bytes) -> None:
+        dev_ino = known if mine else (arg & 0xFFFF, cmd & 0xFFFF)
+        payload = wire.IOCTL.pack(3, cmd & 0xFFFFFFFF, arg, *dev_ino) + tail if msg == wire.Msg.IOCTL else tail
+        try:
+            frame, new = conn.dispatch(msg, payload)
+        except ProtocolError:
+            return  # that connection ends, the server goes on
+        assert wire.HEADER.unpack_from(frame)[2] == wire.Msg.RESULT
+        if new is not None:
+            assert mine  # a new placeholder only for a file this connection holds
+            os.close(new)
+
+    try:
+        check()
+    finally:
+        os.close(held)
+        ours.close()
+        theirs.close()
+        table.close()
