@@ -495,13 +495,12 @@ def pytest_configure(config: pytest.Config) -> None:
         profile.CONFIGURED_DIRS[:] = dirs
 
 
-# Failures a fake filesystem causes, and the way out: (what the traceback shows, the hint)
+# Failures a fake filesystem causes, and the way out: (what the traceback shows, all of it; the hint)
 _WAYS_OUT = (
-    ("subprocess", "a child process sees the real filesystem, not kvm_host's (pyfakefs's EBADF): run the "
-     "program under `kvmsim run --host HOST -- CMD` instead"),
-    ("numbered dir", "tmp_path is made inside pyfakefs's fake filesystem under kvm_host: use fs.create_dir, or "
+    (("subprocess.py", "Errno 9"), "a child process sees the real filesystem, not kvm_host's (pyfakefs's EBADF): "
+     "run the program under `kvmsim run --host HOST -- CMD` instead"),
+    (("numbered dir",), "tmp_path is made inside pyfakefs's fake filesystem under kvm_host: use fs.create_dir, or "
      "a test without kvm_host"),
-    ("ctypes", "ctypes reaches the real kernel around kvm_host: run the program under `kvmsim run`"),
 )  # fmt: skip
 
 
@@ -512,11 +511,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.excinfo is None or "kvm_host" not in getattr(item, "fixturenames", ()):
         return
     report = outcome.get_result()
+    if not report.failed:
+        return
     text = str(call.excinfo.getrepr(style="short"))
     if call.when == "setup" and {"tmp_path", "tmpdir"} & set(getattr(item, "fixturenames", ())):
         text = "numbered dir"  # tmp_path's set-up failed inside the fake filesystem
-    for needle, hint in _WAYS_OUT:
-        if needle in text:
+    for needles, hint in _WAYS_OUT:
+        if all(needle in text for needle in needles):
             report.sections.append(("kvm_host", hint))
             break
 

@@ -20,7 +20,6 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-
 /* (not inline in the hooks: their path is declared nonnull, and a NULL does arrive) */
 static int empty(const char *p)
 {
