@@ -1,6 +1,6 @@
 """The partition's own compat mode, from the device tree: ``/proc/device-tree/cpus/*/cpu-version``
 (a big-endian u32).  It is a file, not part of the device seam: the real one by default, or a
-host's files as a mapping (the simulated host's view, ``kvmsim.hostfs.files``)."""
+host's files as a mapping (the simulated host's view, ``kvmsim.kernel.hostfs.files``)."""
 
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def test_coreutils_see_it_too() -> None:
 
 
 def test_one_writer_of_the_hosts_files_never_follows_a_planted_link(tmp_path: Path) -> None:
-    """kvmsim.hostfs.write_tree, used by kvmsim run/serve and the plugin alike: what is
+    """kvmsim.kernel.hostfs.write_tree, used by kvmsim run/serve and the plugin alike: what is
     written is hostfs.files, and a symlink already where a file goes is refused, not followed."""
     import posix
 

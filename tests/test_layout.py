@@ -13,14 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # The zones are folders (README "Layout"): kvmsim/kernel/ imports nothing above it, kvmsim/user/
 # and the client import no edge, and every other folder is an edge (preload/, seccomp/, plugin/,
-# record/, lab/, cli/).  The old public names kvmsim.hostfs, .profile and .pytest_plugin are aliases of
-# the modules they name (checked below), not modules of their own; kvmsim.uapi gathers the four
-# ABI modules of the kernel (uapi, revisions, requests, header) under the name users know.
-ALIASES = {
-    "kvmsim.hostfs": "kvmsim.kernel.hostfs",
-    "kvmsim.profile": "kvmsim.kernel.profile",
-    "kvmsim.pytest_plugin": "kvmsim.plugin.fixture",
-}
+# record/, lab/, cli/).  kvmsim.uapi gathers the four ABI modules of the kernel (uapi,
+# revisions, requests, header) under the name users know.
 EDGES = (
     "kvmsim.intercept", "kvmsim.preload", "kvmsim.seccomp", "kvmsim.plugin", "kvmsim.record", "kvmsim.lab", "kvmsim.cli"
 )  # fmt: skip
@@ -36,8 +30,7 @@ def module_name(path: Path) -> str:
 
 def modules() -> dict[str, Path]:
     files = [*ROOT.joinpath("kvmsim").rglob("*.py"), *ROOT.joinpath("client").glob("*.py")]
-    found = {module_name(p): p for p in files if p.name != "__main__.py"}
-    return {name: path for name, path in found.items() if name not in ALIASES}
+    return {module_name(p): p for p in files if p.name != "__main__.py"}
 
 
 def top_level_imports(name: str, path: Path) -> set[str]:
@@ -72,7 +65,7 @@ def _imports(name: str, path: Path, nodes: list[ast.stmt] | list[ast.AST]) -> se
                 base = ".".join([*parent, base] if base else parent)
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}
-    return {ALIASES.get(m, m) for m in found if m in modules() or m in ALIASES}
+    return {m for m in found if m in modules()}
 
 
 def zone(module: str) -> str:
@@ -166,13 +159,6 @@ def test_no_folder_imports_one_that_imports_it() -> None:
 def test_the_cycle_finder_finds_one() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
-
-
-@pytest.mark.parametrize(("old", "new"), sorted(ALIASES.items()))
-def test_the_old_public_names_are_the_modules_themselves(old: str, new: str) -> None:
-    import importlib
-
-    assert importlib.import_module(old) is importlib.import_module(new)
 
 
 def test_kvmsim_uapi_is_every_abi_fact_under_its_public_name() -> None:

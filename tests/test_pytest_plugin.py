@@ -346,7 +346,7 @@ def test_simulated_host_inside_hypothesis(pytester: pytest.Pytester) -> None:
 
         def test_hypothesis_inside_simulated_host():
             from hypothesis import given, settings, strategies as st
-            from kvmsim.pytest_plugin import simulated_host
+            from kvmsim.plugin.fixture import simulated_host
 
             @settings(max_examples=20, deadline=None)
             @given(st.sampled_from(["powervm-p11", "kvm-l1-p10"]))
@@ -431,7 +431,7 @@ def test_profiles_are_found_on_the_real_filesystem_while_a_test_fakes_it(pyteste
     pytester.makepyfile(
         """
         import os
-        from kvmsim.pytest_plugin import simulated_host
+        from kvmsim.plugin.fixture import simulated_host
 
         def test_inside_fs(fs):
             fs.create_file("/etc/app.conf")
@@ -512,10 +512,16 @@ def test_a_tests_own_host_file_wins_and_says_so(pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(["*HostFileShadowed: kvm_host: the test's own /proc/cpuinfo hides*"])
 
 
-def test_the_names_before_the_rename_still_import() -> None:
+def test_one_public_name_per_thing() -> None:
+    """Nothing has been released: the old aliases are gone, not kept beside the new names."""
+    import importlib
+
     from kvmsim.plugin import fixture
 
-    assert fixture.SimulatedHost is fixture.KvmHost and fixture.HostSpec is fixture.KvmHostParam
+    assert not hasattr(fixture, "SimulatedHost") and not hasattr(fixture, "HostSpec")
+    for old in ("kvmsim.hostfs", "kvmsim.profile", "kvmsim.pytest_plugin"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
 
 
 # -- "The first hour, second pass": no silent bypass, nothing left behind, inert until used ------

@@ -152,7 +152,7 @@ def wait_forwarding(proc: subprocess.Popen[bytes]) -> int:
 
 
 def host_view(kernel: BootedKernel, directory: trust.Dir) -> str:
-    """Write the simulated host's files (kvmsim.hostfs: /proc/device-tree, /proc/cpuinfo,
+    """Write the simulated host's files (kvmsim.kernel.hostfs: /proc/device-tree, /proc/cpuinfo,
     /sys/module/kvm*) below ``directory``, through its fd (no rename of a path can redirect a
     write): what the shim shows the program instead of this machine's (KVMSIM_ROOT).
     Returns the directory's path; the directory is closed."""

@@ -110,11 +110,6 @@ class KvmHostParam:
         return "-".join([label, *extra, *(["stack-junk"] if self.stack_junk else [])])
 
 
-# the names before issue 22 named both after the fixture they belong to; kept for users' imports
-SimulatedHost = KvmHost
-HostSpec = KvmHostParam
-
-
 def kvm_host_param(param: object) -> KvmHostParam:
     """``"powervm-p11"``, a ``Path``, ``(name, revision)`` or ``(name, revision, overrides)``,
     or a :class:`KvmHostParam`."""
@@ -150,7 +145,7 @@ def _uname_of(machine: str) -> os.uname_result:
 def _boot(spec: KvmHostParam) -> Kernel:
     """The kernel for ``spec``; overrides are applied to the profile's document and checked as
     a profile file is (``profile.from_mapping``: a mistake is one line naming the key).
-    Profiles are read from the real filesystem (kvmsim.profile reads through posix), whether
+    Profiles are read from the real filesystem (kvmsim.kernel.profile reads through posix), whether
     or not pyfakefs is patched in."""
     from ..kernel import profile
     from ..kernel.revisions import revision
@@ -237,7 +232,7 @@ _TREES: dict[tuple[tuple[str, bytes], ...], str] = {}
 
 def _materialized(fs: FakeFilesystem, files: Mapping[str, bytes]) -> str:
     """A real directory holding ``files``, written once a session per distinct host view by
-    kvmsim.hostfs.write_tree (the same writer as ``kvmsim run``'s); keyed by the files
+    kvmsim.kernel.hostfs.write_tree (the same writer as ``kvmsim run``'s); keyed by the files
     themselves, so two views never share a tree."""
     key = tuple(sorted(files.items()))
     tree = _TREES.get(key)

@@ -1,6 +1,6 @@
 """Which file a task's path names, walked as the kernel walks it (fs/namei.c), from the task's
 own root, working directory or directory fd: this machine's file, the simulated /dev/kvm, or the
-simulated host's copy of /proc/cpuinfo, /proc/device-tree or /sys/module/kvm* (kvmsim.hostfs,
+simulated host's copy of /proc/cpuinfo, /proc/device-tree or /sys/module/kvm* (kvmsim.kernel.hostfs,
 written under the run's root).  The same walk as the preload shim's (``walk()`` in
 shim/namei.c): component by component, each symlink's target spliced in where it was met,
 and where a directory is this machine's /dev, /proc or /sys/module (by identity, not by

@@ -1,7 +1,7 @@
 /* namei.c: which file a path names, as the kernel walks it.
  *
  * The simulated host's files: $KVMSIM_ROOT holds /proc/device-tree, /proc/cpuinfo and
- * /sys/module/kvm* as the simulated kernel shows them (kvmsim.hostfs); /dev/kvm exists when
+ * /sys/module/kvm* as the simulated kernel shows them (kvmsim.kernel.hostfs); /dev/kvm exists when
  * $KVMSIM_DEV_KVM is 1.
  *
  * A path is looked up as fs/namei.c walks it: component by component from the
