@@ -13,7 +13,7 @@ BUILD := build
 # no import hook), redone when a source file is added or pyproject.toml changes.  Its one
 # informational notice ("Editable installation ... auxiliary directory") is filtered; any
 # other build warning shows.
-SOURCES := $(wildcard kvmsim/*.py kvmsim/*/*.py kvmsim/*/*.c kvmsim/*/*/*.c kvmsim/hosts/*.toml client/*.py client/c/*)
+SOURCES := $(wildcard kvmsim/*.py kvmsim/*/*.py kvmsim/*/*.c kvmsim/*/*/*.c kvmsim/hosts/*.toml client/*.py)
 $(STAMP): pyproject.toml $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -62,7 +62,7 @@ $(BUILD)/kvmsim_shim.so: $(wildcard kvmsim/preload/shim/*.c) kvmsim/preload/shim
 	mkdir -p $(BUILD)
 	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -fvisibility=hidden -I$(BUILD) -o $@ $(filter %.c,$^) -ldl -lpthread
 
-$(BUILD)/kvm_compat_caps: client/c/kvm_compat_caps.c client/c/kvm_compat_caps.h
+$(BUILD)/kvm_compat_caps: examples/c/kvm_compat_caps.c examples/c/kvm_compat_caps.h
 	mkdir -p $(BUILD)
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 

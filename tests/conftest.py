@@ -19,7 +19,7 @@ from kvmsim.kernel.revisions import REVISIONS
 
 pytest_plugins = ["pytester"]
 
-C_CLIENT = Path(__file__).resolve().parent.parent / "client" / "c" / "kvm_compat_caps.c"
+C_CLIENT = Path(__file__).resolve().parent.parent / "examples" / "c" / "kvm_compat_caps.c"
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
 
 
@@ -42,7 +42,7 @@ def shim() -> Path:
 
 @pytest.fixture(scope="session")
 def c_client() -> Path:
-    """The C example client (client/c), built with this machine's C compiler."""
+    """The C example client (examples/c), built with this machine's C compiler."""
     from kvmsim.intercept.build import compile_c
 
     return compile_c([C_CLIENT])

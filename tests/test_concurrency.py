@@ -65,7 +65,7 @@ def _fds() -> int:
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
 def test_processes_through_one_server(tmp_path: Path) -> None:
-    shim, client = build_shim(), compile_c([ROOT / "client" / "c" / "kvm_compat_caps.c"])
+    shim, client = build_shim(), compile_c([ROOT / "examples" / "c" / "kvm_compat_caps.c"])
     kernel = Kernel.from_profile("kvm-l1-p11")
     before = _fds()
     server = Server(kernel, tmp_path / "kvm.sock")

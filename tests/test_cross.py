@@ -21,7 +21,7 @@ from kvmsim.kernel import profile, uapi
 from kvmsim.preload.runner import host_answer, prepare, qemu_binary
 
 ROOT = Path(__file__).resolve().parent.parent
-C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
+C_CLIENT = ROOT / "examples" / "c" / "kvm_compat_caps.c"
 
 
 def missing(arch: str) -> str | None:

@@ -31,7 +31,7 @@ from kvmsim.preload.library import build_shim
 from kvmsim.preload.runner import host_answer, shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
-C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
+C_CLIENT = ROOT / "examples" / "c" / "kvm_compat_caps.c"
 NOBODY = 65534
 pytestmark = needs_cc
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")

@@ -18,7 +18,7 @@ from kvmsim.kernel import profile
 from kvmsim.preload.runner import host_answer, shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
-C_CLIENT = ROOT / "client" / "c" / "kvm_compat_caps.c"
+C_CLIENT = ROOT / "examples" / "c" / "kvm_compat_caps.c"
 pytestmark = needs_cc
 
 

@@ -24,7 +24,7 @@ KVMSIM = Path(sys.executable).parent / "kvmsim"
 def c_client() -> Path:
     if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler here")
-    return compile_c([ROOT / "client" / "c" / "kvm_compat_caps.c"])
+    return compile_c([ROOT / "examples" / "c" / "kvm_compat_caps.c"])
 
 
 @pytest.mark.parametrize(("intercept", "process"), [("preload", "connection 1 (pid "), ("seccomp", "pid ")])
