@@ -445,3 +445,25 @@ def test_a_revision_is_a_value_a_user_can_derive() -> None:
     assert kernel.rev.name == "linux-7.3-backport"
     answer = query(SimDevice(kernel))
     assert (answer.abi, answer.modes) == ("linux-7.3", ("power10", "power11"))  # the client knows the numbers
+
+
+@pytest.mark.parametrize("host", profile.names())
+def test_an_advertised_capabilitys_ioctl_is_never_a_bare_enotty(host: str) -> None:
+    """Every ioctl QEMU makes that kvmsim does not model yet is named in the reason, with the
+    capability the simulated kernel advertises for it (as the real kernel does)."""
+    from kvmsim.kernel.requests import unmodelled
+
+    k = Kernel.from_profile(host)
+    if not k.kvm.loaded:
+        pytest.skip("no /dev/kvm on this host")
+    try:
+        vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    except OSError:
+        pytest.skip("no VM on this host")
+    for number, missing in unmodelled(k.arch).items():
+        with pytest.raises(OSError) as exc:
+            k.sys_ioctl(vm, number, 0)
+        reason = exc.value.reason  # type: ignore[attr-defined]
+        assert reason.startswith(f"not modelled: {missing.name}"), reason
+        advertised = missing.cap is not None and k.ioctl(vm, k.KVM_CHECK_EXTENSION, missing.cap)
+        assert (f"capability {missing.cap} is advertised" in reason) == bool(advertised)

@@ -22,7 +22,7 @@ from . import kconfig, profile
 from .errors import KvmError
 from .powerpc import PowerpcKvm
 from .profile import Host
-from .requests import explain_request
+from .requests import explain_request, unmodelled
 from .revisions import DEFAULT_REVISION, AbiRevision, revision
 from .uapi import (
     DEV_KVM,
@@ -189,7 +189,7 @@ class Process:
         try:
             return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
         except KvmError as exc:
-            raise _explained(exc, cmd, k, "vm") from None
+            raise _explained(exc, cmd, k, "vm", file.vm) from None
 
 
 def _x86(host: Host) -> KvmArch:
@@ -198,9 +198,21 @@ def _x86(host: Host) -> KvmArch:
     return X86Kvm(host)
 
 
-def _explained(exc: KvmError, cmd: int, kernel: BootedKernel, on: Literal["dev", "vm"]) -> KvmError:
-    """An unknown request's errno, with what it probably was (the simulator's reason only)."""
-    hint = explain_request(cmd, kernel.arch, kernel.rev, on) if exc.reason.startswith("unknown") else None
+def _explained(
+    exc: KvmError, cmd: int, kernel: BootedKernel, on: Literal["dev", "vm"], vm: object | None = None
+) -> KvmError:
+    """An unknown request's errno, with what it probably was (the simulator's reason only):
+    an ioctl the real kernel has and kvmsim does not model yet is named, never a bare ENOTTY,
+    with the capability the simulated kernel advertises for it (as the real one does)."""
+    if not exc.reason.startswith("unknown"):
+        return exc
+    missing = unmodelled(kernel.arch).get(cmd) if on == "vm" else None  # on /dev/kvm: "a VM ioctl"
+    if missing is not None:
+        reason = f"not modelled: {missing.name}"
+        if missing.cap is not None and kernel.check_extension(missing.cap, vm) > 0:
+            reason += f" (capability {missing.cap} is advertised because the real kernel advertises it)"
+        return KvmError(exc.errno or 0, reason)
+    hint = explain_request(cmd, kernel.arch, kernel.rev, on)
     return exc if hint is None else KvmError(exc.errno or 0, f"{exc.reason}: {hint}")
 
 

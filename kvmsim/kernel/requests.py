@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from .revisions import REVISIONS, AbiRevision
-from .uapi import ARCHES, GENERIC_IOC, Arch, ByteOrder
+from .uapi import ARCHES, GENERIC_IOC, UNMODELLED_IOCTLS, Arch, ByteOrder, UnmodelledIoctl
 
 
 @functools.cache
@@ -31,9 +31,17 @@ def known_requests(arch: Arch) -> Mapping[int, str]:
     return MappingProxyType(names)
 
 
+@functools.cache
+def unmodelled(arch: Arch) -> Mapping[int, UnmodelledIoctl]:
+    """The ioctls a kernel of ``arch`` has that kvmsim does not model yet, by number."""
+    return MappingProxyType({u.request(arch): u for u in UNMODELLED_IOCTLS if arch.is_powerpc or not u.powerpc_only})
+
+
 def decode_request(cmd: int, arch: Arch) -> str:
     """``name`` or the _IOC fields: ``KVM_CHECK_EXTENSION``, ``_IOC(none, 0xae, 0xff, 0)``."""
     name = known_requests(arch).get(cmd)
+    if name is None and cmd in unmodelled(arch):
+        name = unmodelled(arch)[cmd].name
     return name if name is not None else decode_request_fields(cmd, arch)
 
 
