@@ -711,3 +711,12 @@ def test_the_server_answers_any_frame_with_a_result_or_ends_that_connection(monk
         ours.close()
         theirs.close()
         table.close()
+
+
+def test_a_path_fd_of_a_host_file_ignores_the_access_mode(tree: Path) -> None:
+    """O_PATH | O_WRONLY is a path fd on the real kernel (do_o_path): read-only here, never EACCES."""
+    fd = kernfs.open_file(str(tree / "proc"), b"cpuinfo", os.O_PATH | os.O_WRONLY, NOBODY_CRED)
+    try:
+        assert os.read(fd, 9) == b"processor"
+    finally:
+        os.close(fd)

@@ -80,6 +80,8 @@ def open_file(base: str, path: bytes, flags: int, cred: Cred) -> int:
         mode = os.fstat(found).st_mode
     finally:
         os.close(found)
+    if flags & os.O_PATH == os.O_PATH:  # a path fd: the other flags mean nothing (do_o_path)
+        return _beneath(base, path, os.O_RDONLY | (flags & (os.O_DIRECTORY | os.O_NOFOLLOW)))
     privileged = cred.capable(CAP_DAC_OVERRIDE)
     writes = flags & os.O_ACCMODE != os.O_RDONLY
     if flags & os.O_CREAT and flags & os.O_EXCL:
