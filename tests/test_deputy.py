@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import needs_seccomp
@@ -35,14 +36,28 @@ KVMSIM = Path(sys.executable).with_name("kvmsim")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the victim's run is root's")
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 UP = "/proc/device-tree/" + "../" * 24  # climbs out of the host's files, then to / (and stays)
-KVM_CHECK_EXTENSION, KVM_CAP_PPC_COMPAT_CAPS = 0x2000AE03, 250  # 1 on the simulated POWER host, 0 on x86
 
 
-def run(*command: str, host: str = "powervm-p11", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *command: str, intercept: str = "seccomp", wrapper: tuple[str, ...] = (), timeout: float = 60, **options: Any
+) -> subprocess.CompletedProcess[str]:
+    """``kvmsim run --host powervm-p11 --intercept INTERCEPT -- COMMAND``, under ``wrapper``
+    (setpriv, prlimit), with subprocess's ``options`` (pass_fds=, env=)."""
     return subprocess.run(
-        [str(KVMSIM), "run", "--host", host, "--intercept", "seccomp", "--", *command],
-        capture_output=True, text=True, timeout=timeout,
+        [*wrapper, str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", intercept, "--", *command],
+        capture_output=True, text=True, timeout=timeout, **options,
     )  # fmt: skip
+
+
+# the child programs' helper: a call's value, or the name of its errno
+ERRNO_OF = """
+import errno
+def e(f):
+    try:
+        return f()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+"""
 
 
 @pytest.fixture
@@ -191,11 +206,9 @@ print(errno_of(lambda: os.uname().machine), errno_of(lambda: os.open("/proc/cpui
 def test_a_non_dumpable_program_is_answered_eperm_never_this_machine() -> None:
     """The run without CAP_SYS_PTRACE (a non-root user's): process_vm_readv, pidfd_getfd and
     /proc/PID/fd are closed to it.  Was: uname x86_64, this machine's cpuinfo, the real /dev/kvm."""
-    r = subprocess.run(
-        ["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", str(KVMSIM), "run", "--host",
-         "powervm-p11", "--intercept", "seccomp", "--", sys.executable, "-c", NOT_DUMPABLE],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    r = run(
+        sys.executable, "-c", NOT_DUMPABLE, wrapper=("setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace")
+    )
     assert r.stdout.split() == [str(errno.EPERM)] * 3, r.stdout + r.stderr
 
 
@@ -238,11 +251,7 @@ def test_every_way_to_the_real_device_answers_the_simulated_kernel_or_eperm(tmp_
     real = os.open("/dev/kvm", os.O_RDWR)
     vm = fcntl.ioctl(real, 0xAE01, 0)  # KVM_CREATE_VM on this machine's device
     try:
-        r = subprocess.run(
-            [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", "seccomp", "--",
-             sys.executable, "-c", WAYS_IN, str(tmp_path / "kvm-node"), str(vm)],
-            capture_output=True, text=True, timeout=60, pass_fds=(vm,),
-        )  # fmt: skip
+        r = run(sys.executable, "-c", WAYS_IN, str(tmp_path / "kvm-node"), str(vm), pass_fds=(vm,))
     finally:
         os.close(vm)
         os.close(real)
@@ -280,11 +289,7 @@ def test_a_dup2_racing_the_decision_never_reaches_the_real_device() -> None:
     (pidfd_getfd) and a KVM-type ioctl on anything but a placeholder is EPERM."""
     real = os.open("/dev/kvm", os.O_RDWR)
     try:
-        r = subprocess.run(
-            [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", "seccomp", "--",
-             sys.executable, "-c", RACE, str(real)],
-            capture_output=True, text=True, timeout=120, pass_fds=(real,),
-        )  # fmt: skip
+        r = run(sys.executable, "-c", RACE, str(real), timeout=120, pass_fds=(real,))
     finally:
         os.close(real)
     assert r.stdout.strip() == str([errno.EPERM]), r.stdout + r.stderr
@@ -455,11 +460,7 @@ def test_out_of_descriptors_is_the_programs_emfile_never_the_real_device() -> No
     the supervisor raises its own to the hard limit once the program is started, and a
     program past MAX_FILES_PER_PROGRAM simulated files gets EMFILE."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    r = subprocess.run(
-        ["prlimit", f"--nofile=1024:{hard}", str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", "seccomp",
-         "--", sys.executable, "-c", HOG],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = run(sys.executable, "-c", HOG, wrapper=("prlimit", f"--nofile=1024:{hard}"), timeout=120)
     cap = placeholder.MAX_FILES_PER_PROGRAM
     assert r.stdout.strip() == str({"cap=1": cap, "EMFILE": 4200 - cap}), r.stdout + r.stderr
 
@@ -525,17 +526,15 @@ def test_open_semantics_are_the_kernels() -> None:
     assert r.stdout.split("\n")[:3] == ["True EBADF", "ENOTDIR ENOTDIR", "EXDEV ELOOP E2BIG sim"], r.stderr
 
 
-ESCAPES = """
-import errno, os, sys
-def e(f):
-    try:
-        return f()
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
+ESCAPES = (
+    ERRNO_OF
+    + """
+import os, sys
 print(e(lambda: os.open("/dev/kvm/", os.O_RDWR)), e(lambda: os.stat("/dev/kvm/")),
       e(lambda: open(sys.argv[1]).read().strip()), e(lambda: open("/proc/device-tree/cpus/../cpus/#size-cells", "rb")
       .read().hex()))
 """
+)
 
 
 @pytest.mark.parametrize("intercept", ["seccomp", "preload"])
@@ -544,23 +543,16 @@ def test_both_intercepts_leave_the_host_files_where_the_kernel_would(intercept: 
     path (ENOENT here: this machine has no /proc/device-tree), one that stays in is the host's."""
     if intercept == "seccomp" and needs_seccomp.args[0]:
         pytest.skip(needs_seccomp.kwargs["reason"])
-    r = subprocess.run(
-        [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", intercept, "--",
-         sys.executable, "-c", ESCAPES, f"{UP}{secret}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    r = run(sys.executable, "-c", ESCAPES, f"{UP}{secret}", intercept=intercept)
     assert r.stdout.split() == ["ENOTDIR", "ENOTDIR", "ENOENT", "00000000"], r.stdout + r.stderr
 
 
 # -- 7. a server that stops or dies holds no ordinary call hostage -----------------------------
 
-AFTER = """
-import errno, os, sys, time
-def e(f):
-    try:
-        return f()
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
+AFTER = (
+    ERRNO_OF
+    + """
+import os, sys, time
 print(e(lambda: os.open("/dev/kvm", os.O_RDWR) and "fd"), flush=True)
 sys.stdin.readline()  # the server is stopped or gone now
 t = time.monotonic()
@@ -568,6 +560,7 @@ print(e(lambda: len(open("/etc/hostname").read()) >= 0), e(lambda: os.uname().ma
       e(lambda: os.stat("/usr/bin/env") and "stat"), e(lambda: os.open("/dev/kvm", os.O_RDWR) and "fd"),
       e(lambda: open("/proc/cpuinfo").read()[:3]), time.monotonic() - t < 8, flush=True)
 """
+)
 
 
 @needs_seccomp
@@ -638,11 +631,7 @@ def test_a_dup2_onto_the_shims_socket_mid_call_connects_again_on_the_next_call(c
     """Was: with another thread in a call, the connection was lost for good (every later call
     EIO).  As documented: the call in flight may fail (EIO), the next ones connect again."""
     env = {**os.environ, "KVMSIM_CHANNEL": channel} if channel == "socket" else None
-    r = subprocess.run(
-        [str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", "preload", "--",
-         sys.executable, "-c", DUP2_MID_CALL],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+    r = run(sys.executable, "-c", DUP2_MID_CALL, intercept="preload", timeout=120, env=env)
     assert r.stdout.strip() == "True", r.stdout + r.stderr
 
 

@@ -128,14 +128,16 @@ class Placeholders:
         with self.lock:
             if self._held.get(owner, 0) >= MAX_FILES_PER_PROGRAM:
                 raise OSError(errno.EMFILE, f"{MAX_FILES_PER_PROGRAM} simulated files held already")
-            if self._by_peer and max(self._by_peer) >= self._limit - RESERVE:
-                raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors")
         try:
             theirs, ours = socket.socketpair(socket.AF_UNIX, PLACEHOLDER_TYPE)
         except OSError as exc:
             if exc.errno == errno.EMFILE:  # this process's, not the program's: the system's table
                 raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors") from None
             raise
+        if max(theirs.fileno(), ours.fileno()) >= self._limit - RESERVE:  # the lowest free fds: near the limit
+            theirs.close()
+            ours.close()
+            raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors")
         ours.shutdown(socket.SHUT_WR)  # the program's reads end at once (EOF), never hang
         theirs.setblocking(not nonblock)
         key = identity(os.fstat(theirs.fileno()))
