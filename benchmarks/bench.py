@@ -54,9 +54,9 @@ from kvmsim import Kernel
 from kvmsim.intercept.build import BuildError, compile_c
 from kvmsim.intercept.server import Server
 from kvmsim.kernel.profile import names as profile_names
-from kvmsim.kernel.revisions import REVISIONS
 from kvmsim.preload.library import build_shim
 from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.uapi import REVISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -1,16 +1,20 @@
 """kvmcompat, the userspace client of ``KVM_PPC_GET_COMPAT_CAPS``: one library over a real
-/dev/kvm or the simulator.  Public face: :func:`query`, the device seam, the device tree
-reader, the result and the typed failures.  Importing it loads nothing of the simulator:
-``SimDevice`` (``kvmsim.user.simulated``) is loaded on first use."""
+/dev/kvm, the simulator, or a mock, the same code above the device seam.
 
-from typing import Any
+Public face: :func:`query` and :func:`decode`, :class:`Options` and the result
+:class:`CompatCaps`, the device seam (:class:`Device`, :class:`RealDevice`,
+:func:`machine_arch`), :class:`DeviceTree`, the handler-style :class:`MockDevice`, and the
+failures (:class:`CompatError` and its kinds).  The command line is :mod:`kvmcompat.cli`; its
+argparse pieces, shared with ``kvmsim``'s, are :mod:`kvmcompat.args`.  The ABI's numbers are
+``kvmsim.uapi``; the simulator's device is ``kvmsim.SimDevice``.  Importing this loads nothing of
+the simulator, and nothing here imports it."""
 
 from kvmsim._version import __version__
 
-from .compat import CompatCaps, CompatError, KernelError, NoDevice, Options, Unsupported, decode, query
-from .device import Device, RealDevice
-from .devicetree import DeviceTree
-from .mock import MockCall, MockDevice
+from ._compat import CompatCaps, CompatError, KernelError, NoDevice, Options, Unsupported, decode, query
+from ._device import Device, RealDevice, UnknownArch, machine_arch
+from ._devicetree import DeviceTree
+from ._mock import MockCall, MockDevice
 
 __all__ = [
     "CompatCaps",
@@ -23,17 +27,10 @@ __all__ = [
     "NoDevice",
     "Options",
     "RealDevice",
-    "SimDevice",
+    "UnknownArch",
     "Unsupported",
     "__version__",
     "decode",
+    "machine_arch",
     "query",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "SimDevice":
-        from kvmsim.user.simulated import SimDevice
-
-        return SimDevice
-    raise AttributeError(f"module 'kvmcompat' has no attribute {name!r}")

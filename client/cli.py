@@ -11,23 +11,29 @@ import sys
 from collections.abc import Sequence
 
 from kvmsim._version import __version__
-from kvmsim.cli.args import (
+from kvmsim.uapi import (
+    DEFAULT_REVISION,
+    DEV_KVM,
+    KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    REVISIONS,
+    InvalidInput,
+    check_struct_size,
+    negotiable,
+)
+
+from ._compat import CompatCaps, CompatError, Options, Unsupported, query
+from ._device import Device, RealDevice
+from ._devicetree import DeviceTree
+from ._simulators import open_simulated
+from .args import (
     EXIT_USAGE,
     OneLineParser,
     RawDescriptionFormatter,
-    add_hosts_option,
     add_revision_options,
+    directory_arg,
     revisions,
     u64_arg,
-    use_hosts_dirs,
 )
-from kvmsim.kernel.errors import InvalidInput
-from kvmsim.kernel.revisions import DEFAULT_REVISION, REVISIONS, negotiable
-from kvmsim.kernel.uapi import DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0, check_struct_size
-
-from .compat import CompatCaps, CompatError, Options, Unsupported, query
-from .device import Device, RealDevice
-from .devicetree import DeviceTree
 
 EXIT_OK = 0  # 2 is EXIT_USAGE (a bad option, number or profile)
 EXIT_CODES = {"kernel": 1, "error": 1, "no-device": 3, "unsupported": 3}  # a CompatError's kind -> exit code
@@ -74,7 +80,14 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--sim", metavar="HOST", help="a simulated host: a profile name or a .toml path")
     p.add_argument("--abi", choices=list(REVISIONS), help="ABI revision (see below)")
     add_revision_options(p)
-    add_hosts_option(p)
+    p.add_argument(
+        "--hosts-dir",
+        type=directory_arg,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --sim: also look up host names in DIR (repeatable; before $KVMSIM_HOSTS and the built-in ones)",
+    )
     p.add_argument(
         "--struct-size",
         type=u64_arg,
@@ -129,23 +142,18 @@ def _main(argv: Sequence[str] | None) -> int:
     args = p.parse_args(argv)
     if args.sim is not None and not args.sim.strip():
         p.error("--sim: an empty host name (give a profile name or a .toml path)")
-    use_hosts_dirs(args)
+    if args.hosts_dir and args.sim is None:
+        p.error("--hosts-dir: only with --sim (a real device has no host profile)")
     try:
         check_struct_size(args.struct_size, "--struct-size")
         revs = revisions(args)
         device: Device
         tree = DeviceTree()
-        if args.sim is not None:  # only now is the simulator loaded
-            from kvmsim import Kernel
-            from kvmsim.user.simulated import SimDevice
-
-            kernel = Kernel.from_profile(args.sim, abi=revs[args.abi or DEFAULT_REVISION])
-            undetectable = args.abi is not None and revs[args.abi] not in negotiable(revs.values())
-            device, opts_abi = SimDevice(kernel), (args.abi if undetectable and revs[args.abi].ioctl else None)
-            if args.fallback:  # the host's files are built only when they will be read
-                from kvmsim.kernel import hostfs
-
-                tree = DeviceTree(files=hostfs.files(kernel))
+        if args.sim is not None:  # only now is a simulator looked up and loaded
+            rev = revs[args.abi or DEFAULT_REVISION]
+            device, tree = open_simulated(args.sim, rev, hosts_dirs=args.hosts_dir, device_tree=args.fallback)
+            undetectable = args.abi is not None and rev not in negotiable(revs.values())
+            opts_abi = args.abi if undetectable and rev.ioctl else None
         else:
             device, opts_abi = RealDevice(args.device or DEV_KVM), args.abi
         opts = Options(

@@ -1,9 +1,12 @@
 """kvmsim: the Linux kernel side of ``KVM_PPC_GET_COMPAT_CAPS``, simulated.
 
 The public face: :class:`Kernel` (boot one from a host profile and talk to it as to
-``/dev/kvm``), :class:`KvmError`, :class:`ProfileError`, :class:`Host`, and the ABI data in
-``kvmsim.uapi``.  They load on first use, so ``import kvmsim.uapi`` (what a client needs on a
-real device) loads nothing of the simulator."""
+``/dev/kvm``), :class:`SimDevice` (a kernel behind the client's device seam),
+:class:`KvmError`, :class:`ProfileError`, :class:`Host`; and ``kvmsim.uapi``, the ABI both
+sides import.  They load on first use, so ``import kvmsim.uapi`` (what the client needs on a
+real device) loads nothing of the simulator.  Every other module is the implementation: the
+zones' folders (``kernel``, ``user``, ``intercept`` with ``seccomp`` and ``preload``,
+``plugin``, ``record``, ``lab``, ``cli``) may change between releases."""
 
 from __future__ import annotations
 
@@ -13,20 +16,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .kernel.errors import KvmError
     from .kernel.profile import Host, ProfileError
-    from .kernel.revisions import REVISIONS, AbiRevision
-    from .kernel.uapi import DEV_KVM
-    from .user.simulated import Kernel
+    from .user.simulated import Kernel, SimDevice
 
 _EXPORTS = {
-    "DEV_KVM": "kernel.uapi",
-    "REVISIONS": "kernel.revisions",
-    "AbiRevision": "kernel.revisions",
     "Host": "kernel.profile",
     "ProfileError": "kernel.profile",
     "KvmError": "kernel.errors",
     "Kernel": "user.simulated",
+    "SimDevice": "user.simulated",
 }
-__all__ = ["DEV_KVM", "REVISIONS", "AbiRevision", "Host", "Kernel", "KvmError", "ProfileError", "__version__"]
+__all__ = ["Host", "Kernel", "KvmError", "ProfileError", "SimDevice", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import attrs
 import pytest
-from kvmcompat import CompatError, SimDevice, query
+from kvmcompat import CompatError, query
 from kvmcompat.cli import exit_code
 
-from kvmsim import Host, Kernel
+from kvmsim import Host, Kernel, SimDevice
 from kvmsim.kernel import profile
-from kvmsim.kernel.revisions import REVISIONS
+from kvmsim.uapi import REVISIONS
 
 pytest_plugins = ["pytester"]
 

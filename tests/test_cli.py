@@ -112,6 +112,7 @@ BAD_USAGE = [
     ["--sim", "powervm-p11", "--struct-size", "20"],
     ["--sim", "powervm-p11", "--struct-size", "abc"],
     ["--sim", "powervm-p11", "--ioctl-nr", "0x100"],
+    ["--device", "/dev/kvm", "--hosts-dir", "/"],  # a real device has no host profile
 ]
 
 
@@ -121,6 +122,20 @@ def test_bad_usage_is_one_line_and_exit_2(args: list[str]) -> None:
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_sim_finds_the_simulator_by_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client imports no simulator: ``--sim`` asks the ``kvmcompat.simulators`` entry points
+    (kvmsim's is ``kvmsim.user.simulated:open_host``); with none installed it is a usage error."""
+    from kvmcompat import cli
+
+    monkeypatch.setenv(profile.HOSTS_ENV, "")  # --hosts-dir sets it: restored after the test
+    (ep,) = importlib.metadata.entry_points(group="kvmcompat.simulators")
+    assert (ep.name, ep.value) == ("kvmsim", "kvmsim.user.simulated:open_host")
+    (tmp_path / "mine.toml").write_bytes(profile.read_bytes(profile.find("powervm-p10")))
+    assert cli.main(["--sim", "mine", "--hosts-dir", str(tmp_path)]) == 0
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    assert cli.main(["--sim", "powervm-p11"]) == 2
 
 
 def test_malformed_profile_by_path(tmp_path: Path) -> None:
@@ -228,8 +243,7 @@ def test_kvmsim_matrix_json_is_the_behaviour_table() -> None:
 
 def test_a_successful_answer_of_zero_is_zero_not_an_error() -> None:
     from kvmsim.cli.commands import simulate
-    from kvmsim.kernel.revisions import LINUX_7_3
-    from kvmsim.kernel.uapi import POWER11
+    from kvmsim.uapi import LINUX_7_3, POWER11
 
     base = profile.load("powervm-p10")  # its L0 offers only what the L1 cannot run: caps 0
     host = attrs.evolve(base, hypervisor=attrs.evolve(base.hypervisor, offers=(POWER11,)))
@@ -318,7 +332,7 @@ def test_stale_and_vague_messages_name_what_was_wrong(tmp_path: Path) -> None:
 
 def test_help_says_how_a_header_is_read_and_it_is_so(tmp_path: Path) -> None:
     """Where --help states a fact about behaviour, the behaviour holds it."""
-    from kvmsim.kernel.header import header_rules
+    from kvmsim.uapi import header_rules
 
     helptext = " ".join(run("kvm-compat-caps", "--help").stdout.split())
     assert "an _IOR definition means v4's rules; _IO with nr 0xe4 v5's; any other _IO" in helptext
@@ -362,13 +376,14 @@ print(" ".join(sorted(sys.modules)), file=sys.stderr)
     [
         (
             ["--device", "/dev/null"],
-            ["json", "shutil", "pathlib", "tomllib", "kvmsim.kernel.kvm_main", "kvmsim.kernel.header"],
+            ["json", "shutil", "pathlib", "tomllib", "kvmsim.kernel.kvm_main", "importlib.metadata"],
         ),
-        (["--device", "/dev/null", "--json"], ["shutil", "pathlib", "kvmsim.kernel.kvm_main", "kvmsim.kernel.header"]),
+        (["--device", "/dev/null", "--json"], ["shutil", "pathlib", "kvmsim.kernel.kvm_main", "importlib.metadata"]),
         (
             ["--sim", "powervm-p11"],
-            ["json", "shutil", "difflib", "pathlib", "tomllib", "kvmsim.kernel.x86", "kvmsim.kernel.hostfs"],
-        ),  # a built-in profile comes from its index (kvmsim.kernel._hosts), not tomllib
+            ["json", "difflib", "tomllib", "kvmsim.kernel.x86", "kvmsim.kernel.hostfs"],
+        ),  # a built-in profile comes from its index (kvmsim.kernel._hosts), not tomllib; the
+        # simulator is found by entry point (importlib.metadata brings pathlib and shutil)
     ],
 )
 def test_a_start_up_path_imports_only_what_it_uses(args: list[str], absent: list[str]) -> None:
@@ -408,7 +423,7 @@ def test_kvmsim_run_under_seccomp_loads_nothing_of_the_preload_path() -> None:
 def test_help_is_as_wide_as_argparse_makes_it(columns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from kvmsim.cli.args import TerminalWidth
+    from kvmcompat.args import TerminalWidth
 
     monkeypatch.setenv("COLUMNS", columns)
     assert TerminalWidth("x")._width == argparse.HelpFormatter("x")._width

@@ -15,17 +15,16 @@ from kvmcompat import (
     NoDevice,
     Options,
     RealDevice,
-    SimDevice,
     Unsupported,
     decode,
+    machine_arch,
     query,
 )
 from kvmcompat.cli import exit_code
-from kvmcompat.device import machine_arch
 
-from kvmsim import Kernel
+from kvmsim import Kernel, SimDevice
 from kvmsim.kernel import hostfs
-from kvmsim.kernel.uapi import ARCHES, Arch
+from kvmsim.uapi import ARCHES, Arch
 
 P9, P10, P11 = "power9", "power10", "power11"
 

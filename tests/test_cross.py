@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import REVS, client_answer, printed_answer
 
-from kvmsim import Kernel
+from kvmsim import Kernel, uapi
 from kvmsim.intercept.build import compile_c
 from kvmsim.intercept.command import FOREIGN, elf_arch
 from kvmsim.intercept.server import Server
-from kvmsim.kernel import profile, uapi
+from kvmsim.kernel import profile
 from kvmsim.preload.runner import host_answer, prepare, qemu_binary
 
 ROOT = Path(__file__).resolve().parent.parent

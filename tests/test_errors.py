@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from kvmcompat.compat import CompatError
-from kvmcompat.device import UnknownArch
+from kvmcompat import CompatError, UnknownArch
 
 from kvmsim import KvmError, ProfileError
 from kvmsim.cli import commands

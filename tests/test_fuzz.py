@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from kvmsim import Kernel
-from kvmsim.kernel.uapi import ARCHES
 from kvmsim.lab import _fuzz_mismatches, build, configs
+from kvmsim.uapi import ARCHES
 from kvmsim.user import fuzz
 from kvmsim.user.probe import Probe
 

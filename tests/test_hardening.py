@@ -24,7 +24,7 @@ from kvmsim.intercept import wire
 from kvmsim.intercept.server import FRAME_STALL, MAX_CONNECTIONS, Server
 from kvmsim.intercept.wire import Msg
 from kvmsim.kernel import profile
-from kvmsim.kernel.revisions import V4
+from kvmsim.uapi import V4
 
 
 def connect(server: Server) -> socket.socket:

@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from kvmcompat import DeviceTree, Options, SimDevice, query
-from kvmcompat.compat import CompatError
+from kvmcompat import CompatError, DeviceTree, Options, query
 
-from kvmsim import Kernel
+from kvmsim import Kernel, SimDevice
 from kvmsim.kernel import hostfs, profile
 
 KVMSIM = Path(sys.executable).parent / "kvmsim"

@@ -8,7 +8,7 @@ import pytest
 from conftest import REVS
 
 from kvmsim import Kernel
-from kvmsim.kernel.uapi import GENERIC_CAPS, KVM_CAP_PPC_SMT
+from kvmsim.uapi import GENERIC_CAPS, KVM_CAP_PPC_SMT
 
 
 @pytest.mark.parametrize("host", ["powervm-p11", "x86_64"])
@@ -113,7 +113,7 @@ def test_create_vm_types(host: str, vm_type: int, result: str) -> None:
 def test_pr_and_hv_together_type_0_prefers_hv() -> None:
     from conftest import evolved
 
-    from kvmsim.kernel.revisions import LINUX_7_3
+    from kvmsim.uapi import LINUX_7_3
 
     k = Kernel(evolved("powernv-p10", modules=("kvm_hv", "kvm_pr"), mmu="hash"), LINUX_7_3)
     dev = k.open()

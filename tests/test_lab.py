@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from kvmsim import cli
-from kvmsim.kernel.revisions import REVISIONS
-from kvmsim.kernel.uapi import ARCHES
 from kvmsim.lab import boot as lab_boot
 from kvmsim.lab import build, configs, debian
+from kvmsim.uapi import ARCHES, REVISIONS
 from kvmsim.user import probe
 
 PPC = ARCHES["ppc64le"]

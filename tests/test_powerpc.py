@@ -14,8 +14,7 @@ from conftest import BEHAVIOUR, REVS, Vm, caps, evolved
 
 from kvmsim import Kernel, KvmError, ProfileError
 from kvmsim.kernel import profile
-from kvmsim.kernel.revisions import LINUX_7_3, REVISIONS, AbiRevision
-from kvmsim.kernel.uapi import ARCHES, POWER11
+from kvmsim.uapi import ARCHES, LINUX_7_3, POWER11, REVISIONS, AbiRevision
 
 E = errno
 DRAFTS_AND_73 = ("linux-7.3", "v5", "v4")
@@ -351,7 +350,7 @@ def test_kernel_struct_size_must_be_sane(ksize: int) -> None:
 
 
 def test_uapi_holds_numbers_and_layouts_only() -> None:
-    from kvmsim.kernel.uapi import CompatCapsAbi
+    from kvmsim.uapi import CompatCapsAbi
 
     assert [f.name for f in attrs.fields(CompatCapsAbi)] == ["layout", "cap", "nr", "macro"]
 
@@ -365,7 +364,7 @@ def test_every_revision_has_its_steps_here(rev: AbiRevision) -> None:
 
 
 def test_a_revision_whose_rules_no_kernel_has_is_one_line() -> None:
-    from kvmsim.kernel.revisions import V5
+    from kvmsim.uapi import V5
 
     with pytest.raises(ValueError, match="revision 'v6': no kernel has the rules 'v6'"):
         Kernel.from_profile("powervm-p11", abi=attrs.evolve(V5, name="v6", rules="v6"))
@@ -435,8 +434,9 @@ def test_a_revision_is_a_value_a_user_can_derive() -> None:
     """attrs.evolve(LINUX_7_3, name=...) is a kernel of its own name with 7.3's rules (the steps
     are chosen by ``rules``, never by the name)."""
     import attrs
-    from kvmcompat import SimDevice, query
+    from kvmcompat import query
 
+    from kvmsim import SimDevice
     from kvmsim.kernel.profile import load
     from kvmsim.user.simulated import Kernel as Booted
 
@@ -451,7 +451,7 @@ def test_a_revision_is_a_value_a_user_can_derive() -> None:
 def test_an_advertised_capabilitys_ioctl_is_never_a_bare_enotty(host: str) -> None:
     """Every ioctl QEMU makes that kvmsim does not model yet is named in the reason, with the
     capability the simulated kernel advertises for it (as the real kernel does)."""
-    from kvmsim.kernel.requests import unmodelled
+    from kvmsim.uapi import unmodelled
 
     k = Kernel.from_profile(host)
     if not k.kvm.loaded:

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from kvmsim import Kernel
 from kvmsim.kernel import profile
 from kvmsim.kernel.book3s_hv import caps_up_to
-from kvmsim.kernel.revisions import LINUX_7_3
-from kvmsim.kernel.uapi import KVM_PPC_COMPAT_BITMASK, POWER9, mode_of_logical_pvr
+from kvmsim.uapi import KVM_PPC_COMPAT_BITMASK, LINUX_7_3, POWER9, mode_of_logical_pvr
 
 
 def _makes_vms(name: str) -> bool:

@@ -9,9 +9,9 @@ import platform
 
 import pytest
 from conftest import REVS
-from kvmcompat import CompatError, Options, RealDevice, SimDevice, query
+from kvmcompat import CompatError, Options, RealDevice, query
 
-from kvmsim import Kernel
+from kvmsim import Kernel, SimDevice
 from kvmsim.kernel import profile
 from kvmsim.plugin.fixture import KvmHost
 

@@ -33,7 +33,8 @@ def test_the_simulated_kernel_example() -> None:
 
 
 def test_the_profile_example_loads_and_answers_as_its_summary_says() -> None:
-    from kvmsim import REVISIONS, Kernel
+    from kvmsim import Kernel
+    from kvmsim.uapi import REVISIONS
     from kvmsim.kernel import profile
 
     (text,) = re.findall(r"```toml\n(.*?)```", README, re.S)

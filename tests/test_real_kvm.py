@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kvmsim import Kernel
-from kvmsim.kernel.revisions import LINUX_7_3, V4, V5
-from kvmsim.kernel.uapi import ARCHES, GENERIC_CAPS, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_MEMSLOTS, STARTUP_CAPS
+from kvmsim.uapi import ARCHES, GENERIC_CAPS, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_MEMSLOTS, LINUX_7_3, STARTUP_CAPS, V4, V5
 
 pytestmark = pytest.mark.requires_real_kvm  # kvmsim's pytest plugin skips, with the reason
 
@@ -100,7 +99,7 @@ def test_x86_profile_answers_as_the_real_kernel(sides: tuple[Side, Side]) -> Non
 def test_this_machines_fds_answer_what_the_kernels_file_operations_say() -> None:
     """read, write, pread, pwrite, lseek, mmap, poll, fstat and the /proc link of a real
     /dev/kvm and VM fd: kvm_main.FILE_OPS, what the shim and the lab's recordings are held to."""
-    from kvmcompat.device import RealDevice
+    from kvmcompat import RealDevice
 
     from kvmsim.kernel.kvm_main import FILE_OPS
     from kvmsim.user.probe import real_file_ops

@@ -21,11 +21,10 @@ from kvmsim.intercept import trust
 from kvmsim.intercept.command import host_view
 from kvmsim.kernel import hostfs, profile
 from kvmsim.kernel.errors import KvmError
-from kvmsim.kernel.revisions import LINUX_7_3
-from kvmsim.kernel.uapi import KVM_PPC_COMPAT_CAPS_SIZE_VER0
 from kvmsim.seccomp import bpf, uapi
 from kvmsim.seccomp.launch import launch, the_filter
 from kvmsim.seccomp.supervisor import NOTIFIED, Supervisor
+from kvmsim.uapi import KVM_PPC_COMPAT_CAPS_SIZE_VER0, LINUX_7_3
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")

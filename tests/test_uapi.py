@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmsim import uapi
-from kvmsim.kernel.revisions import LINUX_7_3, NONE, V4, V5
-from kvmsim.kernel.uapi import ARCHES
+from kvmsim.uapi import ARCHES, LINUX_7_3, NONE, V4, V5
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# What a user gets from `pip install`: build the wheel, install it into a fresh virtual
-# environment, and from a directory outside the checkout run the CLIs, `kvmsim run` with the
-# C client, and a pytest file that uses the kvm_host fixture.  Any failure fails.
+# What a user gets from `pip install`: build the wheel and install it into fresh virtual
+# environments, used from a directory outside the checkout.  First alone (`pip install kvmsim`):
+# attrs is all it brings, the client queries the real /dev/kvm and a simulated host, the CLIs
+# and `kvmsim run` with the C example work, and a kvm_host test without the extra fails naming
+# it.  Then with the extra (`kvmsim[pytest]`): a pytest file that uses the fixture passes.
+# Any failure fails.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
+case $python in */*) python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python") ;; esac  # we cd away
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -15,10 +19,24 @@ if grep -q -i "warning" "$work/build.log"; then
     echo "wheel-check: the build warned:" >&2; cat "$work/build.log" >&2; exit 1
 fi
 "$python" -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet "$work"/dist/kvmsim-*.whl
+wheel=$(echo "$work"/dist/kvmsim-*.whl)
+"$work/venv/bin/python" -m pip install --quiet "$wheel"
 cd "$work"  # outside the checkout: nothing but the wheel
 bin="$work/venv/bin"
-echo "wheel-check: $(basename "$work"/dist/*.whl) in a fresh venv, from $work"
+echo "wheel-check: $(basename "$wheel") alone in a fresh venv, from $work"
+installed=$("$bin/python" -m pip list --format=freeze --exclude pip --exclude setuptools | cut -d= -f1 | sort | tr '\n' ' ')
+[ "$installed" = "attrs kvmsim " ] || { echo "wheel-check: pip install kvmsim brought: $installed" >&2; exit 1; }
+"$bin/python" - <<'PY'
+import sys
+from kvmcompat import RealDevice, query, CompatError
+try:
+    print("real /dev/kvm:", query(RealDevice()).to_json())
+except CompatError as exc:  # an x86 /dev/kvm: the capability is unknown there
+    print("real /dev/kvm:", exc.kind, exc)
+    assert exc.kind in ("unsupported", "no-device"), exc
+assert not {"pytest", "pyfakefs"} & set(sys.modules), "the client loaded pytest or pyfakefs"
+assert [m for m in sys.modules if m.startswith("kvmsim.") and not m.startswith("kvmsim.uapi")] == ["kvmsim._version"]
+PY
 "$bin/kvm-compat-caps" --sim powervm-p11 --json | tee out.json
 grep -q '"modes": \["power10", "power11"\]' out.json
 "$bin/kvmsim" hosts | grep -q '^powervm-p11 '
@@ -41,5 +59,13 @@ def test_modes(kvm_host):
     os.close(vm)
     os.close(fd)
 PY
-"$bin/python" -m pytest -q -p no:cacheprovider test_user.py
+"$bin/python" -m pip install --quiet pytest  # pytest without the extra: the plugin loads, a host fails
+if "$bin/python" -m pytest -q -p no:cacheprovider test_user.py > noextra.log 2>&1; then
+    echo "wheel-check: kvm_host passed without pyfakefs" >&2; cat noextra.log >&2; exit 1
+fi
+grep -q "pip install 'kvmsim\[pytest\]'" noextra.log || { cat noextra.log >&2; exit 1; }
+"$python" -m venv "$work/venv2"
+"$work/venv2/bin/python" -m pip install --quiet "$wheel[pytest]"
+echo "wheel-check: $(basename "$wheel")[pytest] in a fresh venv"
+"$work/venv2/bin/python" -m pytest -q -p no:cacheprovider test_user.py
 echo "wheel-check: ok"

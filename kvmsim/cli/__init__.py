@@ -1,6 +1,5 @@
-"""The ``kvmsim`` command line (``main``), and the options it shares with the client's
-``kvm-compat-caps`` (``args``).  ``main`` loads on call: importing ``kvmsim.cli.args`` (what
-the client does) loads nothing of the simulator."""
+"""The ``kvmsim`` command line (``main``, loaded on call); ``args`` holds its own options
+beyond the family's shared ones (``kvmcompat.args``)."""
 
 from __future__ import annotations
 

@@ -1,95 +1,17 @@
-"""What both command lines (``kvmsim``, ``kvm-compat-caps``) parse the same way."""
+"""What ``kvmsim``'s subcommands parse beyond the family's shared pieces (:mod:`kvmcompat.args`):
+the lab's counts and seed, and ``--hosts-dir``."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable
-from typing import Any, NoReturn
 
-from ..kernel.errors import InvalidInput
-from ..kernel.revisions import REVISIONS, AbiRevision, revision
+from kvmcompat.args import directory_arg, ranged
 
-EXIT_USAGE = 2
+from ..kernel import profile
 
-
-def terminal_columns() -> int:
-    """``shutil.get_terminal_size().columns``, found the same way, without importing shutil
-    (and with it bz2 and lzma, a tenth of the client's start) as argparse does for each help."""
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return int(columns)
-    try:
-        return os.get_terminal_size(1).columns
-    except OSError:
-        return 80
-
-
-class TerminalWidth(argparse.HelpFormatter):
-    """A formatter at the terminal's width, less argparse's own margin of two."""
-
-    def __init__(self, prog: str, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("width", terminal_columns() - 2)
-        super().__init__(prog, *args, **kwargs)
-
-
-class RawDescriptionFormatter(TerminalWidth, argparse.RawDescriptionHelpFormatter):
-    """argparse's RawDescriptionHelpFormatter at the terminal's width."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad usage is one line on stderr and exit 2, not argparse's usage block."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", TerminalWidth)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def int_arg(text: str) -> int:
-    """An integer in any base Python reads (``250``, ``0xe4``)."""
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def ranged(ctype: str, lo: int, hi: int) -> Callable[[str], int]:
-    """An :func:`int_arg` that must fit the C type it ends up in (checked where it is parsed)."""
-
-    def parse(text: str) -> int:
-        value = int_arg(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text} does not fit {ctype} ({lo}..{hi})")
-        return value
-
-    parse.__name__ = ctype  # argparse names the type in its messages
-    return parse
-
-
-# KVM_CHECK_EXTENSION's argument travels as a C int through fcntl.ioctl (and as the kernel's
-# long); an ioctl's nr is its 8-bit field; a struct size is the struct's __u64 size field
-cap_arg = ranged("a C int", -(2**31), 2**31 - 1)
-nr_arg = ranged("an ioctl nr (8 bits)", 0, 0xFF)
-u64_arg = ranged("a __u64", 0, 2**64 - 1)
 jobs_arg = ranged("a count of boots", 1, 1024)
 fuzz_arg = ranged("a count of fuzz cases", 0, 100_000)
 seed_arg = ranged("a seed (64 bits)", 0, 2**64 - 1)
-
-
-def add_revision_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cap", type=cap_arg, metavar="N", help="override KVM_CAP_PPC_COMPAT_CAPS (a C int)")
-    p.add_argument("--ioctl-nr", type=nr_arg, metavar="NR", help="override the ioctl's nr (0..0xff, e.g. 0xb8)")
-    p.add_argument("--header", metavar="PATH", help="read the numbers and struct layout from a kernel's <linux/kvm.h>")
-
-
-def hosts_dir_arg(text: str) -> str:
-    """A directory of host profiles, which must exist."""
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text}: not a directory")
-    return text
 
 
 def add_hosts_option(p: argparse.ArgumentParser, dest: str = "hosts_dir") -> None:
@@ -97,7 +19,7 @@ def add_hosts_option(p: argparse.ArgumentParser, dest: str = "hosts_dir") -> Non
     p.add_argument(
         "--hosts-dir",
         dest=dest,
-        type=hosts_dir_arg,
+        type=directory_arg,
         action="append",
         default=[],
         metavar="DIR",
@@ -108,27 +30,6 @@ def add_hosts_option(p: argparse.ArgumentParser, dest: str = "hosts_dir") -> Non
 def use_hosts_dirs(args: argparse.Namespace) -> None:
     """Put ``--hosts-dir`` first on the profile search path (``$KVMSIM_HOSTS``, which
     ``kvmsim run`` passes on to its command)."""
-    dirs = [*(getattr(args, "hosts_dir", None) or []), *(getattr(args, "sub_hosts_dir", None) or [])]
-    if dirs:
-        current = os.environ.get("KVMSIM_HOSTS")
-        os.environ["KVMSIM_HOSTS"] = os.pathsep.join([*dirs, *([current] if current else [])])
-
-
-def revisions(args: argparse.Namespace) -> dict[str, AbiRevision]:
-    """Every revision with the command line's overrides; a ``--header`` replaces the revision
-    its macro names (``_IOR``: v4, ``_IO``: v5), and ``--abi`` must then agree with it."""
-    revs = {name: revision(name, cap=args.cap, nr=args.ioctl_nr) for name in REVISIONS}
-    if args.header:
-        from ..kernel.header import revision_from_header  # only a --header reads one
-
-        try:
-            with open(args.header) as f:
-                text = f.read()
-        except OSError as exc:
-            raise InvalidInput(f"{args.header}: {exc.strerror}") from None
-        rev = revision_from_header(text, args.header)
-        if args.abi and args.abi != rev.name:
-            raise InvalidInput(f"{args.header}: defines a {rev.name} ioctl, but --abi {args.abi} was given")
-        revs[rev.name] = rev
-        args.abi = rev.name
-    return revs
+    profile.prepend_search_path(
+        [*(getattr(args, "hosts_dir", None) or []), *(getattr(args, "sub_hosts_dir", None) or [])]
+    )

@@ -27,25 +27,24 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
+from kvmcompat.args import EXIT_USAGE, OneLineParser, add_revision_options, revisions
 
 from .._version import __version__
 from ..intercept import trust
 from ..kernel import papr, profile
-from ..kernel.errors import InvalidInput
+from ..kernel.errors import InvalidInput, KvmsimError
 from ..kernel.profile import Host
-from ..kernel.revisions import DEFAULT_REVISION, LINUX_7_3, REVISIONS, AbiRevision
-from ..kernel.uapi import Arch, errname, mode_of_logical_pvr, modes_of_caps
-from .args import (
-    EXIT_USAGE,
-    OneLineParser,
-    add_hosts_option,
-    add_revision_options,
-    fuzz_arg,
-    jobs_arg,
-    revisions,
-    seed_arg,
-    use_hosts_dirs,
+from ..uapi import (
+    DEFAULT_REVISION,
+    LINUX_7_3,
+    REVISIONS,
+    AbiRevision,
+    Arch,
+    errname,
+    mode_of_logical_pvr,
+    modes_of_caps,
 )
+from .args import add_hosts_option, fuzz_arg, jobs_arg, seed_arg, use_hosts_dirs
 
 if TYPE_CHECKING:
     from ..intercept.trace import Tracer
@@ -55,7 +54,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 
-class UsageError(InvalidInput):
+class UsageError(KvmsimError, InvalidInput):
     """A bad command line that argparse cannot see."""
 
 

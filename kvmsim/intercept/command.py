@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from ..kernel.errors import InvalidInput, KvmsimError
-from ..kernel.uapi import ARCHES, DEV_KVM
+from ..uapi import ARCHES, DEV_KVM
 from . import trust
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ FOREIGN = {
 EM_PPC64, EM_X86_64 = 21, 62
 
 
-class RunError(InvalidInput):
+class RunError(KvmsimError, InvalidInput):
     """The command cannot run against this host as asked; one line."""
 
 

@@ -26,8 +26,8 @@ from typing import Protocol
 
 from ..kernel.errors import KvmError, KvmsimError
 from ..kernel.kvm_main import BootedKernel
-from ..kernel.uapi import U64_OF, ByteOrder
 from ..kernel.usermem import ADDRESS_LIMIT, Fault
+from ..uapi import U64_OF, ByteOrder
 from . import channel, wire
 from .channel import SharedChannel
 from .placeholder import Deferring, MemoryWanted, Placeholder, Placeholders, raise_fd_limit

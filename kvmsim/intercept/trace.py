@@ -11,15 +11,14 @@ from typing import IO
 
 import attrs
 
-from ..kernel import uapi
-from ..kernel.requests import decode_request
-from ..kernel.uapi import Arch, errname
+from .. import uapi
+from ..uapi import Arch, decode_request, errname
 
 
 @functools.cache
 def capability_names() -> Mapping[int, str]:
     """KVM_CAP_* by number, from the kernel's uapi (the trace names what KVM_CHECK_EXTENSION asks)."""
-    from ..kernel.revisions import REVISIONS
+    from ..uapi import REVISIONS
 
     names = {v: k for k, v in vars(uapi).items() if k.startswith("KVM_CAP_") and isinstance(v, int)}
     for rev in REVISIONS.values():  # the compat query's own, per revision (249 the v4 draft's)
@@ -51,7 +50,7 @@ class Call:
         if name == "KVM_CHECK_EXTENSION" and self.arg is not None:
             return f"cap {self.arg} {capability_names().get(self.arg, '(unknown)')}"
         if name.startswith("KVM_PPC_GET_COMPAT_CAPS (") and self.writes:
-            from ..kernel.revisions import REVISIONS
+            from ..uapi import REVISIONS
 
             rev = REVISIONS.get(name.removeprefix("KVM_PPC_GET_COMPAT_CAPS (").rstrip(")"))
             data = self.writes[-1][1]

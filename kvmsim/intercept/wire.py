@@ -49,7 +49,7 @@ from collections.abc import Mapping
 import attrs
 
 from ..kernel.errors import KvmsimError
-from ..kernel.uapi import ARCHES, MAX_PAGE_SIZE
+from ..uapi import ARCHES, MAX_PAGE_SIZE
 
 MAGIC = 0x4B564D53
 VERSION = 2

@@ -8,12 +8,11 @@ from collections.abc import Callable
 
 import attrs
 
+from ..uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, AbiRevision, CompatMode, mode_of_logical_pvr
 from . import papr
 from .book3s_pr import KvmppcOps
 from .errors import KvmError
 from .profile import Host
-from .revisions import AbiRevision
-from .uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, CompatMode, mode_of_logical_pvr
 
 
 def kvmhv_on_pseries(host: Host) -> bool:

@@ -1,9 +1,10 @@
 """kvmsim's error family, and how the simulated kernel fails.
 
-:class:`KvmsimError` is the root of every error kvmsim reports; ``str()`` is one line naming
-what was wrong and where.  :class:`InvalidInput` is the branch a command line answers with exit
-2 (a bad name, number, profile or header: the user's input; also a ``ValueError``, as it always
-was).  :class:`KvmError` is the simulated kernel's ``-errno`` (an ``OSError``, with the reason
+:class:`KvmsimError` is the root of the errors kvmsim reports; ``str()`` is one line naming
+what was wrong and where.  :class:`InvalidInput` (the ABI's, ``kvmsim.uapi``: the client raises
+it too) is what a command line answers with exit 2 (a bad name, number, profile or header: the
+user's input; a ``ValueError``); the simulator's own bad inputs (``ProfileError``) derive from
+both.  :class:`KvmError` is the simulated kernel's ``-errno`` (an ``OSError``, with the reason
 the simulator knows: a real kernel would at most have said it in dmesg).  The other branches
 live beside what raises them (the lab's FetchError, the server's ProtocolError, ...); only the
 kernel-internal fault signals of ``usermem`` stay outside the family."""
@@ -13,13 +14,13 @@ from __future__ import annotations
 import functools
 import os
 
+from ..uapi import InvalidInput
+
+__all__ = ["InvalidInput", "KvmError", "KvmsimError"]
+
 
 class KvmsimError(Exception):
     """The root of kvmsim's errors."""
-
-
-class InvalidInput(KvmsimError, ValueError):
-    """Input kvmsim cannot take (a command line's exit 2): one line naming what and where."""
 
 
 class KvmError(KvmsimError, OSError):

@@ -12,9 +12,9 @@ import posix
 import struct
 from collections.abc import Mapping
 
+from ..uapi import DEV_KVM, mode_of_logical_pvr
 from .kvm_main import BootedKernel
 from .profile import Host
-from .uapi import DEV_KVM, mode_of_logical_pvr
 
 DEVICE_TREE = "/proc/device-tree"
 

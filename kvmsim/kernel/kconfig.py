@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import attrs
 
-from .uapi import (
+from ..uapi import (
     KVM_CAP_COALESCED_MMIO,
     KVM_CAP_COALESCED_PIO,
     KVM_CAP_DIRTY_LOG_RING,

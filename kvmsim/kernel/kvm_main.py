@@ -18,22 +18,25 @@ from typing import Any, Literal, Protocol, Self
 
 import attrs
 
-from . import kconfig, profile
-from .errors import KvmError
-from .powerpc import PowerpcKvm
-from .profile import Host
-from .requests import explain_request, unmodelled
-from .revisions import DEFAULT_REVISION, AbiRevision, revision
-from .uapi import (
+from ..uapi import (
+    DEFAULT_REVISION,
     DEV_KVM,
     GENERIC_CAPS,
     KVM_API_VERSION,
     KVM_CAP_NR_MEMSLOTS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     VM_LINK,
+    AbiRevision,
     Arch,
     check_struct_size,
+    explain_request,
+    revision,
+    unmodelled,
 )
+from . import kconfig, profile
+from .errors import KvmError
+from .powerpc import PowerpcKvm
+from .profile import Host
 from .usermem import AddressSpace, Fault, UserAccess
 
 NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit

@@ -8,7 +8,7 @@ from typing import Literal
 
 import attrs
 
-from .uapi import CompatMode
+from ..uapi import CompatMode
 
 H_SUCCESS = 0
 H_FUNCTION = -2

@@ -9,13 +9,7 @@ from collections.abc import Callable
 
 import attrs
 
-from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv
-from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr
-from .errors import InvalidInput, KvmError
-from .profile import Host
-from .requests import byte_swapped_hint
-from .revisions import AbiRevision
-from .uapi import (
+from ..uapi import (
     KVM_CAP_ENABLE_CAP,
     KVM_CAP_IMMEDIATE_EXIT,
     KVM_CAP_IOEVENTFD,
@@ -62,8 +56,14 @@ from .uapi import (
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
+    AbiRevision,
     CompatCapsAbi,
+    byte_swapped_hint,
 )
+from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv
+from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr
+from .errors import InvalidInput, KvmError
+from .profile import Host
 from .usermem import Fault, NonZeroTail, UserAccess
 
 THREADS_PER_SUBCORE = 8  # POWER8 in HV mode; ISA 3.0 cores run each thread independently

@@ -14,16 +14,16 @@ import posix
 import re
 import stat
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
+from ..uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
 from . import papr
-from .errors import InvalidInput
+from .errors import InvalidInput, KvmsimError
 from .papr import Hypervisor, HypervisorKind
-from .uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,7 +57,7 @@ DEFAULT_MAX_VCPUS = {"pseries": 2048, "powernv": 2048, "x86": 1024}  # KVM_MAX_V
 Mmu = Literal["radix", "hash"]
 
 
-class ProfileError(InvalidInput):
+class ProfileError(KvmsimError, InvalidInput):
     """A malformed host profile; ``str()`` is one line naming the file and the field."""
 
 
@@ -410,6 +410,14 @@ def search_path() -> list[str]:
     directories, ``$KVMSIM_HOSTS`` (``--hosts-dir``), then the built-in profiles."""
     extra = [p for p in os.environ.get(HOSTS_ENV, "").split(os.pathsep) if p]
     return [*CONFIGURED_DIRS, *extra, builtin_hosts()]
+
+
+def prepend_search_path(dirs: Sequence[str]) -> None:
+    """Put ``dirs`` first on the search path (``--hosts-dir``), through ``$KVMSIM_HOSTS``: what
+    ``kvmsim run`` passes on to its command."""
+    if dirs:
+        current = os.environ.get(HOSTS_ENV)
+        os.environ[HOSTS_ENV] = os.pathsep.join([*dirs, *([current] if current else [])])
 
 
 # Profiles are found and read on the real filesystem even while a test fakes it: pyfakefs

@@ -14,7 +14,7 @@ import threading
 
 import attrs
 
-from .uapi import U64_OF, ByteOrder
+from ..uapi import U64_OF, ByteOrder
 
 PAGE_SIZE = 0x1000
 ADDRESS_LIMIT = 1 << 64  # a user access reaching past this wraps: access_ok() refuses it

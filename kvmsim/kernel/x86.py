@@ -6,9 +6,9 @@ import errno
 
 import attrs
 
+from ..uapi import KVM_CAP_MAX_VCPUS
 from .errors import KvmError
 from .profile import Host
-from .uapi import KVM_CAP_MAX_VCPUS
 from .usermem import UserAccess
 
 PAGE_SIZE = 4096

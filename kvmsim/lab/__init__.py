@@ -137,7 +137,7 @@ def _fuzz_mismatches(config: Config, cases: Sequence[Probe], real: dict[str, Any
     each reproducible from the seed and its index (``fuzz.cases(seed, n)[i]``)."""
     if not cases:
         return ()
-    from ..kernel.revisions import REVISIONS
+    from ..uapi import REVISIONS
     from ..user import fuzz
     from ..user.simulated import Kernel
 

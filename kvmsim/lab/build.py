@@ -12,8 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..intercept import trust
-from ..kernel.revisions import REVISIONS
-from ..kernel.uapi import ARCHES
+from ..uapi import ARCHES, REVISIONS
 from ..user import probe
 from .debian import FetchError
 

@@ -20,8 +20,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
-from ..kernel.requests import decode_request
-from ..kernel.uapi import DEV_KVM, VM_LINK, errname
+from ..uapi import DEV_KVM, VM_LINK, decode_request, errname
 from ..user.simulated import Kernel
 
 ANON_INODES = f"/run/kvmsim/{VM_LINK}"

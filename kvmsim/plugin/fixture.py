@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 
-from ..kernel.revisions import DEFAULT_REVISION
-from ..kernel.uapi import DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0
+from ..uapi import DEFAULT_REVISION, DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0
 
 if TYPE_CHECKING:
     from pyfakefs.fake_file import FakeDirectory, FakeFile
@@ -53,7 +52,19 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "powervm-p11"
 
 
+NEEDS_PYFAKEFS = "kvm_host needs pyfakefs, which this environment lacks: pip install 'kvmsim[pytest]'"
+
+
+class PyfakefsMissing(ImportError):
+    """``kvm_host`` or :func:`simulated_host` without pyfakefs (kvmsim installed without its
+    ``pytest`` extra): the plugin stays loadable, and only a test that asks for a host fails."""
+
+
 def _hook_pyfakefs_fcntl() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pyfakefs") is None:
+        raise PyfakefsMissing(NEEDS_PYFAKEFS)
     from .fakefcntl import hook_pyfakefs
 
     hook_pyfakefs()  # before pyfakefs patches: it binds a test module's `from fcntl import ioctl` then
@@ -148,7 +159,7 @@ def _boot(spec: KvmHostParam) -> Kernel:
     Profiles are read from the real filesystem (kvmsim.kernel.profile reads through posix), whether
     or not pyfakefs is patched in."""
     from ..kernel import profile
-    from ..kernel.revisions import revision
+    from ..uapi import revision
     from ..user.simulated import Kernel
 
     if not spec.overrides:
@@ -417,11 +428,11 @@ def simulated_host(
     """The fixture's work as a context manager: the process sees host ``name`` inside.
     ``overrides`` change the profile for this host only (``**{"cpu.mode": "power9"}``);
     ``ksize=`` is the kernel's struct size."""
-    from pyfakefs.fake_filesystem_unittest import Patcher
-
     spec = _spec(name, abi, overrides)
     _boot(spec)  # a bad profile fails here, before anything is patched
     _hook_pyfakefs_fcntl()
+    from pyfakefs.fake_filesystem_unittest import Patcher
+
     with Patcher() as patcher:  # pyfakefs's own patcher: its fake fcntl is the one _on redirects
         assert patcher.fs is not None
         with _on(patcher.fs, spec) as host:
@@ -519,7 +530,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if "kvm_host" in getattr(item, "fixturenames", ()):
-        _hook_pyfakefs_fcntl()  # before this test's fixtures: pyfakefs binds fcntl's functions as it starts
+        try:
+            _hook_pyfakefs_fcntl()  # before this test's fixtures: pyfakefs binds fcntl's functions as it starts
+        except PyfakefsMissing as exc:
+            pytest.fail(str(exc), pytrace=False)
     if item.get_closest_marker("requires_real_kvm") is not None:
         reason = real_kvm_unusable()
         if reason is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..intercept import channel, wire
 from ..kernel.kvm_main import FILE_OPS
-from ..kernel.uapi import VM_LINK
+from ..uapi import VM_LINK
 
 
 def header() -> str:

@@ -22,14 +22,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-from kvmcompat.device import RealDevice, machine_arch
-from kvmcompat.devicetree import DeviceTree
+from kvmcompat import DeviceTree, RealDevice, machine_arch
 
 from ..kernel import papr
 from ..kernel.kvm_main import FILE_OPS
 from ..kernel.profile import Host, ProfileError, from_mapping, parse
-from ..kernel.revisions import REVISIONS, AbiRevision
-from ..kernel.uapi import ARCHES, DEV_KVM, KVM_CAP_MAX_VCPUS, ByteOrder, mode_of_logical_pvr, mode_of_pvr, modes_of_caps
+from ..uapi import (
+    ARCHES,
+    DEV_KVM,
+    KVM_CAP_MAX_VCPUS,
+    REVISIONS,
+    AbiRevision,
+    ByteOrder,
+    mode_of_logical_pvr,
+    mode_of_pvr,
+    modes_of_caps,
+)
 from ..user import probe
 from ..user.probe import Answer
 from ..user.simulated import Kernel, SimDevice

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..intercept.trace import Call
     from ..kernel.kvm_main import BootedKernel
     from ..kernel.profile import Host
-    from ..kernel.revisions import AbiRevision
+    from ..uapi import AbiRevision
 
 
 def run(host: Host, rev: AbiRevision, command: Sequence[str], *, trace: Callable[[Call], None] | None = None) -> int:
@@ -55,7 +55,7 @@ def run_attached(socket_path: str, command: Sequence[str]) -> int:
     from ..intercept import wire
     from ..intercept.attach import CONNECT_TIMEOUT, AttachError, ask_host, connect
     from ..intercept.command import StartError
-    from ..kernel.uapi import ARCHES
+    from ..uapi import ARCHES
     from .standby import Standby
 
     host = ask_host(socket_path)  # the machine and the host's files, for the standby

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..kernel.errors import KvmError
-from ..kernel.uapi import Arch
+from ..uapi import Arch
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:

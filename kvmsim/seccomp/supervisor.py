@@ -52,8 +52,8 @@ import attrs
 
 from ..intercept.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
 from ..kernel.errors import KvmError
-from ..kernel.uapi import ARCHES, DEV_KVM, VM_LINK, Arch
 from ..kernel.usermem import Fault
+from ..uapi import ARCHES, DEV_KVM, VM_LINK, Arch
 from . import pidfd, uapi
 from .kstat import Kstat, dev_kvm
 from .namei import Found, Namei, tgid

@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterable
 
 from ..kernel.errors import KvmError
 from ..kernel.kvm_main import BootedKernel, Process
-from ..kernel.revisions import REVISIONS, AbiRevision
-from ..kernel.uapi import ARCHES, KVM_VM_PPC_HV, KVM_VM_PPC_PR, KVMIO, Arch, errname
 from ..kernel.usermem import PAGE_SIZE, AddressSpace
+from ..uapi import ARCHES, KVM_VM_PPC_HV, KVM_VM_PPC_PR, KVMIO, REVISIONS, AbiRevision, Arch, errname
 from .probe import NULL, WILD, Answer, Probe
 
 KERNEL_ADDRESS = 0xC000000000000000  # powerpc's linear map: access_ok() refuses it

@@ -1,6 +1,6 @@
 """Probes: the questions one asks a KVM device, and its answers as plain values.
 
-A probe runs against a :class:`~kvmcompat.device.Device`: a real ``/dev/kvm``, or the
+A probe runs against a :class:`~kvmcompat.Device`: a real ``/dev/kvm``, or the
 simulator behind :class:`~kvmsim.user.simulated.SimDevice`.  ``kvmsim show``, ``kvmsim
 matrix``, ``record`` and ``verify`` share these probes, so what is recorded on real hardware
 is exactly what the simulator is checked against."""
@@ -12,11 +12,20 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import attrs
-from kvmcompat.device import Device
+from kvmcompat import Device
 
 from ..kernel.errors import InvalidInput
-from ..kernel.revisions import REVISIONS, AbiRevision
-from ..kernel.uapi import GENERIC_CAPS, STARTUP_CAPS, Arch, ByteOrder, CompatCapsField, CompatCapsLayout, errname
+from ..uapi import (
+    GENERIC_CAPS,
+    REVISIONS,
+    STARTUP_CAPS,
+    AbiRevision,
+    Arch,
+    ByteOrder,
+    CompatCapsField,
+    CompatCapsLayout,
+    errname,
+)
 
 Recorded = int | str  # an Answer as a recording stores it (Answer.to_toml)
 

@@ -5,12 +5,14 @@ process, with CPython's ``fcntl.ioctl`` contract on top of ``sys_ioctl``) and
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
-from ..kernel import kvm_main
+from kvmcompat import DeviceTree
+
+from ..kernel import kvm_main, profile
 from ..kernel.profile import Host
-from ..kernel.revisions import AbiRevision
-from ..kernel.uapi import DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0, Arch
 from ..kernel.usermem import AddressSpace
+from ..uapi import DEV_KVM, KVM_PPC_COMPAT_CAPS_SIZE_VER0, AbiRevision, Arch
 from .pyioctl import Scratch, fcntl_ioctl
 
 
@@ -69,3 +71,18 @@ class SimDevice:
 
     def close(self, fd: int) -> None:
         self.kernel.close(fd)
+
+
+def open_host(
+    host: str, rev: AbiRevision, *, hosts_dirs: Sequence[str] = (), device_tree: bool = False
+) -> tuple[SimDevice, DeviceTree]:
+    """The client's ``--sim`` (entry point ``kvmcompat.simulators``): a kernel booted on
+    ``host`` (a profile name, looked up in ``hosts_dirs`` first, or a path) with revision
+    ``rev``, and its device tree when ``device_tree`` (built only when it will be read)."""
+    profile.prepend_search_path(hosts_dirs)
+    kernel = Kernel(profile.load(host), rev)
+    if not device_tree:
+        return SimDevice(kernel), DeviceTree()
+    from ..kernel import hostfs
+
+    return SimDevice(kernel), DeviceTree(files=hostfs.files(kernel))

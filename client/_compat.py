@@ -12,20 +12,22 @@ from typing import Literal
 
 import attrs
 
-from kvmsim.kernel.revisions import REVISIONS, AbiRevision, negotiable
-from kvmsim.kernel.uapi import (
+from kvmsim.uapi import (
     KVM_API_VERSION,
     KVM_PPC_COMPAT_BITMASK,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     MAX_PAGE_SIZE,
+    REVISIONS,
+    AbiRevision,
     check_struct_size,
     errname,
     mode_of_logical_pvr,
     modes_of_caps,
+    negotiable,
 )
 
-from .device import Device, UnknownArch
-from .devicetree import DeviceTree
+from ._device import Device, UnknownArch
+from ._devicetree import DeviceTree
 
 Source = Literal["ioctl", "device-tree"]
 CapFd = Literal["dev", "vm"]  # /dev/kvm (QEMU's), or the VM fd (that VM type's own answer)

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal
 
-from .revisions import REVISIONS, AbiRevision
-from .uapi import ARCHES, GENERIC_IOC, UNMODELLED_IOCTLS, Arch, ByteOrder, UnmodelledIoctl
+from ._kvm_h import ARCHES, GENERIC_IOC, UNMODELLED_IOCTLS, Arch, ByteOrder, UnmodelledIoctl
+from ._revisions import REVISIONS, AbiRevision
 
 
 @functools.cache

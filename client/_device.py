@@ -9,7 +9,7 @@ import fcntl
 import os
 from typing import Protocol
 
-from kvmsim.kernel.uapi import ARCHES, DEV_KVM, Arch
+from kvmsim.uapi import ARCHES, DEV_KVM, Arch
 
 
 class Device(Protocol):

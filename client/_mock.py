@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import attrs
 
-from kvmsim.kernel.uapi import ARCHES, DEV_KVM, Arch
+from kvmsim.uapi import ARCHES, DEV_KVM, Arch
 
 
 @attrs.frozen
@@ -32,7 +32,7 @@ class MockCall:
 
 
 class MockDevice:
-    """A Device (kvmcompat.device) answered by ``handler``; KVM_CREATE_VM's answer is a VM fd."""
+    """A Device (kvmcompat.Device) answered by ``handler``; KVM_CREATE_VM's answer is a VM fd."""
 
     def __init__(self, handler: Callable[[MockCall], int | bytes], *, arch: Arch = ARCHES["ppc64le"]) -> None:
         self.handler, self.arch, self.calls = handler, arch, list[MockCall]()
@@ -49,7 +49,7 @@ class MockDevice:
         return fd
 
     def ioctl(self, fd: int, request: int, arg: object = 0, mutate_flag: bool = True) -> int | bytes:
-        from kvmsim.kernel.requests import decode_request  # the names: only when a mock is used
+        from kvmsim.uapi import decode_request  # the names: only when a mock is used
 
         call = MockCall(self._fds[fd], request, decode_request(request, self.arch), arg)
         self.calls.append(call)

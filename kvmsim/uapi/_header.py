@@ -8,9 +8,9 @@ from typing import cast
 
 import attrs
 
-from .errors import InvalidInput
-from .revisions import _V5_ABI, LINUX_7_3, V4, V5, AbiRevision
-from .uapi import LAYOUT_V4, CompatCapsField, CompatCapsLayout
+from ._errors import InvalidInput
+from ._kvm_h import LAYOUT_V4, CompatCapsField, CompatCapsLayout
+from ._revisions import _V5_ABI, LINUX_7_3, V4, V5, AbiRevision
 
 _CAP_RE = re.compile(r"#define\s+KVM_CAP_PPC_COMPAT_CAPS\s+(\w+)")
 _IOCTL_RE = re.compile(

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import attrs
 
-from .errors import InvalidInput
-from .uapi import LAYOUT_V4, LAYOUT_V5, Arch, CompatCapsAbi, CompatCapsLayout
+from ._errors import InvalidInput
+from ._kvm_h import LAYOUT_V4, LAYOUT_V5, Arch, CompatCapsAbi, CompatCapsLayout
 
 
 @attrs.frozen

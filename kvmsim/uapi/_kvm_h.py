@@ -15,7 +15,7 @@ from typing import Literal
 
 import attrs
 
-from .errors import InvalidInput
+from ._errors import InvalidInput
 
 DEV_KVM = "/dev/kvm"
 VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID/fd/N of a VM fd reads
