@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 BUILD := build
 
-.PHONY: demo test lint bench c lab wheel-check clean hosts-index
+.PHONY: demo test lint docs bench c lab wheel-check clean hosts-index
 
 # An editable install that starts fast (editable_mode=strict: a tree of links under build/,
 # no import hook), redone when a source file is added or pyproject.toml changes.  Its one
@@ -26,8 +26,12 @@ demo: $(STAMP)
 	$(BIN)/kvmsim matrix
 
 # the whole suite on both cores (pytest-xdist): the plugin's tests run under xdist with it
-test: $(STAMP) lint
+test: $(STAMP) lint docs
 	$(BIN)/python -m pytest -n 2
+
+# the docs site (mkdocs.yml), strict: a broken link or anchor, or a stale kvmsim.x.y name, fails
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check kvmsim client tests benchmarks tools
@@ -35,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP) c
-	$(BIN)/python benchmarks/bench.py --json bench.json --readme README.md
+	$(BIN)/python benchmarks/bench.py --json bench.json
 
 # a wheel, installed into a fresh venv, used from outside the checkout
 wheel-check: $(STAMP)

@@ -1,8 +1,8 @@
 """``make bench``: what users pay, each against its target, in one run on one machine.
 
 Every row is a median; a row with a target says OK or MISSED, and where a target is missed the
-row that explains why (a measured floor) is printed beside it.  Writes ``bench.json`` and, with
-``--readme``, regenerates README.md's speed table from it.  Benchmarks, not tests: nothing here
+row that explains why (a measured floor) is printed beside it.  Writes ``bench.json``; the docs build
+renders docs/benchmarks.md's table from it (:func:`render_markdown`).  Benchmarks, not tests: nothing here
 fails on a slow machine.
 
 The rows (issue 16's targets):
@@ -34,7 +34,6 @@ import functools
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import statistics
@@ -889,7 +888,7 @@ def machine() -> str:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    """The README's speed table, from bench.json's contents."""
+    """docs/benchmarks.md's table, from bench.json's contents (tools/docs_hooks.py calls it)."""
     rows = data["rows"]
     lines = [
         f"Last run: {data['date']} on {data['machine']}.",
@@ -904,21 +903,9 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- bench:begin (make bench writes this table from bench.json) -->", "<!-- bench:end -->"
-
-
-def update_readme(readme: Path, table: str) -> None:
-    text = readme.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"kvmsim-bench: {readme}: no {BEGIN} ... {END} block")
-    readme.write_text(pattern.sub(lambda _m: f"{BEGIN}\n{table}{END}", text))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kvmsim-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="bench.json", metavar="PATH", help="where to write the results")
-    p.add_argument("--readme", metavar="README", help="regenerate this README's speed table from the results")
     p.add_argument("--no-lab", action="store_true", help="skip the real-kernel lab row (it boots 11 kernels)")
     args = p.parse_args(argv)
     rows = collect(lab=not args.no_lab)
@@ -933,9 +920,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.name:<{width}}  {fmt(r.seconds):>10}  {r.target:<30} {r.verdict:<7} {r.note}".rstrip())
     Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     print(f"(written to {args.json})")
-    if args.readme:
-        update_readme(Path(args.readme), render_markdown(data))
-        print(f"({args.readme}'s speed table regenerated)")
     return 0
 
 

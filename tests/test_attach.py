@@ -260,7 +260,7 @@ def test_the_host_answer_has_one_encoder_and_decoder(tmp_path: Path) -> None:
 
 def test_env_says_whom_it_reaches_and_a_stopped_server_is_eio(tmp_path: Path) -> None:
     """The comment line names what LD_PRELOAD cannot reach (a static or Go binary); after the
-    server stops, an attached program's open of /dev/kvm is EIO, as README says (was ENOENT)."""
+    server stops, an attached program's open of /dev/kvm is EIO, as SECURITY.md says (was ENOENT)."""
     probe = (
         "import errno, os, sys\n"
         "os.close(os.open('/dev/kvm', os.O_RDWR))\n"

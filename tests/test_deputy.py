@@ -115,7 +115,7 @@ def test_the_same_through_a_server_supervising_the_program(secret: Path, tmp_pat
 @needs_seccomp
 def test_write_opens_of_the_host_files_are_what_procfs_and_sysfs_answer() -> None:
     """Root here (as the real kernel lets root open /proc/cpuinfo for writing, kvmsim refuses
-    it with sysfs's EACCES: README); the copy is never changed."""
+    it with sysfs's EACCES: SECURITY.md); the copy is never changed."""
     probe = (
         "import os\n"
         "def o(p, f):\n"

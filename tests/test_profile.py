@@ -149,3 +149,39 @@ def test_a_profile_changed_after_the_index_is_parsed_from_its_file(
     monkeypatch.undo()
     assert all(profile.load(n) == profile.load(n) for n in profile.names())  # from the index, twice
     test_the_built_in_index_is_the_parse_of_every_built_in_file()  # which loading left as it was
+
+
+TEXT_P10 = """summary = "x"
+arch = "ppc64le"
+platform = "pseries"
+modules = ["kvm_hv"]
+[cpu]
+pvr = 0x00800200
+[hypervisor]
+kind = "powervm"
+offers = ["power10"]
+"""
+
+
+def test_the_schema_lists_exactly_the_keys_the_reader_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs' key reference is rendered from ``profile.SCHEMA``: the reader refuses to look
+    up a key it does not list (an assertion in ``_Table``), and every key it lists is looked up
+    by some built-in profile's reading (so none is left there after the reader drops it)."""
+    looked: set[str] = set()
+    look = profile._Table._look
+
+    def recording(self: profile._Table, key: str) -> None:
+        look(self, key)
+        looked.add(profile._INDEX.sub("[]", self.prefix + key))
+
+    monkeypatch.setattr(profile._Table, "_look", recording)
+    for name in profile.names():
+        profile.from_mapping(profile.document(profile.find(name), name), name=name, where=name)
+    nodes = 'name = "PowerPC,POWER10@0"\nreg = 0\ncpu-version = 0x0f000006'
+    profile.parse(TEXT_P10 + f"[[device_tree.cpus]]\n{nodes}\n", name="nodes", where="nodes")  # no built-in has them
+    assert looked == profile.SCHEMA_PATHS
+
+
+def test_a_key_outside_the_schema_cannot_be_read() -> None:
+    with pytest.raises(AssertionError, match=r"not in profile\.SCHEMA"):
+        profile._Table("x", "cpu.", {}).take("speed", int, 1)

@@ -1,14 +1,22 @@
-"""The README's examples run as written, and it opens with the two set-up commands."""
+"""The README's and the docs' examples run as written; the README opens with the two set-up
+commands and stays short; the generated pages render from their sources."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+PAGES = {p.name: p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
+
+
+def blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
 def test_opens_with_the_two_commands() -> None:
@@ -17,45 +25,67 @@ def test_opens_with_the_two_commands() -> None:
     assert [line.split()[:2] for line in first[1].strip().splitlines()] == [["make", "demo"], ["make", "test"]]
 
 
-def test_the_pytest_plugin_example(pytester: pytest.Pytester) -> None:
-    example = next(b for b in BLOCKS if "kvm_host" in b)
+def test_the_readme_is_short_and_links_every_page() -> None:
+    assert len(README.splitlines()) <= 150
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", README))
+    assert linked == set(PAGES), set(PAGES) ^ linked
+
+
+@pytest.mark.parametrize("where", ["README.md", "pytest.md"])
+def test_the_pytest_plugin_example(where: str, pytester: pytest.Pytester) -> None:
+    (example,) = [b for b in blocks(README if where == "README.md" else PAGES[where], "python") if "kvm_host" in b][:1]
     pytester.makepyfile(test_example=example)
-    # in a process of its own: an in-process run takes back what it imported, and the aliases with it
+    # in a process of its own: an in-process run takes back what it imported
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)  # linux-7.3 and none
 
 
+def test_the_readme_client_example() -> None:
+    (example,) = [b for b in blocks(README, "python") if "query(" in b]
+    exec(compile(example, "README.md", "exec"), {})
+
+
 def test_the_simulated_kernel_example() -> None:
-    example = next(b for b in BLOCKS if "Kernel.from_profile" in b)
+    (example,) = [b for b in blocks(PAGES["design.md"], "python") if "Kernel.from_profile" in b]
     scope: dict[str, object] = {}
-    exec(compile(example, "README.md", "exec"), scope)
+    exec(compile(example, "design.md", "exec"), scope)
     layout, buf = scope["k"].rev.layout, scope["buf"]  # type: ignore[attr-defined]
     assert layout.unpack("little", buf) == {"size": 24, "flags": 0, "compat_capabilities": 0x3000000000000000}
 
 
 def test_the_profile_example_loads_and_answers_as_its_summary_says() -> None:
     from kvmsim import Kernel
-    from kvmsim.uapi import REVISIONS
     from kvmsim.kernel import profile
+    from kvmsim.uapi import REVISIONS
 
-    (text,) = re.findall(r"```toml\n(.*?)```", README, re.S)
-    host = profile.parse(text, name="readme", where="README.md")
+    (text,) = blocks(PAGES["hosts.md"], "toml")
+    host = profile.parse(text, name="docs", where="hosts.md")
     k = Kernel(host, REVISIONS["linux-7.3"])
     vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
     out = k.ioctl(vm, k.KVM_PPC_GET_COMPAT_CAPS, k.rev.layout.pack("little", size=24))
     assert k.rev.layout.unpack("little", out)["compat_capabilities"] == 0x3000000000000000  # type: ignore[arg-type]
 
 
-def test_the_speed_table_is_bench_json_rendered() -> None:
-    """``make bench`` writes bench.json and the README's table from it; they must agree."""
-    import importlib.util
+def docs_hooks() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "tools" / "docs_hooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_pages_render_from_their_sources() -> None:
+    """hosts.md's key table is profile.SCHEMA's; benchmarks.md's table is bench.json's, with a
+    verdict a row may have; each page keeps the marker the build renders into."""
     import json
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("bench", root / "benchmarks" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    data = json.loads((root / "bench.json").read_text())
-    block = README.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
-    assert block == "\n" + bench.render_markdown(data)
+    from kvmsim.kernel.profile import SCHEMA
+
+    hooks = docs_hooks()
+    keys = hooks.profile_keys()
+    assert [row.split("|")[1].strip(" `") for row in keys.splitlines()[2:]] == [k.path for k in SCHEMA]
+    data = json.loads((ROOT / "bench.json").read_text())
+    table = hooks.bench_table().splitlines()
+    assert [row.split(" | ")[0].lstrip("| ") for row in table[4:]] == [r["name"] for r in data["rows"]]
     assert {r["verdict"] for r in data["rows"]} <= {"", "OK", "MISSED", "skipped"}
+    for page, (marker, _render) in hooks.GENERATED.items():
+        assert marker in PAGES[page]

@@ -2,7 +2,7 @@
 intercepts: fstat (/dev/kvm's character device, a VM's anon inode); fclose releases it; a
 failed dup3 leaves it alone.  Under the preload shim read/write and their kin answer as the
 device does too (EINVAL; ESPIPE for a VM fd's pread/pwrite), lseek 0, mmap ENODEV; under
-seccomp they are the placeholder socket's own (README "Choices": the filter would have to send
+seccomp they are the placeholder socket's own (docs/design.md "Choices": the filter would have to send
 every read and write of the program to the supervisor).  Where this machine has a /dev/kvm,
 the answers are compared with it."""
 

@@ -82,7 +82,7 @@ def test_a_path_is_walked_as_the_kernel_walks_it(tmp_path: Path) -> None:
         "/../../dev/kvm": 12,
         "up/../kvm": 20,  # ENOTDIR, as the kernel walks it
         # a link named for nothing of ours: open() learns it from the real kernel's answer,
-        # where this machine has a /dev/kvm (else the link dangles: README "Choices")
+        # where this machine has a /dev/kvm (else the link dangles: docs/design.md "Choices")
         "alias": 12 if os.path.exists("/dev/kvm") else 2,
         "dt": ["#address-cells", "#size-cells", "PowerPC,POWER11@0"],
     }, r.stderr

@@ -57,6 +57,129 @@ DEFAULT_MAX_VCPUS = {"pseries": 2048, "powernv": 2048, "x86": 1024}  # KVM_MAX_V
 Mmu = Literal["radix", "hash"]
 
 
+@attrs.frozen
+class ProfileKey:
+    """One key a profile may set: the reader takes no key this table does not list, and the
+    docs' key reference is rendered from it (``docs/hosts.md``)."""
+
+    path: str  # dotted; ``[]`` for each table of an array (device_tree.cpus[].name)
+    type: str  # as TOML names it
+    default: str  # "required", or what an absent key means
+    doc: str
+
+
+SCHEMA: tuple[ProfileKey, ...] = (
+    ProfileKey("summary", "string", "required", "One line: what machine this is (`kvmsim hosts` lists it)."),
+    ProfileKey(
+        "arch", "string", "required", "`ppc64le`, `ppc64` (big-endian) or `x86_64`: the ioctl encoding and byte order."
+    ),
+    ProfileKey(
+        "platform",
+        "string",
+        "required",
+        "`pseries` (an LPAR or a QEMU pseries guest: an L1), `powernv` (bare metal) or `x86`.",
+    ),
+    ProfileKey(
+        "modules",
+        "array",
+        "`[]`",
+        "The modules modprobe'd: `kvm_hv`, `kvm_pr` (POWER); `kvm_intel`, `kvm_amd`, `kvm_pvm` (x86). "
+        "Whether their init succeeds is derived.",
+    ),
+    ProfileKey("book3s_hv", "boolean", "true on POWER", "The build has `CONFIG_KVM_BOOK3S_HV_POSSIBLE`."),
+    ProfileKey(
+        "book3s_pr",
+        "boolean",
+        "whether `modules` has `kvm_pr`",
+        "The build has `CONFIG_KVM_BOOK3S_PR_POSSIBLE` (which selects `CONFIG_KVM_MMIO`).",
+    ),
+    ProfileKey(
+        "page_size", "integer", "65536 on POWER, 4096 on x86", "The kernel's `PAGE_SIZE`: 65536 or 4096 on POWER."
+    ),
+    ProfileKey("kvm_max_vcpus", "integer", "2048 on POWER, 1024 on x86", "The build's `KVM_MAX_VCPUS` (1..65536)."),
+    ProfileKey(
+        "mmu",
+        "string",
+        "`radix` on ISA 3.0, else `hash`",
+        "The partition's MMU, `radix` or `hash` (POWER only; radix needs POWER9 mode or later).",
+    ),
+    ProfileKey("recorded", "table", "`{}`", "`kvmsim record`'s raw observations, kept apart from the machine."),
+    ProfileKey("cpu", "table", "required on POWER", "The processor."),
+    ProfileKey("cpu.pvr", "integer", "required on POWER", "The raw PVR (e.g. `0x00820200`, POWER11)."),
+    ProfileKey(
+        "cpu.mode",
+        "string",
+        "raw mode",
+        "The partition's effective compat mode: `power8`..`power11`, at most two generations back.",
+    ),
+    ProfileKey(
+        "cpu.model",
+        "string",
+        "the generation (`POWER11`; `x86_64`)",
+        "`/proc/cpuinfo`'s cpu line, without the mode suffix.",
+    ),
+    ProfileKey("cpu.clock_mhz", "integer", "2750 on POWER, 2000 on x86", "The clock, in MHz (1..100000)."),
+    ProfileKey("hypervisor", "table", "required on pseries", "What the partition runs under."),
+    ProfileKey(
+        "hypervisor.kind",
+        "string",
+        "required on pseries; `none` elsewhere",
+        "`powervm`, `qemu` (a QEMU pseries L0) or `kvm` (a KVM-HV L0 on PowerNV).",
+    ),
+    ProfileKey(
+        "hypervisor.nested_apis",
+        "array",
+        "`[2]` for powervm and qemu, `[1]` for kvm",
+        "The nested APIs the L0 offers: 1 (`cap-nested-hv`), 2 (`H_GUEST_*`: PowerVM, "
+        "`cap-nested-papr`); `[]` for none.",
+    ),
+    ProfileKey(
+        "hypervisor.offers",
+        "array",
+        "required with nested API 2",
+        "The modes `H_GUEST_GET_CAPABILITIES` reports (`power9`..`power11`).",
+    ),
+    ProfileKey("hypervisor.other_capability_bits", "integer", "0", "Other bits of that hypercall's answer (a u64)."),
+    ProfileKey(
+        "hypervisor.hcall_at_init",
+        "string",
+        "`H_SUCCESS`",
+        "`H_GUEST_GET_CAPABILITIES` at kvm_hv's init (e.g. `H_FUNCTION`: no v2, fall back to v1).",
+    ),
+    ProfileKey(
+        "hypervisor.hcall_at_runtime",
+        "string",
+        "`H_SUCCESS`",
+        "The same hypercall when the ioctl asks (e.g. `H_HARDWARE`).",
+    ),
+    ProfileKey(
+        "hypervisor.set_capabilities_hcall",
+        "string",
+        "`H_SUCCESS`",
+        "`H_GUEST_SET_CAPABILITIES` at init; a failure makes kvm_hv ENODEV.",
+    ),
+    ProfileKey("device_tree", "table", "`{}`", "`/proc/device-tree` (POWER only)."),
+    ProfileKey("device_tree.cpus", "array of tables", "one node from `cpu.mode`", "The `/cpus` nodes."),
+    ProfileKey("device_tree.cpus[].name", "string", "required", "The node's name (`PowerPC,POWER11@0`), unique."),
+    ProfileKey("device_tree.cpus[].reg", "integer", "8 × its index", "The node's `reg` (a u32)."),
+    ProfileKey(
+        "device_tree.cpus[].cpu-version",
+        "integer",
+        "none (raw mode)",
+        "The `cpu-version` property: a logical PVR such as `0x0f000006`.",
+    ),
+    ProfileKey("kvm_hv", "table", "`{}`", "kvm_hv's module parameters, as modprobe passes them."),
+    ProfileKey(
+        "kvm_hv.nested",
+        "boolean",
+        "true",
+        "`modprobe kvm_hv nested=0` is false: this kernel runs no nested guests of its own.",
+    ),
+)
+SCHEMA_PATHS = frozenset(k.path for k in SCHEMA)
+_INDEX = re.compile(r"\[\d+\]")
+
+
 class ProfileError(KvmsimError, InvalidInput):
     """A malformed host profile; ``str()`` is one line naming the file and the field."""
 
@@ -140,12 +263,17 @@ class _Table:
     def error(self, key: str, problem: str) -> ProfileError:
         return ProfileError(f"{self.where}: {self.prefix}{key}: {problem}")
 
-    def has(self, key: str) -> bool:
+    def _look(self, key: str) -> None:
+        path = _INDEX.sub("[]", self.prefix + key)
+        assert path in SCHEMA_PATHS, f"profile key {path!r} is not in profile.SCHEMA"  # the docs list every key
         self.known.append(key)
+
+    def has(self, key: str) -> bool:
+        self._look(key)
         return key in self.data
 
     def take(self, key: str, kind: type[T], default: T | None = None) -> T:
-        self.known.append(key)
+        self._look(key)
         if key not in self.data:
             if default is None:
                 self.typo_of(key)

@@ -6,7 +6,7 @@ answering (a notification waits longer than ``STALL`` seconds: a SIGSTOPped serv
 waits ``SAMPLE`` only, until the server takes one again), the standby answers instead, with no
 kernel at all: a call on a path or fd that is not the simulated host's is the program's own
 (CONTINUE, as ever), and one that is (the host's files, /dev/kvm, a KVM ioctl) is EIO, as
-README promises for a program whose server is gone.  So an ordinary open, stat, exec or uname
+SECURITY.md promises for a program whose server is gone.  So an ordinary open, stat, exec or uname
 is never held hostage by the server; without a listener the filter would answer every one of
 them ENOSYS.  While ``kvmsim run`` lives: a background child of the program that outlives it
 keeps the server's supervision only."""

@@ -508,7 +508,7 @@ static int connect_server(struct conn *c, int shared_channel)
 	else
 		real.close(fd);
 	if (connect(c->sock, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		/* a server that answered before and is gone now (stopped, killed): EIO, as README
+		/* a server that answered before and is gone now (stopped, killed): EIO, as SECURITY.md
 		 * says, never the ENOENT or ECONNREFUSED of its socket, which reads "no /dev/kvm" */
 		int e = __atomic_load_n(&server, __ATOMIC_ACQUIRE) ? EIO : errno;
 		drop(c, 1);

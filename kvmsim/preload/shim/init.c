@@ -85,7 +85,7 @@ static void shim_init(void)
 	cfg.dev_kvm = !env_is("KVMSIM_DEV_KVM", "0");
 	cfg.want_socket = env_is("KVMSIM_CHANNEL", "socket");
 	cfg.memory_pipe = env_is("KVMSIM_MEMORY", "pipe");
-	const char *timeout = getenv("KVMSIM_TIMEOUT"); /* seconds (README "Security") */
+	const char *timeout = getenv("KVMSIM_TIMEOUT"); /* seconds (SECURITY.md) */
 	if (timeout && *timeout) {
 		char *end;
 		double seconds = strtod(timeout, &end);

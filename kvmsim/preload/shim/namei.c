@@ -17,7 +17,7 @@
  * of stack (a signal handler on an 8 KiB sigaltstack may open a file).  A name that says
  * none of those can reach the simulated device only through a symlink: open() learns that
  * from the real kernel's answer (a character device 10:232), and the stat family does not
- * (README "Choices"). */
+ * (docs/design.md "Choices"). */
 #include "shim.h"
 
 #include <errno.h>
