@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import logging
 import re
+import runpy
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,16 +31,9 @@ def profile_keys() -> str:
     return "\n".join(rows) + "\n"
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kvmsim_bench", ROOT / "benchmarks" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def bench_table() -> str:
-    table: str = _bench().render_markdown(json.loads((ROOT / "bench.json").read_text()))
+    render = runpy.run_path(str(ROOT / "benchmarks" / "bench.py"))["render_markdown"]
+    table: str = render(json.loads((ROOT / "bench.json").read_text()))
     return table
 
 
