@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fcntl
 import os
 import platform
 
@@ -677,3 +678,18 @@ def test_a_subprocess_inside_kvm_host_fails_with_the_way_out(pytester: pytest.Py
     result.assert_outcomes(failed=1, errors=1)
     result.stdout.fnmatch_lines(["*a child process sees the real filesystem*kvmsim run --host*"])
     result.stdout.fnmatch_lines(["*tmp_path is made inside pyfakefs's fake filesystem*fs.create_dir*"])
+
+
+def test_a_vcpu_made_through_fcntl_is_a_fake_fd_and_its_calls_say_vcpu() -> None:
+    from kvmsim.plugin import simulated_host
+
+    with simulated_host("powervm-p11") as host:
+        dev = os.open("/dev/kvm", os.O_RDWR)
+        vm = fcntl.ioctl(dev, 0x2000AE01, 0)  # KVM_CREATE_VM
+        vcpu = fcntl.ioctl(vm, 0x2000AE41, 0)  # KVM_CREATE_VCPU
+        with pytest.raises(OSError) as exc:
+            fcntl.ioctl(vcpu, 0x2000AE80, 0)  # KVM_RUN before KVM_ENABLE_CAP(PAPR): not sane
+        assert exc.value.errno == errno.EINVAL
+        assert [(c.fd, c.name) for c in host.calls[-2:]] == [("vm", "KVM_CREATE_VCPU"), ("vcpu", "KVM_RUN")]
+        for fd in (vcpu, vm, dev):
+            os.close(fd)

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import attrs
 
-from ..uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, AbiRevision, CompatMode, mode_of_logical_pvr
+from ..uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, MSR_ME, AbiRevision, CompatMode, mode_of_logical_pvr
 from . import papr
+from .book3s import Book3sVcpu, new_vcpu
 from .book3s_pr import KvmppcOps
 from .errors import KvmError
 from .profile import Host
@@ -162,6 +163,24 @@ def kvmhv_nested_init(module: HvModule) -> None:
     if rc != papr.H_SUCCESS:
         printk(f"kvm-hv: Parent hypervisor does not support nesting (rc={rc})")
         raise KvmError(errno.ENODEV, "the parent hypervisor offers neither nested API v2 nor v1")
+
+
+EMUL_SMT_MODE = 1  # kvm->arch.emul_smt_mode until KVM_ENABLE_CAP(KVM_CAP_PPC_SMT) (not modelled)
+
+
+def kvmppc_core_vcpu_create_hv(host: Host, vcpu_id: int) -> Book3sVcpu:
+    """The vcpu's virtual core: on ISA 3.0 one a vcpu, at most KVM_MAX_VCPUS × emul_smt_mode
+    of them (a larger id has none: EINVAL); before, ``smt_mode`` vcpus share one.  The vcpu
+    gets the host's PVR ("we can't spoof it") and MSR_ME, and is not sane until PAPR is on.
+    Under nested API v2 the L0 is asked to create it (H_GUEST_CREATE_VCPU: modelled as a
+    success, whatever the profile's hypervisor)."""
+    if host.cpu.isa_300 and vcpu_id >= host.kvm_max_vcpus * EMUL_SMT_MODE:
+        raise KvmError(
+            errno.EINVAL,
+            f"vcpu id {vcpu_id}: no virtual core for it (KVM_MAX_VCPUS {host.kvm_max_vcpus} × emul_smt_mode 1)",
+        )
+    assert host.cpu.pvr is not None
+    return new_vcpu(True, host.cpu.pvr, MSR_ME)
 
 
 def kvmppc_book3s_init_hv(host: Host, rev: AbiRevision, printk: Callable[[str], None]) -> HvModule:

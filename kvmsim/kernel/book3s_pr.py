@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import attrs
 
+from .book3s import Book3sVcpu, new_vcpu
 from .errors import KvmError
 from .profile import Host
 
@@ -21,6 +22,13 @@ class KvmppcOps:
 
 
 PR_OPS = KvmppcOps("kvm_pr", None)
+
+
+def kvmppc_core_vcpu_create_pr(host: Host) -> Book3sVcpu:
+    """The host's PVR (a machine with 1T segments: every POWER here), an MSR of 0 (the shared
+    page starts zeroed), and sane: PR runs non-PAPR guests too."""
+    assert host.cpu.pvr is not None
+    return new_vcpu(False, host.cpu.pvr, 0)
 
 
 # kvmppc_core_check_processor_compat_pr(): PR cannot run on a radix POWER9+ partition

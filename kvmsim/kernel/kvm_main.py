@@ -14,6 +14,7 @@ import functools
 import heapq
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, Self
 
 import attrs
@@ -24,7 +25,14 @@ from ..uapi import (
     GENERIC_CAPS,
     KVM_API_VERSION,
     KVM_CAP_NR_MEMSLOTS,
+    KVM_CREATE_VCPU,
+    KVM_GET_REGS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    KVM_REGS,
+    KVM_RUN,
+    KVM_SET_REGS,
+    KVMIO,
+    VCPU_LINK,
     VM_LINK,
     AbiRevision,
     Arch,
@@ -34,8 +42,9 @@ from ..uapi import (
     unmodelled,
 )
 from . import kconfig, profile
+from .book3s import EnableCapContext
 from .errors import KvmError
-from .powerpc import PowerpcKvm
+from .powerpc import PowerpcKvm, xive_enabled
 from .profile import Host
 from .usermem import AddressSpace, Fault, UserAccess
 
@@ -55,6 +64,10 @@ FILE_OPS: dict[str, dict[str, str]] = {
             "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "chr 10:232", "link": DEV_KVM},
     "vm": {"read": "EINVAL", "write": "EINVAL", "pread": "ESPIPE", "pwrite": "ESPIPE", "lseek": "0",
            "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "anon_inode", "link": VM_LINK},
+    # kvm_vcpu_fops: .mmap (kvm_vcpu_mmap: any length; a page past kvm_run's and the MMIO
+    # ring's faults), no .read/.write/.poll; /proc/PID/fd/N reads anon_inode:kvm-vcpu:<id>
+    "vcpu": {"read": "EINVAL", "write": "EINVAL", "pread": "ESPIPE", "pwrite": "ESPIPE", "lseek": "0",
+             "mmap": "mapped", "poll": "IN|OUT", "fstat": "anon_inode", "link": VCPU_LINK.format(id=0)},
 }  # fmt: skip
 
 
@@ -73,19 +86,63 @@ class KvmArch(Protocol):
     def vm_ioctl(self, vm: Any, request: int, argp: int, mem: UserAccess) -> int: ...
 
 
+class VcpuArch(Protocol):
+    """What kvm_main calls into for a vcpu (powerpc's; x86 vcpus are not modelled)."""
+
+    @property
+    def max_vcpu_ids(self) -> int: ...
+    def vcpu_create(self, vm: Any, vcpu_id: int) -> Any: ...
+    def vcpu_ioctl(self, vcpu: Any, request: int, argp: int, mem: UserAccess, ctx: EnableCapContext) -> int: ...
+    def vcpu_run(self, vcpu: Any, run: memoryview, printk: Callable[[str], None]) -> int: ...
+    def get_regs(self, vcpu: Any) -> dict[str, int]: ...
+    def set_regs(self, vcpu: Any, values: dict[str, int]) -> None: ...
+
+
 @attrs.frozen
 class DevKvmFile:
     """An open ``/dev/kvm``."""
+
+
+@attrs.define(eq=False)
+class Vcpu:
+    """``struct kvm_vcpu``: its id, the pages a vcpu fd maps (``kvm_run``, then the MMIO
+    ring's with CONFIG_KVM_MMIO: ``mapping``, of KVM_GET_VCPU_MMAP_SIZE), and the arch's part."""
+
+    vcpu_id: int
+    mapping: bytearray
+    run: memoryview  # struct kvm_run: the first page of the mapping
+    arch: Any
+
+
+@attrs.define(eq=False)
+class Kvm:
+    """``struct kvm``'s generic part: the arch's VM, its vcpus by id, and how many were made."""
+
+    arch: object
+    vcpus: dict[int, Vcpu] = attrs.Factory(dict)
+    created_vcpus: int = 0
 
 
 @attrs.frozen
 class VmFile:
     """An anon-inode ``kvm-vm`` file; it holds its VM, not the /dev/kvm fd it came from."""
 
-    vm: object
+    kvm: Kvm
+
+    @property
+    def vm(self) -> object:
+        return self.kvm.arch
 
 
-File = DevKvmFile | VmFile
+@attrs.frozen
+class VcpuFile:
+    """An anon-inode ``kvm-vcpu:<id>`` file: it holds its vcpu and that vcpu's VM."""
+
+    kvm: Kvm
+    vcpu: Vcpu
+
+
+File = DevKvmFile | VmFile | VcpuFile
 
 
 class Process:
@@ -137,13 +194,45 @@ class Process:
 
     def returns_fd(self, fd: int, cmd: int) -> bool:
         """Does ``cmd`` on ``fd`` answer with a new fd of this process (``anon_inode_getfd``)?
-        KVM_CREATE_VM on /dev/kvm: what an edge that mirrors fds (the shim, the fake fcntl)
-        must make a descriptor for."""
-        return cmd == self.kernel.KVM_CREATE_VM and self.is_dev_kvm(fd)
+        KVM_CREATE_VM on /dev/kvm, KVM_CREATE_VCPU on a VM: what an edge that mirrors fds (the
+        shim, the fake fcntl) must make a descriptor for."""
+        file = self._files.get(fd)
+        if isinstance(file, DevKvmFile):
+            return cmd == self.kernel.KVM_CREATE_VM
+        return isinstance(file, VmFile) and cmd == self.kernel.KVM_CREATE_VCPU and self.kernel.models_vcpus
+
+    def link(self, fd: int) -> str:
+        """What ``/proc/self/fd/<fd>`` reads: /dev/kvm, anon_inode:kvm-vm, anon_inode:kvm-vcpu:<id>."""
+        file = self._file(fd)
+        if isinstance(file, DevKvmFile):
+            return DEV_KVM
+        return VM_LINK if isinstance(file, VmFile) else VCPU_LINK.format(id=file.vcpu.vcpu_id)
+
+    def kind(self, fd: int) -> Literal["dev", "vm", "vcpu"]:
+        """Which of kvm_main's files ``fd`` is (its file operations: :data:`FILE_OPS`)."""
+        file = self._file(fd)
+        return "dev" if isinstance(file, DevKvmFile) else "vm" if isinstance(file, VmFile) else "vcpu"
 
     def fds(self) -> dict[int, str]:
         """The open fds and what they are (``/proc/self/fd``)."""
-        return {fd: DEV_KVM if isinstance(f, DevKvmFile) else VM_LINK for fd, f in self._files.items()}
+        return {fd: self.link(fd) for fd in list(self._files)}
+
+    # kvm_vcpu_mmap() and kvm_vcpu_fault(): a vcpu fd maps its kvm_run page (and the MMIO
+    # ring's); any other of these files has no .mmap (ENODEV).  In-process the mapping is the
+    # vcpu's own bytes: what the kernel writes there (exit_reason, ...) the caller sees.
+    def mmap(self, fd: int, length: int, pgoff: int = 0) -> memoryview:
+        file = self._file(fd)
+        if not isinstance(file, VcpuFile):
+            raise KvmError(errno.ENODEV, f"fd {fd} ({self.link(fd)}) has no mmap")
+        page = self.kernel.host.page_size
+        start = pgoff * page
+        if length <= 0 or start + length > len(file.vcpu.mapping):
+            raise KvmError(
+                errno.ENOTTY,
+                f"not modelled: a mapping of {length} bytes at page {pgoff} (the vcpu maps "
+                f"{len(file.vcpu.mapping)} bytes; a real one would SIGBUS on the pages past them)",
+            )
+        return memoryview(file.vcpu.mapping)[start : start + length]
 
     # -- ioctl(2) ------------------------------------------------------------
 
@@ -160,6 +249,8 @@ class Process:
             return 0
         if isinstance(file, DevKvmFile):
             return self.kvm_dev_ioctl(cmd, arg)
+        if isinstance(file, VcpuFile):
+            return self.kvm_vcpu_ioctl(file, cmd, arg)
         return self.kvm_vm_ioctl(file, cmd, arg)
 
     # kvm_dev_ioctl()
@@ -171,14 +262,13 @@ class Process:
             return KVM_API_VERSION
         if cmd == k.KVM_CREATE_VM:
             vm = k.kvm.init_vm(arg)
-            return self._install(VmFile(vm))
+            return self._install(VmFile(Kvm(vm)))
         if cmd == k.KVM_CHECK_EXTENSION:
             return k.check_extension(arg, None)
         if cmd == k.KVM_GET_VCPU_MMAP_SIZE:
             if arg:
                 raise KvmError(errno.EINVAL, "KVM_GET_VCPU_MMAP_SIZE takes no argument")
-            # PAGE_SIZE (struct kvm_run) + the arch's pages + CONFIG_KVM_MMIO's ring page
-            return k.kvm.vcpu_mmap_size() + (k.host.page_size if k.config.kvm_mmio else 0)
+            return k.vcpu_mmap_size()
         try:
             return k.kvm.dev_ioctl(cmd, arg)
         except KvmError as exc:
@@ -187,12 +277,66 @@ class Process:
     # kvm_vm_ioctl()
     def kvm_vm_ioctl(self, file: VmFile, cmd: int, arg: int) -> int:
         k = self.kernel
+        if cmd == k.KVM_CREATE_VCPU and k.models_vcpus:
+            return self.kvm_vm_ioctl_create_vcpu(file.kvm, arg)
         if cmd == k.KVM_CHECK_EXTENSION:
             return k.check_extension(arg, file.vm)
         try:
             return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
         except KvmError as exc:
             raise _explained(exc, cmd, k, "vm", file.vm) from None
+
+    # kvm_vm_ioctl_create_vcpu(), in its order of checks
+    def kvm_vm_ioctl_create_vcpu(self, kvm: Kvm, vcpu_id: int) -> int:
+        k, vcpus = self.kernel, self.kernel.vcpu_arch
+        assert vcpus is not None
+        if vcpu_id >= vcpus.max_vcpu_ids:
+            raise KvmError(
+                errno.EINVAL, f"KVM_CREATE_VCPU: id {vcpu_id} is not below KVM_MAX_VCPU_IDS ({vcpus.max_vcpu_ids})"
+            )
+        if kvm.created_vcpus >= k.host.kvm_max_vcpus:  # kvm->max_vcpus: KVM_MAX_VCPUS
+            raise KvmError(
+                errno.EINVAL, f"KVM_CREATE_VCPU: the VM has its {k.host.kvm_max_vcpus} vcpus (KVM_MAX_VCPUS)"
+            )
+        if vcpu_id in kvm.vcpus:
+            raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vcpu {vcpu_id} exists")
+        arch = vcpus.vcpu_create(kvm.arch, vcpu_id)  # kvm_arch_vcpu_precreate is 0 on powerpc
+        mapping = bytearray(k.vcpu_mmap_size())
+        vcpu = Vcpu(vcpu_id, mapping, memoryview(mapping)[: k.host.page_size], arch)
+        fd = self._install(VcpuFile(kvm, vcpu))  # create_vcpu_fd(); its failure unwinds the vcpu
+        kvm.created_vcpus += 1
+        kvm.vcpus[vcpu_id] = vcpu
+        return fd
+
+    # kvm_vcpu_ioctl(): the type check, then the generic cases, then the arch's
+    def kvm_vcpu_ioctl(self, file: VcpuFile, cmd: int, arg: int) -> int:
+        k, vcpu, vcpus = self.kernel, file.vcpu, self.kernel.vcpu_arch
+        assert vcpus is not None  # a vcpu fd exists only where vcpus are modelled
+        if (cmd >> 8) & 0xFF != KVMIO:  # _IOC_TYPE(ioctl) != KVMIO
+            raise KvmError(errno.EINVAL, f"vcpu ioctl {cmd:#x} is not a KVM ioctl (type {(cmd >> 8) & 0xFF:#x})")
+        try:
+            if cmd == k.KVM_RUN:
+                if arg:
+                    raise KvmError(errno.EINVAL, f"KVM_RUN takes no argument (got {arg:#x})")
+                return vcpus.vcpu_run(vcpu.arch, vcpu.run, k.dmesg.append)
+            if cmd == k.KVM_GET_REGS:
+                regs = KVM_REGS.pack(k.arch.byteorder, vcpus.get_regs(vcpu.arch))
+                try:
+                    self.memory.copy_to_user(arg, regs)
+                except Fault:
+                    raise KvmError(errno.EFAULT, f"KVM_GET_REGS: cannot write struct kvm_regs at {arg:#x}") from None
+                return 0
+            if cmd == k.KVM_SET_REGS:
+                try:
+                    raw = self.memory.copy_from_user(arg, KVM_REGS.size)  # memdup_user()
+                except Fault:
+                    raise KvmError(errno.EFAULT, f"KVM_SET_REGS: cannot read struct kvm_regs at {arg:#x}") from None
+                vcpus.set_regs(vcpu.arch, KVM_REGS.unpack(k.arch.byteorder, raw))
+                return 0
+            ctx = EnableCapContext(fd_is_open=lambda fd: fd in self._files, xive=xive_enabled(k.host))
+            return vcpus.vcpu_ioctl(vcpu.arch, cmd, arg, self.memory, ctx)
+        except KvmError as exc:
+            raise _explained(exc, cmd, k, "vcpu") from None
 
 
 def _x86(host: Host) -> KvmArch:
@@ -202,19 +346,22 @@ def _x86(host: Host) -> KvmArch:
 
 
 def _explained(
-    exc: KvmError, cmd: int, kernel: BootedKernel, on: Literal["dev", "vm"], vm: object | None = None
+    exc: KvmError, cmd: int, kernel: BootedKernel, on: Literal["dev", "vm", "vcpu"], vm: object | None = None
 ) -> KvmError:
     """An unknown request's errno, with what it probably was (the simulator's reason only):
     an ioctl the real kernel has and kvmsim does not model yet is named, never a bare ENOTTY,
-    with the capability the simulated kernel advertises for it (as the real one does)."""
+    with the capability the simulated kernel advertises for it (as the real one does), and
+    ENOTTY (on a vcpu the kernel's own answer to an unknown request is EINVAL)."""
     if not exc.reason.startswith("unknown"):
         return exc
-    missing = unmodelled(kernel.arch).get(cmd) if on == "vm" else None  # on /dev/kvm: "a VM ioctl"
+    missing = unmodelled(kernel.arch, on).get(cmd) if on != "dev" else None  # on /dev/kvm: "a VM ioctl"
     if missing is not None:
         reason = f"not modelled: {missing.name}"
         if missing.cap is not None and kernel.check_extension(missing.cap, vm) > 0:
             reason += f" (capability {missing.cap} is advertised because the real kernel advertises it)"
-        return KvmError(exc.errno or 0, reason)
+        return KvmError(errno.ENOTTY, reason)  # the real answer is not known here: never the kernel's default
+    if on == "vcpu":
+        return exc
     hint = explain_request(cmd, kernel.arch, kernel.rev, on)
     return exc if hint is None else KvmError(exc.errno or 0, f"{exc.reason}: {hint}")
 
@@ -242,6 +389,10 @@ class BootedKernel:
         self.kvm: KvmArch = PowerpcKvm(host, rev, ksize, self.dmesg.append) if host.arch.is_powerpc else _x86(host)
         self.config = kconfig.powerpc(host.book3s_pr) if host.arch.is_powerpc else kconfig.X86
         self._configured = self.config.answers()
+        self.vcpu_arch: VcpuArch | None = self.kvm if isinstance(self.kvm, PowerpcKvm) else None
+        self.KVM_CREATE_VCPU, self.KVM_RUN, self.KVM_GET_REGS, self.KVM_SET_REGS = (
+            io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS)
+        )
         (
             self.KVM_GET_API_VERSION,
             self.KVM_CREATE_VM,
@@ -264,6 +415,16 @@ class BootedKernel:
         """Boot a kernel on a host profile (a name on the profile search path, or a path)."""
         rev = abi if isinstance(abi, AbiRevision) else revision(abi, cap=cap, nr=ioctl_nr)
         return cls(profile.load(name_or_path), rev, ksize=ksize)
+
+    @property
+    def models_vcpus(self) -> bool:
+        """KVM_CREATE_VCPU and the vcpu fd are modelled (powerpc); elsewhere not yet."""
+        return self.vcpu_arch is not None
+
+    def vcpu_mmap_size(self) -> int:
+        """KVM_GET_VCPU_MMAP_SIZE: PAGE_SIZE (struct kvm_run) + the arch's pages +
+        CONFIG_KVM_MMIO's ring page."""
+        return self.kvm.vcpu_mmap_size() + (self.host.page_size if self.config.kvm_mmio else 0)
 
     def process(self, memory: UserAccess | None = None) -> Process:
         """A new process: its own fd table, and its own (or the given) user memory."""

@@ -53,6 +53,8 @@ from ..uapi import (
     KVM_CAP_SPAPR_TCE,
     KVM_CAP_SPAPR_TCE_64,
     KVM_CAP_SPAPR_TCE_VFIO,
+    KVM_ENABLE_CAP,
+    KVM_ENABLE_CAP_STRUCT,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
@@ -60,8 +62,10 @@ from ..uapi import (
     CompatCapsAbi,
     byte_swapped_hint,
 )
-from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv
-from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr
+from . import book3s
+from .book3s import Book3sVcpu, EnableCapContext
+from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv, kvmppc_core_vcpu_create_hv
+from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr, kvmppc_core_vcpu_create_pr
 from .errors import InvalidInput, KvmError
 from .profile import Host
 from .usermem import Fault, NonZeroTail, UserAccess
@@ -116,6 +120,7 @@ class PowerpcKvm:
                 )
             self.steps = STEPS[rev.rules]
         self.request = rev.request(host.arch)
+        self.KVM_ENABLE_CAP = KVM_ENABLE_CAP.request(host.arch)
         self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module
         self.hv: HvModule | None = None
         self.pr: KvmppcOps | None = None
@@ -213,6 +218,38 @@ class PowerpcKvm:
         if ops is None:
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VM type {type_}: no such VM type or its module is not loaded")
         return Vm(ops, hv=ops is hv)
+
+    @property
+    def max_vcpu_ids(self) -> int:
+        """KVM_MAX_VCPU_IDS: MAX_SMT_THREADS × KVM_MAX_VCORES with Book3S HV built, else KVM_MAX_VCPUS."""
+        return self.host.kvm_max_vcpus * (MAX_SMT_THREADS if self.host.book3s_hv else 1)
+
+    # kvm_arch_vcpu_create() → kvmppc_core_vcpu_create(): the VM's backend makes it
+    def vcpu_create(self, vm: Vm, vcpu_id: int) -> Book3sVcpu:
+        return kvmppc_core_vcpu_create_hv(self.host, vcpu_id) if vm.hv else kvmppc_core_vcpu_create_pr(self.host)
+
+    # kvm_arch_vcpu_ioctl(): what kvm_vcpu_ioctl's own switch leaves to the arch
+    def vcpu_ioctl(self, vcpu: Book3sVcpu, request: int, argp: int, mem: UserAccess, ctx: EnableCapContext) -> int:
+        if request == self.KVM_ENABLE_CAP:
+            try:
+                raw = mem.copy_from_user(argp, KVM_ENABLE_CAP_STRUCT.size)
+            except Fault:
+                raise KvmError(
+                    errno.EFAULT, f"KVM_ENABLE_CAP: cannot read struct kvm_enable_cap at {argp:#x}"
+                ) from None
+            cap = KVM_ENABLE_CAP_STRUCT.unpack(self.host.arch.byteorder, raw)
+            args = tuple(cap[f"arg{i}"] for i in range(4))
+            return book3s.enable_cap(vcpu, cap["cap"], cap["flags"], args, ctx)
+        raise KvmError(errno.EINVAL, f"unknown vcpu ioctl {request:#x} (kvm_arch_vcpu_ioctl)")
+
+    def vcpu_run(self, vcpu: Book3sVcpu, run: memoryview, printk: Callable[[str], None]) -> int:
+        return book3s.vcpu_run(vcpu, run, self.host.arch.byteorder, printk)
+
+    def get_regs(self, vcpu: Book3sVcpu) -> dict[str, int]:
+        return book3s.get_regs(vcpu)
+
+    def set_regs(self, vcpu: Book3sVcpu, values: dict[str, int]) -> None:
+        book3s.set_regs(vcpu, values)
 
     def vcpu_mmap_size(self) -> int:
         return self.host.page_size  # struct kvm_run's page (kvm_main adds KVM_MMIO's, with kvm_pr built)

@@ -100,7 +100,7 @@ class KernelBinding:
 
 @attrs.frozen
 class IoctlCall:
-    """One ``fcntl.ioctl`` on a simulated fd: which fd ("dev" or "vm"), the request and its
+    """One ``fcntl.ioctl`` on a simulated fd: which fd ("dev", "vm" or "vcpu"), the request and its
     name, the argument as passed, and either ``result`` (a value or bytes) or ``errno``."""
 
     fd: str
@@ -127,7 +127,7 @@ def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_fl
     if kfd is None:
         raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
     kernel = binding.kernel
-    which = "dev" if kfd == binding.dev_fd else "vm"
+    which = kernel.current.kind(kfd)
     logged = bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
     name = decode_request(request & 0xFFFFFFFF, kernel.arch)
     makes_fd = kernel.current.returns_fd(kfd, request & 0xFFFFFFFF)

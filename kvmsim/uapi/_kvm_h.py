@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -19,6 +19,7 @@ from ._errors import InvalidInput
 
 DEV_KVM = "/dev/kvm"
 VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID/fd/N of a VM fd reads
+VCPU_LINK = "anon_inode:kvm-vcpu:{id}"  # create_vcpu_fd(): "kvm-vcpu:%d" of the vcpu's id
 
 
 def errname(err: int | None) -> str:
@@ -370,20 +371,20 @@ class CompatCapsAbi:
 
 
 # ---------------------------------------------------------------------------
-# The ioctls a kernel answers that kvmsim does not model yet (include/uapi/linux/kvm.h): the
-# VM ioctls QEMU makes on its way to a paused pseries machine.  The simulated kernel answers
-# them ENOTTY still, but never a bare one: the reason names the ioctl and, where the simulated
-# kernel advertises its capability (because the real one does), says so.
+# The vcpu's ioctls and structs (include/uapi/linux/kvm.h, arch/powerpc/include/uapi/asm/kvm.h)
+
+Direction = Literal["none", "read", "write", "read|write"]
 
 
 @attrs.frozen
-class UnmodelledIoctl:
+class KvmIoctl:
+    """One request as the header defines it: ``_IO``/``_IOR``/``_IOW``/``_IOWR(KVMIO, nr, struct)``,
+    ``size`` the struct's (the same on every 64-bit ABI here)."""
+
     name: str
-    direction: Literal["none", "read", "write", "read|write"]
+    direction: Direction
     nr: int
-    size: int  # sizeof the argument's struct (the same on every 64-bit ABI here)
-    cap: int | None  # the capability that advertises it; None: every kernel has it
-    powerpc_only: bool = True
+    size: int
 
     def request(self, arch: Arch) -> int:
         ioc = arch.ioc
@@ -391,17 +392,125 @@ class UnmodelledIoctl:
         return ioc.ioc(bits[self.direction], KVMIO, self.nr, self.size)
 
 
+KVM_CREATE_VCPU = KvmIoctl("KVM_CREATE_VCPU", "none", 0x41, 0)  # on the VM fd: a vcpu fd
+KVM_RUN = KvmIoctl("KVM_RUN", "none", 0x80, 0)
+KVM_GET_REGS = KvmIoctl("KVM_GET_REGS", "read", 0x81, 392)
+KVM_SET_REGS = KvmIoctl("KVM_SET_REGS", "write", 0x82, 392)
+KVM_ENABLE_CAP = KvmIoctl("KVM_ENABLE_CAP", "write", 0xA3, 104)  # the vcpu's and the VM's
+VCPU_IOCTLS = (KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_ENABLE_CAP)  # what kvmsim models on a vcpu fd
+
+# Capabilities KVM_ENABLE_CAP takes on a powerpc vcpu (kvm_vcpu_ioctl_enable_cap)
+KVM_CAP_PPC_BOOKE_WATCHDOG = 83
+KVM_CAP_PPC_EPR = 86
+KVM_CAP_IRQ_MPIC = 90
+
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_SYSTEM_EVENT = 24
+KVM_SYSTEM_EVENT_SHUTDOWN = 1
+MSR_ME = 1 << 12  # the machine-check enable bit of the MSR (asm/reg.h MSR_ME_LG 12)
+MSR_TS_MASK = 3 << 33  # the transaction state field (MSR_TS_S | MSR_TS_T)
+
+
+@attrs.frozen
+class StructLayout:
+    """A struct of fixed-size fields at fixed offsets, in either byte order."""
+
+    name: str
+    format: str  # struct's format without the byte order: "Q" * 49
+    fields: tuple[str, ...]  # one name per format item; "_" for padding
+    _structs: dict[str, struct.Struct] = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        structs = {"little": struct.Struct("<" + self.format), "big": struct.Struct(">" + self.format)}
+        object.__setattr__(self, "_structs", structs)
+
+    @property
+    def size(self) -> int:
+        return self._structs["little"].size
+
+    def pack(self, byteorder: ByteOrder, values: dict[str, int]) -> bytes:
+        return self._structs[byteorder].pack(*[values.get(f, 0) for f in self.fields])
+
+    def unpack(self, byteorder: ByteOrder, data: bytes | memoryview) -> dict[str, int]:
+        values = self._structs[byteorder].unpack_from(data)
+        return {f: v for f, v in zip(self.fields, values, strict=True) if f != "_"}
+
+
+REGS_FIELDS = ("pc", "cr", "ctr", "lr", "xer", "msr", "srr0", "srr1", "pid", *(f"sprg{i}" for i in range(8)))
+KVM_REGS = StructLayout("kvm_regs", "Q" * 49, (*REGS_FIELDS, *(f"gpr{i}" for i in range(32))))
+"""arch/powerpc/include/uapi/asm/kvm.h::
+
+    struct kvm_regs {
+            __u64 pc; __u64 cr; __u64 ctr; __u64 lr; __u64 xer; __u64 msr;
+            __u64 srr0; __u64 srr1; __u64 pid;
+            __u64 sprg0; ... __u64 sprg7;
+            __u64 gpr[32];
+    };
+"""
+KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
+"""include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
+KVM_RUN_HEAD = StructLayout(
+    "kvm_run", "BB6xIBBHQQ", ("request_interrupt_window", "immediate_exit", "exit_reason", "ready", "if_flag",
+                             "flags", "cr8", "apic_base")
+)  # fmt: skip
+"""The head of ``struct kvm_run`` (the first 32 bytes; the exit's union follows at 32)::
+
+    __u8 request_interrupt_window; __u8 immediate_exit__unsafe; __u8 padding1[6];
+    __u32 exit_reason; __u8 ready_for_interrupt_injection; __u8 if_flag; __u16 flags;
+    __u64 cr8; __u64 apic_base;
+"""
+KVM_RUN_EXIT = 32  # the offset of the exit's union
+KVM_RUN_SYSTEM_EVENT = StructLayout("system_event", "IIQ", ("type", "ndata", "data0"))
+"""``struct { __u32 type; __u32 ndata; union { __u64 flags; __u64 data[16]; }; } system_event;``"""
+
+
+# ---------------------------------------------------------------------------
+# The ioctls a kernel answers that kvmsim does not model yet (include/uapi/linux/kvm.h): the
+# VM and vcpu ioctls QEMU makes on its way to a paused pseries machine.  The simulated kernel
+# answers them ENOTTY still, but never a bare one: the reason names the ioctl and, where the
+# simulated kernel advertises its capability (because the real one does), says so.
+
+
+@attrs.frozen
+class UnmodelledIoctl:
+    ioctl: KvmIoctl
+    on: Literal["vm", "vcpu"]  # the fd it is an ioctl of
+    cap: int | None  # the capability that advertises it; None: every kernel has it
+    only: Literal["powerpc", "x86"] | None = "powerpc"  # the arches whose kernels have it; None: all
+
+    @property
+    def name(self) -> str:
+        return self.ioctl.name
+
+    def request(self, arch: Arch) -> int:
+        return self.ioctl.request(arch)
+
+
+def _vm(name: str, direction: Direction, nr: int, size: int, cap: int | None, **kw: Any) -> UnmodelledIoctl:
+    return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vm", cap, **kw)
+
+
+def _vcpu(name: str, direction: Direction, nr: int, size: int) -> UnmodelledIoctl:
+    return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vcpu", None)
+
+
 UNMODELLED_IOCTLS = (
-    UnmodelledIoctl("KVM_CREATE_VCPU", "none", 0x41, 0, None, powerpc_only=False),
-    UnmodelledIoctl("KVM_SET_USER_MEMORY_REGION", "write", 0x46, 32, KVM_CAP_USER_MEMORY, powerpc_only=False),
-    UnmodelledIoctl("KVM_ENABLE_CAP", "write", 0xA3, 104, KVM_CAP_ENABLE_CAP, powerpc_only=False),
-    UnmodelledIoctl("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, powerpc_only=False),
-    UnmodelledIoctl("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, powerpc_only=False),
-    UnmodelledIoctl("KVM_PPC_GET_SMMU_INFO", "read", 0xA6, 592, KVM_CAP_PPC_GET_SMMU_INFO),
-    UnmodelledIoctl("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4, KVM_CAP_PPC_ALLOC_HTAB),
-    UnmodelledIoctl("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
-    UnmodelledIoctl("KVM_PPC_RTAS_DEFINE_TOKEN", "write", 0xAC, 128, KVM_CAP_PPC_RTAS),
-    UnmodelledIoctl("KVM_PPC_CONFIGURE_V3_MMU", "write", 0xAF, 16, KVM_CAP_PPC_MMU_RADIX),
-    UnmodelledIoctl("KVM_PPC_GET_RMMU_INFO", "write", 0xB0, 96, KVM_CAP_PPC_MMU_RADIX),
-    UnmodelledIoctl("KVM_PPC_GET_CPU_CHAR", "read", 0xB1, 32, KVM_CAP_PPC_GET_CPU_CHAR),
+    UnmodelledIoctl(KVM_CREATE_VCPU, "vm", None, only="x86"),  # powerpc's is modelled
+    _vm("KVM_SET_USER_MEMORY_REGION", "write", 0x46, 32, KVM_CAP_USER_MEMORY, only=None),
+    UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP, only=None),  # the vcpu's is modelled
+    _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only=None),
+    _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
+    _vm("KVM_PPC_GET_SMMU_INFO", "read", 0xA6, 592, KVM_CAP_PPC_GET_SMMU_INFO),
+    _vm("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4, KVM_CAP_PPC_ALLOC_HTAB),
+    _vm("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
+    _vm("KVM_PPC_RTAS_DEFINE_TOKEN", "write", 0xAC, 128, KVM_CAP_PPC_RTAS),
+    _vm("KVM_PPC_CONFIGURE_V3_MMU", "write", 0xAF, 16, KVM_CAP_PPC_MMU_RADIX),
+    _vm("KVM_PPC_GET_RMMU_INFO", "write", 0xB0, 96, KVM_CAP_PPC_MMU_RADIX),
+    _vm("KVM_PPC_GET_CPU_CHAR", "read", 0xB1, 32, KVM_CAP_PPC_GET_CPU_CHAR),
+    _vcpu("KVM_GET_SREGS", "read", 0x83, 1232),
+    _vcpu("KVM_SET_SREGS", "write", 0x84, 1232),
+    _vcpu("KVM_INTERRUPT", "write", 0x86, 4),
+    _vcpu("KVM_GET_ONE_REG", "write", 0xAB, 16),
+    _vcpu("KVM_SET_ONE_REG", "write", 0xAC, 16),
+    _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
 )

@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal
 
-from ._kvm_h import ARCHES, GENERIC_IOC, UNMODELLED_IOCTLS, Arch, ByteOrder, UnmodelledIoctl
+from ._kvm_h import (
+    ARCHES,
+    GENERIC_IOC,
+    KVM_CREATE_VCPU,
+    UNMODELLED_IOCTLS,
+    VCPU_IOCTLS,
+    Arch,
+    ByteOrder,
+    UnmodelledIoctl,
+)
 from ._revisions import REVISIONS, AbiRevision
 
 
@@ -22,6 +31,7 @@ def known_requests(arch: Arch) -> Mapping[int, str]:
         arch.kvm_create_vm(): "KVM_CREATE_VM",
         arch.kvm_check_extension(): "KVM_CHECK_EXTENSION",
         arch.kvm_get_vcpu_mmap_size(): "KVM_GET_VCPU_MMAP_SIZE",
+        **{io.request(arch): io.name for io in (KVM_CREATE_VCPU, *VCPU_IOCTLS)},
         **{number: name for name, number in arch.vfs_ioctls.items()},
     }
     for rev in sorted(REVISIONS.values(), key=lambda r: -r.generation):
@@ -32,16 +42,19 @@ def known_requests(arch: Arch) -> Mapping[int, str]:
 
 
 @functools.cache
-def unmodelled(arch: Arch) -> Mapping[int, UnmodelledIoctl]:
-    """The ioctls a kernel of ``arch`` has that kvmsim does not model yet, by number."""
-    return MappingProxyType({u.request(arch): u for u in UNMODELLED_IOCTLS if arch.is_powerpc or not u.powerpc_only})
+def unmodelled(arch: Arch, on: Literal["vm", "vcpu"] = "vm") -> Mapping[int, UnmodelledIoctl]:
+    """The ioctls of a VM or vcpu fd that a kernel of ``arch`` has and kvmsim does not model
+    yet, by number."""
+    family = "powerpc" if arch.is_powerpc else "x86"
+    return MappingProxyType({u.request(arch): u for u in UNMODELLED_IOCTLS if u.on == on and u.only in (None, family)})
 
 
 def decode_request(cmd: int, arch: Arch) -> str:
     """``name`` or the _IOC fields: ``KVM_CHECK_EXTENSION``, ``_IOC(none, 0xae, 0xff, 0)``."""
     name = known_requests(arch).get(cmd)
-    if name is None and cmd in unmodelled(arch):
-        name = unmodelled(arch)[cmd].name
+    for on in ("vm", "vcpu"):
+        if name is None and cmd in unmodelled(arch, on):
+            name = unmodelled(arch, on)[cmd].name
     return name if name is not None else decode_request_fields(cmd, arch)
 
 

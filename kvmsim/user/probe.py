@@ -17,6 +17,7 @@ from kvmcompat import Device
 from ..kernel.errors import InvalidInput
 from ..uapi import (
     GENERIC_CAPS,
+    KVM_CREATE_VCPU,
     REVISIONS,
     STARTUP_CAPS,
     AbiRevision,
@@ -267,7 +268,7 @@ def _file_kind(st: os.stat_result) -> str:
 
 
 def real_file_ops(target: Device) -> dict[str, str]:
-    """:func:`file_ops` of a real device's /dev/kvm fd and of a VM fd (type 0), as
+    """:func:`file_ops` of a real device's /dev/kvm fd, a VM fd (type 0) and its vcpu 0, as
     ``dev.read`` ...: what ``kvmsim record`` and the lab keep beside the probes.  Nothing of a
     file that is not the misc device 10:232 (a test's fake /dev/kvm has no device number)."""
     try:
@@ -284,7 +285,15 @@ def real_file_ops(target: Device) -> dict[str, str]:
         except OSError:
             return found
         try:
-            return found | {f"vm.{op}": v for op, v in file_ops(vm).items()}
+            found |= {f"vm.{op}": v for op, v in file_ops(vm).items()}
+            try:
+                vcpu = int(target.ioctl(vm, KVM_CREATE_VCPU.request(target.arch), 0))
+            except OSError:
+                return found
+            try:
+                return found | {f"vcpu.{op}": v for op, v in file_ops(vcpu).items()}
+            finally:
+                target.close(vcpu)
         finally:
             target.close(vm)
     finally:

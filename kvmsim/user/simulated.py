@@ -45,6 +45,14 @@ class Kernel(kvm_main.BootedKernel):
     def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
         return self.current.sys_ioctl(fd, cmd, arg)
 
+    def mmap(self, fd: int, length: int, offset: int = 0) -> memoryview:
+        """``mmap(NULL, length, PROT_READ|PROT_WRITE, MAP_SHARED, fd, offset)`` of a vcpu fd:
+        its ``struct kvm_run`` (and the MMIO ring's page), shared with the kernel."""
+        page = self.host.page_size
+        if offset % page:
+            raise OSError(22, f"mmap offset {offset} is not a multiple of PAGE_SIZE ({page})")
+        return self.current.mmap(fd, length, offset // page)
+
     def fds(self) -> dict[int, str]:
         return self.current.fds()
 

@@ -1,0 +1,157 @@
+"""The Book3S vcpu (arch/powerpc/kvm/book3s.c, powerpc.c's vcpu half): ``struct
+kvm_vcpu_arch`` as far as the modelled ioctls read and change it, the registers of
+``KVM_GET/SET_REGS``, ``kvmppc_sanity_check``, ``KVM_ENABLE_CAP`` on a vcpu and ``KVM_RUN``.
+Creation is the backend's (``book3s_hv.kvmppc_core_vcpu_create_hv``,
+``book3s_pr.kvmppc_core_vcpu_create_pr``): they say the vcpu's PVR and first MSR."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+import attrs
+
+from ..uapi import (
+    KVM_CAP_IRQ_XICS,
+    KVM_CAP_PPC_EPR,
+    KVM_CAP_PPC_FWNMI,
+    KVM_CAP_PPC_IRQ_XIVE,
+    KVM_CAP_PPC_OSI,
+    KVM_CAP_PPC_PAPR,
+    KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_SYSTEM_EVENT,
+    KVM_REGS,
+    KVM_RUN_EXIT,
+    KVM_RUN_HEAD,
+    KVM_RUN_SYSTEM_EVENT,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+    MSR_ME,
+    MSR_TS_MASK,
+    ByteOrder,
+)
+from .errors import KvmError
+
+MSR_HV = 1 << 60
+MSR_POW = 1 << 18
+MSR_PR = 1 << 14
+
+
+def pvr_is_book3s_64(pvr: int) -> bool:
+    """kvmppc_set_pvr_pr(): KVM_CPU_3S_64 for 0x330000 <= pvr < 0x70330000 (every POWER here)."""
+    return 0x330000 <= pvr < 0x70330000
+
+
+@attrs.define(eq=False)
+class Book3sVcpu:
+    """``struct kvm_vcpu_arch``: the PVR, the registers of ``struct kvm_regs``, the enabled
+    capabilities and whether the last sanity check passed."""
+
+    hv: bool  # an HV VM's vcpu (is_kvmppc_hv_enabled(kvm)); else PR's
+    pvr: int
+    regs: dict[str, int]  # struct kvm_regs's fields: pc, cr, ..., gpr0..gpr31
+    papr_enabled: bool = False
+    osi_enabled: bool = False
+    epr_user: bool = False
+    sane: bool = False
+
+    # kvmppc_sanity_check(): the PVR is known, and HV runs only PAPR guests
+    def sanity_check(self) -> int:
+        papr_needs_64 = self.papr_enabled and not pvr_is_book3s_64(self.pvr)  # PAPR only works with book3s_64
+        sane = bool(self.pvr) and not papr_needs_64 and (self.papr_enabled or not self.hv)
+        self.sane = sane
+        return 0 if sane else -errno.EINVAL
+
+
+def new_vcpu(hv: bool, pvr: int, msr: int) -> Book3sVcpu:
+    """A vcpu as its backend's create leaves it: every register 0 but the MSR, then the
+    sanity check (an HV vcpu is not sane until KVM_ENABLE_CAP(KVM_CAP_PPC_PAPR))."""
+    vcpu = Book3sVcpu(hv, pvr, dict.fromkeys(KVM_REGS.fields, 0) | {"msr": msr})
+    vcpu.regs.pop("_", None)
+    vcpu.sanity_check()
+    return vcpu
+
+
+# kvm_arch_vcpu_ioctl_get_regs(): every field as the vcpu holds it
+def get_regs(vcpu: Book3sVcpu) -> dict[str, int]:
+    return dict(vcpu.regs)
+
+
+# kvm_arch_vcpu_ioctl_set_regs(): every field but pid, through the backend's set_msr
+def set_regs(vcpu: Book3sVcpu, values: dict[str, int]) -> None:
+    msr = (kvmppc_set_msr_hv if vcpu.hv else kvmppc_set_msr_pr)(vcpu, values["msr"])
+    vcpu.regs.update({k: v for k, v in values.items() if k != "pid"} | {"msr": msr})
+
+
+def kvmppc_set_msr_hv(vcpu: Book3sVcpu, msr: int) -> int:
+    """An illegal transaction state (TS = 0b11) is forced to a safe one (TS = 0)."""
+    return msr & ~MSR_TS_MASK if msr & MSR_TS_MASK == MSR_TS_MASK else msr
+
+
+def kvmppc_set_msr_pr(vcpu: Book3sVcpu, msr: int) -> int:
+    """A PAPR guest's MSR is a guest's (no HV, ME set); msr_mask is every bit on Book3S-64."""
+    if vcpu.papr_enabled:
+        msr = (msr & ~MSR_HV) | MSR_ME
+    if msr & MSR_POW:  # the vcpu would halt in the ioctl until an interrupt (kvm_vcpu_halt)
+        raise KvmError(errno.ENOTTY, "not modelled: KVM_SET_REGS with MSR_POW on a PR vcpu (it halts the vcpu)")
+    if not msr & MSR_PR and msr & MSR_TS_MASK == 1 << 34:  # MSR_TM_TRANSACTIONAL: tabort, not modelled
+        raise KvmError(errno.ENOTTY, "not modelled: KVM_SET_REGS entering a transaction on a PR vcpu")
+    return msr
+
+
+@attrs.frozen
+class EnableCapContext:
+    """What kvm_vcpu_ioctl_enable_cap looks up beyond the vcpu: the calling process's fds and
+    whether this machine runs XIVE."""
+
+    fd_is_open: Callable[[int], bool]  # an fd of the caller's (simulated) table
+    xive: bool
+
+
+# kvm_vcpu_ioctl_enable_cap(): flags first, then the capability, then the sanity check
+def enable_cap(vcpu: Book3sVcpu, cap: int, flags: int, args: tuple[int, ...], ctx: EnableCapContext) -> int:
+    if flags:
+        raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: flags {flags:#x} must be 0")
+    if cap == KVM_CAP_PPC_OSI:
+        vcpu.osi_enabled = True
+    elif cap == KVM_CAP_PPC_PAPR:
+        vcpu.papr_enabled = True
+    elif cap == KVM_CAP_PPC_EPR:
+        vcpu.epr_user = bool(args[0])
+    elif cap in (KVM_CAP_IRQ_XICS, KVM_CAP_PPC_IRQ_XIVE):  # CONFIG_KVM_XICS, CONFIG_KVM_XIVE
+        fd = args[0] & 0xFFFFFFFF  # CLASS(fd, f)(cap->args[0]): an unsigned int
+        if not ctx.fd_is_open(fd):
+            raise KvmError(errno.EBADF, f"KVM_ENABLE_CAP({cap}): fd {fd} is not open")
+        if cap == KVM_CAP_PPC_IRQ_XIVE and not ctx.xive:
+            raise KvmError(errno.ENXIO, "KVM_ENABLE_CAP(KVM_CAP_PPC_IRQ_XIVE): this machine has no XIVE")
+        raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP({cap}): fd {fd} is not a KVM device (none is modelled)")
+    elif cap == KVM_CAP_PPC_FWNMI and vcpu.hv:  # CONFIG_KVM_BOOK3S_HV_POSSIBLE: an HV VM's
+        pass  # vcpu->kvm->arch.fwnmi_enabled = true
+    else:
+        raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: capability {cap} cannot be enabled on a vcpu")
+    if vcpu.sanity_check():
+        raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP({cap}): the vcpu fails kvmppc_sanity_check (HV runs only PAPR)")
+    return 0
+
+
+# kvm_arch_vcpu_ioctl_run(), then kvmppc_vcpu_run_hv/_pr's first checks
+def vcpu_run(vcpu: Book3sVcpu, run: memoryview, byteorder: ByteOrder, printk: Callable[[str], None]) -> int:
+    head = KVM_RUN_HEAD.unpack(byteorder, run)
+    if head["immediate_exit"]:  # !vcpu->wants_to_run
+        raise KvmError(errno.EINTR, "KVM_RUN: immediate_exit is set")
+    if not vcpu.sane:
+        _exit(run, byteorder, KVM_EXIT_INTERNAL_ERROR)
+        raise KvmError(
+            errno.EINVAL, "KVM_RUN: the vcpu is not sane (an HV vcpu needs KVM_ENABLE_CAP(KVM_CAP_PPC_PAPR))"
+        )
+    # The simulator runs no guest code: the vcpu's first exit is a guest shutdown, which QEMU
+    # answers by shutting down cleanly (kvm_cpu_exec: KVM_SYSTEM_EVENT_SHUTDOWN).
+    _exit(run, byteorder, KVM_EXIT_SYSTEM_EVENT)
+    event = KVM_RUN_SYSTEM_EVENT.pack(byteorder, {"type": KVM_SYSTEM_EVENT_SHUTDOWN})
+    run[KVM_RUN_EXIT : KVM_RUN_EXIT + len(event)] = event
+    printk("kvmsim: KVM_RUN: no guest code runs here; the vcpu exits with KVM_EXIT_SYSTEM_EVENT (shutdown)")
+    return 0
+
+
+def _exit(run: memoryview, byteorder: ByteOrder, reason: int) -> None:
+    head = KVM_RUN_HEAD.unpack(byteorder, run) | {"exit_reason": reason}
+    run[: KVM_RUN_HEAD.size] = KVM_RUN_HEAD.pack(byteorder, head)
