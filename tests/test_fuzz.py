@@ -47,10 +47,38 @@ def test_the_cases_cover_the_input_space() -> None:
     assert any(len(b) > 24 and any(b[24:]) for b in buffers)  # type: ignore[arg-type]  # a poked tail
     ints = {p.arg(PPC) for p in cs if not isinstance(p.arg(PPC), bytes)}
     assert {0, 8, fuzz.KERNEL_ADDRESS} <= ints and set(range(16)) <= ints
-    assert {p.fd for p in cs} == {"dev", "vm", "vm-hv", "vm-pr"}
+    assert {p.fd for p in cs} == {"dev", "vm", "vm-hv", "vm-pr", "vcpu-hv", "vcpu-pr"}
     assert set(range(1, 33)) <= {len(b) for b in buffers}  # type: ignore[arg-type]  # cut short at every offset
     assert {p.readonly_from for p in cs} >= {None, 0, *range(1, 33)}
     assert any(p.on_stack for p in cs)
+
+
+def test_the_vcpu_cases_cover_its_ioctls_and_never_run_a_guest() -> None:
+    """A quarter of the cases are a fuzz VM's vcpu's: KVM_ENABLE_CAP of every capability the
+    vcpu knows (whole, cut short, bad pointers), KVM_SET/GET_REGS of every length with every
+    MSR edge, the modelled requests' neighbours, KVM_CREATE_VCPU of ids no hypervisor is asked
+    about; never KVM_RUN without an argument (a real kernel would run the guest)."""
+    from kvmsim.uapi import KVM_CREATE_VCPU, KVM_ENABLE_CAP, KVM_GET_REGS, KVM_RUN, KVM_SET_REGS
+
+    cs = fuzz.cases(1, 8000)
+    vcpu = [p for p in cs if p.fd in ("vcpu-hv", "vcpu-pr")]
+    assert 1500 < len(vcpu) < 2500
+    requests = collections.Counter(p.request(PPC) for p in vcpu)
+    for io in (KVM_ENABLE_CAP, KVM_GET_REGS, KVM_SET_REGS):
+        assert requests[io.request(PPC)] > 100, io.name
+    caps = {int.from_bytes(b[:4], "little") for p in vcpu if p.request(PPC) == KVM_ENABLE_CAP.request(PPC)
+            for b in [p.arg(PPC)] if isinstance(b, bytes) and len(b) >= 4}  # fmt: skip
+    assert set(fuzz.VCPU_CAPS) <= caps
+    lengths = {len(b) for p in vcpu for b in [p.arg(PPC)] if isinstance(b, bytes)}
+    assert {104, 392, 40, 48} <= lengths and len(lengths) > 100
+    runs = [p for p in cs if p.request(PPC) == KVM_RUN.request(PPC)]
+    assert runs and all(p.arg(PPC) != 0 for p in runs)
+    ids = {p.arg(PPC) for p in cs if p.request(PPC) == KVM_CREATE_VCPU.request(PPC)}
+    assert ids == set(fuzz.VCPU_IDS)
+    k = Kernel.from_profile("qemu-nested-hv-p10")
+    creates = [p for p in cs if p.request(PPC) == KVM_CREATE_VCPU.request(PPC)][:50]
+    answers = fuzz.simulate(k, [*vcpu[:400], *creates])
+    assert {a.error for a in answers.values()} >= {None, "EINVAL", "EFAULT", "EEXIST", "EBADF"}
 
 
 def test_a_replay_faults_past_the_buffer_as_the_guest_does() -> None:

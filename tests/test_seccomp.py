@@ -372,3 +372,40 @@ def test_out_of_descriptors_an_open_is_emfile_and_the_next_one_works() -> None:
     EMFILE, as the real kernel's would, and the supervisor goes on."""
     r = under_run(EMFILE)
     assert r.stdout.strip() == "24 12", r.stderr
+
+
+VCPU_MAPPING = """
+import errno, fcntl, mmap, os, struct
+def e(f):
+    try:
+        return f()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+dev = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(dev, 0x2000AE01, 0)
+vcpu = fcntl.ioctl(vm, 0x2000AE41, 0)
+size = fcntl.ioctl(dev, 0x2000AE04, 0)
+run = mmap.mmap(vcpu, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+exit_reason = lambda: struct.unpack_from("<I", run, 8)[0]
+before = e(lambda: fcntl.ioctl(vcpu, 0x2000AE80, 0))  # HV, no PAPR yet: EINVAL, KVM_EXIT_INTERNAL_ERROR
+insane = exit_reason()
+cap = bytearray(struct.pack("<II", 68, 0) + bytes(96))  # KVM_ENABLE_CAP(KVM_CAP_PPC_PAPR)
+papr = fcntl.ioctl(vcpu, 0x8068AEA3, cap)
+ran = fcntl.ioctl(vcpu, 0x2000AE80, 0)
+event = struct.unpack_from("<II", run, 32)
+run[1] = 1  # immediate_exit, written by the program: the kernel reads it
+again = e(lambda: fcntl.ioctl(vcpu, 0x2000AE80, 0))
+print(size, before, insane, papr, ran, exit_reason(), event[0], again,
+      e(lambda: os.ftruncate(vcpu, 0)), e(lambda: os.ftruncate(vcpu, 1 << 20)), os.readlink(f"/proc/self/fd/{vcpu}"))
+"""
+
+
+@BOTH
+def test_a_vcpu_fd_maps_kvm_run_shared_with_the_simulated_kernel(intercept: str) -> None:
+    """The program's own mmap of its vcpu fd (a sealed memfd placeholder) is the simulated
+    vcpu's kvm_run: the kernel's exit_reason shows in it, the program's immediate_exit reaches
+    the kernel, and the program cannot resize it under the simulator (EPERM: sealed)."""
+    r = under_run(VCPU_MAPPING, intercept=intercept)
+    assert r.stdout.split() == [
+        "65536", "EINVAL", "17", "0", "0", "24", "1", "EINTR", "EPERM", "EPERM", "anon_inode:kvm-vcpu:0"
+    ], r.stderr  # fmt: skip

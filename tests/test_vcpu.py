@@ -25,9 +25,13 @@ from kvmsim.uapi import (
     KVM_ENABLE_CAP_STRUCT,
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_SYSTEM_EVENT,
+    KVM_GET_SREGS,
     KVM_REGS,
+    KVM_SET_SREGS,
+    KVM_SREGS,
     KVM_SYSTEM_EVENT_SHUTDOWN,
     MSR_ME,
+    SLB_ESID_V,
     UNMODELLED_IOCTLS,
 )
 
@@ -237,14 +241,114 @@ def test_regs_start_zero_but_the_msr_and_round_trip_but_pid(host: str) -> None:
     assert got == wanted | {"pid": 0}  # KVM_SET_REGS sets every field but pid
 
 
-def test_hv_set_regs_forces_an_illegal_transaction_state_safe() -> None:
-    g = guest("powervm-p11")
+@pytest.mark.parametrize(
+    ("msr", "hv_reads", "pr_reads"),
+    [
+        (0, MSR_ME, 0),  # HV: "Guest must always run with ME enabled, HV disabled"
+        (1 << 60 | 1, MSR_ME | 1, 1 << 60 | 1),  # MSR_HV cleared on HV, kept on PR (no PAPR yet)
+        (3 << 33, MSR_ME, 3 << 33),  # an illegal transaction state made safe on HV
+        (1 << 33 | MSR_ME, 1 << 33 | MSR_ME, 1 << 33 | MSR_ME),
+    ],
+)
+@pytest.mark.parametrize("host", ["powervm-p11", "pseries-kvm-pr"])
+def test_set_regs_msr_through_the_backends_set_msr_and_cr_as_a_u32(
+    host: str, msr: int, hv_reads: int, pr_reads: int
+) -> None:
+    """The lab's Linux 7.3 recordings: HV's set_msr (book3s_hv_builtin.c), PR's, and
+    kvmppc_set_cr's u32."""
+    g = guest(host)
     bo = g.k.arch.byteorder
-    g.k.ioctl(g.vcpu, g.k.KVM_SET_REGS, KVM_REGS.pack(bo, {"msr": 3 << 33 | MSR_ME}))
-    assert KVM_REGS.unpack(bo, bytes(g.k.ioctl(g.vcpu, g.k.KVM_GET_REGS, bytes(KVM_REGS.size))))["msr"] == MSR_ME
+    g.k.ioctl(g.vcpu, g.k.KVM_SET_REGS, bytearray(KVM_REGS.pack(bo, {"msr": msr, "cr": 2**64 - 1})))
+    regs = KVM_REGS.unpack(bo, bytes(g.k.ioctl(g.vcpu, g.k.KVM_GET_REGS, bytes(KVM_REGS.size))))
+    assert (regs["msr"], regs["cr"]) == (hv_reads if g.hv else pr_reads, 0xFFFFFFFF)
 
 
 def test_regs_copy_faults_are_efault() -> None:
     g = guest("powervm-p11")
     for request in (g.k.KVM_GET_REGS, g.k.KVM_SET_REGS):
         assert errno_of(g.k.ioctl, g.vcpu, request, 0) == errno.EFAULT
+
+
+@pytest.mark.parametrize("rev", ["linux-7.3", "none", "v5", "v4"])
+@pytest.mark.parametrize("host", ["powervm-p11", "powernv-p10", "pseries-kvm-pr"])
+def test_a_duplicate_id_is_eexist_on_7_3_and_a_virtual_core_collision_before(host: str, rev: str) -> None:
+    """Linux 7.3 checks for the id before kvm_arch_vcpu_create; the kernels before it after,
+    where an ISA 3.0 HV VM has already refused the id's taken virtual core (Linux 7.2 in the
+    lab answers EINVAL); a PR VM has no virtual cores: EEXIST either way."""
+    k = Kernel.from_profile(host, abi=rev)
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    k.ioctl(vm, k.KVM_CREATE_VCPU, 0)
+    hv = bool(k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_SMT))
+    expected = errno.EEXIST if rev == "linux-7.3" or not hv else errno.EINVAL
+    assert errno_of(k.ioctl, vm, k.KVM_CREATE_VCPU, 0) == expected
+
+
+# -- KVM_GET_SREGS / KVM_SET_SREGS --------------------------------------------------------------
+
+
+def sregs_of(g: Guest) -> dict[str, int]:
+    buf = bytearray(KVM_SREGS.size)  # past fcntl's 1024-byte scratch: a mutable buffer, passed in place
+    assert g.k.ioctl(g.vcpu, KVM_GET_SREGS.request(g.k.arch), buf) == 0
+    return KVM_SREGS.unpack(g.k.arch.byteorder, bytes(buf))
+
+
+def set_sregs(g: Guest, values: dict[str, int]) -> int:
+    arg = bytearray(KVM_SREGS.pack(g.k.arch.byteorder, values))
+    return int(g.k.ioctl(g.vcpu, KVM_SET_SREGS.request(g.k.arch), arg))
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_get_sregs_is_the_pvr_and_the_slb(host: str) -> None:
+    """HV: zeros but the host's PVR (no SLB entry kept yet); PR: the PVR, SDR1 and its 64 SLB
+    entries, each ESID word with its index or-ed in."""
+    g = guest(host)
+    got = sregs_of(g)
+    assert got["pvr"] == g.k.host.cpu.pvr
+    expected = {} if g.hv else {f"slb{i}e": i for i in range(64)}
+    assert {k: v for k, v in got.items() if v and k != "pvr"} == {k: v for k, v in expected.items() if v}
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_set_sregs_keeps_the_valid_slb_entries(host: str) -> None:
+    """HV accepts only the host's PVR and keeps the valid entries among its 32, compacted; PR
+    writes each valid entry at the index its ESID word carries (ESID and valid bit only)."""
+    g = guest(host)
+    pvr = g.k.host.cpu.pvr
+    assert pvr is not None
+    entries = {"slb0e": SLB_ESID_V | 0x10000000, "slb0v": 7, "slb5e": SLB_ESID_V | 0x20000003, "slb5v": 9,
+               "slb9e": 0x30000009, "slb40e": SLB_ESID_V | 0x40000028, "slb40v": 11}  # fmt: skip
+    if g.hv:
+        assert errno_of(set_sregs, g, {"pvr": pvr ^ 1}) == errno.EINVAL
+    assert set_sregs(g, {"pvr": pvr, "sdr1": 0x1234, **entries}) == 0
+    got = {k: v for k, v in sregs_of(g).items() if v and k != "pvr"}
+    if g.hv:
+        assert got == {"slb0e": SLB_ESID_V | 0x10000000, "slb0v": 7, "slb1e": SLB_ESID_V | 0x20000003, "slb1v": 9}
+    else:
+        ours = {"slb0e": SLB_ESID_V | 0x10000000, "slb0v": 7, "slb3e": SLB_ESID_V | 0x20000000 | 3, "slb3v": 9}
+        ours |= {"slb40e": SLB_ESID_V | 0x40000000 | 40, "slb40v": 11, "sdr1": 0x1234}
+        assert got == {f"slb{i}e": i for i in range(1, 64) if i not in (3, 40)} | ours
+
+
+def test_sregs_copy_faults_are_efault() -> None:
+    g = guest("powervm-p11")
+    for io in (KVM_GET_SREGS, KVM_SET_SREGS):
+        assert errno_of(g.k.ioctl, g.vcpu, io.request(g.k.arch), 0) == errno.EFAULT
+
+
+@pytest.mark.parametrize(
+    ("host", "answer"),
+    [("powernv-p10", errno.ENOTTY), ("qemu-powernv10", errno.ENOTTY), ("qemu-powernv9-hash-hv-pr-64k", errno.EFAULT),
+     ("powervm-p11", errno.EFAULT), ("qemu-nested-hv-p10", errno.EFAULT)],
+)  # fmt: skip
+def test_a_struct_copied_in_from_a_top_bit_address_reads_kernel_memory_on_bare_metal_radix(
+    host: str, answer: int
+) -> None:
+    """The lab: on powernv9/10 (radix, HV mode) Linux 7.3's copy_from_user masks 0xc000... to
+    0x8000000000000000, quadrant 2, which maps: KVM_SET_REGS succeeds, KVM_ENABLE_CAP reads a
+    capability out of kernel memory.  kvmsim has not those bytes: not modelled, named.  On a
+    hash host, and on any pseries L1, the copy faults: EFAULT.  copy_to_user checks access_ok."""
+    g = guest(host)
+    for request in (g.k.KVM_SET_REGS, KVM_SET_SREGS.request(g.k.arch), KVM_ENABLE_CAP.request(g.k.arch)):
+        assert errno_of(g.k.sys_ioctl, g.vcpu, request, 0xC000000000000000) == answer
+    assert errno_of(g.k.sys_ioctl, g.vcpu, g.k.KVM_GET_REGS, 0xC000000000000000) == errno.EFAULT
+    assert errno_of(g.k.sys_ioctl, g.vcpu, g.k.KVM_SET_REGS, 0x4000000000000000) == errno.EFAULT

@@ -9,6 +9,13 @@ socket inode's dev/ino, which the program's ``fstat`` and ``/proc/PID/fd`` both 
 by the fd number; when the last real reference is gone this side's end hangs up and the
 simulated file is released (the kernel's fput at the last close).
 
+A vcpu's placeholder is a sealed memfd instead, the size of KVM_GET_VCPU_MMAP_SIZE, which this
+side maps and the simulated vcpu uses as its pages: the program's own ``mmap`` of its vcpu fd
+(never intercepted) shares ``struct kvm_run`` with the simulated kernel, as the real one does.
+Its seals (no shrinking, no growing) keep a program from making this side's mapping fault.  A
+memfd has no far end to hang up, so a vcpu's simulated fd is released with the table (the
+vcpu itself lives as long as its VM, as in the kernel).
+
 One table for both ways of catching calls (kvmsim.seccomp's supervisor and the preload
 shim's server), over one simulated process: the simulated kernel's own fd numbers are its
 business, what the program sees are the placeholders.  Its lock serialises every call into
@@ -18,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import mmap
 import os
 import resource
 import select
@@ -30,6 +39,7 @@ import attrs
 
 from ..kernel.errors import KvmError
 from ..kernel.usermem import UserAccess
+from ..uapi import DEV_KVM, VCPU_LINK, VM_LINK
 
 if TYPE_CHECKING:
     from ..kernel.kvm_main import BootedKernel, Process
@@ -57,9 +67,18 @@ class Placeholder:
     this side's end of the socketpair."""
 
     sim_fd: int  # -1: an O_PATH open of /dev/kvm (every ioctl EBADF)
-    peer: socket.socket
-    is_vm: bool
+    peer: socket.socket | None  # None: a vcpu's memfd, which has no far end
+    is_vm: bool  # an anon-inode file (a VM or a vcpu), not /dev/kvm
     owner: object = None  # the program it counts against (MAX_FILES_PER_PROGRAM)
+    mapping: mmap.mmap | None = None  # a vcpu's pages, shared with the program's mmap
+    vcpu_id: int | None = None  # a vcpu's id
+
+    @property
+    def link(self) -> str:
+        """What /proc/PID/fd/N of the placeholder reads: the simulated file's link."""
+        if self.vcpu_id is not None:
+            return VCPU_LINK.format(id=self.vcpu_id)
+        return VM_LINK if self.is_vm else DEV_KVM
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -128,6 +147,9 @@ class Placeholders:
         with self.lock:
             if self._held.get(owner, 0) >= MAX_FILES_PER_PROGRAM:
                 raise OSError(errno.EMFILE, f"{MAX_FILES_PER_PROGRAM} simulated files held already")
+            vcpu = sim_fd >= 0 and self.process.kind(sim_fd) == "vcpu"
+        if vcpu:
+            return self._new_vcpu(sim_fd, owner)
         try:
             theirs, ours = socket.socketpair(socket.AF_UNIX, PLACEHOLDER_TYPE)
         except OSError as exc:
@@ -147,6 +169,33 @@ class Placeholders:
             self._held[owner] = self._held.get(owner, 0) + 1
             self._epoll.register(ours.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
         return theirs.detach()
+
+    def _new_vcpu(self, sim_fd: int, owner: object) -> int:
+        """A vcpu's placeholder: a memfd of KVM_GET_VCPU_MMAP_SIZE bytes, sealed at that size,
+        mapped here and made the simulated vcpu's pages."""
+        size = self.kernel.vcpu_mmap_size()
+        try:
+            fd = os.memfd_create("kvm-vcpu", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except OSError as exc:
+            if exc.errno == errno.EMFILE:
+                raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors") from None
+            raise
+        try:
+            if fd >= self._limit - RESERVE:
+                raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors")
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            shared = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            key = identity(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        with self.lock:
+            self.process.share_vcpu_mapping(sim_fd, shared)
+            vcpu_id = self.process.vcpu_id(sim_fd)
+            self._files[key] = Placeholder(sim_fd, None, True, owner, shared, vcpu_id)
+            self._held[owner] = self._held.get(owner, 0) + 1
+        return fd
 
     def get(self, key: Identity) -> Placeholder | None:
         with self.lock:
@@ -200,6 +249,7 @@ class Placeholders:
                     continue
                 placeholder = self._files[key]
                 if not events & (select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR):
+                    assert placeholder.peer is not None  # only a socket's peer is polled
                     with contextlib.suppress(OSError):
                         while placeholder.peer.recv(65536, socket.MSG_DONTWAIT):
                             pass
@@ -210,15 +260,16 @@ class Placeholders:
 
     def _drop(self, key: Identity) -> None:
         placeholder = self._files.pop(key)
-        self._by_peer.pop(placeholder.peer.fileno(), None)
         left = self._held.get(placeholder.owner, 1) - 1
         if left:
             self._held[placeholder.owner] = left
         else:
             self._held.pop(placeholder.owner, None)
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.unregister(placeholder.peer.fileno())
-        placeholder.peer.close()
+        if placeholder.peer is not None:
+            self._by_peer.pop(placeholder.peer.fileno(), None)
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(placeholder.peer.fileno())
+            placeholder.peer.close()
         if placeholder.sim_fd >= 0:
             with contextlib.suppress(KvmError):
                 self.process.close(placeholder.sim_fd)

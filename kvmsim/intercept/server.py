@@ -394,7 +394,12 @@ class Connection:
                 self.memory.begin(0, b"")
                 (dev, ino), _ = wire.unpack(wire.IDENTIFY, payload)
                 found = self.placeholders.get((dev, ino))
-                ret = wire.NOT_OURS if found is None else wire.IS_VM if found.is_vm else wire.IS_DEV_KVM
+                if found is None:
+                    ret = wire.NOT_OURS
+                elif found.vcpu_id is not None:
+                    ret = wire.IS_VCPU + found.vcpu_id
+                else:
+                    ret = wire.IS_VM if found.is_vm else wire.IS_DEV_KVM
             else:
                 raise ProtocolError(f"unexpected {msg.name} from a client")
         except KvmError as exc:

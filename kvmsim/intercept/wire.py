@@ -16,8 +16,9 @@ file (KVM_CREATE_VM), answer with RESULT_NEW_FD and then pass the placeholder on
 its file by the placeholder's identity (dev, ino), never by the fd number (that is only for
 the trace); one that is no placeholder of this server's is answered RESULT_FOREIGN, and the
 shim makes the real call.  IDENTIFY asks what a placeholder is: RESULT's ret is
-:data:`NOT_OURS`, :data:`IS_DEV_KVM` or :data:`IS_VM`.  Nothing is ever closed by message:
-a simulated file is released when the program lets go of its last placeholder.
+:data:`NOT_OURS`, :data:`IS_DEV_KVM`, :data:`IS_VM`, or :data:`IS_VCPU` plus a vcpu's id.
+Nothing is ever closed by message: a simulated file is released when the program lets go of
+its last placeholder (a vcpu's, a memfd, with the server's table).
 
 ``kvmsim env`` and ``kvmsim run --server`` send HELLO and get HOST: what the shim is told about
 the served host besides the socket (a JSON object: ``name``, ``machine``, ``dev_kvm``,
@@ -72,6 +73,7 @@ MAX_FDS = 4  # descriptors taken with one read: a LISTENER brings one, anything 
 RESULT_NEW_FD = 1  # a placeholder follows on the socket: the caller's new fd
 RESULT_FOREIGN = 2  # the fd is no placeholder of this server's: the real call answers
 NOT_OURS, IS_DEV_KVM, IS_VM = 0, 1, 2  # IDENTIFY's answers
+IS_VCPU = 0x100  # ... and a vcpu's: IS_VCPU + its id (ids are below KVM_MAX_VCPU_IDS)
 
 
 class Msg(enum.IntEnum):

@@ -27,6 +27,7 @@ from ..uapi import (
     KVM_SYSTEM_EVENT_SHUTDOWN,
     MSR_ME,
     MSR_TS_MASK,
+    SLB_ESID_V,
     ByteOrder,
 )
 from .errors import KvmError
@@ -49,6 +50,10 @@ class Book3sVcpu:
     hv: bool  # an HV VM's vcpu (is_kvmppc_hv_enabled(kvm)); else PR's
     pvr: int
     regs: dict[str, int]  # struct kvm_regs's fields: pc, cr, ..., gpr0..gpr31
+    # the SLB as KVM_GET/SET_SREGS see it, (orige, origv) pairs: HV's valid entries compacted
+    # (slb_max of them), PR's 64 by index; and PR's SDR1
+    slb: list[tuple[int, int]] = attrs.Factory(list)
+    sdr1: int = 0
     papr_enabled: bool = False
     osi_enabled: bool = False
     epr_user: bool = False
@@ -63,9 +68,11 @@ class Book3sVcpu:
 
 
 def new_vcpu(hv: bool, pvr: int, msr: int) -> Book3sVcpu:
-    """A vcpu as its backend's create leaves it: every register 0 but the MSR, then the
-    sanity check (an HV vcpu is not sane until KVM_ENABLE_CAP(KVM_CAP_PPC_PAPR))."""
-    vcpu = Book3sVcpu(hv, pvr, dict.fromkeys(KVM_REGS.fields, 0) | {"msr": msr})
+    """A vcpu as its backend's create leaves it: every register 0 but the MSR, no SLB entry
+    (PR: 64 empty ones), then the sanity check (an HV vcpu is not sane until
+    KVM_ENABLE_CAP(KVM_CAP_PPC_PAPR))."""
+    slb = [] if hv else [(0, 0)] * PR_SLB_NR
+    vcpu = Book3sVcpu(hv, pvr, dict.fromkeys(KVM_REGS.fields, 0) | {"msr": msr}, slb)
     vcpu.regs.pop("_", None)
     vcpu.sanity_check()
     return vcpu
@@ -76,14 +83,17 @@ def get_regs(vcpu: Book3sVcpu) -> dict[str, int]:
     return dict(vcpu.regs)
 
 
-# kvm_arch_vcpu_ioctl_set_regs(): every field but pid, through the backend's set_msr
+# kvm_arch_vcpu_ioctl_set_regs(): every field but pid; CR through kvmppc_set_cr's u32, the
+# MSR through the backend's set_msr
 def set_regs(vcpu: Book3sVcpu, values: dict[str, int]) -> None:
     msr = (kvmppc_set_msr_hv if vcpu.hv else kvmppc_set_msr_pr)(vcpu, values["msr"])
-    vcpu.regs.update({k: v for k, v in values.items() if k != "pid"} | {"msr": msr})
+    vcpu.regs.update({k: v for k, v in values.items() if k != "pid"} | {"msr": msr, "cr": values["cr"] & 0xFFFFFFFF})
 
 
 def kvmppc_set_msr_hv(vcpu: Book3sVcpu, msr: int) -> int:
-    """An illegal transaction state (TS = 0b11) is forced to a safe one (TS = 0)."""
+    """book3s_hv_builtin.c: "Guest must always run with ME enabled, HV disabled"; an illegal
+    transaction state (TS = 0b11) is forced to a safe one (TS = 0)."""
+    msr = (msr | MSR_ME) & ~MSR_HV
     return msr & ~MSR_TS_MASK if msr & MSR_TS_MASK == MSR_TS_MASK else msr
 
 
@@ -96,6 +106,48 @@ def kvmppc_set_msr_pr(vcpu: Book3sVcpu, msr: int) -> int:
     if not msr & MSR_PR and msr & MSR_TS_MASK == 1 << 34:  # MSR_TM_TRANSACTIONAL: tabort, not modelled
         raise KvmError(errno.ENOTTY, "not modelled: KVM_SET_REGS entering a transaction on a PR vcpu")
     return msr
+
+
+HV_SLB_NR = 32  # kvmppc_mmu_book3s_hv_init: "POWER7/POWER8"
+PR_SLB_NR = 64  # kvmppc_core_vcpu_create_pr
+ESID_MASK = 0xFFFFFFFFF0000000
+
+
+# kvm_arch_vcpu_ioctl_get_sregs(): the backend's get_sregs
+def get_sregs(vcpu: Book3sVcpu) -> dict[str, int]:
+    """HV: zeros but the PVR and the slb_max entries kept.  PR (Book3S-64, BOOK3S_HFLAG_SLB):
+    the PVR, SDR1 and all 64 entries, each ESID with its index or-ed in."""
+    sregs = {"pvr": vcpu.pvr, "sdr1": 0 if vcpu.hv else vcpu.sdr1}
+    for i, (orige, origv) in enumerate(vcpu.slb):
+        sregs[f"slb{i}e"] = orige if vcpu.hv else orige | i
+        sregs[f"slb{i}v"] = origv
+    return sregs
+
+
+# kvm_arch_vcpu_ioctl_set_sregs(): the backend's set_sregs
+def set_sregs(vcpu: Book3sVcpu, sregs: dict[str, int]) -> None:
+    if vcpu.hv:  # "Only accept the same PVR as the host's, since we can't spoof it"
+        if sregs["pvr"] != vcpu.pvr:
+            raise KvmError(errno.EINVAL, f"KVM_SET_SREGS: PVR {sregs['pvr']:#010x} is not the host's {vcpu.pvr:#010x}")
+        entries = [(sregs[f"slb{i}e"], sregs[f"slb{i}v"]) for i in range(HV_SLB_NR)]
+        vcpu.slb = [(e, v) for e, v in entries if e & SLB_ESID_V]  # compacted: slb_max of them
+        return
+    # kvmppc_set_pvr_pr(), SDR1, then the SLB: slbmte(0, 0) and slbia flush it, each valid
+    # entry is written at the index its ESID word carries (slbmte), ESID and valid bit kept
+    if not pvr_is_book3s_64(sregs["pvr"]):
+        raise KvmError(errno.ENOTTY, f"not modelled: KVM_SET_SREGS with a 32-bit Book3S PVR {sregs['pvr']:#x} (PR)")
+    vcpu.pvr, vcpu.sdr1 = sregs["pvr"], sregs["sdr1"]
+    slb = [(0, 0)] * PR_SLB_NR
+    for i in range(PR_SLB_NR):
+        rb, rs = sregs[f"slb{i}e"], sregs[f"slb{i}v"]
+        if rb & SLB_ESID_V:
+            index = rb & 0xFFF
+            if index == PR_SLB_NR:  # slb_nr > vcpu->arch.slb_nr is the kernel's test: 64 is written past the array
+                raise KvmError(errno.ENOTTY, "not modelled: KVM_SET_SREGS with SLB index 64 (PR writes past its SLB)")
+            if index < PR_SLB_NR:
+                slb[index] = (rb & (ESID_MASK | SLB_ESID_V), rs)
+    vcpu.slb = slb
+    vcpu.sanity_check()
 
 
 @attrs.frozen

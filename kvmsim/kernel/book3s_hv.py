@@ -166,19 +166,24 @@ def kvmhv_nested_init(module: HvModule) -> None:
 
 
 EMUL_SMT_MODE = 1  # kvm->arch.emul_smt_mode until KVM_ENABLE_CAP(KVM_CAP_PPC_SMT) (not modelled)
+THREADS_PER_SUBCORE = 8  # kvm->arch.smt_mode before ISA 3.0: POWER8's threads in HV mode
 
 
-def kvmppc_core_vcpu_create_hv(host: Host, vcpu_id: int) -> Book3sVcpu:
-    """The vcpu's virtual core: on ISA 3.0 one a vcpu, at most KVM_MAX_VCPUS × emul_smt_mode
-    of them (a larger id has none: EINVAL); before, ``smt_mode`` vcpus share one.  The vcpu
-    gets the host's PVR ("we can't spoof it") and MSR_ME, and is not sane until PAPR is on.
-    Under nested API v2 the L0 is asked to create it (H_GUEST_CREATE_VCPU: modelled as a
-    success, whatever the profile's hypervisor)."""
-    if host.cpu.isa_300 and vcpu_id >= host.kvm_max_vcpus * EMUL_SMT_MODE:
-        raise KvmError(
-            errno.EINVAL,
-            f"vcpu id {vcpu_id}: no virtual core for it (KVM_MAX_VCPUS {host.kvm_max_vcpus} × emul_smt_mode 1)",
-        )
+def kvmppc_core_vcpu_create_hv(host: Host, vcores: set[int], vcpu_id: int) -> Book3sVcpu:
+    """The vcpu's virtual core (``vcores``: the VM's, by core number): on ISA 3.0 one a vcpu,
+    its id packed (an id of KVM_MAX_VCPUS × emul_smt_mode or more has none, and a core taken is
+    a collision: EINVAL); before, ``smt_mode`` vcpus share one.  The vcpu gets the host's PVR
+    ("we can't spoof it") and MSR_ME, and is not sane until PAPR is on.  Under nested API v2
+    the L0 is asked to create it first (H_GUEST_CREATE_VCPU: modelled as a success)."""
+    if host.cpu.isa_300:
+        if vcpu_id >= host.kvm_max_vcpus * EMUL_SMT_MODE:
+            raise KvmError(errno.EINVAL, f"vcpu id {vcpu_id}: no virtual core (KVM_MAX_VCPUS × emul_smt_mode 1)")
+        core = vcpu_id  # kvmppc_pack_vcpu_id() with emul_smt_mode 1
+        if core in vcores:
+            raise KvmError(errno.EINVAL, f"vcpu id {vcpu_id}: its virtual core is taken (a collision)")
+    else:
+        core = vcpu_id // THREADS_PER_SUBCORE  # smt_mode vcpus a core
+    vcores.add(core)
     assert host.cpu.pvr is not None
     return new_vcpu(True, host.cpu.pvr, MSR_ME)
 

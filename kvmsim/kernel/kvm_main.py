@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import heapq
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -27,15 +28,19 @@ from ..uapi import (
     KVM_CAP_NR_MEMSLOTS,
     KVM_CREATE_VCPU,
     KVM_GET_REGS,
+    KVM_GET_SREGS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_REGS,
     KVM_RUN,
     KVM_SET_REGS,
+    KVM_SET_SREGS,
+    KVM_SREGS,
     KVMIO,
     VCPU_LINK,
     VM_LINK,
     AbiRevision,
     Arch,
+    StructLayout,
     check_struct_size,
     explain_request,
     revision,
@@ -49,6 +54,12 @@ from .profile import Host
 from .usermem import AddressSpace, Fault, UserAccess
 
 NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
+
+# kvm_vm_ioctl_create_vcpu()'s duplicate-id check, by the revision's rules: Linux 7.3 looks
+# before the arch creates the vcpu; the kernels before it (and the drafts, posted on them)
+# after, so there a duplicate id on an ISA 3.0 HV VM is its virtual core's collision, EINVAL
+# (the lab's Linux 7.2 recording), and EEXIST elsewhere.
+EEXIST_BEFORE_ARCH: dict[str, bool] = {"linux-7.3": True, "none": False, "v5": False, "v4": False}
 
 # What the VFS answers of the file operations kvm_chardev_ops and kvm_vm_fops leave out (both
 # have only .unlocked_ioctl and .llseek = noop_llseek, and the VM's .release): read and write
@@ -96,11 +107,17 @@ class VcpuArch(Protocol):
     def vcpu_run(self, vcpu: Any, run: memoryview, printk: Callable[[str], None]) -> int: ...
     def get_regs(self, vcpu: Any) -> dict[str, int]: ...
     def set_regs(self, vcpu: Any, values: dict[str, int]) -> None: ...
+    def get_sregs(self, vcpu: Any) -> dict[str, int]: ...
+    def set_sregs(self, vcpu: Any, values: dict[str, int]) -> None: ...
+    def check_masked_read(self, addr: int, what: str) -> None: ...
 
 
 @attrs.frozen
 class DevKvmFile:
     """An open ``/dev/kvm``."""
+
+
+VcpuPages = bytearray | mmap.mmap  # a vcpu's own bytes, or pages shared with a program (an edge's)
 
 
 @attrs.define(eq=False)
@@ -109,7 +126,7 @@ class Vcpu:
     ring's with CONFIG_KVM_MMIO: ``mapping``, of KVM_GET_VCPU_MMAP_SIZE), and the arch's part."""
 
     vcpu_id: int
-    mapping: bytearray
+    mapping: VcpuPages
     run: memoryview  # struct kvm_run: the first page of the mapping
     arch: Any
 
@@ -217,6 +234,23 @@ class Process:
         """The open fds and what they are (``/proc/self/fd``)."""
         return {fd: self.link(fd) for fd in list(self._files)}
 
+    def vcpu_id(self, fd: int) -> int:
+        """The id of vcpu fd ``fd`` (EBADF for any other file)."""
+        file = self._file(fd)
+        if not isinstance(file, VcpuFile):
+            raise KvmError(errno.EBADF, f"fd {fd} is not a vcpu")
+        return file.vcpu.vcpu_id
+
+    def share_vcpu_mapping(self, fd: int, pages: VcpuPages) -> None:
+        """Make ``pages`` (an edge's shared memory: a vcpu placeholder's memfd, mapped) the
+        pages vcpu fd ``fd`` maps, with what they held so far."""
+        file = self._file(fd)
+        if not isinstance(file, VcpuFile) or len(pages) != len(file.vcpu.mapping):
+            raise KvmError(errno.EINVAL, f"fd {fd} is not a vcpu of {len(pages)} mapped bytes")
+        vcpu = file.vcpu
+        pages[:] = bytes(vcpu.mapping)
+        vcpu.mapping, vcpu.run = pages, memoryview(pages)[: self.kernel.host.page_size]
+
     # kvm_vcpu_mmap() and kvm_vcpu_fault(): a vcpu fd maps its kvm_run page (and the MMIO
     # ring's); any other of these files has no .mmap (ENODEV).  In-process the mapping is the
     # vcpu's own bytes: what the kernel writes there (exit_reason, ...) the caller sees.
@@ -298,15 +332,39 @@ class Process:
             raise KvmError(
                 errno.EINVAL, f"KVM_CREATE_VCPU: the VM has its {k.host.kvm_max_vcpus} vcpus (KVM_MAX_VCPUS)"
             )
-        if vcpu_id in kvm.vcpus:
+        early = EEXIST_BEFORE_ARCH[k.rev.rules]
+        if early and vcpu_id in kvm.vcpus:
             raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vcpu {vcpu_id} exists")
         arch = vcpus.vcpu_create(kvm.arch, vcpu_id)  # kvm_arch_vcpu_precreate is 0 on powerpc
+        if not early and vcpu_id in kvm.vcpus:
+            raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vcpu {vcpu_id} exists")
         mapping = bytearray(k.vcpu_mmap_size())
         vcpu = Vcpu(vcpu_id, mapping, memoryview(mapping)[: k.host.page_size], arch)
         fd = self._install(VcpuFile(kvm, vcpu))  # create_vcpu_fd(); its failure unwinds the vcpu
         kvm.created_vcpus += 1
         kvm.vcpus[vcpu_id] = vcpu
         return fd
+
+    # kvm_vcpu_ioctl()'s cases that copy a struct out (kzalloc, the arch's get, copy_to_user)
+    # or in (memdup_user, the arch's set)
+    def _vcpu_struct_ioctl(self, vcpu: Any, cmd: int, arg: int, name: str, layout: StructLayout, out: bool) -> int:
+        vcpus, bo = self.kernel.vcpu_arch, self.kernel.arch.byteorder
+        assert vcpus is not None
+        get, put = (vcpus.get_regs, vcpus.set_regs) if layout is KVM_REGS else (vcpus.get_sregs, vcpus.set_sregs)
+        if out:
+            data = layout.pack(bo, get(vcpu))
+            try:
+                self.memory.copy_to_user(arg, data)
+            except Fault:
+                raise KvmError(errno.EFAULT, f"{name}: cannot write struct {layout.name} at {arg:#x}") from None
+            return 0
+        vcpus.check_masked_read(arg, name)
+        try:
+            raw = self.memory.copy_from_user(arg, layout.size)  # memdup_user()
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{name}: cannot read struct {layout.name} at {arg:#x}") from None
+        put(vcpu, layout.unpack(bo, raw))
+        return 0
 
     # kvm_vcpu_ioctl(): the type check, then the generic cases, then the arch's
     def kvm_vcpu_ioctl(self, file: VcpuFile, cmd: int, arg: int) -> int:
@@ -319,20 +377,9 @@ class Process:
                 if arg:
                     raise KvmError(errno.EINVAL, f"KVM_RUN takes no argument (got {arg:#x})")
                 return vcpus.vcpu_run(vcpu.arch, vcpu.run, k.dmesg.append)
-            if cmd == k.KVM_GET_REGS:
-                regs = KVM_REGS.pack(k.arch.byteorder, vcpus.get_regs(vcpu.arch))
-                try:
-                    self.memory.copy_to_user(arg, regs)
-                except Fault:
-                    raise KvmError(errno.EFAULT, f"KVM_GET_REGS: cannot write struct kvm_regs at {arg:#x}") from None
-                return 0
-            if cmd == k.KVM_SET_REGS:
-                try:
-                    raw = self.memory.copy_from_user(arg, KVM_REGS.size)  # memdup_user()
-                except Fault:
-                    raise KvmError(errno.EFAULT, f"KVM_SET_REGS: cannot read struct kvm_regs at {arg:#x}") from None
-                vcpus.set_regs(vcpu.arch, KVM_REGS.unpack(k.arch.byteorder, raw))
-                return 0
+            copied = k.VCPU_STRUCT_IOCTLS.get(cmd)
+            if copied is not None:
+                return self._vcpu_struct_ioctl(vcpu.arch, cmd, arg, *copied)
             ctx = EnableCapContext(fd_is_open=lambda fd: fd in self._files, xive=xive_enabled(k.host))
             return vcpus.vcpu_ioctl(vcpu.arch, cmd, arg, self.memory, ctx)
         except KvmError as exc:
@@ -393,6 +440,12 @@ class BootedKernel:
         self.KVM_CREATE_VCPU, self.KVM_RUN, self.KVM_GET_REGS, self.KVM_SET_REGS = (
             io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS)
         )
+        # kvm_vcpu_ioctl's cases that copy a struct: request -> (name, layout, copied out)
+        self.VCPU_STRUCT_IOCTLS: dict[int, tuple[str, StructLayout, bool]] = {
+            io.request(host.arch): (io.name, layout, io.direction == "read")
+            for io, layout in ((KVM_GET_REGS, KVM_REGS), (KVM_SET_REGS, KVM_REGS), (KVM_GET_SREGS, KVM_SREGS),
+                               (KVM_SET_SREGS, KVM_SREGS))
+        }  # fmt: skip
         (
             self.KVM_GET_API_VERSION,
             self.KVM_CREATE_VM,

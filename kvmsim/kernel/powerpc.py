@@ -64,14 +64,29 @@ from ..uapi import (
 )
 from . import book3s
 from .book3s import Book3sVcpu, EnableCapContext
-from .book3s_hv import HvModule, kvmhv_on_pseries, kvmppc_book3s_init_hv, kvmppc_core_vcpu_create_hv
+from .book3s_hv import (
+    THREADS_PER_SUBCORE,
+    HvModule,
+    kvmhv_on_pseries,
+    kvmppc_book3s_init_hv,
+    kvmppc_core_vcpu_create_hv,
+)
 from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr, kvmppc_core_vcpu_create_pr
 from .errors import InvalidInput, KvmError
 from .profile import Host
 from .usermem import Fault, NonZeroTail, UserAccess
 
-THREADS_PER_SUBCORE = 8  # POWER8 in HV mode; ISA 3.0 cores run each thread independently
 MAX_SMT_THREADS = 8  # asm/kvm_book3s_asm.h
+
+
+def masked_read_reaches_the_kernel(host: Host, addr: int) -> bool:
+    """copy_from_user() on ppc64 masks the address instead of checking it
+    (mask_user_address_simple: any address with the top bit set becomes 0x8000000000000000,
+    expected to fault).  On a bare-metal radix host the kernel runs in HV mode, where that
+    address is quadrant 2 and maps: the copy reads kernel memory (the lab's powernv9 and
+    powernv10 under Linux 7.3: KVM_SET_REGS from 0xc000... succeeds, KVM_ENABLE_CAP reads a
+    capability from it).  copy_to_user and get_user still check access_ok and fault."""
+    return addr >> 63 == 1 and host.platform == "powernv" and host.mmu == "radix"
 
 
 def xive_enabled(host: Host) -> bool:
@@ -98,10 +113,12 @@ KVM_USER_MEM_SLOTS = 32767  # KVM_MEM_SLOTS_NUM (SHRT_MAX), no internal slots on
 
 @attrs.frozen
 class Vm:
-    """``struct kvm`` as far as these ioctls care: the ops it was created with."""
+    """``struct kvm_arch`` as far as these ioctls care: the ops it was created with, and an
+    HV VM's virtual cores (kvm->arch.vcores, by core number)."""
 
     ops: KvmppcOps
     hv: bool  # is_kvmppc_hv_enabled(kvm)
+    vcores: set[int] = attrs.field(factory=set, eq=False)
 
 
 class PowerpcKvm:
@@ -226,11 +243,16 @@ class PowerpcKvm:
 
     # kvm_arch_vcpu_create() → kvmppc_core_vcpu_create(): the VM's backend makes it
     def vcpu_create(self, vm: Vm, vcpu_id: int) -> Book3sVcpu:
-        return kvmppc_core_vcpu_create_hv(self.host, vcpu_id) if vm.hv else kvmppc_core_vcpu_create_pr(self.host)
+        return (
+            kvmppc_core_vcpu_create_hv(self.host, vm.vcores, vcpu_id)
+            if vm.hv
+            else kvmppc_core_vcpu_create_pr(self.host)
+        )
 
     # kvm_arch_vcpu_ioctl(): what kvm_vcpu_ioctl's own switch leaves to the arch
     def vcpu_ioctl(self, vcpu: Book3sVcpu, request: int, argp: int, mem: UserAccess, ctx: EnableCapContext) -> int:
         if request == self.KVM_ENABLE_CAP:
+            self.check_masked_read(argp, "KVM_ENABLE_CAP")
             try:
                 raw = mem.copy_from_user(argp, KVM_ENABLE_CAP_STRUCT.size)
             except Fault:
@@ -242,6 +264,16 @@ class PowerpcKvm:
             return book3s.enable_cap(vcpu, cap["cap"], cap["flags"], args, ctx)
         raise KvmError(errno.EINVAL, f"unknown vcpu ioctl {request:#x} (kvm_arch_vcpu_ioctl)")
 
+    def check_masked_read(self, addr: int, what: str) -> None:
+        """A struct copied in from an address that reads kernel memory here: what the real
+        kernel then does depends on bytes kvmsim does not have (not modelled, named)."""
+        if masked_read_reaches_the_kernel(self.host, addr):
+            raise KvmError(
+                errno.ENOTTY,
+                f"not modelled: {what} from {addr:#x}: copy_from_user masks it to 0x8000000000000000, which on a "
+                "bare-metal radix host is kernel memory (quadrant 2 in HV mode)",
+            )
+
     def vcpu_run(self, vcpu: Book3sVcpu, run: memoryview, printk: Callable[[str], None]) -> int:
         return book3s.vcpu_run(vcpu, run, self.host.arch.byteorder, printk)
 
@@ -250,6 +282,12 @@ class PowerpcKvm:
 
     def set_regs(self, vcpu: Book3sVcpu, values: dict[str, int]) -> None:
         book3s.set_regs(vcpu, values)
+
+    def get_sregs(self, vcpu: Book3sVcpu) -> dict[str, int]:
+        return book3s.get_sregs(vcpu)
+
+    def set_sregs(self, vcpu: Book3sVcpu, values: dict[str, int]) -> None:
+        book3s.set_sregs(vcpu, values)
 
     def vcpu_mmap_size(self) -> int:
         return self.host.page_size  # struct kvm_run's page (kvm_main adds KVM_MMIO's, with kvm_pr built)

@@ -39,8 +39,10 @@
 #endif
 
 /* the fuzz cases' VM fds fall back to /dev/kvm where their VM cannot be made */
-enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR };
+/* FD_VCPU_VM: the type-0 VM, where its vcpu 0 was made; FD_VCPU_HV/PR: the fuzz VMs' vcpus 0 */
+enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR, FD_VCPU, FD_VCPU_VM, FD_VCPU_HV, FD_VCPU_PR };
 enum probe_arg { ARG_INT, ARG_BUF };
+#define PROBE_HEAD 48 /* a buffer's bytes given one by one (kvmsim.lab.build.PROBE_HEAD) */
 
 struct probe {
 	const char *name;
@@ -48,8 +50,8 @@ struct probe {
 	unsigned long request;
 	enum probe_arg kind;
 	unsigned long value;   /* ARG_INT: the argument; ARG_BUF: the buffer's length */
-	unsigned char head[24]; /* ARG_BUF: the first bytes (the struct) */
-	unsigned char fill;     /* ARG_BUF: every byte past the first 24 ... */
+	unsigned char head[PROBE_HEAD]; /* ARG_BUF: the first bytes (the struct) */
+	unsigned char fill;             /* ARG_BUF: every byte past them ... */
 	unsigned int poke_at;   /* ... but this one (0: none), which is */
 	unsigned char poke;
 	int returns_fd;
@@ -57,9 +59,9 @@ struct probe {
 	int on_stack;      /* ARG_BUF: on this program's stack instead (at most 256 bytes) */
 };
 
-#include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ */
+#include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ, KVM_CREATE_VCPU_REQ */
 
-#define TAIL_SHOWN 64
+#define TAIL_SHOWN 1208 /* kvmsim.user.probe.TAIL_SHOWN: a struct kvm_sregs past its first 24 bytes */
 
 static void line(const char *kind, const char *key, const char *value)
 {
@@ -123,12 +125,17 @@ static void load(const char *path, const char *module)
 }
 
 static int vm_hv = -1, vm_pr = -1; /* the fuzz's VMs of types 1 and 2, made in main() */
+static int vcpu = -1;              /* vcpu 0 of the type-0 VM, made in main() */
+static int vcpu_hv = -1, vcpu_pr = -1; /* vcpu 0 of each fuzz VM, made in main() */
 
 static void run_probe(const struct probe *p, int dev, int vm)
 {
 	char answer[256 + 2 * TAIL_SHOWN], head[64];
-	int fd = p->fd == FD_DEV ? dev : p->fd == FD_VM ? vm : p->fd == FD_VM_OR_DEV ? vm : p->fd == FD_VM_HV ? vm_hv : vm_pr;
-	if (fd < 0 && p->fd >= FD_VM_OR_DEV)
+	int fd = p->fd == FD_DEV ? dev : p->fd == FD_VM ? vm : p->fd == FD_VM_OR_DEV ? vm : p->fd == FD_VM_HV ? vm_hv
+		: p->fd == FD_VM_PR ? vm_pr : p->fd == FD_VCPU ? vcpu : p->fd == FD_VCPU_VM ? (vcpu >= 0 ? vm : -1)
+		: p->fd == FD_VCPU_HV ? vcpu_hv : vcpu_pr;
+	int fuzzed = (p->fd >= FD_VM_OR_DEV && p->fd <= FD_VM_PR) || p->fd >= FD_VCPU_HV;
+	if (fd < 0 && fuzzed) /* the fuzz's: /dev/kvm instead */
 		fd = dev;
 	if (fd < 0)
 		return;
@@ -157,7 +164,7 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	}
 	unsigned char *before = malloc(n), *buf = k ? map + low - k : map + rw - n;
 	memset(before, p->fill, n);
-	memcpy(before, p->head, n < 24 ? n : 24);
+	memcpy(before, p->head, n < PROBE_HEAD ? n : PROBE_HEAD);
 	if (p->poke_at && p->poke_at < n)
 		before[p->poke_at] = p->poke;
 	unsigned char stack_buf[256] __attribute__((aligned(16)));
@@ -333,13 +340,21 @@ int main(void)
 	if (dev >= 0) {
 		vm = ioctl(dev, KVM_CREATE_VM_REQ, 0);
 		line("probe", "create vm", vm < 0 ? errname(errno) : "fd");
+		if (vm >= 0) { /* as kvmsim.user.probe.run: vcpu 0 before every probe */
+			vcpu = ioctl(vm, KVM_CREATE_VCPU_REQ, 0);
+			line("probe", "create vcpu", vcpu < 0 ? errname(errno) : "fd");
+		}
 		vm_hv = ioctl(dev, KVM_CREATE_VM_REQ, 1);
 		vm_pr = ioctl(dev, KVM_CREATE_VM_REQ, 2);
+		vcpu_hv = vm_hv >= 0 ? ioctl(vm_hv, KVM_CREATE_VCPU_REQ, 0) : -1;
+		vcpu_pr = vm_pr >= 0 ? ioctl(vm_pr, KVM_CREATE_VCPU_REQ, 0) : -1;
 		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
 			run_probe(&PROBES[i], dev, vm);
 		file_ops(dev, "dev");
 		if (vm >= 0)
 			file_ops(vm, "vm");
+		if (vcpu >= 0)
+			file_ops(vcpu, "vcpu");
 	}
 	dmesg();
 	line("done", "-", "-");

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..intercept import channel, wire
 from ..kernel.kvm_main import FILE_OPS
-from ..uapi import VM_LINK
+from ..uapi import VCPU_LINK, VM_LINK
 
 
 def header() -> str:
@@ -28,6 +28,7 @@ def header() -> str:
         f"#define NOT_OURS {wire.NOT_OURS}",
         f"#define IS_DEV_KVM {wire.IS_DEV_KVM}",
         f"#define IS_VM {wire.IS_VM}",
+        f"#define IS_VCPU {wire.IS_VCPU} /* plus the vcpu's id */",
         "/* the fixed part of each frame (payload bytes before any variable tail) */",
         *(f"#define {name}_SIZE {struct.size}u" for name, struct in _STRUCTS.items()),
         "enum { " + ", ".join(f"{m.name} = {m.value}" for m in wire.Msg) + " };",
@@ -38,6 +39,7 @@ def header() -> str:
         "/* the errno of each file operation the device has none of (kvm_main.FILE_OPS) */",
         *(f"#define {kind.upper()}_{op.upper()} {FILE_OPS[kind][op]}" for kind in FILE_OPS for op in _FAILING),
         f'#define VM_LINK "{VM_LINK}" /* what /proc/PID/fd/N of a VM fd reads (kvm_main.VM_LINK) */',
+        f'#define VCPU_LINK "{VCPU_LINK.replace("{id}", "%ld")}" /* ... and of a vcpu fd (uapi.VCPU_LINK) */',
         "#endif",
     ]
     return "\n".join(lines) + "\n"

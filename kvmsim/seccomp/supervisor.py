@@ -53,7 +53,7 @@ import attrs
 from ..intercept.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
 from ..kernel.errors import KvmError
 from ..kernel.usermem import Fault
-from ..uapi import ARCHES, DEV_KVM, VM_LINK, Arch
+from ..uapi import ARCHES, DEV_KVM, Arch
 from . import pidfd, uapi
 from .kstat import Kstat, dev_kvm
 from .namei import Found, Namei, tgid
@@ -571,7 +571,7 @@ class Supervisor:
         size = _s32(size)
         if size <= 0:
             return error(errno.EINVAL)
-        text = (VM_LINK if placeholder.is_vm else DEV_KVM).encode()[:size]
+        text = placeholder.link.encode()[:size]
         try:
             mem.copy_to_user(buf, text)
         except Fault:

@@ -396,8 +396,11 @@ KVM_CREATE_VCPU = KvmIoctl("KVM_CREATE_VCPU", "none", 0x41, 0)  # on the VM fd: 
 KVM_RUN = KvmIoctl("KVM_RUN", "none", 0x80, 0)
 KVM_GET_REGS = KvmIoctl("KVM_GET_REGS", "read", 0x81, 392)
 KVM_SET_REGS = KvmIoctl("KVM_SET_REGS", "write", 0x82, 392)
+KVM_GET_SREGS = KvmIoctl("KVM_GET_SREGS", "read", 0x83, 1232)
+KVM_SET_SREGS = KvmIoctl("KVM_SET_SREGS", "write", 0x84, 1232)
 KVM_ENABLE_CAP = KvmIoctl("KVM_ENABLE_CAP", "write", 0xA3, 104)  # the vcpu's and the VM's
-VCPU_IOCTLS = (KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_ENABLE_CAP)  # what kvmsim models on a vcpu fd
+# what kvmsim models on a vcpu fd
+VCPU_IOCTLS = (KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP)
 
 # Capabilities KVM_ENABLE_CAP takes on a powerpc vcpu (kvm_vcpu_ioctl_enable_cap)
 KVM_CAP_PPC_BOOKE_WATCHDOG = 83
@@ -447,6 +450,29 @@ KVM_REGS = StructLayout("kvm_regs", "Q" * 49, (*REGS_FIELDS, *(f"gpr{i}" for i i
             __u64 gpr[32];
     };
 """
+SLB_FIELDS = tuple(f"slb{i}{half}" for i in range(64) for half in ("e", "v"))
+KVM_SREGS = StructLayout(
+    "kvm_sregs",
+    "I4xQ" + "Q" * 128 + "I" * 16 + "Q" * 16,
+    ("pvr", "sdr1", *SLB_FIELDS, *(f"sr{i}" for i in range(16)), *(f"ibat{i}" for i in range(8)),
+     *(f"dbat{i}" for i in range(8))),
+)  # fmt: skip
+"""arch/powerpc/include/uapi/asm/kvm.h, Book3S's half of the union (1232 bytes, BookE's is
+shorter)::
+
+    struct kvm_sregs {
+            __u32 pvr;
+            union {
+                    struct {
+                            __u64 sdr1;
+                            struct { struct { __u64 slbe; __u64 slbv; } slb[64]; } ppc64;
+                            struct { __u32 sr[16]; __u64 ibat[8]; __u64 dbat[8]; } ppc32;
+                    } s;
+                    ...
+            } u;
+    };
+"""
+SLB_ESID_V = 1 << 27  # asm/book3s/64/mmu-hash.h: the SLB entry's valid bit
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -507,8 +533,6 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_PPC_CONFIGURE_V3_MMU", "write", 0xAF, 16, KVM_CAP_PPC_MMU_RADIX),
     _vm("KVM_PPC_GET_RMMU_INFO", "write", 0xB0, 96, KVM_CAP_PPC_MMU_RADIX),
     _vm("KVM_PPC_GET_CPU_CHAR", "read", 0xB1, 32, KVM_CAP_PPC_GET_CPU_CHAR),
-    _vcpu("KVM_GET_SREGS", "read", 0x83, 1232),
-    _vcpu("KVM_SET_SREGS", "write", 0x84, 1232),
     _vcpu("KVM_INTERRUPT", "write", 0x86, 4),
     _vcpu("KVM_GET_ONE_REG", "write", 0xAB, 16),
     _vcpu("KVM_SET_ONE_REG", "write", 0xAC, 16),

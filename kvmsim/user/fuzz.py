@@ -18,6 +18,7 @@ the guest, as it ends here (:func:`replay` maps nothing else), so a kernel readi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from collections.abc import Callable, Iterable
@@ -25,7 +26,35 @@ from collections.abc import Callable, Iterable
 from ..kernel.errors import KvmError
 from ..kernel.kvm_main import BootedKernel, Process
 from ..kernel.usermem import PAGE_SIZE, AddressSpace
-from ..uapi import ARCHES, KVM_VM_PPC_HV, KVM_VM_PPC_PR, KVMIO, REVISIONS, AbiRevision, Arch, errname
+from ..uapi import (
+    ARCHES,
+    KVM_CAP_IRQ_MPIC,
+    KVM_CAP_IRQ_XICS,
+    KVM_CAP_PPC_BOOKE_WATCHDOG,
+    KVM_CAP_PPC_EPR,
+    KVM_CAP_PPC_FWNMI,
+    KVM_CAP_PPC_IRQ_XIVE,
+    KVM_CAP_PPC_OSI,
+    KVM_CAP_PPC_PAPR,
+    KVM_CREATE_VCPU,
+    KVM_ENABLE_CAP,
+    KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_REGS,
+    KVM_GET_SREGS,
+    KVM_REGS,
+    KVM_RUN,
+    KVM_SET_REGS,
+    KVM_SET_SREGS,
+    KVM_SREGS,
+    KVM_VM_PPC_HV,
+    KVM_VM_PPC_PR,
+    KVMIO,
+    MSR_ME,
+    REVISIONS,
+    AbiRevision,
+    Arch,
+    errname,
+)
 from .probe import NULL, WILD, Answer, Probe
 
 KERNEL_ADDRESS = 0xC000000000000000  # powerpc's linear map: access_ok() refuses it
@@ -61,6 +90,91 @@ def _struct(rng: random.Random, rev: AbiRevision, arch: Arch) -> bytes:
     return bytes(buf)
 
 
+# KVM_ENABLE_CAP on a vcpu: the capabilities kvm_vcpu_ioctl_enable_cap knows, and others.  A
+# device fd argument is one no process has open (fdget's unsigned int of args[0]: 1 << 32 would
+# be fd 0, open in the guest and not in the replay)
+VCPU_CAPS = (KVM_CAP_PPC_OSI, KVM_CAP_PPC_PAPR, KVM_CAP_PPC_EPR, KVM_CAP_PPC_FWNMI, KVM_CAP_IRQ_XICS,
+             KVM_CAP_PPC_IRQ_XIVE, KVM_CAP_IRQ_MPIC, KVM_CAP_PPC_BOOKE_WATCHDOG)  # fmt: skip
+NO_FD = (999, 4096, 1_000_000)
+# vcpu ids that reach no hypervisor: QEMU as a nested-papr L0 asserts that a new vcpu's id is
+# its count (hw/ppc/spapr_nested.c), so no case makes a new vcpu below KVM_MAX_VCPU_IDS
+# (16384 with Book3S HV built), only the one each fuzz VM has (0) again
+VCPU_IDS = (0, 16384, 16385, (1 << 31) - 1, (1 << 32) - 1, 1 << 32, -1)
+# MSRs for KVM_SET_REGS: never MSR_POW (1 << 18), which halts a PR vcpu inside the ioctl until an
+# interrupt (kvmsim: not modelled), nor a transaction without MSR_PR (PR's tabort, not modelled)
+MSR_PR = 1 << 14
+MSRS = (0, MSR_ME, 1 << 63, 3 << 33 | MSR_ME, 1 << 33, 1 << 34 | MSR_PR, ((1 << 64) - 1) & ~(1 << 18), 1 << 60 | MSR_ME)
+
+
+def _vcpu_requests(arch: Arch) -> list[int]:
+    """The vcpu ioctls kvmsim models and their neighbours in direction and size (never KVM_RUN
+    itself: a real kernel would run a sane vcpu's guest)."""
+    out = []
+    ioc = arch.ioc
+    for io in (KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP, KVM_RUN):
+        for direction in (ioc.none, ioc.read, ioc.write, ioc.read | ioc.write):
+            for sz in (0, 16, 104, 392, 1232):
+                out.append(ioc.ioc(direction, KVMIO, io.nr, sz))
+    return [r for r in out if r != KVM_RUN.request(arch)]
+
+
+def _vcpu_case(rng: random.Random, name: str) -> Probe:
+    """A vcpu ioctl on a fuzz VM's vcpu 0 (of the HV or the PR VM; /dev/kvm where none)."""
+    fd = rng.choice(("vcpu-hv", "vcpu-pr"))
+    kind = rng.random()
+    if kind < 0.4:  # KVM_ENABLE_CAP: a capability, flags, an argument; whole, cut short or a bad pointer
+        cap = rng.choice((*VCPU_CAPS, *VCPU_CAPS, rng.randrange(0, 301), rng.randrange(1 << 32)))
+        device = cap in (KVM_CAP_IRQ_XICS, KVM_CAP_PPC_IRQ_XIVE, KVM_CAP_IRQ_MPIC)  # args[0] is an fd
+        arg0 = rng.choice(NO_FD if device else (0, 1, *NO_FD))
+        values = {"cap": cap, "flags": rng.choice((0, 0, 0, 1, 1 << 31)), "arg0": arg0}
+        length = rng.choice((KVM_ENABLE_CAP_STRUCT.size,) * 4 + (rng.randrange(1, KVM_ENABLE_CAP_STRUCT.size),))
+        # a kernel address only where the kernel checks it: copy_from_user's mask makes a top-bit
+        # address read kernel memory on a bare-metal radix host (powerpc.masked_read_reaches_the_kernel)
+        bad = rng.choice((None, None, None, None, NULL, WILD, WILD))
+
+        def cap_arg(a: Arch, v: dict[str, int] = values, n: int = length, b: int | None = bad) -> int | bytes:
+            return b if b is not None else KVM_ENABLE_CAP_STRUCT.pack(a.byteorder, v)[:n]
+
+        return Probe(name, fd, KVM_ENABLE_CAP.request, cap_arg)  # type: ignore[arg-type]
+    if kind < 0.75:  # KVM_SET_REGS then (in a later case) KVM_GET_REGS, any length: a short buffer
+        # ends against the unmapped page, and what a copy_to_user that faults part-way wrote shows
+        io = rng.choice((KVM_GET_REGS, KVM_SET_REGS))
+        # pc ... msr as drawn, the rest one byte repeated (the prober's table gives a buffer's
+        # first PROBE_HEAD bytes one by one, then a fill byte)
+        rest = int.from_bytes(bytes([rng.choice((0, 0, 0xFF, 0x5A))]) * 8, "little")
+        regs = dict.fromkeys(KVM_REGS.fields, rest)
+        regs |= {f: rng.choice((0, 1, (1 << 64) - 1, rng.randrange(1 << 64))) for f in ("pc", "cr", "ctr", "lr", "xer")}
+        regs["msr"] = rng.choice(MSRS)
+        length = rng.choice((KVM_REGS.size,) * 3 + (rng.randrange(1, KVM_REGS.size), 48, 40))
+        bad = rng.choice((None, None, None, None, NULL, WILD))
+
+        def regs_arg(a: Arch, v: dict[str, int] = regs, n: int = length, b: int | None = bad) -> int | bytes:
+            return b if b is not None else KVM_REGS.pack(a.byteorder, v)[:n]
+
+        return Probe(name, fd, io.request, regs_arg)  # type: ignore[arg-type]
+    if kind < 0.82:  # KVM_GET_SREGS at any length; KVM_SET_SREGS cut short or a bad pointer (a whole
+        # one with another PVR is EINVAL on HV, a 32-bit Book3S PR vcpu on PR: not modelled)
+        io = rng.choice((KVM_GET_SREGS, KVM_SET_SREGS))
+        n = rng.choice((KVM_SREGS.size, rng.randrange(1, KVM_SREGS.size), 24, 1040))
+        fill = bytes([rng.choice((0, 0xAA))])
+        if io is KVM_SET_SREGS:
+            n = rng.randrange(1, KVM_SREGS.size)
+        bad = rng.choice((None, None, None, NULL, WILD))
+        return Probe(name, fd, io.request, _const(bad) if bad is not None else _const_bytes(fill * n))  # type: ignore[arg-type]
+    if kind < 0.9:  # a modelled request's neighbour, or another type's
+        pick = rng.randrange(1 << 30)
+
+        def req(a: Arch, p: int = pick) -> int:
+            choices = _vcpu_requests(a)
+            return choices[p % len(choices)] if p % 5 else a.ioc.io(ord("g"), p % 256)
+
+        return Probe(name, fd, req, _const(rng.choice((0, 1, NULL, WILD))))  # type: ignore[arg-type]
+    vm = "vm-hv" if fd == "vcpu-hv" else "vm-pr"  # KVM_CREATE_VCPU on the vcpu's VM; KVM_RUN with an argument
+    if rng.random() < 0.7:
+        return Probe(name, vm, KVM_CREATE_VCPU.request, _const(rng.choice(VCPU_IDS)), returns_fd=True)  # type: ignore[arg-type]
+    return Probe(name, fd, KVM_RUN.request, _const(rng.choice((1, 2, WILD, -1))))  # type: ignore[arg-type]
+
+
 def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values()) -> list[Probe]:
     """``n`` cases from ``seed``, for the arch each is asked on (the requests are built then)."""
     rng = random.Random(seed)
@@ -70,6 +184,9 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
         kind = rng.random()
         fd = rng.choice(("dev", "vm", "vm", "vm-hv", "vm-pr"))  # a VM of type 0, 1 (HV) or 2 (PR)
         name = f"fuzz {i}"
+        if rng.random() < 0.25:  # a quarter of the cases: the vcpu's
+            out.append(_vcpu_case(random.Random(rng.randrange(1 << 30)), name))
+            continue
         if kind < 0.55:  # a revision's request or a neighbour, with a struct or a bad pointer
             rev = rng.choice(revs)
             pick = rng.randrange(1 << 30)
@@ -124,6 +241,10 @@ def _exact(a: Arch, *, rev: AbiRevision, seed: int, length: int) -> bytes:
 
 
 def _const(value: int) -> Callable[[Arch], int]:
+    return lambda _arch: value
+
+
+def _const_bytes(value: bytes) -> Callable[[Arch], bytes]:
     return lambda _arch: value
 
 
@@ -183,4 +304,8 @@ def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]
             fds[name] = process.sys_ioctl(dev, kernel.KVM_CREATE_VM, vm_type)
         except KvmError:
             fds[name] = dev
+        fds["vcpu" + name[2:]] = dev  # and the VM's vcpu 0, where it has one
+        if fds[name] != dev and kernel.models_vcpus:
+            with contextlib.suppress(KvmError):
+                fds["vcpu" + name[2:]] = process.sys_ioctl(fds[name], kernel.KVM_CREATE_VCPU, 0)
     return {p.name: replay(kernel, p, fds, process) for p in probes}

@@ -17,7 +17,24 @@ from kvmcompat import Device
 from ..kernel.errors import InvalidInput
 from ..uapi import (
     GENERIC_CAPS,
+    KVM_CAP_IRQ_XICS,
+    KVM_CAP_PPC_EPR,
+    KVM_CAP_PPC_FWNMI,
+    KVM_CAP_PPC_IRQ_XIVE,
+    KVM_CAP_PPC_OSI,
+    KVM_CAP_PPC_PAPR,
     KVM_CREATE_VCPU,
+    KVM_ENABLE_CAP,
+    KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_REGS,
+    KVM_GET_SREGS,
+    KVM_REGS,
+    KVM_RUN,
+    KVM_SET_REGS,
+    KVM_SET_SREGS,
+    KVM_SREGS,
+    KVMIO,
+    MSR_ME,
     REVISIONS,
     STARTUP_CAPS,
     AbiRevision,
@@ -32,7 +49,7 @@ Recorded = int | str  # an Answer as a recording stores it (Answer.to_toml)
 
 
 NULL, WILD = 0, 8  # the bad pointers every struct probe family passes (address 8 is never mapped)
-TAIL_SHOWN = 64  # a changed tail (past the 24-byte struct) is shown in full up to this many bytes
+TAIL_SHOWN = 1208  # a changed tail (past the first 24 bytes) is shown in full up to this many (a struct kvm_sregs)
 
 
 @attrs.frozen
@@ -93,7 +110,9 @@ class Probe:
     (passed as is: a value, NULL or a wild pointer) or the initial bytes of a buffer."""
 
     name: str
-    fd: Literal["dev", "vm", "vm-hv", "vm-pr"]  # the last two: the fuzz's VMs of types 1 and 2
+    # vm-hv, vm-pr: the fuzz's VMs of types 1 and 2, vcpu-hv, vcpu-pr: their vcpus 0; vcpu-vm: the
+    # type-0 VM where its vcpu 0 was made
+    fd: Literal["dev", "vm", "vm-hv", "vm-pr", "vcpu", "vcpu-vm", "vcpu-hv", "vcpu-pr"]
     request: Callable[[Arch], int]
     arg: Callable[[Arch], int | bytes]
     returns_fd: bool = False
@@ -171,6 +190,51 @@ def probed_caps(revisions: Iterable[AbiRevision]) -> list[int]:
 SWEEP_CAPS = range(0, 301)  # the lab asks every capability number up to here, on both fds
 
 
+def vcpu_probes() -> Iterator[Probe]:
+    """The vcpu's ioctls, on vcpu 0 of the type-0 VM (:func:`run` makes it first): more ids
+    (EEXIST, KVM_MAX_VCPU_IDS, HV's virtual cores), the vcpu ioctls' error paths, the registers,
+    and KVM_ENABLE_CAP's capabilities in an order whose answers depend on it (HV's sanity
+    check passes only once PAPR is on).  KVM_RUN is asked with an argument only: a real
+    kernel would run a sane vcpu's guest."""
+    create = KVM_CREATE_VCPU.request
+    # ids in sequence only: QEMU as a nested-papr L0 asserts that H_GUEST_CREATE_VCPU's id is
+    # the guest's vcpu count (hw/ppc/spapr_nested.c), and the kernel asks it before it checks
+    # the id's virtual core; 16384 and -1 fail in kvm_main before that
+    for name, vcpu_id in (("1", 1), ("1 again", 1), ("2", 2), ("16384", 16384), ("-1", -1)):
+        yield Probe(f"create vcpu {name}", "vcpu-vm", create, lambda a, v=vcpu_id: v, returns_fd=True)  # type: ignore[misc]
+    yield Probe("vcpu run arg 1", "vcpu", KVM_RUN.request, lambda a: 1)
+    yield Probe("vcpu ioctl type g", "vcpu", lambda a: a.ioc.io(ord("g"), 0x80), lambda a: 0)
+    yield Probe("vcpu ioctl nr 0xff", "vcpu", lambda a: a.ioc.io(KVMIO, 0xFF), lambda a: 0)
+    yield Probe("vcpu get regs", "vcpu", KVM_GET_REGS.request, lambda a: b"\xaa" * KVM_REGS.size)
+    yield Probe("vcpu get regs NULL", "vcpu", KVM_GET_REGS.request, lambda a: NULL)
+    yield Probe("vcpu set regs NULL", "vcpu", KVM_SET_REGS.request, lambda a: NULL)
+    yield Probe("vcpu set regs", "vcpu", KVM_SET_REGS.request, lambda a: bytes(KVM_REGS.size))
+    yield Probe("vcpu get regs after set", "vcpu", KVM_GET_REGS.request, lambda a: b"\xaa" * KVM_REGS.size)
+    msr_ts = {"pc": 0x100, "msr": 3 << 33 | MSR_ME | 1}  # an illegal transaction state, ME, LE
+    yield Probe("vcpu set regs msr ts", "vcpu", KVM_SET_REGS.request, lambda a: KVM_REGS.pack(a.byteorder, msr_ts))
+    yield Probe("vcpu get regs after msr ts", "vcpu", KVM_GET_REGS.request, lambda a: b"\xaa" * KVM_REGS.size)
+    yield Probe("vcpu get sregs", "vcpu", KVM_GET_SREGS.request, lambda a: b"\xaa" * KVM_SREGS.size)
+    yield Probe("vcpu get sregs NULL", "vcpu", KVM_GET_SREGS.request, lambda a: NULL)
+    yield Probe("vcpu set sregs NULL", "vcpu", KVM_SET_SREGS.request, lambda a: NULL)
+
+    def cap(number: int, flags: int = 0, arg0: int = 0) -> Callable[[Arch], bytes]:
+        values = {"cap": number, "flags": flags, "arg0": arg0}
+        return lambda a: KVM_ENABLE_CAP_STRUCT.pack(a.byteorder, values)
+
+    enable = KVM_ENABLE_CAP.request
+    yield Probe("vcpu enable cap NULL", "vcpu", enable, lambda a: NULL)
+    yield Probe("vcpu enable cap papr flags 1", "vcpu", enable, cap(KVM_CAP_PPC_PAPR, flags=1))
+    yield Probe("vcpu enable cap 12345", "vcpu", enable, cap(12345))
+    yield Probe("vcpu enable cap xics fd 999", "vcpu", enable, cap(KVM_CAP_IRQ_XICS, arg0=999))
+    yield Probe("vcpu enable cap xive fd 999", "vcpu", enable, cap(KVM_CAP_PPC_IRQ_XIVE, arg0=999))
+    for when in ("before papr", "after papr"):
+        if when == "after papr":
+            yield Probe("vcpu enable cap papr", "vcpu", enable, cap(KVM_CAP_PPC_PAPR))
+        yield Probe(f"vcpu enable cap osi {when}", "vcpu", enable, cap(KVM_CAP_PPC_OSI))
+        yield Probe(f"vcpu enable cap epr {when}", "vcpu", enable, cap(KVM_CAP_PPC_EPR, arg0=1))
+        yield Probe(f"vcpu enable cap fwnmi {when}", "vcpu", enable, cap(KVM_CAP_PPC_FWNMI))
+
+
 def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: bool = False) -> Iterator[Probe]:
     """Everything ``record`` and the lab ask: API version, vCPU mmap size, VM types 0-3,
     capabilities on both fds (with ``sweep``, every number in :data:`SWEEP_CAPS`: the lab's),
@@ -184,11 +248,12 @@ def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: 
     for rev in revisions:
         if rev.ioctl is not None:
             yield from compat_caps_probes(rev)
+    yield from vcpu_probes()
 
 
 def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
-    """Open the device, create a VM (type 0), run every probe; "open" and "create vm"
-    report why when the device cannot get that far."""
+    """Open the device, create a VM (type 0) and (on powerpc) its vcpu 0, run every probe;
+    "open", "create vm" and "create vcpu" report why when the device cannot get that far."""
     try:
         dev = target.open()
     except OSError as exc:
@@ -201,12 +266,21 @@ def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
         except OSError as exc:
             answers["create vm"] = Answer(error=errname(exc.errno))
             vm = -1
-        fds = {"dev": dev, "vm": vm}
+        vcpu = -1
+        if vm >= 0 and target.arch.is_powerpc:  # a vcpu of vm: what the vcpu probes ask (x86's is not modelled)
+            try:
+                vcpu = int(target.ioctl(vm, KVM_CREATE_VCPU.request(target.arch), 0))
+                answers["create vcpu"] = Answer(fd=True)
+            except OSError as exc:
+                answers["create vcpu"] = Answer(error=errname(exc.errno))
+        fds = {"dev": dev, "vm": vm, "vcpu": vcpu, "vcpu-vm": vm if vcpu >= 0 else -1}
         try:
             for probe in probes:
                 if fds[probe.fd] >= 0:
                     answers[probe.name] = probe.run(target, fds)
         finally:
+            if vcpu >= 0:
+                target.close(vcpu)
             if vm >= 0:
                 target.close(vm)
     finally:

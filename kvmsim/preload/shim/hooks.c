@@ -183,8 +183,8 @@ SHIM_API DIR *opendir(const char *path)
 static int stat_of_fd(int fd, struct stat *st)
 {
 	int r = real.fstat(fd, st);
-	if (r == 0 && S_ISSOCK(st->st_mode)) {
-		int kind = placeholder_kind(fd);
+	if (r == 0 && (S_ISSOCK(st->st_mode) || S_ISREG(st->st_mode))) { /* a socket, or a vcpu's memfd */
+		long kind = placeholder_kind(fd);
 		if (kind != NOT_OURS)
 			return placeholder_stat(kind, st);
 	}
@@ -248,14 +248,16 @@ SHIM_API int statx(int dirfd, const char *path, int flags, unsigned mask, struct
 	shim_ready();
 	struct lookup l;
 	struct stat st;
-	int r, kind;
+	int r;
+	long kind;
 	if (!real.statx) {
 		errno = ENOSYS;
 		return -1;
 	}
 	if ((flags & AT_EMPTY_PATH) && empty(path) && dirfd != AT_FDCWD) {
 		r = real.statx(dirfd, path, flags, mask, stx);
-		if (r == 0 && S_ISSOCK(stx->stx_mode) && (kind = placeholder_kind(dirfd)) != NOT_OURS) {
+		if (r == 0 && (S_ISSOCK(stx->stx_mode) || S_ISREG(stx->stx_mode)) &&
+		    (kind = placeholder_kind(dirfd)) != NOT_OURS) {
 			if ((r = placeholder_stat(kind, &st)) == 0)
 				statx_from_stat(&st, stx);
 		}
@@ -317,7 +319,7 @@ SHIM_API int ioctl(int fd, unsigned long request, ...)
 
 /* The errno of operation op on placeholder fd: one a kind, asked of the server only where
  * the two kinds differ (the compiler folds the rest). */
-#define FILE_OP_ERR(fd, op) (DEV_##op == VM_##op ? DEV_##op : placeholder_kind(fd) == IS_VM ? VM_##op : DEV_##op)
+#define FILE_OP_ERR(fd, op) (DEV_##op == VM_##op ? DEV_##op : placeholder_kind(fd) != IS_DEV_KVM ? VM_##op : DEV_##op)
 
 #define FAILS_ON_PLACEHOLDER(type, name, params, args, err)                                              \
 	SHIM_API type name params                                                                          \
@@ -378,10 +380,14 @@ static int own_fd_link(const char *path)
 	return *end || fd > INT_MAX ? -1 : (int)fd;
 }
 
-/* What the link of a placeholder reads, or NULL when fd is none. */
-static const char *placeholder_link(int fd)
+/* What the link of a placeholder reads, or NULL when fd is none (a vcpu's in buf). */
+static const char *placeholder_link(int fd, char *buf, size_t size)
 {
-	int kind = fd < 0 ? NOT_OURS : placeholder_kind(fd);
+	long kind = fd < 0 ? NOT_OURS : placeholder_kind(fd);
+	if (kind >= IS_VCPU) {
+		snprintf(buf, size, VCPU_LINK, kind - IS_VCPU);
+		return buf;
+	}
 	return kind == IS_VM ? VM_LINK : kind == IS_DEV_KVM ? "/dev/kvm" : NULL;
 }
 
@@ -400,14 +406,16 @@ static ssize_t put_link(const char *text, char *buf, size_t size)
 SHIM_API ssize_t readlink(const char *path, char *buf, size_t size)
 {
 	shim_ready();
-	const char *text = placeholder_link(own_fd_link(path));
+	char vcpu[40];
+	const char *text = placeholder_link(own_fd_link(path), vcpu, sizeof(vcpu));
 	return text ? put_link(text, buf, size) : real.readlink(path, buf, size);
 }
 
 SHIM_API ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t size)
 {
 	shim_ready();
-	const char *text = placeholder_link(own_fd_link(path)); /* an absolute path ignores dirfd */
+	char vcpu[40];
+	const char *text = placeholder_link(own_fd_link(path), vcpu, sizeof(vcpu)); /* an absolute path ignores dirfd */
 	return text ? put_link(text, buf, size) : real.readlinkat(dirfd, path, buf, size);
 }
 

@@ -4,16 +4,52 @@
  * the server's process (SO_PEERCRED of a socketpair is the process that made it, which no
  * other user can be); its identity is the socket inode's dev/ino, and the server, which
  * alone knows its placeholders, answers any other (the shim's own connection) as foreign.
+ * A vcpu's placeholder is a memfd the server made (its mmap is the vcpu's kvm_run): an
+ * unlinked regular file on the memfd device is the server's only when the server says so.
  * Any other fd costs one fstat. */
 #include "shim.h"
 
 #include <errno.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 #include <endian.h>
+
+/* What the server says the file of identity id is: NOT_OURS, IS_DEV_KVM or IS_VM. */
+static long identify(const struct identity *id)
+{
+	unsigned char req[IDENTIFY_SIZE];
+	uint32_t flags;
+	int new_fd;
+	uint64_t dev = htobe64(id->dev), ino = htobe64(id->ino);
+	memcpy(req, &dev, 8);
+	memcpy(req + 8, &ino, 8);
+	struct request r = {.type = IDENTIFY, .fixed = req, .fixed_len = sizeof(req)};
+	return kvmsim_call(&r, &flags, &new_fd);
+}
+
+/* The device every memfd's inode lives on (the kernel's internal shm mount), learnt once:
+ * a vcpu's placeholder is a memfd of the server's. */
+static dev_t memfd_device(void)
+{
+	static dev_t dev;
+	static int known; /* 0 not yet, 1 known, -1 none (no memfd_create here) */
+	int k = __atomic_load_n(&known, __ATOMIC_ACQUIRE);
+	if (!k) {
+		struct stat st;
+		int fd = memfd_create("kvmsim-shim", MFD_CLOEXEC);
+		k = fd >= 0 && real.fstat(fd, &st) == 0 ? 1 : -1;
+		if (k == 1)
+			__atomic_store_n(&dev, st.st_dev, __ATOMIC_RELAXED);
+		if (fd >= 0)
+			real.close(fd);
+		__atomic_store_n(&known, k, __ATOMIC_RELEASE);
+	}
+	return k == 1 ? __atomic_load_n(&dev, __ATOMIC_RELAXED) : (dev_t)-1;
+}
 
 SHIM_INTERNAL int is_placeholder(int fd, struct identity *id)
 {
@@ -21,33 +57,30 @@ SHIM_INTERNAL int is_placeholder(int fd, struct identity *id)
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	struct stat st;
-	if (fd >= 0 && real.fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
-	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
-	    cred.pid == kvmsim_server_pid()) {
+	if (fd >= 0 && real.fstat(fd, &st) == 0) {
 		id->dev = (uint64_t)st.st_dev;
 		id->ino = (uint64_t)st.st_ino;
-		yes = 1;
+		if (S_ISSOCK(st.st_mode))
+			yes = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
+			      cred.pid == kvmsim_server_pid();
+		else if (S_ISREG(st.st_mode) && st.st_nlink == 0 && st.st_dev == memfd_device())
+			yes = identify(id) >= IS_VCPU; /* an unlinked memfd: ours only if the server says so */
 	}
 	errno = e;
 	return yes;
 }
 
-/* What the server says fd is: NOT_OURS, IS_DEV_KVM or IS_VM (errno untouched). */
-SHIM_INTERNAL int placeholder_kind(int fd)
+/* What the server says fd is: NOT_OURS, IS_DEV_KVM, IS_VM or IS_VCPU + the vcpu's id (errno
+ * untouched). */
+SHIM_INTERNAL long placeholder_kind(int fd)
 {
 	struct identity id;
-	unsigned char req[IDENTIFY_SIZE];
-	uint32_t flags;
-	int e = errno, new_fd;
+	int e = errno;
 	if (!is_placeholder(fd, &id))
 		return NOT_OURS;
-	uint64_t dev = htobe64(id.dev), ino = htobe64(id.ino);
-	memcpy(req, &dev, 8);
-	memcpy(req + 8, &ino, 8);
-	struct request r = {.type = IDENTIFY, .fixed = req, .fixed_len = sizeof(req)};
-	long kind = kvmsim_call(&r, &flags, &new_fd);
+	long kind = identify(&id);
 	errno = e;
-	return kind == IS_DEV_KVM || kind == IS_VM ? (int)kind : NOT_OURS;
+	return kind == IS_DEV_KVM || kind == IS_VM || kind >= IS_VCPU ? kind : NOT_OURS;
 }
 
 /* A stat of the simulated /dev/kvm: a character device 10:232, mode 0660, root's; or ENOENT
@@ -77,8 +110,8 @@ static int anon_inode_stat(struct stat *st)
 	return r;
 }
 
-/* fstat of a placeholder: the device's, or a VM's anon inode. */
-SHIM_INTERNAL int placeholder_stat(int kind, struct stat *st)
+/* fstat of a placeholder: the device's, or a VM's or vcpu's anon inode. */
+SHIM_INTERNAL int placeholder_stat(long kind, struct stat *st)
 {
-	return kind == IS_VM ? anon_inode_stat(st) : dev_kvm_stat(st);
+	return kind == IS_DEV_KVM ? dev_kvm_stat(st) : anon_inode_stat(st);
 }

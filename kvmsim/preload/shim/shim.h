@@ -122,8 +122,8 @@ struct identity {
 };
 
 SHIM_INTERNAL int is_placeholder(int fd, struct identity *id); /* errno untouched */
-SHIM_INTERNAL int placeholder_kind(int fd);                     /* NOT_OURS, IS_DEV_KVM, IS_VM */
-SHIM_INTERNAL int placeholder_stat(int kind, struct stat *st);
+SHIM_INTERNAL long placeholder_kind(int fd); /* NOT_OURS, IS_DEV_KVM, IS_VM, IS_VCPU + id */
+SHIM_INTERNAL int placeholder_stat(long kind, struct stat *st);
 SHIM_INTERNAL int dev_kvm_stat(struct stat *st);
 
 /* ---- namei.c: which file a path names ----------------------------------------------- */
