@@ -20,6 +20,15 @@ from kvmsim.uapi import REVISIONS
 pytest_plugins = ["pytester"]
 
 C_CLIENT = Path(__file__).resolve().parent.parent / "examples" / "c" / "kvm_compat_caps.c"
+# a child program's helper: a call's value, or the name of its errno
+ERRNO_OF = """
+import errno
+def e(f):
+    try:
+        return f()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+"""
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
 
 

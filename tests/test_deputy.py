@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import needs_seccomp
+from conftest import ERRNO_OF, needs_seccomp
 
 from kvmsim import Kernel
 from kvmsim.intercept import placeholder, server, trust, wire
@@ -47,17 +47,6 @@ def run(
         [*wrapper, str(KVMSIM), "run", "--host", "powervm-p11", "--intercept", intercept, "--", *command],
         capture_output=True, text=True, timeout=timeout, **options,
     )  # fmt: skip
-
-
-# the child programs' helper: a call's value, or the name of its errno
-ERRNO_OF = """
-import errno
-def e(f):
-    try:
-        return f()
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
-"""
 
 
 @pytest.fixture

@@ -170,7 +170,9 @@ def public_names(path: Path) -> list[str]:
         if isinstance(node, ast.FunctionDef | ast.ClassDef):
             names.append(node.name)
         elif isinstance(node, ast.Assign):
-            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+            for target in node.targets:  # a name, or a tuple of them (A, B = 1, 2)
+                elts = target.elts if isinstance(target, ast.Tuple) else [target]
+                names += [e.id for e in elts if isinstance(e, ast.Name)]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.append(node.target.id)
     return [n for n in names if not n.startswith("_")]

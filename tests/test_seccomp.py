@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import C_CLIENT, REVS, client_answer, needs_cc, needs_seccomp, printed_answer
+from conftest import C_CLIENT, ERRNO_OF, REVS, client_answer, needs_cc, needs_seccomp, printed_answer
 
 from kvmsim import Kernel
 from kvmsim.intercept import trust
@@ -374,13 +374,10 @@ def test_out_of_descriptors_an_open_is_emfile_and_the_next_one_works() -> None:
     assert r.stdout.strip() == "24 12", r.stderr
 
 
-VCPU_MAPPING = """
-import errno, fcntl, mmap, os, struct
-def e(f):
-    try:
-        return f()
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
+VCPU_MAPPING = (
+    ERRNO_OF
+    + """
+import fcntl, mmap, os, struct
 dev = os.open("/dev/kvm", os.O_RDWR)
 vm = fcntl.ioctl(dev, 0x2000AE01, 0)
 vcpu = fcntl.ioctl(vm, 0x2000AE41, 0)
@@ -398,6 +395,7 @@ again = e(lambda: fcntl.ioctl(vcpu, 0x2000AE80, 0))
 print(size, before, insane, papr, ran, exit_reason(), event[0], again,
       e(lambda: os.ftruncate(vcpu, 0)), e(lambda: os.ftruncate(vcpu, 1 << 20)), os.readlink(f"/proc/self/fd/{vcpu}"))
 """
+)
 
 
 @BOTH

@@ -26,12 +26,19 @@ from kvmsim.uapi import (
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_SYSTEM_EVENT,
     KVM_GET_SREGS,
+    KVM_PPC_1T_SEGMENTS,
+    KVM_PPC_GET_SMMU_INFO,
+    KVM_PPC_NO_HASH,
+    KVM_PPC_PAGE_SIZES_REAL,
+    KVM_PPC_SMMU_INFO,
     KVM_REGS,
     KVM_SET_SREGS,
     KVM_SREGS,
     KVM_SYSTEM_EVENT_SHUTDOWN,
     MSR_ME,
     SLB_ESID_V,
+    SLB_VSID_L,
+    SLB_VSID_LP_01,
     UNMODELLED_IOCTLS,
 )
 
@@ -352,3 +359,53 @@ def test_a_struct_copied_in_from_a_top_bit_address_reads_kernel_memory_on_bare_m
         assert errno_of(g.k.sys_ioctl, g.vcpu, request, 0xC000000000000000) == answer
     assert errno_of(g.k.sys_ioctl, g.vcpu, g.k.KVM_GET_REGS, 0xC000000000000000) == errno.EFAULT
     assert errno_of(g.k.sys_ioctl, g.vcpu, g.k.KVM_SET_REGS, 0x4000000000000000) == errno.EFAULT
+
+
+# -- KVM_PPC_GET_SMMU_INFO --------------------------------------------------------------------
+
+
+def smmu_of(k: Kernel, vm: int) -> dict[str, int]:
+    out = k.ioctl(vm, KVM_PPC_GET_SMMU_INFO.request(k.arch), bytes(KVM_PPC_SMMU_INFO.size))
+    return {f: v for f, v in KVM_PPC_SMMU_INFO.unpack(k.arch.byteorder, bytes(out)).items() if v}
+
+
+def segment(i: int, shift: int, slb_enc: int, *encs: tuple[int, int]) -> dict[str, int]:
+    seg = {f"sps{i}_page_shift": shift, f"sps{i}_slb_enc": slb_enc}
+    for j, (page_shift, pte_enc) in enumerate(encs):
+        seg |= {f"sps{i}_enc{j}_page_shift": page_shift, f"sps{i}_enc{j}_pte_enc": pte_enc}
+    return {k: v for k, v in seg.items() if v}
+
+
+@pytest.mark.parametrize("host", ["powervm-p11", "powernv-p10", "qemu-nested-hv-p9"])
+def test_smmu_info_of_an_hv_vm(host: str) -> None:
+    """kvm_vm_ioctl_get_smmu_info_hv: 32 keys each, real-mode sizes and 1T segments, a 32-entry
+    SLB, 4K/64K/16M segments with 16M pages (LP 0x38, 8); an L1 runs no HPT guests (NO_HASH)."""
+    k = Kernel.from_profile(host)
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    flags = KVM_PPC_PAGE_SIZES_REAL | KVM_PPC_1T_SEGMENTS | (KVM_PPC_NO_HASH if k.host.platform == "pseries" else 0)
+    assert smmu_of(k, vm) == {
+        "flags": flags, "slb_size": 32, "data_keys": 32, "instr_keys": 32,
+        **segment(0, 12, 0, (12, 0), (24, 0x38)),
+        **segment(1, 16, SLB_VSID_L | SLB_VSID_LP_01, (16, 1), (24, 8)),
+        **segment(2, 24, SLB_VSID_L, (24, 0)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host", "multi"),
+    [("qemu-powernv9-hash-hv-pr-64k", True), ("pseries-kvm-pr", False), ("qemu-pr-p10-hash-64k", False)],
+)
+def test_smmu_info_of_a_pr_vm_follows_its_first_vcpu(host: str, multi: bool) -> None:
+    """kvm_vm_ioctl_get_smmu_info_pr: 4K and 16M; 64K pages and 1T segments only once the VM's
+    first vcpu emulates a CPU from POWER6 to POWER9 (kvmppc_set_pvr_pr's list stops there: a
+    POWER10 host's vcpu has neither, as the lab's PR boot answers)."""
+    k = Kernel.from_profile(host)
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 2))
+    minimum = {"slb_size": 64, **segment(0, 12, 0, (12, 0)), **segment(1, 24, SLB_VSID_L, (24, 0))}
+    assert smmu_of(k, vm) == minimum
+    k.ioctl(vm, k.KVM_CREATE_VCPU, 0)
+    if multi:
+        with_64k = {"flags": KVM_PPC_1T_SEGMENTS, **segment(1, 16, SLB_VSID_L | SLB_VSID_LP_01, (16, 1))}
+        assert smmu_of(k, vm) == {**minimum, **with_64k, **segment(2, 24, SLB_VSID_L, (24, 0))}
+    else:
+        assert smmu_of(k, vm) == minimum

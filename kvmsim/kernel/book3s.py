@@ -54,6 +54,7 @@ class Book3sVcpu:
     # (slb_max of them), PR's 64 by index; and PR's SDR1
     slb: list[tuple[int, int]] = attrs.Factory(list)
     sdr1: int = 0
+    multi_pgsize: bool = False  # BOOK3S_HFLAG_MULTI_PGSIZE (PR: a POWER6 to POWER9 PVR, once set kept)
     papr_enabled: bool = False
     osi_enabled: bool = False
     epr_user: bool = False
@@ -108,6 +109,15 @@ def kvmppc_set_msr_pr(vcpu: Book3sVcpu, msr: int) -> int:
     return msr
 
 
+# kvmppc_set_pvr_pr(): "If they're asking for POWER6 or later, set the flag indicating that
+# we can do multiple large page sizes and 1TB segments" -- the list stops at POWER9
+MULTI_PGSIZE_PVR_VERS = frozenset({0x3E, 0x3F, 0x4A, 0x4D, 0x4B, 0x4C, 0x66, 0x4E})
+
+
+def pr_multi_pgsize(pvr: int) -> bool:
+    return pvr >> 16 in MULTI_PGSIZE_PVR_VERS
+
+
 HV_SLB_NR = 32  # kvmppc_mmu_book3s_hv_init: "POWER7/POWER8"
 PR_SLB_NR = 64  # kvmppc_core_vcpu_create_pr
 ESID_MASK = 0xFFFFFFFFF0000000
@@ -137,6 +147,7 @@ def set_sregs(vcpu: Book3sVcpu, sregs: dict[str, int]) -> None:
     if not pvr_is_book3s_64(sregs["pvr"]):
         raise KvmError(errno.ENOTTY, f"not modelled: KVM_SET_SREGS with a 32-bit Book3S PVR {sregs['pvr']:#x} (PR)")
     vcpu.pvr, vcpu.sdr1 = sregs["pvr"], sregs["sdr1"]
+    vcpu.multi_pgsize |= pr_multi_pgsize(vcpu.pvr)
     slb = [(0, 0)] * PR_SLB_NR
     for i in range(PR_SLB_NR):
         rb, rs = sregs[f"slb{i}e"], sregs[f"slb{i}v"]

@@ -8,7 +8,19 @@ from collections.abc import Callable
 
 import attrs
 
-from ..uapi import CAP_MODES, KVM_PPC_COMPAT_BITMASK, MSR_ME, AbiRevision, CompatMode, mode_of_logical_pvr
+from ..uapi import (
+    CAP_MODES,
+    KVM_PPC_1T_SEGMENTS,
+    KVM_PPC_COMPAT_BITMASK,
+    KVM_PPC_NO_HASH,
+    KVM_PPC_PAGE_SIZES_REAL,
+    MSR_ME,
+    SLB_VSID_L,
+    SLB_VSID_LP_01,
+    AbiRevision,
+    CompatMode,
+    mode_of_logical_pvr,
+)
 from . import papr
 from .book3s import Book3sVcpu, new_vcpu
 from .book3s_pr import KvmppcOps
@@ -186,6 +198,30 @@ def kvmppc_core_vcpu_create_hv(host: Host, vcores: set[int], vcpu_id: int) -> Bo
     vcores.add(core)
     assert host.cpu.pvr is not None
     return new_vcpu(True, host.cpu.pvr, MSR_ME)
+
+
+def kvmppc_pgsize_lp_encoding(base_shift: int, actual_shift: int) -> int:
+    """asm/kvm_book3s_64.h: the LP field of a page of ``actual_shift`` in a segment of base
+    ``base_shift`` (4K, 64K, 16M), -1 for none."""
+    if base_shift == 24:
+        return 0
+    return {(12, 12): 0, (12, 16): 7, (12, 24): 0x38, (16, 16): 1, (16, 24): 8}.get((base_shift, actual_shift), -1)
+
+
+# kvm_vm_ioctl_get_smmu_info_hv(): 32 data keys (and instruction keys from ISA 2.07S: POWER8
+# on), 1T segments, a 32-entry SLB, 4K/64K/16M segments each with 16M pages too; an L1 runs
+# no HPT guests
+def kvm_vm_ioctl_get_smmu_info_hv(host: Host) -> dict[str, int]:
+    info = {"data_keys": 32, "instr_keys": 32, "flags": KVM_PPC_PAGE_SIZES_REAL | KVM_PPC_1T_SEGMENTS, "slb_size": 32}
+    for i, (shift, sllp) in enumerate(((12, 0), (16, SLB_VSID_L | SLB_VSID_LP_01), (24, SLB_VSID_L))):
+        info |= {f"sps{i}_page_shift": shift, f"sps{i}_slb_enc": sllp, f"sps{i}_enc0_page_shift": shift,
+                 f"sps{i}_enc0_pte_enc": kvmppc_pgsize_lp_encoding(shift, shift)}  # fmt: skip
+        penc = kvmppc_pgsize_lp_encoding(shift, 24)
+        if shift != 24 and penc != -1:  # "Add 16MB MPSS support"
+            info |= {f"sps{i}_enc1_page_shift": 24, f"sps{i}_enc1_pte_enc": penc}
+    if kvmhv_on_pseries(host):
+        info["flags"] |= KVM_PPC_NO_HASH
+    return info
 
 
 def kvmppc_book3s_init_hv(host: Host, rev: AbiRevision, printk: Callable[[str], None]) -> HvModule:

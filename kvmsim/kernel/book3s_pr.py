@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import attrs
 
-from .book3s import Book3sVcpu, new_vcpu
+from ..uapi import KVM_PPC_1T_SEGMENTS, SLB_VSID_L, SLB_VSID_LP_01
+from .book3s import Book3sVcpu, new_vcpu, pr_multi_pgsize
 from .errors import KvmError
 from .profile import Host
 
@@ -28,7 +29,21 @@ def kvmppc_core_vcpu_create_pr(host: Host) -> Book3sVcpu:
     """The host's PVR (a machine with 1T segments: every POWER here), an MSR of 0 (the shared
     page starts zeroed), and sane: PR runs non-PAPR guests too."""
     assert host.cpu.pvr is not None
-    return new_vcpu(False, host.cpu.pvr, 0)
+    vcpu = new_vcpu(False, host.cpu.pvr, 0)
+    vcpu.multi_pgsize = pr_multi_pgsize(vcpu.pvr)
+    return vcpu
+
+
+# kvm_vm_ioctl_get_smmu_info_pr(): a 64-entry SLB, 4K and 16M pages; 64K pages and 1T segments
+# only where the VM's first vcpu emulates a CPU that has them (none yet: the minimum)
+def kvm_vm_ioctl_get_smmu_info_pr(first_vcpu: Book3sVcpu | None) -> dict[str, int]:
+    info = {"slb_size": 64, "sps0_page_shift": 12, "sps0_enc0_page_shift": 12}
+    i = 1
+    if first_vcpu is not None and first_vcpu.multi_pgsize:
+        info |= {"flags": KVM_PPC_1T_SEGMENTS, "sps1_page_shift": 16, "sps1_slb_enc": SLB_VSID_L | SLB_VSID_LP_01,
+                 "sps1_enc0_page_shift": 16, "sps1_enc0_pte_enc": 1}  # fmt: skip
+        i = 2
+    return info | {f"sps{i}_page_shift": 24, f"sps{i}_slb_enc": SLB_VSID_L, f"sps{i}_enc0_page_shift": 24}
 
 
 # kvmppc_core_check_processor_compat_pr(): PR cannot run on a radix POWER9+ partition

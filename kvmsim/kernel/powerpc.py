@@ -56,6 +56,8 @@ from ..uapi import (
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    KVM_PPC_GET_SMMU_INFO,
+    KVM_PPC_SMMU_INFO,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
     AbiRevision,
@@ -67,11 +69,12 @@ from .book3s import Book3sVcpu, EnableCapContext
 from .book3s_hv import (
     THREADS_PER_SUBCORE,
     HvModule,
+    kvm_vm_ioctl_get_smmu_info_hv,
     kvmhv_on_pseries,
     kvmppc_book3s_init_hv,
     kvmppc_core_vcpu_create_hv,
 )
-from .book3s_pr import KvmppcOps, kvmppc_book3s_init_pr, kvmppc_core_vcpu_create_pr
+from .book3s_pr import KvmppcOps, kvm_vm_ioctl_get_smmu_info_pr, kvmppc_book3s_init_pr, kvmppc_core_vcpu_create_pr
 from .errors import InvalidInput, KvmError
 from .profile import Host
 from .usermem import Fault, NonZeroTail, UserAccess
@@ -119,6 +122,7 @@ class Vm:
     ops: KvmppcOps
     hv: bool  # is_kvmppc_hv_enabled(kvm)
     vcores: set[int] = attrs.field(factory=set, eq=False)
+    vcpus: list[Book3sVcpu] = attrs.field(factory=list, eq=False)  # by index: kvm_get_vcpu(kvm, i)
 
 
 class PowerpcKvm:
@@ -138,6 +142,7 @@ class PowerpcKvm:
             self.steps = STEPS[rev.rules]
         self.request = rev.request(host.arch)
         self.KVM_ENABLE_CAP = KVM_ENABLE_CAP.request(host.arch)
+        self.KVM_PPC_GET_SMMU_INFO = KVM_PPC_GET_SMMU_INFO.request(host.arch)
         self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module
         self.hv: HvModule | None = None
         self.pr: KvmppcOps | None = None
@@ -243,11 +248,12 @@ class PowerpcKvm:
 
     # kvm_arch_vcpu_create() → kvmppc_core_vcpu_create(): the VM's backend makes it
     def vcpu_create(self, vm: Vm, vcpu_id: int) -> Book3sVcpu:
-        return (
-            kvmppc_core_vcpu_create_hv(self.host, vm.vcores, vcpu_id)
-            if vm.hv
-            else kvmppc_core_vcpu_create_pr(self.host)
-        )
+        if vm.hv:
+            vcpu = kvmppc_core_vcpu_create_hv(self.host, vm.vcores, vcpu_id)
+        else:
+            vcpu = kvmppc_core_vcpu_create_pr(self.host)
+        vm.vcpus.append(vcpu)
+        return vcpu
 
     # kvm_arch_vcpu_ioctl(): what kvm_vcpu_ioctl's own switch leaves to the arch
     def vcpu_ioctl(self, vcpu: Book3sVcpu, request: int, argp: int, mem: UserAccess, ctx: EnableCapContext) -> int:
@@ -297,6 +303,14 @@ class PowerpcKvm:
 
     # kvm_arch_vm_ioctl()
     def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
+        if request == self.KVM_PPC_GET_SMMU_INFO:  # memset, the ops' get_smmu_info, copy_to_user
+            first = vm.vcpus[0] if vm.vcpus else None
+            info = kvm_vm_ioctl_get_smmu_info_hv(self.host) if vm.hv else kvm_vm_ioctl_get_smmu_info_pr(first)
+            try:
+                mem.copy_to_user(argp, KVM_PPC_SMMU_INFO.pack(self.host.arch.byteorder, info))
+            except Fault:
+                raise KvmError(errno.EFAULT, f"KVM_PPC_GET_SMMU_INFO: cannot write the struct at {argp:#x}") from None
+            return 0
         if self.ioctl is None or self.steps is None or request != self.request:
             raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x}")
         try:

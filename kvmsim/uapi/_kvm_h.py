@@ -473,6 +473,29 @@ shorter)::
     };
 """
 SLB_ESID_V = 1 << 27  # asm/book3s/64/mmu-hash.h: the SLB entry's valid bit
+SLB_VSID_L, SLB_VSID_LP_01 = 0x100, 0x10  # a large page, and its size 01 (64K with a 4K base)
+
+# The VM's MMU facts: KVM_PPC_GET_SMMU_INFO
+KVM_PPC_GET_SMMU_INFO = KvmIoctl("KVM_PPC_GET_SMMU_INFO", "read", 0xA6, 592)
+KVM_PPC_PAGE_SIZES_REAL, KVM_PPC_1T_SEGMENTS, KVM_PPC_NO_HASH = 0x1, 0x2, 0x4
+SMMU_FIELDS = tuple(
+    f"sps{i}_{f}" for i in range(8)
+    for f in ("page_shift", "slb_enc", *(f"enc{j}_{g}" for j in range(8) for g in ("page_shift", "pte_enc")))
+)  # fmt: skip
+KVM_PPC_SMMU_INFO = StructLayout(
+    "kvm_ppc_smmu_info", "QIHH" + "I" * len(SMMU_FIELDS), ("flags", "slb_size", "data_keys", "instr_keys", *SMMU_FIELDS)
+)
+"""arch/powerpc/include/uapi/asm/kvm.h::
+
+    struct kvm_ppc_one_page_size { __u32 page_shift; __u32 pte_enc; };
+    struct kvm_ppc_one_seg_page_size {
+            __u32 page_shift; __u32 slb_enc; struct kvm_ppc_one_page_size enc[KVM_PPC_PAGE_SIZES_MAX_SZ];
+    };
+    struct kvm_ppc_smmu_info {
+            __u64 flags; __u32 slb_size; __u16 data_keys; __u16 instr_keys;
+            struct kvm_ppc_one_seg_page_size sps[KVM_PPC_PAGE_SIZES_MAX_SZ];  /* 8 of each */
+    };
+"""
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -526,7 +549,6 @@ UNMODELLED_IOCTLS = (
     UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP, only=None),  # the vcpu's is modelled
     _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only=None),
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
-    _vm("KVM_PPC_GET_SMMU_INFO", "read", 0xA6, 592, KVM_CAP_PPC_GET_SMMU_INFO),
     _vm("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4, KVM_CAP_PPC_ALLOC_HTAB),
     _vm("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
     _vm("KVM_PPC_RTAS_DEFINE_TOKEN", "write", 0xAC, 128, KVM_CAP_PPC_RTAS),

@@ -28,6 +28,8 @@ from ..uapi import (
     KVM_ENABLE_CAP_STRUCT,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_PPC_GET_SMMU_INFO,
+    KVM_PPC_SMMU_INFO,
     KVM_REGS,
     KVM_RUN,
     KVM_SET_REGS,
@@ -213,6 +215,10 @@ def vcpu_probes() -> Iterator[Probe]:
     msr_ts = {"pc": 0x100, "msr": 3 << 33 | MSR_ME | 1}  # an illegal transaction state, ME, LE
     yield Probe("vcpu set regs msr ts", "vcpu", KVM_SET_REGS.request, lambda a: KVM_REGS.pack(a.byteorder, msr_ts))
     yield Probe("vcpu get regs after msr ts", "vcpu", KVM_GET_REGS.request, lambda a: b"\xaa" * KVM_REGS.size)
+    smmu = KVM_PPC_GET_SMMU_INFO.request
+    yield Probe("smmu info", "vcpu-vm", smmu, lambda a: b"\xaa" * KVM_PPC_SMMU_INFO.size)  # PR's depends on vcpu 0
+    yield Probe("smmu info NULL", "vcpu-vm", smmu, lambda a: NULL)
+    yield Probe("smmu info on dev", "dev", smmu, lambda a: b"\xaa" * KVM_PPC_SMMU_INFO.size)
     yield Probe("vcpu get sregs", "vcpu", KVM_GET_SREGS.request, lambda a: b"\xaa" * KVM_SREGS.size)
     yield Probe("vcpu get sregs NULL", "vcpu", KVM_GET_SREGS.request, lambda a: NULL)
     yield Probe("vcpu set sregs NULL", "vcpu", KVM_SET_SREGS.request, lambda a: NULL)
