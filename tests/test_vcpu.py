@@ -14,12 +14,18 @@ import pytest
 from kvmsim import Kernel
 from kvmsim.kernel import profile
 from kvmsim.uapi import (
+    KVM_CAP_DIRTY_LOG_RING,
+    KVM_CAP_HALT_POLL,
     KVM_CAP_IRQ_XICS,
+    KVM_CAP_PPC_DAWR1,
+    KVM_CAP_PPC_ENABLE_HCALL,
     KVM_CAP_PPC_EPR,
     KVM_CAP_PPC_FWNMI,
     KVM_CAP_PPC_IRQ_XIVE,
+    KVM_CAP_PPC_NESTED_HV,
     KVM_CAP_PPC_OSI,
     KVM_CAP_PPC_PAPR,
+    KVM_CAP_PPC_SECURE_GUEST,
     KVM_CAP_PPC_SMT,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
@@ -409,3 +415,69 @@ def test_smmu_info_of_a_pr_vm_follows_its_first_vcpu(host: str, multi: bool) -> 
         assert smmu_of(k, vm) == {**minimum, **with_64k, **segment(2, 24, SLB_VSID_L, (24, 0))}
     else:
         assert smmu_of(k, vm) == minimum
+
+
+# -- KVM_ENABLE_CAP on a VM ---------------------------------------------------------------------
+
+
+def vm_enable_cap(k: Kernel, vm: int, cap: int, *args: int, flags: int = 0) -> int:
+    values = {"cap": cap, "flags": flags, **{f"arg{i}": a for i, a in enumerate(args)}}
+    return int(
+        k.ioctl(vm, KVM_ENABLE_CAP.request(k.arch), bytearray(KVM_ENABLE_CAP_STRUCT.pack(k.arch.byteorder, values)))
+    )
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_enable_cap_on_a_vm(host: str) -> None:
+    """kvm_vm_ioctl_enable_cap_generic (HALT_POLL; no dirty ring on powerpc), then powerpc's:
+    flags EINVAL; ENABLE_HCALL of an hcall the VM's backend implements (HV's list and its
+    real-mode table, PR's shorter one), 4-aligned, at most H_PKS_UNWRAP_OBJECT, switch 0 or 1;
+    SMT a power of two up to 8 on HV (before ISA 3.0 a core's threads), EBUSY once a vcpu made
+    a virtual core; NESTED_HV, SECURE_GUEST and DAWR1 only on HV (kvm_hv's nested=0 EPERM,
+    nested API v2 ENODEV, no ultravisor EINVAL, no DAWR1 before POWER10 ENODEV)."""
+    k = Kernel.from_profile(host)
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    hv = bool(k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_SMT))
+    assert vm_enable_cap(k, vm, KVM_CAP_HALT_POLL, 1000) == 0
+    assert errno_of(vm_enable_cap, k, vm, KVM_CAP_HALT_POLL, 1 << 32) == errno.EINVAL
+    assert errno_of(vm_enable_cap, k, vm, KVM_CAP_DIRTY_LOG_RING, 4096) == errno.EINVAL
+    assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_ENABLE_HCALL, 0xE0, 1, flags=1) == errno.EINVAL
+    for hcall in (0x04, 0xE0, 0x31C):  # H_REMOVE, H_CEDE, H_SET_MODE: both backends
+        assert vm_enable_cap(k, vm, KVM_CAP_PPC_ENABLE_HCALL, hcall, 1) == 0
+    for hcall in (0xE1, 0x498):
+        assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_ENABLE_HCALL, hcall, 1) == errno.EINVAL
+    assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_ENABLE_HCALL, 0xE0, 2) == errno.EINVAL
+    for hcall in (0x300, 0x448, 0xDC):  # H_RANDOM (real mode), H_RPT_INVALIDATE, H_REGISTER_VPA: HV's
+        if hv:
+            assert vm_enable_cap(k, vm, KVM_CAP_PPC_ENABLE_HCALL, hcall, 0) == 0
+        else:
+            assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_ENABLE_HCALL, hcall, 0) == errno.EINVAL
+    for mode in (0, 3, 16):
+        assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_SMT, mode) == errno.EINVAL
+    assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_SECURE_GUEST) == errno.EINVAL
+    if not hv:
+        for cap in (KVM_CAP_PPC_SMT, KVM_CAP_PPC_NESTED_HV, KVM_CAP_PPC_DAWR1):
+            assert errno_of(vm_enable_cap, k, vm, cap, 2) == errno.EINVAL
+        return
+    assert vm_enable_cap(k, vm, KVM_CAP_PPC_SMT, 2) == 0  # no virtual core yet
+    k.ioctl(vm, k.KVM_CREATE_VCPU, 0)
+    assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_SMT, 2) == errno.EBUSY
+    nested = {"kvm-l1-p10": 0, "qemu-nested-hv-p10-nested-0": errno.EPERM, "powervm-p11": errno.ENODEV}.get(host)
+    if nested == 0:
+        assert vm_enable_cap(k, vm, KVM_CAP_PPC_NESTED_HV) == 0
+    elif nested is not None:
+        assert errno_of(vm_enable_cap, k, vm, KVM_CAP_PPC_NESTED_HV) == nested
+
+
+def test_smt_mode_on_isa_3_0_emulates_threads_and_packs_vcpu_ids() -> None:
+    """ENABLE_CAP(SMT, 8) before any vcpu: each vcpu still its own core (smt_mode 1), ids up to
+    KVM_MAX_VCPUS × 8 packed into the cores (kvmppc_pack_vcpu_id), a packed collision EINVAL."""
+    k = Kernel.from_profile("powervm-p11")
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    assert vm_enable_cap(k, vm, KVM_CAP_PPC_SMT, 8) == 0
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_SMT) == 1
+    top = k.host.kvm_max_vcpus
+    k.ioctl(vm, k.KVM_CREATE_VCPU, top)  # block 1: offset 4 -> core 4
+    assert errno_of(k.ioctl, vm, k.KVM_CREATE_VCPU, 4) == errno.EINVAL  # core 4 taken
+    k.ioctl(vm, k.KVM_CREATE_VCPU, 0)
+    assert errno_of(k.ioctl, vm, k.KVM_CREATE_VCPU, top * 8) == errno.EINVAL

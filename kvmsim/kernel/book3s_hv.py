@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 
@@ -177,25 +178,74 @@ def kvmhv_nested_init(module: HvModule) -> None:
         raise KvmError(errno.ENODEV, "the parent hypervisor offers neither nested API v2 nor v1")
 
 
-EMUL_SMT_MODE = 1  # kvm->arch.emul_smt_mode until KVM_ENABLE_CAP(KVM_CAP_PPC_SMT) (not modelled)
 THREADS_PER_SUBCORE = 8  # kvm->arch.smt_mode before ISA 3.0: POWER8's threads in HV mode
+MAX_SMT_THREADS = 8  # asm/kvm_book3s_asm.h
 
 
-def kvmppc_core_vcpu_create_hv(host: Host, vcores: set[int], vcpu_id: int) -> Book3sVcpu:
+# kvmppc_hcall_impl_hv(): the hcalls HV handles in virtual mode (CONFIG_SPAPR_TCE_IOMMU and
+# CONFIG_KVM_XICS built), then those with a real-mode handler (book3s_hv_rmhandlers.S's
+# hcall_real_table, its non-zero entries)
+HV_HCALLS = frozenset(
+    {0xE0, 0xE8, 0xE4, 0xDC, 0x31C, 0x1C, 0x20, 0x13C, 0x138, 0x3C, 0x40, 0x74, 0x68, 0x64, 0x6C, 0x70, 0x2FC, 0x2C,
+     0x448}
+    | {0x04, 0x08, 0x0C, 0x10, 0x14, 0x18, 0x28, 0x2C, 0x64, 0x68, 0x6C, 0x74, 0xE0, 0xE4, 0x124, 0x134, 0x2FC, 0x300}
+)  # fmt: skip
+
+
+# kvmhv_set_smt_mode(): a power of two up to MAX_SMT_THREADS; before ISA 3.0 at most a core's
+# threads ("strict" packing), from ISA 3.0 each vcpu its own core, smt_mode emulated; EBUSY
+# once the VM has a virtual core
+def kvmhv_set_smt_mode(host: Host, vm: SmtState, smt_mode: int, flags: int) -> None:
+    if flags:
+        raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP(KVM_CAP_PPC_SMT): flags {flags:#x} must be 0")
+    if smt_mode > MAX_SMT_THREADS or smt_mode <= 0 or smt_mode & (smt_mode - 1):
+        raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP(KVM_CAP_PPC_SMT): mode {smt_mode} is not a power of two up to 8")
+    esmt = 0
+    if not host.cpu.isa_300:
+        if smt_mode > THREADS_PER_SUBCORE:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP(KVM_CAP_PPC_SMT): mode {smt_mode} > threads_per_subcore")
+    else:
+        esmt, smt_mode = smt_mode, 1
+    if vm.vcores:
+        raise KvmError(errno.EBUSY, "KVM_ENABLE_CAP(KVM_CAP_PPC_SMT): the VM has virtual cores already")
+    vm.smt_mode, vm.emul_smt_mode = smt_mode, esmt
+
+
+class SmtState(Protocol):
+    """What kvmhv_set_smt_mode and vcpu creation read and write of ``kvm->arch``."""
+
+    vcores: set[int]
+    smt_mode: int
+    emul_smt_mode: int
+
+
+def kvmppc_pack_vcpu_id(emul_smt_mode: int, max_vcpus: int, vcpu_id: int) -> int:
+    """asm/kvm_book3s.h: an ISA 3.0 vcpu id packed into 0..KVM_MAX_VCPUS-1 by its block."""
+    block_offsets = (0, 4, 2, 6, 1, 5, 3, 7)
+    block = (vcpu_id // max_vcpus) * (MAX_SMT_THREADS // emul_smt_mode)
+    if block >= MAX_SMT_THREADS:
+        return 0  # WARN_ONCE("VCPU ID too large to pack")
+    packed = vcpu_id % max_vcpus + block_offsets[block]
+    return 0 if packed >= max_vcpus else packed  # WARN_ONCE("VCPU ID packing failed")
+
+
+def kvmppc_core_vcpu_create_hv(host: Host, vm: SmtState, vcpu_id: int) -> Book3sVcpu:
     """The vcpu's virtual core (``vcores``: the VM's, by core number): on ISA 3.0 one a vcpu,
     its id packed (an id of KVM_MAX_VCPUS × emul_smt_mode or more has none, and a core taken is
     a collision: EINVAL); before, ``smt_mode`` vcpus share one.  The vcpu gets the host's PVR
     ("we can't spoof it") and MSR_ME, and is not sane until PAPR is on.  Under nested API v2
     the L0 is asked to create it first (H_GUEST_CREATE_VCPU: modelled as a success)."""
     if host.cpu.isa_300:
-        if vcpu_id >= host.kvm_max_vcpus * EMUL_SMT_MODE:
-            raise KvmError(errno.EINVAL, f"vcpu id {vcpu_id}: no virtual core (KVM_MAX_VCPUS × emul_smt_mode 1)")
-        core = vcpu_id  # kvmppc_pack_vcpu_id() with emul_smt_mode 1
-        if core in vcores:
+        if vcpu_id >= host.kvm_max_vcpus * vm.emul_smt_mode:
+            raise KvmError(
+                errno.EINVAL, f"vcpu id {vcpu_id}: no virtual core (KVM_MAX_VCPUS × emul_smt_mode {vm.emul_smt_mode})"
+            )
+        core = kvmppc_pack_vcpu_id(vm.emul_smt_mode, host.kvm_max_vcpus, vcpu_id)
+        if core in vm.vcores:
             raise KvmError(errno.EINVAL, f"vcpu id {vcpu_id}: its virtual core is taken (a collision)")
     else:
-        core = vcpu_id // THREADS_PER_SUBCORE  # smt_mode vcpus a core
-    vcores.add(core)
+        core = vcpu_id // vm.smt_mode  # smt_mode vcpus a core
+    vm.vcores.add(core)
     assert host.cpu.pvr is not None
     return new_vcpu(True, host.cpu.pvr, MSR_ME)
 

@@ -24,6 +24,11 @@ class KvmppcOps:
 
 PR_OPS = KvmppcOps("kvm_pr", None)
 
+# kvmppc_hcall_impl_pr() (book3s_pr_papr.c, CONFIG_SPAPR_TCE_IOMMU and CONFIG_KVM_XICS built)
+PR_HCALLS = frozenset(
+    {0x08, 0x04, 0x18, 0x124, 0x1C, 0x20, 0x13C, 0x138, 0xE0, 0x3C, 0x40, 0x31C, 0x74, 0x68, 0x64, 0x6C, 0x70, 0x2FC}
+)
+
 
 def kvmppc_core_vcpu_create_pr(host: Host) -> Book3sVcpu:
     """The host's PVR (a machine with 1T segments: every POWER here), an MSR of 0 (the shared

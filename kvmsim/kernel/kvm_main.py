@@ -25,8 +25,13 @@ from ..uapi import (
     DEV_KVM,
     GENERIC_CAPS,
     KVM_API_VERSION,
+    KVM_CAP_DIRTY_LOG_RING,
+    KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
+    KVM_CAP_HALT_POLL,
     KVM_CAP_NR_MEMSLOTS,
     KVM_CREATE_VCPU,
+    KVM_ENABLE_CAP,
+    KVM_ENABLE_CAP_STRUCT,
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
@@ -110,6 +115,7 @@ class VcpuArch(Protocol):
     def get_sregs(self, vcpu: Any) -> dict[str, int]: ...
     def set_sregs(self, vcpu: Any, values: dict[str, int]) -> None: ...
     def check_masked_read(self, addr: int, what: str) -> None: ...
+    def vm_enable_cap(self, vm: Any, cap: int, flags: int, args: tuple[int, ...]) -> int: ...
 
 
 @attrs.frozen
@@ -313,12 +319,37 @@ class Process:
         k = self.kernel
         if cmd == k.KVM_CREATE_VCPU and k.models_vcpus:
             return self.kvm_vm_ioctl_create_vcpu(file.kvm, arg)
+        if cmd == k.KVM_ENABLE_CAP and k.vcpu_arch is not None:
+            try:
+                return self.kvm_vm_ioctl_enable_cap_generic(file.vm, arg)
+            except KvmError as exc:
+                raise _explained(exc, cmd, k, "vm", file.vm) from None
         if cmd == k.KVM_CHECK_EXTENSION:
             return k.check_extension(arg, file.vm)
         try:
             return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
         except KvmError as exc:
             raise _explained(exc, cmd, k, "vm", file.vm) from None
+
+    # kvm_vm_ioctl()'s KVM_ENABLE_CAP: copy_from_user, then kvm_vm_ioctl_enable_cap_generic's own
+    # cases (HALT_POLL; the dirty rings, which a build without them refuses), then the arch's
+    def kvm_vm_ioctl_enable_cap_generic(self, vm: object, arg: int) -> int:
+        k, arch = self.kernel, self.kernel.vcpu_arch
+        assert arch is not None
+        arch.check_masked_read(arg, "KVM_ENABLE_CAP")
+        try:
+            raw = self.memory.copy_from_user(arg, KVM_ENABLE_CAP_STRUCT.size)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"KVM_ENABLE_CAP: cannot read the struct at {arg:#x}") from None
+        cap = KVM_ENABLE_CAP_STRUCT.unpack(k.arch.byteorder, raw)
+        number, flags, args = cap["cap"], cap["flags"], tuple(cap[f"arg{i}"] for i in range(4))
+        if number == KVM_CAP_HALT_POLL:
+            if flags or args[0] > 0xFFFFFFFF:
+                raise KvmError(errno.EINVAL, "KVM_ENABLE_CAP(KVM_CAP_HALT_POLL): flags set or more than a u32 of ns")
+            return 0
+        if number in (KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) and not k.check_extension(number, vm):
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP({number}): this build has no dirty ring")
+        return arch.vm_enable_cap(vm, number, flags, args)
 
     # kvm_vm_ioctl_create_vcpu(), in its order of checks
     def kvm_vm_ioctl_create_vcpu(self, kvm: Kvm, vcpu_id: int) -> int:
@@ -437,8 +468,8 @@ class BootedKernel:
         self.config = kconfig.powerpc(host.book3s_pr) if host.arch.is_powerpc else kconfig.X86
         self._configured = self.config.answers()
         self.vcpu_arch: VcpuArch | None = self.kvm if isinstance(self.kvm, PowerpcKvm) else None
-        self.KVM_CREATE_VCPU, self.KVM_RUN, self.KVM_GET_REGS, self.KVM_SET_REGS = (
-            io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS)
+        self.KVM_CREATE_VCPU, self.KVM_RUN, self.KVM_GET_REGS, self.KVM_SET_REGS, self.KVM_ENABLE_CAP = (
+            io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_ENABLE_CAP)
         )
         # kvm_vcpu_ioctl's cases that copy a struct: request -> (name, layout, copied out)
         self.VCPU_STRUCT_IOCTLS: dict[int, tuple[str, StructLayout, bool]] = {

@@ -11,6 +11,7 @@ import attrs
 from ..uapi import CompatMode
 
 H_SUCCESS = 0
+MAX_HCALL_OPCODE = 0x494  # asm/hvcall.h: H_PKS_UNWRAP_OBJECT, the highest hcall number
 H_FUNCTION = -2
 H_RETURN_CODES: dict[str, int] = {
     "H_SUCCESS": H_SUCCESS,

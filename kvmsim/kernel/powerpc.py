@@ -67,19 +67,27 @@ from ..uapi import (
 from . import book3s
 from .book3s import Book3sVcpu, EnableCapContext
 from .book3s_hv import (
+    HV_HCALLS,
+    MAX_SMT_THREADS,
     THREADS_PER_SUBCORE,
     HvModule,
     kvm_vm_ioctl_get_smmu_info_hv,
     kvmhv_on_pseries,
+    kvmhv_set_smt_mode,
     kvmppc_book3s_init_hv,
     kvmppc_core_vcpu_create_hv,
 )
-from .book3s_pr import KvmppcOps, kvm_vm_ioctl_get_smmu_info_pr, kvmppc_book3s_init_pr, kvmppc_core_vcpu_create_pr
+from .book3s_pr import (
+    PR_HCALLS,
+    KvmppcOps,
+    kvm_vm_ioctl_get_smmu_info_pr,
+    kvmppc_book3s_init_pr,
+    kvmppc_core_vcpu_create_pr,
+)
 from .errors import InvalidInput, KvmError
+from .papr import MAX_HCALL_OPCODE
 from .profile import Host
 from .usermem import Fault, NonZeroTail, UserAccess
-
-MAX_SMT_THREADS = 8  # asm/kvm_book3s_asm.h
 
 
 def masked_read_reaches_the_kernel(host: Host, addr: int) -> bool:
@@ -114,13 +122,15 @@ PR_ONLY = frozenset(
 KVM_USER_MEM_SLOTS = 32767  # KVM_MEM_SLOTS_NUM (SHRT_MAX), no internal slots on powerpc
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class Vm:
-    """``struct kvm_arch`` as far as these ioctls care: the ops it was created with, and an
-    HV VM's virtual cores (kvm->arch.vcores, by core number)."""
+    """``struct kvm_arch`` as far as these ioctls care: the ops it was created with, an HV VM's
+    threading (smt_mode, emul_smt_mode) and virtual cores (kvm->arch.vcores, by core number)."""
 
     ops: KvmppcOps
     hv: bool  # is_kvmppc_hv_enabled(kvm)
+    smt_mode: int = 1  # kvmppc_core_init_vm_hv: threads_per_subcore before ISA 3.0, else 1
+    emul_smt_mode: int = 1
     vcores: set[int] = attrs.field(factory=set, eq=False)
     vcpus: list[Book3sVcpu] = attrs.field(factory=list, eq=False)  # by index: kvm_get_vcpu(kvm, i)
 
@@ -210,7 +220,7 @@ class PowerpcKvm:
         isa_300 = self.host.cpu.isa_300
         if ext == KVM_CAP_PPC_SMT:
             if vm is not None:
-                return (1 if isa_300 else THREADS_PER_SUBCORE) if vm.hv else 0  # kvm->arch.smt_mode
+                return vm.smt_mode if vm.hv else 0  # kvm->arch.smt_mode
             return (1 if isa_300 else THREADS_PER_SUBCORE) if hv_enabled else 0
         if ext == KVM_CAP_PPC_SMT_POSSIBLE:
             return (8 | 4 | 2 | 1) if hv_enabled and isa_300 else (THREADS_PER_SUBCORE * 2 - 1) if hv_enabled else 1
@@ -239,7 +249,8 @@ class PowerpcKvm:
         ops = {0: hv or self.pr, KVM_VM_PPC_HV: hv, KVM_VM_PPC_PR: self.pr}.get(type_)
         if ops is None:
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VM type {type_}: no such VM type or its module is not loaded")
-        return Vm(ops, hv=ops is hv)
+        smt_mode = 1 if self.host.cpu.isa_300 else THREADS_PER_SUBCORE
+        return Vm(ops, hv=ops is hv, smt_mode=smt_mode)
 
     @property
     def max_vcpu_ids(self) -> int:
@@ -248,10 +259,7 @@ class PowerpcKvm:
 
     # kvm_arch_vcpu_create() → kvmppc_core_vcpu_create(): the VM's backend makes it
     def vcpu_create(self, vm: Vm, vcpu_id: int) -> Book3sVcpu:
-        if vm.hv:
-            vcpu = kvmppc_core_vcpu_create_hv(self.host, vm.vcores, vcpu_id)
-        else:
-            vcpu = kvmppc_core_vcpu_create_pr(self.host)
+        vcpu = kvmppc_core_vcpu_create_hv(self.host, vm, vcpu_id) if vm.hv else kvmppc_core_vcpu_create_pr(self.host)
         vm.vcpus.append(vcpu)
         return vcpu
 
@@ -300,6 +308,41 @@ class PowerpcKvm:
 
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")
+
+    # kvm_vm_ioctl_enable_cap(): flags, then the capability (CONFIG_KVM_BOOK3S_64_HANDLER's
+    # ENABLE_HCALL, SMT, NESTED_HV; CONFIG_KVM_BOOK3S_HV_POSSIBLE's SECURE_GUEST, DAWR1)
+    def vm_enable_cap(self, vm: Vm, cap: int, flags: int, args: tuple[int, ...]) -> int:
+        if flags:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: flags {flags:#x} must be 0")
+        if cap == KVM_CAP_PPC_ENABLE_HCALL:
+            hcall, on = args[0], args[1]
+            if hcall > MAX_HCALL_OPCODE or hcall & 3 or on > 1:
+                raise KvmError(errno.EINVAL, f"ENABLE_HCALL: hcall {hcall:#x} or switch {on} out of range")
+            if hcall not in (HV_HCALLS if vm.hv else PR_HCALLS):  # kvmppc_book3s_hcall_implemented
+                raise KvmError(errno.EINVAL, f"ENABLE_HCALL: {vm.ops.name} implements no hcall {hcall:#x}")
+            return 0
+        if cap == KVM_CAP_PPC_SMT:
+            if not vm.hv:  # PR has no set_smt_mode
+                raise KvmError(errno.EINVAL, "KVM_ENABLE_CAP(KVM_CAP_PPC_SMT): a PR VM has no SMT modes")
+            kvmhv_set_smt_mode(self.host, vm, args[0], args[1])
+            return 0
+        if cap in (KVM_CAP_PPC_NESTED_HV, KVM_CAP_PPC_SECURE_GUEST, KVM_CAP_PPC_DAWR1) and not vm.hv:
+            raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP({cap}): only an HV VM has it")
+        if cap == KVM_CAP_PPC_NESTED_HV:  # kvmhv_enable_nested()
+            host = self.host
+            if not host.kvm_hv_nested:
+                raise KvmError(errno.EPERM, "KVM_ENABLE_CAP(KVM_CAP_PPC_NESTED_HV): kvm_hv's nested=0")
+            if not host.cpu.isa_300 or host.mmu != "radix" or (self.hv is not None and self.hv.nestedv2):
+                raise KvmError(errno.ENODEV, "KVM_CAP_PPC_NESTED_HV: needs ISA 3.0, radix, no nested API v2")
+            return 0
+        if cap == KVM_CAP_PPC_SECURE_GUEST:  # kvmhv_enable_svm(): no ultravisor memory
+            raise KvmError(errno.EINVAL, "KVM_ENABLE_CAP(KVM_CAP_PPC_SECURE_GUEST): no ultravisor")
+        if cap == KVM_CAP_PPC_DAWR1:  # kvmhv_enable_dawr1(): CPU_FTR_DAWR1
+            mode = self.host.cpu.effective
+            if mode is None or mode.level < 10:
+                raise KvmError(errno.ENODEV, "KVM_ENABLE_CAP(KVM_CAP_PPC_DAWR1): this CPU has no DAWR1")
+            return 0
+        raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: capability {cap} cannot be enabled on a VM")
 
     # kvm_arch_vm_ioctl()
     def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:

@@ -189,10 +189,17 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
             return {} if pr_built else None
         return {"book3s_pr": True} if pr_built else {}
 
+    def params(modules: list[str]) -> list[dict[str, Any]]:
+        """kvm_hv's module parameter nested, as modprobe may have passed it (KVM_ENABLE_CAP's
+        NESTED_HV tells: EPERM with nested=0)."""
+        return [{}, {"kvm_hv": {"nested": False}}] if "kvm_hv" in modules else [{}]
+
     if cpuinfo.get("platform") == "PowerNV":
         for modules in _module_sets(obs["modules"]):
             if (pr := built(modules)) is not None:
-                yield {**base, **pr, "modules": modules, "platform": "powernv", "cpu": cpu, "device_tree": dt}
+                for param in params(modules):
+                    yield {**base, **pr, **param, "modules": modules, "platform": "powernv", "cpu": cpu,
+                           "device_tree": dt}  # fmt: skip
         return
     effective = mode or mode_of_pvr(pvr)
     caps = answered_caps(probes, ARCHES[machine].byteorder)
@@ -215,7 +222,9 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
             hv["offers"] = offers
             if hcall != "H_SUCCESS":
                 hv["hcall_at_runtime"] = hcall
-        yield {**base, **pr, "modules": modules, "platform": "pseries", "cpu": cpu, "hypervisor": hv, "device_tree": dt}
+        for param in params(modules):
+            yield {**base, **pr, **param, "modules": modules, "platform": "pseries", "cpu": cpu, "hypervisor": hv,
+                   "device_tree": dt}  # fmt: skip
 
 
 def _module_sets(observed: list[str]) -> list[list[str]]:

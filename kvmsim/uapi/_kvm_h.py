@@ -546,7 +546,7 @@ def _vcpu(name: str, direction: Direction, nr: int, size: int) -> UnmodelledIoct
 UNMODELLED_IOCTLS = (
     UnmodelledIoctl(KVM_CREATE_VCPU, "vm", None, only="x86"),  # powerpc's is modelled
     _vm("KVM_SET_USER_MEMORY_REGION", "write", 0x46, 32, KVM_CAP_USER_MEMORY, only=None),
-    UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP, only=None),  # the vcpu's is modelled
+    UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP_VM, only="x86"),  # powerpc's is modelled
     _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only=None),
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
     _vm("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4, KVM_CAP_PPC_ALLOC_HTAB),

@@ -22,20 +22,29 @@ import contextlib
 import functools
 import random
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from ..kernel.errors import KvmError
 from ..kernel.kvm_main import BootedKernel, Process
 from ..kernel.usermem import PAGE_SIZE, AddressSpace
 from ..uapi import (
     ARCHES,
+    KVM_CAP_DIRTY_LOG_RING,
+    KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
+    KVM_CAP_HALT_POLL,
     KVM_CAP_IRQ_MPIC,
     KVM_CAP_IRQ_XICS,
     KVM_CAP_PPC_BOOKE_WATCHDOG,
+    KVM_CAP_PPC_DAWR1,
+    KVM_CAP_PPC_ENABLE_HCALL,
     KVM_CAP_PPC_EPR,
     KVM_CAP_PPC_FWNMI,
     KVM_CAP_PPC_IRQ_XIVE,
+    KVM_CAP_PPC_NESTED_HV,
     KVM_CAP_PPC_OSI,
     KVM_CAP_PPC_PAPR,
+    KVM_CAP_PPC_SECURE_GUEST,
+    KVM_CAP_PPC_SMT,
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
@@ -53,6 +62,7 @@ from ..uapi import (
     REVISIONS,
     AbiRevision,
     Arch,
+    StructLayout,
     errname,
 )
 from .probe import NULL, WILD, Answer, Probe
@@ -96,6 +106,10 @@ def _struct(rng: random.Random, rev: AbiRevision, arch: Arch) -> bytes:
 VCPU_CAPS = (KVM_CAP_PPC_OSI, KVM_CAP_PPC_PAPR, KVM_CAP_PPC_EPR, KVM_CAP_PPC_FWNMI, KVM_CAP_IRQ_XICS,
              KVM_CAP_PPC_IRQ_XIVE, KVM_CAP_IRQ_MPIC, KVM_CAP_PPC_BOOKE_WATCHDOG)  # fmt: skip
 NO_FD = (999, 4096, 1_000_000)
+# KVM_ENABLE_CAP on a VM: the generic ones and powerpc's (kvm_vm_ioctl_enable_cap)
+VM_CAPS = (KVM_CAP_HALT_POLL, KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL, KVM_CAP_PPC_ENABLE_HCALL,
+           KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_PPC_SMT, KVM_CAP_PPC_NESTED_HV, KVM_CAP_PPC_SECURE_GUEST,
+           KVM_CAP_PPC_DAWR1)  # fmt: skip
 # vcpu ids that reach no hypervisor: QEMU as a nested-papr L0 asserts that a new vcpu's id is
 # its count (hw/ppc/spapr_nested.c), so no case makes a new vcpu below KVM_MAX_VCPU_IDS
 # (16384 with Book3S HV built), only the one each fuzz VM has (0) again
@@ -169,10 +183,18 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
             return choices[p % len(choices)] if p % 5 else a.ioc.io(ord("g"), p % 256)
 
         return Probe(name, fd, req, _const(rng.choice((0, 1, NULL, WILD))))  # type: ignore[arg-type]
-    vm = "vm-hv" if fd == "vcpu-hv" else "vm-pr"  # KVM_CREATE_VCPU on the vcpu's VM; KVM_RUN with an argument
-    if rng.random() < 0.7:
-        return Probe(name, vm, KVM_CREATE_VCPU.request, _const(rng.choice(VCPU_IDS)), returns_fd=True)  # type: ignore[arg-type]
-    return Probe(name, fd, KVM_RUN.request, _const(rng.choice((1, 2, WILD, -1))))  # type: ignore[arg-type]
+    # on the vcpu's VM: KVM_CREATE_VCPU, or the VM's KVM_ENABLE_CAP; or KVM_RUN with an argument
+    vm: Literal["vm-hv", "vm-pr"] = "vm-hv" if fd == "vcpu-hv" else "vm-pr"
+    roll = rng.random()
+    if roll < 0.3:
+        return Probe(name, vm, KVM_CREATE_VCPU.request, _const(rng.choice(VCPU_IDS)), returns_fd=True)
+    if roll < 0.45:
+        return Probe(name, fd, KVM_RUN.request, _const(rng.choice((1, 2, WILD, -1))))  # type: ignore[arg-type]
+    cap = rng.choice((*VM_CAPS, *VM_CAPS, rng.randrange(0, 301)))
+    arg0 = rng.choice((rng.randrange(0, 0x500, 4), rng.randrange(0, 0x500), rng.randrange(0, 17), 1 << 32, 0))
+    values = {"cap": cap, "flags": rng.choice((0, 0, 0, 0, 1)), "arg0": arg0, "arg1": rng.choice((0, 1, 1, 2))}
+    struct = functools.partial(_packed, layout=KVM_ENABLE_CAP_STRUCT, values=values)
+    return Probe(name, vm, KVM_ENABLE_CAP.request, struct)
 
 
 def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values()) -> list[Probe]:
@@ -242,6 +264,10 @@ def _exact(a: Arch, *, rev: AbiRevision, seed: int, length: int) -> bytes:
 
 def _const(value: int) -> Callable[[Arch], int]:
     return lambda _arch: value
+
+
+def _packed(arch: Arch, *, layout: StructLayout, values: dict[str, int]) -> bytes:
+    return layout.pack(arch.byteorder, values)
 
 
 def _const_bytes(value: bytes) -> Callable[[Arch], bytes]:

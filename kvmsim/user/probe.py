@@ -7,6 +7,7 @@ is exactly what the simulator is checked against."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
@@ -17,12 +18,19 @@ from kvmcompat import Device
 from ..kernel.errors import InvalidInput
 from ..uapi import (
     GENERIC_CAPS,
+    KVM_CAP_DIRTY_LOG_RING,
+    KVM_CAP_HALT_POLL,
     KVM_CAP_IRQ_XICS,
+    KVM_CAP_PPC_DAWR1,
+    KVM_CAP_PPC_ENABLE_HCALL,
     KVM_CAP_PPC_EPR,
     KVM_CAP_PPC_FWNMI,
     KVM_CAP_PPC_IRQ_XIVE,
+    KVM_CAP_PPC_NESTED_HV,
     KVM_CAP_PPC_OSI,
     KVM_CAP_PPC_PAPR,
+    KVM_CAP_PPC_SECURE_GUEST,
+    KVM_CAP_PPC_SMT,
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
@@ -192,6 +200,10 @@ def probed_caps(revisions: Iterable[AbiRevision]) -> list[int]:
 SWEEP_CAPS = range(0, 301)  # the lab asks every capability number up to here, on both fds
 
 
+def _pack_enable_cap(arch: Arch, *, values: dict[str, int]) -> bytes:
+    return KVM_ENABLE_CAP_STRUCT.pack(arch.byteorder, values)
+
+
 def vcpu_probes() -> Iterator[Probe]:
     """The vcpu's ioctls, on vcpu 0 of the type-0 VM (:func:`run` makes it first): more ids
     (EEXIST, KVM_MAX_VCPU_IDS, HV's virtual cores), the vcpu ioctls' error paths, the registers,
@@ -228,6 +240,23 @@ def vcpu_probes() -> Iterator[Probe]:
         return lambda a: KVM_ENABLE_CAP_STRUCT.pack(a.byteorder, values)
 
     enable = KVM_ENABLE_CAP.request
+    # the VM's KVM_ENABLE_CAP (kvm_vm_ioctl_enable_cap_generic, then the arch's): its vcpu 0
+    # exists, so a valid SMT mode is EBUSY on HV
+    hcall, smt, poll = KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_PPC_SMT, KVM_CAP_HALT_POLL
+    vm_caps = (
+        ("flags 1", (hcall, 1, 0xE0, 1)), ("halt poll", (poll, 0, 1000, 0)), ("halt poll 2^32", (poll, 0, 1 << 32, 0)),
+        ("dirty ring", (KVM_CAP_DIRTY_LOG_RING, 0, 4096, 0)),
+        *((f"hcall {h:#x}", (hcall, 0, h, 1)) for h in (0x4, 0xDC, 0xE0, 0xE1, 0x300, 0x448, 0x498)),
+        ("hcall 0xe0 switch 2", (hcall, 0, 0xE0, 2)),
+        *((f"smt {m}", (smt, 0, m, 0)) for m in (0, 2, 3, 16)), ("smt 2 flags", (smt, 0, 2, 1)),
+        ("nested hv", (KVM_CAP_PPC_NESTED_HV, 0, 0, 0)), ("secure guest", (KVM_CAP_PPC_SECURE_GUEST, 0, 0, 0)),
+        ("dawr1", (KVM_CAP_PPC_DAWR1, 0, 0, 0)), ("12345", (12345, 0, 0, 0)),
+    )  # fmt: skip
+    yield Probe("vm enable cap NULL", "vcpu-vm", enable, lambda a: NULL)
+    for name, case in vm_caps:
+        values = dict(zip(("cap", "flags", "arg0", "arg1"), case, strict=True))
+        struct = functools.partial(_pack_enable_cap, values=values)
+        yield Probe(f"vm enable cap {name}", "vcpu-vm", enable, struct)
     yield Probe("vcpu enable cap NULL", "vcpu", enable, lambda a: NULL)
     yield Probe("vcpu enable cap papr flags 1", "vcpu", enable, cap(KVM_CAP_PPC_PAPR, flags=1))
     yield Probe("vcpu enable cap 12345", "vcpu", enable, cap(12345))
