@@ -74,7 +74,6 @@ def new_vcpu(hv: bool, pvr: int, msr: int) -> Book3sVcpu:
     KVM_ENABLE_CAP(KVM_CAP_PPC_PAPR))."""
     slb = [] if hv else [(0, 0)] * PR_SLB_NR
     vcpu = Book3sVcpu(hv, pvr, dict.fromkeys(KVM_REGS.fields, 0) | {"msr": msr}, slb)
-    vcpu.regs.pop("_", None)
     vcpu.sanity_check()
     return vcpu
 
