@@ -55,6 +55,16 @@ class Book3sVcpu:
     slb: list[tuple[int, int]] = attrs.Factory(list)
     sdr1: int = 0
     multi_pgsize: bool = False  # BOOK3S_HFLAG_MULTI_PGSIZE (PR: a POWER6 to POWER9 PVR, once set kept)
+    # the ONE_REG registers (kvmsim.kernel.one_reg): by name, the FP/VSX doublewords, the VMX ones
+    one_regs: dict[str, int] = attrs.Factory(dict)
+    fprs: list[tuple[int, int]] = attrs.Factory(lambda: [(0, 0)] * 32)
+    vrs: list[bytes] = attrs.Factory(lambda: [bytes(16)] * 32)
+    fpr_offset: int = 1  # TS_FPROFFSET: a little-endian kernel keeps the FPR in doubleword 1
+    intr_le: bool = False  # PR: intr_msr's MSR_LE (LPCR_ILE)
+    isa_300: bool = True
+    radix: bool = True  # the VM's MMU (kvm_is_radix: an HV VM on a radix host)
+    p9_radix_prefetch_bug: bool = False  # CPU_FTR_P9_RADIX_PREFETCH_BUG: POWER9 DD2.0 and DD2.1
+    backend: str = "kvm_hv"
     papr_enabled: bool = False
     osi_enabled: bool = False
     epr_user: bool = False
@@ -68,12 +78,15 @@ class Book3sVcpu:
         return 0 if sane else -errno.EINVAL
 
 
-def new_vcpu(hv: bool, pvr: int, msr: int) -> Book3sVcpu:
+def new_vcpu(hv: bool, pvr: int, msr: int, one_regs: dict[str, int] | None = None, *, little: bool = True,
+             isa_300: bool = True) -> Book3sVcpu:  # fmt: skip
     """A vcpu as its backend's create leaves it: every register 0 but the MSR, no SLB entry
     (PR: 64 empty ones), then the sanity check (an HV vcpu is not sane until
     KVM_ENABLE_CAP(KVM_CAP_PPC_PAPR))."""
     slb = [] if hv else [(0, 0)] * PR_SLB_NR
     vcpu = Book3sVcpu(hv, pvr, dict.fromkeys(KVM_REGS.fields, 0) | {"msr": msr}, slb)
+    vcpu.one_regs = dict(one_regs or {})
+    vcpu.fpr_offset, vcpu.isa_300, vcpu.backend = (1 if little else 0), isa_300, "kvm_hv" if hv else "kvm_pr"
     vcpu.sanity_check()
     return vcpu
 

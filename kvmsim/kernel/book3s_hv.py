@@ -26,6 +26,7 @@ from . import papr
 from .book3s import Book3sVcpu, new_vcpu
 from .book3s_pr import KvmppcOps
 from .errors import KvmError
+from .one_reg import first_values
 from .profile import Host
 
 
@@ -247,7 +248,11 @@ def kvmppc_core_vcpu_create_hv(host: Host, vm: SmtState, vcpu_id: int) -> Book3s
         core = vcpu_id // vm.smt_mode  # smt_mode vcpus a core
     vm.vcores.add(core)
     assert host.cpu.pvr is not None
-    return new_vcpu(True, host.cpu.pvr, MSR_ME)
+    little = host.arch.byteorder == "little"
+    vcpu = new_vcpu(True, host.cpu.pvr, MSR_ME, first_values(host, True), little=little, isa_300=host.cpu.isa_300)
+    vcpu.radix = host.mmu == "radix"
+    vcpu.p9_radix_prefetch_bug = host.cpu.pvr & 0xFFFFEFFF in (0x004E0200, 0x004E0201)  # cpufeatures_cpu_quirks
+    return vcpu
 
 
 def kvmppc_pgsize_lp_encoding(base_shift: int, actual_shift: int) -> int:

@@ -11,6 +11,7 @@ import attrs
 from ..uapi import KVM_PPC_1T_SEGMENTS, SLB_VSID_L, SLB_VSID_LP_01
 from .book3s import Book3sVcpu, new_vcpu, pr_multi_pgsize
 from .errors import KvmError
+from .one_reg import first_values
 from .profile import Host
 
 
@@ -34,7 +35,8 @@ def kvmppc_core_vcpu_create_pr(host: Host) -> Book3sVcpu:
     """The host's PVR (a machine with 1T segments: every POWER here), an MSR of 0 (the shared
     page starts zeroed), and sane: PR runs non-PAPR guests too."""
     assert host.cpu.pvr is not None
-    vcpu = new_vcpu(False, host.cpu.pvr, 0)
+    little = host.arch.byteorder == "little"
+    vcpu = new_vcpu(False, host.cpu.pvr, 0, first_values(host, False), little=little, isa_300=host.cpu.isa_300)
     vcpu.multi_pgsize = pr_multi_pgsize(vcpu.pvr)
     return vcpu
 

@@ -55,16 +55,20 @@ from ..uapi import (
     KVM_CAP_SPAPR_TCE_VFIO,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_ONE_REG,
+    KVM_ONE_REG,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_PPC_GET_SMMU_INFO,
     KVM_PPC_SMMU_INFO,
+    KVM_SET_ONE_REG,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
     AbiRevision,
     CompatCapsAbi,
     byte_swapped_hint,
+    one_reg_size,
 )
-from . import book3s
+from . import book3s, one_reg
 from .book3s import Book3sVcpu, EnableCapContext
 from .book3s_hv import (
     HV_HCALLS,
@@ -153,6 +157,10 @@ class PowerpcKvm:
         self.request = rev.request(host.arch)
         self.KVM_ENABLE_CAP = KVM_ENABLE_CAP.request(host.arch)
         self.KVM_PPC_GET_SMMU_INFO = KVM_PPC_GET_SMMU_INFO.request(host.arch)
+        self.KVM_GET_ONE_REG, self.KVM_SET_ONE_REG = (
+            KVM_GET_ONE_REG.request(host.arch),
+            KVM_SET_ONE_REG.request(host.arch),
+        )
         self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module
         self.hv: HvModule | None = None
         self.pr: KvmppcOps | None = None
@@ -276,7 +284,35 @@ class PowerpcKvm:
             cap = KVM_ENABLE_CAP_STRUCT.unpack(self.host.arch.byteorder, raw)
             args = tuple(cap[f"arg{i}"] for i in range(4))
             return book3s.enable_cap(vcpu, cap["cap"], cap["flags"], args, ctx)
+        if request in (self.KVM_GET_ONE_REG, self.KVM_SET_ONE_REG):
+            return self.vcpu_one_reg(vcpu, request == self.KVM_SET_ONE_REG, argp, mem)
         raise KvmError(errno.EINVAL, f"unknown vcpu ioctl {request:#x} (kvm_arch_vcpu_ioctl)")
+
+    # kvm_arch_vcpu_ioctl()'s ONE_REG case: the struct, then kvm_vcpu_ioctl_get/set_one_reg
+    def vcpu_one_reg(self, vcpu: Book3sVcpu, setting: bool, argp: int, mem: UserAccess) -> int:
+        bo, what = self.host.arch.byteorder, "KVM_SET_ONE_REG" if setting else "KVM_GET_ONE_REG"
+        self.check_masked_read(argp, what)
+        try:
+            reg = KVM_ONE_REG.unpack(bo, mem.copy_from_user(argp, KVM_ONE_REG.size))
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{what}: cannot read struct kvm_one_reg at {argp:#x}") from None
+        size = one_reg_size(reg["id"])
+        if size > one_reg.ONE_REG_UNION:
+            raise KvmError(errno.EINVAL, f"{what}: register {reg['id']:#x} is {size} bytes (the union is 16)")
+        if setting:
+            self.check_masked_read(reg["addr"], what)
+            try:
+                data = mem.copy_from_user(reg["addr"], size)
+            except Fault:
+                raise KvmError(errno.EFAULT, f"{what}: cannot read the value at {reg['addr']:#x}") from None
+            one_reg.set_one_reg(vcpu, reg["id"], data, bo)
+            return 0
+        value = one_reg.get_one_reg(vcpu, reg["id"], bo)
+        try:
+            mem.copy_to_user(reg["addr"], value)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{what}: cannot write the value at {reg['addr']:#x}") from None
+        return 0
 
     def check_masked_read(self, addr: int, what: str) -> None:
         """A struct copied in from an address that reads kernel memory here: what the real

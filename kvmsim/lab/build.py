@@ -42,7 +42,10 @@ def probes_h(extra: Sequence[probe.Probe] = ()) -> str:
             if p.name in fuzzed
             else {"dev": "FD_DEV", "vcpu": "FD_VCPU", "vcpu-vm": "FD_VCPU_VM"}.get(p.fd, "FD_VM")
         )
-        if isinstance(arg, bytes):
+        if p.one_reg is not None:
+            value = ", ".join(str(b) for b in bytes(arg).ljust(16, b"\0")[:16])
+            fields = [f"ARG_ONE_REG, {p.one_reg:#x}UL", f"{{{value}}}", "0", "0, 0", "0", "-1", "0"]
+        elif isinstance(arg, bytes):
             fill = arg[PROBE_HEAD : PROBE_HEAD + 1] or b"\0"
             odd = [i for i in range(PROBE_HEAD, len(arg)) if arg[i] != fill[0]]
             if len(odd) > 1:  # one byte repeated, and at most one other (a poke)

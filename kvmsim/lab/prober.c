@@ -41,7 +41,7 @@
 /* the fuzz cases' VM fds fall back to /dev/kvm where their VM cannot be made */
 /* FD_VCPU_VM: the type-0 VM, where its vcpu 0 was made; FD_VCPU_HV/PR: the fuzz VMs' vcpus 0 */
 enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR, FD_VCPU, FD_VCPU_VM, FD_VCPU_HV, FD_VCPU_PR };
-enum probe_arg { ARG_INT, ARG_BUF };
+enum probe_arg { ARG_INT, ARG_BUF, ARG_ONE_REG }; /* ARG_ONE_REG: value is the id, head the 16-byte value */
 #define PROBE_HEAD 48 /* a buffer's bytes given one by one (kvmsim.lab.build.PROBE_HEAD) */
 
 struct probe {
@@ -139,6 +139,25 @@ static void run_probe(const struct probe *p, int dev, int vm)
 		fd = dev;
 	if (fd < 0)
 		return;
+	if (p->kind == ARG_ONE_REG) { /* struct kvm_one_reg {id, addr}, addr a 16-byte buffer */
+		unsigned char val[16] __attribute__((aligned(16))), before[16];
+		memcpy(val, p->head, 16);
+		memcpy(before, val, 16);
+		struct { unsigned long id, addr; } reg = {p->value, (unsigned long)val};
+		long r = ioctl(fd, p->request, &reg);
+		if (r < 0)
+			snprintf(head, sizeof(head), "%s", errname(errno));
+		else
+			snprintf(head, sizeof(head), "%ld", r);
+		if (memcmp(before, val, 16)) {
+			char shown[33];
+			hex(shown, val, 16);
+			snprintf(answer, sizeof(answer), "%s %s", head, shown);
+			line("probe", p->name, answer);
+		} else
+			line("probe", p->name, head);
+		return;
+	}
 	if (p->kind == ARG_INT) {
 		long r = ioctl(fd, p->request, p->value);
 		if (r < 0)

@@ -399,8 +399,6 @@ KVM_SET_REGS = KvmIoctl("KVM_SET_REGS", "write", 0x82, 392)
 KVM_GET_SREGS = KvmIoctl("KVM_GET_SREGS", "read", 0x83, 1232)
 KVM_SET_SREGS = KvmIoctl("KVM_SET_SREGS", "write", 0x84, 1232)
 KVM_ENABLE_CAP = KvmIoctl("KVM_ENABLE_CAP", "write", 0xA3, 104)  # the vcpu's and the VM's
-# what kvmsim models on a vcpu fd
-VCPU_IOCTLS = (KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP)
 
 # Capabilities KVM_ENABLE_CAP takes on a powerpc vcpu (kvm_vcpu_ioctl_enable_cap)
 KVM_CAP_PPC_BOOKE_WATCHDOG = 83
@@ -450,6 +448,144 @@ KVM_REGS = StructLayout("kvm_regs", "Q" * 49, (*REGS_FIELDS, *(f"gpr{i}" for i i
             __u64 gpr[32];
     };
 """
+KVM_GET_ONE_REG = KvmIoctl("KVM_GET_ONE_REG", "write", 0xAB, 16)  # _IOW: the struct is read; the value goes to addr
+KVM_SET_ONE_REG = KvmIoctl("KVM_SET_ONE_REG", "write", 0xAC, 16)
+KVM_ONE_REG = StructLayout("kvm_one_reg", "QQ", ("id", "addr"))
+"""include/uapi/linux/kvm.h: ``struct kvm_one_reg { __u64 id; __u64 addr; };``"""
+# what kvmsim models on a vcpu fd
+VCPU_IOCTLS = (KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP, KVM_GET_ONE_REG,
+               KVM_SET_ONE_REG)  # fmt: skip
+KVM_REG_PPC = 0x1000000000000000
+KVM_REG_SIZE_SHIFT, KVM_REG_SIZE_MASK = 52, 0x00F0000000000000
+
+
+# arch/powerpc/include/uapi/asm/kvm.h: KVM_REG_PPC_<name> = KVM_REG_PPC | KVM_REG_SIZE_U<8 << size> | index
+# (the single definitions; FPR, VR and VSR are the first and last of their runs)
+ONE_REG_DEFINITIONS: dict[str, tuple[int, int]] = {  # name -> (log2 of the size in bytes, index)
+    "ICP_STATE": (3, 0x8C),
+    "VP_STATE": (4, 0x8D),
+    "HIOR": (3, 0x1),
+    "IAC1": (3, 0x2),
+    "IAC2": (3, 0x3),
+    "IAC3": (3, 0x4),
+    "IAC4": (3, 0x5),
+    "DAC1": (3, 0x6),
+    "DAC2": (3, 0x7),
+    "DABR": (3, 0x8),
+    "DSCR": (3, 0x9),
+    "PURR": (3, 0xA),
+    "SPURR": (3, 0xB),
+    "DAR": (3, 0xC),
+    "DSISR": (2, 0xD),
+    "AMR": (3, 0xE),
+    "UAMOR": (3, 0xF),
+    "MMCR0": (3, 0x10),
+    "MMCR1": (3, 0x11),
+    "MMCRA": (3, 0x12),
+    "MMCR2": (3, 0x13),
+    "MMCRS": (3, 0x14),
+    "SIAR": (3, 0x15),
+    "SDAR": (3, 0x16),
+    "SIER": (3, 0x17),
+    "PMC1": (2, 0x18),
+    "PMC2": (2, 0x19),
+    "PMC3": (2, 0x1A),
+    "PMC4": (2, 0x1B),
+    "PMC5": (2, 0x1C),
+    "PMC6": (2, 0x1D),
+    "PMC7": (2, 0x1E),
+    "PMC8": (2, 0x1F),
+    "FPR0": (3, 0x20),
+    "FPR31": (3, 0x3F),
+    "VR0": (4, 0x40),
+    "VR31": (4, 0x5F),
+    "VSR0": (4, 0x60),
+    "VSR31": (4, 0x7F),
+    "FPSCR": (3, 0x80),
+    "VSCR": (2, 0x81),
+    "VPA_ADDR": (3, 0x82),
+    "VPA_SLB": (4, 0x83),
+    "VPA_DTL": (4, 0x84),
+    "EPCR": (2, 0x85),
+    "EPR": (2, 0x86),
+    "OR_TSR": (2, 0x87),
+    "CLEAR_TSR": (2, 0x88),
+    "TCR": (2, 0x89),
+    "TSR": (2, 0x8A),
+    "DEBUG_INST": (2, 0x8B),
+    "MAS0": (2, 0x8C),
+    "MAS1": (2, 0x8D),
+    "MAS2": (3, 0x8E),
+    "MAS7_3": (3, 0x8F),
+    "MAS4": (2, 0x90),
+    "MAS6": (2, 0x91),
+    "MMUCFG": (2, 0x92),
+    "TLB0CFG": (2, 0x93),
+    "TLB1CFG": (2, 0x94),
+    "TLB2CFG": (2, 0x95),
+    "TLB3CFG": (2, 0x96),
+    "TLB0PS": (2, 0x97),
+    "TLB1PS": (2, 0x98),
+    "TLB2PS": (2, 0x99),
+    "TLB3PS": (2, 0x9A),
+    "EPTCFG": (2, 0x9B),
+    "TB_OFFSET": (3, 0x9C),
+    "SPMC1": (2, 0x9D),
+    "SPMC2": (2, 0x9E),
+    "IAMR": (3, 0x9F),
+    "TFHAR": (3, 0xA0),
+    "TFIAR": (3, 0xA1),
+    "TEXASR": (3, 0xA2),
+    "FSCR": (3, 0xA3),
+    "PSPB": (2, 0xA4),
+    "EBBHR": (3, 0xA5),
+    "EBBRR": (3, 0xA6),
+    "BESCR": (3, 0xA7),
+    "TAR": (3, 0xA8),
+    "DPDES": (3, 0xA9),
+    "DAWR": (3, 0xAA),
+    "DAWRX": (3, 0xAB),
+    "CIABR": (3, 0xAC),
+    "IC": (3, 0xAD),
+    "VTB": (3, 0xAE),
+    "CSIGR": (3, 0xAF),
+    "TACR": (3, 0xB0),
+    "TCSCR": (3, 0xB1),
+    "PID": (3, 0xB2),
+    "ACOP": (3, 0xB3),
+    "VRSAVE": (2, 0xB4),
+    "LPCR": (2, 0xB5),
+    "LPCR_64": (3, 0xB5),
+    "PPR": (3, 0xB6),
+    "ARCH_COMPAT": (2, 0xB7),
+    "DABRX": (2, 0xB8),
+    "WORT": (3, 0xB9),
+    "SPRG9": (3, 0xBA),
+    "DBSR": (2, 0xBB),
+    "TIDR": (3, 0xBC),
+    "PSSCR": (3, 0xBD),
+    "DEC_EXPIRY": (3, 0xBE),
+    "ONLINE": (2, 0xBF),
+    "PTCR": (3, 0xC0),
+    "MMCR3": (3, 0xC1),
+    "SIER2": (3, 0xC2),
+    "SIER3": (3, 0xC3),
+    "DAWR1": (3, 0xC4),
+    "DAWRX1": (3, 0xC5),
+    "DEXCR": (3, 0xC6),
+    "HASHKEYR": (3, 0xC7),
+    "HASHPKEYR": (3, 0xC8),
+}
+ONE_REGS: dict[str, int] = {
+    name: KVM_REG_PPC | size << KVM_REG_SIZE_SHIFT | index for name, (size, index) in ONE_REG_DEFINITIONS.items()
+}
+
+
+def one_reg_size(reg_id: int) -> int:
+    """KVM_REG_SIZE(id): the register's size in bytes, from its id's size field."""
+    return 1 << ((reg_id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
+
+
 SLB_FIELDS = tuple(f"slb{i}{half}" for i in range(64) for half in ("e", "v"))
 KVM_SREGS = StructLayout(
     "kvm_sregs",
@@ -478,6 +614,7 @@ SLB_VSID_L, SLB_VSID_LP_01 = 0x100, 0x10  # a large page, and its size 01 (64K w
 # The VM's MMU facts: KVM_PPC_GET_SMMU_INFO
 KVM_PPC_GET_SMMU_INFO = KvmIoctl("KVM_PPC_GET_SMMU_INFO", "read", 0xA6, 592)
 KVM_PPC_PAGE_SIZES_REAL, KVM_PPC_1T_SEGMENTS, KVM_PPC_NO_HASH = 0x1, 0x2, 0x4
+VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO)  # what kvmsim models on a VM fd beyond the compat ioctl
 SMMU_FIELDS = tuple(
     f"sps{i}_{f}" for i in range(8)
     for f in ("page_shift", "slb_enc", *(f"enc{j}_{g}" for j in range(8) for g in ("page_shift", "pte_enc")))
@@ -556,7 +693,5 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_PPC_GET_RMMU_INFO", "write", 0xB0, 96, KVM_CAP_PPC_MMU_RADIX),
     _vm("KVM_PPC_GET_CPU_CHAR", "read", 0xB1, 32, KVM_CAP_PPC_GET_CPU_CHAR),
     _vcpu("KVM_INTERRUPT", "write", 0x86, 4),
-    _vcpu("KVM_GET_ONE_REG", "write", 0xAB, 16),
-    _vcpu("KVM_SET_ONE_REG", "write", 0xAC, 16),
     _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
 )

@@ -7,6 +7,7 @@ is exactly what the simulator is checked against."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -34,17 +35,21 @@ from ..uapi import (
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_ONE_REG,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_ONE_REG,
     KVM_PPC_GET_SMMU_INFO,
     KVM_PPC_SMMU_INFO,
     KVM_REGS,
     KVM_RUN,
+    KVM_SET_ONE_REG,
     KVM_SET_REGS,
     KVM_SET_SREGS,
     KVM_SREGS,
     KVMIO,
     MSR_ME,
+    ONE_REGS,
     REVISIONS,
     STARTUP_CAPS,
     AbiRevision,
@@ -53,6 +58,7 @@ from ..uapi import (
     CompatCapsField,
     CompatCapsLayout,
     errname,
+    one_reg_size,
 )
 
 Recorded = int | str  # an Answer as a recording stores it (Answer.to_toml)
@@ -130,9 +136,14 @@ class Probe:
     # the ones before it in a writable page just below (the lab's fuzz cases: kvmsim.user.fuzz)
     readonly_from: int | None = None
     on_stack: bool = False  # the buffer is on the asking program's stack (an exact-size struct)
+    # KVM_GET/SET_ONE_REG of this register id: the argument is struct kvm_one_reg {id, addr}, addr
+    # a 16-byte buffer holding ``arg``'s bytes; the answer shows that buffer afterwards
+    one_reg: int | None = None
 
     def run(self, target: Device, fds: dict[str, int]) -> Answer:
         arch = target.arch
+        if self.one_reg is not None:
+            return self._run_one_reg(target, fds, self.one_reg)
         arg = self.arg(arch)
         buf = bytearray(arg) if isinstance(arg, bytes) else None
         try:
@@ -145,6 +156,41 @@ class Probe:
                 return Answer(fd=True)
             head = Answer(value=ret)
         return head if buf is None or not isinstance(arg, bytes) else Answer.of_buffer(head, arg, bytes(buf))
+
+    def _run_one_reg(self, target: Device, fds: dict[str, int], reg_id: int) -> Answer:
+        arch = target.arch
+        before = bytes(self.arg(arch)).ljust(ONE_REG_VALUE, b"\0")[:ONE_REG_VALUE]
+        with value_buffer(target, before) as (addr, read):
+            struct = KVM_ONE_REG.pack(arch.byteorder, {"id": reg_id, "addr": addr})
+            try:
+                ret = int(target.ioctl(fds[self.fd], self.request(arch), bytearray(struct)))
+            except OSError as exc:
+                head = Answer(error=errname(exc.errno))
+            else:
+                head = Answer(value=ret)
+            return Answer.of_buffer(head, before, read())
+
+
+ONE_REG_VALUE = 16  # union kvmppc_one_reg: the most a register is
+
+
+@contextlib.contextmanager
+def value_buffer(target: Device, data: bytes) -> Iterator[tuple[int, Callable[[], bytes]]]:
+    """A user buffer holding ``data`` that a pointer inside an ioctl's struct can name: in the
+    simulated kernel's memory, or this process's (a real device)."""
+    kernel = getattr(target, "kernel", None)
+    memory = getattr(kernel, "memory", None)
+    if memory is not None:
+        addr = memory.map(len(data), data=data)
+        try:
+            yield addr, lambda: memory.read(addr, len(data))
+        finally:
+            memory.unmap(addr)
+        return
+    import ctypes
+
+    buf = ctypes.create_string_buffer(data, len(data))
+    yield ctypes.addressof(buf), lambda: buf.raw
 
 
 def _request(rev: AbiRevision) -> Callable[[Arch], int]:
@@ -200,11 +246,19 @@ def probed_caps(revisions: Iterable[AbiRevision]) -> list[int]:
 SWEEP_CAPS = range(0, 301)  # the lab asks every capability number up to here, on both fds
 
 
+def _reg_bytes(arch: Arch, *, value: int, size: int) -> bytes:
+    return value.to_bytes(size, arch.byteorder)
+
+
+def _pack_one_reg(arch: Arch, *, reg_id: int) -> bytes:
+    return KVM_ONE_REG.pack(arch.byteorder, {"id": reg_id, "addr": 0})
+
+
 def _pack_enable_cap(arch: Arch, *, values: dict[str, int]) -> bytes:
     return KVM_ENABLE_CAP_STRUCT.pack(arch.byteorder, values)
 
 
-def vcpu_probes() -> Iterator[Probe]:
+def vcpu_probes(*, registers: bool = True) -> Iterator[Probe]:
     """The vcpu's ioctls, on vcpu 0 of the type-0 VM (:func:`run` makes it first): more ids
     (EEXIST, KVM_MAX_VCPU_IDS, HV's virtual cores), the vcpu ioctls' error paths, the registers,
     and KVM_ENABLE_CAP's capabilities in an order whose answers depend on it (HV's sanity
@@ -219,6 +273,8 @@ def vcpu_probes() -> Iterator[Probe]:
     yield Probe("vcpu run arg 1", "vcpu", KVM_RUN.request, lambda a: 1)
     yield Probe("vcpu ioctl type g", "vcpu", lambda a: a.ioc.io(ord("g"), 0x80), lambda a: 0)
     yield Probe("vcpu ioctl nr 0xff", "vcpu", lambda a: a.ioc.io(KVMIO, 0xFF), lambda a: 0)
+    if registers:
+        yield from one_reg_probes()
     yield Probe("vcpu get regs", "vcpu", KVM_GET_REGS.request, lambda a: b"\xaa" * KVM_REGS.size)
     yield Probe("vcpu get regs NULL", "vcpu", KVM_GET_REGS.request, lambda a: NULL)
     yield Probe("vcpu set regs NULL", "vcpu", KVM_SET_REGS.request, lambda a: NULL)
@@ -270,6 +326,37 @@ def vcpu_probes() -> Iterator[Probe]:
         yield Probe(f"vcpu enable cap fwnmi {when}", "vcpu", enable, cap(KVM_CAP_PPC_FWNMI))
 
 
+def one_reg_probes() -> Iterator[Probe]:
+    """KVM_GET/SET_ONE_REG, by a pointer inside the struct (what the pytest plugin's in-process
+    fcntl cannot follow: ``kvmsim record`` leaves them to the lab)."""
+    # every register's KVM_GET_ONE_REG, before anything is set: which a backend knows, and its value
+    for name, reg_id in ONE_REGS.items():
+        yield Probe(f"one reg get {name}", "vcpu", KVM_GET_ONE_REG.request, lambda a: b"\xaa" * 16, one_reg=reg_id)
+    # then sets, each read back: plain storage, a u32's width, HV's HIOR, FSCR (PR's set writes
+    # FPSCR), an FPR inside its VSR, a VR, HV's one-bit DPDES, PR's LPCR_ILE, DEBUG_INST unset
+    sets = (("DSCR", 0x1234), ("PMC1", 0xDEADBEEF), ("HIOR", 0x100), ("FSCR", 0x55), ("FPR0", 0x1122334455667788),
+            ("DPDES", 3), ("LPCR_64", 0x02000000), ("ONLINE", 1), ("VSCR", 0xFFFFFFFF), ("DEBUG_INST", 1))  # fmt: skip
+    for name, value in sets:
+        reg_id = ONE_REGS[name]
+        data = functools.partial(_reg_bytes, value=value, size=one_reg_size(reg_id))
+        yield Probe(f"one reg set {name}", "vcpu", KVM_SET_ONE_REG.request, data, one_reg=reg_id)
+        shown = {"FSCR": ("FSCR", "FPSCR"), "FPR0": ("FPR0", "VSR0"), "LPCR_64": ("LPCR", "LPCR_64")}.get(name, (name,))
+        for after in shown:
+            yield Probe(f"one reg get {after} after set {name}", "vcpu", KVM_GET_ONE_REG.request,
+                        lambda a: b"\xaa" * 16, one_reg=ONE_REGS[after])  # fmt: skip
+    vr = bytes(range(16))
+    yield Probe("one reg set VR0", "vcpu", KVM_SET_ONE_REG.request, lambda a: vr, one_reg=ONE_REGS["VR0"])
+    yield Probe(
+        "one reg get VR0 after set", "vcpu", KVM_GET_ONE_REG.request, lambda a: bytes(16), one_reg=ONE_REGS["VR0"]
+    )
+    wide = 0x1050000000000000 | ONE_REGS["DSCR"] & 0xFFFF  # a 32-byte register: past the union
+    yield Probe("one reg get 32 bytes", "vcpu", KVM_GET_ONE_REG.request, lambda a: bytes(16), one_reg=wide)
+    for name in ("DSCR", "IAC1"):  # the struct's addr NULL: GET computes first, SET copies first
+        for io in (KVM_GET_ONE_REG, KVM_SET_ONE_REG):
+            struct = functools.partial(_pack_one_reg, reg_id=ONE_REGS[name])
+            yield Probe(f"one reg {io.name[4:7].lower()} {name} addr NULL", "vcpu", io.request, struct)
+
+
 def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: bool = False) -> Iterator[Probe]:
     """Everything ``record`` and the lab ask: API version, vCPU mmap size, VM types 0-3,
     capabilities on both fds (with ``sweep``, every number in :data:`SWEEP_CAPS`: the lab's),
@@ -283,7 +370,7 @@ def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: 
     for rev in revisions:
         if rev.ioctl is not None:
             yield from compat_caps_probes(rev)
-    yield from vcpu_probes()
+    yield from vcpu_probes(registers=sweep)
 
 
 def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:

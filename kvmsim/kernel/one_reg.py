@@ -1,0 +1,178 @@
+"""KVM_GET_ONE_REG and KVM_SET_ONE_REG on a Book3S vcpu: powerpc.c's
+kvm_vcpu_ioctl_get/set_one_reg (the size check, VMX's VR/VSCR/VRSAVE), book3s.c's
+kvmppc_get/set_one_reg (the backend's own table first, then the generic registers), and the
+HV and PR backends' tables (book3s_hv.c, book3s_pr.c).  Which registers each knows and their
+first values are what the lab's Linux 7.3 boots answered; the rules of a set come from the
+source (one not modelled yet is named, never guessed)."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+from ..uapi import ONE_REGS, ByteOrder, one_reg_size
+from .book3s import Book3sVcpu
+from .errors import KvmError
+from .profile import Host
+
+ONE_REG_UNION = 16  # sizeof(union kvmppc_one_reg): a larger register is EINVAL before anything
+# runs of registers the header defines by their first and last: FPRn (u64), VRn, VSRn (u128)
+RUNS = {"FPR": 0x20, "VR": 0x40, "VSR": 0x60}
+GENERIC = frozenset({"DAR", "DSISR", "FPSCR", "DEBUG_INST", "FSCR", "TAR", "EBBHR", "EBBRR", "BESCR", "IC"})
+VMX = frozenset({"VSCR", "VRSAVE"})
+NO_DEVICE = frozenset({"ICP_STATE", "VP_STATE"})  # ENXIO: no XICS/XIVE device is connected
+HV_REGS = frozenset(
+    {"DEBUG_INST", "HIOR", "DABR", "DABRX", "DSCR", "PURR", "SPURR", "AMR", "UAMOR", "MMCR0", "MMCR1", "MMCR2",
+     "MMCRA", "MMCRS", "MMCR3", "PMC1", "PMC2", "PMC3", "PMC4", "PMC5", "PMC6", "PMC7", "PMC8", "SPMC1", "SPMC2",
+     "SIAR", "SDAR", "SIER", "SIER2", "SIER3", "IAMR", "PSPB", "DPDES", "VTB", "DAWR", "DAWRX", "DAWR1", "DAWRX1",
+     "DEXCR", "HASHKEYR", "HASHPKEYR", "CIABR", "CSIGR", "TACR", "TCSCR", "PID", "ACOP", "WORT", "TIDR", "PSSCR",
+     "VPA_ADDR", "VPA_SLB", "VPA_DTL", "TB_OFFSET", "LPCR", "LPCR_64", "PPR", "ARCH_COMPAT", "DEC_EXPIRY",
+     "ONLINE", "PTCR", "FSCR"}
+)  # fmt: skip
+PR_REGS = frozenset({"DEBUG_INST", "HIOR", "VTB", "LPCR", "LPCR_64"})
+# sets whose rules are not modelled yet (kvmppc_set_arch_compat's validation, VPA registration's
+# guest memory, TB_OFFSET's decrementer from the timebase)
+HV_SET_NOT_MODELLED = frozenset({"ARCH_COMPAT", "VPA_ADDR", "VPA_SLB", "VPA_DTL", "TB_OFFSET"})
+# asm/reg.h: the LPCR fields userspace may change (kvmppc_set_lpcr), and AIL's one allowed value
+LPCR_DPFD, LPCR_TC, LPCR_AIL, LPCR_AIL_3, LPCR_LD = 7 << 52, 0x200, 0x01800000, 0x01800000, 0x00020000
+
+KVMPPC_INST_SW_BREAKPOINT = 0x00DDDD00
+MMCR0_FC, MMCR0_PMCCEXT, MMCRA_BHRB_DISABLE = 0x80000000, 0x200, 0x2000000000
+LPCR_ILE = 0x02000000
+PR_HIOR = 0xFFF00000  # kvmppc_set_pvr_pr: Book3S-64's HIOR unless set explicitly
+# kvm->arch.lpcr as the lab's Linux 7.3 computed it (kvmppc_core_init_vm_hv, from the host's LPCR
+# and features): an L1's, and bare metal's (POWER10's with LPCR_HAIL)
+HV_LPCR = {"pseries": 0x0040000000540413, "powernv": 0x004000000054F41F, "powernv-isa31": 0x004000000454F41F,
+           "powernv-hash": 0x404000000004F01F}  # fmt: skip
+
+_NAMES: dict[int, str] = {reg_id: name for name, reg_id in ONE_REGS.items()} | {
+    0x1000000000000000 | (3 if kind == "FPR" else 4) << 52 | (first + i): f"{kind}{i}"
+    for kind, first in RUNS.items()
+    for i in range(32)
+}
+
+
+def name_of(reg_id: int) -> str | None:
+    return _NAMES.get(reg_id)
+
+
+def _run(name: str) -> tuple[str, int] | None:
+    m = re.fullmatch(r"(FPR|VSR|VR)(\d+)", name)
+    return (m[1], int(m[2])) if m else None
+
+
+def isa31(host: Host) -> bool:
+    mode = host.cpu.effective
+    return mode is not None and mode.level >= 10
+
+
+def first_values(host: Host, hv: bool) -> dict[str, int]:
+    """The registers' values a backend's vcpu create leaves (every other one 0)."""
+    if not hv:
+        return {"HIOR": PR_HIOR}
+    if host.platform == "pseries":
+        lpcr = HV_LPCR["pseries"]
+    else:
+        lpcr = HV_LPCR["powernv-hash" if host.mmu == "hash" else "powernv-isa31" if isa31(host) else "powernv"]
+    return {
+        "MMCR0": MMCR0_FC | (MMCR0_PMCCEXT if isa31(host) else 0),
+        "MMCRA": MMCRA_BHRB_DISABLE if isa31(host) else 0,
+        "LPCR": lpcr,
+        "LPCR_64": lpcr,
+    }
+
+
+def _knows(vcpu: Book3sVcpu, name: str) -> bool:
+    own = HV_REGS if vcpu.hv else PR_REGS
+    return name in own or name in GENERIC or name in VMX or _run(name) is not None or name in NO_DEVICE
+
+
+# kvm_vcpu_ioctl_get_one_reg(): the value, in the union's first bytes (a u32's, a u64's, both doublewords)
+def get_one_reg(vcpu: Book3sVcpu, reg_id: int, byteorder: ByteOrder) -> bytes:
+    size = one_reg_size(reg_id)
+    name = name_of(reg_id)
+    if size > 16:
+        raise KvmError(errno.EINVAL, f"ONE_REG id {reg_id:#x}: a {size}-byte register (the union is 16)")
+    if name is None or not _knows(vcpu, name):
+        raise KvmError(errno.EINVAL, f"KVM_GET_ONE_REG: {vcpu.backend} knows no register {reg_id:#x}")
+    if name in NO_DEVICE:
+        raise KvmError(errno.ENXIO, f"KVM_GET_ONE_REG({name}): no interrupt controller device is connected")
+    return _value(vcpu, name, size, byteorder)
+
+
+def _value(vcpu: Book3sVcpu, name: str, size: int, byteorder: ByteOrder) -> bytes:
+    run = _run(name)
+    if run is not None:
+        kind, i = run
+        if kind == "VR":
+            return vcpu.vrs[i]
+        dw = vcpu.fprs[i]
+        if kind == "FPR":
+            return dw[vcpu.fpr_offset].to_bytes(8, byteorder)
+        return dw[0].to_bytes(8, byteorder) + dw[1].to_bytes(8, byteorder)
+    if name == "DEBUG_INST":
+        value = KVMPPC_INST_SW_BREAKPOINT
+    elif name == "HIOR" and vcpu.hv:
+        value = 0
+    elif name in ("LPCR", "LPCR_64") and not vcpu.hv:  # PR: "only interested in the LPCR_ILE bit"
+        value = LPCR_ILE if vcpu.intr_le else 0
+    else:
+        value = vcpu.one_regs.get(name, 0)
+    if size == 16:  # VPA_SLB, VPA_DTL: addr and length
+        return value.to_bytes(16, "big" if byteorder == "big" else "little")
+    return (value & ((1 << (8 * size)) - 1)).to_bytes(size, byteorder)
+
+
+# kvm_vcpu_ioctl_set_one_reg() after its copy_from_user: the backend's set, then the generic one
+def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder) -> None:
+    name = name_of(reg_id)
+    if name is None or not _knows(vcpu, name) or name == "DEBUG_INST":  # no set table has DEBUG_INST
+        raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG: {vcpu.backend} sets no register {reg_id:#x}")
+    if name in NO_DEVICE:
+        raise KvmError(errno.ENXIO, f"KVM_SET_ONE_REG({name}): no interrupt controller device is connected")
+    run = _run(name)
+    if run is not None:
+        kind, i = run
+        if kind == "VR":
+            vcpu.vrs[i] = data
+        elif kind == "FPR":
+            dw = list(vcpu.fprs[i])
+            dw[vcpu.fpr_offset] = int.from_bytes(data, byteorder)
+            vcpu.fprs[i] = (dw[0], dw[1])
+        else:
+            vcpu.fprs[i] = (int.from_bytes(data[:8], byteorder), int.from_bytes(data[8:], byteorder))
+        return
+    value = int.from_bytes(data, byteorder)
+    if vcpu.hv and name in HV_SET_NOT_MODELLED:
+        raise KvmError(errno.ENOTTY, f"not modelled: KVM_SET_ONE_REG({name}) on an HV vcpu")
+    if vcpu.hv and name == "HIOR":  # "Only allow this to be set to zero"
+        if value:
+            raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG(HIOR): an HV vcpu's HIOR can only be 0")
+        return
+    if vcpu.hv and name == "DPDES" and vcpu.isa_300:  # doorbell_request: one bit
+        value &= 1
+    if vcpu.hv and name in ("LPCR", "LPCR_64"):
+        vcpu.one_regs["LPCR"] = vcpu.one_regs["LPCR_64"] = kvmppc_set_lpcr(vcpu, value, name == "LPCR")
+        return
+    if not vcpu.hv and name in ("LPCR", "LPCR_64"):  # kvmppc_set_lpcr_pr: ILE only
+        vcpu.intr_le = bool(value & LPCR_ILE)
+        return
+    if not vcpu.hv and name == "FSCR":  # book3s.c's set of FSCR writes FPSCR (kvmppc_set_fpscr): kept
+        name = "FPSCR"
+    vcpu.one_regs[name] = value
+
+
+# kvmppc_set_lpcr(): DPFD, ILE, TC, AIL and LD from userspace (LPCR's 32-bit register keeps the
+# top half), then kvmppc_filter_lpcr_hv
+def kvmppc_set_lpcr(vcpu: Book3sVcpu, new_lpcr: int, preserve_top32: bool) -> int:
+    mask = LPCR_DPFD | LPCR_ILE | LPCR_TC | LPCR_AIL | LPCR_LD
+    if preserve_top32:  # "Broken 32-bit version of LPCR must not clear top bits"
+        mask &= 0xFFFFFFFF
+    lpcr = (vcpu.one_regs.get("LPCR_64", 0) & ~mask) | (new_lpcr & mask)
+    if vcpu.radix:  # LPCR_TC only applies to HPT guests
+        lpcr &= ~LPCR_TC
+    if lpcr & LPCR_AIL != LPCR_AIL_3 or (vcpu.radix and vcpu.p9_radix_prefetch_bug):  # AIL 1/2 disallowed
+        lpcr &= ~LPCR_AIL
+    if not vcpu.isa_300:
+        lpcr &= ~LPCR_LD
+    return lpcr
