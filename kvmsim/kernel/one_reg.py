@@ -119,7 +119,7 @@ def _value(vcpu: Book3sVcpu, name: str, size: int, byteorder: ByteOrder) -> byte
     else:
         value = vcpu.one_regs.get(name, 0)
     if size == 16:  # VPA_SLB, VPA_DTL: addr and length
-        return value.to_bytes(16, "big" if byteorder == "big" else "little")
+        return value.to_bytes(16, byteorder)
     return (value & ((1 << (8 * size)) - 1)).to_bytes(size, byteorder)
 
 
