@@ -185,7 +185,7 @@ def test_the_abi_face_names_every_fact_its_modules_define() -> None:
 
     folder = modules()["kvmsim.uapi"].parent
     defined = {n for p in folder.glob("_*.py") for n in public_names(p)}
-    assert defined == set(uapi.__all__), sorted(defined ^ set(uapi.__all__))
+    assert defined == set(uapi.__all__), f"run tools/uapi_face.py: {sorted(defined ^ set(uapi.__all__))}"
 
 
 @pytest.mark.parametrize("face", ["kvmsim", "kvmsim.uapi", "kvmcompat", "kvmsim.plugin"])

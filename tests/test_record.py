@@ -160,3 +160,32 @@ def test_a_probe_answer_is_a_record_that_round_trips(recorded: int | str) -> Non
     answer = Answer.from_toml(recorded)
     assert answer.to_toml() == recorded
     assert (answer.error is None) == (isinstance(recorded, int) or recorded.split()[0] in ("fd", "0"))
+
+
+# what the lab's real kernels answered (QEMU's pseries L0, QEMU's powernv), and what record fits
+PSERIES_CPU_CHAR = "0 000000000000403c00000000000000e400000000000040ff tail=00000000000000e4"
+POWERNV_CPU_CHAR = "0 000000000000000000000000000000000000000000000000 tail=0000000000000000"
+RMMU_HEAD = "0 0c0909090d000000100509090d0000000000000000000000 tail=" + "00" * 40
+RMMU_PSERIES = RMMU_HEAD + "0c000000100000a0150000201e000040" + "00" * 16
+RMMU_POWERNV = RMMU_HEAD + "0c000000100000a0" + "00" * 24
+
+
+@pytest.mark.parametrize(
+    ("answer", "fitted"),
+    [
+        (PSERIES_CPU_CHAR, {"available": True, "character": 0x3C40000000000000, "behaviour": 0xE400000000000000}),
+        (POWERNV_CPU_CHAR, {"available": False}),
+        ("EFAULT", None),
+        (None, None),
+    ],
+)
+def test_record_fits_the_firmwares_cpu_char(answer: str | None, fitted: dict[str, object] | None) -> None:
+    assert record.cpu_char(answer, "little") == fitted
+
+
+@pytest.mark.parametrize(
+    ("answer", "cells"),
+    [(RMMU_PSERIES, [0xC, 0xA0000010, 0x20000015, 0x4000001E]), (RMMU_POWERNV, []), ("EINVAL", None)],
+)
+def test_record_fits_the_radix_ap_encodings(answer: str, cells: list[int] | None) -> None:
+    assert record.radix_ap_encodings(answer, "little") == cells

@@ -420,7 +420,7 @@ PARSED: dict[str, tuple[int, dict[str, Any]]] = {
         },
     ),
     "qemu-powernv10": (
-        920184389,
+        273740517,
         {
             "summary": "QEMU's powernv10 (TCG): bare-metal POWER10, an L0; Debian's 4K-page kernel",
             "arch": "ppc64le",
@@ -428,10 +428,11 @@ PARSED: dict[str, tuple[int, dict[str, Any]]] = {
             "modules": ["kvm_hv"],
             "page_size": 4096,
             "cpu": {"pvr": 8393216, "model": "POWER10"},
+            "device_tree": {"ibm,processor-radix-AP-encodings": []},
         },
     ),
     "qemu-powernv9": (
-        1381061886,
+        4076445604,
         {
             "summary": "QEMU's powernv9 (TCG): bare-metal POWER9, an L0; Debian's 4K-page kernel",
             "arch": "ppc64le",
@@ -439,6 +440,7 @@ PARSED: dict[str, tuple[int, dict[str, Any]]] = {
             "modules": ["kvm_hv"],
             "page_size": 4096,
             "cpu": {"pvr": 5116418, "model": "POWER9"},
+            "device_tree": {"ibm,processor-radix-AP-encodings": []},
         },
     ),
     "qemu-powernv9-hash-hv-pr-64k": (

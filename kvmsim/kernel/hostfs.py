@@ -67,6 +67,8 @@ def cpu_properties(host: Host, node_reg: int) -> dict[str, bytes]:
         }  # fmt: skip
     if host.cpu.isa_300:
         props["ibm,dec-bits"] = _be32(DEC_BITS)
+    if host.radix_ap_encodings:
+        props["ibm,processor-radix-AP-encodings"] = b"".join(_be32(cell) for cell in host.radix_ap_encodings)
     return props
 
 

@@ -58,18 +58,27 @@ from ..uapi import (
     KVM_GET_ONE_REG,
     KVM_ONE_REG,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    KVM_PPC_CPU_CHAR,
+    KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_GET_SMMU_INFO,
+    KVM_PPC_RMMU_INFO,
+    KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_PPC_SMMU_INFO,
+    KVM_RTAS_TOKEN_ARGS,
     KVM_SET_ONE_REG,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
+    RTAS_NAME_LEN,
     AbiRevision,
     CompatCapsAbi,
+    StructLayout,
     byte_swapped_hint,
     one_reg_size,
 )
 from . import book3s, one_reg
 from .book3s import Book3sVcpu, EnableCapContext
+from .book3s_64_mmu_radix import kvmhv_get_rmmu_info
 from .book3s_hv import (
     HV_HCALLS,
     MAX_SMT_THREADS,
@@ -88,9 +97,10 @@ from .book3s_pr import (
     kvmppc_book3s_init_pr,
     kvmppc_core_vcpu_create_pr,
 )
+from .book3s_rtas import RtasTokenDefinition, kvm_vm_ioctl_rtas_define_token
 from .errors import InvalidInput, KvmError
 from .papr import MAX_HCALL_OPCODE
-from .profile import Host
+from .profile import CPU_BEHAV_ALL, CPU_CHAR_OPAL, CPU_CHAR_PSERIES, Host
 from .usermem import Fault, NonZeroTail, UserAccess
 
 
@@ -126,6 +136,19 @@ PR_ONLY = frozenset(
 KVM_USER_MEM_SLOTS = 32767  # KVM_MEM_SLOTS_NUM (SHRT_MAX), no internal slots on powerpc
 
 
+def kvmppc_get_cpu_char(host: Host) -> dict[str, int]:
+    """pseries_get_cpu_char(): H_GET_CPU_CHARACTERISTICS, its words as they come (a failure
+    leaves the struct zeroed, the ioctl still 0); else /ibm,opal/fw-features, each bit from an
+    ``enabled`` (or, for two behaviours, a missing ``disabled``) property of its node (no
+    fw-features node: zeroes)."""
+    fw = host.cpu_char
+    if not fw.available:
+        return {}
+    mask = CPU_CHAR_PSERIES if host.platform == "pseries" else CPU_CHAR_OPAL
+    return {"character": fw.character, "behaviour": fw.behaviour, "character_mask": mask,
+            "behaviour_mask": CPU_BEHAV_ALL}  # fmt: skip
+
+
 @attrs.define(eq=False)
 class Vm:
     """``struct kvm_arch`` as far as these ioctls care: the ops it was created with, an HV VM's
@@ -137,6 +160,7 @@ class Vm:
     emul_smt_mode: int = 1
     vcores: set[int] = attrs.field(factory=set, eq=False)
     vcpus: list[Book3sVcpu] = attrs.field(factory=list, eq=False)  # by index: kvm_get_vcpu(kvm, i)
+    rtas_tokens: list[RtasTokenDefinition] = attrs.field(factory=list, eq=False)  # kvm->arch.rtas_tokens
 
 
 class PowerpcKvm:
@@ -156,7 +180,13 @@ class PowerpcKvm:
             self.steps = STEPS[rev.rules]
         self.request = rev.request(host.arch)
         self.KVM_ENABLE_CAP = KVM_ENABLE_CAP.request(host.arch)
-        self.KVM_PPC_GET_SMMU_INFO = KVM_PPC_GET_SMMU_INFO.request(host.arch)
+        # kvm_arch_vm_ioctl()'s cases beyond the compat ioctl, by request number
+        self.vm_ioctls: dict[int, Callable[[Vm, int, UserAccess], int]] = {
+            KVM_PPC_GET_SMMU_INFO.request(host.arch): self._get_smmu_info,
+            KVM_PPC_RTAS_DEFINE_TOKEN.request(host.arch): self._rtas_define_token,
+            KVM_PPC_GET_RMMU_INFO.request(host.arch): self._get_rmmu_info,
+            KVM_PPC_GET_CPU_CHAR.request(host.arch): self._get_cpu_char,
+        }
         self.KVM_GET_ONE_REG, self.KVM_SET_ONE_REG = (
             KVM_GET_ONE_REG.request(host.arch),
             KVM_SET_ONE_REG.request(host.arch),
@@ -382,20 +412,50 @@ class PowerpcKvm:
 
     # kvm_arch_vm_ioctl()
     def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
-        if request == self.KVM_PPC_GET_SMMU_INFO:  # memset, the ops' get_smmu_info, copy_to_user
-            first = vm.vcpus[0] if vm.vcpus else None
-            info = kvm_vm_ioctl_get_smmu_info_hv(self.host) if vm.hv else kvm_vm_ioctl_get_smmu_info_pr(first)
-            try:
-                mem.copy_to_user(argp, KVM_PPC_SMMU_INFO.pack(self.host.arch.byteorder, info))
-            except Fault:
-                raise KvmError(errno.EFAULT, f"KVM_PPC_GET_SMMU_INFO: cannot write the struct at {argp:#x}") from None
-            return 0
+        case = self.vm_ioctls.get(request)
+        if case is not None:
+            return case(vm, argp, mem)
         if self.ioctl is None or self.steps is None or request != self.request:
             raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x}")
         try:
             return self.steps.get_compat_caps(self, self.ioctl, vm, argp, mem)
         except Fault as fault:
             raise KvmError(errno.EFAULT, f"user memory: {fault}") from None
+
+    def _copy_out(self, layout: StructLayout, values: dict[str, int], argp: int, mem: UserAccess, what: str) -> int:
+        try:
+            mem.copy_to_user(argp, layout.pack(self.host.arch.byteorder, values))
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{what}: cannot write struct {layout.name} at {argp:#x}") from None
+        return 0
+
+    # case KVM_PPC_GET_SMMU_INFO: memset, the ops' get_smmu_info, copy_to_user
+    def _get_smmu_info(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+        first = vm.vcpus[0] if vm.vcpus else None
+        info = kvm_vm_ioctl_get_smmu_info_hv(self.host) if vm.hv else kvm_vm_ioctl_get_smmu_info_pr(first)
+        return self._copy_out(KVM_PPC_SMMU_INFO, info, argp, mem, "KVM_PPC_GET_SMMU_INFO")
+
+    # case KVM_PPC_RTAS_DEFINE_TOKEN: kvm_vm_ioctl_rtas_define_token() (copy_from_user first)
+    def _rtas_define_token(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+        self.check_masked_read(argp, "KVM_PPC_RTAS_DEFINE_TOKEN")
+        try:
+            raw = mem.copy_from_user(argp, KVM_RTAS_TOKEN_ARGS.size)
+        except Fault:
+            raise KvmError(
+                errno.EFAULT, f"KVM_PPC_RTAS_DEFINE_TOKEN: cannot read struct kvm_rtas_token_args at {argp:#x}"
+            ) from None
+        token = KVM_RTAS_TOKEN_ARGS.unpack(self.host.arch.byteorder, raw)["token"]
+        return kvm_vm_ioctl_rtas_define_token(vm.rtas_tokens, raw[:RTAS_NAME_LEN], token)
+
+    # case KVM_PPC_GET_RMMU_INFO: the ops' get_rmmu_info (HV's alone: EINVAL on PR), copy_to_user
+    def _get_rmmu_info(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+        if not vm.hv:
+            raise KvmError(errno.EINVAL, "KVM_PPC_GET_RMMU_INFO: a PR VM has no get_rmmu_info")
+        return self._copy_out(KVM_PPC_RMMU_INFO, kvmhv_get_rmmu_info(self.host), argp, mem, "KVM_PPC_GET_RMMU_INFO")
+
+    # case KVM_PPC_GET_CPU_CHAR: kvmppc_get_cpu_char() (any VM: it asks the firmware), copy_to_user
+    def _get_cpu_char(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+        return self._copy_out(KVM_PPC_CPU_CHAR, kvmppc_get_cpu_char(self.host), argp, mem, "KVM_PPC_GET_CPU_CHAR")
 
     # -- the revisions' handlers ------------------------------------------
 

@@ -20,7 +20,28 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
 
-from ..uapi import ARCHES, CAP_MODES, MODES, Arch, CompatMode, mode_of_logical_pvr, mode_of_pvr
+from ..uapi import (
+    ARCHES,
+    CAP_MODES,
+    KVM_PPC_CPU_BEHAV_BNDS_CHK_SPEC_BAR,
+    KVM_PPC_CPU_BEHAV_FAVOUR_SECURITY,
+    KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE,
+    KVM_PPC_CPU_BEHAV_L1D_FLUSH_PR,
+    KVM_PPC_CPU_CHAR_BCCTR_FLUSH_ASSIST,
+    KVM_PPC_CPU_CHAR_BCCTRL_SERIALISED,
+    KVM_PPC_CPU_CHAR_BR_HINT_HONOURED,
+    KVM_PPC_CPU_CHAR_COUNT_CACHE_DIS,
+    KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30,
+    KVM_PPC_CPU_CHAR_L1D_FLUSH_TRIG2,
+    KVM_PPC_CPU_CHAR_L1D_THREAD_PRIV,
+    KVM_PPC_CPU_CHAR_MTTRIG_THR_RECONF,
+    KVM_PPC_CPU_CHAR_SPEC_BAR_ORI31,
+    MODES,
+    Arch,
+    CompatMode,
+    mode_of_logical_pvr,
+    mode_of_pvr,
+)
 from . import papr
 from .errors import InvalidInput, KvmsimError
 from .papr import Hypervisor, HypervisorKind
@@ -160,6 +181,13 @@ SCHEMA: tuple[ProfileKey, ...] = (
     ),
     ProfileKey("device_tree", "table", "`{}`", "`/proc/device-tree` (POWER only)."),
     ProfileKey("device_tree.cpus", "array of tables", "one node from `cpu.mode`", "The `/cpus` nodes."),
+    ProfileKey(
+        "device_tree.ibm,processor-radix-AP-encodings",
+        "array",
+        "4K, 64K, 2M and 1G on a radix host",
+        "Every cpu node's radix page sizes (`shift | AP << 29`, e.g. `0xa0000010`), as PowerVM and QEMU's "
+        "pseries give them; `[]`: no such property (QEMU's powernv), so the kernel assumes 4K and 64K.",
+    ),
     ProfileKey("device_tree.cpus[].name", "string", "required", "The node's name (`PowerPC,POWER11@0`), unique."),
     ProfileKey("device_tree.cpus[].reg", "integer", "8 × its index", "The node's `reg` (a u32)."),
     ProfileKey(
@@ -167,6 +195,31 @@ SCHEMA: tuple[ProfileKey, ...] = (
         "integer",
         "none (raw mode)",
         "The `cpu-version` property: a logical PVR such as `0x0f000006`.",
+    ),
+    ProfileKey(
+        "cpu_char",
+        "table",
+        "`{}`",
+        "What the firmware says of speculation (`KVM_PPC_GET_CPU_CHAR`): on pseries the hypervisor's "
+        "`H_GET_CPU_CHARACTERISTICS`, on powernv OPAL's `/ibm,opal/fw-features` (POWER only).",
+    ),
+    ProfileKey(
+        "cpu_char.available",
+        "boolean",
+        "true on pseries, false on powernv (QEMU's)",
+        "false: the hypercall fails (pseries) or the device tree has no `fw-features` node (powernv): all zero.",
+    ),
+    ProfileKey(
+        "cpu_char.character",
+        "integer",
+        "`0x3c40000000000000` on pseries (QEMU's), else 0",
+        "The characteristics word (a u64, `KVM_PPC_CPU_CHAR_*`); on powernv only the bits a fw-feature can set.",
+    ),
+    ProfileKey(
+        "cpu_char.behaviour",
+        "integer",
+        "`0xe400000000000000` on pseries (QEMU's), else 0",
+        "The behaviour word (a u64, `KVM_PPC_CPU_BEHAV_*`); on powernv only the four the kernel reads.",
     ),
     ProfileKey("kvm_hv", "table", "`{}`", "kvm_hv's module parameters, as modprobe passes them."),
     ProfileKey(
@@ -207,6 +260,40 @@ class Cpu:
         return self.mode or self.generation
 
 
+# The bits each firmware interface can state (powerpc.c's kvmppc_get_cpu_char() masks): OPAL's
+# fw-features lack two of the hypercall's characteristics
+CPU_CHAR_OPAL = (
+    KVM_PPC_CPU_CHAR_SPEC_BAR_ORI31 | KVM_PPC_CPU_CHAR_BCCTRL_SERIALISED | KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30
+    | KVM_PPC_CPU_CHAR_L1D_FLUSH_TRIG2 | KVM_PPC_CPU_CHAR_L1D_THREAD_PRIV | KVM_PPC_CPU_CHAR_COUNT_CACHE_DIS
+    | KVM_PPC_CPU_CHAR_BCCTR_FLUSH_ASSIST
+)  # fmt: skip
+CPU_CHAR_PSERIES = CPU_CHAR_OPAL | KVM_PPC_CPU_CHAR_BR_HINT_HONOURED | KVM_PPC_CPU_CHAR_MTTRIG_THR_RECONF
+CPU_BEHAV_ALL = (
+    KVM_PPC_CPU_BEHAV_FAVOUR_SECURITY | KVM_PPC_CPU_BEHAV_L1D_FLUSH_PR | KVM_PPC_CPU_BEHAV_BNDS_CHK_SPEC_BAR
+    | KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE
+)  # fmt: skip
+
+
+@attrs.frozen
+class CpuChar:
+    """The firmware's word on speculation: H_GET_CPU_CHARACTERISTICS's answer (pseries) or what
+    /ibm,opal/fw-features says (powernv); a profile's default is :data:`QEMU_CPU_CHAR`'s."""
+
+    available: bool
+    character: int = 0
+    behaviour: int = 0
+
+
+# What the lab's L0s answer: QEMU's pseries H_GET_CPU_CHARACTERISTICS with its default spapr caps
+# (cfpc, sbbc, ibs workaround; ccf-assist on): L1D flushes by ori 30 and trig2, thread-private L1D,
+# branch hints honoured, the bcctr flush assist; favour security, flush L1D on entry to PR, a
+# barrier for bounds checks, flush the count cache.  QEMU's powernv firmware has no fw-features.
+QEMU_CPU_CHAR = {
+    "pseries": CpuChar(True, 0x3C40000000000000, 0xE400000000000000),
+    "powernv": CpuChar(False),
+}
+
+
 @attrs.frozen
 class CpuNode:
     """A ``/cpus/<name>`` device-tree node."""
@@ -237,6 +324,9 @@ class Host:
     # kernel built with CONFIG_KVM_BOOK3S_PR_POSSIBLE (kvm_pr exists), which also selects
     # CONFIG_KVM_MMIO (kvmsim.kernel.kconfig); by default, whether the profile loads kvm_pr
     book3s_pr: bool = False
+    cpu_char: CpuChar = CpuChar(False)  # the firmware's word on speculation (KVM_PPC_GET_CPU_CHAR)
+    # the cpu nodes' ibm,processor-radix-AP-encodings (empty: no such property)
+    radix_ap_encodings: tuple[int, ...] = ()
     # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
     recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
@@ -394,6 +484,43 @@ def _read_hypervisor(t: _Table, platform: str) -> Hypervisor:
     return hv
 
 
+def _read_cpu_char(t: _Table, platform: str) -> CpuChar:
+    if platform == "x86":
+        if t.data:
+            raise t.error(next(iter(t.data)), "an x86 machine has no POWER firmware")
+        return CpuChar(False)
+    default = QEMU_CPU_CHAR[platform]
+    available = t.take("available", bool, default.available)
+    words = {"character": (CPU_CHAR_PSERIES if platform == "pseries" else CPU_CHAR_OPAL, default.character),
+             "behaviour": (CPU_BEHAV_ALL, default.behaviour)}  # fmt: skip
+    values = {}
+    for key, (allowed, fallback) in words.items():
+        value = t.take(key, int, fallback)
+        if not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
+            raise t.error(key, f"{value:#x} does not fit 64 bits")
+        if platform == "powernv" and value & ~allowed:
+            raise t.error(key, f"bits {value & ~allowed:#x} are none that a fw-features node sets")
+        values[key] = value
+    t.done()
+    return CpuChar(available, values["character"], values["behaviour"])
+
+
+RADIX_AP_ENCODINGS = (0x0000000C, 0xA0000010, 0x20000015, 0x4000001E)  # 4K, 64K, 2M, 1G: PowerVM's, QEMU's pseries
+
+
+def _read_radix_ap_encodings(t: _Table, mmu: Mmu | None) -> tuple[int, ...]:
+    key = "ibm,processor-radix-AP-encodings"
+    if not t.has(key):
+        return RADIX_AP_ENCODINGS if mmu == "radix" else ()
+    if mmu != "radix":
+        raise t.error(key, "only a radix host's cpu nodes have it")
+    values = t.take(key, list)
+    for value in values:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
+            raise t.error(key, f"{value!r} is not a u32 cell")
+    return tuple(values)
+
+
 def _read_cpu_nodes(t: _Table, cpu: Cpu) -> tuple[CpuNode, ...]:
     if not t.has("cpus"):
         t.done()
@@ -481,12 +608,14 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: str | 
     dt = t.table("device_tree")
     if not powerpc and dt.data:
         raise dt.error("cpus", "an x86 machine has no device tree")
+    radix_ap = _read_radix_ap_encodings(dt, mmu)
     cpu_nodes = _read_cpu_nodes(dt, cpu)
     for i, node in enumerate(cpu_nodes):
         if node.cpu_version is not None and cpu.mode and node.cpu_version != cpu.mode.logical_pvr:
             dt_mode = mode_of_logical_pvr(node.cpu_version)
             if dt_mode is not None:
                 raise dt.error(f"cpus[{i}].cpu-version", f"{dt_mode.name} contradicts cpu.mode {cpu.mode.name}")
+    cpu_char = _read_cpu_char(t.table("cpu_char"), platform)
     kvm_hv = t.table("kvm_hv")  # the module's parameters, as modprobe passes them
     if kvm_hv.has("nested") and "kvm_hv" not in module_list:
         raise kvm_hv.error("nested", "a parameter of kvm_hv, which this host does not load")
@@ -510,6 +639,8 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: str | 
         cpu_nodes,
         kvm_hv_nested,
         book3s_pr,
+        cpu_char,
+        radix_ap,
         MappingProxyType(recorded),
     )
 

@@ -31,7 +31,10 @@ from ..uapi import (
     ARCHES,
     DEV_KVM,
     KVM_CAP_MAX_VCPUS,
+    KVM_PPC_CPU_CHAR,
+    KVM_PPC_RMMU_INFO,
     REVISIONS,
+    RMMU_AP_ENCODINGS,
     AbiRevision,
     ByteOrder,
     mode_of_logical_pvr,
@@ -146,6 +149,40 @@ def answered_caps(probes: Mapping[str, Any], byteorder: ByteOrder) -> int | None
     return None
 
 
+def _struct_written(recorded: object, size: int) -> bytes | None:
+    """The whole struct a successful probe's answer shows (its buffer started as 0xaa bytes)."""
+    if recorded is None:
+        return None
+    answer = Answer.from_toml(recorded)
+    if answer.error is not None or answer.written is None:
+        return None
+    tail = bytes.fromhex(answer.tail) if answer.tail not in (None, "changed") else b"\xaa" * (size - 24)
+    return (answer.written + tail)[:size]
+
+
+def cpu_char(recorded: object, byteorder: ByteOrder) -> dict[str, Any] | None:
+    """The profile's ``cpu_char`` from KVM_PPC_GET_CPU_CHAR's answer: unavailable where the
+    masks are 0 (the hypercall failed, or no fw-features node)."""
+    data = _struct_written(recorded, KVM_PPC_CPU_CHAR.size)
+    if data is None:
+        return None
+    words = KVM_PPC_CPU_CHAR.unpack(byteorder, data)
+    if not words["character_mask"]:
+        return {"available": False}
+    return {"available": True, "character": words["character"], "behaviour": words["behaviour"]}
+
+
+def radix_ap_encodings(recorded: object, byteorder: ByteOrder) -> list[int] | None:
+    """The cpu nodes' ``ibm,processor-radix-AP-encodings`` as KVM_PPC_GET_RMMU_INFO's answer
+    shows them: ``[]`` where they are the kernel's own assumption without one (4K and 64K)."""
+    data = _struct_written(recorded, KVM_PPC_RMMU_INFO.size)
+    if data is None:
+        return None
+    info = KVM_PPC_RMMU_INFO.unpack(byteorder, data)
+    cells = [info[f"ap_encoding{i}"] for i in range(RMMU_AP_ENCODINGS) if info[f"ap_encoding{i}"]]
+    return [] if cells == [0x0000000C, 0xA0000010] else cells
+
+
 def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     """Profiles (as TOML-ready dicts) consistent with what the files say, likeliest first."""
     cpuinfo, machine = obs["cpuinfo"], obs["machine"]
@@ -179,7 +216,14 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     mode = mode_of_logical_pvr(version) if version is not None else None
     if mode is not None:
         cpu["mode"] = mode.name
-    dt = {"cpus": [dict(n) for n in obs["cpus"]]} if obs["cpus"] else {}
+    dt: dict[str, Any] = {"cpus": [dict(n) for n in obs["cpus"]]} if obs["cpus"] else {}
+    byteorder = ARCHES[machine].byteorder
+    encodings = radix_ap_encodings(probes.get("rmmu info"), byteorder)
+    if encodings is not None:
+        dt["ibm,processor-radix-AP-encodings"] = encodings
+    firmware = cpu_char(probes.get("cpu char"), byteorder)
+    if firmware is not None:
+        base["cpu_char"] = firmware
 
     def built(modules: list[str]) -> dict[str, Any] | None:
         """The build's kvm_pr as the mapping size says; None where the modules contradict it."""

@@ -614,7 +614,6 @@ SLB_VSID_L, SLB_VSID_LP_01 = 0x100, 0x10  # a large page, and its size 01 (64K w
 # The VM's MMU facts: KVM_PPC_GET_SMMU_INFO
 KVM_PPC_GET_SMMU_INFO = KvmIoctl("KVM_PPC_GET_SMMU_INFO", "read", 0xA6, 592)
 KVM_PPC_PAGE_SIZES_REAL, KVM_PPC_1T_SEGMENTS, KVM_PPC_NO_HASH = 0x1, 0x2, 0x4
-VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO)  # what kvmsim models on a VM fd beyond the compat ioctl
 SMMU_FIELDS = tuple(
     f"sps{i}_{f}" for i in range(8)
     for f in ("page_shift", "slb_enc", *(f"enc{j}_{g}" for j in range(8) for g in ("page_shift", "pte_enc")))
@@ -633,6 +632,53 @@ KVM_PPC_SMMU_INFO = StructLayout(
             struct kvm_ppc_one_seg_page_size sps[KVM_PPC_PAGE_SIZES_MAX_SZ];  /* 8 of each */
     };
 """
+KVM_PPC_GET_RMMU_INFO = KvmIoctl("KVM_PPC_GET_RMMU_INFO", "write", 0xB0, 96)  # _IOW, though the kernel writes it
+RMMU_GEOMETRIES, RMMU_AP_ENCODINGS = 8, 8
+KVM_PPC_RMMU_INFO = StructLayout(
+    "kvm_ppc_rmmu_info",
+    "BBBBB3x" * RMMU_GEOMETRIES + "I" * RMMU_AP_ENCODINGS,
+    (*(f"geo{i}_{f}" for i in range(RMMU_GEOMETRIES) for f in ("page_shift", *(f"level_bits{j}" for j in range(4)))),
+     *(f"ap_encoding{i}" for i in range(RMMU_AP_ENCODINGS))),
+)  # fmt: skip
+"""arch/powerpc/include/uapi/asm/kvm.h::
+
+    struct kvm_ppc_rmmu_info {
+            struct kvm_ppc_radix_geom { __u8 page_shift; __u8 level_bits[4]; __u8 pad[3]; } geometries[8];
+            __u32 ap_encodings[8];
+    };
+"""
+KVM_PPC_GET_CPU_CHAR = KvmIoctl("KVM_PPC_GET_CPU_CHAR", "read", 0xB1, 32)
+KVM_PPC_CPU_CHAR = StructLayout(
+    "kvm_ppc_cpu_char", "QQQQ", ("character", "behaviour", "character_mask", "behaviour_mask")
+)
+"""arch/powerpc/include/uapi/asm/kvm.h::
+
+    struct kvm_ppc_cpu_char {
+            __u64 character; __u64 behaviour; __u64 character_mask; __u64 behaviour_mask;
+    };
+"""
+# its bits (MSB-0 in the hcall's words: bit 0 is 1 << 63)
+KVM_PPC_CPU_CHAR_SPEC_BAR_ORI31 = 1 << 63
+KVM_PPC_CPU_CHAR_BCCTRL_SERIALISED = 1 << 62
+KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30 = 1 << 61
+KVM_PPC_CPU_CHAR_L1D_FLUSH_TRIG2 = 1 << 60
+KVM_PPC_CPU_CHAR_L1D_THREAD_PRIV = 1 << 59
+KVM_PPC_CPU_CHAR_BR_HINT_HONOURED = 1 << 58
+KVM_PPC_CPU_CHAR_MTTRIG_THR_RECONF = 1 << 57
+KVM_PPC_CPU_CHAR_COUNT_CACHE_DIS = 1 << 56
+KVM_PPC_CPU_CHAR_BCCTR_FLUSH_ASSIST = 1 << 54
+KVM_PPC_CPU_BEHAV_FAVOUR_SECURITY = 1 << 63
+KVM_PPC_CPU_BEHAV_L1D_FLUSH_PR = 1 << 62
+KVM_PPC_CPU_BEHAV_BNDS_CHK_SPEC_BAR = 1 << 61
+KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE = 1 << 58
+KVM_PPC_RTAS_DEFINE_TOKEN = KvmIoctl("KVM_PPC_RTAS_DEFINE_TOKEN", "write", 0xAC, 128)
+RTAS_NAME_LEN = 120
+KVM_RTAS_TOKEN_ARGS = StructLayout("kvm_rtas_token_args", f"{RTAS_NAME_LEN}xQ", ("token",))
+"""arch/powerpc/include/uapi/asm/kvm.h: ``struct kvm_rtas_token_args { char name[120]; __u64 token; };``
+(the name is bytes: :data:`RTAS_NAME_LEN` of them from the struct's start)"""
+# what kvmsim models on a VM fd beyond the compat ioctl
+VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
+             KVM_PPC_RTAS_DEFINE_TOKEN)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -688,10 +734,7 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
     _vm("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4, KVM_CAP_PPC_ALLOC_HTAB),
     _vm("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
-    _vm("KVM_PPC_RTAS_DEFINE_TOKEN", "write", 0xAC, 128, KVM_CAP_PPC_RTAS),
     _vm("KVM_PPC_CONFIGURE_V3_MMU", "write", 0xAF, 16, KVM_CAP_PPC_MMU_RADIX),
-    _vm("KVM_PPC_GET_RMMU_INFO", "write", 0xB0, 96, KVM_CAP_PPC_MMU_RADIX),
-    _vm("KVM_PPC_GET_CPU_CHAR", "read", 0xB1, 32, KVM_CAP_PPC_GET_CPU_CHAR),
     _vcpu("KVM_INTERRUPT", "write", 0x86, 4),
     _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
 )

@@ -50,7 +50,11 @@ from ..uapi import (
     KVM_ENABLE_CAP_STRUCT,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_RMMU_INFO,
+    KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_REGS,
+    KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
     KVM_SET_REGS,
     KVM_SET_SREGS,
@@ -60,6 +64,7 @@ from ..uapi import (
     KVMIO,
     MSR_ME,
     REVISIONS,
+    RTAS_NAME_LEN,
     AbiRevision,
     Arch,
     StructLayout,
@@ -197,6 +202,55 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
     return Probe(name, vm, KVM_ENABLE_CAP.request, struct)
 
 
+# RTAS names: the kernel's four handlers, a prefix of one, one with junk after its NUL, unknown ones
+RTAS_NAMES = (b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off", b"ibm,int-on", b"ibm,int", b"ibm,int-on\0x",
+              b"ibm,nonesuch", b"", b"i" * RTAS_NAME_LEN)  # fmt: skip
+VM_PPC_IOCTLS = (KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN)
+
+
+def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
+    """One of kvm_arch_vm_ioctl's Book3S cases (or a neighbour in direction and size) with its
+    struct whole, cut short against the unmapped page, read-only, or a bad pointer."""
+    io = rng.choice(VM_PPC_IOCTLS)
+    size = io.size
+    struct: Callable[[Arch], bytes]
+    if io is KVM_PPC_RTAS_DEFINE_TOKEN:  # a token of one non-zero byte (the prober's buffers), or 0
+        rtas = rng.choice(RTAS_NAMES)
+        token = rng.choice((0, 0, rng.randrange(1, 256) << 8 * rng.randrange(8)))
+        if len(rtas) == RTAS_NAME_LEN:  # a name that fills the struct: a token of the same byte
+            token = int.from_bytes(rtas[:8], "little")
+        struct = functools.partial(_rtas_args, name=rtas, token=token)
+    else:
+        struct = _const_bytes(bytes([rng.choice((0, 0xAA))]) * size)
+    roll = rng.random()
+    if roll < 0.1:  # a neighbour: another direction or size of the same number
+        pick = rng.randrange(1 << 30)
+
+        def req(a: Arch, nr: int = io.nr, p: int = pick) -> int:
+            ioc = a.ioc
+            direction = (ioc.none, ioc.read, ioc.write, ioc.read | ioc.write)[p % 4]
+            return ioc.ioc(direction, KVMIO, nr, (0, 16, 32, 96, 128)[p // 4 % 5])
+
+        return Probe(name, fd, req, struct)  # type: ignore[arg-type]
+    if roll < 0.25:  # never a kernel address: copy_from_user's mask would read kernel memory
+        return Probe(name, fd, io.request, _const(rng.choice((NULL, WILD))))  # type: ignore[arg-type]
+    if roll < 0.4:  # cut short: its end against the unmapped page
+        short = functools.partial(_cut, make=struct, length=rng.randrange(1, size))
+        return Probe(name, fd, io.request, short)  # type: ignore[arg-type]
+    if roll < 0.5:  # read-only throughout: a read succeeds, a write faults
+        return Probe(name, fd, io.request, struct, readonly_from=0)  # type: ignore[arg-type]
+    return Probe(name, fd, io.request, struct)  # type: ignore[arg-type]
+
+
+def _cut(arch: Arch, *, make: Callable[[Arch], bytes], length: int) -> bytes:
+    return make(arch)[:length]
+
+
+def _rtas_args(arch: Arch, *, name: bytes, token: int) -> bytes:
+    tail = KVM_RTAS_TOKEN_ARGS.pack(arch.byteorder, {"token": token})[RTAS_NAME_LEN:]
+    return name.ljust(RTAS_NAME_LEN, b"\0")[:RTAS_NAME_LEN] + tail
+
+
 def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values()) -> list[Probe]:
     """``n`` cases from ``seed``, for the arch each is asked on (the requests are built then)."""
     rng = random.Random(seed)
@@ -242,6 +296,8 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
                 out.append(Probe(name, fd, req, exact, readonly_from=k))  # type: ignore[arg-type]
             else:
                 out.append(Probe(name, fd, req, arg))  # type: ignore[arg-type]
+        elif kind < 0.6:  # kvm_arch_vm_ioctl's Book3S cases: CPU_CHAR, RMMU_INFO, RTAS_DEFINE_TOKEN
+            out.append(_vm_ppc_case(random.Random(rng.randrange(1 << 30)), name, fd))
         elif kind < 0.8:  # KVM_CHECK_EXTENSION of any number
             cap = rng.choice((rng.randrange(0, 301), rng.randrange(301, 1 << 16), (1 << 31) - 1, -1, -250))
             out.append(Probe(name, fd, Arch.kvm_check_extension, _const(cap)))  # type: ignore[arg-type]

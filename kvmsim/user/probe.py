@@ -39,9 +39,15 @@ from ..uapi import (
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_ONE_REG,
+    KVM_PPC_CPU_CHAR,
+    KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_GET_SMMU_INFO,
+    KVM_PPC_RMMU_INFO,
+    KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_PPC_SMMU_INFO,
     KVM_REGS,
+    KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
     KVM_SET_ONE_REG,
     KVM_SET_REGS,
@@ -51,6 +57,7 @@ from ..uapi import (
     MSR_ME,
     ONE_REGS,
     REVISIONS,
+    RTAS_NAME_LEN,
     STARTUP_CAPS,
     AbiRevision,
     Arch,
@@ -287,6 +294,7 @@ def vcpu_probes(*, registers: bool = True) -> Iterator[Probe]:
     yield Probe("smmu info", "vcpu-vm", smmu, lambda a: b"\xaa" * KVM_PPC_SMMU_INFO.size)  # PR's depends on vcpu 0
     yield Probe("smmu info NULL", "vcpu-vm", smmu, lambda a: NULL)
     yield Probe("smmu info on dev", "dev", smmu, lambda a: b"\xaa" * KVM_PPC_SMMU_INFO.size)
+    yield from vm_ppc_probes()
     yield Probe("vcpu get sregs", "vcpu", KVM_GET_SREGS.request, lambda a: b"\xaa" * KVM_SREGS.size)
     yield Probe("vcpu get sregs NULL", "vcpu", KVM_GET_SREGS.request, lambda a: NULL)
     yield Probe("vcpu set sregs NULL", "vcpu", KVM_SET_SREGS.request, lambda a: NULL)
@@ -324,6 +332,39 @@ def vcpu_probes(*, registers: bool = True) -> Iterator[Probe]:
         yield Probe(f"vcpu enable cap osi {when}", "vcpu", enable, cap(KVM_CAP_PPC_OSI))
         yield Probe(f"vcpu enable cap epr {when}", "vcpu", enable, cap(KVM_CAP_PPC_EPR, arg0=1))
         yield Probe(f"vcpu enable cap fwnmi {when}", "vcpu", enable, cap(KVM_CAP_PPC_FWNMI))
+
+
+def _rtas_token(arch: Arch, *, name: bytes, token: int) -> bytes:
+    struct = KVM_RTAS_TOKEN_ARGS.pack(arch.byteorder, {"token": token})
+    return name.ljust(RTAS_NAME_LEN, b"\0")[:RTAS_NAME_LEN] + struct[RTAS_NAME_LEN:]
+
+
+def vm_ppc_probes() -> Iterator[Probe]:
+    """kvm_arch_vm_ioctl's Book3S cases QEMU asks: the CPU's speculation characteristics, the radix
+    MMU's geometry, and RTAS tokens defined, defined again and undefined, in an order whose answers
+    depend on it."""
+    cpu_char, rmmu = KVM_PPC_GET_CPU_CHAR.request, KVM_PPC_GET_RMMU_INFO.request
+    yield Probe("cpu char", "vm", cpu_char, lambda a: b"\xaa" * KVM_PPC_CPU_CHAR.size)
+    yield Probe("cpu char NULL", "vm", cpu_char, lambda a: NULL)
+    yield Probe("cpu char on dev", "dev", cpu_char, lambda a: b"\xaa" * KVM_PPC_CPU_CHAR.size)
+    yield Probe("rmmu info", "vm", rmmu, lambda a: b"\xaa" * KVM_PPC_RMMU_INFO.size)
+    yield Probe("rmmu info NULL", "vm", rmmu, lambda a: NULL)
+    define = KVM_PPC_RTAS_DEFINE_TOKEN.request
+    # tokens of one non-zero byte (the lab's prober gives a buffer past its first PROBE_HEAD bytes as
+    # one byte repeated and one other), or all "i" as the name that fills the struct
+    no_nul = int.from_bytes(b"i" * 8, "little")
+    tokens = (
+        ("set-xive", b"ibm,set-xive", 0x2000), ("set-xive again", b"ibm,set-xive", 0x2000),
+        ("int-on same token", b"ibm,int-on", 0x2000), ("unknown name", b"ibm,nonesuch", 0x3000),
+        ("unknown name same token", b"ibm,nonesuch", 0x2000), ("get-xive", b"ibm,get-xive", 0x2100),
+        ("set-xive second token", b"ibm,set-xive\0junk", 0x2200), ("undefine get-xive", b"ibm,get-xive", 0),
+        ("get-xive after undefine", b"ibm,get-xive", 0x2100), ("undefine unknown", b"ibm,nonesuch", 0),
+        ("no NUL", b"i" * RTAS_NAME_LEN, no_nul), ("int-off", b"ibm,int-off", 0xFF << 56),
+        ("undefine int-off", b"ibm,int-off", 0), ("int-off again", b"ibm,int-off", 0xFF << 56),
+    )  # fmt: skip
+    for name, rtas, token in tokens:
+        yield Probe(f"rtas token {name}", "vm", define, functools.partial(_rtas_token, name=rtas, token=token))
+    yield Probe("rtas token NULL", "vm", define, lambda a: NULL)
 
 
 def one_reg_probes() -> Iterator[Probe]:

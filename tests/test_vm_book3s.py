@@ -1,0 +1,195 @@
+"""kvm_arch_vm_ioctl's Book3S cases that QEMU's start-up asks (powerpc.c, book3s_rtas.c,
+book3s_64_mmu_radix.c): KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO and
+KVM_PPC_RTAS_DEFINE_TOKEN, parametrized over every host whose kernel makes a VM."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from test_vcpu import VM_HOSTS, _overridden, errno_of
+
+from kvmsim import Kernel
+from kvmsim.kernel import hostfs, profile
+from kvmsim.kernel.profile import ProfileError
+from kvmsim.uapi import (
+    KVM_CAP_PPC_GET_CPU_CHAR,
+    KVM_CAP_PPC_MMU_RADIX,
+    KVM_CAP_PPC_RTAS,
+    KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE,
+    KVM_PPC_CPU_CHAR,
+    KVM_PPC_CPU_CHAR_BR_HINT_HONOURED,
+    KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30,
+    KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_RMMU_INFO,
+    KVM_PPC_RMMU_INFO,
+    KVM_PPC_RTAS_DEFINE_TOKEN,
+    KVM_RTAS_TOKEN_ARGS,
+    RTAS_NAME_LEN,
+)
+
+
+def vm_of(k: Kernel, vm_type: int = 0) -> int:
+    return int(k.ioctl(k.open(), k.KVM_CREATE_VM, vm_type))
+
+
+def nonzero(layout: object, k: Kernel, data: bytes) -> dict[str, int]:
+    return {f: v for f, v in layout.unpack(k.arch.byteorder, data).items() if v}  # type: ignore[attr-defined]
+
+
+# -- KVM_PPC_GET_CPU_CHAR ----------------------------------------------------------------------
+
+
+def cpu_char(k: Kernel, vm: int) -> dict[str, int]:
+    out = k.ioctl(vm, KVM_PPC_GET_CPU_CHAR.request(k.arch), bytes(b"\xaa" * KVM_PPC_CPU_CHAR.size))
+    return KVM_PPC_CPU_CHAR.unpack(k.arch.byteorder, bytes(out))
+
+
+PSERIES_MASKS = {"character_mask": 0xFF40000000000000, "behaviour_mask": 0xE400000000000000}
+OPAL_MASKS = {"character_mask": 0xF940000000000000, "behaviour_mask": 0xE400000000000000}
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_cpu_char_is_the_firmwares_word_with_its_interfaces_mask(host: str) -> None:
+    """pseries: H_GET_CPU_CHARACTERISTICS's words as they come (QEMU's by default, as the lab's
+    L0s answer), the mask of the nine characteristics the hcall can say; powernv: nothing,
+    masks included, where the device tree has no fw-features (QEMU's powernv, by default); the
+    capability is 1 wherever the ioctl answers."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_GET_CPU_CHAR) == 1
+    fw = k.host.cpu_char
+    expected = dict.fromkeys(("character", "behaviour", "character_mask", "behaviour_mask"), 0)
+    if fw.available:
+        expected |= {"character": fw.character, "behaviour": fw.behaviour}
+        expected |= PSERIES_MASKS if k.host.platform == "pseries" else OPAL_MASKS
+    assert cpu_char(k, vm) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "overrides", "expected"),
+    [
+        ("qemu-nested-hv-p10", {}, {"character": 0x3C40000000000000, "behaviour": 0xE400000000000000, **PSERIES_MASKS}),
+        ("qemu-nested-hv-p10", {"cpu_char": {"available": False}}, {}),  # the hcall failed: zeroes, still 0
+        ("qemu-powernv9", {}, {}),
+        (
+            "qemu-powernv9",
+            {"cpu_char": {"available": True, "character": KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30}},
+            {"character": KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30, **OPAL_MASKS},
+        ),
+        (
+            "powervm-p10",
+            {"cpu_char": {"character": (1 << 64) - 1, "behaviour": KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE}},
+            {"character": (1 << 64) - 1, "behaviour": KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE, **PSERIES_MASKS},
+        ),
+    ],
+)
+def test_cpu_char_by_firmware(host: str, overrides: dict[str, object], expected: dict[str, int]) -> None:
+    k = _overridden(host, overrides) if overrides else Kernel.from_profile(host)
+    assert {f: v for f, v in cpu_char(k, vm_of(k)).items() if v} == expected
+
+
+def test_cpu_char_on_powernv_holds_only_what_a_fw_feature_can_say() -> None:
+    fw = {"available": True, "character": KVM_PPC_CPU_CHAR_BR_HINT_HONOURED}
+    doc = profile.document(profile.find("qemu-powernv9"), "qemu-powernv9") | {"cpu_char": fw}
+    with pytest.raises(ProfileError, match=r"cpu_char\.character: bits 0x400000000000000 are none that a fw-feat"):
+        profile.from_mapping(doc, name="p", where="p.toml")
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_cpu_char_faults_on_a_bad_pointer_and_is_no_dev_ioctl(host: str) -> None:
+    k = Kernel.from_profile(host)
+    request = KVM_PPC_GET_CPU_CHAR.request(k.arch)
+    assert errno_of(k.sys_ioctl, vm_of(k), request, 0) == errno.EFAULT
+    assert errno_of(k.ioctl, k.open(), request, bytes(32)) == errno.EINVAL  # kvm_arch_dev_ioctl's default
+
+
+# -- KVM_PPC_GET_RMMU_INFO ---------------------------------------------------------------------
+
+
+def rmmu(k: Kernel, vm: int) -> dict[str, int]:
+    out = k.ioctl(vm, KVM_PPC_GET_RMMU_INFO.request(k.arch), bytes(b"\xaa" * KVM_PPC_RMMU_INFO.size))
+    return nonzero(KVM_PPC_RMMU_INFO, k, bytes(out))
+
+
+GEOMETRIES = {"geo0_page_shift": 12, "geo0_level_bits0": 9, "geo0_level_bits1": 9, "geo0_level_bits2": 9,
+              "geo0_level_bits3": 13, "geo1_page_shift": 16, "geo1_level_bits0": 5, "geo1_level_bits1": 9,
+              "geo1_level_bits2": 9, "geo1_level_bits3": 13}  # fmt: skip
+FOUR_SIZES = {"ap_encoding0": 0xC, "ap_encoding1": 0xA0000010, "ap_encoding2": 0x20000015, "ap_encoding3": 0x4000001E}
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_rmmu_info_on_a_radix_hosts_hv_vm(host: str) -> None:
+    """kvmhv_get_rmmu_info: two geometries, then the AP encodings of the page sizes the cpu
+    nodes' ibm,processor-radix-AP-encodings gave (PowerVM's and QEMU's pseries: 4K, 64K, 2M,
+    1G); without the property (QEMU's powernv) the kernel assumes 4K and 64K.  A hash host, or a
+    PR VM (no get_rmmu_info): EINVAL.  KVM_CAP_PPC_MMU_RADIX says which."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    hv = k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_MMU_RADIX) == 1
+    request = KVM_PPC_GET_RMMU_INFO.request(k.arch)
+    if k.host.mmu != "radix" or not hv:
+        assert errno_of(k.ioctl, vm, request, bytes(96)) == errno.EINVAL
+        return
+    sizes = FOUR_SIZES if k.host.radix_ap_encodings else {"ap_encoding0": 0xC, "ap_encoding1": 0xA0000010}
+    assert rmmu(k, vm) == GEOMETRIES | sizes
+    assert errno_of(k.sys_ioctl, vm, request, 0) == errno.EFAULT
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        ([0x4000001E, 0x0000000C], {"ap_encoding0": 0xC, "ap_encoding1": 0x4000001E}),  # the kernel's order
+        ([0x0000000C, 0x20000018, 0xE000000C], {"ap_encoding0": 0xE000000C}),  # 16M unknown; the last 4K wins
+    ],
+)
+def test_rmmu_info_reads_the_encodings_as_radix_dt_scan_page_sizes_does(cells: list[int], expected: dict) -> None:
+    k = _overridden("qemu-nested-hv-p10", {"device_tree": {"ibm,processor-radix-AP-encodings": cells}})
+    assert rmmu(k, vm_of(k)) == GEOMETRIES | expected
+    dt = hostfs.files(k)
+    node = next(p for p in dt if p.endswith("/ibm,processor-radix-AP-encodings"))
+    assert dt[node] == b"".join(c.to_bytes(4, "big") for c in cells)
+
+
+def test_radix_ap_encodings_belong_to_a_radix_host() -> None:
+    dt = {"ibm,processor-radix-AP-encodings": [12]}
+    doc = profile.document(profile.find("qemu-nested-hv-p10-hash"), "h") | {"device_tree": dt}
+    with pytest.raises(ProfileError, match="only a radix host's cpu nodes have it"):
+        profile.from_mapping(doc, name="h", where="h.toml")
+
+
+# -- KVM_PPC_RTAS_DEFINE_TOKEN -------------------------------------------------------------------
+
+
+def define(k: Kernel, vm: int, name: bytes, token: int) -> int:
+    args = (
+        name.ljust(RTAS_NAME_LEN, b"\0") + KVM_RTAS_TOKEN_ARGS.pack(k.arch.byteorder, {"token": token})[RTAS_NAME_LEN:]
+    )
+    return int(k.ioctl(vm, KVM_PPC_RTAS_DEFINE_TOKEN.request(k.arch), bytearray(args)))
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_rtas_tokens_define_and_undefine_as_book3s_rtas_does(host: str) -> None:
+    """A token must be new (EEXIST, asked before the name); the name one of XICS's four
+    handlers, compared up to its NUL (ENOENT); a name may have several tokens; token 0 forgets
+    the name's first definition, an unknown name silently."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_RTAS) == 1
+    assert define(k, vm, b"ibm,set-xive", 0x2000) == 0
+    assert errno_of(define, k, vm, b"ibm,int-on", 0x2000) == errno.EEXIST
+    assert errno_of(define, k, vm, b"ibm,nonesuch", 0x2000) == errno.EEXIST
+    assert errno_of(define, k, vm, b"ibm,nonesuch", 0x3000) == errno.ENOENT
+    assert errno_of(define, k, vm, b"ibm,set", 0x3000) == errno.ENOENT  # a prefix is not the name
+    assert errno_of(define, k, vm, b"i" * RTAS_NAME_LEN, 0x3000) == errno.ENOENT  # no NUL at all
+    assert define(k, vm, b"ibm,set-xive\0junk", 0x2200) == 0
+    assert define(k, vm, b"ibm,get-xive", 0x2100) == 0
+    assert define(k, vm, b"ibm,get-xive", 0) == 0
+    assert define(k, vm, b"ibm,get-xive", 0x2100) == 0  # its token is free again
+    assert define(k, vm, b"ibm,nonesuch", 0) == 0
+    assert define(k, vm, b"ibm,set-xive", 0) == 0  # the first of its two definitions goes
+    assert define(k, vm, b"ibm,int-off", 0x2000) == 0
+    assert errno_of(define, k, vm, b"ibm,int-off", 0x2200) == errno.EEXIST
+    assert errno_of(k.sys_ioctl, vm, KVM_PPC_RTAS_DEFINE_TOKEN.request(k.arch), 0) == errno.EFAULT
+    other = vm_of(k)  # the tokens are the VM's
+    assert define(k, other, b"ibm,int-off", 0x2000) == 0
