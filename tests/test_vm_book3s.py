@@ -1,6 +1,7 @@
-"""kvm_arch_vm_ioctl's Book3S cases that QEMU's start-up asks (powerpc.c, book3s_rtas.c,
-book3s_64_mmu_radix.c): KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO and
-KVM_PPC_RTAS_DEFINE_TOKEN, parametrized over every host whose kernel makes a VM."""
+"""The VM ioctls QEMU's start-up asks besides the compat query: kvm_arch_vm_ioctl's Book3S cases
+(powerpc.c, book3s_rtas.c, book3s_64_mmu_radix.c: KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO,
+KVM_PPC_RTAS_DEFINE_TOKEN) and kvm_main's memory slots (KVM_SET_USER_MEMORY_REGION and ...2),
+parametrized over every host whose kernel makes a VM."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from kvmsim.uapi import (
     KVM_CAP_PPC_GET_CPU_CHAR,
     KVM_CAP_PPC_MMU_RADIX,
     KVM_CAP_PPC_RTAS,
+    KVM_CAP_PPC_SMT,
+    KVM_CAP_USER_MEMORY2,
+    KVM_MEM_GUEST_MEMFD,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
     KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE,
     KVM_PPC_CPU_CHAR,
     KVM_PPC_CPU_CHAR_BR_HINT_HONOURED,
@@ -25,6 +31,10 @@ from kvmsim.uapi import (
     KVM_PPC_RMMU_INFO,
     KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_RTAS_TOKEN_ARGS,
+    KVM_SET_USER_MEMORY_REGION,
+    KVM_SET_USER_MEMORY_REGION2,
+    KVM_USERSPACE_MEMORY_REGION,
+    KVM_USERSPACE_MEMORY_REGION2,
     RTAS_NAME_LEN,
 )
 
@@ -193,3 +203,112 @@ def test_rtas_tokens_define_and_undefine_as_book3s_rtas_does(host: str) -> None:
     assert errno_of(k.sys_ioctl, vm, KVM_PPC_RTAS_DEFINE_TOKEN.request(k.arch), 0) == errno.EFAULT
     other = vm_of(k)  # the tokens are the VM's
     assert define(k, other, b"ibm,int-off", 0x2000) == 0
+
+
+# -- KVM_SET_USER_MEMORY_REGION(2) ---------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def region(k: Kernel, vm: int, *, v1: bool = True, **values: int) -> int:
+    io, layout = (
+        (KVM_SET_USER_MEMORY_REGION, KVM_USERSPACE_MEMORY_REGION) if v1
+        else (KVM_SET_USER_MEMORY_REGION2, KVM_USERSPACE_MEMORY_REGION2)
+    )  # fmt: skip
+    return int(k.ioctl(vm, io.request(k.arch), bytearray(layout.pack(k.arch.byteorder, values))))
+
+
+def region_errno(k: Kernel, vm: int, **values: int) -> int:
+    return errno_of(region, k, vm, **values)
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_memory_slots_are_created_moved_flagged_and_deleted(host: str) -> None:
+    """kvm_set_memory_region: a new slot; the same again changes nothing; an overlap is EEXIST;
+    a slot moves (not onto another) and takes dirty logging, but keeps its size and user address;
+    deleting needs the slot; REGION2 sets the same slots."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    first = {"slot": 0, "memory_size": 256 * MIB, "userspace_addr": 0x10000000}
+    assert region(k, vm, **first) == 0 and region(k, vm, **first) == 0
+    second = {"slot": 1, "guest_phys_addr": 256 * MIB, "memory_size": 256 * MIB, "userspace_addr": 0x40000000}
+    assert region_errno(k, vm, **(second | {"guest_phys_addr": 128 * MIB})) == errno.EEXIST
+    assert region(k, vm, **second) == 0
+    assert region(k, vm, **(second | {"guest_phys_addr": 1024 * MIB})) == 0  # moved
+    assert region_errno(k, vm, **(second | {"guest_phys_addr": 0})) == errno.EEXIST
+    assert region_errno(k, vm, **(second | {"guest_phys_addr": 1024 * MIB, "memory_size": 512 * MIB})) == errno.EINVAL
+    assert region_errno(k, vm, **(second | {"guest_phys_addr": 1024 * MIB, "userspace_addr": 0x80000000})) == (
+        errno.EINVAL
+    )
+    assert region(k, vm, **(second | {"guest_phys_addr": 1024 * MIB, "flags": KVM_MEM_LOG_DIRTY_PAGES})) == 0
+    assert region(k, vm, slot=1) == 0
+    assert region_errno(k, vm, slot=1) == errno.EINVAL  # nothing to delete
+    assert region(k, vm, v1=False, **second) == 0  # the freed range, by REGION2
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY2) == 1
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+@pytest.mark.parametrize(
+    ("what", "values"),
+    [
+        ("read-only (powerpc has no HAVE_KVM_READONLY_MEM)", {"flags": KVM_MEM_READONLY}),
+        ("guest_memfd (no CONFIG_KVM_GUEST_MEMFD)", {"flags": KVM_MEM_GUEST_MEMFD}),
+        ("an unknown flag", {"flags": 8}),
+        ("slot 32767 (KVM_USER_MEM_SLOTS)", {"slot": 32767}),
+        ("address space 1 (powerpc has one)", {"slot": 0x10002}),
+        ("a size of half a 4K page", {"memory_size": MIB + 2048}),
+        ("a guest address of half a 4K page", {"guest_phys_addr": 4096 * MIB + 2048}),
+        ("a user address of half a 4K page", {"userspace_addr": 0x50000800}),
+        ("a kernel user address", {"userspace_addr": 1 << 63}),
+        ("a wrapping guest range", {"guest_phys_addr": (1 << 64) - MIB, "memory_size": 2 * MIB}),
+        ("more than KVM_MEM_MAX_NR_PAGES of 64K", {"memory_size": 1 << 47}),
+    ],
+)
+def test_a_memory_slot_the_kernel_refuses_is_einval(host: str, what: str, values: dict[str, int]) -> None:
+    k = Kernel.from_profile(host)
+    base = {"slot": 2, "guest_phys_addr": 4096 * MIB, "memory_size": MIB, "userspace_addr": 0x50000000}
+    assert region_errno(k, vm_of(k), **(base | values)) == errno.EINVAL, what
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_the_top_of_user_space_is_the_page_sizes(host: str) -> None:
+    """access_ok() checks the address and the size apart (the gap above user space faults
+    anyway): a slot may run past TASK_SIZE_USER64, which is 64TB with 4K pages and 4PB with 64K;
+    a 4K-page size is a whole page of a 4K kernel only."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    top, big = 1 << 46, k.host.page_size == 65536
+    assert region(k, vm, slot=2, guest_phys_addr=4096 * MIB, memory_size=MIB, userspace_addr=top - 65536) == 0
+    at_top = {"slot": 3, "guest_phys_addr": 8192 * MIB, "memory_size": MIB, "userspace_addr": top}
+    assert (region(k, vm, **at_top) if big else region_errno(k, vm, **at_top)) == (0 if big else errno.EINVAL)
+    pages_4k = {"slot": 6, "guest_phys_addr": 1 << 35, "memory_size": MIB + 4096, "userspace_addr": 0x50000000}
+    assert (region_errno(k, vm, **pages_4k) if big else region(k, vm, **pages_4k)) == (errno.EINVAL if big else 0)
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_an_hv_slot_larger_than_the_ram_can_map_is_enomem(host: str) -> None:
+    """kvmppc_core_prepare_memory_region_hv: the reverse map (8 bytes a page) of a slot may not
+    need more pages than totalram_pages (MemTotal); PR maps nothing ahead and takes the slot."""
+    k = _overridden(host, {"mem_total_kb": 2 << 20})
+    vm = vm_of(k)
+    hv = bool(k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_SMT))
+    max_pages = ((1 << 31) - 1) * k.host.page_size
+    slot = {"slot": 4, "guest_phys_addr": 1 << 44, "memory_size": max_pages, "userspace_addr": 1 << 32}
+    if hv:
+        assert region_errno(k, vm, **slot) == errno.ENOMEM
+        assert region(k, vm, **(slot | {"memory_size": 1 << 30})) == 0  # a 2M reverse map
+    else:
+        assert region(k, vm, **slot) == 0
+    assert region_errno(k, vm, **(slot | {"slot": 5, "memory_size": max_pages + k.host.page_size})) == errno.EINVAL
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_memory_region_faults_and_v1_flags(host: str) -> None:
+    """copy_from_user of the whole struct (32 or 160 bytes), then REGION's own flags check."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    for io in (KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2):
+        assert errno_of(k.sys_ioctl, vm, io.request(k.arch), 0) == errno.EFAULT
+    assert region_errno(k, vm, slot=0, flags=KVM_MEM_GUEST_MEMFD, memory_size=MIB, userspace_addr=1 << 28) == (
+        errno.EINVAL
+    )

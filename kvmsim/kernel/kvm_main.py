@@ -39,7 +39,11 @@ from ..uapi import (
     KVM_RUN,
     KVM_SET_REGS,
     KVM_SET_SREGS,
+    KVM_SET_USER_MEMORY_REGION,
+    KVM_SET_USER_MEMORY_REGION2,
     KVM_SREGS,
+    KVM_USERSPACE_MEMORY_REGION,
+    KVM_USERSPACE_MEMORY_REGION2,
     KVMIO,
     VCPU_LINK,
     VM_LINK,
@@ -51,9 +55,10 @@ from ..uapi import (
     revision,
     unmodelled,
 )
-from . import kconfig, profile
+from . import kconfig, memslot, profile
 from .book3s import EnableCapContext
 from .errors import KvmError
+from .memslot import MemorySlot, MemslotLimits, Memslots
 from .powerpc import PowerpcKvm, xive_enabled
 from .profile import Host
 from .usermem import AddressSpace, Fault, UserAccess
@@ -116,6 +121,11 @@ class VcpuArch(Protocol):
     def set_sregs(self, vcpu: Any, values: dict[str, int]) -> None: ...
     def check_masked_read(self, addr: int, what: str) -> None: ...
     def vm_enable_cap(self, vm: Any, cap: int, flags: int, args: tuple[int, ...]) -> int: ...
+    @property
+    def memslot_limits(self) -> MemslotLimits: ...
+    def prepare_memory_region(
+        self, vm: Any, new: MemorySlot | None, old: MemorySlot | None, change: memslot.Change
+    ) -> None: ...
 
 
 @attrs.frozen
@@ -139,11 +149,13 @@ class Vcpu:
 
 @attrs.define(eq=False)
 class Kvm:
-    """``struct kvm``'s generic part: the arch's VM, its vcpus by id, and how many were made."""
+    """``struct kvm``'s generic part: the arch's VM, its vcpus by id, how many were made, and its
+    memory slots."""
 
     arch: object
     vcpus: dict[int, Vcpu] = attrs.Factory(dict)
     created_vcpus: int = 0
+    memslots: Memslots = attrs.Factory(Memslots)
 
 
 @attrs.frozen
@@ -326,6 +338,8 @@ class Process:
                 raise _explained(exc, cmd, k, "vm", file.vm) from None
         if cmd == k.KVM_CHECK_EXTENSION:
             return k.check_extension(arg, file.vm)
+        if cmd in k.SET_USER_MEMORY_REGIONS and k.vcpu_arch is not None:
+            return self.kvm_vm_ioctl_set_user_memory_region(file.kvm, cmd == k.SET_USER_MEMORY_REGIONS[0], arg)
         try:
             return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
         except KvmError as exc:
@@ -350,6 +364,24 @@ class Process:
         if number in (KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) and not k.check_extension(number, vm):
             raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP({number}): this build has no dirty ring")
         return arch.vm_enable_cap(vm, number, flags, args)
+
+    # kvm_vm_ioctl()'s KVM_SET_USER_MEMORY_REGION(2): the struct (v1's zero-extended), v1's flags,
+    # then kvm_vm_ioctl_set_memory_region()
+    def kvm_vm_ioctl_set_user_memory_region(self, kvm: Kvm, v1: bool, arg: int) -> int:
+        arch = self.kernel.vcpu_arch
+        assert arch is not None
+        layout = KVM_USERSPACE_MEMORY_REGION if v1 else KVM_USERSPACE_MEMORY_REGION2
+        name = "KVM_SET_USER_MEMORY_REGION" if v1 else "KVM_SET_USER_MEMORY_REGION2"
+        arch.check_masked_read(arg, name)
+        try:
+            raw = self.memory.copy_from_user(arg, layout.size)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{name}: cannot read struct {layout.name} at {arg:#x}") from None
+        mem = dict.fromkeys(KVM_USERSPACE_MEMORY_REGION2.fields, 0) | layout.unpack(self.kernel.arch.byteorder, raw)
+        if v1 and mem["flags"] & ~memslot.SET_USER_MEMORY_REGION_V1_FLAGS:
+            raise KvmError(errno.EINVAL, f"{name}: flags {mem['flags']:#x} beyond LOG_DIRTY_PAGES and READONLY")
+        prepare = functools.partial(arch.prepare_memory_region, kvm.arch)
+        return memslot.kvm_vm_ioctl_set_memory_region(kvm.memslots, mem, arch.memslot_limits, prepare)
 
     # kvm_vm_ioctl_create_vcpu(), in its order of checks
     def kvm_vm_ioctl_create_vcpu(self, kvm: Kvm, vcpu_id: int) -> int:
@@ -470,6 +502,10 @@ class BootedKernel:
         self.vcpu_arch: VcpuArch | None = self.kvm if isinstance(self.kvm, PowerpcKvm) else None
         self.KVM_CREATE_VCPU, self.KVM_RUN, self.KVM_GET_REGS, self.KVM_SET_REGS, self.KVM_ENABLE_CAP = (
             io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_ENABLE_CAP)
+        )
+        self.SET_USER_MEMORY_REGIONS = (
+            KVM_SET_USER_MEMORY_REGION.request(host.arch),
+            KVM_SET_USER_MEMORY_REGION2.request(host.arch),
         )
         # kvm_vcpu_ioctl's cases that copy a struct: request -> (name, layout, copied out)
         self.VCPU_STRUCT_IOCTLS: dict[int, tuple[str, StructLayout, bool]] = {

@@ -76,7 +76,7 @@ from ..uapi import (
     byte_swapped_hint,
     one_reg_size,
 )
-from . import book3s, one_reg
+from . import book3s, memslot, one_reg
 from .book3s import Book3sVcpu, EnableCapContext
 from .book3s_64_mmu_radix import kvmhv_get_rmmu_info
 from .book3s_hv import (
@@ -99,6 +99,7 @@ from .book3s_pr import (
 )
 from .book3s_rtas import RtasTokenDefinition, kvm_vm_ioctl_rtas_define_token
 from .errors import InvalidInput, KvmError
+from .memslot import MemorySlot, MemslotLimits
 from .papr import MAX_HCALL_OPCODE
 from .profile import CPU_BEHAV_ALL, CPU_CHAR_OPAL, CPU_CHAR_PSERIES, Host
 from .usermem import Fault, NonZeroTail, UserAccess
@@ -134,6 +135,7 @@ PR_ONLY = frozenset(
     {KVM_CAP_PPC_GUEST_DEBUG_SSTEP, KVM_CAP_PPC_PAIRED_SINGLES, KVM_CAP_PPC_OSI, KVM_CAP_PPC_GET_PVINFO}
 )
 KVM_USER_MEM_SLOTS = 32767  # KVM_MEM_SLOTS_NUM (SHRT_MAX), no internal slots on powerpc
+TASK_SIZE_64TB, TASK_SIZE_4PB = 1 << 46, 1 << 52  # asm/task_size_64.h: TASK_SIZE_USER64 with 4K, 64K pages
 
 
 def kvmppc_get_cpu_char(host: Host) -> dict[str, int]:
@@ -374,6 +376,28 @@ class PowerpcKvm:
 
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")
+
+    @property
+    def memslot_limits(self) -> MemslotLimits:
+        """KVM_USER_MEM_SLOTS (all of KVM_MEM_SLOTS_NUM); TASK_SIZE_USER64 4PB with 64K pages, else 64TB; no read-only
+        slots (powerpc does not select HAVE_KVM_READONLY_MEM), no guest_memfd."""
+        task_size = TASK_SIZE_4PB if self.host.page_size == 65536 else TASK_SIZE_64TB
+        return MemslotLimits(self.user_mem_slots, self.host.page_size, task_size)
+
+    # kvm_arch_prepare_memory_region() → the ops' prepare_memory_region: HV's reverse map, which
+    # kvmppc_core_prepare_memory_region_hv() refuses when it would need more pages than the RAM
+    # (a smaller one, vzalloc'd, is taken to succeed); PR prepares nothing
+    def prepare_memory_region(
+        self, vm: Vm, new: MemorySlot | None, old: MemorySlot | None, change: memslot.Change
+    ) -> None:
+        if vm.hv and change == "create" and new is not None:
+            rmap_pages = new.npages * 8 // self.host.page_size  # array_size(npages, sizeof(*rmap)) >> PAGE_SHIFT
+            totalram = self.host.mem_total_kb * 1024 // self.host.page_size
+            if rmap_pages > totalram:
+                raise KvmError(
+                    errno.ENOMEM,
+                    f"memory slot {new.id}: its reverse map needs {rmap_pages} pages, the host has {totalram}",
+                )
 
     # kvm_vm_ioctl_enable_cap(): flags, then the capability (CONFIG_KVM_BOOK3S_64_HANDLER's
     # ENABLE_HCALL, SMT, NESTED_HV; CONFIG_KVM_BOOK3S_HV_POSSIBLE's SECURE_GUEST, DAWR1)

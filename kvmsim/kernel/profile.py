@@ -74,6 +74,7 @@ NESTED_APIS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {  # kind -> (
 }
 PAGE_SIZES = (4096, 65536)
 DEFAULT_PAGE_SIZE = {"pseries": 65536, "powernv": 65536, "x86": 4096}  # RHEL/SLES/Ubuntu ppc64le: 64K
+DEFAULT_MEM_TOTAL_KB = 64 << 20  # 64 GiB: a modest POWER host or LPAR
 DEFAULT_MAX_VCPUS = {"pseries": 2048, "powernv": 2048, "x86": 1024}  # KVM_MAX_VCPUS: NR_CPUS, KVM_MAX_NR_VCPUS
 Mmu = Literal["radix", "hash"]
 
@@ -123,6 +124,12 @@ SCHEMA: tuple[ProfileKey, ...] = (
         "string",
         "`radix` on ISA 3.0, else `hash`",
         "The partition's MMU, `radix` or `hash` (POWER only; radix needs POWER9 mode or later).",
+    ),
+    ProfileKey(
+        "mem_total_kb",
+        "integer",
+        "67108864 (64 GiB)",
+        "`MemTotal` of `/proc/meminfo` (totalram_pages): an HV memory slot whose reverse map needs more is ENOMEM.",
     ),
     ProfileKey("recorded", "table", "`{}`", "`kvmsim record`'s raw observations, kept apart from the machine."),
     ProfileKey("cpu", "table", "required on POWER", "The processor."),
@@ -327,6 +334,7 @@ class Host:
     cpu_char: CpuChar = CpuChar(False)  # the firmware's word on speculation (KVM_PPC_GET_CPU_CHAR)
     # the cpu nodes' ibm,processor-radix-AP-encodings (empty: no such property)
     radix_ap_encodings: tuple[int, ...] = ()
+    mem_total_kb: int = DEFAULT_MEM_TOTAL_KB  # MemTotal: the RAM the kernel manages (totalram_pages), in kB
     # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
     recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
@@ -595,6 +603,9 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: str | 
     max_vcpus = t.take("kvm_max_vcpus", int, DEFAULT_MAX_VCPUS[platform])
     if not 1 <= max_vcpus <= 1 << 16:
         raise t.error("kvm_max_vcpus", f"{max_vcpus} is out of range (1..65536)")
+    mem_total_kb = t.take("mem_total_kb", int, DEFAULT_MEM_TOTAL_KB)
+    if not 1024 <= mem_total_kb <= 1 << 44:
+        raise t.error("mem_total_kb", f"{mem_total_kb} is not a machine's RAM in kB (1 MiB..16 PiB)")
     cpu = _read_cpu(t.table("cpu"), platform)
     mmu: Mmu | None = None
     if powerpc:
@@ -641,6 +652,7 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: str | 
         book3s_pr,
         cpu_char,
         radix_ap,
+        mem_total_kb,
         MappingProxyType(recorded),
     )
 

@@ -74,6 +74,8 @@ def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: 
     kernel = KERNELS[config.kernel]
     doc = tomllib.loads(profile.read_text(profile.resolve(config.profile)))
     doc["summary"] = f"{doc['summary']} (recorded: Linux {obs.get('kernel', kernel.version)} under QEMU)"
+    if "mem_total_kb" in obs:  # the guest's RAM as its kernel counts it (QEMU's -m less what it keeps)
+        doc["mem_total_kb"] = obs["mem_total_kb"]
     lab = {
         "qemu": " ".join(Path(a).name if a.startswith("/") else a for a in result.command),
         "packages": [f"{p.name}={versions[p.name]}" for p in (*kernel.packages, *QEMU, *HEADERS)],

@@ -80,6 +80,8 @@ def observations(boot: Boot) -> dict[str, Any]:
             obs["kernel" if key == "release" else "machine"] = value
         elif kind == "pagesize":
             obs["page_size"] = int(value)
+        elif kind == "meminfo" and key == "MemTotal":
+            obs["mem_total_kb"] = int(value)
         elif kind == "cpuinfo":
             cpuinfo_lines.append(value)
         elif kind == "cpu":

@@ -9,7 +9,7 @@
  *   KVMSIM <kind>\t<key>\t<value>
  *
  * kinds: probe (an answer, formatted as kvmsim.user.probe.Answer.of_buffer does), module (a
- * finit_module result), uname, pagesize, cpuinfo (a line), cpu (a /proc/device-tree cpu node
+ * finit_module result), uname, pagesize, cpuinfo (a line), meminfo (MemTotal), cpu (a /proc/device-tree cpu node
  * and its cpu-version), sysmodule (a /sys/module entry), fileop (what /dev/kvm and a VM fd
  * answer besides ioctl, as kvmsim.user.probe.file_ops writes it), dmesg (a kernel log line), done.
  */
@@ -321,6 +321,21 @@ static void cpuinfo(void)
 	fclose(f);
 }
 
+static void meminfo(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char buf[256];
+	unsigned long kb;
+	if (!f)
+		return;
+	while (fgets(buf, sizeof(buf), f))
+		if (sscanf(buf, "MemTotal: %lu kB", &kb) == 1) {
+			snprintf(buf, sizeof(buf), "%lu", kb);
+			line("meminfo", "MemTotal", buf);
+		}
+	fclose(f);
+}
+
 static void dmesg(void)
 {
 	int n = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
@@ -350,6 +365,7 @@ int main(void)
 	snprintf(value, sizeof(value), "%ld", sysconf(_SC_PAGESIZE));
 	line("pagesize", "-", value);
 	cpuinfo();
+	meminfo();
 	device_tree_cpus();
 	sys_modules();
 

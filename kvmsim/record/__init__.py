@@ -86,6 +86,12 @@ def cpuinfo_fields(text: str | None) -> dict[str, str]:
     return fields
 
 
+def _meminfo(notes: list[str]) -> dict[str, int]:
+    """``mem_total_kb``: MemTotal of /proc/meminfo (what HV's memory slots are measured against)."""
+    match = re.search(r"^MemTotal:\s+(\d+) kB", _read("/proc/meminfo", notes) or "", re.M)
+    return {"mem_total_kb": int(match.group(1))} if match else {}
+
+
 def _cpu_nodes(notes: list[str]) -> list[dict[str, Any]]:
     try:
         nodes = DeviceTree().cpu_nodes()  # the client's reader: the device tree is read one way
@@ -121,6 +127,7 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
         "page_size": page_size,
         "device": device,
         "cpuinfo": cpuinfo_fields(_read("/proc/cpuinfo", notes)),
+        **_meminfo(notes),
         "cpus": _cpu_nodes(notes) if target.arch.is_powerpc else [],
         "modules": _modules(notes),
         "probes": answers,
@@ -193,6 +200,8 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
         "modules": [m for m in obs["modules"] if m != "kvm"],
         "page_size": obs.get("page_size", 4096),
     }
+    if isinstance(obs.get("mem_total_kb"), int):
+        base["mem_total_kb"] = obs["mem_total_kb"]
     max_vcpus = probes.get(f"cap {KVM_CAP_MAX_VCPUS} on dev")
     if isinstance(max_vcpus, int) and max_vcpus > 0:
         base["kvm_max_vcpus"] = max_vcpus

@@ -676,9 +676,29 @@ RTAS_NAME_LEN = 120
 KVM_RTAS_TOKEN_ARGS = StructLayout("kvm_rtas_token_args", f"{RTAS_NAME_LEN}xQ", ("token",))
 """arch/powerpc/include/uapi/asm/kvm.h: ``struct kvm_rtas_token_args { char name[120]; __u64 token; };``
 (the name is bytes: :data:`RTAS_NAME_LEN` of them from the struct's start)"""
+KVM_SET_USER_MEMORY_REGION = KvmIoctl("KVM_SET_USER_MEMORY_REGION", "write", 0x46, 32)
+KVM_SET_USER_MEMORY_REGION2 = KvmIoctl("KVM_SET_USER_MEMORY_REGION2", "write", 0x49, 160)
+MEMORY_REGION_FIELDS = ("slot", "flags", "guest_phys_addr", "memory_size", "userspace_addr")
+KVM_USERSPACE_MEMORY_REGION = StructLayout("kvm_userspace_memory_region", "IIQQQ", MEMORY_REGION_FIELDS)
+KVM_USERSPACE_MEMORY_REGION2 = StructLayout(
+    "kvm_userspace_memory_region2", "IIQQQQII112x", (*MEMORY_REGION_FIELDS, "guest_memfd_offset", "guest_memfd", "_")
+)
+"""include/uapi/linux/kvm.h::
+
+    struct kvm_userspace_memory_region {
+            __u32 slot; __u32 flags; __u64 guest_phys_addr;
+            __u64 memory_size;     /* bytes */
+            __u64 userspace_addr;  /* start of the userspace allocated memory */
+    };
+    struct kvm_userspace_memory_region2 {
+            __u32 slot; __u32 flags; __u64 guest_phys_addr; __u64 memory_size; __u64 userspace_addr;
+            __u64 guest_memfd_offset; __u32 guest_memfd; __u32 pad1; __u64 pad2[14];
+    };
+"""
+KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1, 1 << 2
 # what kvmsim models on a VM fd beyond the compat ioctl
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
-             KVM_PPC_RTAS_DEFINE_TOKEN)  # fmt: skip
+             KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -728,7 +748,8 @@ def _vcpu(name: str, direction: Direction, nr: int, size: int) -> UnmodelledIoct
 
 UNMODELLED_IOCTLS = (
     UnmodelledIoctl(KVM_CREATE_VCPU, "vm", None, only="x86"),  # powerpc's is modelled
-    _vm("KVM_SET_USER_MEMORY_REGION", "write", 0x46, 32, KVM_CAP_USER_MEMORY, only=None),
+    UnmodelledIoctl(KVM_SET_USER_MEMORY_REGION, "vm", KVM_CAP_USER_MEMORY, only="x86"),  # powerpc's is modelled
+    UnmodelledIoctl(KVM_SET_USER_MEMORY_REGION2, "vm", KVM_CAP_USER_MEMORY2, only="x86"),
     UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP_VM, only="x86"),  # powerpc's is modelled
     _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only=None),
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),

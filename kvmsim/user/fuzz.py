@@ -58,7 +58,11 @@ from ..uapi import (
     KVM_RUN,
     KVM_SET_REGS,
     KVM_SET_SREGS,
+    KVM_SET_USER_MEMORY_REGION,
+    KVM_SET_USER_MEMORY_REGION2,
     KVM_SREGS,
+    KVM_USERSPACE_MEMORY_REGION,
+    KVM_USERSPACE_MEMORY_REGION2,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
     KVMIO,
@@ -242,6 +246,39 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
     return Probe(name, fd, io.request, struct)  # type: ignore[arg-type]
 
 
+# memory slots: sizes no kernel needs a large allocation for (up to 1G: HV's reverse map of such a
+# slot is 2M at most) or that every kernel refuses before it allocates (past TASK_SIZE_USER64, a
+# 2^31-page slot of 64K pages on either page size); ids up to 7 so that slots meet again
+MEMSLOT_SIZES = (0, 0, 4096, 65536, 1 << 20, (1 << 20) + 4096, 1 << 30, 2048, 1 << 52, 1 << 47, (1 << 64) - 65536)
+MEMSLOT_IDS = (0, 1, 2, 3, 4, 5, 6, 7, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x10001, (1 << 32) - 1)
+MEMSLOT_FLAGS = (0, 0, 0, 1, 1, 2, 3, 4, 5, 8, 1 << 31)
+
+
+def _memslot_case(rng: random.Random, name: str, fd: str) -> Probe:
+    """KVM_SET_USER_MEMORY_REGION or ...2 with a slot, flags, guest and user addresses drawn to
+    meet each other's slots and every check's edges; whole, cut short or a bad pointer."""
+    v1 = rng.random() < 0.6
+    io, layout = (
+        (KVM_SET_USER_MEMORY_REGION, KVM_USERSPACE_MEMORY_REGION) if v1
+        else (KVM_SET_USER_MEMORY_REGION2, KVM_USERSPACE_MEMORY_REGION2)
+    )  # fmt: skip
+    gpa = rng.choice((0, 1 << 28, 1 << 30, 3 << 30, rng.randrange(8) << 28, (1 << 64) - (1 << 20), 4096, 2048))
+    uaddr = rng.choice((1 << 28, 1 << 32, 5 << 28, (1 << 46) - 65536, 1 << 46, 1 << 52, 1 << 63, 2048, 4096))
+    values = {"slot": rng.choice(MEMSLOT_IDS), "flags": rng.choice(MEMSLOT_FLAGS), "guest_phys_addr": gpa,
+              "memory_size": rng.choice(MEMSLOT_SIZES), "userspace_addr": uaddr,
+              "guest_memfd_offset": rng.choice((0, 0, 4096, 1 << 63)), "guest_memfd": rng.choice((0, 999))}  # fmt: skip
+    if values["flags"] & 1 and values["memory_size"] > 1 << 30:  # no dirty bitmap of a huge slot: it may not fit
+        values["memory_size"] = 1 << 20
+    struct = functools.partial(_packed, layout=layout, values=values)
+    roll = rng.random()
+    if roll < 0.1:
+        return Probe(name, fd, io.request, _const(rng.choice((NULL, WILD))))  # type: ignore[arg-type]
+    if roll < 0.2:
+        short = functools.partial(_cut, make=struct, length=rng.randrange(1, layout.size))
+        return Probe(name, fd, io.request, short)  # type: ignore[arg-type]
+    return Probe(name, fd, io.request, struct)  # type: ignore[arg-type]
+
+
 def _cut(arch: Arch, *, make: Callable[[Arch], bytes], length: int) -> bytes:
     return make(arch)[:length]
 
@@ -298,6 +335,8 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
                 out.append(Probe(name, fd, req, arg))  # type: ignore[arg-type]
         elif kind < 0.6:  # kvm_arch_vm_ioctl's Book3S cases: CPU_CHAR, RMMU_INFO, RTAS_DEFINE_TOKEN
             out.append(_vm_ppc_case(random.Random(rng.randrange(1 << 30)), name, fd))
+        elif kind < 0.65:  # KVM_SET_USER_MEMORY_REGION(2)
+            out.append(_memslot_case(random.Random(rng.randrange(1 << 30)), name, fd))
         elif kind < 0.8:  # KVM_CHECK_EXTENSION of any number
             cap = rng.choice((rng.randrange(0, 301), rng.randrange(301, 1 << 16), (1 << 31) - 1, -1, -250))
             out.append(Probe(name, fd, Arch.kvm_check_extension, _const(cap)))  # type: ignore[arg-type]

@@ -52,7 +52,11 @@ from ..uapi import (
     KVM_SET_ONE_REG,
     KVM_SET_REGS,
     KVM_SET_SREGS,
+    KVM_SET_USER_MEMORY_REGION,
+    KVM_SET_USER_MEMORY_REGION2,
     KVM_SREGS,
+    KVM_USERSPACE_MEMORY_REGION,
+    KVM_USERSPACE_MEMORY_REGION2,
     KVMIO,
     MSR_ME,
     ONE_REGS,
@@ -64,6 +68,7 @@ from ..uapi import (
     ByteOrder,
     CompatCapsField,
     CompatCapsLayout,
+    StructLayout,
     errname,
     one_reg_size,
 )
@@ -365,6 +370,65 @@ def vm_ppc_probes() -> Iterator[Probe]:
     for name, rtas, token in tokens:
         yield Probe(f"rtas token {name}", "vm", define, functools.partial(_rtas_token, name=rtas, token=token))
     yield Probe("rtas token NULL", "vm", define, lambda a: NULL)
+    # the VM's tokens go, as the fuzz that follows on it expects
+    for i, left in enumerate((b"ibm,set-xive", b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off")):
+        yield Probe(f"rtas token undefine {i}", "vm", define, functools.partial(_rtas_token, name=left, token=0))
+
+
+def _memory_region(arch: Arch, *, layout: StructLayout, values: dict[str, int]) -> bytes:
+    return layout.pack(arch.byteorder, values)
+
+
+def memslot_probes(*, huge: bool = False) -> Iterator[Probe]:
+    """KVM_SET_USER_MEMORY_REGION(2) on the type-0 VM (a powerpc host's: x86's is not modelled),
+    in an order whose answers depend on it: create, the same again, an overlap, move, resize,
+    dirty logging, the flags no powerpc slot takes, ids and address spaces out of range, each
+    alignment, the top of user space (``access_ok`` checks address and size apart, and
+    TASK_SIZE_USER64 is 64TB with 4K pages, 4PB with 64K), a wrapping guest address, delete.
+    With ``huge`` (the lab's): slots of KVM_MEM_MAX_NR_PAGES pages and one more — HV's reverse
+    map of such a slot needs more than a small machine's RAM, and a real host would allocate it."""
+    v1, v2 = KVM_SET_USER_MEMORY_REGION.request, KVM_SET_USER_MEMORY_REGION2.request
+    mib, top = 1 << 20, 1 << 46  # TASK_SIZE_64TB
+    g, u = 4096 * mib, 0x50000000  # a free guest address and user address for the refused slots
+    # (name, v1, slot, flags, guest_phys_addr, memory_size, userspace_addr)
+    table = (
+        ("create", True, 0, 0, 0, 256 * mib, 0x10000000), ("same again", True, 0, 0, 0, 256 * mib, 0x10000000),
+        ("overlap", True, 1, 0, 128 * mib, 256 * mib, 0x40000000),
+        ("second", True, 1, 0, 256 * mib, 256 * mib, 0x40000000),
+        ("move", True, 1, 0, 1024 * mib, 256 * mib, 0x40000000),
+        ("move onto slot 0", True, 1, 0, 0, 256 * mib, 0x40000000),
+        ("resize", True, 1, 0, 1024 * mib, 512 * mib, 0x40000000),
+        ("new address", True, 1, 0, 1024 * mib, 256 * mib, 0x80000000),
+        ("log dirty", True, 1, 1, 1024 * mib, 256 * mib, 0x40000000),
+        ("readonly", True, 2, 2, g, mib, u), ("guest memfd v1", True, 2, 4, g, mib, u),
+        ("guest memfd", False, 2, 4, g, mib, u), ("flags 8", False, 2, 8, g, mib, u),
+        ("slot 32767", True, 32767, 0, g, mib, u), ("slot 0xffff", True, 0xFFFF, 0, g, mib, u),
+        ("address space 1", True, 0x10002, 0, g, mib, u), ("size unaligned", True, 2, 0, g, mib + 2048, u),
+        ("gpa unaligned", True, 2, 0, g + 2048, mib, u), ("uaddr unaligned", True, 2, 0, g, mib, u + 2048),
+        ("size of 4K pages", True, 6, 0, 8 * g, mib + 4096, u),  # a whole page of a 4K kernel, not of a 64K one
+        ("uaddr past the top", True, 2, 0, g, mib, top - 65536), ("uaddr at the top", True, 3, 0, 2 * g, mib, top),
+        ("uaddr kernel", True, 5, 0, 4 * g, mib, 1 << 63), ("gpa wraps", True, 5, 0, (1 << 64) - mib, 2 * mib, u),
+        ("delete", True, 1, 0, 0, 0, 0), ("delete again", True, 1, 0, 0, 0, 0),
+        ("v2", False, 1, 0, 2048 * mib, 64 * mib, 0x60000000),
+    )  # fmt: skip
+    fields = ("slot", "flags", "guest_phys_addr", "memory_size", "userspace_addr")
+    cases = [(name, old, dict(zip(fields, row, strict=True))) for name, old, *row in table]
+    if huge:  # sizes each kernel answers without trying an allocation that might or might not fit:
+        # 8TB less 4K is not 64K-aligned (EINVAL with 64K pages), 128TB is past 64TB (EINVAL with 4K)
+        pages = (1 << 31) - 1
+        for name, size in (("4K", pages << 12), ("64K", pages << 16), ("64K and one", (pages + 1) << 16)):
+            values = {"slot": 4, "guest_phys_addr": 1 << 44, "memory_size": size, "userspace_addr": 1 << 32}
+            cases.append((f"max pages of {name}", True, values))
+        cases.append(("delete huge", True, {"slot": 4}))
+    for name, old, values in cases:
+        layout = KVM_USERSPACE_MEMORY_REGION if old else KVM_USERSPACE_MEMORY_REGION2
+        struct = functools.partial(_memory_region, layout=layout, values=values)
+        yield Probe(f"memory region {name}", "vcpu-vm", v1 if old else v2, struct)
+    yield Probe("memory region NULL", "vcpu-vm", v1, lambda a: NULL)
+    yield Probe("memory region2 NULL", "vcpu-vm", v2, lambda a: NULL)
+    for slot in (0, 1, 2, 3, 5, 6):  # the VM's slots go, as the fuzz that follows on it expects
+        struct = functools.partial(_memory_region, layout=KVM_USERSPACE_MEMORY_REGION, values={"slot": slot})
+        yield Probe(f"memory region delete slot {slot}", "vcpu-vm", v1, struct)
 
 
 def one_reg_probes() -> Iterator[Probe]:
@@ -412,6 +476,7 @@ def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: 
         if rev.ioctl is not None:
             yield from compat_caps_probes(rev)
     yield from vcpu_probes(registers=sweep)
+    yield from memslot_probes(huge=sweep)
 
 
 def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
