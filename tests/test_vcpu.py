@@ -556,7 +556,60 @@ def test_one_reg_sizes_pointers_and_what_is_not_modelled() -> None:
     struct = KVM_ONE_REG.pack(g.k.arch.byteorder, {"id": ONE_REGS["DSCR"], "addr": 0})
     for io in (KVM_GET_ONE_REG, KVM_SET_ONE_REG):
         assert errno_of(g.k.ioctl, g.vcpu, io.request(g.k.arch), bytearray(struct)) == errno.EFAULT
-    for name in ("ARCH_COMPAT", "VPA_ADDR", "TB_OFFSET"):
+    for name in ("VPA_ADDR", "TB_OFFSET"):
         with pytest.raises(OSError) as exc:
             one_reg(g, name, u(g, 1, 16 if name.startswith("VPA_") and name != "VPA_ADDR" else 8))
         assert exc.value.errno == errno.ENOTTY and f"not modelled: KVM_SET_ONE_REG({name})" in str(exc.value)
+
+
+P9, P10, P11, INVALID = 0x0F000005, 0x0F000006, 0x0F000007, 0xFFFFFFFF
+
+
+def arch_compat(g: Guest, value: int) -> int:
+    """Set ARCH_COMPAT; 0 or the errno; the value stays whatever the kernel stored."""
+    try:
+        one_reg(g, "ARCH_COMPAT", u(g, value, 4))
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def stored_compat(g: Guest) -> int:
+    return int.from_bytes(one_reg(g, "ARCH_COMPAT")[:4], g.k.arch.byteorder)
+
+
+def expected_compat(host: profile.Host, value: int) -> tuple[int, int | None]:
+    """kvmppc_set_arch_compat by the host's facts, as a table reads: (errno, what is stored
+    after, None for unchanged).  PCR levels: ISA 2.07 8, 3.00 9, 3.1 10 (POWER10 and POWER11)."""
+    level = host.cpu.effective.level if host.cpu.effective else 8
+    if value == P11 and level < 11:
+        return errno.EINVAL, INVALID
+    pcr = {0x0F000004: 8, P9: 9, P10: 10, P11: 10, 0: min(level, 10)}.get(value)
+    if pcr is None or pcr > min(level, 10):
+        return errno.EINVAL, None
+    if 2 in host.hypervisor.nested_apis:  # the modes the L0 offers that this L1 can be
+        agreed = {m.name for m in host.hypervisor.offers if m.level <= level}
+        wanted = {9: "power9", 10: "power11" if level >= 11 else "power10"}.get(pcr)
+        if wanted not in agreed:
+            return errno.EINVAL, None
+    return 0, value
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_arch_compat_is_checked_against_the_host_and_its_l0(host: str) -> None:
+    """kvmppc_set_arch_compat: an architected PVR no newer than the host's ISA; POWER11's only on
+    a POWER11 (elsewhere stored as PVR_ARCH_INVALID and EINVAL, the vcpu insane); under nested
+    API v2 a mode the L0 agreed to, ISA 3.1 counting as POWER11 on a POWER11 host (so POWER10
+    compat there needs the L0's POWER11); before PAPR every set is stored and EINVAL (the sanity
+    check); PR knows no ARCH_COMPAT."""
+    g = guest(host)
+    if not g.hv:
+        assert errno_of(one_reg, g, "ARCH_COMPAT") == errno.EINVAL
+        return
+    _, stored = expected_compat(g.k.host, P9)  # no PAPR yet: stored if valid, and EINVAL
+    assert (arch_compat(g, P9), stored_compat(g)) == (errno.EINVAL, 0 if stored is None else stored)
+    enable_cap(g, KVM_CAP_PPC_PAPR)
+    for value in (P9, P10, P11, 0x0F000004, 0x0F000001, 0x12345678, 0):
+        before = stored_compat(g)
+        err, after = expected_compat(g.k.host, value)
+        assert (arch_compat(g, value), stored_compat(g)) == (err, before if after is None else after), hex(value)

@@ -42,6 +42,20 @@ def pvr_is_book3s_64(pvr: int) -> bool:
     return 0x330000 <= pvr < 0x70330000
 
 
+PVR_ARCH_INVALID = 0xFFFFFFFF  # asm/reg.h: an arch_compat no CPU can be
+
+
+@attrs.frozen
+class HostCompat:
+    """What kvmppc_set_arch_compat() asks of the host: its PCR level (the CPU features' ISA:
+    the partition's mode on pseries, the processor's on powernv), CPU_FTR_P11_PVR, and under
+    nested API v2 the modes the L0 and L1 agreed at init (``nested_capabilities``)."""
+
+    level: int  # 8: ISA 2.07S, 9: 3.00, 10 and 11: 3.1
+    p11_pvr: bool
+    nested_v2_caps: int | None = None
+
+
 @attrs.define(eq=False)
 class Book3sVcpu:
     """``struct kvm_vcpu_arch``: the PVR, the registers of ``struct kvm_regs``, the enabled
@@ -69,11 +83,15 @@ class Book3sVcpu:
     osi_enabled: bool = False
     epr_user: bool = False
     sane: bool = False
+    host_compat: HostCompat = HostCompat(9, False)
+    arch_compat: int = 0  # the virtual core's (vc->arch_compat): ISA 3.0 gives each vcpu its own
 
-    # kvmppc_sanity_check(): the PVR is known, and HV runs only PAPR guests
+    # kvmppc_sanity_check(): the PVR is known, the virtual core's arch_compat valid, and HV runs
+    # only PAPR guests
     def sanity_check(self) -> int:
         papr_needs_64 = self.papr_enabled and not pvr_is_book3s_64(self.pvr)  # PAPR only works with book3s_64
-        sane = bool(self.pvr) and not papr_needs_64 and (self.papr_enabled or not self.hv)
+        invalid = self.hv and self.arch_compat == PVR_ARCH_INVALID  # CONFIG_KVM_BOOK3S_HV_POSSIBLE
+        sane = bool(self.pvr) and not invalid and not papr_needs_64 and (self.papr_enabled or not self.hv)
         self.sane = sane
         return 0 if sane else -errno.EINVAL
 

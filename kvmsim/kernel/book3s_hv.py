@@ -23,7 +23,7 @@ from ..uapi import (
     mode_of_logical_pvr,
 )
 from . import papr
-from .book3s import Book3sVcpu, new_vcpu
+from .book3s import Book3sVcpu, HostCompat, new_vcpu
 from .book3s_pr import KvmppcOps
 from .errors import KvmError
 from .one_reg import first_values
@@ -230,12 +230,13 @@ def kvmppc_pack_vcpu_id(emul_smt_mode: int, max_vcpus: int, vcpu_id: int) -> int
     return 0 if packed >= max_vcpus else packed  # WARN_ONCE("VCPU ID packing failed")
 
 
-def kvmppc_core_vcpu_create_hv(host: Host, vm: SmtState, vcpu_id: int) -> Book3sVcpu:
+def kvmppc_core_vcpu_create_hv(host: Host, vm: SmtState, vcpu_id: int, nested_v2_caps: int | None = None) -> Book3sVcpu:
     """The vcpu's virtual core (``vcores``: the VM's, by core number): on ISA 3.0 one a vcpu,
     its id packed (an id of KVM_MAX_VCPUS × emul_smt_mode or more has none, and a core taken is
     a collision: EINVAL); before, ``smt_mode`` vcpus share one.  The vcpu gets the host's PVR
     ("we can't spoof it") and MSR_ME, and is not sane until PAPR is on.  Under nested API v2
-    the L0 is asked to create it first (H_GUEST_CREATE_VCPU: modelled as a success)."""
+    the L0 is asked to create it first (H_GUEST_CREATE_VCPU: modelled as a success), and
+    ``nested_v2_caps`` are the modes the two agreed (what its arch_compat may be)."""
     if host.cpu.isa_300:
         if vcpu_id >= host.kvm_max_vcpus * vm.emul_smt_mode:
             raise KvmError(
@@ -252,6 +253,8 @@ def kvmppc_core_vcpu_create_hv(host: Host, vm: SmtState, vcpu_id: int) -> Book3s
     vcpu = new_vcpu(True, host.cpu.pvr, MSR_ME, first_values(host, True), little=little, isa_300=host.cpu.isa_300)
     vcpu.radix = host.mmu == "radix"
     vcpu.p9_radix_prefetch_bug = host.cpu.pvr & 0xFFFFEFFF in (0x004E0200, 0x004E0201)  # cpufeatures_cpu_quirks
+    level = host.cpu.effective.level if host.cpu.effective else 8
+    vcpu.host_compat = HostCompat(level, level >= 11, nested_v2_caps)
     return vcpu
 
 

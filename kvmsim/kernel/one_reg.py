@@ -10,8 +10,8 @@ from __future__ import annotations
 import errno
 import re
 
-from ..uapi import ONE_REGS, ByteOrder, one_reg_size
-from .book3s import Book3sVcpu
+from ..uapi import MODES, ONE_REGS, ByteOrder, one_reg_size
+from .book3s import PVR_ARCH_INVALID, Book3sVcpu
 from .errors import KvmError
 from .profile import Host
 
@@ -30,9 +30,23 @@ HV_REGS = frozenset(
      "ONLINE", "PTCR", "FSCR"}
 )  # fmt: skip
 PR_REGS = frozenset({"DEBUG_INST", "HIOR", "VTB", "LPCR", "LPCR_64"})
-# sets whose rules are not modelled yet (kvmppc_set_arch_compat's validation, VPA registration's
-# guest memory, TB_OFFSET's decrementer from the timebase)
-HV_SET_NOT_MODELLED = frozenset({"ARCH_COMPAT", "VPA_ADDR", "VPA_SLB", "VPA_DTL", "TB_OFFSET"})
+# sets whose rules are not modelled yet (VPA registration's guest memory, TB_OFFSET's
+# decrementer from the timebase)
+HV_SET_NOT_MODELLED = frozenset({"VPA_ADDR", "VPA_SLB", "VPA_DTL", "TB_OFFSET"})
+# kvmppc_set_arch_compat(): the PCR bit each architected PVR needs (asm/reg.h's PVR_ARCH_* and
+# PCR_ARCH_*), and the host's by its ISA level
+PCR_ARCH_205, PCR_ARCH_206, PCR_ARCH_207, PCR_ARCH_300, PCR_ARCH_31 = 0x2, 0x4, 0x8, 0x10, 0x20
+PVR_ARCH_31_P11 = 0x0F000007
+ARCH_COMPAT_PCR = {
+    0x0F000002: PCR_ARCH_205,
+    0x0F000003: PCR_ARCH_206,
+    0x0F100003: PCR_ARCH_206,
+    0x0F000004: PCR_ARCH_207,
+    0x0F000005: PCR_ARCH_300,
+    0x0F000006: PCR_ARCH_31,
+    PVR_ARCH_31_P11: PCR_ARCH_31,
+}  # fmt: skip  (PVR_ARCH_32's PCR bit is no host's here)
+HOST_PCR = {8: PCR_ARCH_207, 9: PCR_ARCH_300, 10: PCR_ARCH_31, 11: PCR_ARCH_31}
 # asm/reg.h: the LPCR fields userspace may change (kvmppc_set_lpcr), and AIL's one allowed value
 LPCR_DPFD, LPCR_TC, LPCR_AIL, LPCR_AIL_3, LPCR_LD = 7 << 52, 0x200, 0x01800000, 0x01800000, 0x00020000
 
@@ -114,6 +128,8 @@ def _value(vcpu: Book3sVcpu, name: str, size: int, byteorder: ByteOrder) -> byte
         value = KVMPPC_INST_SW_BREAKPOINT
     elif name == "HIOR" and vcpu.hv:
         value = 0
+    elif name == "ARCH_COMPAT" and vcpu.hv:  # kvmppc_get_arch_compat(): the virtual core's
+        value = vcpu.arch_compat
     elif name in ("LPCR", "LPCR_64") and not vcpu.hv:  # PR: "only interested in the LPCR_ILE bit"
         value = LPCR_ILE if vcpu.intr_le else 0
     else:
@@ -145,6 +161,9 @@ def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder
     value = int.from_bytes(data, byteorder)
     if vcpu.hv and name in HV_SET_NOT_MODELLED:
         raise KvmError(errno.ENOTTY, f"not modelled: KVM_SET_ONE_REG({name}) on an HV vcpu")
+    if vcpu.hv and name == "ARCH_COMPAT":
+        kvmppc_set_arch_compat(vcpu, value)
+        return
     if vcpu.hv and name == "HIOR":  # "Only allow this to be set to zero"
         if value:
             raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG(HIOR): an HV vcpu's HIOR can only be 0")
@@ -160,6 +179,36 @@ def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder
     if not vcpu.hv and name == "FSCR":  # book3s.c's set of FSCR writes FPSCR (kvmppc_set_fpscr): kept
         name = "FPSCR"
     vcpu.one_regs[name] = value
+
+
+# kvmppc_set_arch_compat(): the PCR bit the architected PVR needs, at most the host's (a POWER11
+# one only on a POWER11: else stored as PVR_ARCH_INVALID and refused by the sanity check); under
+# nested API v2 a mode the L0 agreed to (map_pcr_to_cap: ISA 3.1 is POWER11's on a POWER11 host,
+# POWER10's otherwise); then the vcpu's sanity check decides (an HV vcpu before PAPR: EINVAL, set)
+def kvmppc_set_arch_compat(vcpu: Book3sVcpu, arch_compat: int) -> None:
+    arch_compat &= 0xFFFFFFFF  # set_reg_val into a u32
+    host = vcpu.host_compat
+    if host.level not in HOST_PCR:
+        raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG(ARCH_COMPAT): no PCR level for ISA level {host.level}")
+    host_pcr = guest_pcr = HOST_PCR[host.level]
+    if arch_compat:
+        if arch_compat not in ARCH_COMPAT_PCR:
+            raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG(ARCH_COMPAT): {arch_compat:#x} is no architected PVR")
+        if arch_compat == PVR_ARCH_31_P11 and not host.p11_pvr:
+            vcpu.arch_compat = PVR_ARCH_INVALID
+            if vcpu.sanity_check():
+                raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG(ARCH_COMPAT): POWER11 on a host that is not one")
+            return
+        guest_pcr = ARCH_COMPAT_PCR[arch_compat]
+    if guest_pcr > host_pcr:
+        raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG(ARCH_COMPAT): {arch_compat:#x} is newer than the host")
+    if host.nested_v2_caps is not None:
+        mode = {PCR_ARCH_300: "power9", PCR_ARCH_31: "power11" if host.p11_pvr else "power10"}.get(guest_pcr)
+        if mode is None or not MODES[mode].cap_bit & host.nested_v2_caps:
+            raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG(ARCH_COMPAT): the L0 agreed to no {mode or 'such'} guests")
+    vcpu.arch_compat = arch_compat
+    if vcpu.sanity_check():
+        raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG(ARCH_COMPAT): set, but the vcpu is not sane (no PAPR yet)")
 
 
 # kvmppc_set_lpcr(): DPFD, ILE, TC, AIL and LD from userspace (LPCR's 32-bit register keeps the

@@ -299,7 +299,12 @@ class PowerpcKvm:
 
     # kvm_arch_vcpu_create() → kvmppc_core_vcpu_create(): the VM's backend makes it
     def vcpu_create(self, vm: Vm, vcpu_id: int) -> Book3sVcpu:
-        vcpu = kvmppc_core_vcpu_create_hv(self.host, vm, vcpu_id) if vm.hv else kvmppc_core_vcpu_create_pr(self.host)
+        if vm.hv:
+            assert self.hv is not None
+            caps = self.hv.nested_capabilities if self.hv.nestedv2 else None
+            vcpu = kvmppc_core_vcpu_create_hv(self.host, vm, vcpu_id, caps)
+        else:
+            vcpu = kvmppc_core_vcpu_create_pr(self.host)
         vm.vcpus.append(vcpu)
         return vcpu
 

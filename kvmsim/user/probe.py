@@ -337,6 +337,18 @@ def vcpu_probes(*, registers: bool = True) -> Iterator[Probe]:
         yield Probe(f"vcpu enable cap osi {when}", "vcpu", enable, cap(KVM_CAP_PPC_OSI))
         yield Probe(f"vcpu enable cap epr {when}", "vcpu", enable, cap(KVM_CAP_PPC_EPR, arg0=1))
         yield Probe(f"vcpu enable cap fwnmi {when}", "vcpu", enable, cap(KVM_CAP_PPC_FWNMI))
+    if registers:  # ARCH_COMPAT, once PAPR is on (before it, every HV set stores and is EINVAL)
+        yield from arch_compat_probes("after papr")
+
+
+def arch_compat_probes(when: str) -> Iterator[Probe]:
+    """KVM_SET_ONE_REG(ARCH_COMPAT) of every architected PVR and others, each read back."""
+    reg_id = ONE_REGS["ARCH_COMPAT"]
+    for value in (0x0F000005, 0x0F000006, 0x0F000007, 0x0F000004, 0x0F000001, 0x0F000008, 0x12345678, 0):
+        data = functools.partial(_reg_bytes, value=value, size=4)
+        yield Probe(f"one reg set ARCH_COMPAT {value:#x} {when}", "vcpu", KVM_SET_ONE_REG.request, data, one_reg=reg_id)
+        yield Probe(f"one reg get ARCH_COMPAT after {value:#x} {when}", "vcpu", KVM_GET_ONE_REG.request,
+                    lambda a: b"\xaa" * 16, one_reg=reg_id)  # fmt: skip
 
 
 def _rtas_token(arch: Arch, *, name: bytes, token: int) -> bytes:
@@ -449,6 +461,7 @@ def one_reg_probes() -> Iterator[Probe]:
         for after in shown:
             yield Probe(f"one reg get {after} after set {name}", "vcpu", KVM_GET_ONE_REG.request,
                         lambda a: b"\xaa" * 16, one_reg=ONE_REGS[after])  # fmt: skip
+    yield from arch_compat_probes("before papr")
     vr = bytes(range(16))
     yield Probe("one reg set VR0", "vcpu", KVM_SET_ONE_REG.request, lambda a: vr, one_reg=ONE_REGS["VR0"])
     yield Probe(
