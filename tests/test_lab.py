@@ -390,3 +390,15 @@ def test_the_private_apt_uses_the_mirror_and_refetches_its_lists_when_it_changes
     monkeypatch.setenv(debian.MIRROR_ENV, "http://other.example/debian")
     debian.Archive(tmp_path / "lab").update()  # another mirror: its own lists
     assert asked == [("update",), ("update",)]
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_every_probe_has_its_own_name(sweep: bool) -> None:
+    """A recording keys answers by name: two probes of one name would keep only the last answer
+    (the VPA probes once set VPA_ADDR to 0 twice, and the refused first set went unseen)."""
+    from collections import Counter
+
+    from kvmsim.user import probe
+
+    names = Counter(p.name for p in probe.kvm_probes(sweep=sweep))
+    assert [n for n, count in names.items() if count > 1] == []

@@ -85,6 +85,9 @@ class Book3sVcpu:
     sane: bool = False
     host_compat: HostCompat = HostCompat(9, False)
     arch_compat: int = 0  # the virtual core's (vc->arch_compat): ISA 3.0 gives each vcpu its own
+    # HV's registered areas (struct kvmppc_vpa's next_gpa and len): the VPA, SLB shadow, DTL
+    vpas: dict[str, tuple[int, int]] = attrs.Factory(lambda: dict.fromkeys(("VPA_ADDR", "VPA_SLB", "VPA_DTL"), (0, 0)))
+    tb_offset: int = 0  # the virtual core's timebase offset
 
     # kvmppc_sanity_check(): the PVR is known, the virtual core's arch_compat valid, and HV runs
     # only PAPR guests

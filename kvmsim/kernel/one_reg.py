@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import re
+import time
 
 from ..uapi import MODES, ONE_REGS, ByteOrder, one_reg_size
 from .book3s import PVR_ARCH_INVALID, Book3sVcpu
@@ -30,9 +31,34 @@ HV_REGS = frozenset(
      "ONLINE", "PTCR", "FSCR"}
 )  # fmt: skip
 PR_REGS = frozenset({"DEBUG_INST", "HIOR", "VTB", "LPCR", "LPCR_64"})
-# sets whose rules are not modelled yet (VPA registration's guest memory, TB_OFFSET's
-# decrementer from the timebase)
-HV_SET_NOT_MODELLED = frozenset({"VPA_ADDR", "VPA_SLB", "VPA_DTL", "TB_OFFSET"})
+L1_CACHE_BYTES, LPPACA_SIZE, DTL_ENTRY_SIZE = 128, 1024, 48  # a VPA's alignment, sizeof(struct lppaca, dtl_entry)
+TB_OFFSET_ALIGN = 1 << 24  # KVM_REG_PPC_TB_OFFSET rounds up to a multiple of 2^24
+TIMEBASE_HZ = 512_000_000  # every POWER timebase since POWER6
+
+
+def get_tb() -> int:
+    """The host's timebase now: time since boot (CLOCK_MONOTONIC) at 512 MHz."""
+    return time.monotonic_ns() * (TIMEBASE_HZ // 1_000_000) // 1000
+
+
+# kvmppc_set_one_reg_hv()'s VPA cases, then set_vpa(): the VPA may go only once neither the SLB
+# shadow nor the DTL is registered; those need the VPA registered; a DTL at least one entry,
+# trimmed to whole entries; every address cacheline-aligned (nothing is read until a run)
+def kvmppc_set_vpa(vcpu: Book3sVcpu, name: str, addr: int, length: int) -> None:
+    vpa = vcpu.vpas["VPA_ADDR"][0]
+    if name == "VPA_ADDR" and not addr and (vcpu.vpas["VPA_SLB"][0] or vcpu.vpas["VPA_DTL"][0]):
+        raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG(VPA_ADDR): the SLB shadow or DTL is still registered")
+    if name == "VPA_SLB" and addr and not vpa:
+        raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG(VPA_SLB): no VPA is registered")
+    if name == "VPA_DTL":
+        if addr and (length < DTL_ENTRY_SIZE or not vpa):
+            raise KvmError(errno.EINVAL, "KVM_SET_ONE_REG(VPA_DTL): shorter than an entry, or no VPA registered")
+        length -= length % DTL_ENTRY_SIZE
+    if addr & (L1_CACHE_BYTES - 1):
+        raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG({name}): {addr:#x} is not cacheline-aligned")
+    vcpu.vpas[name] = (addr, length if addr else 0)
+
+
 # kvmppc_set_arch_compat(): the PCR bit each architected PVR needs (asm/reg.h's PVR_ARCH_* and
 # PCR_ARCH_*), and the host's by its ISA level
 PCR_ARCH_205, PCR_ARCH_206, PCR_ARCH_207, PCR_ARCH_300, PCR_ARCH_31 = 0x2, 0x4, 0x8, 0x10, 0x20
@@ -130,6 +156,13 @@ def _value(vcpu: Book3sVcpu, name: str, size: int, byteorder: ByteOrder) -> byte
         value = 0
     elif name == "ARCH_COMPAT" and vcpu.hv:  # kvmppc_get_arch_compat(): the virtual core's
         value = vcpu.arch_compat
+    elif name in vcpu.vpas and vcpu.hv:  # the next_gpa (and for SLB/DTL the length) set last
+        addr, length = vcpu.vpas[name]
+        if name != "VPA_ADDR":
+            return addr.to_bytes(8, byteorder) + length.to_bytes(8, byteorder)
+        value = addr
+    elif name == "TB_OFFSET" and vcpu.hv:
+        value = vcpu.tb_offset
     elif name in ("LPCR", "LPCR_64") and not vcpu.hv:  # PR: "only interested in the LPCR_ILE bit"
         value = LPCR_ILE if vcpu.intr_le else 0
     else:
@@ -159,8 +192,17 @@ def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder
             vcpu.fprs[i] = (int.from_bytes(data[:8], byteorder), int.from_bytes(data[8:], byteorder))
         return
     value = int.from_bytes(data, byteorder)
-    if vcpu.hv and name in HV_SET_NOT_MODELLED:
-        raise KvmError(errno.ENOTTY, f"not modelled: KVM_SET_ONE_REG({name}) on an HV vcpu")
+    if vcpu.hv and name in vcpu.vpas:
+        length = int.from_bytes(data[8:16], byteorder) if name != "VPA_ADDR" else LPPACA_SIZE
+        addr = int.from_bytes(data[:8], byteorder)
+        kvmppc_set_vpa(vcpu, name, addr, length)
+        return
+    if vcpu.hv and name == "TB_OFFSET":
+        tb_offset = -(-value // TB_OFFSET_ALIGN) * TB_OFFSET_ALIGN & ((1 << 64) - 1)  # ALIGN(), in a u64
+        vcpu.tb_offset = tb_offset
+        if not vcpu.one_regs.get("DEC_EXPIRY") and tb_offset:  # an expired decrementer in guest time
+            vcpu.one_regs["DEC_EXPIRY"] = (get_tb() + tb_offset) & ((1 << 64) - 1)
+        return
     if vcpu.hv and name == "ARCH_COMPAT":
         kvmppc_set_arch_compat(vcpu, value)
         return

@@ -262,6 +262,11 @@ def _reg_bytes(arch: Arch, *, value: int, size: int) -> bytes:
     return value.to_bytes(size, arch.byteorder)
 
 
+def _vpa_bytes(arch: Arch, *, addr: int, length: int) -> bytes:
+    """A register's 16-byte value: a u64 (VPA_ADDR, TB_OFFSET), or ``vpaval``'s addr and length."""
+    return addr.to_bytes(8, arch.byteorder) + length.to_bytes(8, arch.byteorder)
+
+
 def _pack_one_reg(arch: Arch, *, reg_id: int) -> bytes:
     return KVM_ONE_REG.pack(arch.byteorder, {"id": reg_id, "addr": 0})
 
@@ -462,6 +467,18 @@ def one_reg_probes() -> Iterator[Probe]:
             yield Probe(f"one reg get {after} after set {name}", "vcpu", KVM_GET_ONE_REG.request,
                         lambda a: b"\xaa" * 16, one_reg=ONE_REGS[after])  # fmt: skip
     yield from arch_compat_probes("before papr")
+    # the VPA, SLB shadow and DTL in an order whose answers depend on it, each read back; the
+    # timebase offset rounded up to 2^24 (DEC_EXPIRY, which it sets from the host's timebase, unread)
+    vpas = (("VPA_SLB", 0x20000, 0x100), ("VPA_ADDR", 0x10040, 0), ("VPA_ADDR", 0x10080, 0),
+            ("VPA_SLB", 0x20000, 0x123), ("VPA_DTL", 0x30000, 40), ("VPA_DTL", 0x30000, 100),
+            ("VPA_DTL", 0x30020, 96), ("VPA_ADDR", 0, 0), ("VPA_DTL", 0, 100), ("VPA_SLB", 0, 5),
+            ("VPA_ADDR", 0, 0), ("TB_OFFSET", 1, 0), ("TB_OFFSET", (1 << 64) - 1, 0))  # fmt: skip
+    for step, (name, addr, length) in enumerate(vpas):
+        data = functools.partial(_vpa_bytes, addr=addr, length=length)
+        what = f"{addr:#x}" + (f" len {length:#x}" if name in ("VPA_SLB", "VPA_DTL") else "") + f" (step {step})"
+        yield Probe(f"one reg set {name} {what}", "vcpu", KVM_SET_ONE_REG.request, data, one_reg=ONE_REGS[name])
+        yield Probe(f"one reg get {name} after {what}", "vcpu", KVM_GET_ONE_REG.request, lambda a: b"\xaa" * 16,
+                    one_reg=ONE_REGS[name])  # fmt: skip
     vr = bytes(range(16))
     yield Probe("one reg set VR0", "vcpu", KVM_SET_ONE_REG.request, lambda a: vr, one_reg=ONE_REGS["VR0"])
     yield Probe(
