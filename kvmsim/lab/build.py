@@ -7,7 +7,7 @@ import hashlib
 import os
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -30,12 +30,14 @@ FUZZ_FDS = {"dev": "FD_DEV", "vm": "FD_VM_OR_DEV", "vm-hv": "FD_VM_HV", "vm-pr":
             "vcpu-hv": "FD_VCPU_HV", "vcpu-pr": "FD_VCPU_PR"}  # fmt: skip
 
 
-def probes_h(extra: Sequence[probe.Probe] = ()) -> str:
-    """``kvmsim.user.probe.kvm_probes(sweep=True)`` and ``extra`` (the fuzz cases) for ppc64le,
-    as the prober's C table."""
+def probes_h(extra: Sequence[probe.Probe] = (), base: Iterable[probe.Probe] | None = None) -> str:
+    """``base`` (default ``kvmsim.user.probe.kvm_probes(sweep=True)``) and ``extra`` (the fuzz
+    cases) for ppc64le, as the prober's C table."""
     rows = []
     fuzzed = {p.name for p in extra}
-    for p in [*probe.kvm_probes(REVISIONS.values(), sweep=True), *extra]:
+    if base is None:
+        base = probe.kvm_probes(REVISIONS.values(), sweep=True)
+    for p in [*base, *extra]:
         arg = p.arg(ARCH)
         fd = (
             FUZZ_FDS[p.fd]

@@ -353,12 +353,17 @@ int main(void)
 {
 	struct utsname u;
 	char value[64];
-	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
-	mount("proc", "/proc", "proc", 0, NULL);
-	mount("sysfs", "/sys", "sysfs", 0, NULL);
-	load("/kvm.ko.xz", "kvm"); /* modprobe's order: the dependency, then kvm_hv, then kvm_pr */
-	load("/kvm-hv.ko.xz", "kvm_hv");
-	load("/kvm-pr.ko.xz", "kvm_pr");
+	/* the guest's init (PID 1) mounts, loads the modules, reads the log and powers off; run as
+	 * an ordinary program (under kvmsim run) it only asks */
+	int init = getpid() == 1;
+	if (init) {
+		mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+		mount("proc", "/proc", "proc", 0, NULL);
+		mount("sysfs", "/sys", "sysfs", 0, NULL);
+		load("/kvm.ko.xz", "kvm"); /* modprobe's order: the dependency, then kvm_hv, then kvm_pr */
+		load("/kvm-hv.ko.xz", "kvm_hv");
+		load("/kvm-pr.ko.xz", "kvm_pr");
+	}
 	uname(&u);
 	line("uname", "release", u.release);
 	line("uname", "machine", u.machine);
@@ -391,9 +396,12 @@ int main(void)
 		if (vcpu >= 0)
 			file_ops(vcpu, "vcpu");
 	}
-	dmesg();
+	if (init)
+		dmesg();
 	line("done", "-", "-");
-	sync();
-	reboot(RB_POWER_OFF);
+	if (init) {
+		sync();
+		reboot(RB_POWER_OFF);
+	}
 	return 0;
 }

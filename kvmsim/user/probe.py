@@ -258,7 +258,7 @@ def probed_caps(revisions: Iterable[AbiRevision]) -> list[int]:
 SWEEP_CAPS = range(0, 301)  # the lab asks every capability number up to here, on both fds
 
 
-def _reg_bytes(arch: Arch, *, value: int, size: int) -> bytes:
+def reg_bytes(arch: Arch, *, value: int, size: int) -> bytes:
     return value.to_bytes(size, arch.byteorder)
 
 
@@ -350,13 +350,13 @@ def arch_compat_probes(when: str) -> Iterator[Probe]:
     """KVM_SET_ONE_REG(ARCH_COMPAT) of every architected PVR and others, each read back."""
     reg_id = ONE_REGS["ARCH_COMPAT"]
     for value in (0x0F000005, 0x0F000006, 0x0F000007, 0x0F000004, 0x0F000001, 0x0F000008, 0x12345678, 0):
-        data = functools.partial(_reg_bytes, value=value, size=4)
+        data = functools.partial(reg_bytes, value=value, size=4)
         yield Probe(f"one reg set ARCH_COMPAT {value:#x} {when}", "vcpu", KVM_SET_ONE_REG.request, data, one_reg=reg_id)
         yield Probe(f"one reg get ARCH_COMPAT after {value:#x} {when}", "vcpu", KVM_GET_ONE_REG.request,
                     lambda a: b"\xaa" * 16, one_reg=reg_id)  # fmt: skip
 
 
-def _rtas_token(arch: Arch, *, name: bytes, token: int) -> bytes:
+def rtas_token_args(arch: Arch, *, name: bytes, token: int) -> bytes:
     struct = KVM_RTAS_TOKEN_ARGS.pack(arch.byteorder, {"token": token})
     return name.ljust(RTAS_NAME_LEN, b"\0")[:RTAS_NAME_LEN] + struct[RTAS_NAME_LEN:]
 
@@ -385,11 +385,11 @@ def vm_ppc_probes() -> Iterator[Probe]:
         ("undefine int-off", b"ibm,int-off", 0), ("int-off again", b"ibm,int-off", 0xFF << 56),
     )  # fmt: skip
     for name, rtas, token in tokens:
-        yield Probe(f"rtas token {name}", "vm", define, functools.partial(_rtas_token, name=rtas, token=token))
+        yield Probe(f"rtas token {name}", "vm", define, functools.partial(rtas_token_args, name=rtas, token=token))
     yield Probe("rtas token NULL", "vm", define, lambda a: NULL)
     # the VM's tokens go, as the fuzz that follows on it expects
     for i, left in enumerate((b"ibm,set-xive", b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off")):
-        yield Probe(f"rtas token undefine {i}", "vm", define, functools.partial(_rtas_token, name=left, token=0))
+        yield Probe(f"rtas token undefine {i}", "vm", define, functools.partial(rtas_token_args, name=left, token=0))
 
 
 def _memory_region(arch: Arch, *, layout: StructLayout, values: dict[str, int]) -> bytes:
@@ -460,7 +460,7 @@ def one_reg_probes() -> Iterator[Probe]:
             ("DPDES", 3), ("LPCR_64", 0x02000000), ("ONLINE", 1), ("VSCR", 0xFFFFFFFF), ("DEBUG_INST", 1))  # fmt: skip
     for name, value in sets:
         reg_id = ONE_REGS[name]
-        data = functools.partial(_reg_bytes, value=value, size=one_reg_size(reg_id))
+        data = functools.partial(reg_bytes, value=value, size=one_reg_size(reg_id))
         yield Probe(f"one reg set {name}", "vcpu", KVM_SET_ONE_REG.request, data, one_reg=reg_id)
         shown = {"FSCR": ("FSCR", "FPSCR"), "FPR0": ("FPR0", "VSR0"), "LPCR_64": ("LPCR", "LPCR_64")}.get(name, (name,))
         for after in shown:
