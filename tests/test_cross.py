@@ -130,3 +130,46 @@ def test_the_real_powerpc_headers_encode_the_reference_numbers(arch: str, binari
         "v4": 0x4018AEE4,
         "v5": 0x2000AEE4,
     }
+
+
+HOSTFILES = ROOT / "tests" / "data" / "hostfiles.c"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_power_program_sees_the_hosts_files_through_qemu_users_sysroot(arch: str) -> None:
+    """qemu-user's -L maps "/" into its sysroot, which has no /proc: the shim opens a directory
+    just below the root by its absolute name, as the program's own call would, so
+    /proc/cpuinfo and /proc/device-tree are the simulated host's (they were this machine's)."""
+    from kvmsim.kernel import hostfs
+
+    exe = compile_c([HOSTFILES], cc=f"{FOREIGN[arch].triplet}-gcc", flags=["-Wno-unused-parameter"])
+    host = HOST_OF[arch]
+    kernel = Kernel.from_profile(host)
+    kvmsim = Path(sys.executable).parent / "kvmsim"
+    r = subprocess.run([str(kvmsim), "run", "--host", host, "--", str(exe), hex(kernel.KVM_CREATE_VM)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = {k: v for k, _, v in (line.partition(" ") for line in r.stdout.splitlines())}
+    files = hostfs.files(kernel)
+    cpus = sorted({p.split("/")[4] for p in files if p.startswith("/proc/device-tree/cpus/")})
+    assert r.returncode == 0, r.stderr
+    assert lines["cpuinfo"] == files["/proc/cpuinfo"].decode().splitlines()[0]
+    assert lines["cpus"] == " ".join(cpus) and lines["machine"] == arch
+
+
+def test_qemu_user_runs_the_program_on_the_profiles_processor(tmp_path: Path) -> None:
+    """qemu-user's -cpu: the model with the profile's PVR (so mfpvr, and QEMU's -cpu host, are the
+    host's), else the generation's with a notice naming the PVR the program reads instead, else
+    qemu-user's default CPU."""
+    from kvmsim.preload.runner import qemu_cpu
+
+    fake = tmp_path / "qemu-ppc64le"
+    listing = (
+        "PowerPC power9_v2.2     PVR 004e1202\n  power10_v2.0     PVR 00801200\n  power10 (alias for power10_v2.0)\n"
+    )
+    fake.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
+    fake.chmod(0o755)
+    assert qemu_cpu(str(fake), 0x004E1202, "power9") == ("power9_v2.2", None)
+    model, notice = qemu_cpu(str(fake), 0x00800200, "power10")
+    assert model == "power10" and notice is not None and "reads power10's (0x00801200)" in notice
+    model, notice = qemu_cpu(str(fake), 0x00821200, "power11")
+    assert model is None and notice is not None and "qemu-user's default CPU" in notice

@@ -350,7 +350,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             from ..preload import runner  # the server, its channel, the shim's build: only for this path
 
             kernel = _kernel(args)
-            return runner.run(kernel, command, arch=args.arch, trace=trace, allow_unreached=args.allow_unreached)
+            return runner.run(
+                kernel,
+                command,
+                arch=args.arch,
+                trace=trace,
+                allow_unreached=args.allow_unreached,
+                sysroot=args.sysroot,
+            )
     except RunError as exc:
         raise UsageError(str(exc)) from None
     except (BuildError, StartError) as exc:
@@ -455,6 +462,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bad = sum(not c.agrees for c in checks)
     print(f"{len(checks) - bad} agree, {bad} mismatch")
     return EXIT_OK if not bad else EXIT_MISMATCH
+
+
+def cmd_fetch_qemu(args: argparse.Namespace) -> int:
+    from ..lab.debian import Archive, CacheError, FetchError
+    from ..lab.qemu import fetch_sysroot
+
+    try:
+        archive = Archive()
+        print(f"kvmsim fetch-qemu: Debian's archive {archive.mirror} (from {archive.mirror_from})", flush=True)
+        sysroot = fetch_sysroot(archive)
+    except CacheError as exc:
+        raise UsageError(f"fetch-qemu: {exc}") from None
+    except FetchError as exc:
+        print(f"kvmsim fetch-qemu: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(f"sysroot: {sysroot.root}")
+    print(f"qemu-system-ppc64: {sysroot.qemu_system} ({sysroot.version})")
+    print(f"qemu-user: {sysroot.qemu_user}")
+    print(
+        f"run: kvmsim run --host HOST --sysroot {sysroot.root} -- {sysroot.qemu_system} -L {sysroot.firmware} "
+        "-machine pseries,accel=kvm -cpu host -m 512 -nodefaults -display none -S -qmp stdio"
+    )
+    return EXIT_OK
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -585,6 +615,12 @@ def parser() -> argparse.ArgumentParser:
         "--arch", choices=["ppc64le", "ppc64"], help="run a POWER binary under qemu-user (default: from its ELF header)"
     )
     run.add_argument(
+        "--sysroot",
+        metavar="DIR",
+        help="a POWER program's libraries (qemu-user's -L, and its qemu-user when DIR has one), e.g. what "
+        "`kvmsim fetch-qemu` unpacks; default the cross toolchain's",
+    )
+    run.add_argument(
         "--allow-unreached",
         action="store_true",
         help="with --intercept preload, run a static or Go program anyway: the shim cannot reach it, so it "
@@ -639,6 +675,16 @@ def parser() -> argparse.ArgumentParser:
     )
     lab.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="the fuzz cases' seed (default 0)")
     lab.set_defaults(func=cmd_lab)
+    fq = sub.add_parser(
+        "fetch-qemu",
+        help="fetch Debian's ppc64el QEMU and qemu-user into the lab's cache",
+        description="Fetch sid's qemu-system-ppc for ppc64el with its libraries (what apt-get install "
+        "--no-install-recommends brings, about 60 packages), its firmware and the amd64 qemu-user through the "
+        "lab's private apt (signed lists; every .deb checked), unpacked into one sysroot in the lab's cache. "
+        "Prints the sysroot, QEMU's binary and version, and the kvmsim run line that runs it. Exit 3 when the "
+        "packages cannot be had.",
+    )
+    fq.set_defaults(func=cmd_fetch_qemu)
     ver = sub.add_parser("verify", help="replay a recording on the simulator")
     ver.add_argument("file", metavar="FILE.toml")
     ver.set_defaults(func=cmd_verify)

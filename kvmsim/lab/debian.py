@@ -250,13 +250,33 @@ class Archive:
             out[p.name] = found[base]
         return out
 
+    def closure(self, names: list[str], suite: str) -> list[Package]:
+        """The packages ``apt-get install --no-install-recommends names`` would bring from
+        ``suite`` into an empty system, less this machine's architecture's own (an amd64 name
+        asked for by name stays)."""
+        r = self._apt("-s", "--no-install-recommends", "-o", f"APT::Default-Release={suite}", "install", *names)
+        if r.returncode != 0:
+            reason = next((ln for ln in r.stdout.splitlines() + r.stderr.splitlines() if ln.startswith("E:")), "")
+            raise FetchError(f"cannot resolve {' '.join(names)} in Debian {suite}: {reason or r.stderr.strip()}")
+        asked = {n.split(":")[0] for n in names}
+        out = []
+        for line in r.stdout.splitlines():
+            if line.startswith("Inst "):
+                name = line.split()[1]
+                if ":" in name or name in asked:
+                    out.append(Package(name, suite))
+        return out
+
     def versions(self, packages: list[Package]) -> dict[str, str]:
         """The version each package has in its suite."""
         return {name: c.version for name, c in self.candidates(packages).items()}
 
-    def fetch(self, packages: list[Package]) -> dict[str, str]:
-        """Download (once) and unpack every package into :attr:`tree`; name -> version."""
+    def fetch(self, packages: list[Package], tree: str = "tree") -> dict[str, str]:
+        """Download (once) and unpack every package into the cache's ``tree`` (:attr:`tree`
+        unless told); name -> version."""
         wanted = self.candidates(packages)
+        record = "unpacked" if tree == "tree" else f"unpacked-{tree}"
+        self.dir(tree).close()
         with self.dir("debs") as debs:
             missing = [p for p in packages if not self._verified(debs, wanted[p.name])]
             if missing:
@@ -268,13 +288,13 @@ class Archive:
                 if bad:
                     raise FetchError(f"{', '.join(bad)}: the download's SHA256 is not the signed index's")
             with self.dir() as root:
-                done = set((root.read("unpacked") or b"").decode().split())
+                done = set((root.read(record) or b"").decode().split())
                 for p in packages:
                     c = wanted[p.name]
                     if f"{c.filename}@{c.sha256}" not in done:
-                        subprocess.run(["dpkg-deb", "-x", debs / c.filename, str(self.tree)], check=True)
+                        subprocess.run(["dpkg-deb", "-x", debs / c.filename, str(self.root / tree)], check=True)
                         done.add(f"{c.filename}@{c.sha256}")
-                root.write("unpacked", "\n".join(sorted(done)) + "\n")
+                root.write(record, "\n".join(sorted(done)) + "\n")
         return {name: c.version for name, c in wanted.items()}
 
     @staticmethod

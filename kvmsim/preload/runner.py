@@ -12,8 +12,10 @@ profile's."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +44,25 @@ def qemu_binary(foreign: Foreign) -> str:
     raise BuildError(f"{foreign.qemu}-static is not installed (apt-get install qemu-user-static)")
 
 
+_MODEL = re.compile(r"^\s*(?:PowerPC\s+)?(\S+)\s+PVR\s+([0-9a-fA-F]{8})\s*$", re.M)
+
+
+def qemu_cpu(qemu: str, pvr: int, generation: str) -> tuple[str | None, str | None]:
+    """qemu-user's ``-cpu`` for a profile's processor, so that the program's ``mfpvr`` reads the
+    profile's PVR (QEMU's ``-cpu host`` and KVM_SET_SREGS depend on it): the model this qemu-user
+    has with that PVR, else the generation's name and a notice saying which PVR the program
+    will read instead."""
+    listing = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, check=False).stdout
+    models = {int(pvr_hex, 16): name for name, pvr_hex in _MODEL.findall(listing)}
+    if pvr in models:
+        return models[pvr], None
+    near = next((p for p, name in models.items() if name.startswith(f"{generation}_")), None)
+    what = f"{os.path.basename(qemu)} has no CPU model with the profile's PVR {pvr:#010x}"
+    if near is None:  # not even the generation: qemu-user's default CPU
+        return None, f"kvmsim run: {what}, nor a {generation}: the program's mfpvr reads qemu-user's default CPU"
+    return generation, f"kvmsim run: {what}: the program's mfpvr reads {generation}'s ({near:#010x})"
+
+
 def host_answer(kernel: BootedKernel, root: str | None = None) -> HostAnswer:
     """What the shim is told about ``kernel``'s host (a server's HOST answer says the same)."""
     return HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root)
@@ -54,10 +75,17 @@ def prepare(
     *,
     arch: str | None = None,
     allow_unreached: bool = False,
+    sysroot: str | None = None,
+    processor: tuple[int, str] | None = None,
+    address_space: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run ``command`` against the server at ``socket_path``.
     A program the shim cannot reach is refused (it would talk to this machine's real
-    /dev/kvm) unless ``allow_unreached``."""
+    /dev/kvm) unless ``allow_unreached``.  A POWER program runs with ``sysroot``'s libraries
+    (qemu-user's ``-L``; its own qemu-user when it has one), else the cross toolchain's, with
+    ``processor`` (the profile's PVR and generation) as qemu-user's CPU, and its mappings kept
+    below ``address_space`` (qemu-user's ``-R``: the profile's TASK_SIZE where this machine's is
+    larger, as a 4K-page POWER kernel's 64TB is)."""
     why = unreachable(shutil.which(command[0]) or command[0])
     if why is not None and not allow_unreached:
         raise StartError(
@@ -69,7 +97,17 @@ def prepare(
         return list(command), shim_environment(host, socket_path, build_shim())
     foreign = FOREIGN[arch]
     shim = build_shim(cc=f"{foreign.triplet}-gcc")
-    argv = [qemu_binary(foreign), "-L", foreign.sysroot]
+    own = os.path.join(sysroot, "usr", "bin", foreign.qemu) if sysroot is not None else None
+    qemu = own if own is not None and os.access(own, os.X_OK) else qemu_binary(foreign)
+    argv = [qemu, "-L", sysroot or foreign.sysroot]
+    if processor is not None:  # the profile's (pvr, generation): its mfpvr
+        model, notice = qemu_cpu(qemu, *processor)
+        if notice is not None:
+            print(notice, file=sys.stderr)
+        if model is not None:
+            argv += ["-cpu", model]
+    if address_space is not None:
+        argv += ["-R", hex(address_space)]
     # for the program, not qemu; the socket channel: TCG's atomics and futexes are not the host's
     for key, value in {**shim_variables(host, socket_path, shim), "KVMSIM_CHANNEL": "socket"}.items():
         argv += ["-E", f"{key}={value}"]
@@ -83,6 +121,7 @@ def run(
     arch: str | None = None,
     trace: Callable[[Call], None] | None = None,
     allow_unreached: bool = False,
+    sysroot: str | None = None,
 ) -> int:
     """Run ``command`` against ``kernel`` through the shim and a server of its own; its exit
     code (128 + N when killed by signal N)."""
@@ -94,12 +133,36 @@ def run(
             raise StartError(f"{exc} (set TMPDIR to a shorter directory)") from None
         try:
             argv, env = prepare(
-                host_answer(kernel, view), command, server.path, arch=arch, allow_unreached=allow_unreached
+                host_answer(kernel, view),
+                command,
+                server.path,
+                arch=arch,
+                allow_unreached=allow_unreached,
+                sysroot=sysroot,
+                processor=_processor(kernel),
+                address_space=_address_space(kernel),
             )
             server.start()
             return wait_forwarding(subprocess.Popen(argv, env=env, close_fds=False))  # the caller's fds 3+ pass
         finally:
             server.stop()
+
+
+def _processor(kernel: BootedKernel) -> tuple[int, str] | None:
+    cpu = kernel.host.cpu
+    generation = cpu.generation
+    return (cpu.pvr, generation.name) if cpu.pvr is not None and generation is not None else None
+
+
+X86_64_TASK_SIZE = 1 << 47  # this machine's user address space (4-level paging)
+
+
+def _address_space(kernel: BootedKernel) -> int | None:
+    """A POWER host's TASK_SIZE_USER64 (64TB with 4K pages, 4PB with 64K) where it is below this
+    machine's: qemu-user then keeps the program's mappings within it, as that kernel would."""
+    limits = getattr(kernel.kvm, "memslot_limits", None)
+    task = limits.task_size_max if limits is not None else None
+    return task if task is not None and task < X86_64_TASK_SIZE else None
 
 
 def shim_variables(host: HostAnswer, socket_path: str, shim: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..intercept import channel, wire
 from ..kernel.kvm_main import FILE_OPS
-from ..uapi import VCPU_LINK, VM_LINK
+from ..uapi import ARCHES, KVM_GET_ONE_REG, KVM_SET_ONE_REG, VCPU_LINK, VM_LINK
 
 
 def header() -> str:
@@ -38,6 +38,18 @@ def header() -> str:
         "enum { " + ", ".join(f"{name} = {getattr(channel, name)}" for name in _WORDS) + " };",
         "/* the errno of each file operation the device has none of (kvm_main.FILE_OPS) */",
         *(f"#define {kind.upper()}_{op.upper()} {FILE_OPS[kind][op]}" for kind in FILE_OPS for op in _FAILING),
+        "/* ioctls whose struct holds a user pointer the kernel follows: KVM_GET/SET_ONE_REG's addr, at",
+        " * ONE_REG_ADDR in struct kvm_one_reg, to at most ONE_REG_VALUE bytes (the union); in both",
+        " * encodings, a program's on a simulated POWER host being either */",
+        "#define IS_ONE_REG_REQ(r) ("
+        + " || ".join(
+            f"(r) == {io.request(ARCHES[a]):#x}u"
+            for a in ("ppc64le", "x86_64")
+            for io in (KVM_GET_ONE_REG, KVM_SET_ONE_REG)
+        )
+        + ")",
+        "#define ONE_REG_ADDR 8",
+        "#define ONE_REG_VALUE 16",
         f'#define VM_LINK "{VM_LINK}" /* what /proc/PID/fd/N of a VM fd reads (kvm_main.VM_LINK) */',
         f'#define VCPU_LINK "{VCPU_LINK.replace("{id}", "%ld")}" /* ... and of a vcpu fd (uapi.VCPU_LINK) */',
         "#endif",

@@ -643,6 +643,7 @@ static long call_on(struct conn *c, const struct request *req, uint32_t *flags, 
 	if (connect_server(c, c == &mine))
 		return -1;
 	usermem_begin(&m, req->arg, req->type == IOCTL);
+	m.inner = req->type == IOCTL ? req->inner : 0;
 	clock_gettime(CLOCK_MONOTONIC, &c->began);
 	r = send_frame(c, req->type, req->fixed, req->fixed_len, req->tail, req->tail_len) ? -2 : converse(c, &m, flags);
 	usermem_end(&m);

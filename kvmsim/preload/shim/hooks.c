@@ -58,12 +58,16 @@ static int emu_ioctl(int fd, const struct identity *id, unsigned long request, v
 	usermem_begin(&ahead, 0, 0);
 	size_t n = usermem_read_ahead(&ahead, (uint64_t)(uintptr_t)arg, window, sizeof(window));
 	usermem_end(&ahead);
+	uint64_t inner = 0; /* the value a kvm_one_reg points at, as the program's struct says now */
+	if (IS_ONE_REG_REQ((uint32_t)request) && n >= ONE_REG_ADDR + sizeof(inner))
+		memcpy(&inner, window + ONE_REG_ADDR, sizeof(inner));
 	struct request req = {.type = IOCTL,
 	                      .fixed = fixed,
 	                      .fixed_len = IOCTL_SIZE,
 	                      .tail = window,
 	                      .tail_len = n,
 	                      .arg = (uint64_t)(uintptr_t)arg,
+	                      .inner = inner,
 	                      .cloexec = 1}; /* anon_inode_getfd's O_CLOEXEC */
 	long r = kvmsim_call(&req, &flags, &new_fd);
 	*foreign = r >= 0 && (flags & RESULT_FOREIGN);

@@ -128,7 +128,7 @@ static int walk(int dirfd, const char *path, int follow, char *scratch)
 	                      O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (cur < 0)
 		return PATH_REAL;
-	int kind = PATH_REAL, links = 0;
+	int kind = PATH_REAL, links = 0, at_root = rest[0] == '/';
 	char *p = rest;
 	for (;;) {
 		while (*p == '/')
@@ -143,6 +143,26 @@ static int walk(int dirfd, const char *path, int follow, char *scratch)
 		while (*next == '/')
 			next++;
 		int last = !*next;
+		/* A directory just below the root is opened by its absolute name, as the real call
+		 * would name it: the same directory natively, and under qemu-user with a sysroot
+		 * (-L) the one its path translation picks (the sysroot's /usr, this machine's /proc),
+		 * where walking from "/" would start inside the sysroot and miss /proc. */
+		if (at_root && !last && len <= NAME_MAX && !component_is(p, len, ".") && !component_is(p, len, "..")) {
+			char top[NAME_MAX + 2];
+			top[0] = '/';
+			memcpy(top + 1, p, len);
+			top[len + 1] = 0;
+			at_root = 0;
+			int sub = real.openat(AT_FDCWD, top, O_PATH | O_DIRECTORY | O_CLOEXEC);
+			if (sub >= 0) {
+				real.close(cur);
+				cur = sub;
+				p = next;
+				continue;
+			}
+		}
+		if (!component_is(p, len, ".") && !component_is(p, len, ".."))
+			at_root = 0;
 		struct stat st;
 		if (real.fstat(cur, &st) < 0)
 			break;
@@ -186,6 +206,7 @@ static int walk(int dirfd, const char *path, int follow, char *scratch)
 					break;
 				real.close(cur);
 				cur = root;
+				at_root = 1;
 			}
 			continue;
 		}

@@ -90,6 +90,7 @@ struct request {
 	const void *tail;
 	size_t tail_len;
 	uint64_t arg;  /* IOCTL: the argument; memory requests are honoured only in [arg, arg + MAX_USER_COPY) */
+	uint64_t inner; /* ... and in [inner, inner + ONE_REG_VALUE): the value a kvm_one_reg points at (0: none) */
 	int cloexec;   /* a placeholder that comes back is O_CLOEXEC */
 };
 
@@ -105,6 +106,7 @@ SHIM_INTERNAL pid_t self_pid(void); /* getpid(2), never a cached value */
 struct usermem {
 	uint64_t base;   /* the argument of the ioctl in progress */
 	int span;        /* 1 while a call may touch [base, base + MAX_USER_COPY) */
+	uint64_t inner;  /* and [inner, inner + ONE_REG_VALUE) while span, when not 0 */
 	int pipe[2];     /* the memory pipe, made on first use in this call */
 };
 

@@ -1,7 +1,8 @@
 /* usermem.c: this process's memory, read and written for the server's copy_from_user and
  * copy_to_user.  Only inside the argument window of the ioctl in progress,
  * [arg, arg + MAX_USER_COPY) — KVM_PPC_GET_COMPAT_CAPS reads at most PAGE_SIZE (64K on
- * POWER) — never elsewhere in this process.  A bad address is EFAULT, never a crash:
+ * POWER) — and, for KVM_GET/SET_ONE_REG, the value its struct points at (ONE_REG_VALUE
+ * bytes: the program named it), never elsewhere in this process.  A bad address is EFAULT, never a crash:
  * process_vm_readv/writev on our own pid, or a pipe where those are missing (qemu-user) or
  * $KVMSIM_MEMORY=pipe asks for it (the pipe is the call's own, made on first use). */
 #include "shim.h"
@@ -52,6 +53,7 @@ SHIM_INTERNAL void usermem_begin(struct usermem *m, uint64_t base, int span)
 {
 	m->base = base;
 	m->span = span;
+	m->inner = 0;
 	m->pipe[0] = m->pipe[1] = -1;
 }
 
@@ -64,13 +66,21 @@ SHIM_INTERNAL void usermem_end(struct usermem *m)
 	m->span = 0;
 }
 
-/* Is [addr, addr + n) inside the window?  (No overflow: an address near 2^64 is outside.) */
+/* Is [addr, addr + n) inside a window of at most size bytes from base?  (No overflow.) */
+static int within(uint64_t base, uint64_t size, uint64_t addr, uint64_t n)
+{
+	if (addr < base)
+		return 0;
+	uint64_t off = addr - base;
+	return off <= size && n <= size - off;
+}
+
+/* Is [addr, addr + n) inside the argument's window, or the value a kvm_one_reg points at? */
 static int in_span(const struct usermem *m, uint64_t addr, uint64_t n)
 {
-	if (!m->span || addr < m->base)
+	if (!m->span)
 		return 0;
-	uint64_t off = addr - m->base;
-	return off <= MAX_USER_COPY && n <= MAX_USER_COPY - off;
+	return within(m->base, MAX_USER_COPY, addr, n) || (m->inner && within(m->inner, ONE_REG_VALUE, addr, n));
 }
 
 static int use_pipe(void)
