@@ -642,3 +642,16 @@ def test_vpa_registration_and_the_timebase_offset(host: str) -> None:
         one_reg(g, "TB_OFFSET", u(g, value))
         assert one_reg(g, "TB_OFFSET")[:8] == u(g, rounded)
     assert one_reg(g, "DEC_EXPIRY")[:8] != bytes(8)  # an expired decrementer in guest time
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_kvm_interrupt_queues_and_unsets_before_the_vcpus_switch(host: str) -> None:
+    """powerpc's kvm_arch_vcpu_unlocked_ioctl: KVM_INTERRUPT reads its u32 (EFAULT), then any irq
+    queues an external interrupt and KVM_INTERRUPT_UNSET dequeues it: always 0."""
+    from kvmsim.uapi import KVM_INTERRUPT, KVM_INTERRUPT_SET, KVM_INTERRUPT_UNSET
+
+    g = guest(host)
+    request = KVM_INTERRUPT.request(g.k.arch)
+    for irq in (KVM_INTERRUPT_SET, 5, KVM_INTERRUPT_UNSET):
+        assert g.k.ioctl(g.vcpu, request, bytearray(u(g, irq, 4))) == 0
+    assert errno_of(g.k.sys_ioctl, g.vcpu, request, 0) == errno.EFAULT

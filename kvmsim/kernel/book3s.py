@@ -88,6 +88,7 @@ class Book3sVcpu:
     # HV's registered areas (struct kvmppc_vpa's next_gpa and len): the VPA, SLB shadow, DTL
     vpas: dict[str, tuple[int, int]] = attrs.Factory(lambda: dict.fromkeys(("VPA_ADDR", "VPA_SLB", "VPA_DTL"), (0, 0)))
     tb_offset: int = 0  # the virtual core's timebase offset
+    external_pending: bool = False  # KVM_INTERRUPT queued an external interrupt (UNSET dequeues it)
 
     # kvmppc_sanity_check(): the PVR is known, the virtual core's arch_compat valid, and HV runs
     # only PAPR guests

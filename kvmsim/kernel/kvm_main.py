@@ -34,6 +34,8 @@ from ..uapi import (
     KVM_ENABLE_CAP_STRUCT,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_INTERRUPT,
+    KVM_INTERRUPT_UNSET,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_REGS,
     KVM_RUN,
@@ -429,6 +431,20 @@ class Process:
         put(vcpu, layout.unpack(bo, raw))
         return 0
 
+    # powerpc's KVM_INTERRUPT: copy_from_user, then kvm_vcpu_ioctl_interrupt() (UNSET dequeues the
+    # external interrupt, anything else queues one and kicks the vcpu: always 0)
+    def _vcpu_interrupt(self, vcpu: Any, arg: int) -> int:
+        vcpus = self.kernel.vcpu_arch
+        assert vcpus is not None
+        vcpus.check_masked_read(arg, "KVM_INTERRUPT")
+        try:
+            raw = self.memory.copy_from_user(arg, 4)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"KVM_INTERRUPT: cannot read struct kvm_interrupt at {arg:#x}") from None
+        irq = int.from_bytes(raw, self.kernel.arch.byteorder)
+        vcpu.external_pending = irq != KVM_INTERRUPT_UNSET
+        return 0
+
     # kvm_vcpu_ioctl(): the type check, then the generic cases, then the arch's
     def kvm_vcpu_ioctl(self, file: VcpuFile, cmd: int, arg: int) -> int:
         k, vcpu, vcpus = self.kernel, file.vcpu, self.kernel.vcpu_arch
@@ -436,6 +452,8 @@ class Process:
         if (cmd >> 8) & 0xFF != KVMIO:  # _IOC_TYPE(ioctl) != KVMIO
             raise KvmError(errno.EINVAL, f"vcpu ioctl {cmd:#x} is not a KVM ioctl (type {(cmd >> 8) & 0xFF:#x})")
         try:
+            if cmd == k.KVM_INTERRUPT:  # kvm_arch_vcpu_unlocked_ioctl(): before vcpu->mutex and the switch
+                return self._vcpu_interrupt(vcpu.arch, arg)
             if cmd == k.KVM_RUN:
                 if arg:
                     raise KvmError(errno.EINVAL, f"KVM_RUN takes no argument (got {arg:#x})")
@@ -503,6 +521,7 @@ class BootedKernel:
         self.KVM_CREATE_VCPU, self.KVM_RUN, self.KVM_GET_REGS, self.KVM_SET_REGS, self.KVM_ENABLE_CAP = (
             io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_ENABLE_CAP)
         )
+        self.KVM_INTERRUPT = KVM_INTERRUPT.request(host.arch)
         self.SET_USER_MEMORY_REGIONS = (
             KVM_SET_USER_MEMORY_REGION.request(host.arch),
             KVM_SET_USER_MEMORY_REGION2.request(host.arch),

@@ -394,6 +394,8 @@ class KvmIoctl:
 
 KVM_CREATE_VCPU = KvmIoctl("KVM_CREATE_VCPU", "none", 0x41, 0)  # on the VM fd: a vcpu fd
 KVM_RUN = KvmIoctl("KVM_RUN", "none", 0x80, 0)
+KVM_INTERRUPT = KvmIoctl("KVM_INTERRUPT", "write", 0x86, 4)  # struct kvm_interrupt { __u32 irq; }
+KVM_INTERRUPT_SET, KVM_INTERRUPT_UNSET, KVM_INTERRUPT_SET_LEVEL = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD  # -1, -2, -3
 KVM_GET_REGS = KvmIoctl("KVM_GET_REGS", "read", 0x81, 392)
 KVM_SET_REGS = KvmIoctl("KVM_SET_REGS", "write", 0x82, 392)
 KVM_GET_SREGS = KvmIoctl("KVM_GET_SREGS", "read", 0x83, 1232)
@@ -453,8 +455,8 @@ KVM_SET_ONE_REG = KvmIoctl("KVM_SET_ONE_REG", "write", 0xAC, 16)
 KVM_ONE_REG = StructLayout("kvm_one_reg", "QQ", ("id", "addr"))
 """include/uapi/linux/kvm.h: ``struct kvm_one_reg { __u64 id; __u64 addr; };``"""
 # what kvmsim models on a vcpu fd
-VCPU_IOCTLS = (KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP, KVM_GET_ONE_REG,
-               KVM_SET_ONE_REG)  # fmt: skip
+VCPU_IOCTLS = (KVM_RUN, KVM_INTERRUPT, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP,
+               KVM_GET_ONE_REG, KVM_SET_ONE_REG)  # fmt: skip
 KVM_REG_PPC = 0x1000000000000000
 KVM_REG_SIZE_SHIFT, KVM_REG_SIZE_MASK = 52, 0x00F0000000000000
 
@@ -756,6 +758,5 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4, KVM_CAP_PPC_ALLOC_HTAB),
     _vm("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
     _vm("KVM_PPC_CONFIGURE_V3_MMU", "write", 0xAF, 16, KVM_CAP_PPC_MMU_RADIX),
-    _vcpu("KVM_INTERRUPT", "write", 0x86, 4),
     _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
 )

@@ -50,6 +50,10 @@ from ..uapi import (
     KVM_ENABLE_CAP_STRUCT,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_INTERRUPT,
+    KVM_INTERRUPT_SET,
+    KVM_INTERRUPT_SET_LEVEL,
+    KVM_INTERRUPT_UNSET,
     KVM_PPC_GET_CPU_CHAR,
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_RTAS_DEFINE_TOKEN,
@@ -184,7 +188,15 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
             n = rng.randrange(1, KVM_SREGS.size)
         bad = rng.choice((None, None, None, NULL, WILD))
         return Probe(name, fd, io.request, _const(bad) if bad is not None else _const_bytes(fill * n))  # type: ignore[arg-type]
-    if kind < 0.9:  # a modelled request's neighbour, or another type's
+    if kind < 0.85:  # KVM_INTERRUPT: an irq whole, cut short, or a bad pointer
+        irq = rng.choice(
+            (KVM_INTERRUPT_UNSET, KVM_INTERRUPT_SET, KVM_INTERRUPT_SET_LEVEL, 0, 5, rng.randrange(1 << 32))
+        )
+        length = rng.choice((4, 4, 4, rng.randrange(1, 4)))
+        bad = rng.choice((None, None, None, NULL, WILD))
+        data = irq.to_bytes(4, "little")[:length]
+        return Probe(name, fd, KVM_INTERRUPT.request, _const(bad) if bad is not None else _const_bytes(data))  # type: ignore[arg-type]
+    if kind < 0.92:  # a modelled request's neighbour, or another type's
         pick = rng.randrange(1 << 30)
 
         def req(a: Arch, p: int = pick) -> int:

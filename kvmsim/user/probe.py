@@ -38,6 +38,10 @@ from ..uapi import (
     KVM_GET_ONE_REG,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_INTERRUPT,
+    KVM_INTERRUPT_SET,
+    KVM_INTERRUPT_SET_LEVEL,
+    KVM_INTERRUPT_UNSET,
     KVM_ONE_REG,
     KVM_PPC_CPU_CHAR,
     KVM_PPC_GET_CPU_CHAR,
@@ -288,6 +292,12 @@ def vcpu_probes(*, registers: bool = True) -> Iterator[Probe]:
     for name, vcpu_id in (("1", 1), ("1 again", 1), ("2", 2), ("16384", 16384), ("-1", -1)):
         yield Probe(f"create vcpu {name}", "vcpu-vm", create, lambda a, v=vcpu_id: v, returns_fd=True)  # type: ignore[misc]
     yield Probe("vcpu run arg 1", "vcpu", KVM_RUN.request, lambda a: 1)
+    # KVM_INTERRUPT before the mutex and the switch: any irq queues (UNSET dequeues), always 0
+    for name, irq in (("set", KVM_INTERRUPT_SET), ("5", 5), ("set level", KVM_INTERRUPT_SET_LEVEL),
+                      ("unset", KVM_INTERRUPT_UNSET)):  # fmt: skip
+        value = functools.partial(reg_bytes, value=irq, size=4)
+        yield Probe(f"vcpu interrupt {name}", "vcpu", KVM_INTERRUPT.request, value)
+    yield Probe("vcpu interrupt NULL", "vcpu", KVM_INTERRUPT.request, lambda a: NULL)
     yield Probe("vcpu ioctl type g", "vcpu", lambda a: a.ioc.io(ord("g"), 0x80), lambda a: 0)
     yield Probe("vcpu ioctl nr 0xff", "vcpu", lambda a: a.ioc.io(KVMIO, 0xFF), lambda a: 0)
     if registers:
