@@ -122,6 +122,7 @@ class VcpuArch(Protocol):
     def get_sregs(self, vcpu: Any) -> dict[str, int]: ...
     def set_sregs(self, vcpu: Any, values: dict[str, int]) -> None: ...
     def check_masked_read(self, addr: int, what: str) -> None: ...
+    def copy_from_user(self, mem: UserAccess, addr: int, size: int, what: str) -> bytes: ...
     def vm_enable_cap(self, vm: Any, cap: int, flags: int, args: tuple[int, ...]) -> int: ...
     @property
     def memslot_limits(self) -> MemslotLimits: ...
@@ -352,11 +353,7 @@ class Process:
     def kvm_vm_ioctl_enable_cap_generic(self, vm: object, arg: int) -> int:
         k, arch = self.kernel, self.kernel.vcpu_arch
         assert arch is not None
-        arch.check_masked_read(arg, "KVM_ENABLE_CAP")
-        try:
-            raw = self.memory.copy_from_user(arg, KVM_ENABLE_CAP_STRUCT.size)
-        except Fault:
-            raise KvmError(errno.EFAULT, f"KVM_ENABLE_CAP: cannot read the struct at {arg:#x}") from None
+        raw = arch.copy_from_user(self.memory, arg, KVM_ENABLE_CAP_STRUCT.size, "KVM_ENABLE_CAP: struct kvm_enable_cap")
         cap = KVM_ENABLE_CAP_STRUCT.unpack(k.arch.byteorder, raw)
         number, flags, args = cap["cap"], cap["flags"], tuple(cap[f"arg{i}"] for i in range(4))
         if number == KVM_CAP_HALT_POLL:
@@ -374,11 +371,7 @@ class Process:
         assert arch is not None
         layout = KVM_USERSPACE_MEMORY_REGION if v1 else KVM_USERSPACE_MEMORY_REGION2
         name = "KVM_SET_USER_MEMORY_REGION" if v1 else "KVM_SET_USER_MEMORY_REGION2"
-        arch.check_masked_read(arg, name)
-        try:
-            raw = self.memory.copy_from_user(arg, layout.size)
-        except Fault:
-            raise KvmError(errno.EFAULT, f"{name}: cannot read struct {layout.name} at {arg:#x}") from None
+        raw = arch.copy_from_user(self.memory, arg, layout.size, f"{name}: struct {layout.name}")
         mem = dict.fromkeys(KVM_USERSPACE_MEMORY_REGION2.fields, 0) | layout.unpack(self.kernel.arch.byteorder, raw)
         if v1 and mem["flags"] & ~memslot.SET_USER_MEMORY_REGION_V1_FLAGS:
             raise KvmError(errno.EINVAL, f"{name}: flags {mem['flags']:#x} beyond LOG_DIRTY_PAGES and READONLY")
@@ -423,11 +416,7 @@ class Process:
             except Fault:
                 raise KvmError(errno.EFAULT, f"{name}: cannot write struct {layout.name} at {arg:#x}") from None
             return 0
-        vcpus.check_masked_read(arg, name)
-        try:
-            raw = self.memory.copy_from_user(arg, layout.size)  # memdup_user()
-        except Fault:
-            raise KvmError(errno.EFAULT, f"{name}: cannot read struct {layout.name} at {arg:#x}") from None
+        raw = vcpus.copy_from_user(self.memory, arg, layout.size, f"{name}: struct {layout.name}")  # memdup_user()
         put(vcpu, layout.unpack(bo, raw))
         return 0
 
@@ -436,11 +425,7 @@ class Process:
     def _vcpu_interrupt(self, vcpu: Any, arg: int) -> int:
         vcpus = self.kernel.vcpu_arch
         assert vcpus is not None
-        vcpus.check_masked_read(arg, "KVM_INTERRUPT")
-        try:
-            raw = self.memory.copy_from_user(arg, 4)
-        except Fault:
-            raise KvmError(errno.EFAULT, f"KVM_INTERRUPT: cannot read struct kvm_interrupt at {arg:#x}") from None
+        raw = vcpus.copy_from_user(self.memory, arg, 4, "KVM_INTERRUPT: struct kvm_interrupt")
         irq = int.from_bytes(raw, self.kernel.arch.byteorder)
         vcpu.external_pending = irq != KVM_INTERRUPT_UNSET
         return 0

@@ -311,13 +311,7 @@ class PowerpcKvm:
     # kvm_arch_vcpu_ioctl(): what kvm_vcpu_ioctl's own switch leaves to the arch
     def vcpu_ioctl(self, vcpu: Book3sVcpu, request: int, argp: int, mem: UserAccess, ctx: EnableCapContext) -> int:
         if request == self.KVM_ENABLE_CAP:
-            self.check_masked_read(argp, "KVM_ENABLE_CAP")
-            try:
-                raw = mem.copy_from_user(argp, KVM_ENABLE_CAP_STRUCT.size)
-            except Fault:
-                raise KvmError(
-                    errno.EFAULT, f"KVM_ENABLE_CAP: cannot read struct kvm_enable_cap at {argp:#x}"
-                ) from None
+            raw = self.copy_from_user(mem, argp, KVM_ENABLE_CAP_STRUCT.size, "KVM_ENABLE_CAP: struct kvm_enable_cap")
             cap = KVM_ENABLE_CAP_STRUCT.unpack(self.host.arch.byteorder, raw)
             args = tuple(cap[f"arg{i}"] for i in range(4))
             return book3s.enable_cap(vcpu, cap["cap"], cap["flags"], args, ctx)
@@ -328,20 +322,12 @@ class PowerpcKvm:
     # kvm_arch_vcpu_ioctl()'s ONE_REG case: the struct, then kvm_vcpu_ioctl_get/set_one_reg
     def vcpu_one_reg(self, vcpu: Book3sVcpu, setting: bool, argp: int, mem: UserAccess) -> int:
         bo, what = self.host.arch.byteorder, "KVM_SET_ONE_REG" if setting else "KVM_GET_ONE_REG"
-        self.check_masked_read(argp, what)
-        try:
-            reg = KVM_ONE_REG.unpack(bo, mem.copy_from_user(argp, KVM_ONE_REG.size))
-        except Fault:
-            raise KvmError(errno.EFAULT, f"{what}: cannot read struct kvm_one_reg at {argp:#x}") from None
+        reg = KVM_ONE_REG.unpack(bo, self.copy_from_user(mem, argp, KVM_ONE_REG.size, f"{what}: struct kvm_one_reg"))
         size = one_reg_size(reg["id"])
         if size > one_reg.ONE_REG_UNION:
             raise KvmError(errno.EINVAL, f"{what}: register {reg['id']:#x} is {size} bytes (the union is 16)")
         if setting:
-            self.check_masked_read(reg["addr"], what)
-            try:
-                data = mem.copy_from_user(reg["addr"], size)
-            except Fault:
-                raise KvmError(errno.EFAULT, f"{what}: cannot read the value at {reg['addr']:#x}") from None
+            data = self.copy_from_user(mem, reg["addr"], size, f"{what}: the value")
             one_reg.set_one_reg(vcpu, reg["id"], data, bo)
             return 0
         value = one_reg.get_one_reg(vcpu, reg["id"], bo)
@@ -360,6 +346,15 @@ class PowerpcKvm:
                 f"not modelled: {what} from {addr:#x}: copy_from_user masks it to 0x8000000000000000, which on a "
                 "bare-metal radix host is kernel memory (quadrant 2 in HV mode)",
             )
+
+    def copy_from_user(self, mem: UserAccess, addr: int, size: int, what: str) -> bytes:
+        """powerpc's copy_from_user: the masked address first (:meth:`check_masked_read`), then
+        the bytes or EFAULT naming ``what`` was being read."""
+        self.check_masked_read(addr, what.split(":")[0])
+        try:
+            return mem.copy_from_user(addr, size)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{what} at {addr:#x}: unmapped") from None
 
     def vcpu_run(self, vcpu: Book3sVcpu, run: memoryview, printk: Callable[[str], None]) -> int:
         return book3s.vcpu_run(vcpu, run, self.host.arch.byteorder, printk)
@@ -466,13 +461,8 @@ class PowerpcKvm:
 
     # case KVM_PPC_RTAS_DEFINE_TOKEN: kvm_vm_ioctl_rtas_define_token() (copy_from_user first)
     def _rtas_define_token(self, vm: Vm, argp: int, mem: UserAccess) -> int:
-        self.check_masked_read(argp, "KVM_PPC_RTAS_DEFINE_TOKEN")
-        try:
-            raw = mem.copy_from_user(argp, KVM_RTAS_TOKEN_ARGS.size)
-        except Fault:
-            raise KvmError(
-                errno.EFAULT, f"KVM_PPC_RTAS_DEFINE_TOKEN: cannot read struct kvm_rtas_token_args at {argp:#x}"
-            ) from None
+        what = "KVM_PPC_RTAS_DEFINE_TOKEN: struct kvm_rtas_token_args"
+        raw = self.copy_from_user(mem, argp, KVM_RTAS_TOKEN_ARGS.size, what)
         token = KVM_RTAS_TOKEN_ARGS.unpack(self.host.arch.byteorder, raw)["token"]
         return kvm_vm_ioctl_rtas_define_token(vm.rtas_tokens, raw[:RTAS_NAME_LEN], token)
 
