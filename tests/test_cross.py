@@ -173,3 +173,20 @@ def test_qemu_user_runs_the_program_on_the_profiles_processor(tmp_path: Path) ->
     assert model == "power10" and notice is not None and "reads power10's (0x00801200)" in notice
     model, notice = qemu_cpu(str(fake), 0x00821200, "power11")
     assert model is None and notice is not None and "qemu-user's default CPU" in notice
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_sysroots_qemu_user_runs_only_if_trusted(arch: str, tmp_path: Path) -> None:
+    """--sysroot's own qemu-user runs as the caller: one that others may write is refused (exit
+    125, one line), never run."""
+    exe = compile_c([HOSTFILES], cc=f"{FOREIGN[arch].triplet}-gcc", flags=["-Wno-unused-parameter"])
+    planted = tmp_path / "usr" / "bin" / FOREIGN[arch].qemu
+    planted.parent.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    planted.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    planted.chmod(0o777)
+    kvmsim = Path(sys.executable).parent / "kvmsim"
+    r = subprocess.run([str(kvmsim), "run", "--host", HOST_OF[arch], "--sysroot", str(tmp_path), "--", str(exe)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 125 and "writable by others: refusing to run it" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()

@@ -98,7 +98,13 @@ def prepare(
     foreign = FOREIGN[arch]
     shim = build_shim(cc=f"{foreign.triplet}-gcc")
     own = os.path.join(sysroot, "usr", "bin", foreign.qemu) if sysroot is not None else None
-    qemu = own if own is not None and os.access(own, os.X_OK) else qemu_binary(foreign)
+    if own is not None and os.access(own, os.X_OK):
+        st = os.stat(own)
+        if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:  # runs as this user: only a file it trusts
+            raise StartError(f"{own}: owned by uid {st.st_uid} or writable by others: refusing to run it")
+        qemu = own
+    else:
+        qemu = qemu_binary(foreign)
     argv = [qemu, "-L", sysroot or foreign.sysroot]
     if processor is not None:  # the profile's (pvr, generation): its mfpvr
         model, notice = qemu_cpu(qemu, *processor)
