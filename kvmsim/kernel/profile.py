@@ -292,9 +292,9 @@ class CpuChar:
 
 
 # What the lab's L0s answer: QEMU's pseries H_GET_CPU_CHARACTERISTICS with its default spapr caps
-# (cfpc, sbbc, ibs workaround; ccf-assist on): L1D flushes by ori 30 and trig2, thread-private L1D,
-# branch hints honoured, the bcctr flush assist; favour security, flush L1D on entry to PR, a
-# barrier for bounds checks, flush the count cache.  QEMU's powernv firmware has no fw-features.
+# (the bits: L1D flushes by ori 30 and trig2, thread-private L1D, branch hints honoured, the bcctr
+# flush assist; favour security, flush L1D on entry to PR, a barrier for bounds checks, flush the
+# count cache).  QEMU's powernv firmware has no fw-features.
 QEMU_CPU_CHAR = {
     "pseries": CpuChar(True, 0x3C40000000000000, 0xE400000000000000),
     "powernv": CpuChar(False),
