@@ -194,8 +194,8 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
         )
         length = rng.choice((4, 4, 4, rng.randrange(1, 4)))
         bad = rng.choice((None, None, None, NULL, WILD))
-        data = irq.to_bytes(4, "little")[:length]
-        return Probe(name, fd, KVM_INTERRUPT.request, _const(bad) if bad is not None else _const_bytes(data))  # type: ignore[arg-type]
+        data = functools.partial(_irq_bytes, irq=irq, length=length)  # the arch's byte order
+        return Probe(name, fd, KVM_INTERRUPT.request, _const(bad) if bad is not None else data)  # type: ignore[arg-type]
     if kind < 0.92:  # a modelled request's neighbour, or another type's
         pick = rng.randrange(1 << 30)
 
@@ -289,6 +289,10 @@ def _memslot_case(rng: random.Random, name: str, fd: str) -> Probe:
         short = functools.partial(_cut, make=struct, length=rng.randrange(1, layout.size))
         return Probe(name, fd, io.request, short)  # type: ignore[arg-type]
     return Probe(name, fd, io.request, struct)  # type: ignore[arg-type]
+
+
+def _irq_bytes(arch: Arch, *, irq: int, length: int) -> bytes:
+    return irq.to_bytes(4, arch.byteorder)[:length]
 
 
 def _cut(arch: Arch, *, make: Callable[[Arch], bytes], length: int) -> bytes:
