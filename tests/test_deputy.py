@@ -563,6 +563,7 @@ def test_a_stopped_or_dead_server_holds_no_ordinary_call_hostage(how: str, tmp_p
     sock = tmp_path / "s.sock"
     serve = subprocess.Popen([str(KVMSIM), "serve", "--host", "powervm-p11", "--socket", str(sock)],
                              stderr=subprocess.DEVNULL)  # fmt: skip
+    prog: subprocess.Popen[str] | None = None
     try:
         for _ in range(300):
             if sock.exists():
@@ -581,6 +582,9 @@ def test_a_stopped_or_dead_server_holds_no_ordinary_call_hostage(how: str, tmp_p
     finally:
         serve.kill()
         serve.wait()
+        if prog is not None and prog.poll() is None:  # a failed step leaves no run behind waiting on stdin
+            prog.kill()
+            prog.wait()
     assert (prog.returncode, out.split()) == (0, ["True", "ppc64le", "stat", "EIO", "EIO", "True"]), err
 
 
