@@ -552,6 +552,20 @@ print(e(lambda: len(open("/etc/hostname").read()) >= 0), e(lambda: os.uname().ma
 )
 
 
+def _until_stopped_or_gone(pid: int) -> None:
+    """Every thread of ``pid`` stopped (T) or the process gone: a signal is delivered when each
+    thread next leaves the kernel, so a server thread may yet take one more notification."""
+    for _ in range(400):
+        try:
+            states = {(Path(f"/proc/{pid}/task") / t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                      for t in os.listdir(f"/proc/{pid}/task")}  # fmt: skip
+        except OSError:
+            return
+        if states <= {"T", "t", "Z"}:
+            return
+        time.sleep(0.01)
+
+
 @needs_seccomp
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
 def test_a_stopped_or_dead_server_holds_no_ordinary_call_hostage(how: str, tmp_path: Path) -> None:
@@ -576,6 +590,7 @@ def test_a_stopped_or_dead_server_holds_no_ordinary_call_hostage(how: str, tmp_p
         assert prog.stdout is not None and prog.stdin is not None
         assert prog.stdout.readline().split() == ["fd"]
         serve.send_signal(getattr(signal, how))
+        _until_stopped_or_gone(serve.pid)  # a call the server had taken before it stopped waits for it
         prog.stdin.write("\n")
         prog.stdin.flush()
         out, err = prog.communicate(timeout=60)
