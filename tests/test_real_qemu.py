@@ -75,3 +75,23 @@ def test_fetch_qemu_says_where_and_how_to_run_it(sysroot: QemuSysroot) -> None:
     assert lines["sysroot"] == str(sysroot.root)
     assert lines["qemu-system-ppc64"] == f"{sysroot.qemu_system} ({sysroot.version})"
     assert lines["run"].startswith(f"kvmsim run --host HOST --sysroot {sysroot.root} -- {sysroot.qemu_system}")
+
+
+ACCESS_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) { printf("%d\n", access(argv[1], R_OK)); return 0; }
+"""
+
+
+def test_access_finds_a_file_of_the_sysroot_under_the_shim(sysroot: QemuSysroot, tmp_path: Path) -> None:
+    """qemu-user translates an access() path into its sysroot, not a faccessat() one: the shim
+    keeps access() an access() (QEMU looks for slof.bin so; it was ENOENT)."""
+    from kvmsim.intercept.build import compile_c
+
+    src = tmp_path / "access.c"
+    src.write_text(ACCESS_C)
+    exe = compile_c([src], cc="powerpc64le-linux-gnu-gcc")
+    r = subprocess.run([str(KVMSIM), "run", "--host", "qemu-nested-papr-p10", "--sysroot", str(sysroot.root), "--",
+                        str(exe), "/usr/share/qemu/slof.bin"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (r.returncode, r.stdout.strip()) == (0, "0"), r.stderr

@@ -290,9 +290,18 @@ SHIM_API int faccessat(int dirfd, const char *path, int mode, int flags)
 	return r;
 }
 
+/* access(2) stays access(2) on its way down: qemu-user translates an access() path into its
+ * sysroot (-L) and not a faccessat() one, so a program asking after a file of its sysroot
+ * (QEMU's slof.bin) must not be told ENOENT because the shim rewrote the call */
 SHIM_API int access(const char *path, int mode)
 {
-	return faccessat(AT_FDCWD, path, mode, 0);
+	shim_ready();
+	struct lookup l;
+	struct stat st;
+	int kind = lookup(AT_FDCWD, path, 1, &l);
+	int r = kind == PATH_DEV_KVM ? dev_kvm_stat(&st) : real.access(real_path(&l, path), mode);
+	lookup_done(&l);
+	return r;
 }
 
 /* ---- ioctl -------------------------------------------------------------------------- */

@@ -64,6 +64,7 @@ static void shim_init(void)
 	NEED(uname);
 	NEED(fcntl);
 	NEED(faccessat);
+	NEED(access);
 	NEED(fstatat);
 	NEED(fstat);
 	NEED(fopen);

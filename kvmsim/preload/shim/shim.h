@@ -48,6 +48,7 @@ struct real_libc {
 	int (*uname)(struct utsname *);
 	int (*fcntl)(int, int, ...);
 	int (*faccessat)(int, const char *, int, int);
+	int (*access)(const char *, int);
 	int (*fstatat)(int, const char *, struct stat *, int);
 	int (*fstat)(int, struct stat *);
 	int (*statx)(int, const char *, int, unsigned, struct statx *);
