@@ -364,6 +364,18 @@ def _handled(sup: Supervisor, n: Notification) -> object:
     return answer
 
 
+def _start_stack(pid: int) -> int:
+    """The task's startstack (/proc/PID/stat): the parent may see its exec done (the CLOEXEC pipe
+    closed) before load_elf_binary sets it, and reads 0 meanwhile -- a flake under load before."""
+    for _ in range(500):
+        with open(f"/proc/{pid}/stat") as f:
+            stack = int(f.read().rsplit(")", 1)[1].split()[25])
+        if stack:
+            return stack
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid}: no start of stack after 5 s")
+
+
 @needs_seccomp
 def test_every_handler_answers_hostile_values_with_an_errno_a_value_or_continue(tree: Path) -> None:
     """The property: random arguments (pointers into the task's real memory, its stack, NULL,
@@ -380,9 +392,7 @@ def test_every_handler_answers_hostile_values_with_an_errno_a_value_or_continue(
         paths = [b"/proc/cpuinfo", b"/proc/device-tree/cpus", b"/dev/kvm", b"/dev/kvm/", b"/proc/device-tree/..",
                  b"/proc/device-tree/cpus/../../x", b"/sys/module/kvm_hv/refcnt", b"/proc/device-tree/link",
                  b"/proc/self/fd/0", b"/proc/self/root/dev/kvm"]  # fmt: skip
-        with open(f"/proc/{child.pid}/stat") as f:
-            stack = int(f.read().rsplit(")", 1)[1].split()[25])  # startstack: below it, mapped stack
-        where = stack - 8192
+        where = _start_stack(child.pid) - 8192  # below the stack's start: mapped stack
         addrs = st.sampled_from([0, 1, where, where + 4096 - 3, 0xFFFF_8000_0000_0000, 2**64 - 8, 0x1000])
         args = st.tuples(*[st.one_of(addrs, st.integers(0, 2**64 - 1), st.integers(-100, 1100).map(lambda v: v % 2**64))
                            for _ in range(6)])  # fmt: skip
