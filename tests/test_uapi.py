@@ -180,3 +180,13 @@ def test_negotiation_order() -> None:
 def test_a_header_without_the_definitions_is_one_line(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         uapi.revision_from_header(text, "kvm.h")
+
+
+@pytest.mark.parametrize(
+    ("number", "name"),
+    [(22, "EINVAL"), (95, "EOPNOTSUPP"), (35, "EDEADLK"), (133, "EHWPOISON"), (11, "EAGAIN"), (9999, "errno 9999")],
+)
+def test_errname_says_the_kernels_name(number: int, name: str) -> None:
+    """Where two names share a number, the kernel's and glibc's strerrorname_np (what the lab's
+    prober prints): Python's errno calls 95 ENOTSUP, a name the kernel has not."""
+    assert uapi.errname(number) == name

@@ -1,14 +1,16 @@
 """The VM ioctls QEMU's start-up asks besides the compat query: kvm_arch_vm_ioctl's Book3S cases
-(powerpc.c, book3s_rtas.c, book3s_64_mmu_radix.c: KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO,
-KVM_PPC_RTAS_DEFINE_TOKEN) and kvm_main's memory slots (KVM_SET_USER_MEMORY_REGION and ...2),
+(powerpc.c, book3s_rtas.c, book3s_64_mmu_radix.c, book3s_hv.c, book3s_64_mmu_hv.c:
+KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN, KVM_PPC_ALLOCATE_HTAB,
+KVM_PPC_CONFIGURE_V3_MMU) and kvm_main's memory slots (KVM_SET_USER_MEMORY_REGION and ...2),
 parametrized over every host whose kernel makes a VM."""
 
 from __future__ import annotations
 
 import errno
 
+import attrs
 import pytest
-from test_vcpu import VM_HOSTS, _overridden, errno_of
+from test_vcpu import VM_HOSTS, Guest, _overridden, errno_of, guest, one_reg
 
 from kvmsim import Kernel
 from kvmsim.kernel import hostfs, profile
@@ -22,12 +24,17 @@ from kvmsim.uapi import (
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
+    KVM_PPC_ALLOCATE_HTAB,
+    KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE,
     KVM_PPC_CPU_CHAR,
     KVM_PPC_CPU_CHAR_BR_HINT_HONOURED,
     KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30,
     KVM_PPC_GET_CPU_CHAR,
     KVM_PPC_GET_RMMU_INFO,
+    KVM_PPC_MMUV3_CFG,
+    KVM_PPC_MMUV3_GTSE,
+    KVM_PPC_MMUV3_RADIX,
     KVM_PPC_RMMU_INFO,
     KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_RTAS_TOKEN_ARGS,
@@ -35,6 +42,9 @@ from kvmsim.uapi import (
     KVM_SET_USER_MEMORY_REGION2,
     KVM_USERSPACE_MEMORY_REGION,
     KVM_USERSPACE_MEMORY_REGION2,
+    KVM_VM_PPC_HV,
+    KVM_VM_PPC_PR,
+    PATB_GR,
     RTAS_NAME_LEN,
 )
 
@@ -312,3 +322,175 @@ def test_memory_region_faults_and_v1_flags(host: str) -> None:
     assert region_errno(k, vm, slot=0, flags=KVM_MEM_GUEST_MEMFD, memory_size=MIB, userspace_addr=1 << 28) == (
         errno.EINVAL
     )
+
+
+# -- KVM_PPC_ALLOCATE_HTAB and KVM_PPC_CONFIGURE_V3_MMU: the VM's MMU ---------------------------
+
+LPCR_VPM1, LPCR_HAIL, LPCR_UPRT, LPCR_HR, LPCR_GTSE = 1 << 62, 0x04000000, 0x00400000, 0x00100000, 0x400
+MMU_BITS = LPCR_VPM1 | LPCR_HAIL | LPCR_UPRT | LPCR_HR | LPCR_GTSE
+HPT_LPCR = LPCR_VPM1  # kvmppc_switch_mmu_to_hpt
+RADIX_LPCR = LPCR_UPRT | LPCR_GTSE | LPCR_HR  # kvmppc_switch_mmu_to_radix (and HAIL on POWER10 bare metal)
+
+
+def allocate_htab(g: Guest, order: int | None) -> int:
+    """KVM_PPC_ALLOCATE_HTAB with the order in user memory (None: a NULL pointer)."""
+    addr = 0 if order is None else g.k.memory.map(4, data=order.to_bytes(4, g.k.arch.byteorder))
+    return int(g.k.sys_ioctl(g.vm, KVM_PPC_ALLOCATE_HTAB.request(g.k.arch), addr))
+
+
+def configure_mmu(g: Guest, flags: int, process_table: int) -> int:
+    cfg = KVM_PPC_MMUV3_CFG.pack(g.k.arch.byteorder, {"flags": flags, "process_table": process_table})
+    return int(g.k.ioctl(g.vm, KVM_PPC_CONFIGURE_V3_MMU.request(g.k.arch), bytearray(cfg)))
+
+
+def mmu_lpcr(g: Guest, vcpu: int | None = None) -> int:
+    """The MMU's bits of a vcpu's LPCR (KVM_GET_ONE_REG(LPCR_64))."""
+    g = attrs.evolve(g, vcpu=g.vcpu if vcpu is None else vcpu)
+    return int.from_bytes(one_reg(g, "LPCR_64")[:8], g.k.arch.byteorder) & MMU_BITS
+
+
+def radix_lpcr(g: Guest) -> int:
+    bare_isa31 = g.k.host.platform == "powernv" and (g.k.host.cpu.effective.level >= 10)  # type: ignore[union-attr]
+    return RADIX_LPCR | (LPCR_HAIL if bare_isa31 else 0)
+
+
+def bare_metal_hv(g: Guest) -> bool:
+    return g.hv and g.k.host.platform == "powernv"
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_allocate_htab_by_backend_and_platform(host: str) -> None:
+    """kvm_arch_vm_ioctl's default: PR's arch_vm_ioctl answers ENOTTY (QEMU then allocates the
+    HPT itself); HV on an L1 EOPNOTSUPP before it reads the order; on bare metal get_user (EFAULT),
+    an order of 18..46 (EINVAL), and 0 with the order left as it was (7.3 writes nothing back)."""
+    g = guest(host)
+    if not g.hv:
+        assert errno_of(allocate_htab, g, 24) == errno.ENOTTY
+        return
+    if g.k.host.platform == "pseries":
+        assert errno_of(allocate_htab, g, None) == errno.EOPNOTSUPP
+        assert errno_of(allocate_htab, g, 24) == errno.EOPNOTSUPP
+        assert mmu_lpcr(g) == radix_lpcr(g)  # the VM is as it was
+        return
+    assert errno_of(allocate_htab, g, None) == errno.EFAULT
+    for order, expected in ((17, errno.EINVAL), (47, errno.EINVAL), (0xFFFFFFFF, errno.EINVAL)):
+        assert errno_of(allocate_htab, g, order) == expected
+    addr = g.k.memory.map(4, data=(24).to_bytes(4, g.k.arch.byteorder))
+    assert g.k.sys_ioctl(g.vm, KVM_PPC_ALLOCATE_HTAB.request(g.k.arch), addr) == 0
+    assert g.k.memory.read(addr, 4) == (24).to_bytes(4, g.k.arch.byteorder)
+    assert allocate_htab(g, 24) == 0  # the same order: the HPT cleared
+    assert allocate_htab(g, 18) == 0
+    assert mmu_lpcr(g) == HPT_LPCR
+
+
+@pytest.mark.parametrize("host", ["qemu-powernv9", "qemu-powernv10"])
+def test_allocate_htab_makes_a_radix_vm_hpt_before_it_checks_the_order(host: str) -> None:
+    """kvmppc_alloc_reset_hpt switches a radix VM to HPT first: an order it then refuses leaves
+    the VM HPT (VPM1; UPRT, GTSE, HR and HAIL cleared), in every vcpu's LPCR and in a new one's."""
+    g = guest(host)
+    assert mmu_lpcr(g) == radix_lpcr(g)
+    assert errno_of(allocate_htab, g, 17) == errno.EINVAL
+    assert mmu_lpcr(g) == HPT_LPCR
+    second = int(g.k.ioctl(g.vm, g.k.KVM_CREATE_VCPU, 1))
+    assert mmu_lpcr(g, second) == HPT_LPCR
+
+
+@pytest.mark.parametrize("host", ["qemu-powernv9", "qemu-powernv9-hash-hv-pr-64k"])
+def test_allocate_htab_of_order_0_with_no_hpt_is_named_not_modelled(host: str) -> None:
+    """Linux 7.3 compares the order with the HPT's before it checks it: 0 with no HPT memsets a
+    NULL one (an oops the simulator does not imitate: a named ENOTTY)."""
+    g = guest(host)
+    with pytest.raises(OSError, match=r"not modelled.*NULL HPT") as exc:
+        allocate_htab(g, 0)
+    assert exc.value.errno == errno.ENOTTY
+    assert allocate_htab(g, 18) == 0
+    assert errno_of(allocate_htab, g, 0) == errno.EINVAL  # the HPT freed, then 0 refused: none left
+    assert errno_of(allocate_htab, g, 0) == errno.ENOTTY
+
+
+@pytest.mark.parametrize(
+    ("mem_total_kb", "order", "expected"),
+    [
+        (2 << 20, 24, 0),  # the buddy allocator's largest block: 16MB
+        (2 << 20, 26, 0),  # 64MB from kvm_cma (5% of 2GB: 102MB)
+        (2 << 20, 27, errno.ENOMEM),  # 128MB: more than kvm_cma, past the buddy's largest block
+        (4 << 20, 27, 0),  # 5% of 4GB: 204MB
+        (64 << 30, 46, errno.ENOMEM),  # 64TB
+        (1 << 10, 24, errno.ENOMEM),  # more than the RAM
+    ],
+)
+def test_an_hpt_comes_from_kvm_cma_or_the_buddy_allocator(mem_total_kb: int, order: int, expected: int) -> None:
+    k = _overridden("qemu-powernv9-hash-hv-pr-64k", {"mem_total_kb": mem_total_kb})
+    vm = vm_of(k)
+    addr = k.memory.map(4, data=order.to_bytes(4, k.arch.byteorder))
+    call = k.sys_ioctl, vm, KVM_PPC_ALLOCATE_HTAB.request(k.arch), addr
+    assert (errno_of(*call) if expected else call[0](*call[1:])) == expected
+
+
+PT = 5  # a process table's size field (2^(5+12) bytes)
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+@pytest.mark.parametrize(
+    ("flags", "process_table", "refused_by"),
+    [
+        (4, PATB_GR | PT, "all"),  # an unknown flag
+        (KVM_PPC_MMUV3_RADIX, PT, "all"),  # GR must match RADIX
+        (0, PATB_GR | PT, "all"),
+        (KVM_PPC_MMUV3_RADIX, PATB_GR | 25, "all"),  # PRTS > 24
+        (KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE, PATB_GR | 24, "hash host"),
+        (KVM_PPC_MMUV3_GTSE, 0x1000 | PT, "L1"),  # an HPT guest
+    ],
+)
+def test_configure_v3_mmu_checks_in_kvmhv_configure_mmus_order(
+    host: str, flags: int, process_table: int, refused_by: str
+) -> None:
+    """kvmhv_configure_mmu: flags, GR against RADIX, the size field, a radix guest on a hash host,
+    an HPT guest on an L1 -- all EINVAL; PR's configure_mmu takes only flags 0 and table 0."""
+    g = guest(host)
+    refused = (
+        not g.hv
+        or refused_by == "all"
+        or (refused_by == "hash host" and g.k.host.mmu == "hash")
+        or (refused_by == "L1" and g.k.host.platform == "pseries")
+    )
+    if refused:
+        assert errno_of(configure_mmu, g, flags, process_table) == errno.EINVAL
+    else:
+        assert configure_mmu(g, flags, process_table) == 0
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_configure_v3_mmu_switches_the_vm_and_sets_gtse(host: str) -> None:
+    """The VM's MMU and LPCR_GTSE follow the call: a radix host's VM goes to HPT and back on bare
+    metal, keeps radix on an L1; GTSE on or off.  PR: flags 0 and table 0 are fine, nothing else;
+    a NULL struct EFAULT."""
+    g = guest(host)
+    assert errno_of(g.k.sys_ioctl, g.vm, KVM_PPC_CONFIGURE_V3_MMU.request(g.k.arch), 0) == errno.EFAULT
+    if not g.hv:
+        assert configure_mmu(g, 0, 0) == 0
+        assert errno_of(configure_mmu, g, 0, 0x1000) == errno.EINVAL
+        return
+    hpt_ok = g.k.host.platform == "powernv"
+    if g.k.host.mmu == "radix":
+        assert configure_mmu(g, KVM_PPC_MMUV3_RADIX, PATB_GR | PT) == 0
+        assert mmu_lpcr(g) == radix_lpcr(g) & ~LPCR_GTSE
+        assert configure_mmu(g, KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE, PATB_GR | PT) == 0
+        assert mmu_lpcr(g) == radix_lpcr(g)
+    if hpt_ok:
+        assert configure_mmu(g, KVM_PPC_MMUV3_GTSE, PT) == 0
+        assert mmu_lpcr(g) == HPT_LPCR | LPCR_GTSE
+        assert configure_mmu(g, 0, 0) == 0
+        assert mmu_lpcr(g) == HPT_LPCR
+    if hpt_ok and g.k.host.mmu == "radix":  # back to radix: GTSE as the flags say
+        assert configure_mmu(g, KVM_PPC_MMUV3_RADIX, PATB_GR) == 0
+        assert mmu_lpcr(g) == radix_lpcr(g) & ~LPCR_GTSE
+
+
+@pytest.mark.parametrize("vm_type", [KVM_VM_PPC_HV, KVM_VM_PPC_PR])
+def test_configure_v3_mmu_wants_isa_3_0(vm_type: int) -> None:
+    """Both backends refuse before ISA 3.0 (a POWER8 in HV mode), whatever the struct: ENODEV."""
+    k = _overridden("qemu-powernv9-hash-hv-pr-64k", {"cpu": {"pvr": 0x004D0200, "model": "POWER8"}})
+    g = Guest(k, vm_of(k, vm_type), -1, hv=vm_type == KVM_VM_PPC_HV)
+    assert errno_of(configure_mmu, g, 0, 0) == errno.ENODEV
+    assert errno_of(configure_mmu, g, 4, 7) == errno.ENODEV

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import attrs
@@ -13,9 +13,13 @@ from ..uapi import (
     CAP_MODES,
     KVM_PPC_1T_SEGMENTS,
     KVM_PPC_COMPAT_BITMASK,
+    KVM_PPC_MMUV3_GTSE,
+    KVM_PPC_MMUV3_RADIX,
     KVM_PPC_NO_HASH,
     KVM_PPC_PAGE_SIZES_REAL,
     MSR_ME,
+    PATB_GR,
+    PRTS_MASK,
     SLB_VSID_L,
     SLB_VSID_LP_01,
     AbiRevision,
@@ -26,7 +30,7 @@ from . import papr
 from .book3s import Book3sVcpu, HostCompat, new_vcpu
 from .book3s_pr import KvmppcOps
 from .errors import KvmError
-from .one_reg import first_values
+from .one_reg import first_values, hv_vm_lpcr, isa31
 from .profile import Host
 
 
@@ -218,6 +222,89 @@ class SmtState(Protocol):
     vcores: set[int]
     smt_mode: int
     emul_smt_mode: int
+    hv_mmu: HvMmu | None
+
+
+# asm/reg.h: the LPCR bits the MMU set-up owns (VPM1: HPT guest; UPRT, HR: process table, radix)
+LPCR_VPM1, LPCR_HAIL, LPCR_UPRT, LPCR_HR, LPCR_GTSE = 1 << 62, 0x04000000, 0x00400000, 0x00100000, 0x400
+
+
+@attrs.define
+class HvMmu:
+    """``kvm->arch``'s MMU set-up as kvmppc_core_init_vm_hv leaves it (a radix host's VM is
+    radix) and KVM_PPC_ALLOCATE_HTAB / KVM_PPC_CONFIGURE_V3_MMU change it: radix or HPT, the
+    VM's LPCR (each virtual core takes it when created and follows its MMU bits), the HPT's
+    order (0: none allocated), the process table userspace gave."""
+
+    radix: bool
+    lpcr: int
+    host_hail: bool  # LPCR_HAIL in the host's LPCR (bare metal with ISA 3.1)
+    hpt_order: int = 0
+    process_table: int = 0
+
+    @classmethod
+    def init_vm(cls, host: Host) -> HvMmu:
+        return cls(host.mmu == "radix", hv_vm_lpcr(host), host.platform == "powernv" and isa31(host))
+
+
+# kvmppc_update_lpcr(): nothing when the VM's LPCR has those bits already, else the VM's and
+# every virtual core's (under nested API v2 marked dirty for the L0: nothing to see here)
+def kvmppc_update_lpcr(mmu: HvMmu, vcpus: Iterable[Book3sVcpu], lpcr: int, mask: int) -> None:
+    if mmu.lpcr & mask == lpcr:
+        return
+    mmu.lpcr = (mmu.lpcr & ~mask) | lpcr
+    for vcpu in vcpus:
+        vcpu.one_regs["LPCR"] = vcpu.one_regs["LPCR_64"] = (vcpu.one_regs["LPCR_64"] & ~mask) | lpcr
+
+
+def _set_radix(mmu: HvMmu, vcpus: Iterable[Book3sVcpu], radix: bool) -> None:
+    mmu.radix = radix  # kvm->arch.radix, which every vcpu's LPCR rules read (kvm_is_radix)
+    for vcpu in vcpus:
+        vcpu.radix = radix
+
+
+# kvmppc_switch_mmu_to_hpt(): no process table, HPT mode (VPM1), HAIL off on ISA 3.1
+def kvmppc_switch_mmu_to_hpt(host: Host, mmu: HvMmu, vcpus: list[Book3sVcpu]) -> None:
+    mmu.process_table = 0
+    _set_radix(mmu, vcpus, False)
+    mask = LPCR_VPM1 | LPCR_UPRT | LPCR_GTSE | LPCR_HR | (LPCR_HAIL if isa31(host) else 0)
+    kvmppc_update_lpcr(mmu, vcpus, LPCR_VPM1, mask)
+
+
+# kvmppc_switch_mmu_to_radix(): the VM's radix tree, the HPT freed, UPRT|GTSE|HR (and HAIL on bare
+# metal whose LPCR has it)
+def kvmppc_switch_mmu_to_radix(host: Host, mmu: HvMmu, vcpus: list[Book3sVcpu]) -> None:
+    _set_radix(mmu, vcpus, True)
+    mmu.hpt_order = 0  # kvmppc_free_hpt
+    lpcr, mask = LPCR_UPRT | LPCR_GTSE | LPCR_HR, LPCR_VPM1 | LPCR_UPRT | LPCR_GTSE | LPCR_HR
+    if isa31(host):
+        mask |= LPCR_HAIL
+        lpcr |= LPCR_HAIL if mmu.host_hail else 0
+    kvmppc_update_lpcr(mmu, vcpus, lpcr, mask)
+
+
+# kvmhv_configure_mmu(), in its order of checks.  A switch waits for no vcpu: KVM_RUN here
+# returns before another ioctl is served (vcpus_running is 0, never EBUSY)
+def kvmhv_configure_mmu(host: Host, mmu: HvMmu, vcpus: list[Book3sVcpu], flags: int, process_table: int) -> int:
+    what = "KVM_PPC_CONFIGURE_V3_MMU"
+    if not host.cpu.isa_300:
+        raise KvmError(errno.ENODEV, f"{what}: not an ISA 3.0 processor")
+    if flags & ~(KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE):
+        raise KvmError(errno.EINVAL, f"{what}: unknown flags {flags:#x}")
+    radix = bool(flags & KVM_PPC_MMUV3_RADIX)
+    if bool(process_table & PATB_GR) != radix:
+        raise KvmError(errno.EINVAL, f"{what}: process_table's GR bit must match KVM_PPC_MMUV3_RADIX")
+    if process_table & PRTS_MASK > 24:
+        raise KvmError(errno.EINVAL, f"{what}: process table size field {process_table & PRTS_MASK} > 24")
+    if radix and host.mmu != "radix":
+        raise KvmError(errno.EINVAL, f"{what}: a radix guest needs a radix host (this one uses hash)")
+    if kvmhv_on_pseries(host) and not radix:
+        raise KvmError(errno.EINVAL, f"{what}: a nested hypervisor runs radix guests only")
+    if radix != mmu.radix:
+        (kvmppc_switch_mmu_to_radix if radix else kvmppc_switch_mmu_to_hpt)(host, mmu, vcpus)
+    mmu.process_table = process_table  # then kvmppc_setup_partition_table()
+    kvmppc_update_lpcr(mmu, vcpus, LPCR_GTSE if flags & KVM_PPC_MMUV3_GTSE else 0, LPCR_GTSE)
+    return 0
 
 
 def kvmppc_pack_vcpu_id(emul_smt_mode: int, max_vcpus: int, vcpu_id: int) -> int:
@@ -251,7 +338,9 @@ def kvmppc_core_vcpu_create_hv(host: Host, vm: SmtState, vcpu_id: int, nested_v2
     assert host.cpu.pvr is not None
     little = host.arch.byteorder == "little"
     vcpu = new_vcpu(True, host.cpu.pvr, MSR_ME, first_values(host, True), little=little, isa_300=host.cpu.isa_300)
-    vcpu.radix = host.mmu == "radix"
+    assert vm.hv_mmu is not None  # an HV VM's (kvm_arch_init_vm)
+    vcpu.one_regs["LPCR"] = vcpu.one_regs["LPCR_64"] = vm.hv_mmu.lpcr  # the virtual core's: the VM's
+    vcpu.radix = vm.hv_mmu.radix
     vcpu.p9_radix_prefetch_bug = host.cpu.pvr & 0xFFFFEFFF in (0x004E0200, 0x004E0201)  # cpufeatures_cpu_quirks
     level = host.cpu.effective.level if host.cpu.effective else 8
     vcpu.host_compat = HostCompat(level, level >= 11, nested_v2_caps)

@@ -53,6 +53,15 @@ def kvm_vm_ioctl_get_smmu_info_pr(first_vcpu: Book3sVcpu | None) -> dict[str, in
     return info | {f"sps{i}_page_shift": 24, f"sps{i}_slb_enc": SLB_VSID_L, f"sps{i}_enc0_page_shift": 24}
 
 
+# kvm_configure_mmu_pr(): ISA 3.0, and no flags nor process table (a PR guest is HPT)
+def kvm_configure_mmu_pr(host: Host, flags: int, process_table: int) -> int:
+    if not host.cpu.isa_300:
+        raise KvmError(errno.ENODEV, "KVM_PPC_CONFIGURE_V3_MMU: not an ISA 3.0 processor")
+    if flags or process_table:
+        raise KvmError(errno.EINVAL, "KVM_PPC_CONFIGURE_V3_MMU: a PR guest takes flags 0 and process table 0")
+    return 0
+
+
 # kvmppc_core_check_processor_compat_pr(): PR cannot run on a radix POWER9+ partition
 def kvmppc_book3s_init_pr(host: Host) -> KvmppcOps:
     if host.cpu.isa_300 and host.mmu == "radix":

@@ -106,14 +106,19 @@ def isa31(host: Host) -> bool:
     return mode is not None and mode.level >= 10
 
 
+def hv_vm_lpcr(host: Host) -> int:
+    """kvmppc_core_init_vm_hv(): a new HV VM's kvm->arch.lpcr (a radix host's VM starts radix)."""
+    if host.platform == "pseries":
+        return HV_LPCR["pseries"]
+    return HV_LPCR["powernv-hash" if host.mmu == "hash" else "powernv-isa31" if isa31(host) else "powernv"]
+
+
 def first_values(host: Host, hv: bool) -> dict[str, int]:
-    """The registers' values a backend's vcpu create leaves (every other one 0)."""
+    """The registers' values a backend's vcpu create leaves (every other one 0; an HV vcpu's
+    LPCR is its VM's, which book3s_hv sets)."""
     if not hv:
         return {"HIOR": PR_HIOR}
-    if host.platform == "pseries":
-        lpcr = HV_LPCR["pseries"]
-    else:
-        lpcr = HV_LPCR["powernv-hash" if host.mmu == "hash" else "powernv-isa31" if isa31(host) else "powernv"]
+    lpcr = hv_vm_lpcr(host)
     return {
         "MMCR0": MMCR0_FC | (MMCR0_PMCCEXT if isa31(host) else 0),
         "MMCRA": MMCRA_BHRB_DISABLE if isa31(host) else 0,

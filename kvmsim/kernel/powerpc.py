@@ -57,11 +57,14 @@ from ..uapi import (
     KVM_ENABLE_CAP_STRUCT,
     KVM_GET_ONE_REG,
     KVM_ONE_REG,
+    KVM_PPC_ALLOCATE_HTAB,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_CPU_CHAR,
     KVM_PPC_GET_CPU_CHAR,
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_GET_SMMU_INFO,
+    KVM_PPC_MMUV3_CFG,
     KVM_PPC_RMMU_INFO,
     KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_PPC_SMMU_INFO,
@@ -78,13 +81,16 @@ from ..uapi import (
 )
 from . import book3s, memslot, one_reg
 from .book3s import Book3sVcpu, EnableCapContext
+from .book3s_64_mmu_hv import kvmppc_alloc_reset_hpt
 from .book3s_64_mmu_radix import kvmhv_get_rmmu_info
 from .book3s_hv import (
     HV_HCALLS,
     MAX_SMT_THREADS,
     THREADS_PER_SUBCORE,
+    HvMmu,
     HvModule,
     kvm_vm_ioctl_get_smmu_info_hv,
+    kvmhv_configure_mmu,
     kvmhv_on_pseries,
     kvmhv_set_smt_mode,
     kvmppc_book3s_init_hv,
@@ -93,6 +99,7 @@ from .book3s_hv import (
 from .book3s_pr import (
     PR_HCALLS,
     KvmppcOps,
+    kvm_configure_mmu_pr,
     kvm_vm_ioctl_get_smmu_info_pr,
     kvmppc_book3s_init_pr,
     kvmppc_core_vcpu_create_pr,
@@ -163,6 +170,7 @@ class Vm:
     vcores: set[int] = attrs.field(factory=set, eq=False)
     vcpus: list[Book3sVcpu] = attrs.field(factory=list, eq=False)  # by index: kvm_get_vcpu(kvm, i)
     rtas_tokens: list[RtasTokenDefinition] = attrs.field(factory=list, eq=False)  # kvm->arch.rtas_tokens
+    hv_mmu: HvMmu | None = None  # an HV VM's MMU set-up (radix or HPT, its LPCR)
 
 
 class PowerpcKvm:
@@ -188,6 +196,8 @@ class PowerpcKvm:
             KVM_PPC_RTAS_DEFINE_TOKEN.request(host.arch): self._rtas_define_token,
             KVM_PPC_GET_RMMU_INFO.request(host.arch): self._get_rmmu_info,
             KVM_PPC_GET_CPU_CHAR.request(host.arch): self._get_cpu_char,
+            KVM_PPC_ALLOCATE_HTAB.request(host.arch): self._allocate_htab,
+            KVM_PPC_CONFIGURE_V3_MMU.request(host.arch): self._configure_v3_mmu,
         }
         self.KVM_GET_ONE_REG, self.KVM_SET_ONE_REG = (
             KVM_GET_ONE_REG.request(host.arch),
@@ -290,7 +300,8 @@ class PowerpcKvm:
         if ops is None:
             raise KvmError(errno.EINVAL, f"KVM_CREATE_VM type {type_}: no such VM type or its module is not loaded")
         smt_mode = 1 if self.host.cpu.isa_300 else THREADS_PER_SUBCORE
-        return Vm(ops, hv=ops is hv, smt_mode=smt_mode)
+        hv_mmu = HvMmu.init_vm(self.host) if ops is hv else None
+        return Vm(ops, hv=ops is hv, smt_mode=smt_mode, hv_mmu=hv_mmu)
 
     @property
     def max_vcpu_ids(self) -> int:
@@ -475,6 +486,28 @@ class PowerpcKvm:
     # case KVM_PPC_GET_CPU_CHAR: kvmppc_get_cpu_char() (any VM: it asks the firmware), copy_to_user
     def _get_cpu_char(self, vm: Vm, argp: int, mem: UserAccess) -> int:
         return self._copy_out(KVM_PPC_CPU_CHAR, kvmppc_get_cpu_char(self.host), argp, mem, "KVM_PPC_GET_CPU_CHAR")
+
+    # the ops' arch_vm_ioctl: PR's answers ENOTTY to all; HV's KVM_PPC_ALLOCATE_HTAB refuses on an
+    # L1 before it reads its argument, get_user()s the order and never writes it back (Linux 7.3)
+    def _allocate_htab(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+        if vm.hv_mmu is None:
+            raise KvmError(errno.ENOTTY, "KVM_PPC_ALLOCATE_HTAB: kvm_pr has no VM ioctls (kvm_arch_vm_ioctl_pr)")
+        if kvmhv_on_pseries(self.host):
+            raise KvmError(errno.EOPNOTSUPP, "KVM_PPC_ALLOCATE_HTAB: a nested hypervisor runs radix guests only")
+        try:
+            raw = mem.copy_from_user(argp, 4)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"KVM_PPC_ALLOCATE_HTAB: cannot read the order at {argp:#x}") from None
+        order = int.from_bytes(raw, self.host.arch.byteorder)
+        return kvmppc_alloc_reset_hpt(self.host, vm.hv_mmu, vm.vcpus, order)
+
+    # case KVM_PPC_CONFIGURE_V3_MMU: both backends have configure_mmu; copy_from_user, then it
+    def _configure_v3_mmu(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+        what = "KVM_PPC_CONFIGURE_V3_MMU: struct kvm_ppc_mmuv3_cfg"
+        cfg = KVM_PPC_MMUV3_CFG.unpack(self.host.arch.byteorder, self.copy_from_user(mem, argp, 16, what))
+        if vm.hv_mmu is None:
+            return kvm_configure_mmu_pr(self.host, cfg["flags"], cfg["process_table"])
+        return kvmhv_configure_mmu(self.host, vm.hv_mmu, vm.vcpus, cfg["flags"], cfg["process_table"])
 
     # -- the revisions' handlers ------------------------------------------
 

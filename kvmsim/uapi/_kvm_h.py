@@ -22,9 +22,14 @@ VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID
 VCPU_LINK = "anon_inode:kvm-vcpu:{id}"  # create_vcpu_fd(): "kvm-vcpu:%d" of the vcpu's id
 
 
+# where two names share a number, the one the kernel's headers and glibc's strerrorname_np give
+# (Python's errno.errorcode names 95 ENOTSUP, which the kernel has not) and one Python lacks
+_KERNEL_NAMES = {errno.EDEADLK: "EDEADLK", errno.EOPNOTSUPP: "EOPNOTSUPP", 133: "EHWPOISON"}
+
+
 def errname(err: int | None) -> str:
     """An errno's name (include/uapi/asm-generic/errno*.h): ``EINVAL``, or ``errno N``."""
-    return errno.errorcode.get(err or 0, f"errno {err}")
+    return _KERNEL_NAMES.get(err or 0) or errno.errorcode.get(err or 0, f"errno {err}")
 
 
 # include/uapi/linux/kvm.h
@@ -678,6 +683,19 @@ RTAS_NAME_LEN = 120
 KVM_RTAS_TOKEN_ARGS = StructLayout("kvm_rtas_token_args", f"{RTAS_NAME_LEN}xQ", ("token",))
 """arch/powerpc/include/uapi/asm/kvm.h: ``struct kvm_rtas_token_args { char name[120]; __u64 token; };``
 (the name is bytes: :data:`RTAS_NAME_LEN` of them from the struct's start)"""
+KVM_PPC_ALLOCATE_HTAB = KvmIoctl("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4)  # a __u32 order (log2 of bytes)
+PPC_MIN_HPT_ORDER, PPC_MAX_HPT_ORDER = 18, 46  # asm/kvm_book3s_64.h: 256K to 64T
+KVM_PPC_CONFIGURE_V3_MMU = KvmIoctl("KVM_PPC_CONFIGURE_V3_MMU", "write", 0xAF, 16)
+KVM_PPC_MMUV3_CFG = StructLayout("kvm_ppc_mmuv3_cfg", "QQ", ("flags", "process_table"))
+"""arch/powerpc/include/uapi/asm/kvm.h::
+
+    struct kvm_ppc_mmuv3_cfg {
+            __u64 flags;          /* KVM_PPC_MMUV3_RADIX, KVM_PPC_MMUV3_GTSE */
+            __u64 process_table;  /* second doubleword of the partition table entry */
+    };
+"""
+KVM_PPC_MMUV3_RADIX, KVM_PPC_MMUV3_GTSE = 1, 2
+PATB_GR, PRTS_MASK = 1 << 63, 0x1F  # asm/book3s/64/mmu.h: guest radix; the process table's size field
 KVM_SET_USER_MEMORY_REGION = KvmIoctl("KVM_SET_USER_MEMORY_REGION", "write", 0x46, 32)
 KVM_SET_USER_MEMORY_REGION2 = KvmIoctl("KVM_SET_USER_MEMORY_REGION2", "write", 0x49, 160)
 MEMORY_REGION_FIELDS = ("slot", "flags", "guest_phys_addr", "memory_size", "userspace_addr")
@@ -700,7 +718,8 @@ KVM_USERSPACE_MEMORY_REGION2 = StructLayout(
 KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1, 1 << 2
 # what kvmsim models on a VM fd beyond the compat ioctl
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
-             KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2)  # fmt: skip
+             KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
+             KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -755,8 +774,6 @@ UNMODELLED_IOCTLS = (
     UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP_VM, only="x86"),  # powerpc's is modelled
     _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only=None),
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
-    _vm("KVM_PPC_ALLOCATE_HTAB", "read|write", 0xA7, 4, KVM_CAP_PPC_ALLOC_HTAB),
     _vm("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
-    _vm("KVM_PPC_CONFIGURE_V3_MMU", "write", 0xAF, 16, KVM_CAP_PPC_MMU_RADIX),
     _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
 )
