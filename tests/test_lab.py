@@ -5,20 +5,25 @@ wrote are verified in test_record.py; .ci/run runs the lab itself.)"""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from test_cross import missing
 
 from kvmsim import cli
+from kvmsim.intercept.build import compile_c
 from kvmsim.lab import boot as lab_boot
 from kvmsim.lab import build, configs, debian
-from kvmsim.uapi import ARCHES, REVISIONS
+from kvmsim.uapi import ARCHES, KVM_PPC_CONFIGURE_V3_MMU, REVISIONS, Arch
 from kvmsim.user import probe
 
 PPC = ARCHES["ppc64le"]
+NO_TOOLS = missing("ppc64le")
 
 
 def test_the_guest_asks_every_probe_the_simulator_is_checked_with() -> None:
@@ -402,3 +407,41 @@ def test_every_probe_has_its_own_name(sweep: bool) -> None:
 
     names = Counter(p.name for p in probe.kvm_probes(sweep=sweep))
     assert [n for n, count in names.items() if count > 1] == []
+
+
+def test_a_nested_papr_boot_tells_the_prober_its_l0_is_qemus() -> None:
+    """QEMU's nested-papr L0 aborts on the partition table a radix KVM_PPC_CONFIGURE_V3_MMU sends
+    it: those boots carry the word, and the probes that would send it are marked with it."""
+    papr = {name for name, c in configs.CONFIGS.items() if "cap-nested-papr=on" in c.opts}
+    assert papr and all(
+        (probe.QEMU_PAPR_L0 in c.cmdline().split()) == (name in papr) for name, c in configs.CONFIGS.items()
+    )
+    marked = {p.name for p in probe.kvm_probes(sweep=True) if p.skip_under == probe.QEMU_PAPR_L0}
+    assert marked == {"configure mmu radix", "configure mmu radix gtse"}
+    table = build.probes_h()
+    assert f'"configure mmu radix", FD_VCPU_VM, {KVM_PPC_CONFIGURE_V3_MMU.request(PPC):#x}UL' in table
+    assert table.count(f'"{probe.QEMU_PAPR_L0}"}},') == 2 and table.count(", NULL},") == table.count("\n\t{") - 2
+
+
+@pytest.mark.skipif(NO_TOOLS is not None, reason=str(NO_TOOLS))
+def test_the_prober_skips_a_probe_whose_word_is_on_the_kernel_command_line() -> None:
+    """The prober, cross-built and run under kvmsim run, reads /proc/cmdline (this machine's):
+    a probe marked with one of its words is not asked, one marked with another word is."""
+    words = Path("/proc/cmdline").read_text().split()
+    if not words:
+        pytest.skip("this machine's kernel command line is empty")
+    api = Arch.kvm_get_api_version
+    table = build.probes_h(base=[
+        probe.Probe("asked", "dev", api, lambda a: 0),
+        probe.Probe("skipped", "dev", api, lambda a: 0, skip_under=words[0]),
+        probe.Probe("asked too", "dev", api, lambda a: 0, skip_under="kvmsim.no-such-word"),
+    ])  # fmt: skip
+    source = resources.files("kvmsim.lab").joinpath("prober.c")
+    with resources.as_file(source) as path:
+        prober = compile_c([path], cc="powerpc64le-linux-gnu-gcc", headers={"probes.h": table}, name="skip_probe")
+    kvmsim = Path(sys.executable).parent / "kvmsim"
+    r = subprocess.run([str(kvmsim), "run", "--host", "qemu-nested-papr-p10", "--", str(prober)],
+                       capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    asked = re.findall(r"^KVMSIM probe\t([^\t]*)\t", r.stdout, re.M)
+    assert asked == ["open", "create vm", "create vcpu", "asked", "asked too"]

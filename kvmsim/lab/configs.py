@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import attrs
 
+from ..user.probe import QEMU_PAPR_L0
 from .debian import Package
 
 
@@ -105,7 +106,8 @@ class Config:
         ]
 
     def cmdline(self) -> str:
-        return " ".join(["console=hvc0", "loglevel=1", "quiet", *self.append])
+        l0 = [QEMU_PAPR_L0] if "cap-nested-papr=on" in self.opts else []
+        return " ".join(["console=hvc0", "loglevel=1", "quiet", *self.append, *l0])
 
 
 NESTED_HV, NESTED_PAPR = ("cap-nested-hv=on",), ("cap-nested-papr=on",)

@@ -57,6 +57,7 @@ struct probe {
 	int returns_fd;
 	int readonly_from; /* ARG_BUF: read-only from this offset (0: all; -1: none) */
 	int on_stack;      /* ARG_BUF: on this program's stack instead (at most 256 bytes) */
+	const char *skip_under; /* not asked when this word is on the kernel command line (NULL: always) */
 };
 
 #include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ, KVM_CREATE_VCPU_REQ */
@@ -86,17 +87,34 @@ static void hex(char *out, const unsigned char *p, size_t n)
 	out[2 * n] = 0;
 }
 
+static void read_cmdline(char *cmdline, size_t size)
+{
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	cmdline[0] = 0;
+	if (fd >= 0) {
+		ssize_t n = read(fd, cmdline, size - 1);
+		cmdline[n > 0 ? n : 0] = 0;
+		close(fd);
+	}
+}
+
+/* Is this word on the kernel command line? */
+static int on_cmdline(const char *wanted)
+{
+	char cmdline[1024];
+	read_cmdline(cmdline, sizeof(cmdline));
+	for (char *save, *word = strtok_r(cmdline, " \n", &save); word; word = strtok_r(NULL, " \n", &save))
+		if (!strcmp(word, wanted))
+			return 1;
+	return 0;
+}
+
 /* The module's parameters as modprobe gives them: every "module.param=value" word of the
  * kernel command line whose module is this one (kvm_hv and kvm-hv are the same name). */
 static void module_params(const char *module, char *out, size_t size)
 {
-	char cmdline[1024] = {0};
-	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		ssize_t n = read(fd, cmdline, sizeof(cmdline) - 1);
-		cmdline[n > 0 ? n : 0] = 0;
-		close(fd);
-	}
+	char cmdline[1024];
+	read_cmdline(cmdline, sizeof(cmdline));
 	size_t len = strlen(module), used = 0;
 	out[0] = 0;
 	for (char *save, *word = strtok_r(cmdline, " \n", &save); word; word = strtok_r(NULL, " \n", &save)) {
@@ -137,7 +155,7 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	int fuzzed = (p->fd >= FD_VM_OR_DEV && p->fd <= FD_VM_PR) || p->fd >= FD_VCPU_HV;
 	if (fd < 0 && fuzzed) /* the fuzz's: /dev/kvm instead */
 		fd = dev;
-	if (fd < 0)
+	if (fd < 0 || (p->skip_under && on_cmdline(p->skip_under)))
 		return;
 	if (p->kind == ARG_ONE_REG) { /* struct kvm_one_reg {id, addr}, addr a 16-byte buffer */
 		unsigned char val[16] __attribute__((aligned(16))), before[16];

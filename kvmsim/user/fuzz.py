@@ -54,8 +54,11 @@ from ..uapi import (
     KVM_INTERRUPT_SET,
     KVM_INTERRUPT_SET_LEVEL,
     KVM_INTERRUPT_UNSET,
+    KVM_PPC_ALLOCATE_HTAB,
+    KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_GET_CPU_CHAR,
     KVM_PPC_GET_RMMU_INFO,
+    KVM_PPC_MMUV3_CFG,
     KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_REGS,
     KVM_RTAS_TOKEN_ARGS,
@@ -71,6 +74,7 @@ from ..uapi import (
     KVM_VM_PPC_PR,
     KVMIO,
     MSR_ME,
+    PRTS_MASK,
     REVISIONS,
     RTAS_NAME_LEN,
     AbiRevision,
@@ -221,7 +225,13 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
 # RTAS names: the kernel's four handlers, a prefix of one, one with junk after its NUL, unknown ones
 RTAS_NAMES = (b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off", b"ibm,int-on", b"ibm,int", b"ibm,int-on\0x",
               b"ibm,nonesuch", b"", b"i" * RTAS_NAME_LEN)  # fmt: skip
-VM_PPC_IOCTLS = (KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN)
+VM_PPC_IOCTLS = (KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN, KVM_PPC_ALLOCATE_HTAB,
+                 KVM_PPC_CONFIGURE_V3_MMU)  # fmt: skip
+# HPT orders: never 0 (with no HPT Linux 7.3 clears a NULL one), none past the buddy allocator's 16MB
+# but refused ones (whether kvm_cma has room depends on what else holds it)
+HPT_ORDERS = (17, 18, 18, 19, 20, 24, 24, 47, 0xFFFFFFFF, 1 << 31)
+MMUV3_FLAGS = (0, 1, 2, 3, 3, 4, 7)
+MMUV3_TABLES = (0, 5, 1 << 63 | 5, 1 << 63 | 24, 1 << 63 | 25, 0x1000 | 5, 1 << 63)  # GR, PRTS 5, 24, 25
 
 
 def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
@@ -236,6 +246,13 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
         if len(rtas) == RTAS_NAME_LEN:  # a name that fills the struct: a token of the same byte
             token = int.from_bytes(rtas[:8], "little")
         struct = functools.partial(_rtas_args, name=rtas, token=token)
+    elif io is KVM_PPC_ALLOCATE_HTAB:
+        struct = functools.partial(_irq_bytes, irq=rng.choice(HPT_ORDERS), length=4)
+    elif io is KVM_PPC_CONFIGURE_V3_MMU:
+        values = {"flags": rng.choice(MMUV3_FLAGS), "process_table": rng.choice(MMUV3_TABLES)}
+        if values["flags"] & 5 == 1 and values["process_table"] >> 63:  # never a radix table the kernel
+            values["process_table"] |= PRTS_MASK  # takes: QEMU's nested-papr L0 aborts on it (the probes ask)
+        struct = functools.partial(_packed, layout=KVM_PPC_MMUV3_CFG, values=values)
     else:
         struct = _const_bytes(bytes([rng.choice((0, 0xAA))]) * size)
     roll = rng.random()
@@ -292,6 +309,7 @@ def _memslot_case(rng: random.Random, name: str, fd: str) -> Probe:
 
 
 def _irq_bytes(arch: Arch, *, irq: int, length: int) -> bytes:
+    """A __u32 (an irq, an HPT order), cut to ``length``."""
     return irq.to_bytes(4, arch.byteorder)[:length]
 
 
@@ -349,7 +367,7 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
                 out.append(Probe(name, fd, req, exact, readonly_from=k))  # type: ignore[arg-type]
             else:
                 out.append(Probe(name, fd, req, arg))  # type: ignore[arg-type]
-        elif kind < 0.6:  # kvm_arch_vm_ioctl's Book3S cases: CPU_CHAR, RMMU_INFO, RTAS_DEFINE_TOKEN
+        elif kind < 0.6:  # kvm_arch_vm_ioctl's Book3S cases: CPU_CHAR, RMMU_INFO, RTAS tokens, the MMU's
             out.append(_vm_ppc_case(random.Random(rng.randrange(1 << 30)), name, fd))
         elif kind < 0.65:  # KVM_SET_USER_MEMORY_REGION(2)
             out.append(_memslot_case(random.Random(rng.randrange(1 << 30)), name, fd))
