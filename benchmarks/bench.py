@@ -18,7 +18,9 @@ The rows (issue 16's targets):
    --device`` <= 1.25x, ``--sim`` <= 1.5x, ``kvmsim run --host`` with its own server <= 2x;
 5. the real-kernel lab's whole set on a warm cache <= 2 minutes;
 6. no regression: ``Kernel.ioctl`` <= 5x a real ioctl from Python (the whole matrix is shown,
-   its old target retired: nobody waits on it).
+   its old target retired: nobody waits on it);
+7. real QEMU (issue 33): Debian's QEMU's libvirt probe and a pseries machine to ``-S`` under
+   ``kvmsim run`` <= 1.1x the same QEMU with ``-accel tcg`` under the same qemu-user.
 
 umockdev comes from Debian's archive through kvmsim's private apt cache (never installed);
 its Python handler needs Debian's python3 with python3-gi.  Where either is missing the rows
@@ -852,6 +854,75 @@ def soak_row(shim: Path) -> Row:
     return Row(name, SOAK_SECONDS, "0 wrong, 0 fds leaked", wrong == 0 and fds_after == fds_before, note)
 
 
+# -- 7. real QEMU --------------------------------------------------------------------------------
+
+QEMU_HOST = "qemu-nested-hv-p10"
+QEMU_TARGET = "<= 1.1x -accel tcg, same qemu-user"
+# (what, QEMU's arguments with kvm's accelerator and CPU, and with TCG's): libvirt's probe, and a
+# pseries machine to -S (the 4K-page host's HPT page size, as test_real_qemu says)
+QEMU_STARTS = (
+    ("libvirt's probe", ["-S", "-no-user-config", "-nodefaults", "-nographic", "-machine", "none,accel={accel}"],
+     "kvm:tcg", "host"),
+    ("pseries to -S", ["-machine", "pseries,accel={accel},cap-hpt-max-page-size=4096", "-cpu", "{cpu}", "-m", "512",
+                       "-nodefaults", "-display", "none", "-S"], "kvm", "host"),
+)  # fmt: skip
+
+
+def qemu_rows(rounds: int = 3) -> list[Row]:
+    """Debian's QEMU (kvmsim fetch-qemu's) under ``kvmsim run`` on a simulated POWER host, against
+    the same QEMU with TCG (``-cpu power10`` for ``host``) under the same qemu-user with the same
+    options and no kvmsim, in alternating rounds: what the simulated host costs QEMU's start."""
+    from kvmsim.lab.debian import Archive, FetchError
+    from kvmsim.lab.qemu import fetch_sysroot
+    from kvmsim.preload.runner import address_space_of, processor_of, qemu_user_argv
+
+    names = [f"QEMU {what} under kvmsim run --host {QEMU_HOST}" for what, *_ in QEMU_STARTS]
+    try:
+        sysroot = fetch_sysroot(Archive())
+    except FetchError as exc:
+        return [skipped(name, f"Debian's QEMU cannot be had: {exc}", QEMU_TARGET) for name in names]
+    kernel = Kernel.from_profile(QEMU_HOST)
+    with contextlib.redirect_stderr(open(os.devnull, "w")):  # qemu_cpu's notice, if any
+        user = qemu_user_argv(str(sysroot.qemu_user), str(sysroot.root), processor_of(kernel), address_space_of(kernel))
+    qmp = "".join(json.dumps({"execute": c}) + "\n" for c in ("qmp_capabilities", "quit"))
+
+    env = cached_bytecode_env()
+
+    def start(argv: list[str]) -> Callable[[], float]:
+        def round_() -> float:
+            t = time.perf_counter()
+            r = subprocess.run(argv, input=qmp, capture_output=True, text=True, timeout=300, check=False, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"{argv[-1]}: exit {r.returncode}: {r.stderr.strip()[-200:]}")
+            return time.perf_counter() - t
+
+        return round_
+
+    qemu = [str(sysroot.qemu_system), "-L", str(sysroot.firmware)]
+    run = [str(BIN / "kvmsim"), "run", "--host", QEMU_HOST, "--sysroot", str(sysroot.root), "--"]
+    # the floor: what kvmsim run costs any POWER program (its start, the server, the shim), QEMU
+    # --version's start under kvmsim run less the same under qemu-user alone
+    version = [str(sysroot.qemu_system), "--version"]
+    fixed, alone, _ = paired(start([*run, *version]), start([*user, *version]), rounds=rounds)
+    floor_note = f"kvmsim run's own cost for a POWER program: {fixed - alone:.2f} s (QEMU --version)"
+    rows = [Row("floor: QEMU --version under kvmsim run, less under qemu-user alone", fixed - alone)]
+    for name, (_, args, accel, cpu) in zip(names, QEMU_STARTS, strict=True):
+
+        def filled(a: str, c: str, args: list[str] = args) -> list[str]:
+            return [x.format(accel=a, cpu=c) for x in args]
+
+        simulated = [*run, *qemu, *filled(accel, cpu), "-qmp", "stdio"]
+        tcg = [*user, *qemu, *filled("tcg", "power10"), "-qmp", "stdio"]
+        try:
+            seconds, floor, ratio = paired(start(simulated), start(tcg), rounds=rounds)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            rows.append(Row(name, None, QEMU_TARGET, None, f"FAILED: {exc}"))
+            continue
+        note = f"{ratio:.2f}x TCG's {floor:.2f} s" + (f"; {floor_note}" if ratio > 1.1 else "")
+        rows.append(Row(name, seconds, QEMU_TARGET, ratio <= 1.1, note))
+    return rows
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -872,6 +943,7 @@ def collect(*, lab: bool) -> list[Row]:
         *program_rows(um, shim),
         *start_rows(),
         lab_row(lab),
+        *qemu_rows(),
         *regression_rows(),
         soak_row(shim),
     ]

@@ -63,6 +63,21 @@ def qemu_cpu(qemu: str, pvr: int, generation: str) -> tuple[str | None, str | No
     return generation, f"kvmsim run: {what}: the program's mfpvr reads {generation}'s ({near:#010x})"
 
 
+def qemu_user_argv(qemu: str, sysroot: str, processor: tuple[int, str] | None, address_space: int | None) -> list[str]:
+    """qemu-user with ``sysroot``'s libraries, ``processor`` (a profile's PVR and generation) as
+    its CPU (a notice on stderr where it has no such model) and mappings below ``address_space``."""
+    argv = [qemu, "-L", sysroot]
+    if processor is not None:  # the profile's (pvr, generation): its mfpvr
+        model, notice = qemu_cpu(qemu, *processor)
+        if notice is not None:
+            print(notice, file=sys.stderr)
+        if model is not None:
+            argv += ["-cpu", model]
+    if address_space is not None:
+        argv += ["-R", hex(address_space)]
+    return argv
+
+
 def host_answer(kernel: BootedKernel, root: str | None = None) -> HostAnswer:
     """What the shim is told about ``kernel``'s host (a server's HOST answer says the same)."""
     return HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root)
@@ -105,15 +120,7 @@ def prepare(
         qemu = own
     else:
         qemu = qemu_binary(foreign)
-    argv = [qemu, "-L", sysroot or foreign.sysroot]
-    if processor is not None:  # the profile's (pvr, generation): its mfpvr
-        model, notice = qemu_cpu(qemu, *processor)
-        if notice is not None:
-            print(notice, file=sys.stderr)
-        if model is not None:
-            argv += ["-cpu", model]
-    if address_space is not None:
-        argv += ["-R", hex(address_space)]
+    argv = qemu_user_argv(qemu, sysroot or foreign.sysroot, processor, address_space)
     # for the program, not qemu; the socket channel: TCG's atomics and futexes are not the host's
     for key, value in {**shim_variables(host, socket_path, shim), "KVMSIM_CHANNEL": "socket"}.items():
         argv += ["-E", f"{key}={value}"]
@@ -145,8 +152,8 @@ def run(
                 arch=arch,
                 allow_unreached=allow_unreached,
                 sysroot=sysroot,
-                processor=_processor(kernel),
-                address_space=_address_space(kernel),
+                processor=processor_of(kernel),
+                address_space=address_space_of(kernel),
             )
             server.start()
             return wait_forwarding(subprocess.Popen(argv, env=env, close_fds=False))  # the caller's fds 3+ pass
@@ -154,7 +161,8 @@ def run(
             server.stop()
 
 
-def _processor(kernel: BootedKernel) -> tuple[int, str] | None:
+def processor_of(kernel: BootedKernel) -> tuple[int, str] | None:
+    """A POWER host's (PVR, generation): what qemu-user's CPU should be."""
     cpu = kernel.host.cpu
     generation = cpu.generation
     return (cpu.pvr, generation.name) if cpu.pvr is not None and generation is not None else None
@@ -163,7 +171,7 @@ def _processor(kernel: BootedKernel) -> tuple[int, str] | None:
 X86_64_TASK_SIZE = 1 << 47  # this machine's user address space (4-level paging)
 
 
-def _address_space(kernel: BootedKernel) -> int | None:
+def address_space_of(kernel: BootedKernel) -> int | None:
     """A POWER host's TASK_SIZE_USER64 (64TB with 4K pages, 4PB with 64K) where it is below this
     machine's: qemu-user then keeps the program's mappings within it, as that kernel would."""
     limits = getattr(kernel.kvm, "memslot_limits", None)
