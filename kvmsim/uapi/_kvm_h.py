@@ -763,8 +763,8 @@ def _vm(name: str, direction: Direction, nr: int, size: int, cap: int | None, **
     return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vm", cap, **kw)
 
 
-def _vcpu(name: str, direction: Direction, nr: int, size: int) -> UnmodelledIoctl:
-    return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vcpu", None)
+def _vcpu(name: str, direction: Direction, nr: int, size: int, cap: int | None = None, **kw: Any) -> UnmodelledIoctl:
+    return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vcpu", cap, **kw)
 
 
 UNMODELLED_IOCTLS = (
@@ -776,4 +776,20 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
     _vm("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
     _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
+    # the other ioctls a capability the simulated kernels answer non-zero stands for (include/uapi/
+    # linux/kvm.h, Documentation/virt/kvm/api.rst), and kvm_main's own a program may ask: not modelled
+    _vm("KVM_GET_DIRTY_LOG", "write", 0x42, 16, None, only=None),  # struct kvm_dirty_log
+    _vm("KVM_IRQ_LINE", "write", 0x61, 8, None, only=None),  # struct kvm_irq_level (__KVM_HAVE_IRQ_LINE)
+    _vm("KVM_IRQ_LINE_STATUS", "read|write", 0x67, 8, None, only=None),
+    _vm("KVM_REGISTER_COALESCED_MMIO", "write", 0x67, 16, KVM_CAP_COALESCED_MMIO, only=None),
+    _vm("KVM_UNREGISTER_COALESCED_MMIO", "write", 0x68, 16, KVM_CAP_COALESCED_MMIO, only=None),
+    _vm("KVM_IRQFD", "write", 0x76, 32, KVM_CAP_IRQFD, only=None),  # struct kvm_irqfd
+    _vm("KVM_IOEVENTFD", "write", 0x79, 64, KVM_CAP_IOEVENTFD, only=None),  # struct kvm_ioeventfd
+    _vm("KVM_PPC_GET_PVINFO", "write", 0xA1, 128, KVM_CAP_PPC_GET_PVINFO),  # struct kvm_ppc_pvinfo
+    _vm("KVM_CREATE_SPAPR_TCE", "write", 0xA8, 16, KVM_CAP_SPAPR_TCE),  # struct kvm_create_spapr_tce
+    _vm("KVM_PPC_GET_HTAB_FD", "write", 0xAA, 32, KVM_CAP_PPC_HTAB_FD),  # struct kvm_get_htab_fd
+    _vm("KVM_PPC_RESIZE_HPT_PREPARE", "read", 0xAD, 16, KVM_CAP_SPAPR_RESIZE_HPT),  # struct kvm_ppc_resize_hpt
+    _vm("KVM_PPC_RESIZE_HPT_COMMIT", "read", 0xAE, 16, KVM_CAP_SPAPR_RESIZE_HPT),
+    _vcpu("KVM_SET_SIGNAL_MASK", "write", 0x8B, 4),  # struct kvm_signal_mask (its length)
+    _vcpu("KVM_SET_GUEST_DEBUG", "write", 0x9B, 264, KVM_CAP_SET_GUEST_DEBUG),  # powerpc's struct kvm_guest_debug
 )
