@@ -17,6 +17,7 @@ from kvmsim.kernel import hostfs, profile
 from kvmsim.kernel.profile import ProfileError
 from kvmsim.uapi import (
     KVM_CAP_PPC_GET_CPU_CHAR,
+    KVM_CAP_PPC_GET_PVINFO,
     KVM_CAP_PPC_MMU_RADIX,
     KVM_CAP_PPC_RTAS,
     KVM_CAP_PPC_SMT,
@@ -31,6 +32,7 @@ from kvmsim.uapi import (
     KVM_PPC_CPU_CHAR_BR_HINT_HONOURED,
     KVM_PPC_CPU_CHAR_L1D_FLUSH_ORI30,
     KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_PVINFO,
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_MMUV3_CFG,
     KVM_PPC_MMUV3_GTSE,
@@ -494,3 +496,21 @@ def test_configure_v3_mmu_wants_isa_3_0(vm_type: int) -> None:
     g = Guest(k, vm_of(k, vm_type), -1, hv=vm_type == KVM_VM_PPC_HV)
     assert errno_of(configure_mmu, g, 0, 0) == errno.ENODEV
     assert errno_of(configure_mmu, g, 4, 7) == errno.ENODEV
+
+
+# -- KVM_PPC_GET_PVINFO -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", VM_HOSTS)
+def test_pvinfo_is_the_paravirtual_hcall_on_any_vm(host: str) -> None:
+    """kvm_vm_ioctl_get_pvinfo: lis r0,"KV"; ori r0,"M!"; sc; nop -- big-endian instructions
+    whatever the kernel's order -- and EV_IDLE, on every VM (the capability says so on PR's only)."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    out = bytes(k.ioctl(vm, KVM_PPC_GET_PVINFO.request(k.arch), bytes(b"\xaa" * 128)))
+    assert out[:4] == (1).to_bytes(4, k.arch.byteorder)
+    assert out[4:20] == bytes.fromhex("3c004b5660004d214400000260000000")
+    assert out[20:] == bytes(108)
+    pr = k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_SMT) == 0
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_GET_PVINFO) == int(pr)
+    assert errno_of(k.sys_ioctl, vm, KVM_PPC_GET_PVINFO.request(k.arch), 0) == errno.EFAULT

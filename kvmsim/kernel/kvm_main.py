@@ -32,6 +32,8 @@ from ..uapi import (
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_FPU,
+    KVM_GET_MP_STATE,
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_INTERRUPT,
@@ -39,14 +41,20 @@ from ..uapi import (
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_REGS,
     KVM_RUN,
+    KVM_SET_FPU,
+    KVM_SET_GUEST_DEBUG,
+    KVM_SET_MP_STATE,
     KVM_SET_REGS,
+    KVM_SET_SIGNAL_MASK,
     KVM_SET_SREGS,
     KVM_SET_USER_MEMORY_REGION,
     KVM_SET_USER_MEMORY_REGION2,
     KVM_SREGS,
+    KVM_TRANSLATE,
     KVM_USERSPACE_MEMORY_REGION,
     KVM_USERSPACE_MEMORY_REGION2,
     KVMIO,
+    SIGSET_SIZE,
     VCPU_LINK,
     VM_LINK,
     AbiRevision,
@@ -121,6 +129,12 @@ class VcpuArch(Protocol):
     def set_regs(self, vcpu: Any, values: dict[str, int]) -> None: ...
     def get_sregs(self, vcpu: Any) -> dict[str, int]: ...
     def set_sregs(self, vcpu: Any, values: dict[str, int]) -> None: ...
+    def get_mpstate(self, vcpu: Any) -> int: ...
+    def set_mpstate(self, vcpu: Any, mp_state: int) -> None: ...
+    def translate(self, vcpu: Any, tr: bytes) -> bytes: ...
+    def set_guest_debug(self, vcpu: Any, dbg: bytes) -> None: ...
+    def get_fpu(self, vcpu: Any) -> bytes: ...
+    def set_fpu(self, vcpu: Any, fpu: bytes) -> None: ...
     def check_masked_read(self, addr: int, what: str) -> None: ...
     def copy_from_user(self, mem: UserAccess, addr: int, size: int, what: str) -> bytes: ...
     def vm_enable_cap(self, vm: Any, cap: int, flags: int, args: tuple[int, ...]) -> int: ...
@@ -430,6 +444,50 @@ class Process:
         vcpu.external_pending = irq != KVM_INTERRUPT_UNSET
         return 0
 
+    # kvm_vcpu_ioctl()'s other generic cases, in its order: what each copies in, the arch's
+    # answer, what it copies out (powerpc's answers: powerpc.py); None: not one of them
+    def _vcpu_generic(self, vcpu: Any, cmd: int, arg: int) -> int | None:
+        k, vcpus = self.kernel, self.kernel.vcpu_arch
+        assert vcpus is not None
+
+        def copy_in(size: int, what: str, at: int = arg) -> bytes:
+            return vcpus.copy_from_user(self.memory, at, size, what)
+
+        def copy_out(data: bytes, what: str) -> int:
+            try:
+                self.memory.copy_to_user(arg, data)
+            except Fault:
+                raise KvmError(errno.EFAULT, f"{what}: cannot write it at {arg:#x}") from None
+            return 0
+
+        bo = k.arch.byteorder
+        if cmd == k.KVM_GET_MP_STATE:  # the arch's state, then copy_to_user
+            return copy_out(vcpus.get_mpstate(vcpu).to_bytes(4, bo), "KVM_GET_MP_STATE: struct kvm_mp_state")
+        if cmd == k.KVM_SET_MP_STATE:
+            vcpus.set_mpstate(vcpu, int.from_bytes(copy_in(4, "KVM_SET_MP_STATE: struct kvm_mp_state"), bo))
+            return 0
+        if cmd == k.KVM_TRANSLATE:  # copy_from_user, the arch's, copy_to_user
+            tr = vcpus.translate(vcpu, copy_in(KVM_TRANSLATE.size, "KVM_TRANSLATE: struct kvm_translation"))
+            return copy_out(tr, "KVM_TRANSLATE: struct kvm_translation")
+        if cmd == k.KVM_SET_GUEST_DEBUG:
+            vcpus.set_guest_debug(
+                vcpu, copy_in(KVM_SET_GUEST_DEBUG.size, "KVM_SET_GUEST_DEBUG: struct kvm_guest_debug")
+            )
+            return 0
+        if cmd == k.KVM_SET_SIGNAL_MASK:  # NULL clears the mask; else its length must be sigset_t's
+            if arg:
+                length = int.from_bytes(copy_in(4, "KVM_SET_SIGNAL_MASK: struct kvm_signal_mask"), bo)
+                if length != SIGSET_SIZE:
+                    raise KvmError(errno.EINVAL, f"KVM_SET_SIGNAL_MASK: len {length}, sigset_t is {SIGSET_SIZE}")
+                copy_in(SIGSET_SIZE, "KVM_SET_SIGNAL_MASK: the sigset", arg + 4)
+            return 0  # kvm_vcpu_ioctl_set_sigmask(): what a running vcpu blocks (no guest runs here)
+        if cmd == k.KVM_GET_FPU:  # kzalloc, the arch's, copy_to_user
+            return copy_out(vcpus.get_fpu(vcpu), "KVM_GET_FPU: struct kvm_fpu")
+        if cmd == k.KVM_SET_FPU:  # memdup_user first
+            vcpus.set_fpu(vcpu, copy_in(KVM_SET_FPU.size, "KVM_SET_FPU: struct kvm_fpu"))
+            return 0
+        return None
+
     # kvm_vcpu_ioctl(): the type check, then the generic cases, then the arch's
     def kvm_vcpu_ioctl(self, file: VcpuFile, cmd: int, arg: int) -> int:
         k, vcpu, vcpus = self.kernel, file.vcpu, self.kernel.vcpu_arch
@@ -446,6 +504,9 @@ class Process:
             copied = k.VCPU_STRUCT_IOCTLS.get(cmd)
             if copied is not None:
                 return self._vcpu_struct_ioctl(vcpu.arch, cmd, arg, *copied)
+            generic = self._vcpu_generic(vcpu.arch, cmd, arg)
+            if generic is not None:
+                return generic
             ctx = EnableCapContext(fd_is_open=lambda fd: fd in self._files, xive=xive_enabled(k.host))
             return vcpus.vcpu_ioctl(vcpu.arch, cmd, arg, self.memory, ctx)
         except KvmError as exc:
@@ -507,6 +568,19 @@ class BootedKernel:
             io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_ENABLE_CAP)
         )
         self.KVM_INTERRUPT = KVM_INTERRUPT.request(host.arch)
+        (
+            self.KVM_GET_MP_STATE,
+            self.KVM_SET_MP_STATE,
+            self.KVM_TRANSLATE,
+            self.KVM_SET_GUEST_DEBUG,
+            self.KVM_SET_SIGNAL_MASK,
+            self.KVM_GET_FPU,
+            self.KVM_SET_FPU,
+        ) = (
+            io.request(host.arch)
+            for io in (KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_TRANSLATE, KVM_SET_GUEST_DEBUG, KVM_SET_SIGNAL_MASK,
+                       KVM_GET_FPU, KVM_SET_FPU)
+        )  # fmt: skip
         self.SET_USER_MEMORY_REGIONS = (
             KVM_SET_USER_MEMORY_REGION.request(host.arch),
             KVM_SET_USER_MEMORY_REGION2.request(host.arch),

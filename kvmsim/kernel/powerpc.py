@@ -62,16 +62,21 @@ from ..uapi import (
     KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_CPU_CHAR,
     KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_PVINFO,
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_GET_SMMU_INFO,
     KVM_PPC_MMUV3_CFG,
+    KVM_PPC_PVINFO,
+    KVM_PPC_PVINFO_FLAGS_EV_IDLE,
     KVM_PPC_RMMU_INFO,
     KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_PPC_SMMU_INFO,
     KVM_RTAS_TOKEN_ARGS,
+    KVM_SC_MAGIC_R0,
     KVM_SET_ONE_REG,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
+    PVINFO_HCALL,
     RTAS_NAME_LEN,
     AbiRevision,
     CompatCapsAbi,
@@ -198,6 +203,7 @@ class PowerpcKvm:
             KVM_PPC_GET_CPU_CHAR.request(host.arch): self._get_cpu_char,
             KVM_PPC_ALLOCATE_HTAB.request(host.arch): self._allocate_htab,
             KVM_PPC_CONFIGURE_V3_MMU.request(host.arch): self._configure_v3_mmu,
+            KVM_PPC_GET_PVINFO.request(host.arch): self._get_pvinfo,
         }
         self.KVM_GET_ONE_REG, self.KVM_SET_ONE_REG = (
             KVM_GET_ONE_REG.request(host.arch),
@@ -376,6 +382,28 @@ class PowerpcKvm:
     def set_regs(self, vcpu: Book3sVcpu, values: dict[str, int]) -> None:
         book3s.set_regs(vcpu, values)
 
+    # powerpc.c: no multiprocessing state on powerpc
+    def get_mpstate(self, vcpu: Book3sVcpu) -> int:
+        raise KvmError(errno.EINVAL, "KVM_GET_MP_STATE: powerpc has no MP state (kvm_arch_vcpu_ioctl_get_mpstate)")
+
+    def set_mpstate(self, vcpu: Book3sVcpu, mp_state: int) -> None:
+        raise KvmError(errno.EINVAL, "KVM_SET_MP_STATE: powerpc has no MP state (kvm_arch_vcpu_ioctl_set_mpstate)")
+
+    # book3s.c: a translation is 0 and changes nothing (the struct goes back as it came)
+    def translate(self, vcpu: Book3sVcpu, tr: bytes) -> bytes:
+        return tr
+
+    # book3s.c: the control word kept for the vcpu's runs (none run here)
+    def set_guest_debug(self, vcpu: Book3sVcpu, dbg: bytes) -> None:
+        return None
+
+    # book3s.c: the FP registers go through ONE_REG only
+    def get_fpu(self, vcpu: Book3sVcpu) -> bytes:
+        raise KvmError(errno.EOPNOTSUPP, "KVM_GET_FPU: Book3S has none (KVM_GET_ONE_REG of the FPRs instead)")
+
+    def set_fpu(self, vcpu: Book3sVcpu, fpu: bytes) -> None:
+        raise KvmError(errno.EOPNOTSUPP, "KVM_SET_FPU: Book3S has none (KVM_SET_ONE_REG of the FPRs instead)")
+
     def get_sregs(self, vcpu: Book3sVcpu) -> dict[str, int]:
         return book3s.get_sregs(vcpu)
 
@@ -486,6 +514,20 @@ class PowerpcKvm:
     # case KVM_PPC_GET_CPU_CHAR: kvmppc_get_cpu_char() (any VM: it asks the firmware), copy_to_user
     def _get_cpu_char(self, vm: Vm, argp: int, mem: UserAccess) -> int:
         return self._copy_out(KVM_PPC_CPU_CHAR, kvmppc_get_cpu_char(self.host), argp, mem, "KVM_PPC_GET_CPU_CHAR")
+
+    # case KVM_PPC_GET_PVINFO: on any VM (the capability says PR's); the paravirtual hcall's four
+    # instructions (lis r0; ori r0 with "KVM!"; sc; nop), big-endian, and EV_IDLE (kvm_vm_ioctl_get_pvinfo)
+    def _get_pvinfo(self, vm: Vm, argp: int, mem: UserAccess) -> int:
+        lis, ori, sc, nop = 0x3C000000, 0x60000000, 0x44000002, 0x60000000
+        hcall = PVINFO_HCALL.pack(lis | KVM_SC_MAGIC_R0 >> 16, ori | KVM_SC_MAGIC_R0 & 0xFFFF, sc, nop)
+        info = KVM_PPC_PVINFO.pack(self.host.arch.byteorder, {"flags": KVM_PPC_PVINFO_FLAGS_EV_IDLE})
+        try:
+            mem.copy_to_user(argp, info[:4] + hcall + info[4 + len(hcall) :])
+        except Fault:
+            raise KvmError(
+                errno.EFAULT, f"KVM_PPC_GET_PVINFO: cannot write struct kvm_ppc_pvinfo at {argp:#x}"
+            ) from None
+        return 0
 
     # the ops' arch_vm_ioctl: PR's answers ENOTTY to all; HV's KVM_PPC_ALLOCATE_HTAB refuses on an
     # L1 before it reads its argument, get_user()s the order and never writes it back (Linux 7.3)

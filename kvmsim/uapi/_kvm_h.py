@@ -459,9 +459,19 @@ KVM_GET_ONE_REG = KvmIoctl("KVM_GET_ONE_REG", "write", 0xAB, 16)  # _IOW: the st
 KVM_SET_ONE_REG = KvmIoctl("KVM_SET_ONE_REG", "write", 0xAC, 16)
 KVM_ONE_REG = StructLayout("kvm_one_reg", "QQ", ("id", "addr"))
 """include/uapi/linux/kvm.h: ``struct kvm_one_reg { __u64 id; __u64 addr; };``"""
+# kvm_vcpu_ioctl()'s other generic cases, with powerpc's structs
+KVM_TRANSLATE = KvmIoctl("KVM_TRANSLATE", "read|write", 0x85, 24)  # struct kvm_translation
+KVM_SET_SIGNAL_MASK = KvmIoctl("KVM_SET_SIGNAL_MASK", "write", 0x8B, 4)  # struct kvm_signal_mask { __u32 len; ... }
+KVM_GET_FPU = KvmIoctl("KVM_GET_FPU", "read", 0x8C, 256)  # powerpc's struct kvm_fpu { __u64 fpr[32]; }
+KVM_SET_FPU = KvmIoctl("KVM_SET_FPU", "write", 0x8D, 256)
+KVM_GET_MP_STATE = KvmIoctl("KVM_GET_MP_STATE", "read", 0x98, 4)  # struct kvm_mp_state { __u32 mp_state; }
+KVM_SET_MP_STATE = KvmIoctl("KVM_SET_MP_STATE", "write", 0x99, 4)
+KVM_SET_GUEST_DEBUG = KvmIoctl("KVM_SET_GUEST_DEBUG", "write", 0x9B, 264)  # powerpc's: control, pad, bp[16]
+SIGSET_SIZE = 8  # the kernel's sigset_t: _NSIG (64) bits, what kvm_signal_mask.len must say
 # what kvmsim models on a vcpu fd
 VCPU_IOCTLS = (KVM_RUN, KVM_INTERRUPT, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP,
-               KVM_GET_ONE_REG, KVM_SET_ONE_REG)  # fmt: skip
+               KVM_GET_ONE_REG, KVM_SET_ONE_REG, KVM_TRANSLATE, KVM_SET_SIGNAL_MASK, KVM_GET_FPU, KVM_SET_FPU,
+               KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_SET_GUEST_DEBUG)  # fmt: skip
 KVM_REG_PPC = 0x1000000000000000
 KVM_REG_SIZE_SHIFT, KVM_REG_SIZE_MASK = 52, 0x00F0000000000000
 
@@ -678,6 +688,13 @@ KVM_PPC_CPU_BEHAV_FAVOUR_SECURITY = 1 << 63
 KVM_PPC_CPU_BEHAV_L1D_FLUSH_PR = 1 << 62
 KVM_PPC_CPU_BEHAV_BNDS_CHK_SPEC_BAR = 1 << 61
 KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE = 1 << 58
+KVM_PPC_GET_PVINFO = KvmIoctl("KVM_PPC_GET_PVINFO", "write", 0xA1, 128)  # _IOW, though the kernel writes it
+KVM_PPC_PVINFO_FLAGS_EV_IDLE = 1 << 0
+KVM_SC_MAGIC_R0 = 0x4B564D21  # asm/kvm_para.h: "KVM!", what a paravirtual hcall puts in r0
+KVM_PPC_PVINFO = StructLayout("kvm_ppc_pvinfo", "I124x", ("flags",))
+"""arch/powerpc/include/uapi/asm/kvm.h: ``struct kvm_ppc_pvinfo { __u32 flags; __u32 hcall[4];
+__u8 pad[108]; };`` (``hcall`` at :data:`PVINFO_HCALL`: instructions, big-endian whatever the kernel's order)"""
+PVINFO_HCALL = struct.Struct(">4I")  # at offset 4
 KVM_PPC_RTAS_DEFINE_TOKEN = KvmIoctl("KVM_PPC_RTAS_DEFINE_TOKEN", "write", 0xAC, 128)
 RTAS_NAME_LEN = 120
 KVM_RTAS_TOKEN_ARGS = StructLayout("kvm_rtas_token_args", f"{RTAS_NAME_LEN}xQ", ("token",))
@@ -719,7 +736,7 @@ KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1,
 # what kvmsim models on a VM fd beyond the compat ioctl
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
              KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
-             KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU)  # fmt: skip
+             KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -763,8 +780,8 @@ def _vm(name: str, direction: Direction, nr: int, size: int, cap: int | None, **
     return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vm", cap, **kw)
 
 
-def _vcpu(name: str, direction: Direction, nr: int, size: int, cap: int | None = None, **kw: Any) -> UnmodelledIoctl:
-    return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vcpu", cap, **kw)
+def _vcpu(name: str, direction: Direction, nr: int, size: int) -> UnmodelledIoctl:
+    return UnmodelledIoctl(KvmIoctl(name, direction, nr, size), "vcpu", None)
 
 
 UNMODELLED_IOCTLS = (
@@ -785,11 +802,8 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_UNREGISTER_COALESCED_MMIO", "write", 0x68, 16, KVM_CAP_COALESCED_MMIO, only=None),
     _vm("KVM_IRQFD", "write", 0x76, 32, KVM_CAP_IRQFD, only=None),  # struct kvm_irqfd
     _vm("KVM_IOEVENTFD", "write", 0x79, 64, KVM_CAP_IOEVENTFD, only=None),  # struct kvm_ioeventfd
-    _vm("KVM_PPC_GET_PVINFO", "write", 0xA1, 128, KVM_CAP_PPC_GET_PVINFO),  # struct kvm_ppc_pvinfo
     _vm("KVM_CREATE_SPAPR_TCE", "write", 0xA8, 16, KVM_CAP_SPAPR_TCE),  # struct kvm_create_spapr_tce
     _vm("KVM_PPC_GET_HTAB_FD", "write", 0xAA, 32, KVM_CAP_PPC_HTAB_FD),  # struct kvm_get_htab_fd
     _vm("KVM_PPC_RESIZE_HPT_PREPARE", "read", 0xAD, 16, KVM_CAP_SPAPR_RESIZE_HPT),  # struct kvm_ppc_resize_hpt
     _vm("KVM_PPC_RESIZE_HPT_COMMIT", "read", 0xAE, 16, KVM_CAP_SPAPR_RESIZE_HPT),
-    _vcpu("KVM_SET_SIGNAL_MASK", "write", 0x8B, 4),  # struct kvm_signal_mask (its length)
-    _vcpu("KVM_SET_GUEST_DEBUG", "write", 0x9B, 264, KVM_CAP_SET_GUEST_DEBUG),  # powerpc's struct kvm_guest_debug
 )
