@@ -48,6 +48,8 @@ from ..uapi import (
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_FPU,
+    KVM_GET_MP_STATE,
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_INTERRUPT,
@@ -57,17 +59,23 @@ from ..uapi import (
     KVM_PPC_ALLOCATE_HTAB,
     KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_PVINFO,
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_MMUV3_CFG,
     KVM_PPC_RTAS_DEFINE_TOKEN,
     KVM_REGS,
     KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
+    KVM_SET_FPU,
+    KVM_SET_GUEST_DEBUG,
+    KVM_SET_MP_STATE,
     KVM_SET_REGS,
+    KVM_SET_SIGNAL_MASK,
     KVM_SET_SREGS,
     KVM_SET_USER_MEMORY_REGION,
     KVM_SET_USER_MEMORY_REGION2,
     KVM_SREGS,
+    KVM_TRANSLATE,
     KVM_USERSPACE_MEMORY_REGION,
     KVM_USERSPACE_MEMORY_REGION2,
     KVM_VM_PPC_HV,
@@ -79,6 +87,7 @@ from ..uapi import (
     RTAS_NAME_LEN,
     AbiRevision,
     Arch,
+    KvmIoctl,
     StructLayout,
     errname,
 )
@@ -134,6 +143,8 @@ VCPU_IDS = (0, 16384, 16385, (1 << 31) - 1, (1 << 32) - 1, 1 << 32, -1)
 # MSRs for KVM_SET_REGS: never MSR_POW (1 << 18), which halts a PR vcpu inside the ioctl until an
 # interrupt (kvmsim: not modelled), nor a transaction without MSR_PR (PR's tabort, not modelled)
 MSR_PR = 1 << 14
+VCPU_GENERIC = (KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_TRANSLATE, KVM_SET_GUEST_DEBUG, KVM_SET_SIGNAL_MASK,
+                KVM_GET_FPU, KVM_SET_FPU)  # fmt: skip
 MSRS = (0, MSR_ME, 1 << 63, 3 << 33 | MSR_ME, 1 << 33, 1 << 34 | MSR_PR, ((1 << 64) - 1) & ~(1 << 18), 1 << 60 | MSR_ME)
 
 
@@ -200,6 +211,18 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
         bad = rng.choice((None, None, None, NULL, WILD))
         data = functools.partial(_irq_bytes, irq=irq, length=length)  # the arch's byte order
         return Probe(name, fd, KVM_INTERRUPT.request, _const(bad) if bad is not None else data)  # type: ignore[arg-type]
+    if kind < 0.88:  # kvm_vcpu_ioctl's other generic cases: whole, cut short, read-only, a bad pointer
+        io = rng.choice(VCPU_GENERIC)
+        fill = bytes([rng.choice((0, 0xAA))])
+        whole = 12 if io is KVM_SET_SIGNAL_MASK else io.size  # a signal mask's length, then the sigset
+        length = rng.choice((whole,) * 3 + (rng.randrange(1, whole),))
+        arg = functools.partial(_generic_bytes, io=io, fill=fill, mask_len=rng.choice((8, 8, 4, 0, 1 << 31)), n=length)
+        roll = rng.random()
+        if roll < 0.2:
+            return Probe(name, fd, io.request, _const(rng.choice((NULL, WILD))))  # type: ignore[arg-type]
+        if roll < 0.35:
+            return Probe(name, fd, io.request, arg, readonly_from=0)  # type: ignore[arg-type]
+        return Probe(name, fd, io.request, arg)  # type: ignore[arg-type]
     if kind < 0.92:  # a modelled request's neighbour, or another type's
         pick = rng.randrange(1 << 30)
 
@@ -226,7 +249,7 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
 RTAS_NAMES = (b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off", b"ibm,int-on", b"ibm,int", b"ibm,int-on\0x",
               b"ibm,nonesuch", b"", b"i" * RTAS_NAME_LEN)  # fmt: skip
 VM_PPC_IOCTLS = (KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN, KVM_PPC_ALLOCATE_HTAB,
-                 KVM_PPC_CONFIGURE_V3_MMU)  # fmt: skip
+                 KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO)  # fmt: skip
 # HPT orders: never 0 (with no HPT Linux 7.3 clears a NULL one), none past the buddy allocator's 16MB
 # but refused ones (whether kvm_cma has room depends on what else holds it)
 HPT_ORDERS = (17, 18, 18, 19, 20, 24, 24, 47, 0xFFFFFFFF, 1 << 31)
@@ -306,6 +329,14 @@ def _memslot_case(rng: random.Random, name: str, fd: str) -> Probe:
         short = functools.partial(_cut, make=struct, length=rng.randrange(1, layout.size))
         return Probe(name, fd, io.request, short)  # type: ignore[arg-type]
     return Probe(name, fd, io.request, struct)  # type: ignore[arg-type]
+
+
+def _generic_bytes(arch: Arch, *, io: KvmIoctl, fill: bytes, mask_len: int, n: int) -> bytes:
+    """A generic vcpu ioctl's struct, its first ``n`` bytes: KVM_SET_SIGNAL_MASK's length (the
+    arch's byte order) then a sigset, KVM_TRANSLATE's bytes 1..24, else one byte repeated."""
+    if io is KVM_SET_SIGNAL_MASK:
+        return (mask_len.to_bytes(4, arch.byteorder) + fill * 8)[:n]
+    return (bytes(range(1, 25)) if io is KVM_TRANSLATE else fill * io.size)[:n]
 
 
 def _irq_bytes(arch: Arch, *, irq: int, length: int) -> bytes:

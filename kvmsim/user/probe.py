@@ -35,6 +35,8 @@ from ..uapi import (
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_FPU,
+    KVM_GET_MP_STATE,
     KVM_GET_ONE_REG,
     KVM_GET_REGS,
     KVM_GET_SREGS,
@@ -47,6 +49,7 @@ from ..uapi import (
     KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_CPU_CHAR,
     KVM_PPC_GET_CPU_CHAR,
+    KVM_PPC_GET_PVINFO,
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_GET_SMMU_INFO,
     KVM_PPC_MMUV3_CFG,
@@ -58,12 +61,17 @@ from ..uapi import (
     KVM_REGS,
     KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
+    KVM_SET_FPU,
+    KVM_SET_GUEST_DEBUG,
+    KVM_SET_MP_STATE,
     KVM_SET_ONE_REG,
     KVM_SET_REGS,
+    KVM_SET_SIGNAL_MASK,
     KVM_SET_SREGS,
     KVM_SET_USER_MEMORY_REGION,
     KVM_SET_USER_MEMORY_REGION2,
     KVM_SREGS,
+    KVM_TRANSLATE,
     KVM_USERSPACE_MEMORY_REGION,
     KVM_USERSPACE_MEMORY_REGION2,
     KVMIO,
@@ -72,12 +80,14 @@ from ..uapi import (
     PATB_GR,
     REVISIONS,
     RTAS_NAME_LEN,
+    SIGSET_SIZE,
     STARTUP_CAPS,
     AbiRevision,
     Arch,
     ByteOrder,
     CompatCapsField,
     CompatCapsLayout,
+    KvmIoctl,
     StructLayout,
     errname,
     one_reg_size,
@@ -311,6 +321,7 @@ def vcpu_probes(*, registers: bool = True) -> Iterator[Probe]:
         value = functools.partial(reg_bytes, value=irq, size=4)
         yield Probe(f"vcpu interrupt {name}", "vcpu", KVM_INTERRUPT.request, value)
     yield Probe("vcpu interrupt NULL", "vcpu", KVM_INTERRUPT.request, lambda a: NULL)
+    yield from vcpu_generic_probes()
     yield Probe("vcpu ioctl type g", "vcpu", lambda a: a.ioc.io(ord("g"), 0x80), lambda a: 0)
     yield Probe("vcpu ioctl nr 0xff", "vcpu", lambda a: a.ioc.io(KVMIO, 0xFF), lambda a: 0)
     if registers:
@@ -380,6 +391,32 @@ def arch_compat_probes(when: str) -> Iterator[Probe]:
                     lambda a: b"\xaa" * 16, one_reg=reg_id)  # fmt: skip
 
 
+def _signal_mask(arch: Arch, *, length: int) -> bytes:
+    return length.to_bytes(4, arch.byteorder) + b"\xff" * 8  # struct kvm_signal_mask, then the sigset
+
+
+def vcpu_generic_probes() -> Iterator[Probe]:
+    """kvm_vcpu_ioctl's other generic cases, each with NULL too: the MP state (EINVAL on powerpc,
+    before or after the copy), KVM_TRANSLATE (0, the struct copied back: a read-only one faults),
+    KVM_SET_GUEST_DEBUG (control 0), KVM_SET_SIGNAL_MASK (NULL clears; the length must be 8),
+    KVM_GET/SET_FPU (EOPNOTSUPP on Book3S, after SET's copy)."""
+    cases: tuple[tuple[str, KvmIoctl, Callable[[Arch], int | bytes]], ...] = (
+        ("get mp state", KVM_GET_MP_STATE, lambda a: b"\xaa" * 4),
+        ("set mp state", KVM_SET_MP_STATE, lambda a: bytes(4)),
+        ("translate", KVM_TRANSLATE, lambda a: bytes(range(1, 25))),
+        ("set guest debug", KVM_SET_GUEST_DEBUG, lambda a: bytes(KVM_SET_GUEST_DEBUG.size)),
+        ("set signal mask", KVM_SET_SIGNAL_MASK, functools.partial(_signal_mask, length=SIGSET_SIZE)),
+        ("set signal mask len 4", KVM_SET_SIGNAL_MASK, functools.partial(_signal_mask, length=4)),
+        ("get fpu", KVM_GET_FPU, lambda a: b"\xaa" * KVM_GET_FPU.size),
+        ("set fpu", KVM_SET_FPU, lambda a: bytes(KVM_SET_FPU.size)),
+    )
+    for name, io, arg in cases:
+        yield Probe(f"vcpu {name}", "vcpu", io.request, arg)
+    for io in (KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_TRANSLATE, KVM_SET_GUEST_DEBUG, KVM_SET_SIGNAL_MASK,
+               KVM_GET_FPU, KVM_SET_FPU):  # fmt: skip
+        yield Probe(f"vcpu {io.name[4:].lower().replace('_', ' ')} NULL", "vcpu", io.request, lambda a: NULL)
+
+
 def rtas_token_args(arch: Arch, *, name: bytes, token: int) -> bytes:
     struct = KVM_RTAS_TOKEN_ARGS.pack(arch.byteorder, {"token": token})
     return name.ljust(RTAS_NAME_LEN, b"\0")[:RTAS_NAME_LEN] + struct[RTAS_NAME_LEN:]
@@ -395,6 +432,9 @@ def vm_ppc_probes() -> Iterator[Probe]:
     yield Probe("cpu char on dev", "dev", cpu_char, lambda a: b"\xaa" * KVM_PPC_CPU_CHAR.size)
     yield Probe("rmmu info", "vm", rmmu, lambda a: b"\xaa" * KVM_PPC_RMMU_INFO.size)
     yield Probe("rmmu info NULL", "vm", rmmu, lambda a: NULL)
+    pvinfo = KVM_PPC_GET_PVINFO.request
+    yield Probe("pvinfo", "vm", pvinfo, lambda a: b"\xaa" * KVM_PPC_GET_PVINFO.size)
+    yield Probe("pvinfo NULL", "vm", pvinfo, lambda a: NULL)
     define = KVM_PPC_RTAS_DEFINE_TOKEN.request
     # tokens of one non-zero byte (the lab's prober gives a buffer past its first PROBE_HEAD bytes as
     # one byte repeated and one other), or all "i" as the name that fills the struct
