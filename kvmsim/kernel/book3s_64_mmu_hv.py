@@ -34,9 +34,9 @@ def kvm_cma_bytes(host: Host) -> int:
 def kvmppc_allocate_hpt(host: Host, order: int) -> None:
     if order < PPC_MIN_HPT_ORDER or order > PPC_MAX_HPT_ORDER:
         raise KvmError(errno.EINVAL, f"KVM_PPC_ALLOCATE_HTAB: order {order} outside 18..46")
-    size = 1 << order
+    size, page_shift = 1 << order, host.page_size.bit_length() - 1
     from_cma = size <= kvm_cma_bytes(host)
-    from_buddy = order - host.page_size.bit_length() + 1 <= max_page_order(host)
+    from_buddy = order - page_shift <= max_page_order(host)  # __get_free_pages(order - PAGE_SHIFT)
     if not (from_cma or from_buddy) or size > host.mem_total_kb * 1024:
         raise KvmError(
             errno.ENOMEM,
