@@ -397,9 +397,9 @@ def _signal_mask(arch: Arch, *, length: int) -> bytes:
 
 def vcpu_generic_probes() -> Iterator[Probe]:
     """kvm_vcpu_ioctl's other generic cases, each with NULL too: the MP state (EINVAL on powerpc,
-    before or after the copy), KVM_TRANSLATE (0, the struct copied back: a read-only one faults),
-    KVM_SET_GUEST_DEBUG (control 0), KVM_SET_SIGNAL_MASK (NULL clears; the length must be 8),
-    KVM_GET/SET_FPU (EOPNOTSUPP on Book3S, after SET's copy)."""
+    before or after the copy), KVM_TRANSLATE (0, the struct back as it came; the fuzz asks
+    read-only ones), KVM_SET_GUEST_DEBUG (control 0), KVM_SET_SIGNAL_MASK (NULL clears; the
+    length must be 8), KVM_GET/SET_FPU (EOPNOTSUPP on Book3S, after SET's copy)."""
     cases: tuple[tuple[str, KvmIoctl, Callable[[Arch], int | bytes]], ...] = (
         ("get mp state", KVM_GET_MP_STATE, lambda a: b"\xaa" * 4),
         ("set mp state", KVM_SET_MP_STATE, lambda a: bytes(4)),
@@ -461,12 +461,12 @@ def _mmuv3_cfg(arch: Arch, *, flags: int, process_table: int) -> bytes:
 
 
 def mmu_setup_probes(*, registers: bool = True) -> Iterator[Probe]:
-    """The VM's MMU, with vcpu 0's LPCR read after each change (with ``registers``: see
-    :func:`one_reg_probes`): KVM_PPC_ALLOCATE_HTAB (an L1:
-    EOPNOTSUPP; bare metal: a radix VM made HPT before the order is checked, orders from the
-    buddy allocator and from kvm_cma, one too big for either), then KVM_PPC_CONFIGURE_V3_MMU's
-    checks, HPT and radix with and without GTSE.  Order 0 is never asked: with no HPT, Linux 7.3
-    clears a NULL one.  The VM ends as it began (radix with GTSE on a radix host, no HPT)."""
+    """The VM's MMU: KVM_PPC_ALLOCATE_HTAB (an L1: EOPNOTSUPP; bare metal: a radix VM made HPT
+    before the order is checked, orders from the buddy allocator and, with ``registers``, from
+    kvm_cma and one too big for either), then KVM_PPC_CONFIGURE_V3_MMU's checks, HPT and radix
+    with and without GTSE; with ``registers`` (see :func:`one_reg_probes`) vcpu 0's LPCR read
+    after each change.  Order 0 is never asked: with no HPT, Linux 7.3 clears a NULL one.  The
+    VM ends as it began (radix with GTSE on a radix host, no HPT)."""
     alloc, configure = KVM_PPC_ALLOCATE_HTAB.request, KVM_PPC_CONFIGURE_V3_MMU.request
     lpcr = ONE_REGS["LPCR_64"]
 
