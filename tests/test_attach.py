@@ -178,7 +178,8 @@ def fake_server(path: Path, answer: bytes) -> Iterator[None]:
 
 
 def host_json(**change: object) -> bytes:
-    return json.dumps({"name": "h", "machine": "ppc64le", "dev_kvm": True, "root": None, **change}).encode()
+    doc = {"name": "h", "machine": "ppc64le", "dev_kvm": True, "root": None, "page_size": 65536}
+    return json.dumps(doc | change).encode()
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,7 @@ def test_a_private_root_of_ours_is_taken(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir(mode=0o700)
     with fake_server(tmp_path / "s", host_json(root=str(root))):
-        assert ask_host(str(tmp_path / "s")) == HostAnswer("h", "ppc64le", True, str(root))
+        assert ask_host(str(tmp_path / "s")) == HostAnswer("h", "ppc64le", True, str(root), 65536)
 
 
 def test_the_server_answers_hello_and_closes_on_a_hello_with_payload(tmp_path: Path) -> None:
@@ -253,7 +254,8 @@ def test_the_host_answer_has_one_encoder_and_decoder(tmp_path: Path) -> None:
     kernel = Kernel.from_profile("kvm-l1-p9-be")
     with Server(kernel, tmp_path / "s", root=str(tmp_path)) as server:
         assert HostAnswer.decode(server.hello) == host_answer(kernel, str(tmp_path))
-    for bad in (b"[]", b'{"name": "x"}', b'{"name": 1, "machine": "ppc64", "dev_kvm": true, "root": null}'):
+    for bad in (b"[]", b'{"name": "x"}', b'{"name": 1, "machine": "ppc64", "dev_kvm": true, "root": null}',
+                host_json(page_size=8192), host_json(page_size=True)):  # fmt: skip
         with pytest.raises(ProtocolError, match="not kvmsim's"):
             HostAnswer.decode(bad)
 

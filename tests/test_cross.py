@@ -5,6 +5,7 @@ Python client does, for every POWER profile and both revisions."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def _with_tools(arch: str, *rest: str) -> object:
 
 
 ARCHES = [_with_tools(a) for a in FOREIGN]
+KVMSIM = Path(sys.executable).parent / "kvmsim"
 # every POWER host with the binary of its own byte order
 CASES = [_with_tools(profile.load(h).arch.name, h) for h in profile.names() if profile.load(h).arch.is_powerpc]
 
@@ -190,3 +192,31 @@ def test_a_sysroots_qemu_user_runs_only_if_trusted(arch: str, tmp_path: Path) ->
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 125 and "writable by others: refusing to run it" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
+
+
+PAGESIZE_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("%d %ld\n", getpagesize(), sysconf(_SC_PAGESIZE)); return 0; }
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "page"), [("qemu-nested-hv-p10-64k", 65536), ("qemu-nested-hv-p10", 4096), ("powervm-p11", 65536)]
+)
+def test_a_power_program_is_told_its_hosts_page_size(host: str, page: int, tmp_path: Path) -> None:
+    """qemu-user's auxv says this machine's 4K; getpagesize() and sysconf(_SC_PAGESIZE) say the
+    simulated host kernel's (what QEMU sizes its HPT pages and VRMA from).  A native program
+    under the same host keeps the real page size."""
+    if missing("ppc64le") is not None:
+        pytest.skip(str(missing("ppc64le")))
+    src = tmp_path / "pagesize.c"
+    src.write_text(PAGESIZE_C)
+    exe = compile_c([src], cc="powerpc64le-linux-gnu-gcc")
+    r = subprocess.run([str(KVMSIM), "run", "--host", host, "--", str(exe)], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout.split()) == (0, [str(page)] * 2), r.stderr
+    native = compile_c([src])
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--host", host, "--", str(native)], capture_output=True, text=True, timeout=60
+    )
+    assert r.stdout.split() == [str(os.sysconf("SC_PAGESIZE"))] * 2, r.stderr

@@ -5,6 +5,7 @@ machine to ``-S`` with its vcpu.  Skips, saying why, where Debian's archive cann
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +206,35 @@ def test_access_finds_a_file_of_the_sysroot_under_the_shim(sysroot: QemuSysroot,
     r = subprocess.run([str(KVMSIM), "run", "--host", "qemu-nested-papr-p10", "--sysroot", str(sysroot.root), "--",
                         str(exe), "/usr/share/qemu/slof.bin"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert (r.returncode, r.stdout.strip()) == (0, "0"), r.stderr
+
+
+SPECTRE_BROKEN = "cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off"  # QEMU's powernv has none
+
+
+@pytest.mark.parametrize(
+    ("host", "caps", "outcome"),
+    [
+        ("qemu-nested-hv-p10-64k", "", None),  # a 64K-page L1: QEMU's default 64K HPT pages
+        ("qemu-nested-hv-p10", "", "Can't support 64 kiB guest pages with 4 kiB host pages"),
+        ("qemu-powernv9-hash-hv-pr-64k", f",{SPECTRE_BROKEN}", "KVM_PPC_ALLOCATE_HTAB"),  # bare-metal hash: an HPT
+    ],
+)
+def test_qemu_sizes_its_hpt_from_the_hosts_page_size(
+    sysroot: QemuSysroot, host: str, caps: str, outcome: str | None
+) -> None:
+    """QEMU reads the host's page size (getpagesize: the simulated kernel's, not qemu-user's 4K):
+    its default 64K HPT pages on a 64K-page L1, refused on a 4K one as on that real host; on a
+    bare-metal hash host it allocates the HPT (KVM_PPC_ALLOCATE_HTAB) and its VRMA fits."""
+    cmd = [str(KVMSIM), "run", "--trace", "--host", host, "--sysroot", str(sysroot.root), "--",
+           str(sysroot.qemu_system), "-L", str(sysroot.firmware), "-machine", f"pseries,accel=kvm{caps}", *PAUSED,
+           "-qmp", "stdio"]  # fmt: skip
+    script = "".join(json.dumps({"execute": c}) + "\n" for c in ["qmp_capabilities", "query-cpus-fast", "quit"])
+    r = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=180)
+    if outcome is not None and "ALLOCATE" not in outcome:
+        assert r.returncode != 0 and outcome in r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    if outcome is not None:
+        assert re.search(r"KVM_PPC_ALLOCATE_HTAB, 0x[0-9a-f]+\) = 0 ", r.stderr), r.stderr
+    cpus = [json.loads(line) for line in r.stdout.splitlines()][2]["return"]
+    assert [c["qom-type"] for c in cpus] == ["host-powerpc64-cpu"]

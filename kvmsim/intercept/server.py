@@ -431,7 +431,9 @@ class Server:
         raise_fd_limit()  # one end of every placeholder its programs hold is the server's
         self.placeholders = Placeholders(kernel, on_release=self._released)
         # what HELLO answers: the shim's view of the host (root: where its files were written)
-        self.hello = wire.HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root).encode()
+        self.hello = wire.HostAnswer(
+            kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root, kernel.host.page_size
+        ).encode()
         check_socket_path(self.path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is created 0600 (never chmod: it could be a symlink by then)

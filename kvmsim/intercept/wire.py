@@ -197,15 +197,17 @@ def unpack(layout: struct.Struct, payload: bytes, *, exact: bool = True) -> tupl
 
 @attrs.frozen
 class HostAnswer:
-    """HOST's payload, the answer to HELLO (JSON, exactly these four keys): what a shim is told
+    """HOST's payload, the answer to HELLO (JSON, exactly these five keys): what a shim is told
     about the host besides the socket — the profile's name, the machine ``uname`` shows, whether
-    /dev/kvm exists, and where the host's files were written (KVMSIM_ROOT; null for none).
+    /dev/kvm exists, where the host's files were written (KVMSIM_ROOT; null for none), and the
+    host kernel's page size (what a POWER program under qemu-user is told ``getpagesize`` is).
     The one encoder and decoder: the server sends it, the runner and ``kvmsim env`` read it."""
 
     name: str
     machine: str
     dev_kvm: bool
     root: str | None = None
+    page_size: int = 4096
 
     def encode(self) -> bytes:
         import json  # HELLO's answer alone: a call's frames never need it
@@ -222,11 +224,13 @@ class HostAnswer:
             doc = json.loads(payload)
         except ValueError:
             raise not_ours from None
-        if not isinstance(doc, Mapping) or set(doc) != {"name", "machine", "dev_kvm", "root"}:
+        if not isinstance(doc, Mapping) or set(doc) != {"name", "machine", "dev_kvm", "root", "page_size"}:
             raise not_ours
         name, machine, dev_kvm, root = doc["name"], doc["machine"], doc["dev_kvm"], doc["root"]
         if not isinstance(name, str) or machine not in ARCHES or not isinstance(dev_kvm, bool):
             raise not_ours
         if root is not None and not isinstance(root, str):
             raise not_ours
-        return cls(name, machine, dev_kvm, root)
+        if doc["page_size"] not in (4096, 65536) or isinstance(doc["page_size"], bool):
+            raise not_ours
+        return cls(name, machine, dev_kvm, root, doc["page_size"])

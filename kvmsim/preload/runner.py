@@ -80,7 +80,7 @@ def qemu_user_argv(qemu: str, sysroot: str, processor: tuple[int, str] | None, a
 
 def host_answer(kernel: BootedKernel, root: str | None = None) -> HostAnswer:
     """What the shim is told about ``kernel``'s host (a server's HOST answer says the same)."""
-    return HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root)
+    return HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root, kernel.host.page_size)
 
 
 def prepare(
@@ -121,8 +121,10 @@ def prepare(
     else:
         qemu = qemu_binary(foreign)
     argv = qemu_user_argv(qemu, sysroot or foreign.sysroot, processor, address_space)
-    # for the program, not qemu; the socket channel: TCG's atomics and futexes are not the host's
-    for key, value in {**shim_variables(host, socket_path, shim), "KVMSIM_CHANNEL": "socket"}.items():
+    # for the program, not qemu; the socket channel: TCG's atomics and futexes are not the host's;
+    # the host's page size, which qemu-user's auxv says is this machine's
+    variables = {**shim_variables(host, socket_path, shim), "KVMSIM_CHANNEL": "socket"}
+    for key, value in {**variables, "KVMSIM_PAGE_SIZE": str(host.page_size)}.items():
         argv += ["-E", f"{key}={value}"]
     return argv + list(command), dict(os.environ)
 

@@ -4,7 +4,8 @@
  * /dev/kvm and the host's files (namei.c); the stat and access families of those paths and
  * of placeholders; ioctl on a placeholder (the simulated kernel), read/write and their kin,
  * lseek and readlink of /proc/self/fd/N on one (as the real device answers them); uname (the
- * machine field becomes $KVMSIM_MACHINE, the simulated kernel's architecture).  Everything
+ * machine field becomes $KVMSIM_MACHINE, the simulated kernel's architecture); getpagesize and
+ * sysconf(_SC_PAGESIZE) ($KVMSIM_PAGE_SIZE, set for a POWER program under qemu-user).  Everything
  * else goes to libc untouched: close, dup, fcntl, fork, exec and fclose need no hook at all,
  * because a simulated file is a real descriptor (placeholder.c). */
 #include "shim.h"
@@ -430,6 +431,38 @@ SHIM_API ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t size)
 	char vcpu[40];
 	const char *text = placeholder_link(own_fd_link(path), vcpu, sizeof(vcpu)); /* an absolute path ignores dirfd */
 	return text ? put_link(text, buf, size) : real.readlinkat(dirfd, path, buf, size);
+}
+
+/* ---- the page size ------------------------------------------------------------------ */
+
+/* A POWER program under qemu-user is told this machine's page size (qemu-user's auxv); the
+ * host it runs on has its own, 64K on most: what getpagesize() and sysconf(_SC_PAGESIZE) say
+ * (QEMU sizes its HPT pages and VRMA from it).  A native program keeps the real one.  Both may
+ * be called before the shim's init, by a runtime preloaded ahead of it (ASan's): they read
+ * their variable themselves and fall through to glibc's own entry points, never to dlsym. */
+extern int __getpagesize(void);
+extern long __sysconf(int);
+
+static long host_page_size(void) /* $KVMSIM_PAGE_SIZE, 0 where unset */
+{
+	static long size = -1; /* read once: every thread reads the same */
+	if (size < 0) {
+		const char *page = getenv("KVMSIM_PAGE_SIZE");
+		size = page && (!strcmp(page, "4096") || !strcmp(page, "65536")) ? atol(page) : 0;
+	}
+	return size;
+}
+
+SHIM_API int getpagesize(void)
+{
+	long size = host_page_size();
+	return size ? (int)size : __getpagesize();
+}
+
+SHIM_API long sysconf(int name)
+{
+	long size = host_page_size();
+	return size && name == _SC_PAGESIZE ? size : __sysconf(name); /* _SC_PAGE_SIZE is _SC_PAGESIZE */
 }
 
 /* ---- uname -------------------------------------------------------------------------- */
