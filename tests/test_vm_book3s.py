@@ -22,6 +22,8 @@ from kvmsim.uapi import (
     KVM_CAP_PPC_RTAS,
     KVM_CAP_PPC_SMT,
     KVM_CAP_USER_MEMORY2,
+    KVM_IRQ_LINE,
+    KVM_IRQ_LINE_STATUS,
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
@@ -48,6 +50,7 @@ from kvmsim.uapi import (
     KVM_VM_PPC_PR,
     PATB_GR,
     RTAS_NAME_LEN,
+    KvmIoctl,
 )
 
 
@@ -514,3 +517,18 @@ def test_pvinfo_is_the_paravirtual_hcall_on_any_vm(host: str) -> None:
     pr = k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_SMT) == 0
     assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, KVM_CAP_PPC_GET_PVINFO) == int(pr)
     assert errno_of(k.sys_ioctl, vm, KVM_PPC_GET_PVINFO.request(k.arch), 0) == errno.EFAULT
+
+
+# -- KVM_IRQ_LINE(_STATUS) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", [*VM_HOSTS, "x86_64"])
+@pytest.mark.parametrize("io", [KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS])
+def test_an_irq_line_needs_an_in_kernel_interrupt_controller(host: str, io: KvmIoctl) -> None:
+    """kvm_vm_ioctl copies the struct in, then the arch's kvm_vm_ioctl_irq_line() is ENXIO without
+    an in-kernel interrupt controller (powerpc's XICS or XIVE device, x86's irqchip: none is made
+    here), before _STATUS would copy it back; this machine's real /dev/kvm answers so too."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k)
+    assert errno_of(k.ioctl, vm, io.request(k.arch), bytes(8)) == errno.ENXIO
+    assert errno_of(k.sys_ioctl, vm, io.request(k.arch), 0) == errno.EFAULT

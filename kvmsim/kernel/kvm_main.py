@@ -38,6 +38,8 @@ from ..uapi import (
     KVM_GET_SREGS,
     KVM_INTERRUPT,
     KVM_INTERRUPT_UNSET,
+    KVM_IRQ_LINE,
+    KVM_IRQ_LINE_STATUS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_REGS,
     KVM_RUN,
@@ -115,6 +117,7 @@ class KvmArch(Protocol):
     def vcpu_mmap_size(self) -> int: ...
     def dev_ioctl(self, request: int, arg: int) -> int: ...
     def vm_ioctl(self, vm: Any, request: int, argp: int, mem: UserAccess) -> int: ...
+    def irq_line(self, vm: Any, irq: int, level: int) -> int: ...
 
 
 class VcpuArch(Protocol):
@@ -357,10 +360,33 @@ class Process:
             return k.check_extension(arg, file.vm)
         if cmd in k.SET_USER_MEMORY_REGIONS and k.vcpu_arch is not None:
             return self.kvm_vm_ioctl_set_user_memory_region(file.kvm, cmd == k.SET_USER_MEMORY_REGIONS[0], arg)
+        if cmd in k.IRQ_LINES:
+            return self.kvm_vm_ioctl_irq_line(file.vm, cmd == k.IRQ_LINES[1], arg)
         try:
             return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
         except KvmError as exc:
             raise _explained(exc, cmd, k, "vm", file.vm) from None
+
+    # kvm_vm_ioctl()'s KVM_IRQ_LINE(_STATUS): copy_from_user, the arch's kvm_vm_ioctl_irq_line(),
+    # then _STATUS's copy_to_user of the struct with the line's status
+    def kvm_vm_ioctl_irq_line(self, vm: object, status: bool, arg: int) -> int:
+        k, bo = self.kernel, self.kernel.arch.byteorder
+        name = "KVM_IRQ_LINE_STATUS" if status else "KVM_IRQ_LINE"
+        what = f"{name}: struct kvm_irq_level"
+        if k.vcpu_arch is not None:  # powerpc's copy_from_user (its masked address)
+            raw = k.vcpu_arch.copy_from_user(self.memory, arg, KVM_IRQ_LINE.size, what)
+        else:
+            try:
+                raw = self.memory.copy_from_user(arg, KVM_IRQ_LINE.size)
+            except Fault:
+                raise KvmError(errno.EFAULT, f"{what} at {arg:#x}: unmapped") from None
+        line = k.kvm.irq_line(vm, int.from_bytes(raw[:4], bo), int.from_bytes(raw[4:], bo))
+        if status:
+            try:
+                self.memory.copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:])
+            except Fault:
+                raise KvmError(errno.EFAULT, f"{name}: cannot write struct kvm_irq_level at {arg:#x}") from None
+        return 0
 
     # kvm_vm_ioctl()'s KVM_ENABLE_CAP: copy_from_user, then kvm_vm_ioctl_enable_cap_generic's own
     # cases (HALT_POLL; the dirty rings, which a build without them refuses), then the arch's
@@ -568,6 +594,7 @@ class BootedKernel:
             io.request(host.arch) for io in (KVM_CREATE_VCPU, KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_ENABLE_CAP)
         )
         self.KVM_INTERRUPT = KVM_INTERRUPT.request(host.arch)
+        self.IRQ_LINES = (KVM_IRQ_LINE.request(host.arch), KVM_IRQ_LINE_STATUS.request(host.arch))
         (
             self.KVM_GET_MP_STATE,
             self.KVM_SET_MP_STATE,

@@ -382,6 +382,11 @@ class PowerpcKvm:
     def set_regs(self, vcpu: Book3sVcpu, values: dict[str, int]) -> None:
         book3s.set_regs(vcpu, values)
 
+    # kvm_vm_ioctl_irq_line(): only with an in-kernel interrupt controller (kvm_arch_irqchip_in_kernel:
+    # an XICS or XIVE device, which KVM_CREATE_DEVICE makes and kvmsim does not yet)
+    def irq_line(self, vm: Vm, irq: int, level: int) -> int:
+        raise KvmError(errno.ENXIO, "KVM_IRQ_LINE: the VM has no in-kernel interrupt controller (XICS or XIVE device)")
+
     # powerpc.c: no multiprocessing state on powerpc
     def get_mpstate(self, vcpu: Book3sVcpu) -> int:
         raise KvmError(errno.EINVAL, "KVM_GET_MP_STATE: powerpc has no MP state (kvm_arch_vcpu_ioctl_get_mpstate)")

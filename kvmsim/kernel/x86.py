@@ -44,6 +44,10 @@ class X86Kvm:
     def vcpu_mmap_size(self) -> int:
         return 2 * PAGE_SIZE  # kvm_run and the PIO data page (kvm_main adds the coalesced-MMIO ring)
 
+    # kvm_vm_ioctl_irq_line(): only with an in-kernel irqchip (KVM_CREATE_IRQCHIP, not modelled)
+    def irq_line(self, vm: Vm, irq: int, level: int) -> int:
+        raise KvmError(errno.ENXIO, "KVM_IRQ_LINE: the VM has no in-kernel irqchip (KVM_CREATE_IRQCHIP)")
+
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")
 

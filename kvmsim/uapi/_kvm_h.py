@@ -688,6 +688,8 @@ KVM_PPC_CPU_BEHAV_FAVOUR_SECURITY = 1 << 63
 KVM_PPC_CPU_BEHAV_L1D_FLUSH_PR = 1 << 62
 KVM_PPC_CPU_BEHAV_BNDS_CHK_SPEC_BAR = 1 << 61
 KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE = 1 << 58
+KVM_IRQ_LINE = KvmIoctl("KVM_IRQ_LINE", "write", 0x61, 8)  # struct kvm_irq_level { irq or status; level }
+KVM_IRQ_LINE_STATUS = KvmIoctl("KVM_IRQ_LINE_STATUS", "read|write", 0x67, 8)
 KVM_PPC_GET_PVINFO = KvmIoctl("KVM_PPC_GET_PVINFO", "write", 0xA1, 128)  # _IOW, though the kernel writes it
 KVM_PPC_PVINFO_FLAGS_EV_IDLE = 1 << 0
 KVM_SC_MAGIC_R0 = 0x4B564D21  # asm/kvm_para.h: "KVM!", what a paravirtual hcall puts in r0
@@ -736,7 +738,8 @@ KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1,
 # what kvmsim models on a VM fd beyond the compat ioctl
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
              KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
-             KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO)  # fmt: skip
+             KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE,
+             KVM_IRQ_LINE_STATUS)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -796,8 +799,6 @@ UNMODELLED_IOCTLS = (
     # the other ioctls a capability the simulated kernels answer non-zero stands for (include/uapi/
     # linux/kvm.h, Documentation/virt/kvm/api.rst), and kvm_main's own a program may ask: not modelled
     _vm("KVM_GET_DIRTY_LOG", "write", 0x42, 16, None, only=None),  # struct kvm_dirty_log
-    _vm("KVM_IRQ_LINE", "write", 0x61, 8, None, only=None),  # struct kvm_irq_level (__KVM_HAVE_IRQ_LINE)
-    _vm("KVM_IRQ_LINE_STATUS", "read|write", 0x67, 8, None, only=None),
     _vm("KVM_REGISTER_COALESCED_MMIO", "write", 0x67, 16, KVM_CAP_COALESCED_MMIO, only=None),
     _vm("KVM_UNREGISTER_COALESCED_MMIO", "write", 0x68, 16, KVM_CAP_COALESCED_MMIO, only=None),
     _vm("KVM_IRQFD", "write", 0x76, 32, KVM_CAP_IRQFD, only=None),  # struct kvm_irqfd

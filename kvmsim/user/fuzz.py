@@ -56,6 +56,8 @@ from ..uapi import (
     KVM_INTERRUPT_SET,
     KVM_INTERRUPT_SET_LEVEL,
     KVM_INTERRUPT_UNSET,
+    KVM_IRQ_LINE,
+    KVM_IRQ_LINE_STATUS,
     KVM_PPC_ALLOCATE_HTAB,
     KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_GET_CPU_CHAR,
@@ -249,7 +251,7 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
 RTAS_NAMES = (b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off", b"ibm,int-on", b"ibm,int", b"ibm,int-on\0x",
               b"ibm,nonesuch", b"", b"i" * RTAS_NAME_LEN)  # fmt: skip
 VM_PPC_IOCTLS = (KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN, KVM_PPC_ALLOCATE_HTAB,
-                 KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO)  # fmt: skip
+                 KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS)  # fmt: skip
 # HPT orders: never 0 (with no HPT Linux 7.3 clears a NULL one), none past the buddy allocator's 16MB
 # but refused ones (whether kvm_cma has room depends on what else holds it)
 HPT_ORDERS = (17, 18, 18, 19, 20, 24, 24, 47, 0xFFFFFFFF, 1 << 31)

@@ -44,6 +44,8 @@ from ..uapi import (
     KVM_INTERRUPT_SET,
     KVM_INTERRUPT_SET_LEVEL,
     KVM_INTERRUPT_UNSET,
+    KVM_IRQ_LINE,
+    KVM_IRQ_LINE_STATUS,
     KVM_ONE_REG,
     KVM_PPC_ALLOCATE_HTAB,
     KVM_PPC_CONFIGURE_V3_MMU,
@@ -424,14 +426,19 @@ def rtas_token_args(arch: Arch, *, name: bytes, token: int) -> bytes:
 
 def vm_ppc_probes() -> Iterator[Probe]:
     """kvm_arch_vm_ioctl's Book3S cases QEMU asks: the CPU's speculation characteristics, the radix
-    MMU's geometry, and RTAS tokens defined, defined again and undefined, in an order whose answers
-    depend on it."""
+    MMU's geometry, KVM_IRQ_LINE(_STATUS) (no in-kernel interrupt controller), the paravirtual
+    hcall, and RTAS tokens defined, defined again and undefined, in an order whose answers depend
+    on it."""
     cpu_char, rmmu = KVM_PPC_GET_CPU_CHAR.request, KVM_PPC_GET_RMMU_INFO.request
     yield Probe("cpu char", "vm", cpu_char, lambda a: b"\xaa" * KVM_PPC_CPU_CHAR.size)
     yield Probe("cpu char NULL", "vm", cpu_char, lambda a: NULL)
     yield Probe("cpu char on dev", "dev", cpu_char, lambda a: b"\xaa" * KVM_PPC_CPU_CHAR.size)
     yield Probe("rmmu info", "vm", rmmu, lambda a: b"\xaa" * KVM_PPC_RMMU_INFO.size)
     yield Probe("rmmu info NULL", "vm", rmmu, lambda a: NULL)
+    for io in (KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS):  # no in-kernel interrupt controller: ENXIO after the copy
+        name = io.name[4:].lower().replace("_", " ")
+        yield Probe(name, "vm", io.request, functools.partial(reg_bytes, value=1 << 32 | 5, size=8))
+        yield Probe(f"{name} NULL", "vm", io.request, lambda a: NULL)
     pvinfo = KVM_PPC_GET_PVINFO.request
     yield Probe("pvinfo", "vm", pvinfo, lambda a: b"\xaa" * KVM_PPC_GET_PVINFO.size)
     yield Probe("pvinfo NULL", "vm", pvinfo, lambda a: NULL)
