@@ -382,10 +382,15 @@ class Process:
                 raise KvmError(errno.EFAULT, f"{what} at {arg:#x}: unmapped") from None
         line = k.kvm.irq_line(vm, int.from_bytes(raw[:4], bo), int.from_bytes(raw[4:], bo))
         if status:
-            try:
-                self.memory.copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:])
-            except Fault:
-                raise KvmError(errno.EFAULT, f"{name}: cannot write struct kvm_irq_level at {arg:#x}") from None
+            self._copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:], what)
+        return 0
+
+    def _copy_to_user(self, arg: int, data: bytes, what: str) -> int:
+        """copy_to_user into the caller's memory: 0, or EFAULT naming ``what``."""
+        try:
+            self.memory.copy_to_user(arg, data)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{what}: cannot write it at {arg:#x}") from None
         return 0
 
     # kvm_vm_ioctl()'s KVM_ENABLE_CAP: copy_from_user, then kvm_vm_ioctl_enable_cap_generic's own
@@ -450,12 +455,7 @@ class Process:
         assert vcpus is not None
         get, put = (vcpus.get_regs, vcpus.set_regs) if layout is KVM_REGS else (vcpus.get_sregs, vcpus.set_sregs)
         if out:
-            data = layout.pack(bo, get(vcpu))
-            try:
-                self.memory.copy_to_user(arg, data)
-            except Fault:
-                raise KvmError(errno.EFAULT, f"{name}: cannot write struct {layout.name} at {arg:#x}") from None
-            return 0
+            return self._copy_to_user(arg, layout.pack(bo, get(vcpu)), f"{name}: struct {layout.name}")
         raw = vcpus.copy_from_user(self.memory, arg, layout.size, f"{name}: struct {layout.name}")  # memdup_user()
         put(vcpu, layout.unpack(bo, raw))
         return 0
@@ -479,22 +479,17 @@ class Process:
         def copy_in(size: int, what: str, at: int = arg) -> bytes:
             return vcpus.copy_from_user(self.memory, at, size, what)
 
-        def copy_out(data: bytes, what: str) -> int:
-            try:
-                self.memory.copy_to_user(arg, data)
-            except Fault:
-                raise KvmError(errno.EFAULT, f"{what}: cannot write it at {arg:#x}") from None
-            return 0
-
         bo = k.arch.byteorder
         if cmd == k.KVM_GET_MP_STATE:  # the arch's state, then copy_to_user
-            return copy_out(vcpus.get_mpstate(vcpu).to_bytes(4, bo), "KVM_GET_MP_STATE: struct kvm_mp_state")
+            return self._copy_to_user(
+                arg, vcpus.get_mpstate(vcpu).to_bytes(4, bo), "KVM_GET_MP_STATE: struct kvm_mp_state"
+            )
         if cmd == k.KVM_SET_MP_STATE:
             vcpus.set_mpstate(vcpu, int.from_bytes(copy_in(4, "KVM_SET_MP_STATE: struct kvm_mp_state"), bo))
             return 0
         if cmd == k.KVM_TRANSLATE:  # copy_from_user, the arch's, copy_to_user
             tr = vcpus.translate(vcpu, copy_in(KVM_TRANSLATE.size, "KVM_TRANSLATE: struct kvm_translation"))
-            return copy_out(tr, "KVM_TRANSLATE: struct kvm_translation")
+            return self._copy_to_user(arg, tr, "KVM_TRANSLATE: struct kvm_translation")
         if cmd == k.KVM_SET_GUEST_DEBUG:
             vcpus.set_guest_debug(
                 vcpu, copy_in(KVM_SET_GUEST_DEBUG.size, "KVM_SET_GUEST_DEBUG: struct kvm_guest_debug")
@@ -508,7 +503,7 @@ class Process:
                 copy_in(SIGSET_SIZE, "KVM_SET_SIGNAL_MASK: the sigset", arg + 4)
             return 0  # kvm_vcpu_ioctl_set_sigmask(): what a running vcpu blocks (no guest runs here)
         if cmd == k.KVM_GET_FPU:  # kzalloc, the arch's, copy_to_user
-            return copy_out(vcpus.get_fpu(vcpu), "KVM_GET_FPU: struct kvm_fpu")
+            return self._copy_to_user(arg, vcpus.get_fpu(vcpu), "KVM_GET_FPU: struct kvm_fpu")
         if cmd == k.KVM_SET_FPU:  # memdup_user first
             vcpus.set_fpu(vcpu, copy_in(KVM_SET_FPU.size, "KVM_SET_FPU: struct kvm_fpu"))
             return 0

@@ -347,12 +347,7 @@ class PowerpcKvm:
             data = self.copy_from_user(mem, reg["addr"], size, f"{what}: the value")
             one_reg.set_one_reg(vcpu, reg["id"], data, bo)
             return 0
-        value = one_reg.get_one_reg(vcpu, reg["id"], bo)
-        try:
-            mem.copy_to_user(reg["addr"], value)
-        except Fault:
-            raise KvmError(errno.EFAULT, f"{what}: cannot write the value at {reg['addr']:#x}") from None
-        return 0
+        return self.copy_to_user(mem, reg["addr"], one_reg.get_one_reg(vcpu, reg["id"], bo), f"{what}: the value")
 
     def check_masked_read(self, addr: int, what: str) -> None:
         """A struct copied in from an address that reads kernel memory here: what the real
@@ -372,6 +367,14 @@ class PowerpcKvm:
             return mem.copy_from_user(addr, size)
         except Fault:
             raise KvmError(errno.EFAULT, f"{what} at {addr:#x}: unmapped") from None
+
+    def copy_to_user(self, mem: UserAccess, addr: int, data: bytes, what: str) -> int:
+        """copy_to_user: 0, or EFAULT naming ``what`` was being written (access_ok is checked: no mask)."""
+        try:
+            mem.copy_to_user(addr, data)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{what}: cannot write it at {addr:#x}") from None
+        return 0
 
     def vcpu_run(self, vcpu: Book3sVcpu, run: memoryview, printk: Callable[[str], None]) -> int:
         return book3s.vcpu_run(vcpu, run, self.host.arch.byteorder, printk)
@@ -491,11 +494,8 @@ class PowerpcKvm:
             raise KvmError(errno.EFAULT, f"user memory: {fault}") from None
 
     def _copy_out(self, layout: StructLayout, values: dict[str, int], argp: int, mem: UserAccess, what: str) -> int:
-        try:
-            mem.copy_to_user(argp, layout.pack(self.host.arch.byteorder, values))
-        except Fault:
-            raise KvmError(errno.EFAULT, f"{what}: cannot write struct {layout.name} at {argp:#x}") from None
-        return 0
+        data = layout.pack(self.host.arch.byteorder, values)
+        return self.copy_to_user(mem, argp, data, f"{what}: struct {layout.name}")
 
     # case KVM_PPC_GET_SMMU_INFO: memset, the ops' get_smmu_info, copy_to_user
     def _get_smmu_info(self, vm: Vm, argp: int, mem: UserAccess) -> int:
@@ -526,13 +526,8 @@ class PowerpcKvm:
         lis, ori, sc, nop = 0x3C000000, 0x60000000, 0x44000002, 0x60000000
         hcall = PVINFO_HCALL.pack(lis | KVM_SC_MAGIC_R0 >> 16, ori | KVM_SC_MAGIC_R0 & 0xFFFF, sc, nop)
         info = KVM_PPC_PVINFO.pack(self.host.arch.byteorder, {"flags": KVM_PPC_PVINFO_FLAGS_EV_IDLE})
-        try:
-            mem.copy_to_user(argp, info[:4] + hcall + info[4 + len(hcall) :])
-        except Fault:
-            raise KvmError(
-                errno.EFAULT, f"KVM_PPC_GET_PVINFO: cannot write struct kvm_ppc_pvinfo at {argp:#x}"
-            ) from None
-        return 0
+        data = info[:4] + hcall + info[4 + len(hcall) :]
+        return self.copy_to_user(mem, argp, data, "KVM_PPC_GET_PVINFO: struct kvm_ppc_pvinfo")
 
     # the ops' arch_vm_ioctl: PR's answers ENOTTY to all; HV's KVM_PPC_ALLOCATE_HTAB refuses on an
     # L1 before it reads its argument, get_user()s the order and never writes it back (Linux 7.3)
