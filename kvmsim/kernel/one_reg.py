@@ -118,12 +118,9 @@ def first_values(host: Host, hv: bool) -> dict[str, int]:
     LPCR is its VM's, which book3s_hv sets)."""
     if not hv:
         return {"HIOR": PR_HIOR}
-    lpcr = hv_vm_lpcr(host)
     return {
         "MMCR0": MMCR0_FC | (MMCR0_PMCCEXT if isa31(host) else 0),
         "MMCRA": MMCRA_BHRB_DISABLE if isa31(host) else 0,
-        "LPCR": lpcr,
-        "LPCR_64": lpcr,
     }
 
 
