@@ -691,7 +691,7 @@ def test_the_server_answers_any_frame_with_a_result_or_ends_that_connection(monk
     conn = server.Connection(table, ours, "fuzz")
     with conn.placeholders.call(conn.memory) as process:
         dev = process.open("/dev/kvm", os.O_RDWR)
-    held = table.new(dev, is_vm=False)
+    held = table.new(dev)
     known = placeholder.identity(os.fstat(held))
     msgs = st.sampled_from(list(wire.Msg))
     numbers = st.one_of(st.sampled_from([0, 1, 0x2000AE01, 0x2000AE03, 0x2000AEB8, 2**32 - 1, 2**64 - 8]),

@@ -60,16 +60,22 @@ def test_committed_recordings_verify(path: Path) -> None:
 
 def test_the_lab_asked_every_file_operation_of_each_fd() -> None:
     """read, write, pread, pwrite, lseek, mmap, poll, fstat and the /proc link of /dev/kvm, and
-    of a VM fd and its vcpu where they were made: the real kernel's answers (they verify above)."""
-    from kvmsim.kernel.kvm_main import FILE_OPS
+    of a VM fd, its vcpu and a TCE table where they were made: the real kernel's answers (they
+    verify above), every kind of file the simulator makes asked of some kernel."""
+    from kvmsim.kernel.anon_inodes import FILE_OPS
     from kvmsim.user.probe import FILE_OPS as ASKED
 
     assert all(set(ops) == set(ASKED) for ops in FILE_OPS.values())
+    asked: set[str] = set()
     for path in sorted((ROOT / "fixtures" / "recorded").glob("qemu-*.toml")):
         recorded = tomllib.loads(path.read_text())["recorded"]
         made = [kind for kind in ("vm", "vcpu") if recorded["probes"].get(f"create {kind}") == "fd"]
+        if recorded["probes"].get("tce64 1G of 4K") == "fd":
+            made.append("spapr-tce")
         kinds = ["dev", *made]
         assert set(recorded["file_ops"]) == {f"{k}.{op}" for k in kinds for op in ASKED}, path.name
+        asked |= set(kinds)
+    assert asked == set(FILE_OPS)
 
 
 def test_a_file_operation_the_simulator_would_answer_otherwise_is_a_mismatch(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from kvmsim import Kernel
 from kvmsim.intercept import wire
 from kvmsim.intercept.server import Server
 from kvmsim.intercept.wire import Msg
+from kvmsim.kernel.anon_inodes import VM
 
 P10_P11 = 0x3000000000000000
 ADDR = 0x1000
@@ -106,7 +107,8 @@ def test_an_fd_that_is_no_placeholder_is_foreign(server: Server, tmp_path: Path)
     dev = shim.open()[0]
     vm = shim.ioctl(dev, server.kernel.KVM_CREATE_VM, 0)[0]
     st = os.fstat(vm)
-    assert shim.call(Msg.IDENTIFY, wire.IDENTIFY.pack(st.st_dev, st.st_ino)) == (wire.IS_VM, 0, 0)
+    vm_kind = wire.identified(VM.code, 0)
+    assert shim.call(Msg.IDENTIFY, wire.IDENTIFY.pack(st.st_dev, st.st_ino)) == (vm_kind, 0, 0)
     shim.close()
 
 

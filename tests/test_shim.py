@@ -247,12 +247,16 @@ def test_the_shims_protocol_constants_come_from_the_python_side() -> None:
     h = shimdefs.header()
     assert f"#define SHM_CAPACITY {channel.CAPACITY}u" in h and f"#define RESULT_SIZE {w.RESULT.size}u" in h
     assert all(f"{m.name} = {m.value}" in h for m in w.Msg)
-    # and the errnos of the kernel's file operations (kvm_main.FILE_OPS), not literals in the hooks
-    from kvmsim.kernel.kvm_main import FILE_OPS
+    # and each kind of file (anon_inodes.FILE_KINDS: links, errnos), not literals in the hooks
+    from kvmsim.kernel.anon_inodes import FILE_KINDS
 
-    assert f"#define VM_PREAD {FILE_OPS['vm']['pread']}" in h and f"#define DEV_READ {FILE_OPS['dev']['read']}" in h
+    for k in FILE_KINDS:
+        ops = ", ".join(
+            k.ops[op] if k.ops[op].startswith("E") else "0" for op in ("read", "write", "pread", "pwrite", "lseek")
+        )
+        assert f'[{k.code}] = {{"{k.link.replace("{id}", "%ld")}", {ops}}},' in h
     hooks = re.sub(r"/\*.*?\*/", "", (ROOT / "kvmsim" / "preload" / "shim" / "hooks.c").read_text(), flags=re.S)
-    assert "ESPIPE" not in hooks and "FILE_OP_ERR(fd, PREAD)" in hooks  # (outside its comments)
+    assert "ESPIPE" not in hooks and "anon_inode" not in hooks and "FILE_OP_ERR(fd, pread)" in hooks
 
 
 @pytest.mark.parametrize("intercept", ["seccomp", "preload"])

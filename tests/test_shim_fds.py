@@ -17,12 +17,12 @@ import pytest
 from conftest import needs_cc
 
 from kvmsim.intercept.build import compile_c
-from kvmsim.kernel.kvm_main import FILE_OPS
+from kvmsim.kernel.anon_inodes import FILE_OPS, SPAPR_TCE
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")
 pytestmark = needs_cc
-# what the kernel's file operations answer (kvm_main.FILE_OPS), as fdops prints them
+# what the kernel's file operations answer (anon_inodes.FILE_OPS), as fdops prints them
 RW = [
     f"{kind} " + " ".join(f"{op}={FILE_OPS[kind][op]}" for op in ("read", "write", "pread", "pwrite", "lseek", "mmap"))
     for kind in ("dev", "vm")
@@ -106,3 +106,27 @@ def test_shutdown_of_a_simulated_fd_is_enotsock_and_keeps_it() -> None:
         timeout=60,
     )
     assert r.stdout.split() == ["-1", "ENOTSOCK", "12"], r.stderr
+
+
+TCE_OPS = "tce " + " ".join(f"{op}={SPAPR_TCE.ops[op]}" for op in ("read", "write", "pread", "pwrite", "lseek"))
+
+
+@pytest.mark.parametrize("intercept", INTERCEPTS)
+def test_a_tce_tables_file_is_released_at_its_last_reference(fdops: Path, intercept: str) -> None:
+    """A kvm-spapr-tce placeholder is a memfd the program maps (the table's pages): its LIOBN stays
+    taken while the closed fd's mapping holds the file, and is free once that goes (the kernel's
+    kvm_spapr_tce_release at __fput); a new table's pages are zeroed.  Under the preload shim
+    read/write/lseek answer as the kernel's file does (its fops: .mmap and .release only); under
+    seccomp they are the memfd's own (docs: choices)."""
+    lines = simulated(fdops, "tce", intercept=intercept)
+    ops = TCE_OPS if intercept == "preload" else "tce read=ok write=ok pread=ok pwrite=ok lseek=ok"
+    assert lines == [
+        ops,
+        f"tce link={SPAPR_TCE.link} fstat=anon_inode",
+        "tce closed but mapped=EBUSY unmapped=ok",
+        "tce fresh=0 shared=165",
+    ]
+
+
+def test_a_build_without_the_tce_iommu_makes_no_table(fdops: Path) -> None:
+    assert simulated(fdops, "tce", host="qemu-nested-hv-p10-64k") == ["tce ENOTTY"]

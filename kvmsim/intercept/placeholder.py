@@ -9,12 +9,16 @@ socket inode's dev/ino, which the program's ``fstat`` and ``/proc/PID/fd`` both 
 by the fd number; when the last real reference is gone this side's end hangs up and the
 simulated file is released (the kernel's fput at the last close).
 
-A vcpu's placeholder is a sealed memfd instead, the size of KVM_GET_VCPU_MMAP_SIZE, which this
-side maps and the simulated vcpu uses as its pages: the program's own ``mmap`` of its vcpu fd
-(never intercepted) shares ``struct kvm_run`` with the simulated kernel, as the real one does.
-Its seals (no shrinking, no growing) keep a program from making this side's mapping fault.  A
-memfd has no far end to hang up, so a vcpu's simulated fd is released with the table (the
-vcpu itself lives as long as its VM, as in the kernel).
+The placeholder of a file whose ``.mmap`` maps pages (a vcpu's ``kvm_run``, a TCE table's
+TCEs: kvmsim.kernel.anon_inodes, ``mapped``) is a sealed memfd instead, of the size the file maps,
+which this side maps too and the simulated file uses as its pages: the program's own ``mmap`` of
+it (never intercepted) shares them with the simulated kernel, as the real one does.  Its seals (no
+shrinking, no growing) keep a program from making this side's mapping fault.  A memfd has no far
+end to hang up; its release is seen through an open-file-description lock this side puts on the
+program's file before handing it over (``F_OFD_SETLK``): the lock goes with that file's last
+reference (its last fd closed *and* its last mapping gone, the kernel's ``__fput``), which this
+side asks from a file of its own (``F_OFD_GETLK``) at every reap and before every call that makes
+a file (a LIOBN closed is free for the next KVM_CREATE_SPAPR_TCE at once, as in the kernel).
 
 One table for both ways of catching calls (kvmsim.seccomp's supervisor and the preload
 shim's server), over one simulated process: the simulated kernel's own fd numbers are its
@@ -31,15 +35,16 @@ import os
 import resource
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
+from ..kernel.anon_inodes import DEV, FileKind
 from ..kernel.errors import KvmError
 from ..kernel.usermem import UserAccess
-from ..uapi import DEV_KVM, VCPU_LINK, VM_LINK
 
 if TYPE_CHECKING:
     from ..kernel.kvm_main import BootedKernel, Process
@@ -48,6 +53,8 @@ Identity = tuple[int, int]  # (st_dev, st_ino) of the program's end
 PLACEHOLDER_TYPE = socket.SOCK_SEQPACKET  # a message socket: one end shut, reads are at their end at once
 MAX_FILES_PER_PROGRAM = 4096  # simulated files one program (a run, a shim connection) may hold: then EMFILE
 RESERVE = 64  # descriptors this process keeps for itself (connections, /proc, the host's files): then ENFILE
+F_OFD_GETLK, F_OFD_SETLK = 36, 37  # fcntl.h (Python's fcntl module has them from 3.13 on Linux)
+FLOCK = struct.Struct("hhqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid
 
 
 def raise_fd_limit() -> int:
@@ -63,22 +70,30 @@ def raise_fd_limit() -> int:
 
 @attrs.frozen
 class Placeholder:
-    """A simulated file the program holds: its number in the simulated kernel's table and
-    this side's end of the socketpair."""
+    """A simulated file the program holds: its number in the simulated kernel's table, its
+    kind, and this side's end: the socketpair's, or a mapped kind's memfd (its pages, and a file
+    of this side's own that asks whether the program's still holds its lock)."""
 
     sim_fd: int  # -1: an O_PATH open of /dev/kvm (every ioctl EBADF)
-    peer: socket.socket | None  # None: a vcpu's memfd, which has no far end
-    is_vm: bool  # an anon-inode file (a VM or a vcpu), not /dev/kvm
+    kind: FileKind
+    peer: socket.socket | None  # None: a mapped kind's memfd, which has no far end
     owner: object = None  # the program it counts against (MAX_FILES_PER_PROGRAM)
-    mapping: mmap.mmap | None = None  # a vcpu's pages, shared with the program's mmap
-    vcpu_id: int | None = None  # a vcpu's id
+    mapping: mmap.mmap | None = None  # a mapped kind's pages, shared with the program's mmap
+    file_id: int = 0  # what the kind's link is formatted with (a vcpu's id)
+    watch: int = -1  # a mapped kind's: this side's own open of the memfd (F_OFD_GETLK)
 
     @property
     def link(self) -> str:
         """What /proc/PID/fd/N of the placeholder reads: the simulated file's link."""
-        if self.vcpu_id is not None:
-            return VCPU_LINK.format(id=self.vcpu_id)
-        return VM_LINK if self.is_vm else DEV_KVM
+        return self.kind.link_of(self.file_id)
+
+    def held(self) -> bool:
+        """Does the program still hold a mapped kind's file (its lock is there)?"""
+        try:
+            got = fcntl.fcntl(self.watch, F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        except OSError:
+            return False
+        return bool(FLOCK.unpack(got)[0] != fcntl.F_UNLCK)
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -139,17 +154,18 @@ class Placeholders:
         """Readable when a placeholder was written to or let go of: then :meth:`reap`."""
         return self._epoll.fileno()
 
-    def new(self, sim_fd: int, *, is_vm: bool, nonblock: bool = False, owner: object = None) -> int:
-        """A placeholder for ``sim_fd``: the program's end is returned (the caller installs it
-        in the program and closes its own copy).  OSError EMFILE where ``owner`` holds
-        MAX_FILES_PER_PROGRAM already, ENFILE where this process is within RESERVE of its
-        descriptor limit: one program cannot starve the others, or the server itself."""
+    def new(self, sim_fd: int, *, nonblock: bool = False, owner: object = None) -> int:
+        """A placeholder for ``sim_fd`` (-1: an O_PATH /dev/kvm): the program's end is returned
+        (the caller installs it in the program and closes its own copy).  OSError EMFILE where
+        ``owner`` holds MAX_FILES_PER_PROGRAM already, ENFILE where this process is within
+        RESERVE of its descriptor limit: one program cannot starve the others, or the server."""
         with self.lock:
             if self._held.get(owner, 0) >= MAX_FILES_PER_PROGRAM:
                 raise OSError(errno.EMFILE, f"{MAX_FILES_PER_PROGRAM} simulated files held already")
-            vcpu = sim_fd >= 0 and self.process.kind(sim_fd) == "vcpu"
-        if vcpu:
-            return self._new_vcpu(sim_fd, owner)
+            kind = self.process.file_kind(sim_fd) if sim_fd >= 0 else DEV
+            file_id = self.process.file_id(sim_fd) if sim_fd >= 0 else 0
+        if kind.mapped:
+            return self._new_mapped(sim_fd, kind, file_id, owner)
         try:
             theirs, ours = socket.socketpair(socket.AF_UNIX, PLACEHOLDER_TYPE)
         except OSError as exc:
@@ -164,36 +180,42 @@ class Placeholders:
         theirs.setblocking(not nonblock)
         key = identity(os.fstat(theirs.fileno()))
         with self.lock:
-            self._files[key] = Placeholder(sim_fd, ours, is_vm, owner)
+            self._files[key] = Placeholder(sim_fd, kind, ours, owner, file_id=file_id)
             self._by_peer[ours.fileno()] = key
             self._held[owner] = self._held.get(owner, 0) + 1
             self._epoll.register(ours.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
         return theirs.detach()
 
-    def _new_vcpu(self, sim_fd: int, owner: object) -> int:
-        """A vcpu's placeholder: a memfd of KVM_GET_VCPU_MMAP_SIZE bytes, sealed at that size,
-        mapped here and made the simulated vcpu's pages."""
-        size = self.kernel.vcpu_mmap_size()
+    def _new_mapped(self, sim_fd: int, kind: FileKind, file_id: int, owner: object) -> int:
+        """A mapped kind's placeholder: a memfd of the size the file maps, sealed at that size,
+        locked (its release), mapped here through a file of this side's own and made the
+        simulated file's pages."""
+        with self.lock:
+            size = self.process.mapped_size(sim_fd)
         try:
-            fd = os.memfd_create("kvm-vcpu", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            fd = os.memfd_create(kind.link.split(":")[1], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         except OSError as exc:
             if exc.errno == errno.EMFILE:
                 raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors") from None
             raise
+        watch = -1
         try:
             if fd >= self._limit - RESERVE:
                 raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors")
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-            shared = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            fcntl.fcntl(fd, F_OFD_SETLK, FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))  # the program's file's
+            watch = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)  # a file of our own: no lock
+            shared = mmap.mmap(watch, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             key = identity(os.fstat(fd))
         except BaseException:
             os.close(fd)
+            if watch >= 0:
+                os.close(watch)
             raise
         with self.lock:
-            self.process.share_vcpu_mapping(sim_fd, shared)
-            vcpu_id = self.process.vcpu_id(sim_fd)
-            self._files[key] = Placeholder(sim_fd, None, True, owner, shared, vcpu_id)
+            self.process.share_mapping(sim_fd, shared)
+            self._files[key] = Placeholder(sim_fd, kind, None, owner, shared, file_id, watch)
             self._held[owner] = self._held.get(owner, 0) + 1
         return fd
 
@@ -211,6 +233,10 @@ class Placeholders:
         its number to another file): (the placeholder, or None when ``key`` is none of ours;
         the return; whether the call made a file, anon_inode_getfd's: a VM).  KvmError as
         sys_ioctl raises it.  Every ioctl a program makes comes this way."""
+        with self.lock:  # a call that makes a file: what the programs let go of is released first
+            found = self._files.get(key)
+            released = self._reap_mapped() if found and self.process.returns_fd(found.sim_fd, cmd) else []
+        self._notify(released)
         for _attempt in range(MAX_ATTEMPTS):
             with self.lock:
                 placeholder = self._files.get(key)
@@ -239,9 +265,22 @@ class Placeholders:
         memory, under the table's lock."""
         return _Call(self, memory)
 
+    def _notify(self, released: list[Placeholder]) -> None:
+        if self.on_release is not None:
+            for placeholder in released:
+                self.on_release(placeholder)
+
+    def _reap_mapped(self) -> list[Placeholder]:
+        """Release the mapped kinds' files the programs no longer hold (under the lock)."""
+        gone = [key for key, p in self._files.items() if p.peer is None and not p.held()]
+        return [self._drop(key) for key in gone]
+
     def reap(self, timeout: float = 0) -> None:
         """Drain what programs wrote to placeholders (/dev/kvm would take nothing) and release
         the simulated files whose last real reference is gone."""
+        with self.lock:
+            released = self._reap_mapped()
+        self._notify(released)
         for peer_fd, events in self._epoll.poll(timeout):
             with self.lock:
                 key = self._by_peer.get(peer_fd)
@@ -258,7 +297,7 @@ class Placeholders:
             if self.on_release is not None:
                 self.on_release(placeholder)
 
-    def _drop(self, key: Identity) -> None:
+    def _drop(self, key: Identity) -> Placeholder:
         placeholder = self._files.pop(key)
         left = self._held.get(placeholder.owner, 1) - 1
         if left:
@@ -270,9 +309,12 @@ class Placeholders:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(placeholder.peer.fileno())
             placeholder.peer.close()
+        if placeholder.watch >= 0:
+            os.close(placeholder.watch)  # the mapping stays while the simulated file's pages are used
         if placeholder.sim_fd >= 0:
             with contextlib.suppress(KvmError):
                 self.process.close(placeholder.sim_fd)
+        return placeholder
 
     def watch(self) -> threading.Thread:
         """Reap in a thread of its own (a server's connections never wait for it), until :meth:`close`."""

@@ -352,13 +352,13 @@ class Connection:
         finally:
             os.close(fd)
 
-    def _new(self, sim_fd: int, *, is_vm: bool, nonblock: bool = False) -> int:
+    def _new(self, sim_fd: int, *, nonblock: bool = False) -> int:
         """A placeholder for this process's new simulated file; where none can be made (its
         share of the table is used up, or this server is out of descriptors) the file is
         released and the call fails with EMFILE or ENFILE: this process's only, its
         connection and every other process's go on."""
         try:
-            return self.placeholders.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self)
+            return self.placeholders.new(sim_fd, nonblock=nonblock, owner=self)
         except OSError as exc:
             with contextlib.suppress(KvmError), self.placeholders.call(self.memory) as process:
                 process.close(sim_fd)
@@ -382,24 +382,19 @@ class Connection:
                 if placeholder is None:
                     flags = wire.RESULT_FOREIGN  # the shim makes the real call
                 elif creates:
-                    new, ret, flags = self._new(ret, is_vm=True), 0, wire.RESULT_NEW_FD
+                    new, ret, flags = self._new(ret), 0, wire.RESULT_NEW_FD
             elif msg == Msg.OPEN:
                 self.memory.begin(0, b"")
                 (oflags,), path = wire.unpack(wire.OPEN, payload, exact=False)
                 with self.placeholders.call(self.memory) as process:
                     sim_fd = process.open(path.decode(errors="replace"), oflags)
-                new = self._new(sim_fd, is_vm=False, nonblock=bool(oflags & os.O_NONBLOCK))
+                new = self._new(sim_fd, nonblock=bool(oflags & os.O_NONBLOCK))
                 ret, flags = 0, wire.RESULT_NEW_FD
             elif msg == Msg.IDENTIFY:
                 self.memory.begin(0, b"")
                 (dev, ino), _ = wire.unpack(wire.IDENTIFY, payload)
                 found = self.placeholders.get((dev, ino))
-                if found is None:
-                    ret = wire.NOT_OURS
-                elif found.vcpu_id is not None:
-                    ret = wire.IS_VCPU + found.vcpu_id
-                else:
-                    ret = wire.IS_VM if found.is_vm else wire.IS_DEV_KVM
+                ret = wire.NOT_OURS if found is None else wire.identified(found.kind.code, found.file_id)
             else:
                 raise ProtocolError(f"unexpected {msg.name} from a client")
         except KvmError as exc:

@@ -16,7 +16,8 @@ file (KVM_CREATE_VM), answer with RESULT_NEW_FD and then pass the placeholder on
 its file by the placeholder's identity (dev, ino), never by the fd number (that is only for
 the trace); one that is no placeholder of this server's is answered RESULT_FOREIGN, and the
 shim makes the real call.  IDENTIFY asks what a placeholder is: RESULT's ret is
-:data:`NOT_OURS`, :data:`IS_DEV_KVM`, :data:`IS_VM`, or :data:`IS_VCPU` plus a vcpu's id.
+:data:`NOT_OURS`, or the file's kind (kvmsim.kernel.anon_inodes: its ``code``) shifted by
+:data:`KIND_SHIFT`, or'd with what its link is formatted with (a vcpu's id).
 Nothing is ever closed by message: a simulated file is released when the program lets go of
 its last placeholder (a vcpu's, a memfd, with the server's table).
 
@@ -72,8 +73,15 @@ MEM_ACK = struct.Struct("!iI")  # errno, bytes written
 MAX_FDS = 4  # descriptors taken with one read: a LISTENER brings one, anything more is closed
 RESULT_NEW_FD = 1  # a placeholder follows on the socket: the caller's new fd
 RESULT_FOREIGN = 2  # the fd is no placeholder of this server's: the real call answers
-NOT_OURS, IS_DEV_KVM, IS_VM = 0, 1, 2  # IDENTIFY's answers
-IS_VCPU = 0x100  # ... and a vcpu's: IS_VCPU + its id (ids are below KVM_MAX_VCPU_IDS)
+NOT_OURS = 0  # IDENTIFY's answer for anything but a placeholder of this server's; else identified()
+KIND_SHIFT = 24  # ... a kind's code above the file's id (a vcpu's: ids are below KVM_MAX_VCPU_IDS)
+
+
+def identified(code: int, file_id: int) -> int:
+    """IDENTIFY's answer for a placeholder: its kind's code, and the id its link is formatted with."""
+    if not 0 <= file_id < 1 << KIND_SHIFT:
+        raise ValueError(f"a file id {file_id} past {KIND_SHIFT} bits")
+    return code << KIND_SHIFT | file_id
 
 
 class Msg(enum.IntEnum):

@@ -29,6 +29,8 @@ from ..uapi import (
     KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
     KVM_CAP_HALT_POLL,
     KVM_CAP_NR_MEMSLOTS,
+    KVM_CREATE_SPAPR_TCE,
+    KVM_CREATE_SPAPR_TCE_64,
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
@@ -57,8 +59,6 @@ from ..uapi import (
     KVM_USERSPACE_MEMORY_REGION2,
     KVMIO,
     SIGSET_SIZE,
-    VCPU_LINK,
-    VM_LINK,
     AbiRevision,
     Arch,
     StructLayout,
@@ -68,7 +68,9 @@ from ..uapi import (
     unmodelled,
 )
 from . import kconfig, memslot, profile
+from .anon_inodes import DEV, VCPU, VM, FileKind
 from .book3s import EnableCapContext
+from .book3s_64_vio import SpaprTceTable
 from .errors import KvmError
 from .memslot import MemorySlot, MemslotLimits, Memslots
 from .powerpc import PowerpcKvm, xive_enabled
@@ -83,26 +85,6 @@ NR_OPEN_DEFAULT = 1024  # the default RLIMIT_NOFILE soft limit
 # (the lab's Linux 7.2 recording), and EEXIST elsewhere.
 EEXIST_BEFORE_ARCH: dict[str, bool] = {"linux-7.3": True, "none": False, "v5": False, "v4": False}
 
-# What the VFS answers of the file operations kvm_chardev_ops and kvm_vm_fops leave out (both
-# have only .unlocked_ioctl and .llseek = noop_llseek, and the VM's .release): read and write
-# without .read/.write are EINVAL (vfs_read: no FMODE_CAN_READ); pread/pwrite on /dev/kvm, a
-# device file (do_dentry_open gives FMODE_PREAD), reach that EINVAL too, on a VM fd, an anon
-# inode's file without FMODE_PREAD, ESPIPE; lseek is noop_llseek's position, 0; mmap without
-# .mmap is ENODEV; poll without .poll DEFAULT_POLLMASK (readable and writable); fstat is the
-# misc device 10:232 (its mode is udev's to set), or the inode every anon_inode file shares;
-# /proc/PID/fd/N reads /dev/kvm or anon_inode:kvm-vm.  The lab's prober and ``kvmsim record``
-# ask a real kernel each (kvmsim.user.probe.FILE_OPS); the shim and the supervisor answer them.
-FILE_OPS: dict[str, dict[str, str]] = {
-    "dev": {"read": "EINVAL", "write": "EINVAL", "pread": "EINVAL", "pwrite": "EINVAL", "lseek": "0",
-            "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "chr 10:232", "link": DEV_KVM},
-    "vm": {"read": "EINVAL", "write": "EINVAL", "pread": "ESPIPE", "pwrite": "ESPIPE", "lseek": "0",
-           "mmap": "ENODEV", "poll": "IN|OUT", "fstat": "anon_inode", "link": VM_LINK},
-    # kvm_vcpu_fops: .mmap (kvm_vcpu_mmap: any length; a page past kvm_run's and the MMIO
-    # ring's faults), no .read/.write/.poll; /proc/PID/fd/N reads anon_inode:kvm-vcpu:<id>
-    "vcpu": {"read": "EINVAL", "write": "EINVAL", "pread": "ESPIPE", "pwrite": "ESPIPE", "lseek": "0",
-             "mmap": "mapped", "poll": "IN|OUT", "fstat": "anon_inode", "link": VCPU_LINK.format(id=0)},
-}  # fmt: skip
-
 
 class KvmArch(Protocol):
     """What kvm_main calls into: PowerpcKvm or X86Kvm."""
@@ -116,7 +98,7 @@ class KvmArch(Protocol):
     def init_vm(self, type_: int) -> object: ...
     def vcpu_mmap_size(self) -> int: ...
     def dev_ioctl(self, request: int, arg: int) -> int: ...
-    def vm_ioctl(self, vm: Any, request: int, argp: int, mem: UserAccess) -> int: ...
+    def vm_ioctl(self, vm: Any, request: int, argp: int, mem: UserAccess, getfd: Callable[[Any], int]) -> int: ...
     def irq_line(self, vm: Any, irq: int, level: int) -> int: ...
 
 
@@ -152,6 +134,9 @@ class VcpuArch(Protocol):
 class DevKvmFile:
     """An open ``/dev/kvm``."""
 
+    kind = DEV
+    link = DEV.link
+
 
 VcpuPages = bytearray | mmap.mmap  # a vcpu's own bytes, or pages shared with a program (an edge's)
 
@@ -182,6 +167,8 @@ class Kvm:
 class VmFile:
     """An anon-inode ``kvm-vm`` file; it holds its VM, not the /dev/kvm fd it came from."""
 
+    kind = VM
+    link = VM.link
     kvm: Kvm
 
     @property
@@ -193,11 +180,16 @@ class VmFile:
 class VcpuFile:
     """An anon-inode ``kvm-vcpu:<id>`` file: it holds its vcpu and that vcpu's VM."""
 
+    kind = VCPU
     kvm: Kvm
     vcpu: Vcpu
 
+    @property
+    def link(self) -> str:
+        return VCPU.link_of(self.vcpu.vcpu_id)
 
-File = DevKvmFile | VmFile | VcpuFile
+
+File = DevKvmFile | VmFile | VcpuFile | SpaprTceTable
 
 
 class Process:
@@ -239,34 +231,38 @@ class Process:
         return self._install(DevKvmFile())
 
     def close(self, fd: int) -> None:
+        """close(2); the file's release where this was its last reference (a TCE table's)."""
         with self._lock:
-            if self._files.pop(fd, None) is None:
+            file = self._files.pop(fd, None)
+            if file is None:
                 raise KvmError(errno.EBADF, f"fd {fd} is not open")
             heapq.heappush(self._released, fd)
+        if isinstance(file, SpaprTceTable) and file not in self._files.values():
+            file.release()
 
     def is_dev_kvm(self, fd: int) -> bool:
         return isinstance(self._files.get(fd), DevKvmFile)
 
     def returns_fd(self, fd: int, cmd: int) -> bool:
         """Does ``cmd`` on ``fd`` answer with a new fd of this process (``anon_inode_getfd``)?
-        KVM_CREATE_VM on /dev/kvm, KVM_CREATE_VCPU on a VM: what an edge that mirrors fds (the
-        shim, the fake fcntl) must make a descriptor for."""
+        KVM_CREATE_VM on /dev/kvm, KVM_CREATE_VCPU and KVM_CREATE_SPAPR_TCE(_64) on a VM: what
+        an edge that mirrors fds (the shim, the fake fcntl) must make a descriptor for."""
         file = self._files.get(fd)
         if isinstance(file, DevKvmFile):
             return cmd == self.kernel.KVM_CREATE_VM
-        return isinstance(file, VmFile) and cmd == self.kernel.KVM_CREATE_VCPU and self.kernel.models_vcpus
+        return isinstance(file, VmFile) and cmd in self.kernel.CREATES_FILE
+
+    def file_kind(self, fd: int) -> FileKind:
+        """Which kind of file ``fd`` is (its file operations, its link: kvmsim.kernel.anon_inodes)."""
+        return self._file(fd).kind
 
     def link(self, fd: int) -> str:
-        """What ``/proc/self/fd/<fd>`` reads: /dev/kvm, anon_inode:kvm-vm, anon_inode:kvm-vcpu:<id>."""
-        file = self._file(fd)
-        if isinstance(file, DevKvmFile):
-            return DEV_KVM
-        return VM_LINK if isinstance(file, VmFile) else VCPU_LINK.format(id=file.vcpu.vcpu_id)
+        """What ``/proc/self/fd/<fd>`` reads: /dev/kvm, anon_inode:kvm-vm, anon_inode:kvm-vcpu:<id>, ..."""
+        return self._file(fd).link
 
-    def kind(self, fd: int) -> Literal["dev", "vm", "vcpu"]:
-        """Which of kvm_main's files ``fd`` is (its file operations: :data:`FILE_OPS`)."""
-        file = self._file(fd)
-        return "dev" if isinstance(file, DevKvmFile) else "vm" if isinstance(file, VmFile) else "vcpu"
+    def kind(self, fd: int) -> str:
+        """The name of ``fd``'s kind: "dev", "vm", "vcpu", "spapr-tce" (:data:`FILE_OPS`'s keys)."""
+        return self._file(fd).kind.name
 
     def fds(self) -> dict[int, str]:
         """The open fds and what they are (``/proc/self/fd``)."""
@@ -279,32 +275,58 @@ class Process:
             raise KvmError(errno.EBADF, f"fd {fd} is not a vcpu")
         return file.vcpu.vcpu_id
 
-    def share_vcpu_mapping(self, fd: int, pages: VcpuPages) -> None:
-        """Make ``pages`` (an edge's shared memory: a vcpu placeholder's memfd, mapped) the
-        pages vcpu fd ``fd`` maps, with what they held so far."""
+    def file_id(self, fd: int) -> int:
+        """What a kind's link is formatted with: a vcpu's id; 0 for any other file."""
         file = self._file(fd)
-        if not isinstance(file, VcpuFile) or len(pages) != len(file.vcpu.mapping):
-            raise KvmError(errno.EINVAL, f"fd {fd} is not a vcpu of {len(pages)} mapped bytes")
-        vcpu = file.vcpu
-        pages[:] = bytes(vcpu.mapping)
-        vcpu.mapping, vcpu.run = pages, memoryview(pages)[: self.kernel.host.page_size]
+        return file.vcpu.vcpu_id if isinstance(file, VcpuFile) else 0
 
-    # kvm_vcpu_mmap() and kvm_vcpu_fault(): a vcpu fd maps its kvm_run page (and the MMIO
-    # ring's); any other of these files has no .mmap (ENODEV).  In-process the mapping is the
-    # vcpu's own bytes: what the kernel writes there (exit_reason, ...) the caller sees.
+    def mapped_size(self, fd: int) -> int:
+        """The bytes a file whose ``.mmap`` maps pages can map: a vcpu's KVM_GET_VCPU_MMAP_SIZE,
+        a TCE table's pages (EINVAL for a file with no pages)."""
+        file = self._file(fd)
+        if isinstance(file, VcpuFile):
+            return len(file.vcpu.mapping)
+        if isinstance(file, SpaprTceTable):
+            return file.mapped_size
+        raise KvmError(errno.EINVAL, f"fd {fd} ({file.link}) maps no pages")
+
+    def share_mapping(self, fd: int, pages: VcpuPages) -> None:
+        """Make ``pages`` (an edge's shared memory: a placeholder's memfd, mapped) the pages
+        file ``fd`` maps, with what they held so far."""
+        file = self._file(fd)
+        if len(pages) != self.mapped_size(fd):
+            raise KvmError(errno.EINVAL, f"fd {fd} ({file.link}) maps {self.mapped_size(fd)} bytes, not {len(pages)}")
+        if isinstance(file, VcpuFile):
+            vcpu = file.vcpu
+            pages[:] = bytes(vcpu.mapping)
+            vcpu.mapping, vcpu.run = pages, memoryview(pages)[: self.kernel.host.page_size]
+        elif isinstance(file, SpaprTceTable):
+            if file.pages is not None:
+                pages[:] = file.pages[: len(pages)]
+            file.pages = pages
+
+    # kvm_vcpu_mmap() and kvm_vcpu_fault(), kvm_spapr_tce_mmap() and kvm_spapr_tce_fault(): a vcpu
+    # fd maps its kvm_run page (and the MMIO ring's), a TCE table its TCEs' pages; any other of
+    # these files has no .mmap (ENODEV).  In-process the mapping is the file's own bytes: what the
+    # kernel writes there (exit_reason, ...) the caller sees.
     def mmap(self, fd: int, length: int, pgoff: int = 0) -> memoryview:
         file = self._file(fd)
-        if not isinstance(file, VcpuFile):
-            raise KvmError(errno.ENODEV, f"fd {fd} ({self.link(fd)}) has no mmap")
-        page = self.kernel.host.page_size
+        if not file.kind.mapped:
+            raise KvmError(errno.ENODEV, f"fd {fd} ({file.link}) has no mmap")
+        size, page = self.mapped_size(fd), self.kernel.host.page_size
         start = pgoff * page
-        if length <= 0 or start + length > len(file.vcpu.mapping):
+        if length <= 0 or start + length > size:
             raise KvmError(
                 errno.ENOTTY,
-                f"not modelled: a mapping of {length} bytes at page {pgoff} (the vcpu maps "
-                f"{len(file.vcpu.mapping)} bytes; a real one would SIGBUS on the pages past them)",
+                f"not modelled: a mapping of {length} bytes at page {pgoff} (the file maps "
+                f"{size} bytes; a real one would SIGBUS on the pages past them)",
             )
-        return memoryview(file.vcpu.mapping)[start : start + length]
+        if isinstance(file, VcpuFile):
+            return memoryview(file.vcpu.mapping)[start : start + length]
+        assert isinstance(file, SpaprTceTable)
+        if file.pages is None:  # kvm_spapr_get_tce_page(): zeroed pages as they are touched
+            file.pages = mmap.mmap(-1, size)
+        return memoryview(file.pages)[start : start + length]
 
     # -- ioctl(2) ------------------------------------------------------------
 
@@ -323,6 +345,8 @@ class Process:
             return self.kvm_dev_ioctl(cmd, arg)
         if isinstance(file, VcpuFile):
             return self.kvm_vcpu_ioctl(file, cmd, arg)
+        if isinstance(file, SpaprTceTable):  # vfs_ioctl(): no .unlocked_ioctl
+            raise KvmError(errno.ENOTTY, f"{file.link} has no ioctls (kvm_spapr_tce_fops)")
         return self.kvm_vm_ioctl(file, cmd, arg)
 
     # kvm_dev_ioctl()
@@ -363,7 +387,7 @@ class Process:
         if cmd in k.IRQ_LINES:
             return self.kvm_vm_ioctl_irq_line(file.vm, cmd == k.IRQ_LINES[1], arg)
         try:
-            return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory)
+            return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory, self._install)
         except KvmError as exc:
             raise _explained(exc, cmd, k, "vm", file.vm) from None
 
@@ -590,6 +614,11 @@ class BootedKernel:
         )
         self.KVM_INTERRUPT = KVM_INTERRUPT.request(host.arch)
         self.IRQ_LINES = (KVM_IRQ_LINE.request(host.arch), KVM_IRQ_LINE_STATUS.request(host.arch))
+        # the VM ioctls that answer a new file (anon_inode_getfd): the vcpu, a TCE table
+        self.CREATES_FILE = frozenset(
+            [self.KVM_CREATE_VCPU] * self.models_vcpus
+            + [io.request(host.arch) for io in (KVM_CREATE_SPAPR_TCE, KVM_CREATE_SPAPR_TCE_64)] * host.arch.is_powerpc
+        )
         (
             self.KVM_GET_MP_STATE,
             self.KVM_SET_MP_STATE,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -53,6 +54,10 @@ from ..uapi import (
     KVM_CAP_SPAPR_TCE,
     KVM_CAP_SPAPR_TCE_64,
     KVM_CAP_SPAPR_TCE_VFIO,
+    KVM_CREATE_SPAPR_TCE,
+    KVM_CREATE_SPAPR_TCE_64,
+    KVM_CREATE_SPAPR_TCE_64_STRUCT,
+    KVM_CREATE_SPAPR_TCE_STRUCT,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
     KVM_GET_ONE_REG,
@@ -88,6 +93,7 @@ from . import book3s, memslot, one_reg
 from .book3s import Book3sVcpu, EnableCapContext
 from .book3s_64_mmu_hv import kvmppc_alloc_reset_hpt
 from .book3s_64_mmu_radix import kvmhv_get_rmmu_info
+from .book3s_64_vio import IOMMU_PAGE_SHIFT_4K, TCE_HCALLS, SpaprTceTable, kvm_vm_ioctl_create_spapr_tce
 from .book3s_hv import (
     HV_HCALLS,
     MAX_SMT_THREADS,
@@ -176,6 +182,7 @@ class Vm:
     vcpus: list[Book3sVcpu] = attrs.field(factory=list, eq=False)  # by index: kvm_get_vcpu(kvm, i)
     rtas_tokens: list[RtasTokenDefinition] = attrs.field(factory=list, eq=False)  # kvm->arch.rtas_tokens
     hv_mmu: HvMmu | None = None  # an HV VM's MMU set-up (radix or HPT, its LPCR)
+    spapr_tce_tables: list[SpaprTceTable] = attrs.field(factory=list, eq=False)  # kvm->arch.spapr_tce_tables
 
 
 class PowerpcKvm:
@@ -204,6 +211,11 @@ class PowerpcKvm:
             KVM_PPC_ALLOCATE_HTAB.request(host.arch): self._allocate_htab,
             KVM_PPC_CONFIGURE_V3_MMU.request(host.arch): self._configure_v3_mmu,
             KVM_PPC_GET_PVINFO.request(host.arch): self._get_pvinfo,
+        }
+        # CONFIG_SPAPR_TCE_IOMMU's cases (powerpc.c, either backend): they make a file
+        self.create_spapr_tce: dict[int, Callable[[Vm, int, UserAccess, Callable[[Any], int]], int]] = {
+            KVM_CREATE_SPAPR_TCE_64.request(host.arch): self._create_spapr_tce_64,
+            KVM_CREATE_SPAPR_TCE.request(host.arch): self._create_spapr_tce,
         }
         self.KVM_GET_ONE_REG, self.KVM_SET_ONE_REG = (
             KVM_GET_ONE_REG.request(host.arch),
@@ -455,7 +467,10 @@ class PowerpcKvm:
             hcall, on = args[0], args[1]
             if hcall > MAX_HCALL_OPCODE or hcall & 3 or on > 1:
                 raise KvmError(errno.EINVAL, f"ENABLE_HCALL: hcall {hcall:#x} or switch {on} out of range")
-            if hcall not in (HV_HCALLS if vm.hv else PR_HCALLS):  # kvmppc_book3s_hcall_implemented
+            implemented = HV_HCALLS if vm.hv else PR_HCALLS
+            if not self.host.spapr_tce_iommu:
+                implemented -= TCE_HCALLS
+            if hcall not in implemented:  # kvmppc_book3s_hcall_implemented
                 raise KvmError(errno.EINVAL, f"ENABLE_HCALL: {vm.ops.name} implements no hcall {hcall:#x}")
             return 0
         if cap == KVM_CAP_PPC_SMT:
@@ -481,11 +496,20 @@ class PowerpcKvm:
             return 0
         raise KvmError(errno.EINVAL, f"KVM_ENABLE_CAP: capability {cap} cannot be enabled on a VM")
 
-    # kvm_arch_vm_ioctl()
-    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
+    # kvm_arch_vm_ioctl(); its cases that make a file are given anon_inode_getfd
+    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess, getfd: Callable[[Any], int]) -> int:
         case = self.vm_ioctls.get(request)
         if case is not None:
             return case(vm, argp, mem)
+        tce = self.create_spapr_tce.get(request)
+        if tce is not None:
+            if not self.host.spapr_tce_iommu:  # #ifdef CONFIG_SPAPR_TCE_IOMMU: to the ops' arch_vm_ioctl
+                raise KvmError(
+                    errno.ENOTTY,
+                    "KVM_CREATE_SPAPR_TCE(_64): this build has no CONFIG_SPAPR_TCE_IOMMU (no IOMMU_SUPPORT), "
+                    "though it answers the capabilities (powerpc.c answers them unconditionally)",
+                )
+            return tce(vm, argp, mem, getfd)
         if self.ioctl is None or self.steps is None or request != self.request:
             raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x}")
         try:
@@ -528,6 +552,28 @@ class PowerpcKvm:
         info = KVM_PPC_PVINFO.pack(self.host.arch.byteorder, {"flags": KVM_PPC_PVINFO_FLAGS_EV_IDLE})
         data = info[:4] + hcall + info[4 + len(hcall) :]
         return self.copy_to_user(mem, argp, data, "KVM_PPC_GET_PVINFO: struct kvm_ppc_pvinfo")
+
+    # case KVM_CREATE_SPAPR_TCE_64: copy_from_user, flags must be 0, then the table
+    def _create_spapr_tce_64(self, vm: Vm, argp: int, mem: UserAccess, getfd: Callable[[Any], int]) -> int:
+        name = "KVM_CREATE_SPAPR_TCE_64"
+        what = f"{name}: struct kvm_create_spapr_tce_64"
+        raw = self.copy_from_user(mem, argp, KVM_CREATE_SPAPR_TCE_64_STRUCT.size, what)
+        args = KVM_CREATE_SPAPR_TCE_64_STRUCT.unpack(self.host.arch.byteorder, raw)
+        if args["flags"]:
+            raise KvmError(errno.EINVAL, f"{name}: flags {args['flags']:#x} must be 0")
+        return kvm_vm_ioctl_create_spapr_tce(
+            self.host, vm.spapr_tce_tables, args["liobn"], args["page_shift"], args["offset"], args["size"], getfd, name
+        )
+
+    # case KVM_CREATE_SPAPR_TCE: copy_from_user, then a window of 4K pages at 0
+    def _create_spapr_tce(self, vm: Vm, argp: int, mem: UserAccess, getfd: Callable[[Any], int]) -> int:
+        name = "KVM_CREATE_SPAPR_TCE"
+        raw = self.copy_from_user(mem, argp, KVM_CREATE_SPAPR_TCE_STRUCT.size, f"{name}: struct kvm_create_spapr_tce")
+        args = KVM_CREATE_SPAPR_TCE_STRUCT.unpack(self.host.arch.byteorder, raw)
+        size = args["window_size"] >> IOMMU_PAGE_SHIFT_4K
+        return kvm_vm_ioctl_create_spapr_tce(
+            self.host, vm.spapr_tce_tables, args["liobn"], IOMMU_PAGE_SHIFT_4K, 0, size, getfd, name
+        )
 
     # the ops' arch_vm_ioctl: PR's answers ENOTTY to all; HV's KVM_PPC_ALLOCATE_HTAB refuses on an
     # L1 before it reads its argument, get_user()s the order and never writes it back (Linux 7.3)

@@ -116,6 +116,13 @@ SCHEMA: tuple[ProfileKey, ...] = (
         "The build has `CONFIG_KVM_BOOK3S_PR_POSSIBLE` (which selects `CONFIG_KVM_MMIO`).",
     ),
     ProfileKey(
+        "spapr_tce_iommu",
+        "boolean",
+        "true on POWER",
+        "The build has `CONFIG_SPAPR_TCE_IOMMU` (which `IOMMU_SUPPORT` selects: Debian's does): "
+        "`KVM_CREATE_SPAPR_TCE(_64)` and the TCE hcalls; false: those ioctls are ENOTTY.",
+    ),
+    ProfileKey(
         "page_size", "integer", "65536 on POWER, 4096 on x86", "The kernel's `PAGE_SIZE`: 65536 or 4096 on POWER."
     ),
     ProfileKey("kvm_max_vcpus", "integer", "2048 on POWER, 1024 on x86", "The build's `KVM_MAX_VCPUS` (1..65536)."),
@@ -335,6 +342,7 @@ class Host:
     # the cpu nodes' ibm,processor-radix-AP-encodings (empty: no such property)
     radix_ap_encodings: tuple[int, ...] = ()
     mem_total_kb: int = DEFAULT_MEM_TOTAL_KB  # MemTotal: the RAM the kernel manages (totalram_pages), in kB
+    spapr_tce_iommu: bool = False  # kernel built with CONFIG_SPAPR_TCE_IOMMU (book3s_64_vio.c)
     # `kvmsim record`'s raw observations, kept apart from the machine (see kvmsim.record)
     recorded: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
@@ -596,6 +604,9 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: str | 
         raise t.error("book3s_pr", "Book3S PR exists only on powerpc")
     if not book3s_pr and "kvm_pr" in module_list:
         raise t.error("book3s_pr", "false, but the profile loads kvm_pr: a kernel without PR has no such module")
+    spapr_tce_iommu = t.take("spapr_tce_iommu", bool, powerpc)
+    if spapr_tce_iommu and not powerpc:
+        raise t.error("spapr_tce_iommu", "the sPAPR TCE IOMMU exists only on powerpc")
     page_size = t.take("page_size", int, DEFAULT_PAGE_SIZE[platform])
     if page_size not in PAGE_SIZES or (not powerpc and page_size != 4096):
         allowed = PAGE_SIZES if powerpc else (4096,)
@@ -653,6 +664,7 @@ def from_mapping(data: Mapping[str, Any], *, name: str, where: str, path: str | 
         cpu_char,
         radix_ap,
         mem_total_kb,
+        spapr_tce_iommu,
         MappingProxyType(recorded),
     )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -51,5 +53,5 @@ class X86Kvm:
     def dev_ioctl(self, request: int, arg: int) -> int:
         raise KvmError(errno.EINVAL, f"unknown /dev/kvm ioctl {request:#x} (kvm_arch_dev_ioctl)")
 
-    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess) -> int:
+    def vm_ioctl(self, vm: Vm, request: int, argp: int, mem: UserAccess, getfd: Callable[[Any], int]) -> int:
         raise KvmError(errno.ENOTTY, f"unknown VM ioctl {request:#x} (kvm_arch_vm_ioctl)")

@@ -10,7 +10,7 @@
  *
  * kinds: probe (an answer, formatted as kvmsim.user.probe.Answer.of_buffer does), module (a
  * finit_module result), uname, pagesize, cpuinfo (a line), meminfo (MemTotal), cpu (a /proc/device-tree cpu node
- * and its cpu-version), sysmodule (a /sys/module entry), fileop (what /dev/kvm and a VM fd
+ * and its cpu-version), sysmodule (a /sys/module entry), fileop (what /dev/kvm, a VM fd, a vcpu fd and a TCE table's
  * answer besides ioctl, as kvmsim.user.probe.file_ops writes it), dmesg (a kernel log line), done.
  */
 #define _GNU_SOURCE
@@ -54,7 +54,7 @@ struct probe {
 	unsigned char fill;             /* ARG_BUF: every byte past them ... */
 	unsigned int poke_at;   /* ... but this one (0: none), which is */
 	unsigned char poke;
-	int returns_fd;
+	int returns_fd; /* 1: the answer is a new fd, closed at once; 2: kept open to the end (kept_fds) */
 	int readonly_from; /* ARG_BUF: read-only from this offset (0: all; -1: none) */
 	int on_stack;      /* ARG_BUF: on this program's stack instead (at most 256 bytes) */
 	const char *skip_under; /* not asked when this word is on the kernel command line (NULL: always) */
@@ -145,6 +145,16 @@ static void load(const char *path, const char *module)
 static int vm_hv = -1, vm_pr = -1; /* the fuzz's VMs of types 1 and 2, made in main() */
 static int vcpu = -1;              /* vcpu 0 of the type-0 VM, made in main() */
 static int vcpu_hv = -1, vcpu_pr = -1; /* vcpu 0 of each fuzz VM, made in main() */
+static int kept_fds[16], kept;         /* the new fds of probes that keep theirs (returns_fd 2) */
+
+/* A probe's new fd: closed, or kept to the end of the run; its answer is "fd". */
+static void new_fd(const struct probe *p, int fd)
+{
+	if (p->returns_fd == 2 && kept < (int)(sizeof(kept_fds) / sizeof(kept_fds[0])))
+		kept_fds[kept++] = fd;
+	else
+		close(fd);
+}
 
 static void run_probe(const struct probe *p, int dev, int vm)
 {
@@ -181,7 +191,7 @@ static void run_probe(const struct probe *p, int dev, int vm)
 		if (r < 0)
 			snprintf(answer, sizeof(answer), "%s", errname(errno));
 		else if (p->returns_fd) {
-			close((int)r);
+			new_fd(p, (int)r);
 			snprintf(answer, sizeof(answer), "fd");
 		} else
 			snprintf(answer, sizeof(answer), "%ld", r);
@@ -215,7 +225,13 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	long r = ioctl(fd, p->request, buf);
 	if (r < 0)
 		snprintf(head, sizeof(head), "%s", errname(errno));
-	else
+	else if (p->returns_fd) { /* as kvmsim.user.probe.Probe.run: "fd", whatever the buffer holds */
+		new_fd(p, (int)r);
+		line("probe", p->name, "fd");
+		free(before);
+		munmap(map, len);
+		return;
+	} else
 		snprintf(head, sizeof(head), "%ld", r);
 	if (!memcmp(before, buf, n)) {
 		line("probe", p->name, head);
@@ -252,7 +268,7 @@ static void file_op(const char *which, const char *op, long r, const char *value
 }
 
 /* read, write, pread, pwrite, lseek, mmap, poll, fstat and the /proc link of fd, as
- * kvmsim.user.probe.file_ops asks them (kvm_main.FILE_OPS is what the simulator answers) */
+ * kvmsim.user.probe.file_ops asks them (anon_inodes.FILE_OPS is what the simulator answers) */
 static void file_ops(int fd, const char *which)
 {
 	char byte = 0, text[64];
@@ -413,6 +429,15 @@ int main(void)
 			file_ops(vm, "vm");
 		if (vcpu >= 0)
 			file_ops(vcpu, "vcpu");
+		if (vm >= 0) { /* a TCE table's file, where the build has them (CONFIG_SPAPR_TCE_IOMMU) */
+			int tce = ioctl(vm, KVM_CREATE_SPAPR_TCE_64_REQ, TCE_FILE_ARG);
+			if (tce >= 0) {
+				file_ops(tce, "spapr-tce");
+				close(tce);
+			}
+		}
+		while (kept > 0)
+			close(kept_fds[--kept]);
 	}
 	if (init)
 		dmesg();

@@ -61,8 +61,9 @@ class KernelBinding:
             self.handed.add(fake_fd)
         return kfd
 
-    def install_vm(self, kernel_fd: int) -> int:
-        """A new fake file for a new VM, opened: the fd userspace gets."""
+    def install_file(self, kernel_fd: int) -> int:
+        """A new fake file for a new simulated file (a VM, a vcpu, a TCE table), opened: the fd
+        userspace gets."""
         path = f"{ANON_INODES}/{next(_VM_SERIAL)}"
         obj = self.fs.create_file(path)
         self.kernel_fds[id(obj)] = kernel_fd
@@ -70,6 +71,18 @@ class KernelBinding:
         fd = int(FakeOsModule(self.fs).open(path, os.O_RDWR | os.O_CLOEXEC))
         self.handed.add(fd)
         return fd
+
+    def release_closed(self) -> None:
+        """Close the kernel fd of every simulated file whose fake fds are all closed (the kernel's
+        fput at the last close: a TCE table's LIOBN is free again); asked before a call that
+        makes a file, as a real kernel has released them by then."""
+        still_open = {id(f.get_object()) for files in self.fs.open_files if files for f in files
+                      if not getattr(f, "closed", False)}  # fmt: skip
+        for key, kfd in list(self.kernel_fds.items()):
+            if key not in still_open:
+                del self.kernel_fds[key]
+                self._objects.pop(key, None)
+                self.kernel.close(kfd)
 
     def real(self, fd: int) -> bool:
         """Should a call on ``fd`` go to the real fcntl?  Not for a fake file, nor for a number
@@ -131,6 +144,8 @@ def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_fl
     logged = bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
     name = decode_request(request & 0xFFFFFFFF, kernel.arch)
     makes_fd = kernel.current.returns_fd(kfd, request & 0xFFFFFFFF)
+    if makes_fd:
+        binding.release_closed()
     try:
         result = kernel.ioctl(kfd, request, arg, mutate_flag)
     except OSError as exc:
@@ -138,7 +153,7 @@ def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_fl
         raise
     binding.calls.append(IoctlCall(which, request, name, logged, result))
     if makes_fd and isinstance(result, int):
-        return binding.install_vm(result)
+        return binding.install_file(result)
     return result
 
 

@@ -25,7 +25,7 @@ import attrs
 from kvmcompat import DeviceTree, RealDevice, machine_arch
 
 from ..kernel import papr
-from ..kernel.kvm_main import FILE_OPS
+from ..kernel.anon_inodes import FILE_OPS
 from ..kernel.profile import Host, ProfileError, from_mapping, parse
 from ..uapi import (
     ARCHES,
@@ -233,6 +233,8 @@ def candidates(obs: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     firmware = cpu_char(probes.get("cpu char"), byteorder)
     if firmware is not None:
         base["cpu_char"] = firmware
+    if probes.get("tce64 1G of 4K") == "ENOTTY":  # powerpc.c's TCE cases are #ifdef CONFIG_SPAPR_TCE_IOMMU
+        base["spapr_tce_iommu"] = False
 
     def built(modules: list[str]) -> dict[str, Any] | None:
         """The build's kvm_pr as the mapping size says; None where the modules contradict it."""
@@ -365,7 +367,7 @@ def verify(text: str, where: str) -> tuple[AbiRevision, list[Check]]:
 
 def file_op_checks(recorded: object) -> list[Check]:
     """What the recorded fds answered besides ioctl (read, write, lseek, mmap, poll, fstat, their
-    /proc link), against the kernel's file operations (kvm_main.FILE_OPS)."""
+    /proc link), against the kernel's file operations (anon_inodes.FILE_OPS)."""
     if not isinstance(recorded, Mapping):
         return []  # recorded before kvmsim asked them
     checks = []

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..intercept.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
+from ..kernel.anon_inodes import DEV
 from ..kernel.errors import KvmError
 from ..kernel.usermem import Fault
 from ..uapi import ARCHES, DEV_KVM, Arch
@@ -341,7 +342,7 @@ class Supervisor:
         answer = error(err) if err else value(ret)
         if creates:
             try:
-                answer = self._new_file(ret, is_vm=True, cloexec=True)
+                answer = self._new_file(ret, cloexec=True)
             except OSError:  # no placeholder for it (EMFILE, ENFILE): the new VM is released
                 with contextlib.suppress(KvmError), self.placeholders.call(mem) as process:
                     process.close(ret)
@@ -379,7 +380,7 @@ class Supervisor:
             if flags & os.O_DIRECTORY:
                 return error(errno.ENOTDIR)
             if flags & os.O_PATH == os.O_PATH:  # a path-only fd: every ioctl EBADF, stat as /dev/kvm
-                return self._new_file(-1, is_vm=False, cloexec=cloexec)
+                return self._new_file(-1, cloexec=cloexec)
         reason = None
         try:
             with self.placeholders.call(mem) as process:
@@ -393,18 +394,16 @@ class Supervisor:
         if err:
             return error(err)
         try:
-            return self._new_file(ret, is_vm=False, cloexec=cloexec, nonblock=bool(flags & os.O_NONBLOCK))
+            return self._new_file(ret, cloexec=cloexec, nonblock=bool(flags & os.O_NONBLOCK))
         except OSError:
             with contextlib.suppress(KvmError), self.placeholders.call(mem) as process:
                 process.close(ret)
             raise
 
-    def _new_file(self, sim_fd: int, *, is_vm: bool, cloexec: bool, nonblock: bool = False) -> Response:
+    def _new_file(self, sim_fd: int, *, cloexec: bool, nonblock: bool = False) -> Response:
         """A placeholder for ``sim_fd`` to install; the program's EMFILE or ENFILE where this
         process or the program's share of the table is out of descriptors (``Placeholders``)."""
-        return Response(
-            "fd", fd=self.placeholders.new(sim_fd, is_vm=is_vm, nonblock=nonblock, owner=self.owner), cloexec=cloexec
-        )
+        return Response("fd", fd=self.placeholders.new(sim_fd, nonblock=nonblock, owner=self.owner), cloexec=cloexec)
 
     def _open_view(self, n: Notification, found: Found, flags: int) -> Response:
         """A host file, beneath the host tree, read-only, as the task's credentials allow."""
@@ -475,7 +474,7 @@ class Supervisor:
         return dev_kvm() if self.kernel.kvm.loaded else errno.ENOENT
 
     def _placeholder_stat(self, placeholder: Placeholder) -> Kstat | int:
-        return self._anon if placeholder.is_vm else self._dev_kvm_stat()
+        return self._dev_kvm_stat() if placeholder.kind is DEV else self._anon
 
     def _put_stat(self, n: Notification, mem: TaskMemory, st: Kstat | int | None, buf: int) -> Response:
         if st is None:

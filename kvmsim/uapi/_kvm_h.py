@@ -20,6 +20,7 @@ from ._errors import InvalidInput
 DEV_KVM = "/dev/kvm"
 VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID/fd/N of a VM fd reads
 VCPU_LINK = "anon_inode:kvm-vcpu:{id}"  # create_vcpu_fd(): "kvm-vcpu:%d" of the vcpu's id
+SPAPR_TCE_LINK = "anon_inode:kvm-spapr-tce"  # kvm_vm_ioctl_create_spapr_tce()'s anon_inode_getfd
 
 
 # where two names share a number, the one the kernel's headers and glibc's strerrorname_np give
@@ -694,6 +695,14 @@ KVM_PPC_GET_PVINFO = KvmIoctl("KVM_PPC_GET_PVINFO", "write", 0xA1, 128)  # _IOW,
 KVM_PPC_PVINFO_FLAGS_EV_IDLE = 1 << 0
 KVM_SC_MAGIC_R0 = 0x4B564D21  # asm/kvm_para.h: "KVM!", what a paravirtual hcall puts in r0
 KVM_PPC_PVINFO = StructLayout("kvm_ppc_pvinfo", "I124x", ("flags",))
+# struct kvm_create_spapr_tce_64 { __u64 liobn; __u32 page_shift; __u32 flags; __u64 offset; __u64 size; }
+# (offset and size in IOMMU pages) and the first one's { __u64 liobn; __u32 window_size; } (bytes, 4K pages)
+KVM_CREATE_SPAPR_TCE_64 = KvmIoctl("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32)
+KVM_CREATE_SPAPR_TCE_64_STRUCT = StructLayout(
+    "kvm_create_spapr_tce_64", "QIIQQ", ("liobn", "page_shift", "flags", "offset", "size")
+)
+KVM_CREATE_SPAPR_TCE = KvmIoctl("KVM_CREATE_SPAPR_TCE", "write", 0xA8, 16)
+KVM_CREATE_SPAPR_TCE_STRUCT = StructLayout("kvm_create_spapr_tce", "QI4x", ("liobn", "window_size"))
 """arch/powerpc/include/uapi/asm/kvm.h: ``struct kvm_ppc_pvinfo { __u32 flags; __u32 hcall[4];
 __u8 pad[108]; };`` (``hcall`` at :data:`PVINFO_HCALL`: instructions, big-endian whatever the kernel's order)"""
 PVINFO_HCALL = struct.Struct(">4I")  # at offset 4
@@ -739,7 +748,7 @@ KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1,
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
              KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
              KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE,
-             KVM_IRQ_LINE_STATUS)  # fmt: skip
+             KVM_IRQ_LINE_STATUS, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -794,7 +803,6 @@ UNMODELLED_IOCTLS = (
     UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP_VM, only="x86"),  # powerpc's is modelled
     _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only=None),
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
-    _vm("KVM_CREATE_SPAPR_TCE_64", "write", 0xA8, 32, KVM_CAP_SPAPR_TCE_64),
     _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
     # the other ioctls a capability the simulated kernels answer non-zero stands for (include/uapi/
     # linux/kvm.h, Documentation/virt/kvm/api.rst), and kvm_main's own a program may ask: not modelled
@@ -803,7 +811,6 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_UNREGISTER_COALESCED_MMIO", "write", 0x68, 16, KVM_CAP_COALESCED_MMIO, only=None),
     _vm("KVM_IRQFD", "write", 0x76, 32, KVM_CAP_IRQFD, only=None),  # struct kvm_irqfd
     _vm("KVM_IOEVENTFD", "write", 0x79, 64, KVM_CAP_IOEVENTFD, only=None),  # struct kvm_ioeventfd
-    _vm("KVM_CREATE_SPAPR_TCE", "write", 0xA8, 16, KVM_CAP_SPAPR_TCE),  # struct kvm_create_spapr_tce
     _vm("KVM_PPC_GET_HTAB_FD", "write", 0xAA, 32, KVM_CAP_PPC_HTAB_FD),  # struct kvm_get_htab_fd
     _vm("KVM_PPC_RESIZE_HPT_PREPARE", "read", 0xAD, 16, KVM_CAP_SPAPR_RESIZE_HPT),  # struct kvm_ppc_resize_hpt
     _vm("KVM_PPC_RESIZE_HPT_COMMIT", "read", 0xAE, 16, KVM_CAP_SPAPR_RESIZE_HPT),

@@ -45,6 +45,10 @@ from ..uapi import (
     KVM_CAP_PPC_PAPR,
     KVM_CAP_PPC_SECURE_GUEST,
     KVM_CAP_PPC_SMT,
+    KVM_CREATE_SPAPR_TCE,
+    KVM_CREATE_SPAPR_TCE_64,
+    KVM_CREATE_SPAPR_TCE_64_STRUCT,
+    KVM_CREATE_SPAPR_TCE_STRUCT,
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
@@ -251,7 +255,16 @@ def _vcpu_case(rng: random.Random, name: str) -> Probe:
 RTAS_NAMES = (b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off", b"ibm,int-on", b"ibm,int", b"ibm,int-on\0x",
               b"ibm,nonesuch", b"", b"i" * RTAS_NAME_LEN)  # fmt: skip
 VM_PPC_IOCTLS = (KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN, KVM_PPC_ALLOCATE_HTAB,
-                 KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS)  # fmt: skip
+                 KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS,
+                 KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE)  # fmt: skip
+# TCE tables: never the LIOBN the probes keep a table of on the same VM (the replay has none), sizes
+# whose tables are far from the allocator's 16MB (the probes ask its edge)
+U64 = (1 << 64) - 1
+TCE_LIOBNS = (0, 1, 0x80000000, 0x80000001, 0xFFFFFFFF, 1 << 63)
+TCE_PAGE_SHIFTS = (0, 11, 12, 12, 16, 16, 24, 34, 35, 1 << 31)
+TCE_SIZES = (0, 1, 16, 1 << 18, 1 << 20, 1 << 30, 1 << 34, 1 << 40, 1 << 63, U64)
+TCE_OFFSETS = (0, 0, 1 << 20, U64 >> 12, U64 >> 16, U64 - 1, U64)
+TCE_WINDOWS = (0, 4095, 4096, 1 << 24, 1 << 30, (1 << 32) - 1)
 # HPT orders: never 0 (with no HPT Linux 7.3 clears a NULL one), none past the buddy allocator's 16MB
 # but refused ones (whether kvm_cma has room depends on what else holds it)
 HPT_ORDERS = (17, 18, 18, 19, 20, 24, 24, 47, 0xFFFFFFFF, 1 << 31)
@@ -273,6 +286,14 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
         struct = functools.partial(_rtas_args, name=rtas, token=token)
     elif io is KVM_PPC_ALLOCATE_HTAB:
         struct = functools.partial(_irq_bytes, irq=rng.choice(HPT_ORDERS), length=4)
+    elif io is KVM_CREATE_SPAPR_TCE_64:
+        values = {"liobn": rng.choice(TCE_LIOBNS), "page_shift": rng.choice(TCE_PAGE_SHIFTS),
+                  "flags": rng.choice((0, 0, 0, 1, 1 << 31)), "offset": rng.choice(TCE_OFFSETS),
+                  "size": rng.choice(TCE_SIZES)}  # fmt: skip
+        struct = functools.partial(_packed, layout=KVM_CREATE_SPAPR_TCE_64_STRUCT, values=values)
+    elif io is KVM_CREATE_SPAPR_TCE:
+        values = {"liobn": rng.choice(TCE_LIOBNS), "window_size": rng.choice(TCE_WINDOWS)}
+        struct = functools.partial(_packed, layout=KVM_CREATE_SPAPR_TCE_STRUCT, values=values)
     elif io is KVM_PPC_CONFIGURE_V3_MMU:
         values = {"flags": rng.choice(MMUV3_FLAGS), "process_table": rng.choice(MMUV3_TABLES)}
         if values["flags"] & 5 == 1 and values["process_table"] >> 63:  # never a radix table the kernel
@@ -281,8 +302,9 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
     else:
         struct = _const_bytes(bytes([rng.choice((0, 0xAA))]) * size)
     roll = rng.random()
-    if roll < 0.1:  # a neighbour: another direction or size of the same number
-        pick = rng.randrange(1 << 30)
+    makes_fd = io in (KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE)  # its answer "fd", the fd closed at once
+    if roll < 0.1 and not makes_fd:  # a neighbour: another direction or size of the same number (0xA8's
+        pick = rng.randrange(1 << 30)  # would be the other TCE ioctl)
 
         def req(a: Arch, nr: int = io.nr, p: int = pick) -> int:
             ioc = a.ioc
@@ -291,13 +313,13 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
 
         return Probe(name, fd, req, struct)  # type: ignore[arg-type]
     if roll < 0.25:  # never a kernel address: copy_from_user's mask would read kernel memory
-        return Probe(name, fd, io.request, _const(rng.choice((NULL, WILD))))  # type: ignore[arg-type]
+        return Probe(name, fd, io.request, _const(rng.choice((NULL, WILD))), returns_fd=makes_fd)  # type: ignore[arg-type]
     if roll < 0.4:  # cut short: its end against the unmapped page
         short = functools.partial(_cut, make=struct, length=rng.randrange(1, size))
-        return Probe(name, fd, io.request, short)  # type: ignore[arg-type]
+        return Probe(name, fd, io.request, short, returns_fd=makes_fd)  # type: ignore[arg-type]
     if roll < 0.5:  # read-only throughout: a read succeeds, a write faults
-        return Probe(name, fd, io.request, struct, readonly_from=0)  # type: ignore[arg-type]
-    return Probe(name, fd, io.request, struct)  # type: ignore[arg-type]
+        return Probe(name, fd, io.request, struct, readonly_from=0, returns_fd=makes_fd)  # type: ignore[arg-type]
+    return Probe(name, fd, io.request, struct, returns_fd=makes_fd)  # type: ignore[arg-type]
 
 
 # memory slots: sizes no kernel needs a large allocation for (up to 1G: HV's reverse map of such a

@@ -32,6 +32,10 @@ from ..uapi import (
     KVM_CAP_PPC_PAPR,
     KVM_CAP_PPC_SECURE_GUEST,
     KVM_CAP_PPC_SMT,
+    KVM_CREATE_SPAPR_TCE,
+    KVM_CREATE_SPAPR_TCE_64,
+    KVM_CREATE_SPAPR_TCE_64_STRUCT,
+    KVM_CREATE_SPAPR_TCE_STRUCT,
     KVM_CREATE_VCPU,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
@@ -170,6 +174,7 @@ class Probe:
     request: Callable[[Arch], int]
     arg: Callable[[Arch], int | bytes]
     returns_fd: bool = False
+    keeps_fd: bool = False  # ... and the new fd stays open to the run's end (what it holds, a LIOBN, stays taken)
     # a buffer's bytes from this offset on are in a read-only page (0: all of it; None: none),
     # the ones before it in a writable page just below (the lab's fuzz cases: kvmsim.user.fuzz)
     readonly_from: int | None = None
@@ -181,7 +186,8 @@ class Probe:
     # without the answer: the replay does not ask it either)
     skip_under: str | None = None
 
-    def run(self, target: Device, fds: dict[str, int]) -> Answer:
+    def run(self, target: Device, fds: dict[str, int], kept: list[int] | None = None) -> Answer:
+        """Ask it; a new fd is closed at once, or (``keeps_fd``) put on ``kept`` for the caller."""
         arch = target.arch
         if self.one_reg is not None:
             return self._run_one_reg(target, fds, self.one_reg)
@@ -193,7 +199,10 @@ class Probe:
             head = Answer(error=errname(exc.errno))
         else:
             if self.returns_fd:
-                target.close(ret)
+                if self.keeps_fd and kept is not None:
+                    kept.append(ret)
+                else:
+                    target.close(ret)
                 return Answer(fd=True)
             head = Answer(value=ret)
         return head if buf is None or not isinstance(arg, bytes) else Answer.of_buffer(head, arg, bytes(buf))
@@ -439,6 +448,7 @@ def vm_ppc_probes() -> Iterator[Probe]:
         name = io.name[4:].lower().replace("_", " ")
         yield Probe(name, "vm", io.request, functools.partial(reg_bytes, value=1 << 32 | 5, size=8))
         yield Probe(f"{name} NULL", "vm", io.request, lambda a: NULL)
+    yield from spapr_tce_probes()
     pvinfo = KVM_PPC_GET_PVINFO.request
     yield Probe("pvinfo", "vm", pvinfo, lambda a: b"\xaa" * KVM_PPC_GET_PVINFO.size)
     yield Probe("pvinfo NULL", "vm", pvinfo, lambda a: NULL)
@@ -461,6 +471,61 @@ def vm_ppc_probes() -> Iterator[Probe]:
     # the VM's tokens go, as the fuzz that follows on it expects
     for i, left in enumerate((b"ibm,set-xive", b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off")):
         yield Probe(f"rtas token undefine {i}", "vm", define, functools.partial(rtas_token_args, name=left, token=0))
+
+
+TCE64_DEFAULTS = {"page_shift": 12, "flags": 0, "offset": 0, "size": 1 << 18}  # a 1G window of 4K pages, QEMU's first
+
+
+def tce64(arch: Arch, *, values: dict[str, int]) -> bytes:
+    """struct kvm_create_spapr_tce_64: ``values`` over :data:`TCE64_DEFAULTS`."""
+    return KVM_CREATE_SPAPR_TCE_64_STRUCT.pack(arch.byteorder, TCE64_DEFAULTS | values)
+
+
+def tce32(arch: Arch, *, liobn: int, window_size: int) -> bytes:
+    """struct kvm_create_spapr_tce: a window of ``window_size`` bytes of 4K pages at 0."""
+    return KVM_CREATE_SPAPR_TCE_STRUCT.pack(arch.byteorder, {"liobn": liobn, "window_size": window_size})
+
+
+KEPT_LIOBN = 0x7E57  # a TCE table :func:`spapr_tce_probes` keeps to the run's end
+TCE_FILE = {"liobn": 0xF11E}  # the TCE table whose file operations the lab and `kvmsim record` ask
+# the most pages of TCEs one table may have: kzalloc_flex's 112-byte header and 8 bytes a page in the
+# largest block the page allocator gives (16MB with either page size); a window of 4K or 64K kernel
+# pages of TCEs, at that limit and one page past it
+_TCE_LIMIT = ((16 << 20) - 112) // 8
+
+
+def spapr_tce_probes() -> Iterator[Probe]:
+    """KVM_CREATE_SPAPR_TCE(_64) (a kvm-spapr-tce fd: CONFIG_SPAPR_TCE_IOMMU): the window's checks in
+    their order, a LIOBN in use (EBUSY) while its fd is open and free again once closed, the first
+    ioctl's 4K window, and the largest table the allocator gives."""
+    io64, io32 = KVM_CREATE_SPAPR_TCE_64.request, KVM_CREATE_SPAPR_TCE.request
+    u64 = (1 << 64) - 1
+    cases64: tuple[tuple[str, dict[str, int], bool], ...] = (
+        ("1G of 4K", {"liobn": 0x80000000}, False),
+        ("kept", {"liobn": KEPT_LIOBN}, True),
+        ("kept liobn again", {"liobn": KEPT_LIOBN, "page_shift": 16, "size": 16}, False),
+        ("1G of 4K again", {"liobn": 0x80000000}, False),
+        ("flags 1", {"liobn": 1, "flags": 1}, False),
+        ("size 0", {"liobn": 1, "size": 0}, False),
+        ("page shift 11", {"liobn": 1, "page_shift": 11}, False),
+        ("page shift 34", {"liobn": 1, "page_shift": 34, "size": 4}, False),
+        ("page shift 35", {"liobn": 1, "page_shift": 35, "size": 4}, False),
+        ("past 2^64", {"liobn": 1, "page_shift": 16, "offset": (u64 >> 16) - 1, "size": 2}, False),
+        ("offset wraps", {"liobn": 1, "offset": u64, "size": 2}, False),
+        ("16MB table of 4K pages", {"liobn": 2, "size": _TCE_LIMIT * 512}, False),
+        ("past 16MB of 4K pages", {"liobn": 2, "size": (_TCE_LIMIT + 1) * 512}, False),
+        ("16MB table of 64K pages", {"liobn": 2, "size": _TCE_LIMIT * 8192}, False),
+        ("past 16MB of 64K pages", {"liobn": 2, "size": (_TCE_LIMIT + 1) * 8192}, False),
+    )
+    for name, values, keep in cases64:
+        arg = functools.partial(tce64, values=values)
+        yield Probe(f"tce64 {name}", "vm", io64, arg, returns_fd=True, keeps_fd=keep)
+    yield Probe("tce64 NULL", "vm", io64, lambda a: NULL, returns_fd=True)
+    for name, liobn, window in (("1G", 0x80000001, 1 << 30), ("kept liobn", KEPT_LIOBN, 1 << 30),
+                                ("4095 bytes", 3, 4095), ("4G - 4K", 3, (1 << 32) - 4096)):  # fmt: skip
+        arg = functools.partial(tce32, liobn=liobn, window_size=window)
+        yield Probe(f"tce32 {name}", "vm", io32, arg, returns_fd=True)
+    yield Probe("tce32 NULL", "vm", io32, lambda a: NULL, returns_fd=True)
 
 
 def _mmuv3_cfg(arch: Arch, *, flags: int, process_table: int) -> bytes:
@@ -641,11 +706,14 @@ def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
             except OSError as exc:
                 answers["create vcpu"] = Answer(error=errname(exc.errno))
         fds = {"dev": dev, "vm": vm, "vcpu": vcpu, "vcpu-vm": vm if vcpu >= 0 else -1}
+        kept: list[int] = []
         try:
             for probe in probes:
                 if fds[probe.fd] >= 0:
-                    answers[probe.name] = probe.run(target, fds)
+                    answers[probe.name] = probe.run(target, fds, kept)
         finally:
+            for fd in kept:
+                target.close(fd)
             if vcpu >= 0:
                 target.close(vcpu)
             if vm >= 0:
@@ -659,7 +727,7 @@ FILE_OPS = ("read", "write", "pread", "pwrite", "lseek", "mmap", "poll", "fstat"
 
 
 def file_ops(fd: int) -> dict[str, str]:
-    """What a real fd answers besides ioctl, each as kvm_main.FILE_OPS writes it (the lab's
+    """What a real fd answers besides ioctl, each as anon_inodes.FILE_OPS writes it (the lab's
     prober asks the same in C): an errno name or the result."""
     import mmap
     import select
@@ -708,6 +776,19 @@ def _file_kind(st: os.stat_result) -> str:
     return "anon_inode" if (st.st_dev, st.st_ino) == (anon.st_dev, anon.st_ino) else f"mode {st.st_mode:o}"
 
 
+def _new_file_ops(target: Device, vm: int, kind: str, request: int, arg: int | bytearray) -> dict[str, str]:
+    """:func:`file_ops` of the file ``request`` on ``vm`` makes, as ``kind.read`` ...; nothing
+    where the kernel makes none (a TCE table without CONFIG_SPAPR_TCE_IOMMU, x86's vcpu)."""
+    try:
+        fd = int(target.ioctl(vm, request, arg))
+    except OSError:
+        return {}
+    try:
+        return {f"{kind}.{op}": v for op, v in file_ops(fd).items()}
+    finally:
+        target.close(fd)
+
+
 def real_file_ops(target: Device) -> dict[str, str]:
     """:func:`file_ops` of a real device's /dev/kvm fd, a VM fd (type 0) and its vcpu 0, as
     ``dev.read`` ...: what ``kvmsim record`` and the lab keep beside the probes.  Nothing of a
@@ -727,14 +808,9 @@ def real_file_ops(target: Device) -> dict[str, str]:
             return found
         try:
             found |= {f"vm.{op}": v for op, v in file_ops(vm).items()}
-            try:
-                vcpu = int(target.ioctl(vm, KVM_CREATE_VCPU.request(target.arch), 0))
-            except OSError:
-                return found
-            try:
-                return found | {f"vcpu.{op}": v for op, v in file_ops(vcpu).items()}
-            finally:
-                target.close(vcpu)
+            found |= _new_file_ops(target, vm, "spapr-tce", KVM_CREATE_SPAPR_TCE_64.request(target.arch),
+                                   bytearray(tce64(target.arch, values=TCE_FILE)))  # fmt: skip
+            return found | _new_file_ops(target, vm, "vcpu", KVM_CREATE_VCPU.request(target.arch), 0)
         finally:
             target.close(vm)
     finally:

@@ -6,12 +6,16 @@
  *   fclose  5000 x fopen/fclose of /dev/kvm (no EMFILE), then a regular file opened at the
  *           number the last stream had answers FIONREAD with its size (not the simulator)
  *   dup3    dup3(fd, vm, 42) fails EINVAL and vm still answers; dup3(dev, vm, 0) makes vm /dev/kvm's
+ *   tce     (POWER) a TCE table's file: read/write/pread/pwrite/lseek's errnos, its link and fstat;
+ *           its LIOBN busy while the fd is closed but still mapped, free once unmapped (the
+ *           kernel's release at the last reference); what one mapping writes the next one reads
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -73,6 +77,42 @@ int main(int argc, char **argv)
 		int n = -1;
 		const char *r = err(ioctl(fd, FIONREAD, &n));
 		printf("same=%d fionread=%s %d\n", fd == last, r, n);
+	} else if (!strcmp(what, "tce")) {
+		struct { uint64_t liobn; uint32_t page_shift, flags; uint64_t offset, size; } a = {1, 12, 0, 0, 1 << 10};
+		const unsigned long CREATE_TCE64 = 0x8020aea8UL; /* _IOW(KVMIO, 0xa8, struct kvm_create_spapr_tce_64) */
+		int tce = ioctl(vm, CREATE_TCE64, &a);
+		if (tce < 0) {
+			printf("tce %s\n", strerrorname_np(errno));
+			return 0;
+		}
+		const char *r = err(read(tce, buf, sizeof(buf))), *w = err(write(tce, buf, sizeof(buf)));
+		const char *pr = err(pread(tce, buf, sizeof(buf), 0)), *pw = err(pwrite(tce, buf, sizeof(buf), 0));
+		const char *seek = err(lseek(tce, 5, SEEK_SET));
+		printf("tce read=%s write=%s pread=%s pwrite=%s lseek=%s\n", r, w, pr, pw, seek);
+		char path[64], link[64] = "";
+		struct stat t, e;
+		int efd = eventfd(0, EFD_CLOEXEC);
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", tce);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		link[n > 0 ? n : 0] = 0;
+		fstat(tce, &t);
+		fstat(efd, &e);
+		printf("tce link=%s fstat=%s\n", link, t.st_dev == e.st_dev && t.st_ino == e.st_ino ? "anon_inode" : "other");
+		volatile unsigned char *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, tce, 0);
+		if (m == MAP_FAILED) {
+			printf("tce mmap=%s\n", strerrorname_np(errno));
+			return 0;
+		}
+		m[4097] = 0x5a;
+		close(tce);
+		const char *mapped = err(ioctl(vm, CREATE_TCE64, &a)); /* the mapping holds the file */
+		munmap((void *)m, 8192);
+		int again = ioctl(vm, CREATE_TCE64, &a);
+		printf("tce closed but mapped=%s unmapped=%s\n", mapped, err(again));
+		volatile unsigned char *m2 = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, again, 0);
+		m2[1] = 0xa5;
+		volatile unsigned char *m3 = mmap(NULL, 4096, PROT_READ, MAP_SHARED, again, 0);
+		printf("tce fresh=%d shared=%d\n", m2[4097], m3[1]); /* a new table's pages are zeroed */
 	} else if (!strcmp(what, "dup3")) {
 		const char *bad = err(dup3(dev, vm, 42));
 		int still = ioctl(vm, CHECK_EXTENSION, 3); /* KVM_CAP_USER_MEMORY: 1 on every kernel */

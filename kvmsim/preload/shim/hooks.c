@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,15 +326,19 @@ SHIM_API int ioctl(int fd, unsigned long request, ...)
 	return foreign ? real.ioctl(fd, request, arg) : r;
 }
 
-/* ---- what the real device answers besides ioctl (kvm_main.FILE_OPS, measured on an x86
+/* ---- what the real device answers besides ioctl (anon_inodes.FILE_OPS, measured on an x86
  * /dev/kvm and by the lab on every ppc64le kernel; its errnos are generated into
  * kvmsim_wire.h): read, write and their kin have no file operation (EINVAL), pread/pwrite on
  * a VM fd are ESPIPE (an anon inode file has no FMODE_PREAD); lseek is 0 (noop_llseek); mmap
  * is ENODEV, as on the socket already. */
 
-/* The errno of operation op on placeholder fd: one a kind, asked of the server only where
- * the two kinds differ (the compiler folds the rest). */
-#define FILE_OP_ERR(fd, op) (DEV_##op == VM_##op ? DEV_##op : placeholder_kind(fd) != IS_DEV_KVM ? VM_##op : DEV_##op)
+/* The errno of operation op on placeholder fd: its kind's (the server says which). */
+static int file_op_err(int fd, size_t op)
+{
+	const struct file_kind *k = file_kind_of(placeholder_kind(fd));
+	return k ? *(const int *)((const char *)k + op) : EBADF;
+}
+#define FILE_OP_ERR(fd, op) file_op_err(fd, offsetof(struct file_kind, op))
 
 #define FAILS_ON_PLACEHOLDER(type, name, params, args, err)                                              \
 	SHIM_API type name params                                                                          \
@@ -347,13 +352,13 @@ SHIM_API int ioctl(int fd, unsigned long request, ...)
 		return real.name args;                                                                     \
 	}
 
-FAILS_ON_PLACEHOLDER(ssize_t, read, (int fd, void *buf, size_t n), (fd, buf, n), FILE_OP_ERR(fd, READ))
-FAILS_ON_PLACEHOLDER(ssize_t, write, (int fd, const void *buf, size_t n), (fd, buf, n), FILE_OP_ERR(fd, WRITE))
-FAILS_ON_PLACEHOLDER(ssize_t, pread, (int fd, void *buf, size_t n, off_t off), (fd, buf, n, off), FILE_OP_ERR(fd, PREAD))
+FAILS_ON_PLACEHOLDER(ssize_t, read, (int fd, void *buf, size_t n), (fd, buf, n), FILE_OP_ERR(fd, read))
+FAILS_ON_PLACEHOLDER(ssize_t, write, (int fd, const void *buf, size_t n), (fd, buf, n), FILE_OP_ERR(fd, write))
+FAILS_ON_PLACEHOLDER(ssize_t, pread, (int fd, void *buf, size_t n, off_t off), (fd, buf, n, off), FILE_OP_ERR(fd, pread))
 FAILS_ON_PLACEHOLDER(ssize_t, pwrite, (int fd, const void *buf, size_t n, off_t off), (fd, buf, n, off),
-                     FILE_OP_ERR(fd, PWRITE))
-FAILS_ON_PLACEHOLDER(ssize_t, readv, (int fd, const struct iovec *iov, int n), (fd, iov, n), FILE_OP_ERR(fd, READ))
-FAILS_ON_PLACEHOLDER(ssize_t, writev, (int fd, const struct iovec *iov, int n), (fd, iov, n), FILE_OP_ERR(fd, WRITE))
+                     FILE_OP_ERR(fd, pwrite))
+FAILS_ON_PLACEHOLDER(ssize_t, readv, (int fd, const struct iovec *iov, int n), (fd, iov, n), FILE_OP_ERR(fd, read))
+FAILS_ON_PLACEHOLDER(ssize_t, writev, (int fd, const struct iovec *iov, int n), (fd, iov, n), FILE_OP_ERR(fd, write))
 /* shutdown(2) is ENOTSOCK on the device; on the placeholder it would read as the last close */
 FAILS_ON_PLACEHOLDER(int, shutdown, (int fd, int how), (fd, how), ENOTSOCK)
 SHIM_API ssize_t pread64(int fd, void *buf, size_t n, off_t off) { return pread(fd, buf, n, off); }
@@ -363,7 +368,14 @@ SHIM_API off_t lseek(int fd, off_t off, int whence)
 {
 	struct identity id;
 	shim_ready();
-	return is_placeholder(fd, &id) ? 0 : real.lseek(fd, off, whence); /* noop_llseek: f_pos, never moved */
+	if (!is_placeholder(fd, &id))
+		return real.lseek(fd, off, whence);
+	int err = FILE_OP_ERR(fd, lseek); /* 0: noop_llseek's f_pos, never moved; else no .llseek */
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	return 0;
 }
 
 SHIM_API off_t lseek64(int fd, off_t off, int whence) { return lseek(fd, off, whence); }
@@ -394,15 +406,15 @@ static int own_fd_link(const char *path)
 	return *end || fd > INT_MAX ? -1 : (int)fd;
 }
 
-/* What the link of a placeholder reads, or NULL when fd is none (a vcpu's in buf). */
+/* What the link of a placeholder reads (in buf), or NULL when fd is none. */
 static const char *placeholder_link(int fd, char *buf, size_t size)
 {
 	long kind = fd < 0 ? NOT_OURS : placeholder_kind(fd);
-	if (kind >= IS_VCPU) {
-		snprintf(buf, size, VCPU_LINK, kind - IS_VCPU);
-		return buf;
-	}
-	return kind == IS_VM ? VM_LINK : kind == IS_DEV_KVM ? "/dev/kvm" : NULL;
+	const struct file_kind *k = file_kind_of(kind);
+	if (!k)
+		return NULL;
+	snprintf(buf, size, k->link, kind & ((1L << KIND_SHIFT) - 1)); /* a vcpu's id; no other has a %ld */
+	return buf;
 }
 
 static ssize_t put_link(const char *text, char *buf, size_t size)

@@ -4,8 +4,8 @@
  * the server's process (SO_PEERCRED of a socketpair is the process that made it, which no
  * other user can be); its identity is the socket inode's dev/ino, and the server, which
  * alone knows its placeholders, answers any other (the shim's own connection) as foreign.
- * A vcpu's placeholder is a memfd the server made (its mmap is the vcpu's kvm_run): an
- * unlinked regular file on the memfd device is the server's only when the server says so.
+ * The placeholder of a file that maps pages (a vcpu's kvm_run, a TCE table) is a memfd the server
+ * made: an unlinked regular file on the memfd device is the server's only when the server says so.
  * Any other fd costs one fstat. */
 #include "shim.h"
 
@@ -18,7 +18,8 @@
 #include <unistd.h>
 #include <endian.h>
 
-/* What the server says the file of identity id is: NOT_OURS, IS_DEV_KVM or IS_VM. */
+/* What the server says the file of identity id is: NOT_OURS, or its kind's code << KIND_SHIFT |
+ * the file's id (file_kind_of() reads it). */
 static long identify(const struct identity *id)
 {
 	unsigned char req[IDENTIFY_SIZE];
@@ -64,14 +65,14 @@ SHIM_INTERNAL int is_placeholder(int fd, struct identity *id)
 			yes = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
 			      cred.pid == kvmsim_server_pid();
 		else if (S_ISREG(st.st_mode) && st.st_nlink == 0 && st.st_dev == memfd_device())
-			yes = identify(id) >= IS_VCPU; /* an unlinked memfd: ours only if the server says so */
+			yes = file_kind_of(identify(id)) != NULL; /* an unlinked memfd: ours if the server says so */
 	}
 	errno = e;
 	return yes;
 }
 
-/* What the server says fd is: NOT_OURS, IS_DEV_KVM, IS_VM or IS_VCPU + the vcpu's id (errno
- * untouched). */
+/* What the server says fd is: NOT_OURS, or a kind and the file's id as identify() gives them
+ * (errno untouched). */
 SHIM_INTERNAL long placeholder_kind(int fd)
 {
 	struct identity id;
@@ -80,7 +81,7 @@ SHIM_INTERNAL long placeholder_kind(int fd)
 		return NOT_OURS;
 	long kind = identify(&id);
 	errno = e;
-	return kind == IS_DEV_KVM || kind == IS_VM || kind >= IS_VCPU ? kind : NOT_OURS;
+	return file_kind_of(kind) ? kind : NOT_OURS;
 }
 
 /* A stat of the simulated /dev/kvm: a character device 10:232, mode 0660, root's; or ENOENT
@@ -113,5 +114,5 @@ static int anon_inode_stat(struct stat *st)
 /* fstat of a placeholder: the device's, or a VM's or vcpu's anon inode. */
 SHIM_INTERNAL int placeholder_stat(long kind, struct stat *st)
 {
-	return kind == IS_DEV_KVM ? dev_kvm_stat(st) : anon_inode_stat(st);
+	return kind >> KIND_SHIFT == KIND_DEV_KVM ? dev_kvm_stat(st) : anon_inode_stat(st);
 }

@@ -125,7 +125,7 @@ struct identity {
 };
 
 SHIM_INTERNAL int is_placeholder(int fd, struct identity *id); /* errno untouched */
-SHIM_INTERNAL long placeholder_kind(int fd); /* NOT_OURS, IS_DEV_KVM, IS_VM, IS_VCPU + id */
+SHIM_INTERNAL long placeholder_kind(int fd); /* NOT_OURS, or file_kind_of()'s argument */
 SHIM_INTERNAL int placeholder_stat(long kind, struct stat *st);
 SHIM_INTERNAL int dev_kvm_stat(struct stat *st);
 
