@@ -14,11 +14,11 @@ import pytest
 
 from kvmsim import Kernel
 from kvmsim.intercept import placeholder
-from kvmsim.kernel.anon_inodes import DEV, SPAPR_TCE, VCPU, VM
+from kvmsim.kernel.anon_inodes import DEV, SPAPR_TCE, VCPU, VCPU_STATS, VM
 from kvmsim.kernel.book3s_64_vio import SpaprTceTable
 from kvmsim.kernel.errors import KvmError
 from kvmsim.kernel.usermem import AddressSpace
-from kvmsim.uapi import KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE_64_STRUCT
+from kvmsim.uapi import KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE_64_STRUCT, KVM_INTERRUPT
 
 
 @pytest.fixture
@@ -61,6 +61,32 @@ def test_each_kind_gets_its_placeholder_and_link(table: placeholder.Placeholders
     finally:
         for fd in made.values():
             os.close(fd)
+
+
+def test_a_stats_file_is_a_read_only_memory_file_kept_current(table: placeholder.Placeholders) -> None:
+    """What kvm_stats_read reads, in a memory file the program can read and not write; a
+    statistic that changes (KVM_INTERRUPT's queue_intr) shows in it at once."""
+    _, _, vcpu, _ = sim_files(table)
+    with table.call(AddressSpace()) as process:
+        stats = process.sys_ioctl(vcpu, table.kernel.KVM_GET_STATS_FD, 0)
+        before = process.contents(stats)
+    fd = table.new(stats)
+    try:
+        assert table.of(os.fstat(fd)).kind is VCPU_STATS  # type: ignore[union-attr]
+        assert os.pread(fd, len(before) + 1, 0) == before
+        with pytest.raises(OSError) as exc:
+            os.write(fd, b"x")
+        assert exc.value.errno == errno.EBADF
+        mem = AddressSpace()
+        k = table.kernel
+        with table.call(mem) as process:
+            process.sys_ioctl(
+                vcpu, KVM_INTERRUPT.request(k.arch), mem.map(4096, data=(5).to_bytes(4, k.arch.byteorder))
+            )
+            after = process.contents(stats)
+        assert after != before and os.pread(fd, len(after), 0) == after
+    finally:
+        os.close(fd)
 
 
 def test_a_tce_tables_pages_are_the_placeholders(table: placeholder.Placeholders) -> None:

@@ -15,6 +15,7 @@ from test_cross import missing
 
 from kvmsim import Kernel
 from kvmsim.kernel import profile
+from kvmsim.kernel.binary_stats import VCPU_STATS_DESC
 from kvmsim.lab.debian import Archive, FetchError
 from kvmsim.lab.qemu import QemuSysroot, fetch_sysroot
 
@@ -120,7 +121,9 @@ def test_a_pseries_machine_reaches_s_or_stops_as_its_kernel_makes_it(sysroot: Qe
     hosts run a 4K-page kernel, where KVM-HV's real-mode page sizes make QEMU refuse its default
     64K HPT pages, on a real host as here: cap-hpt-max-page-size=4096, as its error says."""
     args = ["-machine", "pseries,accel=kvm,cap-hpt-max-page-size=4096", *PAUSED]
-    script = "".join(json.dumps({"execute": c}) + "\n" for c in ["qmp_capabilities", "query-cpus-fast", "quit"])
+    stats = {"execute": "query-stats", "arguments": {"target": "vcpu"}}
+    script = "".join(json.dumps(c) + "\n" for c in [{"execute": "qmp_capabilities"}, {"execute": "query-cpus-fast"},
+                                                     stats, {"execute": "quit"}])  # fmt: skip
     cmd = [str(KVMSIM), "run", "--host", host, "--sysroot", str(sysroot.root), "--", str(sysroot.qemu_system),
            "-L", str(sysroot.firmware), *args, "-qmp", "stdio"]  # fmt: skip
     r = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=180)
@@ -129,8 +132,12 @@ def test_a_pseries_machine_reaches_s_or_stops_as_its_kernel_makes_it(sysroot: Qe
         assert r.returncode != 0 and expected in r.stderr, r.stderr
         return
     assert r.returncode == 0, r.stderr
-    cpus = [json.loads(line) for line in r.stdout.splitlines()][2]["return"]
-    assert [c["qom-type"] for c in cpus] == ["host-powerpc64-cpu"], r.stderr
+    replies = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [c["qom-type"] for c in replies[2]["return"]] == ["host-powerpc64-cpu"], r.stderr
+    # the vcpu's statistics file (KVM_GET_STATS_FD), read by QEMU as a real one: Book3S's, all 0
+    (kvm,) = replies[3]["return"]
+    assert kvm["provider"] == "kvm" and {s["name"] for s in kvm["stats"]} == {d.name for d in VCPU_STATS_DESC}
+    assert {s["name"] for s in kvm["stats"] if s["value"] not in (0, [0] * 32)} == set()
     # its PCI bus's DMA window: the kernel's TCE table (QEMU maps it), where the build has them
     no_table = "KVM: Failed to create TCE64 table for liobn 0x80000000" in r.stderr
     assert no_table == (not profile.load(host).spapr_tce_iommu), r.stderr

@@ -254,7 +254,7 @@ def test_the_shims_protocol_constants_come_from_the_python_side() -> None:
         ops = ", ".join(
             k.ops[op] if k.ops[op].startswith("E") else "0" for op in ("read", "write", "pread", "pwrite", "lseek")
         )
-        assert f'[{k.code}] = {{"{k.link.replace("{id}", "%ld")}", {ops}}},' in h
+        assert f'[{k.code}] = {{"{k.link.replace("{id}", "%ld")}", {ops}, {int(k.mapped)}}},' in h
     hooks = re.sub(r"/\*.*?\*/", "", (ROOT / "kvmsim" / "preload" / "shim" / "hooks.c").read_text(), flags=re.S)
     assert "ESPIPE" not in hooks and "anon_inode" not in hooks and "FILE_OP_ERR(fd, pread)" in hooks
 

@@ -9,6 +9,7 @@ the answers are compared with it."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from conftest import needs_cc
 
 from kvmsim.intercept.build import compile_c
-from kvmsim.kernel.anon_inodes import FILE_OPS, SPAPR_TCE
+from kvmsim.kernel.anon_inodes import FILE_OPS, SPAPR_TCE, VCPU_STATS, VM_STATS
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")
@@ -130,3 +131,28 @@ def test_a_tce_tables_file_is_released_at_its_last_reference(fdops: Path, interc
 
 def test_a_build_without_the_tce_iommu_makes_no_table(fdops: Path) -> None:
     assert simulated(fdops, "tce", host="qemu-nested-hv-p10-64k") == ["tce ENOTTY"]
+
+
+STATS_OPS = " ".join(f"{op}={VM_STATS.ops[op]}" for op in ("read", "write", "pread", "pwrite", "lseek", "mmap"))
+
+
+@pytest.mark.parametrize("intercept", INTERCEPTS)
+def test_a_stats_file_reads_the_kernels_bytes_live(fdops: Path, intercept: str) -> None:
+    """KVM_GET_STATS_FD on a VM and a vcpu: a memory file holding what kvm_stats_read reads (the
+    header, the id of the asking program's pid, Book3S's descriptors, the data), kept current
+    (KVM_INTERRUPT's queue_intr shows at once).  Under the preload shim write/pwrite/lseek/mmap
+    answer as the kernel's file (EBADF, ESPIPE, the position, ENODEV); under seccomp pwrite and
+    mmap are the memory file's own (docs: choices)."""
+    lines = simulated(fdops, "stats", host="qemu-nested-hv-p10", intercept=intercept)
+    ops = (
+        STATS_OPS
+        if intercept == "preload"
+        else STATS_OPS.replace("pwrite=ESPIPE", "pwrite=EBADF").replace("mmap=ENODEV", "mmap=ok")
+    )
+    assert [re.sub(r"kvm-\d+", "kvm-PID", line) for line in lines] == [
+        f"{VM_STATS.link} {ops}",
+        "name_size=48 num_desc=4 id=kvm-PID first=remote_tlb_flush pid=mine",
+        f"{VCPU_STATS.link_of(0)} {ops}",
+        "name_size=48 num_desc=40 id=kvm-PID/vcpu-0 first=halt_successful_poll pid=mine",
+        "queue_intr 0 then 1",
+    ]

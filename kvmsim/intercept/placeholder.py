@@ -164,8 +164,8 @@ class Placeholders:
                 raise OSError(errno.EMFILE, f"{MAX_FILES_PER_PROGRAM} simulated files held already")
             kind = self.process.file_kind(sim_fd) if sim_fd >= 0 else DEV
             file_id = self.process.file_id(sim_fd) if sim_fd >= 0 else 0
-        if kind.mapped:
-            return self._new_mapped(sim_fd, kind, file_id, owner)
+        if kind.backing != "socket":
+            return self._new_memory(sim_fd, kind, file_id, owner)
         try:
             theirs, ours = socket.socketpair(socket.AF_UNIX, PLACEHOLDER_TYPE)
         except OSError as exc:
@@ -186,10 +186,11 @@ class Placeholders:
             self._epoll.register(ours.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
         return theirs.detach()
 
-    def _new_mapped(self, sim_fd: int, kind: FileKind, file_id: int, owner: object) -> int:
-        """A mapped kind's placeholder: a memfd of the size the file maps, sealed at that size,
-        locked (its release), mapped here through a file of this side's own and made the
-        simulated file's pages."""
+    def _new_memory(self, sim_fd: int, kind: FileKind, file_id: int, owner: object) -> int:
+        """A memory file's placeholder, sealed at its size, mapped here and made the simulated
+        file's bytes (a mapped kind's pages; what a stats file reads, which the simulated kernel
+        keeps current), locked (its release).  The program's file is an open of its own: read-write
+        for pages it maps, read-only for a file it reads."""
         with self.lock:
             size = self.process.mapped_size(sim_fd)
         try:
@@ -198,26 +199,30 @@ class Placeholders:
             if exc.errno == errno.EMFILE:
                 raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors") from None
             raise
-        watch = -1
+        theirs = watch = -1
         try:
             if fd >= self._limit - RESERVE:
                 raise OSError(errno.ENFILE, "the simulated kernel is out of descriptors")
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-            fcntl.fcntl(fd, F_OFD_SETLK, FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))  # the program's file's
-            watch = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)  # a file of our own: no lock
-            shared = mmap.mmap(watch, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            key = identity(os.fstat(fd))
+            mode = os.O_RDWR if kind.mapped else os.O_RDONLY
+            theirs = os.open(f"/proc/self/fd/{fd}", mode | os.O_CLOEXEC)  # the program's file
+            watch = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)  # ours: no lock
+            fcntl.fcntl(theirs, F_OFD_SETLK, FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))
+            shared = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            key = identity(os.fstat(theirs))
         except BaseException:
-            os.close(fd)
-            if watch >= 0:
-                os.close(watch)
+            for f in (theirs, watch):
+                if f >= 0:
+                    os.close(f)
             raise
+        finally:
+            os.close(fd)
         with self.lock:
             self.process.share_mapping(sim_fd, shared)
             self._files[key] = Placeholder(sim_fd, kind, None, owner, shared, file_id, watch)
             self._held[owner] = self._held.get(owner, 0) + 1
-        return fd
+        return theirs
 
     def get(self, key: Identity) -> Placeholder | None:
         with self.lock:
@@ -227,15 +232,18 @@ class Placeholders:
         """The placeholder a real file (its stat) is, or None."""
         return self.get(identity(st))
 
-    def ioctl(self, key: Identity, cmd: int, arg: int, memory: UserAccess) -> tuple[Placeholder | None, int, bool]:
+    def ioctl(
+        self, key: Identity, cmd: int, arg: int, memory: UserAccess, pid: int | None = None
+    ) -> tuple[Placeholder | None, int, bool]:
         """``sys_ioctl`` on the file the placeholder ``key`` stands for, with the caller's
-        memory, found and called under one hold of the lock (a release in between cannot hand
-        its number to another file): (the placeholder, or None when ``key`` is none of ours;
-        the return; whether the call made a file, anon_inode_getfd's: a VM).  KvmError as
+        memory and pid (what a new VM's or vcpu's stats id says), found and called under one
+        hold of the lock (a release in between cannot hand its number to another file): (the
+        placeholder, or None when ``key`` is none of ours; the return; whether the call made a
+        file, anon_inode_getfd's: a VM, a vcpu, a TCE table, a stats file).  KvmError as
         sys_ioctl raises it.  Every ioctl a program makes comes this way."""
         with self.lock:  # a call that makes a file: what the programs let go of is released first
             found = self._files.get(key)
-            released = self._reap_mapped() if found and self.process.returns_fd(found.sim_fd, cmd) else []
+            released = self._reap_memory() if found and self.process.returns_fd(found.sim_fd, cmd) else []
         self._notify(released)
         for _attempt in range(MAX_ATTEMPTS):
             with self.lock:
@@ -244,6 +252,8 @@ class Placeholders:
                     return None, 0, False
                 process = self.process
                 process.memory = memory
+                if pid is not None:
+                    process.pid = pid
                 if isinstance(memory, Deferring):
                     memory.deferring = True
                 try:
@@ -270,7 +280,7 @@ class Placeholders:
             for placeholder in released:
                 self.on_release(placeholder)
 
-    def _reap_mapped(self) -> list[Placeholder]:
+    def _reap_memory(self) -> list[Placeholder]:
         """Release the mapped kinds' files the programs no longer hold (under the lock)."""
         gone = [key for key, p in self._files.items() if p.peer is None and not p.held()]
         return [self._drop(key) for key in gone]
@@ -279,7 +289,7 @@ class Placeholders:
         """Drain what programs wrote to placeholders (/dev/kvm would take nothing) and release
         the simulated files whose last real reference is gone."""
         with self.lock:
-            released = self._reap_mapped()
+            released = self._reap_memory()
         self._notify(released)
         for peer_fd, events in self._epoll.poll(timeout):
             with self.lock:
@@ -310,7 +320,11 @@ class Placeholders:
                 self._epoll.unregister(placeholder.peer.fileno())
             placeholder.peer.close()
         if placeholder.watch >= 0:
-            os.close(placeholder.watch)  # the mapping stays while the simulated file's pages are used
+            os.close(placeholder.watch)
+        if placeholder.mapping is not None and placeholder.sim_fd >= 0:  # a copy goes; a file's own pages stay
+            with contextlib.suppress(KvmError):
+                if self.process.unshare_mapping(placeholder.sim_fd, placeholder.mapping):
+                    placeholder.mapping.close()
         if placeholder.sim_fd >= 0:
             with contextlib.suppress(KvmError):
                 self.process.close(placeholder.sim_fd)

@@ -240,8 +240,10 @@ class Connection:
         budget: channel.Budget | None = None,
         root: str | None = None,
         supervision: Supervision | None = None,
+        pid: int | None = None,
     ) -> None:
         self.placeholders, self.sock, self.name = placeholders, sock, name
+        self.pid = pid  # the client's (SO_PEERCRED): task_pid_nr(current) of its calls
         self.root = root  # the host's files, for a supervised program (LISTENER)
         self.supervision = supervision  # how a program's listener is supervised (None: ENOSYS)
         self.supervisor: Supervising | None = None
@@ -378,7 +380,7 @@ class Connection:
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
                 self.memory.begin(arg, window)
-                placeholder, ret, creates = self.placeholders.ioctl((dev, ino), cmd, arg, self.memory)
+                placeholder, ret, creates = self.placeholders.ioctl((dev, ino), cmd, arg, self.memory, self.pid)
                 if placeholder is None:
                     flags = wire.RESULT_FOREIGN  # the shim makes the real call
                 elif creates:
@@ -506,6 +508,7 @@ class Server:
                 self.budget,
                 self.root,
                 self.supervision,
+                pid,
             )
             thread = threading.Thread(target=connection.serve, name=name, daemon=True)
             self.connections[thread] = connection

@@ -38,6 +38,7 @@ from ..uapi import (
     KVM_GET_MP_STATE,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_GET_STATS_FD,
     KVM_INTERRUPT,
     KVM_INTERRUPT_UNSET,
     KVM_IRQ_LINE,
@@ -68,7 +69,8 @@ from ..uapi import (
     unmodelled,
 )
 from . import kconfig, memslot, profile
-from .anon_inodes import DEV, VCPU, VM, FileKind
+from .anon_inodes import DEV, VCPU, VCPU_STATS, VM, VM_STATS, FileKind
+from .binary_stats import Stats, StatsFile, vcpu_stats, vm_stats
 from .book3s import EnableCapContext
 from .book3s_64_vio import SpaprTceTable
 from .errors import KvmError
@@ -150,6 +152,7 @@ class Vcpu:
     mapping: VcpuPages
     run: memoryview  # struct kvm_run: the first page of the mapping
     arch: Any
+    stats: Stats  # vcpu->stat, its id "kvm-<pid>/vcpu-<id>" of the task that made it
 
 
 @attrs.define(eq=False)
@@ -161,6 +164,7 @@ class Kvm:
     vcpus: dict[int, Vcpu] = attrs.Factory(dict)
     created_vcpus: int = 0
     memslots: Memslots = attrs.Factory(Memslots)
+    stats: Stats | None = None  # kvm->stat, its id "kvm-<pid>" of the task that made the VM
 
 
 @attrs.frozen
@@ -189,7 +193,7 @@ class VcpuFile:
         return VCPU.link_of(self.vcpu.vcpu_id)
 
 
-File = DevKvmFile | VmFile | VcpuFile | SpaprTceTable
+File = DevKvmFile | VmFile | VcpuFile | SpaprTceTable | StatsFile
 
 
 class Process:
@@ -198,6 +202,8 @@ class Process:
     def __init__(self, kernel: BootedKernel, memory: UserAccess, *, max_files: int = NR_OPEN_DEFAULT) -> None:
         self.kernel, self.memory = kernel, memory
         self.max_files = max_files  # RLIMIT_NOFILE: EMFILE past it
+        # task_pid_nr(current): this process's own pid in-process; an edge sets its caller's per call
+        self.pid = os.getpid()
         self._files: dict[int, File] = {}
         self._released: list[int] = []  # a heap of closed fds below _next_fd
         self._next_fd = 3
@@ -250,6 +256,8 @@ class Process:
         file = self._files.get(fd)
         if isinstance(file, DevKvmFile):
             return cmd == self.kernel.KVM_CREATE_VM
+        if isinstance(file, VcpuFile):
+            return cmd == self.kernel.KVM_GET_STATS_FD and self.kernel.models_vcpus
         return isinstance(file, VmFile) and cmd in self.kernel.CREATES_FILE
 
     def file_kind(self, fd: int) -> FileKind:
@@ -280,6 +288,13 @@ class Process:
         file = self._file(fd)
         return file.vcpu.vcpu_id if isinstance(file, VcpuFile) else 0
 
+    def contents(self, fd: int) -> bytes:
+        """What a file whose placeholder holds what it reads reads (a stats file's), from 0."""
+        file = self._file(fd)
+        if not isinstance(file, StatsFile):
+            raise KvmError(errno.EINVAL, f"fd {fd} ({file.link}) is not one to read")
+        return file.stats.contents()
+
     def mapped_size(self, fd: int) -> int:
         """The bytes a file whose ``.mmap`` maps pages can map: a vcpu's KVM_GET_VCPU_MMAP_SIZE,
         a TCE table's pages (EINVAL for a file with no pages)."""
@@ -288,6 +303,8 @@ class Process:
             return len(file.vcpu.mapping)
         if isinstance(file, SpaprTceTable):
             return file.mapped_size
+        if isinstance(file, StatsFile):  # what an edge's memory file holds of it
+            return len(file.stats.contents())
         raise KvmError(errno.EINVAL, f"fd {fd} ({file.link}) maps no pages")
 
     def share_mapping(self, fd: int, pages: VcpuPages) -> None:
@@ -304,6 +321,18 @@ class Process:
             if file.pages is not None:
                 pages[:] = file.pages[: len(pages)]
             file.pages = pages
+        elif isinstance(file, StatsFile):
+            file.stats.share(pages)
+
+    def unshare_mapping(self, fd: int, pages: VcpuPages) -> bool:
+        """``pages`` no longer stand for file ``fd`` (its edge let go of them): True where they
+        were a copy (a stats file's), which may go; a vcpu's or a TCE table's pages are the
+        file's own and stay."""
+        file = self._file(fd)
+        if isinstance(file, StatsFile):
+            file.stats.unshare(pages)
+            return True
+        return False
 
     # kvm_vcpu_mmap() and kvm_vcpu_fault(), kvm_spapr_tce_mmap() and kvm_spapr_tce_fault(): a vcpu
     # fd maps its kvm_run page (and the MMIO ring's), a TCE table its TCEs' pages; any other of
@@ -345,8 +374,8 @@ class Process:
             return self.kvm_dev_ioctl(cmd, arg)
         if isinstance(file, VcpuFile):
             return self.kvm_vcpu_ioctl(file, cmd, arg)
-        if isinstance(file, SpaprTceTable):  # vfs_ioctl(): no .unlocked_ioctl
-            raise KvmError(errno.ENOTTY, f"{file.link} has no ioctls (kvm_spapr_tce_fops)")
+        if isinstance(file, SpaprTceTable | StatsFile):  # vfs_ioctl(): no .unlocked_ioctl
+            raise KvmError(errno.ENOTTY, f"{file.link} has no ioctls")
         return self.kvm_vm_ioctl(file, cmd, arg)
 
     # kvm_dev_ioctl()
@@ -358,7 +387,7 @@ class Process:
             return KVM_API_VERSION
         if cmd == k.KVM_CREATE_VM:
             vm = k.kvm.init_vm(arg)
-            return self._install(VmFile(Kvm(vm)))
+            return self._install(VmFile(Kvm(vm, stats=vm_stats(self.pid, k.arch.byteorder))))
         if cmd == k.KVM_CHECK_EXTENSION:
             return k.check_extension(arg, None)
         if cmd == k.KVM_GET_VCPU_MMAP_SIZE:
@@ -386,6 +415,9 @@ class Process:
             return self.kvm_vm_ioctl_set_user_memory_region(file.kvm, cmd == k.SET_USER_MEMORY_REGIONS[0], arg)
         if cmd in k.IRQ_LINES:
             return self.kvm_vm_ioctl_irq_line(file.vm, cmd == k.IRQ_LINES[1], arg)
+        if cmd == k.KVM_GET_STATS_FD and k.models_vcpus:  # kvm_vm_ioctl_get_stats_fd() (powerpc's descriptors)
+            assert file.kvm.stats is not None
+            return self._install(StatsFile(VM_STATS, 0, file.kvm.stats))
         try:
             return k.kvm.vm_ioctl(file.vm, cmd, arg, self.memory, self._install)
         except KvmError as exc:
@@ -466,7 +498,8 @@ class Process:
         if not early and vcpu_id in kvm.vcpus:
             raise KvmError(errno.EEXIST, f"KVM_CREATE_VCPU: vcpu {vcpu_id} exists")
         mapping = bytearray(k.vcpu_mmap_size())
-        vcpu = Vcpu(vcpu_id, mapping, memoryview(mapping)[: k.host.page_size], arch)
+        stats = vcpu_stats(self.pid, vcpu_id, k.arch.byteorder)
+        vcpu = Vcpu(vcpu_id, mapping, memoryview(mapping)[: k.host.page_size], arch, stats)
         fd = self._install(VcpuFile(kvm, vcpu))  # create_vcpu_fd(); its failure unwinds the vcpu
         kvm.created_vcpus += 1
         kvm.vcpus[vcpu_id] = vcpu
@@ -486,12 +519,14 @@ class Process:
 
     # powerpc's KVM_INTERRUPT: copy_from_user, then kvm_vcpu_ioctl_interrupt() (UNSET dequeues the
     # external interrupt, anything else queues one and kicks the vcpu: always 0)
-    def _vcpu_interrupt(self, vcpu: Any, arg: int) -> int:
+    def _vcpu_interrupt(self, vcpu: Vcpu, arg: int) -> int:
         vcpus = self.kernel.vcpu_arch
         assert vcpus is not None
         raw = vcpus.copy_from_user(self.memory, arg, 4, "KVM_INTERRUPT: struct kvm_interrupt")
         irq = int.from_bytes(raw, self.kernel.arch.byteorder)
-        vcpu.external_pending = irq != KVM_INTERRUPT_UNSET
+        vcpu.arch.external_pending = irq != KVM_INTERRUPT_UNSET
+        if irq != KVM_INTERRUPT_UNSET:  # kvmppc_book3s_queue_irqprio(): vcpu->stat.queue_intr++
+            vcpu.stats.add("queue_intr")
         return 0
 
     # kvm_vcpu_ioctl()'s other generic cases, in its order: what each copies in, the arch's
@@ -533,6 +568,10 @@ class Process:
             return 0
         return None
 
+    # kvm_vcpu_ioctl_get_stats_fd(): a file of the vcpu's statistics
+    def _vcpu_get_stats_fd(self, vcpu: Vcpu) -> int:
+        return self._install(StatsFile(VCPU_STATS, vcpu.vcpu_id, vcpu.stats))
+
     # kvm_vcpu_ioctl(): the type check, then the generic cases, then the arch's
     def kvm_vcpu_ioctl(self, file: VcpuFile, cmd: int, arg: int) -> int:
         k, vcpu, vcpus = self.kernel, file.vcpu, self.kernel.vcpu_arch
@@ -541,7 +580,7 @@ class Process:
             raise KvmError(errno.EINVAL, f"vcpu ioctl {cmd:#x} is not a KVM ioctl (type {(cmd >> 8) & 0xFF:#x})")
         try:
             if cmd == k.KVM_INTERRUPT:  # kvm_arch_vcpu_unlocked_ioctl(): before vcpu->mutex and the switch
-                return self._vcpu_interrupt(vcpu.arch, arg)
+                return self._vcpu_interrupt(vcpu, arg)
             if cmd == k.KVM_RUN:
                 if arg:
                     raise KvmError(errno.EINVAL, f"KVM_RUN takes no argument (got {arg:#x})")
@@ -549,6 +588,8 @@ class Process:
             copied = k.VCPU_STRUCT_IOCTLS.get(cmd)
             if copied is not None:
                 return self._vcpu_struct_ioctl(vcpu.arch, cmd, arg, *copied)
+            if cmd == k.KVM_GET_STATS_FD:
+                return self._vcpu_get_stats_fd(vcpu)
             generic = self._vcpu_generic(vcpu.arch, cmd, arg)
             if generic is not None:
                 return generic
@@ -614,9 +655,10 @@ class BootedKernel:
         )
         self.KVM_INTERRUPT = KVM_INTERRUPT.request(host.arch)
         self.IRQ_LINES = (KVM_IRQ_LINE.request(host.arch), KVM_IRQ_LINE_STATUS.request(host.arch))
-        # the VM ioctls that answer a new file (anon_inode_getfd): the vcpu, a TCE table
+        self.KVM_GET_STATS_FD = KVM_GET_STATS_FD.request(host.arch)
+        # the VM ioctls that answer a new file (anon_inode_getfd): the vcpu, the stats file, a TCE table
         self.CREATES_FILE = frozenset(
-            [self.KVM_CREATE_VCPU] * self.models_vcpus
+            [self.KVM_CREATE_VCPU, self.KVM_GET_STATS_FD] * self.models_vcpus
             + [io.request(host.arch) for io in (KVM_CREATE_SPAPR_TCE, KVM_CREATE_SPAPR_TCE_64)] * host.arch.is_powerpc
         )
         (

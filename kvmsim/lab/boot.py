@@ -70,7 +70,8 @@ def _answer(text: str) -> int | str:
 def observations(boot: Boot) -> dict[str, Any]:
     """The console, read back as ``kvmsim record`` writes its observations."""
     obs: dict[str, Any] = {
-        "probes": {}, "file_ops": {}, "cpus": [], "modules": [], "notes": [], "dmesg": [], "module_init": {}
+        "probes": {}, "file_ops": {}, "cpus": [], "modules": [], "notes": [], "dmesg": [], "module_init": {},
+        "stats": {},
     }  # fmt: skip
     cpuinfo_lines = []
     for kind, key, value in _LINE.findall(boot.console):
@@ -93,6 +94,8 @@ def observations(boot: Boot) -> dict[str, Any]:
             obs["modules"].append(key)
         elif kind == "fileop":
             obs["file_ops"][key] = value
+        elif kind == "stats":
+            obs["stats"][key] = int(value) if key == "pid" else value
         elif kind == "module":
             obs["module_init"][os.path.basename(key).removesuffix(".ko.xz")] = _answer(value)
         elif kind == "dmesg":

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..intercept import trust
-from ..uapi import ARCHES, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_VCPU, REVISIONS
+from ..uapi import ARCHES, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_VCPU, KVM_GET_STATS_FD, REVISIONS
 from ..user import probe
 from .debian import FetchError
 
@@ -76,6 +76,7 @@ def probes_h(extra: Sequence[probe.Probe] = (), base: Iterable[probe.Probe] | No
         f"#define KVM_CREATE_VM_REQ {ARCH.kvm_create_vm():#x}UL\n"
         f"#define KVM_CREATE_VCPU_REQ {KVM_CREATE_VCPU.request(ARCH):#x}UL\n"
         f"#define KVM_CREATE_SPAPR_TCE_64_REQ {KVM_CREATE_SPAPR_TCE_64.request(ARCH):#x}UL\n"
+        f"#define KVM_GET_STATS_FD_REQ {KVM_GET_STATS_FD.request(ARCH):#x}UL\n"
         "/* the TCE table whose file operations the prober asks (kvmsim.user.probe.TCE_FILE) */\n"
         f"static const unsigned char TCE_FILE_ARG[] = {{{tce_file}}};\n"
         "static const struct probe PROBES[] = {\n" + "\n".join(rows) + "\n};\n"

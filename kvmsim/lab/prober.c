@@ -10,7 +10,8 @@
  *
  * kinds: probe (an answer, formatted as kvmsim.user.probe.Answer.of_buffer does), module (a
  * finit_module result), uname, pagesize, cpuinfo (a line), meminfo (MemTotal), cpu (a /proc/device-tree cpu node
- * and its cpu-version), sysmodule (a /sys/module entry), fileop (what /dev/kvm, a VM fd, a vcpu fd and a TCE table's
+ * and its cpu-version), sysmodule (a /sys/module entry), stats (the VM's and vcpu 0's stats files,
+ * hex, and the pid their ids name), fileop (what /dev/kvm, a VM fd, a vcpu fd and a TCE table's
  * answer besides ioctl, as kvmsim.user.probe.file_ops writes it), dmesg (a kernel log line), done.
  */
 #define _GNU_SOURCE
@@ -307,6 +308,23 @@ static void file_ops(int fd, const char *which)
 	file_op(which, "link", n, n >= 0 ? text : NULL);
 }
 
+/* What the stats file of fd (KVM_GET_STATS_FD) reads from 0, as hex: header, id, descriptors, data */
+static void stats(int fd, const char *which)
+{
+	static unsigned char buf[16384];
+	static char text[2 * sizeof(buf) + 1];
+	int sfd = ioctl(fd, KVM_GET_STATS_FD_REQ, 0);
+	if (sfd < 0)
+		return;
+	ssize_t n = pread(sfd, buf, sizeof(buf), 0);
+	if (n >= 0) {
+		hex(text, buf, (size_t)n);
+		line("stats", which, text);
+	}
+	file_ops(sfd, !strcmp(which, "vm") ? "vm-stats" : "vcpu-stats");
+	close(sfd);
+}
+
 static void device_tree_cpus(void)
 {
 	DIR *d = opendir("/proc/device-tree/cpus");
@@ -429,6 +447,14 @@ int main(void)
 			file_ops(vm, "vm");
 		if (vcpu >= 0)
 			file_ops(vcpu, "vcpu");
+		if (vm >= 0) { /* the stats files, their id of this task's pid */
+			char pid[16];
+			snprintf(pid, sizeof(pid), "%d", getpid());
+			line("stats", "pid", pid);
+			stats(vm, "vm");
+			if (vcpu >= 0)
+				stats(vcpu, "vcpu");
+		}
 		if (vm >= 0) { /* a TCE table's file, where the build has them (CONFIG_SPAPR_TCE_IOMMU) */
 			int tce = ioctl(vm, KVM_CREATE_SPAPR_TCE_64_REQ, TCE_FILE_ARG);
 			if (tce >= 0) {

@@ -65,7 +65,10 @@ class KernelBinding:
         """A new fake file for a new simulated file (a VM, a vcpu, a TCE table), opened: the fd
         userspace gets."""
         path = f"{ANON_INODES}/{next(_VM_SERIAL)}"
-        obj = self.fs.create_file(path)
+        process = self.kernel.current
+        # a stats file reads what the kernel's does (as it was when made: a fake file is no live one)
+        contents = process.contents(kernel_fd) if process.file_kind(kernel_fd).backing == "contents" else b""
+        obj = self.fs.create_file(path, contents=contents)
         self.kernel_fds[id(obj)] = kernel_fd
         self._objects[id(obj)] = obj
         fd = int(FakeOsModule(self.fs).open(path, os.O_RDWR | os.O_CLOEXEC))

@@ -37,16 +37,17 @@ def header() -> str:
         f"#define SHM_CONTROL {channel.CONTROL}u",
         "enum { " + ", ".join(f"{name} = {getattr(channel, name)}" for name in _WORDS) + " };",
         "/* each kind of file by its code (kvmsim.kernel.anon_inodes.FILE_KINDS): its /proc link (a",
-        " * vcpu's with its id), the errno of each file operation its fops have none of, lseek's (0:",
-        " * noop_llseek's position) */",
-        "struct file_kind { const char *link; int read, write, pread, pwrite, lseek; };",
+        " * vcpu's with its id), the errno of each file operation its fops have none of (0: the",
+        " * placeholder's own answers, a stats file's read), lseek's (0: noop_llseek's position), and",
+        " * whether its .mmap maps pages (else ENODEV) */",
+        "struct file_kind { const char *link; int read, write, pread, pwrite, lseek, mapped; };",
         "static inline const struct file_kind *file_kind_of(long identified)",
         "{",
         "\tstatic const struct file_kind kinds[] = {",
         *(
             f'\t\t[{k.code}] = {{"{k.link.replace("{id}", "%ld")}", '
             + ", ".join(_errno(k.ops[op]) for op in (*_FAILING, "lseek"))
-            + "},"
+            + f", {int(k.mapped)}}},"
             for k in FILE_KINDS
         ),
         "\t};",

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-from kvmcompat import DeviceTree, RealDevice, machine_arch
+from kvmcompat import Device, DeviceTree, RealDevice, machine_arch
 
 from ..kernel import papr
 from ..kernel.anon_inodes import FILE_OPS
@@ -116,7 +116,11 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
     uname = os.uname()
     page_size = os.sysconf("SC_PAGE_SIZE")
     target = RealDevice(device, arch=machine_arch())  # an unknown machine: refused first
-    answers = {name: a.to_toml() for name, a in probe.run(target, probe.kvm_probes(REVISIONS.values())).items()}
+    stats: dict[str, int | str] = {}
+    asked = probe.run(
+        target, probe.kvm_probes(REVISIONS.values()), lambda t, fds: stats.update(probe.real_stats(t, fds))
+    )
+    answers = {name: a.to_toml() for name, a in asked.items()}
     if answers.get("open") != "fd":
         notes.append(f"{device}: {answers.get('open')}")
     return {
@@ -132,6 +136,7 @@ def observe(device: str = DEV_KVM) -> dict[str, Any]:
         "modules": _modules(notes),
         "probes": answers,
         "file_ops": probe.real_file_ops(target),
+        "stats": stats,
         "notes": notes,
     }
 
@@ -306,12 +311,24 @@ class Check:
         return self.recorded == self.simulated
 
 
-def replay(kernel: Kernel, recorded: Mapping[str, Any]) -> list[Check]:
+def replay(kernel: Kernel, recorded: Mapping[str, Any], stats: object = None) -> list[Check]:
     """Ask the simulated kernel what was asked of the recorded one (the lab's recordings
-    hold the capability sweep too)."""
+    hold the capability sweep too), and read its stats files after, as the recorded process did
+    (their ids of its pid)."""
     asked = [p for p in probe.kvm_probes(REVISIONS.values(), sweep=True) if p.name in recorded]
-    simulated = probe.run(SimDevice(kernel), asked)
-    return [Check(name, Answer.from_toml(value), simulated.get(name)) for name, value in recorded.items()]
+    recorded_stats = stats if isinstance(stats, Mapping) and isinstance(stats.get("pid"), int) else {}
+    simulated_stats: dict[str, int | str] = {}
+
+    def finish(target: Device, fds: dict[str, int]) -> None:
+        simulated_stats.update(probe.read_stats(target, fds, kernel.current.contents))
+
+    if recorded_stats:
+        kernel.current.pid = recorded_stats["pid"]
+    simulated = probe.run(SimDevice(kernel), asked, finish if recorded_stats else None)
+    checks = [Check(name, Answer.from_toml(value), simulated.get(name)) for name, value in recorded.items()]
+    stats_checks = [Check(f"stats {name}", str(value), str(simulated_stats.get(name)))
+                    for name, value in recorded_stats.items() if name != "pid"]  # fmt: skip
+    return checks + stats_checks
 
 
 def kernel_revisions(recorded: Mapping[str, Any]) -> list[AbiRevision]:
@@ -323,9 +340,9 @@ def kernel_revisions(recorded: Mapping[str, Any]) -> list[AbiRevision]:
     return known or list(REVISIONS.values())
 
 
-def best_replay(host: Host, recorded: Mapping[str, Any]) -> tuple[AbiRevision, list[Check]]:
+def best_replay(host: Host, recorded: Mapping[str, Any], stats: object = None) -> tuple[AbiRevision, list[Check]]:
     """The revision under which the profile's simulation agrees most, and its checks."""
-    results = [(rev, replay(Kernel(host, rev), recorded)) for rev in kernel_revisions(recorded)]
+    results = [(rev, replay(Kernel(host, rev), recorded, stats)) for rev in kernel_revisions(recorded)]
     return max(results, key=lambda r: sum(c.agrees for c in r[1]))
 
 
@@ -334,13 +351,15 @@ def fit(obs: dict[str, Any], where: str) -> tuple[str, AbiRevision, list[Check]]
     with the observations and the revision the kernel spoke in its ``[recorded]`` section."""
     best: tuple[dict[str, Any], AbiRevision, list[Check]] | None = None
     for candidate in candidates(obs):
-        rev, checks = best_replay(from_mapping(candidate, name="recorded", where=where), obs["probes"])
+        host = from_mapping(candidate, name="recorded", where=where)
+        rev, checks = best_replay(host, obs["probes"], obs.get("stats"))
         if best is None or sum(c.agrees for c in checks) > sum(c.agrees for c in best[2]):
             best = (candidate, rev, checks)
         if all(c.agrees for c in checks):
             break
     assert best is not None
     candidate, rev, checks = best
+    checks += file_op_checks(obs.get("file_ops"))
     spoken = len(kernel_revisions(obs["probes"])) == 1  # its capability said which revision it is
     return dumps(candidate | {"recorded": obs | ({"revision": rev.name} if spoken else {})}), rev, checks
 
@@ -353,9 +372,9 @@ def verify(text: str, where: str) -> tuple[AbiRevision, list[Check]]:
         raise ProfileError(f"{where}: recorded.probes: missing (not a file written by kvmsim record)")
     named = host.recorded.get("revision")
     if named in REVISIONS:
-        rev, checks = REVISIONS[named], replay(Kernel(host, REVISIONS[named]), recorded)
+        rev, checks = REVISIONS[named], replay(Kernel(host, REVISIONS[named]), recorded, host.recorded.get("stats"))
     else:
-        rev, checks = best_replay(host, recorded)
+        rev, checks = best_replay(host, recorded, host.recorded.get("stats"))
     checks += file_op_checks(host.recorded.get("file_ops"))
     lab = host.recorded.get("lab")
     if isinstance(lab, Mapping) and isinstance(lab.get("dmesg"), list):

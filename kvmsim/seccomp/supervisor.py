@@ -335,7 +335,7 @@ class Supervisor:
         window = mem.read(arg, 24) if self.trace is not None else b""
         reason = None
         try:
-            _, ret, creates = self.placeholders.ioctl(identity(st), cmd, arg, mem)
+            _, ret, creates = self.placeholders.ioctl(identity(st), cmd, arg, mem, tgid(n.pid))
             err = 0
         except KvmError as exc:
             ret, err, reason, creates = -1, exc.errno or errno.EIO, exc.reason, False

@@ -21,6 +21,8 @@ DEV_KVM = "/dev/kvm"
 VM_LINK = "anon_inode:kvm-vm"  # anon_inode_getfd("kvm-vm", ...): what /proc/PID/fd/N of a VM fd reads
 VCPU_LINK = "anon_inode:kvm-vcpu:{id}"  # create_vcpu_fd(): "kvm-vcpu:%d" of the vcpu's id
 SPAPR_TCE_LINK = "anon_inode:kvm-spapr-tce"  # kvm_vm_ioctl_create_spapr_tce()'s anon_inode_getfd
+VM_STATS_LINK = "anon_inode:kvm-vm-stats"  # kvm_vm_ioctl_get_stats_fd()'s anon_inode_getfile_fmode
+VCPU_STATS_LINK = "anon_inode:kvm-vcpu-stats:{id}"  # kvm_vcpu_ioctl_get_stats_fd(): of the vcpu's id
 
 
 # where two names share a number, the one the kernel's headers and glibc's strerrorname_np give
@@ -470,9 +472,26 @@ KVM_SET_MP_STATE = KvmIoctl("KVM_SET_MP_STATE", "write", 0x99, 4)
 KVM_SET_GUEST_DEBUG = KvmIoctl("KVM_SET_GUEST_DEBUG", "write", 0x9B, 264)  # powerpc's: control, pad, bp[16]
 SIGSET_SIZE = 8  # the kernel's sigset_t: _NSIG (64) bits, what kvm_signal_mask.len must say
 # what kvmsim models on a vcpu fd
+KVM_GET_STATS_FD = KvmIoctl("KVM_GET_STATS_FD", "none", 0xCE, 0)  # the VM's and the vcpu's: a stats fd
+# the binary stats file (include/uapi/linux/kvm.h; Documentation/virt/kvm/api.rst 4.133)::
+#
+#     struct kvm_stats_header { __u32 flags; __u32 name_size; __u32 num_desc; __u32 id_offset;
+#                               __u32 desc_offset; __u32 data_offset; };
+#     struct kvm_stats_desc { __u32 flags; __s16 exponent; __u16 size; __u32 offset; __u32 bucket_size;
+#                             char name[name_size]; };
+#
+# then the id string (name_size bytes at id_offset), the descriptors, the u64 data
+KVM_STATS_HEADER = StructLayout(
+    "kvm_stats_header", "IIIIII", ("flags", "name_size", "num_desc", "id_offset", "desc_offset", "data_offset")
+)
+KVM_STATS_DESC = StructLayout("kvm_stats_desc", "IhHII", ("flags", "exponent", "size", "offset", "bucket_size"))
+KVM_STATS_NAME_SIZE = 48
+KVM_STATS_TYPE_CUMULATIVE, KVM_STATS_TYPE_INSTANT, KVM_STATS_TYPE_LOG_HIST = 0x0, 0x1, 0x4
+KVM_STATS_UNIT_NONE, KVM_STATS_UNIT_SECONDS, KVM_STATS_UNIT_BOOLEAN = 0x00, 0x20, 0x40
+KVM_STATS_BASE_POW10 = 0x000
 VCPU_IOCTLS = (KVM_RUN, KVM_INTERRUPT, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP,
                KVM_GET_ONE_REG, KVM_SET_ONE_REG, KVM_TRANSLATE, KVM_SET_SIGNAL_MASK, KVM_GET_FPU, KVM_SET_FPU,
-               KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_SET_GUEST_DEBUG)  # fmt: skip
+               KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_SET_GUEST_DEBUG, KVM_GET_STATS_FD)  # fmt: skip
 KVM_REG_PPC = 0x1000000000000000
 KVM_REG_SIZE_SHIFT, KVM_REG_SIZE_MASK = 52, 0x00F0000000000000
 
@@ -748,7 +767,7 @@ KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1,
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
              KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
              KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE,
-             KVM_IRQ_LINE_STATUS, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE)  # fmt: skip
+             KVM_IRQ_LINE_STATUS, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE, KVM_GET_STATS_FD)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -801,9 +820,8 @@ UNMODELLED_IOCTLS = (
     UnmodelledIoctl(KVM_SET_USER_MEMORY_REGION, "vm", KVM_CAP_USER_MEMORY, only="x86"),  # powerpc's is modelled
     UnmodelledIoctl(KVM_SET_USER_MEMORY_REGION2, "vm", KVM_CAP_USER_MEMORY2, only="x86"),
     UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP_VM, only="x86"),  # powerpc's is modelled
-    _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only=None),
+    _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only="x86"),  # powerpc's is modelled
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
-    _vcpu("KVM_GET_STATS_FD", "none", 0xCE, 0),
     # the other ioctls a capability the simulated kernels answer non-zero stands for (include/uapi/
     # linux/kvm.h, Documentation/virt/kvm/api.rst), and kvm_main's own a program may ask: not modelled
     _vm("KVM_GET_DIRTY_LOG", "write", 0x42, 16, None, only=None),  # struct kvm_dirty_log

@@ -56,6 +56,7 @@ from ..uapi import (
     KVM_GET_MP_STATE,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_GET_STATS_FD,
     KVM_INTERRUPT,
     KVM_INTERRUPT_SET,
     KVM_INTERRUPT_SET_LEVEL,
@@ -431,9 +432,11 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
             out.append(Probe(name, fd, Arch.kvm_check_extension, _const(cap)))  # type: ignore[arg-type]
         elif kind < 0.9:  # KVM_CREATE_VM of every type (a VM fd asked it: ENOTTY)
             out.append(Probe(name, fd, Arch.kvm_create_vm, _const(rng.randrange(16)), returns_fd=True))  # type: ignore[arg-type]
-        else:  # the argument-less ioctls, given an argument or not
-            request = rng.choice((Arch.kvm_get_api_version, Arch.kvm_get_vcpu_mmap_size))
-            out.append(Probe(name, fd, request, _const(rng.choice((0, 0, 1, WILD)))))  # type: ignore[arg-type]
+        else:  # the argument-less ioctls, given an argument or not (the stats fd: a new file, closed at once)
+            stats = KVM_GET_STATS_FD.request
+            request = rng.choice((Arch.kvm_get_api_version, Arch.kvm_get_vcpu_mmap_size, stats))
+            value = _const(rng.choice((0, 0, 1, WILD)))
+            out.append(Probe(name, fd, request, value, returns_fd=request is stats))  # type: ignore[arg-type]
     return out
 
 

@@ -44,6 +44,7 @@ from ..uapi import (
     KVM_GET_ONE_REG,
     KVM_GET_REGS,
     KVM_GET_SREGS,
+    KVM_GET_STATS_FD,
     KVM_INTERRUPT,
     KVM_INTERRUPT_SET,
     KVM_INTERRUPT_SET_LEVEL,
@@ -449,6 +450,12 @@ def vm_ppc_probes() -> Iterator[Probe]:
         yield Probe(name, "vm", io.request, functools.partial(reg_bytes, value=1 << 32 | 5, size=8))
         yield Probe(f"{name} NULL", "vm", io.request, lambda a: NULL)
     yield from spapr_tce_probes()
+    # kvm_vm_ioctl's and kvm_vcpu_ioctl's: the argument unread (POWER's: on the VM whose vcpu was made)
+    stats = KVM_GET_STATS_FD.request
+    yield Probe("vm stats fd", "vcpu-vm", stats, lambda a: 0, returns_fd=True)
+    yield Probe("vm stats fd arg wild", "vcpu-vm", stats, lambda a: WILD, returns_fd=True)
+    yield Probe("vcpu stats fd", "vcpu", stats, lambda a: 0, returns_fd=True)
+    yield Probe("stats fd on dev", "dev", stats, lambda a: 0, returns_fd=True)
     pvinfo = KVM_PPC_GET_PVINFO.request
     yield Probe("pvinfo", "vm", pvinfo, lambda a: b"\xaa" * KVM_PPC_GET_PVINFO.size)
     yield Probe("pvinfo NULL", "vm", pvinfo, lambda a: NULL)
@@ -683,9 +690,12 @@ def kvm_probes(revisions: Iterable[AbiRevision] = REVISIONS.values(), *, sweep: 
     yield from memslot_probes(huge=sweep)
 
 
-def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
-    """Open the device, create a VM (type 0) and (on powerpc) its vcpu 0, run every probe;
-    "open", "create vm" and "create vcpu" report why when the device cannot get that far."""
+def run(
+    target: Device, probes: Iterable[Probe], finish: Callable[[Device, dict[str, int]], None] | None = None
+) -> dict[str, Answer]:
+    """Open the device, create a VM (type 0) and (on powerpc) its vcpu 0, run every probe, then
+    ``finish`` with the fds while they are open (the stats files are read there, after what the
+    probes did); "open", "create vm" and "create vcpu" report why when the device cannot get that far."""
     try:
         dev = target.open()
     except OSError as exc:
@@ -711,6 +721,8 @@ def run(target: Device, probes: Iterable[Probe]) -> dict[str, Answer]:
             for probe in probes:
                 if fds[probe.fd] >= 0:
                     answers[probe.name] = probe.run(target, fds, kept)
+            if finish is not None:
+                finish(target, fds)
         finally:
             for fd in kept:
                 target.close(fd)
@@ -789,6 +801,33 @@ def _new_file_ops(target: Device, vm: int, kind: str, request: int, arg: int | b
         target.close(fd)
 
 
+def read_stats(target: Device, fds: dict[str, int], read: Callable[[int], bytes]) -> dict[str, int | str]:
+    """What the stats files of :func:`run`'s VM and vcpu 0 read from 0 (``read`` of a new stats
+    fd), hex, after the probes, and the pid their ids name: what ``kvmsim record`` and the lab
+    keep.  POWER's only (x86's descriptors are not modelled)."""
+    if not target.arch.is_powerpc or fds["vm"] < 0:
+        return {}
+    found: dict[str, int | str] = {}
+    for name in ("vm", "vcpu"):
+        if fds[name] < 0:
+            continue
+        try:
+            sfd = int(target.ioctl(fds[name], KVM_GET_STATS_FD.request(target.arch), 0))
+        except OSError:
+            continue
+        try:
+            found[name] = read(sfd).hex()
+        finally:
+            target.close(sfd)
+    return found
+
+
+def real_stats(target: Device, fds: dict[str, int]) -> dict[str, int | str]:
+    """:func:`read_stats` of a real device, this process's pid their ids'."""
+    found = read_stats(target, fds, lambda fd: os.read(fd, 1 << 14))  # a new file reads from 0
+    return {"pid": os.getpid(), **found} if found else {}
+
+
 def real_file_ops(target: Device) -> dict[str, str]:
     """:func:`file_ops` of a real device's /dev/kvm fd, a VM fd (type 0) and its vcpu 0, as
     ``dev.read`` ...: what ``kvmsim record`` and the lab keep beside the probes.  Nothing of a
@@ -810,7 +849,19 @@ def real_file_ops(target: Device) -> dict[str, str]:
             found |= {f"vm.{op}": v for op, v in file_ops(vm).items()}
             found |= _new_file_ops(target, vm, "spapr-tce", KVM_CREATE_SPAPR_TCE_64.request(target.arch),
                                    bytearray(tce64(target.arch, values=TCE_FILE)))  # fmt: skip
-            return found | _new_file_ops(target, vm, "vcpu", KVM_CREATE_VCPU.request(target.arch), 0)
+            if target.arch.is_powerpc:  # x86's stats files are not modelled
+                found |= _new_file_ops(target, vm, "vm-stats", KVM_GET_STATS_FD.request(target.arch), 0)
+            try:
+                vcpu = int(target.ioctl(vm, KVM_CREATE_VCPU.request(target.arch), 0))
+            except OSError:
+                return found
+            try:
+                found |= {f"vcpu.{op}": v for op, v in file_ops(vcpu).items()}
+                if target.arch.is_powerpc:
+                    found |= _new_file_ops(target, vcpu, "vcpu-stats", KVM_GET_STATS_FD.request(target.arch), 0)
+                return found
+            finally:
+                target.close(vcpu)
         finally:
             target.close(vm)
     finally:

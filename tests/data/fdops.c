@@ -9,11 +9,15 @@
  *   tce     (POWER) a TCE table's file: read/write/pread/pwrite/lseek's errnos, its link and fstat;
  *           its LIOBN busy while the fd is closed but still mapped, free once unmapped (the
  *           kernel's release at the last reference); what one mapping writes the next one reads
+ *   stats   (POWER) the VM's and vcpu 0's stats files: a byte read, then write/pread/pwrite/lseek/
+ *           mmap as the lab's prober asks them, the link; the header's counts and the id string
+ *           (its pid the caller's), the first descriptor's name
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
@@ -113,6 +117,51 @@ int main(int argc, char **argv)
 		m2[1] = 0xa5;
 		volatile unsigned char *m3 = mmap(NULL, 4096, PROT_READ, MAP_SHARED, again, 0);
 		printf("tce fresh=%d shared=%d\n", m2[4097], m3[1]); /* a new table's pages are zeroed */
+	} else if (!strcmp(what, "stats")) {
+		const unsigned long GET_STATS_FD = 0x2000aeceUL, CREATE_VCPU = 0x2000ae41UL;
+		int vcpu = ioctl(vm, CREATE_VCPU, 0);
+		int fds[2] = {ioctl(vm, GET_STATS_FD, 0), ioctl(vcpu, GET_STATS_FD, 0)};
+		for (int i = 0; i < 2; i++) {
+			int fd = fds[i];
+			if (fd < 0) {
+				printf("stats %s\n", strerrorname_np(errno));
+				return 0;
+			}
+			char byte, link[64] = "", path[64];
+			long r = read(fd, &byte, 1);
+			const char *w = err(write(fd, &byte, 1));
+			long pr = pread(fd, &byte, 1, 0);
+			const char *pw = err(pwrite(fd, &byte, 1, 0));
+			long seek = (long)lseek(fd, 0, SEEK_CUR);
+			void *m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+			ssize_t n = readlink(path, link, sizeof(link) - 1);
+			link[n > 0 ? n : 0] = 0;
+			printf("%s read=%ld write=%s pread=%ld pwrite=%s lseek=%ld mmap=%s\n", link, r, w, pr, pw, seek,
+			       m == MAP_FAILED ? strerrorname_np(errno) : "ok");
+			uint32_t h[6];
+			char id[49] = "", name[49] = "";
+			pread(fd, h, sizeof(h), 0);
+			pread(fd, id, 48, h[3]);
+			pread(fd, name, 48, h[4] + 16);
+			printf("name_size=%u num_desc=%u id=%s first=%s pid=%s\n", h[1], h[2], id, name,
+			       atoi(strchr(id, '-') + 1) == getpid() ? "mine" : "other");
+		}
+		/* read live: KVM_INTERRUPT queues one (vcpu->stat.queue_intr++), the open file shows it */
+		uint32_t h[6];
+		pread(fds[1], h, sizeof(h), 0);
+		for (uint32_t i = 0; i < h[2]; i++) {
+			struct { uint32_t flags; int16_t exponent; uint16_t size; uint32_t offset, bucket; char name[48]; } d;
+			pread(fds[1], &d, sizeof(d), h[4] + i * sizeof(d));
+			if (strcmp(d.name, "queue_intr"))
+				continue;
+			uint64_t before = 1, after = 0;
+			unsigned irq = 5;
+			pread(fds[1], &before, 8, h[5] + d.offset);
+			ioctl(vcpu, 0x8004ae86UL, &irq); /* KVM_INTERRUPT */
+			pread(fds[1], &after, 8, h[5] + d.offset);
+			printf("queue_intr %llu then %llu\n", (unsigned long long)before, (unsigned long long)after);
+		}
 	} else if (!strcmp(what, "dup3")) {
 		const char *bad = err(dup3(dev, vm, 42));
 		int still = ioctl(vm, CHECK_EXTENSION, 3); /* KVM_CAP_USER_MEMORY: 1 on every kernel */

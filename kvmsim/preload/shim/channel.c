@@ -428,7 +428,7 @@ static int open_channel(struct conn *c)
 			(void)!real.write(2, msg, sizeof(msg) - 1);
 			goto broken;
 		}
-		void *map = mmap(NULL, SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		void *map = sys_mmap(NULL, SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		real.close(fd);
 		if (map == MAP_FAILED)
 			return -1;

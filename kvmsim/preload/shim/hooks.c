@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -340,14 +342,19 @@ static int file_op_err(int fd, size_t op)
 }
 #define FILE_OP_ERR(fd, op) file_op_err(fd, offsetof(struct file_kind, op))
 
+/* A file operation on a placeholder: its kind's errno, or (0) the placeholder's own answer (a
+ * stats file's read: the memory file holds what it reads). */
 #define FAILS_ON_PLACEHOLDER(type, name, params, args, err)                                              \
 	SHIM_API type name params                                                                          \
 	{                                                                                                  \
 		struct identity id;                                                                        \
 		shim_ready();                                                                              \
 		if (is_placeholder(fd, &id)) {                                                             \
-			errno = (err);                                                                     \
-			return -1;                                                                         \
+			int e = (err);                                                                     \
+			if (e) {                                                                           \
+				errno = e;                                                                 \
+				return -1;                                                                 \
+			}                                                                                  \
 		}                                                                                          \
 		return real.name args;                                                                     \
 	}
@@ -370,15 +377,42 @@ SHIM_API off_t lseek(int fd, off_t off, int whence)
 	shim_ready();
 	if (!is_placeholder(fd, &id))
 		return real.lseek(fd, off, whence);
-	int err = FILE_OP_ERR(fd, lseek); /* 0: noop_llseek's f_pos, never moved; else no .llseek */
+	int err = FILE_OP_ERR(fd, lseek); /* 0: noop_llseek's f_pos, never moved by it; else no .llseek */
 	if (err) {
 		errno = err;
 		return -1;
 	}
-	return 0;
+	off_t pos = real.lseek(fd, 0, SEEK_CUR); /* a memory file's: where its reads got to; a socket has none */
+	return pos < 0 ? 0 : pos;
 }
 
 SHIM_API off_t lseek64(int fd, off_t off, int whence) { return lseek(fd, off, whence); }
+
+/* mmap(2) of a placeholder whose kind has no .mmap (a stats file's memory file would map) is
+ * ENODEV; any other mapping is the kernel's, asked directly (never a hook of the shim's own, nor
+ * init from here: a placeholder exists only once the shim is running). */
+SHIM_INTERNAL void *sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+SHIM_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	struct identity id;
+	if (fd >= 0 && !(flags & MAP_ANONYMOUS) && shim_running() && is_placeholder(fd, &id)) {
+		const struct file_kind *k = file_kind_of(placeholder_kind(fd));
+		if (k && !k->mapped) {
+			errno = ENODEV;
+			return MAP_FAILED;
+		}
+	}
+	return sys_mmap(addr, len, prot, flags, fd, off);
+}
+
+SHIM_API void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return mmap(addr, len, prot, flags, fd, off);
+}
 
 /* ---- readlink of /proc/self/fd/N ---------------------------------------------------- */
 

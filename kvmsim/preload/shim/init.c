@@ -15,6 +15,7 @@ SHIM_INTERNAL struct shim_config cfg = {.dev_kvm = 1, .deadline_ns = 30LL * 1000
 SHIM_INTERNAL void channel_init(void);
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int running; /* shim_init has finished */
 
 /* Every libc entry point a hook calls through.  One missing (a libc without it) is never a
  * NULL call later: the 64-bit aliases fall back to their plain names (musl 1.2.4 dropped
@@ -95,6 +96,12 @@ static void shim_init(void)
 	}
 	namei_init();
 	channel_init();
+	__atomic_store_n(&running, 1, __ATOMIC_RELEASE);
+}
+
+SHIM_INTERNAL int shim_running(void)
+{
+	return __atomic_load_n(&running, __ATOMIC_ACQUIRE);
 }
 
 SHIM_INTERNAL void shim_ready(void)

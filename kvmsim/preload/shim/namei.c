@@ -233,7 +233,7 @@ SHIM_INTERNAL int lookup(int dirfd, const char *path, int follow, struct lookup 
 		return PATH_REAL;
 	if (!strcmp(path, "/dev/kvm"))
 		return l->kind = PATH_DEV_KVM;
-	void *scratch = mmap(NULL, SCRATCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *scratch = sys_mmap(NULL, SCRATCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (scratch == MAP_FAILED)
 		return PATH_REAL;
 	l->buf = scratch;

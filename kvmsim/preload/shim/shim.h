@@ -80,6 +80,8 @@ struct shim_config {
 SHIM_INTERNAL extern struct real_libc real;
 SHIM_INTERNAL extern struct shim_config cfg;
 SHIM_INTERNAL void shim_ready(void); /* every hook's first step: init has run (once) */
+SHIM_INTERNAL int shim_running(void); /* init has finished (never starts it) */
+SHIM_INTERNAL void *sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off); /* the syscall */
 
 /* ---- channel.c: one call to the server ---------------------------------------------- */
 
