@@ -10,10 +10,12 @@ by the fd number; when the last real reference is gone this side's end hangs up 
 simulated file is released (the kernel's fput at the last close).
 
 The placeholder of a file whose ``.mmap`` maps pages (a vcpu's ``kvm_run``, a TCE table's
-TCEs: kvmsim.kernel.anon_inodes, ``mapped``) is a sealed memfd instead, of the size the file maps,
-which this side maps too and the simulated file uses as its pages: the program's own ``mmap`` of
-it (never intercepted) shares them with the simulated kernel, as the real one does.  Its seals (no
-shrinking, no growing) keep a program from making this side's mapping fault.  A memfd has no far
+TCEs: kvmsim.kernel.anon_inodes, ``backing``) is a sealed memfd instead, of the size the file
+maps, which this side maps too and the simulated file uses as its pages: the program's own
+``mmap`` of it (never intercepted) shares them with the simulated kernel, as the real one does.
+So is a file the program reads (a stats file): what it reads, which the simulated kernel keeps
+current, the program's open of it read-only.  Their seals (no shrinking, no growing) keep a
+program from making this side's mapping fault.  A memfd has no far
 end to hang up; its release is seen through an open-file-description lock this side puts on the
 program's file before handing it over (``F_OFD_SETLK``): the lock goes with that file's last
 reference (its last fd closed *and* its last mapping gone, the kernel's ``__fput``), which this
@@ -71,16 +73,16 @@ def raise_fd_limit() -> int:
 @attrs.frozen
 class Placeholder:
     """A simulated file the program holds: its number in the simulated kernel's table, its
-    kind, and this side's end: the socketpair's, or a mapped kind's memfd (its pages, and a file
-    of this side's own that asks whether the program's still holds its lock)."""
+    kind, and this side's end: the socketpair's, or a memory file's (its bytes mapped here, and a
+    file of this side's own that asks whether the program's still holds its lock)."""
 
     sim_fd: int  # -1: an O_PATH open of /dev/kvm (every ioctl EBADF)
     kind: FileKind
-    peer: socket.socket | None  # None: a mapped kind's memfd, which has no far end
+    peer: socket.socket | None  # None: a memory file, which has no far end
     owner: object = None  # the program it counts against (MAX_FILES_PER_PROGRAM)
-    mapping: mmap.mmap | None = None  # a mapped kind's pages, shared with the program's mmap
+    mapping: mmap.mmap | None = None  # a memory file's bytes, shared with the program
     file_id: int = 0  # what the kind's link is formatted with (a vcpu's id)
-    watch: int = -1  # a mapped kind's: this side's own open of the memfd (F_OFD_GETLK)
+    watch: int = -1  # a memory file's: this side's own open of it (F_OFD_GETLK)
 
     @property
     def link(self) -> str:
@@ -88,7 +90,7 @@ class Placeholder:
         return self.kind.link_of(self.file_id)
 
     def held(self) -> bool:
-        """Does the program still hold a mapped kind's file (its lock is there)?"""
+        """Does the program still hold a memory file (its lock is there)?"""
         try:
             got = fcntl.fcntl(self.watch, F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
         except OSError:
@@ -281,7 +283,7 @@ class Placeholders:
                 self.on_release(placeholder)
 
     def _reap_memory(self) -> list[Placeholder]:
-        """Release the mapped kinds' files the programs no longer hold (under the lock)."""
+        """Release the memory files the programs no longer hold (under the lock)."""
         gone = [key for key, p in self._files.items() if p.peer is None and not p.held()]
         return [self._drop(key) for key in gone]
 

@@ -251,8 +251,9 @@ class Process:
 
     def returns_fd(self, fd: int, cmd: int) -> bool:
         """Does ``cmd`` on ``fd`` answer with a new fd of this process (``anon_inode_getfd``)?
-        KVM_CREATE_VM on /dev/kvm, KVM_CREATE_VCPU and KVM_CREATE_SPAPR_TCE(_64) on a VM: what
-        an edge that mirrors fds (the shim, the fake fcntl) must make a descriptor for."""
+        KVM_CREATE_VM on /dev/kvm, KVM_CREATE_VCPU, KVM_CREATE_SPAPR_TCE(_64) and
+        KVM_GET_STATS_FD on a VM, KVM_GET_STATS_FD on a vcpu: what an edge that mirrors fds (the
+        shim, the fake fcntl) must make a descriptor for."""
         file = self._files.get(fd)
         if isinstance(file, DevKvmFile):
             return cmd == self.kernel.KVM_CREATE_VM
@@ -269,7 +270,7 @@ class Process:
         return self._file(fd).link
 
     def kind(self, fd: int) -> str:
-        """The name of ``fd``'s kind: "dev", "vm", "vcpu", "spapr-tce" (:data:`FILE_OPS`'s keys)."""
+        """The name of ``fd``'s kind: "dev", "vm", "vcpu", ... (anon_inodes.FILE_OPS's keys)."""
         return self._file(fd).kind.name
 
     def fds(self) -> dict[int, str]:
@@ -296,8 +297,9 @@ class Process:
         return file.stats.contents()
 
     def mapped_size(self, fd: int) -> int:
-        """The bytes a file whose ``.mmap`` maps pages can map: a vcpu's KVM_GET_VCPU_MMAP_SIZE,
-        a TCE table's pages (EINVAL for a file with no pages)."""
+        """The bytes an edge's memory file of ``fd`` holds: what a file whose ``.mmap`` maps pages
+        can map (a vcpu's KVM_GET_VCPU_MMAP_SIZE, a TCE table's pages), what a stats file reads;
+        EINVAL for any other file."""
         file = self._file(fd)
         if isinstance(file, VcpuFile):
             return len(file.vcpu.mapping)
