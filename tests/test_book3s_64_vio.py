@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from test_vcpu import VM_HOSTS, _overridden, errno_of
+from test_vcpu import VM_HOSTS, _overridden, errno_of, vm_types
 
 from kvmsim import Kernel
 from kvmsim.kernel import profile
@@ -34,19 +34,6 @@ def vm_of(k: Kernel, vm_type: int = 0) -> int:
     return int(k.ioctl(k.open(), k.KVM_CREATE_VM, vm_type))
 
 
-def _vm_types(host: str) -> list[int]:
-    """The VM types (default, HV, PR) the host's kernel makes."""
-    k = Kernel.from_profile(host)
-    made = []
-    for vm_type in (0, 1, 2):
-        try:
-            vm_of(k, vm_type)
-        except OSError:
-            continue
-        made.append(vm_type)
-    return made
-
-
 def tce64(k: Kernel, vm: int, liobn: int = 0x80000000, **values: int) -> int:
     """KVM_CREATE_SPAPR_TCE_64 of a 1G window of 4K pages by default (QEMU's first)."""
     struct = {"liobn": liobn, "page_shift": 12, "flags": 0, "offset": 0, "size": 1 << 18} | values
@@ -59,7 +46,7 @@ def tce32(k: Kernel, vm: int, liobn: int, window_size: int) -> int:
     return int(k.ioctl(vm, KVM_CREATE_SPAPR_TCE.request(k.arch), bytearray(arg)))
 
 
-@pytest.mark.parametrize(("host", "vm_type"), [(h, t) for h in TCE_HOSTS for t in _vm_types(h)])
+@pytest.mark.parametrize(("host", "vm_type"), [(h, t) for h in TCE_HOSTS for t in vm_types(h)])
 def test_a_tce_table_is_a_file_that_maps_its_tces(host: str, vm_type: int) -> None:
     """Either backend (powerpc.c's case): an anon_inode:kvm-spapr-tce fd whose .mmap maps the
     table's pages, 8 bytes a TCE, rounded up to PAGE_SIZE."""

@@ -97,6 +97,19 @@ def _overridden(host: str, overrides: dict[str, object]) -> Kernel:
     return Kernel(profile.from_mapping(doc, name=host, where=host), REVISIONS["linux-7.3"])
 
 
+def vm_types(host: str) -> list[int]:
+    """The VM types (default, HV, PR) the host's kernel makes."""
+    k = Kernel.from_profile(host)
+    made = []
+    for vm_type in (0, 1, 2):
+        try:
+            k.ioctl(k.open(), k.KVM_CREATE_VM, vm_type)
+        except OSError:
+            continue
+        made.append(vm_type)
+    return made
+
+
 def errno_of(call: object, *args: object, **kwargs: object) -> int:
     with pytest.raises(OSError) as exc:
         call(*args, **kwargs)  # type: ignore[operator]

@@ -10,7 +10,7 @@ import errno
 
 import attrs
 import pytest
-from test_vcpu import VM_HOSTS, Guest, _overridden, errno_of, guest, one_reg
+from test_vcpu import VM_HOSTS, Guest, _overridden, errno_of, guest, one_reg, vm_types
 
 from kvmsim import Kernel
 from kvmsim.kernel import hostfs, profile
@@ -22,6 +22,8 @@ from kvmsim.uapi import (
     KVM_CAP_PPC_RTAS,
     KVM_CAP_PPC_SMT,
     KVM_CAP_USER_MEMORY2,
+    KVM_DIRTY_LOG,
+    KVM_GET_DIRTY_LOG,
     KVM_IRQ_LINE,
     KVM_IRQ_LINE_STATUS,
     KVM_MEM_GUEST_MEMFD,
@@ -327,6 +329,33 @@ def test_memory_region_faults_and_v1_flags(host: str) -> None:
     assert region_errno(k, vm, slot=0, flags=KVM_MEM_GUEST_MEMFD, memory_size=MIB, userspace_addr=1 << 28) == (
         errno.EINVAL
     )
+
+
+def dirty_log(k: Kernel, vm: int, slot: int, bitmap: int) -> int:
+    arg = KVM_DIRTY_LOG.pack(k.arch.byteorder, {"slot": slot, "dirty_bitmap": bitmap})
+    return int(k.ioctl(vm, KVM_GET_DIRTY_LOG.request(k.arch), bytearray(arg)))
+
+
+@pytest.mark.parametrize(("host", "vm_type"), [(h, t) for h in VM_HOSTS for t in vm_types(h)])
+def test_dirty_log_of_a_logged_slot_is_its_bitmap(host: str, vm_type: int) -> None:
+    """The ops' get_dirty_log: the slot's bitmap, whole longs of it (ALIGN(npages, 64) / 8), zeros
+    (no guest ran), copied to the struct's pointer: EFAULT where it cannot be; ENOENT for a slot
+    without a log or none; EINVAL past KVM_USER_MEM_SLOTS or in address space 1 (HV compares the
+    whole u32, PR's kvm_get_dirty_log its halves: both refuse these)."""
+    k = Kernel.from_profile(host)
+    vm = vm_of(k, vm_type)
+    size = 65 * k.host.page_size
+    region(k, vm, slot=3, flags=KVM_MEM_LOG_DIRTY_PAGES, guest_phys_addr=0, memory_size=size, userspace_addr=1 << 28)
+    region(k, vm, slot=4, guest_phys_addr=1 << 32, memory_size=MIB, userspace_addr=1 << 30)
+    bitmap = k.memory.map(4096, data=b"\xaa" * 4096)
+    assert dirty_log(k, vm, 3, bitmap) == 0
+    assert k.memory.read(bitmap, 24) == bytes(16) + b"\xaa" * 8  # 65 pages: two longs
+    assert errno_of(dirty_log, k, vm, 3, 0) == errno.EFAULT
+    assert errno_of(dirty_log, k, vm, 4, bitmap) == errno.ENOENT  # no KVM_MEM_LOG_DIRTY_PAGES
+    assert errno_of(dirty_log, k, vm, 5, bitmap) == errno.ENOENT  # no slot
+    for slot in (32767, 0x10003):
+        assert errno_of(dirty_log, k, vm, slot, bitmap) == errno.EINVAL
+    assert errno_of(k.ioctl, vm, KVM_GET_DIRTY_LOG.request(k.arch), 0) == errno.EFAULT
 
 
 # -- KVM_PPC_ALLOCATE_HTAB and KVM_PPC_CONFIGURE_V3_MMU: the VM's MMU ---------------------------

@@ -32,8 +32,10 @@ from ..uapi import (
     KVM_CREATE_SPAPR_TCE,
     KVM_CREATE_SPAPR_TCE_64,
     KVM_CREATE_VCPU,
+    KVM_DIRTY_LOG,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_DIRTY_LOG,
     KVM_GET_FPU,
     KVM_GET_MP_STATE,
     KVM_GET_REGS,
@@ -417,6 +419,8 @@ class Process:
             return self.kvm_vm_ioctl_set_user_memory_region(file.kvm, cmd == k.SET_USER_MEMORY_REGIONS[0], arg)
         if cmd in k.IRQ_LINES:
             return self.kvm_vm_ioctl_irq_line(file.vm, cmd == k.IRQ_LINES[1], arg)
+        if cmd == k.KVM_GET_DIRTY_LOG and k.vcpu_arch is not None:
+            return self.kvm_vm_ioctl_get_dirty_log(file.kvm, arg)
         if cmd == k.KVM_GET_STATS_FD and k.models_vcpus:  # kvm_vm_ioctl_get_stats_fd() (powerpc's descriptors)
             assert file.kvm.stats is not None
             return self._install(StatsFile(VM_STATS, 0, file.kvm.stats))
@@ -442,6 +446,20 @@ class Process:
         if status:
             self._copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:], what)
         return 0
+
+    # kvm_vm_ioctl()'s KVM_GET_DIRTY_LOG: copy_from_user, then the ops' get_dirty_log (book3s.c):
+    # HV's or PR's (kvm_get_dirty_log), each copying the slot's bitmap to the struct's pointer
+    def kvm_vm_ioctl_get_dirty_log(self, kvm: Kvm, arg: int) -> int:
+        k, arch = self.kernel, self.kernel.vcpu_arch
+        assert arch is not None
+        raw = arch.copy_from_user(self.memory, arg, KVM_DIRTY_LOG.size, "KVM_GET_DIRTY_LOG: struct kvm_dirty_log")
+        log = KVM_DIRTY_LOG.unpack(k.arch.byteorder, raw)
+        hv = getattr(kvm.arch, "hv", False)
+        get = memslot.kvm_vm_ioctl_get_dirty_log_hv if hv else memslot.kvm_get_dirty_log
+        bitmap = get(kvm.memslots, log["slot"], k.kvm.user_mem_slots)
+        return self._copy_to_user(
+            log["dirty_bitmap"], bitmap, f"KVM_GET_DIRTY_LOG: the slot's {len(bitmap)}-byte bitmap"
+        )
 
     def _copy_to_user(self, arg: int, data: bytes, what: str) -> int:
         """copy_to_user into the caller's memory: 0, or EFAULT naming ``what``."""
@@ -658,6 +676,7 @@ class BootedKernel:
         self.KVM_INTERRUPT = KVM_INTERRUPT.request(host.arch)
         self.IRQ_LINES = (KVM_IRQ_LINE.request(host.arch), KVM_IRQ_LINE_STATUS.request(host.arch))
         self.KVM_GET_STATS_FD = KVM_GET_STATS_FD.request(host.arch)
+        self.KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG.request(host.arch)
         # the VM ioctls that answer a new file (anon_inode_getfd): the vcpu, the stats file, a TCE table
         self.CREATES_FILE = frozenset(
             [self.KVM_CREATE_VCPU, self.KVM_GET_STATS_FD] * self.models_vcpus

@@ -147,3 +147,32 @@ def kvm_set_memory_region(
     memslots.slots[slot_id] = new
     memslots.nr_memslot_pages += npages - (old.npages if old is not None else 0)
     return 0
+
+
+def kvm_dirty_bitmap_bytes(slot: MemorySlot) -> int:
+    """ALIGN(npages, BITS_PER_LONG) / 8: the slot's dirty bitmap, whole longs."""
+    return -(-slot.npages // 64) * 8
+
+
+def _dirty_slot(memslots: Memslots, slot_id: int, what: str) -> MemorySlot:
+    slot = memslots.slots.get(slot_id)
+    if slot is None or not slot.flags & KVM_MEM_LOG_DIRTY_PAGES:  # no slot, or no dirty_bitmap
+        raise KvmError(errno.ENOENT, f"{what}: slot {slot_id} has no dirty log (KVM_MEM_LOG_DIRTY_PAGES)")
+    return slot
+
+
+# kvm_get_dirty_log() (kvm_main.c, PR's get_dirty_log): the address space and the id apart, then
+# the slot and its bitmap; what is copied out is the bitmap (no guest ran: nothing is dirty)
+def kvm_get_dirty_log(memslots: Memslots, log_slot: int, user_mem_slots: int) -> bytes:
+    as_id, slot_id = log_slot >> 16, log_slot & 0xFFFF
+    if as_id >= 1 or slot_id >= user_mem_slots:  # kvm_arch_nr_memslot_as_ids(): one on powerpc
+        raise KvmError(errno.EINVAL, f"KVM_GET_DIRTY_LOG: slot {log_slot:#x} (address space {as_id}, id {slot_id})")
+    return bytes(kvm_dirty_bitmap_bytes(_dirty_slot(memslots, slot_id, "KVM_GET_DIRTY_LOG")))
+
+
+# kvm_vm_ioctl_get_dirty_log_hv() (book3s_hv.c): the whole u32 against KVM_USER_MEM_SLOTS, then the
+# slot and its bitmap; the harvested map (HPT or radix, the VPAs': none dirty without a run) copied out
+def kvm_vm_ioctl_get_dirty_log_hv(memslots: Memslots, log_slot: int, user_mem_slots: int) -> bytes:
+    if log_slot >= user_mem_slots:
+        raise KvmError(errno.EINVAL, f"KVM_GET_DIRTY_LOG: slot {log_slot:#x} is not below {user_mem_slots}")
+    return bytes(kvm_dirty_bitmap_bytes(_dirty_slot(memslots, log_slot, "KVM_GET_DIRTY_LOG")))

@@ -24,6 +24,7 @@ def _c_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+POINTEE_MAX = 256  # the most a {u64, pointer} struct's buffer is (prober.c's POINTEE_MAX)
 PROBE_HEAD = 48  # a buffer's first bytes, given one by one (prober.c's PROBE_HEAD); then a fill byte and a poke
 # a fuzz case's fd: /dev/kvm where its VM cannot be made
 FUZZ_FDS = {"dev": "FD_DEV", "vm": "FD_VM_OR_DEV", "vm-hv": "FD_VM_HV", "vm-pr": "FD_VM_PR",
@@ -45,9 +46,13 @@ def probes_h(extra: Sequence[probe.Probe] = (), base: Iterable[probe.Probe] | No
             if p.name in fuzzed
             else {"dev": "FD_DEV", "vcpu": "FD_VCPU", "vcpu-vm": "FD_VCPU_VM"}.get(p.fd, "FD_VM")
         )
-        if p.one_reg is not None:
-            value = ", ".join(str(b) for b in bytes(arg).ljust(16, b"\0")[:16])
-            fields = [f"ARG_ONE_REG, {p.one_reg:#x}UL", f"{{{value}}}", "0", "0, 0", "0", "-1", "0"]
+        if p.one_reg is not None:  # the pointee: 16 bytes of head, then one byte repeated
+            pointee = bytes(arg).ljust(p.pointee, b"\0")[: p.pointee]
+            fill = pointee[16:17] or b"\0"
+            assert p.pointee <= POINTEE_MAX and pointee[16:] == fill * (p.pointee - 16), f"{p.name}: its pointee"
+            value = ", ".join(str(b) for b in pointee[:16])
+            size = 0 if p.pointee == 16 else p.pointee
+            fields = [f"ARG_ONE_REG, {p.one_reg:#x}UL", f"{{{value}}}", str(fill[0]), f"{size}, 0", "0", "-1", "0"]
         elif isinstance(arg, bytes):
             fill = arg[PROBE_HEAD : PROBE_HEAD + 1] or b"\0"
             odd = [i for i in range(PROBE_HEAD, len(arg)) if arg[i] != fill[0]]

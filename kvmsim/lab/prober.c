@@ -63,6 +63,7 @@ struct probe {
 
 #include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ, KVM_CREATE_VCPU_REQ */
 
+#define POINTEE_MAX 256 /* the most a {u64, pointer} struct's buffer is (kvmsim.lab.build.POINTEE_MAX) */
 #define TAIL_SHOWN 1208 /* kvmsim.user.probe.TAIL_SHOWN: a struct kvm_sregs past its first 24 bytes */
 
 static void line(const char *kind, const char *key, const char *value)
@@ -168,20 +169,28 @@ static void run_probe(const struct probe *p, int dev, int vm)
 		fd = dev;
 	if (fd < 0 || (p->skip_under && on_cmdline(p->skip_under)))
 		return;
-	if (p->kind == ARG_ONE_REG) { /* struct kvm_one_reg {id, addr}, addr a 16-byte buffer */
-		unsigned char val[16] __attribute__((aligned(16))), before[16];
+	if (p->kind == ARG_ONE_REG) { /* struct kvm_one_reg {id, addr} (or any {u64, pointer}), addr a buffer
+		* of poke_at bytes (16 if 0): the head, then fill; shown as kvmsim.user.probe.Answer.of_buffer does */
+		static unsigned char val[POINTEE_MAX] __attribute__((aligned(16))), before[POINTEE_MAX];
+		size_t n = p->poke_at ? p->poke_at : 16;
+		memset(val, p->fill, n);
 		memcpy(val, p->head, 16);
-		memcpy(before, val, 16);
+		memcpy(before, val, n);
 		struct { unsigned long id, addr; } reg = {p->value, (unsigned long)val};
 		long r = ioctl(fd, p->request, &reg);
 		if (r < 0)
 			snprintf(head, sizeof(head), "%s", errname(errno));
 		else
 			snprintf(head, sizeof(head), "%ld", r);
-		if (memcmp(before, val, 16)) {
-			char shown[33];
-			hex(shown, val, 16);
-			snprintf(answer, sizeof(answer), "%s %s", head, shown);
+		if (memcmp(before, val, n)) {
+			char shown[2 * POINTEE_MAX + 1];
+			size_t k = n < 24 ? n : 24;
+			hex(shown, val, k);
+			int off = snprintf(answer, sizeof(answer), "%s %s", head, shown);
+			if (n > 24 && memcmp(before + 24, val + 24, n - 24)) {
+				hex(shown, val + 24, n - 24);
+				snprintf(answer + off, sizeof(answer) - off, " tail=%s", shown);
+			}
 			line("probe", p->name, answer);
 		} else
 			line("probe", p->name, head);

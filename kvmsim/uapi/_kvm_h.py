@@ -472,6 +472,9 @@ KVM_SET_MP_STATE = KvmIoctl("KVM_SET_MP_STATE", "write", 0x99, 4)
 KVM_SET_GUEST_DEBUG = KvmIoctl("KVM_SET_GUEST_DEBUG", "write", 0x9B, 264)  # powerpc's: control, pad, bp[16]
 SIGSET_SIZE = 8  # the kernel's sigset_t: _NSIG (64) bits, what kvm_signal_mask.len must say
 # what kvmsim models on a vcpu fd
+# struct kvm_dirty_log { __u32 slot; __u32 padding1; union { void __user *dirty_bitmap; __u64 padding2; }; }
+KVM_GET_DIRTY_LOG = KvmIoctl("KVM_GET_DIRTY_LOG", "write", 0x42, 16)
+KVM_DIRTY_LOG = StructLayout("kvm_dirty_log", "IIQ", ("slot", "padding1", "dirty_bitmap"))
 KVM_GET_STATS_FD = KvmIoctl("KVM_GET_STATS_FD", "none", 0xCE, 0)  # the VM's and the vcpu's: a stats fd
 # the binary stats file (include/uapi/linux/kvm.h; Documentation/virt/kvm/api.rst 4.133)::
 #
@@ -767,7 +770,8 @@ KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1,
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
              KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
              KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE,
-             KVM_IRQ_LINE_STATUS, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE, KVM_GET_STATS_FD)  # fmt: skip
+             KVM_IRQ_LINE_STATUS, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE, KVM_GET_STATS_FD,
+             KVM_GET_DIRTY_LOG)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -824,7 +828,7 @@ UNMODELLED_IOCTLS = (
     _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
     # the other ioctls a capability the simulated kernels answer non-zero stands for (include/uapi/
     # linux/kvm.h, Documentation/virt/kvm/api.rst), and kvm_main's own a program may ask: not modelled
-    _vm("KVM_GET_DIRTY_LOG", "write", 0x42, 16, None, only=None),  # struct kvm_dirty_log
+    UnmodelledIoctl(KVM_GET_DIRTY_LOG, "vm", None, only="x86"),  # powerpc's is modelled
     _vm("KVM_REGISTER_COALESCED_MMIO", "write", 0x67, 16, KVM_CAP_COALESCED_MMIO, only=None),
     _vm("KVM_UNREGISTER_COALESCED_MMIO", "write", 0x68, 16, KVM_CAP_COALESCED_MMIO, only=None),
     _vm("KVM_IRQFD", "write", 0x76, 32, KVM_CAP_IRQFD, only=None),  # struct kvm_irqfd

@@ -50,8 +50,10 @@ from ..uapi import (
     KVM_CREATE_SPAPR_TCE_64_STRUCT,
     KVM_CREATE_SPAPR_TCE_STRUCT,
     KVM_CREATE_VCPU,
+    KVM_DIRTY_LOG,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_DIRTY_LOG,
     KVM_GET_FPU,
     KVM_GET_MP_STATE,
     KVM_GET_REGS,
@@ -334,6 +336,14 @@ MEMSLOT_FLAGS = (0, 0, 0, 1, 1, 2, 3, 4, 5, 8, 1 << 31)
 def _memslot_case(rng: random.Random, name: str, fd: str) -> Probe:
     """KVM_SET_USER_MEMORY_REGION or ...2 with a slot, flags, guest and user addresses drawn to
     meet each other's slots and every check's edges; whole, cut short or a bad pointer."""
+    if rng.random() < 0.2:  # KVM_GET_DIRTY_LOG of a slot these cases may have made, into no memory
+        values = {
+            "slot": rng.choice(MEMSLOT_IDS),
+            "padding1": rng.choice((0, 7)),
+            "dirty_bitmap": rng.choice((NULL, WILD)),
+        }
+        log = functools.partial(_packed, layout=KVM_DIRTY_LOG, values=values)
+        return Probe(name, fd, KVM_GET_DIRTY_LOG.request, log)  # type: ignore[arg-type]
     v1 = rng.random() < 0.6
     io, layout = (
         (KVM_SET_USER_MEMORY_REGION, KVM_USERSPACE_MEMORY_REGION) if v1

@@ -37,8 +37,10 @@ from ..uapi import (
     KVM_CREATE_SPAPR_TCE_64_STRUCT,
     KVM_CREATE_SPAPR_TCE_STRUCT,
     KVM_CREATE_VCPU,
+    KVM_DIRTY_LOG,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_DIRTY_LOG,
     KVM_GET_FPU,
     KVM_GET_MP_STATE,
     KVM_GET_ONE_REG,
@@ -163,6 +165,9 @@ class Answer:
         return answer
 
 
+ONE_REG_VALUE = 16  # union kvmppc_one_reg: the most a register is
+
+
 @attrs.frozen
 class Probe:
     """One question: on which fd, which request, with which argument.  ``arg`` is an int
@@ -181,8 +186,10 @@ class Probe:
     readonly_from: int | None = None
     on_stack: bool = False  # the buffer is on the asking program's stack (an exact-size struct)
     # KVM_GET/SET_ONE_REG of this register id: the argument is struct kvm_one_reg {id, addr}, addr
-    # a 16-byte buffer holding ``arg``'s bytes; the answer shows that buffer afterwards
+    # a buffer of ``pointee`` bytes holding ``arg``'s; the answer shows that buffer afterwards (any
+    # struct of a u64 and a pointer: KVM_GET_DIRTY_LOG's {slot, padding, dirty_bitmap})
     one_reg: int | None = None
+    pointee: int = ONE_REG_VALUE
     # the lab's: a kernel command-line word under which its prober does not ask this (a recording
     # without the answer: the replay does not ask it either)
     skip_under: str | None = None
@@ -210,7 +217,7 @@ class Probe:
 
     def _run_one_reg(self, target: Device, fds: dict[str, int], reg_id: int) -> Answer:
         arch = target.arch
-        before = bytes(self.arg(arch)).ljust(ONE_REG_VALUE, b"\0")[:ONE_REG_VALUE]
+        before = bytes(self.arg(arch)).ljust(self.pointee, b"\0")[: self.pointee]
         with value_buffer(target, before) as (addr, read):
             struct = KVM_ONE_REG.pack(arch.byteorder, {"id": reg_id, "addr": addr})
             try:
@@ -220,9 +227,6 @@ class Probe:
             else:
                 head = Answer(value=ret)
             return Answer.of_buffer(head, before, read())
-
-
-ONE_REG_VALUE = 16  # union kvmppc_one_reg: the most a register is
 
 
 @contextlib.contextmanager
@@ -584,7 +588,8 @@ def memslot_probes(*, huge: bool = False) -> Iterator[Probe]:
     alignment, the top of user space (``access_ok`` checks address and size apart, and
     TASK_SIZE_USER64 is 64TB with 4K pages, 4PB with 64K), a wrapping guest address, delete.
     With ``huge`` (the lab's): slots of KVM_MEM_MAX_NR_PAGES pages and one more — HV's reverse
-    map of such a slot needs more than a small machine's RAM, and a real host would allocate it."""
+    map of such a slot needs more than a small machine's RAM, and a real host would allocate it —
+    and :func:`dirty_log_probes`."""
     v1, v2 = KVM_SET_USER_MEMORY_REGION.request, KVM_SET_USER_MEMORY_REGION2.request
     mib, top = 1 << 20, 1 << 46  # TASK_SIZE_64TB
     g, u = 4096 * mib, 0x50000000  # a free guest address and user address for the refused slots
@@ -608,6 +613,7 @@ def memslot_probes(*, huge: bool = False) -> Iterator[Probe]:
         ("uaddr kernel", True, 5, 0, 4 * g, mib, 1 << 63), ("gpa wraps", True, 5, 0, (1 << 64) - mib, 2 * mib, u),
         ("delete", True, 1, 0, 0, 0, 0), ("delete again", True, 1, 0, 0, 0, 0),
         ("v2", False, 1, 0, 2048 * mib, 64 * mib, 0x60000000),
+        ("small dirty", True, 7, 1, 16 * g, 65536, 0x70000000),  # one 64K page, 16 of 4K: one long of bitmap
     )  # fmt: skip
     fields = ("slot", "flags", "guest_phys_addr", "memory_size", "userspace_addr")
     cases = [(name, old, dict(zip(fields, row, strict=True))) for name, old, *row in table]
@@ -624,9 +630,30 @@ def memslot_probes(*, huge: bool = False) -> Iterator[Probe]:
         yield Probe(f"memory region {name}", "vcpu-vm", v1 if old else v2, struct)
     yield Probe("memory region NULL", "vcpu-vm", v1, lambda a: NULL)
     yield Probe("memory region2 NULL", "vcpu-vm", v2, lambda a: NULL)
-    for slot in (0, 1, 2, 3, 5, 6):  # the VM's slots go, as the fuzz that follows on it expects
+    if huge:  # the lab's: a pointer inside the struct (the pytest plugin's fcntl cannot follow it)
+        yield from dirty_log_probes()
+    for slot in (0, 1, 2, 3, 5, 6, 7):  # the VM's slots go, as the fuzz that follows on it expects
         struct = functools.partial(_memory_region, layout=KVM_USERSPACE_MEMORY_REGION, values={"slot": slot})
         yield Probe(f"memory region delete slot {slot}", "vcpu-vm", v1, struct)
+
+
+def dirty_log_probes() -> Iterator[Probe]:
+    """KVM_GET_DIRTY_LOG after :func:`memslot_probes`' slots: the dirty-logged slot 7's bitmap (one
+    long, zeros: no guest ran) into a buffer of 0xaa, slots without a log or none, ids past
+    KVM_USER_MEM_SLOTS and in address space 1 (HV compares the whole u32, PR its halves), a NULL
+    bitmap, a NULL struct.  The struct is {slot, padding, pointer}: its first u64 the slot twice,
+    whatever the byte order."""
+    log = KVM_GET_DIRTY_LOG.request
+    for name, slot in (("slot 7", 7), ("slot 0", 0), ("slot 1", 1), ("slot 4", 4), ("slot 32767", 32767),
+                       ("address space 1", 0x10007)):  # fmt: skip
+        yield Probe(f"dirty log {name}", "vcpu-vm", log, lambda a: b"\xaa" * 64, one_reg=slot * 0x100000001, pointee=64)
+    null_bitmap = functools.partial(_dirty_log, values={"slot": 7, "dirty_bitmap": 0})
+    yield Probe("dirty log slot 7 NULL bitmap", "vcpu-vm", log, null_bitmap)
+    yield Probe("dirty log NULL", "vcpu-vm", log, lambda a: NULL)
+
+
+def _dirty_log(arch: Arch, *, values: dict[str, int]) -> bytes:
+    return KVM_DIRTY_LOG.pack(arch.byteorder, values)
 
 
 def one_reg_probes() -> Iterator[Probe]:
