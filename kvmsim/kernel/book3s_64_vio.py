@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import attrs
 
-from .anon_inodes import SPAPR_TCE, FileKind
+from .anon_inodes import SPAPR_TCE
 from .book3s_64_mmu_hv import max_page_order
 from .errors import KvmError
 from .profile import Host
@@ -39,7 +39,8 @@ class SpaprTceTable:
     (``anon_inode:kvm-spapr-tce``; its pages, allocated as they are touched, are what the
     file maps: ``pages`` once something maps it)."""
 
-    KIND = SPAPR_TCE
+    kind = SPAPR_TCE
+    link = SPAPR_TCE.link
 
     liobn: int
     page_shift: int
@@ -49,14 +50,6 @@ class SpaprTceTable:
     page_size: int
     tables: list[SpaprTceTable]  # kvm->arch.spapr_tce_tables, which it is on while open
     pages: bytearray | mmap.mmap | None = None
-
-    @property
-    def kind(self) -> FileKind:
-        return self.KIND
-
-    @property
-    def link(self) -> str:
-        return self.KIND.link
 
     @property
     def mapped_size(self) -> int:

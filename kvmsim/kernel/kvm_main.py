@@ -132,6 +132,7 @@ class VcpuArch(Protocol):
     def prepare_memory_region(
         self, vm: Any, new: MemorySlot | None, old: MemorySlot | None, change: memslot.Change
     ) -> None: ...
+    def get_dirty_log(self, vm: Any, memslots: Memslots, log_slot: int) -> bytes: ...
 
 
 @attrs.frozen
@@ -278,13 +279,6 @@ class Process:
     def fds(self) -> dict[int, str]:
         """The open fds and what they are (``/proc/self/fd``)."""
         return {fd: self.link(fd) for fd in list(self._files)}
-
-    def vcpu_id(self, fd: int) -> int:
-        """The id of vcpu fd ``fd`` (EBADF for any other file)."""
-        file = self._file(fd)
-        if not isinstance(file, VcpuFile):
-            raise KvmError(errno.EBADF, f"fd {fd} is not a vcpu")
-        return file.vcpu.vcpu_id
 
     def file_id(self, fd: int) -> int:
         """What a kind's link is formatted with: a vcpu's id; 0 for any other file."""
@@ -447,19 +441,16 @@ class Process:
             self._copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:], what)
         return 0
 
-    # kvm_vm_ioctl()'s KVM_GET_DIRTY_LOG: copy_from_user, then the ops' get_dirty_log (book3s.c):
-    # HV's or PR's (kvm_get_dirty_log), each copying the slot's bitmap to the struct's pointer
+    # kvm_vm_ioctl()'s KVM_GET_DIRTY_LOG: copy_from_user, then the arch's kvm_vm_ioctl_get_dirty_log(),
+    # then its bitmap copied to the struct's pointer
     def kvm_vm_ioctl_get_dirty_log(self, kvm: Kvm, arg: int) -> int:
         k, arch = self.kernel, self.kernel.vcpu_arch
         assert arch is not None
         raw = arch.copy_from_user(self.memory, arg, KVM_DIRTY_LOG.size, "KVM_GET_DIRTY_LOG: struct kvm_dirty_log")
         log = KVM_DIRTY_LOG.unpack(k.arch.byteorder, raw)
-        hv = getattr(kvm.arch, "hv", False)
-        get = memslot.kvm_vm_ioctl_get_dirty_log_hv if hv else memslot.kvm_get_dirty_log
-        bitmap = get(kvm.memslots, log["slot"], k.kvm.user_mem_slots)
-        return self._copy_to_user(
-            log["dirty_bitmap"], bitmap, f"KVM_GET_DIRTY_LOG: the slot's {len(bitmap)}-byte bitmap"
-        )
+        bitmap = arch.get_dirty_log(kvm.arch, kvm.memslots, log["slot"])
+        what = f"KVM_GET_DIRTY_LOG: the slot's {len(bitmap)}-byte bitmap"
+        return self._copy_to_user(log["dirty_bitmap"], bitmap, what)
 
     def _copy_to_user(self, arg: int, data: bytes, what: str) -> int:
         """copy_to_user into the caller's memory: 0, or EFAULT naming ``what``."""

@@ -117,7 +117,7 @@ from .book3s_pr import (
 )
 from .book3s_rtas import RtasTokenDefinition, kvm_vm_ioctl_rtas_define_token
 from .errors import InvalidInput, KvmError
-from .memslot import MemorySlot, MemslotLimits
+from .memslot import MemorySlot, MemslotLimits, Memslots
 from .papr import MAX_HCALL_OPCODE
 from .profile import CPU_BEHAV_ALL, CPU_CHAR_OPAL, CPU_CHAR_PSERIES, Host
 from .usermem import Fault, NonZeroTail, UserAccess
@@ -442,6 +442,12 @@ class PowerpcKvm:
         slots (powerpc does not select HAVE_KVM_READONLY_MEM), no guest_memfd."""
         task_size = TASK_SIZE_4PB if self.host.page_size == 65536 else TASK_SIZE_64TB
         return MemslotLimits(self.user_mem_slots, self.host.page_size, task_size)
+
+    # kvm_vm_ioctl_get_dirty_log() (book3s.c) → the ops' get_dirty_log: HV's or PR's, the bitmap
+    # each copies out
+    def get_dirty_log(self, vm: Vm, memslots: Memslots, log_slot: int) -> bytes:
+        get = memslot.kvm_vm_ioctl_get_dirty_log_hv if vm.hv else memslot.kvm_get_dirty_log
+        return get(memslots, log_slot, self.user_mem_slots)
 
     # kvm_arch_prepare_memory_region() → the ops' prepare_memory_region: HV's reverse map, which
     # kvmppc_core_prepare_memory_region_hv() refuses when it would need more pages than the RAM
