@@ -129,6 +129,11 @@ class Stats:
         for copy in self._copies:
             copy[len(self.head) + at : len(self.head) + at + 8] = self.data[at : at + 8]
 
+    def value(self, name: str) -> int:
+        """``vcpu->stat.<name>`` now."""
+        at = self._offsets[name]
+        return int.from_bytes(self.data[at : at + 8], self.byteorder)
+
     def contents(self) -> bytes:
         """What the file reads from 0 to its end, now."""
         return self.head + bytes(self.data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -30,7 +31,12 @@ from ..uapi import (
     SLB_ESID_V,
     ByteOrder,
 )
+from .book3s_xics import Icp, connect_vcpu
 from .errors import KvmError
+from .kvm_device import KvmDeviceFile
+
+if TYPE_CHECKING:
+    from .binary_stats import Stats
 
 MSR_HV = 1 << 60
 MSR_POW = 1 << 18
@@ -88,7 +94,9 @@ class Book3sVcpu:
     # HV's registered areas (struct kvmppc_vpa's next_gpa and len): the VPA, SLB shadow, DTL
     vpas: dict[str, tuple[int, int]] = attrs.Factory(lambda: dict.fromkeys(("VPA_ADDR", "VPA_SLB", "VPA_DTL"), (0, 0)))
     tb_offset: int = 0  # the virtual core's timebase offset
-    external_pending: bool = False  # KVM_INTERRUPT queued an external interrupt (UNSET dequeues it)
+    external_pending: bool = False  # an external interrupt queued (KVM_INTERRUPT, the ICP; UNSET dequeues it)
+    icp: Icp | None = None  # vcpu->arch.icp: connected to the VM's XICS (irq_type KVMPPC_IRQ_XICS)
+    stat: Stats | None = None  # vcpu->stat (kvm_main makes it with the vcpu)
 
     # kvmppc_sanity_check(): the PVR is known, the virtual core's arch_compat valid, and HV runs
     # only PAPR guests
@@ -111,6 +119,17 @@ def new_vcpu(hv: bool, pvr: int, msr: int, one_regs: dict[str, int] | None = Non
     vcpu.fpr_offset, vcpu.isa_300, vcpu.backend = (1 if little else 0), isa_300, "kvm_hv" if hv else "kvm_pr"
     vcpu.sanity_check()
     return vcpu
+
+
+# kvmppc_book3s_queue_irqprio(vcpu, BOOK3S_INTERRUPT_EXTERNAL) and its dequeue
+def queue_external(vcpu: Book3sVcpu) -> None:
+    vcpu.external_pending = True
+    if vcpu.stat is not None:
+        vcpu.stat.add("queue_intr")
+
+
+def dequeue_external(vcpu: Book3sVcpu) -> None:
+    vcpu.external_pending = False
 
 
 # kvm_arch_vcpu_ioctl_get_regs(): every field as the vcpu holds it
@@ -197,11 +216,14 @@ def set_sregs(vcpu: Book3sVcpu, sregs: dict[str, int]) -> None:
 
 @attrs.frozen
 class EnableCapContext:
-    """What kvm_vcpu_ioctl_enable_cap looks up beyond the vcpu: the calling process's fds and
-    whether this machine runs XIVE."""
+    """What kvm_vcpu_ioctl_enable_cap looks up beyond the vcpu: the calling process's files
+    (fget: None for an fd not open), the vcpu's VM, and whether this machine runs XIVE (and in HV
+    mode, where its XICS device is XICS-on-XIVE's)."""
 
-    fd_is_open: Callable[[int], bool]  # an fd of the caller's (simulated) table
+    fget: Callable[[int], object | None]
+    vm: object
     xive: bool
+    xics_on_xive: bool
 
 
 # kvm_vcpu_ioctl_enable_cap(): flags first, then the capability, then the sanity check
@@ -216,11 +238,18 @@ def enable_cap(vcpu: Book3sVcpu, cap: int, flags: int, args: tuple[int, ...], ct
         vcpu.epr_user = bool(args[0])
     elif cap in (KVM_CAP_IRQ_XICS, KVM_CAP_PPC_IRQ_XIVE):  # CONFIG_KVM_XICS, CONFIG_KVM_XIVE
         fd = args[0] & 0xFFFFFFFF  # CLASS(fd, f)(cap->args[0]): an unsigned int
-        if not ctx.fd_is_open(fd):
+        file = ctx.fget(fd)
+        if file is None:
             raise KvmError(errno.EBADF, f"KVM_ENABLE_CAP({cap}): fd {fd} is not open")
         if cap == KVM_CAP_PPC_IRQ_XIVE and not ctx.xive:
             raise KvmError(errno.ENXIO, "KVM_ENABLE_CAP(KVM_CAP_PPC_IRQ_XIVE): this machine has no XIVE")
-        raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP({cap}): fd {fd} is not a KVM device (none is modelled)")
+        if not isinstance(file, KvmDeviceFile):  # kvm_device_from_filp()
+            raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP({cap}): fd {fd} is not a KVM device")
+        if cap == KVM_CAP_PPC_IRQ_XIVE or ctx.xics_on_xive:  # the XIVE connects: only their own devices
+            raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP({cap}): fd {fd} is {file.dev.ops.name}, not a XIVE device")
+        server = args[1] & 0xFFFFFFFF  # kvmppc_xics_connect_vcpu(dev, vcpu, u32 xcpu)
+        vcpu.icp = connect_vcpu(file.dev, ctx.vm, vcpu.icp is not None, server,
+                                lambda: queue_external(vcpu), lambda: dequeue_external(vcpu))  # fmt: skip
     elif cap == KVM_CAP_PPC_FWNMI and vcpu.hv:  # CONFIG_KVM_BOOK3S_HV_POSSIBLE: an HV VM's
         pass  # vcpu->kvm->arch.fwnmi_enabled = true
     else:

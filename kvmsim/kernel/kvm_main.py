@@ -29,18 +29,23 @@ from ..uapi import (
     KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
     KVM_CAP_HALT_POLL,
     KVM_CAP_NR_MEMSLOTS,
+    KVM_CREATE_DEVICE,
+    KVM_CREATE_DEVICE_STRUCT,
     KVM_CREATE_SPAPR_TCE,
     KVM_CREATE_SPAPR_TCE_64,
     KVM_CREATE_VCPU,
+    KVM_DEVICE_ATTR,
     KVM_DIRTY_LOG,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_DEVICE_ATTR,
     KVM_GET_DIRTY_LOG,
     KVM_GET_FPU,
     KVM_GET_MP_STATE,
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_GET_STATS_FD,
+    KVM_HAS_DEVICE_ATTR,
     KVM_INTERRUPT,
     KVM_INTERRUPT_UNSET,
     KVM_IRQ_LINE,
@@ -48,6 +53,7 @@ from ..uapi import (
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
     KVM_REGS,
     KVM_RUN,
+    KVM_SET_DEVICE_ATTR,
     KVM_SET_FPU,
     KVM_SET_GUEST_DEBUG,
     KVM_SET_MP_STATE,
@@ -64,6 +70,7 @@ from ..uapi import (
     SIGSET_SIZE,
     AbiRevision,
     Arch,
+    ByteOrder,
     StructLayout,
     check_struct_size,
     explain_request,
@@ -73,11 +80,12 @@ from ..uapi import (
 from . import kconfig, memslot, profile
 from .anon_inodes import DEV, VCPU, VCPU_STATS, VM, VM_STATS, FileKind
 from .binary_stats import Stats, StatsFile, vcpu_stats, vm_stats
-from .book3s import EnableCapContext
+from .book3s import Book3sVcpu, EnableCapContext, dequeue_external, queue_external
 from .book3s_64_vio import SpaprTceTable
 from .errors import KvmError
+from .kvm_device import KvmDeviceFile, KvmDeviceOps, create_device, device_attr
 from .memslot import MemorySlot, MemslotLimits, Memslots
-from .powerpc import PowerpcKvm, xive_enabled
+from .powerpc import PowerpcKvm, xics_on_xive, xive_enabled
 from .profile import Host
 from .usermem import AddressSpace, Fault, UserAccess
 
@@ -99,6 +107,8 @@ class KvmArch(Protocol):
     @property
     def loaded_modules(self) -> list[str]: ...
     def check_extension(self, ext: int, vm: Any) -> int: ...
+    @property
+    def device_ops(self) -> dict[int, KvmDeviceOps]: ...
     def init_vm(self, type_: int) -> object: ...
     def vcpu_mmap_size(self) -> int: ...
     def dev_ioctl(self, request: int, arg: int) -> int: ...
@@ -196,7 +206,16 @@ class VcpuFile:
         return VCPU.link_of(self.vcpu.vcpu_id)
 
 
-File = DevKvmFile | VmFile | VcpuFile | SpaprTceTable | StatsFile
+File = DevKvmFile | VmFile | VcpuFile | SpaprTceTable | StatsFile | KvmDeviceFile
+
+
+@attrs.frozen
+class ForeignFile:
+    """What an edge finds behind a program's fd that is none of the simulated kernel's files (its
+    stdin, a socket, a file of this machine's): open, and no KVM device (fget's answer for it)."""
+
+
+FOREIGN = ForeignFile()
 
 
 class Process:
@@ -208,6 +227,10 @@ class Process:
         # task_pid_nr(current): this process's own pid in-process; an edge sets its caller's per call
         self.pid = os.getpid()
         self._files: dict[int, File] = {}
+        # fget() of an fd an ioctl's argument names: this table's (the caller's fds are its own), or
+        # an edge's (the program's fds are placeholders: which file each is, FOREIGN, None if closed)
+        self.resolve_fd: Callable[[int], File | ForeignFile | None] | None = None
+        self.new_fds: list[int] = []  # what the last call installed (anon_inode_getfd)
         self._released: list[int] = []  # a heap of closed fds below _next_fd
         self._next_fd = 3
         self._lock = threading.Lock()
@@ -224,7 +247,18 @@ class Process:
             else:
                 fd, self._next_fd = self._next_fd, self._next_fd + 1
             self._files[fd] = file
+            self.new_fds.append(fd)
             return fd
+
+    def fget(self, fd: int) -> File | ForeignFile | None:
+        """The file the caller's ``fd`` is (None: not open): what fget() finds."""
+        if self.resolve_fd is not None:
+            return self.resolve_fd(fd)
+        return self._files.get(fd)
+
+    def file_at(self, sim_fd: int) -> File | None:
+        """This table's file ``sim_fd`` (an edge's placeholder names it)."""
+        return self._files.get(sim_fd)
 
     def _file(self, fd: int) -> File:
         file = self._files.get(fd)
@@ -246,8 +280,8 @@ class Process:
             if file is None:
                 raise KvmError(errno.EBADF, f"fd {fd} is not open")
             heapq.heappush(self._released, fd)
-        if isinstance(file, SpaprTceTable) and file not in self._files.values():
-            file.release()
+        if isinstance(file, SpaprTceTable | KvmDeviceFile) and file not in self._files.values():
+            file.release()  # its last reference: the file's .release
 
     def is_dev_kvm(self, fd: int) -> bool:
         return isinstance(self._files.get(fd), DevKvmFile)
@@ -263,6 +297,13 @@ class Process:
         if isinstance(file, VcpuFile):
             return cmd == self.kernel.KVM_GET_STATS_FD and self.kernel.models_vcpus
         return isinstance(file, VmFile) and cmd in self.kernel.CREATES_FILE
+
+    def fd_field(self, fd: int, cmd: int) -> int | None:
+        """Where ``cmd`` on ``fd`` puts the new fd when it is not the return value: the offset of
+        the u32 in its argument (KVM_CREATE_DEVICE's ``struct kvm_create_device.fd``; the call
+        returns 0).  An edge writes the program's own number there."""
+        file = self._files.get(fd)
+        return 4 if isinstance(file, VmFile) and cmd == self.kernel.KVM_CREATE_DEVICE else None
 
     def file_kind(self, fd: int) -> FileKind:
         """Which kind of file ``fd`` is (its file operations, its link: kvmsim.kernel.anon_inodes)."""
@@ -359,6 +400,7 @@ class Process:
 
     def sys_ioctl(self, fd: int, cmd: int, arg: int) -> int:
         """``ioctl(2)`` with the raw unsigned-long argument (a user address for pointers)."""
+        self.new_fds = []
         file = self._file(fd)
         vfs = self.kernel.VFS_IOCTLS.get(cmd)
         if vfs is not None:  # do_vfs_ioctl(): before the driver sees it
@@ -374,6 +416,8 @@ class Process:
             return self.kvm_vcpu_ioctl(file, cmd, arg)
         if isinstance(file, SpaprTceTable | StatsFile):  # vfs_ioctl(): no .unlocked_ioctl
             raise KvmError(errno.ENOTTY, f"{file.link} has no ioctls")
+        if isinstance(file, KvmDeviceFile):
+            return self.kvm_device_ioctl(file, cmd, arg)
         return self.kvm_vm_ioctl(file, cmd, arg)
 
     # kvm_dev_ioctl()
@@ -415,6 +459,8 @@ class Process:
             return self.kvm_vm_ioctl_irq_line(file.vm, cmd == k.IRQ_LINES[1], arg)
         if cmd == k.KVM_GET_DIRTY_LOG and k.vcpu_arch is not None:
             return self.kvm_vm_ioctl_get_dirty_log(file.kvm, arg)
+        if cmd == k.KVM_CREATE_DEVICE:
+            return self.kvm_vm_ioctl_create_device(file.kvm, arg)
         if cmd == k.KVM_GET_STATS_FD and k.models_vcpus:  # kvm_vm_ioctl_get_stats_fd() (powerpc's descriptors)
             assert file.kvm.stats is not None
             return self._install(StatsFile(VM_STATS, 0, file.kvm.stats))
@@ -451,6 +497,45 @@ class Process:
         bitmap = arch.get_dirty_log(kvm.arch, kvm.memslots, log["slot"])
         what = f"KVM_GET_DIRTY_LOG: the slot's {len(bitmap)}-byte bitmap"
         return self._copy_to_user(log["dirty_bitmap"], bitmap, what)
+
+    # kvm_vm_ioctl()'s KVM_CREATE_DEVICE: copy_from_user, kvm_ioctl_create_device() (the fd installed
+    # by anon_inode_getfd), copy_to_user of the struct with it (a fault leaves the fd installed)
+    def kvm_vm_ioctl_create_device(self, kvm: Kvm, arg: int) -> int:
+        k = self.kernel
+        what = "KVM_CREATE_DEVICE: struct kvm_create_device"
+        cd = KVM_CREATE_DEVICE_STRUCT.unpack(k.arch.byteorder, self.copy_from_user(arg, 12, what))
+        try:
+            dev = create_device(k.kvm.device_ops, kvm.arch, cd["type"], cd["flags"])
+        except KvmError as exc:
+            raise _explained(exc, k.KVM_CREATE_DEVICE, k, "vm", kvm.arch) from None
+        if dev is not None:
+            cd["fd"] = self._install(KvmDeviceFile(dev))
+        return self._copy_to_user(arg, KVM_CREATE_DEVICE_STRUCT.pack(k.arch.byteorder, cd), what)
+
+    # kvm_device_ioctl(): the attribute ioctls (kvm_device_ioctl_attr: no accessor is EPERM, then the
+    # copy), any other the ops' .ioctl (none here: ENOTTY)
+    def kvm_device_ioctl(self, file: KvmDeviceFile, cmd: int, arg: int) -> int:
+        k = self.kernel
+        which = k.DEVICE_ATTR_IOCTLS.get(cmd)
+        if which is None:
+            raise KvmError(errno.ENOTTY, f"{file.link}: no ioctl {cmd:#x} (its ops have no .ioctl)")
+        bo = k.arch.byteorder
+
+        def copy_attr() -> dict[str, int]:
+            what = f"{which.upper().replace('_', ' ')}: struct kvm_device_attr"
+            return KVM_DEVICE_ATTR.unpack(bo, self.copy_from_user(arg, KVM_DEVICE_ATTR.size, what))
+
+        return device_attr(file.dev, which, copy_attr, _AttrAccess(self, bo))
+
+    def copy_from_user(self, arg: int, size: int, what: str) -> bytes:
+        """The arch's copy_from_user (powerpc's masks the address), or EFAULT naming ``what``."""
+        arch = self.kernel.vcpu_arch
+        if arch is not None:
+            return arch.copy_from_user(self.memory, arg, size, what)
+        try:
+            return self.memory.copy_from_user(arg, size)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"{what} at {arg:#x}: unmapped") from None
 
     def _copy_to_user(self, arg: int, data: bytes, what: str) -> int:
         """copy_to_user into the caller's memory: 0, or EFAULT naming ``what``."""
@@ -511,6 +596,8 @@ class Process:
         mapping = bytearray(k.vcpu_mmap_size())
         stats = vcpu_stats(self.pid, vcpu_id, k.arch.byteorder)
         vcpu = Vcpu(vcpu_id, mapping, memoryview(mapping)[: k.host.page_size], arch, stats)
+        if isinstance(arch, Book3sVcpu):
+            arch.stat = stats
         fd = self._install(VcpuFile(kvm, vcpu))  # create_vcpu_fd(); its failure unwinds the vcpu
         kvm.created_vcpus += 1
         kvm.vcpus[vcpu_id] = vcpu
@@ -535,9 +622,10 @@ class Process:
         assert vcpus is not None
         raw = vcpus.copy_from_user(self.memory, arg, 4, "KVM_INTERRUPT: struct kvm_interrupt")
         irq = int.from_bytes(raw, self.kernel.arch.byteorder)
-        vcpu.arch.external_pending = irq != KVM_INTERRUPT_UNSET
-        if irq != KVM_INTERRUPT_UNSET:  # kvmppc_book3s_queue_irqprio(): vcpu->stat.queue_intr++
-            vcpu.stats.add("queue_intr")
+        if irq == KVM_INTERRUPT_UNSET:
+            dequeue_external(vcpu.arch)
+        else:  # kvmppc_book3s_queue_irqprio(): vcpu->stat.queue_intr++
+            queue_external(vcpu.arch)
         return 0
 
     # kvm_vcpu_ioctl()'s other generic cases, in its order: what each copies in, the arch's
@@ -604,10 +692,35 @@ class Process:
             generic = self._vcpu_generic(vcpu.arch, cmd, arg)
             if generic is not None:
                 return generic
-            ctx = EnableCapContext(fd_is_open=lambda fd: fd in self._files, xive=xive_enabled(k.host))
+            host = k.host
+            ctx = EnableCapContext(self.fget, file.kvm.arch, xive_enabled(host), xics_on_xive(host))
             return vcpus.vcpu_ioctl(vcpu.arch, cmd, arg, self.memory, ctx)
         except KvmError as exc:
             raise _explained(exc, cmd, k, "vcpu") from None
+
+
+@attrs.frozen
+class _AttrAccess:
+    """A device accessor's view of the caller (kvm_device.AttrAccess): get_user and put_user at
+    ``attr->addr`` (access_ok, then the access: EFAULT), powerpc's copy_from_user, fget."""
+
+    process: Process
+    byteorder: ByteOrder
+
+    def get_user(self, addr: int, size: int) -> int:
+        try:
+            return int.from_bytes(self.process.memory.copy_from_user(addr, size), self.byteorder)
+        except Fault:
+            raise KvmError(errno.EFAULT, f"get_user of {size} bytes at {addr:#x}: unmapped") from None
+
+    def put_user(self, addr: int, value: int, size: int) -> None:
+        self.process._copy_to_user(addr, value.to_bytes(size, self.byteorder), f"put_user of {size} bytes")
+
+    def copy_from_user(self, addr: int, size: int, what: str) -> bytes:
+        return self.process.copy_from_user(addr, size, what)
+
+    def fget(self, fd: int) -> object | None:
+        return self.process.fget(fd)
 
 
 def _x86(host: Host) -> KvmArch:
@@ -668,9 +781,16 @@ class BootedKernel:
         self.IRQ_LINES = (KVM_IRQ_LINE.request(host.arch), KVM_IRQ_LINE_STATUS.request(host.arch))
         self.KVM_GET_STATS_FD = KVM_GET_STATS_FD.request(host.arch)
         self.KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG.request(host.arch)
+        self.KVM_CREATE_DEVICE = KVM_CREATE_DEVICE.request(host.arch)
+        self.DEVICE_ATTR_IOCTLS = {
+            io.request(host.arch): which
+            for io, which in ((KVM_SET_DEVICE_ATTR, "set_attr"), (KVM_GET_DEVICE_ATTR, "get_attr"),
+                              (KVM_HAS_DEVICE_ATTR, "has_attr"))
+        }  # fmt: skip
         # the VM ioctls that answer a new file (anon_inode_getfd): the vcpu, the stats file, a TCE table
         self.CREATES_FILE = frozenset(
-            [self.KVM_CREATE_VCPU, self.KVM_GET_STATS_FD] * self.models_vcpus
+            [self.KVM_CREATE_DEVICE]
+            + [self.KVM_CREATE_VCPU, self.KVM_GET_STATS_FD] * self.models_vcpus
             + [io.request(host.arch) for io in (KVM_CREATE_SPAPR_TCE, KVM_CREATE_SPAPR_TCE_64)] * host.arch.is_powerpc
         )
         (

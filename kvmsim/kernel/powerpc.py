@@ -58,6 +58,9 @@ from ..uapi import (
     KVM_CREATE_SPAPR_TCE_64,
     KVM_CREATE_SPAPR_TCE_64_STRUCT,
     KVM_CREATE_SPAPR_TCE_STRUCT,
+    KVM_DEV_TYPE_VFIO,
+    KVM_DEV_TYPE_XICS,
+    KVM_DEV_TYPE_XIVE,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
     KVM_GET_ONE_REG,
@@ -90,6 +93,7 @@ from ..uapi import (
     one_reg_size,
 )
 from . import book3s, memslot, one_reg
+from .anon_inodes import VFIO, XICS
 from .book3s import Book3sVcpu, EnableCapContext
 from .book3s_64_mmu_hv import kvmppc_alloc_reset_hpt
 from .book3s_64_mmu_radix import kvmhv_get_rmmu_info
@@ -116,11 +120,14 @@ from .book3s_pr import (
     kvmppc_core_vcpu_create_pr,
 )
 from .book3s_rtas import RtasTokenDefinition, kvm_vm_ioctl_rtas_define_token
+from .book3s_xics import Xics, kvm_xics_ops
 from .errors import InvalidInput, KvmError
+from .kvm_device import KvmDevice, KvmDeviceOps
 from .memslot import MemorySlot, MemslotLimits, Memslots
 from .papr import MAX_HCALL_OPCODE
 from .profile import CPU_BEHAV_ALL, CPU_CHAR_OPAL, CPU_CHAR_PSERIES, Host
 from .usermem import Fault, NonZeroTail, UserAccess
+from .vfio import kvm_vfio_ops
 
 
 def masked_read_reaches_the_kernel(host: Host, addr: int) -> bool:
@@ -137,6 +144,30 @@ def xive_enabled(host: Host) -> bool:
     """xive_enabled(): POWER9 and later run the XIVE interrupt controller (exploitation mode
     under PowerVM and QEMU, native on PowerNV)."""
     return host.cpu.isa_300
+
+
+def xics_on_xive(host: Host) -> bool:
+    """xics_on_xive(): XIVE in HV mode (PowerNV), where KVM's XICS device is book3s_xive.c's."""
+    return xive_enabled(host) and host.platform == "powernv"
+
+
+def device_ops_table(host: Host, printk: Callable[[str], None]) -> dict[int, KvmDeviceOps]:
+    """kvm_device_ops_table as kvm.ko's init leaves it (kvmppc_book3s_init, kvm_vfio_ops_init):
+    XICS's emulation, or on a XIVE host in HV mode XICS-on-XIVE's and XIVE's native device
+    (kvmppc_xive_native_supported: OPAL's queue-state calls, as KVM_CAP_PPC_IRQ_XIVE says);
+    VFIO's always."""
+    table = {KVM_DEV_TYPE_VFIO: kvm_vfio_ops(VFIO, spapr_tce_iommu=host.spapr_tce_iommu)}
+    if xics_on_xive(host):
+        why = "book3s_xive.c: this host's XIVE in HV mode backs it, which kvmsim does not model"
+        table[KVM_DEV_TYPE_XICS] = KvmDeviceOps("kvm-xive", XICS, _unmodelled_create, unmodelled=why)
+        table[KVM_DEV_TYPE_XIVE] = KvmDeviceOps("kvm-xive-native", XICS, _unmodelled_create, unmodelled=why)
+    else:
+        table[KVM_DEV_TYPE_XICS] = kvm_xics_ops(XICS, printk)
+    return table
+
+
+def _unmodelled_create(dev: KvmDevice, type_: int) -> None:
+    raise AssertionError("an unmodelled device is never created")
 
 
 # cases every book3s-64 kernel answers 1 (powerpc.c: the !BOOKE list, the generic ones it
@@ -183,6 +214,8 @@ class Vm:
     rtas_tokens: list[RtasTokenDefinition] = attrs.field(factory=list, eq=False)  # kvm->arch.rtas_tokens
     hv_mmu: HvMmu | None = None  # an HV VM's MMU set-up (radix or HPT, its LPCR)
     spapr_tce_tables: list[SpaprTceTable] = attrs.field(factory=list, eq=False)  # kvm->arch.spapr_tce_tables
+    devices: list[KvmDevice] = attrs.field(factory=list, eq=False)  # kvm->devices
+    xics: Xics | None = None  # kvm->arch.xics: the VM's kvm-xics device's
 
 
 class PowerpcKvm:
@@ -221,6 +254,7 @@ class PowerpcKvm:
             KVM_GET_ONE_REG.request(host.arch),
             KVM_SET_ONE_REG.request(host.arch),
         )
+        self.device_ops = device_ops_table(host, printk)  # kvm_device_ops_table, as kvm.ko's init fills it
         self.load_errors: dict[str, KvmError] = {}  # modprobe's failures, by module
         self.hv: HvModule | None = None
         self.pr: KvmppcOps | None = None
@@ -398,9 +432,11 @@ class PowerpcKvm:
         book3s.set_regs(vcpu, values)
 
     # kvm_vm_ioctl_irq_line(): only with an in-kernel interrupt controller (kvm_arch_irqchip_in_kernel:
-    # an XICS or XIVE device, which KVM_CREATE_DEVICE makes and kvmsim does not yet)
+    # an XICS or XIVE device); then kvm_set_irq() → kvmppc_xics_set_irq(), its answer the line's status
     def irq_line(self, vm: Vm, irq: int, level: int) -> int:
-        raise KvmError(errno.ENXIO, "KVM_IRQ_LINE: the VM has no in-kernel interrupt controller (XICS or XIVE device)")
+        if vm.xics is None:
+            raise KvmError(errno.ENXIO, "KVM_IRQ_LINE: the VM has no in-kernel interrupt controller (XICS or XIVE)")
+        return vm.xics.ics_deliver_irq(irq, level)
 
     # powerpc.c: no multiprocessing state on powerpc
     def get_mpstate(self, vcpu: Book3sVcpu) -> int:

@@ -8,18 +8,23 @@ from typing import Any
 
 import attrs
 
-from ..uapi import KVM_CAP_MAX_VCPUS
+from ..uapi import KVM_CAP_MAX_VCPUS, KVM_DEV_TYPE_VFIO
+from .anon_inodes import VFIO
 from .errors import KvmError
+from .kvm_device import KvmDevice
 from .profile import Host
 from .usermem import UserAccess
+from .vfio import kvm_vfio_ops
 
 PAGE_SIZE = 4096
 KVM_USER_MEM_SLOTS = 32764  # KVM_MEM_SLOTS_NUM minus x86's 3 internal slots
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class Vm:
-    """An x86 ``struct kvm``; nothing of it matters here."""
+    """An x86 ``struct kvm``: only its devices matter here."""
+
+    devices: list[KvmDevice] = attrs.Factory(list)  # kvm->devices
 
 
 class X86Kvm:
@@ -28,6 +33,8 @@ class X86Kvm:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.loaded = bool(host.modules)
+        # kvm_device_ops_table: x86 registers VFIO's only (KVM selects KVM_VFIO), without SPAPR_TCE_IOMMU
+        self.device_ops = {KVM_DEV_TYPE_VFIO: kvm_vfio_ops(VFIO, spapr_tce_iommu=False)}
 
     @property
     def loaded_modules(self) -> list[str]:

@@ -766,12 +766,56 @@ KVM_USERSPACE_MEMORY_REGION2 = StructLayout(
     };
 """
 KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEM_GUEST_MEMFD = 1 << 0, 1 << 1, 1 << 2
+# KVM devices (include/uapi/linux/kvm.h): KVM_CREATE_DEVICE on a VM, the attribute ioctls on the
+# device's fd; the types a Book3S kernel registers, XICS's and VFIO's attribute groups
+KVM_CREATE_DEVICE = KvmIoctl("KVM_CREATE_DEVICE", "read|write", 0xE0, 12)
+KVM_CREATE_DEVICE_STRUCT = StructLayout("kvm_create_device", "III", ("type", "fd", "flags"))
+"""include/uapi/linux/kvm.h::
+
+    struct kvm_create_device {
+            __u32 type;   /* in: KVM_DEV_TYPE_xxx */
+            __u32 fd;     /* out: device handle */
+            __u32 flags;  /* in: KVM_CREATE_DEVICE_xxx */
+    };
+"""
+KVM_CREATE_DEVICE_TEST = 1
+KVM_SET_DEVICE_ATTR = KvmIoctl("KVM_SET_DEVICE_ATTR", "write", 0xE1, 24)
+KVM_GET_DEVICE_ATTR = KvmIoctl("KVM_GET_DEVICE_ATTR", "write", 0xE2, 24)
+KVM_HAS_DEVICE_ATTR = KvmIoctl("KVM_HAS_DEVICE_ATTR", "write", 0xE3, 24)
+KVM_DEVICE_ATTR = StructLayout("kvm_device_attr", "IIQQ", ("flags", "group", "attr", "addr"))
+"""include/uapi/linux/kvm.h::
+
+    struct kvm_device_attr {
+            __u32 flags;  /* no flags currently defined */
+            __u32 group;  /* device-defined */
+            __u64 attr;   /* group-defined */
+            __u64 addr;   /* userspace address of attr data */
+    };
+"""
+DEVICE_IOCTLS = (KVM_SET_DEVICE_ATTR, KVM_GET_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR)
+# enum kvm_device_type: FSL_MPIC_20 = 1, FSL_MPIC_42, XICS, VFIO, ARM_VGIC_V2, FLIC, ARM_VGIC_V3,
+# ARM_VGIC_ITS, XIVE, ARM_PV_TIME, RISCV_AIA, LOONGARCH_IPI, LOONGARCH_EIOINTC, LOONGARCH_PCHPIC,
+# LOONGARCH_DMSINTC, ARM_VGIC_V5, KVM_DEV_TYPE_MAX
+KVM_DEV_TYPE_XICS, KVM_DEV_TYPE_VFIO, KVM_DEV_TYPE_XIVE, KVM_DEV_TYPE_MAX = 3, 4, 9, 17
+XICS_LINK, VFIO_LINK = "anon_inode:kvm-xics", "anon_inode:kvm-vfio"  # the ops' .name, anon_inode_getfd's
+# arch/powerpc/include/uapi/asm/kvm.h: XICS's groups, a source's state (KVM_DEV_XICS_GRP_SOURCES's u64)
+KVM_DEV_XICS_GRP_SOURCES, KVM_DEV_XICS_GRP_CTRL = 1, 2
+KVM_XICS_DESTINATION_MASK, KVM_XICS_PRIORITY_SHIFT, KVM_XICS_PRIORITY_MASK = 0xFFFFFFFF, 32, 0xFF
+KVM_XICS_LEVEL_SENSITIVE, KVM_XICS_MASKED, KVM_XICS_PENDING = 1 << 40, 1 << 41, 1 << 42
+KVM_XICS_PRESENTED, KVM_XICS_QUEUED = 1 << 43, 1 << 44
+# KVM_REG_PPC_ICP_STATE's fields
+KVM_REG_PPC_ICP_CPPR_SHIFT, KVM_REG_PPC_ICP_XISR_SHIFT, KVM_REG_PPC_ICP_XISR_MASK = 56, 32, 0xFFFFFF
+KVM_REG_PPC_ICP_MFRR_SHIFT, KVM_REG_PPC_ICP_PPRI_SHIFT = 24, 16
+# include/uapi/linux/kvm.h: the VFIO device's group and attributes; arch/powerpc's SPAPR_TCE one's struct
+KVM_DEV_VFIO_FILE = 1
+KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL, KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE = 1, 2, 3
+KVM_VFIO_SPAPR_TCE = StructLayout("kvm_vfio_spapr_tce", "ii", ("groupfd", "tablefd"))
 # what kvmsim models on a VM fd beyond the compat ioctl
 VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_PPC_GET_CPU_CHAR,
              KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
              KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE,
              KVM_IRQ_LINE_STATUS, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE, KVM_GET_STATS_FD,
-             KVM_GET_DIRTY_LOG)  # fmt: skip
+             KVM_GET_DIRTY_LOG, KVM_CREATE_DEVICE)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -825,7 +869,6 @@ UNMODELLED_IOCTLS = (
     UnmodelledIoctl(KVM_SET_USER_MEMORY_REGION2, "vm", KVM_CAP_USER_MEMORY2, only="x86"),
     UnmodelledIoctl(KVM_ENABLE_CAP, "vm", KVM_CAP_ENABLE_CAP_VM, only="x86"),  # powerpc's is modelled
     _vm("KVM_GET_STATS_FD", "none", 0xCE, 0, KVM_CAP_BINARY_STATS_FD, only="x86"),  # powerpc's is modelled
-    _vm("KVM_CREATE_DEVICE", "read|write", 0xE0, 12, KVM_CAP_DEVICE_CTRL, only=None),
     # the other ioctls a capability the simulated kernels answer non-zero stands for (include/uapi/
     # linux/kvm.h, Documentation/virt/kvm/api.rst), and kvm_main's own a program may ask: not modelled
     UnmodelledIoctl(KVM_GET_DIRTY_LOG, "vm", None, only="x86"),  # powerpc's is modelled

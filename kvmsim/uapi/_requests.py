@@ -12,6 +12,7 @@ from typing import Literal
 
 from ._kvm_h import (
     ARCHES,
+    DEVICE_IOCTLS,
     GENERIC_IOC,
     UNMODELLED_IOCTLS,
     VCPU_IOCTLS,
@@ -31,7 +32,7 @@ def known_requests(arch: Arch) -> Mapping[int, str]:
         arch.kvm_create_vm(): "KVM_CREATE_VM",
         arch.kvm_check_extension(): "KVM_CHECK_EXTENSION",
         arch.kvm_get_vcpu_mmap_size(): "KVM_GET_VCPU_MMAP_SIZE",
-        **{io.request(arch): io.name for io in (*VM_IOCTLS, *VCPU_IOCTLS)},
+        **{io.request(arch): io.name for io in (*VM_IOCTLS, *VCPU_IOCTLS, *DEVICE_IOCTLS)},
         **{number: name for name, number in arch.vfs_ioctls.items()},
     }
     for rev in sorted(REVISIONS.values(), key=lambda r: -r.generation):
