@@ -14,6 +14,17 @@ from kvmcompat import CompatError, Options, RealDevice, query
 from kvmsim import Kernel, SimDevice
 from kvmsim.kernel import profile
 from kvmsim.plugin.fixture import KvmHost
+from kvmsim.uapi import (
+    KVM_CAP_IRQ_XICS,
+    KVM_CAP_PPC_PAPR,
+    KVM_CREATE_DEVICE,
+    KVM_CREATE_DEVICE_STRUCT,
+    KVM_CREATE_VCPU,
+    KVM_DEV_TYPE_VFIO,
+    KVM_DEV_TYPE_XICS,
+    KVM_ENABLE_CAP,
+    KVM_ENABLE_CAP_STRUCT,
+)
 
 
 def test_unparametrized_is_the_default_host(kvm_host: KvmHost) -> None:
@@ -107,6 +118,40 @@ def test_vm_fds_are_fake_fds_close_and_ebadf_behave(kvm_host: KvmHost) -> None:
         fcntl.ioctl(vm, k.KVM_CHECK_EXTENSION, k.rev.cap)
     assert exc.value.errno == errno.EBADF
     os.close(dev)
+
+
+@pytest.mark.parametrize("kvm_host", [("qemu-nested-hv-p10", "linux-7.3")], indirect=True)
+def test_a_kvm_device_is_a_fake_fd_in_its_struct_and_connects_a_vcpu(kvm_host: KvmHost) -> None:
+    """KVM_CREATE_DEVICE answers 0 and the struct holds the test's own (fake) fd, whether the
+    argument is bytes (the copy fcntl returns) or a buffer; KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS) finds
+    which file an fd is: the device, another fake file (no KVM device: EPERM), none (EBADF)."""
+    k, bo = kvm_host.kernel, kvm_host.kernel.arch.byteorder
+    dev = os.open("/dev/kvm", os.O_RDWR)
+    vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
+    vcpu = fcntl.ioctl(vm, KVM_CREATE_VCPU.request(k.arch), 0)
+    cd = bytearray(KVM_CREATE_DEVICE_STRUCT.pack(bo, {"type": KVM_DEV_TYPE_XICS}))
+    assert fcntl.ioctl(vm, KVM_CREATE_DEVICE.request(k.arch), cd) == 0
+    xics = KVM_CREATE_DEVICE_STRUCT.unpack(bo, cd)["fd"]
+    vfio = KVM_CREATE_DEVICE_STRUCT.pack(bo, {"type": KVM_DEV_TYPE_VFIO})
+    answered = fcntl.ioctl(vm, KVM_CREATE_DEVICE.request(k.arch), vfio)
+    assert isinstance(answered, bytes)
+    vfio_fd = KVM_CREATE_DEVICE_STRUCT.unpack(bo, answered)["fd"]
+    assert len({xics, vfio_fd, vm, vcpu}) == 4
+
+    def connect(fd: int) -> int:
+        for cap, arg0 in ((KVM_CAP_PPC_PAPR, 0), (KVM_CAP_IRQ_XICS, fd)):
+            arg = KVM_ENABLE_CAP_STRUCT.pack(bo, {"cap": cap, "arg0": arg0})
+            try:
+                fcntl.ioctl(vcpu, KVM_ENABLE_CAP.request(k.arch), arg)
+            except OSError as exc:
+                return exc.errno or 0
+        return 0
+
+    with open("/proc/cpuinfo", "rb") as other:
+        connected = [connect(fd) for fd in (9999, other.fileno(), vfio_fd, xics)]
+    assert connected == [errno.EBADF, errno.EPERM, errno.EPERM, 0]
+    for fd in (xics, vfio_fd, vcpu, vm, dev):
+        os.close(fd)
 
 
 def test_ioctl_on_any_other_fake_file_is_enotty(kvm_host: KvmHost) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import resource
@@ -46,10 +47,11 @@ import attrs
 
 from ..kernel.anon_inodes import DEV, FileKind
 from ..kernel.errors import KvmError
+from ..kernel.kvm_main import FOREIGN
 from ..kernel.usermem import UserAccess
 
 if TYPE_CHECKING:
-    from ..kernel.kvm_main import BootedKernel, Process
+    from ..kernel.kvm_main import BootedKernel, File, ForeignFile, Process
 
 Identity = tuple[int, int]  # (st_dev, st_ino) of the program's end
 PLACEHOLDER_TYPE = socket.SOCK_SEQPACKET  # a message socket: one end shut, reads are at their end at once
@@ -235,42 +237,68 @@ class Placeholders:
         return self.get(identity(st))
 
     def ioctl(
-        self, key: Identity, cmd: int, arg: int, memory: UserAccess, pid: int | None = None
-    ) -> tuple[Placeholder | None, int, bool]:
+        self,
+        key: Identity,
+        cmd: int,
+        arg: int,
+        memory: UserAccess,
+        pid: int | None = None,
+        fd_identity: Callable[[int], Identity | None] | None = None,
+    ) -> tuple[Placeholder | None, int, bool, int | None]:
         """``sys_ioctl`` on the file the placeholder ``key`` stands for, with the caller's
         memory and pid (what a new VM's or vcpu's stats id says), found and called under one
         hold of the lock (a release in between cannot hand its number to another file): (the
         placeholder, or None when ``key`` is none of ours; the return; whether the call made a
-        file, anon_inode_getfd's: a VM, a vcpu, a TCE table, a stats file).  KvmError as
-        sys_ioctl raises it.  Every ioctl a program makes comes this way."""
-        with self.lock:  # a call that makes a file: what the programs let go of is released first
-            found = self._files.get(key)
-            released = self._reap_memory() if found and self.process.returns_fd(found.sim_fd, cmd) else []
-        self._notify(released)
+        file, anon_inode_getfd's: a VM, a vcpu, a TCE table, a stats file, a device; where the
+        new fd goes when not in the return, ``Process.fd_field``: then the return is the new
+        file's number here, and the edge writes the program's at that offset and answers 0).
+        ``fd_identity`` says what the program's fd an argument names is (None: not open): the
+        simulated kernel's fget, here by the placeholder's identity.  KvmError as sys_ioctl
+        raises it.  Every ioctl a program makes comes this way."""
+        with self.lock:  # a call that makes a file: what the programs let go of is released first (a
+            found = self._files.get(key)  # socket's hang-up is there at once, as the kernel's fput)
+            makes = found is not None and self.process.returns_fd(found.sim_fd, cmd)
+        if makes:
+            self.reap(0)
         for _attempt in range(MAX_ATTEMPTS):
             with self.lock:
                 placeholder = self._files.get(key)
                 if placeholder is None:
-                    return None, 0, False
+                    return None, 0, False, None
                 process = self.process
                 process.memory = memory
+                process.resolve_fd = None if fd_identity is None else functools.partial(self._fget, fd_identity)
                 if pid is not None:
                     process.pid = pid
                 if isinstance(memory, Deferring):
                     memory.deferring = True
                 try:
-                    creates = process.returns_fd(placeholder.sim_fd, cmd)
-                    return placeholder, process.sys_ioctl(placeholder.sim_fd, cmd, arg), creates
+                    ret = process.sys_ioctl(placeholder.sim_fd, cmd, arg)
+                    field = process.fd_field(placeholder.sim_fd, cmd) if process.new_fds else None
+                    return placeholder, ret if field is None else process.new_fds[-1], bool(process.new_fds), field
                 except MemoryWanted as exc:
                     want = exc
                 finally:
                     process.memory = _NO_MEMORY
+                    process.resolve_fd = None
                     if isinstance(memory, Deferring):
                         memory.deferring = False
             assert isinstance(memory, Deferring)
             memory.fetch(want)  # the lock is free meanwhile: a stalled client stalls itself only
             memory.restart()
         raise KvmError(errno.EFAULT, f"more than {MAX_ATTEMPTS} reads of user memory in one call")
+
+    def _fget(self, fd_identity: Callable[[int], Identity | None], fd: int) -> File | ForeignFile | None:
+        """fget() of the program's ``fd`` (under the lock): the simulated file its placeholder
+        stands for, FOREIGN for any other file it has open, None where it has none (or an
+        O_PATH /dev/kvm: fget refuses a path-only file)."""
+        key = fd_identity(fd) if 0 <= fd < 1 << 31 else None
+        if key is None:
+            return None
+        placeholder = self._files.get(key)
+        if placeholder is None:
+            return FOREIGN
+        return self.process.file_at(placeholder.sim_fd) if placeholder.sim_fd >= 0 else None
 
     def call(self, memory: UserAccess) -> _Call:
         """``with table.call(memory) as process:`` — the simulated process, with the caller's

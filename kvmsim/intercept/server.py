@@ -30,7 +30,7 @@ from ..kernel.usermem import ADDRESS_LIMIT, Fault
 from ..uapi import U64_OF, ByteOrder
 from . import channel, wire
 from .channel import SharedChannel
-from .placeholder import Deferring, MemoryWanted, Placeholder, Placeholders, raise_fd_limit
+from .placeholder import Deferring, Identity, MemoryWanted, Placeholder, Placeholders, identity, raise_fd_limit
 from .trace import Call
 from .wire import Msg, ProtocolError
 
@@ -366,6 +366,18 @@ class Connection:
                 process.close(sim_fd)
             raise KvmError(exc.errno or errno.ENFILE, f"no descriptor for the new file: {exc.strerror}") from None
 
+    def _fd_identity(self, fd: int) -> Identity | None:
+        """What the client's ``fd`` is (an fd an ioctl's argument names): the identity of the file
+        ``/proc/PID/fd/N`` of the client's pid reaches (its own fd: what it could fstat itself;
+        the caller waits in the call, so the pid is its), None where it has no such fd or its
+        /proc cannot be read (the kernel's EBADF: nothing of the client's is reached)."""
+        if self.pid is None:
+            return None
+        try:
+            return identity(os.stat(f"/proc/{self.pid}/fd/{fd}"))
+        except OSError:
+            return None
+
     def dispatch(self, msg: Msg, payload: bytes) -> tuple[bytes, int | None]:
         """The RESULT frame, and the placeholder to pass after it (or None)."""
         flags = 0
@@ -374,15 +386,21 @@ class Connection:
         window = b""
         reason = None
         new: int | None = None
+        traced: int | None = None  # what the call returns where RESULT's ret says something else
         try:
             if msg == _IOCTL:
                 (fd, cmd, arg, dev, ino), window = wire.unpack(wire.IOCTL, payload, exact=False)
                 if len(window) > wire.WINDOW:
                     raise ProtocolError(f"a {len(window)}-byte window (at most {wire.WINDOW})")
                 self.memory.begin(arg, window)
-                placeholder, ret, creates = self.placeholders.ioctl((dev, ino), cmd, arg, self.memory, self.pid)
+                placeholder, ret, creates, field = self.placeholders.ioctl(
+                    (dev, ino), cmd, arg, self.memory, self.pid, self._fd_identity
+                )
                 if placeholder is None:
                     flags = wire.RESULT_FOREIGN  # the shim makes the real call
+                elif creates and field is not None:  # the shim writes its new fd at the field, answers 0
+                    new, ret, flags = self._new(ret), field, wire.RESULT_NEW_FD | wire.RESULT_FD_FIELD
+                    traced = 0
                 elif creates:
                     new, ret, flags = self._new(ret), 0, wire.RESULT_NEW_FD
             elif msg == Msg.OPEN:
@@ -406,7 +424,8 @@ class Connection:
         if self.trace is not None and msg != Msg.IDENTIFY and flags != wire.RESULT_FOREIGN:
             done = tuple(self.memory.pending)
             named = payload[wire.OPEN.size :].decode(errors="replace") if msg == Msg.OPEN else None
-            self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, ret, err, reason, named))
+            shown = ret if traced is None else traced
+            self.trace(Call(self.name, msg.name, fd, cmd, arg, window[:24], done, shown, err, reason, named))
         count, writes = self.memory.take_writes()  # E2BIG's write-back travels with its error
         return wire.frame(_RESULT, wire.RESULT.pack(ret, err, flags, count), writes), new
 

@@ -73,6 +73,9 @@ MEM_ACK = struct.Struct("!iI")  # errno, bytes written
 MAX_FDS = 4  # descriptors taken with one read: a LISTENER brings one, anything more is closed
 RESULT_NEW_FD = 1  # a placeholder follows on the socket: the caller's new fd
 RESULT_FOREIGN = 2  # the fd is no placeholder of this server's: the real call answers
+# with RESULT_NEW_FD: the new fd goes into the argument, a u32 at the offset RESULT's ret says, and
+# the call returns 0 (KVM_CREATE_DEVICE's struct kvm_create_device.fd)
+RESULT_FD_FIELD = 4
 NOT_OURS = 0  # IDENTIFY's answer for anything but a placeholder of this server's; else identified()
 KIND_SHIFT = 24  # ... a kind's code above the file's id (a vcpu's: ids are below KVM_MAX_VCPU_IDS)
 

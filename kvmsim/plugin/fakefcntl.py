@@ -20,6 +20,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_io import FakeFcntlModule
 from pyfakefs.fake_os import FakeOsModule
 
+from ..kernel.kvm_main import FOREIGN, File, ForeignFile
 from ..uapi import DEV_KVM, VM_LINK, decode_request, errname
 from ..user.simulated import Kernel
 
@@ -87,6 +88,22 @@ class KernelBinding:
                 self._objects.pop(key, None)
                 self.kernel.close(kfd)
 
+    def resolve(self, fd: int) -> File | ForeignFile | None:
+        """fget() of an fd an ioctl's argument names (KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS)'s device):
+        the simulated file a fake fd stands for, FOREIGN for any other open file (a fake one, or a
+        real descriptor), None for a closed one."""
+        if self.is_fake(fd):
+            try:
+                kfd = self.kernel_fd(fd)
+            except OSError:
+                return None
+            return FOREIGN if kfd is None else self.kernel.current.file_at(kfd)
+        try:
+            os.fstat(fd)
+        except OSError:
+            return None
+        return FOREIGN
+
     def real(self, fd: int) -> bool:
         """Should a call on ``fd`` go to the real fcntl?  Not for a fake file, nor for a number
         the host handed out and the test closed (that is EBADF, as the fake world says)."""
@@ -149,14 +166,27 @@ def kvm_ioctl(binding: KernelBinding, fd: Any, request: int, arg: Any, mutate_fl
     makes_fd = kernel.current.returns_fd(kfd, request & 0xFFFFFFFF)
     if makes_fd:
         binding.release_closed()
+    process = kernel.current
+    process.resolve_fd = binding.resolve
     try:
         result = kernel.ioctl(kfd, request, arg, mutate_flag)
     except OSError as exc:
         binding.calls.append(IoctlCall(which, request, name, logged, None, exc.errno))
         raise
+    finally:
+        process.resolve_fd = None
     binding.calls.append(IoctlCall(which, request, name, logged, result))
-    if makes_fd and isinstance(result, int):
-        return binding.install_file(result)
+    if makes_fd and process.new_fds:
+        field = process.fd_field(kfd, request & 0xFFFFFFFF)
+        fake = binding.install_file(process.new_fds[-1])
+        if field is None:
+            return fake
+        # KVM_CREATE_DEVICE: the struct says the fd userspace got (the fake one), in its byte order
+        number = fake.to_bytes(4, kernel.arch.byteorder)
+        if isinstance(result, bytes):
+            return result[:field] + number + result[field + 4 :]
+        if mutate_flag and isinstance(arg, bytearray | memoryview):
+            arg[field : field + 4] = number
     return result
 
 

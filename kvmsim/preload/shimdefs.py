@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from ..intercept import channel, wire
 from ..kernel.anon_inodes import DEV, FILE_KINDS
-from ..uapi import ARCHES, KVM_GET_ONE_REG, KVM_SET_ONE_REG
+from ..uapi import (
+    ARCHES,
+    KVM_GET_DEVICE_ATTR,
+    KVM_GET_ONE_REG,
+    KVM_HAS_DEVICE_ATTR,
+    KVM_SET_DEVICE_ATTR,
+    KVM_SET_ONE_REG,
+)
+
+# the ioctls whose struct's pointer the shim lets the server follow: (its offset, the requests)
+_INNER_POINTERS = (
+    (8, (KVM_GET_ONE_REG, KVM_SET_ONE_REG)),  # struct kvm_one_reg { __u64 id; __u64 addr; }
+    (16, (KVM_SET_DEVICE_ATTR, KVM_GET_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR)),  # kvm_device_attr's addr
+)
 
 
 def header() -> str:
@@ -26,6 +39,7 @@ def header() -> str:
         f"#define MAX_USER_COPY {wire.MAX_USER_COPY}u /* the most a handler touches from an argument */",
         f"#define RESULT_NEW_FD {wire.RESULT_NEW_FD}u",
         f"#define RESULT_FOREIGN {wire.RESULT_FOREIGN}u",
+        f"#define RESULT_FD_FIELD {wire.RESULT_FD_FIELD}u",
         f"#define NOT_OURS {wire.NOT_OURS}",
         f"#define KIND_SHIFT {wire.KIND_SHIFT} /* IDENTIFY's answer: a kind's code << KIND_SHIFT | the file's id */",
         f"#define KIND_DEV_KVM {DEV.code}",
@@ -55,17 +69,18 @@ def header() -> str:
         "\tlong n = (long)(sizeof(kinds) / sizeof(kinds[0]));",
         "\treturn code > 0 && code < n && kinds[code].link ? &kinds[code] : NULL;",
         "}",
-        "/* ioctls whose struct holds a user pointer the kernel follows: KVM_GET/SET_ONE_REG's addr, at",
-        " * ONE_REG_ADDR in struct kvm_one_reg, to at most ONE_REG_VALUE bytes (the union); in both",
-        " * encodings, a program's on a simulated POWER host being either */",
-        "#define IS_ONE_REG_REQ(r) ("
-        + " || ".join(
-            f"(r) == {io.request(ARCHES[a]):#x}u"
-            for a in ("ppc64le", "x86_64")
-            for io in (KVM_GET_ONE_REG, KVM_SET_ONE_REG)
+        "/* ioctls whose struct holds a user pointer the kernel follows, by the pointer's offset in it:",
+        " * KVM_GET/SET_ONE_REG's addr (struct kvm_one_reg), KVM_SET/GET/HAS_DEVICE_ATTR's addr (struct",
+        " * kvm_device_attr); what it points at is at most ONE_REG_VALUE bytes (the one_reg union, an",
+        " * attribute's u64); in both encodings, a program's on a simulated POWER host being either; 0: none */",
+        "#define INNER_AT(r) ("
+        + " : ".join(
+            "("
+            + " || ".join(f"(r) == {io.request(ARCHES[a]):#x}u" for a in ("ppc64le", "x86_64") for io in ios)
+            + f") ? {at}"
+            for at, ios in _INNER_POINTERS
         )
-        + ")",
-        "#define ONE_REG_ADDR 8",
+        + " : 0)",
         "#define ONE_REG_VALUE 16",
         "#endif",
     ]

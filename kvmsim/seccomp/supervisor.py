@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import re
 import select
@@ -50,11 +51,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ..intercept.placeholder import Placeholder, Placeholders, identity, raise_fd_limit
+from ..intercept.placeholder import Identity, Placeholder, Placeholders, identity, raise_fd_limit
 from ..kernel.anon_inodes import DEV
 from ..kernel.errors import KvmError
 from ..kernel.usermem import Fault
-from ..uapi import ARCHES, DEV_KVM, Arch
+from ..uapi import ARCHES, DEV_KVM, Arch, ByteOrder
 from . import pidfd, uapi
 from .kstat import Kstat, dev_kvm
 from .namei import Found, Namei, tgid
@@ -80,6 +81,11 @@ class Response:
     value: int = 0
     fd: int = -1  # "fd": the supervisor's descriptor to install
     cloexec: bool = False
+    # "fd" into the call's argument (KVM_CREATE_DEVICE): where the installed number goes, a u32 in
+    # ``byteorder`` (the call answers 0), and the task's memory to write it to
+    field_at: int | None = None
+    byteorder: ByteOrder = "little"
+    mem: TaskMemory | None = None
 
 
 CONTINUE = Response("continue")
@@ -268,12 +274,18 @@ class Supervisor:
     def _answer(self, n: Notification, a: Response) -> None:
         if a.kind == "fd":
             ours = a.fd
-            addfd = uapi.SECCOMP_NOTIF_ADDFD.pack(
-                n.id, uapi.SECCOMP_ADDFD_FLAG_SEND, ours, 0, os.O_CLOEXEC if a.cloexec else 0
-            )
+            send = uapi.SECCOMP_ADDFD_FLAG_SEND if a.field_at is None else 0
+            addfd = uapi.SECCOMP_NOTIF_ADDFD.pack(n.id, send, ours, 0, os.O_CLOEXEC if a.cloexec else 0)
             try:
-                fcntl.ioctl(self.listener, uapi.SECCOMP_IOCTL_NOTIF_ADDFD, addfd)
-                return
+                theirs = fcntl.ioctl(self.listener, uapi.SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(addfd), True)
+                if a.field_at is None:
+                    return
+                assert a.mem is not None  # the number into the struct, as the kernel's copy_to_user
+                try:
+                    a.mem.copy_to_user(a.field_at, theirs.to_bytes(4, a.byteorder))
+                    a = value(0)
+                except Fault:  # the program unmapped it meanwhile: the fd stays, as the kernel's would
+                    a = error(errno.EFAULT)
             except OSError as exc:  # EMFILE in the program, or it is gone: answered with that
                 a = error(exc.errno or errno.EBADF)
             finally:
@@ -305,6 +317,20 @@ class Supervisor:
             os.close(pinned)
         return (None if self._placeholders is None else self._placeholders.of(st)), st  # none before the first
 
+    def _fd_identity(self, pid: int, fd: int) -> Identity | None:
+        """What task ``pid``'s ``fd`` (an fd an ioctl's argument names) is: the very file, pinned
+        and fstat'ed; None where it has none.  A task that may not be inspected fails closed."""
+        try:
+            pinned = self.pidfds.getfd(pid, fd)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return None
+            raise KvmError(_inspection_errno(exc.errno), f"fd {fd} of pid {pid} cannot be inspected") from None
+        try:
+            return identity(os.fstat(pinned))
+        finally:
+            os.close(pinned)
+
     def _released(self, placeholder: Placeholder) -> None:
         if self.trace is not None:
             from ..intercept.trace import Call  # only when traced
@@ -335,14 +361,18 @@ class Supervisor:
         window = mem.read(arg, 24) if self.trace is not None else b""
         reason = None
         try:
-            _, ret, creates = self.placeholders.ioctl(identity(st), cmd, arg, mem, tgid(n.pid))
+            _, ret, creates, field = self.placeholders.ioctl(
+                identity(st), cmd, arg, mem, tgid(n.pid), functools.partial(self._fd_identity, n.pid)
+            )
             err = 0
         except KvmError as exc:
-            ret, err, reason, creates = -1, exc.errno or errno.EIO, exc.reason, False
+            ret, err, reason, creates, field = -1, exc.errno or errno.EIO, exc.reason, False, None
         answer = error(err) if err else value(ret)
         if creates:
             try:
                 answer = self._new_file(ret, cloexec=True)
+                if field is not None:
+                    answer = attrs.evolve(answer, field_at=arg + field, byteorder=self.kernel.arch.byteorder, mem=mem)
             except OSError:  # no placeholder for it (EMFILE, ENFILE): the new VM is released
                 with contextlib.suppress(KvmError), self.placeholders.call(mem) as process:
                     process.close(ret)

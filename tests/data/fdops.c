@@ -9,6 +9,10 @@
  *   tce     (POWER) a TCE table's file: read/write/pread/pwrite/lseek's errnos, its link and fstat;
  *           its LIOBN busy while the fd is closed but still mapped, free once unmapped (the
  *           kernel's release at the last reference); what one mapping writes the next one reads
+ *   xics    (POWER) KVM_CREATE_DEVICE(XICS): the fd in the struct and its link; KVM_ENABLE_CAP
+ *           (KVM_CAP_IRQ_XICS) of fds that are not open, not KVM devices (stdin, the VM) and the
+ *           device; a source set, the ICP's CPPR opened, KVM_IRQ_LINE, the ICP's state; closed,
+ *           the VM takes a new XICS at once (the kernel's release at the last close)
  *   stats   (POWER) the VM's and vcpu 0's stats files: a byte read, then write/pread/pwrite/lseek/
  *           mmap as the lab's prober asks them, the link; the header's counts and the id string
  *           (its pid the caller's), the first descriptor's name
@@ -117,6 +121,43 @@ int main(int argc, char **argv)
 		m2[1] = 0xa5;
 		volatile unsigned char *m3 = mmap(NULL, 4096, PROT_READ, MAP_SHARED, again, 0);
 		printf("tce fresh=%d shared=%d\n", m2[4097], m3[1]); /* a new table's pages are zeroed */
+	} else if (!strcmp(what, "xics")) {
+		/* the powerpc encodings: _IO, _IOW (0x80000000 | size << 16) and _IOWR (0xc0000000 | ...) */
+		const unsigned long CREATE_VCPU = 0x2000ae41UL, ENABLE_CAP = 0x8068aea3UL, CREATE_DEVICE = 0xc00caee0UL;
+		const unsigned long SET_ATTR = 0x8018aee1UL, GET_REG = 0x8010aeabUL, SET_REG = 0x8010aeacUL;
+		const unsigned long IRQ_LINE = 0x8008ae61UL;
+		const uint64_t ICP_STATE = 0x103000000000008cULL; /* KVM_REG_PPC | KVM_REG_SIZE_U64 | 0x8c */
+		int vcpu = ioctl(vm, CREATE_VCPU, 0);
+		struct { uint32_t cap, flags; uint64_t args[4]; uint8_t pad[64]; } c = {.cap = 68}; /* KVM_CAP_PPC_PAPR */
+		ioctl(vcpu, ENABLE_CAP, &c);
+		struct { uint32_t type, fd, flags; } cd = {3, 0xeeee, 0}; /* KVM_DEV_TYPE_XICS */
+		int r = ioctl(vm, CREATE_DEVICE, &cd);
+		char path[64], link[64] = "";
+		snprintf(path, sizeof(path), "/proc/self/fd/%u", cd.fd);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		link[n > 0 ? n : 0] = 0;
+		printf("xics create=%s returned=%d link=%s\n", err(r), r, link);
+		const char *names[4];
+		uint64_t fds[4] = {999, 0, (uint64_t)vm, cd.fd};
+		for (int i = 0; i < 4; i++) {
+			c.cap = 92; /* KVM_CAP_IRQ_XICS: args[0] the device's fd, args[1] the server number */
+			c.args[0] = fds[i];
+			c.args[1] = 0;
+			names[i] = err(ioctl(vcpu, ENABLE_CAP, &c));
+		}
+		printf("xics connect 999=%s stdin=%s vm=%s xics=%s\n", names[0], names[1], names[2], names[3]);
+		uint64_t state = 5ULL << 32, icp = 0xffULL << 56 | 0xffULL << 24 | 0xffULL << 16; /* server 0, priority 5 */
+		struct { uint32_t flags, group; uint64_t attr, addr; } a = {0, 1, 4096, (uint64_t)(uintptr_t)&state};
+		struct { uint64_t id, addr; } reg = {ICP_STATE, (uint64_t)(uintptr_t)&icp};
+		const char *set = err(ioctl(cd.fd, SET_ATTR, &a)), *cppr = err(ioctl(vcpu, SET_REG, &reg));
+		struct { uint32_t irq, level; } line = {4096, 1};
+		const char *raised = err(ioctl(vm, IRQ_LINE, &line));
+		icp = 0;
+		const char *got = err(ioctl(vcpu, GET_REG, &reg));
+		printf("xics source=%s cppr=%s irq_line=%s icp=%s %#llx\n", set, cppr, raised, got, (unsigned long long)icp);
+		close(cd.fd);
+		struct { uint32_t type, fd, flags; } again = {3, 0, 0};
+		printf("xics recreate=%s\n", err(ioctl(vm, CREATE_DEVICE, &again)));
 	} else if (!strcmp(what, "stats")) {
 		const unsigned long GET_STATS_FD = 0x2000aeceUL, CREATE_VCPU = 0x2000ae41UL;
 		int vcpu = ioctl(vm, CREATE_VCPU, 0);

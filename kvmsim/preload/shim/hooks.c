@@ -62,9 +62,10 @@ static int emu_ioctl(int fd, const struct identity *id, unsigned long request, v
 	usermem_begin(&ahead, 0, 0);
 	size_t n = usermem_read_ahead(&ahead, (uint64_t)(uintptr_t)arg, window, sizeof(window));
 	usermem_end(&ahead);
-	uint64_t inner = 0; /* the value a kvm_one_reg points at, as the program's struct says now */
-	if (IS_ONE_REG_REQ((uint32_t)request) && n >= ONE_REG_ADDR + sizeof(inner))
-		memcpy(&inner, window + ONE_REG_ADDR, sizeof(inner));
+	uint64_t inner = 0; /* the value its struct points at (a kvm_one_reg's), as the struct says now */
+	size_t at = INNER_AT((uint32_t)request);
+	if (at && n >= at + sizeof(inner))
+		memcpy(&inner, window + at, sizeof(inner));
 	struct request req = {.type = IOCTL,
 	                      .fixed = fixed,
 	                      .fixed_len = IOCTL_SIZE,
@@ -75,6 +76,13 @@ static int emu_ioctl(int fd, const struct identity *id, unsigned long request, v
 	                      .cloexec = 1}; /* anon_inode_getfd's O_CLOEXEC */
 	long r = kvmsim_call(&req, &flags, &new_fd);
 	*foreign = r >= 0 && (flags & RESULT_FOREIGN);
+	if (r >= 0 && new_fd >= 0 && (flags & RESULT_FD_FIELD)) {
+		/* the new fd goes into the struct (the kernel wrote it, with its own number, before
+		 * answering): this program's number, in its own byte order, and the call returns 0 */
+		uint32_t v = (uint32_t)new_fd;
+		memcpy((char *)arg + r, &v, sizeof(v));
+		return 0;
+	}
 	return r < 0 ? -1 : new_fd >= 0 ? new_fd : (int)r;
 }
 

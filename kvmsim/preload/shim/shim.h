@@ -93,7 +93,7 @@ struct request {
 	const void *tail;
 	size_t tail_len;
 	uint64_t arg;  /* IOCTL: the argument; memory requests are honoured only in [arg, arg + MAX_USER_COPY) */
-	uint64_t inner; /* ... and in [inner, inner + ONE_REG_VALUE): the value a kvm_one_reg points at (0: none) */
+	uint64_t inner; /* ... and in [inner, inner + ONE_REG_VALUE): the value its struct points at (INNER_AT; 0: none) */
 	int cloexec;   /* a placeholder that comes back is O_CLOEXEC */
 };
 
