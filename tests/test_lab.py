@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from test_cross import missing
 
-from kvmsim import cli
+from kvmsim import Kernel, SimDevice, cli
 from kvmsim.intercept.build import compile_c
 from kvmsim.lab import boot as lab_boot
 from kvmsim.lab import build, configs, debian
-from kvmsim.uapi import ARCHES, KVM_PPC_CONFIGURE_V3_MMU, REVISIONS, Arch
+from kvmsim.uapi import ARCHES, KVM_IRQ_LINE, KVM_PPC_CONFIGURE_V3_MMU, REVISIONS, Arch
 from kvmsim.user import probe
 
 PPC = ARCHES["ppc64le"]
@@ -420,7 +420,7 @@ def test_a_nested_papr_boot_tells_the_prober_its_l0_is_qemus() -> None:
     assert marked == {"configure mmu radix", "configure mmu radix gtse"}
     table = build.probes_h()
     assert f'"configure mmu radix", FD_VCPU_VM, {KVM_PPC_CONFIGURE_V3_MMU.request(PPC):#x}UL' in table
-    assert table.count(f'"{probe.QEMU_PAPR_L0}"}},') == 2 and table.count(", NULL},") == table.count("\n\t{") - 2
+    assert table.count(f'"{probe.QEMU_PAPR_L0}", ') == 2 and table.count(", NULL, ") == table.count("\n\t{") - 2
 
 
 @pytest.mark.skipif(NO_TOOLS is not None, reason=str(NO_TOOLS))
@@ -445,3 +445,30 @@ def test_the_prober_skips_a_probe_whose_word_is_on_the_kernel_command_line() -> 
     assert r.returncode == 0, r.stderr
     asked = re.findall(r"^KVMSIM probe\t([^\t]*)\t", r.stdout, re.M)
     assert asked == ["open", "create vm", "create vcpu", "asked", "asked too"]
+
+
+@pytest.mark.skipif(NO_TOOLS is not None, reason=str(NO_TOOLS))
+@pytest.mark.parametrize("host", ["qemu-nested-hv-p10", "qemu-powernv9"])
+def test_the_prober_asks_the_xics_device_as_the_replay_does(host: str) -> None:
+    """The cross-built prober's KVM device probes (the XICS device kept from its struct's fd, that
+    fd put into KVM_ENABLE_CAP and used for the attributes, closed at the end) under kvmsim run
+    answer as the replay's probe.run does in-process; on a XIVE host in HV mode the device is not
+    made, and nothing else is asked of it."""
+    papr = next(p for p in probe.kvm_probes(sweep=True) if p.name == "vcpu enable cap papr")
+    base = [papr, *probe.xics_probes(), probe.Probe("irq line after", "vm", KVM_IRQ_LINE.request, lambda a: bytes(8))]
+    source = resources.files("kvmsim.lab").joinpath("prober.c")
+    with resources.as_file(source) as path:
+        headers = {"probes.h": build.probes_h(base=base)}
+        prober = compile_c([path], cc="powerpc64le-linux-gnu-gcc", headers=headers, name="xics_probe")
+    kvmsim = Path(sys.executable).parent / "kvmsim"
+    r = subprocess.run([str(kvmsim), "run", "--host", host, "--", str(prober)], capture_output=True, text=True,
+                       timeout=180)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    asked = dict(re.findall(r"^KVMSIM probe\t([^\t]*)\t(.*)$", r.stdout, re.M))
+    replayed = probe.run(SimDevice(Kernel.from_profile(host)), base)
+    assert asked == {name: str(a.to_toml()) for name, a in replayed.items()}
+    if host == "qemu-powernv9":  # XICS-on-XIVE: not modelled (a real one's is made, and not recorded)
+        assert asked["xics create"] == "ENOTTY" and not any(n.startswith("xics") for n in asked if n != "xics create")
+    else:
+        assert asked["xics create"] == "fd" and asked["xics connect vcpu 0"] == "0"
+    assert asked["irq line after"] == "ENXIO"  # no XICS: released, or never made

@@ -73,6 +73,8 @@ def test_the_lab_asked_every_file_operation_of_each_fd() -> None:
         if recorded["probes"].get("tce64 1G of 4K") == "fd":
             made.append("spapr-tce")
         made += [f"{kind}-stats" for kind in ("vm", "vcpu") if recorded["probes"].get(f"{kind} stats fd") == "fd"]
+        # KVM devices: XICS's emulation where XICS is not XIVE's (a XIVE host in HV mode), VFIO's everywhere
+        made += [kind for kind in ("kvm-xics", "kvm-vfio") if f"{kind}.link" in recorded["file_ops"]]
         kinds = ["dev", *made]
         assert set(recorded["file_ops"]) == {f"{k}.{op}" for k in kinds for op in ASKED}, path.name
         asked |= set(kinds)
@@ -93,15 +95,15 @@ def test_a_stats_file_the_simulator_would_read_otherwise_is_a_mismatch(
     tmp_path: Path, what: str, old: str | None, new: str | None
 ) -> None:
     """Its id names the recorded pid (kvm-1 in the lab's guest, its init); the vcpu's data hold
-    what the probes did to it (three KVM_INTERRUPTs queued: queue_intr 3)."""
+    what the probes did to it (three KVM_INTERRUPTs queued and the XICS's delivery: queue_intr 4)."""
     src = ROOT / "fixtures" / "recorded" / "qemu-nested-hv-p10-linux-7.3.toml"
     text = src.read_text()
     stats = tomllib.loads(text)["recorded"]["stats"]
     assert stats["pid"] == 1 and "6b766d2d312f766370752d30" in stats["vcpu"]  # "kvm-1/vcpu-0"
-    if what == "data":  # queue_intr 3 -> 4 (the last few u64s are Book3S's: queue_intr ... pthru_bad_aff)
-        queue_intr = (3).to_bytes(8, "little").hex() + "00" * 8 * 5
+    if what == "data":  # queue_intr 4 -> 5 (the last few u64s are Book3S's: queue_intr ... pthru_bad_aff)
+        queue_intr = (4).to_bytes(8, "little").hex() + "00" * 8 * 5
         assert stats["vcpu"].endswith(queue_intr)
-        old, new = queue_intr, (4).to_bytes(8, "little").hex() + "00" * 8 * 5
+        old, new = queue_intr, (5).to_bytes(8, "little").hex() + "00" * 8 * 5
     assert old is not None and new is not None
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace(old, new))

@@ -11,7 +11,7 @@
  * kinds: probe (an answer, formatted as kvmsim.user.probe.Answer.of_buffer does), module (a
  * finit_module result), uname, pagesize, cpuinfo (a line), meminfo (MemTotal), cpu (a /proc/device-tree cpu node
  * and its cpu-version), sysmodule (a /sys/module entry), stats (the VM's and vcpu 0's stats files,
- * hex, and the pid their ids name), fileop (what /dev/kvm, a VM fd, a vcpu fd and a TCE table's
+ * hex, and the pid their ids name), fileop (what /dev/kvm, a VM fd, a vcpu fd, a TCE table's and a KVM device's
  * answer besides ioctl, as kvmsim.user.probe.file_ops writes it), dmesg (a kernel log line), done.
  */
 #define _GNU_SOURCE
@@ -41,7 +41,8 @@
 
 /* the fuzz cases' VM fds fall back to /dev/kvm where their VM cannot be made */
 /* FD_VCPU_VM: the type-0 VM, where its vcpu 0 was made; FD_VCPU_HV/PR: the fuzz VMs' vcpus 0 */
-enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR, FD_VCPU, FD_VCPU_VM, FD_VCPU_HV, FD_VCPU_PR };
+/* FD_DEVICE: the KVM device a keeps_device probe made (returns_fd 3) */
+enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR, FD_VCPU, FD_VCPU_VM, FD_VCPU_HV, FD_VCPU_PR, FD_DEVICE };
 enum probe_arg { ARG_INT, ARG_BUF, ARG_ONE_REG }; /* ARG_ONE_REG: value is the id, head the 16-byte value */
 #define PROBE_HEAD 48 /* a buffer's bytes given one by one (kvmsim.lab.build.PROBE_HEAD) */
 
@@ -55,10 +56,15 @@ struct probe {
 	unsigned char fill;             /* ARG_BUF: every byte past them ... */
 	unsigned int poke_at;   /* ... but this one (0: none), which is */
 	unsigned char poke;
-	int returns_fd; /* 1: the answer is a new fd, closed at once; 2: kept open to the end (kept_fds) */
+	int returns_fd; /* 1: the answer is a new fd, closed at once; 2: kept open to the end (kept_fds);
+	                 * 3: KVM_CREATE_DEVICE's, the buffer's u32 at 4, kept as device_fd where it is kvm-xics */
 	int readonly_from; /* ARG_BUF: read-only from this offset (0: all; -1: none) */
 	int on_stack;      /* ARG_BUF: on this program's stack instead (at most 256 bytes) */
 	const char *skip_under; /* not asked when this word is on the kernel command line (NULL: always) */
+	int needs_device; /* asked only once device_fd is made */
+	int device_at;    /* ARG_BUF: the u64 here is device_fd (-1: none) */
+	int attr_group;   /* ARG_ONE_REG: the struct is kvm_device_attr {0, attr_group, value, addr} (-1: kvm_one_reg) */
+	int closes_device; /* then device_fd is closed (the device's release) */
 };
 
 #include "probes.h" /* static const struct probe PROBES[]; KVM_CREATE_VM_REQ, KVM_CREATE_VCPU_REQ */
@@ -148,6 +154,7 @@ static int vm_hv = -1, vm_pr = -1; /* the fuzz's VMs of types 1 and 2, made in m
 static int vcpu = -1;              /* vcpu 0 of the type-0 VM, made in main() */
 static int vcpu_hv = -1, vcpu_pr = -1; /* vcpu 0 of each fuzz VM, made in main() */
 static int kept_fds[16], kept;         /* the new fds of probes that keep theirs (returns_fd 2) */
+static int device_fd = -1;             /* the KVM device a returns_fd 3 probe made (FD_DEVICE) */
 
 /* A probe's new fd: closed, or kept to the end of the run; its answer is "fd". */
 static void new_fd(const struct probe *p, int fd)
@@ -158,16 +165,27 @@ static void new_fd(const struct probe *p, int fd)
 		close(fd);
 }
 
+static void ask_probe(const struct probe *p, int dev, int vm);
+
 static void run_probe(const struct probe *p, int dev, int vm)
+{
+	ask_probe(p, dev, vm);
+	if (p->closes_device && device_fd >= 0) {
+		close(device_fd);
+		device_fd = -1;
+	}
+}
+
+static void ask_probe(const struct probe *p, int dev, int vm)
 {
 	char answer[256 + 2 * TAIL_SHOWN], head[64];
 	int fd = p->fd == FD_DEV ? dev : p->fd == FD_VM ? vm : p->fd == FD_VM_OR_DEV ? vm : p->fd == FD_VM_HV ? vm_hv
 		: p->fd == FD_VM_PR ? vm_pr : p->fd == FD_VCPU ? vcpu : p->fd == FD_VCPU_VM ? (vcpu >= 0 ? vm : -1)
-		: p->fd == FD_VCPU_HV ? vcpu_hv : vcpu_pr;
+		: p->fd == FD_VCPU_HV ? vcpu_hv : p->fd == FD_DEVICE ? device_fd : vcpu_pr;
 	int fuzzed = (p->fd >= FD_VM_OR_DEV && p->fd <= FD_VM_PR) || p->fd >= FD_VCPU_HV;
 	if (fd < 0 && fuzzed) /* the fuzz's: /dev/kvm instead */
 		fd = dev;
-	if (fd < 0 || (p->skip_under && on_cmdline(p->skip_under)))
+	if (fd < 0 || (p->skip_under && on_cmdline(p->skip_under)) || (p->needs_device && device_fd < 0))
 		return;
 	if (p->kind == ARG_ONE_REG) { /* struct kvm_one_reg {id, addr} (or any {u64, pointer}), addr a buffer
 		* of poke_at bytes (16 if 0): the head, then fill; shown as kvmsim.user.probe.Answer.of_buffer does */
@@ -177,7 +195,9 @@ static void run_probe(const struct probe *p, int dev, int vm)
 		memcpy(val, p->head, 16);
 		memcpy(before, val, n);
 		struct { unsigned long id, addr; } reg = {p->value, (unsigned long)val};
-		long r = ioctl(fd, p->request, &reg);
+		struct { uint32_t flags, group; uint64_t attr, addr; } attr = {0, (uint32_t)p->attr_group, p->value,
+		                                                               (uint64_t)(unsigned long)val};
+		long r = p->attr_group >= 0 ? ioctl(fd, p->request, &attr) : ioctl(fd, p->request, &reg);
 		if (r < 0)
 			snprintf(head, sizeof(head), "%s", errname(errno));
 		else
@@ -224,6 +244,10 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	memcpy(before, p->head, n < PROBE_HEAD ? n : PROBE_HEAD);
 	if (p->poke_at && p->poke_at < n)
 		before[p->poke_at] = p->poke;
+	if (p->device_at >= 0 && (size_t)p->device_at + 8 <= n) {
+		uint64_t dfd = (uint64_t)device_fd;
+		memcpy(before + p->device_at, &dfd, 8);
+	}
 	unsigned char stack_buf[256] __attribute__((aligned(16)));
 	if (p->on_stack && n <= sizeof(stack_buf))
 		buf = stack_buf;
@@ -235,7 +259,22 @@ static void run_probe(const struct probe *p, int dev, int vm)
 	long r = ioctl(fd, p->request, buf);
 	if (r < 0)
 		snprintf(head, sizeof(head), "%s", errname(errno));
-	else if (p->returns_fd) { /* as kvmsim.user.probe.Probe.run: "fd", whatever the buffer holds */
+	else if (p->returns_fd == 3) { /* KVM_CREATE_DEVICE: kept where it is XICS's emulation, else unrecorded */
+		uint32_t dfd;
+		char path[64], link[64] = "";
+		memcpy(&dfd, buf + 4, 4);
+		snprintf(path, sizeof(path), "/proc/self/fd/%u", dfd);
+		ssize_t len_link = readlink(path, link, sizeof(link) - 1);
+		link[len_link > 0 ? len_link : 0] = 0;
+		if (!strcmp(link, "anon_inode:kvm-xics")) {
+			device_fd = (int)dfd;
+			line("probe", p->name, "fd");
+		} else
+			close((int)dfd);
+		free(before);
+		munmap(map, len);
+		return;
+	} else if (p->returns_fd) { /* as kvmsim.user.probe.Probe.run: "fd", whatever the buffer holds */
 		new_fd(p, (int)r);
 		line("probe", p->name, "fd");
 		free(before);
@@ -471,8 +510,26 @@ int main(void)
 				close(tce);
 			}
 		}
+		if (vm >= 0) { /* KVM devices' files: XICS's emulation (not XICS-on-XIVE's kvm-xive), VFIO's */
+			static const struct { unsigned type; const char *kind; } devices[] = {{3, "kvm-xics"}, {4, "kvm-vfio"}};
+			for (unsigned i = 0; i < sizeof(devices) / sizeof(devices[0]); i++) {
+				struct { uint32_t type, fd, flags; } cd = {devices[i].type, 0, 0};
+				char path[64], link[64] = "", want[64];
+				if (ioctl(vm, KVM_CREATE_DEVICE_REQ, &cd) < 0)
+					continue;
+				snprintf(path, sizeof(path), "/proc/self/fd/%u", cd.fd);
+				snprintf(want, sizeof(want), "anon_inode:%s", devices[i].kind);
+				ssize_t n = readlink(path, link, sizeof(link) - 1);
+				link[n > 0 ? n : 0] = 0;
+				if (!strcmp(link, want))
+					file_ops((int)cd.fd, devices[i].kind);
+				close((int)cd.fd);
+			}
+		}
 		while (kept > 0)
 			close(kept_fds[--kept]);
+		if (device_fd >= 0)
+			close(device_fd);
 	}
 	if (init)
 		dmesg();

@@ -32,14 +32,21 @@ from ..uapi import (
     KVM_CAP_PPC_PAPR,
     KVM_CAP_PPC_SECURE_GUEST,
     KVM_CAP_PPC_SMT,
+    KVM_CREATE_DEVICE,
+    KVM_CREATE_DEVICE_STRUCT,
     KVM_CREATE_SPAPR_TCE,
     KVM_CREATE_SPAPR_TCE_64,
     KVM_CREATE_SPAPR_TCE_64_STRUCT,
     KVM_CREATE_SPAPR_TCE_STRUCT,
     KVM_CREATE_VCPU,
+    KVM_DEV_TYPE_XICS,
+    KVM_DEV_XICS_GRP_CTRL,
+    KVM_DEV_XICS_GRP_SOURCES,
+    KVM_DEVICE_ATTR,
     KVM_DIRTY_LOG,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_DEVICE_ATTR,
     KVM_GET_DIRTY_LOG,
     KVM_GET_FPU,
     KVM_GET_MP_STATE,
@@ -47,6 +54,7 @@ from ..uapi import (
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_GET_STATS_FD,
+    KVM_HAS_DEVICE_ATTR,
     KVM_INTERRUPT,
     KVM_INTERRUPT_SET,
     KVM_INTERRUPT_SET_LEVEL,
@@ -70,6 +78,7 @@ from ..uapi import (
     KVM_REGS,
     KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
+    KVM_SET_DEVICE_ATTR,
     KVM_SET_FPU,
     KVM_SET_GUEST_DEBUG,
     KVM_SET_MP_STATE,
@@ -83,6 +92,8 @@ from ..uapi import (
     KVM_TRANSLATE,
     KVM_USERSPACE_MEMORY_REGION,
     KVM_USERSPACE_MEMORY_REGION2,
+    KVM_XICS_LEVEL_SENSITIVE,
+    KVM_XICS_MASKED,
     KVMIO,
     MSR_ME,
     ONE_REGS,
@@ -176,7 +187,8 @@ class Probe:
     name: str
     # vm-hv, vm-pr: the fuzz's VMs of types 1 and 2, vcpu-hv, vcpu-pr: their vcpus 0; vcpu-vm: the
     # type-0 VM where its vcpu 0 was made
-    fd: Literal["dev", "vm", "vm-hv", "vm-pr", "vcpu", "vcpu-vm", "vcpu-hv", "vcpu-pr"]
+    # device: the KVM device a keeps_device probe made
+    fd: Literal["dev", "vm", "vm-hv", "vm-pr", "vcpu", "vcpu-vm", "vcpu-hv", "vcpu-pr", "device"]
     request: Callable[[Arch], int]
     arg: Callable[[Arch], int | bytes]
     returns_fd: bool = False
@@ -193,6 +205,14 @@ class Probe:
     # the lab's: a kernel command-line word under which its prober does not ask this (a recording
     # without the answer: the replay does not ask it either)
     skip_under: str | None = None
+    # KVM_CREATE_DEVICE: the new fd is the buffer's u32 at 4, kept as the run's "device" (answered
+    # "fd"); the lab's prober keeps only an XICS emulation's (kvm-xics) and records nothing else
+    keeps_device: bool = False
+    needs_device: bool = False  # asked only where a keeps_device probe made the device
+    device_at: int | None = None  # the buffer's u64 here is the device's fd (KVM_ENABLE_CAP's args[0])
+    # with one_reg (the attribute): the struct is kvm_device_attr {0, attr_group, one_reg, addr}
+    attr_group: int | None = None
+    closes_device: bool = False  # then the device's fd is closed (its release), as the fuzz that follows expects
 
     def run(self, target: Device, fds: dict[str, int], kept: list[int] | None = None) -> Answer:
         """Ask it; a new fd is closed at once, or (``keeps_fd``) put on ``kept`` for the caller."""
@@ -200,12 +220,20 @@ class Probe:
         if self.one_reg is not None:
             return self._run_one_reg(target, fds, self.one_reg)
         arg = self.arg(arch)
+        if self.device_at is not None and isinstance(arg, bytes):
+            at = self.device_at
+            arg = arg[:at] + fds["device"].to_bytes(8, arch.byteorder) + arg[at + 8 :]
         buf = bytearray(arg) if isinstance(arg, bytes) else None
         try:
             ret = int(target.ioctl(fds[self.fd], self.request(arch), arg if buf is None else buf))
         except OSError as exc:
             head = Answer(error=errname(exc.errno))
         else:
+            if self.keeps_device and buf is not None:
+                fds["device"] = int.from_bytes(buf[4:8], arch.byteorder)
+                if kept is not None:
+                    kept.append(fds["device"])
+                return Answer(fd=True)
             if self.returns_fd:
                 if self.keeps_fd and kept is not None:
                     kept.append(ret)
@@ -219,7 +247,10 @@ class Probe:
         arch = target.arch
         before = bytes(self.arg(arch)).ljust(self.pointee, b"\0")[: self.pointee]
         with value_buffer(target, before) as (addr, read):
-            struct = KVM_ONE_REG.pack(arch.byteorder, {"id": reg_id, "addr": addr})
+            if self.attr_group is not None:
+                struct = KVM_DEVICE_ATTR.pack(arch.byteorder, {"group": self.attr_group, "attr": reg_id, "addr": addr})
+            else:
+                struct = KVM_ONE_REG.pack(arch.byteorder, {"id": reg_id, "addr": addr})
             try:
                 ret = int(target.ioctl(fds[self.fd], self.request(arch), bytearray(struct)))
             except OSError as exc:
@@ -395,6 +426,7 @@ def vcpu_probes(*, registers: bool = True) -> Iterator[Probe]:
         yield Probe(f"vcpu enable cap fwnmi {when}", "vcpu", enable, cap(KVM_CAP_PPC_FWNMI))
     if registers:  # ARCH_COMPAT, once PAPR is on (before it, every HV set stores and is EINVAL)
         yield from arch_compat_probes("after papr")
+        yield from xics_probes()
 
 
 def arch_compat_probes(when: str) -> Iterator[Probe]:
@@ -454,6 +486,7 @@ def vm_ppc_probes() -> Iterator[Probe]:
         yield Probe(name, "vm", io.request, functools.partial(reg_bytes, value=1 << 32 | 5, size=8))
         yield Probe(f"{name} NULL", "vm", io.request, lambda a: NULL)
     yield from spapr_tce_probes()
+    yield from create_device_probes()
     # kvm_vm_ioctl's and kvm_vcpu_ioctl's: the argument unread (POWER's: on the VM whose vcpu was made)
     stats = KVM_GET_STATS_FD.request
     yield Probe("vm stats fd", "vcpu-vm", stats, lambda a: 0, returns_fd=True)
@@ -482,6 +515,91 @@ def vm_ppc_probes() -> Iterator[Probe]:
     # the VM's tokens go, as the fuzz that follows on it expects
     for i, left in enumerate((b"ibm,set-xive", b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off")):
         yield Probe(f"rtas token undefine {i}", "vm", define, functools.partial(rtas_token_args, name=left, token=0))
+
+
+def _create_device(arch: Arch, *, dev_type: int, flags: int) -> bytes:
+    return KVM_CREATE_DEVICE_STRUCT.pack(arch.byteorder, {"type": dev_type, "fd": 0xEEEE, "flags": flags})
+
+
+def create_device_probes() -> Iterator[Probe]:
+    """KVM_CREATE_DEVICE with KVM_CREATE_DEVICE_TEST (which types this kernel registers: XICS's
+    emulation or XICS-on-XIVE, XIVE's native device, VFIO; the struct left as it came), types no
+    Book3S kernel has (ENODEV, before TEST), past KVM_DEV_TYPE_MAX, NULL.  The devices themselves
+    are made by the prober for their file operations (their fd in the struct is the asking
+    process's own number)."""
+    create = KVM_CREATE_DEVICE.request
+    for name, dev_type, flags in (("xics test", 3, 1), ("vfio test", 4, 1), ("xive test", 9, 1), ("type 0", 0, 0),
+                                  ("mpic test", 1, 1), ("type 17 test", 17, 1), ("type 2^31", 1 << 31, 0)):  # fmt: skip
+        yield Probe(
+            f"create device {name}", "vm", create, functools.partial(_create_device, dev_type=dev_type, flags=flags)
+        )
+    yield Probe("create device NULL", "vm", create, lambda a: NULL)
+
+
+def _u64(arch: Arch, *, value: int) -> bytes:
+    return value.to_bytes(8, arch.byteorder)
+
+
+def _irq_level(arch: Arch, *, irq: int, level: int) -> bytes:
+    return irq.to_bytes(4, arch.byteorder) + level.to_bytes(4, arch.byteorder)
+
+
+def xics_probes() -> Iterator[Probe]:
+    """XICS's emulation (book3s_xics.c) as QEMU drives it, on the type-0 VM once its vcpu 0 has
+    PAPR: the device made (kept: the run's "device"), made again, its attributes (SOURCES from 16
+    below 2^20, no CTRL group), sources set masked, with a priority for a server no ICP has, and
+    read back; vcpu 0 connected as server 0 (again: EBUSY), its ICP read, set consistent and not;
+    then KVM_IRQ_LINE(_STATUS) of a source with a priority (presented to the ICP: its output queued,
+    ``queue_intr`` in the vcpu's statistics), of a masked one (pending), of none (the status:
+    -EINVAL) and an MSI's unset (nothing).  Where the XICS device is XICS-on-XIVE's (PowerNV), the
+    lab's prober records none of them."""
+    create, enable = KVM_CREATE_DEVICE.request, KVM_ENABLE_CAP.request
+    xics = functools.partial(_create_device, dev_type=KVM_DEV_TYPE_XICS, flags=0)
+    yield Probe("xics create", "vcpu-vm", create, xics, keeps_device=True)
+    yield Probe("xics create again", "vcpu-vm", create, xics, needs_device=True)
+    sources, ctrl = KVM_DEV_XICS_GRP_SOURCES, KVM_DEV_XICS_GRP_CTRL
+
+    def attr(name: str, io: KvmIoctl, group: int, number: int, value: int = 0xAAAA) -> Probe:
+        data = functools.partial(_u64, value=value)
+        return Probe(f"xics {name}", "device", io.request, data, one_reg=number, attr_group=group, needs_device=True)
+
+    for name, group, number in (("has source 16", sources, 16), ("has source 15", sources, 15),
+                                ("has source 2^20", sources, 1 << 20), ("has nr servers", ctrl, 1)):  # fmt: skip
+        yield attr(name, KVM_HAS_DEVICE_ATTR, group, number)
+    yield attr("get source 4096 unset", KVM_GET_DEVICE_ATTR, sources, 4096)
+    masked = KVM_XICS_MASKED | 0xFF << 32 | KVM_XICS_LEVEL_SENSITIVE
+    yield attr("set source 4096 masked lsi", KVM_SET_DEVICE_ATTR, sources, 4096, masked)
+    yield attr("get source 4096", KVM_GET_DEVICE_ATTR, sources, 4096)
+    yield attr("get source 4097 of its ics", KVM_GET_DEVICE_ATTR, sources, 4097)
+    yield attr("set source 4097 priority 5 no icp", KVM_SET_DEVICE_ATTR, sources, 4097, 5 << 32)
+    yield attr("set source 15", KVM_SET_DEVICE_ATTR, sources, 15, KVM_XICS_MASKED)
+    yield attr("set nr servers", KVM_SET_DEVICE_ATTR, ctrl, 1, 8)
+    icp = ONE_REGS["ICP_STATE"]
+
+    def connect(name: str, server: int) -> Probe:
+        values = {"cap": KVM_CAP_IRQ_XICS, "arg1": server}
+        struct = functools.partial(_pack_enable_cap, values=values)
+        return Probe(f"xics {name}", "vcpu", enable, struct, device_at=8, needs_device=True)
+
+    yield connect("connect vcpu 0", 0)
+    yield connect("connect vcpu 0 again", 1)
+    for name, value in (("icp reset", 0xFF << 24 | 0xFF << 16), ("icp cppr ff", 0xFF << 56 | 0xFF << 24 | 0xFF << 16),
+                        ("icp inconsistent", 0x05 << 16)):  # fmt: skip
+        data = functools.partial(reg_bytes, value=value, size=8)
+        yield Probe(f"xics {name}", "vcpu", KVM_SET_ONE_REG.request, data, one_reg=icp, needs_device=True)
+        yield Probe(f"xics get after {name}", "vcpu", KVM_GET_ONE_REG.request, lambda a: b"\xaa" * 16, one_reg=icp,
+                    needs_device=True)  # fmt: skip
+    yield attr("set source 4096 priority 5", KVM_SET_DEVICE_ATTR, sources, 4096, 5 << 32)
+    yield attr("set source 4097 masked priority 5", KVM_SET_DEVICE_ATTR, sources, 4097, KVM_XICS_MASKED | 5 << 32)
+    for name, irq, level in (("4096", 4096, 1), ("4097 masked", 4097, 1), ("5000 unset", 5000, 1),
+                             ("4096 unset", 4096, KVM_INTERRUPT_UNSET)):  # fmt: skip
+        line = functools.partial(_irq_level, irq=irq, level=level)
+        yield Probe(f"xics irq line status {name}", "vcpu-vm", KVM_IRQ_LINE_STATUS.request, line, needs_device=True)
+        yield Probe(f"xics get icp after irq {name}", "vcpu", KVM_GET_ONE_REG.request, lambda a: b"\xaa" * 16,
+                    one_reg=icp, needs_device=True)  # fmt: skip
+    yield attr("get source 4096 after irq", KVM_GET_DEVICE_ATTR, sources, 4096)
+    last = attr("get source 4097 after irq", KVM_GET_DEVICE_ATTR, sources, 4097)
+    yield attrs.evolve(last, closes_device=True)  # the VM without its XICS again (KVM_IRQ_LINE: ENXIO)
 
 
 TCE64_DEFAULTS = {"page_shift": 12, "flags": 0, "offset": 0, "size": 1 << 18}  # a 1G window of 4K pages, QEMU's first
@@ -742,12 +860,18 @@ def run(
                 answers["create vcpu"] = Answer(fd=True)
             except OSError as exc:
                 answers["create vcpu"] = Answer(error=errname(exc.errno))
-        fds = {"dev": dev, "vm": vm, "vcpu": vcpu, "vcpu-vm": vm if vcpu >= 0 else -1}
+        fds = {"dev": dev, "vm": vm, "vcpu": vcpu, "vcpu-vm": vm if vcpu >= 0 else -1, "device": -1}
         kept: list[int] = []
         try:
             for probe in probes:
+                if probe.needs_device and fds["device"] < 0:
+                    continue
                 if fds[probe.fd] >= 0:
                     answers[probe.name] = probe.run(target, fds, kept)
+                if probe.closes_device and fds["device"] >= 0:
+                    kept.remove(fds["device"])
+                    target.close(fds["device"])
+                    fds["device"] = -1
             if finish is not None:
                 finish(target, fds)
         finally:
