@@ -321,8 +321,11 @@ class Placeholders:
         with self.lock:
             released = self._reap_memory()
         self._notify(released)
-        for peer_fd, events in self._epoll.poll(timeout):
-            with self.lock:
+        if timeout:
+            self._epoll.poll(timeout)  # wait for something, outside the lock (its events come again)
+        dropped = []
+        with self.lock:  # the events and what they name at once: an fd a drop frees, a new file may take
+            for peer_fd, events in self._epoll.poll(0):
                 key = self._by_peer.get(peer_fd)
                 if key is None:
                     continue
@@ -333,9 +336,8 @@ class Placeholders:
                         while placeholder.peer.recv(65536, socket.MSG_DONTWAIT):
                             pass
                     continue
-                self._drop(key)
-            if self.on_release is not None:
-                self.on_release(placeholder)
+                dropped.append(self._drop(key))
+        self._notify(dropped)
 
     def _drop(self, key: Identity) -> Placeholder:
         placeholder = self._files.pop(key)
