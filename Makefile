@@ -49,6 +49,7 @@ wheel-check: $(STAMP)
 # ask each 20,000 fuzz cases (seed 0) replayed on the simulator
 lab: $(STAMP)
 	$(BIN)/kvmsim lab --fuzz 20000
+	$(BIN)/kvmsim lab --qemu
 
 # the built-in profiles' parse, read at start-up instead of importing tomllib (a test checks it is fresh)
 hosts-index: $(STAMP)

@@ -154,6 +154,8 @@ def test_no_archive_is_one_line_and_exit_3(monkeypatch: pytest.MonkeyPatch, caps
     [
         (["lab", "--config", "p42"], "unknown configuration 'p42'"),
         (["lab", "--kernel", "7.2", "--config", "powernv9"], "no configuration"),
+        (["lab", "--qemu", "--config", "powernv9"], "no QEMU start on configuration 'powernv9'"),
+        (["lab", "--qemu", "--fuzz", "5"], "--qemu takes no --fuzz or --kernel"),
     ],
 )
 def test_bad_lab_usage(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

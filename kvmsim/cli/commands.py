@@ -492,6 +492,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     from .. import lab
 
+    if args.qemu:
+        return _lab_qemu(args)
     names = args.config or [n for n, c in lab.CONFIGS.items() if args.kernel is None or c.kernel == args.kernel]
     unknown = [n for n in names if n not in lab.CONFIGS]
     if unknown:
@@ -526,6 +528,50 @@ def cmd_lab(args: argparse.Namespace) -> int:
         else:
             fuzzed = f"; {r.fuzzed} fuzz cases agree" if r.fuzzed else ""
             print(f"{r.config.name:<28} ok       {r.path} (verifies{fuzzed}; {r.seconds:.0f} s)")
+    return EXIT_OK if not failed else EXIT_MISMATCH
+
+
+def _lab_qemu(args: argparse.Namespace) -> int:
+    """``kvmsim lab --qemu``: Debian's QEMU to -S in each real L1, recorded and compared."""
+    from pathlib import Path
+
+    from .. import lab
+    from ..lab import qemu_l1
+
+    names = args.config or list(qemu_l1.QEMU_CONFIGS)
+    unknown = [n for n in names if n not in qemu_l1.QEMU_CONFIGS]
+    if unknown:
+        known = ", ".join(qemu_l1.QEMU_CONFIGS)
+        raise UsageError(f"lab --qemu: no QEMU start on configuration {unknown[0]!r} (those with one: {known})")
+    if args.fuzz or args.kernel:
+        raise UsageError("lab: --qemu takes no --fuzz or --kernel (it starts QEMU, it asks no probes)")
+    out = Path(args.output or (str(qemu_l1.RECORDED) if Path("fixtures").is_dir() else "."))
+    kvmsim = str(Path(sys.executable).parent / "kvmsim")
+    try:
+        from ..lab.debian import Archive
+
+        archive = Archive()
+        print(f"kvmsim lab: Debian's archive {archive.mirror} (from {archive.mirror_from})", flush=True)
+        starts = [s for s in qemu_l1.STARTS if s.config in names]
+        results = qemu_l1.run_qemu_lab(starts, out, archive=archive, kvmsim=kvmsim)
+    except lab.CacheError as exc:
+        raise UsageError(f"lab: {exc}") from None
+    except lab.FetchError as exc:
+        print(f"kvmsim lab: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    failed = 0
+    for r in results:
+        if r.error is not None:
+            failed += 1
+            print(f"{r.start.name:<36} FAILED   {r.error}")
+        elif r.differences:
+            failed += 1
+            print(f"{r.start.name:<36} DIFFERS  {r.path} ({r.calls} KVM calls real; {r.seconds:.0f} s)")
+            for d in r.differences:
+                print(f"    {d}")
+        else:
+            print(f"{r.start.name:<36} same     {r.path} (same {r.calls} KVM calls and answers, same outcome; "
+                  f"{r.seconds:.0f} s)")  # fmt: skip
     return EXIT_OK if not failed else EXIT_MISMATCH
 
 
@@ -674,6 +720,14 @@ def parser() -> argparse.ArgumentParser:
         "any disagreement fails, naming the case (0..100000)",
     )
     lab.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="the fuzz cases' seed (default 0)")
+    lab.add_argument(
+        "--qemu",
+        action="store_true",
+        help="instead, start Debian's QEMU to -S inside each configuration's real L1 under strace (default: "
+        "nested-hv-p10, nested-papr-p11-compat-p10, nested-papr-p10, nested-hv-p9), write "
+        "fixtures/qemu-l1/<config>.toml (-o: elsewhere), and compare its KVM calls, their answers and QEMU's "
+        "outcome with the same QEMU under kvmsim run; any difference fails",
+    )
     lab.set_defaults(func=cmd_lab)
     fq = sub.add_parser(
         "fetch-qemu",

@@ -89,12 +89,14 @@ def probes_h(extra: Sequence[probe.Probe] = (), base: Iterable[probe.Probe] | No
     )
 
 
-def prober(tree: Path, out_dir: trust.Dir, extra: Sequence[probe.Probe] = ()) -> Path:
+def prober(tree: Path, out_dir: trust.Dir, extra: Sequence[probe.Probe] = (), *, qemu_l1: str | None = None) -> Path:
     """Cross-compile the prober (static, ppc64le) with the toolchain unpacked in ``tree``,
-    into the private ``out_dir``; cached by the hash of its source and probe table."""
+    into the private ``out_dir``; cached by the hash of its source and probe table.  With
+    ``qemu_l1`` (the header kvmsim.lab.qemu_l1 writes), the prober that runs the L1's QEMU
+    instead of asking probes."""
     source = resources.files("kvmsim.lab").joinpath("prober.c").read_text()
-    table = probes_h(extra)
-    digest = hashlib.sha256((source + table).encode()).hexdigest()[:16]
+    table = probes_h(extra) if qemu_l1 is None else probes_h(base=[])
+    digest = hashlib.sha256((source + table + (qemu_l1 or "")).encode()).hexdigest()[:16]
     name = f"prober-{digest}"
     built = out_dir.stat(name)
     if built is not None and stat.S_ISREG(built.st_mode) and trust.private_stat(built):
@@ -102,12 +104,15 @@ def prober(tree: Path, out_dir: trust.Dir, extra: Sequence[probe.Probe] = ()) ->
     with out_dir.subdir(f"build-{digest}") as work:
         work.write("prober.c", source)
         work.write("probes.h", table)
+        if qemu_l1 is not None:
+            work.write("qemu_l1.h", qemu_l1)
         gcc = tree / CROSS_GCC
         libs = [str(tree / "usr/lib/x86_64-linux-gnu"), os.environ.get("LD_LIBRARY_PATH", "")]
         env = {**os.environ, "LD_LIBRARY_PATH": ":".join(x for x in libs if x)}
         tmp = f".prober-{os.getpid()}"
         work.unlink(tmp)
-        cmd = [str(gcc), "-static", "-O2", "-Wall", "-Werror", "-o", work / tmp, work / "prober.c"]
+        defines = ["-DKVMSIM_QEMU_L1"] if qemu_l1 is not None else []
+        cmd = [str(gcc), "-static", "-O2", "-Wall", "-Werror", *defines, "-o", work / tmp, work / "prober.c"]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if r.returncode != 0:
             first = (r.stderr.strip().splitlines() or ["no output"])[0]

@@ -449,6 +449,64 @@ static void dmesg(void)
 	free(buf);
 }
 
+#ifdef KVMSIM_QEMU_L1
+#include <sys/wait.h>
+
+#include "qemu_l1.h" /* QEMU_ARGV (strace, then QEMU and its arguments) and QMP_IN: kvmsim.lab.qemu_l1 */
+
+static void lines_of(const char *kind, const char *path)
+{
+	char text[4096];
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		line(kind, "-", "(none)");
+		return;
+	}
+	while (fgets(text, sizeof(text), f)) {
+		text[strcspn(text, "\r\n")] = 0;
+		line(kind, "-", text);
+	}
+	fclose(f);
+}
+
+/* The L1's QEMU (kvmsim lab --qemu): QEMU_ARGV under strace, QMP_IN on its stdin; then its
+ * exit status, what it answered on stdout (qmp) and stderr (qemu), and strace's ioctl lines. */
+static void run_qemu(void)
+{
+	mkdir("/tmp", 0755);
+	mount("tmpfs", "/tmp", "tmpfs", 0, NULL);
+	int in = open("/tmp/qmp.in", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (in < 0 || write(in, QMP_IN, sizeof(QMP_IN) - 1) != (ssize_t)(sizeof(QMP_IN) - 1)) {
+		line("qemuexit", "-", "prober: cannot write /tmp/qmp.in");
+		return;
+	}
+	close(in);
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int i = open("/tmp/qmp.in", O_RDONLY), o = open("/tmp/qmp.out", O_WRONLY | O_CREAT, 0644);
+		int e = open("/tmp/qemu.err", O_WRONLY | O_CREAT, 0644);
+		if (i < 0 || o < 0 || e < 0 || dup2(i, 0) < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
+			_exit(126);
+		char *const envp[] = {"PATH=/usr/bin", "HOME=/", NULL};
+		execve(QEMU_ARGV[0], (char *const *)QEMU_ARGV, envp);
+		_exit(127);
+	}
+	int status = 0;
+	char text[32];
+	if (pid < 0 || waitpid(pid, &status, 0) < 0)
+		snprintf(text, sizeof(text), "prober: %s", errname(errno));
+	else if (WIFEXITED(status))
+		snprintf(text, sizeof(text), "%d", WEXITSTATUS(status));
+	else
+		snprintf(text, sizeof(text), "signal %d", WTERMSIG(status));
+	line("qemuexit", "-", text);
+	lines_of("qmp", "/tmp/qmp.out");
+	lines_of("qemu", "/tmp/qemu.err");
+	lines_of("strace", "/tmp/strace.out");
+}
+#endif
+
 int main(void)
 {
 	struct utsname u;
@@ -464,6 +522,17 @@ int main(void)
 		load("/kvm-hv.ko.xz", "kvm_hv");
 		load("/kvm-pr.ko.xz", "kvm_pr");
 	}
+#ifdef KVMSIM_QEMU_L1
+	(void)u;
+	(void)value;
+	run_qemu();
+	line("done", "-", "-");
+	if (init) {
+		sync();
+		reboot(RB_POWER_OFF);
+	}
+	return 0;
+#endif
 	uname(&u);
 	line("uname", "release", u.release);
 	line("uname", "machine", u.machine);

@@ -17,7 +17,8 @@ import attrs
 from .debian import Archive, Package
 
 QEMU_SUITE = "sid"
-QEMU_PACKAGES = ("qemu-system-ppc:ppc64el", "qemu-system-data", "qemu-user:amd64")
+# and strace for ppc64el, which kvmsim lab --qemu runs QEMU under inside the L1 (it needs only libc6)
+QEMU_PACKAGES = ("qemu-system-ppc:ppc64el", "qemu-system-data", "qemu-user:amd64", "strace:ppc64el")
 SYSROOT = "qemu-sysroot"  # below the lab's cache
 MERGED_USR = (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), ("sbin", "usr/sbin"))
 
