@@ -14,7 +14,7 @@ import pytest
 
 from kvmsim import Kernel
 from kvmsim.lab import _fuzz_mismatches, build, configs
-from kvmsim.uapi import ARCHES
+from kvmsim.uapi import ARCHES, KVM_CREATE_DEVICE, KVM_CREATE_DEVICE_STRUCT, KVM_CREATE_DEVICE_TEST
 from kvmsim.user import fuzz
 from kvmsim.user.probe import Probe
 
@@ -51,6 +51,16 @@ def test_the_cases_cover_the_input_space() -> None:
     assert set(range(1, 33)) <= {len(b) for b in buffers}  # type: ignore[arg-type]  # cut short at every offset
     assert {p.readonly_from for p in cs} >= {None, 0, *range(1, 33)}
     assert any(p.on_stack for p in cs)
+
+
+def test_the_device_cases_only_test_for_a_type() -> None:
+    """KVM_CREATE_DEVICE on the fuzz's VMs: every type number and past them, KVM_CREATE_DEVICE_TEST
+    always set (a device made would put a number of the asking process's in the struct)."""
+    cs = [p for p in fuzz.cases(1, 20000) if p.request(PPC) == KVM_CREATE_DEVICE.request(PPC)]
+    structs = [KVM_CREATE_DEVICE_STRUCT.unpack(PPC.byteorder, p.arg(PPC)) for p in cs
+               if isinstance(p.arg(PPC), bytes) and len(p.arg(PPC)) == 12]  # type: ignore[arg-type]  # fmt: skip
+    assert len({s["type"] for s in structs}) >= 12 and len(cs) > len(structs) > 20
+    assert all(s["flags"] & KVM_CREATE_DEVICE_TEST for s in structs)
 
 
 def test_the_vcpu_cases_cover_its_ioctls_and_never_run_a_guest() -> None:

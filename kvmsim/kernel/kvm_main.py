@@ -484,7 +484,7 @@ class Process:
                 raise KvmError(errno.EFAULT, f"{what} at {arg:#x}: unmapped") from None
         line = k.kvm.irq_line(vm, int.from_bytes(raw[:4], bo), int.from_bytes(raw[4:], bo))
         if status:
-            self._copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:], what)
+            self.copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:], what)
         return 0
 
     # kvm_vm_ioctl()'s KVM_GET_DIRTY_LOG: copy_from_user, then the arch's kvm_vm_ioctl_get_dirty_log(),
@@ -496,7 +496,7 @@ class Process:
         log = KVM_DIRTY_LOG.unpack(k.arch.byteorder, raw)
         bitmap = arch.get_dirty_log(kvm.arch, kvm.memslots, log["slot"])
         what = f"KVM_GET_DIRTY_LOG: the slot's {len(bitmap)}-byte bitmap"
-        return self._copy_to_user(log["dirty_bitmap"], bitmap, what)
+        return self.copy_to_user(log["dirty_bitmap"], bitmap, what)
 
     # kvm_vm_ioctl()'s KVM_CREATE_DEVICE: copy_from_user, kvm_ioctl_create_device() (the fd installed
     # by anon_inode_getfd), copy_to_user of the struct with it (a fault leaves the fd installed)
@@ -510,7 +510,7 @@ class Process:
             raise _explained(exc, k.KVM_CREATE_DEVICE, k, "vm", kvm.arch) from None
         if dev is not None:
             cd["fd"] = self._install(KvmDeviceFile(dev))
-        return self._copy_to_user(arg, KVM_CREATE_DEVICE_STRUCT.pack(k.arch.byteorder, cd), what)
+        return self.copy_to_user(arg, KVM_CREATE_DEVICE_STRUCT.pack(k.arch.byteorder, cd), what)
 
     # kvm_device_ioctl(): the attribute ioctls (kvm_device_ioctl_attr: no accessor is EPERM, then the
     # copy), any other the ops' .ioctl (none here: ENOTTY)
@@ -537,7 +537,7 @@ class Process:
         except Fault:
             raise KvmError(errno.EFAULT, f"{what} at {arg:#x}: unmapped") from None
 
-    def _copy_to_user(self, arg: int, data: bytes, what: str) -> int:
+    def copy_to_user(self, arg: int, data: bytes, what: str) -> int:
         """copy_to_user into the caller's memory: 0, or EFAULT naming ``what``."""
         try:
             self.memory.copy_to_user(arg, data)
@@ -610,7 +610,7 @@ class Process:
         assert vcpus is not None
         get, put = (vcpus.get_regs, vcpus.set_regs) if layout is KVM_REGS else (vcpus.get_sregs, vcpus.set_sregs)
         if out:
-            return self._copy_to_user(arg, layout.pack(bo, get(vcpu)), f"{name}: struct {layout.name}")
+            return self.copy_to_user(arg, layout.pack(bo, get(vcpu)), f"{name}: struct {layout.name}")
         raw = vcpus.copy_from_user(self.memory, arg, layout.size, f"{name}: struct {layout.name}")  # memdup_user()
         put(vcpu, layout.unpack(bo, raw))
         return 0
@@ -639,7 +639,7 @@ class Process:
 
         bo = k.arch.byteorder
         if cmd == k.KVM_GET_MP_STATE:  # the arch's state, then copy_to_user
-            return self._copy_to_user(
+            return self.copy_to_user(
                 arg, vcpus.get_mpstate(vcpu).to_bytes(4, bo), "KVM_GET_MP_STATE: struct kvm_mp_state"
             )
         if cmd == k.KVM_SET_MP_STATE:
@@ -647,7 +647,7 @@ class Process:
             return 0
         if cmd == k.KVM_TRANSLATE:  # copy_from_user, the arch's, copy_to_user
             tr = vcpus.translate(vcpu, copy_in(KVM_TRANSLATE.size, "KVM_TRANSLATE: struct kvm_translation"))
-            return self._copy_to_user(arg, tr, "KVM_TRANSLATE: struct kvm_translation")
+            return self.copy_to_user(arg, tr, "KVM_TRANSLATE: struct kvm_translation")
         if cmd == k.KVM_SET_GUEST_DEBUG:
             vcpus.set_guest_debug(
                 vcpu, copy_in(KVM_SET_GUEST_DEBUG.size, "KVM_SET_GUEST_DEBUG: struct kvm_guest_debug")
@@ -661,7 +661,7 @@ class Process:
                 copy_in(SIGSET_SIZE, "KVM_SET_SIGNAL_MASK: the sigset", arg + 4)
             return 0  # kvm_vcpu_ioctl_set_sigmask(): what a running vcpu blocks (no guest runs here)
         if cmd == k.KVM_GET_FPU:  # kzalloc, the arch's, copy_to_user
-            return self._copy_to_user(arg, vcpus.get_fpu(vcpu), "KVM_GET_FPU: struct kvm_fpu")
+            return self.copy_to_user(arg, vcpus.get_fpu(vcpu), "KVM_GET_FPU: struct kvm_fpu")
         if cmd == k.KVM_SET_FPU:  # memdup_user first
             vcpus.set_fpu(vcpu, copy_in(KVM_SET_FPU.size, "KVM_SET_FPU: struct kvm_fpu"))
             return 0
@@ -714,7 +714,7 @@ class _AttrAccess:
             raise KvmError(errno.EFAULT, f"get_user of {size} bytes at {addr:#x}: unmapped") from None
 
     def put_user(self, addr: int, value: int, size: int) -> None:
-        self.process._copy_to_user(addr, value.to_bytes(size, self.byteorder), f"put_user of {size} bytes")
+        self.process.copy_to_user(addr, value.to_bytes(size, self.byteorder), f"put_user of {size} bytes")
 
     def copy_from_user(self, addr: int, size: int, what: str) -> bytes:
         return self.process.copy_from_user(addr, size, what)
@@ -787,7 +787,7 @@ class BootedKernel:
             for io, which in ((KVM_SET_DEVICE_ATTR, "set_attr"), (KVM_GET_DEVICE_ATTR, "get_attr"),
                               (KVM_HAS_DEVICE_ATTR, "has_attr"))
         }  # fmt: skip
-        # the VM ioctls that answer a new file (anon_inode_getfd): the vcpu, the stats file, a TCE table
+        # the VM ioctls that make a file (anon_inode_getfd): a device, the vcpu, the stats file, a TCE table
         self.CREATES_FILE = frozenset(
             [self.KVM_CREATE_DEVICE]
             + [self.KVM_CREATE_VCPU, self.KVM_GET_STATS_FD] * self.models_vcpus

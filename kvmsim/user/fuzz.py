@@ -45,6 +45,8 @@ from ..uapi import (
     KVM_CAP_PPC_PAPR,
     KVM_CAP_PPC_SECURE_GUEST,
     KVM_CAP_PPC_SMT,
+    KVM_CREATE_DEVICE,
+    KVM_CREATE_DEVICE_STRUCT,
     KVM_CREATE_SPAPR_TCE,
     KVM_CREATE_SPAPR_TCE_64,
     KVM_CREATE_SPAPR_TCE_64_STRUCT,
@@ -259,7 +261,11 @@ RTAS_NAMES = (b"ibm,set-xive", b"ibm,get-xive", b"ibm,int-off", b"ibm,int-on", b
               b"ibm,nonesuch", b"", b"i" * RTAS_NAME_LEN)  # fmt: skip
 VM_PPC_IOCTLS = (KVM_PPC_GET_CPU_CHAR, KVM_PPC_GET_RMMU_INFO, KVM_PPC_RTAS_DEFINE_TOKEN, KVM_PPC_ALLOCATE_HTAB,
                  KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS,
-                 KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE)  # fmt: skip
+                 KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE, KVM_CREATE_DEVICE)  # fmt: skip
+# KVM_CREATE_DEVICE: every type number and some past them, with KVM_CREATE_DEVICE_TEST always (a
+# device made would put its fd in the struct: a number of the asking process's own) and other bits
+DEVICE_TYPES = (*range(18), 0x7FFFFFFF, 1 << 31, (1 << 32) - 1)
+DEVICE_FLAGS = (1, 1, 3, 1 | 1 << 31)
 # TCE tables: never the LIOBN the probes keep a table of on the same VM (the replay has none), sizes
 # whose tables are far from the allocator's 16MB (the probes ask its edge)
 U64 = (1 << 64) - 1
@@ -297,6 +303,13 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
     elif io is KVM_CREATE_SPAPR_TCE:
         values = {"liobn": rng.choice(TCE_LIOBNS), "window_size": rng.choice(TCE_WINDOWS)}
         struct = functools.partial(_packed, layout=KVM_CREATE_SPAPR_TCE_STRUCT, values=values)
+    elif io is KVM_CREATE_DEVICE:
+        values = {
+            "type": rng.choice(DEVICE_TYPES),
+            "fd": rng.choice((0, 0xAAAAAAAA)),
+            "flags": rng.choice(DEVICE_FLAGS),
+        }
+        struct = functools.partial(_packed, layout=KVM_CREATE_DEVICE_STRUCT, values=values)
     elif io is KVM_PPC_CONFIGURE_V3_MMU:
         values = {"flags": rng.choice(MMUV3_FLAGS), "process_table": rng.choice(MMUV3_TABLES)}
         if values["flags"] & 5 == 1 and values["process_table"] >> 63:  # never a radix table the kernel
