@@ -216,6 +216,50 @@ def test_a_result_writing_outside_the_argument_is_not_applied(shim: Path, tmp_pa
     assert out == ["14", "untouched"]  # EFAULT, and the secret is as it was
 
 
+DEVICE_WRITER = """
+import ctypes, fcntl, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(fd, 0x2000AE01, 0)
+arg = ctypes.create_string_buffer(bytes([3, 0, 0, 0]) + bytes(8) + b"untouched", 32)
+r = libc.ioctl(vm, ctypes.c_ulong(0xC00CAEE0), ctypes.c_void_p(ctypes.addressof(arg)))
+print("ok" if r == 0 else ctypes.get_errno())
+print(arg.raw[12:21].decode())
+"""
+
+
+def test_a_new_fd_field_outside_the_argument_is_not_written(shim: Path, tmp_path: Path) -> None:
+    """A server that answers KVM_CREATE_DEVICE with the new fd's field past the argument's bytes it
+    was sent gets nothing written there: EIO, the placeholder it sent closed."""
+    path = tmp_path / "kvm.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    proc = subprocess.Popen([sys.executable, "-c", DEVICE_WRITER], env=victim_env(shim, path), stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    conn, _ = listener.accept()
+    reader = wire.FrameReader(conn)
+    files = Placeholders()
+    for _ in range(3):  # OPEN, CREATE_VM, KVM_CREATE_DEVICE
+        msg, payload = reader.read()
+        (_fd, cmd, _arg, _dev, _ino), window = wire.unpack(wire.IOCTL, payload, exact=False) if msg == Msg.IOCTL else (
+            (0, 0, 0, 0, 0), b"")  # fmt: skip
+        if cmd == 0xC00CAEE0:  # the field said to be far past the window the shim sent
+            theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            flags = wire.RESULT_NEW_FD | wire.RESULT_FD_FIELD
+            conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(len(window) + 4096, 0, flags, 0)))
+            socket.send_fds(conn, [b"\0"], [theirs.fileno()])
+            theirs.close()
+            files.kept.append(ours)
+        else:
+            files.answer(conn, conn.sendall)
+    out = proc.communicate(timeout=30)[0].split()
+    files.close()
+    conn.close()
+    listener.close()
+    assert out == ["5", "untouched"]  # EIO, and nothing written past the struct
+
+
 RECONNECT = """
 import errno, fcntl, os
 fd = os.open("/dev/kvm", os.O_RDWR)

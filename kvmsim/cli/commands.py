@@ -304,7 +304,6 @@ def intercept_for(host_name: str, machine: str, command: list[str], arch: str | 
     """How ``kvmsim run`` reaches ``command`` (``seccomp`` or ``preload``) on the host named
     ``host_name`` (uname ``machine``), and why: the trace's first line says both."""
     from ..intercept.command import RunError, StartError, target_arch
-    from ..seccomp.launch import unavailable
 
     foreign = target_arch(host_name, machine, command, arch)
     if asked == "preload":
@@ -316,6 +315,8 @@ def intercept_for(host_name: str, machine: str, command: list[str], arch: str | 
                 "machine's kernel: the seccomp path cannot serve it (--intercept preload)"
             )
         return "preload", f"a {foreign} binary under qemu-user: the shim inside it"
+    from ..seccomp.launch import unavailable  # only where seccomp may serve it (its import is most of a start)
+
     why = unavailable()
     if why is not None:
         if asked == "seccomp":

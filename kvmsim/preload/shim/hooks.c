@@ -78,8 +78,14 @@ static int emu_ioctl(int fd, const struct identity *id, unsigned long request, v
 	*foreign = r >= 0 && (flags & RESULT_FOREIGN);
 	if (r >= 0 && new_fd >= 0 && (flags & RESULT_FD_FIELD)) {
 		/* the new fd goes into the struct (the kernel wrote it, with its own number, before
-		 * answering): this program's number, in its own byte order, and the call returns 0 */
+		 * answering): this program's number, in its own byte order, and the call returns 0;
+		 * only inside the argument's bytes the server was sent (never elsewhere in this process) */
 		uint32_t v = (uint32_t)new_fd;
+		if ((size_t)r + sizeof(v) > n) {
+			real.close(new_fd);
+			errno = EIO;
+			return -1;
+		}
 		memcpy((char *)arg + r, &v, sizeof(v));
 		return 0;
 	}
