@@ -65,7 +65,7 @@ def test_a_difference_names_the_first_call_and_the_outcome() -> None:
 
 
 def test_the_provers_header_runs_qemu_under_strace() -> None:
-    header = qemu_l1.qemu_l1_h(qemu_l1.qemu_args())
+    header = qemu_l1.qemu_l1_h(qemu_l1.pseries())
     assert '"/usr/bin/strace", "-f", "-e", "trace=ioctl"' in header
     assert '"/usr/bin/qemu-system-ppc64", "-L", "/usr/share/qemu", "-machine", "pseries,accel=kvm' in header
     assert 'QMP_IN[] = "{\\"execute\\": \\"qmp_capabilities\\"}\\n' in header

@@ -44,12 +44,15 @@ from .qemu import QemuSysroot, fetch_sysroot
 MACHINE = "pseries,accel=kvm,cap-hpt-max-page-size=4096"  # a 4K-page L1: KVM-HV's real-mode page sizes
 
 
-def qemu_args(machine: str = MACHINE, devices: tuple[str, ...] = ()) -> tuple[str, ...]:
+def pseries(machine: str = MACHINE, devices: tuple[str, ...] = ()) -> tuple[str, ...]:
     """A pseries machine to -S with QMP on stdio, ``-cpu host``, and ``devices``' arguments."""
     return ("-machine", machine, "-cpu", "host", "-m", "512", "-nodefaults", "-display", "none", *devices, "-S",
             "-qmp", "stdio")  # fmt: skip
 
 
+# libvirt's capability probe (virQEMUCapsInitQMP): no machine, KVM if it is there, else TCG
+LIBVIRT_PROBE = ("-S", "-no-user-config", "-nodefaults", "-nographic", "-machine", "none,accel=kvm:tcg", "-qmp",
+                 "stdio")  # fmt: skip
 # a virtio NIC (QEMU's user network) and a virtio disk (read-only /dev/null), their option ROM left
 # out (Debian's sysroot has no ipxe-qemu): PCI devices whose interrupts are XICS sources
 VIRTIO = ("-device", "virtio-net-pci,netdev=n0,romfile=", "-netdev", "user,id=n0", "-device",
@@ -58,25 +61,23 @@ VIRTIO = ("-device", "virtio-net-pci,netdev=n0,romfile=", "-netdev", "user,id=n0
 
 @attrs.frozen
 class QemuStart:
-    """One start: its recording's name, the lab configuration whose L1 runs it, its -machine."""
+    """One start: its recording's name, the lab configuration whose L1 runs it, QEMU's arguments."""
 
     name: str
     config: str
-    machine: str = MACHINE
-    devices: tuple[str, ...] = ()
-
-    @property
-    def args(self) -> tuple[str, ...]:
-        return qemu_args(self.machine, self.devices)
+    args: tuple[str, ...] = pseries()
 
 
 # the configurations the issue names first (and, on the POWER11 L1 in POWER10 mode, the guest
 # the series' bug asks for: a POWER11 one), and the other L1s whose kvm_hv loads
 STARTS = (
     QemuStart("nested-hv-p10", "nested-hv-p10"),
-    QemuStart("nested-hv-p10-virtio", "nested-hv-p10", devices=VIRTIO),
+    QemuStart("nested-hv-p10-libvirt-probe", "nested-hv-p10", LIBVIRT_PROBE),
+    QemuStart("nested-hv-p10-virtio", "nested-hv-p10", pseries(devices=VIRTIO)),
     QemuStart("nested-papr-p11-compat-p10", "nested-papr-p11-compat-p10"),
-    QemuStart("nested-papr-p11-compat-p10-power11", "nested-papr-p11-compat-p10", f"{MACHINE},max-cpu-compat=power11"),
+    QemuStart(
+        "nested-papr-p11-compat-p10-power11", "nested-papr-p11-compat-p10", pseries(f"{MACHINE},max-cpu-compat=power11")
+    ),
     QemuStart("nested-papr-p10", "nested-papr-p10"),
     QemuStart("nested-hv-p9", "nested-hv-p9"),
 )
