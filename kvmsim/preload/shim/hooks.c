@@ -79,9 +79,10 @@ static int emu_ioctl(int fd, const struct identity *id, unsigned long request, v
 	if (r >= 0 && new_fd >= 0 && (flags & RESULT_FD_FIELD)) {
 		/* the new fd goes into the struct (the kernel wrote it, with its own number, before
 		 * answering): this program's number, in its own byte order, and the call returns 0;
-		 * only inside the argument's bytes the server was sent (never elsewhere in this process) */
+		 * only inside the struct the request's size says (never elsewhere in this process: the
+		 * size field's 13 bits, powerpc's, hold it in either encoding) */
 		uint32_t v = (uint32_t)new_fd;
-		if ((size_t)r + sizeof(v) > n) {
+		if ((size_t)r + sizeof(v) > (((uint32_t)request >> 16) & 0x1fff)) {
 			real.close(new_fd);
 			errno = EIO;
 			return -1;
