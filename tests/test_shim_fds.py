@@ -170,3 +170,16 @@ def test_a_kvm_device_fd_goes_into_its_struct_and_connects_a_vcpu(fdops: Path, i
         "xics source=ok cppr=ok irq_line=ok icp=ok 0xff001000ff050000",
         "xics recreate=ok",
     ]
+
+
+@pytest.mark.parametrize("intercept", INTERCEPTS)
+def test_the_trace_shows_kvm_create_device_answering_0(fdops: Path, intercept: str) -> None:
+    """The program got 0 and its own fd in the struct; --trace says 0, and the kernel's struct."""
+    r = subprocess.run(
+        [str(KVMSIM), "run", "--trace", "--host", "qemu-nested-hv-p10", "--intercept", intercept, "--", str(fdops),
+         "xics"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    created = [ln for ln in r.stderr.splitlines() if "KVM_CREATE_DEVICE" in ln]
+    assert len(created) == 2 and all(" = 0 in=03000000" in ln for ln in created), created

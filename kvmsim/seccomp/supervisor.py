@@ -380,7 +380,8 @@ class Supervisor:
         if self.trace is not None:  # a Call only when traced: this is the path every ioctl takes
             from ..intercept.trace import Call
 
-            self.trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), ret, err, reason))
+            shown = 0 if creates and field is not None else ret  # the new fd went into the struct: 0
+            self.trace(Call(f"pid {n.pid}", "IOCTL", fd, cmd, arg, window, tuple(mem.writes), shown, err, reason))
         return answer
 
     # -- open(2) ----------------------------------------------------------------------------
