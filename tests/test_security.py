@@ -190,30 +190,43 @@ print(secret.value.decode())
 """
 
 
-def test_a_result_writing_outside_the_argument_is_not_applied(shim: Path, tmp_path: Path) -> None:
+def against_a_hostile_server(
+    shim: Path, tmp_path: Path, program: str, lie: Callable[[socket.socket, int, subprocess.Popen[str]], bool]
+) -> list[str]:
+    """``program`` under the shim against a server that answers OPEN and KVM_CREATE_VM as a server
+    does, and the third call as ``lie(conn, request, program)`` does (False: as a server does);
+    the words the program printed after that."""
     path = tmp_path / "kvm.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
-    env = victim_env(shim, path)
-    proc = subprocess.Popen([sys.executable, "-c", WRITER], env=env, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    secret_addr = int(proc.stdout.readline())
+    proc = subprocess.Popen([sys.executable, "-c", program], env=victim_env(shim, path), stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
     conn, _ = listener.accept()
     reader = wire.FrameReader(conn)
     files = Placeholders()
-    for _ in range(3):  # OPEN, CREATE_VM, the compat caps ioctl
+    for _ in range(3):
         msg, payload = reader.read()
-        if msg == Msg.IOCTL and wire.unpack(wire.IOCTL, payload, exact=False)[0][1] == 0x2000AEB8:
-            write = wire.WRITE.pack(secret_addr, 8) + b"OVERWRIT"
-            conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 1) + write))
-        else:
+        cmd = wire.unpack(wire.IOCTL, payload, exact=False)[0][1] if msg == Msg.IOCTL else 0
+        if not lie(conn, cmd, proc):
             files.answer(conn, conn.sendall)
     out = proc.communicate(timeout=30)[0].split()
     files.close()
     conn.close()
     listener.close()
-    assert out == ["14", "untouched"]  # EFAULT, and the secret is as it was
+    return out
+
+
+def test_a_result_writing_outside_the_argument_is_not_applied(shim: Path, tmp_path: Path) -> None:
+    def lie(conn: socket.socket, cmd: int, proc: subprocess.Popen[str]) -> bool:
+        if cmd != 0x2000AEB8:  # the compat caps ioctl: a write to the program's secret
+            return False
+        assert proc.stdout is not None
+        write = wire.WRITE.pack(int(proc.stdout.readline()), 8) + b"OVERWRIT"
+        conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(0, 0, 0, 1) + write))
+        return True
+
+    assert against_a_hostile_server(shim, tmp_path, WRITER, lie) == ["14", "untouched"]  # EFAULT, the secret kept
 
 
 DEVICE_WRITER = """
@@ -231,32 +244,22 @@ print(arg.raw[12:21].decode())
 def test_a_new_fd_field_outside_the_argument_is_not_written(shim: Path, tmp_path: Path) -> None:
     """A server that answers KVM_CREATE_DEVICE with the new fd's field past the struct (the
     request's size) gets nothing written there: EIO, the placeholder it sent closed."""
-    path = tmp_path / "kvm.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(1)
-    proc = subprocess.Popen([sys.executable, "-c", DEVICE_WRITER], env=victim_env(shim, path), stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    conn, _ = listener.accept()
-    reader = wire.FrameReader(conn)
-    files = Placeholders()
-    for _ in range(3):  # OPEN, CREATE_VM, KVM_CREATE_DEVICE
-        msg, payload = reader.read()
-        cmd = wire.unpack(wire.IOCTL, payload, exact=False)[0][1] if msg == Msg.IOCTL else 0
-        if cmd == 0xC00CAEE0:  # the field said to be past the 12-byte struct
-            theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            flags = wire.RESULT_NEW_FD | wire.RESULT_FD_FIELD
-            conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(12, 0, flags, 0)))
-            socket.send_fds(conn, [b"\0"], [theirs.fileno()])
-            theirs.close()
-            files.kept.append(ours)
-        else:
-            files.answer(conn, conn.sendall)
-    out = proc.communicate(timeout=30)[0].split()
-    files.close()
-    conn.close()
-    listener.close()
-    assert out == ["5", "untouched"]  # EIO, and nothing written past the struct (at 12: "untouched")
+    kept: list[socket.socket] = []
+
+    def lie(conn: socket.socket, cmd: int, proc: subprocess.Popen[str]) -> bool:
+        if cmd != 0xC00CAEE0:
+            return False
+        theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        flags = wire.RESULT_NEW_FD | wire.RESULT_FD_FIELD
+        conn.sendall(wire.frame(Msg.RESULT, wire.RESULT.pack(12, 0, flags, 0)))  # the field at the struct's end
+        socket.send_fds(conn, [b"\0"], [theirs.fileno()])
+        theirs.close()
+        kept.append(ours)
+        return True
+
+    assert against_a_hostile_server(shim, tmp_path, DEVICE_WRITER, lie) == ["5", "untouched"]  # EIO, nothing written
+    for s in kept:
+        s.close()
 
 
 RECONNECT = """

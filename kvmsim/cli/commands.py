@@ -23,8 +23,8 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 from kvmcompat.args import EXIT_USAGE, OneLineParser, add_revision_options, revisions
@@ -48,7 +48,10 @@ from .args import add_hosts_option, fuzz_arg, jobs_arg, seed_arg, use_hosts_dirs
 
 if TYPE_CHECKING:
     from ..intercept.trace import Tracer
+    from ..lab.debian import Archive
     from ..user.simulated import Kernel
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNAVAILABLE = 0, 1, 3
 EXIT_CANNOT_RUN, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
@@ -503,40 +506,60 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if not configs:
         raise UsageError(f"lab: no configuration of those runs Linux {args.kernel}")
     out = Path(args.output or ("fixtures/recorded" if Path("fixtures/recorded").is_dir() else "."))
-    try:
-        from ..lab.debian import Archive
+    said = [f"{args.fuzz} fuzz cases a configuration, seed {args.seed}"] if args.fuzz else []
+    results = _with_archive(
+        lambda archive: lab.run_lab(configs, out, jobs=args.jobs, fuzz_cases=args.fuzz, seed=args.seed,
+                                    archive=archive),
+        *said,
+    )  # fmt: skip
+    if results is None:
+        return EXIT_UNAVAILABLE
+    lines: list[tuple[str, str, str, Sequence[str]]] = []
+    for r in results:
+        if r.error is not None:
+            lines.append((r.config.name, "FAILED", r.error, ()))
+        elif r.mismatches:
+            lines.append((r.config.name, "MISMATCH", f"{r.path} ({len(r.mismatches)} probes; {r.seconds:.0f} s)",
+                          r.mismatches))  # fmt: skip
+        else:
+            fuzzed = f"; {r.fuzzed} fuzz cases agree" if r.fuzzed else ""
+            lines.append((r.config.name, "ok", f"{r.path} (verifies{fuzzed}; {r.seconds:.0f} s)", ()))
+    return _report(lines, 28)
 
+
+def _report(lines: Sequence[tuple[str, str, str, Sequence[str]]], width: int) -> int:
+    """A line a result (its name, verdict, what), what went wrong below it; EXIT_MISMATCH where
+    any is neither "ok" nor "same"."""
+    for name, verdict, what, details in lines:
+        print(f"{name:<{width}} {verdict:<8} {what}")
+        for detail in details:
+            print(f"    {detail}")
+    return EXIT_OK if all(verdict in ("ok", "same") for _, verdict, _, _ in lines) else EXIT_MISMATCH
+
+
+def _with_archive(run: Callable[[Archive], list[T]], *said: str) -> list[T] | None:
+    """``run`` of Debian's archive, the first line saying which (and ``said``): None where the
+    packages cannot be had (the reason on stderr); a cache somebody else could write, a usage error."""
+    from .. import lab
+    from ..lab.debian import Archive
+
+    try:
         archive = Archive()
         print(f"kvmsim lab: Debian's archive {archive.mirror} (from {archive.mirror_from})", flush=True)
-        if args.fuzz:
-            print(f"kvmsim lab: {args.fuzz} fuzz cases a configuration, seed {args.seed}", flush=True)
-        results = lab.run_lab(configs, out, jobs=args.jobs, fuzz_cases=args.fuzz, seed=args.seed, archive=archive)
+        for line in said:
+            print(f"kvmsim lab: {line}", flush=True)
+        return run(archive)
     except lab.CacheError as exc:  # refused, not unavailable: somebody else could write there
         raise UsageError(f"lab: {exc}") from None
     except lab.FetchError as exc:
         print(f"kvmsim lab: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    failed = 0
-    for r in results:
-        if r.error is not None:
-            failed += 1
-            print(f"{r.config.name:<28} FAILED   {r.error}")
-        elif r.mismatches:
-            failed += 1
-            print(f"{r.config.name:<28} MISMATCH {r.path} ({len(r.mismatches)} probes; {r.seconds:.0f} s)")
-            for m in r.mismatches:
-                print(f"    {m}")
-        else:
-            fuzzed = f"; {r.fuzzed} fuzz cases agree" if r.fuzzed else ""
-            print(f"{r.config.name:<28} ok       {r.path} (verifies{fuzzed}; {r.seconds:.0f} s)")
-    return EXIT_OK if not failed else EXIT_MISMATCH
+        return None
 
 
 def _lab_qemu(args: argparse.Namespace) -> int:
     """``kvmsim lab --qemu``: Debian's QEMU to -S in each real L1, recorded and compared."""
     from pathlib import Path
 
-    from .. import lab
     from ..lab import qemu_l1
 
     names = args.config or list(qemu_l1.QEMU_CONFIGS)
@@ -548,32 +571,21 @@ def _lab_qemu(args: argparse.Namespace) -> int:
         raise UsageError("lab: --qemu takes no --fuzz or --kernel (it starts QEMU, it asks no probes)")
     out = Path(args.output or (str(qemu_l1.RECORDED) if Path("fixtures").is_dir() else "."))
     kvmsim = str(Path(sys.executable).parent / "kvmsim")
-    try:
-        from ..lab.debian import Archive
-
-        archive = Archive()
-        print(f"kvmsim lab: Debian's archive {archive.mirror} (from {archive.mirror_from})", flush=True)
-        starts = [s for s in qemu_l1.STARTS if s.config in names]
-        results = qemu_l1.run_qemu_lab(starts, out, archive=archive, kvmsim=kvmsim)
-    except lab.CacheError as exc:
-        raise UsageError(f"lab: {exc}") from None
-    except lab.FetchError as exc:
-        print(f"kvmsim lab: {exc}", file=sys.stderr)
+    starts = [s for s in qemu_l1.STARTS if s.config in names]
+    results = _with_archive(lambda archive: qemu_l1.run_qemu_lab(starts, out, archive=archive, kvmsim=kvmsim))
+    if results is None:
         return EXIT_UNAVAILABLE
-    failed = 0
+    lines: list[tuple[str, str, str, Sequence[str]]] = []
     for r in results:
         if r.error is not None:
-            failed += 1
-            print(f"{r.start.name:<36} FAILED   {r.error}")
+            lines.append((r.start.name, "FAILED", r.error, ()))
         elif r.differences:
-            failed += 1
-            print(f"{r.start.name:<36} DIFFERS  {r.path} ({r.calls} KVM calls real; {r.seconds:.0f} s)")
-            for d in r.differences:
-                print(f"    {d}")
+            lines.append((r.start.name, "DIFFERS", f"{r.path} ({r.calls} KVM calls real; {r.seconds:.0f} s)",
+                          r.differences))  # fmt: skip
         else:
-            print(f"{r.start.name:<36} same     {r.path} (same {r.calls} KVM calls and answers, same outcome; "
-                  f"{r.seconds:.0f} s)")  # fmt: skip
-    return EXIT_OK if not failed else EXIT_MISMATCH
+            same = f"{r.path} (same {r.calls} KVM calls and answers, same outcome; {r.seconds:.0f} s)"
+            lines.append((r.start.name, "same", same, ()))
+    return _report(lines, 36)
 
 
 @contextlib.contextmanager
