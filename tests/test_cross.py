@@ -158,11 +158,13 @@ def test_a_power_program_sees_the_hosts_files_through_qemu_users_sysroot(arch: s
     assert lines["cpus"] == " ".join(cpus) and lines["machine"] == arch
 
 
-def test_qemu_user_runs_the_program_on_the_profiles_processor(tmp_path: Path) -> None:
+def test_qemu_user_runs_the_program_on_the_profiles_processor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """qemu-user's -cpu: the model with the profile's PVR (so mfpvr, and QEMU's -cpu host, are the
     host's), else the generation's with a notice naming the PVR the program reads instead, else
     qemu-user's default CPU."""
     from kvmsim.preload.runner import qemu_cpu
+
+    monkeypatch.setenv("KVMSIM_CACHE", str(tmp_path / "cache"))  # its listing kept there, not in the user's
 
     fake = tmp_path / "qemu-ppc64le"
     listing = (
@@ -175,6 +177,30 @@ def test_qemu_user_runs_the_program_on_the_profiles_processor(tmp_path: Path) ->
     assert model == "power10" and notice is not None and "reads power10's (0x00801200)" in notice
     model, notice = qemu_cpu(str(fake), 0x00821200, "power11")
     assert model is None and notice is not None and "qemu-user's default CPU" in notice
+
+
+def test_qemu_users_cpu_list_is_asked_once_and_kept_privately(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-cpu help`` is asked once for a binary and kept in the private cache; a kept listing that
+    others may write is not read (asked again), nor one of a binary that changed."""
+    from kvmsim.preload.runner import cpu_listing
+
+    monkeypatch.setenv("KVMSIM_CACHE", str(tmp_path / "cache"))
+    count = tmp_path / "asked"
+    fake = tmp_path / "qemu-ppc64le"
+    fake.write_text(f"#!/bin/sh\necho x >> {count}\nprintf 'PowerPC power9_v2.2     PVR 004e1202\\n'\n")
+    fake.chmod(0o755)
+
+    def asked() -> int:
+        return len(count.read_text().splitlines()) if count.exists() else 0
+
+    assert "power9_v2.2" in cpu_listing(str(fake)) and asked() == 1
+    assert "power9_v2.2" in cpu_listing(str(fake)) and asked() == 1  # kept
+    (kept,) = (tmp_path / "cache").glob("qemu-cpus-*")
+    kept.write_text("PowerPC planted     PVR 004e1202\n")
+    kept.chmod(0o666)  # others may write it: not read
+    assert "power9_v2.2" in cpu_listing(str(fake)) and asked() == 2
+    fake.write_text(fake.read_text().replace("power9_v2.2", "power9_v2.3"))  # another binary now
+    assert "power9_v2.3" in cpu_listing(str(fake)) and asked() == 3
 
 
 @pytest.mark.parametrize("arch", ARCHES)

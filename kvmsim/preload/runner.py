@@ -19,7 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..intercept.build import BuildError, preloadable
+from ..intercept import trust
+from ..intercept.build import BuildError, cache_dir, fingerprint, preloadable
 from ..intercept.command import (
     FOREIGN,
     Foreign,
@@ -47,13 +48,40 @@ def qemu_binary(foreign: Foreign) -> str:
 _MODEL = re.compile(r"^\s*(?:PowerPC\s+)?(\S+)\s+PVR\s+([0-9a-fA-F]{8})\s*$", re.M)
 
 
+def cpu_listing(qemu: str) -> str:
+    """qemu-user's ``-cpu help``, asked once for each binary (its path, inode, size and mtime) and
+    kept in the private cache (kvmsim.intercept.build.cache_dir): a file there is read only where
+    it is this user's and nobody else may write it (kvmsim.intercept.trust), else asked again."""
+    try:
+        st = os.stat(qemu)
+    except OSError:
+        st = None
+    if st is None:
+        return _ask_cpus(qemu)
+    identity = f"{os.path.realpath(qemu)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    name = f"qemu-cpus-{fingerprint(identity.encode())}"
+    try:
+        with trust.Dir.open(cache_dir()) as cache:
+            kept = cache.read(name)
+            if kept is not None:
+                return kept.decode(errors="replace")
+            listing = _ask_cpus(qemu)
+            cache.write(name, listing)
+            return listing
+    except OSError:  # no cache of ours to keep it in (UntrustedError is one): asked each time
+        return _ask_cpus(qemu)
+
+
+def _ask_cpus(qemu: str) -> str:
+    return subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, check=False).stdout
+
+
 def qemu_cpu(qemu: str, pvr: int, generation: str) -> tuple[str | None, str | None]:
     """qemu-user's ``-cpu`` for a profile's processor, so that the program's ``mfpvr`` reads the
     profile's PVR (QEMU's ``-cpu host`` and KVM_SET_SREGS depend on it): the model this qemu-user
     has with that PVR, else the generation's name and a notice saying which PVR the program
     will read instead."""
-    listing = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, check=False).stdout
-    models = {int(pvr_hex, 16): name for name, pvr_hex in _MODEL.findall(listing)}
+    models = {int(pvr_hex, 16): name for name, pvr_hex in _MODEL.findall(cpu_listing(qemu))}
     if pvr in models:
         return models[pvr], None
     near = next((p for p, name in models.items() if name.startswith(f"{generation}_")), None)
