@@ -47,7 +47,7 @@ def test_the_cases_cover_the_input_space() -> None:
     assert any(len(b) > 24 and any(b[24:]) for b in buffers)  # type: ignore[arg-type]  # a poked tail
     ints = {p.arg(PPC) for p in cs if not isinstance(p.arg(PPC), bytes)}
     assert {0, 8, fuzz.KERNEL_ADDRESS} <= ints and set(range(16)) <= ints
-    assert {p.fd for p in cs} == {"dev", "vm", "vm-hv", "vm-pr", "vcpu-hv", "vcpu-pr"}
+    assert {p.fd for p in cs} == {"dev", "vm", "vm-hv", "vm-pr", "vcpu-hv", "vcpu-pr", "xics-hv", "xics-pr"}
     assert set(range(1, 33)) <= {len(b) for b in buffers}  # type: ignore[arg-type]  # cut short at every offset
     assert {p.readonly_from for p in cs} >= {None, 0, *range(1, 33)}
     assert any(p.on_stack for p in cs)
@@ -157,3 +157,16 @@ def test_a_replay_places_the_buffer_where_the_guest_does_to_the_byte() -> None:
     body[26] = 0xFE
     probe = Probe("fuzz 0", "vm", lambda a: req, lambda a: bytes(body))
     assert fuzz.simulate(k, [probe])["fuzz 0"].to_toml() == "E2BIG " + (24).to_bytes(8, "little").hex() + "00" * 16
+
+
+def test_the_device_cases_reach_the_fuzz_vms_xics_or_dev_kvm() -> None:
+    """Each fuzz VM has an XICS device made after its vcpu; where it cannot (XICS-on-XIVE on
+    PowerNV: not modelled, and the prober keeps no real one either) the case goes to /dev/kvm."""
+    from kvmsim.uapi import KVM_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR
+
+    def has(a: object) -> bytes:
+        return KVM_DEVICE_ATTR.pack(PPC.byteorder, {"group": 1, "attr": 16})
+
+    probe = Probe("has source 16", "xics-hv", KVM_HAS_DEVICE_ATTR.request, has)
+    assert fuzz.simulate(Kernel.from_profile("qemu-nested-hv-p10"), [probe])["has source 16"].value == 0
+    assert fuzz.simulate(Kernel.from_profile("qemu-powernv9"), [probe])["has source 16"].error == "EINVAL"

@@ -28,7 +28,8 @@ POINTEE_MAX = 256  # the most a {u64, pointer} struct's buffer is (prober.c's PO
 PROBE_HEAD = 48  # a buffer's first bytes, given one by one (prober.c's PROBE_HEAD); then a fill byte and a poke
 # a fuzz case's fd: /dev/kvm where its VM cannot be made
 FUZZ_FDS = {"dev": "FD_DEV", "vm": "FD_VM_OR_DEV", "vm-hv": "FD_VM_HV", "vm-pr": "FD_VM_PR",
-            "vcpu-hv": "FD_VCPU_HV", "vcpu-pr": "FD_VCPU_PR"}  # fmt: skip
+            "vcpu-hv": "FD_VCPU_HV", "vcpu-pr": "FD_VCPU_PR", "xics-hv": "FD_XICS_HV",
+            "xics-pr": "FD_XICS_PR"}  # fmt: skip
 PROBE_FDS = {"dev": "FD_DEV", "vcpu": "FD_VCPU", "vcpu-vm": "FD_VCPU_VM", "device": "FD_DEVICE"}  # else FD_VM
 
 

@@ -41,8 +41,9 @@
 
 /* the fuzz cases' VM fds fall back to /dev/kvm where their VM cannot be made */
 /* FD_VCPU_VM: the type-0 VM, where its vcpu 0 was made; FD_VCPU_HV/PR: the fuzz VMs' vcpus 0 */
-/* FD_DEVICE: the KVM device a keeps_device probe made (returns_fd 3) */
-enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR, FD_VCPU, FD_VCPU_VM, FD_VCPU_HV, FD_VCPU_PR, FD_DEVICE };
+/* FD_DEVICE: the KVM device a keeps_device probe made (returns_fd 3); FD_XICS_HV/PR: the fuzz VMs' XICS */
+enum probe_fd { FD_DEV, FD_VM, FD_VM_OR_DEV, FD_VM_HV, FD_VM_PR, FD_VCPU, FD_VCPU_VM, FD_VCPU_HV, FD_VCPU_PR, FD_DEVICE,
+	FD_XICS_HV, FD_XICS_PR };
 enum probe_arg { ARG_INT, ARG_BUF, ARG_ONE_REG }; /* ARG_ONE_REG: value is the id, head the 16-byte value */
 #define PROBE_HEAD 48 /* a buffer's bytes given one by one (kvmsim.lab.build.PROBE_HEAD) */
 
@@ -153,6 +154,7 @@ static void load(const char *path, const char *module)
 static int vm_hv = -1, vm_pr = -1; /* the fuzz's VMs of types 1 and 2, made in main() */
 static int vcpu = -1;              /* vcpu 0 of the type-0 VM, made in main() */
 static int vcpu_hv = -1, vcpu_pr = -1; /* vcpu 0 of each fuzz VM, made in main() */
+static int xics_hv = -1, xics_pr = -1; /* each fuzz VM's XICS emulation (kvm-xics), made in main() */
 static int kept_fds[16], kept;         /* the new fds of probes that keep theirs (returns_fd 2) */
 static int device_fd = -1;             /* the KVM device a returns_fd 3 probe made (FD_DEVICE) */
 
@@ -166,6 +168,23 @@ static void new_fd(const struct probe *p, int fd)
 }
 
 static void ask_probe(const struct probe *p, int dev, int vm);
+
+/* An XICS emulation's device on vm (kvm-xics), else -1 (no VM, or XICS-on-XIVE's: not the fuzz's) */
+static int xics_of(int vm)
+{
+	struct { uint32_t type, fd, flags; } cd = {3, 0, 0}; /* KVM_DEV_TYPE_XICS */
+	char path[64], link[64] = "";
+	if (vm < 0 || ioctl(vm, KVM_CREATE_DEVICE_REQ, &cd) < 0)
+		return -1;
+	snprintf(path, sizeof(path), "/proc/self/fd/%u", cd.fd);
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	link[n > 0 ? n : 0] = 0;
+	if (strcmp(link, "anon_inode:kvm-xics")) {
+		close((int)cd.fd);
+		return -1;
+	}
+	return (int)cd.fd;
+}
 
 static void run_probe(const struct probe *p, int dev, int vm)
 {
@@ -181,8 +200,10 @@ static void ask_probe(const struct probe *p, int dev, int vm)
 	char answer[256 + 2 * TAIL_SHOWN], head[64];
 	int fd = p->fd == FD_DEV ? dev : p->fd == FD_VM ? vm : p->fd == FD_VM_OR_DEV ? vm : p->fd == FD_VM_HV ? vm_hv
 		: p->fd == FD_VM_PR ? vm_pr : p->fd == FD_VCPU ? vcpu : p->fd == FD_VCPU_VM ? (vcpu >= 0 ? vm : -1)
-		: p->fd == FD_VCPU_HV ? vcpu_hv : p->fd == FD_DEVICE ? device_fd : vcpu_pr;
-	int fuzzed = (p->fd >= FD_VM_OR_DEV && p->fd <= FD_VM_PR) || p->fd >= FD_VCPU_HV;
+		: p->fd == FD_VCPU_HV ? vcpu_hv : p->fd == FD_DEVICE ? device_fd : p->fd == FD_XICS_HV ? xics_hv
+		: p->fd == FD_XICS_PR ? xics_pr : vcpu_pr;
+	int fuzzed = (p->fd >= FD_VM_OR_DEV && p->fd <= FD_VM_PR) || p->fd == FD_VCPU_HV || p->fd == FD_VCPU_PR
+		|| p->fd == FD_XICS_HV || p->fd == FD_XICS_PR;
 	if (fd < 0 && fuzzed) /* the fuzz's: /dev/kvm instead */
 		fd = dev;
 	if (fd < 0 || (p->skip_under && on_cmdline(p->skip_under)) || (p->needs_device && device_fd < 0))
@@ -557,6 +578,8 @@ int main(void)
 		vm_pr = ioctl(dev, KVM_CREATE_VM_REQ, 2);
 		vcpu_hv = vm_hv >= 0 ? ioctl(vm_hv, KVM_CREATE_VCPU_REQ, 0) : -1;
 		vcpu_pr = vm_pr >= 0 ? ioctl(vm_pr, KVM_CREATE_VCPU_REQ, 0) : -1;
+		xics_hv = xics_of(vm_hv);
+		xics_pr = xics_of(vm_pr);
 		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
 			run_probe(&PROBES[i], dev, vm);
 		file_ops(dev, "dev");

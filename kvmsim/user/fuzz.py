@@ -52,15 +52,19 @@ from ..uapi import (
     KVM_CREATE_SPAPR_TCE_64_STRUCT,
     KVM_CREATE_SPAPR_TCE_STRUCT,
     KVM_CREATE_VCPU,
+    KVM_DEV_TYPE_XICS,
+    KVM_DEVICE_ATTR,
     KVM_DIRTY_LOG,
     KVM_ENABLE_CAP,
     KVM_ENABLE_CAP_STRUCT,
+    KVM_GET_DEVICE_ATTR,
     KVM_GET_DIRTY_LOG,
     KVM_GET_FPU,
     KVM_GET_MP_STATE,
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_GET_STATS_FD,
+    KVM_HAS_DEVICE_ATTR,
     KVM_INTERRUPT,
     KVM_INTERRUPT_SET,
     KVM_INTERRUPT_SET_LEVEL,
@@ -77,6 +81,7 @@ from ..uapi import (
     KVM_REGS,
     KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
+    KVM_SET_DEVICE_ATTR,
     KVM_SET_FPU,
     KVM_SET_GUEST_DEBUG,
     KVM_SET_MP_STATE,
@@ -338,6 +343,42 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
     return Probe(name, fd, io.request, struct, returns_fd=makes_fd)  # type: ignore[arg-type]
 
 
+# the XICS device's attributes: every group number near XICS's (SOURCES 1, CTRL 2) and some far,
+# sources at its edges (16 to 2^20 - 1; the u32 a get looks up, the long a set checks), and an
+# addr NULL, unmapped or a kernel address (a set or get that reaches it faults: get_user/put_user
+# check access_ok); no value is set (the sources stay as they were: none)
+DEVICE_GROUPS = (0, 1, 1, 1, 2, 3, 0xFFFFFFFF)
+DEVICE_ATTRS = (0, 15, 16, 4096, 4097, (1 << 20) - 1, 1 << 20, 1 << 32 | 4096, 1 << 63, (1 << 64) - 1)
+DEVICE_IOCTLS = (KVM_SET_DEVICE_ATTR, KVM_GET_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR)
+
+
+def _device_case(rng: random.Random, name: str) -> Probe:
+    """An attribute ioctl on a fuzz VM's XICS device (/dev/kvm where it has none), struct
+    kvm_device_attr whole, cut short, read-only or a bad pointer, or a neighbour request."""
+    fd: Literal["xics-hv", "xics-pr"] = rng.choice(("xics-hv", "xics-pr"))
+    io = rng.choice(DEVICE_IOCTLS)
+    values = {"flags": rng.choice((0, 0, 0, 1)), "group": rng.choice(DEVICE_GROUPS), "attr": rng.choice(DEVICE_ATTRS),
+              "addr": rng.choice((NULL, WILD, KERNEL_ADDRESS))}  # fmt: skip
+    struct = functools.partial(_packed, layout=KVM_DEVICE_ATTR, values=values)
+    roll = rng.random()
+    if roll < 0.1:  # a neighbour: another direction or size of the attribute numbers, or 0xE4
+        pick = rng.randrange(1 << 30)
+
+        def req(a: Arch, p: int = pick) -> int:
+            ioc = a.ioc
+            direction = (ioc.none, ioc.read, ioc.write, ioc.read | ioc.write)[p % 4]
+            return ioc.ioc(direction, KVMIO, (0xE1, 0xE2, 0xE3, 0xE4)[p // 4 % 4], (0, 16, 24, 32)[p // 16 % 4])
+
+        return Probe(name, fd, req, struct)
+    if roll < 0.25:  # never a kernel address: copy_from_user's mask would read kernel memory
+        return Probe(name, fd, io.request, _const(rng.choice((NULL, WILD))))
+    if roll < 0.4:  # cut short: its end against the unmapped page
+        return Probe(name, fd, io.request, functools.partial(_cut, make=struct, length=rng.randrange(1, 24)))
+    if roll < 0.5:  # read-only throughout: the struct is only read
+        return Probe(name, fd, io.request, struct, readonly_from=0)
+    return Probe(name, fd, io.request, struct)
+
+
 # memory slots: sizes no kernel needs a large allocation for (up to 1G: HV's reverse map of such a
 # slot is 2M at most) or that every kernel refuses before it allocates (past TASK_SIZE_USER64, a
 # 2^31-page slot of 64K pages on either page size); ids up to 7 so that slots meet again
@@ -412,6 +453,9 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
         name = f"fuzz {i}"
         if rng.random() < 0.25:  # a quarter of the cases: the vcpu's
             out.append(_vcpu_case(random.Random(rng.randrange(1 << 30)), name))
+            continue
+        if rng.random() < 0.03:  # the fuzz VMs' XICS devices' attribute ioctls
+            out.append(_device_case(random.Random(rng.randrange(1 << 30)), name))
             continue
         if kind < 0.55:  # a revision's request or a neighbour, with a struct or a bad pointer
             rev = rng.choice(revs)
@@ -544,4 +588,21 @@ def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]
         if fds[name] != dev and kernel.models_vcpus:
             with contextlib.suppress(KvmError):
                 fds["vcpu" + name[2:]] = process.sys_ioctl(fds[name], kernel.KVM_CREATE_VCPU, 0)
+        fds["xics" + name[2:]] = _xics_of(kernel, process, fds[name], dev) if fds[name] != dev else dev
     return {p.name: replay(kernel, p, fds, process) for p in probes}
+
+
+def _xics_of(kernel: BootedKernel, process: Process, vm: int, dev: int) -> int:
+    """The VM's XICS emulation, as the prober makes it after the vcpu; /dev/kvm's fd where it
+    cannot (XICS-on-XIVE's is not modelled: the prober closes a real one and falls back too)."""
+    mem = process.memory
+    assert isinstance(mem, AddressSpace)
+    bo = kernel.arch.byteorder
+    addr = mem.map(KVM_CREATE_DEVICE_STRUCT.size, data=KVM_CREATE_DEVICE_STRUCT.pack(bo, {"type": KVM_DEV_TYPE_XICS}))
+    try:
+        process.sys_ioctl(vm, kernel.KVM_CREATE_DEVICE, addr)
+        return KVM_CREATE_DEVICE_STRUCT.unpack(bo, mem.read(addr, KVM_CREATE_DEVICE_STRUCT.size))["fd"]
+    except KvmError:
+        return dev
+    finally:
+        mem.unmap(addr)

@@ -187,8 +187,9 @@ class Probe:
     name: str
     # vm-hv, vm-pr: the fuzz's VMs of types 1 and 2, vcpu-hv, vcpu-pr: their vcpus 0; vcpu-vm: the
     # type-0 VM where its vcpu 0 was made
-    # device: the KVM device a keeps_device probe made
-    fd: Literal["dev", "vm", "vm-hv", "vm-pr", "vcpu", "vcpu-vm", "vcpu-hv", "vcpu-pr", "device"]
+    # device: the KVM device a keeps_device probe made; xics-hv, xics-pr: the fuzz VMs' XICS devices
+    fd: Literal["dev", "vm", "vm-hv", "vm-pr", "vcpu", "vcpu-vm", "vcpu-hv", "vcpu-pr", "device", "xics-hv",
+                "xics-pr"]  # fmt: skip
     request: Callable[[Arch], int]
     arg: Callable[[Arch], int | bytes]
     returns_fd: bool = False
