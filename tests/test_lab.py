@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_cross import missing
 
-from kvmsim import Kernel, SimDevice, cli
+from kvmsim import Kernel, SimDevice, cli, uapi
 from kvmsim.intercept.build import compile_c
 from kvmsim.lab import boot as lab_boot
 from kvmsim.lab import build, configs, debian
@@ -474,3 +474,14 @@ def test_the_prober_asks_the_xics_device_as_the_replay_does(host: str) -> None:
     else:
         assert asked["xics create"] == "fd" and asked["xics connect vcpu 0"] == "0"
     assert asked["irq line after"] == "ENXIO"  # no XICS: released, or never made
+
+
+def test_an_attribute_probes_group_is_never_taken_for_a_one_reg() -> None:
+    """The prober tells a kvm_device_attr probe from a kvm_one_reg one by its group, a long: group
+    0xffffffff is a group (an int's -1 would have sent a kvm_one_reg: the first fuzz run's one
+    disagreement, the prober's own)."""
+    get = uapi.KVM_GET_DEVICE_ATTR.request
+    attr = probe.Probe("attr", "device", get, lambda a: bytes(8), one_reg=4096, attr_group=0xFFFFFFFF)
+    reg = probe.Probe("reg", "vcpu", get, lambda a: bytes(8), one_reg=4096)
+    table = build.probes_h(base=[attr, reg])
+    assert ", 4294967295L, 0}," in table and ", -1L, 0}," in table

@@ -73,7 +73,7 @@ def probes_h(extra: Sequence[probe.Probe] = (), base: Iterable[probe.Probe] | No
             fields = [f"ARG_INT, {arg & ((1 << 64) - 1):#x}UL", "{0}", "0", "0, 0", new_fd, "-1", "0"]
         skip = "NULL" if p.skip_under is None else _c_string(p.skip_under)
         device = [str(int(p.needs_device)), str(-1 if p.device_at is None else p.device_at),
-                  str(-1 if p.attr_group is None else p.attr_group), str(int(p.closes_device))]  # fmt: skip
+                  f"{-1 if p.attr_group is None else p.attr_group}L", str(int(p.closes_device))]  # fmt: skip
         fields += [skip, *device]
         rows.append(f"\t{{{_c_string(p.name)}, {fd}, {p.request(ARCH):#x}UL, {', '.join(fields)}}},")
     tce_file = ", ".join(str(b) for b in probe.tce64(ARCH, values=probe.TCE_FILE))

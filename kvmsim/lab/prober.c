@@ -64,7 +64,8 @@ struct probe {
 	const char *skip_under; /* not asked when this word is on the kernel command line (NULL: always) */
 	int needs_device; /* asked only once device_fd is made */
 	int device_at;    /* ARG_BUF: the u64 here is device_fd (-1: none) */
-	int attr_group;   /* ARG_ONE_REG: the struct is kvm_device_attr {0, attr_group, value, addr} (-1: kvm_one_reg) */
+	long attr_group;  /* ARG_ONE_REG: the struct is kvm_device_attr {0, attr_group, value, addr} (-1: kvm_one_reg;
+	                   * a long, so that group 0xffffffff is a group) */
 	int closes_device; /* then device_fd is closed (the device's release) */
 };
 

@@ -71,6 +71,7 @@ from ..uapi import (
     KVM_INTERRUPT_UNSET,
     KVM_IRQ_LINE,
     KVM_IRQ_LINE_STATUS,
+    KVM_ONE_REG,
     KVM_PPC_ALLOCATE_HTAB,
     KVM_PPC_CONFIGURE_V3_MMU,
     KVM_PPC_GET_CPU_CHAR,
@@ -96,6 +97,11 @@ from ..uapi import (
     KVM_USERSPACE_MEMORY_REGION2,
     KVM_VM_PPC_HV,
     KVM_VM_PPC_PR,
+    KVM_XICS_LEVEL_SENSITIVE,
+    KVM_XICS_MASKED,
+    KVM_XICS_PENDING,
+    KVM_XICS_PRESENTED,
+    KVM_XICS_QUEUED,
     KVMIO,
     MSR_ME,
     PRTS_MASK,
@@ -350,16 +356,33 @@ def _vm_ppc_case(rng: random.Random, name: str, fd: str) -> Probe:
 DEVICE_GROUPS = (0, 1, 1, 1, 2, 3, 0xFFFFFFFF)
 DEVICE_ATTRS = (0, 15, 16, 4096, 4097, (1 << 20) - 1, 1 << 20, 1 << 32 | 4096, 1 << 63, (1 << 64) - 1)
 DEVICE_IOCTLS = (KVM_SET_DEVICE_ATTR, KVM_GET_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR)
+# a source's state: masked (by its bit, or priority 0xff) for any server, or a priority for server 0
+# or another (no vcpu of the fuzz's is connected: EINVAL, the ICS made first)
+SOURCE_STATES = (KVM_XICS_MASKED, KVM_XICS_MASKED | 5 << 32, 0xFF << 32, 0xFF << 32 | 7, KVM_XICS_MASKED | 0xFFFFFFFF,
+                 5 << 32, 0, 1 << 63)  # fmt: skip
+
+
+def _u64_of(arch: Arch, *, value: int) -> bytes:
+    return value.to_bytes(8, arch.byteorder)
 
 
 def _device_case(rng: random.Random, name: str) -> Probe:
-    """An attribute ioctl on a fuzz VM's XICS device (/dev/kvm where it has none), struct
-    kvm_device_attr whole, cut short, read-only or a bad pointer, or a neighbour request."""
+    """An attribute ioctl on a fuzz VM's XICS device (/dev/kvm where it has none): a source's state
+    set or read through ``addr``, or struct kvm_device_attr whole, cut short, read-only or a bad
+    pointer, or a neighbour request."""
     fd: Literal["xics-hv", "xics-pr"] = rng.choice(("xics-hv", "xics-pr"))
     io = rng.choice(DEVICE_IOCTLS)
     values = {"flags": rng.choice((0, 0, 0, 1)), "group": rng.choice(DEVICE_GROUPS), "attr": rng.choice(DEVICE_ATTRS),
               "addr": rng.choice((NULL, WILD, KERNEL_ADDRESS))}  # fmt: skip
     struct = functools.partial(_packed, layout=KVM_DEVICE_ATTR, values=values)
+    roll = rng.random()
+    if roll < 0.35:  # a source's state at addr, set (any bits: a server no vcpu is, masked or not) or read
+        state = rng.choice(SOURCE_STATES) | rng.choice((0, 0, KVM_XICS_LEVEL_SENSITIVE, KVM_XICS_PENDING,
+                                                         KVM_XICS_PRESENTED | KVM_XICS_QUEUED))  # fmt: skip
+        data = functools.partial(_u64_of, value=state)
+        group = rng.choice(DEVICE_GROUPS)
+        io = rng.choice((KVM_SET_DEVICE_ATTR, KVM_SET_DEVICE_ATTR, KVM_GET_DEVICE_ATTR))
+        return Probe(name, fd, io.request, data, one_reg=rng.choice(DEVICE_ATTRS), attr_group=group)
     roll = rng.random()
     if roll < 0.1:  # a neighbour: another direction or size of the attribute numbers, or 0xE4
         pick = rng.randrange(1 << 30)
@@ -534,6 +557,8 @@ def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: Pro
     mem = process.memory
     assert isinstance(mem, AddressSpace)  # kernel.process()'s own
     arch = kernel.arch
+    if probe.one_reg is not None:
+        return _replay_pointee(kernel, probe, fds[probe.fd], process, mem)
     arg = probe.arg(arch)
     request = probe.request(arch) & 0xFFFFFFFF
     fd = fds[probe.fd]
@@ -563,6 +588,29 @@ def replay(kernel: BootedKernel, probe: Probe, fds: dict[str, int], process: Pro
     finally:
         if addr is not None:
             mem.unmap(addr)
+
+
+def _replay_pointee(kernel: BootedKernel, probe: Probe, fd: int, process: Process, mem: AddressSpace) -> Answer:
+    """A {u64, pointer} probe (kvm_one_reg; kvm_device_attr with ``attr_group``) as the prober asks
+    it: the struct and the buffer it points at mapped, the buffer read back afterwards."""
+    assert probe.one_reg is not None
+    bo = kernel.arch.byteorder
+    before = bytes(probe.arg(kernel.arch)).ljust(probe.pointee, b"\0")[: probe.pointee]
+    value = mem.map(len(before), data=before)
+    if probe.attr_group is not None:
+        struct = KVM_DEVICE_ATTR.pack(bo, {"group": probe.attr_group, "attr": probe.one_reg, "addr": value})
+    else:
+        struct = KVM_ONE_REG.pack(bo, {"id": probe.one_reg, "addr": value})
+    addr = mem.map(len(struct), data=struct)
+    try:
+        try:
+            head = Answer(value=process.sys_ioctl(fd, probe.request(kernel.arch) & 0xFFFFFFFF, addr))
+        except KvmError as exc:
+            head = Answer(error=errname(exc.errno or 0))
+        return Answer.of_buffer(head, before, mem.read(value, len(before)))
+    finally:
+        mem.unmap(addr)
+        mem.unmap(value)
 
 
 def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]:
