@@ -5,10 +5,11 @@ same QEMU with the same command under ``kvmsim run --trace`` on the configuratio
 The L1's initramfs holds the prober built to run QEMU (``prober.c``'s ``KVMSIM_QEMU_L1``), the
 KVM modules, and ``qemu-system-ppc64``, ``strace``, their libraries (the ``DT_NEEDED`` closure,
 read with the cross ``objdump``) and QEMU's firmware, from the sysroot ``kvmsim fetch-qemu``
-makes.  A run is recorded in ``fixtures/qemu-l1/<config>.toml``: QEMU's exit status, what it
-answered on QMP and said on stderr, and its KVM ioctls (type 0xAE) in order, each as ``fdN
-REQUEST = ANSWER``: ``fdN`` the Nth fd the calls used, the answer the return value, ``fd`` for a
-call that makes a file, or the errno's name.  ``tests/test_qemu_l1.py`` holds the simulator to
+makes.  A run (a :class:`QemuStart`: a configuration and QEMU's arguments) is recorded in
+``fixtures/qemu-l1/<start>.toml``: QEMU's exit status, what it answered on QMP and said on
+stderr, and its KVM ioctls (type 0xAE) in order, each as ``fdN REQUEST NAME = ANSWER``: ``fdN``
+the Nth fd the calls used, the answer the return value, ``fd`` for a call that makes a file, or
+the errno's name.  ``tests/test_qemu_l1.py`` holds the simulator to
 every recording: same calls, same answers, same outcome."""
 
 from __future__ import annotations
