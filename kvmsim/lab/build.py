@@ -134,8 +134,8 @@ def newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def initramfs(prober_binary: Path, modules: dict[str, Path]) -> bytes:
-    """/init (the prober), the module files by name, and the mount points."""
+def initramfs(prober_binary: Path, modules: dict[str, Path], extra: Sequence[tuple[str, int, bytes]] = ()) -> bytes:
+    """/init (the prober), the module files by name, the mount points, and ``extra``'s entries."""
     dirs = [(d, 0o40755, b"") for d in ("dev", "proc", "sys")]
     files = [(name, 0o100644, path.read_bytes()) for name, path in modules.items()]
-    return newc([*dirs, ("init", 0o100755, prober_binary.read_bytes()), *files])
+    return newc([*dirs, ("init", 0o100755, prober_binary.read_bytes()), *files, *extra])

@@ -170,17 +170,25 @@ static void new_fd(const struct probe *p, int fd)
 
 static void ask_probe(const struct probe *p, int dev, int vm);
 
-/* An XICS emulation's device on vm (kvm-xics), else -1 (no VM, or XICS-on-XIVE's: not the fuzz's) */
-static int xics_of(int vm)
+/* Is fd the anon-inode file of this kind (its /proc link "anon_inode:<kind>")? */
+static int is_anon(int fd, const char *kind)
 {
-	struct { uint32_t type, fd, flags; } cd = {3, 0, 0}; /* KVM_DEV_TYPE_XICS */
-	char path[64], link[64] = "";
-	if (vm < 0 || ioctl(vm, KVM_CREATE_DEVICE_REQ, &cd) < 0)
-		return -1;
-	snprintf(path, sizeof(path), "/proc/self/fd/%u", cd.fd);
+	char path[64], link[64] = "", want[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	snprintf(want, sizeof(want), "anon_inode:%s", kind);
 	ssize_t n = readlink(path, link, sizeof(link) - 1);
 	link[n > 0 ? n : 0] = 0;
-	if (strcmp(link, "anon_inode:kvm-xics")) {
+	return !strcmp(link, want);
+}
+
+/* A KVM device of this type on vm whose file is of this kind, else -1 (no VM, no such device, or
+ * another ops' file: XICS-on-XIVE's kvm-xive for KVM_DEV_TYPE_XICS on PowerNV) */
+static int device_of(int vm, uint32_t type, const char *kind)
+{
+	struct { uint32_t type, fd, flags; } cd = {type, 0, 0};
+	if (vm < 0 || ioctl(vm, KVM_CREATE_DEVICE_REQ, &cd) < 0)
+		return -1;
+	if (!is_anon((int)cd.fd, kind)) {
 		close((int)cd.fd);
 		return -1;
 	}
@@ -283,12 +291,8 @@ static void ask_probe(const struct probe *p, int dev, int vm)
 		snprintf(head, sizeof(head), "%s", errname(errno));
 	else if (p->returns_fd == 3) { /* KVM_CREATE_DEVICE: kept where it is XICS's emulation, else unrecorded */
 		uint32_t dfd;
-		char path[64], link[64] = "";
 		memcpy(&dfd, buf + 4, 4);
-		snprintf(path, sizeof(path), "/proc/self/fd/%u", dfd);
-		ssize_t len_link = readlink(path, link, sizeof(link) - 1);
-		link[len_link > 0 ? len_link : 0] = 0;
-		if (!strcmp(link, "anon_inode:kvm-xics")) {
+		if (is_anon((int)dfd, "kvm-xics")) {
 			device_fd = (int)dfd;
 			line("probe", p->name, "fd");
 		} else
@@ -529,6 +533,17 @@ static void run_qemu(void)
 }
 #endif
 
+/* The last line the host reads; the guest's init then powers the machine off. */
+static int finish(int init)
+{
+	line("done", "-", "-");
+	if (init) {
+		sync();
+		reboot(RB_POWER_OFF);
+	}
+	return 0;
+}
+
 int main(void)
 {
 	struct utsname u;
@@ -548,12 +563,7 @@ int main(void)
 	(void)u;
 	(void)value;
 	run_qemu();
-	line("done", "-", "-");
-	if (init) {
-		sync();
-		reboot(RB_POWER_OFF);
-	}
-	return 0;
+	return finish(init);
 #endif
 	uname(&u);
 	line("uname", "release", u.release);
@@ -579,8 +589,8 @@ int main(void)
 		vm_pr = ioctl(dev, KVM_CREATE_VM_REQ, 2);
 		vcpu_hv = vm_hv >= 0 ? ioctl(vm_hv, KVM_CREATE_VCPU_REQ, 0) : -1;
 		vcpu_pr = vm_pr >= 0 ? ioctl(vm_pr, KVM_CREATE_VCPU_REQ, 0) : -1;
-		xics_hv = xics_of(vm_hv);
-		xics_pr = xics_of(vm_pr);
+		xics_hv = device_of(vm_hv, 3, "kvm-xics"); /* KVM_DEV_TYPE_XICS */
+		xics_pr = device_of(vm_pr, 3, "kvm-xics");
 		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
 			run_probe(&PROBES[i], dev, vm);
 		file_ops(dev, "dev");
@@ -606,17 +616,11 @@ int main(void)
 		if (vm >= 0) { /* KVM devices' files: XICS's emulation (not XICS-on-XIVE's kvm-xive), VFIO's */
 			static const struct { unsigned type; const char *kind; } devices[] = {{3, "kvm-xics"}, {4, "kvm-vfio"}};
 			for (unsigned i = 0; i < sizeof(devices) / sizeof(devices[0]); i++) {
-				struct { uint32_t type, fd, flags; } cd = {devices[i].type, 0, 0};
-				char path[64], link[64] = "", want[64];
-				if (ioctl(vm, KVM_CREATE_DEVICE_REQ, &cd) < 0)
-					continue;
-				snprintf(path, sizeof(path), "/proc/self/fd/%u", cd.fd);
-				snprintf(want, sizeof(want), "anon_inode:%s", devices[i].kind);
-				ssize_t n = readlink(path, link, sizeof(link) - 1);
-				link[n > 0 ? n : 0] = 0;
-				if (!strcmp(link, want))
-					file_ops((int)cd.fd, devices[i].kind);
-				close((int)cd.fd);
+				int fd = device_of(vm, devices[i].type, devices[i].kind);
+				if (fd >= 0) {
+					file_ops(fd, devices[i].kind);
+					close(fd);
+				}
 			}
 		}
 		while (kept > 0)
@@ -626,10 +630,5 @@ int main(void)
 	}
 	if (init)
 		dmesg();
-	line("done", "-", "-");
-	if (init) {
-		sync();
-		reboot(RB_POWER_OFF);
-	}
-	return 0;
+	return finish(init);
 }

@@ -146,20 +146,19 @@ def closure(sysroot: Path, binaries: Iterable[str], tree: Path) -> dict[str, Pat
 
 
 def initramfs(init: Path, modules: dict[str, Path], sysroot: QemuSysroot, tree: Path) -> bytes:
-    """The L1's: the prober (QEMU's), the modules, QEMU and strace with their libraries, and
-    QEMU's firmware; merged-/usr links for the loader (/lib64/ld64.so.2)."""
+    """The L1's (:func:`kvmsim.lab.build.initramfs`'s: the prober, QEMU's, and the modules) with
+    QEMU and strace, their libraries and QEMU's firmware; merged-/usr links for the loader
+    (/lib64/ld64.so.2)."""
     files = closure(sysroot.root, ("usr/bin/qemu-system-ppc64", "usr/bin/strace"), tree)
     firmware = sysroot.firmware
     for name in sorted(os.listdir(firmware)):
         if (firmware / name).is_file():
             files[f"usr/share/qemu/{name}"] = (firmware / name).resolve()
-    dirs = ["dev", "proc", "sys", "tmp", "usr", "usr/bin", "usr/lib", LIB_DIRS[0], "usr/share", "usr/share/qemu"]
+    dirs = ["tmp", "usr", "usr/bin", "usr/lib", LIB_DIRS[0], "usr/share", "usr/share/qemu"]
     entries = [(d, 0o40755, b"") for d in dirs]
     entries += [("lib", 0o120777, b"usr/lib"), ("lib64", 0o120777, b"usr/lib/powerpc64le-linux-gnu")]
-    entries.append(("init", 0o100755, init.read_bytes()))
-    entries += [(name, 0o100644, path.read_bytes()) for name, path in modules.items()]
     entries += [(dest, 0o100755, path.read_bytes()) for dest, path in files.items()]
-    return build.newc(entries)
+    return build.initramfs(init, modules, entries)
 
 
 # -- what QEMU did --------------------------------------------------------------------------------

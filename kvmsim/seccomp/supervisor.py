@@ -302,34 +302,37 @@ class Supervisor:
     # -- placeholders -----------------------------------------------------------------------
 
     def _held(self, pid: int, fd: int) -> tuple[Placeholder | None, os.stat_result | None]:
-        """The placeholder task ``pid``'s ``fd`` is, and what the real kernel says it is: the
-        very file, pinned (``pidfd_getfd``); (None, None) where the task has no such fd.
-        OSError (EPERM) where the task may not be inspected."""
-        try:
-            pinned = self.pidfds.getfd(pid, fd)
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                return None, None
-            raise
-        try:
-            st = os.fstat(pinned)
-        finally:
-            os.close(pinned)
+        """The placeholder task ``pid``'s ``fd`` is, and what the real kernel says it is
+        (:meth:`_pinned_stat`); (None, None) where the task has no such fd.  OSError (EPERM)
+        where the task may not be inspected."""
+        st = self._pinned_stat(pid, fd)
+        if st is None:
+            return None, None
         return (None if self._placeholders is None else self._placeholders.of(st)), st  # none before the first
 
-    def _fd_identity(self, pid: int, fd: int) -> Identity | None:
-        """What task ``pid``'s ``fd`` (an fd an ioctl's argument names) is: the very file, pinned
-        and fstat'ed; None where it has none.  A task that may not be inspected fails closed."""
+    def _pinned_stat(self, pid: int, fd: int) -> os.stat_result | None:
+        """The stat of the very file task ``pid``'s ``fd`` is, pinned (``pidfd_getfd``); None where
+        the task has no such fd.  OSError (EPERM) where the task may not be inspected."""
         try:
             pinned = self.pidfds.getfd(pid, fd)
         except OSError as exc:
             if exc.errno == errno.EBADF:
                 return None
-            raise KvmError(_inspection_errno(exc.errno), f"fd {fd} of pid {pid} cannot be inspected") from None
+            raise
         try:
-            return identity(os.fstat(pinned))
+            return os.fstat(pinned)
         finally:
             os.close(pinned)
+
+    def _fd_identity(self, pid: int, fd: int) -> Identity | None:
+        """What task ``pid``'s ``fd`` (an fd an ioctl's argument names) is; None where it has none.
+        A task that may not be inspected fails closed.  Called under the placeholders' lock: the
+        pinned file's identity only, no lookup of its own."""
+        try:
+            st = self._pinned_stat(pid, fd)
+        except OSError as exc:
+            raise KvmError(_inspection_errno(exc.errno), f"fd {fd} of pid {pid} cannot be inspected") from None
+        return None if st is None else identity(st)
 
     def _released(self, placeholder: Placeholder) -> None:
         if self.trace is not None:

@@ -113,7 +113,7 @@ from ..uapi import (
     StructLayout,
     errname,
 )
-from .probe import NULL, WILD, Answer, Probe
+from .probe import NULL, WILD, Answer, Probe, reg_bytes
 
 KERNEL_ADDRESS = 0xC000000000000000  # powerpc's linear map: access_ok() refuses it
 MAX_BUFFER = 65537 + 8  # the longest buffer a case passes (the 64K edge and one past)
@@ -362,10 +362,6 @@ SOURCE_STATES = (KVM_XICS_MASKED, KVM_XICS_MASKED | 5 << 32, 0xFF << 32, 0xFF <<
                  5 << 32, 0, 1 << 63)  # fmt: skip
 
 
-def _u64_of(arch: Arch, *, value: int) -> bytes:
-    return value.to_bytes(8, arch.byteorder)
-
-
 def _device_case(rng: random.Random, name: str) -> Probe:
     """An attribute ioctl on a fuzz VM's XICS device (/dev/kvm where it has none): a source's state
     set or read through ``addr``, or struct kvm_device_attr whole, cut short, read-only or a bad
@@ -379,7 +375,7 @@ def _device_case(rng: random.Random, name: str) -> Probe:
     if roll < 0.35:  # a source's state at addr, set (any bits: a server no vcpu is, masked or not) or read
         state = rng.choice(SOURCE_STATES) | rng.choice((0, 0, KVM_XICS_LEVEL_SENSITIVE, KVM_XICS_PENDING,
                                                          KVM_XICS_PRESENTED | KVM_XICS_QUEUED))  # fmt: skip
-        data = functools.partial(_u64_of, value=state)
+        data = functools.partial(reg_bytes, value=state, size=8)
         group = rng.choice(DEVICE_GROUPS)
         io = rng.choice((KVM_SET_DEVICE_ATTR, KVM_SET_DEVICE_ATTR, KVM_GET_DEVICE_ATTR))
         return Probe(name, fd, io.request, data, one_reg=rng.choice(DEVICE_ATTRS), attr_group=group)

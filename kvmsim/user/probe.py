@@ -537,10 +537,6 @@ def create_device_probes() -> Iterator[Probe]:
     yield Probe("create device NULL", "vm", create, lambda a: NULL)
 
 
-def _u64(arch: Arch, *, value: int) -> bytes:
-    return value.to_bytes(8, arch.byteorder)
-
-
 def _irq_level(arch: Arch, *, irq: int, level: int) -> bytes:
     return irq.to_bytes(4, arch.byteorder) + level.to_bytes(4, arch.byteorder)
 
@@ -561,7 +557,7 @@ def xics_probes() -> Iterator[Probe]:
     sources, ctrl = KVM_DEV_XICS_GRP_SOURCES, KVM_DEV_XICS_GRP_CTRL
 
     def attr(name: str, io: KvmIoctl, group: int, number: int, value: int = 0xAAAA) -> Probe:
-        data = functools.partial(_u64, value=value)
+        data = functools.partial(reg_bytes, value=value, size=8)
         return Probe(f"xics {name}", "device", io.request, data, one_reg=number, attr_group=group, needs_device=True)
 
     for name, group, number in (("has source 16", sources, 16), ("has source 15", sources, 15),
