@@ -183,23 +183,25 @@ def test_a_library_replaced_after_its_build_is_not_preloaded(tmp_path: Path, mon
 
 @as_root
 @needs_cc
-def test_a_cache_in_someone_elses_directory_falls_back_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cache_in_someone_elses_directory_falls_back_and_leaves_nothing(tmp_path: Path) -> None:
     """$KVMSIM_CACHE inside uid 65534's directory, holding a library with the right name:
-    the run builds into a private directory instead, and removes it when it ends."""
+    the run builds into a private directory instead, and removes it when it ends. (Its own
+    $TMPDIR: the other workers' runs make and remove private directories in /tmp meanwhile.)"""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o700)
     with nobodys_dir() as evil:
         cache = evil / "cache"
         subprocess.run(as_nobody("mkdir", "-m", "0700", str(cache)), check=True)
-        before = set(Path(trust.temp_base()).glob("kvmsim-private-*"))
         r = subprocess.run(
             [str(KVMSIM), "run", "--host", "powervm-p11", "--", "true"],
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "KVMSIM_CACHE": str(cache)},
+            env={**os.environ, "KVMSIM_CACHE": str(cache), "TMPDIR": str(tmp)},
         )
         assert r.returncode == 0, r.stderr
-        assert "is not private" in r.stderr
-        assert set(Path(trust.temp_base()).glob("kvmsim-private-*")) == before
+        assert "is not private" in r.stderr and f"building into {tmp}/kvmsim-private-" in r.stderr
+        assert list(tmp.iterdir()) == []
 
 
 # -- 7. leftovers ------------------------------------------------------------------------------
