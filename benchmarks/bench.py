@@ -53,10 +53,10 @@ import attrs
 
 from kvmsim import Kernel
 from kvmsim.intercept.build import BuildError, compile_c
-from kvmsim.intercept.server import Server
+from kvmsim.intercept.server import Server, host_answer
 from kvmsim.kernel.profile import names as profile_names
 from kvmsim.preload.library import build_shim
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.preload.runner import shim_environment
 from kvmsim.uapi import REVISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -872,9 +872,10 @@ def qemu_rows(rounds: int = 3) -> list[Row]:
     """Debian's QEMU (kvmsim fetch-qemu's) under ``kvmsim run`` on a simulated POWER host, against
     the same QEMU with TCG (``-cpu power10`` for ``host``) under the same qemu-user with the same
     options and no kvmsim, in alternating rounds: what the simulated host costs QEMU's start."""
+    from kvmsim.intercept.server import address_space_of, processor_of
     from kvmsim.lab.debian import Archive, FetchError
     from kvmsim.lab.qemu import fetch_sysroot
-    from kvmsim.preload.runner import address_space_of, processor_of, qemu_user_argv
+    from kvmsim.preload.runner import qemu_user_argv
 
     names = [f"QEMU {what} under kvmsim run --host {QEMU_HOST}" for what, *_ in QEMU_STARTS]
     try:

@@ -178,7 +178,8 @@ def fake_server(path: Path, answer: bytes) -> Iterator[None]:
 
 
 def host_json(**change: object) -> bytes:
-    doc = {"name": "h", "machine": "ppc64le", "dev_kvm": True, "root": None, "page_size": 65536}
+    doc = {"name": "h", "machine": "ppc64le", "dev_kvm": True, "root": None, "page_size": 65536,
+           "processor": [0x00801200, "power10"], "address_space": None}  # fmt: skip
     return json.dumps(doc | change).encode()
 
 
@@ -204,13 +205,15 @@ def test_a_private_root_of_ours_is_taken(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir(mode=0o700)
     with fake_server(tmp_path / "s", host_json(root=str(root))):
-        assert ask_host(str(tmp_path / "s")) == HostAnswer("h", "ppc64le", True, str(root), 65536)
+        assert ask_host(str(tmp_path / "s")) == HostAnswer(
+            "h", "ppc64le", True, str(root), 65536, (0x00801200, "power10")
+        )
 
 
 def test_the_server_answers_hello_and_closes_on_a_hello_with_payload(tmp_path: Path) -> None:
     kernel = Kernel.from_profile("x86_64")
     with Server(kernel, tmp_path / "s", root=None) as server:
-        assert ask_host(server.path) == HostAnswer("x86_64", "x86_64", True, None)
+        assert ask_host(server.path) == HostAnswer("x86_64", "x86_64", True, None, 4096, None, None)
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(server.path)
             s.sendall(wire.frame(Msg.HELLO, b"x"))
@@ -248,14 +251,22 @@ def test_an_impostor_server_of_another_uid_gets_nothing_from_env(tmp_path: Path)
 
 def test_the_host_answer_has_one_encoder_and_decoder(tmp_path: Path) -> None:
     """What the server sends is what kvmsim env and the runner read, through one schema."""
+    from kvmsim.intercept.server import host_answer
     from kvmsim.intercept.wire import HostAnswer, ProtocolError
-    from kvmsim.preload.runner import host_answer
 
-    kernel = Kernel.from_profile("kvm-l1-p9-be")
-    with Server(kernel, tmp_path / "s", root=str(tmp_path)) as server:
-        assert HostAnswer.decode(server.hello) == host_answer(kernel, str(tmp_path))
+    answers = [("kvm-l1-p9-be", (0x004E1202, "power9"), None),
+               ("qemu-nested-hv-p10", (0x00801200, "power10"), 1 << 46), ("x86_64", None, None)]  # fmt: skip
+    for name, processor, space in answers:
+        kernel = Kernel.from_profile(name)
+        with Server(kernel, tmp_path / "s", root=str(tmp_path)) as server:
+            answer = HostAnswer.decode(server.hello)
+        assert answer == host_answer(kernel, str(tmp_path))
+        assert (answer.processor, answer.address_space) == (processor, space)  # qemu-user's -cpu and -R
     for bad in (b"[]", b'{"name": "x"}', b'{"name": 1, "machine": "ppc64", "dev_kvm": true, "root": null}',
-                host_json(page_size=8192), host_json(page_size=True)):  # fmt: skip
+                host_json(page_size=8192), host_json(page_size=True), host_json(processor=[1 << 32, "power10"]),
+                host_json(processor=[0x00801200, "-cpu x"]), host_json(processor=[True, "power9"]),
+                host_json(processor=[0x00801200]), host_json(address_space=0), host_json(address_space=-1),
+                host_json(address_space=1 << 64), host_json(address_space="64TB")):  # fmt: skip
         with pytest.raises(ProtocolError, match="not kvmsim's"):
             HostAnswer.decode(bad)
 

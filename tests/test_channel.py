@@ -24,9 +24,9 @@ from pyshim import PyShim, read_frame, wake
 
 from kvmsim import Kernel
 from kvmsim.intercept import channel, wire
-from kvmsim.intercept.server import Server
+from kvmsim.intercept.server import Server, host_answer
 from kvmsim.intercept.wire import Msg
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.preload.runner import shim_environment
 
 pytestmark = pytest.mark.skipif(not channel.available(), reason="the shared channel is offered on x86_64 only")
 ADDR = 0x7000_0000

@@ -14,9 +14,9 @@ import pytest
 
 from kvmsim import Kernel
 from kvmsim.intercept.build import compile_c
-from kvmsim.intercept.server import Server
+from kvmsim.intercept.server import Server, host_answer
 from kvmsim.preload.library import build_shim
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.preload.runner import shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 P10_P11 = 0x3000000000000000

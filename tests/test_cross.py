@@ -17,9 +17,9 @@ from conftest import REVS, client_answer, printed_answer
 from kvmsim import Kernel, uapi
 from kvmsim.intercept.build import compile_c
 from kvmsim.intercept.command import FOREIGN, elf_arch
-from kvmsim.intercept.server import Server
+from kvmsim.intercept.server import Server, host_answer
 from kvmsim.kernel import profile
-from kvmsim.preload.runner import host_answer, prepare, qemu_binary
+from kvmsim.preload.runner import prepare, qemu_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "examples" / "c" / "kvm_compat_caps.c"
@@ -225,6 +225,18 @@ PAGESIZE_C = r"""
 #include <unistd.h>
 int main(void) { printf("%d %ld\n", getpagesize(), sysconf(_SC_PAGESIZE)); return 0; }
 """
+# a POWER program's view of its machine: its mfpvr (qemu-user's -cpu) and page size
+MACHINE_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void)
+{
+	unsigned long pvr;
+	__asm__ volatile("mfpvr %0" : "=r"(pvr));
+	printf("%#010lx %d\n", pvr, getpagesize());
+	return 0;
+}
+"""
 
 
 @pytest.mark.parametrize(
@@ -246,3 +258,42 @@ def test_a_power_program_is_told_its_hosts_page_size(host: str, page: int, tmp_p
         [str(KVMSIM), "run", "--host", host, "--", str(native)], capture_output=True, text=True, timeout=60
     )
     assert r.stdout.split() == [str(os.sysconf("SC_PAGESIZE"))] * 2, r.stderr
+
+
+def test_run_server_runs_a_power_program_as_run_host_does(tmp_path: Path) -> None:
+    """``kvmsim run --server S`` (a ``kvmsim serve`` of the host) gives a POWER program the
+    processor and page size ``kvmsim run --host`` gives it (the server's HOST answer carries
+    qemu-user's -cpu and -R), on a POWER9 4K host and a POWER10 64K one; and it honours
+    ``--sysroot`` (an untrusted qemu-user there is refused, never run)."""
+    if missing("ppc64le") is not None:
+        pytest.skip(str(missing("ppc64le")))
+    src = tmp_path / "machine.c"
+    src.write_text(MACHINE_C)
+    exe = str(compile_c([src], cc="powerpc64le-linux-gnu-gcc"))
+    seen = {}
+    for host, page in [("qemu-nested-hv-p9", "4096"), ("qemu-nested-hv-p10-64k", "65536")]:
+        own = subprocess.run(
+            [str(KVMSIM), "run", "--host", host, "--", exe], capture_output=True, text=True, timeout=60
+        )
+        assert own.returncode == 0 and own.stdout.split()[1] == page, own.stderr
+        sock = tmp_path / f"{host}.sock"
+        serve = subprocess.Popen(
+            [str(KVMSIM), "serve", "--host", host, "--socket", str(sock)], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert serve.stderr is not None and " on " in serve.stderr.readline()  # listening
+            run = [str(KVMSIM), "run", "--server", str(sock)]
+            r = subprocess.run([*run, "--", exe], capture_output=True, text=True, timeout=60)
+            assert (r.returncode, r.stdout, r.stderr) == (0, own.stdout, own.stderr)
+            planted = tmp_path / host / "usr" / "bin" / "qemu-ppc64le"
+            planted.parent.mkdir(parents=True)
+            planted.write_text(f"#!/bin/sh\ntouch {tmp_path / 'ran'}\n")
+            planted.chmod(0o777)
+            r = subprocess.run([*run, "--sysroot", str(tmp_path / host), "--", exe], capture_output=True, text=True)
+            assert r.returncode == 125 and "writable by others: refusing to run it" in r.stderr
+            assert not (tmp_path / "ran").exists()
+        finally:
+            serve.terminate()
+            serve.wait(timeout=30)
+        seen[host] = own.stdout.split()[0]
+    assert seen["qemu-nested-hv-p9"] != seen["qemu-nested-hv-p10-64k"]  # each its profile's processor (or nearest)

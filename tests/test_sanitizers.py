@@ -16,9 +16,9 @@ from conftest import C_CLIENT, needs_cc, needs_seccomp
 
 from kvmsim import Kernel
 from kvmsim.intercept.build import compile_c
-from kvmsim.intercept.server import Server
+from kvmsim.intercept.server import Server, host_answer
 from kvmsim.preload.library import build_shim
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.preload.runner import shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]

@@ -25,10 +25,10 @@ from pyshim import Placeholders
 from kvmsim import Kernel
 from kvmsim.intercept import build, wire
 from kvmsim.intercept.channel import SharedChannel, available
-from kvmsim.intercept.server import Server, ServerError, Transport
+from kvmsim.intercept.server import Server, ServerError, Transport, host_answer
 from kvmsim.intercept.wire import Msg
 from kvmsim.preload.library import build_shim
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.preload.runner import shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "examples" / "c" / "kvm_compat_caps.c"

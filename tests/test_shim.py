@@ -13,9 +13,9 @@ import pytest
 from conftest import REVS, client_answer, needs_cc, printed_answer
 
 from kvmsim import Kernel
-from kvmsim.intercept.server import Server
+from kvmsim.intercept.server import Server, host_answer
 from kvmsim.kernel import profile
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.preload.runner import shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 C_CLIENT = ROOT / "examples" / "c" / "kvm_compat_caps.c"

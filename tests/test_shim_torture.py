@@ -14,8 +14,8 @@ from conftest import needs_cc
 
 from kvmsim import Kernel
 from kvmsim.intercept.build import compile_c
-from kvmsim.intercept.server import Server
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.intercept.server import Server, host_answer
+from kvmsim.preload.runner import shim_environment
 
 TORTURE = Path(__file__).resolve().parent / "data" / "shim_torture.c"
 pytestmark = needs_cc

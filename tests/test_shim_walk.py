@@ -19,7 +19,8 @@ from conftest import needs_cc
 
 from kvmsim import Kernel
 from kvmsim.intercept.build import compile_c
-from kvmsim.preload.runner import host_answer, shim_environment
+from kvmsim.intercept.server import host_answer
+from kvmsim.preload.runner import shim_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 KVMSIM = Path(sys.executable).with_name("kvmsim")

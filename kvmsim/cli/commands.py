@@ -341,7 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run --server: the server chose its revision and traces; give --abi/--trace to kvmsim serve")
     try:
         if args.server is not None:
-            return _run_attached(args.server, command, args.arch, args.allow_unreached, args.intercept)
+            return _run_attached(args, command)
         host = profile.load(args.host)
         how, why = intercept_for(host.name, host.arch.name, command, args.arch, args.intercept)
         with _tracer(args, host.arch) as trace:
@@ -378,17 +378,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NOT_EXECUTABLE
 
 
-def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_unreached: bool, asked: str) -> int:
-    """Run ``command`` attached to the server at ``socket_path``: under the seccomp filter with
-    the server as its supervisor, or (the preload path) exec'd with the shim: this process
-    becomes it."""
+def _run_attached(args: argparse.Namespace, command: list[str]) -> int:
+    """Run ``command`` attached to the server at ``--server``: under the seccomp filter with the
+    server as its supervisor, or (the preload path) exec'd with the shim: this process becomes
+    it (a POWER program under qemu-user with ``--sysroot`` and the server's processor)."""
     import os
 
     from ..intercept.attach import AttachError, ask_host
 
+    socket_path = args.server
     try:
         host = ask_host(socket_path)
-        how, _why = intercept_for(host.name, host.machine, command, arch, asked)
+        how, _why = intercept_for(host.name, host.machine, command, args.arch, args.intercept)
         if how == "seccomp":
             from ..seccomp.run import run_attached
 
@@ -398,7 +399,14 @@ def _run_attached(socket_path: str, command: list[str], arch: str | None, allow_
         return EXIT_CANNOT_RUN
     from ..preload.runner import prepare
 
-    argv, env = prepare(host, command, os.path.abspath(socket_path), arch=arch, allow_unreached=allow_unreached)
+    argv, env = prepare(
+        host,
+        command,
+        os.path.abspath(socket_path),
+        arch=args.arch,
+        allow_unreached=args.allow_unreached,
+        sysroot=args.sysroot,
+    )
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)  # raises on failure: not found / not executable
 

@@ -162,6 +162,38 @@ class RemoteMemory(Deferring):
         return len(pending), b"".join([pack(addr, len(data)) + data for addr, data in pending])
 
 
+def host_answer(kernel: BootedKernel, root: str | None = None) -> wire.HostAnswer:
+    """What HELLO answers for ``kernel``: the shim's view of its host (``root``: where its files
+    were written)."""
+    return wire.HostAnswer(
+        kernel.host.name,
+        kernel.arch.name,
+        kernel.kvm.loaded,
+        root,
+        kernel.host.page_size,
+        processor_of(kernel),
+        address_space_of(kernel),
+    )
+
+
+def processor_of(kernel: BootedKernel) -> tuple[int, str] | None:
+    """A POWER host's (PVR, generation): what qemu-user's CPU should be."""
+    cpu = kernel.host.cpu
+    generation = cpu.generation
+    return (cpu.pvr, generation.name) if cpu.pvr is not None and generation is not None else None
+
+
+X86_64_TASK_SIZE = 1 << 47  # this machine's user address space (4-level paging)
+
+
+def address_space_of(kernel: BootedKernel) -> int | None:
+    """A POWER host's TASK_SIZE_USER64 (64TB with 4K pages, 4PB with 64K) where it is below this
+    machine's: qemu-user then keeps the program's mappings within it, as that kernel would."""
+    limits = getattr(kernel.kvm, "memslot_limits", None)
+    task = limits.task_size_max if limits is not None else None
+    return task if task is not None and task < X86_64_TASK_SIZE else None
+
+
 class ServerError(KvmsimError):
     """A socket path the server will not use; ``str()`` is one line."""
 
@@ -447,9 +479,7 @@ class Server:
         raise_fd_limit()  # one end of every placeholder its programs hold is the server's
         self.placeholders = Placeholders(kernel, on_release=self._released)
         # what HELLO answers: the shim's view of the host (root: where its files were written)
-        self.hello = wire.HostAnswer(
-            kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root, kernel.host.page_size
-        ).encode()
+        self.hello = host_answer(kernel, root).encode()
         check_socket_path(self.path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is created 0600 (never chmod: it could be a symlink by then)

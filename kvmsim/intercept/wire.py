@@ -208,17 +208,22 @@ def unpack(layout: struct.Struct, payload: bytes, *, exact: bool = True) -> tupl
 
 @attrs.frozen
 class HostAnswer:
-    """HOST's payload, the answer to HELLO (JSON, exactly these five keys): what a shim is told
+    """HOST's payload, the answer to HELLO (JSON, exactly these seven keys): what a shim is told
     about the host besides the socket — the profile's name, the machine ``uname`` shows, whether
-    /dev/kvm exists, where the host's files were written (KVMSIM_ROOT; null for none), and the
-    host kernel's page size (what a POWER program under qemu-user is told ``getpagesize`` is).
-    The one encoder and decoder: the server sends it, the runner and ``kvmsim env`` read it."""
+    /dev/kvm exists, where the host's files were written (KVMSIM_ROOT; null for none), the host
+    kernel's page size (what a POWER program under qemu-user is told ``getpagesize`` is), and
+    for a POWER host what qemu-user needs to run a program as that machine would: the
+    processor's ``[PVR, generation]`` (its ``mfpvr``) and the kernel's TASK_SIZE where it is
+    below this machine's (null where none is needed).  The one encoder and decoder: the server
+    sends it, the runner and ``kvmsim env`` read it."""
 
     name: str
     machine: str
     dev_kvm: bool
     root: str | None = None
     page_size: int = 4096
+    processor: tuple[int, str] | None = None
+    address_space: int | None = None
 
     def encode(self) -> bytes:
         import json  # HELLO's answer alone: a call's frames never need it
@@ -235,7 +240,7 @@ class HostAnswer:
             doc = json.loads(payload)
         except ValueError:
             raise not_ours from None
-        if not isinstance(doc, Mapping) or set(doc) != {"name", "machine", "dev_kvm", "root", "page_size"}:
+        if not isinstance(doc, Mapping) or set(doc) != {f.name for f in attrs.fields(cls)}:
             raise not_ours
         name, machine, dev_kvm, root = doc["name"], doc["machine"], doc["dev_kvm"], doc["root"]
         if not isinstance(name, str) or machine not in ARCHES or not isinstance(dev_kvm, bool):
@@ -244,4 +249,17 @@ class HostAnswer:
             raise not_ours
         if doc["page_size"] not in (4096, 65536) or isinstance(doc["page_size"], bool):
             raise not_ours
-        return cls(name, machine, dev_kvm, root, doc["page_size"])
+        processor, space = doc["processor"], doc["address_space"]
+        if processor is not None:  # [PVR, generation]: a u32 and a name qemu-user's models begin with
+            if not (isinstance(processor, list) and len(processor) == 2 and _is_u(processor[0], 32)):
+                raise not_ours
+            if not (isinstance(processor[1], str) and processor[1].isalnum() and processor[1].isascii()):
+                raise not_ours
+            processor = (processor[0], processor[1])
+        if space is not None and not (_is_u(space, 64) and space):
+            raise not_ours
+        return cls(name, machine, dev_kvm, root, doc["page_size"], processor, space)
+
+
+def _is_u(value: object, bits: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits

@@ -31,7 +31,7 @@ from ..intercept.command import (
     unreachable,
     wait_forwarding,
 )
-from ..intercept.server import Server, ServerError
+from ..intercept.server import Server, ServerError, host_answer
 from ..intercept.trace import Call
 from ..intercept.wire import HostAnswer
 from ..kernel.kvm_main import BootedKernel
@@ -106,11 +106,6 @@ def qemu_user_argv(qemu: str, sysroot: str, processor: tuple[int, str] | None, a
     return argv
 
 
-def host_answer(kernel: BootedKernel, root: str | None = None) -> HostAnswer:
-    """What the shim is told about ``kernel``'s host (a server's HOST answer says the same)."""
-    return HostAnswer(kernel.host.name, kernel.arch.name, kernel.kvm.loaded, root, kernel.host.page_size)
-
-
 def prepare(
     host: HostAnswer,
     command: Sequence[str],
@@ -119,16 +114,14 @@ def prepare(
     arch: str | None = None,
     allow_unreached: bool = False,
     sysroot: str | None = None,
-    processor: tuple[int, str] | None = None,
-    address_space: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run ``command`` against the server at ``socket_path``.
     A program the shim cannot reach is refused (it would talk to this machine's real
     /dev/kvm) unless ``allow_unreached``.  A POWER program runs with ``sysroot``'s libraries
     (qemu-user's ``-L``; its own qemu-user when it has one), else the cross toolchain's, with
-    ``processor`` (the profile's PVR and generation) as qemu-user's CPU, and its mappings kept
-    below ``address_space`` (qemu-user's ``-R``: the profile's TASK_SIZE where this machine's is
-    larger, as a 4K-page POWER kernel's 64TB is)."""
+    the host's processor (its PVR and generation) as qemu-user's CPU, and its mappings kept
+    below the host's address space (qemu-user's ``-R``: the profile's TASK_SIZE where this
+    machine's is larger, as a 4K-page POWER kernel's 64TB is)."""
     why = unreachable(shutil.which(command[0]) or command[0])
     if why is not None and not allow_unreached:
         raise StartError(
@@ -148,7 +141,7 @@ def prepare(
         qemu = own
     else:
         qemu = qemu_binary(foreign)
-    argv = qemu_user_argv(qemu, sysroot or foreign.sysroot, processor, address_space)
+    argv = qemu_user_argv(qemu, sysroot or foreign.sysroot, host.processor, host.address_space)
     # for the program, not qemu; the socket channel: TCG's atomics and futexes are not the host's;
     # the host's page size, which qemu-user's auxv says is this machine's
     variables = {**shim_variables(host, socket_path, shim), "KVMSIM_CHANNEL": "socket"}
@@ -182,31 +175,11 @@ def run(
                 arch=arch,
                 allow_unreached=allow_unreached,
                 sysroot=sysroot,
-                processor=processor_of(kernel),
-                address_space=address_space_of(kernel),
             )
             server.start()
             return wait_forwarding(subprocess.Popen(argv, env=env, close_fds=False))  # the caller's fds 3+ pass
         finally:
             server.stop()
-
-
-def processor_of(kernel: BootedKernel) -> tuple[int, str] | None:
-    """A POWER host's (PVR, generation): what qemu-user's CPU should be."""
-    cpu = kernel.host.cpu
-    generation = cpu.generation
-    return (cpu.pvr, generation.name) if cpu.pvr is not None and generation is not None else None
-
-
-X86_64_TASK_SIZE = 1 << 47  # this machine's user address space (4-level paging)
-
-
-def address_space_of(kernel: BootedKernel) -> int | None:
-    """A POWER host's TASK_SIZE_USER64 (64TB with 4K pages, 4PB with 64K) where it is below this
-    machine's: qemu-user then keeps the program's mappings within it, as that kernel would."""
-    limits = getattr(kernel.kvm, "memslot_limits", None)
-    task = limits.task_size_max if limits is not None else None
-    return task if task is not None and task < X86_64_TASK_SIZE else None
 
 
 def shim_variables(host: HostAnswer, socket_path: str, shim: Path) -> dict[str, str]:
