@@ -146,15 +146,6 @@ def test_xive_is_no_device_without_xive_in_hv_mode(host: str) -> None:
     assert errno_of(Guest(host).create, KVM_DEV_TYPE_XIVE, flags=1) == errno.ENODEV
 
 
-@pytest.mark.parametrize("host", XIVE_HV_HOSTS)
-def test_xics_on_xive_is_registered_and_named_not_modelled(host: str) -> None:
-    g = Guest(host)
-    assert g.create(KVM_DEV_TYPE_XICS, flags=1)[0] == 0 and g.create(KVM_DEV_TYPE_XIVE, flags=1)[0] == 0
-    with pytest.raises(OSError) as exc:
-        g.create(KVM_DEV_TYPE_XICS)
-    assert exc.value.errno == errno.ENOTTY and "not modelled" in str(exc.value)
-
-
 @pytest.mark.parametrize("host", VM_HOSTS)
 def test_create_device_faults_at_its_struct(host: str) -> None:
     g = Guest(host)

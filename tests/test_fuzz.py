@@ -160,13 +160,20 @@ def test_a_replay_places_the_buffer_where_the_guest_does_to_the_byte() -> None:
 
 
 def test_the_device_cases_reach_the_fuzz_vms_xics_or_dev_kvm() -> None:
-    """Each fuzz VM has an XICS device made after its vcpu; where it cannot (XICS-on-XIVE on
-    PowerNV: not modelled, and the prober keeps no real one either) the case goes to /dev/kvm."""
+    """Each fuzz VM has an XICS device made after its vcpu (XICS's emulation, or on PowerNV
+    XICS-on-XIVE's, which has NR_SERVERS); where it has none (no such VM) the case goes to
+    /dev/kvm."""
     from kvmsim.uapi import KVM_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR
 
     def has(a: object) -> bytes:
         return KVM_DEVICE_ATTR.pack(PPC.byteorder, {"group": 1, "attr": 16})
 
     probe = Probe("has source 16", "xics-hv", KVM_HAS_DEVICE_ATTR.request, has)
-    assert fuzz.simulate(Kernel.from_profile("qemu-nested-hv-p10"), [probe])["has source 16"].value == 0
-    assert fuzz.simulate(Kernel.from_profile("qemu-powernv9"), [probe])["has source 16"].error == "EINVAL"
+    nr_servers = Probe("has nr servers", "xics-hv", KVM_HAS_DEVICE_ATTR.request,
+                       lambda a: KVM_DEVICE_ATTR.pack(PPC.byteorder, {"group": 2, "attr": 1}))  # fmt: skip
+    for host, xive in (("qemu-nested-hv-p10", False), ("qemu-powernv9", True)):
+        answers = fuzz.simulate(Kernel.from_profile(host), [probe, nr_servers])
+        assert answers["has source 16"].value == 0
+        assert (answers["has nr servers"].value == 0) == xive
+    no_hv = fuzz.simulate(Kernel.from_profile("qemu-no-nesting-p10"), [probe])  # KVM-PR only: no HV VM
+    assert no_hv["has source 16"].error == "EINVAL"  # /dev/kvm's answer to a device ioctl

@@ -154,7 +154,7 @@ def test_no_archive_is_one_line_and_exit_3(monkeypatch: pytest.MonkeyPatch, caps
     [
         (["lab", "--config", "p42"], "unknown configuration 'p42'"),
         (["lab", "--kernel", "7.2", "--config", "powernv9"], "no configuration"),
-        (["lab", "--qemu", "--config", "powernv9"], "no QEMU start on configuration 'powernv9'"),
+        (["lab", "--qemu", "--config", "powernv10"], "no QEMU start on configuration 'powernv10'"),
         (["lab", "--qemu", "--fuzz", "5"], "--qemu takes no --fuzz or --kernel"),
     ],
 )
@@ -454,8 +454,8 @@ def test_the_prober_skips_a_probe_whose_word_is_on_the_kernel_command_line() -> 
 def test_the_prober_asks_the_xics_device_as_the_replay_does(host: str) -> None:
     """The cross-built prober's KVM device probes (the XICS device kept from its struct's fd, that
     fd put into KVM_ENABLE_CAP and used for the attributes, closed at the end) under kvmsim run
-    answer as the replay's probe.run does in-process; on a XIVE host in HV mode the device is not
-    made, and nothing else is asked of it."""
+    answer as the replay's probe.run does in-process, XICS's emulation's and (PowerNV)
+    XICS-on-XIVE's."""
     papr = next(p for p in probe.kvm_probes(sweep=True) if p.name == "vcpu enable cap papr")
     base = [papr, *probe.xics_probes(), probe.Probe("irq line after", "vm", KVM_IRQ_LINE.request, lambda a: bytes(8))]
     source = resources.files("kvmsim.lab").joinpath("prober.c")
@@ -469,10 +469,11 @@ def test_the_prober_asks_the_xics_device_as_the_replay_does(host: str) -> None:
     asked = dict(re.findall(r"^KVMSIM probe\t([^\t]*)\t(.*)$", r.stdout, re.M))
     replayed = probe.run(SimDevice(Kernel.from_profile(host)), base)
     assert asked == {name: str(a.to_toml()) for name, a in replayed.items()}
-    if host == "qemu-powernv9":  # XICS-on-XIVE: not modelled (a real one's is made, and not recorded)
-        assert asked["xics create"] == "ENOTTY" and not any(n.startswith("xics") for n in asked if n != "xics create")
-    else:
-        assert asked["xics create"] == "fd" and asked["xics connect vcpu 0"] == "0"
+    assert asked["xics create"] == "fd" and asked["xics connect vcpu 0"] == "0"
+    # XICS-on-XIVE (PowerNV) takes what XICS's emulation refuses, and has NR_SERVERS
+    xive = host == "qemu-powernv9"
+    assert (asked["xics set source 4097 priority 5 no icp"] == "0") == xive
+    assert (asked["xics has nr servers"] == "0") == xive
     assert asked["irq line after"] == "ENXIO"  # no XICS: released, or never made
 
 

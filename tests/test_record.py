@@ -73,8 +73,8 @@ def test_the_lab_asked_every_file_operation_of_each_fd() -> None:
         if recorded["probes"].get("tce64 1G of 4K") == "fd":
             made.append("spapr-tce")
         made += [f"{kind}-stats" for kind in ("vm", "vcpu") if recorded["probes"].get(f"{kind} stats fd") == "fd"]
-        # KVM devices: XICS's emulation where XICS is not XIVE's (a XIVE host in HV mode), VFIO's everywhere
-        made += [kind for kind in ("kvm-xics", "kvm-vfio") if f"{kind}.link" in recorded["file_ops"]]
+        # KVM devices: XICS's emulation, or XICS-on-XIVE's on a XIVE host in HV mode; VFIO's everywhere
+        made += [kind for kind in ("kvm-xics", "kvm-xive", "kvm-vfio") if f"{kind}.link" in recorded["file_ops"]]
         kinds = ["dev", *made]
         assert set(recorded["file_ops"]) == {f"{k}.{op}" for k in kinds for op in ASKED}, path.name
         asked |= set(kinds)

@@ -21,7 +21,17 @@ from typing import Literal
 
 import attrs
 
-from ..uapi import DEV_KVM, SPAPR_TCE_LINK, VCPU_LINK, VCPU_STATS_LINK, VFIO_LINK, VM_LINK, VM_STATS_LINK, XICS_LINK
+from ..uapi import (
+    DEV_KVM,
+    SPAPR_TCE_LINK,
+    VCPU_LINK,
+    VCPU_STATS_LINK,
+    VFIO_LINK,
+    VM_LINK,
+    VM_STATS_LINK,
+    XICS_LINK,
+    XIVE_LINK,
+)
 
 # what a kind's placeholder is: a socket (no data), a memory file of pages the program maps and
 # the simulated kernel shares, or a read-only memory file holding what the file reads
@@ -82,8 +92,9 @@ VCPU_STATS = FileKind("vcpu-stats", 6, VCPU_STATS_LINK, {**_STATS, "link": VCPU_
 _DEVICE = {**_ANON, "lseek": "ESPIPE", "mmap": "ENODEV"}
 XICS = FileKind("kvm-xics", 7, XICS_LINK, {**_DEVICE, "link": XICS_LINK})
 VFIO = FileKind("kvm-vfio", 8, VFIO_LINK, {**_DEVICE, "link": VFIO_LINK})
+XIVE = FileKind("kvm-xive", 9, XIVE_LINK, {**_DEVICE, "link": XIVE_LINK})  # XICS-on-XIVE's
 
-FILE_KINDS: tuple[FileKind, ...] = (DEV, VM, VCPU, SPAPR_TCE, VM_STATS, VCPU_STATS, XICS, VFIO)
+FILE_KINDS: tuple[FileKind, ...] = (DEV, VM, VCPU, SPAPR_TCE, VM_STATS, VCPU_STATS, XICS, VFIO, XIVE)
 BY_NAME: Mapping[str, FileKind] = MappingProxyType({k.name: k for k in FILE_KINDS})
 BY_CODE: Mapping[int, FileKind] = MappingProxyType({k.code: k for k in FILE_KINDS})
 # what each kind answers besides ioctl, by kind name: the table the lab's prober and `kvmsim

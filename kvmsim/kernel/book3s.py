@@ -31,7 +31,9 @@ from ..uapi import (
     SLB_ESID_V,
     ByteOrder,
 )
+from . import book3s_xive
 from .book3s_xics import Icp, connect_vcpu
+from .book3s_xive import XiveVcpu
 from .errors import KvmError
 from .kvm_device import KvmDeviceFile
 
@@ -96,6 +98,7 @@ class Book3sVcpu:
     tb_offset: int = 0  # the virtual core's timebase offset
     external_pending: bool = False  # an external interrupt queued (KVM_INTERRUPT, the ICP; UNSET dequeues it)
     icp: Icp | None = None  # vcpu->arch.icp: connected to the VM's XICS (irq_type KVMPPC_IRQ_XICS)
+    xive_vcpu: XiveVcpu | None = None  # vcpu->arch.xive_vcpu: connected to its XICS-on-XIVE (the same)
     stat: Stats | None = None  # vcpu->stat (kvm_main makes it with the vcpu)
 
     # kvmppc_sanity_check(): the PVR is known, the virtual core's arch_compat valid, and HV runs
@@ -245,11 +248,15 @@ def enable_cap(vcpu: Book3sVcpu, cap: int, flags: int, args: tuple[int, ...], ct
             raise KvmError(errno.ENXIO, "KVM_ENABLE_CAP(KVM_CAP_PPC_IRQ_XIVE): this machine has no XIVE")
         if not isinstance(file, KvmDeviceFile):  # kvm_device_from_filp()
             raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP({cap}): fd {fd} is not a KVM device")
-        if cap == KVM_CAP_PPC_IRQ_XIVE or ctx.xics_on_xive:  # the XIVE connects: only their own devices
-            raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP({cap}): fd {fd} is {file.dev.ops.name}, not a XIVE device")
-        server = args[1] & 0xFFFFFFFF  # kvmppc_xics_connect_vcpu(dev, vcpu, u32 xcpu)
-        vcpu.icp = connect_vcpu(file.dev, ctx.vm, vcpu.icp is not None, server,
-                                lambda: queue_external(vcpu), lambda: dequeue_external(vcpu))  # fmt: skip
+        if cap == KVM_CAP_PPC_IRQ_XIVE:  # XIVE native's connect: only its own device (not modelled)
+            raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP({cap}): fd {fd} is {file.dev.ops.name}, not kvm-xive-native")
+        server = args[1] & 0xFFFFFFFF  # kvmppc_xi{cs,ve}_connect_vcpu(dev, vcpu, u32 cpu)
+        connected = vcpu.icp is not None or vcpu.xive_vcpu is not None  # irq_type != KVMPPC_IRQ_DEFAULT
+        if ctx.xics_on_xive:
+            vcpu.xive_vcpu = book3s_xive.connect_vcpu(file.dev, ctx.vm, connected, server)
+        else:
+            vcpu.icp = connect_vcpu(file.dev, ctx.vm, connected, server,
+                                    lambda: queue_external(vcpu), lambda: dequeue_external(vcpu))  # fmt: skip
     elif cap == KVM_CAP_PPC_FWNMI and vcpu.hv:  # CONFIG_KVM_BOOK3S_HV_POSSIBLE: an HV VM's
         pass  # vcpu->kvm->arch.fwnmi_enabled = true
     else:

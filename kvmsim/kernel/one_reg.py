@@ -12,6 +12,7 @@ import re
 import time
 
 from ..uapi import MODES, ONE_REGS, ByteOrder, one_reg_size
+from . import book3s_xive
 from .book3s import PVR_ARCH_INVALID, Book3sVcpu
 from .book3s_xics import get_icp, set_icp
 from .errors import KvmError
@@ -138,10 +139,13 @@ def get_one_reg(vcpu: Book3sVcpu, reg_id: int, byteorder: ByteOrder) -> bytes:
         raise KvmError(errno.EINVAL, f"ONE_REG id {reg_id:#x}: a {size}-byte register (the union is 16)")
     if name is None or not _knows(vcpu, name):
         raise KvmError(errno.EINVAL, f"KVM_GET_ONE_REG: {vcpu.backend} knows no register {reg_id:#x}")
-    if name in NO_DEVICE:  # kvmppc_get_one_reg(): the vcpu's ICP (a XIVE vcpu is never connected here)
-        if name != "ICP_STATE" or vcpu.icp is None:
+    if name in NO_DEVICE:  # kvmppc_get_one_reg(): the vcpu's ICP, XICS's or XICS-on-XIVE's (XIVE native's VP: none)
+        if name != "ICP_STATE" or (vcpu.icp is None and vcpu.xive_vcpu is None):
             raise KvmError(errno.ENXIO, f"KVM_GET_ONE_REG({name}): no interrupt controller device is connected")
-        return get_icp(vcpu.icp).to_bytes(size, byteorder)
+        if vcpu.icp is not None:
+            return get_icp(vcpu.icp).to_bytes(size, byteorder)
+        assert vcpu.xive_vcpu is not None
+        return book3s_xive.get_icp(vcpu.xive_vcpu).to_bytes(size, byteorder)
     return _value(vcpu, name, size, byteorder)
 
 
@@ -183,9 +187,13 @@ def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder
     if name is None or not _knows(vcpu, name) or name == "DEBUG_INST":  # no set table has DEBUG_INST
         raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG: {vcpu.backend} sets no register {reg_id:#x}")
     if name in NO_DEVICE:
-        if name != "ICP_STATE" or vcpu.icp is None:
+        if name != "ICP_STATE" or (vcpu.icp is None and vcpu.xive_vcpu is None):
             raise KvmError(errno.ENXIO, f"KVM_SET_ONE_REG({name}): no interrupt controller device is connected")
-        set_icp(vcpu.icp, int.from_bytes(data, byteorder))
+        if vcpu.icp is not None:
+            set_icp(vcpu.icp, int.from_bytes(data, byteorder))
+        else:
+            assert vcpu.xive_vcpu is not None
+            book3s_xive.set_icp(vcpu.xive_vcpu, int.from_bytes(data, byteorder))
         return
     run = _run(name)
     if run is not None:

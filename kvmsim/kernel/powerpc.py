@@ -93,7 +93,7 @@ from ..uapi import (
     one_reg_size,
 )
 from . import book3s, memslot, one_reg
-from .anon_inodes import VFIO, XICS
+from .anon_inodes import VFIO, XICS, XIVE
 from .book3s import Book3sVcpu, EnableCapContext
 from .book3s_64_mmu_hv import kvmppc_alloc_reset_hpt
 from .book3s_64_mmu_radix import kvmhv_get_rmmu_info
@@ -110,6 +110,7 @@ from .book3s_hv import (
     kvmhv_set_smt_mode,
     kvmppc_book3s_init_hv,
     kvmppc_core_vcpu_create_hv,
+    kvmppc_pack_vcpu_id,
 )
 from .book3s_pr import (
     PR_HCALLS,
@@ -121,6 +122,7 @@ from .book3s_pr import (
 )
 from .book3s_rtas import RtasTokenDefinition, kvm_vm_ioctl_rtas_define_token
 from .book3s_xics import Xics, kvm_xics_ops
+from .book3s_xive import Xive, kvm_xive_ops
 from .errors import InvalidInput, KvmError
 from .kvm_device import KvmDevice, KvmDeviceOps
 from .memslot import MemorySlot, MemslotLimits, Memslots
@@ -146,6 +148,11 @@ def xive_enabled(host: Host) -> bool:
     return host.cpu.isa_300
 
 
+def kvm_max_vcpu_ids(host: Host) -> int:
+    """KVM_MAX_VCPU_IDS: MAX_SMT_THREADS × KVM_MAX_VCORES with Book3S HV built, else KVM_MAX_VCPUS."""
+    return host.kvm_max_vcpus * (MAX_SMT_THREADS if host.book3s_hv else 1)
+
+
 def xics_on_xive(host: Host) -> bool:
     """xics_on_xive(): XIVE in HV mode (PowerNV), where KVM's XICS device is book3s_xive.c's."""
     return xive_enabled(host) and host.platform == "powernv"
@@ -158,12 +165,31 @@ def device_ops_table(host: Host, printk: Callable[[str], None]) -> dict[int, Kvm
     VFIO's always."""
     table = {KVM_DEV_TYPE_VFIO: kvm_vfio_ops(VFIO, spapr_tce_iommu=host.spapr_tce_iommu)}
     if xics_on_xive(host):
-        why = "book3s_xive.c: this host's XIVE in HV mode backs it, which kvmsim does not model"
-        table[KVM_DEV_TYPE_XICS] = KvmDeviceOps("kvm-xive", XICS, _unmodelled_create, unmodelled=why)
-        table[KVM_DEV_TYPE_XIVE] = KvmDeviceOps("kvm-xive-native", XICS, _unmodelled_create, unmodelled=why)
+        max_ids = kvm_max_vcpu_ids(host)
+        table[KVM_DEV_TYPE_XICS] = kvm_xive_ops(XIVE, printk, host.kvm_max_vcpus, max_ids, _xive_pack(host))
+        why = "book3s_xive_native.c: the guest's own XIVE queues and ESB pages, which kvmsim does not model"
+        table[KVM_DEV_TYPE_XIVE] = KvmDeviceOps("kvm-xive-native", XIVE, _unmodelled_create, unmodelled=why)
     else:
         table[KVM_DEV_TYPE_XICS] = kvm_xics_ops(XICS, printk)
     return table
+
+
+def _xive_pack(host: Host) -> Callable[[Vm, int], int]:
+    """kvmppc_pack_vcpu_id() for a VM: an HV VM's emul_smt_mode; a PR VM has none (0: the
+    kernel divides by it, which POWER's divw leaves undefined, harmless below KVM_MAX_VCPUS)."""
+
+    def pack(vm: Vm, cpu: int) -> int:
+        if vm.hv:
+            return kvmppc_pack_vcpu_id(vm.emul_smt_mode, host.kvm_max_vcpus, cpu)
+        if cpu >= host.kvm_max_vcpus:
+            raise KvmError(
+                errno.ENOTTY,
+                f"not modelled: XICS-on-XIVE server {cpu} of a PR VM (kvmppc_pack_vcpu_id divides by its "
+                "emul_smt_mode, 0: undefined on POWER)",
+            )
+        return cpu
+
+    return pack
 
 
 def _unmodelled_create(dev: KvmDevice, type_: int) -> None:
@@ -216,6 +242,7 @@ class Vm:
     spapr_tce_tables: list[SpaprTceTable] = attrs.field(factory=list, eq=False)  # kvm->arch.spapr_tce_tables
     devices: list[KvmDevice] = attrs.field(factory=list, eq=False)  # kvm->devices
     xics: Xics | None = None  # kvm->arch.xics: the VM's kvm-xics device's
+    xive: Xive | None = None  # kvm->arch.xive: the VM's kvm-xive device's (XICS-on-XIVE)
 
 
 class PowerpcKvm:
@@ -305,8 +332,8 @@ class PowerpcKvm:
             return min(host.present_cpus, host.kvm_max_vcpus)
         if ext == KVM_CAP_MAX_VCPUS:
             return host.kvm_max_vcpus
-        if ext == KVM_CAP_MAX_VCPU_ID:  # KVM_MAX_VCPU_IDS: MAX_SMT_THREADS * KVM_MAX_VCORES with HV
-            return host.kvm_max_vcpus * (MAX_SMT_THREADS if host.book3s_hv else 1)
+        if ext == KVM_CAP_MAX_VCPU_ID:
+            return kvm_max_vcpu_ids(host)
         if ext in (KVM_CAP_PPC_GET_SMMU_INFO, KVM_CAP_SPAPR_MULTITCE):
             return 1
         if ext == KVM_CAP_SPAPR_RESIZE_HPT:
@@ -357,8 +384,7 @@ class PowerpcKvm:
 
     @property
     def max_vcpu_ids(self) -> int:
-        """KVM_MAX_VCPU_IDS: MAX_SMT_THREADS × KVM_MAX_VCORES with Book3S HV built, else KVM_MAX_VCPUS."""
-        return self.host.kvm_max_vcpus * (MAX_SMT_THREADS if self.host.book3s_hv else 1)
+        return kvm_max_vcpu_ids(self.host)
 
     # kvm_arch_vcpu_create() → kvmppc_core_vcpu_create(): the VM's backend makes it
     def vcpu_create(self, vm: Vm, vcpu_id: int) -> Book3sVcpu:
@@ -434,8 +460,11 @@ class PowerpcKvm:
     # kvm_vm_ioctl_irq_line(): only with an in-kernel interrupt controller (kvm_arch_irqchip_in_kernel:
     # an XICS or XIVE device); then kvm_set_irq() → kvmppc_xics_set_irq(), its answer the line's status
     def irq_line(self, vm: Vm, irq: int, level: int) -> int:
-        if vm.xics is None:
+        if vm.xics is None and vm.xive is None:
             raise KvmError(errno.ENXIO, "KVM_IRQ_LINE: the VM has no in-kernel interrupt controller (XICS or XIVE)")
+        if xics_on_xive(self.host):  # kvm_set_irq(): XICS-on-XIVE's, else XICS's
+            return vm.xive.set_irq(irq, level) if vm.xive is not None else -errno.ENODEV
+        assert vm.xics is not None
         return vm.xics.ics_deliver_irq(irq, level)
 
     # powerpc.c: no multiprocessing state on powerpc

@@ -58,7 +58,7 @@ struct probe {
 	unsigned int poke_at;   /* ... but this one (0: none), which is */
 	unsigned char poke;
 	int returns_fd; /* 1: the answer is a new fd, closed at once; 2: kept open to the end (kept_fds);
-	                 * 3: KVM_CREATE_DEVICE's, the buffer's u32 at 4, kept as device_fd where it is kvm-xics */
+	                 * 3: KVM_CREATE_DEVICE's, the buffer's u32 at 4, kept as device_fd where it is an XICS device */
 	int readonly_from; /* ARG_BUF: read-only from this offset (0: all; -1: none) */
 	int on_stack;      /* ARG_BUF: on this program's stack instead (at most 256 bytes) */
 	const char *skip_under; /* not asked when this word is on the kernel command line (NULL: always) */
@@ -155,7 +155,7 @@ static void load(const char *path, const char *module)
 static int vm_hv = -1, vm_pr = -1; /* the fuzz's VMs of types 1 and 2, made in main() */
 static int vcpu = -1;              /* vcpu 0 of the type-0 VM, made in main() */
 static int vcpu_hv = -1, vcpu_pr = -1; /* vcpu 0 of each fuzz VM, made in main() */
-static int xics_hv = -1, xics_pr = -1; /* each fuzz VM's XICS emulation (kvm-xics), made in main() */
+static int xics_hv = -1, xics_pr = -1; /* each fuzz VM's XICS device (kvm-xics or kvm-xive), made in main() */
 static int kept_fds[16], kept;         /* the new fds of probes that keep theirs (returns_fd 2) */
 static int device_fd = -1;             /* the KVM device a returns_fd 3 probe made (FD_DEVICE) */
 
@@ -181,14 +181,20 @@ static int is_anon(int fd, const char *kind)
 	return !strcmp(link, want);
 }
 
-/* A KVM device of this type on vm whose file is of this kind, else -1 (no VM, no such device, or
- * another ops' file: XICS-on-XIVE's kvm-xive for KVM_DEV_TYPE_XICS on PowerNV) */
+/* Is fd an XICS device: XICS's emulation (kvm-xics) or, on PowerNV, XICS-on-XIVE's (kvm-xive)? */
+static int is_xics(int fd)
+{
+	return is_anon(fd, "kvm-xics") || is_anon(fd, "kvm-xive");
+}
+
+/* A KVM device of this type on vm whose file is of this kind (NULL: an XICS device, either
+ * kind), else -1 (no VM, no such device, or another ops' file) */
 static int device_of(int vm, uint32_t type, const char *kind)
 {
 	struct { uint32_t type, fd, flags; } cd = {type, 0, 0};
 	if (vm < 0 || ioctl(vm, KVM_CREATE_DEVICE_REQ, &cd) < 0)
 		return -1;
-	if (!is_anon((int)cd.fd, kind)) {
+	if (kind ? !is_anon((int)cd.fd, kind) : !is_xics((int)cd.fd)) {
 		close((int)cd.fd);
 		return -1;
 	}
@@ -289,10 +295,10 @@ static void ask_probe(const struct probe *p, int dev, int vm)
 	long r = ioctl(fd, p->request, buf);
 	if (r < 0)
 		snprintf(head, sizeof(head), "%s", errname(errno));
-	else if (p->returns_fd == 3) { /* KVM_CREATE_DEVICE: kept where it is XICS's emulation, else unrecorded */
+	else if (p->returns_fd == 3) { /* KVM_CREATE_DEVICE: kept where it is an XICS device, else unrecorded */
 		uint32_t dfd;
 		memcpy(&dfd, buf + 4, 4);
-		if (is_anon((int)dfd, "kvm-xics")) {
+		if (is_xics((int)dfd)) {
 			device_fd = (int)dfd;
 			line("probe", p->name, "fd");
 		} else
@@ -589,8 +595,8 @@ int main(void)
 		vm_pr = ioctl(dev, KVM_CREATE_VM_REQ, 2);
 		vcpu_hv = vm_hv >= 0 ? ioctl(vm_hv, KVM_CREATE_VCPU_REQ, 0) : -1;
 		vcpu_pr = vm_pr >= 0 ? ioctl(vm_pr, KVM_CREATE_VCPU_REQ, 0) : -1;
-		xics_hv = device_of(vm_hv, 3, "kvm-xics"); /* KVM_DEV_TYPE_XICS */
-		xics_pr = device_of(vm_pr, 3, "kvm-xics");
+		xics_hv = device_of(vm_hv, 3, NULL); /* KVM_DEV_TYPE_XICS: XICS's emulation or XICS-on-XIVE */
+		xics_pr = device_of(vm_pr, 3, NULL);
 		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
 			run_probe(&PROBES[i], dev, vm);
 		file_ops(dev, "dev");
@@ -613,8 +619,9 @@ int main(void)
 				close(tce);
 			}
 		}
-		if (vm >= 0) { /* KVM devices' files: XICS's emulation (not XICS-on-XIVE's kvm-xive), VFIO's */
-			static const struct { unsigned type; const char *kind; } devices[] = {{3, "kvm-xics"}, {4, "kvm-vfio"}};
+		if (vm >= 0) { /* KVM devices' files: XICS's emulation or XICS-on-XIVE's, VFIO's */
+			static const struct { unsigned type; const char *kind; } devices[] = {
+				{3, "kvm-xics"}, {3, "kvm-xive"}, {4, "kvm-vfio"}};
 			for (unsigned i = 0; i < sizeof(devices) / sizeof(devices[0]); i++) {
 				int fd = device_of(vm, devices[i].type, devices[i].kind);
 				if (fd >= 0) {

@@ -637,8 +637,8 @@ def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]
 
 
 def _xics_of(kernel: BootedKernel, process: Process, vm: int, dev: int) -> int:
-    """The VM's XICS emulation, as the prober makes it after the vcpu; /dev/kvm's fd where it
-    cannot (XICS-on-XIVE's is not modelled: the prober closes a real one and falls back too)."""
+    """The VM's XICS device (XICS's emulation, or XICS-on-XIVE's on PowerNV), as the prober makes
+    it after the vcpu; /dev/kvm's fd where it cannot (the prober falls back too)."""
     mem = process.memory
     assert isinstance(mem, AddressSpace)
     bo = kernel.arch.byteorder

@@ -207,7 +207,8 @@ class Probe:
     # without the answer: the replay does not ask it either)
     skip_under: str | None = None
     # KVM_CREATE_DEVICE: the new fd is the buffer's u32 at 4, kept as the run's "device" (answered
-    # "fd"); the lab's prober keeps only an XICS emulation's (kvm-xics) and records nothing else
+    # "fd"); the lab's prober keeps only an XICS device (kvm-xics, or kvm-xive: XICS-on-XIVE's) and
+    # records nothing else
     keeps_device: bool = False
     needs_device: bool = False  # asked only where a keeps_device probe made the device
     device_at: int | None = None  # the buffer's u64 here is the device's fd (KVM_ENABLE_CAP's args[0])
@@ -542,14 +543,17 @@ def _irq_level(arch: Arch, *, irq: int, level: int) -> bytes:
 
 
 def xics_probes() -> Iterator[Probe]:
-    """XICS's emulation (book3s_xics.c) as QEMU drives it, on the type-0 VM once its vcpu 0 has
-    PAPR: the device made (kept: the run's "device"), made again, its attributes (SOURCES from 16
-    below 2^20, no CTRL group), sources set masked, with a priority for a server no ICP has, and
-    read back; vcpu 0 connected as server 0 (again: EBUSY), its ICP read, set consistent and not;
-    then KVM_IRQ_LINE(_STATUS) of a source with a priority (presented to the ICP: its output queued,
-    ``queue_intr`` in the vcpu's statistics), of a masked one (pending), of none (the status:
-    -EINVAL) and an MSI's unset (nothing).  Where the XICS device is XICS-on-XIVE's (PowerNV), the
-    lab's prober records none of them."""
+    """The XICS device as QEMU drives it, on the type-0 VM once its vcpu 0 has PAPR: XICS's
+    emulation (book3s_xics.c), or on a PowerNV host XICS-on-XIVE (book3s_xive.c, which answers
+    the same interface its own way: a CTRL group with NR_SERVERS, a source targeted at a server no
+    vcpu is left untargeted, an ICP state never checked, interrupts in the XIVE's queues).  The
+    device made (kept: the run's "device"), made again, its attributes (SOURCES from 16 below
+    2^20, NR_SERVERS), sources set masked, with a priority for a server no vcpu is, and read back;
+    vcpu 0 connected as server 0 (again: EBUSY), its ICP read, set consistent and not; then
+    KVM_IRQ_LINE(_STATUS) of a source with a priority (presented to the ICP: its output queued,
+    ``queue_intr`` in the vcpu's statistics; or in the vcpu's XIVE queue), of a masked one
+    (pending), of none (the status: -EINVAL) and an MSI's unset (nothing); the sources read
+    again."""
     create, enable = KVM_CREATE_DEVICE.request, KVM_ENABLE_CAP.request
     xics = functools.partial(_create_device, dev_type=KVM_DEV_TYPE_XICS, flags=0)
     yield Probe("xics create", "vcpu-vm", create, xics, keeps_device=True)
