@@ -167,7 +167,10 @@ def device_ops_table(host: Host, printk: Callable[[str], None]) -> dict[int, Kvm
     if xics_on_xive(host):
         max_ids = kvm_max_vcpu_ids(host)
         table[KVM_DEV_TYPE_XICS] = kvm_xive_ops(XIVE, printk, host.kvm_max_vcpus, max_ids, _xive_pack(host))
-        why = "book3s_xive_native.c: the guest's own XIVE queues and ESB pages, which kvmsim does not model"
+        why = (
+            "book3s_xive_native.c: its ESB pages are MMIO the program maps and loads from (a load changes an "
+            "interrupt's state), which no interception here can answer"
+        )
         table[KVM_DEV_TYPE_XIVE] = KvmDeviceOps("kvm-xive-native", XIVE, _unmodelled_create, unmodelled=why)
     else:
         table[KVM_DEV_TYPE_XICS] = kvm_xics_ops(XICS, printk)
