@@ -5,6 +5,7 @@ simulator answers otherwise than the recorded kernel is reported by seed and ind
 from __future__ import annotations
 
 import collections
+import functools
 import shutil
 import subprocess
 from importlib import resources
@@ -177,3 +178,48 @@ def test_the_device_cases_reach_the_fuzz_vms_xics_or_dev_kvm() -> None:
         assert (answers["has nr servers"].value == 0) == xive
     no_hv = fuzz.simulate(Kernel.from_profile("qemu-no-nesting-p10"), [probe])  # KVM-PR only: no HV VM
     assert no_hv["has source 16"].error == "EINVAL"  # /dev/kvm's answer to a device ioctl
+
+
+@pytest.mark.parametrize(("host", "presented"), [("qemu-nested-hv-p10", True), ("qemu-powernv9", False)])
+def test_the_delivery_cases_reach_a_connected_vcpu(host: str, presented: bool) -> None:
+    """Each fuzz VM's vcpu 0 is connected to its XICS device as server 0, as the prober connects
+    it, so the cases' KVM_IRQ_LINE of a source with a priority reaches its presenter: XICS's
+    emulation shows it in the ICP state (its XISR and pending priority), XICS-on-XIVE in its
+    queue (the ICP state has no XISR: the source reads back PENDING)."""
+    from kvmsim.uapi import (
+        KVM_DEV_XICS_GRP_SOURCES,
+        KVM_GET_DEVICE_ATTR,
+        KVM_GET_ONE_REG,
+        KVM_IRQ_LINE,
+        KVM_SET_DEVICE_ATTR,
+        KVM_SET_ONE_REG,
+        ONE_REGS,
+    )
+    from kvmsim.user.probe import reg_bytes
+
+    def source(name: str, io: object, value: int) -> Probe:
+        data = functools.partial(reg_bytes, value=value, size=8)
+        return Probe(name, "xics-hv", io.request, data, one_reg=4096, attr_group=KVM_DEV_XICS_GRP_SOURCES)  # type: ignore[attr-defined]
+
+    line = functools.partial(fuzz._irq_level_bytes, irq=4096, level=1)
+    icp, cppr_ff = (functools.partial(reg_bytes, value=v, size=8) for v in (0, 0xFF << 56 | 0xFF << 24 | 0xFF << 16))
+    reg = ONE_REGS["ICP_STATE"]
+    probes = [Probe("open", "vcpu-hv", KVM_SET_ONE_REG.request, cppr_ff, one_reg=reg),  # CPPR 0xff: any priority
+              source("set", KVM_SET_DEVICE_ATTR, 5 << 32), Probe("line", "vm-hv", KVM_IRQ_LINE.request, line),
+              Probe("icp", "vcpu-hv", KVM_GET_ONE_REG.request, icp, one_reg=reg),
+              source("get", KVM_GET_DEVICE_ATTR, 0)]  # fmt: skip
+    answers = fuzz.simulate(Kernel.from_profile(host), probes)
+    state = int.from_bytes(bytes.fromhex(str(answers["icp"].to_toml()).split()[1])[:8], "little")
+    assert (state >> 32 & 0xFFFFFF == 4096) == presented and (state >> 16 & 0xFF == 5) == presented
+    got = int.from_bytes(bytes.fromhex(str(answers["get"].to_toml()).split()[1])[:8], "little")
+    assert bool(got & 1 << 42) != presented  # KVM_XICS_PENDING: in the XIVE queue
+
+
+def test_the_cases_include_delivery() -> None:
+    from kvmsim.uapi import KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS
+
+    cases = fuzz.cases(20261207, 20000)
+    icp = [c for c in cases if c.one_reg is not None and c.attr_group is None]
+    requests = (KVM_IRQ_LINE.request(PPC), KVM_IRQ_LINE_STATUS.request(PPC))
+    lines = [c for c in cases if c.fd.startswith("vm-") and c.request(PPC) in requests]
+    assert len(icp) > 100 and len(lines) > 150

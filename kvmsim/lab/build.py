@@ -12,7 +12,16 @@ from importlib import resources
 from pathlib import Path
 
 from ..intercept import trust
-from ..uapi import ARCHES, KVM_CREATE_DEVICE, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_VCPU, KVM_GET_STATS_FD, REVISIONS
+from ..uapi import (
+    ARCHES,
+    KVM_CAP_IRQ_XICS,
+    KVM_CREATE_DEVICE,
+    KVM_CREATE_SPAPR_TCE_64,
+    KVM_CREATE_VCPU,
+    KVM_ENABLE_CAP,
+    KVM_GET_STATS_FD,
+    REVISIONS,
+)
 from ..user import probe
 from .debian import FetchError
 
@@ -84,6 +93,8 @@ def probes_h(extra: Sequence[probe.Probe] = (), base: Iterable[probe.Probe] | No
         f"#define KVM_CREATE_SPAPR_TCE_64_REQ {KVM_CREATE_SPAPR_TCE_64.request(ARCH):#x}UL\n"
         f"#define KVM_GET_STATS_FD_REQ {KVM_GET_STATS_FD.request(ARCH):#x}UL\n"
         f"#define KVM_CREATE_DEVICE_REQ {KVM_CREATE_DEVICE.request(ARCH):#x}UL\n"
+        f"#define KVM_ENABLE_CAP_REQ {KVM_ENABLE_CAP.request(ARCH):#x}UL\n"
+        f"#define KVM_CAP_IRQ_XICS_NR {KVM_CAP_IRQ_XICS}\n"
         "/* the TCE table whose file operations the prober asks (kvmsim.user.probe.TCE_FILE) */\n"
         f"static const unsigned char TCE_FILE_ARG[] = {{{tce_file}}};\n"
         "static const struct probe PROBES[] = {\n" + "\n".join(rows) + "\n};\n"

@@ -201,6 +201,17 @@ static int device_of(int vm, uint32_t type, const char *kind)
 	return (int)cd.fd;
 }
 
+/* vcpu connected to the XICS device as server 0 (KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS), whatever it
+ * answers: an HV vcpu without PAPR is connected and answered EINVAL), so that the fuzz's sources
+ * and KVM_IRQ_LINEs reach a presenter */
+static void connect_xics(int vcpu, int xics)
+{
+	struct { uint32_t cap, flags; uint64_t args[4]; uint8_t pad[64]; } ec = {KVM_CAP_IRQ_XICS_NR, 0, {0}, {0}};
+	ec.args[0] = (uint64_t)xics;
+	if (vcpu >= 0 && xics >= 0)
+		(void)ioctl(vcpu, KVM_ENABLE_CAP_REQ, &ec);
+}
+
 static void run_probe(const struct probe *p, int dev, int vm)
 {
 	ask_probe(p, dev, vm);
@@ -597,6 +608,8 @@ int main(void)
 		vcpu_pr = vm_pr >= 0 ? ioctl(vm_pr, KVM_CREATE_VCPU_REQ, 0) : -1;
 		xics_hv = device_of(vm_hv, 3, NULL); /* KVM_DEV_TYPE_XICS: XICS's emulation or XICS-on-XIVE */
 		xics_pr = device_of(vm_pr, 3, NULL);
+		connect_xics(vcpu_hv, xics_hv);
+		connect_xics(vcpu_pr, xics_pr);
 		for (unsigned i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++)
 			run_probe(&PROBES[i], dev, vm);
 		file_ops(dev, "dev");

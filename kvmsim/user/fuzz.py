@@ -61,6 +61,7 @@ from ..uapi import (
     KVM_GET_DIRTY_LOG,
     KVM_GET_FPU,
     KVM_GET_MP_STATE,
+    KVM_GET_ONE_REG,
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_GET_STATS_FD,
@@ -79,6 +80,10 @@ from ..uapi import (
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_MMUV3_CFG,
     KVM_PPC_RTAS_DEFINE_TOKEN,
+    KVM_REG_PPC_ICP_CPPR_SHIFT,
+    KVM_REG_PPC_ICP_MFRR_SHIFT,
+    KVM_REG_PPC_ICP_PPRI_SHIFT,
+    KVM_REG_PPC_ICP_XISR_SHIFT,
     KVM_REGS,
     KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
@@ -86,6 +91,7 @@ from ..uapi import (
     KVM_SET_FPU,
     KVM_SET_GUEST_DEBUG,
     KVM_SET_MP_STATE,
+    KVM_SET_ONE_REG,
     KVM_SET_REGS,
     KVM_SET_SIGNAL_MASK,
     KVM_SET_SREGS,
@@ -104,6 +110,7 @@ from ..uapi import (
     KVM_XICS_QUEUED,
     KVMIO,
     MSR_ME,
+    ONE_REGS,
     PRTS_MASK,
     REVISIONS,
     RTAS_NAME_LEN,
@@ -406,6 +413,39 @@ MEMSLOT_IDS = (0, 1, 2, 3, 4, 5, 6, 7, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x10001,
 MEMSLOT_FLAGS = (0, 0, 0, 1, 1, 2, 3, 4, 5, 8, 1 << 31)
 
 
+# KVM_IRQ_LINE(_STATUS) of the sources the device cases set (and none), at every level the kernels
+# tell apart; KVM_REG_PPC_ICP_STATE set to states XICS's emulation finds consistent and not (CPPR,
+# XISR: none, the IPI, a source; MFRR, pending priority), read back
+IRQS = (16, 4096, 4096, 4097, 4097, 5000, (1 << 20) - 1, 1 << 20)
+LEVELS = (0, 1, 1, 2, KVM_INTERRUPT_SET, KVM_INTERRUPT_UNSET, KVM_INTERRUPT_SET_LEVEL)
+ICP_PRIORITIES = (0, 5, 5, 6, 0xFE, 0xFF, 0xFF)
+ICP_XISRS = (0, 0, 2, 4096, 4097, 16, 0xFFFFFF)
+
+
+def _icp_state(rng: random.Random) -> int:
+    cppr, mfrr, pending = (rng.choice(ICP_PRIORITIES) for _ in range(3))
+    return (cppr << KVM_REG_PPC_ICP_CPPR_SHIFT | rng.choice(ICP_XISRS) << KVM_REG_PPC_ICP_XISR_SHIFT
+            | mfrr << KVM_REG_PPC_ICP_MFRR_SHIFT | pending << KVM_REG_PPC_ICP_PPRI_SHIFT)  # fmt: skip
+
+
+def _delivery_case(rng: random.Random, name: str) -> Probe:
+    """A fuzz VM's XICS at work (its vcpu 0 connected as server 0): KVM_IRQ_LINE(_STATUS) of a
+    source, or the vcpu's KVM_REG_PPC_ICP_STATE set or read."""
+    which = rng.choice(("hv", "pr"))
+    if rng.random() < 0.6:
+        io = rng.choice((KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS))
+        level = functools.partial(_irq_level_bytes, irq=rng.choice(IRQS), level=rng.choice(LEVELS))
+        return Probe(name, f"vm-{which}", io.request, level)  # type: ignore[arg-type]
+    io = rng.choice((KVM_SET_ONE_REG, KVM_GET_ONE_REG))
+    state = functools.partial(reg_bytes, value=_icp_state(rng), size=8)
+    return Probe(name, f"vcpu-{which}", io.request, state, one_reg=ONE_REGS["ICP_STATE"])  # type: ignore[arg-type]
+
+
+def _irq_level_bytes(arch: Arch, *, irq: int, level: int) -> bytes:
+    """struct kvm_irq_level: the irq (a __u32; KVM_IRQ_LINE_STATUS writes its status there), the level."""
+    return irq.to_bytes(4, arch.byteorder) + level.to_bytes(4, arch.byteorder)
+
+
 def _memslot_case(rng: random.Random, name: str, fd: str) -> Probe:
     """KVM_SET_USER_MEMORY_REGION or ...2 with a slot, flags, guest and user addresses drawn to
     meet each other's slots and every check's edges; whole, cut short or a bad pointer."""
@@ -475,6 +515,9 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
             continue
         if rng.random() < 0.03:  # the fuzz VMs' XICS devices' attribute ioctls
             out.append(_device_case(random.Random(rng.randrange(1 << 30)), name))
+            continue
+        if rng.random() < 0.02:  # their delivery: KVM_IRQ_LINE of their sources, the vcpu's ICP state
+            out.append(_delivery_case(random.Random(rng.randrange(1 << 30)), name))
             continue
         if kind < 0.55:  # a revision's request or a neighbour, with a struct or a bad pointer
             rev = rng.choice(revs)
@@ -632,8 +675,24 @@ def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]
         if fds[name] != dev and kernel.models_vcpus:
             with contextlib.suppress(KvmError):
                 fds["vcpu" + name[2:]] = process.sys_ioctl(fds[name], kernel.KVM_CREATE_VCPU, 0)
-        fds["xics" + name[2:]] = _xics_of(kernel, process, fds[name], dev) if fds[name] != dev else dev
+        fds["xics" + name[2:]] = xics = _xics_of(kernel, process, fds[name], dev) if fds[name] != dev else dev
+        if xics != dev and fds["vcpu" + name[2:]] != dev:
+            _connect(kernel, process, fds["vcpu" + name[2:]], xics)
     return {p.name: replay(kernel, p, fds, process) for p in probes}
+
+
+def _connect(kernel: BootedKernel, process: Process, vcpu: int, xics: int) -> None:
+    """vcpu connected to its VM's XICS device as server 0, as the prober connects it (whatever
+    the answer: an HV vcpu without PAPR is connected and answered EINVAL)."""
+    mem = process.memory
+    assert isinstance(mem, AddressSpace)
+    cap = KVM_ENABLE_CAP_STRUCT.pack(kernel.arch.byteorder, {"cap": KVM_CAP_IRQ_XICS, "arg0": xics})
+    addr = mem.map(len(cap), data=cap)
+    try:
+        with contextlib.suppress(KvmError):
+            process.sys_ioctl(vcpu, KVM_ENABLE_CAP.request(kernel.arch) & 0xFFFFFFFF, addr)
+    finally:
+        mem.unmap(addr)
 
 
 def _xics_of(kernel: BootedKernel, process: Process, vm: int, dev: int) -> int:
