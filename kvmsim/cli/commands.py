@@ -745,7 +745,7 @@ def parser() -> argparse.ArgumentParser:
         "--qemu",
         action="store_true",
         help="instead, start Debian's QEMU to -S inside each configuration's real L1 under strace (default: "
-        "nested-hv-p10, nested-papr-p11-compat-p10, nested-papr-p10, nested-hv-p9, powernv9), write "
+        "every configuration with a start in kvmsim.lab.qemu_l1: docs/lab.md's table), write "
         "fixtures/qemu-l1/<config>.toml (-o: elsewhere), and compare its KVM calls, their answers and QEMU's "
         "outcome with the same QEMU under kvmsim run; any difference fails",
     )
