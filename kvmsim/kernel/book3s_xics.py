@@ -52,6 +52,15 @@ XICS_IPI = 2
 PQ_PRESENTED, PQ_QUEUED = 1, 2
 
 
+def settable_source(attr: int) -> int:
+    """The source a set names: the attribute as a long, ENOENT outside KVMPPC_XICS_FIRST_IRQ ..
+    KVMPPC_XICS_NR_IRQS - 1 (xics_set_source's and xive_set_source's first check)."""
+    irq = attr - (1 << 64) if attr >> 63 else attr
+    if irq < KVMPPC_XICS_FIRST_IRQ or irq >= KVMPPC_XICS_NR_IRQS:
+        raise KvmError(errno.ENOENT, f"XICS source {irq:#x}: not in {KVMPPC_XICS_FIRST_IRQ}..{KVMPPC_XICS_NR_IRQS - 1}")
+    return irq
+
+
 @attrs.define
 class IcsIrqState:
     """``struct ics_irq_state``: one source."""
@@ -135,11 +144,7 @@ class Xics:
 
     # xics_set_source(): the range, the ICS made, then get_user of the state, the server, the store
     def set_source(self, irq: int, get_user: Callable[[], int]) -> None:
-        irq = irq - (1 << 64) if irq >> 63 else irq  # a long
-        if irq < KVMPPC_XICS_FIRST_IRQ or irq >= KVMPPC_XICS_NR_IRQS:
-            raise KvmError(
-                errno.ENOENT, f"XICS source {irq:#x}: not in {KVMPPC_XICS_FIRST_IRQ}..{KVMPPC_XICS_NR_IRQS - 1}"
-            )
+        irq = settable_source(irq)
         ics, idx = self.find_ics(irq)
         if ics is None:
             ics = self.create_ics(irq)
@@ -328,7 +333,7 @@ def kvm_xics_ops(kind: FileKind, printk: Callable[[str], None]) -> KvmDeviceOps:
             raise KvmError(errno.EEXIST, "KVM_CREATE_DEVICE: the VM has its XICS device already")
         dev.private = vm.xics = Xics(lambda: [v.icp for v in vm.vcpus if v.icp is not None], printk)
 
-    return KvmDeviceOps("kvm-xics", kind, create, xics_set_attr, xics_get_attr, xics_has_attr, xics_release)
+    return KvmDeviceOps("kvm-xics", kind, create, xics_set_attr, get_source_attr, has_attr, xics_release)
 
 
 def xics_set_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
@@ -338,16 +343,30 @@ def xics_set_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> i
     return 0
 
 
-def xics_get_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
+# xics_get_attr() and book3s_xive.c's xive_get_attr(): the sources only, a source's u64 put at addr
+def get_source_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
     if attr["group"] != KVM_DEV_XICS_GRP_SOURCES:
-        raise KvmError(errno.ENXIO, f"XICS has no group {attr['group']} to get")
+        raise KvmError(errno.ENXIO, f"{dev.ops.name} has no group {attr['group']} to get")
     access.put_user(attr["addr"], dev.private.get_source(attr["attr"]), 8)
     return 0
 
 
-def xics_has_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
-    Xics.has_attr(attr["group"], attr["attr"])
+# xics_has_attr() and xive_has_attr(): the device's own table of attributes
+def has_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
+    dev.private.has_attr(attr["group"], attr["attr"])
     return 0
+
+
+# the first checks of kvmppc_xics_connect_vcpu() and kvmppc_xive_connect_vcpu(): the device's ops
+# (its private part of type ``private``), its VM the vcpu's, the vcpu's irq_type the default
+def check_connect(dev: KvmDevice, vcpu_vm: Any, has_irq: bool, private: type) -> None:
+    cap = "KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS)"
+    if not isinstance(dev.private, private):
+        raise KvmError(errno.EPERM, f"{cap}: the fd is {dev.ops.name}, not the host's XICS device")
+    if dev.kvm is not vcpu_vm:
+        raise KvmError(errno.EPERM, f"{cap}: the {dev.ops.name} device is another VM's")
+    if has_irq:
+        raise KvmError(errno.EBUSY, f"{cap}: the vcpu is connected already")
 
 
 # kvmppc_xics_release(): every vcpu's ICP freed (its irq_type back to the default), the VM's XICS gone
@@ -362,12 +381,7 @@ def xics_release(dev: KvmDevice) -> None:
 # (kvmppc_xics_create_icp: ENODEV without the VM's XICS, EEXIST for a server number taken)
 def connect_vcpu(dev: KvmDevice, vcpu_vm: Any, has_irq: bool, server_num: int,
                  queue: Callable[[], None], dequeue: Callable[[], None]) -> Icp:  # fmt: skip
-    if not isinstance(dev.private, Xics):
-        raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): the fd is {dev.ops.name}, not kvm-xics")
-    if dev.kvm is not vcpu_vm:
-        raise KvmError(errno.EPERM, "KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): the XICS device is another VM's")
-    if has_irq:
-        raise KvmError(errno.EBUSY, "KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): the vcpu is connected already")
+    check_connect(dev, vcpu_vm, has_irq, Xics)
     xics = dev.kvm.xics
     if xics is None:
         raise KvmError(errno.ENODEV, "KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): the VM has no XICS device")

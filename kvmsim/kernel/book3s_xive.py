@@ -51,6 +51,10 @@ from .book3s_xics import (
     KVMPPC_XICS_NR_IRQS,
     MASKED,
     XICS_IPI,
+    check_connect,
+    get_source_attr,
+    has_attr,
+    settable_source,
 )
 from .errors import KvmError
 from .kvm_device import AttrAccess, KvmDevice, KvmDeviceOps
@@ -250,11 +254,7 @@ class Xive:
     # xive_set_source(): the range, the block made, get_user, the IPI, masked, targeted (a failure
     # leaves it untargeted, never an error), then its P, Q and priority restored
     def set_source(self, irq: int, get_user: Callable[[], int]) -> None:
-        irq = irq - (1 << 64) if irq >> 63 else irq  # a long
-        if irq < KVMPPC_XICS_FIRST_IRQ or irq >= KVMPPC_XICS_NR_IRQS:
-            raise KvmError(
-                errno.ENOENT, f"XICS source {irq:#x}: not in {KVMPPC_XICS_FIRST_IRQ}..{KVMPPC_XICS_NR_IRQS - 1}"
-            )
+        irq = settable_source(irq)
         sb, idx = self.find_source(irq)
         if sb is None:
             sb = self.src_blocks[irq >> KVMPPC_XICS_ICS_SHIFT] = XiveSrcBlock.create(irq >> KVMPPC_XICS_ICS_SHIFT)
@@ -483,7 +483,7 @@ def kvm_xive_ops(kind: FileKind, printk: Callable[[str], None], kvm_max_vcpus: i
             nr_servers=kvm_max_vcpus,
         )
 
-    return KvmDeviceOps("kvm-xive", kind, create, xive_set_attr, xive_get_attr, xive_has_attr, xive_release)
+    return KvmDeviceOps("kvm-xive", kind, create, xive_set_attr, get_source_attr, has_attr, xive_release)
 
 
 def xive_set_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
@@ -497,18 +497,6 @@ def xive_set_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> i
     raise KvmError(errno.ENXIO, f"XICS-on-XIVE sets no attribute {attr['attr']:#x} of group {attr['group']}")
 
 
-def xive_get_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
-    if attr["group"] != KVM_DEV_XICS_GRP_SOURCES:
-        raise KvmError(errno.ENXIO, f"XICS-on-XIVE has no group {attr['group']} to get")
-    access.put_user(attr["addr"], dev.private.get_source(attr["attr"]), 8)
-    return 0
-
-
-def xive_has_attr(dev: KvmDevice, attr: dict[str, int], access: AttrAccess) -> int:
-    Xive.has_attr(attr["group"], attr["attr"])
-    return 0
-
-
 # kvmppc_xive_release(): every vcpu's presenter freed (its irq_type back to the default), the VM's
 # XIVE gone (its sources masked and freed with it)
 def xive_release(dev: KvmDevice) -> None:
@@ -520,10 +508,6 @@ def xive_release(dev: KvmDevice) -> None:
 
 # kvmppc_xive_connect_vcpu(): the device's ops and VM, the vcpu's irq_type, then its VP
 def connect_vcpu(dev: KvmDevice, vcpu_vm: Any, has_irq: bool, cpu: int) -> XiveVcpu:
-    if not isinstance(dev.private, Xive):
-        raise KvmError(errno.EPERM, f"KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): the fd is {dev.ops.name}, not kvm-xive")
-    if dev.kvm is not vcpu_vm:
-        raise KvmError(errno.EPERM, "KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): the XICS-on-XIVE device is another VM's")
-    if has_irq:
-        raise KvmError(errno.EBUSY, "KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): the vcpu is connected already")
-    return dev.private.connect_vcpu(cpu)
+    check_connect(dev, vcpu_vm, has_irq, Xive)
+    xive: Xive = dev.private
+    return xive.connect_vcpu(cpu)
