@@ -159,15 +159,24 @@ def test_a_stats_file_reads_the_kernels_bytes_live(fdops: Path, intercept: str) 
 
 
 @pytest.mark.parametrize("intercept", INTERCEPTS)
-def test_a_kvm_device_fd_goes_into_its_struct_and_connects_a_vcpu(fdops: Path, intercept: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "kind", "icp"),
+    [
+        ("qemu-nested-hv-p10", "kvm-xics", "0xff001000ff050000"),  # XICS's emulation: presented to the ICP
+        ("qemu-powernv9", "kvm-xive", "0xff000000ffff0000"),  # XICS-on-XIVE: in the VP's queue, no XISR
+    ],
+)
+def test_a_kvm_device_fd_goes_into_its_struct_and_connects_a_vcpu(
+    fdops: Path, intercept: str, host: str, kind: str, icp: str
+) -> None:
     """KVM_CREATE_DEVICE answers 0 and puts the program's own new fd (a placeholder) in struct
     kvm_create_device; KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS) finds which file the program's fd is (its
-    placeholder, stdin: no KVM device, none open); a source raised by KVM_IRQ_LINE is presented to
-    the vcpu's ICP; closing the device releases it (a second XICS is EEXIST while it lives)."""
-    assert simulated(fdops, "xics", host="qemu-nested-hv-p10", intercept=intercept) == [
-        "xics create=ok returned=0 link=anon_inode:kvm-xics",
+    placeholder, stdin: no KVM device, none open); a source raised by KVM_IRQ_LINE reaches the
+    vcpu; closing the device releases it (a second XICS is EEXIST while it lives)."""
+    assert simulated(fdops, "xics", host=host, intercept=intercept) == [
+        f"xics create=ok returned=0 link=anon_inode:{kind}",
         "xics connect 999=EBADF stdin=EPERM vm=EPERM xics=ok",
-        "xics source=ok cppr=ok irq_line=ok icp=ok 0xff001000ff050000",
+        f"xics source=ok cppr=ok irq_line=ok icp=ok {icp}",
         "xics recreate=ok",
     ]
 
