@@ -21,15 +21,19 @@ from kvmsim.uapi import (
     KVM_DEV_XICS_GRP_SOURCES,
     KVM_DEV_XICS_NR_SERVERS,
     KVM_GET_DEVICE_ATTR,
+    KVM_GET_ONE_REG,
     KVM_HAS_DEVICE_ATTR,
     KVM_INTERRUPT_SET_LEVEL,
     KVM_INTERRUPT_UNSET,
+    KVM_ONE_REG,
     KVM_SET_DEVICE_ATTR,
+    KVM_SET_ONE_REG,
     KVM_XICS_LEVEL_SENSITIVE,
     KVM_XICS_MASKED,
     KVM_XICS_PENDING,
     KVM_XICS_PRESENTED,
     KVM_XICS_QUEUED,
+    ONE_REGS,
 )
 
 NO_ICP = 0xFF << 24 | 0xFF << 16  # kvmppc_xive_get_icp() of a fresh VP: CPPR 0, MFRR 0xff, pending 0xff
@@ -220,6 +224,25 @@ def test_the_icp_state_is_cppr_and_mfrr_never_checked(host: str, vm_type: int) -
     assert g.icp(g.vcpus[0]) == 0xFF << 56 | NO_ICP
     g.source(dev, 4096, P5)  # the delayed XISR: PENDING forced, so fired into the queue
     assert g.get_source(dev, 4096) == P5 | KVM_XICS_PRESENTED | KVM_XICS_PENDING
+
+
+@pytest.mark.parametrize(("host", "vm_type"), cases())
+def test_vp_state_is_xive_natives_and_eperm_for_an_xics_on_xive_vcpu(host: str, vm_type: int) -> None:
+    """KVM_REG_PPC_VP_STATE: ENXIO with no XIVE presenter; with XICS-on-XIVE's, EPERM
+    (kvmppc_xive_native_get/set_vp: the vcpu's irq_type is XICS, not XIVE native)."""
+    g = Guest(host, vm_type)
+    k, bo = g.k, g.k.arch.byteorder
+    addr = k.memory.map(16)
+
+    def vp_state(io: object) -> int:
+        reg = KVM_ONE_REG.pack(bo, {"id": ONE_REGS["VP_STATE"], "addr": addr})
+        return int(k.ioctl(g.vcpus[0], io.request(k.arch), bytearray(reg)))  # type: ignore[attr-defined]
+
+    for io in (KVM_GET_ONE_REG, KVM_SET_ONE_REG):
+        assert errno_of(vp_state, io) == errno.ENXIO
+    g.connect(g.vcpus[0], g.device(), 0)
+    for io in (KVM_GET_ONE_REG, KVM_SET_ONE_REG):
+        assert errno_of(vp_state, io) == errno.EPERM
 
 
 @pytest.mark.parametrize(("host", "vm_type"), cases())

@@ -126,6 +126,16 @@ def first_values(host: Host, hv: bool) -> dict[str, int]:
     }
 
 
+# kvmppc_get/set_one_reg()'s interrupt controller cases: ENXIO without the device's presenter;
+# VP_STATE is XIVE native's (kvmppc_xive_native_get/set_vp: EPERM for a vcpu whose XIVE presenter
+# is XICS-on-XIVE's, irq_type KVMPPC_IRQ_XICS; kvmsim makes no XIVE native vcpu)
+def _no_device(vcpu: Book3sVcpu, name: str, what: str) -> None:
+    if name == "VP_STATE" and vcpu.xive_vcpu is not None:
+        raise KvmError(errno.EPERM, f"{what}(VP_STATE): the vcpu's XIVE presenter is XICS-on-XIVE's, not native")
+    if name != "ICP_STATE" or (vcpu.icp is None and vcpu.xive_vcpu is None):
+        raise KvmError(errno.ENXIO, f"{what}({name}): no interrupt controller device is connected")
+
+
 def _knows(vcpu: Book3sVcpu, name: str) -> bool:
     own = HV_REGS if vcpu.hv else PR_REGS
     return name in own or name in GENERIC or name in VMX or _run(name) is not None or name in NO_DEVICE
@@ -139,9 +149,8 @@ def get_one_reg(vcpu: Book3sVcpu, reg_id: int, byteorder: ByteOrder) -> bytes:
         raise KvmError(errno.EINVAL, f"ONE_REG id {reg_id:#x}: a {size}-byte register (the union is 16)")
     if name is None or not _knows(vcpu, name):
         raise KvmError(errno.EINVAL, f"KVM_GET_ONE_REG: {vcpu.backend} knows no register {reg_id:#x}")
-    if name in NO_DEVICE:  # kvmppc_get_one_reg(): the vcpu's ICP, XICS's or XICS-on-XIVE's (XIVE native's VP: none)
-        if name != "ICP_STATE" or (vcpu.icp is None and vcpu.xive_vcpu is None):
-            raise KvmError(errno.ENXIO, f"KVM_GET_ONE_REG({name}): no interrupt controller device is connected")
+    if name in NO_DEVICE:  # kvmppc_get_one_reg(): the vcpu's ICP, XICS's or XICS-on-XIVE's
+        _no_device(vcpu, name, "KVM_GET_ONE_REG")
         if vcpu.icp is not None:
             return get_icp(vcpu.icp).to_bytes(size, byteorder)
         assert vcpu.xive_vcpu is not None
@@ -172,6 +181,8 @@ def _value(vcpu: Book3sVcpu, name: str, size: int, byteorder: ByteOrder) -> byte
         value = addr
     elif name == "TB_OFFSET" and vcpu.hv:
         value = vcpu.tb_offset
+    elif name == "PID" and vcpu.hv:
+        value = vcpu.regs["pid"]
     elif name in ("LPCR", "LPCR_64") and not vcpu.hv:  # PR: "only interested in the LPCR_ILE bit"
         value = LPCR_ILE if vcpu.intr_le else 0
     else:
@@ -187,8 +198,7 @@ def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder
     if name is None or not _knows(vcpu, name) or name == "DEBUG_INST":  # no set table has DEBUG_INST
         raise KvmError(errno.EINVAL, f"KVM_SET_ONE_REG: {vcpu.backend} sets no register {reg_id:#x}")
     if name in NO_DEVICE:
-        if name != "ICP_STATE" or (vcpu.icp is None and vcpu.xive_vcpu is None):
-            raise KvmError(errno.ENXIO, f"KVM_SET_ONE_REG({name}): no interrupt controller device is connected")
+        _no_device(vcpu, name, "KVM_SET_ONE_REG")
         if vcpu.icp is not None:
             set_icp(vcpu.icp, int.from_bytes(data, byteorder))
         else:
@@ -233,6 +243,9 @@ def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder
         return
     if not vcpu.hv and name in ("LPCR", "LPCR_64"):  # kvmppc_set_lpcr_pr: ILE only
         vcpu.intr_le = bool(value & LPCR_ILE)
+        return
+    if vcpu.hv and name == "PID":  # vcpu->arch.pid, a u32: the pid KVM_GET_REGS shows
+        vcpu.regs["pid"] = value & 0xFFFFFFFF
         return
     if not vcpu.hv and name == "FSCR":  # book3s.c's set of FSCR writes FPSCR (kvmppc_set_fpscr): kept
         name = "FPSCR"

@@ -80,10 +80,13 @@ from ..uapi import (
     KVM_PPC_GET_RMMU_INFO,
     KVM_PPC_MMUV3_CFG,
     KVM_PPC_RTAS_DEFINE_TOKEN,
+    KVM_REG_PPC,
     KVM_REG_PPC_ICP_CPPR_SHIFT,
     KVM_REG_PPC_ICP_MFRR_SHIFT,
     KVM_REG_PPC_ICP_PPRI_SHIFT,
     KVM_REG_PPC_ICP_XISR_SHIFT,
+    KVM_REG_SIZE_MASK,
+    KVM_REG_SIZE_SHIFT,
     KVM_REGS,
     KVM_RTAS_TOKEN_ARGS,
     KVM_RUN,
@@ -441,6 +444,54 @@ def _delivery_case(rng: random.Random, name: str) -> Probe:
     return Probe(name, f"vcpu-{which}", io.request, state, one_reg=ONE_REGS["ICP_STATE"])  # type: ignore[arg-type]
 
 
+# register ids: every one kvmsim names (Book3S's and the others', which Book3S answers EINVAL),
+# with another size, a neighbour's index, or any id; values at their edges and in between
+ONE_REG_NAMES = tuple(sorted(ONE_REGS))
+ONE_REG_VALUES = (0, 1, 0xFF, 1 << 31, (1 << 32) - 1, 1 << 63, (1 << 64) - 1, 0x0F000004, 0x0F000005, 0x0F000006)
+
+
+def _one_reg_id(rng: random.Random) -> int:
+    reg = ONE_REGS[rng.choice(ONE_REG_NAMES)]
+    roll = rng.random()
+    if roll < 0.6:
+        return reg
+    if roll < 0.75:  # another size (the id is another register, or none)
+        return reg & ~KVM_REG_SIZE_MASK | rng.randrange(16) << KVM_REG_SIZE_SHIFT
+    if roll < 0.9:  # a neighbour's index
+        return reg + rng.choice((-1, 1, 2, 0x10))
+    return rng.choice((KVM_REG_PPC | rng.randrange(1 << 16), rng.randrange(1 << 64), 0))
+
+
+def _one_reg_case(rng: random.Random, name: str) -> Probe:
+    """KVM_GET_ONE_REG or KVM_SET_ONE_REG on a fuzz VM's vcpu 0 (HV's or PR's) of any register
+    id, the value (set: a u64 at an edge, random, or a random 16 bytes) in the 16-byte buffer
+    ``addr`` points at."""
+    io = rng.choice((KVM_GET_ONE_REG, KVM_SET_ONE_REG))
+    if rng.random() < 0.7:
+        value = rng.choice((*ONE_REG_VALUES, rng.randrange(1 << 64)))
+        data = functools.partial(reg_bytes, value=value, size=8)
+    else:
+        data = functools.partial(reg_bytes, value=rng.randrange(1 << 128), size=16)
+    if io is KVM_GET_ONE_REG:
+        data = functools.partial(reg_bytes, value=int.from_bytes(b"\xaa" * 16, "little"), size=16)
+    fd = rng.choice(("vcpu-hv", "vcpu-pr"))
+    reg = _one_reg_id(rng)
+    if fd == "vcpu-pr" and io is KVM_GET_ONE_REG and _fp_state(reg):
+        # a real PR vcpu that a KVM_RUN case entered (on memory a memslot case gave it) keeps what
+        # the guest's FPU held on exit: no guest runs here, so its FP, VMX and VSX state is not read
+        reg = ONE_REGS["DEBUG_INST"]
+    return Probe(name, fd, io.request, data, one_reg=reg)  # type: ignore[arg-type]
+
+
+FP_STATE = frozenset(ONE_REGS[n] & 0xFFFF for n in ("FPSCR", "VSCR", "VRSAVE"))
+
+
+def _fp_state(reg: int) -> bool:
+    """Is ``reg`` (any size) an FPR, VR or VSR, FPSCR, VSCR or VRSAVE?"""
+    index = reg & 0xFFFF
+    return reg >> 60 == KVM_REG_PPC >> 60 and (0x20 <= index < 0x80 or index in FP_STATE)
+
+
 def _irq_level_bytes(arch: Arch, *, irq: int, level: int) -> bytes:
     """struct kvm_irq_level: the irq (a __u32; KVM_IRQ_LINE_STATUS writes its status there), the level."""
     return irq.to_bytes(4, arch.byteorder) + level.to_bytes(4, arch.byteorder)
@@ -518,6 +569,9 @@ def cases(seed: int, n: int, revisions: Iterable[AbiRevision] = REVISIONS.values
             continue
         if rng.random() < 0.02:  # their delivery: KVM_IRQ_LINE of their sources, the vcpu's ICP state
             out.append(_delivery_case(random.Random(rng.randrange(1 << 30)), name))
+            continue
+        if rng.random() < 0.04:  # KVM_GET/SET_ONE_REG of any register id on the fuzz vcpus
+            out.append(_one_reg_case(random.Random(rng.randrange(1 << 30)), name))
             continue
         if kind < 0.55:  # a revision's request or a neighbour, with a struct or a bad pointer
             rev = rng.choice(revs)
