@@ -477,8 +477,9 @@ def _one_reg_case(rng: random.Random, name: str) -> Probe:
     fd = rng.choice(("vcpu-hv", "vcpu-pr"))
     reg = _one_reg_id(rng)
     if fd == "vcpu-pr" and io is KVM_GET_ONE_REG and _fp_state(reg):
-        # a real PR vcpu that a KVM_RUN case entered (on memory a memslot case gave it) keeps what
-        # the guest's FPU held on exit: no guest runs here, so its FP, VMX and VSX state is not read
+        # a real PR vcpu's FPR0 read back differently on two boots of the same cases (most likely
+        # what a guest a KVM_RUN case entered left in its FPU, saved on exit): no guest runs here,
+        # so a PR vcpu's FP, VMX and VSX state is not read
         reg = ONE_REGS["DEBUG_INST"]
     return Probe(name, fd, io.request, data, one_reg=reg)  # type: ignore[arg-type]
 
