@@ -19,8 +19,8 @@ program from making this side's mapping fault.  A memfd has no far
 end to hang up; its release is seen through an open-file-description lock this side puts on the
 program's file before handing it over (``F_OFD_SETLK``): the lock goes with that file's last
 reference (its last fd closed *and* its last mapping gone, the kernel's ``__fput``), which this
-side asks from a file of its own (``F_OFD_GETLK``) at every reap and before every call that makes
-a file (a LIOBN closed is free for the next KVM_CREATE_SPAPR_TCE at once, as in the kernel).
+side asks from a file of its own (``F_OFD_GETLK``) at every reap, and every call reaps first (a
+LIOBN closed is free for the next KVM_CREATE_SPAPR_TCE at once, as in the kernel).
 
 One table for both ways of catching calls (kvmsim.seccomp's supervisor and the preload
 shim's server), over one simulated process: the simulated kernel's own fd numbers are its
@@ -255,11 +255,11 @@ class Placeholders:
         ``fd_identity`` says what the program's fd an argument names is (None: not open): the
         simulated kernel's fget, here by the placeholder's identity.  KvmError as sys_ioctl
         raises it.  Every ioctl a program makes comes this way."""
-        with self.lock:  # a call that makes a file: what the programs let go of is released first (a
-            found = self._files.get(key)  # socket's hang-up is there at once, as the kernel's fput)
-            makes = found is not None and self.process.returns_fd(found.sim_fd, cmd)
-        if makes:
-            self.reap(0)
+        # what the programs let go of is released first: the kernel's fput at a last close is done
+        # before the closer's next call (a socket's hang-up and a memfd's last reference are
+        # visible here at once), and a call may depend on it (a LIOBN free again, a closed XICS
+        # device's VM without an interrupt controller: KVM_IRQ_LINE's ENXIO)
+        self.reap(0)
         for _attempt in range(MAX_ATTEMPTS):
             with self.lock:
                 placeholder = self._files.get(key)

@@ -158,6 +158,17 @@ int main(int argc, char **argv)
 		close(cd.fd);
 		struct { uint32_t type, fd, flags; } again = {3, 0, 0};
 		printf("xics recreate=%s\n", err(ioctl(vm, CREATE_DEVICE, &again)));
+		/* a device's release is done when its last close returns: the next call finds the VM
+		 * without an interrupt controller (KVM_IRQ_LINE: ENXIO), every time */
+		int at_once = 0;
+		for (int i = 0; i < 100; i++) {
+			close(again.fd);
+			at_once += ioctl(vm, IRQ_LINE, &line) < 0 && errno == ENXIO;
+			again.fd = 0;
+			if (ioctl(vm, CREATE_DEVICE, &again) < 0)
+				break;
+		}
+		printf("xics released at once=%d/100\n", at_once);
 	} else if (!strcmp(what, "stats")) {
 		const unsigned long GET_STATS_FD = 0x2000aeceUL, CREATE_VCPU = 0x2000ae41UL;
 		int vcpu = ioctl(vm, CREATE_VCPU, 0);
