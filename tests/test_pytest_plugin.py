@@ -120,11 +120,14 @@ def test_vm_fds_are_fake_fds_close_and_ebadf_behave(kvm_host: KvmHost) -> None:
     os.close(dev)
 
 
-@pytest.mark.parametrize("kvm_host", [("qemu-nested-hv-p10", "linux-7.3")], indirect=True)
+@pytest.mark.parametrize(
+    "kvm_host", [("qemu-nested-hv-p10", "linux-7.3"), ("qemu-powernv9", "linux-7.3")], indirect=True
+)
 def test_a_kvm_device_is_a_fake_fd_in_its_struct_and_connects_a_vcpu(kvm_host: KvmHost) -> None:
     """KVM_CREATE_DEVICE answers 0 and the struct holds the test's own (fake) fd, whether the
     argument is bytes (the copy fcntl returns) or a buffer; KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS) finds
-    which file an fd is: the device, another fake file (no KVM device: EPERM), none (EBADF)."""
+    which file an fd is: the device, another fake file (no KVM device: EPERM), none (EBADF). On a
+    pseries L1 the device is XICS's emulation, on PowerNV XICS-on-XIVE's."""
     k, bo = kvm_host.kernel, kvm_host.kernel.arch.byteorder
     dev = os.open("/dev/kvm", os.O_RDWR)
     vm = fcntl.ioctl(dev, k.KVM_CREATE_VM, 0)
