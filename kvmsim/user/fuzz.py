@@ -14,7 +14,10 @@ unmapped one); ``KVM_CHECK_EXTENSION`` of any number 0-300 and beyond, ``KVM_CRE
 types 0-15, the argument-less ioctls given one; and a struct in a read-only page, or running
 from a writable page into a read-only one at any offset 1-32 (what a copy_to_user that
 faults part-way leaves written is compared), or on the program's stack.  Each buffer ends against an unmapped page in
-the guest, as it ends here (:func:`replay` maps nothing else), so a kernel reading past it faults alike in both."""
+the guest, as it ends here (:func:`replay` maps nothing else), so a kernel reading past it faults alike in both.
+A quarter of the cases go to each fuzz VM's vcpu 0 (its ioctls, ``KVM_GET/SET_ONE_REG`` of any
+register id), and some to the VM's XICS device, which that vcpu is connected to: its attributes,
+``KVM_IRQ_LINE(_STATUS)`` of its sources and the vcpu's ICP state."""
 
 from __future__ import annotations
 
