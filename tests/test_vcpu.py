@@ -571,6 +571,30 @@ def test_one_reg_sets_as_the_backends_do(host: str) -> None:
     assert int.from_bytes(one_reg(g, "LPCR_64")[:8], g.k.arch.byteorder) >> 52 & 7 == 0  # DPFD from the new value
 
 
+@pytest.mark.parametrize("host", [h for h in VM_HOSTS if 1 in vm_types(h)])
+@pytest.mark.parametrize(
+    ("name", "size", "value", "kept"),
+    [
+        ("PID", 8, 0xA3E853D565BF0ECB, 0x65BF0ECB),  # vcpu->arch.pid: a u32
+        ("PSSCR", 8, 0xA3E853D565BF0ECB, 0xA0000000000002CB),  # PSSCR_GUEST_VIS
+        ("DABRX", 4, 0xFFFFFFFF, 0xFFFFFFFB),  # no DABRX_HYP
+        ("DAWRX", 8, 0xFF, 0xFB),  # no DAWRX_HYP
+        ("CIABR", 8, 0x1003, 0x1000),  # at the hypervisor's privilege: none
+        ("CIABR", 8, 0x1002, 0x1002),
+    ],
+)
+def test_one_reg_keeps_what_an_hv_vcpu_may_have(host: str, name: str, size: int, value: int, kept: int) -> None:
+    """kvmppc_set_one_reg_hv()'s masks, as the lab's fuzz found them (seed 20261208's PSSCR)."""
+    k = Kernel.from_profile(host)
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 1))
+    g = Guest(k, vm, int(k.ioctl(vm, k.KVM_CREATE_VCPU, 0)), hv=True)
+    one_reg(g, name, u(g, value, size))
+    assert one_reg(g, name)[:size] == u(g, kept, size)
+    if name == "PID":  # and KVM_GET_REGS shows it
+        regs = KVM_REGS.unpack(k.arch.byteorder, bytes(k.ioctl(g.vcpu, k.KVM_GET_REGS, bytes(KVM_REGS.size))))
+        assert regs["pid"] == kept
+
+
 def test_one_reg_sizes_and_pointers() -> None:
     g = guest("powervm-p11")
     assert errno_of(one_reg, g, 0x1050000000000009) == errno.EINVAL  # 32 bytes: past the union

@@ -33,6 +33,13 @@ HV_REGS = frozenset(
      "ONLINE", "PTCR", "FSCR"}
 )  # fmt: skip
 PR_REGS = frozenset({"DEBUG_INST", "HIOR", "VTB", "LPCR", "LPCR_64"})
+# kvmppc_set_one_reg_hv(): what an HV vcpu keeps of a value (asm/reg.h: no hypervisor bit in a
+# guest's data breakpoints, only PSSCR's guest-visible fields; a CIABR at the hypervisor's
+# privilege is taken down to none)
+DABRX_HYP = DAWRX_HYP = 1 << 2
+PSSCR_GUEST_VIS = 0xF0000000000003FF
+CIABR_PRIV, CIABR_PRIV_HYPER = 0x3, 3
+HV_SET_MASKS = {"DABRX": ~DABRX_HYP, "DAWRX": ~DAWRX_HYP, "DAWRX1": ~DAWRX_HYP, "PSSCR": PSSCR_GUEST_VIS}
 L1_CACHE_BYTES, LPPACA_SIZE, DTL_ENTRY_SIZE = 128, 1024, 48  # a VPA's alignment, sizeof(struct lppaca, dtl_entry)
 TB_OFFSET_ALIGN = 1 << 24  # KVM_REG_PPC_TB_OFFSET rounds up to a multiple of 2^24
 TIMEBASE_HZ = 512_000_000  # every POWER timebase since POWER6
@@ -238,6 +245,10 @@ def set_one_reg(vcpu: Book3sVcpu, reg_id: int, data: bytes, byteorder: ByteOrder
         return
     if vcpu.hv and name == "DPDES" and vcpu.isa_300:  # doorbell_request: one bit
         value &= 1
+    if vcpu.hv and name in HV_SET_MASKS:
+        value &= HV_SET_MASKS[name]
+    if vcpu.hv and name == "CIABR" and value & CIABR_PRIV == CIABR_PRIV_HYPER:
+        value &= ~CIABR_PRIV
     if vcpu.hv and name in ("LPCR", "LPCR_64"):
         vcpu.one_regs["LPCR"] = vcpu.one_regs["LPCR_64"] = kvmppc_set_lpcr(vcpu, value, name == "LPCR")
         return
