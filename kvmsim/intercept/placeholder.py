@@ -213,7 +213,8 @@ class Placeholders:
             theirs = os.open(f"/proc/self/fd/{fd}", mode | os.O_CLOEXEC)  # the program's file
             watch = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)  # ours: no lock
             fcntl.fcntl(theirs, F_OFD_SETLK, FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))
-            shared = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            # a file of no pages (a TCE table whose size wrapped to none) has nothing to share
+            shared = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) if size else None
             key = identity(os.fstat(theirs))
         except BaseException:
             for f in (theirs, watch):
@@ -223,7 +224,8 @@ class Placeholders:
         finally:
             os.close(fd)
         with self.lock:
-            self.process.share_mapping(sim_fd, shared)
+            if shared is not None:
+                self.process.share_mapping(sim_fd, shared)
             self._files[key] = Placeholder(sim_fd, kind, None, owner, shared, file_id, watch)
             self._held[owner] = self._held.get(owner, 0) + 1
         return theirs

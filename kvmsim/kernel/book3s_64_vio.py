@@ -29,8 +29,10 @@ TCE_HCALLS = frozenset({0x1C, 0x20, 0x138, 0x13C})
 
 
 def kvmppc_tce_pages(host: Host, iommu_pages: int) -> int:
-    """The kernel pages ``iommu_pages`` TCEs fill."""
-    return -(-iommu_pages * TCE_SIZE // host.page_size)
+    """The kernel pages ``iommu_pages`` TCEs fill: ALIGN(iommu_pages * 8, PAGE_SIZE) / PAGE_SIZE in
+    an unsigned long (a window of 2^61 TCEs or more wraps, to as few as none)."""
+    page = host.page_size
+    return ((iommu_pages * TCE_SIZE & U64_MAX) + page - 1 & U64_MAX & ~(page - 1)) // page
 
 
 @attrs.define(eq=False)

@@ -121,6 +121,12 @@ int main(int argc, char **argv)
 		m2[1] = 0xa5;
 		volatile unsigned char *m3 = mmap(NULL, 4096, PROT_READ, MAP_SHARED, again, 0);
 		printf("tce fresh=%d shared=%d\n", m2[4097], m3[1]); /* a new table's pages are zeroed */
+		/* a window whose offset + size wraps below 2^64 >> 34, of 2^64 - 1 TCEs: their pages wrap
+		 * to none (kvmppc_tce_pages in an unsigned long), a table of no pages */
+		struct { uint64_t liobn; uint32_t page_shift, flags; uint64_t offset, size; } wrap = {2, 34, 0, 1 << 20, ~0ULL};
+		int wrapped = ioctl(vm, CREATE_TCE64, &wrap);
+		printf("tce wrapped=%s\n", err(wrapped));
+		close(wrapped);
 	} else if (!strcmp(what, "xics")) {
 		/* the powerpc encodings: _IO, _IOW (0x80000000 | size << 16) and _IOWR (0xc0000000 | ...) */
 		const unsigned long CREATE_VCPU = 0x2000ae41UL, ENABLE_CAP = 0x8068aea3UL, CREATE_DEVICE = 0xc00caee0UL;
