@@ -6,6 +6,7 @@ import errno
 
 import pytest
 from conftest import REVS
+from test_vcpu import errno_of
 
 from kvmsim import Kernel
 from kvmsim.uapi import GENERIC_CAPS, KVM_CAP_PPC_SMT
@@ -163,3 +164,48 @@ def test_the_kernel_says_which_ioctl_returns_a_new_fd() -> None:
     assert p.returns_fd(dev, k.KVM_CREATE_VM)
     assert not p.returns_fd(vm, k.KVM_CREATE_VM)  # a VM ioctl, not a new VM
     assert not p.returns_fd(dev, k.KVM_CHECK_EXTENSION)
+
+
+# -- coalesced_mmio.c: KVM_(UN)REGISTER_COALESCED_MMIO, a CONFIG_KVM_MMIO build's --------------
+
+
+def _zone(k: Kernel, vm: int, register: bool, addr: int | None = None, size: int = 0x1000, pio: int = 0) -> int:
+    from kvmsim.uapi import KVM_COALESCED_MMIO_ZONE, KVM_REGISTER_COALESCED_MMIO, KVM_UNREGISTER_COALESCED_MMIO
+
+    io = KVM_REGISTER_COALESCED_MMIO if register else KVM_UNREGISTER_COALESCED_MMIO
+    arg = (
+        0
+        if addr is None
+        else bytearray(KVM_COALESCED_MMIO_ZONE.pack(k.arch.byteorder, {"addr": addr, "size": size, "pio": pio}))
+    )
+    return int(k.ioctl(vm, io.request(k.arch), arg))
+
+
+@pytest.mark.parametrize("host", ["qemu-pr-p10-hash-64k", "qemu-nested-hv-p10-64k", "pseries-kvm-pr", "x86_64"])
+def test_coalesced_mmio_zones_where_the_build_has_kvm_mmio(host: str) -> None:
+    """Registering checks pio and the bus's room only (1000 devices: ENOSPC); unregistering drops
+    the zones of its bus the range lies within and answers 0 whatever it found; a NULL zone is
+    EFAULT. The lab's fuzz found it on the 64K build (seed 20261210: EFAULT, not ENOTTY)."""
+    from kvmsim.kernel.coalesced_mmio import NR_IOBUS_DEVS
+
+    k = Kernel.from_profile(host)
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, 15) > 0  # KVM_CAP_COALESCED_MMIO: the build has it
+    for register in (True, False):
+        assert errno_of(_zone, k, vm, register) == errno.EFAULT
+        assert errno_of(_zone, k, vm, register, 0x1000, pio=2) == errno.EINVAL
+    assert _zone(k, vm, True, 0xFFFFFFFFFFFFF000, size=0xFFFFFFFF) == 0  # no range check
+    assert _zone(k, vm, False, 0x5000) == 0  # nothing there: 0 all the same
+    for i in range(NR_IOBUS_DEVS - 1):
+        _zone(k, vm, True, i << 12)
+    assert errno_of(_zone, k, vm, True, 0) == errno.ENOSPC
+    assert _zone(k, vm, True, 0, pio=1) == 0  # the PIO bus has room
+    assert _zone(k, vm, False, 0x10, size=0x10) == 0  # within the zone at 0: dropped
+    assert _zone(k, vm, True, 0) == 0
+
+
+def test_coalesced_mmio_is_enotty_without_kvm_mmio() -> None:
+    k = Kernel.from_profile("qemu-nested-hv-p10")  # Debian's build: no KVM-PR, no CONFIG_KVM_MMIO
+    vm = int(k.ioctl(k.open(), k.KVM_CREATE_VM, 0))
+    assert k.ioctl(vm, k.KVM_CHECK_EXTENSION, 15) == 0
+    assert errno_of(_zone, k, vm, True, 0x1000) == errno.ENOTTY

@@ -29,6 +29,7 @@ from ..uapi import (
     KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
     KVM_CAP_HALT_POLL,
     KVM_CAP_NR_MEMSLOTS,
+    KVM_COALESCED_MMIO_ZONE,
     KVM_CREATE_DEVICE,
     KVM_CREATE_DEVICE_STRUCT,
     KVM_CREATE_SPAPR_TCE,
@@ -51,6 +52,7 @@ from ..uapi import (
     KVM_IRQ_LINE,
     KVM_IRQ_LINE_STATUS,
     KVM_PPC_COMPAT_CAPS_SIZE_VER0,
+    KVM_REGISTER_COALESCED_MMIO,
     KVM_REGS,
     KVM_RUN,
     KVM_SET_DEVICE_ATTR,
@@ -64,6 +66,7 @@ from ..uapi import (
     KVM_SET_USER_MEMORY_REGION2,
     KVM_SREGS,
     KVM_TRANSLATE,
+    KVM_UNREGISTER_COALESCED_MMIO,
     KVM_USERSPACE_MEMORY_REGION,
     KVM_USERSPACE_MEMORY_REGION2,
     KVMIO,
@@ -77,7 +80,7 @@ from ..uapi import (
     revision,
     unmodelled,
 )
-from . import kconfig, memslot, profile
+from . import coalesced_mmio, kconfig, memslot, profile
 from .anon_inodes import DEV, VCPU, VCPU_STATS, VM, VM_STATS, FileKind
 from .binary_stats import Stats, StatsFile, vcpu_stats, vm_stats
 from .book3s import Book3sVcpu, EnableCapContext, dequeue_external, queue_external
@@ -178,6 +181,7 @@ class Kvm:
     created_vcpus: int = 0
     memslots: Memslots = attrs.Factory(Memslots)
     stats: Stats | None = None  # kvm->stat, its id "kvm-<pid>" of the task that made the VM
+    coalesced_zones: list[coalesced_mmio.Zone] = attrs.Factory(list)  # kvm->coalesced_zones
 
 
 @attrs.frozen
@@ -457,6 +461,8 @@ class Process:
             return self.kvm_vm_ioctl_set_user_memory_region(file.kvm, cmd == k.SET_USER_MEMORY_REGIONS[0], arg)
         if cmd in k.IRQ_LINES:
             return self.kvm_vm_ioctl_irq_line(file.vm, cmd == k.IRQ_LINES[1], arg)
+        if cmd in k.COALESCED_MMIO and k.config.kvm_mmio:
+            return self.kvm_vm_ioctl_coalesced_mmio(file.kvm, cmd == k.COALESCED_MMIO[0], arg)
         if cmd == k.KVM_GET_DIRTY_LOG and k.vcpu_arch is not None:
             return self.kvm_vm_ioctl_get_dirty_log(file.kvm, arg)
         if cmd == k.KVM_CREATE_DEVICE:
@@ -486,6 +492,13 @@ class Process:
         if status:
             self.copy_to_user(arg, line.to_bytes(4, bo, signed=True) + raw[4:], what)
         return 0
+
+    # kvm_vm_ioctl()'s KVM_(UN)REGISTER_COALESCED_MMIO: copy_from_user of the zone, then coalesced_mmio.c
+    def kvm_vm_ioctl_coalesced_mmio(self, kvm: Kvm, register: bool, arg: int) -> int:
+        what = "KVM_REGISTER_COALESCED_MMIO" if register else "KVM_UNREGISTER_COALESCED_MMIO"
+        raw = self.copy_from_user(arg, KVM_COALESCED_MMIO_ZONE.size, f"{what}: struct kvm_coalesced_mmio_zone")
+        zone = coalesced_mmio.Zone(**KVM_COALESCED_MMIO_ZONE.unpack(self.kernel.arch.byteorder, raw))
+        return (coalesced_mmio.register if register else coalesced_mmio.unregister)(kvm.coalesced_zones, zone)
 
     # kvm_vm_ioctl()'s KVM_GET_DIRTY_LOG: copy_from_user, then the arch's kvm_vm_ioctl_get_dirty_log(),
     # then its bitmap copied to the struct's pointer
@@ -779,6 +792,10 @@ class BootedKernel:
         )
         self.KVM_INTERRUPT = KVM_INTERRUPT.request(host.arch)
         self.IRQ_LINES = (KVM_IRQ_LINE.request(host.arch), KVM_IRQ_LINE_STATUS.request(host.arch))
+        self.COALESCED_MMIO = (
+            KVM_REGISTER_COALESCED_MMIO.request(host.arch),
+            KVM_UNREGISTER_COALESCED_MMIO.request(host.arch),
+        )
         self.KVM_GET_STATS_FD = KVM_GET_STATS_FD.request(host.arch)
         self.KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG.request(host.arch)
         self.KVM_CREATE_DEVICE = KVM_CREATE_DEVICE.request(host.arch)

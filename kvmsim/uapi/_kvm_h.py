@@ -713,6 +713,12 @@ KVM_PPC_CPU_BEHAV_BNDS_CHK_SPEC_BAR = 1 << 61
 KVM_PPC_CPU_BEHAV_FLUSH_COUNT_CACHE = 1 << 58
 KVM_IRQ_LINE = KvmIoctl("KVM_IRQ_LINE", "write", 0x61, 8)  # struct kvm_irq_level { irq or status; level }
 KVM_IRQ_LINE_STATUS = KvmIoctl("KVM_IRQ_LINE_STATUS", "read|write", 0x67, 8)
+# CONFIG_KVM_MMIO's (KVM_CAP_COALESCED_MMIO): struct kvm_coalesced_mmio_zone
+KVM_REGISTER_COALESCED_MMIO = KvmIoctl("KVM_REGISTER_COALESCED_MMIO", "write", 0x67, 16)
+KVM_UNREGISTER_COALESCED_MMIO = KvmIoctl("KVM_UNREGISTER_COALESCED_MMIO", "write", 0x68, 16)
+KVM_COALESCED_MMIO_ZONE = StructLayout("kvm_coalesced_mmio_zone", "QII", ("addr", "size", "pio"))
+"""include/uapi/linux/kvm.h: ``struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; union {
+__u32 pad; __u32 pio; }; };``"""
 KVM_PPC_GET_PVINFO = KvmIoctl("KVM_PPC_GET_PVINFO", "write", 0xA1, 128)  # _IOW, though the kernel writes it
 KVM_PPC_PVINFO_FLAGS_EV_IDLE = 1 << 0
 KVM_SC_MAGIC_R0 = 0x4B564D21  # asm/kvm_para.h: "KVM!", what a paravirtual hcall puts in r0
@@ -817,7 +823,8 @@ VM_IOCTLS = (KVM_CREATE_VCPU, KVM_PPC_GET_SMMU_INFO, KVM_PPC_GET_RMMU_INFO, KVM_
              KVM_PPC_RTAS_DEFINE_TOKEN, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2,
              KVM_PPC_ALLOCATE_HTAB, KVM_PPC_CONFIGURE_V3_MMU, KVM_PPC_GET_PVINFO, KVM_IRQ_LINE,
              KVM_IRQ_LINE_STATUS, KVM_CREATE_SPAPR_TCE_64, KVM_CREATE_SPAPR_TCE, KVM_GET_STATS_FD,
-             KVM_GET_DIRTY_LOG, KVM_CREATE_DEVICE)  # fmt: skip
+             KVM_GET_DIRTY_LOG, KVM_CREATE_DEVICE, KVM_REGISTER_COALESCED_MMIO,
+             KVM_UNREGISTER_COALESCED_MMIO)  # fmt: skip
 KVM_ENABLE_CAP_STRUCT = StructLayout("kvm_enable_cap", "IIQQQQ64x", ("cap", "flags", "arg0", "arg1", "arg2", "arg3"))
 """include/uapi/linux/kvm.h: ``struct kvm_enable_cap { __u32 cap; __u32 flags; __u64 args[4]; __u8 pad[64]; };``"""
 KVM_RUN_HEAD = StructLayout(
@@ -874,8 +881,6 @@ UNMODELLED_IOCTLS = (
     # the other ioctls a capability the simulated kernels answer non-zero stands for (include/uapi/
     # linux/kvm.h, Documentation/virt/kvm/api.rst), and kvm_main's own a program may ask: not modelled
     UnmodelledIoctl(KVM_GET_DIRTY_LOG, "vm", None, only="x86"),  # powerpc's is modelled
-    _vm("KVM_REGISTER_COALESCED_MMIO", "write", 0x67, 16, KVM_CAP_COALESCED_MMIO, only=None),
-    _vm("KVM_UNREGISTER_COALESCED_MMIO", "write", 0x68, 16, KVM_CAP_COALESCED_MMIO, only=None),
     _vm("KVM_IRQFD", "write", 0x76, 32, KVM_CAP_IRQFD, only=None),  # struct kvm_irqfd
     _vm("KVM_IOEVENTFD", "write", 0x79, 64, KVM_CAP_IOEVENTFD, only=None),  # struct kvm_ioeventfd
     _vm("KVM_PPC_GET_HTAB_FD", "write", 0xAA, 32, KVM_CAP_PPC_HTAB_FD),  # struct kvm_get_htab_fd
