@@ -195,13 +195,13 @@ def test_the_delivery_cases_reach_a_connected_vcpu(host: str, presented: bool) -
         KVM_SET_ONE_REG,
         ONE_REGS,
     )
-    from kvmsim.user.probe import reg_bytes
+    from kvmsim.user.probe import irq_level, reg_bytes
 
     def source(name: str, io: object, value: int) -> Probe:
         data = functools.partial(reg_bytes, value=value, size=8)
         return Probe(name, "xics-hv", io.request, data, one_reg=4096, attr_group=KVM_DEV_XICS_GRP_SOURCES)  # type: ignore[attr-defined]
 
-    line = functools.partial(fuzz._irq_level_bytes, irq=4096, level=1)
+    line = functools.partial(irq_level, irq=4096, level=1)
     icp, cppr_ff = (functools.partial(reg_bytes, value=v, size=8) for v in (0, 0xFF << 56 | 0xFF << 24 | 0xFF << 16))
     reg = ONE_REGS["ICP_STATE"]
     probes = [Probe("open", "vcpu-hv", KVM_SET_ONE_REG.request, cppr_ff, one_reg=reg),  # CPPR 0xff: any priority

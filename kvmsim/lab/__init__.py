@@ -88,6 +88,13 @@ def recording(config: Config, obs: dict[str, Any], result: boot.Boot, versions: 
     return toml.dumps(doc | {"recorded": recorded})
 
 
+def built_kernel(archive: Archive, versions: dict[str, str], configs: Sequence[Config]) -> kbuild.Built | None:
+    """The kernel the lab builds here (7.3 with 64K pages and kvm_pr), where one of ``configs`` runs it."""
+    if any(isinstance(KERNELS[c.kernel], KernelBuild) for c in configs):
+        return kbuild.build_kernel(archive, versions)
+    return None
+
+
 def kernel_files(config: Config, archive: Archive, built: kbuild.Built | None) -> tuple[Path, dict[str, Path]]:
     """The kernel QEMU boots for ``config`` and the modules its initramfs packs."""
     kernel = KERNELS[config.kernel]
@@ -179,9 +186,7 @@ def run_lab(
     cases = fuzz.cases(seed, fuzz_cases) if fuzz_cases else []
     with archive.dir("build") as builds:
         prober = build.prober(archive.tree, builds, cases)
-    built = None
-    if any(isinstance(KERNELS[c.kernel], KernelBuild) for c in configs):
-        built = kbuild.build_kernel(archive, versions)
+    built = built_kernel(archive, versions, configs)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         work = trust.temp_dir("kvmsim-lab-")

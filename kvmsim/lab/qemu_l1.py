@@ -38,7 +38,7 @@ from ..uapi import (
     decode_request,
 )
 from . import boot, build, kbuild
-from .configs import CONFIGS, KERNELS, Config, KernelBuild
+from .configs import CONFIGS, KERNELS, Config
 from .debian import Archive, FetchError
 from .qemu import QemuSysroot, fetch_sysroot
 
@@ -339,12 +339,11 @@ def run_one(start: QemuStart, archive: Archive, sysroot: QemuSysroot, out_dir: P
 def run_qemu_lab(starts: Sequence[QemuStart], out_dir: Path, *, archive: Archive | None = None,
                  kvmsim: str = "kvmsim") -> list[Result]:  # fmt: skip
     """Each start's L1 running QEMU to -S, recorded and compared with the same under kvmsim run."""
-    from . import prepare
+    from . import built_kernel, prepare
 
     archive = archive or Archive()
-    versions = prepare(archive, {CONFIGS[s.config].kernel for s in starts})
-    built = None  # the 64K kernel, built here as the lab builds it
-    if any(isinstance(KERNELS[CONFIGS[s.config].kernel], KernelBuild) for s in starts):
-        built = kbuild.build_kernel(archive, versions)
+    configs = [CONFIGS[s.config] for s in starts]
+    versions = prepare(archive, {c.kernel for c in configs})
+    built = built_kernel(archive, versions, configs)
     sysroot = fetch_sysroot(archive)
     return [run_one(s, archive, sysroot, out_dir, kvmsim, built) for s in starts]

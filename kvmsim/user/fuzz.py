@@ -126,7 +126,7 @@ from ..uapi import (
     StructLayout,
     errname,
 )
-from .probe import NULL, WILD, Answer, Probe, reg_bytes
+from .probe import NULL, WILD, Answer, Probe, irq_level, reg_bytes
 
 KERNEL_ADDRESS = 0xC000000000000000  # powerpc's linear map: access_ok() refuses it
 MAX_BUFFER = 65537 + 8  # the longest buffer a case passes (the 64K edge and one past)
@@ -440,7 +440,7 @@ def _delivery_case(rng: random.Random, name: str) -> Probe:
     which = rng.choice(("hv", "pr"))
     if rng.random() < 0.6:
         io = rng.choice((KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS))
-        level = functools.partial(_irq_level_bytes, irq=rng.choice(IRQS), level=rng.choice(LEVELS))
+        level = functools.partial(irq_level, irq=rng.choice(IRQS), level=rng.choice(LEVELS))
         return Probe(name, f"vm-{which}", io.request, level)  # type: ignore[arg-type]
     io = rng.choice((KVM_SET_ONE_REG, KVM_GET_ONE_REG))
     state = functools.partial(reg_bytes, value=_icp_state(rng), size=8)
@@ -497,11 +497,6 @@ def _fp_state(reg: int) -> bool:
     """Is ``reg`` (any size) an FPR, VR or VSR, FPSCR, VSCR or VRSAVE?"""
     index = reg & 0xFFFF
     return reg >> 60 == KVM_REG_PPC >> 60 and (0x20 <= index < 0x80 or index in FP_STATE)
-
-
-def _irq_level_bytes(arch: Arch, *, irq: int, level: int) -> bytes:
-    """struct kvm_irq_level: the irq (a __u32; KVM_IRQ_LINE_STATUS writes its status there), the level."""
-    return irq.to_bytes(4, arch.byteorder) + level.to_bytes(4, arch.byteorder)
 
 
 def _memslot_case(rng: random.Random, name: str, fd: str) -> Probe:
@@ -742,31 +737,33 @@ def simulate(kernel: BootedKernel, probes: Iterable[Probe]) -> dict[str, Answer]
     return {p.name: replay(kernel, p, fds, process) for p in probes}
 
 
+def _with_struct(process: Process, fd: int, request: int, struct: bytes) -> bytes:
+    """ioctl(fd, request, &struct) on the simulated process: the struct after the call (KvmError as
+    the call raises it)."""
+    mem = process.memory
+    assert isinstance(mem, AddressSpace)
+    addr = mem.map(len(struct), data=struct)
+    try:
+        process.sys_ioctl(fd, request & 0xFFFFFFFF, addr)
+        return mem.read(addr, len(struct))
+    finally:
+        mem.unmap(addr)
+
+
 def _connect(kernel: BootedKernel, process: Process, vcpu: int, xics: int) -> None:
     """vcpu connected to its VM's XICS device as server 0, as the prober connects it (whatever
     the answer: an HV vcpu without PAPR is connected and answered EINVAL)."""
-    mem = process.memory
-    assert isinstance(mem, AddressSpace)
     cap = KVM_ENABLE_CAP_STRUCT.pack(kernel.arch.byteorder, {"cap": KVM_CAP_IRQ_XICS, "arg0": xics})
-    addr = mem.map(len(cap), data=cap)
-    try:
-        with contextlib.suppress(KvmError):
-            process.sys_ioctl(vcpu, KVM_ENABLE_CAP.request(kernel.arch) & 0xFFFFFFFF, addr)
-    finally:
-        mem.unmap(addr)
+    with contextlib.suppress(KvmError):
+        _with_struct(process, vcpu, KVM_ENABLE_CAP.request(kernel.arch), cap)
 
 
 def _xics_of(kernel: BootedKernel, process: Process, vm: int, dev: int) -> int:
     """The VM's XICS device (XICS's emulation, or XICS-on-XIVE's on PowerNV), as the prober makes
     it after the vcpu; /dev/kvm's fd where it cannot (the prober falls back too)."""
-    mem = process.memory
-    assert isinstance(mem, AddressSpace)
     bo = kernel.arch.byteorder
-    addr = mem.map(KVM_CREATE_DEVICE_STRUCT.size, data=KVM_CREATE_DEVICE_STRUCT.pack(bo, {"type": KVM_DEV_TYPE_XICS}))
+    struct = KVM_CREATE_DEVICE_STRUCT.pack(bo, {"type": KVM_DEV_TYPE_XICS})
     try:
-        process.sys_ioctl(vm, kernel.KVM_CREATE_DEVICE, addr)
-        return KVM_CREATE_DEVICE_STRUCT.unpack(bo, mem.read(addr, KVM_CREATE_DEVICE_STRUCT.size))["fd"]
+        return KVM_CREATE_DEVICE_STRUCT.unpack(bo, _with_struct(process, vm, kernel.KVM_CREATE_DEVICE, struct))["fd"]
     except KvmError:
         return dev
-    finally:
-        mem.unmap(addr)

@@ -538,7 +538,8 @@ def create_device_probes() -> Iterator[Probe]:
     yield Probe("create device NULL", "vm", create, lambda a: NULL)
 
 
-def _irq_level(arch: Arch, *, irq: int, level: int) -> bytes:
+def irq_level(arch: Arch, *, irq: int, level: int) -> bytes:
+    """struct kvm_irq_level: the irq (a __u32; KVM_IRQ_LINE_STATUS writes its status there), the level."""
     return irq.to_bytes(4, arch.byteorder) + level.to_bytes(4, arch.byteorder)
 
 
@@ -594,7 +595,7 @@ def xics_probes() -> Iterator[Probe]:
     yield attr("set source 4097 masked priority 5", KVM_SET_DEVICE_ATTR, sources, 4097, KVM_XICS_MASKED | 5 << 32)
     for name, irq, level in (("4096", 4096, 1), ("4097 masked", 4097, 1), ("5000 unset", 5000, 1),
                              ("4096 unset", 4096, KVM_INTERRUPT_UNSET)):  # fmt: skip
-        line = functools.partial(_irq_level, irq=irq, level=level)
+        line = functools.partial(irq_level, irq=irq, level=level)
         yield Probe(f"xics irq line status {name}", "vcpu-vm", KVM_IRQ_LINE_STATUS.request, line, needs_device=True)
         yield Probe(f"xics get icp after irq {name}", "vcpu", KVM_GET_ONE_REG.request, lambda a: b"\xaa" * 16,
                     one_reg=icp, needs_device=True)  # fmt: skip
