@@ -5,6 +5,7 @@ Python client does, for every POWER profile and both revisions."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -91,6 +92,28 @@ def test_bad_pointers_are_efault_under_qemu(
 def test_v5_e2big_retry_under_qemu(arch: str, binaries: dict[str, Path], tmp_path: Path) -> None:
     r = run_foreign(HOST_OF[arch], "v5", binaries[arch], tmp_path, "--struct-size", "32", "--abi", "v5")
     assert printed_answer(r.stdout)["modes"] == ["power10", "power11"]
+
+
+# the shared-memory channel's words are each side's byte order: a ppc64le program's are this
+# machine's, a ppc64 one's are not (kvmsim.intercept.channel)
+CHANNEL_OF = {"ppc64le": "shared", "ppc64": "socket"}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_power_program_of_this_machines_byte_order_gets_the_shared_channel(
+    arch: str, binaries: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under qemu-user the shim's calls travel through the shared memory where the program's byte
+    order is this machine's (and answer the same: the other tests here run on it too); a
+    big-endian program's stay on the socket."""
+    if sys.byteorder != "little":
+        pytest.skip("the CHANNEL_OF table is this x86_64 machine's")
+    with caplog.at_level(logging.DEBUG, logger="kvmsim.serve"):
+        r = run_foreign(HOST_OF[arch], "linux-7.3", binaries[arch], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert printed_answer(r.stdout)["modes"] == ["power10", "power11"]
+    shared = any("on the shared-memory channel" in m for m in caplog.messages)
+    assert ("shared" if shared else "socket") == CHANNEL_OF[arch]
 
 
 @pytest.mark.parametrize("arch", ARCHES)

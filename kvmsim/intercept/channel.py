@@ -35,8 +35,16 @@ calls, not its neighbours'.
 
 The server side offers the channel only on x86_64: Python's stores to the mapping are plain
 stores, ordered for the shim there (total store order) and not on weakly ordered machines,
-where the socket is used.  ``KVMSIM_CHANNEL=socket`` makes the shim keep the socket; the
-runner sets it under qemu-user.  ``shim/channel.c`` is the other side of this file."""
+where the socket is used.  ``KVMSIM_CHANNEL=socket`` makes the shim keep the socket.
+
+Under qemu-user the shim is translated guest code and the channel holds as well: its loads and
+stores reach the mapping in program order (TCG keeps them in order, x86_64 too), its futex calls
+reach this machine's kernel with the address translated, and every control word has one writer,
+so a single-threaded program's fetch-and-add (TCG may emulate it as a load and a store) loses
+nothing; a fence TCG drops there can cost a wake-up, which the sleep's timeout (``SLEEP``) makes a
+delay, never a hang.  The words are each side's native byte order, so a program of the other
+byte order (ppc64 here) keeps the socket: the runner sets ``KVMSIM_CHANNEL=socket`` for it.
+``shim/channel.c`` is the other side of this file."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from ..intercept.server import Server, ServerError, host_answer
 from ..intercept.trace import Call
 from ..intercept.wire import HostAnswer
 from ..kernel.kvm_main import BootedKernel
+from ..uapi import ARCHES
 from .library import build_shim
 
 
@@ -142,10 +143,13 @@ def prepare(
     else:
         qemu = qemu_binary(foreign)
     argv = qemu_user_argv(qemu, sysroot or foreign.sysroot, host.processor, host.address_space)
-    # for the program, not qemu; the socket channel: TCG's atomics and futexes are not the host's;
-    # the host's page size, which qemu-user's auxv says is this machine's
-    variables = {**shim_variables(host, socket_path, shim), "KVMSIM_CHANNEL": "socket"}
-    for key, value in {**variables, "KVMSIM_PAGE_SIZE": str(host.page_size)}.items():
+    # for the program, not qemu: the host's page size, which qemu-user's auxv says is this
+    # machine's; and the socket channel for a program of the other byte order (the shared
+    # channel's words are each side's native order: kvmsim.intercept.channel)
+    variables = {**shim_variables(host, socket_path, shim), "KVMSIM_PAGE_SIZE": str(host.page_size)}
+    if ARCHES[arch].byteorder != sys.byteorder:
+        variables["KVMSIM_CHANNEL"] = "socket"
+    for key, value in variables.items():
         argv += ["-E", f"{key}={value}"]
     return argv + list(command), dict(os.environ)
 
