@@ -8,7 +8,8 @@ fails on a slow machine.
 The rows (issue 16's targets):
 1. per-test fixture cost: ``kvm_host`` set-up + tear-down <= 2x what pyfakefs's ``fs`` adds;
 2. the shim per call <= 3x the in-process ``sys_ioctl`` of the same request, and >= 8x faster
-   than umockdev's preload answering the same request from a Python ``IoctlBase`` handler;
+   than umockdev's preload answering the same request from a Python ``IoctlBase`` handler
+   (beside them, a ppc64le program's call under qemu-user on each channel);
 3. programs attached to one server: per-program overhead <= 2x ``umockdev-run``'s; the seccomp
    path (``kvmsim run --intercept seccomp``): an ioctl >= 8x faster than umockdev's, printed
    beside the preload channel's, what an ordinary open(2) costs extra (with its floor), and
@@ -20,7 +21,8 @@ The rows (issue 16's targets):
 6. no regression: ``Kernel.ioctl`` <= 5x a real ioctl from Python (the whole matrix is shown,
    its old target retired: nobody waits on it);
 7. real QEMU (issue 33): Debian's QEMU's libvirt probe and a pseries machine to ``-S`` under
-   ``kvmsim run`` <= 1.1x the same QEMU with ``-accel tcg`` under the same qemu-user.
+   ``kvmsim run`` <= 1.1x the same QEMU with ``-accel tcg`` under the same qemu-user; their
+   floors: the same starts attached to a running server (no interpreter before QEMU).
 
 umockdev comes from Debian's archive through kvmsim's private apt cache (never installed);
 its Python handler needs Debian's python3 with python3-gi.  Where either is missing the rows
@@ -278,9 +280,7 @@ def shim_rows(loop: Path, shim: Path) -> tuple[list[Row], float | None]:
             ratio <= 3,
             f"{ratio:.1f}x in-process (paired rounds)",
         ),
-        Row(
-            "shim per call, socket (qemu-user, KVMSIM_CHANNEL=socket)", sock, note=f"{sock / sys_ioctl:.1f}x in-process"
-        ),
+        Row("shim per call, socket (KVMSIM_CHANNEL=socket)", sock, note=f"{sock / sys_ioctl:.1f}x in-process"),
         ipc_floor_row(),
     ], check
 
@@ -868,6 +868,11 @@ QEMU_STARTS = (
 )  # fmt: skip
 
 
+def qemu_args(args: list[str], accel: str, cpu: str) -> list[str]:
+    """A QEMU_STARTS row's arguments with its accelerator and CPU, and QMP on stdio."""
+    return [*(x.format(accel=accel, cpu=cpu) for x in args), "-qmp", "stdio"]
+
+
 def qemu_rows(rounds: int = 3) -> list[Row]:
     """Debian's QEMU (kvmsim fetch-qemu's) under ``kvmsim run`` on a simulated POWER host, against
     the same QEMU with TCG (``-cpu power10`` for ``host``) under the same qemu-user with the same
@@ -901,19 +906,17 @@ def qemu_rows(rounds: int = 3) -> list[Row]:
 
     qemu = [str(sysroot.qemu_system), "-L", str(sysroot.firmware)]
     run = [str(BIN / "kvmsim"), "run", "--host", QEMU_HOST, "--sysroot", str(sysroot.root), "--"]
+    with attached_to(kernel, str(sysroot.root)) as attach:
+        rows = qemu_attached_rows(attach, user, qemu, start, rounds)
     # the floor: what kvmsim run costs any POWER program (its start, the server, the shim), QEMU
     # --version's start under kvmsim run less the same under qemu-user alone
     version = [str(sysroot.qemu_system), "--version"]
     fixed, alone, _ = paired(start([*run, *version]), start([*user, *version]), rounds=rounds)
     floor_note = f"kvmsim run's own cost for a POWER program: {fixed - alone:.2f} s (QEMU --version)"
-    rows = [Row("floor: QEMU --version under kvmsim run, less under qemu-user alone", fixed - alone)]
+    rows.append(Row("floor: QEMU --version under kvmsim run, less under qemu-user alone", fixed - alone))
     for name, (_, args, accel, cpu) in zip(names, QEMU_STARTS, strict=True):
-
-        def filled(a: str, c: str, args: list[str] = args) -> list[str]:
-            return [x.format(accel=a, cpu=c) for x in args]
-
-        simulated = [*run, *qemu, *filled(accel, cpu), "-qmp", "stdio"]
-        tcg = [*user, *qemu, *filled("tcg", "power10"), "-qmp", "stdio"]
+        simulated = [*run, *qemu, *qemu_args(args, accel, cpu)]
+        tcg = [*user, *qemu, *qemu_args(args, "tcg", "power10")]
         try:
             seconds, floor, ratio = paired(start(simulated), start(tcg), rounds=rounds)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -922,6 +925,77 @@ def qemu_rows(rounds: int = 3) -> list[Row]:
         note = f"{ratio:.2f}x TCG's {floor:.2f} s" + (f"; {floor_note}" if ratio > 1.1 else "")
         rows.append(Row(name, seconds, QEMU_TARGET, ratio <= 1.1, note))
     return rows
+
+
+@contextmanager
+def attached_to(kernel: Kernel, sysroot: str) -> Iterator[Callable[[list[str]], list[str]]]:
+    """A server of ``kernel`` with the host's files, as ``kvmsim serve`` runs it, and what runs a
+    POWER command attached to it: the argv ``kvmsim run --server`` execs (qemu-user, its -E
+    variables, the shim), so no interpreter starts with the command."""
+    from kvmsim.intercept.command import host_view, run_directory
+    from kvmsim.preload.runner import prepare
+
+    with run_directory() as workdir:
+        root = host_view(kernel, workdir.subdir("root"))
+        with Server(kernel, workdir / "kvm.sock", root=root) as server:
+            yield lambda command: prepare(host_answer(kernel, root), command, server.path, sysroot=sysroot)[0]
+
+
+def qemu_attached_rows(
+    attach: Callable[[list[str]], list[str]],
+    user: list[str],
+    qemu: list[str],
+    start: Callable[[list[str]], Callable[[], float]],
+    rounds: int,
+) -> list[Row]:
+    """The floor of each QEMU start: the same QEMU attached to a running server (qemu-user and
+    the shim, no interpreter before it) against TCG, in alternating rounds: what the simulated
+    host costs QEMU itself, which no change to kvmsim run's own start can take below."""
+    rows = []
+    for what, args, accel, cpu in QEMU_STARTS:
+        simulated = attach([*qemu, *qemu_args(args, accel, cpu)])
+        tcg = [*user, *qemu, *qemu_args(args, "tcg", "power10")]
+        try:
+            seconds, floor, ratio = paired(start(simulated), start(tcg), rounds=rounds)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            rows.append(Row(f"floor: QEMU {what} attached to a running server", None, note=f"FAILED: {exc}"))
+            continue
+        note = f"{ratio:.2f}x TCG's {floor:.2f} s: qemu-user and the shim, no interpreter"
+        rows.append(Row(f"floor: QEMU {what} attached to a running server", seconds, note=note))
+    return rows
+
+
+def qemu_user_call_rows(host: str = HOST) -> list[Row]:
+    """A call through the shim from a ppc64le program under qemu-user: the shared channel (this
+    machine's byte order) against the socket (a big-endian program's, here forced with
+    KVMSIM_CHANNEL=socket), in alternating rounds."""
+    from kvmsim.intercept.command import FOREIGN
+    from kvmsim.preload.runner import prepare
+
+    names = ("shim per call under qemu-user, shared channel (ppc64le)", "shim per call under qemu-user, socket")
+    try:
+        loop = compile_c([ROOT / "benchmarks" / "ioctl_loop.c"], cc=f"{FOREIGN['ppc64le'].triplet}-gcc")
+    except BuildError as exc:
+        return [skipped(name, f"no ppc64le cross build: {exc}", "") for name in names]
+    with serving(host) as (kernel, server):
+        caps = ["caps", "1000", hex(kernel.KVM_CREATE_VM), hex(kernel.KVM_PPC_GET_COMPAT_CAPS or 0)]
+        with contextlib.redirect_stderr(open(os.devnull, "w")):  # qemu_cpu's notice, if any
+            argv, env = prepare(host_answer(kernel), [str(loop), *caps], server.path)
+
+        def loop_on(environ: dict[str, str]) -> Callable[[], float]:
+            def round_() -> float:
+                out = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=300)
+                if out.returncode != 0:
+                    raise RuntimeError(f"ioctl_loop under qemu-user: {out.stderr.strip()}")
+                return float(out.stdout) * 1e-9
+
+            return round_
+
+        shared, sock, ratio = paired(loop_on(env), loop_on(env | {"KVMSIM_CHANNEL": "socket"}), rounds=5)
+    return [
+        Row(names[0], shared, note=f"{1 / ratio:.1f}x faster than the socket (alternating rounds)"),
+        Row(names[1], sock, note="a ppc64 program's channel"),
+    ]
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -939,6 +1013,7 @@ def collect(*, lab: bool) -> list[Row]:
     return [
         *fixture_rows(),
         *shim_part,
+        *qemu_user_call_rows(),
         umock_row,
         *seccomp_rows(loop, shim_check, umock_round),
         *program_rows(um, shim),
