@@ -154,7 +154,10 @@ def test_no_archive_is_one_line_and_exit_3(monkeypatch: pytest.MonkeyPatch, caps
     [
         (["lab", "--config", "p42"], "unknown configuration 'p42'"),
         (["lab", "--kernel", "7.2", "--config", "powernv9"], "no configuration"),
-        (["lab", "--qemu", "--config", "nested-hv-p10-64k"], "no QEMU start on configuration 'nested-hv-p10-64k'"),
+        (
+            ["lab", "--qemu", "--config", "nested-hv-p10-linux-7.2"],
+            "no QEMU start on configuration 'nested-hv-p10-linux-7.2'",
+        ),
         (["lab", "--qemu", "--fuzz", "5"], "--qemu takes no --fuzz or --kernel"),
     ],
 )

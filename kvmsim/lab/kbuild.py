@@ -28,8 +28,10 @@ CROSS_GCC = "usr/bin/powerpc64le-linux-gnu-gcc-12"
 BUILD_TIMEOUT = 3600  # seconds: a cold build on 2 cores takes about a quarter of this
 
 # Beyond allnoconfig: the platforms, 64K pages, both KVM modules, what the prober's /init
-# needs (ELF, devtmpfs, proc, sys, an initramfs, xz modules), and ALTIVEC/VSX: glibc uses VSX
-# from POWER8 on, so without them every static program dies of SIGILL as init.
+# needs (ELF, devtmpfs, proc, sys, an initramfs, xz modules), ALTIVEC/VSX: glibc uses VSX
+# from POWER8 on, so without them every static program dies of SIGILL as init; and epoll for
+# QEMU's main loop (kvmsim lab --qemu: without it glib says so on stderr), which no KVM answer
+# depends on.
 FRAGMENT = """\
 CONFIG_PPC64=y
 CONFIG_PPC_BOOK3S_64=y
@@ -66,6 +68,7 @@ CONFIG_KVM_BOOK3S_64_HV=m
 CONFIG_KVM_BOOK3S_64_PR=m
 CONFIG_KVM_XICS=y
 CONFIG_FUTEX=y
+CONFIG_EPOLL=y
 CONFIG_MULTIUSER=y
 CONFIG_EXPERT=y
 """
