@@ -116,6 +116,19 @@ def test_a_power_program_of_this_machines_byte_order_gets_the_shared_channel(
     assert ("shared" if shared else "socket") == CHANNEL_OF[arch]
 
 
+@pytest.mark.parametrize("mode", ["fork", "rawfork", "clone", "vfork", "vfork-closefrom", "vfork-loop"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_children_under_qemu_user_never_cross_answers(arch: str, mode: str) -> None:
+    """tests/test_shim_processes.py's forks under qemu-user, on each byte order's channel
+    (CHANNEL_OF): 2 threads in the parent and 2 in the child, every answer checked.  The shared
+    channel there is the guest's translated atomics and qemu-user's futexes, and its fork."""
+    forks = compile_c([ROOT / "tests" / "data" / "forks.c"], cc=f"{FOREIGN[arch].triplet}-gcc", flags=["-pthread"])
+    calls = 5_000 if mode in ("fork", "rawfork", "clone") else 1_000  # a vfork child only closes fds
+    r = subprocess.run([str(KVMSIM), "run", "--host", HOST_OF[arch], "--", str(forks), mode, str(calls)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert (r.returncode, r.stdout.strip()) == (0, f"ok calls={2 * calls} crossed=0"), r.stderr
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_byte_order_mismatch_is_a_clear_error(arch: str, binaries: dict[str, Path]) -> None:
     other = HOST_OF["ppc64" if arch == "ppc64le" else "ppc64le"]
