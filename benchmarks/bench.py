@@ -233,11 +233,17 @@ def dispatch_round(host: str = HOST) -> Callable[[], float]:
 
 def loop_round(loop: Path, env: dict[str, str], *args: str) -> Callable[[], float]:
     """One run of ioctl_loop: its mean seconds per call."""
+    return argv_round([str(loop), *args], env)
+
+
+def argv_round(argv: Sequence[str], env: dict[str, str]) -> Callable[[], float]:
+    """One run of an ioctl_loop command line (ioctl_loop itself, or under qemu-user): its mean
+    seconds per call."""
 
     def round_() -> float:
-        out = subprocess.run([str(loop), *args], env=env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         if out.returncode != 0:
-            raise RuntimeError(f"ioctl_loop {' '.join(args)}: {out.stderr.strip()}")
+            raise RuntimeError(f"{' '.join(argv)}: {out.stderr.strip()}")
         return float(out.stdout) * 1e-9
 
     return round_
@@ -981,17 +987,9 @@ def qemu_user_call_rows(host: str = HOST) -> list[Row]:
                 argv, env = prepare(host_answer(kernel), [str(loop), *caps], server.path)
         except BuildError as exc:  # no cross compiler, or no qemu-user
             return [skipped(name, f"no ppc64le program under qemu-user: {exc}") for name in names]
-
-        def loop_on(environ: dict[str, str]) -> Callable[[], float]:
-            def round_() -> float:
-                out = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=300)
-                if out.returncode != 0:
-                    raise RuntimeError(f"ioctl_loop under qemu-user: {out.stderr.strip()}")
-                return float(out.stdout) * 1e-9
-
-            return round_
-
-        shared, sock, ratio = paired(loop_on(env), loop_on(env | {"KVMSIM_CHANNEL": "socket"}), rounds=5)
+        shared, sock, ratio = paired(
+            argv_round(argv, env), argv_round(argv, env | {"KVMSIM_CHANNEL": "socket"}), rounds=5
+        )
     return [
         Row(names[0], shared, note=f"{1 / ratio:.1f}x faster than the socket (alternating rounds)"),
         Row(names[1], sock, note="a ppc64 program's channel"),
